@@ -1,1 +1,53 @@
-fn main() {}
+//! The `rayfarm` binary: command-line glue over the library crates.
+
+mod bench;
+mod output;
+mod render_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// rayfarm: a network render farm with its own physically based path tracer.
+///
+/// Render a glTF 2.0 or OBJ scene on this machine:
+///
+///     rayfarm render examples/cornell-box/cornell_box.gltf -o cornell.png
+///
+/// Network rendering (daemons, workers, masters), texture baking and the job manager are being
+/// built; see the README for what is ready.
+#[derive(Parser, Debug)]
+#[command(name = "rayfarm", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Render(render_cmd::RenderArgs),
+    Bench(bench::BenchArgs),
+    /// Loads a scene and prints what it holds (meshes, materials, lights, cameras), or compiles
+    /// it to a blob with --compile-to.
+    Info(render_cmd::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let result = match cli.command {
+        Command::Render(a) => render_cmd::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Info(a) => render_cmd::info(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

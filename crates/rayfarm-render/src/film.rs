@@ -1,0 +1,131 @@
+//! Work units and the film that accumulates their results.
+//!
+//! A work unit is a (tile, sample range). Rendering it yields, per pixel, the sum of its
+//! samples in 24-bit fixed point held in `i128`. Integer addition is associative, so the film's
+//! value for a pixel is the same whatever the tiling, the split of sample ranges or the order in
+//! which units arrive — the basis of bit-identical distributed renders. (The film still adds in
+//! a fixed order where it can; the integers make that a convenience, not a requirement.)
+
+/// Fractional bits of the fixed-point sample sums: a resolution of 2^-24 ≈ 6e-8.
+pub const FIXED_FRAC_BITS: u32 = 24;
+/// Largest magnitude one sample may contribute (about 6.9e10 radiance units); larger values
+/// (only ever seen with broken input) are saturated so sums cannot overflow.
+pub const MAX_SAMPLE_VALUE: f64 = (1u64 << 36) as f64;
+
+/// Converts one sample channel to fixed point.
+#[inline(always)]
+pub fn to_fixed(v: f32) -> i128 {
+    let v = (v as f64).clamp(-MAX_SAMPLE_VALUE, MAX_SAMPLE_VALUE);
+    (v * (1u64 << FIXED_FRAC_BITS) as f64).round() as i128
+}
+
+/// A rectangle of pixels `[x0, x1) x [y0, y1)` and a sample range `[sample_start, sample_end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkUnit {
+    pub sample_start: u32,
+    pub sample_end: u32,
+    pub y0: u32,
+    pub x0: u32,
+    pub y1: u32,
+    pub x1: u32,
+}
+
+impl WorkUnit {
+    pub fn pixels(&self) -> usize {
+        (self.x1 - self.x0) as usize * (self.y1 - self.y0) as usize
+    }
+    pub fn samples(&self) -> u64 {
+        self.pixels() as u64 * (self.sample_end - self.sample_start) as u64
+    }
+}
+
+/// Per-pixel fixed-point sums of one unit, rows top to bottom within the tile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnitResult {
+    pub unit: WorkUnit,
+    pub sums: Vec<[i128; 3]>,
+    /// Samples dropped because they were not finite (each one is a bug worth reporting).
+    pub nonfinite_samples: u64,
+}
+
+/// Cuts an image into units: tiles of `tile_px` square, sample ranges of `samples_per_unit`,
+/// ordered sample range first so early units cover the whole image.
+pub fn plan_units(width: u32, height: u32, spp: u32, tile_px: u32, samples_per_unit: u32) -> Vec<WorkUnit> {
+    let tile = tile_px.max(1);
+    let chunk = samples_per_unit.max(1);
+    let mut out = Vec::new();
+    let mut s = 0;
+    while s < spp {
+        let e = (s + chunk).min(spp);
+        let mut y = 0;
+        while y < height {
+            let mut x = 0;
+            while x < width {
+                out.push(WorkUnit {
+                    sample_start: s,
+                    sample_end: e,
+                    y0: y,
+                    x0: x,
+                    y1: (y + tile).min(height),
+                    x1: (x + tile).min(width),
+                });
+                x += tile;
+            }
+            y += tile;
+        }
+        s = e;
+    }
+    out
+}
+
+/// The accumulated image.
+#[derive(Clone, Debug)]
+pub struct Film {
+    pub width: u32,
+    pub height: u32,
+    sums: Vec<[i128; 3]>,
+    pub nonfinite_samples: u64,
+}
+
+impl Film {
+    pub fn new(width: u32, height: u32) -> Film {
+        Film {
+            width,
+            height,
+            sums: vec![[0; 3]; width as usize * height as usize],
+            nonfinite_samples: 0,
+        }
+    }
+
+    /// Adds a unit's sums. Returns an error if the unit does not fit this film.
+    pub fn add(&mut self, r: &UnitResult) -> Result<(), String> {
+        let u = &r.unit;
+        if u.x0 >= u.x1 || u.y0 >= u.y1 || u.x1 > self.width || u.y1 > self.height {
+            return Err(format!("unit {u:?} lies outside the {}x{} film", self.width, self.height));
+        }
+        if r.sums.len() != u.pixels() {
+            return Err(format!("unit {u:?} carries {} pixels instead of {}", r.sums.len(), u.pixels()));
+        }
+        let tw = (u.x1 - u.x0) as usize;
+        for y in u.y0..u.y1 {
+            let row = &r.sums[(y - u.y0) as usize * tw..][..tw];
+            let dst = &mut self.sums[y as usize * self.width as usize + u.x0 as usize..][..tw];
+            for (d, s) in dst.iter_mut().zip(row) {
+                for c in 0..3 {
+                    d[c] = d[c].saturating_add(s[c]);
+                }
+            }
+        }
+        self.nonfinite_samples += r.nonfinite_samples;
+        Ok(())
+    }
+
+    /// The image as linear RGB: sums divided by `spp`.
+    pub fn to_rgb(&self, spp: u32) -> Vec<[f32; 3]> {
+        let scale = 1.0 / ((1u64 << FIXED_FRAC_BITS) as f64 * spp.max(1) as f64);
+        self.sums
+            .iter()
+            .map(|s| s.map(|v| (v as f64 * scale) as f32))
+            .collect()
+    }
+}

@@ -1,0 +1,296 @@
+//! Unidirectional path tracing with next-event estimation and multiple importance sampling.
+//!
+//! Light is estimated at every vertex by sampling one light (emissive triangles, punctual
+//! lights and the environment, chosen by power) and by following the BSDF sample; the two are
+//! combined with the power heuristic. Russian roulette starts after three bounces. Nothing is
+//! clamped. `render_unit` is a pure function of (scene, settings, unit).
+
+use crate::bsdf::onb;
+use crate::film::{to_fixed, UnitResult, WorkUnit};
+use crate::sampler::Sampler;
+use crate::scene::RenderScene;
+use glam::Vec3A;
+use rayfarm_scene::{AlphaMode, Camera, Projection};
+
+/// Everything besides the scene that decides a render's pixels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderSettings {
+    pub width: u32,
+    pub height: u32,
+    pub spp: u32,
+    /// Indirect bounces, as in Blender Cycles: 0 renders direct lighting only.
+    pub max_bounces: u32,
+    pub seed: u64,
+    pub camera: Camera,
+}
+
+/// Dimensions used by the camera before the per-bounce dimensions start.
+const CAMERA_DIMS: u32 = 1;
+/// 2-D dimensions each bounce uses: (alpha, light pick), light point, (lobe, roulette), direction.
+const DIMS_PER_BOUNCE: u32 = 4;
+const SHADOW_MAX_LAYERS: u32 = 64;
+
+thread_local! {
+    /// Rays traced on this thread since the last `take_ray_count`, for benchmarks.
+    static RAYS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+#[inline(always)]
+fn count_ray() {
+    RAYS.with(|c| c.set(c.get() + 1));
+}
+
+/// Returns and resets the number of rays this thread traced.
+pub fn take_ray_count() -> u64 {
+    RAYS.with(|c| c.replace(0))
+}
+
+#[inline(always)]
+fn power_heuristic(a: f32, b: f32) -> f32 {
+    let (a2, b2) = (a * a, b * b);
+    if a2 + b2 > 0.0 && (a2 + b2).is_finite() {
+        a2 / (a2 + b2)
+    } else if a.is_infinite() {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+#[inline(always)]
+fn offset(p: Vec3A, ng: Vec3A, dir: Vec3A) -> Vec3A {
+    let eps = 1e-4 * (1.0 + p.abs().max_element());
+    if dir.dot(ng) >= 0.0 {
+        p + ng * eps
+    } else {
+        p - ng * eps
+    }
+}
+
+/// Generates the primary ray through image position `(fx, fy)` in pixels.
+pub fn camera_ray(cam: &Camera, width: u32, height: u32, fx: f32, fy: f32) -> (Vec3A, Vec3A) {
+    let aspect = width as f32 / height as f32;
+    let sx = 2.0 * fx / width as f32 - 1.0;
+    let sy = 1.0 - 2.0 * fy / height as f32;
+    let (right, up, fwd) = (
+        Vec3A::from(cam.right),
+        Vec3A::from(cam.up),
+        Vec3A::from(cam.forward),
+    );
+    let pos = Vec3A::from(cam.position);
+    match cam.projection {
+        Projection::Perspective { yfov, .. } => {
+            let th = (yfov * 0.5).tan();
+            let d = (right * (sx * th * aspect) + up * (sy * th) + fwd).normalize();
+            (pos, d)
+        }
+        Projection::Orthographic { ymag, .. } => {
+            let o = pos + right * (sx * ymag * aspect) + up * (sy * ymag);
+            (o, fwd)
+        }
+    }
+}
+
+impl RenderScene {
+    /// Closest hit with alpha testing; `u` decides stochastic (blend) transparency.
+    #[inline]
+    fn trace(&self, org: Vec3A, dir: Vec3A, u: f32) -> Option<crate::bvh::Hit> {
+        count_ray();
+        self.bvh.intersect(
+            org,
+            dir,
+            f32::INFINITY,
+            &|prim| self.alpha_tested[prim as usize],
+            &mut |prim, b1, b2| self.alpha_accept(prim, b1, b2, u),
+        )
+    }
+
+    /// Fraction of light that passes from `org` along `dir` over `dist`: 0 or 1 for opaque
+    /// blockers, partial through blended and thin transmissive surfaces.
+    fn transmittance(&self, mut org: Vec3A, dir: Vec3A, dist: f32) -> Vec3A {
+        let mut tmax = if dist.is_finite() {
+            dist * (1.0 - 1e-4) - 1e-4 * (1.0 + org.abs().max_element())
+        } else {
+            f32::INFINITY
+        };
+        if tmax <= 0.0 {
+            return Vec3A::ONE;
+        }
+        let mask_only = |prim: u32| {
+            self.alpha_tested[prim as usize]
+                && self.scene.materials[self.scene.triangle_materials[prim as usize] as usize].alpha_mode
+                    == AlphaMode::Mask
+        };
+        let mut accept = |prim: u32, b1: f32, b2: f32| self.alpha_accept(prim, b1, b2, 0.0);
+        count_ray();
+        if !self.has_translucency {
+            let blocked = self.bvh.occluded(org, dir, tmax, &mask_only, &mut accept);
+            return if blocked { Vec3A::ZERO } else { Vec3A::ONE };
+        }
+        let mut tr = Vec3A::ONE;
+        for _ in 0..SHADOW_MAX_LAYERS {
+            count_ray();
+            let Some(hit) = self.bvh.intersect(org, dir, tmax, &mask_only, &mut accept) else {
+                return tr;
+            };
+            let m = &self.scene.materials[self.scene.triangle_materials[hit.prim as usize] as usize];
+            if m.alpha_mode != AlphaMode::Blend && m.transmission <= 0.0 {
+                return Vec3A::ZERO;
+            }
+            let s = self.surface(&hit, org, dir);
+            let alpha = if m.alpha_mode == AlphaMode::Blend {
+                self.alpha(hit.prim, hit.u, hit.v)
+            } else {
+                1.0
+            };
+            let through = (1.0 - alpha) + alpha * s.bsdf.straight_transmittance(s.ns.dot(dir));
+            tr *= through;
+            if tr.max_element() <= 0.0 {
+                return Vec3A::ZERO;
+            }
+            let p = offset(s.p, s.ng, dir);
+            if tmax.is_finite() {
+                tmax -= (p - org).length();
+                if tmax <= 0.0 {
+                    return tr;
+                }
+            }
+            org = p;
+        }
+        Vec3A::ZERO
+    }
+
+    /// Radiance along a camera ray for one sample.
+    pub fn radiance(&self, mut org: Vec3A, mut dir: Vec3A, max_bounces: u32, s: &mut Sampler) -> Vec3A {
+        let mut l = Vec3A::ZERO;
+        let mut beta = Vec3A::ONE;
+        let mut prev_pdf = 0.0f32;
+        let mut prev_delta = true;
+        let max_vertices = max_bounces.saturating_add(1);
+        let mut depth = 0u32;
+        loop {
+            s.set_dimension(CAMERA_DIMS + depth * DIMS_PER_BOUNCE);
+            let (u_alpha, u_pick) = s.next_2d();
+            let Some(hit) = self.trace(org, dir, u_alpha) else {
+                let le = self.env.radiance(dir);
+                if le != Vec3A::ZERO {
+                    let w = if prev_delta {
+                        1.0
+                    } else {
+                        power_heuristic(prev_pdf, self.env_light_pdf(dir))
+                    };
+                    l += beta * le * w;
+                }
+                break;
+            };
+            let surf = self.surface(&hit, org, dir);
+            if surf.emission != Vec3A::ZERO {
+                let w = if prev_delta {
+                    1.0
+                } else {
+                    power_heuristic(prev_pdf, self.triangle_light_pdf(hit.prim, dir, hit.t))
+                };
+                l += beta * surf.emission * w;
+            }
+            if depth >= max_vertices {
+                break;
+            }
+            let (tx, ty) = onb(surf.ns);
+            let to_local = |v: Vec3A| Vec3A::new(v.dot(tx), v.dot(ty), v.dot(surf.ns));
+            let wo = to_local(-dir);
+
+            // Next-event estimation.
+            let (u1, u2) = s.next_2d();
+            if let Some(ls) = self.sample_light(surf.p, u_pick, u1, u2) {
+                if ls.wi.dot(surf.ng) > 0.0 {
+                    let wi = to_local(ls.wi);
+                    let (f, bsdf_pdf) = surf.bsdf.eval(wo, wi);
+                    if f != Vec3A::ZERO {
+                        let tr = self.transmittance(offset(surf.p, surf.ng, ls.wi), ls.wi, ls.dist);
+                        if tr != Vec3A::ZERO {
+                            let w = if ls.delta {
+                                1.0
+                            } else {
+                                power_heuristic(ls.pdf, bsdf_pdf)
+                            };
+                            l += beta * f * tr * ls.li * (wi.z * w / ls.pdf);
+                        }
+                    }
+                }
+            }
+
+            // Continue the path by sampling the BSDF.
+            let (u_lobe, u_rr) = s.next_2d();
+            let (d1, d2) = s.next_2d();
+            let Some(bs) = surf.bsdf.sample(wo, u_lobe, d1, d2) else {
+                break;
+            };
+            let wi = tx * bs.wi.x + ty * bs.wi.y + surf.ns * bs.wi.z;
+            let side = wi.dot(surf.ng);
+            // Reflection must leave on the lit side of the geometry, transmission on the other.
+            if (bs.wi.z > 0.0) != (side > 0.0) {
+                break;
+            }
+            beta *= bs.weight;
+            prev_pdf = bs.pdf;
+            prev_delta = bs.delta;
+            org = offset(surf.p, surf.ng, wi);
+            dir = wi;
+            depth += 1;
+            if depth >= 3 {
+                let survive = beta.max_element().min(1.0);
+                if survive <= 0.0 || u_rr >= survive {
+                    break;
+                }
+                beta /= survive;
+            }
+            if beta.max_element() <= 0.0 {
+                break;
+            }
+        }
+        l
+    }
+
+    /// Renders one work unit: a pure function of the scene, the settings and the unit.
+    pub fn render_unit(&self, settings: &RenderSettings, unit: &WorkUnit) -> UnitResult {
+        let mut sums = Vec::with_capacity(unit.pixels());
+        let mut nonfinite = 0u64;
+        for y in unit.y0..unit.y1 {
+            for x in unit.x0..unit.x1 {
+                let pixel = y as u64 * settings.width as u64 + x as u64;
+                let mut acc = [0i128; 3];
+                for si in unit.sample_start..unit.sample_end {
+                    let mut s = Sampler::new(settings.seed, pixel, si);
+                    let (jx, jy) = s.next_2d();
+                    let (org, dir) = camera_ray(
+                        &settings.camera,
+                        settings.width,
+                        settings.height,
+                        x as f32 + jx,
+                        y as f32 + jy,
+                    );
+                    let l = self.radiance(org, dir, settings.max_bounces, &mut s);
+                    if !l.is_finite() {
+                        if nonfinite == 0 {
+                            tracing::warn!(
+                                "non-finite radiance at pixel ({x}, {y}) sample {si} (seed {}); sample dropped",
+                                settings.seed
+                            );
+                        }
+                        nonfinite += 1;
+                        continue;
+                    }
+                    acc[0] += to_fixed(l.x);
+                    acc[1] += to_fixed(l.y);
+                    acc[2] += to_fixed(l.z);
+                }
+                sums.push(acc);
+            }
+        }
+        UnitResult {
+            unit: *unit,
+            sums,
+            nonfinite_samples: nonfinite,
+        }
+    }
+}

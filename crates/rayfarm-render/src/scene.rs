@@ -1,0 +1,637 @@
+//! The render-ready scene: a compiled scene plus everything derived from it once per process
+//! (BVH, light distributions, texture tables). Building it is deterministic.
+
+use crate::bsdf::{luminance, Bsdf, MIN_ALPHA};
+use crate::bvh::{Bvh, Hit};
+use crate::texture::Textures;
+use glam::{Vec2, Vec3A};
+use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind};
+use std::f32::consts::PI;
+
+/// A piecewise-constant 1-D distribution.
+#[derive(Clone, Debug, Default)]
+pub struct Distribution1D {
+    cdf: Vec<f32>,
+    func: Vec<f32>,
+    total: f32,
+}
+
+impl Distribution1D {
+    pub fn new(func: Vec<f32>) -> Distribution1D {
+        let mut cdf = Vec::with_capacity(func.len());
+        let mut acc = 0.0f64;
+        for &f in &func {
+            acc += f.max(0.0) as f64;
+            cdf.push(acc as f32);
+        }
+        let total = acc as f32;
+        if total > 0.0 {
+            for c in &mut cdf {
+                *c /= total;
+            }
+        }
+        if let Some(last) = cdf.last_mut() {
+            *last = 1.0;
+        }
+        Distribution1D { cdf, func, total }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.total <= 0.0 || self.func.is_empty()
+    }
+    /// Picks an index; returns it, its probability and `u` remapped to [0, 1) within the bin.
+    #[inline]
+    pub fn sample(&self, u: f32) -> (usize, f32, f32) {
+        let i = self.cdf.partition_point(|&c| c <= u).min(self.cdf.len() - 1);
+        let lo = if i == 0 { 0.0 } else { self.cdf[i - 1] };
+        let p = self.cdf[i] - lo;
+        let ur = if p > 0.0 { ((u - lo) / p).clamp(0.0, 0.99999994) } else { 0.5 };
+        (i, p, ur)
+    }
+    #[inline]
+    pub fn prob(&self, i: usize) -> f32 {
+        if self.total <= 0.0 {
+            0.0
+        } else {
+            self.func[i].max(0.0) / self.total
+        }
+    }
+}
+
+/// An environment prepared for lookups and importance sampling.
+pub enum EnvLight {
+    Black,
+    Constant(Vec3A),
+    Map {
+        width: usize,
+        height: usize,
+        texels: Vec<Vec3A>,
+        rows: Distribution1D,
+        cols: Vec<Distribution1D>,
+    },
+}
+
+impl EnvLight {
+    fn new(env: &Environment) -> EnvLight {
+        match env {
+            Environment::Black => EnvLight::Black,
+            Environment::Color(c) => {
+                let c = Vec3A::from(*c);
+                if c.max_element() > 0.0 {
+                    EnvLight::Constant(c)
+                } else {
+                    EnvLight::Black
+                }
+            }
+            Environment::Map {
+                width,
+                height,
+                texels,
+            } => {
+                let (w, h) = (*width as usize, *height as usize);
+                let texels: Vec<Vec3A> = texels.iter().map(|t| Vec3A::from(*t)).collect();
+                let mut cols = Vec::with_capacity(h);
+                let mut row_w = Vec::with_capacity(h);
+                for y in 0..h {
+                    let sin_t = ((y as f32 + 0.5) / h as f32 * PI).sin();
+                    let f: Vec<f32> = (0..w).map(|x| luminance(texels[y * w + x]) * sin_t).collect();
+                    let d = Distribution1D::new(f);
+                    row_w.push(d.total);
+                    cols.push(d);
+                }
+                let rows = Distribution1D::new(row_w);
+                if rows.is_empty() {
+                    return EnvLight::Black;
+                }
+                EnvLight::Map {
+                    width: w,
+                    height: h,
+                    texels,
+                    rows,
+                    cols,
+                }
+            }
+        }
+    }
+
+    /// Direction to equirectangular coordinates: `u = 0.5` looks down -Z, `v = 0` is +Y.
+    #[inline]
+    pub fn dir_to_uv(d: Vec3A) -> (f32, f32) {
+        let u = 0.5 + d.x.atan2(-d.z) / (2.0 * PI);
+        let v = d.y.clamp(-1.0, 1.0).acos() / PI;
+        (u, v)
+    }
+
+    #[inline]
+    pub fn uv_to_dir(u: f32, v: f32) -> Vec3A {
+        let phi = (u - 0.5) * 2.0 * PI;
+        let theta = v * PI;
+        let st = theta.sin();
+        Vec3A::new(st * phi.sin(), theta.cos(), -st * phi.cos())
+    }
+
+    /// Radiance arriving along `-d` (i.e. seen when looking in direction `d`).
+    #[inline]
+    pub fn radiance(&self, d: Vec3A) -> Vec3A {
+        match self {
+            EnvLight::Black => Vec3A::ZERO,
+            EnvLight::Constant(c) => *c,
+            EnvLight::Map {
+                width,
+                height,
+                texels,
+                ..
+            } => {
+                let (u, v) = Self::dir_to_uv(d);
+                let x = ((u * *width as f32) as usize).min(width - 1);
+                let y = ((v * *height as f32) as usize).min(height - 1);
+                texels[y * width + x]
+            }
+        }
+    }
+
+    /// Solid-angle density of `sample` for direction `d`.
+    #[inline]
+    pub fn pdf(&self, d: Vec3A) -> f32 {
+        match self {
+            EnvLight::Black => 0.0,
+            EnvLight::Constant(_) => 1.0 / (4.0 * PI),
+            EnvLight::Map {
+                width,
+                height,
+                rows,
+                cols,
+                ..
+            } => {
+                let (u, v) = Self::dir_to_uv(d);
+                let x = ((u * *width as f32) as usize).min(width - 1);
+                let y = ((v * *height as f32) as usize).min(height - 1);
+                let sin_t = (v * PI).sin();
+                if sin_t <= 0.0 {
+                    return 0.0;
+                }
+                let p = rows.prob(y) * cols[y].prob(x) * (*width * *height) as f32;
+                p / (2.0 * PI * PI * sin_t)
+            }
+        }
+    }
+
+    /// Samples a direction towards the environment: (direction, radiance, pdf).
+    #[inline]
+    pub fn sample(&self, u1: f32, u2: f32) -> Option<(Vec3A, Vec3A, f32)> {
+        match self {
+            EnvLight::Black => None,
+            EnvLight::Constant(c) => {
+                let z = 1.0 - 2.0 * u1;
+                let r = (1.0 - z * z).max(0.0).sqrt();
+                let phi = 2.0 * PI * u2;
+                Some((Vec3A::new(r * phi.cos(), z, r * phi.sin()), *c, 1.0 / (4.0 * PI)))
+            }
+            EnvLight::Map {
+                width,
+                height,
+                texels,
+                rows,
+                cols,
+            } => {
+                let (y, py, jy) = rows.sample(u1);
+                let (x, px, jx) = cols[y].sample(u2);
+                let u = (x as f32 + jx) / *width as f32;
+                let v = (y as f32 + jy) / *height as f32;
+                let sin_t = (v * PI).sin();
+                if sin_t <= 0.0 {
+                    return None;
+                }
+                let pdf = py * px * (*width * *height) as f32 / (2.0 * PI * PI * sin_t);
+                Some((Self::uv_to_dir(u, v), texels[y * width + x], pdf))
+            }
+        }
+    }
+
+    /// A rough total power estimate used to balance light selection.
+    fn power(&self, scene_radius: f32) -> f32 {
+        let avg = match self {
+            EnvLight::Black => 0.0,
+            EnvLight::Constant(c) => luminance(*c),
+            EnvLight::Map { rows, width, height, .. } => rows.total / (*width * *height) as f32 * 4.0 / PI,
+        };
+        PI * scene_radius * scene_radius * avg * PI
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum LightRef {
+    /// An emissive triangle, with its area.
+    Triangle { prim: u32, area: f32 },
+    Punctual(u32),
+    Environment,
+}
+
+/// A light sample seen from a shading point.
+pub struct LightSample {
+    pub wi: Vec3A,
+    /// Distance to the sampled point (infinite for directional and environment light).
+    pub dist: f32,
+    /// Incident radiance (or for delta lights, irradiance-like intensity / d²).
+    pub li: Vec3A,
+    /// Solid-angle density including the selection probability; for delta lights, the selection
+    /// probability alone.
+    pub pdf: f32,
+    pub delta: bool,
+}
+
+/// Per-triangle shading data at a hit.
+pub struct Surface {
+    pub p: Vec3A,
+    /// Geometric normal turned towards the incoming ray.
+    pub ng: Vec3A,
+    /// Shading normal turned towards the incoming ray.
+    pub ns: Vec3A,
+    /// Whether the ray hit the front (counter-clockwise) side.
+    pub front: bool,
+    pub bsdf: Bsdf,
+    /// Emitted radiance towards the ray origin.
+    pub emission: Vec3A,
+    pub material: u32,
+}
+
+pub struct RenderScene {
+    pub scene: CompiledScene,
+    pub bvh: Bvh,
+    pub textures: Textures,
+    pub env: EnvLight,
+    pub lights: Vec<LightRef>,
+    pub light_dist: Distribution1D,
+    /// Index into `lights` of each emissive triangle, `u32::MAX` for the others.
+    pub light_of_triangle: Vec<u32>,
+    pub env_light_index: Option<usize>,
+    /// Whether each triangle's material needs an alpha test.
+    pub alpha_tested: Vec<bool>,
+    /// Whether any material lets shadow rays through (blend alpha or transmission).
+    pub has_translucency: bool,
+    pub center: Vec3A,
+    pub radius: f32,
+}
+
+impl RenderScene {
+    pub fn new(scene: CompiledScene) -> RenderScene {
+        let corners: Vec<[Vec3A; 3]> = scene
+            .triangles
+            .iter()
+            .map(|t| t.map(|i| Vec3A::from(scene.positions[i as usize])))
+            .collect();
+        let bvh = Bvh::build(&corners);
+        let (lo, hi) = scene.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
+        let (lo, hi) = (Vec3A::from(lo), Vec3A::from(hi));
+        let center = (lo + hi) * 0.5;
+        let radius = ((hi - lo).length() * 0.5).max(1e-3);
+
+        let alpha_tested: Vec<bool> = scene
+            .triangle_materials
+            .iter()
+            .map(|&m| scene.materials[m as usize].alpha_mode != AlphaMode::Opaque)
+            .collect();
+        let has_translucency = scene
+            .materials
+            .iter()
+            .any(|m| m.alpha_mode == AlphaMode::Blend || m.transmission > 0.0);
+
+        let mut lights = Vec::new();
+        let mut power = Vec::new();
+        let mut light_of_triangle = vec![u32::MAX; scene.triangles.len()];
+        for (i, tri) in corners.iter().enumerate() {
+            let m = &scene.materials[scene.triangle_materials[i] as usize];
+            if !m.is_emissive() {
+                continue;
+            }
+            let area = 0.5 * (tri[1] - tri[0]).cross(tri[2] - tri[0]).length();
+            if area <= 0.0 || !area.is_finite() {
+                continue;
+            }
+            light_of_triangle[i] = lights.len() as u32;
+            lights.push(LightRef::Triangle { prim: i as u32, area });
+            let sides = if m.double_sided { 2.0 } else { 1.0 };
+            power.push(luminance(Vec3A::from(m.emissive)) * area * PI * sides);
+        }
+        for (i, l) in scene.lights.iter().enumerate() {
+            let i_lum = luminance(Vec3A::from(l.color)) * l.intensity;
+            let p = match l.kind {
+                LightKind::Point => 4.0 * PI * i_lum,
+                LightKind::Spot { outer_cone, .. } => 2.0 * PI * (1.0 - outer_cone.cos()) * i_lum,
+                LightKind::Directional => PI * radius * radius * i_lum,
+            };
+            if p > 0.0 && p.is_finite() {
+                lights.push(LightRef::Punctual(i as u32));
+                power.push(p);
+            }
+        }
+        let env = EnvLight::new(&scene.environment);
+        let mut env_light_index = None;
+        let ep = env.power(radius);
+        if ep > 0.0 && ep.is_finite() {
+            env_light_index = Some(lights.len());
+            lights.push(LightRef::Environment);
+            power.push(ep);
+        }
+        let light_dist = Distribution1D::new(power);
+        RenderScene {
+            bvh,
+            textures: Textures::new(),
+            env,
+            lights,
+            light_dist,
+            light_of_triangle,
+            env_light_index,
+            alpha_tested,
+            has_translucency,
+            center,
+            radius,
+            scene,
+        }
+    }
+
+    #[inline]
+    fn uvs(&self, prim: u32, b1: f32, b2: f32) -> [Vec2; 2] {
+        let t = self.scene.triangles[prim as usize];
+        let b0 = 1.0 - b1 - b2;
+        let get = |arr: &Vec<[f32; 2]>| -> Vec2 {
+            if arr.is_empty() {
+                return Vec2::ZERO;
+            }
+            let [a, b, c] = t.map(|i| Vec2::from(arr[i as usize]));
+            a * b0 + b * b1 + c * b2
+        };
+        [get(&self.scene.uv0), get(&self.scene.uv1)]
+    }
+
+    /// Opacity of a triangle at barycentrics (base colour alpha times texture alpha).
+    #[inline]
+    pub fn alpha(&self, prim: u32, b1: f32, b2: f32) -> f32 {
+        let m = &self.scene.materials[self.scene.triangle_materials[prim as usize] as usize];
+        let mut a = m.base_color[3];
+        if let Some(t) = &m.base_color_texture {
+            let uvs = self.uvs(prim, b1, b2);
+            a *= self.textures.sample(&self.scene, t, &uvs, true).w;
+        }
+        a
+    }
+
+    /// Whether an alpha-tested hit counts. Masked materials compare with the cutoff; blended
+    /// ones are kept with probability alpha, decided by a hash of `u` and the triangle so the
+    /// choice is deterministic per sample.
+    #[inline]
+    pub fn alpha_accept(&self, prim: u32, b1: f32, b2: f32, u: f32) -> bool {
+        let m = &self.scene.materials[self.scene.triangle_materials[prim as usize] as usize];
+        let a = self.alpha(prim, b1, b2);
+        match m.alpha_mode {
+            AlphaMode::Opaque => true,
+            AlphaMode::Mask => a >= m.alpha_cutoff,
+            AlphaMode::Blend => {
+                let h = crate::sampler::mix64((u.to_bits() as u64) << 32 | prim as u64);
+                ((h >> 40) as f32 / (1u64 << 24) as f32) < a
+            }
+        }
+    }
+
+    /// Emitted radiance of triangle `prim` at barycentrics, towards a viewer on the `front` side.
+    #[inline]
+    pub fn emission(&self, prim: u32, b1: f32, b2: f32, front: bool) -> Vec3A {
+        let m = &self.scene.materials[self.scene.triangle_materials[prim as usize] as usize];
+        if !m.is_emissive() || (!front && !m.double_sided) {
+            return Vec3A::ZERO;
+        }
+        let mut e = Vec3A::from(m.emissive);
+        if let Some(t) = &m.emissive_texture {
+            let uvs = self.uvs(prim, b1, b2);
+            let s = self.textures.sample(&self.scene, t, &uvs, true);
+            e *= Vec3A::new(s.x, s.y, s.z);
+        }
+        e
+    }
+
+    /// Shading data at a hit of a ray with direction `dir`.
+    pub fn surface(&self, hit: &Hit, org: Vec3A, dir: Vec3A) -> Surface {
+        let s = &self.scene;
+        let prim = hit.prim as usize;
+        let t = s.triangles[prim];
+        let (b1, b2) = (hit.u, hit.v);
+        let b0 = 1.0 - b1 - b2;
+        let [p0, p1, p2] = t.map(|i| Vec3A::from(s.positions[i as usize]));
+        let p = org + dir * hit.t;
+        let ng_raw = (p1 - p0).cross(p2 - p0).normalize_or(Vec3A::Z);
+        let front = ng_raw.dot(dir) < 0.0;
+        let ng = if front { ng_raw } else { -ng_raw };
+        let [n0, n1, n2] = t.map(|i| Vec3A::from(s.normals[i as usize]));
+        let mut ns = (n0 * b0 + n1 * b1 + n2 * b2).normalize_or(ng_raw);
+        let mat_idx = s.triangle_materials[prim];
+        let m = &s.materials[mat_idx as usize];
+        let uvs = self.uvs(hit.prim, b1, b2);
+
+        if let Some(nt) = &m.normal_texture {
+            if !s.tangents.is_empty() {
+                let [t0, t1, t2] = t.map(|i| s.tangents[i as usize]);
+                let tv = Vec3A::new(
+                    t0[0] * b0 + t1[0] * b1 + t2[0] * b2,
+                    t0[1] * b0 + t1[1] * b1 + t2[1] * b2,
+                    t0[2] * b0 + t1[2] * b1 + t2[2] * b2,
+                );
+                let tan = (tv - ns * ns.dot(tv)).normalize_or_zero();
+                if tan != Vec3A::ZERO {
+                    let bit = ns.cross(tan) * if t0[3] < 0.0 { -1.0 } else { 1.0 };
+                    let c = self.textures.sample(s, nt, &uvs, false);
+                    let local = Vec3A::new(
+                        (c.x * 2.0 - 1.0) * m.normal_scale,
+                        (c.y * 2.0 - 1.0) * m.normal_scale,
+                        c.z * 2.0 - 1.0,
+                    );
+                    ns = (tan * local.x + bit * local.y + ns * local.z).normalize_or(ns);
+                }
+            }
+        }
+        if !front {
+            ns = -ns;
+        }
+        if ns.dot(-dir) <= 0.0 {
+            ns = ng;
+        }
+
+        let mut base = Vec3A::new(m.base_color[0], m.base_color[1], m.base_color[2]);
+        if let Some(tr) = &m.base_color_texture {
+            let c = self.textures.sample(s, tr, &uvs, true);
+            base *= Vec3A::new(c.x, c.y, c.z);
+        }
+        let (mut metallic, mut roughness) = (m.metallic, m.roughness);
+        if let Some(tr) = &m.metallic_roughness_texture {
+            let c = self.textures.sample(s, tr, &uvs, false);
+            roughness *= c.y;
+            metallic *= c.z;
+        }
+        let mut specular = m.specular;
+        if let Some(tr) = &m.specular_texture {
+            specular *= self.textures.sample(s, tr, &uvs, false).w;
+        }
+        let mut spec_color = Vec3A::from(m.specular_color);
+        if let Some(tr) = &m.specular_color_texture {
+            let c = self.textures.sample(s, tr, &uvs, true);
+            spec_color *= Vec3A::new(c.x, c.y, c.z);
+        }
+        let mut transmission = m.transmission;
+        if let Some(tr) = &m.transmission_texture {
+            transmission *= self.textures.sample(s, tr, &uvs, false).x;
+        }
+        let r0 = ((m.ior - 1.0) / (m.ior + 1.0)).powi(2);
+        let f0 = (spec_color * r0).min(Vec3A::ONE) * specular;
+        let roughness = roughness.clamp(0.0, 1.0);
+        let bsdf = Bsdf {
+            base: base.clamp(Vec3A::ZERO, Vec3A::ONE),
+            metallic: metallic.clamp(0.0, 1.0),
+            alpha: (roughness * roughness).max(MIN_ALPHA),
+            f0_dielectric: f0,
+            f90_dielectric: specular.clamp(0.0, 1.0),
+            transmission: transmission.clamp(0.0, 1.0),
+        };
+        let emission = if m.is_emissive() {
+            self.emission(hit.prim, b1, b2, front)
+        } else {
+            Vec3A::ZERO
+        };
+        Surface {
+            p,
+            ng,
+            ns,
+            front,
+            bsdf,
+            emission,
+            material: mat_idx,
+        }
+    }
+
+    /// Solid-angle density with which `sample_light` would pick the point `hit_t` along `dir` on
+    /// emissive triangle `prim`.
+    #[inline]
+    pub fn triangle_light_pdf(&self, prim: u32, dir: Vec3A, dist: f32) -> f32 {
+        let li = self.light_of_triangle[prim as usize];
+        if li == u32::MAX {
+            return 0.0;
+        }
+        let LightRef::Triangle { area, .. } = self.lights[li as usize] else {
+            return 0.0;
+        };
+        let t = self.scene.triangles[prim as usize];
+        let [p0, p1, p2] = t.map(|i| Vec3A::from(self.scene.positions[i as usize]));
+        let n = (p1 - p0).cross(p2 - p0).normalize_or(Vec3A::Z);
+        let cos = n.dot(dir).abs();
+        if cos <= 0.0 {
+            return 0.0;
+        }
+        self.light_dist.prob(li as usize) * dist * dist / (area * cos)
+    }
+
+    #[inline]
+    pub fn env_light_pdf(&self, dir: Vec3A) -> f32 {
+        match self.env_light_index {
+            Some(i) => self.light_dist.prob(i) * self.env.pdf(dir),
+            None => 0.0,
+        }
+    }
+
+    /// Samples one light as seen from `p`.
+    #[inline]
+    pub fn sample_light(&self, p: Vec3A, u_pick: f32, u1: f32, u2: f32) -> Option<LightSample> {
+        if self.light_dist.is_empty() {
+            return None;
+        }
+        let (li, sel, _) = self.light_dist.sample(u_pick);
+        if sel <= 0.0 {
+            return None;
+        }
+        match self.lights[li] {
+            LightRef::Triangle { prim, area } => {
+                let t = self.scene.triangles[prim as usize];
+                let [p0, p1, p2] = t.map(|i| Vec3A::from(self.scene.positions[i as usize]));
+                let su = u1.sqrt();
+                let (b1, b2) = (su * (1.0 - u2), su * u2);
+                let q = p0 * (1.0 - b1 - b2) + p1 * b1 + p2 * b2;
+                let d = q - p;
+                let dist2 = d.length_squared();
+                if dist2 <= 0.0 {
+                    return None;
+                }
+                let dist = dist2.sqrt();
+                let wi = d / dist;
+                let n = (p1 - p0).cross(p2 - p0).normalize_or(Vec3A::Z);
+                let cos_l = n.dot(wi);
+                // The light's front faces the shading point when the light's normal points back.
+                let front = cos_l < 0.0;
+                let le = self.emission(prim, b1, b2, front);
+                if le == Vec3A::ZERO || cos_l == 0.0 {
+                    return None;
+                }
+                Some(LightSample {
+                    wi,
+                    dist,
+                    li: le,
+                    pdf: sel * dist2 / (area * cos_l.abs()),
+                    delta: false,
+                })
+            }
+            LightRef::Punctual(i) => {
+                let l = &self.scene.lights[i as usize];
+                let color = Vec3A::from(l.color) * l.intensity;
+                match l.kind {
+                    LightKind::Directional => Some(LightSample {
+                        wi: -Vec3A::from(l.direction),
+                        dist: f32::INFINITY,
+                        li: color,
+                        pdf: sel,
+                        delta: true,
+                    }),
+                    LightKind::Point | LightKind::Spot { .. } => {
+                        let d = Vec3A::from(l.position) - p;
+                        let dist2 = d.length_squared();
+                        if dist2 <= 0.0 {
+                            return None;
+                        }
+                        let dist = dist2.sqrt();
+                        let wi = d / dist;
+                        let mut li = color / dist2;
+                        if let LightKind::Spot {
+                            inner_cone,
+                            outer_cone,
+                        } = l.kind
+                        {
+                            // glTF's recommended smooth cone falloff.
+                            let cd = Vec3A::from(l.direction).dot(-wi);
+                            let scale = 1.0 / (inner_cone.cos() - outer_cone.cos()).max(0.001);
+                            let offset = -outer_cone.cos() * scale;
+                            let a = (cd * scale + offset).clamp(0.0, 1.0);
+                            li *= a * a;
+                        }
+                        if li == Vec3A::ZERO {
+                            return None;
+                        }
+                        Some(LightSample {
+                            wi,
+                            dist,
+                            li,
+                            pdf: sel,
+                            delta: true,
+                        })
+                    }
+                }
+            }
+            LightRef::Environment => {
+                let (wi, li, pdf) = self.env.sample(u1, u2)?;
+                if pdf <= 0.0 {
+                    return None;
+                }
+                Some(LightSample {
+                    wi,
+                    dist: f32::INFINITY,
+                    li,
+                    pdf: pdf * sel,
+                    delta: false,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,919 @@
+//! glTF 2.0 importer (`.gltf` with external or data-URI buffers, and `.glb`).
+//!
+//! The `gltf` crate parses and validates the JSON; buffers, accessors and images are read here
+//! with explicit bounds checks, because a scene file is untrusted input and every failure must
+//! name the file and the accessor, image or field at fault instead of panicking.
+
+use crate::types::*;
+use crate::{SceneError, Warnings};
+use glam::{Mat3, Mat4, Vec2, Vec3, Vec4};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Extensions rayfarm understands (fully or, for transmission, as thin glass).
+const SUPPORTED_EXTENSIONS: &[&str] = &[
+    "KHR_lights_punctual",
+    "KHR_materials_emissive_strength",
+    "KHR_materials_specular",
+    "KHR_texture_transform",
+    "KHR_materials_transmission",
+    "KHR_materials_ior",
+];
+
+/// Upper bound on the elements of one accessor; far above any real scene, low enough that a
+/// hostile `count` cannot make us allocate gigabytes for an accessor without a buffer view.
+const MAX_ACCESSOR_ELEMENTS: usize = 1 << 28;
+
+/// Loads a `.gltf` or `.glb` file from disk.
+pub fn load(path: &Path) -> Result<(CompiledScene, Warnings), SceneError> {
+    let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    load_from_slice(&bytes, path, &|p: &Path| std::fs::read(base.join(p)))
+}
+
+/// Loads a glTF from memory. `path` names the file in messages; `read_file` reads external
+/// buffers and images by their path relative to the glTF file.
+pub fn load_from_slice(
+    bytes: &[u8],
+    path: &Path,
+    read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+) -> Result<(CompiledScene, Warnings), SceneError> {
+    let inv = |what: String| SceneError::invalid(path, what);
+    let mut warnings = Vec::new();
+
+    // Split a GLB into JSON and BIN chunks ourselves so that a truncated file gets a plain message.
+    let glb;
+    let (json_bytes, glb_bin): (&[u8], Option<&[u8]>) = if bytes.starts_with(b"glTF") {
+        glb = gltf::binary::Glb::from_slice(bytes)
+            .map_err(|e| inv(format!("not a valid .glb file ({e}); is it truncated?")))?;
+        (&glb.json, glb.bin.as_deref())
+    } else {
+        (bytes, None)
+    };
+
+    let raw: serde_json::Value = serde_json::from_slice(json_bytes)
+        .map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
+    check_extensions(&raw, path, &mut warnings)?;
+    let resolution = find_resolution(&raw);
+
+    let root = gltf::json::Root::from_slice(json_bytes)
+        .map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
+    let doc = gltf::Document::from_json(root).map_err(|e| inv(format!("invalid glTF: {e}")))?;
+
+    let buffers = load_buffers(&doc, path, glb_bin, read_file)?;
+    let mut b = Builder {
+        path,
+        doc: &doc,
+        buffers,
+        scene: CompiledScene {
+            resolution,
+            ..Default::default()
+        },
+        warnings: &mut warnings,
+        texture_map: HashMap::new(),
+        image_map: HashMap::new(),
+        material_map: HashMap::new(),
+        read_file,
+        need_tangents: false,
+        mesh_names: HashMap::new(),
+    };
+
+    let roots: Vec<gltf::Node> = match doc.default_scene().or_else(|| doc.scenes().next()) {
+        Some(s) => s.nodes().collect(),
+        None => {
+            let mut is_child = vec![false; doc.nodes().len()];
+            for n in doc.nodes() {
+                for c in n.children() {
+                    is_child[c.index()] = true;
+                }
+            }
+            doc.nodes().filter(|n| !is_child[n.index()]).collect()
+        }
+    };
+    // Iterative traversal with a depth guard: glTF forbids cycles but a hostile file may have one.
+    let mut stack: Vec<(gltf::Node, Mat4, usize)> =
+        roots.into_iter().rev().map(|n| (n, Mat4::IDENTITY, 0)).collect();
+    let mut visited = 0usize;
+    while let Some((node, parent, depth)) = stack.pop() {
+        visited += 1;
+        if depth > 256 || visited > 10_000_000 {
+            return Err(inv("node hierarchy is too deep or cyclic".into()));
+        }
+        let local = Mat4::from_cols_array_2d(&node.transform().matrix());
+        let world = parent * local;
+        if !world.is_finite() {
+            return Err(inv(format!("node {} has a non-finite transform", node.index())));
+        }
+        if let Some(mesh) = node.mesh() {
+            b.add_mesh(&node, &mesh, world)?;
+        }
+        if let Some(cam) = node.camera() {
+            b.add_camera(&cam, world);
+        }
+        if let Some(light) = node.light() {
+            b.add_light(&light, world);
+        }
+        for c in node.children().collect::<Vec<_>>().into_iter().rev() {
+            stack.push((c, world, depth + 1));
+        }
+    }
+    let scene = b.scene;
+    if scene.triangles.is_empty() {
+        return Err(inv("the scene has no triangles to render".into()));
+    }
+    Ok((scene, warnings))
+}
+
+fn check_extensions(
+    raw: &serde_json::Value,
+    path: &Path,
+    warnings: &mut Warnings,
+) -> Result<(), SceneError> {
+    let names = |key: &str| -> Vec<String> {
+        raw.get(key)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let unsupported = |list: Vec<String>| -> Vec<String> {
+        list.into_iter()
+            .filter(|e| !SUPPORTED_EXTENSIONS.contains(&e.as_str()))
+            .collect()
+    };
+    let required = unsupported(names("extensionsRequired"));
+    if !required.is_empty() {
+        return Err(SceneError::invalid(
+            path,
+            format!(
+                "the file requires glTF extension(s) rayfarm does not support: {} (export without them)",
+                required.join(", ")
+            ),
+        ));
+    }
+    let used = unsupported(names("extensionsUsed"));
+    if !used.is_empty() {
+        warnings.push(format!(
+            "{}: ignoring unsupported glTF extension(s): {}",
+            path.display(),
+            used.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A render resolution stored in the root `extras` (directly or one object deep) as
+/// `"resolution": [w, h]`.
+fn find_resolution(raw: &serde_json::Value) -> Option<[u32; 2]> {
+    let extras = raw.get("extras")?;
+    let parse = |v: &serde_json::Value| -> Option<[u32; 2]> {
+        let a = v.get("resolution")?.as_array()?;
+        let w = a.first()?.as_u64()?;
+        let h = a.get(1)?.as_u64()?;
+        (w >= 1 && h >= 1 && w <= 65536 && h <= 65536).then_some([w as u32, h as u32])
+    };
+    parse(extras).or_else(|| extras.as_object()?.values().find_map(parse))
+}
+
+fn load_buffers(
+    doc: &gltf::Document,
+    path: &Path,
+    glb_bin: Option<&[u8]>,
+    read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, SceneError> {
+    let mut out = Vec::new();
+    for buf in doc.buffers() {
+        let data = match buf.source() {
+            gltf::buffer::Source::Bin => glb_bin
+                .ok_or_else(|| {
+                    SceneError::invalid(
+                        path,
+                        format!("buffer {} refers to a missing GLB binary chunk", buf.index()),
+                    )
+                })?
+                .to_vec(),
+            gltf::buffer::Source::Uri(uri) => {
+                read_uri(uri, path, read_file, &format!("buffer {}", buf.index()))?
+            }
+        };
+        if data.len() < buf.length() {
+            return Err(SceneError::invalid(
+                path,
+                format!(
+                    "buffer {} should hold {} bytes but has only {} (truncated file?)",
+                    buf.index(),
+                    buf.length(),
+                    data.len()
+                ),
+            ));
+        }
+        out.push(data);
+    }
+    Ok(out)
+}
+
+fn read_uri(
+    uri: &str,
+    path: &Path,
+    read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    what: &str,
+) -> Result<Vec<u8>, SceneError> {
+    use base64::Engine;
+    if let Some(rest) = uri.strip_prefix("data:") {
+        let (_, payload) = rest.split_once(";base64,").ok_or_else(|| {
+            SceneError::invalid(path, format!("{what}: only base64 data URIs are supported"))
+        })?;
+        return base64::engine::general_purpose::STANDARD
+            .decode(payload)
+            .map_err(|e| SceneError::invalid(path, format!("{what}: bad base64 data URI: {e}")));
+    }
+    let decoded = percent_encoding::percent_decode_str(uri)
+        .decode_utf8()
+        .map_err(|_| SceneError::invalid(path, format!("{what}: URI '{uri}' is not valid UTF-8")))?;
+    let rel = PathBuf::from(decoded.as_ref());
+    read_file(&rel).map_err(|e| {
+        let full = path.parent().unwrap_or(Path::new("")).join(&rel);
+        SceneError::invalid(path, format!("{what}: cannot read '{}': {e}", full.display()))
+    })
+}
+
+struct Builder<'a> {
+    path: &'a Path,
+    doc: &'a gltf::Document,
+    buffers: Vec<Vec<u8>>,
+    scene: CompiledScene,
+    warnings: &'a mut Warnings,
+    /// glTF texture index (and colour-space-independent) -> compiled texture index.
+    texture_map: HashMap<usize, u32>,
+    image_map: HashMap<usize, u32>,
+    /// glTF material index (None = default material) -> compiled material index.
+    material_map: HashMap<Option<usize>, u32>,
+    read_file: &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    need_tangents: bool,
+    mesh_names: HashMap<String, u32>,
+}
+
+impl Builder<'_> {
+    fn err(&self, what: String) -> SceneError {
+        SceneError::invalid(self.path, what)
+    }
+
+    fn unique_name(&mut self, base: String) -> String {
+        let n = self.mesh_names.entry(base.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            base
+        } else {
+            format!("{base}.{:03}", *n - 1)
+        }
+    }
+
+    fn add_mesh(&mut self, node: &gltf::Node, mesh: &gltf::Mesh, world: Mat4) -> Result<(), SceneError> {
+        let name = node
+            .name()
+            .or(mesh.name())
+            .map(String::from)
+            .unwrap_or_else(|| format!("mesh{}", mesh.index()));
+        let name = self.unique_name(name);
+        let first_triangle = self.scene.triangles.len() as u32;
+        let normal_matrix = Mat3::from_mat4(world).inverse().transpose();
+        let flip = Mat3::from_mat4(world).determinant() < 0.0;
+        let mut has_uv = [false; 2];
+        for prim in mesh.primitives() {
+            let ctx = format!("mesh '{}' primitive {}", name, prim.index());
+            let mode = prim.mode();
+            use gltf::mesh::Mode;
+            if !matches!(mode, Mode::Triangles | Mode::TriangleStrip | Mode::TriangleFan) {
+                self.warnings.push(format!(
+                    "{}: {ctx}: skipping {:?} primitive (only triangles are rendered)",
+                    self.path.display(),
+                    mode
+                ));
+                continue;
+            }
+            let pos_acc = prim
+                .get(&gltf::Semantic::Positions)
+                .ok_or_else(|| self.err(format!("{ctx} has no POSITION attribute")))?;
+            let positions: Vec<Vec3> = self
+                .read_floats::<3>(&pos_acc, &ctx)?
+                .into_iter()
+                .map(|p| world.transform_point3(Vec3::from(p)))
+                .collect();
+            let n = positions.len();
+            let read_attr = |b: &Self, sem: gltf::Semantic| -> Result<Option<Vec<[f32; 4]>>, SceneError> {
+                match prim.get(&sem) {
+                    None => Ok(None),
+                    Some(acc) => {
+                        let v = b.read_floats::<4>(&acc, &ctx)?;
+                        if v.len() != n {
+                            return Err(b.err(format!(
+                                "{ctx}: attribute {sem:?} has {} elements but POSITION has {n}",
+                                v.len()
+                            )));
+                        }
+                        Ok(Some(v))
+                    }
+                }
+            };
+            let normals = read_attr(self, gltf::Semantic::Normals)?;
+            let tangents = read_attr(self, gltf::Semantic::Tangents)?;
+            let uv0 = read_attr(self, gltf::Semantic::TexCoords(0))?;
+            let uv1 = read_attr(self, gltf::Semantic::TexCoords(1))?;
+            has_uv[0] |= uv0.is_some();
+            has_uv[1] |= uv1.is_some();
+
+            let indices: Vec<u32> = match prim.indices() {
+                Some(acc) => self.read_indices(&acc, &ctx)?,
+                None => (0..n as u32).collect(),
+            };
+            if let Some(&bad) = indices.iter().find(|&&i| i as usize >= n) {
+                return Err(self.err(format!(
+                    "{ctx}: index {bad} is out of range (the primitive has {n} vertices)"
+                )));
+            }
+            let mut tris: Vec<[u32; 3]> = match mode {
+                Mode::Triangles => indices.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect(),
+                Mode::TriangleStrip => (2..indices.len())
+                    .map(|i| {
+                        if i % 2 == 0 {
+                            [indices[i - 2], indices[i - 1], indices[i]]
+                        } else {
+                            [indices[i - 1], indices[i - 2], indices[i]]
+                        }
+                    })
+                    .collect(),
+                _ => (2..indices.len())
+                    .map(|i| [indices[i - 1], indices[i], indices[0]])
+                    .collect(),
+            };
+            if flip {
+                for t in &mut tris {
+                    t.swap(1, 2);
+                }
+            }
+
+            let mat_index = self.material(prim.material().index())?;
+            let material = &self.scene.materials[mat_index as usize];
+            let wants_tangents = material.normal_texture.is_some();
+
+            // Without normals glTF asks for flat shading: give every triangle its own vertices.
+            let (positions, normals, tangents, uv0, uv1, tris) = if normals.is_none() {
+                let mut p2 = Vec::with_capacity(tris.len() * 3);
+                let mut n2 = Vec::with_capacity(tris.len() * 3);
+                let dup = |v: &Option<Vec<[f32; 4]>>| v.as_ref().map(|_| Vec::with_capacity(tris.len() * 3));
+                let (mut t2, mut a2, mut b2) = (dup(&tangents), dup(&uv0), dup(&uv1));
+                let mut tris2 = Vec::with_capacity(tris.len());
+                for t in &tris {
+                    let [a, b, c] = t.map(|i| positions[i as usize]);
+                    let fnrm = (b - a).cross(c - a).normalize_or(Vec3::Y);
+                    let base = p2.len() as u32;
+                    for &i in t {
+                        p2.push(positions[i as usize]);
+                        n2.push(fnrm);
+                        for (dst, src) in [(&mut t2, &tangents), (&mut a2, &uv0), (&mut b2, &uv1)] {
+                            if let (Some(d), Some(s)) = (dst.as_mut(), src.as_ref()) {
+                                d.push(s[i as usize]);
+                            }
+                        }
+                    }
+                    tris2.push([base, base + 1, base + 2]);
+                }
+                (p2, n2, t2, a2, b2, tris2)
+            } else {
+                let nrm: Vec<Vec3> = normals
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|v| {
+                        let v = normal_matrix * Vec3::new(v[0], v[1], v[2]);
+                        v.normalize_or(Vec3::Y)
+                    })
+                    .collect();
+                (positions, nrm, tangents, uv0, uv1, tris)
+            };
+
+            let base = self.scene.positions.len();
+            if base + positions.len() > u32::MAX as usize / 2 {
+                return Err(self.err("too many vertices (more than 2^31)".into()));
+            }
+            let tangents_world: Option<Vec<[f32; 4]>> = match tangents {
+                Some(t) => Some(
+                    t.iter()
+                        .zip(&normals)
+                        .map(|(t, n)| {
+                            let v = Mat3::from_mat4(world) * Vec3::new(t[0], t[1], t[2]);
+                            let v = (v - *n * n.dot(v)).normalize_or(n.any_orthonormal_vector());
+                            let w = if t[3] < 0.0 { -1.0 } else { 1.0 };
+                            [v.x, v.y, v.z, if flip { -w } else { w }]
+                        })
+                        .collect(),
+                ),
+                None if wants_tangents => {
+                    self.need_tangents = true;
+                    uv_for_tangents(&material.normal_texture, &uv0, &uv1).map(|uv| {
+                        compute_tangents(&positions, &normals, uv, &tris)
+                    })
+                }
+                None => None,
+            };
+            self.push_vertices(&positions, &normals, tangents_world, uv0, uv1);
+            for t in tris {
+                self.scene
+                    .triangles
+                    .push(t.map(|i| i + base as u32));
+                self.scene.triangle_materials.push(mat_index);
+            }
+        }
+        let triangle_count = self.scene.triangles.len() as u32 - first_triangle;
+        if triangle_count > 0 {
+            self.scene.meshes.push(Mesh {
+                name,
+                first_triangle,
+                triangle_count,
+                has_uv,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends vertices, keeping every optional array either empty or as long as `positions`.
+    fn push_vertices(
+        &mut self,
+        positions: &[Vec3],
+        normals: &[Vec3],
+        tangents: Option<Vec<[f32; 4]>>,
+        uv0: Option<Vec<[f32; 4]>>,
+        uv1: Option<Vec<[f32; 4]>>,
+    ) {
+        let s = &mut self.scene;
+        let old = s.positions.len();
+        s.positions.extend(positions.iter().map(|p| p.to_array()));
+        s.normals.extend(normals.iter().map(|n| n.to_array()));
+        fn extend<const N: usize, T: Copy>(
+            dst: &mut Vec<[f32; N]>,
+            src: Option<Vec<T>>,
+            old: usize,
+            count: usize,
+            conv: impl Fn(T) -> [f32; N],
+        ) {
+            match src {
+                Some(v) => {
+                    if dst.len() < old {
+                        dst.resize(old, [0.0; N]);
+                    }
+                    dst.extend(v.into_iter().map(conv));
+                }
+                None => {
+                    if !dst.is_empty() {
+                        dst.resize(old + count, [0.0; N]);
+                    }
+                }
+            }
+        }
+        let count = positions.len();
+        extend(&mut s.tangents, tangents, old, count, |t| t);
+        extend(&mut s.uv0, uv0, old, count, |t| [t[0], t[1]]);
+        extend(&mut s.uv1, uv1, old, count, |t| [t[0], t[1]]);
+    }
+
+    fn add_camera(&mut self, cam: &gltf::Camera, world: Mat4) {
+        let projection = match cam.projection() {
+            gltf::camera::Projection::Perspective(p) => Projection::Perspective {
+                yfov: p.yfov(),
+                aspect: p.aspect_ratio(),
+            },
+            gltf::camera::Projection::Orthographic(o) => Projection::Orthographic {
+                xmag: o.xmag(),
+                ymag: o.ymag(),
+            },
+        };
+        let position = world.transform_point3(Vec3::ZERO);
+        let forward = world.transform_vector3(-Vec3::Z).normalize_or(-Vec3::Z);
+        let up0 = world.transform_vector3(Vec3::Y);
+        let right = forward.cross(up0).normalize_or(Vec3::X);
+        let up = right.cross(forward);
+        self.scene.cameras.push(Camera {
+            name: cam
+                .name()
+                .map(String::from)
+                .unwrap_or_else(|| format!("camera{}", cam.index())),
+            projection,
+            position: position.to_array(),
+            right: right.to_array(),
+            up: up.to_array(),
+            forward: forward.to_array(),
+        });
+    }
+
+    fn add_light(&mut self, light: &gltf::khr_lights_punctual::Light, world: Mat4) {
+        use gltf::khr_lights_punctual::Kind;
+        let kind = match light.kind() {
+            Kind::Point => LightKind::Point,
+            Kind::Directional => LightKind::Directional,
+            Kind::Spot {
+                inner_cone_angle,
+                outer_cone_angle,
+            } => LightKind::Spot {
+                inner_cone: inner_cone_angle,
+                outer_cone: outer_cone_angle,
+            },
+        };
+        let dir = world.transform_vector3(-Vec3::Z).normalize_or(-Vec3::Z);
+        self.scene.lights.push(Light {
+            name: light
+                .name()
+                .map(String::from)
+                .unwrap_or_else(|| format!("light{}", light.index())),
+            kind,
+            color: light.color(),
+            intensity: light.intensity(),
+            position: world.transform_point3(Vec3::ZERO).to_array(),
+            direction: dir.to_array(),
+        });
+    }
+
+    fn material(&mut self, index: Option<usize>) -> Result<u32, SceneError> {
+        if let Some(&m) = self.material_map.get(&index) {
+            return Ok(m);
+        }
+        let mat = match index {
+            None => Material {
+                name: "default".into(),
+                ..Default::default()
+            },
+            Some(i) => {
+                let m = self
+                    .doc
+                    .materials()
+                    .nth(i)
+                    .ok_or_else(|| self.err(format!("material {i} does not exist")))?;
+                self.convert_material(&m)?
+            }
+        };
+        let id = self.scene.materials.len() as u32;
+        self.scene.materials.push(mat);
+        self.material_map.insert(index, id);
+        Ok(id)
+    }
+
+    fn convert_material(&mut self, m: &gltf::Material) -> Result<Material, SceneError> {
+        let pbr = m.pbr_metallic_roughness();
+        let name = m
+            .name()
+            .map(String::from)
+            .unwrap_or_else(|| format!("material{}", m.index().unwrap_or(0)));
+        let mut out = Material {
+            name,
+            base_color: pbr.base_color_factor(),
+            metallic: pbr.metallic_factor(),
+            roughness: pbr.roughness_factor(),
+            ..Default::default()
+        };
+        out.base_color_texture = self.tex_info(pbr.base_color_texture())?;
+        out.metallic_roughness_texture = self.tex_info(pbr.metallic_roughness_texture())?;
+        if let Some(nt) = m.normal_texture() {
+            out.normal_scale = nt.scale();
+            out.normal_texture = Some(self.tex_ref(&nt.texture(), nt.tex_coord(), None)?);
+        }
+        let strength = m.emissive_strength().unwrap_or(1.0);
+        out.emissive = m.emissive_factor().map(|c| c * strength);
+        out.emissive_texture = self.tex_info(m.emissive_texture())?;
+        if let Some(s) = m.specular() {
+            out.specular = s.specular_factor();
+            out.specular_texture = self.tex_info(s.specular_texture())?;
+            out.specular_color = s.specular_color_factor();
+            out.specular_color_texture = self.tex_info(s.specular_color_texture())?;
+        }
+        if let Some(t) = m.transmission() {
+            out.transmission = t.transmission_factor();
+            out.transmission_texture = self.tex_info(t.transmission_texture())?;
+        }
+        if let Some(ior) = m.ior() {
+            out.ior = ior;
+        }
+        out.alpha_mode = match m.alpha_mode() {
+            gltf::material::AlphaMode::Opaque => AlphaMode::Opaque,
+            gltf::material::AlphaMode::Mask => AlphaMode::Mask,
+            gltf::material::AlphaMode::Blend => AlphaMode::Blend,
+        };
+        out.alpha_cutoff = m.alpha_cutoff().unwrap_or(0.5);
+        out.double_sided = m.double_sided();
+        Ok(out)
+    }
+
+    fn tex_info(&mut self, info: Option<gltf::texture::Info>) -> Result<Option<TextureRef>, SceneError> {
+        let Some(info) = info else { return Ok(None) };
+        let transform = info.texture_transform();
+        Ok(Some(self.tex_ref(&info.texture(), info.tex_coord(), transform)?))
+    }
+
+    fn tex_ref(
+        &mut self,
+        tex: &gltf::Texture,
+        tex_coord: u32,
+        transform: Option<gltf::texture::TextureTransform>,
+    ) -> Result<TextureRef, SceneError> {
+        let id = self.texture(tex)?;
+        let mut r = TextureRef::new(id, tex_coord.min(255) as u8);
+        if let Some(t) = transform {
+            if let Some(tc) = t.tex_coord() {
+                r.uv_set = tc.min(255) as u8;
+            }
+            let [ox, oy] = t.offset();
+            let [sx, sy] = t.scale();
+            let (s, c) = t.rotation().sin_cos();
+            r.transform = [c * sx, s * sy, ox, -s * sx, c * sy, oy];
+        }
+        if r.uv_set > 1 {
+            self.warnings.push(format!(
+                "{}: texture {} uses TEXCOORD_{}; only TEXCOORD_0 and TEXCOORD_1 are supported, using TEXCOORD_0",
+                self.path.display(),
+                tex.index(),
+                r.uv_set
+            ));
+            r.uv_set = 0;
+        }
+        Ok(r)
+    }
+
+    fn texture(&mut self, tex: &gltf::Texture) -> Result<u32, SceneError> {
+        if let Some(&t) = self.texture_map.get(&tex.index()) {
+            return Ok(t);
+        }
+        let image = self.image(&tex.source())?;
+        let s = tex.sampler();
+        let wrap = |w: gltf::texture::WrappingMode| match w {
+            gltf::texture::WrappingMode::ClampToEdge => WrapMode::ClampToEdge,
+            gltf::texture::WrappingMode::MirroredRepeat => WrapMode::MirroredRepeat,
+            gltf::texture::WrappingMode::Repeat => WrapMode::Repeat,
+        };
+        let t = Texture {
+            image,
+            wrap_s: wrap(s.wrap_s()),
+            wrap_t: wrap(s.wrap_t()),
+            nearest: matches!(s.mag_filter(), Some(gltf::texture::MagFilter::Nearest)),
+        };
+        let id = self.scene.textures.len() as u32;
+        self.scene.textures.push(t);
+        self.texture_map.insert(tex.index(), id);
+        Ok(id)
+    }
+
+    fn image(&mut self, img: &gltf::Image) -> Result<u32, SceneError> {
+        if let Some(&i) = self.image_map.get(&img.index()) {
+            return Ok(i);
+        }
+        let what = format!("image {}", img.index());
+        let (bytes, name) = match img.source() {
+            gltf::image::Source::View { view, .. } => {
+                let buf = self
+                    .buffers
+                    .get(view.buffer().index())
+                    .ok_or_else(|| self.err(format!("{what}: missing buffer")))?;
+                let end = view.offset().checked_add(view.length());
+                let data = end
+                    .and_then(|e| buf.get(view.offset()..e))
+                    .ok_or_else(|| self.err(format!("{what}: buffer view {} is out of range", view.index())))?;
+                (data.to_vec(), img.name().unwrap_or(&what).to_string())
+            }
+            gltf::image::Source::Uri { uri, .. } => {
+                let name = if uri.starts_with("data:") { what.clone() } else { uri.to_string() };
+                (read_uri(uri, self.path, self.read_file, &what)?, name)
+            }
+        };
+        let decoded = image::load_from_memory(&bytes)
+            .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode: {e}")))?
+            .to_rgba8();
+        let (width, height) = decoded.dimensions();
+        let id = self.scene.images.len() as u32;
+        self.scene.images.push(Image {
+            name,
+            width,
+            height,
+            rgba8: decoded.into_raw(),
+        });
+        self.image_map.insert(img.index(), id);
+        Ok(id)
+    }
+
+    /// Reads a float accessor into `N`-wide vectors (missing components are 0, `w` is 1 for
+    /// VEC3 data read as 4 wide, which no caller relies on). Normalized integers are converted
+    /// as the glTF specification says.
+    fn read_floats<const N: usize>(&self, acc: &gltf::Accessor, ctx: &str) -> Result<Vec<[f32; N]>, SceneError> {
+        let raw = self.read_accessor(acc, ctx)?;
+        let dims = acc.dimensions().multiplicity();
+        let mut out = Vec::with_capacity(raw.len() / dims.max(1));
+        for chunk in raw.chunks_exact(dims.max(1)) {
+            let mut v = [0.0f32; N];
+            for (k, slot) in v.iter_mut().enumerate() {
+                *slot = chunk.get(k).copied().unwrap_or(0.0);
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(self.err(format!("{ctx}: accessor {} holds a non-finite value", acc.index())));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn read_indices(&self, acc: &gltf::Accessor, ctx: &str) -> Result<Vec<u32>, SceneError> {
+        use gltf::accessor::DataType;
+        if !matches!(acc.data_type(), DataType::U8 | DataType::U16 | DataType::U32)
+            || acc.dimensions() != gltf::accessor::Dimensions::Scalar
+        {
+            return Err(self.err(format!(
+                "{ctx}: index accessor {} must be unsigned integer scalars",
+                acc.index()
+            )));
+        }
+        let mut raw = Vec::new();
+        self.read_components(acc, ctx, false, &mut |v| raw.push(v as u32))?;
+        Ok(raw)
+    }
+
+    /// All components of an accessor as f32 (normalization applied), sparse values included.
+    fn read_accessor(&self, acc: &gltf::Accessor, ctx: &str) -> Result<Vec<f32>, SceneError> {
+        let mut raw = Vec::new();
+        self.read_components(acc, ctx, acc.normalized(), &mut |v| raw.push(v as f32))?;
+        Ok(raw)
+    }
+
+    fn read_components(
+        &self,
+        acc: &gltf::Accessor,
+        ctx: &str,
+        normalized: bool,
+        push: &mut dyn FnMut(f64),
+    ) -> Result<(), SceneError> {
+        let count = acc.count();
+        let dims = acc.dimensions().multiplicity();
+        let comp = acc.data_type();
+        let csize = comp.size();
+        let elem_size = dims * csize;
+        let name = format!("{ctx}: accessor {}", acc.index());
+        if count > MAX_ACCESSOR_ELEMENTS {
+            return Err(self.err(format!("{name} claims {count} elements, more than rayfarm accepts")));
+        }
+        let mut values: Vec<f64> = Vec::new();
+        match acc.view() {
+            Some(view) => {
+                let data = self.view_bytes(&view, &name)?;
+                let stride = view.stride().unwrap_or(elem_size).max(elem_size);
+                if count > 0 {
+                    let last_end = (count - 1)
+                        .checked_mul(stride)
+                        .and_then(|x| x.checked_add(acc.offset()))
+                        .and_then(|x| x.checked_add(elem_size));
+                    if last_end.is_none_or(|e| e > data.len()) {
+                        return Err(self.err(format!(
+                            "{name} reads past the end of buffer view {} ({} elements of {} bytes, stride {}, offset {}, view length {})",
+                            view.index(), count, elem_size, stride, acc.offset(), data.len()
+                        )));
+                    }
+                }
+                values.reserve(count * dims);
+                for i in 0..count {
+                    let off = acc.offset() + i * stride;
+                    for k in 0..dims {
+                        let o = off + k * csize;
+                        values.push(read_component(&data[o..o + csize], comp, normalized));
+                    }
+                }
+            }
+            None => values.resize(count * dims, 0.0),
+        }
+        if let Some(sparse) = acc.sparse() {
+            let n = sparse.count();
+            let idx_view = sparse.indices().view();
+            let idx_data = self.view_bytes(&idx_view, &name)?;
+            let idx_type = sparse.indices().index_type();
+            let isize = match idx_type {
+                gltf::accessor::sparse::IndexType::U8 => 1,
+                gltf::accessor::sparse::IndexType::U16 => 2,
+                gltf::accessor::sparse::IndexType::U32 => 4,
+            };
+            let val_view = sparse.values().view();
+            let val_data = self.view_bytes(&val_view, &name)?;
+            let idx_off = sparse.indices().offset();
+            let val_off = sparse.values().offset();
+            let idx_end = n.checked_mul(isize).and_then(|x| x.checked_add(idx_off));
+            let val_end = n.checked_mul(elem_size).and_then(|x| x.checked_add(val_off));
+            if idx_end.is_none_or(|e| e > idx_data.len()) || val_end.is_none_or(|e| e > val_data.len()) {
+                return Err(self.err(format!("{name}: sparse data reads past the end of its buffer view")));
+            }
+            for j in 0..n {
+                let io = idx_off + j * isize;
+                let b = &idx_data[io..io + isize];
+                let target = match isize {
+                    1 => b[0] as usize,
+                    2 => u16::from_le_bytes([b[0], b[1]]) as usize,
+                    _ => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+                };
+                if target >= count {
+                    return Err(self.err(format!(
+                        "{name}: sparse index {target} is out of range ({count} elements)"
+                    )));
+                }
+                for k in 0..dims {
+                    let o = val_off + j * elem_size + k * csize;
+                    values[target * dims + k] = read_component(&val_data[o..o + csize], comp, normalized);
+                }
+            }
+        }
+        for v in values {
+            push(v);
+        }
+        Ok(())
+    }
+
+    fn view_bytes(&self, view: &gltf::buffer::View, name: &str) -> Result<&[u8], SceneError> {
+        let buf = self
+            .buffers
+            .get(view.buffer().index())
+            .ok_or_else(|| self.err(format!("{name}: buffer {} is missing", view.buffer().index())))?;
+        view.offset()
+            .checked_add(view.length())
+            .and_then(|end| buf.get(view.offset()..end))
+            .ok_or_else(|| {
+                self.err(format!(
+                    "{name}: buffer view {} (offset {}, length {}) lies outside buffer {} ({} bytes)",
+                    view.index(),
+                    view.offset(),
+                    view.length(),
+                    view.buffer().index(),
+                    buf.len()
+                ))
+            })
+    }
+}
+
+fn read_component(b: &[u8], comp: gltf::accessor::DataType, normalized: bool) -> f64 {
+    use gltf::accessor::DataType::*;
+    match comp {
+        I8 => {
+            let v = b[0] as i8 as f64;
+            if normalized { (v / 127.0).max(-1.0) } else { v }
+        }
+        U8 => {
+            let v = b[0] as f64;
+            if normalized { v / 255.0 } else { v }
+        }
+        I16 => {
+            let v = i16::from_le_bytes([b[0], b[1]]) as f64;
+            if normalized { (v / 32767.0).max(-1.0) } else { v }
+        }
+        U16 => {
+            let v = u16::from_le_bytes([b[0], b[1]]) as f64;
+            if normalized { v / 65535.0 } else { v }
+        }
+        U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+        F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+    }
+}
+
+fn uv_for_tangents<'a>(
+    normal_tex: &Option<TextureRef>,
+    uv0: &'a Option<Vec<[f32; 4]>>,
+    uv1: &'a Option<Vec<[f32; 4]>>,
+) -> Option<&'a [[f32; 4]]> {
+    let set = normal_tex.map(|t| t.uv_set).unwrap_or(0);
+    if set == 1 { uv1.as_deref() } else { uv0.as_deref() }
+}
+
+/// Per-vertex tangents from UV derivatives, accumulated over adjacent triangles and
+/// orthogonalised against the normal (Lengyel's method). glTF recommends MikkTSpace; for the
+/// smooth, consistently mapped meshes that carry normal maps the two agree closely.
+fn compute_tangents(positions: &[Vec3], normals: &[Vec3], uv: &[[f32; 4]], tris: &[[u32; 3]]) -> Vec<[f32; 4]> {
+    let n = positions.len();
+    let mut tan = vec![Vec3::ZERO; n];
+    let mut bit = vec![Vec3::ZERO; n];
+    for t in tris {
+        let [i0, i1, i2] = t.map(|i| i as usize);
+        let (p0, p1, p2) = (positions[i0], positions[i1], positions[i2]);
+        let w = |i: usize| Vec2::new(uv[i][0], uv[i][1]);
+        let (w0, w1, w2) = (w(i0), w(i1), w(i2));
+        let (e1, e2) = (p1 - p0, p2 - p0);
+        let (d1, d2) = (w1 - w0, w2 - w0);
+        let det = d1.x * d2.y - d2.x * d1.y;
+        if det.abs() < 1e-20 {
+            continue;
+        }
+        let r = 1.0 / det;
+        let s = (e1 * d2.y - e2 * d1.y) * r;
+        let tt = (e2 * d1.x - e1 * d2.x) * r;
+        for i in [i0, i1, i2] {
+            tan[i] += s;
+            bit[i] += tt;
+        }
+    }
+    (0..n)
+        .map(|i| {
+            let nn = normals[i];
+            let t = (tan[i] - nn * nn.dot(tan[i])).normalize_or(nn.any_orthonormal_vector());
+            let w = if nn.cross(t).dot(bit[i]) < 0.0 { -1.0 } else { 1.0 };
+            Vec4::new(t.x, t.y, t.z, w).to_array()
+        })
+        .collect()
+}

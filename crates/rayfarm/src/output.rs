@@ -1,0 +1,115 @@
+//! Writing images: `.exr` (linear, 32- or 16-bit float) and `.png` (8-bit sRGB).
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// How `.png` output maps linear radiance (after exposure) to [0, 1].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToneMap {
+    /// Clamp to [0, 1]: faithful below 1, highlights burn out.
+    Clamp,
+    /// The ACES filmic curve fitted by Narkowicz (2015): compresses highlights smoothly.
+    Aces,
+}
+
+fn aces(x: f32) -> f32 {
+    let (a, b, c, d, e) = (2.51, 0.03, 2.43, 0.59, 0.14);
+    ((x * (a * x + b)) / (x * (c * x + d) + e)).clamp(0.0, 1.0)
+}
+
+/// Linear RGB to 8-bit sRGB bytes: multiply by 2^exposure, tone map, encode.
+pub fn to_srgb8(pixels: &[[f32; 3]], exposure_ev: f32, tonemap: ToneMap) -> Vec<u8> {
+    let scale = 2f32.powf(exposure_ev);
+    let mut out = Vec::with_capacity(pixels.len() * 3);
+    for p in pixels {
+        for &c in p {
+            let v = c * scale;
+            let v = match tonemap {
+                ToneMap::Clamp => v.clamp(0.0, 1.0),
+                ToneMap::Aces => aces(v.max(0.0)),
+            };
+            let s = rayfarm_render::texture::linear_to_srgb(v);
+            out.push((s * 255.0 + 0.5) as u8);
+        }
+    }
+    out
+}
+
+/// Writes an image, choosing the format by extension. Exposure applies to PNG only; EXR keeps
+/// the linear values as rendered.
+pub fn write_image(
+    path: &Path,
+    width: u32,
+    height: u32,
+    pixels: &[[f32; 3]],
+    half: bool,
+    exposure_ev: f32,
+    tonemap: ToneMap,
+) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            bail!("{}: the output folder {} does not exist", path.display(), dir.display());
+        }
+    }
+    // Write to a temporary name and rename, so a crash never leaves a half-written image.
+    let tmp = path.with_extension(format!("{ext}.partial"));
+    let w = width as usize;
+    match ext.as_str() {
+        "exr" => {
+            let get = |x: usize, y: usize| pixels[y * w + x];
+            if half {
+                use exr::prelude::f16;
+                exr::prelude::write_rgb_file(&tmp, w, height as usize, |x, y| {
+                    let p = get(x, y);
+                    (f16::from_f32(p[0]), f16::from_f32(p[1]), f16::from_f32(p[2]))
+                })
+            } else {
+                exr::prelude::write_rgb_file(&tmp, w, height as usize, |x, y| {
+                    let p = get(x, y);
+                    (p[0], p[1], p[2])
+                })
+            }
+            .map_err(|e| anyhow::anyhow!("{}: cannot write EXR: {e}", path.display()))?;
+        }
+        "png" => {
+            let bytes = to_srgb8(pixels, exposure_ev, tonemap);
+            image::save_buffer_with_format(
+                &tmp,
+                &bytes,
+                width,
+                height,
+                image::ExtendedColorType::Rgb8,
+                image::ImageFormat::Png,
+            )
+            .with_context(|| format!("{}: cannot write PNG", path.display()))?;
+        }
+        _ => bail!(
+            "{}: unknown output format '.{ext}'; use .exr (linear float) or .png (8-bit sRGB)",
+            path.display()
+        ),
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot move the finished image into place", path.display()))?;
+    Ok(())
+}
+
+/// Reads an RGB(A) EXR into linear RGB (used by tests and `rayfarm compare`).
+pub fn read_exr(path: &Path) -> Result<(u32, u32, Vec<[f32; 3]>)> {
+    let img = exr::prelude::read_first_rgba_layer_from_file(
+        path,
+        |res, _| {
+            let (w, h) = (res.width(), res.height());
+            (w, vec![[0f32; 3]; w * h])
+        },
+        |(w, px), pos, (r, g, b, _a): (f32, f32, f32, f32)| {
+            px[pos.y() * *w + pos.x()] = [r, g, b];
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{}: cannot read EXR: {e}", path.display()))?;
+    let size = img.layer_data.size;
+    Ok((size.width() as u32, size.height() as u32, img.layer_data.channel_data.pixels.1))
+}
