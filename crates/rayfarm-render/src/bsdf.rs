@@ -27,6 +27,26 @@ pub struct Bsdf {
     pub transmission: f32,
 }
 
+/// A BSDF with its lobe-selection probabilities worked out for one outgoing direction, which
+/// both `eval` and `sample` need.
+#[derive(Clone, Copy, Debug)]
+pub struct PreparedBsdf {
+    pub bsdf: Bsdf,
+    pub wo: Vec3A,
+    probs: [f32; 3],
+}
+
+impl PreparedBsdf {
+    #[inline]
+    pub fn eval(&self, wi: Vec3A) -> (Vec3A, f32) {
+        self.bsdf.eval_with(self.wo, wi, self.probs)
+    }
+    #[inline]
+    pub fn sample(&self, u_lobe: f32, u1: f32, u2: f32) -> Option<BsdfSample> {
+        self.bsdf.sample_with(self.wo, u_lobe, u1, u2, self.probs)
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct BsdfSample {
     /// Local incident direction (where light comes from).
@@ -104,9 +124,24 @@ impl Bsdf {
         [spec / sum, diff / sum, trans / sum]
     }
 
+    /// Fixes the outgoing direction (local frame).
+    #[inline]
+    pub fn prepare(&self, wo: Vec3A) -> PreparedBsdf {
+        PreparedBsdf {
+            bsdf: *self,
+            wo,
+            probs: self.lobe_probs(wo.z),
+        }
+    }
+
     /// The BSDF value (without cosine) and the density `sample` has for `wi`.
     #[inline]
     pub fn eval(&self, wo: Vec3A, wi: Vec3A) -> (Vec3A, f32) {
+        self.eval_with(wo, wi, self.lobe_probs(wo.z))
+    }
+
+    #[inline(always)]
+    fn eval_with(&self, wo: Vec3A, wi: Vec3A, probs: [f32; 3]) -> (Vec3A, f32) {
         if wo.z <= 0.0 || wi.z <= 0.0 {
             return (Vec3A::ZERO, 0.0);
         }
@@ -122,7 +157,7 @@ impl Bsdf {
         let diffuse = self.base * (FRAC_1_PI * (1.0 - self.transmission));
         let m = self.metallic;
         let f = ((Vec3A::ONE - fd) * diffuse + fd * spec) * (1.0 - m) + fm * (spec * m);
-        let [ps, pd, _] = self.lobe_probs(wo.z);
+        let [ps, pd, _] = probs;
         let pdf_spec = d / ((1.0 + lo) * 4.0 * wo.z);
         let pdf = ps * pdf_spec + pd * wi.z * FRAC_1_PI;
         (f, pdf)
@@ -131,10 +166,15 @@ impl Bsdf {
     /// Samples an incident direction. `u_lobe` picks the lobe, `(u1, u2)` the direction.
     #[inline]
     pub fn sample(&self, wo: Vec3A, u_lobe: f32, u1: f32, u2: f32) -> Option<BsdfSample> {
+        self.sample_with(wo, u_lobe, u1, u2, self.lobe_probs(wo.z))
+    }
+
+    #[inline(always)]
+    fn sample_with(&self, wo: Vec3A, u_lobe: f32, u1: f32, u2: f32, probs: [f32; 3]) -> Option<BsdfSample> {
         if wo.z <= 0.0 {
             return None;
         }
-        let [ps, pd, pt] = self.lobe_probs(wo.z);
+        let [ps, pd, pt] = probs;
         if u_lobe < pt {
             // Thin-glass transmission: straight through, a delta lobe.
             let t = (Vec3A::ONE - self.fresnel_dielectric(wo.z))
@@ -158,7 +198,7 @@ impl Bsdf {
         if wi.z <= 0.0 {
             return None;
         }
-        let (f, pdf) = self.eval(wo, wi);
+        let (f, pdf) = self.eval_with(wo, wi, probs);
         if pdf <= 0.0 || !pdf.is_finite() {
             return None;
         }

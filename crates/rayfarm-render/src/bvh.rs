@@ -4,7 +4,7 @@
 //! both boxes and visit the nearer first. Triangles are stored in BVH order as (v0, e1, e2) for
 //! the Möller–Trumbore test, with their original index.
 
-use glam::Vec3A;
+use glam::{Vec3A, Vec4};
 
 const BINS: usize = 16;
 const MAX_LEAF: usize = 4;
@@ -12,15 +12,40 @@ const PARALLEL_THRESHOLD: usize = 8192;
 /// Relative cost of a ray-box test against a ray-triangle test, for the SAH.
 const TRAVERSAL_COST: f32 = 1.0;
 
+/// 32 bytes: bounds as two 16-byte vectors whose fourth lanes carry the child or triangle
+/// index and the triangle count, so a node's box loads with two aligned moves.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(32))]
 pub struct Node {
-    pub min: [f32; 3],
+    min_first: Vec4,
+    max_count: Vec4,
+}
+
+impl Node {
+    fn new(min: Vec3A, max: Vec3A, first: u32, count: u32) -> Node {
+        Node {
+            min_first: min.extend(f32::from_bits(first)),
+            max_count: max.extend(f32::from_bits(count)),
+        }
+    }
     /// Interior: index of the left child (the right child follows). Leaf: first triangle.
-    pub first: u32,
-    pub max: [f32; 3],
+    #[inline(always)]
+    pub fn first(&self) -> u32 {
+        self.min_first.w.to_bits()
+    }
     /// Number of triangles in a leaf; 0 for an interior node.
-    pub count: u32,
+    #[inline(always)]
+    pub fn count(&self) -> u32 {
+        self.max_count.w.to_bits()
+    }
+    #[inline(always)]
+    pub fn min(&self) -> Vec3A {
+        Vec3A::from_vec4(self.min_first)
+    }
+    #[inline(always)]
+    pub fn max(&self) -> Vec3A {
+        Vec3A::from_vec4(self.max_count)
+    }
 }
 
 /// A triangle prepared for intersection.
@@ -112,24 +137,14 @@ impl Bvh {
             .collect();
         if refs.is_empty() {
             return Bvh {
-                nodes: vec![Node {
-                    min: [0.0; 3],
-                    first: 0,
-                    max: [0.0; 3],
-                    count: 0,
-                }],
+                nodes: vec![Node::new(Vec3A::ZERO, Vec3A::ZERO, 0, 0)],
                 tris: Vec::new(),
                 prim_ids: Vec::new(),
             };
         }
         let root = build_rec(&mut refs, 0);
         let mut nodes = Vec::with_capacity(refs.len() / 2 + 1);
-        nodes.push(Node {
-            min: [0.0; 3],
-            first: 0,
-            max: [0.0; 3],
-            count: 0,
-        });
+        nodes.push(Node::new(Vec3A::ZERO, Vec3A::ZERO, 0, 0));
         flatten(&root, 0, &mut nodes);
         let prim_ids: Vec<u32> = refs.iter().map(|r| r.id).collect();
         let tris = prim_ids
@@ -158,8 +173,8 @@ impl Bvh {
         org: Vec3A,
         dir: Vec3A,
         tmax: f32,
-        needs_filter: &dyn Fn(u32) -> bool,
-        filter: &mut dyn FnMut(u32, f32, f32) -> bool,
+        needs_filter: &impl Fn(u32) -> bool,
+        filter: &mut impl FnMut(u32, f32, f32) -> bool,
     ) -> Option<Hit> {
         self.traverse::<false>(org, dir, tmax, needs_filter, filter)
     }
@@ -171,8 +186,8 @@ impl Bvh {
         org: Vec3A,
         dir: Vec3A,
         tmax: f32,
-        needs_filter: &dyn Fn(u32) -> bool,
-        filter: &mut dyn FnMut(u32, f32, f32) -> bool,
+        needs_filter: &impl Fn(u32) -> bool,
+        filter: &mut impl FnMut(u32, f32, f32) -> bool,
     ) -> bool {
         self.traverse::<true>(org, dir, tmax, needs_filter, filter)
             .is_some()
@@ -184,8 +199,8 @@ impl Bvh {
         org: Vec3A,
         dir: Vec3A,
         tmax: f32,
-        needs_filter: &dyn Fn(u32) -> bool,
-        filter: &mut dyn FnMut(u32, f32, f32) -> bool,
+        needs_filter: &impl Fn(u32) -> bool,
+        filter: &mut impl FnMut(u32, f32, f32) -> bool,
     ) -> Option<Hit> {
         if self.tris.is_empty() {
             return None;
@@ -205,40 +220,41 @@ impl Bvh {
             v: 0.0,
             prim: u32::MAX,
         };
-        let mut stack = [0u32; 64];
+        // Not zeroed: only entries below `sp` are ever read.
+        let mut stack = [std::mem::MaybeUninit::<u32>::uninit(); 64];
         let mut sp = 0usize;
         let root = &self.nodes[0];
-        if root.count > 0 {
+        if root.count() > 0 {
             // A single-leaf tree.
             self.leaf::<ANY>(root, org, dir, &mut best, needs_filter, filter);
             return (best.prim != u32::MAX).then_some(best);
         }
+        let nodes = &self.nodes[..];
         let mut node_idx = 0usize;
         loop {
-            let node = &self.nodes[node_idx];
-            let l = node.first as usize;
-            let (a, b) = (&self.nodes[l], &self.nodes[l + 1]);
+            // SAFETY: the builder only writes child indices of nodes it pushed, so every
+            // `first` of an interior node and `first + 1` are in bounds.
+            let node = unsafe { nodes.get_unchecked(node_idx) };
+            let l = node.first() as usize;
+            let (a, b) = unsafe { (nodes.get_unchecked(l), nodes.get_unchecked(l + 1)) };
             let ta = slab(a, inv, oinv, best.t);
             let tb = slab(b, inv, oinv, best.t);
+            let (near, far, tn, tf) = if tb < ta { (l + 1, l, tb, ta) } else { (l, l + 1, ta, tb) };
             let mut next = usize::MAX;
-            // Visit leaves right away; push the farther interior child.
-            let mut pending = [(ta, l), (tb, l + 1)];
-            if tb < ta {
-                pending.swap(0, 1);
-            }
-            for &(t, idx) in &pending {
+            // Visit leaves right away; descend into the nearer interior child, push the farther.
+            for (t, idx) in [(tn, near), (tf, far)] {
                 if t == f32::INFINITY {
-                    continue;
+                    break;
                 }
-                let n = &self.nodes[idx];
-                if n.count > 0 {
+                let n = unsafe { nodes.get_unchecked(idx) };
+                if n.count() > 0 {
                     if self.leaf::<ANY>(n, org, dir, &mut best, needs_filter, filter) && ANY {
                         return Some(best);
                     }
                 } else if next == usize::MAX {
                     next = idx;
                 } else if sp < stack.len() {
-                    stack[sp] = idx as u32;
+                    stack[sp] = std::mem::MaybeUninit::new(idx as u32);
                     sp += 1;
                 }
             }
@@ -246,13 +262,12 @@ impl Bvh {
                 node_idx = next;
                 continue;
             }
-            // Pop, skipping nodes now farther than the best hit is not possible without
-            // stored distances; the slab test of their children culls them quickly.
             if sp == 0 {
                 break;
             }
             sp -= 1;
-            node_idx = stack[sp] as usize;
+            // SAFETY: entries below `sp` were written before `sp` was raised past them.
+            node_idx = unsafe { stack[sp].assume_init() } as usize;
         }
         (best.prim != u32::MAX).then_some(best)
     }
@@ -264,15 +279,16 @@ impl Bvh {
         org: Vec3A,
         dir: Vec3A,
         best: &mut Hit,
-        needs_filter: &dyn Fn(u32) -> bool,
-        filter: &mut dyn FnMut(u32, f32, f32) -> bool,
+        needs_filter: &impl Fn(u32) -> bool,
+        filter: &mut impl FnMut(u32, f32, f32) -> bool,
     ) -> bool {
         let mut found = false;
-        let start = n.first as usize;
-        for i in start..start + n.count as usize {
-            let tri = &self.tris[i];
+        let start = n.first() as usize;
+        for i in start..start + n.count() as usize {
+            // SAFETY: leaves cover ranges of `tris` (and `prim_ids`, of equal length) by construction.
+            let tri = unsafe { self.tris.get_unchecked(i) };
             if let Some((t, u, v)) = intersect_tri(tri, org, dir, best.t) {
-                let prim = self.prim_ids[i];
+                let prim = unsafe { *self.prim_ids.get_unchecked(i) };
                 if needs_filter(prim) && !filter(prim, u, v) {
                     continue;
                 }
@@ -289,8 +305,8 @@ impl Bvh {
 
 #[inline(always)]
 fn slab(n: &Node, inv: Vec3A, oinv: Vec3A, tmax: f32) -> f32 {
-    let t0 = Vec3A::from(n.min) * inv - oinv;
-    let t1 = Vec3A::from(n.max) * inv - oinv;
+    let t0 = n.min() * inv - oinv;
+    let t1 = n.max() * inv - oinv;
     let tmin = t0.min(t1).max_element().max(0.0);
     let tfar = t0.max(t1).min_element().min(tmax);
     if tmin <= tfar {
@@ -448,24 +464,14 @@ fn flatten(node: &BuildNode, index: usize, nodes: &mut Vec<Node>) {
             first,
             count,
         } => {
-            nodes[index] = Node {
-                min: bounds.min.to_array(),
-                first: *first as u32,
-                max: bounds.max.to_array(),
-                count: *count as u32,
-            };
+            nodes[index] = Node::new(bounds.min, bounds.max, *first as u32, *count as u32);
         }
         BuildNode::Interior { bounds, children } => {
             let l = nodes.len();
             let blank = nodes[index];
             nodes.push(blank);
             nodes.push(blank);
-            nodes[index] = Node {
-                min: bounds.min.to_array(),
-                first: l as u32,
-                max: bounds.max.to_array(),
-                count: 0,
-            };
+            nodes[index] = Node::new(bounds.min, bounds.max, l as u32, 0);
             flatten(&children[0], l, nodes);
             flatten(&children[1], l + 1, nodes);
         }

@@ -26,8 +26,10 @@ pub struct RenderSettings {
 
 /// Dimensions used by the camera before the per-bounce dimensions start.
 const CAMERA_DIMS: u32 = 1;
-/// 2-D dimensions each bounce uses: (alpha, light pick), light point, (lobe, roulette), direction.
-const DIMS_PER_BOUNCE: u32 = 4;
+/// 2-D Sobol dimensions each bounce uses: the light point and the BSDF direction.
+const DIMS_PER_BOUNCE: u32 = 2;
+/// Hashed 1-D numbers each bounce uses: alpha, light pick, lobe, roulette.
+const HASHED_PER_BOUNCE: u32 = 4;
 const SHADOW_MAX_LAYERS: u32 = 64;
 
 thread_local! {
@@ -170,7 +172,8 @@ impl RenderScene {
         let mut depth = 0u32;
         loop {
             s.set_dimension(CAMERA_DIMS + depth * DIMS_PER_BOUNCE);
-            let (u_alpha, u_pick) = s.next_2d();
+            let hashed = depth * HASHED_PER_BOUNCE;
+            let u_alpha = if self.any_alpha_tested { s.hashed(hashed) } else { 0.0 };
             let Some(hit) = self.trace(org, dir, u_alpha) else {
                 let le = self.env.radiance(dir);
                 if le != Vec3A::ZERO {
@@ -197,14 +200,14 @@ impl RenderScene {
             }
             let (tx, ty) = onb(surf.ns);
             let to_local = |v: Vec3A| Vec3A::new(v.dot(tx), v.dot(ty), v.dot(surf.ns));
-            let wo = to_local(-dir);
+            let bsdf = surf.bsdf.prepare(to_local(-dir));
 
             // Next-event estimation.
             let (u1, u2) = s.next_2d();
-            if let Some(ls) = self.sample_light(surf.p, u_pick, u1, u2) {
+            if let Some(ls) = self.sample_light(surf.p, s.hashed(hashed + 1), u1, u2) {
                 if ls.wi.dot(surf.ng) > 0.0 {
                     let wi = to_local(ls.wi);
-                    let (f, bsdf_pdf) = surf.bsdf.eval(wo, wi);
+                    let (f, bsdf_pdf) = bsdf.eval(wi);
                     if f != Vec3A::ZERO {
                         let tr = self.transmittance(offset(surf.p, surf.ng, ls.wi), ls.wi, ls.dist);
                         if tr != Vec3A::ZERO {
@@ -220,9 +223,8 @@ impl RenderScene {
             }
 
             // Continue the path by sampling the BSDF.
-            let (u_lobe, u_rr) = s.next_2d();
             let (d1, d2) = s.next_2d();
-            let Some(bs) = surf.bsdf.sample(wo, u_lobe, d1, d2) else {
+            let Some(bs) = bsdf.sample(s.hashed(hashed + 2), d1, d2) else {
                 break;
             };
             let wi = tx * bs.wi.x + ty * bs.wi.y + surf.ns * bs.wi.z;
@@ -239,7 +241,7 @@ impl RenderScene {
             depth += 1;
             if depth >= 3 {
                 let survive = beta.max_element().min(1.0);
-                if survive <= 0.0 || u_rr >= survive {
+                if survive <= 0.0 || s.hashed(hashed + 3) >= survive {
                     break;
                 }
                 beta /= survive;

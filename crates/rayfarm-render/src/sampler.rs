@@ -28,9 +28,8 @@ fn owen(x: u32, seed: u32) -> u32 {
     laine_karras(x.reverse_bits(), seed).reverse_bits()
 }
 
-/// Second Sobol dimension (primitive polynomial x + 1).
-#[inline(always)]
-fn sobol1(mut i: u32) -> u32 {
+/// Second Sobol dimension (primitive polynomial x + 1), bit by bit; used to build the table.
+const fn sobol1_slow(mut i: u32) -> u32 {
     let mut v = 1u32 << 31;
     let mut r = 0u32;
     while i != 0 {
@@ -41,6 +40,32 @@ fn sobol1(mut i: u32) -> u32 {
         v ^= v >> 1;
     }
     r
+}
+
+/// The generator is linear over GF(2), so the value of a 32-bit index is the XOR of the
+/// values of its four bytes in place: four lookups instead of a 32-step loop. The table holds
+/// the values bit-reversed, the form Owen scrambling works on.
+const SOBOL1_TABLE: [[u32; 256]; 4] = {
+    let mut t = [[0u32; 256]; 4];
+    let mut byte = 0;
+    while byte < 4 {
+        let mut v = 0;
+        while v < 256 {
+            t[byte][v] = sobol1_slow((v as u32) << (8 * byte)).reverse_bits();
+            v += 1;
+        }
+        byte += 1;
+    }
+    t
+};
+
+/// Bit-reversed second Sobol dimension.
+#[inline(always)]
+fn sobol1_reversed(i: u32) -> u32 {
+    SOBOL1_TABLE[0][(i & 255) as usize]
+        ^ SOBOL1_TABLE[1][((i >> 8) & 255) as usize]
+        ^ SOBOL1_TABLE[2][((i >> 16) & 255) as usize]
+        ^ SOBOL1_TABLE[3][(i >> 24) as usize]
 }
 
 #[inline(always)]
@@ -79,14 +104,27 @@ impl Sampler {
         let h = mix64(self.pixel_seed ^ (self.dim as u64).wrapping_mul(0xd1b54a32d192ed03));
         self.dim += 1;
         let shuffled = owen(self.index, h as u32);
-        let x = owen(shuffled.reverse_bits(), (h >> 32) as u32);
-        let y = owen(sobol1(shuffled), (h as u32) ^ ((h >> 32) as u32).rotate_left(16) ^ 0x5bd1e995);
+        // Owen scrambling is reverse(LK(reverse(x))); the first dimension is reverse(i), so
+        // its scramble is reverse(LK(i)), and the table already holds the second reversed.
+        let x = laine_karras(shuffled, (h >> 32) as u32).reverse_bits();
+        let seed_y = (h as u32) ^ ((h >> 32) as u32).rotate_left(16) ^ 0x5bd1e995;
+        let y = laine_karras(sobol1_reversed(shuffled), seed_y).reverse_bits();
         (to_unit(x), to_unit(y))
     }
 
     #[inline]
     pub fn next_1d(&mut self) -> f32 {
         self.next_2d().0
+    }
+
+    /// A uniform number for a discrete choice (light pick, lobe, roulette, alpha), from a
+    /// plain hash of (pixel, sample, `slot`) rather than the scrambled Sobol sequence: such
+    /// choices gain little from stratification and the hash is several times cheaper. `slot`
+    /// must be unique per use within a sample.
+    #[inline]
+    pub fn hashed(&self, slot: u32) -> f32 {
+        let h = mix64(self.pixel_seed ^ ((self.index as u64) << 32 | slot as u64).wrapping_mul(0x9e3779b97f4a7c15));
+        to_unit((h >> 32) as u32)
     }
 }
 
@@ -102,6 +140,13 @@ mod tests {
             let (x, y) = a.next_2d();
             assert_eq!((x, y), b.next_2d());
             assert!((0.0..1.0).contains(&x) && (0.0..1.0).contains(&y));
+        }
+    }
+
+    #[test]
+    fn sobol_table_matches_definition() {
+        for i in [0u32, 1, 2, 3, 255, 256, 65535, 0x1234_5678, u32::MAX] {
+            assert_eq!(sobol1_reversed(i), sobol1_slow(i).reverse_bits());
         }
     }
 

@@ -266,6 +266,10 @@ pub struct RenderScene {
     pub env_light_index: Option<usize>,
     /// Whether each triangle's material needs an alpha test.
     pub alpha_tested: Vec<bool>,
+    /// Whether any triangle needs an alpha test.
+    pub any_alpha_tested: bool,
+    /// Whether each material samples any texture (else UVs need not be interpolated).
+    pub material_textured: Vec<bool>,
     /// Whether any material lets shadow rays through (blend alpha or transmission).
     pub has_translucency: bool,
     pub center: Vec3A,
@@ -333,7 +337,26 @@ impl RenderScene {
             power.push(ep);
         }
         let light_dist = Distribution1D::new(power);
+        let material_textured = scene
+            .materials
+            .iter()
+            .map(|m| {
+                [
+                    &m.base_color_texture,
+                    &m.metallic_roughness_texture,
+                    &m.normal_texture,
+                    &m.emissive_texture,
+                    &m.specular_texture,
+                    &m.specular_color_texture,
+                    &m.transmission_texture,
+                ]
+                .iter()
+                .any(|t| t.is_some())
+            })
+            .collect();
         RenderScene {
+            any_alpha_tested: alpha_tested.iter().any(|&a| a),
+            material_textured,
             bvh,
             textures: Textures::new(),
             env,
@@ -424,7 +447,11 @@ impl RenderScene {
         let mut ns = (n0 * b0 + n1 * b1 + n2 * b2).normalize_or(ng_raw);
         let mat_idx = s.triangle_materials[prim];
         let m = &s.materials[mat_idx as usize];
-        let uvs = self.uvs(hit.prim, b1, b2);
+        let uvs = if self.material_textured[mat_idx as usize] {
+            self.uvs(hit.prim, b1, b2)
+        } else {
+            [Vec2::ZERO; 2]
+        };
 
         if let Some(nt) = &m.normal_texture {
             if !s.tangents.is_empty() {
