@@ -1,0 +1,311 @@
+//! Every message on the wire (see PROTOCOL.md for who sends what, and when).
+
+use rayfarm_render::{RenderSettings, UnitResult, WorkUnit};
+use rayfarm_scene::{Camera, Projection};
+use serde::{Deserialize, Serialize};
+
+/// Error classes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    Unauthorized,
+    Busy,
+    BadRequest,
+    Internal,
+}
+
+/// A node's hardware, as its worker's probe reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Devices {
+    pub cpu_model: String,
+    /// Threads the node offers (after `--threads`).
+    pub threads: u32,
+    /// Threads the machine has.
+    pub cpu_threads: u32,
+    /// GPUs found (listed only; rendering is on the CPU).
+    pub gpus: Vec<String>,
+}
+
+/// What a daemon is doing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DaemonState {
+    Idle,
+    /// Held by a master (its `HOST:PORT`) since a Unix time in milliseconds.
+    Occupied { master: String, since_unix_ms: u64 },
+    Unhealthy { reason: String },
+}
+
+/// The answer to discovery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub alias: String,
+    pub version: String,
+    pub protocol_version: u32,
+    pub devices: Devices,
+    pub state: DaemonState,
+}
+
+/// A work unit on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WireUnit {
+    pub sample_start: u32,
+    pub sample_end: u32,
+    pub x0: u32,
+    pub y0: u32,
+    pub x1: u32,
+    pub y1: u32,
+}
+
+impl From<WorkUnit> for WireUnit {
+    fn from(u: WorkUnit) -> Self {
+        WireUnit {
+            sample_start: u.sample_start,
+            sample_end: u.sample_end,
+            x0: u.x0,
+            y0: u.y0,
+            x1: u.x1,
+            y1: u.y1,
+        }
+    }
+}
+
+impl From<WireUnit> for WorkUnit {
+    fn from(u: WireUnit) -> Self {
+        WorkUnit {
+            sample_start: u.sample_start,
+            sample_end: u.sample_end,
+            x0: u.x0,
+            y0: u.y0,
+            x1: u.x1,
+            y1: u.y1,
+        }
+    }
+}
+
+/// Render settings on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireSettings {
+    pub width: u32,
+    pub height: u32,
+    pub spp: u32,
+    pub max_bounces: u32,
+    pub seed: u64,
+    pub camera_name: String,
+    /// 0 = perspective (a = yfov, b = aspect or 0), 1 = orthographic (a = xmag, b = ymag).
+    pub projection: u8,
+    pub proj_a: f32,
+    pub proj_b: f32,
+    pub position: [f32; 3],
+    pub right: [f32; 3],
+    pub up: [f32; 3],
+    pub forward: [f32; 3],
+}
+
+/// Largest image side accepted from the wire.
+pub const MAX_IMAGE_SIDE: u32 = 32768;
+
+impl WireSettings {
+    pub fn from_settings(s: &RenderSettings) -> WireSettings {
+        let (projection, proj_a, proj_b) = match s.camera.projection {
+            Projection::Perspective { yfov, aspect } => (0, yfov, aspect.unwrap_or(0.0)),
+            Projection::Orthographic { xmag, ymag } => (1, xmag, ymag),
+        };
+        WireSettings {
+            width: s.width,
+            height: s.height,
+            spp: s.spp,
+            max_bounces: s.max_bounces,
+            seed: s.seed,
+            camera_name: s.camera.name.clone(),
+            projection,
+            proj_a,
+            proj_b,
+            position: s.camera.position,
+            right: s.camera.right,
+            up: s.camera.up,
+            forward: s.camera.forward,
+        }
+    }
+
+    /// Checks limits and converts; errors name the bad field.
+    pub fn to_settings(&self) -> Result<RenderSettings, String> {
+        if self.width == 0 || self.height == 0 || self.width > MAX_IMAGE_SIDE || self.height > MAX_IMAGE_SIDE {
+            return Err(format!("image size {}x{} is out of range", self.width, self.height));
+        }
+        if self.spp == 0 {
+            return Err("spp is 0".into());
+        }
+        let vals = [self.proj_a, self.proj_b]
+            .into_iter()
+            .chain(self.position)
+            .chain(self.right)
+            .chain(self.up)
+            .chain(self.forward);
+        if vals.into_iter().any(|v| !v.is_finite()) {
+            return Err("camera has non-finite values".into());
+        }
+        let projection = match self.projection {
+            0 => Projection::Perspective {
+                yfov: self.proj_a,
+                aspect: (self.proj_b > 0.0).then_some(self.proj_b),
+            },
+            1 => Projection::Orthographic {
+                xmag: self.proj_a,
+                ymag: self.proj_b,
+            },
+            p => return Err(format!("unknown projection {p}")),
+        };
+        Ok(RenderSettings {
+            width: self.width,
+            height: self.height,
+            spp: self.spp,
+            max_bounces: self.max_bounces,
+            seed: self.seed,
+            camera: Camera {
+                name: self.camera_name.clone(),
+                projection,
+                position: self.position,
+                right: self.right,
+                up: self.up,
+                forward: self.forward,
+            },
+        })
+    }
+}
+
+/// Every message. Variants are never reordered or removed within one protocol version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Msg {
+    // -- handshake (any port) --
+    /// Server -> client, first message.
+    Challenge { nonce: [u8; 32] },
+    /// Client -> server instead of `Auth`: asks for `DaemonInfo` without a key.
+    Discover,
+    Auth { nonce: [u8; 32], mac: [u8; 32] },
+    AuthOk { mac: [u8; 32] },
+    Error { code: ErrorCode, message: String },
+
+    // -- daemon port --
+    DaemonInfo(DaemonInfo),
+    /// Master -> daemon: start a worker that connects to `master_addr` and hold the node for
+    /// this connection's lifetime (renewed by `Heartbeat`).
+    Acquire {
+        master_addr: String,
+        lease_timeout_ms: u64,
+    },
+    Acquired { pid: u32 },
+    Refused { reason: String },
+    /// Either direction, to show liveness.
+    Heartbeat,
+    /// Master -> daemon: stop the worker and free the node.
+    Release,
+    Released,
+    /// Daemon -> master: the worker ended (killed for a reason, crashed or exited).
+    WorkerExited { reason: String },
+
+    // -- master port --
+    /// Worker -> master after authentication.
+    WorkerHello {
+        alias: String,
+        threads: u32,
+        version: String,
+    },
+    /// Master -> worker: what to render.
+    Job {
+        job_id: u64,
+        scene_hash: [u8; 32],
+        scene_bytes: u64,
+        settings: WireSettings,
+    },
+    /// Worker -> master: the scene is not in my cache, send it.
+    NeedScene,
+    /// Master -> worker: a piece of the compiled scene blob.
+    SceneChunk { offset: u64, data: Vec<u8> },
+    /// Worker -> master: scene loaded, ready for units.
+    Ready,
+    /// Master -> worker: render these units.
+    Assign { units: Vec<WireUnit> },
+    /// Worker -> master: one unit's per-pixel fixed-point sums (i128 LE, RGB), zstd-compressed.
+    UnitDone {
+        unit: WireUnit,
+        sums_zstd: Vec<u8>,
+        nonfinite: u64,
+    },
+    /// Worker -> master: units it will not render (shutting down).
+    GiveBack { units: Vec<WireUnit> },
+    /// Either direction: closing on purpose.
+    Goodbye { reason: String },
+}
+
+impl Msg {
+    /// Name for log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Challenge { .. } => "Challenge",
+            Msg::Discover => "Discover",
+            Msg::Auth { .. } => "Auth",
+            Msg::AuthOk { .. } => "AuthOk",
+            Msg::Error { .. } => "Error",
+            Msg::DaemonInfo(_) => "DaemonInfo",
+            Msg::Acquire { .. } => "Acquire",
+            Msg::Acquired { .. } => "Acquired",
+            Msg::Refused { .. } => "Refused",
+            Msg::Heartbeat => "Heartbeat",
+            Msg::Release => "Release",
+            Msg::Released => "Released",
+            Msg::WorkerExited { .. } => "WorkerExited",
+            Msg::WorkerHello { .. } => "WorkerHello",
+            Msg::Job { .. } => "Job",
+            Msg::NeedScene => "NeedScene",
+            Msg::SceneChunk { .. } => "SceneChunk",
+            Msg::Ready => "Ready",
+            Msg::Assign { .. } => "Assign",
+            Msg::UnitDone { .. } => "UnitDone",
+            Msg::GiveBack { .. } => "GiveBack",
+            Msg::Goodbye { .. } => "Goodbye",
+        }
+    }
+}
+
+/// Encodes a unit result's sums for `Msg::UnitDone`.
+pub fn encode_sums(r: &UnitResult) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(r.sums.len() * 48);
+    for p in &r.sums {
+        for c in p {
+            raw.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    zstd::bulk::compress(&raw, 1).unwrap_or_default()
+}
+
+/// Decodes `Msg::UnitDone` sums, checking the size against the unit before decompressing.
+pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitResult, String> {
+    if unit.x1 <= unit.x0 || unit.y1 <= unit.y0 || unit.x1 > MAX_IMAGE_SIDE || unit.y1 > MAX_IMAGE_SIDE {
+        return Err(format!("unit {unit:?} is malformed"));
+    }
+    let pixels = (unit.x1 - unit.x0) as usize * (unit.y1 - unit.y0) as usize;
+    let expect = pixels * 48;
+    if expect > crate::MAX_FRAME_BYTES * 8 {
+        return Err(format!("unit {unit:?} is too large"));
+    }
+    let raw = zstd::bulk::decompress(data, expect).map_err(|e| format!("bad unit data: {e}"))?;
+    if raw.len() != expect {
+        return Err(format!("unit data has {} bytes, expected {expect}", raw.len()));
+    }
+    let sums = raw
+        .chunks_exact(48)
+        .map(|c| {
+            let mut p = [0i128; 3];
+            for (k, v) in p.iter_mut().enumerate() {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&c[k * 16..k * 16 + 16]);
+                *v = i128::from_le_bytes(b);
+            }
+            p
+        })
+        .collect();
+    Ok(UnitResult {
+        unit: (*unit).into(),
+        sums,
+        nonfinite_samples: nonfinite,
+    })
+}
