@@ -58,11 +58,21 @@ impl FarmKey {
         *self.mac(b"server", client_nonce, server_nonce).as_bytes()
     }
 
-    pub fn verify_client_mac(&self, server_nonce: &[u8; 32], client_nonce: &[u8; 32], mac: &[u8; 32]) -> bool {
+    pub fn verify_client_mac(
+        &self,
+        server_nonce: &[u8; 32],
+        client_nonce: &[u8; 32],
+        mac: &[u8; 32],
+    ) -> bool {
         self.mac(b"client", server_nonce, client_nonce) == blake3::Hash::from(*mac)
     }
 
-    pub fn verify_server_mac(&self, server_nonce: &[u8; 32], client_nonce: &[u8; 32], mac: &[u8; 32]) -> bool {
+    pub fn verify_server_mac(
+        &self,
+        server_nonce: &[u8; 32],
+        client_nonce: &[u8; 32],
+        mac: &[u8; 32],
+    ) -> bool {
         self.mac(b"server", client_nonce, server_nonce) == blake3::Hash::from(*mac)
     }
 }

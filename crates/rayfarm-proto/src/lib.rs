@@ -68,7 +68,11 @@ pub enum ProtoError {
     #[error("{peer}: not a rayfarm peer (bad preamble)")]
     NotRayfarm { peer: String },
     #[error("{peer}: protocol version mismatch: the peer speaks version {theirs}, this rayfarm speaks version {ours}; run the same rayfarm version on every machine")]
-    VersionMismatch { peer: String, ours: u32, theirs: u32 },
+    VersionMismatch {
+        peer: String,
+        ours: u32,
+        theirs: u32,
+    },
     #[error("{peer}: authentication failed: {reason}")]
     AuthFailed { peer: String, reason: String },
     #[error("{peer}: {what}")]
@@ -103,6 +107,11 @@ impl Conn {
             peer,
             peer_role,
         }
+    }
+
+    /// This side's address of the connection.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.framed.get_ref().local_addr()
     }
 
     fn peer_name(&self) -> String {
@@ -162,7 +171,11 @@ fn preamble(role: Role) -> [u8; 16] {
 }
 
 /// Exchanges preambles; returns the peer's role.
-async fn exchange_preamble(stream: &mut TcpStream, peer: &str, role: Role) -> Result<Role, ProtoError> {
+async fn exchange_preamble(
+    stream: &mut TcpStream,
+    peer: &str,
+    role: Role,
+) -> Result<Role, ProtoError> {
     let io = |e| ProtoError::Io {
         peer: peer.to_string(),
         source: e,
@@ -197,7 +210,12 @@ async fn exchange_preamble(stream: &mut TcpStream, peer: &str, role: Role) -> Re
 }
 
 /// Connects to `addr`, exchanges preambles and, with a key, authenticates both ways.
-pub async fn connect(addr: &str, role: Role, key: Option<&FarmKey>, connect_timeout: Duration) -> Result<Conn, ProtoError> {
+pub async fn connect(
+    addr: &str,
+    role: Role,
+    key: Option<&FarmKey>,
+    connect_timeout: Duration,
+) -> Result<Conn, ProtoError> {
     let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -220,7 +238,10 @@ pub async fn connect(addr: &str, role: Role, key: Option<&FarmKey>, connect_time
     let handshake = async {
         let peer_role = exchange_preamble(&mut stream, addr, role).await?;
         let mut conn = Conn::new(stream, peer, peer_role);
-        let Msg::Challenge { nonce: server_nonce } = conn.recv().await? else {
+        let Msg::Challenge {
+            nonce: server_nonce,
+        } = conn.recv().await?
+        else {
             return Err(ProtoError::Protocol {
                 peer: addr.to_string(),
                 what: "expected a challenge".into(),
@@ -277,7 +298,11 @@ pub enum Accepted {
 }
 
 /// Server side of the handshake. Unauthenticated peers may only ask [`Msg::Discover`].
-pub async fn accept(mut stream: TcpStream, role: Role, key: &FarmKey) -> Result<Accepted, ProtoError> {
+pub async fn accept(
+    mut stream: TcpStream,
+    role: Role,
+    key: &FarmKey,
+) -> Result<Accepted, ProtoError> {
     let peer = stream.peer_addr().map_err(|e| ProtoError::Io {
         peer: "?".into(),
         source: e,
@@ -287,7 +312,10 @@ pub async fn accept(mut stream: TcpStream, role: Role, key: &FarmKey) -> Result<
         let peer_role = exchange_preamble(&mut stream, &name, role).await?;
         let mut conn = Conn::new(stream, peer, peer_role);
         let server_nonce = auth::nonce();
-        conn.send(&Msg::Challenge { nonce: server_nonce }).await?;
+        conn.send(&Msg::Challenge {
+            nonce: server_nonce,
+        })
+        .await?;
         match conn.recv().await? {
             Msg::Discover => Ok(Accepted::Discover(conn)),
             Msg::Auth { nonce, mac } => {

@@ -30,8 +30,13 @@ pub struct Devices {
 pub enum DaemonState {
     Idle,
     /// Held by a master (its `HOST:PORT`) since a Unix time in milliseconds.
-    Occupied { master: String, since_unix_ms: u64 },
-    Unhealthy { reason: String },
+    Occupied {
+        master: String,
+        since_unix_ms: u64,
+    },
+    Unhealthy {
+        reason: String,
+    },
 }
 
 /// The answer to discovery.
@@ -128,8 +133,15 @@ impl WireSettings {
 
     /// Checks limits and converts; errors name the bad field.
     pub fn to_settings(&self) -> Result<RenderSettings, String> {
-        if self.width == 0 || self.height == 0 || self.width > MAX_IMAGE_SIDE || self.height > MAX_IMAGE_SIDE {
-            return Err(format!("image size {}x{} is out of range", self.width, self.height));
+        if self.width == 0
+            || self.height == 0
+            || self.width > MAX_IMAGE_SIDE
+            || self.height > MAX_IMAGE_SIDE
+        {
+            return Err(format!(
+                "image size {}x{} is out of range",
+                self.width, self.height
+            ));
         }
         if self.spp == 0 {
             return Err("spp is 0".into());
@@ -177,12 +189,22 @@ impl WireSettings {
 pub enum Msg {
     // -- handshake (any port) --
     /// Server -> client, first message.
-    Challenge { nonce: [u8; 32] },
+    Challenge {
+        nonce: [u8; 32],
+    },
     /// Client -> server instead of `Auth`: asks for `DaemonInfo` without a key.
     Discover,
-    Auth { nonce: [u8; 32], mac: [u8; 32] },
-    AuthOk { mac: [u8; 32] },
-    Error { code: ErrorCode, message: String },
+    Auth {
+        nonce: [u8; 32],
+        mac: [u8; 32],
+    },
+    AuthOk {
+        mac: [u8; 32],
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 
     // -- daemon port --
     DaemonInfo(DaemonInfo),
@@ -192,15 +214,21 @@ pub enum Msg {
         master_addr: String,
         lease_timeout_ms: u64,
     },
-    Acquired { pid: u32 },
-    Refused { reason: String },
+    Acquired {
+        pid: u32,
+    },
+    Refused {
+        reason: String,
+    },
     /// Either direction, to show liveness.
     Heartbeat,
     /// Master -> daemon: stop the worker and free the node.
     Release,
     Released,
     /// Daemon -> master: the worker ended (killed for a reason, crashed or exited).
-    WorkerExited { reason: String },
+    WorkerExited {
+        reason: String,
+    },
 
     // -- master port --
     /// Worker -> master after authentication.
@@ -219,11 +247,16 @@ pub enum Msg {
     /// Worker -> master: the scene is not in my cache, send it.
     NeedScene,
     /// Master -> worker: a piece of the compiled scene blob.
-    SceneChunk { offset: u64, data: Vec<u8> },
+    SceneChunk {
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// Worker -> master: scene loaded, ready for units.
     Ready,
     /// Master -> worker: render these units.
-    Assign { units: Vec<WireUnit> },
+    Assign {
+        units: Vec<WireUnit>,
+    },
     /// Worker -> master: one unit's per-pixel fixed-point sums (i128 LE, RGB), zstd-compressed.
     UnitDone {
         unit: WireUnit,
@@ -231,9 +264,13 @@ pub enum Msg {
         nonfinite: u64,
     },
     /// Worker -> master: units it will not render (shutting down).
-    GiveBack { units: Vec<WireUnit> },
+    GiveBack {
+        units: Vec<WireUnit>,
+    },
     /// Either direction: closing on purpose.
-    Goodbye { reason: String },
+    Goodbye {
+        reason: String,
+    },
 }
 
 impl Msg {
@@ -279,7 +316,11 @@ pub fn encode_sums(r: &UnitResult) -> Vec<u8> {
 
 /// Decodes `Msg::UnitDone` sums, checking the size against the unit before decompressing.
 pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitResult, String> {
-    if unit.x1 <= unit.x0 || unit.y1 <= unit.y0 || unit.x1 > MAX_IMAGE_SIDE || unit.y1 > MAX_IMAGE_SIDE {
+    if unit.x1 <= unit.x0
+        || unit.y1 <= unit.y0
+        || unit.x1 > MAX_IMAGE_SIDE
+        || unit.y1 > MAX_IMAGE_SIDE
+    {
         return Err(format!("unit {unit:?} is malformed"));
     }
     let pixels = (unit.x1 - unit.x0) as usize * (unit.y1 - unit.y0) as usize;
@@ -289,7 +330,10 @@ pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitR
     }
     let raw = zstd::bulk::decompress(data, expect).map_err(|e| format!("bad unit data: {e}"))?;
     if raw.len() != expect {
-        return Err(format!("unit data has {} bytes, expected {expect}", raw.len()));
+        return Err(format!(
+            "unit data has {} bytes, expected {expect}",
+            raw.len()
+        ));
     }
     let sums = raw
         .chunks_exact(48)

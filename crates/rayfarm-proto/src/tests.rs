@@ -2,7 +2,12 @@ use super::*;
 use rayfarm_render::UnitResult;
 use tokio::net::TcpListener;
 
-async fn server(key: FarmKey) -> (String, tokio::task::JoinHandle<Result<Option<Msg>, ProtoError>>) {
+async fn server(
+    key: FarmKey,
+) -> (
+    String,
+    tokio::task::JoinHandle<Result<Option<Msg>, ProtoError>>,
+) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let h = tokio::spawn(async move {
@@ -22,7 +27,9 @@ async fn server(key: FarmKey) -> (String, tokio::task::JoinHandle<Result<Option<
 async fn authenticated_round_trip() {
     let key = FarmKey::from_secret("s3cret").unwrap();
     let (addr, h) = server(key.clone()).await;
-    let mut c = connect(&addr, Role::Master, Some(&key), HANDSHAKE_TIMEOUT).await.unwrap();
+    let mut c = connect(&addr, Role::Master, Some(&key), HANDSHAKE_TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(c.peer_role, Role::Daemon);
     c.send(&Msg::Release).await.unwrap();
     assert_eq!(h.await.unwrap().unwrap(), Some(Msg::Release));
@@ -31,7 +38,9 @@ async fn authenticated_round_trip() {
 #[tokio::test]
 async fn discovery_needs_no_key() {
     let (addr, h) = server(FarmKey::from_secret("a").unwrap()).await;
-    let mut c = connect(&addr, Role::Cli, None, HANDSHAKE_TIMEOUT).await.unwrap();
+    let mut c = connect(&addr, Role::Cli, None, HANDSHAKE_TIMEOUT)
+        .await
+        .unwrap();
     c.send(&Msg::Discover).await.unwrap();
     assert_eq!(c.recv().await.unwrap(), Msg::Heartbeat);
     assert!(h.await.unwrap().unwrap().is_none());
@@ -41,7 +50,10 @@ async fn discovery_needs_no_key() {
 async fn wrong_key_is_refused_on_both_sides() {
     let (addr, h) = server(FarmKey::from_secret("right").unwrap()).await;
     let wrong = FarmKey::from_secret("wrong").unwrap();
-    let e = connect(&addr, Role::Master, Some(&wrong), HANDSHAKE_TIMEOUT).await.err().unwrap();
+    let e = connect(&addr, Role::Master, Some(&wrong), HANDSHAKE_TIMEOUT)
+        .await
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("wrong farm key"), "{e}");
     let e = h.await.unwrap().err().unwrap();
     assert!(matches!(e, ProtoError::AuthFailed { .. }), "{e}");
@@ -55,18 +67,26 @@ async fn version_mismatch_names_both_versions() {
     p[8..12].copy_from_slice(&7u32.to_le_bytes());
     s.write_all(&p).await.unwrap();
     let e = h.await.unwrap().err().unwrap().to_string();
-    assert!(e.contains("version 7") && e.contains(&format!("version {PROTOCOL_VERSION}")), "{e}");
+    assert!(
+        e.contains("version 7") && e.contains(&format!("version {PROTOCOL_VERSION}")),
+        "{e}"
+    );
     // The client learns the server's version from its preamble.
     let mut theirs = [0u8; 16];
     s.read_exact(&mut theirs).await.unwrap();
-    assert_eq!(u32::from_le_bytes(theirs[8..12].try_into().unwrap()), PROTOCOL_VERSION);
+    assert_eq!(
+        u32::from_le_bytes(theirs[8..12].try_into().unwrap()),
+        PROTOCOL_VERSION
+    );
 }
 
 #[tokio::test]
 async fn garbage_and_huge_frames_are_refused() {
     let (addr, h) = server(FarmKey::from_secret("k").unwrap()).await;
     let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let e = h.await.unwrap().err().unwrap();
     assert!(matches!(e, ProtoError::NotRayfarm { .. }), "{e}");
 
@@ -80,12 +100,27 @@ async fn garbage_and_huge_frames_are_refused() {
 
 #[test]
 fn sums_round_trip_and_reject_bad_sizes() {
-    let unit = WireUnit { sample_start: 0, sample_end: 4, x0: 0, y0: 0, x1: 2, y1: 3 };
-    let r = UnitResult { unit: unit.into(), sums: (0..6).map(|i| [i, -i, i128::MAX - i]).collect(), nonfinite_samples: 1 };
+    let unit = WireUnit {
+        sample_start: 0,
+        sample_end: 4,
+        x0: 0,
+        y0: 0,
+        x1: 2,
+        y1: 3,
+    };
+    let r = UnitResult {
+        unit: unit.into(),
+        sums: (0..6).map(|i| [i, -i, i128::MAX - i]).collect(),
+        nonfinite_samples: 1,
+    };
     let enc = encode_sums(&r);
     assert_eq!(decode_sums(&unit, &enc, 1).unwrap(), r);
     let bigger = WireUnit { x1: 3, ..unit };
     assert!(decode_sums(&bigger, &enc, 0).is_err());
-    let huge = WireUnit { x1: 32768, y1: 32768, ..unit };
+    let huge = WireUnit {
+        x1: 32768,
+        y1: 32768,
+        ..unit
+    };
     assert!(decode_sums(&huge, &enc, 0).is_err());
 }

@@ -170,7 +170,14 @@ impl Bsdf {
     }
 
     #[inline(always)]
-    fn sample_with(&self, wo: Vec3A, u_lobe: f32, u1: f32, u2: f32, probs: [f32; 3]) -> Option<BsdfSample> {
+    fn sample_with(
+        &self,
+        wo: Vec3A,
+        u_lobe: f32,
+        u1: f32,
+        u2: f32,
+        probs: [f32; 3],
+    ) -> Option<BsdfSample> {
         if wo.z <= 0.0 {
             return None;
         }
@@ -269,7 +276,9 @@ mod tests {
                         let (f, pdf) = b.eval(wo, s.wi);
                         assert!((pdf - s.pdf).abs() <= 1e-3 * pdf.max(1.0));
                         let w = f * s.wi.z / pdf;
-                        assert!((w - s.weight).abs().max_element() < 1e-3 * w.max_element().max(1.0));
+                        assert!(
+                            (w - s.weight).abs().max_element() < 1e-3 * w.max_element().max(1.0)
+                        );
                     }
                 }
             }

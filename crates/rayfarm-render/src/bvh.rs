@@ -239,7 +239,11 @@ impl Bvh {
             let (a, b) = unsafe { (nodes.get_unchecked(l), nodes.get_unchecked(l + 1)) };
             let ta = slab(a, inv, oinv, best.t);
             let tb = slab(b, inv, oinv, best.t);
-            let (near, far, tn, tf) = if tb < ta { (l + 1, l, tb, ta) } else { (l, l + 1, ta, tb) };
+            let (near, far, tn, tf) = if tb < ta {
+                (l + 1, l, tb, ta)
+            } else {
+                (l, l + 1, ta, tb)
+            };
             let mut next = usize::MAX;
             // Visit leaves right away; descend into the nearer interior child, push the farther.
             for (t, idx) in [(tn, near), (tf, far)] {
@@ -356,16 +360,14 @@ fn bounds_of(refs: &[PrimRef]) -> (Aabb, Aabb) {
 fn build_rec(refs: &mut [PrimRef], offset: usize) -> BuildNode {
     let (bounds, cb) = if refs.len() > PARALLEL_THRESHOLD {
         use rayon::prelude::*;
-        refs.par_chunks(4096)
-            .map(bounds_of)
-            .reduce(
-                || (Aabb::EMPTY, Aabb::EMPTY),
-                |mut a, b| {
-                    a.0.grow(&b.0);
-                    a.1.grow(&b.1);
-                    a
-                },
-            )
+        refs.par_chunks(4096).map(bounds_of).reduce(
+            || (Aabb::EMPTY, Aabb::EMPTY),
+            |mut a, b| {
+                a.0.grow(&b.0);
+                a.1.grow(&b.1);
+                a
+            },
+        )
     } else {
         bounds_of(refs)
     };
@@ -483,7 +485,9 @@ mod tests {
     use super::*;
 
     fn lcg(s: &mut u64) -> f32 {
-        *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*s >> 40) as f32) / (1u64 << 24) as f32
     }
 

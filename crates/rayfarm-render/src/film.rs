@@ -50,7 +50,13 @@ pub struct UnitResult {
 
 /// Cuts an image into units: tiles of `tile_px` square, sample ranges of `samples_per_unit`,
 /// ordered sample range first so early units cover the whole image.
-pub fn plan_units(width: u32, height: u32, spp: u32, tile_px: u32, samples_per_unit: u32) -> Vec<WorkUnit> {
+pub fn plan_units(
+    width: u32,
+    height: u32,
+    spp: u32,
+    tile_px: u32,
+    samples_per_unit: u32,
+) -> Vec<WorkUnit> {
     let tile = tile_px.max(1);
     let chunk = samples_per_unit.max(1);
     let mut out = Vec::new();
@@ -101,10 +107,17 @@ impl Film {
     pub fn add(&mut self, r: &UnitResult) -> Result<(), String> {
         let u = &r.unit;
         if u.x0 >= u.x1 || u.y0 >= u.y1 || u.x1 > self.width || u.y1 > self.height {
-            return Err(format!("unit {u:?} lies outside the {}x{} film", self.width, self.height));
+            return Err(format!(
+                "unit {u:?} lies outside the {}x{} film",
+                self.width, self.height
+            ));
         }
         if r.sums.len() != u.pixels() {
-            return Err(format!("unit {u:?} carries {} pixels instead of {}", r.sums.len(), u.pixels()));
+            return Err(format!(
+                "unit {u:?} carries {} pixels instead of {}",
+                r.sums.len(),
+                u.pixels()
+            ));
         }
         let tw = (u.x1 - u.x0) as usize;
         for y in u.y0..u.y1 {

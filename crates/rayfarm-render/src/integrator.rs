@@ -120,7 +120,8 @@ impl RenderScene {
         }
         let mask_only = |prim: u32| {
             self.alpha_tested[prim as usize]
-                && self.scene.materials[self.scene.triangle_materials[prim as usize] as usize].alpha_mode
+                && self.scene.materials[self.scene.triangle_materials[prim as usize] as usize]
+                    .alpha_mode
                     == AlphaMode::Mask
         };
         let mut accept = |prim: u32, b1: f32, b2: f32| self.alpha_accept(prim, b1, b2, 0.0);
@@ -135,7 +136,8 @@ impl RenderScene {
             let Some(hit) = self.bvh.intersect(org, dir, tmax, &mask_only, &mut accept) else {
                 return tr;
             };
-            let m = &self.scene.materials[self.scene.triangle_materials[hit.prim as usize] as usize];
+            let m =
+                &self.scene.materials[self.scene.triangle_materials[hit.prim as usize] as usize];
             if m.alpha_mode != AlphaMode::Blend && m.transmission <= 0.0 {
                 return Vec3A::ZERO;
             }
@@ -163,7 +165,13 @@ impl RenderScene {
     }
 
     /// Radiance along a camera ray for one sample.
-    pub fn radiance(&self, mut org: Vec3A, mut dir: Vec3A, max_bounces: u32, s: &mut Sampler) -> Vec3A {
+    pub fn radiance(
+        &self,
+        mut org: Vec3A,
+        mut dir: Vec3A,
+        max_bounces: u32,
+        s: &mut Sampler,
+    ) -> Vec3A {
         let mut l = Vec3A::ZERO;
         let mut beta = Vec3A::ONE;
         let mut prev_pdf = 0.0f32;
@@ -173,7 +181,11 @@ impl RenderScene {
         loop {
             s.set_dimension(CAMERA_DIMS + depth * DIMS_PER_BOUNCE);
             let hashed = depth * HASHED_PER_BOUNCE;
-            let u_alpha = if self.any_alpha_tested { s.hashed(hashed) } else { 0.0 };
+            let u_alpha = if self.any_alpha_tested {
+                s.hashed(hashed)
+            } else {
+                0.0
+            };
             let Some(hit) = self.trace(org, dir, u_alpha) else {
                 let le = self.env.radiance(dir);
                 if le != Vec3A::ZERO {

@@ -123,7 +123,10 @@ impl Sampler {
     /// must be unique per use within a sample.
     #[inline]
     pub fn hashed(&self, slot: u32) -> f32 {
-        let h = mix64(self.pixel_seed ^ ((self.index as u64) << 32 | slot as u64).wrapping_mul(0x9e3779b97f4a7c15));
+        let h = mix64(
+            self.pixel_seed
+                ^ ((self.index as u64) << 32 | slot as u64).wrapping_mul(0x9e3779b97f4a7c15),
+        );
         to_unit((h >> 32) as u32)
     }
 }

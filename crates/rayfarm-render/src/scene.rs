@@ -41,10 +41,17 @@ impl Distribution1D {
     /// Picks an index; returns it, its probability and `u` remapped to [0, 1) within the bin.
     #[inline]
     pub fn sample(&self, u: f32) -> (usize, f32, f32) {
-        let i = self.cdf.partition_point(|&c| c <= u).min(self.cdf.len() - 1);
+        let i = self
+            .cdf
+            .partition_point(|&c| c <= u)
+            .min(self.cdf.len() - 1);
         let lo = if i == 0 { 0.0 } else { self.cdf[i - 1] };
         let p = self.cdf[i] - lo;
-        let ur = if p > 0.0 { ((u - lo) / p).clamp(0.0, 0.99999994) } else { 0.5 };
+        let ur = if p > 0.0 {
+            ((u - lo) / p).clamp(0.0, 0.99999994)
+        } else {
+            0.5
+        };
         (i, p, ur)
     }
     #[inline]
@@ -93,7 +100,9 @@ impl EnvLight {
                 let mut row_w = Vec::with_capacity(h);
                 for y in 0..h {
                     let sin_t = ((y as f32 + 0.5) / h as f32 * PI).sin();
-                    let f: Vec<f32> = (0..w).map(|x| luminance(texels[y * w + x]) * sin_t).collect();
+                    let f: Vec<f32> = (0..w)
+                        .map(|x| luminance(texels[y * w + x]) * sin_t)
+                        .collect();
                     let d = Distribution1D::new(f);
                     row_w.push(d.total);
                     cols.push(d);
@@ -184,7 +193,11 @@ impl EnvLight {
                 let z = 1.0 - 2.0 * u1;
                 let r = (1.0 - z * z).max(0.0).sqrt();
                 let phi = 2.0 * PI * u2;
-                Some((Vec3A::new(r * phi.cos(), z, r * phi.sin()), *c, 1.0 / (4.0 * PI)))
+                Some((
+                    Vec3A::new(r * phi.cos(), z, r * phi.sin()),
+                    *c,
+                    1.0 / (4.0 * PI),
+                ))
             }
             EnvLight::Map {
                 width,
@@ -212,7 +225,12 @@ impl EnvLight {
         let avg = match self {
             EnvLight::Black => 0.0,
             EnvLight::Constant(c) => luminance(*c),
-            EnvLight::Map { rows, width, height, .. } => rows.total / (*width * *height) as f32 * 4.0 / PI,
+            EnvLight::Map {
+                rows,
+                width,
+                height,
+                ..
+            } => rows.total / (*width * *height) as f32 * 4.0 / PI,
         };
         PI * scene_radius * scene_radius * avg * PI
     }
@@ -221,7 +239,10 @@ impl EnvLight {
 #[derive(Clone, Copy, Debug)]
 pub enum LightRef {
     /// An emissive triangle, with its area.
-    Triangle { prim: u32, area: f32 },
+    Triangle {
+        prim: u32,
+        area: f32,
+    },
     Punctual(u32),
     Environment,
 }
@@ -312,7 +333,10 @@ impl RenderScene {
                 continue;
             }
             light_of_triangle[i] = lights.len() as u32;
-            lights.push(LightRef::Triangle { prim: i as u32, area });
+            lights.push(LightRef::Triangle {
+                prim: i as u32,
+                area,
+            });
             let sides = if m.double_sided { 2.0 } else { 1.0 };
             power.push(luminance(Vec3A::from(m.emissive)) * area * PI * sides);
         }

@@ -61,7 +61,13 @@ impl Textures {
     /// Samples `r` at the UVs of the hit (`uvs[set]`). Colour textures (`srgb`) have their RGB
     /// decoded before filtering; alpha is always linear.
     #[inline]
-    pub fn sample(&self, scene: &CompiledScene, r: &TextureRef, uvs: &[Vec2; 2], srgb: bool) -> Vec4 {
+    pub fn sample(
+        &self,
+        scene: &CompiledScene,
+        r: &TextureRef,
+        uvs: &[Vec2; 2],
+        srgb: bool,
+    ) -> Vec4 {
         let uv = uvs[(r.uv_set as usize).min(1)];
         let m = &r.transform;
         let u = m[0] * uv.x + m[1] * uv.y + m[2];

@@ -129,9 +129,15 @@ fn furnace_ggx_metal_spheres() {
         }
         let (got, want) = (got / n as f64, want / n as f64);
         eprintln!("roughness {roughness}: image {got:.4}, albedo {want:.4}");
-        assert!((got - want).abs() < 0.01 * want, "roughness {roughness}: {got} vs {want}");
+        assert!(
+            (got - want).abs() < 0.01 * want,
+            "roughness {roughness}: {got} vs {want}"
+        );
         if roughness <= 0.25 {
-            assert!((got - 1.0).abs() < 0.01, "smooth metal should conserve energy: {got}");
+            assert!(
+                (got - 1.0).abs() < 0.01,
+                "smooth metal should conserve energy: {got}"
+            );
         }
     }
 }
@@ -164,9 +170,21 @@ fn area_light_over_plane_matches_analytic_irradiance() {
         emissive: [3.0, 3.0, 3.0],
         ..Default::default()
     });
-    s.add_quad("floor", Vec3::new(-10.0, 0.0, 10.0), Vec3::new(20.0, 0.0, 0.0), Vec3::new(0.0, 0.0, -20.0), floor);
+    s.add_quad(
+        "floor",
+        Vec3::new(-10.0, 0.0, 10.0),
+        Vec3::new(20.0, 0.0, 0.0),
+        Vec3::new(0.0, 0.0, -20.0),
+        floor,
+    );
     // A 1x1 light at height 1, facing down.
-    s.add_quad("light", Vec3::new(-0.5, 1.0, -0.5), Vec3::new(1.0, 0.0, 0.0), Vec3::new(0.0, 0.0, 1.0), light);
+    s.add_quad(
+        "light",
+        Vec3::new(-0.5, 1.0, -0.5),
+        Vec3::new(1.0, 0.0, 0.0),
+        Vec3::new(0.0, 0.0, 1.0),
+        light,
+    );
     let settings = RenderSettings {
         width: 8,
         height: 8,
@@ -193,7 +211,13 @@ fn point_light_over_plane() {
         double_sided: true,
         ..Default::default()
     });
-    s.add_quad("floor", Vec3::new(-10.0, 0.0, 10.0), Vec3::new(20.0, 0.0, 0.0), Vec3::new(0.0, 0.0, -20.0), floor);
+    s.add_quad(
+        "floor",
+        Vec3::new(-10.0, 0.0, 10.0),
+        Vec3::new(20.0, 0.0, 0.0),
+        Vec3::new(0.0, 0.0, -20.0),
+        floor,
+    );
     s.lights.push(rayfarm_scene::Light {
         name: "p".into(),
         kind: rayfarm_scene::LightKind::Point,

@@ -41,9 +41,13 @@ fn rel_mse(img: &[[f32; 3]], reference: &[[f64; 3]]) -> f64 {
 
 #[test]
 fn cornell_box_matches_tungsten() {
-    let Some(gltf) = shared_scene("cornell-box/converted/cornell_box.gltf") else { return };
+    let Some(gltf) = shared_scene("cornell-box/converted/cornell_box.gltf") else {
+        return;
+    };
     let size = 64usize;
-    let Some(reference) = reference(size) else { return };
+    let Some(reference) = reference(size) else {
+        return;
+    };
     let (scene, _) = rayfarm_scene::load(&gltf).expect("cornell box loads");
     let camera = scene.cameras[0].clone();
     let rs = RenderScene::new(scene);
@@ -57,11 +61,24 @@ fn cornell_box_matches_tungsten() {
     };
     let low = render(&rs, &settings(16), 2, 32, 16);
     let high = render(&rs, &settings(256), 2, 32, 32);
-    let (m, r) = (mean(&high), mean(&reference.iter().map(|p| p.map(|v| v as f32)).collect::<Vec<_>>()));
+    let (m, r) = (
+        mean(&high),
+        mean(
+            &reference
+                .iter()
+                .map(|p| p.map(|v| v as f32))
+                .collect::<Vec<_>>(),
+        ),
+    );
     let (e_low, e_high) = (rel_mse(&low, &reference), rel_mse(&high, &reference));
     eprintln!("mean rayfarm {m:?} tungsten {r:?}; relMSE 16 spp {e_low:.5}, 256 spp {e_high:.5}");
     for c in 0..3 {
-        assert!((m[c] - r[c]).abs() < 0.02 * r[c], "channel {c}: {} vs {}", m[c], r[c]);
+        assert!(
+            (m[c] - r[c]).abs() < 0.02 * r[c],
+            "channel {c}: {} vs {}",
+            m[c],
+            r[c]
+        );
     }
     // 16x the samples: relative MSE should fall by about 16x while it is above the reference's
     // own noise; ask for at least 5x.

@@ -25,10 +25,7 @@ pub fn auto_camera(scene: &CompiledScene, aspect: f32) -> Camera {
     let up = right.cross(forward);
     Camera {
         name: "auto".into(),
-        projection: Projection::Perspective {
-            yfov,
-            aspect: None,
-        },
+        projection: Projection::Perspective { yfov, aspect: None },
         position: position.to_array(),
         right: right.to_array(),
         up: up.to_array(),

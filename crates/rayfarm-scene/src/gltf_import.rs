@@ -24,6 +24,10 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
 /// hostile `count` cannot make us allocate gigabytes for an accessor without a buffer view.
 const MAX_ACCESSOR_ELEMENTS: usize = 1 << 28;
 
+/// Upper bound on the components (elements times 1..16) of an accessor without a buffer view,
+/// which is all zeros apart from its sparse values: 16M, e.g. 5.5M VEC3 positions.
+const MAX_ZERO_FILLED_COMPONENTS: usize = 1 << 24;
+
 /// Loads a `.gltf` or `.glb` file from disk.
 pub fn load(path: &Path) -> Result<(CompiledScene, Warnings), SceneError> {
     let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
@@ -41,24 +45,25 @@ pub fn load_from_slice(
     let inv = |what: String| SceneError::invalid(path, what);
     let mut warnings = Vec::new();
 
-    // Split a GLB into JSON and BIN chunks ourselves so that a truncated file gets a plain message.
-    let glb;
+    // Split a GLB into JSON and BIN chunks ourselves so that a truncated file gets a plain
+    // message (and because `gltf::binary::Glb::from_slice` panics on a header length below 12).
     let (json_bytes, glb_bin): (&[u8], Option<&[u8]>) = if bytes.starts_with(b"glTF") {
-        glb = gltf::binary::Glb::from_slice(bytes)
-            .map_err(|e| inv(format!("not a valid .glb file ({e}); is it truncated?")))?;
-        (&glb.json, glb.bin.as_deref())
+        split_glb(bytes).map_err(|e| inv(format!("not a valid .glb file: {e}")))?
     } else {
         (bytes, None)
     };
 
-    let raw: serde_json::Value = serde_json::from_slice(json_bytes)
-        .map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
+    let raw: serde_json::Value =
+        serde_json::from_slice(json_bytes).map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
     check_extensions(&raw, path, &mut warnings)?;
     let resolution = find_resolution(&raw);
 
     let root = gltf::json::Root::from_slice(json_bytes)
         .map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
-    let doc = gltf::Document::from_json(root).map_err(|e| inv(format!("invalid glTF: {e}")))?;
+    prevalidate(&root).map_err(inv)?;
+    // The gltf crate's message already starts with "invalid glTF:" and ends with ';'.
+    let doc = gltf::Document::from_json(root)
+        .map_err(|e| inv(e.to_string().trim_end_matches(';').to_string()))?;
 
     let buffers = load_buffers(&doc, path, glb_bin, read_file)?;
     let mut b = Builder {
@@ -90,19 +95,33 @@ pub fn load_from_slice(
             doc.nodes().filter(|n| !is_child[n.index()]).collect()
         }
     };
-    // Iterative traversal with a depth guard: glTF forbids cycles but a hostile file may have one.
-    let mut stack: Vec<(gltf::Node, Mat4, usize)> =
-        roots.into_iter().rev().map(|n| (n, Mat4::IDENTITY, 0)).collect();
-    let mut visited = 0usize;
-    while let Some((node, parent, depth)) = stack.pop() {
-        visited += 1;
-        if depth > 256 || visited > 10_000_000 {
-            return Err(inv("node hierarchy is too deep or cyclic".into()));
+    // Iterative traversal. glTF requires the nodes to form disjoint trees; a node reached twice
+    // (a cycle, or a hostile DAG such as node 0 -> [1, 1, ...] -> [2, 2, ...] -> mesh that
+    // would instance the mesh exponentially often) is an error.
+    let mut stack: Vec<(gltf::Node, Mat4)> = roots
+        .into_iter()
+        .rev()
+        .map(|n| (n, Mat4::IDENTITY))
+        .collect();
+    let mut seen = vec![false; doc.nodes().len()];
+    while let Some((node, parent)) = stack.pop() {
+        let Some(slot) = seen.get_mut(node.index()) else {
+            return Err(inv(format!("node {} does not exist", node.index())));
+        };
+        if std::mem::replace(slot, true) {
+            return Err(inv(format!(
+                "node {} appears more than once in the node hierarchy \
+                 (glTF requires a tree: a node has at most one parent and no cycles)",
+                node.index()
+            )));
         }
         let local = Mat4::from_cols_array_2d(&node.transform().matrix());
         let world = parent * local;
         if !world.is_finite() {
-            return Err(inv(format!("node {} has a non-finite transform", node.index())));
+            return Err(inv(format!(
+                "node {} has a non-finite transform",
+                node.index()
+            )));
         }
         if let Some(mesh) = node.mesh() {
             b.add_mesh(&node, &mesh, world)?;
@@ -114,14 +133,145 @@ pub fn load_from_slice(
             b.add_light(&light, world);
         }
         for c in node.children().collect::<Vec<_>>().into_iter().rev() {
-            stack.push((c, world, depth + 1));
+            stack.push((c, world));
         }
     }
     let scene = b.scene;
     if scene.triangles.is_empty() {
         return Err(inv("the scene has no triangles to render".into()));
     }
+    // Every entry point (files, memory, the embedded scene) hands out only valid scenes.
+    scene.validate().map_err(inv)?;
     Ok((scene, warnings))
+}
+
+/// Checks what the gltf crate (1.4) would otherwise panic on, in its validation or in accessors
+/// it trusts validation to have checked. Found by fuzzing (`fuzz/fuzz_targets/gltf_load.rs`).
+fn prevalidate(root: &gltf::json::Root) -> Result<(), String> {
+    use gltf::json::validation::Checked;
+    // `Document::from_json` indexes `accessors` with the POSITION index unchecked.
+    for (m, mesh) in root.meshes.iter().enumerate() {
+        for (p, prim) in mesh.primitives.iter().enumerate() {
+            let pos = prim
+                .attributes
+                .get(&Checked::Valid(gltf::json::mesh::Semantic::Positions));
+            if let Some(i) = pos {
+                if i.value() >= root.accessors.len() {
+                    return Err(format!(
+                        "mesh {m} primitive {p}: POSITION refers to accessor {} but there are {} accessors",
+                        i.value(),
+                        root.accessors.len()
+                    ));
+                }
+            }
+        }
+    }
+    // `Camera::projection` unwraps the object named by `type`; validation only checks that one
+    // of the two exists.
+    for (i, cam) in root.cameras.iter().enumerate() {
+        use gltf::json::camera::Type;
+        let missing = match cam.type_ {
+            Checked::Valid(Type::Perspective) if cam.perspective.is_none() => Some("perspective"),
+            Checked::Valid(Type::Orthographic) if cam.orthographic.is_none() => {
+                Some("orthographic")
+            }
+            _ => None,
+        };
+        if let Some(what) = missing {
+            return Err(format!(
+                "camera {i} is of type {what} but has no '{what}' object"
+            ));
+        }
+    }
+    // `Image::source` unwraps `mimeType` (for buffer views) or `uri`.
+    for (i, img) in root.images.iter().enumerate() {
+        if img.buffer_view.is_some() && img.mime_type.is_none() {
+            return Err(format!(
+                "image {i} is stored in a buffer view but has no mimeType"
+            ));
+        }
+        if img.buffer_view.is_none() && img.uri.is_none() {
+            return Err(format!("image {i} has neither a uri nor a bufferView"));
+        }
+    }
+    Ok(())
+}
+
+/// Splits a GLB container into its JSON chunk and optional BIN chunk, checking every length
+/// against the data actually present. Chunks of unknown type after the first two are skipped,
+/// as the specification asks.
+fn split_glb(bytes: &[u8]) -> Result<(&[u8], Option<&[u8]>), String> {
+    let u32_at = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let (Some(version), Some(total)) = (u32_at(4), u32_at(8)) else {
+        return Err(format!(
+            "the file has {} bytes, fewer than the 12-byte header; is it truncated?",
+            bytes.len()
+        ));
+    };
+    if version != 2 {
+        return Err(format!(
+            "GLB container version {version} is not supported (only version 2)"
+        ));
+    }
+    if total > bytes.len() {
+        return Err(format!(
+            "the header says the file has {total} bytes but it has only {}; is it truncated?",
+            bytes.len()
+        ));
+    }
+    if total < 12 + 8 {
+        return Err(format!(
+            "the header's total length {total} is too small to hold a JSON chunk"
+        ));
+    }
+    let data = &bytes[..total];
+    let mut at = 12;
+    let mut json = None;
+    let mut bin = None;
+    let mut index = 0;
+    while at < data.len() {
+        let (Some(len), Some(ty)) = (u32_at(at), data.get(at + 4..at + 8)) else {
+            return Err(format!(
+                "chunk {index} at byte {at} is cut short in its 8-byte header; is the file truncated?"
+            ));
+        };
+        let start = at + 8;
+        let chunk = start
+            .checked_add(len)
+            .and_then(|end| data.get(start..end))
+            .ok_or_else(|| {
+                format!(
+                    "chunk {index} at byte {at} claims {len} bytes but only {} remain; is the file truncated?",
+                    data.len() - start
+                )
+            })?;
+        match (index, ty) {
+            (0, b"JSON") => json = Some(chunk),
+            (0, _) => {
+                return Err(format!(
+                    "the first chunk must be JSON, not {:?}",
+                    String::from_utf8_lossy(ty)
+                ))
+            }
+            (1, b"BIN\0") => bin = Some(chunk),
+            (_, b"JSON") | (_, b"BIN\0") => {
+                return Err(format!(
+                    "chunk {index} is a second {} chunk",
+                    String::from_utf8_lossy(ty).trim_end_matches('\0')
+                ))
+            }
+            _ => {} // unknown chunk types are ignored
+        }
+        // Chunks are 4-byte aligned; a chunk length that is not is tolerated.
+        at = start + len;
+        at += (4 - at % 4) % 4;
+        index += 1;
+    }
+    let json = json.ok_or_else(|| "there is no JSON chunk; is the file truncated?".to_string())?;
+    Ok((json, bin))
 }
 
 fn check_extensions(
@@ -191,7 +341,10 @@ fn load_buffers(
                 .ok_or_else(|| {
                     SceneError::invalid(
                         path,
-                        format!("buffer {} refers to a missing GLB binary chunk", buf.index()),
+                        format!(
+                            "buffer {} refers to a missing GLB binary chunk",
+                            buf.index()
+                        ),
                     )
                 })?
                 .to_vec(),
@@ -232,11 +385,16 @@ fn read_uri(
     }
     let decoded = percent_encoding::percent_decode_str(uri)
         .decode_utf8()
-        .map_err(|_| SceneError::invalid(path, format!("{what}: URI '{uri}' is not valid UTF-8")))?;
+        .map_err(|_| {
+            SceneError::invalid(path, format!("{what}: URI '{uri}' is not valid UTF-8"))
+        })?;
     let rel = PathBuf::from(decoded.as_ref());
     read_file(&rel).map_err(|e| {
         let full = path.parent().unwrap_or(Path::new("")).join(&rel);
-        SceneError::invalid(path, format!("{what}: cannot read '{}': {e}", full.display()))
+        SceneError::invalid(
+            path,
+            format!("{what}: cannot read '{}': {e}", full.display()),
+        )
     })
 }
 
@@ -271,7 +429,12 @@ impl Builder<'_> {
         }
     }
 
-    fn add_mesh(&mut self, node: &gltf::Node, mesh: &gltf::Mesh, world: Mat4) -> Result<(), SceneError> {
+    fn add_mesh(
+        &mut self,
+        node: &gltf::Node,
+        mesh: &gltf::Mesh,
+        world: Mat4,
+    ) -> Result<(), SceneError> {
         let name = node
             .name()
             .or(mesh.name())
@@ -286,7 +449,10 @@ impl Builder<'_> {
             let ctx = format!("mesh '{}' primitive {}", name, prim.index());
             let mode = prim.mode();
             use gltf::mesh::Mode;
-            if !matches!(mode, Mode::Triangles | Mode::TriangleStrip | Mode::TriangleFan) {
+            if !matches!(
+                mode,
+                Mode::Triangles | Mode::TriangleStrip | Mode::TriangleFan
+            ) {
                 self.warnings.push(format!(
                     "{}: {ctx}: skipping {:?} primitive (only triangles are rendered)",
                     self.path.display(),
@@ -303,21 +469,22 @@ impl Builder<'_> {
                 .map(|p| world.transform_point3(Vec3::from(p)))
                 .collect();
             let n = positions.len();
-            let read_attr = |b: &Self, sem: gltf::Semantic| -> Result<Option<Vec<[f32; 4]>>, SceneError> {
-                match prim.get(&sem) {
-                    None => Ok(None),
-                    Some(acc) => {
-                        let v = b.read_floats::<4>(&acc, &ctx)?;
-                        if v.len() != n {
-                            return Err(b.err(format!(
-                                "{ctx}: attribute {sem:?} has {} elements but POSITION has {n}",
-                                v.len()
-                            )));
+            let read_attr =
+                |b: &Self, sem: gltf::Semantic| -> Result<Option<Vec<[f32; 4]>>, SceneError> {
+                    match prim.get(&sem) {
+                        None => Ok(None),
+                        Some(acc) => {
+                            let v = b.read_floats::<4>(&acc, &ctx)?;
+                            if v.len() != n {
+                                return Err(b.err(format!(
+                                    "{ctx}: attribute {sem:?} has {} elements but POSITION has {n}",
+                                    v.len()
+                                )));
+                            }
+                            Ok(Some(v))
                         }
-                        Ok(Some(v))
                     }
-                }
-            };
+                };
             let normals = read_attr(self, gltf::Semantic::Normals)?;
             let tangents = read_attr(self, gltf::Semantic::Tangents)?;
             let uv0 = read_attr(self, gltf::Semantic::TexCoords(0))?;
@@ -335,7 +502,10 @@ impl Builder<'_> {
                 )));
             }
             let mut tris: Vec<[u32; 3]> = match mode {
-                Mode::Triangles => indices.chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect(),
+                Mode::Triangles => indices
+                    .chunks_exact(3)
+                    .map(|c| [c[0], c[1], c[2]])
+                    .collect(),
                 Mode::TriangleStrip => (2..indices.len())
                     .map(|i| {
                         if i % 2 == 0 {
@@ -363,7 +533,9 @@ impl Builder<'_> {
             let (positions, normals, tangents, uv0, uv1, tris) = if normals.is_none() {
                 let mut p2 = Vec::with_capacity(tris.len() * 3);
                 let mut n2 = Vec::with_capacity(tris.len() * 3);
-                let dup = |v: &Option<Vec<[f32; 4]>>| v.as_ref().map(|_| Vec::with_capacity(tris.len() * 3));
+                let dup = |v: &Option<Vec<[f32; 4]>>| {
+                    v.as_ref().map(|_| Vec::with_capacity(tris.len() * 3))
+                };
                 let (mut t2, mut a2, mut b2) = (dup(&tangents), dup(&uv0), dup(&uv1));
                 let mut tris2 = Vec::with_capacity(tris.len());
                 for t in &tris {
@@ -412,17 +584,14 @@ impl Builder<'_> {
                 ),
                 None if wants_tangents => {
                     self.need_tangents = true;
-                    uv_for_tangents(&material.normal_texture, &uv0, &uv1).map(|uv| {
-                        compute_tangents(&positions, &normals, uv, &tris)
-                    })
+                    uv_for_tangents(&material.normal_texture, &uv0, &uv1)
+                        .map(|uv| compute_tangents(&positions, &normals, uv, &tris))
                 }
                 None => None,
             };
             self.push_vertices(&positions, &normals, tangents_world, uv0, uv1);
             for t in tris {
-                self.scene
-                    .triangles
-                    .push(t.map(|i| i + base as u32));
+                self.scene.triangles.push(t.map(|i| i + base as u32));
                 self.scene.triangle_materials.push(mat_index);
             }
         }
@@ -603,10 +772,17 @@ impl Builder<'_> {
         Ok(out)
     }
 
-    fn tex_info(&mut self, info: Option<gltf::texture::Info>) -> Result<Option<TextureRef>, SceneError> {
+    fn tex_info(
+        &mut self,
+        info: Option<gltf::texture::Info>,
+    ) -> Result<Option<TextureRef>, SceneError> {
         let Some(info) = info else { return Ok(None) };
         let transform = info.texture_transform();
-        Ok(Some(self.tex_ref(&info.texture(), info.tex_coord(), transform)?))
+        Ok(Some(self.tex_ref(
+            &info.texture(),
+            info.tex_coord(),
+            transform,
+        )?))
     }
 
     fn tex_ref(
@@ -673,13 +849,20 @@ impl Builder<'_> {
                     .get(view.buffer().index())
                     .ok_or_else(|| self.err(format!("{what}: missing buffer")))?;
                 let end = view.offset().checked_add(view.length());
-                let data = end
-                    .and_then(|e| buf.get(view.offset()..e))
-                    .ok_or_else(|| self.err(format!("{what}: buffer view {} is out of range", view.index())))?;
+                let data = end.and_then(|e| buf.get(view.offset()..e)).ok_or_else(|| {
+                    self.err(format!(
+                        "{what}: buffer view {} is out of range",
+                        view.index()
+                    ))
+                })?;
                 (data.to_vec(), img.name().unwrap_or(&what).to_string())
             }
             gltf::image::Source::Uri { uri, .. } => {
-                let name = if uri.starts_with("data:") { what.clone() } else { uri.to_string() };
+                let name = if uri.starts_with("data:") {
+                    what.clone()
+                } else {
+                    uri.to_string()
+                };
                 (read_uri(uri, self.path, self.read_file, &what)?, name)
             }
         };
@@ -701,7 +884,11 @@ impl Builder<'_> {
     /// Reads a float accessor into `N`-wide vectors (missing components are 0, `w` is 1 for
     /// VEC3 data read as 4 wide, which no caller relies on). Normalized integers are converted
     /// as the glTF specification says.
-    fn read_floats<const N: usize>(&self, acc: &gltf::Accessor, ctx: &str) -> Result<Vec<[f32; N]>, SceneError> {
+    fn read_floats<const N: usize>(
+        &self,
+        acc: &gltf::Accessor,
+        ctx: &str,
+    ) -> Result<Vec<[f32; N]>, SceneError> {
         let raw = self.read_accessor(acc, ctx)?;
         let dims = acc.dimensions().multiplicity();
         let mut out = Vec::with_capacity(raw.len() / dims.max(1));
@@ -711,7 +898,10 @@ impl Builder<'_> {
                 *slot = chunk.get(k).copied().unwrap_or(0.0);
             }
             if v.iter().any(|x| !x.is_finite()) {
-                return Err(self.err(format!("{ctx}: accessor {} holds a non-finite value", acc.index())));
+                return Err(self.err(format!(
+                    "{ctx}: accessor {} holds a non-finite value",
+                    acc.index()
+                )));
             }
             out.push(v);
         }
@@ -720,8 +910,10 @@ impl Builder<'_> {
 
     fn read_indices(&self, acc: &gltf::Accessor, ctx: &str) -> Result<Vec<u32>, SceneError> {
         use gltf::accessor::DataType;
-        if !matches!(acc.data_type(), DataType::U8 | DataType::U16 | DataType::U32)
-            || acc.dimensions() != gltf::accessor::Dimensions::Scalar
+        if !matches!(
+            acc.data_type(),
+            DataType::U8 | DataType::U16 | DataType::U32
+        ) || acc.dimensions() != gltf::accessor::Dimensions::Scalar
         {
             return Err(self.err(format!(
                 "{ctx}: index accessor {} must be unsigned integer scalars",
@@ -754,7 +946,9 @@ impl Builder<'_> {
         let elem_size = dims * csize;
         let name = format!("{ctx}: accessor {}", acc.index());
         if count > MAX_ACCESSOR_ELEMENTS {
-            return Err(self.err(format!("{name} claims {count} elements, more than rayfarm accepts")));
+            return Err(self.err(format!(
+                "{name} claims {count} elements, more than rayfarm accepts"
+            )));
         }
         let mut values: Vec<f64> = Vec::new();
         match acc.view() {
@@ -782,7 +976,17 @@ impl Builder<'_> {
                     }
                 }
             }
-            None => values.resize(count * dims, 0.0),
+            None => {
+                // Zero-filled (sparse-only) accessor: nothing in the file backs `count`, so cap it
+                // lower than data-backed ones lest a few bytes of JSON ask for gigabytes.
+                if count * dims > MAX_ZERO_FILLED_COMPONENTS {
+                    return Err(self.err(format!(
+                        "{name} has no buffer view yet claims {count} elements; rayfarm accepts at most {} components in such an accessor",
+                        MAX_ZERO_FILLED_COMPONENTS
+                    )));
+                }
+                values.resize(count * dims, 0.0)
+            }
         }
         if let Some(sparse) = acc.sparse() {
             let n = sparse.count();
@@ -799,9 +1003,15 @@ impl Builder<'_> {
             let idx_off = sparse.indices().offset();
             let val_off = sparse.values().offset();
             let idx_end = n.checked_mul(isize).and_then(|x| x.checked_add(idx_off));
-            let val_end = n.checked_mul(elem_size).and_then(|x| x.checked_add(val_off));
-            if idx_end.is_none_or(|e| e > idx_data.len()) || val_end.is_none_or(|e| e > val_data.len()) {
-                return Err(self.err(format!("{name}: sparse data reads past the end of its buffer view")));
+            let val_end = n
+                .checked_mul(elem_size)
+                .and_then(|x| x.checked_add(val_off));
+            if idx_end.is_none_or(|e| e > idx_data.len())
+                || val_end.is_none_or(|e| e > val_data.len())
+            {
+                return Err(self.err(format!(
+                    "{name}: sparse data reads past the end of its buffer view"
+                )));
             }
             for j in 0..n {
                 let io = idx_off + j * isize;
@@ -818,7 +1028,8 @@ impl Builder<'_> {
                 }
                 for k in 0..dims {
                     let o = val_off + j * elem_size + k * csize;
-                    values[target * dims + k] = read_component(&val_data[o..o + csize], comp, normalized);
+                    values[target * dims + k] =
+                        read_component(&val_data[o..o + csize], comp, normalized);
                 }
             }
         }
@@ -829,10 +1040,12 @@ impl Builder<'_> {
     }
 
     fn view_bytes(&self, view: &gltf::buffer::View, name: &str) -> Result<&[u8], SceneError> {
-        let buf = self
-            .buffers
-            .get(view.buffer().index())
-            .ok_or_else(|| self.err(format!("{name}: buffer {} is missing", view.buffer().index())))?;
+        let buf = self.buffers.get(view.buffer().index()).ok_or_else(|| {
+            self.err(format!(
+                "{name}: buffer {} is missing",
+                view.buffer().index()
+            ))
+        })?;
         view.offset()
             .checked_add(view.length())
             .and_then(|end| buf.get(view.offset()..end))
@@ -854,19 +1067,35 @@ fn read_component(b: &[u8], comp: gltf::accessor::DataType, normalized: bool) ->
     match comp {
         I8 => {
             let v = b[0] as i8 as f64;
-            if normalized { (v / 127.0).max(-1.0) } else { v }
+            if normalized {
+                (v / 127.0).max(-1.0)
+            } else {
+                v
+            }
         }
         U8 => {
             let v = b[0] as f64;
-            if normalized { v / 255.0 } else { v }
+            if normalized {
+                v / 255.0
+            } else {
+                v
+            }
         }
         I16 => {
             let v = i16::from_le_bytes([b[0], b[1]]) as f64;
-            if normalized { (v / 32767.0).max(-1.0) } else { v }
+            if normalized {
+                (v / 32767.0).max(-1.0)
+            } else {
+                v
+            }
         }
         U16 => {
             let v = u16::from_le_bytes([b[0], b[1]]) as f64;
-            if normalized { v / 65535.0 } else { v }
+            if normalized {
+                v / 65535.0
+            } else {
+                v
+            }
         }
         U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
         F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
@@ -879,13 +1108,22 @@ fn uv_for_tangents<'a>(
     uv1: &'a Option<Vec<[f32; 4]>>,
 ) -> Option<&'a [[f32; 4]]> {
     let set = normal_tex.map(|t| t.uv_set).unwrap_or(0);
-    if set == 1 { uv1.as_deref() } else { uv0.as_deref() }
+    if set == 1 {
+        uv1.as_deref()
+    } else {
+        uv0.as_deref()
+    }
 }
 
 /// Per-vertex tangents from UV derivatives, accumulated over adjacent triangles and
 /// orthogonalised against the normal (Lengyel's method). glTF recommends MikkTSpace; for the
 /// smooth, consistently mapped meshes that carry normal maps the two agree closely.
-fn compute_tangents(positions: &[Vec3], normals: &[Vec3], uv: &[[f32; 4]], tris: &[[u32; 3]]) -> Vec<[f32; 4]> {
+fn compute_tangents(
+    positions: &[Vec3],
+    normals: &[Vec3],
+    uv: &[[f32; 4]],
+    tris: &[[u32; 3]],
+) -> Vec<[f32; 4]> {
     let n = positions.len();
     let mut tan = vec![Vec3::ZERO; n];
     let mut bit = vec![Vec3::ZERO; n];
@@ -912,8 +1150,276 @@ fn compute_tangents(positions: &[Vec3], normals: &[Vec3], uv: &[[f32; 4]], tris:
         .map(|i| {
             let nn = normals[i];
             let t = (tan[i] - nn * nn.dot(tan[i])).normalize_or(nn.any_orthonormal_vector());
-            let w = if nn.cross(t).dot(bit[i]) < 0.0 { -1.0 } else { 1.0 };
+            let w = if nn.cross(t).dot(bit[i]) < 0.0 {
+                -1.0
+            } else {
+                1.0
+            };
             Vec4::new(t.x, t.y, t.z, w).to_array()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn load(bytes: &[u8]) -> Result<(CompiledScene, Warnings), SceneError> {
+        load_from_slice(bytes, Path::new("test.glb"), &|_| {
+            Err(std::io::ErrorKind::NotFound.into())
+        })
+    }
+
+    fn message(r: Result<(CompiledScene, Warnings), SceneError>) -> String {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn triangle_bin() -> Vec<u8> {
+        [0.0f32, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+
+    /// One triangle; `buffer` is the JSON of the single buffer.
+    fn triangle_json(buffer: &str) -> String {
+        format!(
+            r#"{{"asset":{{"version":"2.0"}},"nodes":[{{"mesh":0}}],
+            "meshes":[{{"primitives":[{{"attributes":{{"POSITION":0}}}}]}}],
+            "accessors":[{{"bufferView":0,"componentType":5126,"count":3,"type":"VEC3",
+                          "min":[0,0,0],"max":[1,1,0]}}],
+            "bufferViews":[{{"buffer":0,"byteLength":36}}],
+            "buffers":[{buffer}]}}"#
+        )
+    }
+
+    fn data_uri_triangle() -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(triangle_bin());
+        triangle_json(&format!(
+            r#"{{"byteLength":36,"uri":"data:application/octet-stream;base64,{b64}"}}"#
+        ))
+    }
+
+    fn pack_glb(chunks: &[(&[u8; 4], &[u8], u8)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (ty, data, pad) in chunks {
+            let len = data.len().div_ceil(4) * 4;
+            body.extend_from_slice(&(len as u32).to_le_bytes());
+            body.extend_from_slice(*ty);
+            body.extend_from_slice(data);
+            body.resize(body.len() + len - data.len(), *pad);
+        }
+        let mut out = b"glTF".to_vec();
+        out.extend_from_slice(&2u32.to_le_bytes());
+        out.extend_from_slice(&(12 + body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn triangle_glb() -> Vec<u8> {
+        let json = triangle_json(r#"{"byteLength":36}"#);
+        pack_glb(&[
+            (b"JSON", json.as_bytes(), b' '),
+            (b"BIN\0", &triangle_bin(), 0),
+        ])
+    }
+
+    #[test]
+    fn triangle_gltf_and_glb_load() {
+        let (scene, warnings) = load(data_uri_triangle().as_bytes()).unwrap();
+        assert_eq!(scene.triangles.len(), 1);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (scene, _) = load(&triangle_glb()).unwrap();
+        assert_eq!(scene.triangles.len(), 1);
+        assert_eq!(scene.positions[1], [1.0, 0.0, 0.0]);
+    }
+
+    /// Regression: `gltf::binary::Glb::from_slice` computes `header.length - 12` unchecked, an
+    /// arithmetic overflow panic for a header length below 12. We split GLBs ourselves now.
+    #[test]
+    fn glb_header_length_below_12() {
+        for claimed in [0u32, 1, 11, 12, 19] {
+            let mut glb = triangle_glb();
+            glb[8..12].copy_from_slice(&claimed.to_le_bytes());
+            let msg = message(load(&glb));
+            assert!(msg.starts_with("test.glb: not a valid .glb file"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_a_glb_is_an_error() {
+        let glb = triangle_glb();
+        for len in 0..glb.len() {
+            let r = load(&glb[..len]);
+            assert!(
+                r.is_err(),
+                "a GLB cut to {len} of {} bytes loaded",
+                glb.len()
+            );
+        }
+        // Also with the header's total length "repaired" to match the cut.
+        for len in 12..glb.len() {
+            let mut cut = glb[..len].to_vec();
+            cut[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+            assert!(
+                load(&cut).is_err(),
+                "a GLB cut to {len} bytes with a fixed header loaded"
+            );
+        }
+    }
+
+    #[test]
+    fn glb_chunk_problems_are_named() {
+        let json = triangle_json(r#"{"byteLength":36}"#);
+        let bin = triangle_bin();
+        // Chunk length past the end of the file.
+        let mut glb = triangle_glb();
+        glb[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(message(load(&glb)).contains("chunk 0"));
+        // First chunk not JSON.
+        let glb = pack_glb(&[(b"BIN\0", &bin, 0), (b"JSON", json.as_bytes(), b' ')]);
+        assert!(message(load(&glb)).contains("must be JSON"));
+        // Version 1.
+        let mut glb = triangle_glb();
+        glb[4] = 1;
+        assert!(message(load(&glb)).contains("version 1"));
+        // No BIN chunk although the buffer needs one.
+        let glb = pack_glb(&[(b"JSON", json.as_bytes(), b' ')]);
+        assert!(message(load(&glb)).contains("missing GLB binary chunk"));
+    }
+
+    #[test]
+    fn glb_unknown_chunks_are_skipped() {
+        let json = triangle_json(r#"{"byteLength":36}"#);
+        let glb = pack_glb(&[
+            (b"JSON", json.as_bytes(), b' '),
+            (b"BIN\0", &triangle_bin(), 0),
+            (b"XTRA", b"hello", 0),
+        ]);
+        assert_eq!(load(&glb).unwrap().0.triangles.len(), 1);
+        // Trailing bytes beyond the header's total length are ignored too.
+        let mut glb = triangle_glb();
+        glb.extend_from_slice(b"trailing");
+        assert_eq!(load(&glb).unwrap().0.triangles.len(), 1);
+    }
+
+    /// Regression: a node DAG (each level listing the next node 8 times) used to be expanded
+    /// as a tree, instancing the mesh 8^depth times until memory ran out; nodes reached twice
+    /// are an error now, as are cycles.
+    #[test]
+    fn node_dag_is_not_expanded_exponentially() {
+        let mut nodes: Vec<String> = (0..12)
+            .map(|i| {
+                format!(
+                    r#"{{"children":[{}]}}"#,
+                    vec![(i + 1).to_string(); 8].join(",")
+                )
+            })
+            .collect();
+        nodes.push(r#"{"mesh":0}"#.into());
+        let json = data_uri_triangle().replace(
+            r#""nodes":[{"mesh":0}]"#,
+            &format!(r#""nodes":[{}]"#, nodes.join(",")),
+        );
+        let msg = message(load(json.as_bytes()));
+        assert!(
+            msg.contains("appears more than once in the node hierarchy"),
+            "{msg}"
+        );
+
+        let json = data_uri_triangle().replace(
+            r#""nodes":[{"mesh":0}]"#,
+            r#""scenes":[{"nodes":[0]}],"nodes":[{"mesh":0,"children":[1]},{"children":[0]}]"#,
+        );
+        let msg = message(load(json.as_bytes()));
+        assert!(msg.contains("appears more than once"), "{msg}");
+    }
+
+    /// Regression: an accessor without a buffer view (zeros plus sparse values) could claim up
+    /// to 2^28 MAT4 elements, 32 GB of zeros, from a few bytes of JSON.
+    #[test]
+    fn zero_filled_accessor_count_is_capped() {
+        let sparse = r#"{"componentType":5126,"count":COUNT,"type":"MAT4",
+            "sparse":{"count":1,"indices":{"bufferView":0,"componentType":5125},
+                      "values":{"bufferView":0}}}"#;
+        let json = data_uri_triangle()
+            .replace(r#""POSITION":0}"#, r#""POSITION":0,"TEXCOORD_0":1}"#)
+            .replace(
+                r#""max":[1,1,0]}]"#,
+                &format!(
+                    r#""max":[1,1,0]}},{}]"#,
+                    sparse.replace("COUNT", "268435455")
+                ),
+            );
+        let msg = message(load(json.as_bytes()));
+        assert!(
+            msg.contains("has no buffer view yet claims 268435455"),
+            "{msg}"
+        );
+    }
+
+    /// Regression (fuzz): gltf-json's validation indexes `accessors` with a primitive's
+    /// POSITION index before checking it, panicking for an index out of range.
+    #[test]
+    fn position_accessor_index_out_of_range() {
+        let json = data_uri_triangle().replace(r#""POSITION":0"#, r#""POSITION":7"#);
+        let msg = message(load(json.as_bytes()));
+        assert!(
+            msg.contains("POSITION refers to accessor 7 but there are 1 accessors"),
+            "{msg}"
+        );
+    }
+
+    /// Regression: gltf's `Camera::projection` unwraps the object named by `type`.
+    #[test]
+    fn camera_type_without_its_projection() {
+        let cam = r#""cameras":[{"type":"perspective","orthographic":{"xmag":1,"ymag":1,"zfar":10,"znear":0.1}}],
+            "nodes":[{"mesh":0},{"camera":0}]"#;
+        let json = data_uri_triangle().replace(r#""nodes":[{"mesh":0}]"#, cam);
+        let msg = message(load(json.as_bytes()));
+        assert!(
+            msg.contains("camera 0 is of type perspective but has no 'perspective' object"),
+            "{msg}"
+        );
+    }
+
+    /// Regression: gltf's `Image::source` unwraps `mimeType` for buffer-view images and `uri`
+    /// otherwise.
+    #[test]
+    fn image_without_mime_type_or_uri() {
+        for (image, expected) in [
+            (
+                r#"{"bufferView":0}"#,
+                "image 0 is stored in a buffer view but has no mimeType",
+            ),
+            (
+                r#"{"name":"nothing"}"#,
+                "image 0 has neither a uri nor a bufferView",
+            ),
+        ] {
+            let json = data_uri_triangle().replace(
+                r#""nodes":[{"mesh":0}]"#,
+                &format!(
+                    r#""nodes":[{{"mesh":0}}],"images":[{image}],"textures":[{{"source":0}}],
+                    "materials":[{{"pbrMetallicRoughness":{{"baseColorTexture":{{"index":0}}}}}}]"#
+                ),
+            );
+            let json = json.replace(r#""POSITION":0}"#, r#""POSITION":0},"material":0"#);
+            let msg = message(load(json.as_bytes()));
+            assert!(msg.contains(expected), "{msg}");
+        }
+    }
+
+    #[test]
+    fn validation_message_is_not_doubled() {
+        let json =
+            data_uri_triangle().replace(r#""nodes":[{"mesh":0}]"#, r#""nodes":[{"mesh":3}]"#);
+        let msg = message(load(json.as_bytes()));
+        assert_eq!(msg.matches("invalid glTF").count(), 1, "{msg}");
+        assert!(!msg.ends_with(';'), "{msg}");
+    }
 }

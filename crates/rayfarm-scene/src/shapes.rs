@@ -10,7 +10,13 @@ impl CompiledScene {
         (self.materials.len() - 1) as u32
     }
 
-    fn push_mesh(&mut self, name: &str, verts: &[(Vec3, Vec3, [f32; 2])], tris: &[[u32; 3]], material: u32) {
+    fn push_mesh(
+        &mut self,
+        name: &str,
+        verts: &[(Vec3, Vec3, [f32; 2])],
+        tris: &[[u32; 3]],
+        material: u32,
+    ) {
         let base = self.positions.len() as u32;
         let first = self.triangles.len() as u32;
         let need_uv = !self.uv0.is_empty() || self.positions.is_empty();
@@ -26,7 +32,8 @@ impl CompiledScene {
             self.uv1.resize(self.positions.len(), [0.0; 2]);
         }
         if !self.tangents.is_empty() {
-            self.tangents.resize(self.positions.len(), [1.0, 0.0, 0.0, 1.0]);
+            self.tangents
+                .resize(self.positions.len(), [1.0, 0.0, 0.0, 1.0]);
         }
         for t in tris {
             self.triangles.push(t.map(|i| i + base));
@@ -41,7 +48,15 @@ impl CompiledScene {
     }
 
     /// Adds a UV sphere with smooth normals; `rings` >= 2, `segments` >= 3.
-    pub fn add_sphere(&mut self, name: &str, center: Vec3, radius: f32, rings: u32, segments: u32, material: u32) {
+    pub fn add_sphere(
+        &mut self,
+        name: &str,
+        center: Vec3,
+        radius: f32,
+        rings: u32,
+        segments: u32,
+        material: u32,
+    ) {
         let mut verts = Vec::new();
         for r in 0..=rings {
             let v = r as f32 / rings as f32;
@@ -49,7 +64,11 @@ impl CompiledScene {
             for s in 0..=segments {
                 let u = s as f32 / segments as f32;
                 let phi = u * 2.0 * std::f32::consts::PI;
-                let n = Vec3::new(theta.sin() * phi.cos(), theta.cos(), -theta.sin() * phi.sin());
+                let n = Vec3::new(
+                    theta.sin() * phi.cos(),
+                    theta.cos(),
+                    -theta.sin() * phi.sin(),
+                );
                 verts.push((center + n * radius, n, [u, v]));
             }
         }
@@ -72,7 +91,14 @@ impl CompiledScene {
 
     /// Adds a parallelogram with corner `origin` spanned by `edge_u` and `edge_v`; its front
     /// face (counter-clockwise) faces `edge_u x edge_v`. UVs run 0..1 along the edges.
-    pub fn add_quad(&mut self, name: &str, origin: Vec3, edge_u: Vec3, edge_v: Vec3, material: u32) {
+    pub fn add_quad(
+        &mut self,
+        name: &str,
+        origin: Vec3,
+        edge_u: Vec3,
+        edge_v: Vec3,
+        material: u32,
+    ) {
         let n = edge_u.cross(edge_v).normalize();
         let verts = [
             (origin, n, [0.0, 0.0]),

@@ -53,7 +53,11 @@ pub fn write_image(
         .unwrap_or_default();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
-            bail!("{}: the output folder {} does not exist", path.display(), dir.display());
+            bail!(
+                "{}: the output folder {} does not exist",
+                path.display(),
+                dir.display()
+            );
         }
     }
     // Write to a temporary name and rename, so a crash never leaves a half-written image.
@@ -66,7 +70,11 @@ pub fn write_image(
                 use exr::prelude::f16;
                 exr::prelude::write_rgb_file(&tmp, w, height as usize, |x, y| {
                     let p = get(x, y);
-                    (f16::from_f32(p[0]), f16::from_f32(p[1]), f16::from_f32(p[2]))
+                    (
+                        f16::from_f32(p[0]),
+                        f16::from_f32(p[1]),
+                        f16::from_f32(p[2]),
+                    )
                 })
             } else {
                 exr::prelude::write_rgb_file(&tmp, w, height as usize, |x, y| {
@@ -93,11 +101,17 @@ pub fn write_image(
             path.display()
         ),
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot move the finished image into place", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| {
+        format!(
+            "{}: cannot move the finished image into place",
+            path.display()
+        )
+    })?;
     Ok(())
 }
 
 /// Reads an RGB(A) EXR into linear RGB (used by tests and `rayfarm compare`).
+#[cfg_attr(not(test), allow(dead_code))] // until `rayfarm compare` exists
 pub fn read_exr(path: &Path) -> Result<(u32, u32, Vec<[f32; 3]>)> {
     let img = exr::prelude::read_first_rgba_layer_from_file(
         path,
@@ -111,5 +125,38 @@ pub fn read_exr(path: &Path) -> Result<(u32, u32, Vec<[f32; 3]>)> {
     )
     .map_err(|e| anyhow::anyhow!("{}: cannot read EXR: {e}", path.display()))?;
     let size = img.layer_data.size;
-    Ok((size.width() as u32, size.height() as u32, img.layer_data.channel_data.pixels.1))
+    Ok((
+        size.width() as u32,
+        size.height() as u32,
+        img.layer_data.channel_data.pixels.1,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exr_round_trip_full_and_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let pixels: Vec<[f32; 3]> = (0..12)
+            .map(|i| [i as f32 * 0.25, 1.0 / (i + 1) as f32, 100.0 - i as f32])
+            .collect();
+        for half in [false, true] {
+            let p = dir.path().join(format!("t{half}.exr"));
+            write_image(&p, 4, 3, &pixels, half, 0.0, ToneMap::Clamp).unwrap();
+            let (w, h, back) = read_exr(&p).unwrap();
+            assert_eq!((w, h), (4, 3));
+            for (a, b) in pixels.iter().zip(&back) {
+                for k in 0..3 {
+                    let tol = if half {
+                        1e-3 * a[k].abs().max(1e-2)
+                    } else {
+                        0.0
+                    };
+                    assert!((a[k] - b[k]).abs() <= tol, "{a:?} vs {b:?} (half: {half})");
+                }
+            }
+        }
+    }
 }

@@ -22,7 +22,8 @@ use std::time::Instant;
 #[derive(Args, Debug, Clone)]
 #[command(verbatim_doc_comment)]
 pub struct RenderArgs {
-    /// Scene file: .gltf, .glb or .obj (default: the embedded Cornell box)
+    /// Scene file: .gltf, .glb or .obj (default: the embedded Cornell box); a compiled scene
+    /// written by `rayfarm info SCENE --compile-to FILE.rfscene` is read too
     pub scene: Option<PathBuf>,
     /// Output image (.exr or .png)
     #[arg(short, long, value_name = "OUT")]
@@ -86,15 +87,25 @@ pub struct InfoArgs {
 fn parse_rgb(s: &str) -> std::result::Result<[f32; 3], String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let vals: Vec<f32> = match parts.len() {
-        1 => vec![parts[0].parse().map_err(|_| format!("'{s}' is not a number"))?; 3],
+        1 => vec![
+            parts[0]
+                .parse()
+                .map_err(|_| format!("'{s}' is not a number"))?;
+            3
+        ],
         3 => parts
             .iter()
-            .map(|p| p.parse::<f32>().map_err(|_| format!("'{p}' is not a number")))
+            .map(|p| {
+                p.parse::<f32>()
+                    .map_err(|_| format!("'{p}' is not a number"))
+            })
             .collect::<std::result::Result<_, _>>()?,
         _ => return Err(format!("expected R,G,B (three numbers), got '{s}'")),
     };
     if vals.iter().any(|v| !v.is_finite() || *v < 0.0) {
-        return Err(format!("colour components must be finite and non-negative, got '{s}'"));
+        return Err(format!(
+            "colour components must be finite and non-negative, got '{s}'"
+        ));
     }
     Ok([vals[0], vals[1], vals[2]])
 }
@@ -103,9 +114,22 @@ fn parse_rgb(s: &str) -> std::result::Result<[f32; 3], String> {
 const EMBEDDED_GLTF: &[u8] = include_bytes!("../../../examples/cornell-box/cornell_box.gltf");
 const EMBEDDED_BIN: &[u8] = include_bytes!("../../../examples/cornell-box/cornell_box.bin");
 
+fn is_compiled_blob(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("rfscene"))
+}
+
 /// Loads a scene (or the embedded default) and prints its warnings.
 pub fn load_scene(path: Option<&Path>, quiet: bool) -> Result<CompiledScene> {
     let (scene, warnings) = match path {
+        // A compiled blob (`rayfarm info SCENE --compile-to FILE.rfscene`), as the network ships it.
+        Some(p) if is_compiled_blob(p) => {
+            let blob = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            let scene = rayfarm_scene::blob::decode(&blob)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            (scene, Vec::new())
+        }
         Some(p) => rayfarm_scene::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => rayfarm_scene::gltf_import::load_from_slice(
             EMBEDDED_GLTF,
@@ -151,6 +175,35 @@ pub fn default_sky() -> Environment {
     }
 }
 
+/// Whether a material emits enough light to light a scene: its emissive colour, scaled by the
+/// mean of its emissive texture if it has one. A texture that glows only in a few texels (the
+/// water bottle's tiny lit label) does not count, else such a scene would render black.
+fn emits_light(scene: &CompiledScene, m: &rayfarm_scene::Material) -> bool {
+    if !m.is_emissive() {
+        return false;
+    }
+    let Some(r) = m.emissive_texture else {
+        return true;
+    };
+    let image = scene
+        .textures
+        .get(r.texture as usize)
+        .and_then(|t| scene.images.get(t.image as usize));
+    let Some(img) = image else { return true };
+    // The mean linear value of the (sRGB) texture, from at most ~64K texels.
+    let texels = img.rgba8.chunks_exact(4);
+    let step = (texels.len() / 65536).max(1);
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for t in texels.step_by(step) {
+        let lin = |c: u8| rayfarm_render::texture::srgb_to_linear(c as f32 / 255.0) as f64;
+        sum += lin(t[0]).max(lin(t[1])).max(lin(t[2]));
+        n += 1;
+    }
+    let mean = if n == 0 { 1.0 } else { sum / n as f64 };
+    let peak = m.emissive.iter().copied().fold(0.0f32, f32::max) as f64;
+    mean * peak > 0.01
+}
+
 /// Applies --env / --env-color, or the default sky when the scene has no light at all.
 pub fn apply_environment(
     scene: &mut CompiledScene,
@@ -159,13 +212,14 @@ pub fn apply_environment(
     quiet: bool,
 ) -> Result<()> {
     if let Some(p) = env {
-        scene.environment = rayfarm_scene::env::load_env_map(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+        scene.environment =
+            rayfarm_scene::env::load_env_map(p).map_err(|e| anyhow::anyhow!("{e}"))?;
     } else if let Some(c) = env_color {
         scene.environment = Environment::Color(c);
-    } else if scene.lights.is_empty() && !scene.materials.iter().any(|m| m.is_emissive()) {
+    } else if scene.lights.is_empty() && !scene.materials.iter().any(|m| emits_light(scene, m)) {
         if !quiet {
             eprintln!(
-                "note: the scene has no lights; lighting it with the default sky (choose with --env FILE.hdr or --env-color R,G,B)"
+                "note: the scene has no lights (or only faintly glowing surfaces); lighting it with the default sky (choose with --env FILE.hdr or --env-color R,G,B)"
             );
         }
         scene.environment = default_sky();
@@ -182,18 +236,22 @@ pub fn resolve_view(
 ) -> Result<(rayfarm_scene::Camera, u32, u32)> {
     let cam = match camera {
         Some(name) => {
-            let found = scene
-                .cameras
-                .iter()
-                .find(|c| c.name == name)
-                .or_else(|| name.parse::<usize>().ok().and_then(|i| scene.cameras.get(i)));
+            let found = scene.cameras.iter().find(|c| c.name == name).or_else(|| {
+                name.parse::<usize>()
+                    .ok()
+                    .and_then(|i| scene.cameras.get(i))
+            });
             match found {
                 Some(c) => Some(c.clone()),
                 None => {
                     let names: Vec<&str> = scene.cameras.iter().map(|c| c.name.as_str()).collect();
                     bail!(
                         "no camera named '{name}' in the scene (cameras: {})",
-                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
                     );
                 }
             }
@@ -210,11 +268,17 @@ pub fn resolve_view(
         (None, None, None, Some(a)) => (((720.0 * a).round() as u32).max(1), 720),
         (None, None, None, None) => (1280, 720),
         (Some(w), None, res, a) => {
-            let a = res.map(|[rw, rh]| rw as f32 / rh as f32).or(a).unwrap_or(16.0 / 9.0);
+            let a = res
+                .map(|[rw, rh]| rw as f32 / rh as f32)
+                .or(a)
+                .unwrap_or(16.0 / 9.0);
             (w, ((w as f32 / a).round() as u32).max(1))
         }
         (None, Some(h), res, a) => {
-            let a = res.map(|[rw, rh]| rw as f32 / rh as f32).or(a).unwrap_or(16.0 / 9.0);
+            let a = res
+                .map(|[rw, rh]| rw as f32 / rh as f32)
+                .or(a)
+                .unwrap_or(16.0 / 9.0);
             (((h as f32 * a).round() as u32).max(1), h)
         }
     };
@@ -246,8 +310,9 @@ pub fn run(a: RenderArgs) -> Result<()> {
         );
     }
     let mut scene = load_scene(a.scene.as_deref(), a.quiet)?;
-    apply_environment(&mut scene, a.env.as_deref(), a.env_color, a.quiet)?;
+    // The view first: a wrong --camera is reported before any note about the lighting.
     let (camera, width, height) = resolve_view(&scene, a.camera.as_deref(), a.width, a.height)?;
+    apply_environment(&mut scene, a.env.as_deref(), a.env_color, a.quiet)?;
     let pool = thread_pool(a.threads)?;
     let threads = pool.current_num_threads();
     let settings = RenderSettings {
@@ -292,7 +357,9 @@ pub fn run(a: RenderArgs) -> Result<()> {
         );
     }
     let pixels = film.to_rgb(a.spp);
-    output::write_image(&a.output, width, height, &pixels, a.half, a.exposure, a.tonemap)?;
+    output::write_image(
+        &a.output, width, height, &pixels, a.half, a.exposure, a.tonemap,
+    )?;
     if !a.quiet {
         println!(
             "rendered {}x{} at {} spp on {} threads in {:.2} s ({:.2} M samples/s, {:.2} s total) -> {}",
@@ -326,16 +393,25 @@ pub fn info(a: InfoArgs) -> Result<()> {
         println!("  bounds {lo:?} .. {hi:?}");
     }
     for m in scene.meshes.iter().take(20) {
-        println!("  mesh '{}': {} triangles, uv sets {:?}", m.name, m.triangle_count, m.has_uv);
+        println!(
+            "  mesh '{}': {} triangles, uv sets {:?}",
+            m.name, m.triangle_count, m.has_uv
+        );
     }
     if scene.meshes.len() > 20 {
         println!("  ... and {} more meshes", scene.meshes.len() - 20);
     }
     for c in &scene.cameras {
-        println!("  camera '{}': {:?} at {:?}", c.name, c.projection, c.position);
+        println!(
+            "  camera '{}': {:?} at {:?}",
+            c.name, c.projection, c.position
+        );
     }
     for l in &scene.lights {
-        println!("  light '{}': {:?}, intensity {} colour {:?}", l.name, l.kind, l.intensity, l.color);
+        println!(
+            "  light '{}': {:?}, intensity {} colour {:?}",
+            l.name, l.kind, l.intensity, l.color
+        );
     }
     if let Some(out) = &a.compile_to {
         let blob = rayfarm_scene::blob::encode(&scene);

@@ -14,8 +14,17 @@ pub fn render(
     tile: u32,
     samples_per_unit: u32,
 ) -> Vec<[f32; 3]> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    let units = plan_units(settings.width, settings.height, settings.spp, tile, samples_per_unit);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let units = plan_units(
+        settings.width,
+        settings.height,
+        settings.spp,
+        tile,
+        samples_per_unit,
+    );
     let film = pool.install(|| render_local(scene, settings, &units, &|_| {}));
     assert_eq!(film.nonfinite_samples, 0, "non-finite samples");
     film.to_rgb(settings.spp)
@@ -30,7 +39,11 @@ pub fn quick(scene: CompiledScene, settings: &RenderSettings) -> Vec<[f32; 3]> {
 pub fn ortho_camera(pos: [f32; 3], target: [f32; 3], ymag: f32) -> Camera {
     let p = glam::Vec3::from(pos);
     let f = (glam::Vec3::from(target) - p).normalize();
-    let helper = if f.y.abs() > 0.99 { glam::Vec3::Z } else { glam::Vec3::Y };
+    let helper = if f.y.abs() > 0.99 {
+        glam::Vec3::Z
+    } else {
+        glam::Vec3::Y
+    };
     let r = f.cross(helper).normalize();
     let u = r.cross(f);
     Camera {
@@ -46,14 +59,19 @@ pub fn ortho_camera(pos: [f32; 3], target: [f32; 3], ymag: f32) -> Camera {
 /// Path of a file under ../shared/scenes, or None (with a notice) when the shared folder is
 /// absent. Panics instead when RAYFARM_REQUIRE_SHARED=1 (as CI sets).
 pub fn shared_scene(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/scenes").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/scenes")
+        .join(rel);
     if p.exists() {
         return Some(p);
     }
     if std::env::var("RAYFARM_REQUIRE_SHARED").as_deref() == Ok("1") {
         panic!("{} is missing and RAYFARM_REQUIRE_SHARED=1", p.display());
     }
-    eprintln!("notice: skipping, {} not found (shared scenes absent)", p.display());
+    eprintln!(
+        "notice: skipping, {} not found (shared scenes absent)",
+        p.display()
+    );
     None
 }
 

@@ -1,0 +1,224 @@
+//! Finding daemons and holding their nodes.
+//!
+//! `lease_loop` scans the configured ranges and named daemons every `scan_interval`; for each
+//! idle daemon (matching `--nodes` if given) it spawns a lease holder that asks the daemon to
+//! start a worker pointed at this master, heartbeats every second, and sends `Release` when the
+//! render ends. Nothing is scanned unless the user names ranges or daemons.
+
+use crate::{query_daemon, NetworkOptions};
+use rayfarm_proto::{connect, DaemonState, Msg, Role, DAEMON_PORT};
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Most addresses one `--scan` range may hold (a /16).
+pub const MAX_SCAN_ADDRESSES: u64 = 1 << 16;
+/// Time allowed to connect to one address while scanning.
+pub const SCAN_CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Every address of an IPv4 CIDR range (`10.0.0.0/24`; a bare address is a /32).
+pub fn expand_cidr(cidr: &str) -> Result<Vec<Ipv4Addr>, String> {
+    let (ip, bits) = match cidr.split_once('/') {
+        Some((ip, b)) => (
+            ip,
+            b.parse::<u32>()
+                .map_err(|_| format!("'{cidr}': bad prefix length"))?,
+        ),
+        None => (cidr, 32),
+    };
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("'{cidr}': not an IPv4 address"))?;
+    if bits > 32 {
+        return Err(format!("'{cidr}': prefix length must be 0-32"));
+    }
+    let count = 1u64 << (32 - bits);
+    if count > MAX_SCAN_ADDRESSES {
+        return Err(format!(
+            "'{cidr}' holds {count} addresses; scan at most a /16"
+        ));
+    }
+    let base = u32::from(ip)
+        & if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+    Ok((0..count)
+        .map(|i| Ipv4Addr::from(base + i as u32))
+        .collect())
+}
+
+/// `HOST[:PORT]` with the daemon port as default.
+pub fn daemon_addr(s: &str) -> String {
+    if s.contains(':') {
+        s.to_string()
+    } else {
+        format!("{s}:{DAEMON_PORT}")
+    }
+}
+
+/// All daemon addresses the options name.
+pub fn candidates(scan: &[String], daemons: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = daemons.iter().map(|d| daemon_addr(d)).collect();
+    for r in scan {
+        out.extend(
+            expand_cidr(r)?
+                .into_iter()
+                .map(|ip| format!("{ip}:{DAEMON_PORT}")),
+        );
+    }
+    let mut seen = HashSet::new();
+    out.retain(|a| seen.insert(a.clone()));
+    Ok(out)
+}
+
+/// Queries every candidate at once; returns the ones that answered.
+pub async fn scan(addrs: &[String]) -> Vec<(String, Result<rayfarm_proto::DaemonInfo, String>)> {
+    let mut set = tokio::task::JoinSet::new();
+    for a in addrs {
+        let a = a.clone();
+        set.spawn(async move {
+            let r = query_daemon(&a, SCAN_CONNECT_TIMEOUT).await;
+            (a, r)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(r) = r {
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch::Receiver<bool>) {
+    let addrs = match candidates(&opts.scan, &opts.daemons) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return;
+        }
+    };
+    let held: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+    loop {
+        for (addr, info) in scan(&addrs).await {
+            let Ok(info) = info else { continue };
+            if held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&addr)
+            {
+                continue;
+            }
+            if let Some(only) = &opts.nodes {
+                if !only.iter().any(|n| n == &info.alias) {
+                    continue;
+                }
+            }
+            match &info.state {
+                DaemonState::Idle => {}
+                DaemonState::Occupied { master, .. } => {
+                    tracing::info!("{} ({addr}) is occupied by {master}", info.alias);
+                    continue;
+                }
+                DaemonState::Unhealthy { reason } => {
+                    tracing::warn!("{} ({addr}) is unhealthy: {reason}", info.alias);
+                    continue;
+                }
+            }
+            held.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(addr.clone());
+            let (opts, held, stop) = (opts.clone(), held.clone(), stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = hold_lease(&addr, &info.alias, &opts, master_port, stop).await {
+                    tracing::warn!("{} ({addr}): {e}", info.alias);
+                }
+                held.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+            });
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(opts.scan_interval) => {}
+        }
+    }
+}
+
+async fn hold_lease(
+    addr: &str,
+    alias: &str,
+    opts: &NetworkOptions,
+    master_port: u16,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut conn = connect(addr, Role::Master, Some(&opts.key), Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())?;
+    // The address this connection leaves from is one the daemon can reach us on.
+    let local_ip = conn.local_addr().map_err(|e| e.to_string())?.ip();
+    let master_addr = format!("{local_ip}:{master_port}");
+    conn.send(&Msg::Acquire {
+        master_addr: master_addr.clone(),
+        lease_timeout_ms: opts.lease_timeout_ms,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match conn
+        .recv_timeout(
+            Duration::from_secs(10),
+            "waiting for the daemon to start a worker",
+        )
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Msg::Acquired { pid } => {
+            tracing::info!("{alias} ({addr}) started worker pid {pid} for {master_addr}")
+        }
+        Msg::Refused { reason } => return Err(format!("refused: {reason}")),
+        other => return Err(format!("unexpected {}", other.name())),
+    }
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                let _ = conn.send(&Msg::Release).await;
+                let _ = conn.recv_timeout(Duration::from_secs(3), "waiting for Released").await;
+                return Ok(());
+            }
+            _ = beat.tick() => {
+                conn.send(&Msg::Heartbeat).await.map_err(|e| e.to_string())?;
+            }
+            m = conn.recv() => match m.map_err(|e| e.to_string())? {
+                Msg::WorkerExited { reason } => {
+                    eprintln!("node {alias}: worker ended: {reason}");
+                    return Err(format!("worker ended: {reason}"));
+                }
+                Msg::Heartbeat => {}
+                other => return Err(format!("unexpected {}", other.name())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_expansion() {
+        let a = expand_cidr("127.0.0.0/29").unwrap();
+        assert_eq!(a.len(), 8);
+        assert_eq!(a[2], Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(
+            expand_cidr("127.0.0.5").unwrap(),
+            vec![Ipv4Addr::new(127, 0, 0, 5)]
+        );
+        assert!(expand_cidr("10.0.0.0/8").is_err());
+        assert!(expand_cidr("nonsense/24").is_err());
+    }
+}

@@ -1,0 +1,441 @@
+//! The master: finds daemons, leases their nodes, schedules work units over workers and its own
+//! cores, and merges the results.
+//!
+//! Scheduling is dynamic: every node keeps a few units in flight and asks for more as it
+//! returns results, so faster nodes take more, a node that appears mid-render helps at once, and
+//! a lost node's units go back to the queue. A unit is counted once: only the node it is
+//! assigned to may complete it, and a late result from a node already given up is ignored.
+//! Results are fixed-point integer sums, so the merged film is bit-identical to a local render
+//! whatever node rendered what (see rayfarm-render's `film`).
+//!
+//! Long-lived tasks and how they stop: the listener, the discovery loop, each lease holder and
+//! each worker session watch one `watch` channel that flips to `true` when the render is done
+//! or aborted; lease holders then send `Release`, worker sessions `Goodbye`.
+
+pub mod discovery;
+pub mod scheduler;
+
+use rayfarm_proto::{accept, connect, Accepted, FarmKey, Msg, Role, WireSettings, WireUnit};
+use rayfarm_render::{Film, RenderScene, RenderSettings, WorkUnit};
+use scheduler::{NodeId, Scheduler};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A worker silent for this long is considered lost.
+pub const WORKER_SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lease timeout asked of daemons: they stop the worker when no heartbeat arrives this long.
+pub const DEFAULT_LEASE_TIMEOUT_MS: u64 = 5000;
+
+#[derive(Clone, Debug)]
+pub struct NetworkOptions {
+    /// First master port to try; the next free one is used when it is taken.
+    pub master_port: u16,
+    pub bind: String,
+    /// CIDR ranges to scan for daemons.
+    pub scan: Vec<String>,
+    /// Daemons named directly, `HOST[:PORT]`.
+    pub daemons: Vec<String>,
+    pub scan_interval: Duration,
+    /// Use only daemons with these aliases.
+    pub nodes: Option<Vec<String>>,
+    pub no_local: bool,
+    pub local_threads: usize,
+    pub key: FarmKey,
+    pub lease_timeout_ms: u64,
+}
+
+/// One node's part of the render.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeShare {
+    pub name: String,
+    pub threads: u32,
+    pub samples: u64,
+    pub connected: bool,
+}
+
+/// A snapshot for progress display.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub samples_done: u64,
+    pub samples_total: u64,
+    pub nodes: Vec<NodeShare>,
+    pub master_port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("cannot open a master port in {first}..{last}: {why}")]
+    NoPort { first: u16, last: u16, why: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+struct Job {
+    job_id: u64,
+    scene_hash: [u8; 32],
+    blob: Arc<Vec<u8>>,
+    settings: WireSettings,
+}
+
+/// Binds the first free port from `first` on; returns the listener and the port.
+pub async fn bind_master_port(bind: &str, first: u16) -> Result<(TcpListener, u16), MasterError> {
+    let last = first.saturating_add(100);
+    let mut why = String::new();
+    for port in first..=last {
+        match TcpListener::bind((bind, port)).await {
+            Ok(l) => return Ok((l, port)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => {
+                why = e.to_string();
+                break;
+            }
+        }
+    }
+    Err(MasterError::NoPort {
+        first,
+        last,
+        why: if why.is_empty() {
+            "all ports are taken".into()
+        } else {
+            why
+        },
+    })
+}
+
+/// Renders `units` with the local cores and every worker that joins, returning the film and
+/// each node's share. `on_status` is called about twice a second.
+pub async fn render(
+    scene: Arc<RenderScene>,
+    blob: Arc<Vec<u8>>,
+    settings: RenderSettings,
+    units: Vec<WorkUnit>,
+    opts: NetworkOptions,
+    on_status: impl Fn(&Status) + Send + 'static,
+) -> Result<(Film, Vec<NodeShare>), MasterError> {
+    let scene_hash =
+        rayfarm_scene::blob::content_hash(&blob).map_err(|e| MasterError::Other(e.to_string()))?;
+    let (listener, port) = bind_master_port(&opts.bind, opts.master_port).await?;
+    if port != opts.master_port {
+        tracing::warn!("master port {} is taken; using {port}", opts.master_port);
+        eprintln!(
+            "note: master port {} is taken; using port {port}",
+            opts.master_port
+        );
+    }
+    tracing::info!("master listening on {}:{port}", opts.bind);
+    let job = Arc::new(Job {
+        job_id: rayfarm_render::sampler::mix64(
+            u64::from_le_bytes(scene_hash[..8].try_into().unwrap_or_default()) ^ settings.seed,
+        ),
+        scene_hash,
+        blob,
+        settings: WireSettings::from_settings(&settings),
+    });
+    let sched = Arc::new(Mutex::new(Scheduler::new(
+        settings.width,
+        settings.height,
+        units,
+    )));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Workers connecting to the master port.
+    {
+        let (sched, job, key, stop) = (
+            sched.clone(),
+            job.clone(),
+            opts.key.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move { listen(listener, sched, job, key, stop).await });
+    }
+    // Daemons: discovery and leases.
+    if !opts.scan.is_empty() || !opts.daemons.is_empty() {
+        let (opts, stop) = (opts.clone(), stop_rx.clone());
+        tokio::spawn(async move { discovery::lease_loop(opts, port, stop).await });
+    }
+    // Local cores.
+    let local = if opts.no_local {
+        None
+    } else {
+        let (sched, scene, stop) = (sched.clone(), scene.clone(), stop_rx.clone());
+        let threads = opts.local_threads.max(1);
+        let settings = settings.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            local_render(sched, scene, settings, threads, stop)
+        }))
+    };
+
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let (status, finished) = {
+            let s = sched.lock().unwrap_or_else(|p| p.into_inner());
+            (s.status(port), s.finished())
+        };
+        on_status(&status);
+        if finished {
+            break;
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Some(l) = local {
+        let _ = l.await;
+    }
+    // Give sessions a moment to say goodbye and leases to be released.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = sched.lock().unwrap_or_else(|p| p.into_inner());
+    Ok((s.film.clone(), s.status(port).nodes))
+}
+
+fn local_render(
+    sched: Arc<Mutex<Scheduler>>,
+    scene: Arc<RenderScene>,
+    settings: RenderSettings,
+    threads: usize,
+    stop: watch::Receiver<bool>,
+) {
+    let node = sched
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .add_node("local".into(), threads as u32);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                if *stop.borrow() {
+                    return;
+                }
+                let unit = {
+                    let mut g = sched.lock().unwrap_or_else(|p| p.into_inner());
+                    if g.finished() {
+                        return;
+                    }
+                    g.take(node)
+                };
+                match unit {
+                    Some(u) => {
+                        let r = scene.render_unit(&settings, &u);
+                        sched
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .complete(node, r);
+                    }
+                    // Everything is handed out; wait in case a remote node is lost.
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            });
+        }
+    });
+    sched
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .node_lost(node);
+}
+
+async fn listen(
+    listener: TcpListener,
+    sched: Arc<Mutex<Scheduler>>,
+    job: Arc<Job>,
+    key: FarmKey,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => {
+                let Ok((stream, peer)) = r else { continue };
+                let (sched, job, key, stop) = (sched.clone(), job.clone(), key.clone(), stop.clone());
+                tokio::spawn(async move {
+                    match accept(stream, Role::Master, &key).await {
+                        Ok(Accepted::Authenticated(conn)) => {
+                            if let Err(e) = worker_session(conn, sched, job, stop).await {
+                                tracing::warn!("worker {peer}: {e}");
+                            }
+                        }
+                        Ok(Accepted::Discover(mut conn)) => {
+                            let _ = conn.send(&Msg::Error { code: rayfarm_proto::ErrorCode::BadRequest, message: "this is a master port, not a daemon".into() }).await;
+                        }
+                        Err(e) => tracing::warn!("refused connection from {peer}: {e}"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Serves one worker for the whole render; on any error its units are requeued.
+async fn worker_session(
+    mut conn: rayfarm_proto::Conn,
+    sched: Arc<Mutex<Scheduler>>,
+    job: Arc<Job>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let peer = conn.peer;
+    let (alias, threads) = match conn
+        .recv_timeout(Duration::from_secs(10), "waiting for WorkerHello")
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Msg::WorkerHello { alias, threads, .. } => (alias, threads.clamp(1, 4096)),
+        other => return Err(format!("expected WorkerHello, got {}", other.name())),
+    };
+    let name = format!("{alias} ({peer})");
+    conn.send(&Msg::Job {
+        job_id: job.job_id,
+        scene_hash: job.scene_hash,
+        scene_bytes: job.blob.len() as u64,
+        settings: job.settings.clone(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    match conn
+        .recv_timeout(
+            Duration::from_secs(60),
+            "waiting for the worker to load the scene",
+        )
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Msg::Ready => tracing::info!(
+            "{name}: scene cached, ready after {:.2} s",
+            t0.elapsed().as_secs_f64()
+        ),
+        Msg::NeedScene => {
+            for (i, chunk) in job
+                .blob
+                .chunks(rayfarm_proto::SCENE_CHUNK_BYTES)
+                .enumerate()
+            {
+                conn.send(&Msg::SceneChunk {
+                    offset: (i * rayfarm_proto::SCENE_CHUNK_BYTES) as u64,
+                    data: chunk.to_vec(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            match conn
+                .recv_timeout(
+                    Duration::from_secs(300),
+                    "waiting for the worker to load the scene",
+                )
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Msg::Ready => tracing::info!(
+                    "{name}: scene sent ({} bytes), ready after {:.2} s",
+                    job.blob.len(),
+                    t0.elapsed().as_secs_f64()
+                ),
+                other => return Err(format!("expected Ready, got {}", other.name())),
+            }
+        }
+        other => return Err(format!("expected Ready or NeedScene, got {}", other.name())),
+    }
+    let node = sched
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .add_node(name.clone(), threads);
+    eprintln!("node joined: {name}, {threads} threads");
+    let result = session_loop(&mut conn, &sched, node, threads, &mut stop).await;
+    sched
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .node_lost(node);
+    if let Err(e) = &result {
+        eprintln!("node lost: {name}: {e}; its units go to other nodes");
+    }
+    result
+}
+
+async fn session_loop(
+    conn: &mut rayfarm_proto::Conn,
+    sched: &Arc<Mutex<Scheduler>>,
+    node: NodeId,
+    threads: u32,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let target = (threads as usize * 2).max(2);
+    let mut mine: HashSet<WireUnit> = HashSet::new();
+    let mut last_seen = Instant::now();
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        // Top up this node's units.
+        let mut fresh = Vec::new();
+        {
+            let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
+            while mine.len() + fresh.len() < target {
+                match s.take(node) {
+                    Some(u) => fresh.push(WireUnit::from(u)),
+                    None => break,
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            mine.extend(fresh.iter().copied());
+            conn.send(&Msg::Assign { units: fresh })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tokio::select! {
+            _ = stop.changed() => {
+                let _ = conn.send(&Msg::Goodbye { reason: "render complete".into() }).await;
+                return Ok(());
+            }
+            _ = check.tick() => {
+                if last_seen.elapsed() > WORKER_SILENCE_TIMEOUT {
+                    return Err(format!("silent for {} s", WORKER_SILENCE_TIMEOUT.as_secs()));
+                }
+            }
+            msg = conn.recv() => {
+                let msg = msg.map_err(|e| e.to_string())?;
+                last_seen = Instant::now();
+                match msg {
+                    Msg::Heartbeat => {}
+                    Msg::UnitDone { unit, sums_zstd, nonfinite } => {
+                        if !mine.remove(&unit) {
+                            tracing::warn!("ignoring a result for a unit not assigned to this node: {unit:?}");
+                            continue;
+                        }
+                        let r = rayfarm_proto::decode_sums(&unit, &sums_zstd, nonfinite)?;
+                        sched.lock().unwrap_or_else(|p| p.into_inner()).complete(node, r);
+                    }
+                    Msg::GiveBack { units } => {
+                        let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
+                        for u in units {
+                            if mine.remove(&u) {
+                                s.give_back(node, u.into());
+                            }
+                        }
+                    }
+                    Msg::Goodbye { reason } => return Err(format!("left: {reason}")),
+                    other => return Err(format!("unexpected {}", other.name())),
+                }
+            }
+        }
+    }
+}
+
+/// Asks one daemon who it is (no key needed).
+pub async fn query_daemon(
+    addr: &str,
+    timeout: Duration,
+) -> Result<rayfarm_proto::DaemonInfo, String> {
+    let mut c = connect(addr, Role::Master, None, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    c.send(&Msg::Discover).await.map_err(|e| e.to_string())?;
+    match c
+        .recv_timeout(
+            timeout.max(Duration::from_secs(2)),
+            "waiting for the daemon's answer",
+        )
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Msg::DaemonInfo(i) => Ok(i),
+        other => Err(format!("{addr}: unexpected {}", other.name())),
+    }
+}

@@ -1,0 +1,350 @@
+//! The worker: renders work units for one master.
+//!
+//! It connects to the master, authenticates, receives the compiled scene once (or finds it in
+//! its on-disk cache by content hash), renders the units it is assigned on a rayon pool of
+//! `threads`, and streams each unit's result back as soon as it is done.
+//!
+//! Shutdown: on Ctrl-C / SIGTERM it takes no new units, sends `GiveBack` with every unit it has
+//! not returned, then `Goodbye`, and exits 0. When the master says `Goodbye` or the connection
+//! closes it exits as well. Rendering threads are not interrupted: their results are dropped.
+
+use rayfarm_proto::{connect, encode_sums, FarmKey, Msg, Role, WireUnit};
+use rayfarm_render::{RenderScene, RenderSettings};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Largest scene a worker accepts from a master.
+pub const MAX_SCENE_BYTES: u64 = 4 << 30;
+
+pub struct WorkerConfig {
+    pub master: String,
+    pub threads: usize,
+    pub alias: String,
+    pub cache_dir: PathBuf,
+    pub cache_max_bytes: u64,
+    /// Print `heartbeat` on stdout every second (for the supervising daemon).
+    pub heartbeat_stdout: bool,
+    pub key: FarmKey,
+}
+
+/// What `rayfarm worker --probe` prints (one JSON line).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProbeReport {
+    pub version: String,
+    pub protocol_version: u32,
+    pub devices: rayfarm_proto::Devices,
+}
+
+/// Reads the CPU model and thread count of this machine.
+pub fn probe(threads: Option<u32>) -> ProbeReport {
+    let cpu_threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    ProbeReport {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol_version: rayfarm_proto::PROTOCOL_VERSION,
+        devices: rayfarm_proto::Devices {
+            cpu_model,
+            threads: threads.unwrap_or(cpu_threads).clamp(1, cpu_threads.max(1)),
+            cpu_threads,
+            gpus: Vec::new(),
+        },
+    }
+}
+
+/// Default scene cache folder.
+pub fn default_cache_dir() -> PathBuf {
+    if let Ok(x) = std::env::var("XDG_CACHE_HOME") {
+        return Path::new(&x).join("rayfarm/scenes");
+    }
+    if let Ok(h) = std::env::var("HOME") {
+        return Path::new(&h).join(".cache/rayfarm/scenes");
+    }
+    std::env::temp_dir().join("rayfarm-scenes")
+}
+
+/// Test-only switch: after this many units, stop heartbeating and hang (to test the daemon's
+/// watchdog). Read from `RAYFARM_TEST_HANG_AFTER_UNITS`.
+fn hang_after_units() -> Option<u64> {
+    std::env::var("RAYFARM_TEST_HANG_AFTER_UNITS")
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn cache_path(dir: &Path, hash: &[u8; 32]) -> PathBuf {
+    dir.join(format!("{}.rfscene", hex::encode(hash)))
+}
+
+/// Reads a cached blob if present and intact.
+fn cache_get(dir: &Path, hash: &[u8; 32]) -> Option<Vec<u8>> {
+    let p = cache_path(dir, hash);
+    let bytes = std::fs::read(&p).ok()?;
+    match rayfarm_scene::blob::content_hash(&bytes) {
+        Ok(h) if &h == hash => {
+            // Touch for LRU eviction.
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(&p)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            Some(bytes)
+        }
+        _ => {
+            tracing::warn!("cached scene {} is damaged; fetching it again", p.display());
+            let _ = std::fs::remove_file(&p);
+            None
+        }
+    }
+}
+
+/// Stores a blob atomically and evicts the least recently used entries over `max_bytes`.
+fn cache_put(dir: &Path, hash: &[u8; 32], blob: &[u8], max_bytes: u64) {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::warn!("cannot create scene cache {}: {e}", dir.display());
+        return;
+    }
+    let p = cache_path(dir, hash);
+    let tmp = p.with_extension(format!("partial.{}", std::process::id()));
+    if let Err(e) = std::fs::write(&tmp, blob).and_then(|_| std::fs::rename(&tmp, &p)) {
+        tracing::warn!("cannot write scene cache {}: {e}", p.display());
+        let _ = std::fs::remove_file(&tmp);
+        return;
+    }
+    let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "rfscene"))
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    entries.sort();
+    let mut total: u64 = entries.iter().map(|e| e.1).sum();
+    for (_, len, path) in entries {
+        if total <= max_bytes || path == p {
+            continue;
+        }
+        let _ = std::fs::remove_file(&path);
+        total -= len;
+    }
+}
+
+struct Loaded {
+    scene: Arc<RenderScene>,
+    settings: Arc<RenderSettings>,
+}
+
+/// Runs the worker until the master ends the job, the connection drops, or a signal arrives.
+pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
+    let hung = Arc::new(AtomicBool::new(false));
+    if cfg.heartbeat_stdout {
+        let hung = hung.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                if hung.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "heartbeat");
+                let _ = out.flush();
+            }
+        });
+    }
+    let mut conn = connect(
+        &cfg.master,
+        Role::Worker,
+        Some(&cfg.key),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| format!("cannot connect to master {}: {e}", cfg.master))?;
+    tracing::info!("connected to master {}", cfg.master);
+    eprintln!("connected to master {}", cfg.master);
+    conn.send(&Msg::WorkerHello {
+        alias: cfg.alias.clone(),
+        threads: cfg.threads as u32,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads)
+            .build()
+            .map_err(|e| format!("cannot start render threads: {e}"))?,
+    );
+    let (result_tx, mut result_rx) = mpsc::unbounded_channel::<(u64, rayfarm_render::UnitResult)>();
+    let mut loaded: Option<Loaded> = None;
+    let mut job_id = 0u64;
+    // Units assigned and not yet returned.
+    let mut outstanding: BTreeSet<WireUnit> = BTreeSet::new();
+    let mut pending_scene: Option<(u64, [u8; 32], u64, Vec<u8>, RenderSettings)> = None;
+    let units_done = Arc::new(AtomicU64::new(0));
+    let hang_after = hang_after_units();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                return give_back(&mut conn, &outstanding, "interrupted (Ctrl-C)").await;
+            }
+            _ = sigterm.recv() => {
+                return give_back(&mut conn, &outstanding, "terminated (SIGTERM)").await;
+            }
+            _ = heartbeat.tick() => {
+                if !hung.load(Ordering::Relaxed) {
+                    conn.send(&Msg::Heartbeat).await.map_err(|e| e.to_string())?;
+                }
+            }
+            Some((jid, r)) = result_rx.recv() => {
+                if jid != job_id {
+                    continue;
+                }
+                let unit = WireUnit::from(r.unit);
+                if !outstanding.remove(&unit) {
+                    continue;
+                }
+                let done = units_done.fetch_add(1, Ordering::Relaxed) + 1;
+                if hang_after.is_some_and(|n| done >= n) {
+                    tracing::warn!("test switch RAYFARM_TEST_HANG_AFTER_UNITS: hanging now");
+                    hung.store(true, Ordering::Relaxed);
+                    std::future::pending::<()>().await;
+                }
+                let sums_zstd = encode_sums(&r);
+                conn.send(&Msg::UnitDone { unit, sums_zstd, nonfinite: r.nonfinite_samples })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            msg = conn.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(rayfarm_proto::ProtoError::Closed { .. }) => {
+                        tracing::info!("master {} closed the connection", cfg.master);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(format!("master {}: {e}", cfg.master)),
+                };
+                match msg {
+                    Msg::Heartbeat => {}
+                    Msg::Job { job_id: jid, scene_hash, scene_bytes, settings } => {
+                        let settings = settings.to_settings().map_err(|e| format!("master sent bad settings: {e}"))?;
+                        if scene_bytes > MAX_SCENE_BYTES {
+                            return Err(format!("master offers a scene of {scene_bytes} bytes, over the limit of {MAX_SCENE_BYTES}"));
+                        }
+                        job_id = jid;
+                        outstanding.clear();
+                        loaded = None;
+                        if let Some(blob) = cache_get(&cfg.cache_dir, &scene_hash) {
+                            tracing::info!("scene {} found in the cache", &hex::encode(scene_hash)[..12]);
+                            loaded = Some(load_scene(blob, settings).await?);
+                            conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
+                        } else {
+                            pending_scene = Some((jid, scene_hash, scene_bytes, Vec::new(), settings));
+                            conn.send(&Msg::NeedScene).await.map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Msg::SceneChunk { offset, data } => {
+                        let Some((_, hash, total, buf, _)) = pending_scene.as_mut() else {
+                            return Err("master sent scene data without a job".into());
+                        };
+                        if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > *total {
+                            return Err("master sent scene data out of order or beyond the announced size".into());
+                        }
+                        buf.extend_from_slice(&data);
+                        if buf.len() as u64 == *total {
+                            let got = rayfarm_scene::blob::content_hash(buf).map_err(|e| e.to_string())?;
+                            if &got != hash {
+                                return Err("the scene received does not match its announced content hash".into());
+                            }
+                            let (_, hash, _, blob, settings) = pending_scene.take().expect("checked above");
+                            cache_put(&cfg.cache_dir, &hash, &blob, cfg.cache_max_bytes);
+                            loaded = Some(load_scene(blob, settings).await?);
+                            conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Msg::Assign { units } => {
+                        let Some(l) = loaded.as_ref() else {
+                            return Err("master assigned units before the scene was ready".into());
+                        };
+                        for u in units {
+                            let wu: rayfarm_render::WorkUnit = u.into();
+                            if wu.x1 > l.settings.width || wu.y1 > l.settings.height || wu.x0 >= wu.x1 || wu.y0 >= wu.y1
+                                || wu.sample_start >= wu.sample_end || wu.sample_end > l.settings.spp {
+                                return Err(format!("master assigned a unit outside the image: {u:?}"));
+                            }
+                            if !outstanding.insert(u) {
+                                continue;
+                            }
+                            let (scene, settings, tx, jid) = (l.scene.clone(), l.settings.clone(), result_tx.clone(), job_id);
+                            pool.spawn(move || {
+                                let r = scene.render_unit(&settings, &wu);
+                                let _ = tx.send((jid, r));
+                            });
+                        }
+                    }
+                    Msg::Goodbye { reason } => {
+                        tracing::info!("master says goodbye: {reason}");
+                        return Ok(());
+                    }
+                    other => {
+                        return Err(format!("unexpected {} from master", other.name()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn load_scene(blob: Vec<u8>, settings: RenderSettings) -> Result<Loaded, String> {
+    tokio::task::spawn_blocking(move || {
+        let scene = rayfarm_scene::blob::decode(&blob).map_err(|e| e.to_string())?;
+        Ok(Loaded {
+            scene: Arc::new(RenderScene::new(scene)),
+            settings: Arc::new(settings),
+        })
+    })
+    .await
+    .map_err(|e| format!("scene loading failed: {e}"))?
+}
+
+async fn give_back(
+    conn: &mut rayfarm_proto::Conn,
+    outstanding: &BTreeSet<WireUnit>,
+    why: &str,
+) -> Result<(), String> {
+    let units: Vec<WireUnit> = outstanding.iter().copied().collect();
+    tracing::info!("{why}: giving back {} units and disconnecting", units.len());
+    eprintln!(
+        "{why}: giving back {} unit(s) to the master and disconnecting",
+        units.len()
+    );
+    let _ = conn.send(&Msg::GiveBack { units }).await;
+    let _ = conn
+        .send(&Msg::Goodbye {
+            reason: why.to_string(),
+        })
+        .await;
+    Ok(())
+}

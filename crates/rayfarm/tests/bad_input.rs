@@ -1,0 +1,515 @@
+//! Broken scene files through the real CLI: each must fail with exit code != 0 and one line
+//! `error: FILE: PROBLEM` on stderr, never a panic.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Renders `scene` small and fast into `dir/out.exr`.
+fn render(scene: &Path, dir: &Path, extra: &[&str]) -> Run {
+    let mut a = args![
+        "render",
+        scene,
+        "-o",
+        dir.join("out.exr"),
+        "--width",
+        "16",
+        "--height",
+        "16",
+        "--spp",
+        "1",
+        "--max-bounces",
+        "1"
+    ];
+    a.extend(extra.iter().map(std::ffi::OsString::from));
+    rayfarm(a)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hand-made one-triangle glTF with an embedded (data URI) buffer
+// ---------------------------------------------------------------------------------------------
+
+/// Binary layout: positions (3 x VEC3 f32, bytes 0..36), UVs (3 x VEC2 f32, 36..60),
+/// indices (3 x u16, 60..66, padded to 68).
+fn triangle_bin(indices: [u16; 3]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for p in [[0.0f32, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]] {
+        for c in p {
+            b.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    for uv in [[0.0f32, 0.0], [1.0, 0.0], [0.0, 1.0]] {
+        for c in uv {
+            b.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    for i in indices {
+        b.extend_from_slice(&i.to_le_bytes());
+    }
+    b.extend_from_slice(&[0, 0]);
+    b
+}
+
+fn data_uri(bytes: &[u8]) -> String {
+    format!(
+        "data:application/octet-stream;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// A valid glTF: one triangle, one material, a camera looking at it.
+fn triangle_gltf() -> Value {
+    let bin = triangle_bin([0, 1, 2]);
+    json!({
+        "asset": { "version": "2.0" },
+        "scene": 0,
+        "scenes": [ { "nodes": [0, 1] } ],
+        "nodes": [
+            { "name": "Triangle", "mesh": 0 },
+            { "name": "Cam", "camera": 0, "translation": [0.3, 0.3, 2.0] }
+        ],
+        "cameras": [ { "name": "cam", "type": "perspective",
+                       "perspective": { "yfov": 0.9, "znear": 0.01 } } ],
+        "meshes": [ { "primitives": [ {
+            "attributes": { "POSITION": 0, "TEXCOORD_0": 1 },
+            "indices": 2,
+            "material": 0
+        } ] } ],
+        "materials": [ { "name": "red", "pbrMetallicRoughness": { "baseColorFactor": [1, 0.2, 0.2, 1] } } ],
+        "accessors": [
+            { "bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3",
+              "min": [0, 0, 0], "max": [1, 1, 0] },
+            { "bufferView": 1, "componentType": 5126, "count": 3, "type": "VEC2" },
+            { "bufferView": 2, "componentType": 5123, "count": 3, "type": "SCALAR" }
+        ],
+        "bufferViews": [
+            { "buffer": 0, "byteOffset": 0, "byteLength": 36 },
+            { "buffer": 0, "byteOffset": 36, "byteLength": 24 },
+            { "buffer": 0, "byteOffset": 60, "byteLength": 6 }
+        ],
+        "buffers": [ { "byteLength": bin.len(), "uri": data_uri(&bin) } ]
+    })
+}
+
+fn write_gltf(dir: &Path, name: &str, doc: &Value) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn handmade_triangle_renders() {
+    // The baseline the broken variants below start from must itself be fine.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_gltf(dir.path(), "tri.gltf", &triangle_gltf());
+    render(&p, dir.path(), &["--env-color", "1"]).assert_ok();
+    let (w, h, px) = read_exr(&dir.path().join("out.exr"));
+    assert!(region_mean(w, &px, 0, w, 0, h) > 0.01);
+}
+
+#[test]
+fn missing_texture_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"] = json!({ "index": 0 });
+    doc["textures"] = json!([{ "source": 0 }]);
+    doc["images"] = json!([{ "uri": "missing.png" }]);
+    let p = write_gltf(dir.path(), "textured.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["textured.gltf", "missing.png", "image 0"]);
+}
+
+#[test]
+fn undecodable_texture_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"] = json!({ "index": 0 });
+    doc["textures"] = json!([{ "source": 0 }]);
+    doc["images"] = json!([{ "uri": "garbage.png" }]);
+    std::fs::write(
+        dir.path().join("garbage.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
+    let p = write_gltf(dir.path(), "textured.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["textured.gltf", "garbage.png", "cannot decode"]);
+}
+
+#[test]
+fn accessor_count_past_the_buffer_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["accessors"][0]["count"] = json!(300);
+    let p = write_gltf(dir.path(), "acc.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["acc.gltf", "accessor 0", "past the end"]);
+}
+
+#[test]
+fn accessor_offset_past_the_buffer_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["accessors"][1]["byteOffset"] = json!(16);
+    let p = write_gltf(dir.path(), "acc.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["acc.gltf", "accessor 1"]);
+}
+
+#[test]
+fn buffer_view_past_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["bufferViews"][0]["byteLength"] = json!(4000);
+    doc["accessors"][0]["count"] = json!(300);
+    let p = write_gltf(dir.path(), "view.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["view.gltf", "buffer view 0"]);
+}
+
+#[test]
+fn buffer_shorter_than_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["buffers"][0]["byteLength"] = json!(4000);
+    doc["bufferViews"][0]["byteLength"] = json!(3600);
+    doc["accessors"][0]["count"] = json!(300);
+    let p = write_gltf(dir.path(), "buf.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["buf.gltf", "buffer 0", "4000"]);
+}
+
+#[test]
+fn missing_external_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["buffers"][0]["uri"] = json!("nosuch.bin");
+    let p = write_gltf(dir.path(), "ext.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["ext.gltf", "nosuch.bin", "buffer 0"]);
+}
+
+#[test]
+fn bad_base64_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["buffers"][0]["uri"] = json!("data:application/octet-stream;base64,@@@not base64@@@");
+    let p = write_gltf(dir.path(), "b64.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["b64.gltf", "base64"]);
+}
+
+#[test]
+fn index_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    let bin = triangle_bin([0, 1, 5]);
+    doc["buffers"][0]["uri"] = json!(data_uri(&bin));
+    let p = write_gltf(dir.path(), "idx.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["idx.gltf", "index 5", "out of range"]);
+}
+
+#[test]
+fn float_indices_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["meshes"][0]["primitives"][0]["indices"] = json!(1);
+    let p = write_gltf(dir.path(), "fidx.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["fidx.gltf", "index accessor 1"]);
+}
+
+#[test]
+fn non_finite_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    let mut bin = triangle_bin([0, 1, 2]);
+    bin[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    doc["buffers"][0]["uri"] = json!(data_uri(&bin));
+    let p = write_gltf(dir.path(), "nan.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["nan.gltf", "non-finite"]);
+}
+
+#[test]
+fn node_reference_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["scenes"][0]["nodes"] = json!([0, 7]);
+    let p = write_gltf(dir.path(), "node.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["node.gltf", "invalid glTF"]);
+}
+
+#[test]
+fn cyclic_node_hierarchy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["nodes"][0]["children"] = json!([1]);
+    doc["nodes"][1]["children"] = json!([0]);
+    let p = write_gltf(dir.path(), "cycle.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["cycle.gltf"]);
+}
+
+#[test]
+fn not_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("junk.gltf");
+    std::fs::write(&p, b"{ \"asset\": ").unwrap();
+    render(&p, dir.path(), &[]).assert_error(&["junk.gltf", "not valid glTF JSON"]);
+}
+
+#[test]
+fn nonexistent_and_unknown_scene_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nosuch.gltf");
+    render(&p, dir.path(), &[]).assert_error(&["nosuch.gltf"]);
+    let p = dir.path().join("scene.fbx");
+    std::fs::write(&p, b"whatever").unwrap();
+    render(&p, dir.path(), &[]).assert_error(&["scene.fbx", "unsupported file type"]);
+}
+
+#[test]
+fn required_unsupported_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["extensionsUsed"] = json!(["KHR_draco_mesh_compression"]);
+    doc["extensionsRequired"] = json!(["KHR_draco_mesh_compression"]);
+    let p = write_gltf(dir.path(), "draco.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&[
+        "draco.gltf",
+        "KHR_draco_mesh_compression",
+        "requires",
+    ]);
+}
+
+#[test]
+fn optional_unsupported_extension_warns_and_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["extensionsUsed"] = json!(["KHR_materials_sheen", "KHR_texture_transform"]);
+    doc["materials"][0]["extensions"] =
+        json!({ "KHR_materials_sheen": { "sheenColorFactor": [1, 1, 1] } });
+    let p = write_gltf(dir.path(), "sheen.gltf", &doc);
+    let r = render(&p, dir.path(), &["--env-color", "0.5"]);
+    r.assert_ok();
+    let warnings: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "expected one warning: {}", r.stderr);
+    assert!(warnings[0].contains("sheen.gltf") && warnings[0].contains("KHR_materials_sheen"));
+    assert!(
+        !warnings[0].contains("KHR_texture_transform"),
+        "a supported extension was reported"
+    );
+    assert!(dir.path().join("out.exr").is_file());
+    // --quiet silences the warning.
+    let q = render(&p, dir.path(), &["--env-color", "0.5", "--quiet"]);
+    q.assert_ok();
+    assert_eq!(q.stderr, "");
+}
+
+#[test]
+fn unknown_camera_lists_the_cameras() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rayfarm(args![
+        "render",
+        "-o",
+        dir.path().join("o.exr"),
+        "--camera",
+        "nosuch",
+        "--spp",
+        "1"
+    ]);
+    r.assert_error(&["nosuch", "pbrt_camera"]);
+    let p = write_gltf(dir.path(), "tri.gltf", &triangle_gltf());
+    render(&p, dir.path(), &["--camera", "5"]).assert_error(&["'5'", "cam"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GLB
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn glb_renders_like_the_gltf() {
+    let dir = tempfile::tempdir().unwrap();
+    let glb = dir.path().join("cornell.glb");
+    std::fs::write(&glb, cornell_glb()).unwrap();
+    let a = dir.path().join("glb.exr");
+    let b = dir.path().join("gltf.exr");
+    let common = ["--width", "24", "--height", "24", "--spp", "2", "--quiet"];
+    let mut args_a = args!["render", &glb, "-o", &a];
+    args_a.extend(common.iter().map(Into::into));
+    rayfarm(args_a).assert_ok();
+    let mut args_b = args!["render", example("cornell_box.gltf"), "-o", &b];
+    args_b.extend(common.iter().map(Into::into));
+    rayfarm(args_b).assert_ok();
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "the GLB and the glTF of the same scene rendered differently"
+    );
+}
+
+#[test]
+fn truncated_glb() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = cornell_glb();
+    let json_len = u32::from_le_bytes(full[12..16].try_into().unwrap()) as usize;
+    let bin_start = 20 + json_len;
+    let mut lengths = vec![
+        0,
+        3,
+        4,
+        8,
+        11,
+        12,
+        16,
+        19,
+        20,
+        20 + json_len / 2,
+        bin_start - 1,
+        bin_start,
+        bin_start + 4,
+        bin_start + 8,
+        bin_start + 100,
+        full.len() - 4,
+        full.len() - 1,
+    ];
+    lengths.dedup();
+    for len in lengths {
+        let p = dir.path().join(format!("cut{len}.glb"));
+        std::fs::write(&p, &full[..len]).unwrap();
+        render(&p, dir.path(), &[]).assert_error(&[&file_name(&p)]);
+    }
+}
+
+#[test]
+fn glb_with_inconsistent_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = cornell_glb();
+    let json_len = u32::from_le_bytes(full[12..16].try_into().unwrap()) as usize;
+    let bin_start = 20 + json_len;
+    let set_u32 =
+        |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    // Truncated after the JSON chunk, with the total length "repaired": no BIN chunk at all.
+    let mut c = full[..bin_start].to_vec();
+    set_u32(&mut c, 8, bin_start as u32);
+    cases.push(("nobin".into(), c));
+    // Total length smaller than the header itself (and 0).
+    for v in [0u32, 5, 11] {
+        let mut c = full.clone();
+        set_u32(&mut c, 8, v);
+        cases.push((format!("len{v}"), c));
+    }
+    // Total length larger than the file.
+    let mut c = full.clone();
+    set_u32(&mut c, 8, u32::MAX);
+    cases.push(("lenmax".into(), c));
+    // JSON chunk length past the end.
+    let mut c = full.clone();
+    set_u32(&mut c, 12, u32::MAX - 3);
+    cases.push(("jsonlen".into(), c));
+    // BIN chunk length past the end.
+    let mut c = full.clone();
+    set_u32(&mut c, bin_start, u32::MAX - 3);
+    cases.push(("binlen".into(), c));
+    // BIN chunk shorter than the buffer it holds.
+    let mut c = full.clone();
+    set_u32(&mut c, bin_start, 64);
+    cases.push(("binshort".into(), c));
+    // Wrong version, wrong first chunk type.
+    let mut c = full.clone();
+    set_u32(&mut c, 4, 1);
+    cases.push(("version1".into(), c));
+    let mut c = full.clone();
+    c[16..20].copy_from_slice(b"BIN\0");
+    cases.push(("chunktype".into(), c));
+    for (name, bytes) in cases {
+        let p = dir.path().join(format!("{name}.glb"));
+        std::fs::write(&p, &bytes).unwrap();
+        render(&p, dir.path(), &[]).assert_error(&[&file_name(&p)]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OBJ
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn obj_face_index_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.obj");
+    std::fs::write(&p, "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 99\n").unwrap();
+    render(&p, dir.path(), &[]).assert_error(&["bad.obj", "99"]);
+}
+
+#[test]
+fn obj_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    render(&dir.path().join("none.obj"), dir.path(), &[]).assert_error(&["none.obj"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compiled scene blobs
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn compiled_blob_renders_and_corruption_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob_path = dir.path().join("cornell.rfscene");
+    let info = rayfarm(args![
+        "info",
+        example("cornell_box.gltf"),
+        "--compile-to",
+        &blob_path
+    ]);
+    info.assert_ok();
+    assert!(info.stdout.contains("content hash"), "{}", info.stdout);
+    let blob = std::fs::read(&blob_path).unwrap();
+    assert!(blob.len() > 64);
+
+    // The blob renders the same image as the glTF it was compiled from.
+    let common = ["--width", "24", "--height", "24", "--spp", "2", "--quiet"];
+    let a = dir.path().join("blob.exr");
+    let b = dir.path().join("gltf.exr");
+    let mut args_a = args!["render", &blob_path, "-o", &a];
+    args_a.extend(common.iter().map(Into::into));
+    rayfarm(args_a).assert_ok();
+    let mut args_b = args!["render", example("cornell_box.gltf"), "-o", &b];
+    args_b.extend(common.iter().map(Into::into));
+    rayfarm(args_b).assert_ok();
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "the compiled blob rendered differently from its glTF"
+    );
+
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for at in [
+        0,
+        5,
+        8,
+        12,
+        20,
+        40,
+        63,
+        64,
+        70,
+        blob.len() / 2,
+        blob.len() - 1,
+    ] {
+        let mut c = blob.clone();
+        c[at] ^= 0x5a;
+        cases.push((format!("flip{at}"), c));
+    }
+    for len in [0, 10, 63, 64, 65, blob.len() / 2, blob.len() - 1] {
+        cases.push((format!("cut{len}"), blob[..len].to_vec()));
+    }
+    let mut c = blob.clone();
+    c.push(0);
+    cases.push(("extra".into(), c));
+    for (name, bytes) in cases {
+        let p = dir.path().join(format!("{name}.rfscene"));
+        std::fs::write(&p, &bytes).unwrap();
+        render(&p, dir.path(), &[]).assert_error(&[&file_name(&p), "compiled scene"]);
+    }
+    render(&dir.path().join("nosuch.rfscene"), dir.path(), &[]).assert_error(&["nosuch.rfscene"]);
+}

@@ -1,0 +1,16 @@
+//! Fuzzes `rayfarm_scene::gltf_import::load_from_slice` with `.gltf` JSON and `.glb` containers:
+//! any bytes must give a scene or an error, never a panic. External buffers and images are
+//! reported missing (data URIs and the GLB BIN chunk are still read), so only the importer runs.
+//!
+//! Run from the repository root: `RUSTC_BOOTSTRAP=1 cargo fuzz run gltf_load`
+//! (seeds: fuzz/seeds/gltf_load; add `-s none` where the address sanitizer is unavailable).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::path::Path;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = rayfarm_scene::gltf_import::load_from_slice(data, Path::new("fuzz.glb"), &|_| {
+        Err(std::io::ErrorKind::NotFound.into())
+    });
+});
