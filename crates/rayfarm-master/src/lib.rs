@@ -265,6 +265,26 @@ async fn listen(
     }
 }
 
+/// Receives the next message that is not a heartbeat, within `t` overall.
+async fn recv_skip_heartbeats(
+    conn: &mut rayfarm_proto::Conn,
+    t: Duration,
+    what: &str,
+) -> Result<Msg, String> {
+    let deadline = Instant::now() + t;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match conn
+            .recv_timeout(left, what)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Msg::Heartbeat => continue,
+            m => return Ok(m),
+        }
+    }
+}
+
 /// Serves one worker for the whole render; on any error its units are requeued.
 async fn worker_session(
     mut conn: rayfarm_proto::Conn,
@@ -273,10 +293,12 @@ async fn worker_session(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let peer = conn.peer;
-    let (alias, threads) = match conn
-        .recv_timeout(Duration::from_secs(10), "waiting for WorkerHello")
-        .await
-        .map_err(|e| e.to_string())?
+    let (alias, threads) = match recv_skip_heartbeats(
+        &mut conn,
+        Duration::from_secs(10),
+        "waiting for WorkerHello",
+    )
+    .await?
     {
         Msg::WorkerHello { alias, threads, .. } => (alias, threads.clamp(1, 4096)),
         other => return Err(format!("expected WorkerHello, got {}", other.name())),
@@ -291,13 +313,12 @@ async fn worker_session(
     .await
     .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
-    match conn
-        .recv_timeout(
-            Duration::from_secs(60),
-            "waiting for the worker to load the scene",
-        )
-        .await
-        .map_err(|e| e.to_string())?
+    match recv_skip_heartbeats(
+        &mut conn,
+        Duration::from_secs(120),
+        "waiting for the worker to load the scene",
+    )
+    .await?
     {
         Msg::Ready => tracing::info!(
             "{name}: scene cached, ready after {:.2} s",
@@ -316,13 +337,12 @@ async fn worker_session(
                 .await
                 .map_err(|e| e.to_string())?;
             }
-            match conn
-                .recv_timeout(
-                    Duration::from_secs(300),
-                    "waiting for the worker to load the scene",
-                )
-                .await
-                .map_err(|e| e.to_string())?
+            match recv_skip_heartbeats(
+                &mut conn,
+                Duration::from_secs(600),
+                "waiting for the worker to load the scene",
+            )
+            .await?
             {
                 Msg::Ready => tracing::info!(
                     "{name}: scene sent ({} bytes), ready after {:.2} s",

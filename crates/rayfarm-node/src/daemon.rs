@@ -26,8 +26,8 @@
 //!   it receives SIGTERM if the daemon itself dies (parent-death signal).
 
 use rayfarm_proto::{
-    accept, Accepted, Conn, DaemonInfo, DaemonState, Devices, ErrorCode, FarmKey, Msg, ProtoError, Role,
-    PROTOCOL_VERSION,
+    accept, Accepted, Conn, DaemonInfo, DaemonState, Devices, ErrorCode, FarmKey, Msg, ProtoError,
+    Role, PROTOCOL_VERSION,
 };
 use serde::Deserialize;
 use std::future::Future;
@@ -91,7 +91,10 @@ pub enum DaemonError {
     #[error("the farm key is unusable: {0}")]
     Key(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What `rayfarm worker --probe` prints, as one JSON line.
@@ -139,10 +142,13 @@ impl Daemon {
     /// serves discovery as unhealthy and refuses `Acquire`.
     pub async fn bind(opts: DaemonOptions) -> Result<Daemon, DaemonError> {
         let key = FarmKey::from_secret(&opts.key_secret).map_err(DaemonError::Key)?;
-        let listener = TcpListener::bind(opts.listen).await.map_err(|source| DaemonError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(opts.listen)
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    addr: opts.listen,
+                    source,
+                })?;
         let local = listener.local_addr().unwrap_or(opts.listen);
         let health = probe_worker(&opts.worker_exe, opts.threads).await;
         log_identity(&opts.alias, local, &health);
@@ -221,7 +227,10 @@ impl Daemon {
 }
 
 /// Binds, probes and serves until `shutdown` completes.
-pub async fn run(opts: DaemonOptions, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(
+    opts: DaemonOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     Daemon::bind(opts).await?.serve(shutdown).await;
     Ok(())
 }
@@ -298,17 +307,30 @@ pub async fn probe_worker(exe: &Path, threads: Option<u32>) -> Result<Devices, S
         .kill_on_drop(true);
     let what = format!("`{} worker --probe`", exe.display());
     let out = match tokio::time::timeout(PROBE_TIMEOUT, cmd.output()).await {
-        Err(_) => return Err(format!("{what} did not finish within {} s", PROBE_TIMEOUT.as_secs())),
+        Err(_) => {
+            return Err(format!(
+                "{what} did not finish within {} s",
+                PROBE_TIMEOUT.as_secs()
+            ))
+        }
         Ok(Err(e)) => return Err(format!("cannot run {what}: {e}")),
         Ok(Ok(out)) => out,
     };
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         return Err(format!(
             "{what} failed ({}){}",
             describe_status(out.status),
-            if last.is_empty() { String::new() } else { format!(": {}", clip(last.trim(), 300)) }
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", clip(last.trim(), 300))
+            }
         ));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -317,8 +339,12 @@ pub async fn probe_worker(exe: &Path, threads: Option<u32>) -> Result<Devices, S
         .rev()
         .find(|l| !l.trim().is_empty())
         .ok_or_else(|| format!("{what} printed nothing"))?;
-    let report: ProbeReport = serde_json::from_str(line.trim())
-        .map_err(|e| format!("{what} printed an unreadable report ({e}): {}", clip(line, 300)))?;
+    let report: ProbeReport = serde_json::from_str(line.trim()).map_err(|e| {
+        format!(
+            "{what} printed an unreadable report ({e}): {}",
+            clip(line, 300)
+        )
+    })?;
     if report.protocol_version != PROTOCOL_VERSION {
         return Err(format!(
             "the worker speaks protocol version {} but this daemon speaks version {PROTOCOL_VERSION}; reinstall rayfarm",
@@ -340,7 +366,11 @@ pub async fn probe_worker(exe: &Path, threads: Option<u32>) -> Result<Devices, S
 
 /// Shortens untrusted text for a log line.
 fn clip(s: &str, max_chars: usize) -> String {
-    let mut out: String = s.chars().take(max_chars).filter(|c| !c.is_control()).collect();
+    let mut out: String = s
+        .chars()
+        .take(max_chars)
+        .filter(|c| !c.is_control())
+        .collect();
     if s.chars().count() > max_chars {
         out.push('…');
     }
@@ -374,14 +404,20 @@ fn check_master_addr(addr: &str) -> Result<(), String> {
         return Err("master_addr contains spaces or control characters".into());
     }
     let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("master_addr {addr:?} has no port (expected HOST:PORT)"));
+        return Err(format!(
+            "master_addr {addr:?} has no port (expected HOST:PORT)"
+        ));
     };
     if host.is_empty() || host.starts_with('-') {
-        return Err(format!("master_addr {addr:?} has no valid host (expected HOST:PORT)"));
+        return Err(format!(
+            "master_addr {addr:?} has no valid host (expected HOST:PORT)"
+        ));
     }
     match port.parse::<u16>() {
         Ok(p) if p != 0 => Ok(()),
-        _ => Err(format!("master_addr {addr:?} has no valid port (expected HOST:PORT)")),
+        _ => Err(format!(
+            "master_addr {addr:?} has no valid port (expected HOST:PORT)"
+        )),
     }
 }
 
@@ -403,11 +439,15 @@ fn describe_status(st: ExitStatus) -> String {
 impl Shared {
     async fn info(&self) -> DaemonInfo {
         let state = match &self.health {
-            Err(reason) => DaemonState::Unhealthy { reason: reason.clone() },
+            Err(reason) => DaemonState::Unhealthy {
+                reason: reason.clone(),
+            },
             Ok(_) => match &*self.slot.lock().await {
                 Slot::Idle => DaemonState::Idle,
                 Slot::Occupied {
-                    master, since_unix_ms, ..
+                    master,
+                    since_unix_ms,
+                    ..
                 } => DaemonState::Occupied {
                     master: master.clone(),
                     since_unix_ms: *since_unix_ms,
@@ -440,7 +480,9 @@ impl Shared {
                 "occupied by {holder} since {secs} s ago (unix time {since_unix_ms} ms)"
             ));
         }
-        let lease = self.next_lease.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lease = self
+            .next_lease
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *slot = Slot::Occupied {
             master: master.to_string(),
             since_unix_ms: now_unix_ms(),
@@ -482,7 +524,9 @@ async fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) 
 
 async fn serve_authenticated(shared: &Shared, mut conn: Conn) -> Result<(), ProtoError> {
     let peer = conn.peer;
-    let request = conn.recv_timeout(REQUEST_TIMEOUT, "waiting for a request").await?;
+    let request = conn
+        .recv_timeout(REQUEST_TIMEOUT, "waiting for a request")
+        .await?;
     let (master, lease_ms) = match request {
         Msg::Acquire {
             master_addr,
@@ -577,14 +621,22 @@ async fn stop_worker(child: &mut Child) -> String {
 /// SIGKILL and reap.
 async fn kill_worker(child: &mut Child) {
     let _ = child.start_kill();
-    if tokio::time::timeout(WORKER_STOP_GRACE, child.wait()).await.is_err() {
-        warn!("worker {} did not die after SIGKILL", child.id().unwrap_or(0));
+    if tokio::time::timeout(WORKER_STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            "worker {} did not die after SIGKILL",
+            child.id().unwrap_or(0)
+        );
     }
 }
 
 /// The worker's resident memory in MB, from `/proc/PID/status`.
 async fn resident_mb(pid: u32) -> Option<u64> {
-    let status = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await.ok()?;
+    let status = tokio::fs::read_to_string(format!("/proc/{pid}/status"))
+        .await
+        .ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
     let kb: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb / 1024)
@@ -620,7 +672,10 @@ async fn hold_lease(
     let mut child = match spawn_worker(opts, master) {
         Ok(c) => c,
         Err(e) => {
-            let reason = format!("cannot start the worker ({}): {e}", opts.worker_exe.display());
+            let reason = format!(
+                "cannot start the worker ({}): {e}",
+                opts.worker_exe.display()
+            );
             warn!("{reason}");
             shared.free(lease).await;
             return conn.send(&Msg::Refused { reason }).await;
@@ -727,7 +782,12 @@ async fn hold_lease(
 }
 
 /// After the worker ended: waits up to one lease timeout for the master's `Release`.
-async fn await_release(shared: &Shared, conn: &mut Conn, master: &str, lease_timeout: Duration) -> Result<(), ProtoError> {
+async fn await_release(
+    shared: &Shared,
+    conn: &mut Conn,
+    master: &str,
+    lease_timeout: Duration,
+) -> Result<(), ProtoError> {
     let mut shutdown = shared.shutdown.clone();
     let deadline = Instant::now() + lease_timeout;
     loop {

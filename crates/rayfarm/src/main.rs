@@ -1,6 +1,8 @@
 //! The `rayfarm` binary: command-line glue over the library crates.
 
 mod bench;
+mod daemon_cmd;
+mod network_cmd;
 mod output;
 mod render_cmd;
 
@@ -28,16 +30,26 @@ enum Command {
     /// Loads a scene and prints what it holds (meshes, materials, lights, cameras), or compiles
     /// it to a blob with --compile-to.
     Info(render_cmd::InfoArgs),
+    Worker(network_cmd::WorkerArgs),
+    Nodes(network_cmd::NodesArgs),
+    Daemon(daemon_cmd::DaemonArgs),
+    Key(daemon_cmd::KeyArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
+    // A daemon logs its transitions (acquired, released, worker killed) by default.
+    let default_filter = match cli.command {
+        Command::Daemon(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .init();
@@ -45,6 +57,10 @@ fn main() {
         Command::Render(a) => render_cmd::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Info(a) => render_cmd::info(a),
+        Command::Worker(a) => network_cmd::worker(a),
+        Command::Nodes(a) => network_cmd::nodes(a),
+        Command::Daemon(a) => daemon_cmd::run(a),
+        Command::Key(a) => daemon_cmd::key(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

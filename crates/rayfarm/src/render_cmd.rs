@@ -73,6 +73,8 @@ pub struct RenderArgs {
     /// Samples per work unit (does not change the image)
     #[arg(long, default_value_t = rayfarm_render::DEFAULT_SAMPLES_PER_UNIT, hide = true)]
     pub samples_per_unit: u32,
+    #[command(flatten, next_help_heading = "Network rendering")]
+    pub net: crate::network_cmd::RenderNetworkArgs,
 }
 
 #[derive(Args, Debug)]
@@ -323,6 +325,15 @@ pub fn run(a: RenderArgs) -> Result<()> {
         seed: a.seed,
         camera,
     };
+    // Network rendering: check the options before the (possibly long) scene preparation.
+    let network = if a.net.network {
+        Some(crate::network_cmd::network_options(&a.net, threads)?)
+    } else {
+        None
+    };
+    let blob = network
+        .as_ref()
+        .map(|_| rayfarm_scene::blob::encode(&scene));
     let rs = pool.install(|| RenderScene::new(scene));
     let units = plan_units(width, height, a.spp, a.tile, a.samples_per_unit);
     let total: u64 = units.iter().map(|u| u.samples()).sum();
@@ -340,15 +351,43 @@ pub fn run(a: RenderArgs) -> Result<()> {
     };
     let done = AtomicU64::new(0);
     let render_start = Instant::now();
-    let film = pool.install(|| {
-        rayfarm_render::render_local(&rs, &settings, &units, &|n| {
-            let d = done.fetch_add(n, Ordering::Relaxed) + n;
-            bar.set_position(d);
-            let secs = render_start.elapsed().as_secs_f64().max(1e-6);
-            bar.set_message(format!("{:.2} M samples/s", d as f64 / secs / 1e6));
+    let mut shares = Vec::new();
+    let film = if let (Some(nr), Some(blob)) = (network, blob) {
+        let (film, s) = crate::network_cmd::run_network(
+            nr,
+            std::sync::Arc::new(rs),
+            blob,
+            settings.clone(),
+            units,
+            bar.clone(),
+        )?;
+        shares = s;
+        film
+    } else {
+        pool.install(|| {
+            rayfarm_render::render_local(&rs, &settings, &units, &|n| {
+                let d = done.fetch_add(n, Ordering::Relaxed) + n;
+                bar.set_position(d);
+                let secs = render_start.elapsed().as_secs_f64().max(1e-6);
+                bar.set_message(format!("{:.2} M samples/s", d as f64 / secs / 1e6));
+            })
         })
-    });
+    };
     bar.finish_and_clear();
+    if !a.quiet && !shares.is_empty() {
+        let total: u64 = shares.iter().map(|s| s.samples).sum::<u64>().max(1);
+        println!("share of the work:");
+        for s in &shares {
+            println!(
+                "  {:<40} {:>4} threads {:>6.1}%  ({} samples{})",
+                s.name,
+                s.threads,
+                100.0 * s.samples as f64 / total as f64,
+                s.samples,
+                if s.connected { "" } else { ", left" }
+            );
+        }
+    }
     let render_secs = render_start.elapsed().as_secs_f64();
     if film.nonfinite_samples > 0 {
         eprintln!(

@@ -1,0 +1,839 @@
+//! `rayfarm daemon`, `rayfarm daemon install` and `rayfarm key generate`.
+//!
+//! `daemon` merges flags over the config file's `[daemon]` section and runs
+//! [`rayfarm_node::daemon`] on its own tokio runtime until SIGTERM or Ctrl-C. `daemon install`
+//! only writes files (the config and a systemd unit), so it works where systemd is absent; its
+//! questions are asked by [`ask`], which reads any `BufRead` so tests can script the answers.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use rayfarm_node::config::{self, Config, CONFIG_VERSION};
+use rayfarm_node::daemon::{self, DaemonOptions};
+use rayfarm_proto::{FarmKey, DAEMON_PORT};
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Run this machine's render-node daemon, or install it as a service.
+///
+/// The daemon answers discovery from masters on the LAN and, when a master holding the farm key
+/// asks, starts a worker (`rayfarm worker`) that renders for it; it watches the worker's health
+/// and stops it when the master releases the node or goes away. Flags override the config
+/// file's [daemon] section. The farm key comes from RAYFARM_KEY, else the config file's `key`.
+///
+/// Examples:
+///   rayfarm daemon
+///   rayfarm daemon --threads 8 --alias render-07 --max-memory 16000
+///   sudo rayfarm daemon install --port 48000 --threads all --yes
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
+pub struct DaemonArgs {
+    #[command(subcommand)]
+    pub action: Option<DaemonAction>,
+    #[command(flatten)]
+    pub run: DaemonRunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DaemonAction {
+    Install(InstallArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonRunArgs {
+    /// Port to listen on (default: the config's daemon.port, else 48000)
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Address to listen on (default: the config's daemon.bind, else 0.0.0.0, every interface,
+    /// so that masters on the LAN can find this node)
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<IpAddr>,
+    /// Name shown to masters (default: the config's daemon.alias, else the host name)
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Threads the worker renders with (default: the config's daemon.threads, else all)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: Option<u32>,
+    /// Kill the worker when its resident memory exceeds this many MB (default: the config's
+    /// daemon.max_memory_mb, else no limit)
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_memory: Option<u64>,
+    /// Config file (default: $RAYFARM_CONFIG, ~/.config/rayfarm/config.toml, /etc/rayfarm/config.toml)
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// Write the config file and a systemd unit that runs the daemon at boot.
+///
+/// Asks for what the flags leave open when standard input is a terminal; otherwise the
+/// defaults are used. Keeps the existing config file's other settings and farm key, and
+/// generates a key if it has none. Only writes files: enabling the service is up to you
+/// (the command to do so is printed).
+///
+/// Examples:
+///   sudo rayfarm daemon install
+///   rayfarm daemon install --port 48000 --threads 8 --yes
+#[derive(Args, Debug, Clone, Default)]
+#[command(verbatim_doc_comment)]
+pub struct InstallArgs {
+    /// Port the daemon listens on, 1024-65535
+    #[arg(long, value_parser = parse_port)]
+    pub port: Option<u16>,
+    /// Threads the worker renders with: `all` or a number
+    #[arg(long, value_name = "N|all", value_parser = parse_threads)]
+    pub threads: Option<Threads>,
+    /// Write without asking for confirmation
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Config file to write (default: /etc/rayfarm/config.toml as root, else
+    /// ~/.config/rayfarm/config.toml)
+    #[arg(long, value_name = "PATH")]
+    pub config_out: Option<PathBuf>,
+    /// systemd unit to write (default: /etc/systemd/system/rayfarm-daemon.service as root, else
+    /// ~/.config/systemd/user/rayfarm-daemon.service)
+    #[arg(long, value_name = "PATH")]
+    pub unit_out: Option<PathBuf>,
+}
+
+/// Manage the farm key.
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub action: KeyAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// Print a new random farm key (every master and daemon of a farm needs the same one)
+    Generate,
+}
+
+/// How many threads the daemon's worker uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    All,
+    Count(u32),
+}
+
+impl std::fmt::Display for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threads::All => f.write_str("all"),
+            Threads::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    let s = s.trim();
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number; enter a port from 1024 to 65535"))?;
+    if !(1024..=65535).contains(&n) {
+        return Err(format!(
+            "port {n} is out of range; enter a port from 1024 to 65535"
+        ));
+    }
+    Ok(n as u16)
+}
+
+fn parse_threads(s: &str) -> Result<Threads, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(Threads::All);
+    }
+    match s.parse::<u64>() {
+        Ok(n) if (1..=4096).contains(&n) => Ok(Threads::Count(n as u32)),
+        _ => Err(format!(
+            "{s:?} is not `all` or a number of threads from 1 to 4096"
+        )),
+    }
+}
+
+pub fn run(args: DaemonArgs) -> Result<()> {
+    match args.action {
+        Some(DaemonAction::Install(a)) => install(a),
+        None => run_daemon(args.run),
+    }
+}
+
+pub fn key(args: KeyArgs) -> Result<()> {
+    match args.action {
+        KeyAction::Generate => {
+            println!("{}", FarmKey::generate_secret());
+            eprintln!(
+                "Use this same key on every master and daemon of the farm: set RAYFARM_KEY to it, or put \
+                 `key = \"...\"` in the config file (`rayfarm daemon install` writes one). Keep it secret."
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The farm secret as text, in the order `config::farm_key` reads it.
+fn farm_secret(cfg: &Config) -> Result<String> {
+    match std::env::var("RAYFARM_KEY").ok().or_else(|| cfg.key.clone()) {
+        Some(s) => {
+            FarmKey::from_secret(&s).map_err(anyhow::Error::msg)?;
+            Ok(s.trim().to_string())
+        }
+        None => bail!(
+            "no farm key: set RAYFARM_KEY or `key = \"...\"` in the config file (make one with `rayfarm key generate`)"
+        ),
+    }
+}
+
+fn run_daemon(a: DaemonRunArgs) -> Result<()> {
+    let (cfg, cfg_path) = config::load(a.config.as_deref()).map_err(anyhow::Error::msg)?;
+    let section = cfg.daemon.clone().unwrap_or_default();
+    let where_ = || {
+        cfg_path.as_ref().map_or_else(
+            || "the config file".to_string(),
+            |p| p.display().to_string(),
+        )
+    };
+    let bind = match (a.bind, &section.bind) {
+        (Some(b), _) => b,
+        (None, Some(b)) => b.parse().map_err(|e| {
+            anyhow::anyhow!("{}: daemon.bind {b:?} is not an IP address: {e}", where_())
+        })?,
+        (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    let port = a.port.or(section.port).unwrap_or(DAEMON_PORT);
+    if port == 0 {
+        bail!("{}: daemon.port must not be 0", where_());
+    }
+    let alias = a
+        .alias
+        .or(section.alias)
+        .unwrap_or_else(daemon::default_alias);
+    daemon::check_alias(&alias).map_err(anyhow::Error::msg)?;
+    let threads = a.threads.or(section.threads);
+    if threads == Some(0) {
+        bail!(
+            "{}: daemon.threads must be at least 1 (leave it out for all)",
+            where_()
+        );
+    }
+    let opts = DaemonOptions {
+        listen: SocketAddr::new(bind, port),
+        alias,
+        threads,
+        max_memory_mb: a.max_memory.or(section.max_memory_mb),
+        key_secret: farm_secret(&cfg)?,
+        worker_exe: std::env::current_exe()
+            .context("cannot find the rayfarm executable to run workers")?,
+        worker_heartbeat_timeout: daemon::WORKER_HEARTBEAT_TIMEOUT,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(daemon::run(opts, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Completes on SIGTERM (systemd's stop) or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot install the SIGTERM handler ({e}); only Ctrl-C stops the daemon"
+            );
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Where `daemon install` writes.
+#[derive(Debug, Clone)]
+struct InstallPaths {
+    config: PathBuf,
+    unit: PathBuf,
+    /// A system unit (root) rather than a user unit.
+    system: bool,
+}
+
+fn install_paths(args: &InstallArgs, root: bool) -> Result<InstallPaths> {
+    let user_config_home = || -> Result<PathBuf> {
+        if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+            return Ok(PathBuf::from(x));
+        }
+        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(h) => Ok(Path::new(&h).join(".config")),
+            None => bail!("cannot tell where your home folder is (HOME is not set); pass --config-out and --unit-out"),
+        }
+    };
+    let config = match &args.config_out {
+        Some(p) => p.clone(),
+        None if root => PathBuf::from("/etc/rayfarm/config.toml"),
+        None => user_config_home()?.join("rayfarm/config.toml"),
+    };
+    let unit = match &args.unit_out {
+        Some(p) => p.clone(),
+        None if root => PathBuf::from("/etc/systemd/system/rayfarm-daemon.service"),
+        None => user_config_home()?.join("systemd/user/rayfarm-daemon.service"),
+    };
+    Ok(InstallPaths {
+        config: std::path::absolute(&config).unwrap_or(config),
+        unit: std::path::absolute(&unit).unwrap_or(unit),
+        system: root,
+    })
+}
+
+/// The answers to `daemon install`'s questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Answers {
+    port: u16,
+    threads: Threads,
+}
+
+/// Reads one line; `None` at end of input.
+fn read_answer<R: BufRead>(input: &mut R) -> Result<Option<String>> {
+    let mut line = String::new();
+    if input
+        .read_line(&mut line)
+        .context("cannot read the answer")?
+        == 0
+    {
+        return Ok(None);
+    }
+    Ok(Some(line.trim().to_string()))
+}
+
+/// Asks `question` until `parse` accepts the answer; an empty answer takes `default`.
+fn ask_value<R: BufRead, W: Write, T: Copy>(
+    input: &mut R,
+    out: &mut W,
+    question: &str,
+    default: T,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T> {
+    loop {
+        write!(out, "{question}")?;
+        out.flush()?;
+        let Some(answer) = read_answer(input)? else {
+            bail!(
+                "input ended before the question {:?} was answered; nothing written",
+                question.trim()
+            );
+        };
+        if answer.is_empty() {
+            return Ok(default);
+        }
+        match parse(&answer) {
+            Ok(v) => return Ok(v),
+            Err(e) => writeln!(out, "{e}")?,
+        }
+    }
+}
+
+/// Asks for what the flags leave open (only when `interactive`), shows the summary and asks for
+/// confirmation (unless `--yes` or not interactive). `None`: the user declined.
+fn ask<R: BufRead, W: Write>(
+    input: &mut R,
+    out: &mut W,
+    args: &InstallArgs,
+    interactive: bool,
+    defaults: Answers,
+    summary: &dyn Fn(&Answers) -> String,
+) -> Result<Option<Answers>> {
+    let port = match args.port {
+        Some(p) => p,
+        None if interactive => ask_value(
+            input,
+            out,
+            &format!("Port [{}]: ", defaults.port),
+            defaults.port,
+            parse_port,
+        )?,
+        None => defaults.port,
+    };
+    let threads = match args.threads {
+        Some(t) => t,
+        None if interactive => ask_value(
+            input,
+            out,
+            &format!("Threads to use (all or a number) [{}]: ", defaults.threads),
+            defaults.threads,
+            parse_threads,
+        )?,
+        None => defaults.threads,
+    };
+    let answers = Answers { port, threads };
+    write!(out, "{}", summary(&answers))?;
+    if args.yes || !interactive {
+        return Ok(Some(answers));
+    }
+    loop {
+        write!(out, "Write these files? (y/n) [y]: ")?;
+        out.flush()?;
+        match read_answer(input)?
+            .map(|a| a.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("n" | "no") => return Ok(None),
+            Some("" | "y" | "yes") => return Ok(Some(answers)),
+            Some(_) => writeln!(out, "answer y or n")?,
+        }
+    }
+}
+
+/// Reads the config file at `path` if it exists.
+fn read_existing_config(path: &Path) -> Result<Option<Config>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => bail!("cannot read {}: {e}", path.display()),
+    };
+    let cfg: Config =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if cfg.version != CONFIG_VERSION {
+        bail!(
+            "{}: config version {} is not supported (this rayfarm writes version {CONFIG_VERSION}); move it aside first",
+            path.display(),
+            cfg.version
+        );
+    }
+    Ok(Some(cfg))
+}
+
+/// The config to write: `existing` (or a new one) with the answers applied and a key generated
+/// if it has none. Returns whether a key was generated.
+fn updated_config(existing: Option<Config>, answers: &Answers) -> (Config, bool) {
+    let mut cfg = existing.unwrap_or(Config {
+        version: CONFIG_VERSION,
+        ..Default::default()
+    });
+    cfg.version = CONFIG_VERSION;
+    let mut section = cfg.daemon.take().unwrap_or_default();
+    section.port = Some(answers.port);
+    section.threads = match answers.threads {
+        Threads::All => None,
+        Threads::Count(n) => Some(n),
+    };
+    cfg.daemon = Some(section);
+    let new_key = cfg.key.as_deref().is_none_or(|k| k.trim().is_empty());
+    if new_key {
+        cfg.key = Some(FarmKey::generate_secret());
+    }
+    (cfg, new_key)
+}
+
+/// Quotes one word of a systemd `ExecStart=` line.
+fn systemd_quote(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%")
+        .replace('$', "$$");
+    format!("\"{escaped}\"")
+}
+
+/// The systemd unit that runs `exe daemon --config config`.
+fn unit_text(exe: &Path, config: &Path, system: bool) -> String {
+    let mut s = String::from(
+        "# Written by `rayfarm daemon install`.\n\
+         [Unit]\n\
+         Description=rayfarm render node daemon\n\
+         After=network-online.target\n\
+         Wants=network-online.target\n\
+         \n\
+         [Service]\n",
+    );
+    s += &format!(
+        "ExecStart={} daemon --config {}\n",
+        systemd_quote(&exe.display().to_string()),
+        systemd_quote(&config.display().to_string())
+    );
+    s += "Restart=on-failure\nRestartSec=5\n";
+    s += "# Time for a running worker to hand its units back to the master.\nTimeoutStopSec=15\n";
+    if system {
+        s += "# The worker's scene cache: /var/cache/rayfarm/scenes.\nCacheDirectory=rayfarm\nEnvironment=XDG_CACHE_HOME=/var/cache\n";
+    }
+    s += &format!(
+        "\n[Install]\nWantedBy={}\n",
+        if system {
+            "multi-user.target"
+        } else {
+            "default.target"
+        }
+    );
+    s
+}
+
+/// Writes `text` to `path` through a temporary file, readable by the owner only when `private`.
+fn write_file(path: &Path, text: &str, private: bool) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("cannot write {}: {e}", path.display());
+    }
+    Ok(())
+}
+
+fn install(args: InstallArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the rayfarm executable")?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    let interactive = std::io::stdin().is_terminal();
+    let root = daemon::running_as_root();
+    install_with(
+        &args,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        interactive,
+        &exe,
+        root,
+    )
+}
+
+fn install_with<R: BufRead, W: Write>(
+    args: &InstallArgs,
+    input: &mut R,
+    out: &mut W,
+    interactive: bool,
+    exe: &Path,
+    root: bool,
+) -> Result<()> {
+    let paths = install_paths(args, root)?;
+    let existing = read_existing_config(&paths.config)?;
+    let has_key = existing
+        .as_ref()
+        .and_then(|c| c.key.as_deref())
+        .is_some_and(|k| !k.trim().is_empty());
+    let section = existing
+        .as_ref()
+        .and_then(|c| c.daemon.clone())
+        .unwrap_or_default();
+    let defaults = Answers {
+        port: section.port.filter(|p| *p >= 1024).unwrap_or(DAEMON_PORT),
+        threads: section
+            .threads
+            .filter(|t| *t > 0)
+            .map_or(Threads::All, Threads::Count),
+    };
+    let summary = |a: &Answers| {
+        format!(
+            "\nrayfarm daemon install will write:\n  {}  ({}: port {}, threads {}, {})\n  {}  (systemd {} unit)\n\n",
+            paths.config.display(),
+            if existing.is_some() { "updated" } else { "new" },
+            a.port,
+            a.threads,
+            if has_key { "keeps its farm key" } else { "a new farm key" },
+            paths.unit.display(),
+            if paths.system { "system" } else { "user" },
+        )
+    };
+    let Some(answers) = ask(input, out, args, interactive, defaults, &summary)? else {
+        writeln!(out, "Nothing written.")?;
+        return Ok(());
+    };
+    let (cfg, new_key) = updated_config(existing, &answers);
+    let text = toml::to_string_pretty(&cfg).context("cannot encode the config file")?;
+    write_file(&paths.config, &text, true)?;
+    writeln!(out, "Wrote {}", paths.config.display())?;
+    if new_key {
+        writeln!(
+            out,
+            "Generated a new farm key in it. Every machine of the farm (each daemon and master) needs this same key: \
+             copy the `key = \"...\"` line into their config files, or set RAYFARM_KEY to it."
+        )?;
+    }
+    write_file(
+        &paths.unit,
+        &unit_text(exe, &paths.config, paths.system),
+        false,
+    )?;
+    writeln!(out, "Wrote {}", paths.unit.display())?;
+
+    let user = if paths.system { "" } else { " --user" };
+    let name = paths.unit.file_stem().map_or_else(
+        || "rayfarm-daemon".into(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let standard_dir = if paths.system {
+        Path::new("/etc/systemd/system").to_path_buf()
+    } else {
+        install_paths(&InstallArgs::default(), false)
+            .map(|p| p.unit.parent().map(Path::to_path_buf).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    writeln!(out, "\nTo start the daemon now and at every boot:")?;
+    if paths.unit.parent() != Some(standard_dir.as_path()) {
+        writeln!(out, "  systemctl{user} link {}", paths.unit.display())?;
+    }
+    writeln!(out, "  systemctl{user} daemon-reload")?;
+    writeln!(out, "  systemctl{user} enable --now {name}")?;
+    if !paths.system {
+        writeln!(
+            out,
+            "(a user service runs while you are logged in; `loginctl enable-linger $USER` keeps it running after logout)"
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Answers {
+        Answers {
+            port: DAEMON_PORT,
+            threads: Threads::All,
+        }
+    }
+
+    fn run_ask(
+        script: &str,
+        args: &InstallArgs,
+        interactive: bool,
+    ) -> (Result<Option<Answers>>, String) {
+        let mut input = script.as_bytes();
+        let mut out = Vec::new();
+        let r = ask(&mut input, &mut out, args, interactive, defaults(), &|a| {
+            format!("SUMMARY {} {}\n", a.port, a.threads)
+        });
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn bad_ports_are_asked_again_and_declining_writes_nothing() {
+        let (r, out) = run_ask("70000\n8000\n\nn\n", &InstallArgs::default(), true);
+        assert_eq!(r.unwrap(), None);
+        assert!(
+            out.contains("port 70000 is out of range; enter a port from 1024 to 65535"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Threads to use (all or a number) [all]: "),
+            "{out}"
+        );
+        assert!(out.contains("SUMMARY 8000 all"), "{out}");
+        assert!(out.ends_with("Write these files? (y/n) [y]: "), "{out}");
+    }
+
+    #[test]
+    fn answers_and_defaults() {
+        let (r, out) = run_ask(
+            "abc\n80\n\nzero\n0\n12\nmaybe\n\n",
+            &InstallArgs::default(),
+            true,
+        );
+        assert_eq!(
+            r.unwrap(),
+            Some(Answers {
+                port: DAEMON_PORT,
+                threads: Threads::Count(12)
+            })
+        );
+        assert!(out.contains("\"abc\" is not a number"), "{out}");
+        assert!(out.contains("port 80 is out of range"), "{out}");
+        assert!(out.contains("\"zero\" is not `all` or a number"), "{out}");
+        assert!(out.contains("\"0\" is not `all` or a number"), "{out}");
+        assert!(out.contains("answer y or n"), "{out}");
+        let (r, _) = run_ask("49000\nALL\ny\n", &InstallArgs::default(), true);
+        assert_eq!(
+            r.unwrap(),
+            Some(Answers {
+                port: 49000,
+                threads: Threads::All
+            })
+        );
+    }
+
+    #[test]
+    fn flags_answer_every_question() {
+        let args = InstallArgs {
+            port: Some(50000),
+            threads: Some(Threads::Count(4)),
+            yes: true,
+            ..Default::default()
+        };
+        let (r, out) = run_ask("", &args, true);
+        assert_eq!(
+            r.unwrap(),
+            Some(Answers {
+                port: 50000,
+                threads: Threads::Count(4)
+            })
+        );
+        assert!(!out.contains('?') && !out.contains("Port"), "{out}");
+        // Without --yes only the confirmation is asked.
+        let args = InstallArgs { yes: false, ..args };
+        let (r, out) = run_ask("n\n", &args, true);
+        assert_eq!(r.unwrap(), None);
+        assert!(
+            !out.contains("Port") && out.contains("Write these files?"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn not_a_terminal_takes_defaults() {
+        let (r, out) = run_ask("", &InstallArgs::default(), false);
+        assert_eq!(r.unwrap(), Some(defaults()));
+        assert!(!out.contains("Port ["), "{out}");
+    }
+
+    #[test]
+    fn input_ending_early_is_an_error() {
+        let (r, _) = run_ask("70000\n", &InstallArgs::default(), true);
+        assert!(r.unwrap_err().to_string().contains("input ended"));
+        let (r, _) = run_ask("\n\n", &InstallArgs::default(), true);
+        assert_eq!(r.unwrap(), None, "no confirmation means no");
+    }
+
+    #[test]
+    fn flag_parsers() {
+        assert_eq!(parse_port("48000"), Ok(48000));
+        assert!(
+            parse_port("1023").is_err()
+                && parse_port("65536").is_err()
+                && parse_port("-1").is_err()
+        );
+        assert_eq!(parse_threads("all"), Ok(Threads::All));
+        assert_eq!(parse_threads("8"), Ok(Threads::Count(8)));
+        assert!(parse_threads("4097").is_err());
+    }
+
+    #[test]
+    fn install_writes_config_and_unit_and_keeps_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("etc/rayfarm/config.toml");
+        let unit = dir.path().join("units/rayfarm-daemon.service");
+        let args = InstallArgs {
+            config_out: Some(config.clone()),
+            unit_out: Some(unit.clone()),
+            ..Default::default()
+        };
+        let exe = Path::new("/opt/ray farm/rayfarm");
+        let mut out = Vec::new();
+        install_with(
+            &args,
+            &mut "49000\n8\n\n".as_bytes(),
+            &mut out,
+            true,
+            exe,
+            true,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("Generated a new farm key"), "{out}");
+        assert!(
+            out.contains("systemctl enable --now rayfarm-daemon"),
+            "{out}"
+        );
+        assert!(
+            out.contains("systemctl link "),
+            "non-standard unit folder: {out}"
+        );
+
+        let cfg = read_existing_config(&config).unwrap().unwrap();
+        assert_eq!(cfg.version, CONFIG_VERSION);
+        let d = cfg.daemon.clone().unwrap();
+        assert_eq!((d.port, d.threads), (Some(49000), Some(8)));
+        let key = cfg.key.clone().unwrap();
+        assert!(key.starts_with("rfk1-") && FarmKey::from_secret(&key).is_ok());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the config holds the secret");
+
+        let unit_text = std::fs::read_to_string(&unit).unwrap();
+        assert!(
+            unit_text.contains(&format!(
+                "ExecStart=\"/opt/ray farm/rayfarm\" daemon --config \"{}\"",
+                config.display()
+            )),
+            "{unit_text}"
+        );
+        assert!(
+            unit_text.contains("WantedBy=multi-user.target"),
+            "{unit_text}"
+        );
+
+        // Running again keeps the key and other settings, and takes "all" threads.
+        // (a top-level setting, so it goes before the [daemon] table)
+        let text = "daemons = [\"10.0.0.5:48000\"]\n".to_string()
+            + &std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text).unwrap();
+        let args = InstallArgs {
+            threads: Some(Threads::All),
+            yes: true,
+            ..args
+        };
+        let mut out = Vec::new();
+        install_with(&args, &mut "".as_bytes(), &mut out, false, exe, false).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("Generated a new farm key"), "{out}");
+        assert!(
+            out.contains("systemctl --user enable --now rayfarm-daemon"),
+            "{out}"
+        );
+        let cfg2 = read_existing_config(&config).unwrap().unwrap();
+        assert_eq!(cfg2.key.as_deref(), Some(key.as_str()));
+        assert_eq!(cfg2.daemons, vec!["10.0.0.5:48000".to_string()]);
+        let d = cfg2.daemon.unwrap();
+        assert_eq!((d.port, d.threads), (Some(49000), None));
+        assert!(std::fs::read_to_string(&unit)
+            .unwrap()
+            .contains("WantedBy=default.target"));
+    }
+
+    #[test]
+    fn broken_existing_config_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "version = 1\nprot = 3\n").unwrap();
+        let args = InstallArgs {
+            config_out: Some(config.clone()),
+            unit_out: Some(dir.path().join("u.service")),
+            yes: true,
+            ..Default::default()
+        };
+        let e = install_with(
+            &args,
+            &mut "".as_bytes(),
+            &mut Vec::new(),
+            false,
+            Path::new("/x"),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("config.toml"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            "version = 1\nprot = 3\n"
+        );
+        assert!(!dir.path().join("u.service").exists());
+    }
+
+    #[test]
+    fn systemd_quoting() {
+        assert_eq!(systemd_quote("/a b/%h$x\"\\"), "\"/a b/%%h$$x\\\"\\\\\"");
+    }
+}

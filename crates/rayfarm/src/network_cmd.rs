@@ -1,0 +1,260 @@
+//! `rayfarm worker`, `rayfarm nodes` and the network half of `rayfarm render`.
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use rayfarm_node::{config, worker};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Render work units for a master.
+///
+/// Started by a daemon on a master's request, or by hand:
+///
+///     RAYFARM_KEY=... rayfarm worker --master 192.168.1.10:21000
+///
+/// Ctrl-C stops it gracefully: it gives its unfinished units back to the master and exits 0.
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct WorkerArgs {
+    /// The master to render for, HOST:PORT
+    #[arg(long, required_unless_present = "probe")]
+    pub master: Option<String>,
+    /// Render threads (default: all cores)
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Name shown on the master (default: the host name)
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Scene cache folder (default: ~/.cache/rayfarm/scenes)
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Scene cache size limit in MiB
+    #[arg(long, default_value_t = 4096)]
+    pub cache_max_mb: u64,
+    /// Print `heartbeat` on stdout every second (used by the daemon's watchdog)
+    #[arg(long, hide = true)]
+    pub heartbeat_stdout: bool,
+    /// Print version and devices as one JSON line and exit (used by the daemon)
+    #[arg(long)]
+    pub probe: bool,
+    /// Configuration file (for the farm key)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Options shared by commands that find daemons.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DiscoveryArgs {
+    /// Scan this IPv4 range for daemons, e.g. 192.168.1.0/24 (repeatable); nothing is scanned
+    /// unless asked
+    #[arg(long, value_name = "CIDR")]
+    pub scan: Vec<String>,
+    /// Use this daemon, HOST[:PORT] (repeatable)
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub daemon: Vec<String>,
+    /// Configuration file (farm key, daemons, scan ranges)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// List the daemons found, with their state.
+#[derive(Args, Debug)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn worker(a: WorkerArgs) -> Result<()> {
+    if a.probe {
+        let report = worker::probe(a.threads);
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let (cfg, _) = config::load(a.config.as_deref()).map_err(|e| anyhow!(e))?;
+    let key = config::farm_key(&cfg).map_err(|e| anyhow!(e))?;
+    let report = worker::probe(a.threads);
+    let wc = worker::WorkerConfig {
+        master: a.master.clone().unwrap_or_default(),
+        threads: report.devices.threads as usize,
+        alias: a.alias.clone().unwrap_or_else(hostname),
+        cache_dir: a
+            .cache_dir
+            .clone()
+            .unwrap_or_else(worker::default_cache_dir),
+        cache_max_bytes: a.cache_max_mb.saturating_mul(1 << 20),
+        heartbeat_stdout: a.heartbeat_stdout,
+        key,
+    };
+    let r = runtime()?.block_on(worker::run(wc)).map_err(|e| anyhow!(e));
+    // Render threads may still be busy with units that were given back: exit without waiting.
+    match r {
+        Ok(()) => std::process::exit(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Merges command-line discovery options with the configuration file.
+pub fn discovery_targets(d: &DiscoveryArgs, cfg: &config::Config) -> (Vec<String>, Vec<String>) {
+    let mut scan = d.scan.clone();
+    let mut daemons = d.daemon.clone();
+    if scan.is_empty() && daemons.is_empty() {
+        scan = cfg.scan.clone();
+        daemons = cfg.daemons.clone();
+    }
+    (scan, daemons)
+}
+
+pub fn nodes(a: NodesArgs) -> Result<()> {
+    let (cfg, _) = config::load(a.discovery.config.as_deref()).map_err(|e| anyhow!(e))?;
+    let (scan, daemons) = discovery_targets(&a.discovery, &cfg);
+    if scan.is_empty() && daemons.is_empty() {
+        anyhow::bail!("nothing to look at: give --scan CIDR or --daemon HOST[:PORT] (or put `scan`/`daemons` in the config file)");
+    }
+    let addrs = rayfarm_master::discovery::candidates(&scan, &daemons).map_err(|e| anyhow!(e))?;
+    let found = runtime()?.block_on(rayfarm_master::discovery::scan(&addrs));
+    let mut any = false;
+    println!(
+        "{:<22} {:<16} {:<9} {:>7}  STATE",
+        "ADDRESS", "ALIAS", "VERSION", "THREADS"
+    );
+    for (addr, r) in found {
+        let Ok(i) = r else { continue };
+        any = true;
+        let state = match &i.state {
+            rayfarm_proto::DaemonState::Idle => "idle".to_string(),
+            rayfarm_proto::DaemonState::Occupied {
+                master,
+                since_unix_ms,
+            } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                format!(
+                    "occupied by {master} for {} s",
+                    now.saturating_sub(*since_unix_ms) / 1000
+                )
+            }
+            rayfarm_proto::DaemonState::Unhealthy { reason } => format!("unhealthy: {reason}"),
+        };
+        println!(
+            "{:<22} {:<16} {:<9} {:>7}  {}",
+            addr, i.alias, i.version, i.devices.threads, state
+        );
+    }
+    if !any {
+        println!("(no daemons answered)");
+    }
+    Ok(())
+}
+
+/// Network options of `rayfarm render`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RenderNetworkArgs {
+    /// Render over the network with the daemons found by --scan / --daemon and workers started
+    /// by hand, plus this machine's cores (unless --no-local)
+    #[arg(long)]
+    pub network: bool,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+    /// Seconds between scans for daemons
+    #[arg(long, default_value_t = 5.0)]
+    pub scan_interval: f64,
+    /// Use only the daemons with these aliases
+    #[arg(long, value_delimiter = ',', value_name = "ALIAS,...")]
+    pub nodes: Option<Vec<String>>,
+    /// Do not render on this machine's cores
+    #[arg(long)]
+    pub no_local: bool,
+    /// Master port; the next free port is used when it is taken
+    #[arg(long, default_value_t = rayfarm_proto::MASTER_PORT)]
+    pub master_port: u16,
+    /// Address the master port listens on
+    #[arg(long, default_value = "0.0.0.0")]
+    pub master_bind: String,
+}
+
+pub struct NetworkRender {
+    pub options: rayfarm_master::NetworkOptions,
+}
+
+pub fn network_options(a: &RenderNetworkArgs, local_threads: usize) -> Result<NetworkRender> {
+    let (cfg, _) = config::load(a.discovery.config.as_deref()).map_err(|e| anyhow!(e))?;
+    let key = config::farm_key(&cfg).map_err(|e| anyhow!(e))?;
+    let (scan, daemons) = discovery_targets(&a.discovery, &cfg);
+    rayfarm_master::discovery::candidates(&scan, &daemons).map_err(|e| anyhow!(e))?;
+    if !(0.2..=3600.0).contains(&a.scan_interval) {
+        anyhow::bail!("--scan-interval must be between 0.2 and 3600 seconds");
+    }
+    Ok(NetworkRender {
+        options: rayfarm_master::NetworkOptions {
+            master_port: a.master_port,
+            bind: a.master_bind.clone(),
+            scan,
+            daemons,
+            scan_interval: Duration::from_secs_f64(a.scan_interval),
+            nodes: a.nodes.clone(),
+            no_local: a.no_local,
+            local_threads,
+            key,
+            lease_timeout_ms: rayfarm_master::DEFAULT_LEASE_TIMEOUT_MS,
+        },
+    })
+}
+
+pub fn run_network(
+    nr: NetworkRender,
+    scene: std::sync::Arc<rayfarm_render::RenderScene>,
+    blob: Vec<u8>,
+    settings: rayfarm_render::RenderSettings,
+    units: Vec<rayfarm_render::WorkUnit>,
+    bar: indicatif::ProgressBar,
+) -> Result<(rayfarm_render::Film, Vec<rayfarm_master::NodeShare>)> {
+    let rt = runtime()?;
+    let start = std::time::Instant::now();
+    let bar2 = bar.clone();
+    rt.block_on(async move {
+        let fut = rayfarm_master::render(
+            scene,
+            std::sync::Arc::new(blob),
+            settings,
+            units,
+            nr.options,
+            move |s| {
+                bar2.set_length(s.samples_total);
+                bar2.set_position(s.samples_done);
+                let live: Vec<_> = s.nodes.iter().filter(|n| n.connected).collect();
+                let threads: u32 = live.iter().map(|n| n.threads).sum();
+                let secs = start.elapsed().as_secs_f64().max(1e-6);
+                bar2.set_message(format!(
+                    "{} nodes, {} threads, {:.1}/{:.1} M samples, {:.2} M samples/s",
+                    live.len(),
+                    threads,
+                    s.samples_done as f64 / 1e6,
+                    s.samples_total as f64 / 1e6,
+                    s.samples_done as f64 / secs / 1e6
+                ));
+            },
+        );
+        tokio::select! {
+            r = fut => r.map_err(|e| anyhow!(e)),
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; the daemons are released")),
+        }
+    })
+}
