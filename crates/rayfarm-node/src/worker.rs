@@ -146,6 +146,14 @@ fn cache_put(dir: &Path, hash: &[u8; 32], blob: &[u8], max_bytes: u64) {
     }
 }
 
+/// A scene being received: its hash, announced size, the bytes so far and the job's settings.
+struct Incoming {
+    hash: [u8; 32],
+    total: u64,
+    buf: Vec<u8>,
+    settings: RenderSettings,
+}
+
 struct Loaded {
     scene: Arc<RenderScene>,
     settings: Arc<RenderSettings>,
@@ -198,7 +206,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     let mut job_id = 0u64;
     // Units assigned and not yet returned.
     let mut outstanding: BTreeSet<WireUnit> = BTreeSet::new();
-    let mut pending_scene: Option<(u64, [u8; 32], u64, Vec<u8>, RenderSettings)> = None;
+    let mut pending_scene: Option<Incoming> = None;
     let units_done = Arc::new(AtomicU64::new(0));
     let hang_after = hang_after_units();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
@@ -261,12 +269,17 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                             loaded = Some(load_scene(blob, settings).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         } else {
-                            pending_scene = Some((jid, scene_hash, scene_bytes, Vec::new(), settings));
+                            pending_scene = Some(Incoming {
+                                hash: scene_hash,
+                                total: scene_bytes,
+                                buf: Vec::new(),
+                                settings,
+                            });
                             conn.send(&Msg::NeedScene).await.map_err(|e| e.to_string())?;
                         }
                     }
                     Msg::SceneChunk { offset, data } => {
-                        let Some((_, hash, total, buf, _)) = pending_scene.as_mut() else {
+                        let Some(Incoming { hash, total, buf, .. }) = pending_scene.as_mut() else {
                             return Err("master sent scene data without a job".into());
                         };
                         if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > *total {
@@ -278,7 +291,9 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                             if &got != hash {
                                 return Err("the scene received does not match its announced content hash".into());
                             }
-                            let (_, hash, _, blob, settings) = pending_scene.take().expect("checked above");
+                            let Some(Incoming { hash, buf: blob, settings, .. }) = pending_scene.take() else {
+                                return Err("scene state lost".into());
+                            };
                             cache_put(&cfg.cache_dir, &hash, &blob, cfg.cache_max_bytes);
                             loaded = Some(load_scene(blob, settings).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
