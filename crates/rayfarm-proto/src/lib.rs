@@ -27,6 +27,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).
 pub const MAX_FRAME_BYTES: usize = 32 << 20;
+/// Largest frame accepted before the peer has authenticated (challenge, auth, discovery).
+pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 64 << 10;
 /// Size of one scene chunk.
 pub const SCENE_CHUNK_BYTES: usize = 8 << 20;
 /// Time allowed for the preamble and authentication.
@@ -95,7 +97,7 @@ fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .little_endian()
         .length_field_length(4)
-        .max_frame_length(MAX_FRAME_BYTES)
+        .max_frame_length(MAX_HANDSHAKE_FRAME_BYTES)
         .new_codec()
 }
 
@@ -107,6 +109,11 @@ impl Conn {
             peer,
             peer_role,
         }
+    }
+
+    /// Raises the frame limit once the peer is authenticated.
+    fn authenticated(&mut self) {
+        self.framed.codec_mut().set_max_frame_length(MAX_FRAME_BYTES);
     }
 
     /// This side's address of the connection.
@@ -263,6 +270,7 @@ pub async fn connect(
                             reason: "the server does not hold our farm key".into(),
                         });
                     }
+                    conn.authenticated();
                 }
                 Msg::Error { message, .. } => {
                     return Err(ProtoError::AuthFailed {
@@ -322,6 +330,7 @@ pub async fn accept(
                 if key.verify_client_mac(&server_nonce, &nonce, &mac) {
                     let mac = key.server_mac(&server_nonce, &nonce);
                     conn.send(&Msg::AuthOk { mac }).await?;
+                    conn.authenticated();
                     Ok(Accepted::Authenticated(conn))
                 } else {
                     let _ = conn
