@@ -1,4 +1,8 @@
-//! `bvhbench`: rayfarm's BVH against the `obvhs` and `bvh` crates on the shipped scenes.
+//! `bvhbench`: rayfarm's BVHs against the `obvhs` and `bvh` crates on the shipped scenes.
+//!
+//! "ours" is rayfarm's own binned-SAH BVH2 ([`own_bvh`]), which the renderer used until it
+//! switched to obvhs's CWBVH; "rayfarm" is what the renderer uses now
+//! (`rayfarm_render::bvh::Bvh`: obvhs's CWBVH built on one thread, with our node test).
 //!
 //! For every scene each BVH is built (on all cores where the crate can), then the same two ray
 //! sets are traced through each: primary rays of the automatic camera at 512x512 and incoherent
@@ -16,8 +20,11 @@
 //!     [--res N] [--bvhs name,name,...] [SCENE...]
 //! ```
 
+mod own_bvh;
+
 use glam::Vec3A;
-use rayfarm_render::bvh::{intersect_tri, Bvh as OurBvh, Tri};
+use own_bvh::OwnBvh;
+use rayfarm_render::bvh::{intersect_tri, Bvh as RayfarmBvh, Tri};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,8 +41,9 @@ const DEFAULT_SCENES: [&str; 4] = [
 /// Every BVH variant this benchmark knows, in table order. `ours` is the reference for the
 /// hit-distance check. The `obvhs-cwbvh-*` variants use the origin-shift workaround described
 /// at [`CWBVH_ORIGIN_SHIFT`]; `-raw` is obvhs as shipped (not in the default set).
-const ALL_BVHS: [&str; 6] = [
+const ALL_BVHS: [&str; 7] = [
     "ours",
+    "rayfarm",
     "obvhs-cwbvh-fast",
     "obvhs-cwbvh-medium",
     "obvhs-cwbvh-medium-raw",
@@ -44,8 +52,9 @@ const ALL_BVHS: [&str; 6] = [
 ];
 
 /// What runs when `--bvhs` is not given.
-const DEFAULT_BVHS: [&str; 5] = [
+const DEFAULT_BVHS: [&str; 6] = [
     "ours",
+    "rayfarm",
     "obvhs-cwbvh-fast",
     "obvhs-cwbvh-medium",
     "obvhs-bvh2-medium",
@@ -235,7 +244,17 @@ impl<T: Tracer> Candidate for T {
 
 // ---- ours -------------------------------------------------------------------------------------
 
-impl Tracer for OurBvh {
+impl Tracer for OwnBvh {
+    #[inline]
+    fn closest(&self, o: Vec3A, d: Vec3A) -> f32 {
+        self.intersect(o, d, f32::INFINITY, &|_| false, &mut |_, _, _| true)
+            .map_or(f32::INFINITY, |h| h.t)
+    }
+}
+
+// ---- rayfarm (the renderer's BVH) -------------------------------------------------------------
+
+impl Tracer for RayfarmBvh {
     #[inline]
     fn closest(&self, o: Vec3A, d: Vec3A) -> f32 {
         self.intersect(o, d, f32::INFINITY, &|_| false, &mut |_, _, _| true)
@@ -244,10 +263,6 @@ impl Tracer for OurBvh {
 }
 
 // ---- obvhs ------------------------------------------------------------------------------------
-
-fn to_obvhs(v: Vec3A) -> obvhs_glam::Vec3A {
-    obvhs_glam::Vec3A::from_array(v.to_array())
-}
 
 fn prep_tri([a, b, c]: [Vec3A; 3]) -> Tri {
     Tri {
@@ -282,7 +297,7 @@ impl Tracer for ObvhsCw {
     #[inline]
     fn closest(&self, o: Vec3A, d: Vec3A) -> f32 {
         let s = self.shift;
-        let ray = obvhs::ray::Ray::new_inf(to_obvhs(o - d * s), to_obvhs(d));
+        let ray = obvhs::ray::Ray::new_inf(o - d * s, d);
         let mut hit = obvhs::ray::RayHit::none();
         let mut best = f32::INFINITY;
         self.bvh.ray_traverse(ray, &mut hit, |ray, i| {
@@ -306,7 +321,7 @@ struct ObvhsBvh2 {
 impl Tracer for ObvhsBvh2 {
     #[inline]
     fn closest(&self, o: Vec3A, d: Vec3A) -> f32 {
-        let ray = obvhs::ray::Ray::new_inf(to_obvhs(o), to_obvhs(d));
+        let ray = obvhs::ray::Ray::new_inf(o, d);
         let mut hit = obvhs::ray::RayHit::none();
         self.bvh.ray_traverse(ray, &mut hit, |ray, i| {
             intersect_tri(&self.tris[i], o, d, ray.tmax).map_or(f32::INFINITY, |h| h.0)
@@ -393,9 +408,9 @@ fn build(name: &str, tris: &[[Vec3A; 3]], reps: usize) -> (Box<dyn Candidate>, D
     let otris: Vec<obvhs::triangle::Triangle> = tris
         .iter()
         .map(|t| obvhs::triangle::Triangle {
-            v0: to_obvhs(t[0]),
-            v1: to_obvhs(t[1]),
-            v2: to_obvhs(t[2]),
+            v0: t[0],
+            v1: t[1],
+            v2: t[2],
         })
         .collect();
     let cw = |params: BvhBuildParams, shift: f32| {
@@ -412,7 +427,11 @@ fn build(name: &str, tris: &[[Vec3A; 3]], reps: usize) -> (Box<dyn Candidate>, D
     };
     match name {
         "ours" => {
-            let (b, t) = timed(reps, || OurBvh::build(tris));
+            let (b, t) = timed(reps, || OwnBvh::build(tris));
+            (Box::new(b), t)
+        }
+        "rayfarm" => {
+            let (b, t) = timed(reps, || RayfarmBvh::build(tris));
             (Box::new(b), t)
         }
         "obvhs-cwbvh-fast" => cw(BvhBuildParams::fast_build(), CWBVH_ORIGIN_SHIFT),

@@ -107,6 +107,10 @@ pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch:
     let held: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     loop {
         for (addr, info) in scan(&addrs).await {
+            // The render may have ended during the scan: take no node for it.
+            if *stop.borrow() {
+                return;
+            }
             let Ok(info) = info else { continue };
             if held
                 .lock()

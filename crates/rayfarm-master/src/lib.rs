@@ -169,7 +169,7 @@ pub async fn render(
     };
 
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
+    let shares = loop {
         tick.tick().await;
         let (status, finished) = {
             let s = sched.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,9 +177,11 @@ pub async fn render(
         };
         on_status(&status);
         if finished {
-            break;
+            // The shares as the render ends: a node counts as having left only if it left
+            // before the end, not because the sessions below are closed.
+            break status.nodes;
         }
-    }
+    };
     let _ = stop_tx.send(true);
     if let Some(l) = local {
         let _ = l.await;
@@ -187,7 +189,7 @@ pub async fn render(
     // Give sessions a moment to say goodbye and leases to be released.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = sched.lock().unwrap_or_else(|p| p.into_inner());
-    Ok((s.film.clone(), s.status(port).nodes))
+    Ok((s.film.clone(), shares))
 }
 
 fn local_render(
@@ -359,7 +361,7 @@ async fn worker_session(
         .unwrap_or_else(|p| p.into_inner())
         .add_node(name.clone(), threads);
     eprintln!("node joined: {name}, {threads} threads");
-    let result = session_loop(&mut conn, &sched, node, threads, &mut stop).await;
+    let result = session_loop(&mut conn, &sched, node, &name, threads, &mut stop).await;
     sched
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -374,6 +376,7 @@ async fn session_loop(
     conn: &mut rayfarm_proto::Conn,
     sched: &Arc<Mutex<Scheduler>>,
     node: NodeId,
+    name: &str,
     threads: u32,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -423,11 +426,16 @@ async fn session_loop(
                         sched.lock().unwrap_or_else(|p| p.into_inner()).complete(node, r);
                     }
                     Msg::GiveBack { units } => {
+                        let mut given = 0;
                         let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
                         for u in units {
                             if mine.remove(&u) {
                                 s.give_back(node, u.into());
+                                given += 1;
                             }
+                        }
+                        if given > 0 {
+                            eprintln!("node {name} gave back {given} unit(s); they go to other nodes");
                         }
                     }
                     Msg::Goodbye { reason } => return Err(format!("left: {reason}")),

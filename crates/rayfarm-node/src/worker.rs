@@ -212,10 +212,14 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    // A stream, not `tokio::signal::ctrl_c()` in the loop: a Ctrl-C arriving while the loop body
+    // runs (no `ctrl_c` future alive) would otherwise be missed.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
 
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = sigint.recv() => {
                 return give_back(&mut conn, &outstanding, "interrupted (Ctrl-C)").await;
             }
             _ = sigterm.recv() => {

@@ -8,7 +8,7 @@
 use crate::bsdf::onb;
 use crate::film::{to_fixed, UnitResult, WorkUnit};
 use crate::sampler::Sampler;
-use crate::scene::RenderScene;
+use crate::scene::{RenderScene, Surface};
 use glam::Vec3A;
 use rayfarm_scene::{AlphaMode, Camera, Projection};
 
@@ -165,10 +165,31 @@ impl RenderScene {
     }
 
     /// Radiance along a camera ray for one sample.
-    pub fn radiance(
+    pub fn radiance(&self, org: Vec3A, dir: Vec3A, max_bounces: u32, s: &mut Sampler) -> Vec3A {
+        self.radiance_from(org, dir, None, max_bounces, s)
+    }
+
+    /// Radiance leaving the surface point `first` towards `-dir` for one sample, as if a camera
+    /// ray with direction `dir` had hit it (used by texture baking, which knows the point
+    /// already). The path continues exactly as in [`RenderScene::radiance`]; the caller may
+    /// change the surface's BSDF or emission first (e.g. a white Lambertian BSDF gives the
+    /// irradiance divided by pi).
+    pub fn radiance_at_surface(
+        &self,
+        first: Surface,
+        dir: Vec3A,
+        max_bounces: u32,
+        s: &mut Sampler,
+    ) -> Vec3A {
+        self.radiance_from(first.p - dir, dir, Some(first), max_bounces, s)
+    }
+
+    /// The path loop of [`RenderScene::radiance`]; `first`, when given, replaces the first hit.
+    fn radiance_from(
         &self,
         mut org: Vec3A,
         mut dir: Vec3A,
+        mut first: Option<Surface>,
         max_bounces: u32,
         s: &mut Sampler,
     ) -> Vec3A {
@@ -186,24 +207,30 @@ impl RenderScene {
             } else {
                 0.0
             };
-            let Some(hit) = self.trace(org, dir, u_alpha) else {
-                let le = self.env.radiance(dir);
-                if le != Vec3A::ZERO {
-                    let w = if prev_delta {
-                        1.0
-                    } else {
-                        power_heuristic(prev_pdf, self.env_light_pdf(dir))
-                    };
-                    l += beta * le * w;
-                }
-                break;
+            // A given first surface is reached with prev_delta set, so its hit is never needed.
+            let (surf, hit) = if let Some(f) = first.take() {
+                (f, None)
+            } else {
+                let Some(hit) = self.trace(org, dir, u_alpha) else {
+                    let le = self.env.radiance(dir);
+                    if le != Vec3A::ZERO {
+                        let w = if prev_delta {
+                            1.0
+                        } else {
+                            power_heuristic(prev_pdf, self.env_light_pdf(dir))
+                        };
+                        l += beta * le * w;
+                    }
+                    break;
+                };
+                (self.surface(&hit, org, dir), Some(hit))
             };
-            let surf = self.surface(&hit, org, dir);
             if surf.emission != Vec3A::ZERO {
-                let w = if prev_delta {
-                    1.0
-                } else {
-                    power_heuristic(prev_pdf, self.triangle_light_pdf(hit.prim, dir, hit.t))
+                let w = match hit {
+                    Some(hit) if !prev_delta => {
+                        power_heuristic(prev_pdf, self.triangle_light_pdf(hit.prim, dir, hit.t))
+                    }
+                    _ => 1.0,
                 };
                 l += beta * surf.emission * w;
             }
@@ -307,4 +334,36 @@ impl RenderScene {
             nonfinite_samples: nonfinite,
         }
     }
+}
+
+/// Public helpers for texture baking (`rayfarm-bake`), which starts paths on known surface
+/// points instead of camera rays.
+impl RenderScene {
+    /// Shading data of triangle `prim` at barycentrics `(b1, b2)` (of its second and third
+    /// vertex) as seen by a ray travelling along `dir`.
+    pub fn surface_at(&self, prim: u32, b1: f32, b2: f32, dir: Vec3A) -> Surface {
+        let hit = crate::bvh::Hit {
+            t: 1.0,
+            u: b1,
+            v: b2,
+            prim,
+        };
+        let t = self.scene.triangles[prim as usize];
+        let b0 = 1.0 - b1 - b2;
+        let [p0, p1, p2] = t.map(|i| Vec3A::from(self.scene.positions[i as usize]));
+        let p = p0 * b0 + p1 * b1 + p2 * b2;
+        self.surface(&hit, p - dir, dir)
+    }
+
+    /// Fraction of light passing from `org` along unit `dir` over `dist` (may be infinite):
+    /// the shadow-ray test of the path tracer.
+    pub fn visibility(&self, org: Vec3A, dir: Vec3A, dist: f32) -> Vec3A {
+        self.transmittance(org, dir, dist)
+    }
+}
+
+/// Ray origin for leaving the surface point `p` (geometric normal `ng`) in direction `dir`:
+/// offset along `ng` by a distance scaled to the coordinates' magnitude, as the path tracer does.
+pub fn ray_offset(p: Vec3A, ng: Vec3A, dir: Vec3A) -> Vec3A {
+    offset(p, ng, dir)
 }

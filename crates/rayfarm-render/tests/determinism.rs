@@ -2,7 +2,8 @@
 
 mod common;
 use common::*;
-use glam::Vec3;
+use glam::{Vec3, Vec3A};
+use rayfarm_render::bvh::{Bvh, Hit};
 use rayfarm_render::{RenderScene, RenderSettings};
 use rayfarm_scene::{CompiledScene, Environment, Material};
 
@@ -77,4 +78,65 @@ fn threads_tiles_and_unit_sizes_do_not_change_a_bit() {
         8,
     );
     assert!(other != reference);
+}
+
+/// The BVH, and so every hit, must not depend on the thread pool it is built on: a machine with
+/// more cores must trace the same tree. Half the triangles are translated copies of one
+/// triangle, so the builder's sorts by area see many ties.
+#[test]
+fn bvh_is_the_same_on_any_thread_pool() {
+    let mut s = 0x5eed_u64;
+    let mut rnd = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 40) as f32) / (1u64 << 24) as f32
+    };
+    let mut tris: Vec<[Vec3A; 3]> = Vec::with_capacity(50_000);
+    for _ in 0..25_000 {
+        let c = Vec3A::new(rnd(), rnd(), rnd()) * 40.0;
+        tris.push([0, 1, 2].map(|_| c + Vec3A::new(rnd(), rnd(), rnd()) - 0.5));
+    }
+    let shape = [
+        Vec3A::ZERO,
+        Vec3A::new(0.7, 0.0, 0.1),
+        Vec3A::new(0.2, 0.6, 0.0),
+    ];
+    for i in 0..25_000 {
+        let c = Vec3A::new(
+            (i % 50) as f32,
+            ((i / 50) % 50) as f32,
+            (i / 2500) as f32 * 4.0,
+        );
+        tris.push(shape.map(|p| p + c * 0.8));
+    }
+    let rays: Vec<(Vec3A, Vec3A)> = (0..20_000)
+        .map(|_| {
+            let o = Vec3A::new(rnd(), rnd(), rnd()) * 44.0 - 2.0;
+            let d = (Vec3A::new(rnd(), rnd(), rnd()) - 0.5).normalize();
+            (o, d)
+        })
+        .collect();
+    let build_and_trace = |threads: usize| -> (Bvh, Vec<Option<Hit>>) {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let bvh = pool.install(|| Bvh::build(&tris));
+        let hits = rays
+            .iter()
+            .map(|&(o, d)| bvh.intersect(o, d, f32::INFINITY, &|_| false, &mut |_, _, _| true))
+            .collect();
+        (bvh, hits)
+    };
+    let (bvh1, hits1) = build_and_trace(1);
+    let (bvh4, hits4) = build_and_trace(4);
+    assert!(bvh1.cwbvh.nodes == bvh4.cwbvh.nodes, "node arrays differ");
+    assert_eq!(bvh1.cwbvh.primitive_indices, bvh4.cwbvh.primitive_indices);
+    let bits = |h: &Option<Hit>| h.map(|h| (h.t.to_bits(), h.u.to_bits(), h.v.to_bits(), h.prim));
+    let hit_count = hits1.iter().filter(|h| h.is_some()).count();
+    assert!(hit_count > 5_000, "only {hit_count} of the rays hit");
+    for (i, (a, b)) in hits1.iter().zip(&hits4).enumerate() {
+        assert_eq!(bits(a), bits(b), "ray {i}");
+    }
 }

@@ -1,5 +1,6 @@
 //! The `rayfarm` binary: command-line glue over the library crates.
 
+mod bake_cmd;
 mod bench;
 mod daemon_cmd;
 mod network_cmd;
@@ -26,6 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Render(render_cmd::RenderArgs),
+    Bake(bake_cmd::BakeArgs),
     Bench(bench::BenchArgs),
     /// Loads a scene and prints what it holds (meshes, materials, lights, cameras), or compiles
     /// it to a blob with --compile-to.
@@ -55,6 +57,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Render(a) => render_cmd::run(a),
+        Command::Bake(a) => bake_cmd::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Info(a) => render_cmd::info(a),
         Command::Worker(a) => network_cmd::worker(a),

@@ -65,22 +65,36 @@ pub fn write_image(
     let w = width as usize;
     match ext.as_str() {
         "exr" => {
+            use exr::prelude::*;
             let get = |x: usize, y: usize| pixels[y * w + x];
+            // exr's default encoding, with the blocks in increasing order: by default they are
+            // written as its threads finish compressing them, so the same image could give
+            // different bytes from run to run.
+            let encoding = Encoding {
+                line_order: LineOrder::Increasing,
+                ..Encoding::FAST_LOSSLESS
+            };
+            let size = (w, height as usize);
             if half {
-                use exr::prelude::f16;
-                exr::prelude::write_rgb_file(&tmp, w, height as usize, |x, y| {
+                let channels = SpecificChannels::rgb(|Vec2(x, y)| {
                     let p = get(x, y);
                     (
                         f16::from_f32(p[0]),
                         f16::from_f32(p[1]),
                         f16::from_f32(p[2]),
                     )
-                })
+                });
+                Image::from_encoded_channels(size, encoding, channels)
+                    .write()
+                    .to_file(&tmp)
             } else {
-                exr::prelude::write_rgb_file(&tmp, w, height as usize, |x, y| {
+                let channels = SpecificChannels::rgb(|Vec2(x, y)| {
                     let p = get(x, y);
                     (p[0], p[1], p[2])
-                })
+                });
+                Image::from_encoded_channels(size, encoding, channels)
+                    .write()
+                    .to_file(&tmp)
             }
             .map_err(|e| anyhow::anyhow!("{}: cannot write EXR: {e}", path.display()))?;
         }

@@ -86,7 +86,7 @@ pub struct InfoArgs {
     pub compile_to: Option<PathBuf>,
 }
 
-fn parse_rgb(s: &str) -> std::result::Result<[f32; 3], String> {
+pub(crate) fn parse_rgb(s: &str) -> std::result::Result<[f32; 3], String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let vals: Vec<f32> = match parts.len() {
         1 => vec![

@@ -1,0 +1,783 @@
+//! End-to-end tests of network rendering: real `rayfarm` masters, daemons and workers talking
+//! over loopback, each image compared byte for byte with a one-machine `rayfarm render` of the
+//! same scene and settings.
+//!
+//! Isolation, so that the tests run in parallel: every daemon has its own loopback address
+//! (all on port 48000; test 1 scans 127.0.0.0/29, the others use 127.0.0.10 and up), every
+//! test its own master ports (21100 + 10 per test) and temporary folders (config, scene caches,
+//! images). Every process is started in its own process group, and [`Proc`]'s `Drop` kills
+//! the whole group, so a failing test leaves no master, daemon or worker behind (daemon-started
+//! workers included).
+
+use rayfarm_proto::{DaemonInfo, DaemonState, FarmKey, Role, PREAMBLE_MAGIC, PROTOCOL_VERSION};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "e2e-network-test-key";
+/// A small render: 9 tiles x 4 sample chunks.
+const SMALL: &[&str] = &[
+    "--width",
+    "96",
+    "--height",
+    "96",
+    "--spp",
+    "64",
+    "--max-bounces",
+    "4",
+];
+/// A render that takes a few seconds on two single-threaded workers.
+const LONG: &[&str] = &[
+    "--width",
+    "128",
+    "--height",
+    "128",
+    "--spp",
+    "256",
+    "--max-bounces",
+    "4",
+];
+
+/// Collects everything `r` yields into a shared string, on a thread.
+fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// A running `rayfarm` process with its output collected. Dropping it kills its whole process
+/// group (a daemon's workers too).
+struct Proc {
+    name: String,
+    child: Child,
+    /// Whether `child` has been reaped (then its process group may be gone and is left alone).
+    reaped: bool,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn start(name: &str, args: &[String], env: &[(&str, String)]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rayfarm"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("RUST_BACKTRACE", "0")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("rayfarm starts");
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        Proc {
+            name: name.to_string(),
+            child,
+            reaped: false,
+            out,
+            err,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "--- {} stdout ---\n{}\n--- {} stderr ---\n{}",
+            self.name,
+            self.stdout(),
+            self.name,
+            self.stderr()
+        )
+    }
+
+    /// Sends a signal (`INT`, `TERM`, `KILL`) to this process only.
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(st.success(), "kill -{sig} {} failed", self.name);
+    }
+
+    fn running(&mut self) -> bool {
+        !self.reaped && self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the process to exit (panics after `within`), then for its output.
+    fn wait(&mut self, within: Duration) -> ExitStatus {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.reaped = true;
+                // Let the output readers catch up.
+                std::thread::sleep(Duration::from_millis(100));
+                return st;
+            }
+            assert!(
+                Instant::now() < until,
+                "{} did not exit within {within:?}:\n{}",
+                self.name,
+                self.describe()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for a successful exit.
+    fn wait_ok(&mut self, within: Duration) {
+        let st = self.wait(within);
+        assert!(st.success(), "{} failed ({st}):\n{}", self.name, self.describe());
+        assert!(
+            !self.stderr().contains("panicked"),
+            "{} panicked:\n{}",
+            self.name,
+            self.describe()
+        );
+    }
+
+    /// Waits until stderr contains `needle`; returns the stderr.
+    fn wait_stderr(&mut self, needle: &str, within: Duration) -> String {
+        let until = Instant::now() + within;
+        loop {
+            let e = self.stderr();
+            if e.contains(needle) {
+                return e;
+            }
+            assert!(
+                self.running(),
+                "{} exited before printing {needle:?}:\n{}",
+                self.name,
+                self.describe()
+            );
+            assert!(
+                Instant::now() < until,
+                "{} did not print {needle:?} within {within:?}:\n{}",
+                self.name,
+                self.describe()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // The whole group: the process and everything it started.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.pid())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One test's folder: config file (no key: the key comes from RAYFARM_KEY), caches, images.
+struct Farm {
+    dir: tempfile::TempDir,
+}
+
+impl Farm {
+    fn new() -> Farm {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "version = 1\n").unwrap();
+        Farm { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The environment of every process: the farm key, this test's config and cache.
+    fn env(&self, log: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("RAYFARM_KEY", KEY.to_string()),
+            ("RAYFARM_CONFIG", self.path("config.toml").display().to_string()),
+            ("XDG_CACHE_HOME", self.path("cache").display().to_string()),
+            ("RUST_LOG", log.to_string()),
+        ]
+    }
+
+    /// A one-machine render; returns the EXR bytes.
+    fn local_render(&self, name: &str, settings: &[&str]) -> Vec<u8> {
+        let out = self.path(name);
+        let mut args = strings(&["render", "-q", "-o"]);
+        args.push(out.display().to_string());
+        args.extend(strings(settings));
+        let mut p = Proc::start("local render", &args, &self.env("warn"));
+        p.wait_ok(Duration::from_secs(60));
+        std::fs::read(&out).unwrap()
+    }
+
+    /// Starts `rayfarm render --network` writing `name`; `extra` holds discovery options etc.
+    fn master(&self, name: &str, port: u16, settings: &[&str], extra: &[&str]) -> Proc {
+        let mut args = strings(&["render", "-o"]);
+        args.push(self.path(name).display().to_string());
+        args.extend(strings(settings));
+        args.extend(strings(&[
+            "--network",
+            "--master-port",
+            &port.to_string(),
+            "--master-bind",
+            "127.0.0.1",
+        ]));
+        args.extend(strings(extra));
+        Proc::start(&format!("master {name}"), &args, &self.env("info"))
+    }
+
+    /// Waits for the master to listen; returns the port it took.
+    fn master_port(&self, m: &mut Proc) -> u16 {
+        let e = m.wait_stderr("master listening on 127.0.0.1:", Duration::from_secs(30));
+        let rest = &e[e.find("master listening on 127.0.0.1:").unwrap() + 30..];
+        rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    }
+
+    /// Waits for the master to finish and checks its image against `reference`.
+    fn finish(&self, m: &mut Proc, name: &str, reference: &[u8]) {
+        m.wait_ok(Duration::from_secs(120));
+        let got = std::fs::read(self.path(name)).unwrap();
+        assert!(
+            got == reference,
+            "{name} differs from the one-machine render ({} vs {} bytes):\n{}",
+            got.len(),
+            reference.len(),
+            m.describe()
+        );
+    }
+
+    /// A hand-started worker (one thread) with its own scene cache folder `cache`.
+    fn worker(&self, alias: &str, port: u16, cache: &str) -> Proc {
+        let args = strings(&[
+            "worker",
+            "--master",
+            &format!("127.0.0.1:{port}"),
+            "--threads",
+            "1",
+            "--alias",
+            alias,
+            "--cache-dir",
+            &self.path(cache).display().to_string(),
+        ]);
+        Proc::start(&format!("worker {alias}"), &args, &self.env("info"))
+    }
+
+    /// A daemon on `ip`:48000 with one worker thread; waits until it answers discovery.
+    fn daemon(&self, ip: &str, alias: &str, extra_env: &[(&'static str, String)]) -> Proc {
+        let args = strings(&[
+            "daemon", "--bind", ip, "--port", "48000", "--threads", "1", "--alias", alias,
+        ]);
+        let mut env = self.env("info");
+        // Its workers' scene cache (the default one under XDG_CACHE_HOME), one per daemon.
+        env.retain(|(k, _)| *k != "XDG_CACHE_HOME");
+        env.push((
+            "XDG_CACHE_HOME",
+            self.path(&format!("cache-{alias}")).display().to_string(),
+        ));
+        env.extend(extra_env.iter().cloned());
+        let mut d = Proc::start(&format!("daemon {alias}"), &args, &env);
+        let addr = format!("{ip}:48000");
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(info) = discover(&addr) {
+                assert_eq!(info.alias, alias);
+                assert_eq!(info.state, DaemonState::Idle, "{}", d.describe());
+                return d;
+            }
+            assert!(d.running(), "daemon {alias} exited:\n{}", d.describe());
+            assert!(
+                Instant::now() < until,
+                "daemon {alias} never answered:\n{}",
+                d.describe()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `rayfarm nodes` with `args`; returns its stdout.
+    fn nodes(&self, args: &[&str]) -> String {
+        let mut a = strings(&["nodes"]);
+        a.extend(strings(args));
+        let mut p = Proc::start("nodes", &a, &self.env("warn"));
+        p.wait_ok(Duration::from_secs(30));
+        p.stdout()
+    }
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Asks a daemon who it is, as a master's scan does.
+fn discover(addr: &str) -> Result<DaemonInfo, String> {
+    runtime().block_on(rayfarm_master::query_daemon(addr, Duration::from_secs(2)))
+}
+
+/// Polls a daemon until its state matches; returns the time that took.
+fn wait_state(d: &Proc, addr: &str, within: Duration, pred: impl Fn(&DaemonState) -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let state = discover(addr).map(|i| i.state);
+        if let Ok(s) = &state {
+            if pred(s) {
+                return t0.elapsed();
+            }
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{addr}: state is still {state:?} after {within:?}:\n{}",
+            d.describe()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The line of the master's "share of the work" for `node` (an alias, or `local`).
+fn share_line(stdout: &str, node: &str) -> Option<String> {
+    let shares = &stdout[stdout.find("share of the work:")?..];
+    shares
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .find(|l| {
+            let name = l.trim_start();
+            name.starts_with(&format!("{node} (")) || name.starts_with(&format!("{node} "))
+        })
+        .map(str::to_string)
+}
+
+/// The samples a share line credits.
+fn share_samples(line: &str) -> u64 {
+    let i = line.rfind('(').unwrap();
+    line[i + 1..].split(' ').next().unwrap().parse().unwrap()
+}
+
+// -- 1 ----------------------------------------------------------------------------------------
+
+#[test]
+fn three_daemons_found_by_scan_render_the_same_image() {
+    let farm = Farm::new();
+    let daemons = [("127.0.0.2", "d2"), ("127.0.0.3", "d3"), ("127.0.0.4", "d4")]
+        .map(|(ip, alias)| farm.daemon(ip, alias, &[]));
+
+    let listing = farm.nodes(&["--scan", "127.0.0.0/29"]);
+    for (ip, alias) in [("127.0.0.2", "d2"), ("127.0.0.3", "d3"), ("127.0.0.4", "d4")] {
+        let line = listing
+            .lines()
+            .find(|l| l.starts_with(&format!("{ip}:48000 ")))
+            .unwrap_or_else(|| panic!("`rayfarm nodes` does not list {ip}:\n{listing}"));
+        assert!(line.contains(alias) && line.trim_end().ends_with("idle"), "{line}");
+    }
+    assert_eq!(listing.lines().count(), 4, "a header and three daemons:\n{listing}");
+
+    let reference = farm.local_render("local.exr", SMALL);
+    let scan = ["--scan", "127.0.0.0/29", "--scan-interval", "0.5"];
+
+    // Daemons only.
+    let mut m = farm.master("net-nolocal.exr", 21100, SMALL, &[&scan[..], &["--no-local"][..]].concat());
+    farm.finish(&mut m, "net-nolocal.exr", &reference);
+    let out = m.stdout();
+    for alias in ["d2", "d3", "d4"] {
+        assert!(share_line(&out, alias).is_some(), "{alias} not in the shares:\n{}", m.describe());
+    }
+    assert!(share_line(&out, "local").is_none(), "{out}");
+    let credited: u64 = ["d2", "d3", "d4"]
+        .iter()
+        .map(|a| share_samples(&share_line(&out, a).unwrap()))
+        .sum();
+    assert_eq!(credited, 96 * 96 * 64, "{out}");
+
+    // Daemons and this machine's cores (one thread, so the daemons get a share).
+    let mut m = farm.master("net-local.exr", 21101, SMALL, &[&scan[..], &["--threads", "1"][..]].concat());
+    farm.finish(&mut m, "net-local.exr", &reference);
+    let out = m.stdout();
+    assert!(share_line(&out, "local").is_some(), "{}", m.describe());
+    let remote = ["d2", "d3", "d4"]
+        .iter()
+        .filter(|a| share_line(&out, a).is_some())
+        .count();
+    assert!(remote >= 1, "no daemon took part:\n{}", m.describe());
+
+    // After the masters: every daemon idle again.
+    for (d, ip) in daemons.iter().zip(["127.0.0.2", "127.0.0.3", "127.0.0.4"]) {
+        wait_state(d, &format!("{ip}:48000"), Duration::from_secs(5), |s| {
+            *s == DaemonState::Idle
+        });
+        assert!(!d.stderr().contains("panicked"), "{}", d.describe());
+    }
+}
+
+// -- 2 ----------------------------------------------------------------------------------------
+
+#[test]
+fn a_worker_killed_mid_render_loses_nothing() {
+    let farm = Farm::new();
+    let reference = farm.local_render("local.exr", LONG);
+    let mut m = farm.master("net.exr", 21110, LONG, &["--no-local"]);
+    let port = farm.master_port(&mut m);
+    let mut victim = farm.worker("victim", port, "cache-victim");
+    let mut other = farm.worker("other", port, "cache-other");
+    m.wait_stderr("node joined: victim", Duration::from_secs(30));
+    m.wait_stderr("node joined: other", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(m.running(), "the render ended before the kill; make it longer");
+    victim.signal("KILL");
+    let st = victim.wait(Duration::from_secs(5));
+    assert!(!st.success());
+    m.wait_stderr("node lost: victim", Duration::from_secs(15));
+    farm.finish(&mut m, "net.exr", &reference);
+    other.wait_ok(Duration::from_secs(10));
+    let out = m.stdout();
+    let line = share_line(&out, "victim").unwrap_or_else(|| panic!("{}", m.describe()));
+    assert!(line.contains(", left)"), "{line}");
+    assert!(share_samples(&line) > 0, "the victim returned nothing before it died: {line}");
+}
+
+// -- 3 ----------------------------------------------------------------------------------------
+
+#[test]
+fn the_daemon_kills_a_hung_worker_and_the_render_completes() {
+    let farm = Farm::new();
+    let d = farm.daemon(
+        "127.0.0.11",
+        "hangs",
+        &[("RAYFARM_TEST_HANG_AFTER_UNITS", "2".to_string())],
+    );
+    let reference = farm.local_render("local.exr", SMALL);
+    let t0 = Instant::now();
+    let mut m = farm.master(
+        "net.exr",
+        21120,
+        SMALL,
+        &[
+            "--daemon",
+            "127.0.0.11",
+            "--scan-interval",
+            "0.5",
+            "--threads",
+            "1",
+        ],
+    );
+    m.wait_stderr("node joined: hangs", Duration::from_secs(30));
+    farm.finish(&mut m, "net.exr", &reference);
+    let took = t0.elapsed();
+    let log = d.stderr();
+    assert!(
+        log.contains("worker stopped responding for 5 s; killed"),
+        "the daemon did not kill the hung worker:\n{}\n{}",
+        d.describe(),
+        m.describe()
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the render took {took:?}:\n{}",
+        m.describe()
+    );
+    assert!(
+        m.stderr().contains("node hangs: worker ended: worker stopped responding"),
+        "{}",
+        m.describe()
+    );
+    wait_state(&d, "127.0.0.11:48000", Duration::from_secs(5), |s| {
+        *s == DaemonState::Idle
+    });
+}
+
+// -- 4 ----------------------------------------------------------------------------------------
+
+#[test]
+fn two_masters_on_one_computer() {
+    let farm = Farm::new();
+    let addr = "127.0.0.12:48000";
+    let d = farm.daemon("127.0.0.12", "shared", &[]);
+    let mut a = farm.master(
+        "a.exr",
+        21130,
+        LONG,
+        &["--no-local", "--daemon", "127.0.0.12", "--scan-interval", "0.5"],
+    );
+    assert_eq!(farm.master_port(&mut a), 21130);
+    wait_state(&d, addr, Duration::from_secs(15), |s| {
+        matches!(s, DaemonState::Occupied { master, .. } if master == "127.0.0.1:21130")
+    });
+
+    // Master B asks for the same port, takes the next and says so.
+    let reference = farm.local_render("local.exr", SMALL);
+    let mut b = farm.master("b.exr", 21130, SMALL, &["--daemon", "127.0.0.12", "--scan-interval", "0.5"]);
+    assert_eq!(farm.master_port(&mut b), 21131);
+    farm.finish(&mut b, "b.exr", &reference);
+    let e = b.stderr();
+    assert!(e.contains("master port 21130 is taken; using port 21131"), "{e}");
+    assert!(e.contains("is occupied by 127.0.0.1:21130"), "{e}");
+    assert!(share_line(&b.stdout(), "shared").is_none(), "{}", b.describe());
+
+    let listing = farm.nodes(&["--daemon", "127.0.0.12"]);
+    assert!(
+        listing.lines().any(|l| l.starts_with(addr) && l.contains("occupied by 127.0.0.1:21130")),
+        "{listing}"
+    );
+
+    // Master A dies: the node is free again within the lease timeout.
+    assert!(a.running(), "{}", a.describe());
+    a.signal("KILL");
+    a.wait(Duration::from_secs(5));
+    let took = wait_state(&d, addr, Duration::from_secs(5), |s| *s == DaemonState::Idle);
+    eprintln!("the daemon was idle {took:?} after master A died");
+    let listing = farm.nodes(&["--daemon", "127.0.0.12"]);
+    assert!(
+        listing.lines().any(|l| l.starts_with(addr) && l.trim_end().ends_with("idle")),
+        "{listing}"
+    );
+    let log = d.stderr();
+    assert!(
+        log.contains("lease of 127.0.0.1:21130 ended") || log.contains("of 127.0.0.1:21130: worker"),
+        "{}",
+        d.describe()
+    );
+}
+
+// -- 5 ----------------------------------------------------------------------------------------
+
+fn preamble(version: u32, role: Role) -> Vec<u8> {
+    let mut p = PREAMBLE_MAGIC.to_vec();
+    p.extend_from_slice(&version.to_le_bytes());
+    p.extend_from_slice(&[role as u8, 0, 0, 0]);
+    p
+}
+
+/// Sends `bytes` to `addr` and waits for the server to close the connection.
+fn send_and_expect_close(addr: &str, bytes: &[u8]) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut sink = Vec::new();
+    match s.read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("{addr} did not close the connection after {bytes:?}: {e}"),
+    }
+}
+
+fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    body
+}
+
+/// Authenticates to `addr` by hand (postcard: variant index, then the arrays' raw bytes) and
+/// then sends a frame header announcing 4 GiB.
+fn huge_frame_after_auth(addr: &str) {
+    let key = FarmKey::from_secret(KEY).unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    s.write_all(&preamble(PROTOCOL_VERSION, Role::Worker)).unwrap();
+    let mut theirs = [0u8; 16];
+    s.read_exact(&mut theirs).unwrap();
+    assert_eq!(theirs[..8], PREAMBLE_MAGIC);
+    let challenge = read_frame(&mut s);
+    assert_eq!((challenge.len(), challenge[0]), (33, 0), "Challenge");
+    let server_nonce: [u8; 32] = challenge[1..].try_into().unwrap();
+    let client_nonce = [7u8; 32];
+    let mut auth = vec![2u8];
+    auth.extend_from_slice(&client_nonce);
+    auth.extend_from_slice(&key.client_mac(&server_nonce, &client_nonce));
+    s.write_all(&(auth.len() as u32).to_le_bytes()).unwrap();
+    s.write_all(&auth).unwrap();
+    let ok = read_frame(&mut s);
+    assert_eq!((ok.len(), ok[0]), (33, 3), "AuthOk");
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+}
+
+#[test]
+fn the_master_refuses_bad_peers_and_keeps_serving() {
+    let farm = Farm::new();
+    let reference = farm.local_render("local.exr", SMALL);
+    let mut m = farm.master("net.exr", 21140, SMALL, &["--no-local"]);
+    let port = farm.master_port(&mut m);
+    let addr = format!("127.0.0.1:{port}");
+
+    // A wrong secret.
+    let wrong = FarmKey::from_secret("not-the-farm-key").unwrap();
+    match runtime().block_on(rayfarm_proto::connect(
+        &addr,
+        Role::Worker,
+        Some(&wrong),
+        Duration::from_secs(5),
+    )) {
+        Err(rayfarm_proto::ProtoError::AuthFailed { reason, .. }) => {
+            assert!(reason.contains("wrong farm key"), "{reason}")
+        }
+        Err(e) => panic!("expected an authentication error, got {e}"),
+        Ok(_) => panic!("a wrong key was accepted"),
+    }
+    // Another protocol version, garbage, a huge length prefix before and after authentication.
+    send_and_expect_close(&addr, &preamble(PROTOCOL_VERSION + 1, Role::Worker));
+    send_and_expect_close(&addr, b"GET / HTTP/1.1\r\nHost: rayfarm\r\n\r\n");
+    send_and_expect_close(
+        &addr,
+        &[preamble(PROTOCOL_VERSION, Role::Worker), u32::MAX.to_le_bytes().to_vec()].concat(),
+    );
+    huge_frame_after_auth(&addr);
+
+    // A worker with the wrong key says so and exits non-zero.
+    let mut args = strings(&["worker", "--master", &addr, "--threads", "1", "--cache-dir"]);
+    args.push(farm.path("cache-wrong").display().to_string());
+    let mut env = farm.env("warn");
+    env.retain(|(k, _)| *k != "RAYFARM_KEY");
+    env.push(("RAYFARM_KEY", "not-the-farm-key".into()));
+    let mut bad = Proc::start("worker with the wrong key", &args, &env);
+    let st = bad.wait(Duration::from_secs(20));
+    assert!(!st.success(), "{}", bad.describe());
+    assert!(
+        bad.stderr().contains("wrong farm key") && bad.stderr().starts_with("error:"),
+        "{}",
+        bad.describe()
+    );
+    assert!(!bad.stderr().contains("panicked"), "{}", bad.describe());
+
+    // Every refusal is logged, and the master still serves a good worker.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = m.stderr();
+    assert!(m.running(), "{}", m.describe());
+    for needle in [
+        "authentication failed: the client's farm key does not match ours",
+        "protocol version mismatch",
+        "not a rayfarm peer",
+        "bad frame",
+    ] {
+        assert!(log.contains(needle), "the master's log lacks {needle:?}:\n{log}");
+    }
+    assert!(
+        log.lines().any(|l| l.contains("worker 127.0.0.1:") && l.contains("bad frame")),
+        "no warning about the bad frame after authentication:\n{log}"
+    );
+    assert!(
+        log.matches("authentication failed").count() >= 2,
+        "both wrong keys are logged:\n{log}"
+    );
+    let mut good = farm.worker("good", port, "cache-good");
+    farm.finish(&mut m, "net.exr", &reference);
+    good.wait_ok(Duration::from_secs(10));
+    assert!(share_line(&m.stdout(), "good").is_some(), "{}", m.describe());
+}
+
+// -- 6 ----------------------------------------------------------------------------------------
+
+#[test]
+fn a_worker_ships_the_scene_once_then_uses_its_cache() {
+    let farm = Farm::new();
+    let cache = farm.path("cache-w");
+
+    let reference = farm.local_render("local.exr", SMALL);
+    let mut m = farm.master("cold.exr", 21150, SMALL, &["--no-local"]);
+    let port = farm.master_port(&mut m);
+    let mut w = farm.worker("w", port, "cache-w");
+    farm.finish(&mut m, "cold.exr", &reference);
+    w.wait_ok(Duration::from_secs(10));
+    assert!(m.stderr().contains("w (127.0.0.1:") && m.stderr().contains("scene sent ("), "{}", m.describe());
+    assert!(!w.stderr().contains("found in the cache"), "{}", w.describe());
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        cached.len() == 1 && cached[0].ends_with(".rfscene"),
+        "{cached:?}"
+    );
+
+    // The same scene, other settings: nothing is shipped.
+    let settings = ["--width", "64", "--height", "64", "--spp", "32", "--max-bounces", "4"];
+    let reference = farm.local_render("local2.exr", &settings);
+    let mut m = farm.master("cached.exr", 21155, &settings, &["--no-local"]);
+    let port = farm.master_port(&mut m);
+    let mut w = farm.worker("w", port, "cache-w");
+    farm.finish(&mut m, "cached.exr", &reference);
+    w.wait_ok(Duration::from_secs(10));
+    assert!(w.stderr().contains("found in the cache"), "{}", w.describe());
+    assert!(m.stderr().contains("scene cached, ready after"), "{}", m.describe());
+    assert!(!m.stderr().contains("scene sent ("), "{}", m.describe());
+}
+
+// -- 7 ----------------------------------------------------------------------------------------
+
+#[test]
+fn interrupted_workers_give_their_units_back() {
+    let farm = Farm::new();
+    let reference = farm.local_render("local.exr", LONG);
+    let mut m = farm.master("net.exr", 21160, LONG, &["--no-local"]);
+    let port = farm.master_port(&mut m);
+    let mut int = farm.worker("wint", port, "cache-int");
+    let mut term = farm.worker("wterm", port, "cache-term");
+    let mut stays = farm.worker("wstays", port, "cache-stays");
+    for alias in ["wint", "wterm", "wstays"] {
+        m.wait_stderr(&format!("node joined: {alias}"), Duration::from_secs(30));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(m.running(), "the render ended before the signals; make it longer");
+    int.signal("INT");
+    term.signal("TERM");
+    for (w, why) in [(&mut int, "interrupted (Ctrl-C)"), (&mut term, "terminated (SIGTERM)")] {
+        w.wait_ok(Duration::from_secs(10));
+        assert!(
+            w.stderr().contains(&format!("{why}: giving back")),
+            "{}",
+            w.describe()
+        );
+    }
+    m.wait_stderr("node wint (127.0.0.1:", Duration::from_secs(10));
+    let log = m.wait_stderr("node wterm (127.0.0.1:", Duration::from_secs(10));
+    for alias in ["wint", "wterm"] {
+        assert!(
+            log.lines()
+                .any(|l| l.starts_with(&format!("node {alias} (")) && l.contains(" gave back ")),
+            "the master does not say {alias} gave units back:\n{log}"
+        );
+    }
+    farm.finish(&mut m, "net.exr", &reference);
+    stays.wait_ok(Duration::from_secs(10));
+    let out = m.stdout();
+    for alias in ["wint", "wterm"] {
+        let line = share_line(&out, alias).unwrap_or_else(|| panic!("{}", m.describe()));
+        assert!(line.contains(", left)"), "{line}");
+    }
+}
