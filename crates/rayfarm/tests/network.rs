@@ -154,7 +154,12 @@ impl Proc {
     /// Waits for a successful exit.
     fn wait_ok(&mut self, within: Duration) {
         let st = self.wait(within);
-        assert!(st.success(), "{} failed ({st}):\n{}", self.name, self.describe());
+        assert!(
+            st.success(),
+            "{} failed ({st}):\n{}",
+            self.name,
+            self.describe()
+        );
         assert!(
             !self.stderr().contains("panicked"),
             "{} panicked:\n{}",
@@ -222,7 +227,10 @@ impl Farm {
     fn env(&self, log: &str) -> Vec<(&'static str, String)> {
         vec![
             ("RAYFARM_KEY", KEY.to_string()),
-            ("RAYFARM_CONFIG", self.path("config.toml").display().to_string()),
+            (
+                "RAYFARM_CONFIG",
+                self.path("config.toml").display().to_string(),
+            ),
             ("XDG_CACHE_HOME", self.path("cache").display().to_string()),
             ("RUST_LOG", log.to_string()),
         ]
@@ -259,7 +267,11 @@ impl Farm {
     fn master_port(&self, m: &mut Proc) -> u16 {
         let e = m.wait_stderr("master listening on 127.0.0.1:", Duration::from_secs(30));
         let rest = &e[e.find("master listening on 127.0.0.1:").unwrap() + 30..];
-        rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// Waits for the master to finish and checks its image against `reference`.
@@ -294,7 +306,15 @@ impl Farm {
     /// A daemon on `ip`:48000 with one worker thread; waits until it answers discovery.
     fn daemon(&self, ip: &str, alias: &str, extra_env: &[(&'static str, String)]) -> Proc {
         let args = strings(&[
-            "daemon", "--bind", ip, "--port", "48000", "--threads", "1", "--alias", alias,
+            "daemon",
+            "--bind",
+            ip,
+            "--port",
+            "48000",
+            "--threads",
+            "1",
+            "--alias",
+            alias,
         ]);
         let mut env = self.env("info");
         // Its workers' scene cache (the default one under XDG_CACHE_HOME), one per daemon.
@@ -350,7 +370,12 @@ fn discover(addr: &str) -> Result<DaemonInfo, String> {
 }
 
 /// Polls a daemon until its state matches; returns the time that took.
-fn wait_state(d: &Proc, addr: &str, within: Duration, pred: impl Fn(&DaemonState) -> bool) -> Duration {
+fn wait_state(
+    d: &Proc,
+    addr: &str,
+    within: Duration,
+    pred: impl Fn(&DaemonState) -> bool,
+) -> Duration {
     let t0 = Instant::now();
     loop {
         let state = discover(addr).map(|i| i.state);
@@ -393,28 +418,52 @@ fn share_samples(line: &str) -> u64 {
 #[test]
 fn three_daemons_found_by_scan_render_the_same_image() {
     let farm = Farm::new();
-    let daemons = [("127.0.0.2", "d2"), ("127.0.0.3", "d3"), ("127.0.0.4", "d4")]
-        .map(|(ip, alias)| farm.daemon(ip, alias, &[]));
+    let daemons = [
+        ("127.0.0.2", "d2"),
+        ("127.0.0.3", "d3"),
+        ("127.0.0.4", "d4"),
+    ]
+    .map(|(ip, alias)| farm.daemon(ip, alias, &[]));
 
     let listing = farm.nodes(&["--scan", "127.0.0.0/29"]);
-    for (ip, alias) in [("127.0.0.2", "d2"), ("127.0.0.3", "d3"), ("127.0.0.4", "d4")] {
+    for (ip, alias) in [
+        ("127.0.0.2", "d2"),
+        ("127.0.0.3", "d3"),
+        ("127.0.0.4", "d4"),
+    ] {
         let line = listing
             .lines()
             .find(|l| l.starts_with(&format!("{ip}:48000 ")))
             .unwrap_or_else(|| panic!("`rayfarm nodes` does not list {ip}:\n{listing}"));
-        assert!(line.contains(alias) && line.trim_end().ends_with("idle"), "{line}");
+        assert!(
+            line.contains(alias) && line.trim_end().ends_with("idle"),
+            "{line}"
+        );
     }
-    assert_eq!(listing.lines().count(), 4, "a header and three daemons:\n{listing}");
+    assert_eq!(
+        listing.lines().count(),
+        4,
+        "a header and three daemons:\n{listing}"
+    );
 
     let reference = farm.local_render("local.exr", SMALL);
     let scan = ["--scan", "127.0.0.0/29", "--scan-interval", "0.5"];
 
     // Daemons only.
-    let mut m = farm.master("net-nolocal.exr", 21100, SMALL, &[&scan[..], &["--no-local"][..]].concat());
+    let mut m = farm.master(
+        "net-nolocal.exr",
+        21100,
+        SMALL,
+        &[&scan[..], &["--no-local"][..]].concat(),
+    );
     farm.finish(&mut m, "net-nolocal.exr", &reference);
     let out = m.stdout();
     for alias in ["d2", "d3", "d4"] {
-        assert!(share_line(&out, alias).is_some(), "{alias} not in the shares:\n{}", m.describe());
+        assert!(
+            share_line(&out, alias).is_some(),
+            "{alias} not in the shares:\n{}",
+            m.describe()
+        );
     }
     assert!(share_line(&out, "local").is_none(), "{out}");
     let credited: u64 = ["d2", "d3", "d4"]
@@ -422,9 +471,18 @@ fn three_daemons_found_by_scan_render_the_same_image() {
         .map(|a| share_samples(&share_line(&out, a).unwrap()))
         .sum();
     assert_eq!(credited, 96 * 96 * 64, "{out}");
+    for alias in ["d2", "d3", "d4"] {
+        let line = share_line(&out, alias).unwrap();
+        assert!(!line.contains("left"), "{alias} stayed to the end: {line}");
+    }
 
     // Daemons and this machine's cores (one thread, so the daemons get a share).
-    let mut m = farm.master("net-local.exr", 21101, SMALL, &[&scan[..], &["--threads", "1"][..]].concat());
+    let mut m = farm.master(
+        "net-local.exr",
+        21101,
+        SMALL,
+        &[&scan[..], &["--threads", "1"][..]].concat(),
+    );
     farm.finish(&mut m, "net-local.exr", &reference);
     let out = m.stdout();
     assert!(share_line(&out, "local").is_some(), "{}", m.describe());
@@ -439,7 +497,20 @@ fn three_daemons_found_by_scan_render_the_same_image() {
         wait_state(d, &format!("{ip}:48000"), Duration::from_secs(5), |s| {
             *s == DaemonState::Idle
         });
-        assert!(!d.stderr().contains("panicked"), "{}", d.describe());
+        let log = d.stderr();
+        assert!(!log.contains("panicked"), "{}", d.describe());
+        // Taken once per master: none is taken again once the render is done.
+        assert_eq!(
+            log.matches("acquired by 127.0.0.1:21100 ").count(),
+            1,
+            "{}",
+            d.describe()
+        );
+        assert!(
+            log.matches("acquired by 127.0.0.1:21101 ").count() <= 1,
+            "{}",
+            d.describe()
+        );
     }
 }
 
@@ -456,7 +527,10 @@ fn a_worker_killed_mid_render_loses_nothing() {
     m.wait_stderr("node joined: victim", Duration::from_secs(30));
     m.wait_stderr("node joined: other", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
-    assert!(m.running(), "the render ended before the kill; make it longer");
+    assert!(
+        m.running(),
+        "the render ended before the kill; make it longer"
+    );
     victim.signal("KILL");
     let st = victim.wait(Duration::from_secs(5));
     assert!(!st.success());
@@ -466,7 +540,10 @@ fn a_worker_killed_mid_render_loses_nothing() {
     let out = m.stdout();
     let line = share_line(&out, "victim").unwrap_or_else(|| panic!("{}", m.describe()));
     assert!(line.contains(", left)"), "{line}");
-    assert!(share_samples(&line) > 0, "the victim returned nothing before it died: {line}");
+    assert!(
+        share_samples(&line) > 0,
+        "the victim returned nothing before it died: {line}"
+    );
 }
 
 // -- 3 ----------------------------------------------------------------------------------------
@@ -510,7 +587,8 @@ fn the_daemon_kills_a_hung_worker_and_the_render_completes() {
         m.describe()
     );
     assert!(
-        m.stderr().contains("node hangs: worker ended: worker stopped responding"),
+        m.stderr()
+            .contains("node hangs: worker ended: worker stopped responding"),
         "{}",
         m.describe()
     );
@@ -530,26 +608,49 @@ fn two_masters_on_one_computer() {
         "a.exr",
         21130,
         LONG,
-        &["--no-local", "--daemon", "127.0.0.12", "--scan-interval", "0.5"],
+        &[
+            "--no-local",
+            "--daemon",
+            "127.0.0.12",
+            "--scan-interval",
+            "0.5",
+        ],
     );
     assert_eq!(farm.master_port(&mut a), 21130);
-    wait_state(&d, addr, Duration::from_secs(15), |s| {
-        matches!(s, DaemonState::Occupied { master, .. } if master == "127.0.0.1:21130")
-    });
+    wait_state(
+        &d,
+        addr,
+        Duration::from_secs(15),
+        |s| matches!(s, DaemonState::Occupied { master, .. } if master == "127.0.0.1:21130"),
+    );
 
     // Master B asks for the same port, takes the next and says so.
     let reference = farm.local_render("local.exr", SMALL);
-    let mut b = farm.master("b.exr", 21130, SMALL, &["--daemon", "127.0.0.12", "--scan-interval", "0.5"]);
+    let mut b = farm.master(
+        "b.exr",
+        21130,
+        SMALL,
+        &["--daemon", "127.0.0.12", "--scan-interval", "0.5"],
+    );
     assert_eq!(farm.master_port(&mut b), 21131);
     farm.finish(&mut b, "b.exr", &reference);
     let e = b.stderr();
-    assert!(e.contains("master port 21130 is taken; using port 21131"), "{e}");
+    assert!(
+        e.contains("master port 21130 is taken; using port 21131"),
+        "{e}"
+    );
     assert!(e.contains("is occupied by 127.0.0.1:21130"), "{e}");
-    assert!(share_line(&b.stdout(), "shared").is_none(), "{}", b.describe());
+    assert!(
+        share_line(&b.stdout(), "shared").is_none(),
+        "{}",
+        b.describe()
+    );
 
     let listing = farm.nodes(&["--daemon", "127.0.0.12"]);
     assert!(
-        listing.lines().any(|l| l.starts_with(addr) && l.contains("occupied by 127.0.0.1:21130")),
+        listing
+            .lines()
+            .any(|l| l.starts_with(addr) && l.contains("occupied by 127.0.0.1:21130")),
         "{listing}"
     );
 
@@ -557,16 +658,21 @@ fn two_masters_on_one_computer() {
     assert!(a.running(), "{}", a.describe());
     a.signal("KILL");
     a.wait(Duration::from_secs(5));
-    let took = wait_state(&d, addr, Duration::from_secs(5), |s| *s == DaemonState::Idle);
+    let took = wait_state(&d, addr, Duration::from_secs(5), |s| {
+        *s == DaemonState::Idle
+    });
     eprintln!("the daemon was idle {took:?} after master A died");
     let listing = farm.nodes(&["--daemon", "127.0.0.12"]);
     assert!(
-        listing.lines().any(|l| l.starts_with(addr) && l.trim_end().ends_with("idle")),
+        listing
+            .lines()
+            .any(|l| l.starts_with(addr) && l.trim_end().ends_with("idle")),
         "{listing}"
     );
     let log = d.stderr();
     assert!(
-        log.contains("lease of 127.0.0.1:21130 ended") || log.contains("of 127.0.0.1:21130: worker"),
+        log.contains("lease of 127.0.0.1:21130 ended")
+            || log.contains("of 127.0.0.1:21130: worker"),
         "{}",
         d.describe()
     );
@@ -608,7 +714,8 @@ fn huge_frame_after_auth(addr: &str) {
     let key = FarmKey::from_secret(KEY).unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-    s.write_all(&preamble(PROTOCOL_VERSION, Role::Worker)).unwrap();
+    s.write_all(&preamble(PROTOCOL_VERSION, Role::Worker))
+        .unwrap();
     let mut theirs = [0u8; 16];
     s.read_exact(&mut theirs).unwrap();
     assert_eq!(theirs[..8], PREAMBLE_MAGIC);
@@ -655,7 +762,11 @@ fn the_master_refuses_bad_peers_and_keeps_serving() {
     send_and_expect_close(&addr, b"GET / HTTP/1.1\r\nHost: rayfarm\r\n\r\n");
     send_and_expect_close(
         &addr,
-        &[preamble(PROTOCOL_VERSION, Role::Worker), u32::MAX.to_le_bytes().to_vec()].concat(),
+        &[
+            preamble(PROTOCOL_VERSION, Role::Worker),
+            u32::MAX.to_le_bytes().to_vec(),
+        ]
+        .concat(),
     );
     huge_frame_after_auth(&addr);
 
@@ -685,10 +796,14 @@ fn the_master_refuses_bad_peers_and_keeps_serving() {
         "not a rayfarm peer",
         "bad frame",
     ] {
-        assert!(log.contains(needle), "the master's log lacks {needle:?}:\n{log}");
+        assert!(
+            log.contains(needle),
+            "the master's log lacks {needle:?}:\n{log}"
+        );
     }
     assert!(
-        log.lines().any(|l| l.contains("worker 127.0.0.1:") && l.contains("bad frame")),
+        log.lines()
+            .any(|l| l.contains("worker 127.0.0.1:") && l.contains("bad frame")),
         "no warning about the bad frame after authentication:\n{log}"
     );
     assert!(
@@ -698,7 +813,11 @@ fn the_master_refuses_bad_peers_and_keeps_serving() {
     let mut good = farm.worker("good", port, "cache-good");
     farm.finish(&mut m, "net.exr", &reference);
     good.wait_ok(Duration::from_secs(10));
-    assert!(share_line(&m.stdout(), "good").is_some(), "{}", m.describe());
+    assert!(
+        share_line(&m.stdout(), "good").is_some(),
+        "{}",
+        m.describe()
+    );
 }
 
 // -- 6 ----------------------------------------------------------------------------------------
@@ -714,8 +833,16 @@ fn a_worker_ships_the_scene_once_then_uses_its_cache() {
     let mut w = farm.worker("w", port, "cache-w");
     farm.finish(&mut m, "cold.exr", &reference);
     w.wait_ok(Duration::from_secs(10));
-    assert!(m.stderr().contains("w (127.0.0.1:") && m.stderr().contains("scene sent ("), "{}", m.describe());
-    assert!(!w.stderr().contains("found in the cache"), "{}", w.describe());
+    assert!(
+        m.stderr().contains("w (127.0.0.1:") && m.stderr().contains("scene sent ("),
+        "{}",
+        m.describe()
+    );
+    assert!(
+        !w.stderr().contains("found in the cache"),
+        "{}",
+        w.describe()
+    );
     let cached: Vec<_> = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -726,15 +853,32 @@ fn a_worker_ships_the_scene_once_then_uses_its_cache() {
     );
 
     // The same scene, other settings: nothing is shipped.
-    let settings = ["--width", "64", "--height", "64", "--spp", "32", "--max-bounces", "4"];
+    let settings = [
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--spp",
+        "32",
+        "--max-bounces",
+        "4",
+    ];
     let reference = farm.local_render("local2.exr", &settings);
     let mut m = farm.master("cached.exr", 21155, &settings, &["--no-local"]);
     let port = farm.master_port(&mut m);
     let mut w = farm.worker("w", port, "cache-w");
     farm.finish(&mut m, "cached.exr", &reference);
     w.wait_ok(Duration::from_secs(10));
-    assert!(w.stderr().contains("found in the cache"), "{}", w.describe());
-    assert!(m.stderr().contains("scene cached, ready after"), "{}", m.describe());
+    assert!(
+        w.stderr().contains("found in the cache"),
+        "{}",
+        w.describe()
+    );
+    assert!(
+        m.stderr().contains("scene cached, ready after"),
+        "{}",
+        m.describe()
+    );
     assert!(!m.stderr().contains("scene sent ("), "{}", m.describe());
 }
 
@@ -753,10 +897,16 @@ fn interrupted_workers_give_their_units_back() {
         m.wait_stderr(&format!("node joined: {alias}"), Duration::from_secs(30));
     }
     std::thread::sleep(Duration::from_secs(1));
-    assert!(m.running(), "the render ended before the signals; make it longer");
+    assert!(
+        m.running(),
+        "the render ended before the signals; make it longer"
+    );
     int.signal("INT");
     term.signal("TERM");
-    for (w, why) in [(&mut int, "interrupted (Ctrl-C)"), (&mut term, "terminated (SIGTERM)")] {
+    for (w, why) in [
+        (&mut int, "interrupted (Ctrl-C)"),
+        (&mut term, "terminated (SIGTERM)"),
+    ] {
         w.wait_ok(Duration::from_secs(10));
         assert!(
             w.stderr().contains(&format!("{why}: giving back")),
@@ -780,4 +930,6 @@ fn interrupted_workers_give_their_units_back() {
         let line = share_line(&out, alias).unwrap_or_else(|| panic!("{}", m.describe()));
         assert!(line.contains(", left)"), "{line}");
     }
+    let line = share_line(&out, "wstays").unwrap_or_else(|| panic!("{}", m.describe()));
+    assert!(!line.contains("left"), "{line}");
 }
