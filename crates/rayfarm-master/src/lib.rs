@@ -78,6 +78,8 @@ struct Job {
     scene_hash: [u8; 32],
     blob: Arc<Vec<u8>>,
     settings: WireSettings,
+    /// When the master started, for the "joined after" figure.
+    started: Instant,
 }
 
 /// Binds the first free port from `first` on; returns the listener and the port.
@@ -133,6 +135,7 @@ pub async fn render(
         scene_hash,
         blob,
         settings: WireSettings::from_settings(&settings),
+        started: Instant::now(),
     });
     let sched = Arc::new(Mutex::new(Scheduler::new(
         settings.width,
@@ -168,14 +171,20 @@ pub async fn render(
         }))
     };
 
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Check for completion often (the render's end should not wait for a display tick);
+    // report status about twice a second.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut last_report = Instant::now() - Duration::from_secs(1);
     let shares = loop {
         tick.tick().await;
         let (status, finished) = {
             let s = sched.lock().unwrap_or_else(|p| p.into_inner());
             (s.status(port), s.finished())
         };
-        on_status(&status);
+        if finished || last_report.elapsed() >= Duration::from_millis(500) {
+            on_status(&status);
+            last_report = Instant::now();
+        }
         if finished {
             // The shares as the render ends: a node counts as having left only if it left
             // before the end, not because the sessions below are closed.
@@ -187,7 +196,7 @@ pub async fn render(
         let _ = l.await;
     }
     // Give sessions a moment to say goodbye and leases to be released.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let s = sched.lock().unwrap_or_else(|p| p.into_inner());
     Ok((s.film.clone(), shares))
 }
@@ -360,7 +369,10 @@ async fn worker_session(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .add_node(name.clone(), threads);
-    eprintln!("node joined: {name}, {threads} threads");
+    eprintln!(
+        "node joined: {name}, {threads} threads, rendering {:.3} s after the master started",
+        job.started.elapsed().as_secs_f64()
+    );
     let result = session_loop(&mut conn, &sched, node, &name, threads, &mut stop).await;
     sched
         .lock()

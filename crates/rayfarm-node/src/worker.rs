@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// How long a worker waits for a master that refuses connections (not started yet).
+pub const MASTER_WAIT: Duration = Duration::from_secs(30);
+
 /// Largest scene a worker accepts from a master.
 pub const MAX_SCENE_BYTES: u64 = 4 << 30;
 
@@ -177,14 +180,21 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
             }
         });
     }
-    let mut conn = connect(
-        &cfg.master,
-        Role::Worker,
-        Some(&cfg.key),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| format!("cannot connect to master {}: {e}", cfg.master))?;
+    // A master that is not listening yet (started after its worker) is waited for; any other
+    // failure (wrong key, wrong version, not a rayfarm peer) ends the worker at once.
+    let deadline = std::time::Instant::now() + MASTER_WAIT;
+    let mut conn = loop {
+        match connect(&cfg.master, Role::Worker, Some(&cfg.key), Duration::from_secs(10)).await {
+            Ok(c) => break c,
+            Err(rayfarm_proto::ProtoError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("cannot connect to master {}: {e}", cfg.master)),
+        }
+    };
     tracing::info!("connected to master {}", cfg.master);
     eprintln!("connected to master {}", cfg.master);
     conn.send(&Msg::WorkerHello {
