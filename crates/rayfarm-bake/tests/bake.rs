@@ -196,13 +196,15 @@ fn cornell_floor_complete_matches_render() {
         let diffuse = lightmap[i].map(|e| e / std::f32::consts::PI);
         for c in 0..3 {
             assert!(
-                (b[c] - r[c]).abs() < 0.05 * r[c] + 1e-3,
+                (b[c] - r[c]).abs() < 0.08 * r[c] + 1e-3,
                 "texel {i}: bake {b:?} vs render {r:?}"
             );
-            // The diffuse part (lightmap * albedo / π) is most of it on this rough floor.
+            // The floor is pure Lambert (specular 0), so lightmap * albedo / π estimates the
+            // same value as the complete pass; they differ only by Monte Carlo noise (two
+            // independent 2048-sample estimates: a few per cent per texel).
             let d = diffuse[c] * albedo[i][c];
             assert!(
-                d <= b[c] * 1.03 && d >= b[c] * 0.85,
+                (d - b[c]).abs() <= 0.08 * b[c] + 1e-3,
                 "texel {i}: diffuse {d} vs complete {}",
                 b[c]
             );

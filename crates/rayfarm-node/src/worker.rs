@@ -184,7 +184,14 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     // failure (wrong key, wrong version, not a rayfarm peer) ends the worker at once.
     let deadline = std::time::Instant::now() + MASTER_WAIT;
     let mut conn = loop {
-        match connect(&cfg.master, Role::Worker, Some(&cfg.key), Duration::from_secs(10)).await {
+        match connect(
+            &cfg.master,
+            Role::Worker,
+            Some(&cfg.key),
+            Duration::from_secs(10),
+        )
+        .await
+        {
             Ok(c) => break c,
             Err(rayfarm_proto::ProtoError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::ConnectionRefused

@@ -113,7 +113,9 @@ impl Conn {
 
     /// Raises the frame limit once the peer is authenticated.
     fn authenticated(&mut self) {
-        self.framed.codec_mut().set_max_frame_length(MAX_FRAME_BYTES);
+        self.framed
+            .codec_mut()
+            .set_max_frame_length(MAX_FRAME_BYTES);
     }
 
     /// This side's address of the connection.

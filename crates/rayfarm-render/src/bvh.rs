@@ -4,10 +4,13 @@
 //! Why obvhs and not our own binned-SAH BVH2: it traces 1.5–3x faster (BENCHMARKS.md, "BVH").
 //! What we add on top of obvhs:
 //! - Determinism. The build runs on a private one-thread rayon pool, so the tree is the same
-//!   whatever the caller's pool size or the machine's core count (obvhs's parallel sorts pick
-//!   algorithms and tile sizes by thread count, and ties in their keys would otherwise come out in
-//!   different orders). obvhs's `parallel` feature is always on (see Cargo.toml), so its code path
-//!   does not depend on which other crates are built alongside.
+//!   whatever the caller's pool size or the machine's core count: obvhs's parallel radix sorts
+//!   (rdst) pick tile sizes by thread count, and it sorts keys with ties, which could then come
+//!   out in a different order. obvhs's `parallel` feature is always on (workspace Cargo.toml),
+//!   because its serial code path sorts differently: a build must not depend on which other
+//!   crates are compiled alongside.
+//! - Robustness on ties: groups of identical boxes and padded boxes (see [`JITTER`]) keep
+//!   PLOC from going quadratic on copies of a triangle and rows of equal triangles.
 //! - A node test that keeps child boxes the ray is inside of at t = 0. obvhs's own test
 //!   (`CwBvhNode::intersect_ray`) drops boxes the ray leaves before t = 1e-4 (absolute, in scene
 //!   units) and so misses hits closer than that, e.g. shadow rays from points near a blocker.
@@ -35,13 +38,14 @@ const BUILD_PARAMS: BvhBuildParams = BvhBuildParams::medium_build();
 /// magnitude or extent of the triangle (about 8 ulps), pseudo-randomly per triangle.
 ///
 /// obvhs's PLOC pairs two clusters only when each is the other's cheapest neighbour, and breaks
-/// cost ties towards the later one. Where all neighbour costs tie (copies of one triangle, a
-/// row of evenly spaced equal triangles, as in fences, stairs or tiles) every cluster picks its
-/// right neighbour and one pair merges per pass: the build goes quadratic (100k evenly spaced
-/// triangles took 3 minutes, 100k copies of one overflowed the stack) and the tree degenerates
-/// into a chain. Distinct pads make the costs distinct, so the pairing looks like that of
-/// irregular geometry. Padding only grows boxes, so no hit can be lost, and the pads are a
-/// function of the triangle index, so the tree stays deterministic.
+/// cost ties towards the later one. Where neighbour costs tie (a row of evenly spaced equal
+/// triangles, as in fences, stairs or tiles) every cluster picks its right neighbour and one
+/// pair merges per pass: the build goes quadratic (100k such triangles took 3 minutes) and the
+/// tree degenerates into a chain. Distinct pads make the costs distinct, so the pairing looks
+/// like that of irregular geometry (the 100k then take 0.1 s). Padding only grows boxes, so no
+/// hit can be lost, and the pads are a function of the triangle index, so the tree stays
+/// deterministic. Pads cannot separate copies of one box (the union of two padded copies is the
+/// larger one, so costs still tie); [`Groups`] handles those.
 const JITTER: f32 = 1.0 / (1 << 20) as f32;
 /// Smallest pad scale, so that boxes of triangles at the origin get distinct (non-underflowing)
 /// areas too.
@@ -81,9 +85,10 @@ pub struct Bvh {
     pub tris: Vec<Tri>,
 }
 
-/// Triangles with bit-identical boxes, which obvhs's PLOC would chain (see [`JITTER`]): the
-/// builder sees one box per group, and [`Groups::expand`] hangs a balanced subtree with the
-/// group's triangles where that box's leaf is.
+/// Triangles with bit-identical boxes, which obvhs's PLOC would chain (see [`JITTER`]; 10k
+/// copies of one triangle took 4 s, 100k overflowed the stack): the builder sees one box per
+/// group, and [`Groups::expand`] hangs a balanced subtree with the group's triangles where that
+/// box's leaf is.
 struct Groups {
     /// Triangle indices, grouped, ascending within a group.
     members: Vec<u32>,
@@ -99,7 +104,9 @@ impl Groups {
             let (lo, hi) = (b.min.to_array(), b.max.to_array());
             [lo, hi].map(|v| v.map(f32::to_bits))
         };
-        // FNV-1a of the box's bits; equal boxes sort next to each other, ascending by index.
+        // An FNV-1a-style hash of the box's bits: equal boxes sort next to each other, ascending
+        // by index. (Two boxes with equal hashes may interleave; a group is a run of equal
+        // boxes, so that only splits a group.)
         let mut order: Vec<(u64, u32)> = boxes
             .par_iter()
             .enumerate()
@@ -346,7 +353,7 @@ impl Bvh {
                     // SAFETY: leaves index `primitive_indices`, which `tris` matches in length.
                     let tri = unsafe { self.tris.get_unchecked(i) };
                     if let Some((t, u, v)) = intersect_tri(tri, org, dir, best.t) {
-                        let prim = unsafe { *bvh.primitive_indices.get_unchecked(i) };
+                        let prim = i as u32;
                         if !needs_filter(prim) || filter(prim, u, v) {
                             best = Hit { t, u, v, prim };
                             if ANY {
@@ -400,13 +407,14 @@ fn intersect_node(node: &CwBvhNode, ray: &RayData, tmax: f32, oct_inv4: u32) -> 
         let (z0, z1) = slab(&node.child_min_z, &node.child_max_z, ray.neg[2], iz, oz);
         let t0 = x0.max(y0).max(z0).max(Vec4::ZERO);
         let t1 = x1.min(y1).min(z1).min(tmax4);
-        let mut mask = t0.cmple(t1).bitmask();
-        while mask != 0 {
-            let child = (half * 4) as u32 + mask.trailing_zeros();
-            mask &= mask - 1;
-            let child_bits = ((child_bits8 >> (child * 8)) as u32) & 0xff;
-            let bit_index = ((bit_index8 >> (child * 8)) as u32) & 0xff;
-            hit_mask |= child_bits << bit_index;
+        let mask = t0.cmple(t1).bitmask();
+        for j in 0..4 {
+            if mask & (1 << j) != 0 {
+                let child = half * 4 + j;
+                let child_bits = ((child_bits8 >> (child * 8)) as u32) & 0xff;
+                let bit_index = ((bit_index8 >> (child * 8)) as u32) & 0xff;
+                hit_mask |= child_bits << bit_index;
+            }
         }
     }
     hit_mask
