@@ -3,7 +3,6 @@
 use crate::render_cmd::{apply_environment, load_scene, thread_pool};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use rayfarm_bake::{Pass, TexelTable};
 use rayfarm_render::RenderScene;
 use std::path::{Path, PathBuf};
@@ -222,18 +221,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
         })
         .collect();
     let total: u64 = plans.iter().flatten().flatten().map(|u| u.samples()).sum();
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}%  {msg}  ETA {eta}",
-            )
-            .expect("valid template"),
-        );
-        b
-    };
+    let bar = crate::output::progress_bar(total, a.quiet);
     let done = AtomicU64::new(0);
     let start = Instant::now();
     let mut written = Vec::new();

@@ -17,6 +17,22 @@ fn aces(x: f32) -> f32 {
     ((x * (a * x + b)) / (x * (c * x + d) + e)).clamp(0.0, 1.0)
 }
 
+/// The progress bar of long renders and bakes (hidden with `--quiet`): elapsed time, bar,
+/// percentage, a message (samples/s, nodes) and the ETA.
+pub fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}%  {msg}  ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    b
+}
+
 /// Linear RGB to 8-bit sRGB bytes: multiply by 2^exposure, tone map, encode.
 pub fn to_srgb8(pixels: &[[f32; 3]], exposure_ev: f32, tonemap: ToneMap) -> Vec<u8> {
     let scale = 2f32.powf(exposure_ev);

@@ -3,7 +3,6 @@
 use crate::output::{self, ToneMap};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use rayfarm_render::{plan_units, RenderScene, RenderSettings};
 use rayfarm_scene::{camera::auto_camera, CompiledScene, Environment, Projection};
 use std::path::{Path, PathBuf};
@@ -337,18 +336,7 @@ pub fn run(a: RenderArgs) -> Result<()> {
     let rs = pool.install(|| RenderScene::new(scene));
     let units = plan_units(width, height, a.spp, a.tile, a.samples_per_unit);
     let total: u64 = units.iter().map(|u| u.samples()).sum();
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}%  {msg}  ETA {eta}",
-            )
-            .expect("valid template"),
-        );
-        b
-    };
+    let bar = crate::output::progress_bar(total, a.quiet);
     let done = AtomicU64::new(0);
     let render_start = Instant::now();
     let mut shares = Vec::new();
