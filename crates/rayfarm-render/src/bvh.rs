@@ -353,7 +353,7 @@ impl Bvh {
                     // SAFETY: leaves index `primitive_indices`, which `tris` matches in length.
                     let tri = unsafe { self.tris.get_unchecked(i) };
                     if let Some((t, u, v)) = intersect_tri(tri, org, dir, best.t) {
-                        let prim = i as u32;
+                        let prim = unsafe { *bvh.primitive_indices.get_unchecked(i) };
                         if !needs_filter(prim) || filter(prim, u, v) {
                             best = Hit { t, u, v, prim };
                             if ANY {
