@@ -25,9 +25,11 @@
 //! - `normal`: world-space shading normal (normal map applied), raw in [-1, 1].
 
 pub mod raster;
+pub mod workload;
 
 pub use raster::{Overlap, TexelPoint, TexelTable};
-pub use rayfarm_render::film::{plan_units, Film, UnitResult, WorkUnit};
+pub use rayfarm_render::film::{plan_units, Film, Region, UnitResult, WorkUnit};
+pub use workload::{BakeSpec, BakeWork, LayerSpec, MapSpec, Workload};
 
 use glam::Vec3A;
 use rayfarm_render::bsdf::{cosine_hemisphere, onb, Bsdf};
@@ -306,7 +308,7 @@ pub fn bake_unit(
     for y in unit.y0..unit.y1 {
         for x in unit.x0..unit.x1 {
             let texel = y as u64 * table.width as u64 + x as u64;
-            let p = &table.texels[texel as usize];
+            let p = table.at(x, y);
             let mut acc = [0i128; 3];
             if p.is_covered() {
                 for si in unit.sample_start..unit.sample_end {
@@ -349,7 +351,7 @@ pub fn bake_local(
 ) -> Film {
     use rayon::prelude::*;
     let batch = (rayon::current_num_threads() * 8).max(16);
-    let mut film = Film::new(table.width, table.height);
+    let mut film = Film::new_region(table.region);
     for chunk in units.chunks(batch) {
         let results: Vec<UnitResult> = chunk
             .par_iter()
@@ -364,6 +366,58 @@ pub fn bake_local(
         }
     }
     film
+}
+
+/// The mesh a triangle belongs to (meshes are runs of consecutive triangles in order).
+pub fn mesh_of_prim(scene: &CompiledScene, prim: u32) -> Option<usize> {
+    let i = scene
+        .meshes
+        .partition_point(|m| m.first_triangle <= prim)
+        .checked_sub(1)?;
+    let m = &scene.meshes[i];
+    (prim < m.first_triangle + m.triangle_count).then_some(i)
+}
+
+/// Multi-pass merge: assembles an atlas pass from per-object films, taking each texel from
+/// the film of the object that owns it in the atlas's table (`atlas`, built over all the
+/// objects). A texel an object owns in the atlas gets the same surface point in that
+/// object's own table (the rasteriser's choice among one object's triangles does not depend on
+/// the others), so where charts do not overlap the result equals a single-pass bake's, bit
+/// for bit. Returns the whole map's film; `films` pairs mesh indices with their films.
+pub fn merge_objects(
+    scene: &CompiledScene,
+    atlas: &TexelTable,
+    films: &[(usize, &Film)],
+) -> Result<Film, String> {
+    let full = Region::full(atlas.width, atlas.height);
+    let mut sums = vec![[0i128; 3]; full.pixels()];
+    let mut nonfinite = 0;
+    for (_, f) in films {
+        nonfinite += f.nonfinite_samples;
+    }
+    for y in atlas.region.y0..atlas.region.y1 {
+        for x in atlas.region.x0..atlas.region.x1 {
+            let p = atlas.at(x, y);
+            if !p.is_covered() {
+                continue;
+            }
+            let owner = mesh_of_prim(scene, p.prim)
+                .ok_or_else(|| format!("triangle {} belongs to no mesh", p.prim))?;
+            let Some((_, film)) = films.iter().find(|(m, _)| *m == owner) else {
+                return Err(format!("no film for object '{}'", scene.meshes[owner].name));
+            };
+            let r = film.region;
+            if !r.contains_rect(x, y, x + 1, y + 1) {
+                return Err(format!(
+                    "texel ({x}, {y}) of object '{}' lies outside its film",
+                    scene.meshes[owner].name
+                ));
+            }
+            sums[(y * atlas.width + x) as usize] =
+                film.sums()[((y - r.y0) * r.width() + (x - r.x0)) as usize];
+        }
+    }
+    Ok(Film::from_sums(full, sums, nonfinite))
 }
 
 /// Fills texels outside every chart from their covered neighbours, `padding` rings deep: each

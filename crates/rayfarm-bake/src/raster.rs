@@ -12,6 +12,7 @@
 //! inside triangles of two meshes, or strictly inside two triangles of one mesh) are counted
 //! per mesh pair.
 
+use rayfarm_render::film::Region;
 use rayfarm_scene::CompiledScene;
 
 /// The surface point a texel stands for: a triangle and the barycentrics of its second and
@@ -42,15 +43,19 @@ pub struct Overlap {
     pub texels: u64,
 }
 
-/// The rasterised UV layout of one map (an atlas of several meshes or one mesh's map).
+/// The rasterised UV layout of one map (an atlas of several meshes or one mesh's map), or of
+/// a region of it (one object's part of an atlas in a multi-pass bake).
 #[derive(Clone, Debug)]
 pub struct TexelTable {
+    /// Size of the whole map: texel `(x, y)` covers `[x, x+1) x [y, y+1)` of `uv * (width, height)`.
     pub width: u32,
     pub height: u32,
     pub uv_set: u8,
     /// Mesh indices rasterised into this map.
     pub meshes: Vec<usize>,
-    /// One entry per texel, rows top to bottom.
+    /// The texels this table holds (the whole map unless built with [`TexelTable::build_region`]).
+    pub region: Region,
+    /// One entry per texel of `region`, rows top to bottom.
     pub texels: Vec<TexelPoint>,
     /// Texels whose centre lies inside a triangle (the rest of the covered ones are edge texels).
     pub centre_texels: u64,
@@ -74,9 +79,55 @@ impl TexelTable {
         self.overlap_texels() as f64 / self.covered_count().max(1) as f64
     }
 
+    /// The point of map texel `(x, y)`; empty outside the table's region.
+    pub fn at(&self, x: u32, y: u32) -> &TexelPoint {
+        let r = &self.region;
+        if x < r.x0 || y < r.y0 || x >= r.x1 || y >= r.y1 {
+            return &TexelPoint::EMPTY;
+        }
+        &self.texels[(y - r.y0) as usize * r.width() as usize + (x - r.x0) as usize]
+    }
+
+    /// The texels the given meshes' charts can reach (their UV bounding box grown by one
+    /// texel for conservative coverage, clipped to the map), or `None` when they reach none.
+    pub fn chart_region(
+        scene: &CompiledScene,
+        meshes: &[usize],
+        uv_set: u8,
+        width: u32,
+        height: u32,
+    ) -> Option<Region> {
+        let uvs = if uv_set == 0 { &scene.uv0 } else { &scene.uv1 };
+        let (w, h) = (width as usize, height as usize);
+        let mut out: Option<Region> = None;
+        for &mi in meshes {
+            let m = &scene.meshes[mi];
+            for prim in m.first_triangle..m.first_triangle + m.triangle_count {
+                let p = scene.triangles[prim as usize].map(|i| {
+                    let uv = uvs.get(i as usize).copied().unwrap_or([0.0; 2]);
+                    [uv[0] as f64 * w as f64, uv[1] as f64 * h as f64]
+                });
+                let Some((x0, x1, y0, y1)) = bbox(p, 1.0, Region::full(width, height)) else {
+                    continue;
+                };
+                let (x0, x1, y0, y1) = (x0 as u32, x1 as u32, y0 as u32, y1 as u32);
+                out = Some(match out {
+                    None => Region { x0, y0, x1, y1 },
+                    Some(r) => Region {
+                        x0: r.x0.min(x0),
+                        y0: r.y0.min(y0),
+                        x1: r.x1.max(x1),
+                        y1: r.y1.max(y1),
+                    },
+                });
+            }
+        }
+        out
+    }
+
     /// Rasterises the given meshes' triangles in UV set `uv_set` into a `width x height` map.
     /// Deterministic: depends only on the scene and the arguments. The caller checks the
-    /// arguments first ([`crate::check_request`]).
+    /// arguments first ([`crate::select_objects`], [`crate::check_size`]).
     pub fn build(
         scene: &CompiledScene,
         meshes: &[usize],
@@ -84,12 +135,42 @@ impl TexelTable {
         width: u32,
         height: u32,
     ) -> TexelTable {
+        Self::build_region(
+            scene,
+            meshes,
+            uv_set,
+            width,
+            height,
+            Region::full(width, height),
+        )
+    }
+
+    /// Like [`TexelTable::build`], but keeps only the texels of `region` (inside the map).
+    /// Every texel of the region gets exactly the point the whole map's table gives it, so
+    /// tables of regions tile a map without changing a bit of the result.
+    pub fn build_region(
+        scene: &CompiledScene,
+        meshes: &[usize],
+        uv_set: u8,
+        width: u32,
+        height: u32,
+        region: Region,
+    ) -> TexelTable {
+        let region = Region {
+            x0: region.x0.min(width),
+            y0: region.y0.min(height),
+            x1: region.x1.min(width),
+            y1: region.y1.min(height),
+        };
         let (w, h) = (width as usize, height as usize);
+        let rw = region.width() as usize;
+        let idx = |x: usize, y: usize| (y - region.y0 as usize) * rw + (x - region.x0 as usize);
         let uvs = if uv_set == 0 { &scene.uv0 } else { &scene.uv1 };
-        let mut texels = vec![TexelPoint::EMPTY; w * h];
-        let mut strict = vec![false; w * h];
-        let mut overlapped = vec![false; w * h];
-        let mut owner_mesh = vec![u32::MAX; w * h];
+        let n = region.pixels();
+        let mut texels = vec![TexelPoint::EMPTY; n];
+        let mut strict = vec![false; n];
+        let mut overlapped = vec![false; n];
+        let mut owner_mesh = vec![u32::MAX; n];
         let mut pairs: std::collections::BTreeMap<(usize, usize), u64> = Default::default();
         let tri_uv = |prim: usize| -> [[f64; 2]; 3] {
             scene.triangles[prim].map(|i| {
@@ -110,7 +191,7 @@ impl TexelTable {
             if det.abs() < 1e-12 || !det.is_finite() {
                 continue;
             }
-            let Some((x0, x1, y0, y1)) = bbox([a, b, c], 0.0, w, h) else {
+            let Some((x0, x1, y0, y1)) = bbox([a, b, c], 0.0, region) else {
                 continue;
             };
             for y in y0..y1 {
@@ -123,7 +204,7 @@ impl TexelTable {
                     if min < -1e-7 {
                         continue;
                     }
-                    let i = y * w + x;
+                    let i = idx(x, y);
                     let is_strict = min > 1e-4;
                     if !texels[i].is_covered() {
                         texels[i] = TexelPoint {
@@ -147,20 +228,20 @@ impl TexelTable {
         }
         let centre_texels = texels.iter().filter(|t| t.is_covered()).count() as u64;
         // Pass 2: conservative coverage of texels the charts' edges cross.
-        let mut best = vec![f64::INFINITY; w * h];
-        let mut edge = vec![TexelPoint::EMPTY; w * h];
+        let mut best = vec![f64::INFINITY; n];
+        let mut edge = vec![TexelPoint::EMPTY; n];
         for (_, prim) in prims() {
             let [a, b, c] = tri_uv(prim as usize);
             let det = cross(sub(b, a), sub(c, a));
             if det.abs() < 1e-12 || !det.is_finite() {
                 continue;
             }
-            let Some((x0, x1, y0, y1)) = bbox([a, b, c], 1.0, w, h) else {
+            let Some((x0, x1, y0, y1)) = bbox([a, b, c], 1.0, region) else {
                 continue;
             };
             for y in y0..y1 {
                 for x in x0..x1 {
-                    let i = y * w + x;
+                    let i = idx(x, y);
                     if texels[i].is_covered() {
                         continue;
                     }
@@ -192,6 +273,7 @@ impl TexelTable {
             height,
             uv_set,
             meshes: meshes.to_vec(),
+            region,
             texels,
             centre_texels,
             overlaps: pairs
@@ -210,21 +292,22 @@ fn cross(a: [f64; 2], b: [f64; 2]) -> f64 {
     a[0] * b[1] - a[1] * b[0]
 }
 
-/// Texel range `[x0, x1) x [y0, y1)` whose centres may lie within `grow` texels of the triangle.
-fn bbox(p: [[f64; 2]; 3], grow: f64, w: usize, h: usize) -> Option<(usize, usize, usize, usize)> {
+/// Texel range `[x0, x1) x [y0, y1)` within `clip` whose centres may lie within `grow` texels
+/// of the triangle.
+fn bbox(p: [[f64; 2]; 3], grow: f64, clip: Region) -> Option<(usize, usize, usize, usize)> {
     let lo = |k: usize| p.iter().map(|v| v[k]).fold(f64::INFINITY, f64::min) - grow;
     let hi = |k: usize| p.iter().map(|v| v[k]).fold(f64::NEG_INFINITY, f64::max) + grow;
-    let range = |k: usize, n: usize| -> Option<(usize, usize)> {
+    let range = |k: usize, c0: u32, c1: u32| -> Option<(usize, usize)> {
         let (l, h) = (lo(k), hi(k));
-        if !(l.is_finite() && h.is_finite()) || h < 0.0 || l > n as f64 {
+        if !(l.is_finite() && h.is_finite()) || h < c0 as f64 || l > c1 as f64 {
             return None;
         }
-        let a = (l - 0.5).floor().max(0.0) as usize;
-        let b = ((h - 0.5).floor() + 1.0).clamp(0.0, n as f64) as usize;
+        let a = (l - 0.5).floor().max(c0 as f64) as usize;
+        let b = ((h - 0.5).floor() + 1.0).clamp(c0 as f64, c1 as f64) as usize;
         (a < b).then_some((a, b))
     };
-    let (x0, x1) = range(0, w)?;
-    let (y0, y1) = range(1, h)?;
+    let (x0, x1) = range(0, clip.x0, clip.x1)?;
+    let (y0, y1) = range(1, clip.y0, clip.y1)?;
     Some((x0, x1, y0, y1))
 }
 

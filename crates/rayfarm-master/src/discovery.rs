@@ -140,7 +140,16 @@ pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch:
                 .insert(addr.clone());
             let (opts, held, stop) = (opts.clone(), held.clone(), stop.clone());
             tokio::spawn(async move {
-                if let Err(e) = hold_lease(&addr, &info.alias, &opts, master_port, stop).await {
+                if let Err(e) = hold_lease(
+                    &addr,
+                    &info.alias,
+                    &opts.key,
+                    opts.lease_timeout_ms,
+                    master_port,
+                    stop,
+                )
+                .await
+                {
                     tracing::warn!("{} ({addr}): {e}", info.alias);
                 }
                 held.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
@@ -153,14 +162,18 @@ pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch:
     }
 }
 
-async fn hold_lease(
+/// Takes a daemon's lease for the master (or manager) listening on `master_port` of the
+/// address this side connects from, and heartbeats it until `stop` flips (then `Release`) or
+/// the daemon reports its worker gone.
+pub async fn hold_lease(
     addr: &str,
     alias: &str,
-    opts: &NetworkOptions,
+    key: &rayfarm_proto::FarmKey,
+    lease_timeout_ms: u64,
     master_port: u16,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut conn = connect(addr, Role::Master, Some(&opts.key), Duration::from_secs(3))
+    let mut conn = connect(addr, Role::Master, Some(key), Duration::from_secs(3))
         .await
         .map_err(|e| e.to_string())?;
     // The address this connection leaves from is one the daemon can reach us on.
@@ -168,7 +181,7 @@ async fn hold_lease(
     let master_addr = format!("{local_ip}:{master_port}");
     conn.send(&Msg::Acquire {
         master_addr: master_addr.clone(),
-        lease_timeout_ms: opts.lease_timeout_ms,
+        lease_timeout_ms,
     })
     .await
     .map_err(|e| e.to_string())?;

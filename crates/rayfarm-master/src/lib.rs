@@ -15,7 +15,8 @@
 pub mod discovery;
 pub mod scheduler;
 
-use rayfarm_proto::{accept, connect, Accepted, FarmKey, Msg, Role, WireSettings, WireUnit};
+use rayfarm_bake::Workload;
+use rayfarm_proto::{accept, connect, Accepted, FarmKey, Msg, Role, WireUnit, WireWork};
 use rayfarm_render::{Film, RenderScene, RenderSettings, WorkUnit};
 use scheduler::{NodeId, Scheduler};
 use std::collections::HashSet;
@@ -77,7 +78,7 @@ struct Job {
     job_id: u64,
     scene_hash: [u8; 32],
     blob: Arc<Vec<u8>>,
-    settings: WireSettings,
+    work: WireWork,
     /// When the master started, for the "joined after" figure.
     started: Instant,
 }
@@ -117,6 +118,32 @@ pub async fn render(
     opts: NetworkOptions,
     on_status: impl Fn(&Status) + Send + 'static,
 ) -> Result<(Film, Vec<NodeShare>), MasterError> {
+    let work = Arc::new(Workload::Render(settings));
+    let mut film = None;
+    let shares = run_job(scene, blob, work, units, opts, on_status, |_, f| {
+        film = Some(f)
+    })
+    .await?;
+    let film =
+        film.ok_or_else(|| MasterError::Other("the render finished without a film".into()))?;
+    Ok((film, shares))
+}
+
+/// Runs a job's `units` (a render or a bake) with the local cores and every worker that
+/// joins; `on_layer(layer, film)` receives each layer's film as soon as it is complete.
+/// Returns each node's share.
+pub async fn run_job(
+    scene: Arc<RenderScene>,
+    blob: Arc<Vec<u8>>,
+    work: Arc<Workload>,
+    units: Vec<WorkUnit>,
+    opts: NetworkOptions,
+    on_status: impl Fn(&Status) + Send + 'static,
+    mut on_layer: impl FnMut(usize, Film),
+) -> Result<Vec<NodeShare>, MasterError> {
+    for u in &units {
+        work.check_unit(u).map_err(MasterError::Other)?;
+    }
     let scene_hash =
         rayfarm_scene::blob::content_hash(&blob).map_err(|e| MasterError::Other(e.to_string()))?;
     let (listener, port) = bind_master_port(&opts.bind, opts.master_port).await?;
@@ -128,20 +155,30 @@ pub async fn render(
         );
     }
     tracing::info!("master listening on {}:{port}", opts.bind);
+    let wire = WireWork::from_workload(&work);
     let job = Arc::new(Job {
+        // Tells a worker's stale results (from an earlier job of a reused connection) apart.
         job_id: rayfarm_render::sampler::mix64(
-            u64::from_le_bytes(scene_hash[..8].try_into().unwrap_or_default()) ^ settings.seed,
+            u64::from_le_bytes(scene_hash[..8].try_into().unwrap_or_default())
+                ^ u64::from_le_bytes(
+                    blake3::hash(format!("{wire:?}").as_bytes()).as_bytes()[..8]
+                        .try_into()
+                        .unwrap_or_default(),
+                ),
         ),
         scene_hash,
         blob,
-        settings: WireSettings::from_settings(&settings),
+        work: wire,
         started: Instant::now(),
     });
-    let sched = Arc::new(Mutex::new(Scheduler::new(
-        settings.width,
-        settings.height,
-        units,
-    )));
+    let layers = (0..work.layer_count())
+        .map(|l| {
+            work.layer(l)
+                .map(|(r, _)| r)
+                .unwrap_or(rayfarm_render::film::Region::full(0, 0))
+        })
+        .collect();
+    let sched = Arc::new(Mutex::new(Scheduler::new(layers, units)));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Workers connecting to the master port.
@@ -165,9 +202,9 @@ pub async fn render(
     } else {
         let (sched, scene, stop) = (sched.clone(), scene.clone(), stop_rx.clone());
         let threads = opts.local_threads.max(1);
-        let settings = settings.clone();
+        let work = work.clone();
         Some(tokio::task::spawn_blocking(move || {
-            local_render(sched, scene, settings, threads, stop)
+            local_render(sched, scene, work, threads, stop)
         }))
     };
 
@@ -177,10 +214,13 @@ pub async fn render(
     let mut last_report = Instant::now() - Duration::from_secs(1);
     let shares = loop {
         tick.tick().await;
-        let (status, finished) = {
-            let s = sched.lock().unwrap_or_else(|p| p.into_inner());
-            (s.status(port), s.finished())
+        let (status, finished, layers_done) = {
+            let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
+            (s.status(port), s.finished(), s.take_finished())
         };
+        for (l, f) in layers_done {
+            on_layer(l, f);
+        }
         if finished || last_report.elapsed() >= Duration::from_millis(500) {
             on_status(&status);
             last_report = Instant::now();
@@ -197,14 +237,13 @@ pub async fn render(
     }
     // Give sessions a moment to say goodbye and leases to be released.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let s = sched.lock().unwrap_or_else(|p| p.into_inner());
-    Ok((s.film.clone(), shares))
+    Ok(shares)
 }
 
 fn local_render(
     sched: Arc<Mutex<Scheduler>>,
     scene: Arc<RenderScene>,
-    settings: RenderSettings,
+    work: Arc<Workload>,
     threads: usize,
     stop: watch::Receiver<bool>,
 ) {
@@ -227,7 +266,7 @@ fn local_render(
                 };
                 match unit {
                     Some(u) => {
-                        let r = scene.render_unit(&settings, &u);
+                        let r = work.run_unit(&scene, &u);
                         sched
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -319,7 +358,7 @@ async fn worker_session(
         job_id: job.job_id,
         scene_hash: job.scene_hash,
         scene_bytes: job.blob.len() as u64,
-        settings: job.settings.clone(),
+        work: job.work.clone(),
     })
     .await
     .map_err(|e| e.to_string())?;

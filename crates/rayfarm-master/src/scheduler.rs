@@ -4,10 +4,16 @@
 //! with the node that has them, and end in `done` once their result is in the film. Only the
 //! node that holds a unit can complete it, so a late result from a node given up is ignored,
 //! and no sample is counted twice.
+//!
+//! A job has layers (one for a render; one per map and pass for a bake), each with its own
+//! film. A layer's film is made when its first result arrives and handed out through
+//! [`Scheduler::take_finished`] when its last one is in, so a bake of many maps holds only
+//! the few layers in progress in memory.
 
 use crate::{NodeShare, Status};
+use rayfarm_render::film::Region;
 use rayfarm_render::{Film, UnitResult, WorkUnit};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub type NodeId = usize;
 
@@ -26,13 +32,25 @@ pub struct Scheduler {
     samples_total: u64,
     samples_done: u64,
     nodes: Vec<Node>,
-    pub film: Film,
+    /// Each layer's region.
+    layers: Vec<Region>,
+    /// Units of each layer not yet done.
+    layer_left: Vec<usize>,
+    films: BTreeMap<u32, Film>,
+    finished_layers: Vec<(usize, Film)>,
 }
 
 impl Scheduler {
-    pub fn new(width: u32, height: u32, units: Vec<WorkUnit>) -> Scheduler {
+    /// `layers[i]` is layer i's region; every unit must name a layer and lie in its region.
+    pub fn new(layers: Vec<Region>, units: Vec<WorkUnit>) -> Scheduler {
         let samples_total = units.iter().map(|u| u.samples()).sum();
         let pending: BTreeSet<WorkUnit> = units.into_iter().collect();
+        let mut layer_left = vec![0usize; layers.len()];
+        for u in &pending {
+            if let Some(n) = layer_left.get_mut(u.layer as usize) {
+                *n += 1;
+            }
+        }
         Scheduler {
             total_units: pending.len(),
             pending,
@@ -41,8 +59,16 @@ impl Scheduler {
             samples_total,
             samples_done: 0,
             nodes: Vec::new(),
-            film: Film::new(width, height),
+            layers,
+            layer_left,
+            films: BTreeMap::new(),
+            finished_layers: Vec::new(),
         }
+    }
+
+    /// Layers whose every unit is in, with their films, in the order they finished.
+    pub fn take_finished(&mut self) -> Vec<(usize, Film)> {
+        std::mem::take(&mut self.finished_layers)
     }
 
     pub fn add_node(&mut self, name: String, threads: u32) -> NodeId {
@@ -67,13 +93,28 @@ impl Scheduler {
         if self.in_flight.get(&r.unit) != Some(&node) {
             return false;
         }
-        if self.film.add(&r).is_err() {
+        let layer = r.unit.layer;
+        let Some(&region) = self.layers.get(layer as usize) else {
+            return false;
+        };
+        let film = self
+            .films
+            .entry(layer)
+            .or_insert_with(|| Film::new_region(region));
+        if film.add(&r).is_err() {
             // A malformed result: the unit goes back to the queue.
             self.in_flight.remove(&r.unit);
             self.pending.insert(r.unit);
             return false;
         }
         self.in_flight.remove(&r.unit);
+        let left = &mut self.layer_left[layer as usize];
+        *left -= 1;
+        if *left == 0 {
+            if let Some(f) = self.films.remove(&layer) {
+                self.finished_layers.push((layer as usize, f));
+            }
+        }
         self.done.insert(r.unit);
         let s = r.unit.samples();
         self.samples_done += s;
@@ -137,6 +178,7 @@ mod tests {
 
     fn unit(s: u32) -> WorkUnit {
         WorkUnit {
+            layer: 0,
             sample_start: s,
             sample_end: s + 1,
             x0: 0,
@@ -155,7 +197,7 @@ mod tests {
 
     #[test]
     fn lost_units_are_requeued_and_late_results_ignored() {
-        let mut s = Scheduler::new(1, 1, vec![unit(0), unit(1)]);
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], vec![unit(0), unit(1)]);
         let a = s.add_node("a".into(), 1);
         let b = s.add_node("b".into(), 1);
         let u0 = s.take(a).unwrap();
@@ -171,7 +213,11 @@ mod tests {
         let u1 = s.take(b).unwrap();
         s.give_back(b, u1);
         let u1 = s.take(a).unwrap();
+        assert!(s.take_finished().is_empty(), "layer handed out early");
         assert!(s.complete(a, result(u1)));
         assert!(s.finished());
+        let f = s.take_finished();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].1.sums(), &[[2, 2, 2]]);
     }
 }

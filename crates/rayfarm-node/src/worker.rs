@@ -8,8 +8,9 @@
 //! not returned, then `Goodbye`, and exits 0. When the master says `Goodbye` or the connection
 //! closes it exits as well. Rendering threads are not interrupted: their results are dropped.
 
+use rayfarm_bake::Workload;
 use rayfarm_proto::{connect, encode_sums, FarmKey, Msg, Role, WireUnit};
-use rayfarm_render::{RenderScene, RenderSettings};
+use rayfarm_render::RenderScene;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -34,6 +35,54 @@ pub struct WorkerConfig {
     /// Print `heartbeat` on stdout every second (for the supervising daemon).
     pub heartbeat_stdout: bool,
     pub key: FarmKey,
+    /// Path prefixes to rewrite in job folders a manager names, `(as the manager sees it,
+    /// as this node sees it)`, for nodes that mount the network folder elsewhere.
+    pub path_map: Vec<(String, String)>,
+}
+
+/// Rewrites `path` with the first matching prefix of `map` (whole path components only).
+pub fn map_path(map: &[(String, String)], path: &str) -> PathBuf {
+    for (from, to) in map {
+        let from = from.trim_end_matches('/');
+        if let Some(rest) = path.strip_prefix(from) {
+            if rest.is_empty() || rest.starts_with('/') {
+                return PathBuf::from(format!("{}{rest}", to.trim_end_matches('/')));
+            }
+        }
+    }
+    PathBuf::from(path)
+}
+
+/// Renders every unit of a manager's task and writes its part file; returns the checksum.
+fn run_task(
+    pool: &rayon::ThreadPool,
+    scene: &RenderScene,
+    work: &Workload,
+    units: &[rayfarm_render::WorkUnit],
+    job_dir: &Path,
+    part: &rayfarm_proto::WirePart,
+) -> Result<[u8; 32], String> {
+    use rayon::prelude::*;
+    let region = rayfarm_render::film::Region {
+        x0: part.region[0],
+        y0: part.region[1],
+        x1: part.region[2],
+        y1: part.region[3],
+    };
+    let results: Vec<rayfarm_render::UnitResult> =
+        pool.install(|| units.par_iter().map(|u| work.run_unit(scene, u)).collect());
+    let mut film = rayfarm_render::Film::new_region(region);
+    for r in &results {
+        film.add(r)?;
+    }
+    let desc = rayfarm_farm::jobdesc::PartDesc {
+        name: part.name.clone(),
+        layer: part.layer as usize,
+        region: part.region,
+        mesh: None,
+    };
+    rayfarm_farm::parts::write_part(job_dir, &desc, &film, part.spp)
+        .map_err(|e| format!("{}: {e}", job_dir.display()))
 }
 
 /// What `rayfarm worker --probe` prints (one JSON line).
@@ -149,17 +198,17 @@ fn cache_put(dir: &Path, hash: &[u8; 32], blob: &[u8], max_bytes: u64) {
     }
 }
 
-/// A scene being received: its hash, announced size, the bytes so far and the job's settings.
+/// A scene being received: its hash, announced size, the bytes so far and the job's work.
 struct Incoming {
     hash: [u8; 32],
     total: u64,
     buf: Vec<u8>,
-    settings: RenderSettings,
+    work: Workload,
 }
 
 struct Loaded {
     scene: Arc<RenderScene>,
-    settings: Arc<RenderSettings>,
+    work: Arc<Workload>,
 }
 
 /// Runs the worker until the master ends the job, the connection drops, or a signal arrives.
@@ -219,6 +268,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
             .map_err(|e| format!("cannot start render threads: {e}"))?,
     );
     let (result_tx, mut result_rx) = mpsc::unbounded_channel::<(u64, rayfarm_render::UnitResult)>();
+    let (task_tx, mut task_rx) = mpsc::unbounded_channel::<(i64, Result<[u8; 32], String>)>();
     let mut loaded: Option<Loaded> = None;
     let mut job_id = 0u64;
     // Units assigned and not yet returned.
@@ -266,6 +316,16 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            Some((task_id, r)) = task_rx.recv() => {
+                let msg = match r {
+                    Ok(checksum) => Msg::TaskDone { task_id, checksum },
+                    Err(error) => {
+                        tracing::warn!("task {task_id} failed: {error}");
+                        Msg::TaskFailed { task_id, error }
+                    }
+                };
+                conn.send(&msg).await.map_err(|e| e.to_string())?;
+            }
             msg = conn.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
@@ -277,8 +337,8 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                 };
                 match msg {
                     Msg::Heartbeat => {}
-                    Msg::Job { job_id: jid, scene_hash, scene_bytes, settings } => {
-                        let settings = settings.to_settings().map_err(|e| format!("master sent bad settings: {e}"))?;
+                    Msg::Job { job_id: jid, scene_hash, scene_bytes, work } => {
+                        let work = work.to_workload().map_err(|e| format!("master sent a bad job: {e}"))?;
                         if scene_bytes > MAX_SCENE_BYTES {
                             return Err(format!("master offers a scene of {scene_bytes} bytes, over the limit of {MAX_SCENE_BYTES}"));
                         }
@@ -287,14 +347,14 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         loaded = None;
                         if let Some(blob) = cache_get(&cfg.cache_dir, &scene_hash) {
                             tracing::info!("scene {} found in the cache", &hex::encode(scene_hash)[..12]);
-                            loaded = Some(load_scene(blob, settings).await?);
+                            loaded = Some(load_scene(blob, work).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         } else {
                             pending_scene = Some(Incoming {
                                 hash: scene_hash,
                                 total: scene_bytes,
                                 buf: Vec::new(),
-                                settings,
+                                work,
                             });
                             conn.send(&Msg::NeedScene).await.map_err(|e| e.to_string())?;
                         }
@@ -312,11 +372,11 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                             if &got != hash {
                                 return Err("the scene received does not match its announced content hash".into());
                             }
-                            let Some(Incoming { hash, buf: blob, settings, .. }) = pending_scene.take() else {
+                            let Some(Incoming { hash, buf: blob, work, .. }) = pending_scene.take() else {
                                 return Err("scene state lost".into());
                             };
                             cache_put(&cfg.cache_dir, &hash, &blob, cfg.cache_max_bytes);
-                            loaded = Some(load_scene(blob, settings).await?);
+                            loaded = Some(load_scene(blob, work).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         }
                     }
@@ -326,19 +386,39 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         };
                         for u in units {
                             let wu: rayfarm_render::WorkUnit = u.into();
-                            if wu.x1 > l.settings.width || wu.y1 > l.settings.height || wu.x0 >= wu.x1 || wu.y0 >= wu.y1
-                                || wu.sample_start >= wu.sample_end || wu.sample_end > l.settings.spp {
-                                return Err(format!("master assigned a unit outside the image: {u:?}"));
-                            }
+                            l.work.check_unit(&wu).map_err(|e| format!("master assigned a bad unit: {e}"))?;
                             if !outstanding.insert(u) {
                                 continue;
                             }
-                            let (scene, settings, tx, jid) = (l.scene.clone(), l.settings.clone(), result_tx.clone(), job_id);
+                            let (scene, work, tx, jid) = (l.scene.clone(), l.work.clone(), result_tx.clone(), job_id);
                             pool.spawn(move || {
-                                let r = scene.render_unit(&settings, &wu);
+                                let r = work.run_unit(&scene, &wu);
                                 let _ = tx.send((jid, r));
                             });
                         }
+                    }
+                    Msg::Task { task_id, units, part } => {
+                        let Some(l) = loaded.as_ref() else {
+                            return Err("manager sent a task before the scene was ready".into());
+                        };
+                        let mut wus = Vec::with_capacity(units.len());
+                        for u in units {
+                            let wu: rayfarm_render::WorkUnit = u.into();
+                            l.work.check_unit(&wu).map_err(|e| format!("manager sent a bad task: {e}"))?;
+                            let inside = wu.layer == part.layer
+                                && wu.x0 >= part.region[0] && wu.y0 >= part.region[1]
+                                && wu.x1 <= part.region[2] && wu.y1 <= part.region[3];
+                            if !inside {
+                                return Err(format!("manager sent a unit outside its task's part: {wu:?}"));
+                            }
+                            wus.push(wu);
+                        }
+                        let job_dir = map_path(&cfg.path_map, &part.job_dir);
+                        let (scene, work, tx, pool) = (l.scene.clone(), l.work.clone(), task_tx.clone(), pool.clone());
+                        std::thread::spawn(move || {
+                            let r = run_task(&pool, &scene, &work, &wus, &job_dir, &part);
+                            let _ = tx.send((task_id, r));
+                        });
                     }
                     Msg::Goodbye { reason } => {
                         tracing::info!("master says goodbye: {reason}");
@@ -353,12 +433,17 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     }
 }
 
-async fn load_scene(blob: Vec<u8>, settings: RenderSettings) -> Result<Loaded, String> {
+async fn load_scene(blob: Vec<u8>, work: Workload) -> Result<Loaded, String> {
     tokio::task::spawn_blocking(move || {
         let scene = rayfarm_scene::blob::decode(&blob).map_err(|e| e.to_string())?;
+        if let Workload::Bake(b) = &work {
+            b.spec
+                .check(&scene)
+                .map_err(|e| format!("master sent a bake that does not fit its scene: {e}"))?;
+        }
         Ok(Loaded {
             scene: Arc::new(RenderScene::new(scene)),
-            settings: Arc::new(settings),
+            work: Arc::new(work),
         })
     })
     .await

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the messages and handshake below. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).

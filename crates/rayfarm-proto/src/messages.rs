@@ -1,5 +1,6 @@
 //! Every message on the wire (see PROTOCOL.md for who sends what, and when).
 
+use rayfarm_bake::{BakeSpec, BakeWork, LayerSpec, MapSpec, Pass, Region, Workload};
 use rayfarm_render::{RenderSettings, UnitResult, WorkUnit};
 use rayfarm_scene::{Camera, Projection};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,7 @@ pub struct DaemonInfo {
 /// A work unit on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WireUnit {
+    pub layer: u32,
     pub sample_start: u32,
     pub sample_end: u32,
     pub x0: u32,
@@ -63,6 +65,7 @@ pub struct WireUnit {
 impl From<WorkUnit> for WireUnit {
     fn from(u: WorkUnit) -> Self {
         WireUnit {
+            layer: u.layer,
             sample_start: u.sample_start,
             sample_end: u.sample_end,
             x0: u.x0,
@@ -76,6 +79,7 @@ impl From<WorkUnit> for WireUnit {
 impl From<WireUnit> for WorkUnit {
     fn from(u: WireUnit) -> Self {
         WorkUnit {
+            layer: u.layer,
             sample_start: u.sample_start,
             sample_end: u.sample_end,
             x0: u.x0,
@@ -184,6 +188,131 @@ impl WireSettings {
     }
 }
 
+/// One map of a bake on the wire (see `rayfarm_bake::MapSpec`); `region` is `[x0, y0, x1, y1]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireMap {
+    pub meshes: Vec<u32>,
+    pub width: u32,
+    pub height: u32,
+    pub region: [u32; 4],
+}
+
+/// A bake on the wire (see `rayfarm_bake::BakeSpec`); `layers` are `(map, pass)` with passes
+/// numbered complete 0, lightmap 1, ao 2, albedo 3, normal 4.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireBake {
+    pub uv_set: u8,
+    pub spp: u32,
+    pub max_bounces: u32,
+    pub seed: u64,
+    pub ao_distance: f32,
+    pub maps: Vec<WireMap>,
+    pub layers: Vec<(u32, u8)>,
+}
+
+/// What a job computes, on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WireWork {
+    Render(WireSettings),
+    Bake(WireBake),
+}
+
+fn pass_code(p: Pass) -> u8 {
+    match p {
+        Pass::Complete => 0,
+        Pass::Lightmap => 1,
+        Pass::Ao => 2,
+        Pass::Albedo => 3,
+        Pass::Normal => 4,
+    }
+}
+
+impl WireWork {
+    pub fn from_workload(w: &Workload) -> WireWork {
+        match w {
+            Workload::Render(s) => WireWork::Render(WireSettings::from_settings(s)),
+            Workload::Bake(b) => {
+                let s = &b.spec;
+                WireWork::Bake(WireBake {
+                    uv_set: s.uv_set,
+                    spp: s.spp,
+                    max_bounces: s.max_bounces,
+                    seed: s.seed,
+                    ao_distance: s.ao_distance,
+                    maps: s
+                        .maps
+                        .iter()
+                        .map(|m| WireMap {
+                            meshes: m.meshes.iter().map(|&i| i as u32).collect(),
+                            width: m.width,
+                            height: m.height,
+                            region: [m.region.x0, m.region.y0, m.region.x1, m.region.y1],
+                        })
+                        .collect(),
+                    layers: s
+                        .layers
+                        .iter()
+                        .map(|l| (l.map as u32, pass_code(l.pass)))
+                        .collect(),
+                })
+            }
+        }
+    }
+
+    /// Converts and checks what can be checked without the scene (the worker checks the rest
+    /// with `BakeSpec::check` once the scene is loaded); errors name the bad field.
+    pub fn to_workload(&self) -> Result<Workload, String> {
+        match self {
+            WireWork::Render(s) => Ok(Workload::Render(s.to_settings()?)),
+            WireWork::Bake(b) => {
+                if b.layers.len() > rayfarm_bake::workload::MAX_LAYERS
+                    || b.maps.len() > rayfarm_bake::workload::MAX_LAYERS
+                {
+                    return Err(format!(
+                        "{} maps and {} layers exceed the limit of {}",
+                        b.maps.len(),
+                        b.layers.len(),
+                        rayfarm_bake::workload::MAX_LAYERS
+                    ));
+                }
+                let mut layers = Vec::with_capacity(b.layers.len());
+                for &(map, pass) in &b.layers {
+                    let pass = *Pass::ALL
+                        .get(pass as usize)
+                        .ok_or_else(|| format!("unknown pass {pass}"))?;
+                    layers.push(LayerSpec {
+                        map: map as usize,
+                        pass,
+                    });
+                }
+                Ok(Workload::Bake(BakeWork::new(BakeSpec {
+                    uv_set: b.uv_set,
+                    spp: b.spp,
+                    max_bounces: b.max_bounces,
+                    seed: b.seed,
+                    ao_distance: b.ao_distance,
+                    maps: b
+                        .maps
+                        .iter()
+                        .map(|m| MapSpec {
+                            meshes: m.meshes.iter().map(|&i| i as usize).collect(),
+                            width: m.width,
+                            height: m.height,
+                            region: Region {
+                                x0: m.region[0],
+                                y0: m.region[1],
+                                x1: m.region[2],
+                                y1: m.region[3],
+                            },
+                        })
+                        .collect(),
+                    layers,
+                })))
+            }
+        }
+    }
+}
+
 /// Every message. Variants are never reordered or removed within one protocol version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
@@ -242,7 +371,7 @@ pub enum Msg {
         job_id: u64,
         scene_hash: [u8; 32],
         scene_bytes: u64,
-        settings: WireSettings,
+        work: WireWork,
     },
     /// Worker -> master: the scene is not in my cache, send it.
     NeedScene,
@@ -271,6 +400,36 @@ pub enum Msg {
     Goodbye {
         reason: String,
     },
+
+    // -- manager tasks (the manager's worker port; after `Job` as above) --
+    /// Manager -> worker: render all of `units` (every sample range of one region of one
+    /// layer) and write the result as the part file `part` into the job folder.
+    Task {
+        task_id: i64,
+        units: Vec<WireUnit>,
+        part: WirePart,
+    },
+    /// Worker -> manager: the part is written (atomically); its BLAKE3 checksum.
+    TaskDone {
+        task_id: i64,
+        checksum: [u8; 32],
+    },
+    /// Worker -> manager: the task could not be done (e.g. the job folder is unreachable).
+    TaskFailed {
+        task_id: i64,
+        error: String,
+    },
+}
+
+/// Where a task's part goes: `job_dir` as the manager sees it (workers apply their path map),
+/// and the part's name, layer, region `[x0, y0, x1, y1]` and samples per texel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WirePart {
+    pub job_dir: String,
+    pub name: String,
+    pub layer: u32,
+    pub region: [u32; 4],
+    pub spp: u32,
 }
 
 impl Msg {
@@ -299,6 +458,9 @@ impl Msg {
             Msg::UnitDone { .. } => "UnitDone",
             Msg::GiveBack { .. } => "GiveBack",
             Msg::Goodbye { .. } => "Goodbye",
+            Msg::Task { .. } => "Task",
+            Msg::TaskDone { .. } => "TaskDone",
+            Msg::TaskFailed { .. } => "TaskFailed",
         }
     }
 }

@@ -101,6 +101,7 @@ async fn garbage_and_huge_frames_are_refused() {
 #[test]
 fn sums_round_trip_and_reject_bad_sizes() {
     let unit = WireUnit {
+        layer: 0,
         sample_start: 0,
         sample_end: 4,
         x0: 0,

@@ -19,9 +19,12 @@ pub fn to_fixed(v: f32) -> i128 {
     (v * (1u64 << FIXED_FRAC_BITS) as f64).round() as i128
 }
 
-/// A rectangle of pixels `[x0, x1) x [y0, y1)` and a sample range `[sample_start, sample_end)`.
+/// A rectangle of pixels `[x0, x1) x [y0, y1)` and a sample range `[sample_start, sample_end)`
+/// of one layer of a job. A render has one layer (0); a bake has one per (map, pass). Units
+/// order by layer first, so a scheduler handing them out in order finishes layers one by one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkUnit {
+    pub layer: u32,
     pub sample_start: u32,
     pub sample_end: u32,
     pub y0: u32,
@@ -48,11 +51,64 @@ pub struct UnitResult {
     pub nonfinite_samples: u64,
 }
 
-/// Cuts an image into units: tiles of `tile_px` square, sample ranges of `samples_per_unit`,
-/// ordered sample range first so early units cover the whole image.
+/// Cuts an image into units of layer 0: tiles of `tile_px` square, sample ranges of
+/// `samples_per_unit`, ordered sample range first so early units cover the whole image.
 pub fn plan_units(
     width: u32,
     height: u32,
+    spp: u32,
+    tile_px: u32,
+    samples_per_unit: u32,
+) -> Vec<WorkUnit> {
+    plan_region(
+        0,
+        Region::full(width, height),
+        spp,
+        tile_px,
+        samples_per_unit,
+    )
+}
+
+/// A rectangle `[x0, x1) x [y0, y1)` of an image or map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Region {
+    pub x0: u32,
+    pub y0: u32,
+    pub x1: u32,
+    pub y1: u32,
+}
+
+impl Region {
+    pub fn full(width: u32, height: u32) -> Region {
+        Region {
+            x0: 0,
+            y0: 0,
+            x1: width,
+            y1: height,
+        }
+    }
+    pub fn width(&self) -> u32 {
+        self.x1.saturating_sub(self.x0)
+    }
+    pub fn height(&self) -> u32 {
+        self.y1.saturating_sub(self.y0)
+    }
+    pub fn pixels(&self) -> usize {
+        self.width() as usize * self.height() as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pixels() == 0
+    }
+    /// Whether `[x0, x1) x [y0, y1)` lies inside this region.
+    pub fn contains_rect(&self, x0: u32, y0: u32, x1: u32, y1: u32) -> bool {
+        x0 < x1 && y0 < y1 && x0 >= self.x0 && y0 >= self.y0 && x1 <= self.x1 && y1 <= self.y1
+    }
+}
+
+/// Units of `layer` over `region` (tiles start at the region's corner), sample range first.
+pub fn plan_region(
+    layer: u32,
+    region: Region,
     spp: u32,
     tile_px: u32,
     samples_per_unit: u32,
@@ -63,53 +119,68 @@ pub fn plan_units(
     let mut s = 0;
     while s < spp {
         let e = (s + chunk).min(spp);
-        let mut y = 0;
-        while y < height {
-            let mut x = 0;
-            while x < width {
+        let mut y = region.y0;
+        while y < region.y1 {
+            let mut x = region.x0;
+            while x < region.x1 {
                 out.push(WorkUnit {
+                    layer,
                     sample_start: s,
                     sample_end: e,
                     y0: y,
                     x0: x,
-                    y1: (y + tile).min(height),
-                    x1: (x + tile).min(width),
+                    y1: y.saturating_add(tile).min(region.y1),
+                    x1: x.saturating_add(tile).min(region.x1),
                 });
-                x += tile;
+                x = x.saturating_add(tile);
             }
-            y += tile;
+            y = y.saturating_add(tile);
         }
         s = e;
     }
     out
 }
 
-/// The accumulated image.
+/// The accumulated image, or a region of it (a bake of one object covers only the part of
+/// the map its charts lie in).
 #[derive(Clone, Debug)]
 pub struct Film {
-    pub width: u32,
-    pub height: u32,
+    /// The part of the image this film holds; `sums` has one entry per pixel of it.
+    pub region: Region,
     sums: Vec<[i128; 3]>,
     pub nonfinite_samples: u64,
 }
 
 impl Film {
     pub fn new(width: u32, height: u32) -> Film {
+        Film::new_region(Region::full(width, height))
+    }
+
+    pub fn new_region(region: Region) -> Film {
         Film {
-            width,
-            height,
-            sums: vec![[0; 3]; width as usize * height as usize],
+            region,
+            sums: vec![[0; 3]; region.pixels()],
             nonfinite_samples: 0,
+        }
+    }
+
+    /// A film from sums (one per pixel of `region`, rows top to bottom).
+    pub fn from_sums(region: Region, sums: Vec<[i128; 3]>, nonfinite_samples: u64) -> Film {
+        assert_eq!(sums.len(), region.pixels(), "sums must cover the region");
+        Film {
+            region,
+            sums,
+            nonfinite_samples,
         }
     }
 
     /// Adds a unit's sums. Returns an error if the unit does not fit this film.
     pub fn add(&mut self, r: &UnitResult) -> Result<(), String> {
         let u = &r.unit;
-        if u.x0 >= u.x1 || u.y0 >= u.y1 || u.x1 > self.width || u.y1 > self.height {
+        if !self.region.contains_rect(u.x0, u.y0, u.x1, u.y1) {
             return Err(format!(
-                "unit {u:?} lies outside the {}x{} film",
-                self.width, self.height
+                "unit {u:?} lies outside the film's region {:?}",
+                self.region
             ));
         }
         if r.sums.len() != u.pixels() {
@@ -122,7 +193,9 @@ impl Film {
         let tw = (u.x1 - u.x0) as usize;
         for y in u.y0..u.y1 {
             let row = &r.sums[(y - u.y0) as usize * tw..][..tw];
-            let dst = &mut self.sums[y as usize * self.width as usize + u.x0 as usize..][..tw];
+            let rw = self.region.width() as usize;
+            let start = (y - self.region.y0) as usize * rw + (u.x0 - self.region.x0) as usize;
+            let dst = &mut self.sums[start..][..tw];
             for (d, s) in dst.iter_mut().zip(row) {
                 for c in 0..3 {
                     d[c] = d[c].saturating_add(s[c]);
@@ -131,6 +204,11 @@ impl Film {
         }
         self.nonfinite_samples += r.nonfinite_samples;
         Ok(())
+    }
+
+    /// The raw fixed-point sums, rows of the region top to bottom.
+    pub fn sums(&self) -> &[[i128; 3]] {
+        &self.sums
     }
 
     /// The image as linear RGB: sums divided by `spp`.

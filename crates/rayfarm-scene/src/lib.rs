@@ -2,13 +2,15 @@
 //!
 //! This crate owns everything between a file on disk and the render-ready [`CompiledScene`]:
 //! the glTF 2.0 importer ([`gltf_import`]), the OBJ + MTL importer ([`obj`]), environment maps
-//! ([`env`]), the automatic camera ([`camera`]) and the versioned, compressed, hashed binary form
-//! that the network ships ([`blob`]). Decoding a blob must never panic or allocate what a header
+//! ([`env`]), the automatic camera ([`camera`]), the versioned, compressed, hashed binary form
+//! that the network ships ([`blob`]) and the `.glb` writer for baked texture maps
+//! ([`gltf_export`]). Decoding a blob must never panic or allocate what a header
 //! merely claims: it is input from the network.
 
 pub mod blob;
 pub mod camera;
 pub mod env;
+pub mod gltf_export;
 pub mod gltf_import;
 pub mod obj;
 pub mod shapes;

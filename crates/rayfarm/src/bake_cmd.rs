@@ -3,7 +3,9 @@
 use crate::render_cmd::{apply_environment, load_scene, thread_pool};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rayfarm_bake::{Pass, TexelTable};
+use rayfarm_bake::{
+    BakeSpec, BakeWork, Film, LayerSpec, MapSpec, Pass, Region, TexelTable, Workload,
+};
 use rayfarm_render::RenderScene;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +60,15 @@ pub struct BakeArgs {
     /// Ambient occlusion ray length in world units (default: 10% of the scene's diagonal)
     #[arg(long, value_name = "D")]
     pub ao_distance: Option<f32>,
+    /// single: each map is one distributed render. multi: each object of an atlas is its own
+    /// task over its region of the atlas, merged by the atlas's coverage (same bytes where
+    /// charts don't overlap)
+    #[arg(long, value_enum, default_value_t = Mode::Single)]
+    pub mode: Mode,
+    /// Also write the scene as a binary glTF with each baked object's complete map as the
+    /// base colour texture of an unlit material (needs the complete pass)
+    #[arg(long, value_name = "FILE.glb")]
+    pub gltf_out: Option<PathBuf>,
     /// Refuse to bake when UVs overlap
     #[arg(long)]
     pub strict: bool,
@@ -85,6 +96,36 @@ pub struct BakeArgs {
     /// Samples per work unit (does not change the maps)
     #[arg(long, default_value_t = rayfarm_render::DEFAULT_SAMPLES_PER_UNIT, hide = true)]
     pub samples_per_unit: u32,
+    #[command(flatten)]
+    pub net: crate::network_cmd::RenderNetworkArgs,
+    /// Bake on a farm: submit the job to this job manager (HOST[:PORT]); needs --netdir
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        requires = "netdir",
+        conflicts_with = "network"
+    )]
+    pub farm: Option<String>,
+    /// Network folder every node reaches at the same path (nodes that mount it elsewhere use
+    /// `--path-map`); the job's folder, job.desc and parts go in NETWORK_FOLDER/<job-id>/
+    #[arg(long, value_name = "NETWORK_FOLDER", requires = "farm")]
+    pub netdir: Option<PathBuf>,
+    /// Priority of the farm job (higher runs first)
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Submit the farm job and return at once (finish it later with `rayfarm merge`)
+    #[arg(long, requires = "farm")]
+    pub no_wait: bool,
+}
+
+/// Texel tile of one farm task in single mode (multi mode: one task per object and pass).
+const FARM_TILE_PX: u32 = 256;
+
+/// How a bake is cut into tasks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Single,
+    Multi,
 }
 
 fn parse_pass(s: &str) -> std::result::Result<Pass, String> {
@@ -92,10 +133,20 @@ fn parse_pass(s: &str) -> std::result::Result<Pass, String> {
         .ok_or_else(|| format!("unknown pass '{s}'; use complete, lightmap, ao, albedo or normal"))
 }
 
-/// One map to bake: its name (None for the atlas) and texel table.
+/// One map to bake: its name (None for the atlas), meshes and texel table.
 struct MapJob {
     object: Option<String>,
+    meshes: Vec<usize>,
     table: TexelTable,
+}
+
+/// One output map (a map and a pass) and the layers whose films make it: one layer, or in
+/// multi mode one per object, paired with the object's mesh.
+struct Output {
+    job: usize,
+    pass: Pass,
+    parts: Vec<(usize, usize)>,
+    films: Vec<(usize, Film)>,
 }
 
 pub fn run(a: BakeArgs) -> Result<()> {
@@ -111,6 +162,39 @@ pub fn run(a: BakeArgs) -> Result<()> {
     if let Some(s) = a.size {
         rayfarm_bake::check_size(s).map_err(|e| anyhow::anyhow!("--size: {e}"))?;
     }
+    if a.gltf_out.is_some() && !passes.contains(&Pass::Complete) {
+        bail!("--gltf-out assigns the complete map to each object: add complete to --passes");
+    }
+    let threads_wanted = match a.threads {
+        Some(t) => t,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    // Farm baking: the network folder must be there and writable before anything else.
+    let netdir = match &a.netdir {
+        Some(d) => Some(crate::farm_cmd::check_netdir(d, a.quiet)?),
+        None => None,
+    };
+    if let (Some(_), Some(g)) = (&a.farm, &a.gltf_out) {
+        let parent = match g.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
+        if std::fs::canonicalize(&parent).ok() != std::fs::canonicalize(&a.out).ok() {
+            bail!(
+                "{}: with --farm, --gltf-out must be a file in --out ({}), the one folder the merge writes to",
+                g.display(),
+                a.out.display()
+            );
+        }
+    }
+    // Network baking: check the options before the (possibly long) scene preparation.
+    let network = if a.net.network {
+        Some(crate::network_cmd::network_options(&a.net, threads_wanted)?)
+    } else {
+        None
+    };
     let mut scene = load_scene(Some(&a.scene), a.quiet)?;
     let scene_name = a.scene.display();
     let (meshes, skipped) = rayfarm_bake::select_objects(&scene, &a.objects, a.uv_set)
@@ -181,7 +265,11 @@ pub fn run(a: BakeArgs) -> Result<()> {
                 pairs.join("; ")
             ));
         }
-        jobs.push(MapJob { object, table });
+        jobs.push(MapJob {
+            object,
+            meshes: ms,
+            table,
+        });
     }
     if !overlap_msgs.is_empty() {
         if a.strict {
@@ -200,87 +288,210 @@ pub fn run(a: BakeArgs) -> Result<()> {
 
     let pool = thread_pool(a.threads)?;
     let threads = pool.current_num_threads();
-    let rs = pool.install(|| RenderScene::new(scene));
+    let blob = (network.is_some() || a.farm.is_some()).then(|| rayfarm_scene::blob::encode(&scene));
+    let rs = std::sync::Arc::new(pool.install(|| RenderScene::new(scene)));
     let ao_distance = a
         .ao_distance
         .unwrap_or_else(|| rayfarm_bake::default_ao_distance(&rs));
-    let settings_of = |pass| rayfarm_bake::BakeSettings {
-        pass,
+
+    // The job's maps and layers. Layers go map by map, pass by pass (and object by object in
+    // multi mode) so outputs complete, and are written, one after another.
+    let mut maps = Vec::new();
+    let mut layers = Vec::new();
+    let mut outputs: Vec<Output> = Vec::new();
+    let mut prebuilt: Vec<(usize, TexelTable)> = Vec::new();
+    for (ji, job) in jobs.iter().enumerate() {
+        let (w, h) = (job.table.width, job.table.height);
+        let mut job_maps = Vec::new();
+        if a.mode == Mode::Multi && job.meshes.len() > 1 {
+            for &m in &job.meshes {
+                if let Some(region) = TexelTable::chart_region(&rs.scene, &[m], a.uv_set, w, h) {
+                    job_maps.push((m, maps.len()));
+                    maps.push(MapSpec {
+                        meshes: vec![m],
+                        width: w,
+                        height: h,
+                        region,
+                    });
+                }
+            }
+        } else {
+            job_maps.push((usize::MAX, maps.len()));
+            maps.push(MapSpec {
+                meshes: job.meshes.clone(),
+                width: w,
+                height: h,
+                region: Region::full(w, h),
+            });
+        }
+        if job_maps.len() == 1 && job_maps[0].0 == usize::MAX {
+            prebuilt.push((job_maps[0].1, job.table.clone()));
+        }
+        for &pass in &passes {
+            let mut parts = Vec::new();
+            for &(mesh, map) in &job_maps {
+                parts.push((mesh, layers.len()));
+                layers.push(LayerSpec { map, pass });
+            }
+            outputs.push(Output {
+                job: ji,
+                pass,
+                parts,
+                films: Vec::new(),
+            });
+        }
+    }
+    let spec = BakeSpec {
+        uv_set: a.uv_set,
         spp: a.spp,
         max_bounces: a.max_bounces,
         seed: a.seed,
         ao_distance,
+        maps,
+        layers,
     };
-    let plans: Vec<Vec<Vec<rayfarm_bake::WorkUnit>>> = jobs
-        .iter()
-        .map(|j| {
-            passes
-                .iter()
-                .map(|&p| rayfarm_bake::plan(&j.table, &settings_of(p), a.tile, a.samples_per_unit))
-                .collect()
-        })
-        .collect();
-    let total: u64 = plans.iter().flatten().flatten().map(|u| u.samples()).sum();
+    spec.check(&rs.scene)
+        .map_err(|e| anyhow::anyhow!("internal error: the bake's plan is invalid: {e}"))?;
+    if let (Some(farm), Some(netdir), Some(blob)) = (&a.farm, &netdir, &blob) {
+        let plan = FarmPlan {
+            spec: &spec,
+            outputs: &outputs,
+            jobs: &jobs,
+            scene_name: &a.scene,
+        };
+        return run_farm(&a, farm, netdir, blob, plan);
+    }
+    let work = BakeWork::new(spec);
+    for (i, t) in prebuilt {
+        work.set_table(i, t);
+    }
+    let work = std::sync::Arc::new(Workload::Bake(work));
+    let units = work.plan(a.tile, a.samples_per_unit);
+    // Which output each layer feeds.
+    let mut layer_output = vec![(0usize, 0usize); work.layer_count()];
+    for (oi, o) in outputs.iter().enumerate() {
+        for &(mesh, l) in &o.parts {
+            layer_output[l] = (oi, mesh);
+        }
+    }
+
+    let total: u64 = units.iter().map(|u| u.samples()).sum();
     let bar = crate::output::progress_bar(total, a.quiet);
-    let done = AtomicU64::new(0);
     let start = Instant::now();
     let mut written = Vec::new();
     let mut nonfinite = 0;
-    // (texel samples, seconds) of the passes that trace rays, for the speed summary.
-    let mut traced = (0u64, 0.0f64);
-    for (job, plans) in jobs.iter().zip(&plans) {
-        let covered = job.table.covered();
-        for (&pass, units) in passes.iter().zip(plans) {
-            let settings = settings_of(pass);
-            let pass_start = Instant::now();
-            let film = pool.install(|| {
-                rayfarm_bake::bake_local(&rs, &job.table, &settings, units, &|n| {
+    let mut complete_pngs: Vec<(usize, PathBuf)> = Vec::new();
+    let mut on_layer = |l: usize, film: Film| -> Result<()> {
+        let (oi, mesh) = layer_output[l];
+        let o = &mut outputs[oi];
+        o.films.push((mesh, film));
+        if o.films.len() < o.parts.len() {
+            return Ok(());
+        }
+        let job = &jobs[o.job];
+        let film = if o.parts.len() == 1 && o.parts[0].0 == usize::MAX {
+            o.films
+                .pop()
+                .map(|(_, f)| f)
+                .context("a layer's film went missing")?
+        } else {
+            let refs: Vec<(usize, &Film)> = o.films.iter().map(|(m, f)| (*m, f)).collect();
+            rayfarm_bake::merge_objects(&rs.scene, &job.table, &refs)
+                .map_err(|e| anyhow::anyhow!("cannot merge the objects' maps: {e}"))?
+        };
+        o.films.clear();
+        nonfinite += film.nonfinite_samples;
+        let settings = rayfarm_bake::BakeSettings {
+            pass: o.pass,
+            spp: a.spp,
+            max_bounces: a.max_bounces,
+            seed: a.seed,
+            ao_distance,
+        };
+        let raw = film.to_rgb(settings.spp());
+        let (px, _) = rayfarm_bake::dilate(
+            &raw,
+            job.table.width,
+            job.table.height,
+            &job.table.covered(),
+            a.padding,
+        );
+        let stem = rayfarm_bake::map_name(
+            job.object.as_deref(),
+            o.pass,
+            job.table.width,
+            job.table.height,
+        );
+        let exr = a.out.join(format!("{stem}.exr"));
+        crate::output::write_image(
+            &exr,
+            job.table.width,
+            job.table.height,
+            &px,
+            false,
+            0.0,
+            crate::output::ToneMap::Clamp,
+        )?;
+        let png = a.out.join(format!("{stem}.png"));
+        write_png(&png, job.table.width, job.table.height, &px, o.pass)?;
+        if o.pass == Pass::Complete {
+            complete_pngs.push((o.job, png));
+        }
+        written.push(stem);
+        Ok(())
+    };
+    let shares = if let (Some(nr), Some(blob)) = (network, blob) {
+        crate::network_cmd::run_network_job(
+            nr,
+            rs.clone(),
+            blob,
+            work.clone(),
+            units,
+            bar.clone(),
+            "texel samples",
+            &mut on_layer,
+        )?
+    } else {
+        let done = AtomicU64::new(0);
+        let mut failed = None;
+        pool.install(|| {
+            rayfarm_bake::workload::run_local(
+                &rs,
+                &work,
+                &units,
+                &|n| {
                     let d = done.fetch_add(n, Ordering::Relaxed) + n;
                     bar.set_position(d);
-                    bar.set_message(format!(
-                        "{} {}",
-                        job.object.as_deref().unwrap_or("atlas"),
-                        pass.name()
-                    ));
-                })
-            });
-            if !pass.is_deterministic() {
-                traced.0 += job.table.covered_count() * settings.spp() as u64;
-                traced.1 += pass_start.elapsed().as_secs_f64();
-            }
-            nonfinite += film.nonfinite_samples;
-            let raw = film.to_rgb(settings.spp());
-            let (px, _) =
-                rayfarm_bake::dilate(&raw, job.table.width, job.table.height, &covered, a.padding);
-            let stem = rayfarm_bake::map_name(
-                job.object.as_deref(),
-                pass,
-                job.table.width,
-                job.table.height,
-            );
-            let exr = a.out.join(format!("{stem}.exr"));
-            crate::output::write_image(
-                &exr,
-                job.table.width,
-                job.table.height,
-                &px,
-                false,
-                0.0,
-                crate::output::ToneMap::Clamp,
-            )?;
-            let png = a.out.join(format!("{stem}.png"));
-            write_png(&png, job.table.width, job.table.height, &px, pass)?;
-            written.push(stem);
+                    let secs = start.elapsed().as_secs_f64().max(1e-6);
+                    bar.set_message(format!("{:.2} M texel samples/s", d as f64 / secs / 1e6));
+                },
+                &mut |l, f| {
+                    if failed.is_none() {
+                        failed = on_layer(l, f).err();
+                    }
+                },
+            )
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
-    }
+        Vec::new()
+    };
     bar.finish_and_clear();
+    let bake_secs = start.elapsed().as_secs_f64();
+    if let Some(path) = &a.gltf_out {
+        write_baked_gltf(path, &rs.scene, &jobs, &complete_pngs, a.uv_set)?;
+    }
     if nonfinite > 0 {
         eprintln!(
             "warning: {nonfinite} samples were not finite and were dropped (a renderer bug: please report it with the scene)"
         );
     }
     if !a.quiet {
+        crate::render_cmd::print_shares(&shares);
         let texels: u64 = jobs.iter().map(|j| j.table.covered_count()).sum();
+        // Texel samples of the passes that trace rays (albedo and normal take one lookup).
+        let traced_passes = passes.iter().filter(|p| !p.is_deterministic()).count() as u64;
         println!(
             "baked {} map(s) x {} pass(es), {} covered texels, {} spp on {} threads in {:.2} s ({:.2} M texel-samples/s traced, {:.2} s total) -> {}",
             jobs.len(),
@@ -288,13 +499,253 @@ pub fn run(a: BakeArgs) -> Result<()> {
             texels,
             a.spp,
             threads,
-            start.elapsed().as_secs_f64(),
-            traced.0 as f64 / traced.1.max(1e-9) / 1e6,
+            bake_secs,
+            (texels * a.spp as u64 * traced_passes) as f64 / bake_secs.max(1e-9) / 1e6,
             t0.elapsed().as_secs_f64(),
             a.out.display()
         );
+        if let Some(p) = &a.gltf_out {
+            println!("baked glTF -> {}", p.display());
+        }
     }
     Ok(())
+}
+
+struct FarmPlan<'a> {
+    spec: &'a BakeSpec,
+    outputs: &'a [Output],
+    jobs: &'a [MapJob],
+    scene_name: &'a Path,
+}
+
+/// The farm half of `rayfarm bake`: writes the job folder (compiled scene, job.desc), the
+/// placeholders, submits the job, follows it and merges the result.
+fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan) -> Result<()> {
+    use rayfarm_farm::jobdesc::{
+        self, BakeDesc, BakeMode, JobDesc, OutputDesc, PartDesc, SceneRef,
+    };
+    let spec = plan.spec;
+    let mut parts: Vec<PartDesc> = Vec::new();
+    let mut outputs = Vec::new();
+    for o in plan.outputs {
+        let job = &plan.jobs[o.job];
+        let mut names = Vec::new();
+        for &(mesh, l) in &o.parts {
+            let region = spec.maps[spec.layers[l].map].region;
+            // Multi mode: each object's pass is one task. Single: tiles of the map.
+            let tiles = if mesh != usize::MAX {
+                vec![region]
+            } else {
+                rayfarm_render::film::plan_region(0, region, 1, FARM_TILE_PX, 1)
+                    .into_iter()
+                    .map(|u| Region {
+                        x0: u.x0,
+                        y0: u.y0,
+                        x1: u.x1,
+                        y1: u.y1,
+                    })
+                    .collect()
+            };
+            for r in tiles {
+                let name = format!("p{:06}", parts.len());
+                parts.push(PartDesc {
+                    name: name.clone(),
+                    layer: l,
+                    region: jobdesc::region_array(r),
+                    mesh: (mesh != usize::MAX).then_some(mesh),
+                });
+                names.push(name);
+            }
+        }
+        let stem = rayfarm_bake::map_name(
+            job.object.as_deref(),
+            o.pass,
+            job.table.width,
+            job.table.height,
+        );
+        outputs.push(OutputDesc {
+            files: vec![format!("{stem}.exr"), format!("{stem}.png")],
+            stem,
+            pass: o.pass,
+            width: job.table.width,
+            height: job.table.height,
+            atlas_meshes: job.meshes.clone(),
+            parts: names,
+        });
+    }
+    let out_dir = std::fs::canonicalize(&a.out)
+        .with_context(|| format!("{}: cannot resolve the output folder", a.out.display()))?;
+    let mut id_bytes = [0u8; 6];
+    getrandom::fill(&mut id_bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for a job id: {e}"))?;
+    let job_id = format!(
+        "j{}",
+        id_bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let scene_hash = rayfarm_scene::blob::content_hash(blob).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let desc = JobDesc {
+        job_id: job_id.clone(),
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        name: plan
+            .scene_name
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        scene: SceneRef {
+            file: "scene.rfscene".into(),
+            blake3: rayfarm_scene::blob::hash_hex(&scene_hash),
+            bytes: blob.len() as u64,
+        },
+        bake: BakeDesc::from_bake_spec(
+            spec,
+            a.padding,
+            if a.mode == Mode::Multi {
+                BakeMode::Multi
+            } else {
+                BakeMode::Single
+            },
+        ),
+        outputs,
+        parts,
+        out_dir: out_dir.display().to_string(),
+        gltf_out: a
+            .gltf_out
+            .as_ref()
+            .and_then(|g| g.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
+        manager: Some(farm.to_string()),
+    };
+    desc.validate()
+        .map_err(|e| anyhow::anyhow!("the job's description is invalid: {e}"))?;
+    let job_dir = netdir.join(&job_id);
+    std::fs::create_dir(&job_dir)
+        .with_context(|| format!("{}: cannot create the job folder", job_dir.display()))?;
+    crate::output::write_atomic(&job_dir.join("scene.rfscene"), blob)?;
+    let desc_path = desc.write(&job_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let placeholders =
+        rayfarm_farm::merge::write_placeholders(&desc).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client = crate::farm_cmd::FarmClient::new(farm);
+    client.post(
+        "/api/v1/jobs",
+        &serde_json::json!({ "job_dir": job_dir.display().to_string(), "priority": a.priority }),
+    )?;
+    if !a.quiet {
+        eprintln!(
+            "submitted job {job_id} ({} tasks) to {farm}; placeholders at {} output(s); job folder {}",
+            desc.parts.len(),
+            placeholders.len(),
+            job_dir.display()
+        );
+    }
+    let later = format!("rayfarm merge {}", desc_path.display());
+    if a.no_wait {
+        println!("job {job_id} submitted; when it is done: {later}");
+        return Ok(());
+    }
+    // Follow the job; Ctrl-C leaves it running on the farm.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let i = interrupted.clone();
+        let _ = ctrlc_flag(i);
+    }
+    let bar = crate::output::progress_bar(1000, a.quiet);
+    loop {
+        if interrupted.load(Ordering::Relaxed) {
+            bar.finish_and_clear();
+            eprintln!("stopped following job {job_id}; it goes on on the farm. Finish it later with: {later}");
+            std::process::exit(130);
+        }
+        let v = client.get(&format!("/api/v1/jobs/{job_id}"))?;
+        let status = v["job"]["status"].as_str().unwrap_or("?").to_string();
+        let progress = v["job"]["progress"].as_f64().unwrap_or(0.0);
+        bar.set_position((progress * 1000.0) as u64);
+        let t = &v["job"]["tasks"];
+        bar.set_message(format!(
+            "job {job_id} {status}: {}/{} tasks done, {} running",
+            t["completed"],
+            desc.parts.len(),
+            t["running"]
+        ));
+        match status.as_str() {
+            "completed" => break,
+            "failed" | "canceled" => {
+                bar.finish_and_clear();
+                bail!(
+                    "job {job_id} {status} on the farm: {} (see `rayfarm job show {job_id} --manager {farm}`); the placeholders stay",
+                    v["job"]["error"].as_str().unwrap_or("no reason given")
+                );
+            }
+            _ => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    bar.finish_and_clear();
+    let report =
+        rayfarm_farm::merge::merge(&desc_path, &rayfarm_farm::merge::MergeOptions::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !a.quiet {
+        println!(
+            "baked on the farm: job {job_id}, {} file(s) -> {}",
+            report.written.len(),
+            out_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Sets `flag` on Ctrl-C (the first one; a second ends the process as usual).
+fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(rt) = rt {
+            rt.block_on(async {
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    Ok(())
+}
+
+/// Writes the baked objects as a binary glTF whose materials are unlit, with the complete
+/// map as base colour: the most portable way to show baked lighting (every viewer shows
+/// base colour; those without KHR_materials_unlit shade it a little, but still show it).
+fn write_baked_gltf(
+    path: &Path,
+    scene: &rayfarm_scene::CompiledScene,
+    jobs: &[MapJob],
+    complete_pngs: &[(usize, PathBuf)],
+    uv_set: u8,
+) -> Result<()> {
+    use rayfarm_scene::gltf_export::{baked_glb, BakedMaterial, BakedObject};
+    let mut materials = Vec::new();
+    let mut objects = Vec::new();
+    for (ji, png) in complete_pngs {
+        let bytes = std::fs::read(png)
+            .with_context(|| format!("{}: cannot read the baked map back", png.display()))?;
+        let name = png
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for &mesh in &jobs[*ji].meshes {
+            objects.push(BakedObject {
+                mesh,
+                material: materials.len(),
+            });
+        }
+        materials.push(BakedMaterial { name, png: bytes });
+    }
+    let glb = baked_glb(scene, &objects, &materials, uv_set)
+        .map_err(|e| anyhow::anyhow!("{}: cannot build the baked glTF: {e}", path.display()))?;
+    crate::output::write_atomic(path, &glb)
 }
 
 /// 8-bit PNG of a map: sRGB-encoded colour for complete, lightmap and albedo; linear for ao;

@@ -61,6 +61,13 @@ pub struct DaemonRunArgs {
     /// Config file (default: $RAYFARM_CONFIG, ~/.config/rayfarm/config.toml, /etc/rayfarm/config.toml)
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Register with this job manager (HOST[:PORT]) so it finds this node without a scan
+    #[arg(long, value_name = "HOST:PORT")]
+    pub manager: Option<String>,
+    /// Where this node mounts the network folder when the path differs from the manager's,
+    /// as MANAGER_PATH=LOCAL_PATH (repeatable; passed to the workers)
+    #[arg(long, value_name = "FROM=TO")]
+    pub path_map: Vec<String>,
 }
 
 /// Write the config file and a systemd unit that runs the daemon at boot.
@@ -225,6 +232,21 @@ fn run_daemon(a: DaemonRunArgs) -> Result<()> {
             .context("cannot find the rayfarm executable to run workers")?,
         worker_heartbeat_timeout: daemon::WORKER_HEARTBEAT_TIMEOUT,
     };
+    if !a.path_map.is_empty() {
+        let maps = crate::network_cmd::parse_path_maps(&a.path_map)?;
+        let joined: Vec<String> = maps.iter().map(|(f, t)| format!("{f}={t}")).collect();
+        // Workers inherit the environment; set before any thread starts.
+        std::env::set_var("RAYFARM_PATH_MAP", joined.join(";"));
+    }
+    if let Some(m) = &a.manager {
+        // The address the manager should use: the bound one, or this host's name.
+        let host = if bind.is_unspecified() {
+            crate::network_cmd::hostname()
+        } else {
+            bind.to_string()
+        };
+        crate::farm_cmd::spawn_registration(m.clone(), format!("{host}:{port}"));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,6 +3,7 @@
 mod bake_cmd;
 mod bench;
 mod daemon_cmd;
+mod farm_cmd;
 mod network_cmd;
 mod output;
 mod render_cmd;
@@ -36,13 +37,18 @@ enum Command {
     Nodes(network_cmd::NodesArgs),
     Daemon(daemon_cmd::DaemonArgs),
     Key(daemon_cmd::KeyArgs),
+    Manager(farm_cmd::ManagerArgs),
+    Submit(farm_cmd::SubmitArgs),
+    Jobs(farm_cmd::JobsArgs),
+    Job(farm_cmd::JobArgs),
+    Merge(farm_cmd::MergeArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     // A daemon logs its transitions (acquired, released, worker killed) by default.
     let default_filter = match cli.command {
-        Command::Daemon(_) => "info",
+        Command::Daemon(_) | Command::Manager(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -64,6 +70,11 @@ fn main() {
         Command::Nodes(a) => network_cmd::nodes(a),
         Command::Daemon(a) => daemon_cmd::run(a),
         Command::Key(a) => daemon_cmd::key(a),
+        Command::Manager(a) => farm_cmd::manager(a),
+        Command::Submit(a) => farm_cmd::submit(a),
+        Command::Jobs(a) => farm_cmd::jobs(a),
+        Command::Job(a) => farm_cmd::job(a),
+        Command::Merge(a) => farm_cmd::merge(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -37,6 +37,10 @@ pub struct WorkerArgs {
     /// Print version and devices as one JSON line and exit (used by the daemon)
     #[arg(long)]
     pub probe: bool,
+    /// Where this node mounts the network folder when the path differs from the manager's,
+    /// as MANAGER_PATH=LOCAL_PATH (repeatable; also RAYFARM_PATH_MAP="A=B;C=D")
+    #[arg(long, value_name = "FROM=TO")]
+    pub path_map: Vec<String>,
     /// Configuration file (for the farm key)
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -62,6 +66,9 @@ pub struct DiscoveryArgs {
 pub struct NodesArgs {
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
+    /// Ask this job manager (HOST[:PORT]) for the nodes it knows and what they do
+    #[arg(long, visible_alias = "farm", value_name = "HOST:PORT")]
+    pub manager: Option<String>,
 }
 
 pub fn hostname() -> String {
@@ -100,6 +107,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         cache_max_bytes: a.cache_max_mb.saturating_mul(1 << 20),
         heartbeat_stdout: a.heartbeat_stdout,
         key,
+        path_map: parse_path_maps(&a.path_map)?,
     };
     let r = runtime()?.block_on(worker::run(wc)).map_err(|e| anyhow!(e));
     // Render threads may still be busy with units that were given back: exit without waiting.
@@ -121,6 +129,9 @@ pub fn discovery_targets(d: &DiscoveryArgs, cfg: &config::Config) -> (Vec<String
 }
 
 pub fn nodes(a: NodesArgs) -> Result<()> {
+    if let Some(m) = &a.manager {
+        return crate::farm_cmd::manager_nodes(m);
+    }
     let (cfg, _) = config::load(a.discovery.config.as_deref()).map_err(|e| anyhow!(e))?;
     let (scan, daemons) = discovery_targets(&a.discovery, &cfg);
     if scan.is_empty() && daemons.is_empty() {
@@ -226,14 +237,38 @@ pub fn run_network(
     units: Vec<rayfarm_render::WorkUnit>,
     bar: indicatif::ProgressBar,
 ) -> Result<(rayfarm_render::Film, Vec<rayfarm_master::NodeShare>)> {
+    let work = std::sync::Arc::new(rayfarm_bake::Workload::Render(settings));
+    let mut film = None;
+    let shares = run_network_job(nr, scene, blob, work, units, bar, "samples", |_, f| {
+        film = Some(f);
+        Ok(())
+    })?;
+    let film = film.ok_or_else(|| anyhow!("the render finished without an image"))?;
+    Ok((film, shares))
+}
+
+/// Runs a job (render or bake) over the network with a progress bar counting `what`
+/// (samples or texel samples); `on_layer` gets each finished layer and may fail the job.
+#[allow(clippy::too_many_arguments)]
+pub fn run_network_job(
+    nr: NetworkRender,
+    scene: std::sync::Arc<rayfarm_render::RenderScene>,
+    blob: Vec<u8>,
+    work: std::sync::Arc<rayfarm_bake::Workload>,
+    units: Vec<rayfarm_render::WorkUnit>,
+    bar: indicatif::ProgressBar,
+    what: &'static str,
+    mut on_layer: impl FnMut(usize, rayfarm_render::Film) -> Result<()>,
+) -> Result<Vec<rayfarm_master::NodeShare>> {
     let rt = runtime()?;
     let start = std::time::Instant::now();
     let bar2 = bar.clone();
-    rt.block_on(async move {
-        let fut = rayfarm_master::render(
+    let mut failed: Option<anyhow::Error> = None;
+    let shares = rt.block_on(async {
+        let fut = rayfarm_master::run_job(
             scene,
             std::sync::Arc::new(blob),
-            settings,
+            work,
             units,
             nr.options,
             move |s| {
@@ -243,7 +278,7 @@ pub fn run_network(
                 let threads: u32 = live.iter().map(|n| n.threads).sum();
                 let secs = start.elapsed().as_secs_f64().max(1e-6);
                 bar2.set_message(format!(
-                    "{} nodes, {} threads, {:.1}/{:.1} M samples, {:.2} M samples/s",
+                    "{} nodes, {} threads, {:.1}/{:.1} M {what}, {:.2} M {what}/s",
                     live.len(),
                     threads,
                     s.samples_done as f64 / 1e6,
@@ -251,10 +286,41 @@ pub fn run_network(
                     s.samples_done as f64 / secs / 1e6
                 ));
             },
+            |l, f| {
+                if failed.is_none() {
+                    if let Err(e) = on_layer(l, f) {
+                        failed = Some(e);
+                    }
+                }
+            },
         );
         tokio::select! {
             r = fut => r.map_err(|e| anyhow!(e)),
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; the daemons are released")),
         }
-    })
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(shares),
+    }
+}
+
+/// Parses `FROM=TO` path maps from flags and from `RAYFARM_PATH_MAP` (`;`-separated).
+pub fn parse_path_maps(flags: &[String]) -> Result<Vec<(String, String)>> {
+    let env = std::env::var("RAYFARM_PATH_MAP").unwrap_or_default();
+    let mut out = Vec::new();
+    for m in flags
+        .iter()
+        .map(String::as_str)
+        .chain(env.split(';').filter(|s| !s.trim().is_empty()))
+    {
+        let Some((from, to)) = m.split_once('=') else {
+            anyhow::bail!("path map '{m}' is not FROM=TO (e.g. /mnt/farm=/Volumes/farm)");
+        };
+        if !from.starts_with('/') || !to.starts_with('/') {
+            anyhow::bail!("path map '{m}': both paths must be absolute");
+        }
+        out.push((from.to_string(), to.to_string()));
+    }
+    Ok(out)
 }

@@ -162,6 +162,28 @@ pub fn read_exr(path: &Path) -> Result<(u32, u32, Vec<[f32; 3]>)> {
     ))
 }
 
+/// Writes a file under a temporary name, syncs it and renames it into place, so a crash
+/// never leaves a half-written file at `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial.{}", std::process::id()));
+    let r = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::anyhow!("{}: cannot write: {e}", path.display()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

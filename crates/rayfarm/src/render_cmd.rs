@@ -362,19 +362,8 @@ pub fn run(a: RenderArgs) -> Result<()> {
         })
     };
     bar.finish_and_clear();
-    if !a.quiet && !shares.is_empty() {
-        let total: u64 = shares.iter().map(|s| s.samples).sum::<u64>().max(1);
-        println!("share of the work:");
-        for s in &shares {
-            println!(
-                "  {:<40} {:>4} threads {:>6.1}%  ({} samples{})",
-                s.name,
-                s.threads,
-                100.0 * s.samples as f64 / total as f64,
-                s.samples,
-                if s.connected { "" } else { ", left" }
-            );
-        }
+    if !a.quiet {
+        print_shares(&shares);
     }
     let render_secs = render_start.elapsed().as_secs_f64();
     if film.nonfinite_samples > 0 {
@@ -452,4 +441,23 @@ pub fn info(a: InfoArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints each node's share of a network job (nothing for a local one).
+pub fn print_shares(shares: &[rayfarm_master::NodeShare]) {
+    if shares.is_empty() {
+        return;
+    }
+    let total: u64 = shares.iter().map(|s| s.samples).sum::<u64>().max(1);
+    println!("share of the work:");
+    for s in shares {
+        println!(
+            "  {:<40} {:>4} threads {:>6.1}%  ({} samples{})",
+            s.name,
+            s.threads,
+            100.0 * s.samples as f64 / total as f64,
+            s.samples,
+            if s.connected { "" } else { ", left" }
+        );
+    }
 }

@@ -933,3 +933,90 @@ fn interrupted_workers_give_their_units_back() {
     let line = share_line(&out, "wstays").unwrap_or_else(|| panic!("{}", m.describe()));
     assert!(!line.contains("left"), "{line}");
 }
+
+// -- 9 ----------------------------------------------------------------------------------------
+
+/// Every file of a bake's output folder, by name.
+fn bake_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.unwrap();
+            let bytes = std::fs::read(e.path()).unwrap();
+            (e.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn a_network_bake_is_bit_identical_to_a_local_one() {
+    let farm = Farm::new();
+    let _daemons = [("127.0.0.13", "b13"), ("127.0.0.14", "b14")]
+        .map(|(ip, alias)| farm.daemon(ip, alias, &[]));
+    let scene = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/two-charts.obj");
+    let bake = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut a = strings(&["bake"]);
+        a.push(scene.display().to_string());
+        a.push("--out".into());
+        a.push(farm.path(out).display().to_string());
+        a.extend(strings(&[
+            "--size",
+            "48",
+            "--spp",
+            "32",
+            "--max-bounces",
+            "3",
+        ]));
+        a.extend(strings(extra));
+        a
+    };
+    let mut local = Proc::start("local bake", &bake("local", &["-q"]), &farm.env("warn"));
+    local.wait_ok(Duration::from_secs(60));
+    let reference = bake_files(&farm.path("local"));
+    assert_eq!(reference.len(), 10, "{:?}", reference.keys());
+
+    for (i, mode) in ["single", "multi"].into_iter().enumerate() {
+        let port = (21170 + i).to_string();
+        let out = format!("net-{mode}");
+        let args = bake(
+            &out,
+            &[
+                "--mode",
+                mode,
+                "--network",
+                "--no-local",
+                "--daemon",
+                "127.0.0.13",
+                "--daemon",
+                "127.0.0.14",
+                "--scan-interval",
+                "0.5",
+                "--master-port",
+                &port,
+                "--master-bind",
+                "127.0.0.1",
+            ],
+        );
+        let mut m = Proc::start(&format!("bake master {mode}"), &args, &farm.env("info"));
+        m.wait_ok(Duration::from_secs(120));
+        let got = bake_files(&farm.path(&out));
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            reference.keys().collect::<Vec<_>>()
+        );
+        for (name, bytes) in &reference {
+            assert!(
+                &got[name] == bytes,
+                "{mode}: {name} differs from the local bake:\n{}",
+                m.describe()
+            );
+        }
+        let stdout = m.stdout();
+        assert!(
+            share_line(&stdout, "b13").is_some() || share_line(&stdout, "b14").is_some(),
+            "no daemon took part:\n{}",
+            m.describe()
+        );
+        assert!(share_line(&stdout, "local").is_none(), "{stdout}");
+    }
+}

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 const SECRET: &str = "daemon-test-secret";
 
-const PROBE_OK: &str = r#"echo '{"version":"VERSION","protocol_version":1,"devices":{"cpu_model":"Fake CPU","threads":2,"cpu_threads":4,"gpus":["Fake GPU"]}}'; exit 0"#;
+const PROBE_OK: &str = r#"echo '{"version":"VERSION","protocol_version":PROTO,"devices":{"cpu_model":"Fake CPU","threads":2,"cpu_threads":4,"gpus":["Fake GPU"]}}'; exit 0"#;
 const BEAT: &str = "while :; do echo heartbeat; sleep 0.2; done";
 
 /// A fake `rayfarm` executable in its own folder; the worker run records its arguments and
@@ -23,7 +23,9 @@ struct Fake {
 fn fake_worker(probe: &str, body: &str) -> Fake {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("rayfarm");
-    let probe = probe.replace("VERSION", env!("CARGO_PKG_VERSION"));
+    let probe = probe
+        .replace("VERSION", env!("CARGO_PKG_VERSION"))
+        .replace("PROTO", &PROTOCOL_VERSION.to_string());
     let script = format!(
         "#!/bin/sh\nout=\"$(dirname \"$0\")\"\nif [ \"$2\" = \"--probe\" ]; then\n{probe}\nfi\n\
          printf '%s\\n' \"$@\" > \"$out/args\"\nprintf '%s' \"$RAYFARM_KEY\" > \"$out/key\"\n{body}\n"

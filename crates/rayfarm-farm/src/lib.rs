@@ -1,0 +1,30 @@
+//! The job manager's library: what a render farm keeps between restarts.
+//!
+//! A *job* is one piece of work a user asked for (bake the lightmaps of a level, render frames
+//! 1-250); it is split into *tasks*, the pieces one node runs at a time. The manager hands tasks
+//! to nodes, collects their reports, retries failures a bounded number of times, and lets users
+//! pause, resume, cancel, reprioritise and delete jobs.
+//!
+//! - [`store`]: the persistent job queue. One SQLite file (WAL, `synchronous=FULL`, versioned
+//!   migrations) holds jobs, tasks, leases and per-node failure counts; every state change is
+//!   one transaction, so a manager that crashes and restarts loses nothing. Job and task status
+//!   follow explicit state machines whose allowed transitions are tables in the code
+//!   ([`store::JOB_TRANSITIONS`], [`store::TASK_TRANSITIONS`]).
+//!
+//! The store is synchronous and does no network IO: the manager wraps it in a mutex and calls it
+//! from `spawn_blocking`, and it alone talks to nodes. What a task's `spec` means (a bake pass, a
+//! frame range) is the caller's business: the store keeps it as opaque JSON text.
+
+pub mod api;
+pub mod jobdesc;
+pub mod manager;
+pub mod maps;
+pub mod merge;
+pub mod parts;
+pub mod preview;
+pub mod store;
+
+pub use store::{
+    JobInfo, JobKind, JobStatus, NewJob, NewTask, Reclaimed, StopTask, Store, StoreError,
+    TaskAssignment, TaskCounts, TaskDone, TaskFailed, TaskId, TaskInfo, TaskStatus,
+};

@@ -1,0 +1,885 @@
+//! The job manager service: hands the tasks of queued jobs to render nodes.
+//!
+//! It knows daemons from its config, a scan, or their own registration, and takes an idle
+//! daemon's lease the way a master does (a daemon held by an interactive master is left
+//! alone), so the daemon starts a worker that connects to the manager's *worker port*. Each
+//! worker session takes one task at a time from the [`Store`]: the manager sends the job's
+//! compiled scene (read from the job folder) and the task's units, the worker renders them
+//! and writes the part file into the job folder itself, then reports its checksum, which the
+//! manager verifies by reading the part back before marking the task done.
+//!
+//! Crash safety: the queue is SQLite ([`Store`]). A restarted manager looks at every task the
+//! queue says is running: a task whose part is in the job folder and intact is done; the
+//! others go back to the queue. Parts are written atomically and are a pure function of the
+//! job and the part, so a part written twice (by a node the manager lost track of and by the
+//! node that redid it) is the same bytes either way.
+//!
+//! Long-lived tasks and how they stop: the listener, the daemon loop, the lease expiry loop,
+//! each lease holder and each worker session watch one `watch` channel that flips to `true`
+//! on shutdown; sessions then say `Goodbye`, lease holders `Release`.
+
+use crate::jobdesc::JobDesc;
+use crate::store::{JobStatus, Store, TaskAssignment};
+use rayfarm_bake::{BakeWork, Workload};
+use rayfarm_proto::{accept, Accepted, FarmKey, Msg, Role, WirePart, WireUnit, WireWork};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The manager's HTTP port.
+pub const DEFAULT_HTTP_PORT: u16 = 3234;
+/// A worker silent this long is lost.
+pub const WORKER_SILENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session with nothing to do ends after this, freeing the node for masters.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(3);
+/// Events kept for the monitor.
+pub const MAX_EVENTS: usize = 200;
+
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    pub bind: String,
+    pub http_port: u16,
+    /// Port workers connect to (0: the first free one from `http_port + 1`).
+    pub worker_port: u16,
+    pub db: PathBuf,
+    pub scan: Vec<String>,
+    pub daemons: Vec<String>,
+    pub scan_interval: Duration,
+    pub key: FarmKey,
+    /// Task lease: a running task whose node says nothing this long goes back to the queue.
+    pub task_lease_ms: i64,
+}
+
+/// A node as the API shows it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NodeView {
+    pub addr: String,
+    pub alias: String,
+    pub threads: u32,
+    /// idle, working, occupied, lost or unreachable.
+    pub state: String,
+    pub job: Option<String>,
+    pub task: Option<String>,
+    pub master: Option<String>,
+    pub last_seen_ms: i64,
+}
+
+/// Something the monitor shows under "recent events".
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub time_ms: i64,
+    pub level: &'static str,
+    pub message: String,
+    pub job: Option<String>,
+    pub node: Option<String>,
+}
+
+#[derive(Default)]
+struct NodeEntry {
+    alias: String,
+    threads: u32,
+    /// Daemon state as last seen (idle / occupied by someone else / unhealthy / unreachable).
+    daemon_state: String,
+    master: Option<String>,
+    last_seen_ms: i64,
+    /// We hold its lease.
+    held: bool,
+    ever_seen: bool,
+}
+
+#[derive(Default)]
+struct SessionEntry {
+    threads: u32,
+    job: Option<String>,
+    task: Option<String>,
+    last_seen_ms: i64,
+}
+
+/// A job's data the sessions need, loaded from its folder once.
+pub struct JobCtx {
+    job_dir: PathBuf,
+    pub desc: JobDesc,
+    work: Workload,
+    wire: WireWork,
+    blob: Arc<Vec<u8>>,
+    scene_hash: [u8; 32],
+    wire_job_id: u64,
+}
+
+/// State shared by the HTTP API and the loops.
+pub struct Manager {
+    pub store: Mutex<Store>,
+    cfg: ManagerConfig,
+    pub worker_port: u16,
+    started: Instant,
+    nodes: Mutex<BTreeMap<String, NodeEntry>>,
+    registered: Mutex<BTreeSet<String>>,
+    sessions: Mutex<BTreeMap<String, SessionEntry>>,
+    events: Mutex<VecDeque<Event>>,
+    jobs: Mutex<HashMap<String, Arc<JobCtx>>>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The job spec stored with each job: where its folder is.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct JobSpec {
+    pub job_dir: String,
+}
+
+/// The task spec stored with each task: which part of the job.desc it makes.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct TaskSpec {
+    pub part: usize,
+}
+
+impl Manager {
+    pub fn version(&self) -> &'static str {
+        env!("CARGO_PKG_VERSION")
+    }
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    pub fn event(
+        &self,
+        level: &'static str,
+        message: String,
+        job: Option<&str>,
+        node: Option<&str>,
+    ) {
+        match level {
+            "error" => tracing::error!("{message}"),
+            "warn" => tracing::warn!("{message}"),
+            _ => tracing::info!("{message}"),
+        }
+        let mut ev = lock(&self.events);
+        if ev.len() >= MAX_EVENTS {
+            ev.pop_front();
+        }
+        ev.push_back(Event {
+            time_ms: now_ms(),
+            level,
+            message,
+            job: job.map(str::to_string),
+            node: node.map(str::to_string),
+        });
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.events).iter().rev().cloned().collect()
+    }
+
+    /// A daemon announcing itself (`rayfarm daemon --manager`).
+    pub fn register(&self, addr: String) -> bool {
+        lock(&self.registered).insert(addr)
+    }
+
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let nodes = lock(&self.nodes);
+        let sessions = lock(&self.sessions);
+        let mut out = Vec::new();
+        let mut shown = BTreeSet::new();
+        for (addr, n) in nodes.iter() {
+            let s = sessions.get(&n.alias).filter(|_| n.held);
+            shown.insert(n.alias.clone());
+            let (state, job, task) = match s {
+                Some(s) if s.task.is_some() => {
+                    ("working".to_string(), s.job.clone(), s.task.clone())
+                }
+                Some(_) => ("idle".to_string(), None, None),
+                None => (n.daemon_state.clone(), None, None),
+            };
+            out.push(NodeView {
+                addr: addr.clone(),
+                alias: n.alias.clone(),
+                threads: n.threads,
+                state,
+                job,
+                task,
+                master: n.master.clone(),
+                last_seen_ms: n.last_seen_ms.max(s.map_or(0, |s| s.last_seen_ms)),
+            });
+        }
+        // Workers started by hand (no daemon).
+        for (alias, s) in sessions.iter() {
+            if shown.contains(alias) {
+                continue;
+            }
+            out.push(NodeView {
+                addr: "(worker)".into(),
+                alias: alias.clone(),
+                threads: s.threads,
+                state: if s.task.is_some() { "working" } else { "idle" }.into(),
+                job: s.job.clone(),
+                task: s.task.clone(),
+                master: None,
+                last_seen_ms: s.last_seen_ms,
+            });
+        }
+        out
+    }
+
+    /// Loads (once) a job's folder: its job.desc and compiled scene.
+    fn job_ctx(&self, job_id: &str, spec: &str) -> Result<Arc<JobCtx>, String> {
+        if let Some(c) = lock(&self.jobs).get(job_id) {
+            return Ok(c.clone());
+        }
+        let spec: JobSpec =
+            serde_json::from_str(spec).map_err(|e| format!("job {job_id}: bad job spec: {e}"))?;
+        let ctx = Arc::new(load_job(job_id, Path::new(&spec.job_dir))?);
+        lock(&self.jobs).insert(job_id.to_string(), ctx.clone());
+        Ok(ctx)
+    }
+}
+
+/// Reads and checks a job folder: job.desc (its id must be the folder's name and `job_id`)
+/// and the compiled scene it names (its hash must match).
+pub fn load_job(job_id: &str, job_dir: &Path) -> Result<JobCtx, String> {
+    let desc =
+        JobDesc::read(&job_dir.join(crate::jobdesc::FILE_NAME)).map_err(|e| e.to_string())?;
+    if desc.job_id != job_id {
+        return Err(format!(
+            "{}: job.desc names job '{}', not '{job_id}'",
+            job_dir.display(),
+            desc.job_id
+        ));
+    }
+    let scene_path =
+        crate::jobdesc::safe_join(job_dir, &desc.scene.file).map_err(|e| e.to_string())?;
+    let blob = std::fs::read(&scene_path)
+        .map_err(|e| format!("{}: cannot read the job's scene: {e}", scene_path.display()))?;
+    let scene_hash = rayfarm_scene::blob::content_hash(&blob)
+        .map_err(|e| format!("{}: {e}", scene_path.display()))?;
+    if rayfarm_scene::blob::hash_hex(&scene_hash) != desc.scene.blake3 {
+        return Err(format!(
+            "{}: the scene does not match the hash in job.desc",
+            scene_path.display()
+        ));
+    }
+    let work = Workload::Bake(BakeWork::new(desc.bake.to_bake_spec()));
+    let wire = WireWork::from_workload(&work);
+    let wire_job_id = u64::from_le_bytes(
+        blake3::hash(job_id.as_bytes()).as_bytes()[..8]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    Ok(JobCtx {
+        job_dir: job_dir.to_path_buf(),
+        desc,
+        work,
+        wire,
+        blob: Arc::new(blob),
+        scene_hash,
+        wire_job_id,
+    })
+}
+
+/// The units of a part: every sample of its region of its layer.
+fn part_units(ctx: &JobCtx, part: usize) -> Result<(Vec<WireUnit>, WirePart), String> {
+    let p = ctx
+        .desc
+        .parts
+        .get(part)
+        .ok_or_else(|| format!("part {part} is not in job.desc"))?;
+    let (_, spp) = ctx
+        .work
+        .layer(p.layer)
+        .ok_or_else(|| format!("part {}: layer {} does not exist", p.name, p.layer))?;
+    let region = rayfarm_render::film::Region {
+        x0: p.region[0],
+        y0: p.region[1],
+        x1: p.region[2],
+        y1: p.region[3],
+    };
+    let units = rayfarm_render::film::plan_region(p.layer as u32, region, spp, 32, spp)
+        .into_iter()
+        .map(WireUnit::from)
+        .collect();
+    Ok((
+        units,
+        WirePart {
+            job_dir: ctx.job_dir.display().to_string(),
+            name: p.name.clone(),
+            layer: p.layer as u32,
+            region: p.region,
+            spp,
+        },
+    ))
+}
+
+/// Opens the queue, recovers from a previous run, and serves until `stop` flips.
+pub async fn run(
+    cfg: ManagerConfig,
+    extra_routes: axum::Router<Arc<Manager>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let store = Store::open(&cfg.db)
+        .map_err(|e| format!("{}: cannot open the job database: {e}", cfg.db.display()))?
+        .with_lease_ms(cfg.task_lease_ms);
+    let http = TcpListener::bind((cfg.bind.as_str(), cfg.http_port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.bind, cfg.http_port))?;
+    let first = if cfg.worker_port == 0 {
+        cfg.http_port.saturating_add(1)
+    } else {
+        cfg.worker_port
+    };
+    let (workers, worker_port) = rayfarm_master::bind_master_port(&cfg.bind, first)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mgr = Arc::new(Manager {
+        store: Mutex::new(store),
+        cfg: cfg.clone(),
+        worker_port,
+        started: Instant::now(),
+        nodes: Default::default(),
+        registered: Default::default(),
+        sessions: Default::default(),
+        events: Default::default(),
+        jobs: Default::default(),
+    });
+    recover(&mgr);
+    tracing::info!(
+        "manager listening on {}:{} (HTTP) and {}:{worker_port} (workers)",
+        cfg.bind,
+        cfg.http_port,
+        cfg.bind
+    );
+    eprintln!(
+        "manager listening on {}:{} (web monitor and API), workers connect to port {worker_port}",
+        cfg.bind, cfg.http_port
+    );
+    {
+        let (m, s) = (mgr.clone(), stop.clone());
+        tokio::spawn(async move { listen_workers(m, workers, s).await });
+    }
+    {
+        let (m, s) = (mgr.clone(), stop.clone());
+        tokio::spawn(async move { daemon_loop(m, s).await });
+    }
+    {
+        let (m, s) = (mgr.clone(), stop.clone());
+        tokio::spawn(async move { expiry_loop(m, s).await });
+    }
+    let app = crate::api::router(mgr.clone())
+        .merge(extra_routes)
+        .with_state(mgr.clone());
+    let mut stop2 = stop.clone();
+    axum::serve(http, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop2.changed().await;
+        })
+        .await
+        .map_err(|e| format!("HTTP server: {e}"))
+}
+
+/// After a restart: running tasks whose part is intact are done, the rest are requeued.
+fn recover(mgr: &Manager) {
+    let running = match lock(&mgr.store).running_tasks() {
+        Ok(r) => r,
+        Err(e) => {
+            mgr.event(
+                "error",
+                format!("cannot list running tasks: {e}"),
+                None,
+                None,
+            );
+            return;
+        }
+    };
+    for t in running {
+        let Some(node) = t.node.clone() else { continue };
+        let intact = (|| -> Result<bool, String> {
+            let spec = lock(&mgr.store)
+                .job_spec(&t.job_id)
+                .map_err(|e| e.to_string())?;
+            let ctx = mgr.job_ctx(&t.job_id, &spec)?;
+            let ts: TaskSpec = serde_json::from_str(&t.spec).map_err(|e| e.to_string())?;
+            let p = ctx.desc.parts.get(ts.part).ok_or("no such part")?;
+            let (_, spp) = ctx.work.layer(p.layer as usize).ok_or("no such layer")?;
+            Ok(crate::parts::read_part(&ctx.job_dir, p, spp).is_ok())
+        })()
+        .unwrap_or(false);
+        let mut store = lock(&mgr.store);
+        if intact {
+            let _ = store.task_done(t.id, &node);
+            drop(store);
+            mgr.event(
+                "info",
+                format!("task '{}' finished while the manager was down", t.name),
+                Some(&t.job_id),
+                Some(&node),
+            );
+        } else {
+            let _ = store.node_lost(&node);
+        }
+    }
+}
+
+async fn expiry_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
+    let mut t = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = t.tick() => {}
+        }
+        let r = lock(&mgr.store).expire_leases(now_ms());
+        if let Ok(r) = r {
+            for id in r.requeued {
+                mgr.event(
+                    "warn",
+                    format!("task {id}: its node stopped answering; requeued"),
+                    None,
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// Finds daemons (config, scan, registrations), records their state, and takes the lease of
+/// idle ones while there is work.
+async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
+    let configured = match rayfarm_master::discovery::candidates(&mgr.cfg.scan, &mgr.cfg.daemons) {
+        Ok(c) => c,
+        Err(e) => {
+            mgr.event("error", format!("bad daemon list: {e}"), None, None);
+            Vec::new()
+        }
+    };
+    loop {
+        let mut addrs = configured.clone();
+        addrs.extend(lock(&mgr.registered).iter().cloned());
+        addrs.sort();
+        addrs.dedup();
+        let found = rayfarm_master::discovery::scan(&addrs).await;
+        let work = lock(&mgr.store).has_queued_tasks().unwrap_or(false);
+        for (addr, r) in found {
+            let mut nodes = lock(&mgr.nodes);
+            match r {
+                Err(_) => {
+                    if let Some(n) = nodes.get_mut(&addr) {
+                        n.daemon_state = if n.held { "lost" } else { "unreachable" }.into();
+                    } else if lock(&mgr.registered).contains(&addr) {
+                        // A registered daemon that never answered.
+                        nodes.insert(
+                            addr.clone(),
+                            NodeEntry {
+                                daemon_state: "unreachable".into(),
+                                ..Default::default()
+                            },
+                        );
+                    }
+                }
+                Ok(info) => {
+                    let n = nodes.entry(addr.clone()).or_default();
+                    n.alias = info.alias.clone();
+                    n.threads = info.devices.threads;
+                    n.last_seen_ms = now_ms();
+                    n.ever_seen = true;
+                    let mut take = false;
+                    match &info.state {
+                        rayfarm_proto::DaemonState::Idle => {
+                            n.daemon_state = "idle".into();
+                            n.master = None;
+                            take = work && !n.held;
+                        }
+                        rayfarm_proto::DaemonState::Occupied { master, .. } => {
+                            if !n.held {
+                                n.daemon_state = "occupied".into();
+                                n.master = Some(master.clone());
+                            }
+                        }
+                        rayfarm_proto::DaemonState::Unhealthy { reason } => {
+                            n.daemon_state = format!("unhealthy: {reason}");
+                        }
+                    }
+                    if take {
+                        n.held = true;
+                        n.master = None;
+                        let (m, s, alias) = (mgr.clone(), stop.clone(), info.alias.clone());
+                        tokio::spawn(async move {
+                            let r = rayfarm_master::discovery::hold_lease(
+                                &addr,
+                                &alias,
+                                &m.cfg.key,
+                                rayfarm_master::DEFAULT_LEASE_TIMEOUT_MS,
+                                m.worker_port,
+                                s,
+                            )
+                            .await;
+                            if let Err(e) = r {
+                                tracing::info!("{alias} ({addr}): lease ended: {e}");
+                            }
+                            if let Some(n) = lock(&m.nodes).get_mut(&addr) {
+                                n.held = false;
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(mgr.cfg.scan_interval) => {}
+        }
+    }
+}
+
+async fn listen_workers(mgr: Arc<Manager>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => {
+                let Ok((stream, peer)) = r else { continue };
+                let (mgr, stop) = (mgr.clone(), stop.clone());
+                let key = mgr.cfg.key.clone();
+                tokio::spawn(async move {
+                    match accept(stream, Role::Master, &key).await {
+                        Ok(Accepted::Authenticated(conn)) => {
+                            if let Err(e) = worker_session(&mgr, conn, stop).await {
+                                tracing::warn!("worker {peer}: {e}");
+                            }
+                        }
+                        Ok(Accepted::Discover(mut conn)) => {
+                            let _ = conn.send(&Msg::Error { code: rayfarm_proto::ErrorCode::BadRequest, message: "this is a manager's worker port, not a daemon".into() }).await;
+                        }
+                        Err(e) => tracing::warn!("refused connection from {peer}: {e}"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Receives the next message that is not a heartbeat within `t`.
+async fn recv_skip_heartbeats(
+    conn: &mut rayfarm_proto::Conn,
+    t: Duration,
+    what: &str,
+) -> Result<Msg, String> {
+    let deadline = Instant::now() + t;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match conn
+            .recv_timeout(left, what)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Msg::Heartbeat => continue,
+            m => return Ok(m),
+        }
+    }
+}
+
+async fn worker_session(
+    mgr: &Arc<Manager>,
+    mut conn: rayfarm_proto::Conn,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (alias, threads) = match recv_skip_heartbeats(
+        &mut conn,
+        Duration::from_secs(10),
+        "waiting for WorkerHello",
+    )
+    .await?
+    {
+        Msg::WorkerHello { alias, threads, .. } => (alias, threads.clamp(1, 4096)),
+        other => return Err(format!("expected WorkerHello, got {}", other.name())),
+    };
+    let duplicate = {
+        let mut s = lock(&mgr.sessions);
+        if s.contains_key(&alias) {
+            true
+        } else {
+            s.insert(
+                alias.clone(),
+                SessionEntry {
+                    threads,
+                    last_seen_ms: now_ms(),
+                    ..Default::default()
+                },
+            );
+            false
+        }
+    };
+    if duplicate {
+        let _ = conn
+            .send(&Msg::Goodbye {
+                reason: format!(
+                    "a worker named '{alias}' is already connected; give each node its own alias"
+                ),
+            })
+            .await;
+        return Err(format!("duplicate worker alias '{alias}'"));
+    }
+    mgr.event(
+        "info",
+        format!("worker '{alias}' connected ({threads} threads)"),
+        None,
+        Some(&alias),
+    );
+    let r = session_loop(mgr, &mut conn, &alias, stop).await;
+    lock(&mgr.sessions).remove(&alias);
+    // Whatever it held goes back to the queue.
+    let lost = lock(&mgr.store).node_lost(&alias);
+    if let Ok(l) = &lost {
+        if !l.requeued.is_empty() {
+            mgr.event(
+                "warn",
+                format!(
+                    "worker '{alias}' left with {} task(s); requeued",
+                    l.requeued.len()
+                ),
+                None,
+                Some(&alias),
+            );
+        }
+    }
+    if let Err(e) = &r {
+        mgr.event(
+            "warn",
+            format!("worker '{alias}' lost: {e}"),
+            None,
+            Some(&alias),
+        );
+    }
+    r
+}
+
+async fn session_loop(
+    mgr: &Arc<Manager>,
+    conn: &mut rayfarm_proto::Conn,
+    alias: &str,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut current_job: Option<String> = None;
+    let mut idle_since = Instant::now();
+    loop {
+        if *stop.borrow() {
+            let _ = conn
+                .send(&Msg::Goodbye {
+                    reason: "manager shutting down".into(),
+                })
+                .await;
+            return Ok(());
+        }
+        let next = lock(&mgr.store)
+            .next_task(alias, now_ms())
+            .map_err(|e| e.to_string())?;
+        let Some(task) = next else {
+            if idle_since.elapsed() > IDLE_RELEASE {
+                let _ = conn
+                    .send(&Msg::Goodbye {
+                        reason: "no more work".into(),
+                    })
+                    .await;
+                return Ok(());
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                m = conn.recv_timeout(Duration::from_millis(500), "idle") => {
+                    match m {
+                        Ok(Msg::Heartbeat) => touch(mgr, alias, None, None),
+                        Ok(Msg::Goodbye { reason }) => return Err(format!("left: {reason}")),
+                        Ok(other) => return Err(format!("unexpected {}", other.name())),
+                        Err(rayfarm_proto::ProtoError::Timeout { .. }) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+            continue;
+        };
+        match run_task(mgr, conn, alias, &task, &mut current_job, &mut stop).await {
+            Ok(()) => {}
+            Err(TaskErr::Session(e)) => return Err(e),
+            Err(TaskErr::Task(e)) => {
+                let f = lock(&mgr.store).task_failed(task.task_id, alias, &e);
+                mgr.event(
+                    "error",
+                    format!("task '{}' failed on {alias}: {e}", task.name),
+                    Some(&task.job_id),
+                    Some(alias),
+                );
+                if let Ok(f) = f {
+                    if f.job_status == JobStatus::Failed {
+                        mgr.event(
+                            "error",
+                            format!("job {} failed", f.job_id),
+                            Some(&f.job_id),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+        touch(mgr, alias, None, None);
+        idle_since = Instant::now();
+    }
+}
+
+enum TaskErr {
+    /// The session is broken: the node is lost.
+    Session(String),
+    /// This task failed on this node.
+    Task(String),
+}
+
+fn touch(mgr: &Manager, alias: &str, job: Option<&str>, task: Option<&str>) {
+    if let Some(s) = lock(&mgr.sessions).get_mut(alias) {
+        s.last_seen_ms = now_ms();
+        s.job = job.map(str::to_string);
+        s.task = task.map(str::to_string);
+    }
+}
+
+async fn run_task(
+    mgr: &Arc<Manager>,
+    conn: &mut rayfarm_proto::Conn,
+    alias: &str,
+    task: &TaskAssignment,
+    current_job: &mut Option<String>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), TaskErr> {
+    let ctx = mgr
+        .job_ctx(&task.job_id, &task.job_spec)
+        .map_err(TaskErr::Task)?;
+    let ts: TaskSpec = serde_json::from_str(&task.spec)
+        .map_err(|e| TaskErr::Task(format!("bad task spec: {e}")))?;
+    let (units, part) = part_units(&ctx, ts.part).map_err(TaskErr::Task)?;
+    touch(mgr, alias, Some(&task.job_id), Some(&task.name));
+    let se = |e: rayfarm_proto::ProtoError| TaskErr::Session(e.to_string());
+    if current_job.as_deref() != Some(task.job_id.as_str()) {
+        conn.send(&Msg::Job {
+            job_id: ctx.wire_job_id,
+            scene_hash: ctx.scene_hash,
+            scene_bytes: ctx.blob.len() as u64,
+            work: ctx.wire.clone(),
+        })
+        .await
+        .map_err(se)?;
+        match recv_skip_heartbeats(
+            conn,
+            Duration::from_secs(120),
+            "waiting for the worker to load the scene",
+        )
+        .await
+        .map_err(TaskErr::Session)?
+        {
+            Msg::Ready => {}
+            Msg::NeedScene => {
+                for (i, chunk) in ctx
+                    .blob
+                    .chunks(rayfarm_proto::SCENE_CHUNK_BYTES)
+                    .enumerate()
+                {
+                    conn.send(&Msg::SceneChunk {
+                        offset: (i * rayfarm_proto::SCENE_CHUNK_BYTES) as u64,
+                        data: chunk.to_vec(),
+                    })
+                    .await
+                    .map_err(se)?;
+                }
+                match recv_skip_heartbeats(
+                    conn,
+                    Duration::from_secs(600),
+                    "waiting for the worker to load the scene",
+                )
+                .await
+                .map_err(TaskErr::Session)?
+                {
+                    Msg::Ready => {}
+                    other => {
+                        return Err(TaskErr::Session(format!(
+                            "expected Ready, got {}",
+                            other.name()
+                        )))
+                    }
+                }
+            }
+            other => {
+                return Err(TaskErr::Session(format!(
+                    "expected Ready or NeedScene, got {}",
+                    other.name()
+                )))
+            }
+        }
+        *current_job = Some(task.job_id.clone());
+    }
+    conn.send(&Msg::Task {
+        task_id: task.task_id,
+        units,
+        part: part.clone(),
+    })
+    .await
+    .map_err(se)?;
+    let mut last_seen = Instant::now();
+    let mut renew = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                let _ = conn.send(&Msg::Goodbye { reason: "manager shutting down".into() }).await;
+                return Err(TaskErr::Session("manager shutting down".into()));
+            }
+            _ = renew.tick() => {
+                if last_seen.elapsed() > WORKER_SILENCE_TIMEOUT {
+                    return Err(TaskErr::Session(format!("silent for {} s", WORKER_SILENCE_TIMEOUT.as_secs())));
+                }
+                if lock(&mgr.store).renew_lease(task.task_id, alias, now_ms()).is_err() {
+                    // Canceled, deleted or taken away: let the worker finish, ignore its result.
+                    tracing::info!("task {} is no longer {alias}'s", task.task_id);
+                }
+            }
+            m = conn.recv() => {
+                last_seen = Instant::now();
+                match m.map_err(se)? {
+                    Msg::Heartbeat => touch(mgr, alias, Some(&task.job_id), Some(&task.name)),
+                    Msg::TaskDone { task_id, checksum } if task_id == task.task_id => {
+                        // Trust, but verify: the part must be readable and intact from here too.
+                        let p = &ctx.desc.parts[ts.part];
+                        let check = crate::parts::read_part(&ctx.job_dir, p, part.spp)
+                            .map_err(|e| e.to_string())
+                            .and_then(|_| {
+                                let path = crate::parts::part_path(&ctx.job_dir, p).map_err(|e| e.to_string())?;
+                                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                                // The part's trailer is its checksum (read_part checked it).
+                                let got = &bytes[bytes.len().saturating_sub(32)..];
+                                if got == checksum.as_slice() { Ok(()) } else { Err("the part's checksum differs from the one the worker reported".to_string()) }
+                            });
+                        if let Err(e) = check {
+                            return Err(TaskErr::Task(format!("part {}: {e}", p.name)));
+                        }
+                        match lock(&mgr.store).task_done(task.task_id, alias) {
+                            Ok(d) if d.job_status == JobStatus::Completed => {
+                                drop(d);
+                                mgr.event("info", format!("job {} completed: ready to merge", task.job_id), Some(&task.job_id), None);
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::info!("result of task {} not recorded: {e}", task.task_id),
+                        }
+                        return Ok(());
+                    }
+                    Msg::TaskFailed { task_id, error } if task_id == task.task_id => {
+                        return Err(TaskErr::Task(error));
+                    }
+                    Msg::Goodbye { reason } => return Err(TaskErr::Session(format!("left: {reason}"))),
+                    other => return Err(TaskErr::Session(format!("unexpected {}", other.name()))),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! Finishing a shared-folder job: from its parts to the final maps, then away with the folder.
+//!
+//! [`merge`] is what `rayfarm merge NETDIR/<job-id>/job.desc` and the client run once a job's
+//! parts are all in. It assembles each output exactly as the local bake does (the same films,
+//! [`rayfarm_bake::merge_objects`] for per-object layers, the same dilation and the same
+//! writers, [`crate::maps`]), so the files are byte-identical to a local bake's.
+//!
+//! What it guarantees:
+//! - Nothing is written unless the job is complete: every part is checked first, and an
+//!   unfinished job is refused with every missing and corrupt part named
+//!   ([`MergeError::Incomplete`]). A caller-supplied check (the CLI asks the manager) can
+//!   refuse too.
+//! - It never writes a corrupted map: each file is written atomically over its placeholder,
+//!   from parts whose checksums and headers were verified.
+//! - It writes only inside the output folder (the map files and glTF the job.desc names, all
+//!   checked to be plain file names) and the job folder (the `merged` marker); it deletes only
+//!   the files a job folder is made of, and the folder itself only once it is empty.
+//! - Merging twice is harmless: the `merged` marker is written once every output is, just
+//!   before the folder is removed; a merge that finds it only finishes the removal.
+//!
+//! Memory: one output's films at a time (48 bytes a texel, as in the local bake), plus the
+//! texel tables of the atlases assembled per object.
+
+use crate::jobdesc::{
+    job_dir_of, safe_join, Assembly, DescError, JobDesc, OutputPlan, FILE_NAME, MERGED_MARKER,
+    PARTS_DIR,
+};
+use crate::maps::{write_map_files_keep_png, BakedMap, MapError};
+use crate::parts::{part_path, read_part, PartError};
+use rayfarm_bake::{Film, Region, TexelTable};
+use rayfarm_scene::CompiledScene;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// How many part names an error message lists before "and N more".
+const LISTED_PARTS: usize = 20;
+
+/// What is wrong with one part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartProblem {
+    /// Not written yet.
+    Missing { part: String },
+    /// Present but unusable (bad checksum, wrong header, unreadable); it must be baked again.
+    Corrupt { part: String, reason: String },
+}
+
+impl PartProblem {
+    pub fn part(&self) -> &str {
+        match self {
+            PartProblem::Missing { part } | PartProblem::Corrupt { part, .. } => part,
+        }
+    }
+}
+
+/// Why a merge did not finish. Messages name the job, file, part or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Desc(#[from] DescError),
+    #[error("{}: {reason}", path.display())]
+    Scene { path: PathBuf, reason: String },
+    #[error("{}", incomplete_message(job_id, missing, corrupt))]
+    Incomplete {
+        job_id: String,
+        missing: Vec<String>,
+        /// `(part name, reason)`.
+        corrupt: Vec<(String, String)>,
+    },
+    #[error("job {job_id} is not ready to merge: {reason}; nothing was written")]
+    Refused { job_id: String, reason: String },
+    #[error("{}: cannot write the outputs here: {reason}", path.display())]
+    OutDir { path: PathBuf, reason: String },
+    #[error("output {output}: {reason}")]
+    Assemble { output: String, reason: String },
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn list_names<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let n = names.len();
+    let mut s: Vec<&str> = names.take(LISTED_PARTS).collect();
+    let more = n.saturating_sub(s.len());
+    let more = (more > 0).then(|| format!("and {more} more"));
+    if let Some(m) = &more {
+        s.push(m);
+    }
+    s.join(", ")
+}
+
+fn incomplete_message(job_id: &str, missing: &[String], corrupt: &[(String, String)]) -> String {
+    let mut what = Vec::new();
+    if !missing.is_empty() {
+        what.push(format!(
+            "{} part(s) missing ({})",
+            missing.len(),
+            list_names(missing.iter().map(|s| s.as_str()))
+        ));
+    }
+    if !corrupt.is_empty() {
+        let shown: Vec<String> = corrupt
+            .iter()
+            .take(LISTED_PARTS)
+            .map(|(p, r)| format!("{p}: {r}"))
+            .collect();
+        let more = corrupt.len().saturating_sub(shown.len());
+        what.push(format!(
+            "{} part(s) corrupt ({}{})",
+            corrupt.len(),
+            shown.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    format!(
+        "job {job_id} is not finished: {}; nothing was written; merge again once the nodes \
+         have baked them",
+        what.join(" and ")
+    )
+}
+
+/// Options of [`merge`].
+#[derive(Default)]
+pub struct MergeOptions<'a> {
+    /// Write the outputs here instead of the job.desc's `out_dir` (the same folder as this
+    /// machine sees it, when the client's path does not work here).
+    pub out_dir: Option<PathBuf>,
+    /// Asked after the parts are checked and before anything is written; an `Err` refuses the
+    /// merge with its message (the CLI asks the job manager whether the job is complete).
+    pub manager_check: Option<&'a dyn Fn(&JobDesc) -> Result<(), String>>,
+}
+
+/// What a merge did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeReport {
+    pub job_id: String,
+    /// The files written, in order (maps EXR then PNG, output by output, then the glTF). On an
+    /// already merged job, the files the first merge wrote (from its marker).
+    pub written: Vec<PathBuf>,
+    /// The job folder held the `merged` marker: this merge only finished removing it.
+    pub already_merged: bool,
+    /// Samples the nodes dropped because they were not finite (a renderer bug worth reporting).
+    pub nonfinite_samples: u64,
+    /// Whether the job folder is gone.
+    pub job_dir_removed: bool,
+    /// What stayed in the job folder: files a job folder is not made of (the merge leaves
+    /// what it does not know alone) or that could not be removed.
+    pub left_in_job_dir: Vec<PathBuf>,
+}
+
+/// Checks every part of the job in `job_dir`: present, checksum and header right, sums of the
+/// right size. Returns the problems, by part, in the job.desc's order.
+pub fn check(job_dir: &Path, desc: &JobDesc) -> Vec<PartProblem> {
+    let mut problems = Vec::new();
+    for p in &desc.parts {
+        // A layer that does not exist gets 0: no part can match it, so it reads as corrupt.
+        let spp = desc.layer_spp(p.layer).unwrap_or(0);
+        match read_part(job_dir, p, spp) {
+            Ok(_) => {}
+            Err(PartError::Missing { part, .. }) => problems.push(PartProblem::Missing { part }),
+            Err(PartError::Corrupt { part, reason, .. }) => {
+                problems.push(PartProblem::Corrupt { part, reason })
+            }
+            Err(e) => problems.push(PartProblem::Corrupt {
+                part: p.name.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    problems
+}
+
+/// Writes a placeholder for every output map at its final path in the job's `out_dir` (which
+/// must exist). Returns the files written.
+pub fn write_placeholders(desc: &JobDesc) -> Result<Vec<PathBuf>, MergeError> {
+    desc.validate()?;
+    let out_dir = out_dir_from_desc(desc)?;
+    let mut written = Vec::new();
+    for o in &desc.outputs {
+        written.extend(crate::maps::write_placeholder(
+            &out_dir, &o.stem, o.width, o.height,
+        )?);
+    }
+    Ok(written)
+}
+
+fn out_dir_from_desc(desc: &JobDesc) -> Result<PathBuf, MergeError> {
+    let dir = PathBuf::from(&desc.out_dir);
+    if !dir.is_absolute() {
+        return Err(MergeError::OutDir {
+            path: dir,
+            reason: "the job's out_dir is not an absolute path on this machine; give the \
+                     output folder as this machine sees it"
+                .into(),
+        });
+    }
+    check_out_dir_exists(dir)
+}
+
+fn check_out_dir_exists(dir: PathBuf) -> Result<PathBuf, MergeError> {
+    if !dir.is_dir() {
+        return Err(MergeError::OutDir {
+            path: dir,
+            reason: "no such folder; create it, or give the output folder as this machine \
+                     sees it"
+                .into(),
+        });
+    }
+    Ok(dir)
+}
+
+/// Merges the job whose description is `desc_path` (`NETDIR/<job-id>/job.desc`): checks it
+/// is complete, writes every output map (and the baked glTF if asked) over its placeholder,
+/// then removes the job folder. See the module docs for what it guarantees.
+pub fn merge(desc_path: &Path, opts: &MergeOptions) -> Result<MergeReport, MergeError> {
+    let desc = JobDesc::read(desc_path)?;
+    let job_dir = job_dir_of(desc_path)?;
+    let marker = job_dir.join(MERGED_MARKER);
+    if marker.is_file() {
+        let written = std::fs::read_to_string(&marker)
+            .map(|t| t.lines().skip(1).map(PathBuf::from).collect())
+            .unwrap_or_default();
+        let (job_dir_removed, left_in_job_dir) = remove_job_dir(&job_dir, &desc);
+        return Ok(MergeReport {
+            job_id: desc.job_id,
+            written,
+            already_merged: true,
+            nonfinite_samples: 0,
+            job_dir_removed,
+            left_in_job_dir,
+        });
+    }
+    let out_dir = match &opts.out_dir {
+        Some(d) => {
+            check_out_dir_exists(std::path::absolute(d).map_err(|source| MergeError::Io {
+                path: d.clone(),
+                source,
+            })?)?
+        }
+        None => out_dir_from_desc(&desc)?,
+    };
+    let scene = load_scene(&job_dir, &desc)?;
+    check_against_scene(&job_dir, &desc, &scene)?;
+    let plans = desc
+        .output_plans()
+        .map_err(|reason| DescError::InvalidFile {
+            path: desc_path.to_path_buf(),
+            field: "outputs".into(),
+            reason,
+        })?;
+
+    let problems = check(&job_dir, &desc);
+    if !problems.is_empty() {
+        return Err(incomplete(&desc, problems));
+    }
+    if let Some(ask) = opts.manager_check {
+        ask(&desc).map_err(|reason| MergeError::Refused {
+            job_id: desc.job_id.clone(),
+            reason,
+        })?;
+    }
+
+    // Per-object outputs depend on which object owns each atlas texel; check that every owner
+    // has a layer covering its texels before writing anything, keeping the tables for below.
+    let mut tables: HashMap<(Vec<usize>, u32, u32), TexelTable> = HashMap::new();
+    for (oi, plan) in plans.iter().enumerate() {
+        if plan.assembly != Assembly::PerObject {
+            continue;
+        }
+        let o = &desc.outputs[oi];
+        let key = (o.atlas_meshes.clone(), o.width, o.height);
+        let table = tables.entry(key).or_insert_with(|| {
+            TexelTable::build(&scene, &o.atlas_meshes, desc.bake.uv_set, o.width, o.height)
+        });
+        check_owners(&desc, &scene, table, plan).map_err(|reason| MergeError::Assemble {
+            output: o.stem.clone(),
+            reason,
+        })?;
+    }
+
+    let mut written = Vec::new();
+    let mut nonfinite = 0u64;
+    let mut complete_maps = Vec::new();
+    // Whole-map outputs of one map come pass after pass: keep the last table.
+    let mut last: Option<((Vec<usize>, u32, u32), TexelTable)> = None;
+    for (oi, plan) in plans.iter().enumerate() {
+        let o = &desc.outputs[oi];
+        let key = (o.atlas_meshes.clone(), o.width, o.height);
+        let table = match tables.get(&key) {
+            Some(t) => t,
+            None => {
+                if last.as_ref().map(|(k, _)| k) != Some(&key) {
+                    let t = TexelTable::build(
+                        &scene,
+                        &o.atlas_meshes,
+                        desc.bake.uv_set,
+                        o.width,
+                        o.height,
+                    );
+                    last = Some((key, t));
+                }
+                &last.as_ref().expect("just set").1
+            }
+        };
+        let film = assemble(&job_dir, &desc, &scene, table, plan).map_err(|e| match e {
+            Assembled::Part(p) => incomplete(&desc, vec![p]),
+            Assembled::Other(reason) => MergeError::Assemble {
+                output: o.stem.clone(),
+                reason,
+            },
+        })?;
+        nonfinite += film.nonfinite_samples;
+        let raw = film.to_rgb(desc.bake.settings(o.pass).spp());
+        drop(film);
+        let (px, _) =
+            rayfarm_bake::dilate(&raw, o.width, o.height, &table.covered(), desc.bake.padding);
+        drop(raw);
+        let (files, png) =
+            write_map_files_keep_png(&out_dir, &o.stem, o.width, o.height, &px, o.pass)?;
+        written.extend(files);
+        if o.pass == rayfarm_bake::Pass::Complete && desc.gltf_out.is_some() {
+            complete_maps.push(BakedMap {
+                meshes: o.atlas_meshes.clone(),
+                name: o.stem.clone(),
+                png,
+            });
+        }
+    }
+    drop(last);
+    drop(tables);
+    if let Some(name) = &desc.gltf_out {
+        let path = safe_join(&out_dir, name)?;
+        crate::maps::write_baked_glb(&path, &scene, complete_maps, desc.bake.uv_set)?;
+        written.push(path);
+    }
+
+    // Every output is in place: record it, then take the job folder apart.
+    let mut text = String::from("rayfarm merge: every output of this job is written\n");
+    for f in &written {
+        text.push_str(&f.to_string_lossy());
+        text.push('\n');
+    }
+    crate::maps::write_atomic(&marker, text.as_bytes())?;
+    let (job_dir_removed, left_in_job_dir) = remove_job_dir(&job_dir, &desc);
+    Ok(MergeReport {
+        job_id: desc.job_id,
+        written,
+        already_merged: false,
+        nonfinite_samples: nonfinite,
+        job_dir_removed,
+        left_in_job_dir,
+    })
+}
+
+fn incomplete(desc: &JobDesc, problems: Vec<PartProblem>) -> MergeError {
+    let (mut missing, mut corrupt) = (Vec::new(), Vec::new());
+    for p in problems {
+        match p {
+            PartProblem::Missing { part } => missing.push(part),
+            PartProblem::Corrupt { part, reason } => corrupt.push((part, reason)),
+        }
+    }
+    MergeError::Incomplete {
+        job_id: desc.job_id.clone(),
+        missing,
+        corrupt,
+    }
+}
+
+/// Reads the job's scene blob and checks it is the one the job.desc names.
+fn load_scene(job_dir: &Path, desc: &JobDesc) -> Result<CompiledScene, MergeError> {
+    let path = safe_join(job_dir, &desc.scene.file)?;
+    let scene_err = |reason: String| MergeError::Scene {
+        path: path.clone(),
+        reason,
+    };
+    let io = |source| MergeError::Io {
+        path: path.clone(),
+        source,
+    };
+    let len = std::fs::metadata(&path).map_err(io)?.len();
+    if len != desc.scene.bytes {
+        return Err(scene_err(format!(
+            "{len} bytes, but job.desc says {}; the job folder is damaged",
+            desc.scene.bytes
+        )));
+    }
+    let blob = std::fs::read(&path).map_err(io)?;
+    let hash = rayfarm_scene::blob::content_hash(&blob).map_err(|e| scene_err(e.to_string()))?;
+    let hex = rayfarm_scene::blob::hash_hex(&hash);
+    if hex != desc.scene.blake3 {
+        return Err(scene_err(format!(
+            "scene hash {hex}, but job.desc says {}; the job folder is damaged",
+            desc.scene.blake3
+        )));
+    }
+    rayfarm_scene::blob::decode(&blob).map_err(|e| scene_err(e.to_string()))
+}
+
+/// What needs the scene: mesh indices and UV sets of the maps and outputs.
+fn check_against_scene(
+    job_dir: &Path,
+    desc: &JobDesc,
+    scene: &CompiledScene,
+) -> Result<(), MergeError> {
+    let path = job_dir.join(FILE_NAME);
+    let bad = |field: String, reason: String| {
+        MergeError::Desc(DescError::InvalidFile {
+            path: path.clone(),
+            field,
+            reason,
+        })
+    };
+    desc.to_bake_spec()
+        .check(scene)
+        .map_err(|r| bad("bake".into(), r))?;
+    let uv = desc.bake.uv_set as usize;
+    for (oi, o) in desc.outputs.iter().enumerate() {
+        for &m in &o.atlas_meshes {
+            match scene.meshes.get(m) {
+                None => {
+                    return Err(bad(
+                        format!("outputs[{oi}].atlas_meshes"),
+                        format!(
+                            "mesh {m} does not exist (the scene has {})",
+                            scene.meshes.len()
+                        ),
+                    ))
+                }
+                Some(mesh) if !mesh.has_uv[uv] => {
+                    return Err(bad(
+                        format!("outputs[{oi}].atlas_meshes"),
+                        format!("mesh '{}' has no uv set {uv}", mesh.name),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every texel of the atlas is owned by an object whose layer covers it (what
+/// [`rayfarm_bake::merge_objects`] needs), so a bad job fails before anything is written.
+fn check_owners(
+    desc: &JobDesc,
+    scene: &CompiledScene,
+    atlas: &TexelTable,
+    plan: &OutputPlan,
+) -> Result<(), String> {
+    let regions: HashMap<usize, Region> = plan
+        .layers
+        .iter()
+        .filter_map(|(l, m, _)| m.map(|m| (m, map_region(desc, *l))))
+        .collect();
+    for (i, p) in atlas.texels.iter().enumerate() {
+        if !p.is_covered() {
+            continue;
+        }
+        let (x, y) = (
+            atlas.region.x0 + i as u32 % atlas.region.width(),
+            atlas.region.y0 + i as u32 / atlas.region.width(),
+        );
+        let owner = rayfarm_bake::mesh_of_prim(scene, p.prim)
+            .ok_or_else(|| format!("triangle {} belongs to no mesh", p.prim))?;
+        match regions.get(&owner) {
+            None => {
+                return Err(format!(
+                    "texel ({x}, {y}) belongs to object '{}', which has no layer",
+                    scene.meshes[owner].name
+                ))
+            }
+            Some(r) if !r.contains_rect(x, y, x + 1, y + 1) => {
+                return Err(format!(
+                    "texel ({x}, {y}) of object '{}' lies outside its layer's region {:?}",
+                    scene.meshes[owner].name,
+                    crate::jobdesc::region_array(*r)
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn map_region(desc: &JobDesc, layer: usize) -> Region {
+    desc.bake.maps[desc.bake.layers[layer].map].region()
+}
+
+enum Assembled {
+    /// A part went missing or bad since the check.
+    Part(PartProblem),
+    Other(String),
+}
+
+/// One output's film over the whole map: its layers' films from their parts, merged by the
+/// atlas's ownership for per-object outputs.
+fn assemble(
+    job_dir: &Path,
+    desc: &JobDesc,
+    scene: &CompiledScene,
+    atlas: &TexelTable,
+    plan: &OutputPlan,
+) -> Result<Film, Assembled> {
+    let mut films: Vec<(usize, Film)> = Vec::with_capacity(plan.layers.len());
+    for (layer, mesh, parts) in &plan.layers {
+        let region = map_region(desc, *layer);
+        let spp = desc.layer_spp(*layer).unwrap_or(0);
+        let mut sums = vec![[0i128; 3]; region.pixels()];
+        let mut nonfinite = 0u64;
+        // The parts tile the region exactly (checked by validate), so copying each part's
+        // rectangle gives the film that adding them would.
+        for &pi in parts {
+            let part = &desc.parts[pi];
+            let f = read_part(job_dir, part, spp).map_err(|e| {
+                Assembled::Part(match e {
+                    PartError::Missing { part, .. } => PartProblem::Missing { part },
+                    PartError::Corrupt { part, reason, .. } => {
+                        PartProblem::Corrupt { part, reason }
+                    }
+                    e => PartProblem::Corrupt {
+                        part: part.name.clone(),
+                        reason: e.to_string(),
+                    },
+                })
+            })?;
+            let r = f.region;
+            let (rw, w) = (region.width() as usize, r.width() as usize);
+            for y in r.y0..r.y1 {
+                let src = &f.sums()[(y - r.y0) as usize * w..][..w];
+                let start = (y - region.y0) as usize * rw + (r.x0 - region.x0) as usize;
+                sums[start..start + w].copy_from_slice(src);
+            }
+            nonfinite += f.nonfinite_samples;
+        }
+        films.push((
+            mesh.unwrap_or(usize::MAX),
+            Film::from_sums(region, sums, nonfinite),
+        ));
+    }
+    match plan.assembly {
+        Assembly::Whole => Ok(films
+            .pop()
+            .map(|(_, f)| f)
+            .ok_or_else(|| Assembled::Other("no layer".into()))?),
+        Assembly::PerObject => {
+            let refs: Vec<(usize, &Film)> = films.iter().map(|(m, f)| (*m, f)).collect();
+            rayfarm_bake::merge_objects(scene, atlas, &refs)
+                .map_err(|e| Assembled::Other(format!("cannot merge the objects' maps: {e}")))
+        }
+    }
+}
+
+/// Removes the files a job folder is made of (its parts and their temporaries, the scene,
+/// job.desc, the marker), then the folder if that left it empty. Files it does not know are
+/// left alone: a job.desc in the wrong place must never make the merge delete someone's
+/// folder. Returns whether the folder is gone and what stayed.
+fn remove_job_dir(job_dir: &Path, desc: &JobDesc) -> (bool, Vec<PathBuf>) {
+    let mut failed = Vec::new();
+    let mut remove = |path: PathBuf| {
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("{}: cannot remove: {e}", path.display());
+                failed.push(path);
+            }
+        }
+    };
+    let parts_dir = job_dir.join(PARTS_DIR);
+    for p in &desc.parts {
+        if let Ok(path) = part_path(job_dir, p) {
+            remove(path);
+        }
+    }
+    // Temporaries of interrupted part writes (`.<name>.rfpart.tmp.<pid>.<random>`).
+    if let Ok(entries) = std::fs::read_dir(&parts_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
+            if is_file && name.starts_with('.') && name.contains(".rfpart.tmp.") {
+                remove(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&parts_dir);
+    if let Ok(scene) = safe_join(job_dir, &desc.scene.file) {
+        remove(scene);
+    }
+    // job.desc before the marker: until job.desc is gone a merge can still be run, and it must
+    // then see the marker.
+    remove(job_dir.join(FILE_NAME));
+    remove(job_dir.join(MERGED_MARKER));
+    if std::fs::remove_dir(job_dir).is_ok() || !job_dir.exists() {
+        return (true, failed);
+    }
+    let mut left: Vec<PathBuf> = std::fs::read_dir(job_dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    left.sort();
+    (false, left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incomplete_message_names_parts_and_caps_the_list() {
+        let missing: Vec<String> = (0..25).map(|i| format!("p{i:03}")).collect();
+        let corrupt = vec![("q1".to_string(), "checksum mismatch".to_string())];
+        let m = incomplete_message("job-7", &missing, &corrupt);
+        assert!(m.starts_with("job job-7 is not finished: 25 part(s) missing (p000, "));
+        assert!(m.contains("p019, and 5 more)"), "{m}");
+        assert!(!m.contains("p020"), "{m}");
+        assert!(
+            m.contains("1 part(s) corrupt (q1: checksum mismatch)"),
+            "{m}"
+        );
+        assert!(m.contains("nothing was written"), "{m}");
+    }
+}

@@ -1,0 +1,456 @@
+//! Part files: one finished part of a shared-folder job, as a node leaves it in
+//! `NETDIR/<job-id>/parts/<name>.rfpart`.
+//!
+//! A part holds every sample of one rectangle of one layer ([`crate::jobdesc::PartDesc`]) as
+//! the film's exact fixed-point sums, so merging parts gives the same bits as baking the layer
+//! in one go. This module owns the file format; it never decides which parts a job has (that
+//! is the job.desc's business) and never trusts a file: [`read_part`] checks the checksum, the
+//! header against the job.desc, and decompresses no more than the job.desc's region can hold.
+//!
+//! # Format (version 1)
+//!
+//! All integers little endian.
+//!
+//! | offset   | size | field                                                       |
+//! |----------|------|-------------------------------------------------------------|
+//! | 0        | 8    | magic [`PART_MAGIC`] (`"RFPART\0\0"`)                       |
+//! | 8        | 4    | format version, [`PART_VERSION`]                            |
+//! | 12       | 4    | layer (index into the job.desc's `bake.layers`)             |
+//! | 16       | 16   | region `x0, y0, x1, y1` (4 x u32, texels of the whole map)  |
+//! | 32       | 4    | samples per texel the sums hold (the layer's spp; 1 for albedo and normal) |
+//! | 36       | 8    | non-finite samples dropped while baking                     |
+//! | 44       | n    | zstd frame: per texel, rows of the region top to bottom, three `i128` sums (R, G, B; 24 fractional bits, see `rayfarm_render::film`), 48 bytes a texel |
+//! | 44 + n   | 32   | BLAKE3 hash of every preceding byte                         |
+//!
+//! A part is written under a hidden temporary name in `parts/`
+//! (`.<name>.rfpart.tmp.<pid>.<random>`), synced, then renamed into place, so a reader sees a
+//! whole part or none; two nodes finishing the same part write identical files, so the second
+//! rename is harmless.
+
+use crate::jobdesc::{check_part_name, JobDesc, PartDesc, PARTS_DIR};
+use crate::maps::{write_atomic_with, MapError};
+use rayfarm_bake::{Film, Region, WorkUnit};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// First eight bytes of every part file.
+pub const PART_MAGIC: [u8; 8] = *b"RFPART\0\0";
+/// The part format version this code writes and reads.
+pub const PART_VERSION: u32 = 1;
+/// Extension of part files.
+pub const PART_EXT: &str = "rfpart";
+/// Bytes before the compressed sums.
+pub const HEADER_LEN: usize = 44;
+/// Bytes of the trailing checksum.
+pub const CHECKSUM_LEN: usize = 32;
+/// Bytes of one texel's sums.
+pub const TEXEL_BYTES: usize = 48;
+/// zstd level of the sums: fast, and sums of mostly empty or smooth texels compress well.
+const ZSTD_LEVEL: i32 = 3;
+/// Largest zstd window a part may ask for when decompressed (2^27 = 128 MiB, zstd's own default
+/// limit), stated here so a hostile frame cannot make us reserve more.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Why a part could not be written or read. Missing and corrupt are distinct, so a merge can
+/// say which parts are still to come and which must be baked again.
+#[derive(Debug, thiserror::Error)]
+pub enum PartError {
+    #[error("{}: part '{part}' has not been written yet", path.display())]
+    Missing { part: String, path: PathBuf },
+    #[error("{}: part '{part}' is corrupt: {reason}; it must be baked again", path.display())]
+    Corrupt {
+        part: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{}: cannot read or write part '{part}': {source}", path.display())]
+    Io {
+        part: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("part name {name:?} is not allowed: {reason}")]
+    BadName { name: String, reason: String },
+    #[error("part '{part}': {reason}")]
+    Mismatch { part: String, reason: String },
+}
+
+/// `job_dir/parts/<name>.rfpart`, after checking the part name.
+pub fn part_path(job_dir: &Path, part: &PartDesc) -> Result<PathBuf, PartError> {
+    check_part_name(&part.name).map_err(|e| PartError::BadName {
+        name: part.name.clone(),
+        reason: match e {
+            crate::jobdesc::DescError::BadName { reason, .. } => reason,
+            e => e.to_string(),
+        },
+    })?;
+    Ok(job_dir
+        .join(PARTS_DIR)
+        .join(format!("{}.{PART_EXT}", part.name)))
+}
+
+/// The work units that bake `part` (layer `part.layer`, its region, every sample of its layer),
+/// cut into tiles of `tile_px` and sample ranges of `samples_per_unit`. A node adds their
+/// results into a film and hands it to [`write_part`].
+pub fn part_units(
+    desc: &JobDesc,
+    part: &PartDesc,
+    tile_px: u32,
+    samples_per_unit: u32,
+) -> Option<Vec<WorkUnit>> {
+    let spp = desc.layer_spp(part.layer)?;
+    Some(rayfarm_render::film::plan_region(
+        part.layer as u32,
+        part.region(),
+        spp,
+        tile_px,
+        samples_per_unit,
+    ))
+}
+
+/// Writes a part atomically: the sums of `part`'s region, taken from `film` (the part's own
+/// film, or any film containing its region, e.g. the layer film `run_local` hands over), which
+/// holds `spp` samples per texel. Creates `job_dir/parts/` if needed (`job_dir` must exist).
+/// Returns the file's BLAKE3 checksum.
+pub fn write_part(
+    job_dir: &Path,
+    part: &PartDesc,
+    film: &Film,
+    spp: u32,
+) -> Result<[u8; 32], PartError> {
+    let path = part_path(job_dir, part)?;
+    let region = part.region();
+    let fr = film.region;
+    if region.is_empty() || !fr.contains_rect(region.x0, region.y0, region.x1, region.y1) {
+        return Err(PartError::Mismatch {
+            part: part.name.clone(),
+            reason: format!(
+                "the film holds {:?}, which does not contain the part's region {:?}",
+                crate::jobdesc::region_array(fr),
+                part.region
+            ),
+        });
+    }
+    if spp == 0 {
+        return Err(PartError::Mismatch {
+            part: part.name.clone(),
+            reason: "0 samples per texel".into(),
+        });
+    }
+    let io = |source| PartError::Io {
+        part: part.name.clone(),
+        path: path.clone(),
+        source,
+    };
+    match std::fs::create_dir(job_dir.join(PARTS_DIR)) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
+        _ => {}
+    }
+    let mut bytes = Vec::with_capacity(HEADER_LEN + 1024);
+    bytes.extend_from_slice(&PART_MAGIC);
+    bytes.extend_from_slice(&PART_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(part.layer as u32).to_le_bytes());
+    for v in part.region {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&spp.to_le_bytes());
+    bytes.extend_from_slice(&film.nonfinite_samples.to_le_bytes());
+    debug_assert_eq!(bytes.len(), HEADER_LEN);
+    // Stream the sums through the compressor row by row: only the compressed part is held.
+    let mut enc = zstd::stream::write::Encoder::new(bytes, ZSTD_LEVEL).map_err(io)?;
+    let sums = film.sums();
+    let fw = fr.width() as usize;
+    let mut row_bytes = Vec::with_capacity(region.width() as usize * TEXEL_BYTES);
+    for y in region.y0..region.y1 {
+        row_bytes.clear();
+        let start = (y - fr.y0) as usize * fw + (region.x0 - fr.x0) as usize;
+        for s in &sums[start..start + region.width() as usize] {
+            for c in s {
+                row_bytes.extend_from_slice(&c.to_le_bytes());
+            }
+        }
+        enc.write_all(&row_bytes).map_err(io)?;
+    }
+    let mut bytes = enc.finish().map_err(io)?;
+    let hash = *blake3::hash(&bytes).as_bytes();
+    bytes.extend_from_slice(&hash);
+    write_atomic_with(&path, |f| {
+        f.write_all(&bytes).map_err(|source| MapError::Io {
+            path: path.clone(),
+            source,
+        })
+    })
+    .map_err(|e| match e {
+        MapError::Io { source, .. } => io(source),
+        e => io(std::io::Error::other(e.to_string())),
+    })?;
+    Ok(hash)
+}
+
+/// Reads and checks a part against its description: the checksum, magic, version, layer,
+/// region and `expected_spp` (the layer's samples per texel, [`JobDesc::layer_spp`]) must all
+/// agree, and the sums must decompress to exactly the region's size. Returns the part's film
+/// (its region only).
+pub fn read_part(job_dir: &Path, part: &PartDesc, expected_spp: u32) -> Result<Film, PartError> {
+    let path = part_path(job_dir, part)?;
+    let corrupt = |reason: String| PartError::Corrupt {
+        part: part.name.clone(),
+        path: path.clone(),
+        reason,
+    };
+    let io = |source: std::io::Error| PartError::Io {
+        part: part.name.clone(),
+        path: path.clone(),
+        source,
+    };
+    let region = part.region();
+    let texels = region.pixels() as u64;
+    let raw_len = texels * TEXEL_BYTES as u64;
+    // zstd never grows data by more than about 1/256 plus a few hundred bytes, so anything
+    // larger than this is not a part of this region.
+    let max_file = HEADER_LEN as u64 + CHECKSUM_LEN as u64 + raw_len + raw_len / 128 + 4096;
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PartError::Missing {
+                part: part.name.clone(),
+                path: path.clone(),
+            })
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let meta = f.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(corrupt("it is not a regular file".into()));
+    }
+    if meta.len() > max_file {
+        return Err(corrupt(format!(
+            "{} bytes, more than a part of region {:?} can be ({max_file})",
+            meta.len(),
+            part.region
+        )));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(max_file + 1).read_to_end(&mut data).map_err(io)?;
+    if data.len() < HEADER_LEN + CHECKSUM_LEN {
+        return Err(corrupt(format!(
+            "truncated: {} bytes, fewer than a part's header and checksum",
+            data.len()
+        )));
+    }
+    let (body, sum) = data.split_at(data.len() - CHECKSUM_LEN);
+    if blake3::hash(body).as_bytes()[..] != sum[..] {
+        return Err(corrupt(
+            "checksum mismatch (the file was damaged or not completely written)".into(),
+        ));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(body[o..o + 4].try_into().expect("4 bytes"));
+    if body[..8] != PART_MAGIC {
+        return Err(corrupt("not a rayfarm part file (bad magic)".into()));
+    }
+    let version = u32_at(8);
+    if version != PART_VERSION {
+        return Err(corrupt(format!(
+            "part format version {version}, but this rayfarm reads version {PART_VERSION}"
+        )));
+    }
+    let layer = u32_at(12);
+    if layer as usize != part.layer {
+        return Err(corrupt(format!(
+            "it holds layer {layer}, but job.desc says layer {}",
+            part.layer
+        )));
+    }
+    let got_region = [u32_at(16), u32_at(20), u32_at(24), u32_at(28)];
+    if got_region != part.region {
+        return Err(corrupt(format!(
+            "it holds region {got_region:?}, but job.desc says {:?}",
+            part.region
+        )));
+    }
+    let spp = u32_at(32);
+    if spp != expected_spp {
+        return Err(corrupt(format!(
+            "it holds {spp} samples per texel, but the layer takes {expected_spp}"
+        )));
+    }
+    let nonfinite = u64::from_le_bytes(body[36..44].try_into().expect("8 bytes"));
+    let sums = decompress_sums(&body[HEADER_LEN..], region).map_err(corrupt)?;
+    Ok(Film::from_sums(region, sums, nonfinite))
+}
+
+/// Decompresses exactly one region's sums, refusing short data and trailing data alike. Never
+/// reads more than one byte past the expected size, so a small file cannot expand into a
+/// large allocation.
+fn decompress_sums(compressed: &[u8], region: Region) -> Result<Vec<[i128; 3]>, String> {
+    let texels = region.pixels();
+    let zerr = |e: std::io::Error| format!("cannot decompress the sums: {e}");
+    let mut dec = zstd::stream::read::Decoder::with_buffer(compressed).map_err(zerr)?;
+    dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(zerr)?;
+    let mut sums = Vec::with_capacity(texels);
+    // Rows of up to 4096 texels at a time keep the staging buffer small.
+    let mut buf = vec![0u8; 4096 * TEXEL_BYTES];
+    let mut left = texels;
+    while left > 0 {
+        let n = left.min(4096);
+        let chunk = &mut buf[..n * TEXEL_BYTES];
+        dec.read_exact(chunk).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!("the sums end before the region's {texels} texels")
+            } else {
+                zerr(e)
+            }
+        })?;
+        for t in chunk.chunks_exact(TEXEL_BYTES) {
+            let c = |k: usize| {
+                i128::from_le_bytes(t[k * 16..k * 16 + 16].try_into().expect("16 bytes"))
+            };
+            sums.push([c(0), c(1), c(2)]);
+        }
+        left -= n;
+    }
+    let mut extra = [0u8; 1];
+    match dec.read(&mut extra) {
+        Ok(0) => Ok(sums),
+        Ok(_) => Err(format!(
+            "the sums hold more than the region's {texels} texels"
+        )),
+        Err(e) => Err(zerr(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobdesc::tests::sample;
+
+    fn film(region: Region, seed: i128) -> Film {
+        let sums = (0..region.pixels() as i128)
+            .map(|i| [i * seed, -i, (i * 7919) << 40])
+            .collect();
+        Film::from_sums(region, sums, 3)
+    }
+
+    #[test]
+    fn round_trip_and_layer_films() {
+        let dir = tempfile::tempdir().unwrap();
+        let desc = sample();
+        let part = &desc.parts[3];
+        let f = film(part.region(), 5);
+        let hash = write_part(dir.path(), part, &f, 16).unwrap();
+        let path = part_path(dir.path(), part).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[bytes.len() - 32..], &hash);
+        assert_eq!(&bytes[..8], b"RFPART\0\0");
+        let back = read_part(dir.path(), part, 16).unwrap();
+        assert_eq!(back.region, f.region);
+        assert_eq!(back.sums(), f.sums());
+        assert_eq!(back.nonfinite_samples, 3);
+        // Writing from a larger film stores just the part's rectangle, with the same bytes.
+        let whole = Region::full(8, 8);
+        let mut sums = vec![[0i128; 3]; 64];
+        let r = part.region();
+        for y in r.y0..r.y1 {
+            for x in r.x0..r.x1 {
+                let i = ((y - r.y0) * r.width() + (x - r.x0)) as usize;
+                sums[(y * 8 + x) as usize] = f.sums()[i];
+            }
+        }
+        let big = Film::from_sums(whole, sums, 3);
+        assert_eq!(write_part(dir.path(), part, &big, 16).unwrap(), hash);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        // Only the part itself is in parts/: no temporaries.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(PARTS_DIR))
+                .unwrap()
+                .count(),
+            1
+        );
+        let units = part_units(&desc, part, 3, 5).unwrap();
+        assert!(units.iter().all(|u| u.layer == 1 && u.sample_end <= 16));
+        let samples: u64 = units.iter().map(|u| u.samples()).sum();
+        assert_eq!(samples, 16 * 16);
+    }
+
+    #[test]
+    fn missing_and_corrupt_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let desc = sample();
+        let part = &desc.parts[0];
+        assert!(matches!(
+            read_part(dir.path(), part, 16),
+            Err(PartError::Missing { .. })
+        ));
+        write_part(dir.path(), part, &film(part.region(), 3), 16).unwrap();
+        let path = part_path(dir.path(), part).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let corrupt_reason = |bytes: &[u8], spp: u32, p: &PartDesc| -> String {
+            std::fs::write(&path, bytes).unwrap();
+            match read_part(dir.path(), p, spp) {
+                Err(PartError::Corrupt { reason, .. }) => reason,
+                other => panic!("{other:?}"),
+            }
+        };
+        for i in [0, 9, 20, HEADER_LEN + 3, good.len() - 40, good.len() - 1] {
+            let mut b = good.clone();
+            b[i] ^= 0x10;
+            let r = corrupt_reason(&b, 16, part);
+            assert!(r.contains("checksum"), "byte {i}: {r}");
+        }
+        assert!(corrupt_reason(&good[..good.len() - 1], 16, part).contains("checksum"));
+        assert!(corrupt_reason(&good[..10], 16, part).contains("truncated"));
+        assert!(corrupt_reason(&good, 4, part).contains("16 samples"));
+        let mut other = part.clone();
+        other.region = [0, 0, 4, 3];
+        assert!(corrupt_reason(&good, 16, &other).contains("region"));
+        let mut other = part.clone();
+        other.layer = 1;
+        assert!(corrupt_reason(&good, 16, &other).contains("layer 0"));
+        // A well-formed file whose sums are one texel short: a valid checksum does not save it.
+        let mut b = good[..HEADER_LEN].to_vec();
+        b.extend(zstd::encode_all(&vec![0u8; 15 * TEXEL_BYTES][..], 3).unwrap());
+        let h = blake3::hash(&b);
+        b.extend_from_slice(h.as_bytes());
+        assert!(corrupt_reason(&b, 16, part).contains("end before"));
+        // ... or one texel long.
+        let mut b = good[..HEADER_LEN].to_vec();
+        b.extend(zstd::encode_all(&vec![0u8; 17 * TEXEL_BYTES][..], 3).unwrap());
+        let h = blake3::hash(&b);
+        b.extend_from_slice(h.as_bytes());
+        assert!(corrupt_reason(&b, 16, part).contains("more than"));
+        // A zip bomb: a few KiB that would expand to 1 GiB stop at the region's size.
+        let mut b = good[..HEADER_LEN].to_vec();
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            enc.write_all(&zeros).unwrap();
+        }
+        b.extend(enc.finish().unwrap());
+        assert!(b.len() < 1 << 20, "{}", b.len());
+        let h = blake3::hash(&b);
+        b.extend_from_slice(h.as_bytes());
+        assert!(corrupt_reason(&b, 16, part).contains("more than"));
+    }
+
+    #[test]
+    fn refuses_bad_names_and_films() {
+        let dir = tempfile::tempdir().unwrap();
+        let desc = sample();
+        let mut p = desc.parts[0].clone();
+        for n in ["../x", "a/b", ".h", "", "A"] {
+            p.name = n.into();
+            assert!(matches!(
+                write_part(dir.path(), &p, &film(p.region(), 1), 1),
+                Err(PartError::BadName { .. })
+            ));
+            assert!(matches!(
+                read_part(dir.path(), &p, 1),
+                Err(PartError::BadName { .. })
+            ));
+        }
+        let p = &desc.parts[0];
+        let e = write_part(dir.path(), p, &film(desc.parts[1].region(), 1), 1).unwrap_err();
+        assert!(matches!(e, PartError::Mismatch { .. }), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,673 @@
+//! Shared-folder jobs end to end, in one process: a job.desc and scene in NETDIR/<job-id>/,
+//! parts baked by "nodes" (the same work units, cut by part), merged, and compared byte for
+//! byte with what a local bake of the same job writes.
+
+use glam::Vec3;
+use rayfarm_bake::workload::run_local;
+use rayfarm_bake::{BakeWork, Film, LayerSpec, MapSpec, Pass, Region, TexelTable, Workload};
+use rayfarm_farm::jobdesc::{
+    BakeDesc, BakeMode, JobDesc, OutputDesc, PartDesc, SceneRef, FILE_NAME, MERGED_MARKER,
+};
+use rayfarm_farm::maps::{write_baked_glb, write_map_files, write_placeholder, BakedMap};
+use rayfarm_farm::merge::{
+    check, merge, write_placeholders, MergeError, MergeOptions, PartProblem,
+};
+use rayfarm_farm::parts::{part_units, write_part};
+use rayfarm_render::RenderScene;
+use rayfarm_scene::{CompiledScene, Environment, Material};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const SIZE: u32 = 24;
+const PASSES: [Pass; 4] = [Pass::Complete, Pass::Ao, Pass::Albedo, Pass::Normal];
+/// Edge of the parts' rectangles: not a divisor of the map or the bake tiles, on purpose.
+const PART_PX: u32 = 10;
+const TILE_PX: u32 = 8;
+const SAMPLES_PER_UNIT: u32 = 3;
+
+/// A floor and a wall meeting at an edge, each charted into its own part of one atlas, with
+/// empty texels between the charts for padding to fill.
+fn scene() -> CompiledScene {
+    let mut s = CompiledScene::default();
+    let grey = s.add_material(Material {
+        base_color: [0.6, 0.5, 0.4, 1.0],
+        metallic: 0.0,
+        ..Default::default()
+    });
+    s.add_quad(
+        "Floor",
+        Vec3::new(-1.0, 0.0, -1.0),
+        Vec3::Z * 2.0,
+        Vec3::X * 2.0,
+        grey,
+    );
+    s.add_quad(
+        "Wall",
+        Vec3::new(-1.0, 0.0, -1.0),
+        Vec3::X * 2.0,
+        Vec3::Y * 1.5,
+        grey,
+    );
+    // Floor into [0.05, 0.45] x [0.1, 0.9], wall into [0.55, 0.95] x [0.2, 0.7].
+    for (range, (u0, u1, v0, v1)) in [
+        (0..4, (0.05, 0.45, 0.1, 0.9)),
+        (4..8, (0.55, 0.95, 0.2, 0.7)),
+    ] {
+        for uv in &mut s.uv0[range] {
+            *uv = [u0 + uv[0] * (u1 - u0), v0 + uv[1] * (v1 - v0)];
+        }
+    }
+    s.environment = Environment::Color([0.8, 0.9, 1.0]);
+    s
+}
+
+/// A job laid out as `rayfarm bake` lays it out (maps, then passes, then objects), with
+/// each layer cut into parts of at most PART_PX square.
+fn job(scene: &CompiledScene, mode: BakeMode, out_dir: &Path, gltf: bool) -> JobDesc {
+    let blob = rayfarm_scene::blob::encode(scene);
+    let hash = rayfarm_scene::blob::content_hash(&blob).unwrap();
+    let meshes = vec![0usize, 1];
+    let mut maps = Vec::new();
+    let mut layers = Vec::new();
+    let mut outputs = Vec::new();
+    let mut parts = Vec::new();
+    let mut job_maps: Vec<(Option<usize>, usize)> = Vec::new();
+    if mode == BakeMode::Multi {
+        for &m in &meshes {
+            let region = TexelTable::chart_region(scene, &[m], 0, SIZE, SIZE).unwrap();
+            job_maps.push((Some(m), maps.len()));
+            maps.push(MapSpec {
+                meshes: vec![m],
+                width: SIZE,
+                height: SIZE,
+                region,
+            });
+        }
+    } else {
+        job_maps.push((None, 0));
+        maps.push(MapSpec {
+            meshes: meshes.clone(),
+            width: SIZE,
+            height: SIZE,
+            region: Region::full(SIZE, SIZE),
+        });
+    }
+    for pass in PASSES {
+        let mut names = Vec::new();
+        for &(mesh, map) in &job_maps {
+            let layer = layers.len();
+            layers.push(LayerSpec { map, pass });
+            let r = maps[map].region;
+            let mut y = r.y0;
+            while y < r.y1 {
+                let mut x = r.x0;
+                while x < r.x1 {
+                    let name = format!("p{:06}", parts.len());
+                    parts.push(PartDesc {
+                        name: name.clone(),
+                        layer,
+                        region: [x, y, (x + PART_PX).min(r.x1), (y + PART_PX).min(r.y1)],
+                        mesh,
+                    });
+                    names.push(name);
+                    x += PART_PX;
+                }
+                y += PART_PX;
+            }
+        }
+        let stem = rayfarm_bake::map_name(None, pass, SIZE, SIZE);
+        outputs.push(OutputDesc {
+            files: vec![format!("{stem}.exr"), format!("{stem}.png")],
+            stem,
+            pass,
+            width: SIZE,
+            height: SIZE,
+            atlas_meshes: meshes.clone(),
+            parts: names,
+        });
+    }
+    let spec = rayfarm_bake::BakeSpec {
+        uv_set: 0,
+        spp: 4,
+        max_bounces: 3,
+        seed: 11,
+        ao_distance: 1.0,
+        maps,
+        layers,
+    };
+    spec.check(scene).unwrap();
+    let desc = JobDesc {
+        job_id: format!("job-{}", if mode == BakeMode::Multi { "m" } else { "s" }),
+        created_unix_ms: 1,
+        name: "test bake".into(),
+        scene: SceneRef {
+            file: "scene.rfscene".into(),
+            blake3: rayfarm_scene::blob::hash_hex(&hash),
+            bytes: blob.len() as u64,
+        },
+        bake: BakeDesc::from_bake_spec(&spec, 3, mode),
+        outputs,
+        parts,
+        out_dir: out_dir.to_str().unwrap().into(),
+        gltf_out: gltf.then(|| "baked.glb".to_string()),
+        manager: None,
+    };
+    desc.validate().unwrap();
+    desc
+}
+
+/// What a client does at submission: the job folder with its desc and scene, placeholders in
+/// the output folder. Returns the job.desc's path.
+fn submit(netdir: &Path, desc: &JobDesc, scene: &CompiledScene) -> PathBuf {
+    let dir = netdir.join(&desc.job_id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(&desc.scene.file),
+        rayfarm_scene::blob::encode(scene),
+    )
+    .unwrap();
+    std::fs::create_dir_all(&desc.out_dir).unwrap();
+    let written = write_placeholders(desc).unwrap();
+    assert_eq!(written.len(), 2 * desc.outputs.len());
+    desc.write(&dir).unwrap()
+}
+
+/// What the nodes do: bake each part's units and write the part.
+fn bake_parts(job_dir: &Path, desc: &JobDesc, rs: &RenderScene) {
+    let work = Workload::Bake(BakeWork::new(desc.to_bake_spec()));
+    for part in &desc.parts {
+        let units = part_units(desc, part, TILE_PX, SAMPLES_PER_UNIT).unwrap();
+        let spp = desc.layer_spp(part.layer).unwrap();
+        let mut done = 0;
+        run_local(rs, &work, &units, &|_| {}, &mut |l, film| {
+            assert_eq!(l, part.layer);
+            write_part(job_dir, part, &film, spp).unwrap();
+            done += 1;
+        });
+        assert_eq!(done, 1);
+    }
+}
+
+/// What a local bake writes for the same job: every layer baked whole, outputs assembled,
+/// padded and written by the same writers, into `out`.
+fn local_bake(desc: &JobDesc, rs: &RenderScene, out: &Path) {
+    let work = Workload::Bake(BakeWork::new(desc.to_bake_spec()));
+    let units = work.plan(13, 2);
+    let mut films: BTreeMap<usize, Film> = BTreeMap::new();
+    run_local(rs, &work, &units, &|_| {}, &mut |l, f| {
+        films.insert(l, f);
+    });
+    let mut complete = Vec::new();
+    for o in &desc.outputs {
+        let atlas = TexelTable::build(&rs.scene, &o.atlas_meshes, 0, o.width, o.height);
+        let mut layer_films: Vec<(usize, &Film)> = Vec::new();
+        for name in &o.parts {
+            let p = desc.part(name).unwrap();
+            if !layer_films
+                .iter()
+                .any(|(m, _)| *m == p.mesh.unwrap_or(usize::MAX))
+            {
+                layer_films.push((p.mesh.unwrap_or(usize::MAX), &films[&p.layer]));
+            }
+        }
+        let film = if desc.bake.mode == BakeMode::Single {
+            assert_eq!(layer_films.len(), 1);
+            layer_films[0].1.clone()
+        } else {
+            rayfarm_bake::merge_objects(&rs.scene, &atlas, &layer_films).unwrap()
+        };
+        let raw = film.to_rgb(desc.bake.settings(o.pass).spp());
+        let (px, _) =
+            rayfarm_bake::dilate(&raw, o.width, o.height, &atlas.covered(), desc.bake.padding);
+        let files = write_map_files(out, &o.stem, o.width, o.height, &px, o.pass).unwrap();
+        if o.pass == Pass::Complete {
+            complete.push(BakedMap {
+                meshes: o.atlas_meshes.clone(),
+                name: o.stem.clone(),
+                png: std::fs::read(&files[1]).unwrap(),
+            });
+        }
+    }
+    if let Some(g) = &desc.gltf_out {
+        write_baked_glb(&out.join(g), &rs.scene, complete, 0).unwrap();
+    }
+}
+
+/// Every file under `root`: relative path -> contents (symlinks as their target).
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            let t = e.file_type().unwrap();
+            if t.is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                out.insert(rel, target.to_string_lossy().as_bytes().to_vec());
+            } else if t.is_dir() {
+                out.insert(PathBuf::from(format!("{}/", rel.display())), Vec::new());
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    netdir: PathBuf,
+    out: PathBuf,
+    desc: JobDesc,
+    desc_path: PathBuf,
+    job_dir: PathBuf,
+    rs: RenderScene,
+}
+
+fn setup(mode: BakeMode, gltf: bool) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let netdir = root.join("netdir");
+    let out = root.join("out");
+    let s = scene();
+    let desc = job(&s, mode, &out, gltf);
+    let desc_path = submit(&netdir, &desc, &s);
+    let job_dir = desc_path.parent().unwrap().to_path_buf();
+    let rs = RenderScene::new(s);
+    bake_parts(&job_dir, &desc, &rs);
+    Setup {
+        _tmp: tmp,
+        root,
+        netdir,
+        out,
+        desc,
+        desc_path,
+        job_dir,
+        rs,
+    }
+}
+
+fn merge_matches_local_bake(mode: BakeMode) {
+    let t = setup(mode, true);
+    assert!(check(&t.job_dir, &t.desc).is_empty());
+    let report = merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    assert!(!report.already_merged);
+    assert!(report.job_dir_removed, "{report:?}");
+    assert!(report.left_in_job_dir.is_empty());
+    assert_eq!(report.written.len(), 2 * PASSES.len() + 1);
+    assert!(!t.job_dir.exists());
+    assert_eq!(std::fs::read_dir(&t.netdir).unwrap().count(), 0);
+
+    let reference = t.root.join("reference");
+    std::fs::create_dir(&reference).unwrap();
+    local_bake(&t.desc, &t.rs, &reference);
+    let merged = snapshot(&t.out);
+    let local = snapshot(&reference);
+    assert_eq!(
+        merged.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in &local {
+        assert!(
+            merged[name] == *bytes,
+            "{mode:?}: {} differs",
+            name.display()
+        );
+    }
+    // The maps are real results, not placeholders: the wall is lit and padded.
+    let ao = image::open(t.out.join(format!("atlas_ao_{SIZE}.png")))
+        .unwrap()
+        .to_rgb8();
+    let floor_texel = ao.get_pixel(SIZE / 4, SIZE / 2).0;
+    assert!(floor_texel[0] > 100, "{floor_texel:?}");
+}
+
+#[test]
+fn single_mode_merge_matches_local_bake_byte_for_byte() {
+    merge_matches_local_bake(BakeMode::Single);
+}
+
+#[test]
+fn multi_mode_merge_matches_local_bake_byte_for_byte() {
+    merge_matches_local_bake(BakeMode::Multi);
+}
+
+/// In multi mode the merged maps also equal the single-mode ones where charts do not overlap
+/// (rayfarm_bake::merge_objects' promise), so both cuts of a job give the same files.
+#[test]
+fn single_and_multi_mode_give_the_same_files() {
+    let a = setup(BakeMode::Single, false);
+    let b = setup(BakeMode::Multi, false);
+    merge(&a.desc_path, &MergeOptions::default()).unwrap();
+    merge(&b.desc_path, &MergeOptions::default()).unwrap();
+    assert_eq!(snapshot(&a.out), snapshot(&b.out));
+}
+
+#[test]
+fn missing_part_is_named_and_nothing_is_written() {
+    let t = setup(BakeMode::Single, true);
+    let gone = &t.desc.parts[5].name;
+    std::fs::remove_file(t.job_dir.join("parts").join(format!("{gone}.rfpart"))).unwrap();
+    let before = snapshot(&t.root);
+    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+    match &e {
+        MergeError::Incomplete {
+            missing, corrupt, ..
+        } => {
+            assert_eq!(missing, &vec![gone.clone()]);
+            assert!(corrupt.is_empty());
+        }
+        other => panic!("{other}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains(gone) && msg.contains("nothing was written"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(&t.root), before);
+    // The placeholders are still there, untouched.
+    let png = image::open(t.out.join(format!("atlas_complete_{SIZE}.png")))
+        .unwrap()
+        .to_rgb8();
+    assert!(png.pixels().all(|p| p.0 == [128; 3] || p.0 == [64; 3]));
+    assert_eq!(
+        check(&t.job_dir, &t.desc),
+        vec![PartProblem::Missing { part: gone.clone() }]
+    );
+}
+
+#[test]
+fn corrupt_part_is_named_and_nothing_is_written() {
+    let t = setup(BakeMode::Multi, false);
+    let bad = t.desc.parts[2].name.clone();
+    let path = t.job_dir.join("parts").join(format!("{bad}.rfpart"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let missing = t.desc.parts[7].name.clone();
+    std::fs::remove_file(t.job_dir.join("parts").join(format!("{missing}.rfpart"))).unwrap();
+    let before = snapshot(&t.root);
+    match merge(&t.desc_path, &MergeOptions::default()).unwrap_err() {
+        MergeError::Incomplete {
+            missing: m,
+            corrupt,
+            ..
+        } => {
+            assert_eq!(m, vec![missing]);
+            assert_eq!(corrupt.len(), 1);
+            assert_eq!(corrupt[0].0, bad);
+            assert!(corrupt[0].1.contains("checksum"), "{}", corrupt[0].1);
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(snapshot(&t.root), before);
+}
+
+#[test]
+fn manager_can_refuse() {
+    let t = setup(BakeMode::Single, false);
+    let before = snapshot(&t.root);
+    let ask = |d: &JobDesc| -> Result<(), String> {
+        Err(format!(
+            "the manager says job {} has 3 tasks running",
+            d.job_id
+        ))
+    };
+    let e = merge(
+        &t.desc_path,
+        &MergeOptions {
+            manager_check: Some(&ask),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, MergeError::Refused { .. }), "{e}");
+    assert!(e.to_string().contains("3 tasks running"), "{e}");
+    assert_eq!(snapshot(&t.root), before);
+}
+
+#[test]
+fn merging_twice_is_harmless() {
+    let t = setup(BakeMode::Single, true);
+    let kept = snapshot(&t.job_dir);
+    merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    let after_first = snapshot(&t.root);
+    // The folder is gone, so the second merge has nothing to read and changes nothing.
+    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("job.desc"), "{e}");
+    assert_eq!(snapshot(&t.root), after_first);
+
+    // A merge interrupted after its marker (the outputs all written) only finishes the removal.
+    std::fs::create_dir_all(t.job_dir.join("parts")).unwrap();
+    for (rel, bytes) in &kept {
+        if !rel.to_string_lossy().ends_with('/') {
+            std::fs::write(t.job_dir.join(rel), bytes).unwrap();
+        }
+    }
+    std::fs::write(
+        t.job_dir.join(MERGED_MARKER),
+        "rayfarm merge: every output of this job is written\n/x/atlas_ao_24.exr\n",
+    )
+    .unwrap();
+    // Even with a part missing: the merge does not look at parts any more.
+    std::fs::remove_file(
+        t.job_dir
+            .join("parts")
+            .join(format!("{}.rfpart", t.desc.parts[0].name)),
+    )
+    .unwrap();
+    let r = merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    assert!(r.already_merged && r.job_dir_removed, "{r:?}");
+    assert_eq!(r.written, vec![PathBuf::from("/x/atlas_ao_24.exr")]);
+    assert_eq!(snapshot(&t.root), after_first);
+}
+
+#[test]
+fn unknown_files_keep_the_job_folder() {
+    let t = setup(BakeMode::Single, false);
+    std::fs::write(t.job_dir.join("notes.txt"), "mine").unwrap();
+    let r = merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    assert!(!r.job_dir_removed);
+    assert_eq!(r.left_in_job_dir, vec![t.job_dir.join("notes.txt")]);
+    let left: Vec<_> = snapshot(&t.job_dir).into_keys().collect();
+    assert_eq!(left, vec![PathBuf::from("notes.txt")]);
+}
+
+#[test]
+fn out_dir_override_and_missing_out_dir() {
+    let t = setup(BakeMode::Single, false);
+    let elsewhere = t.root.join("seen-from-here");
+    let e = merge(
+        &t.desc_path,
+        &MergeOptions {
+            out_dir: Some(elsewhere.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, MergeError::OutDir { .. }), "{e}");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let r = merge(
+        &t.desc_path,
+        &MergeOptions {
+            out_dir: Some(elsewhere.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(r.written.iter().all(|p| p.starts_with(&elsewhere)));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 8);
+}
+
+/// Writes `text` as the job's job.desc, bypassing validation (as a hand edit would).
+fn tamper(t: &Setup, edit: impl Fn(String) -> String) {
+    let text = edit(t.desc.to_json());
+    std::fs::write(&t.desc_path, text).unwrap();
+}
+
+#[test]
+fn tampered_job_desc_cannot_write_outside_its_folders() {
+    let t = setup(BakeMode::Single, true);
+    let original = t.desc.to_json();
+    let stem = format!("atlas_ao_{SIZE}");
+    let edits: Vec<(&str, Box<dyn Fn(String) -> String>)> = vec![
+        (
+            "stem with ..",
+            Box::new(move |s: String| s.replace(&stem, "../../escaped")),
+        ),
+        (
+            "absolute stem",
+            Box::new(|s: String| s.replace("\"atlas_albedo", "\"/tmp/atlas_albedo")),
+        ),
+        (
+            "gltf outside",
+            Box::new(|s: String| s.replace("\"baked.glb\"", "\"../baked.glb\"")),
+        ),
+        (
+            "gltf absolute",
+            Box::new(|s: String| s.replace("\"baked.glb\"", "\"/tmp/baked.glb\"")),
+        ),
+        (
+            "hidden gltf",
+            Box::new(|s: String| s.replace("\"baked.glb\"", "\".baked.glb\"")),
+        ),
+        (
+            "scene outside",
+            Box::new(|s: String| s.replace("\"scene.rfscene\"", "\"../scene.rfscene\"")),
+        ),
+        (
+            "part outside",
+            Box::new(|s: String| s.replace("\"p000003\"", "\"../../p000003\"")),
+        ),
+        (
+            "part with slash",
+            Box::new(|s: String| s.replace("\"p000003\"", "\"a/p000003\"")),
+        ),
+        (
+            "part with NUL",
+            Box::new(|s: String| s.replace("\"p000003\"", "\"p0\\u0000\"")),
+        ),
+        (
+            "unicode slash",
+            Box::new(|s: String| s.replace("\"baked.glb\"", "\"..\u{2215}baked.glb\"")),
+        ),
+        (
+            "job id",
+            Box::new(|s: String| s.replace("\"job-s\"", "\"../job-s\"")),
+        ),
+        (
+            "other job id",
+            Box::new(|s: String| s.replace("\"job-s\"", "\"job-x\"")),
+        ),
+        (
+            "out_dir with ..",
+            Box::new(|s: String| s.replace("/out\"", "/out/../netdir\"")),
+        ),
+        (
+            "relative out_dir",
+            Box::new(|s: String| {
+                let (a, b) = s.split_once("\"out_dir\": \"").unwrap();
+                let rest = &b[b.find('"').unwrap()..];
+                format!("{a}\"out_dir\": \"netdir{rest}")
+            }),
+        ),
+        (
+            "files list",
+            Box::new(|s: String| {
+                s.replace(
+                    &format!("\"atlas_normal_{SIZE}.png\""),
+                    "\"../atlas_normal.png\"",
+                )
+            }),
+        ),
+        (
+            "unknown field",
+            Box::new(|s: String| {
+                s.replace("\"padding\"", "\"out_path\": \"/tmp\",\n    \"padding\"")
+            }),
+        ),
+        (
+            "newer version",
+            Box::new(|s: String| s.replace("\"version\": 1", "\"version\": 2")),
+        ),
+    ];
+    let before = snapshot(&t.root);
+    for (what, edit) in &edits {
+        tamper(&t, edit);
+        assert_ne!(t.desc.to_json(), edit(original.clone()), "{what}: no edit");
+        let e = merge(&t.desc_path, &MergeOptions::default());
+        let e = match e {
+            Err(e) => e.to_string(),
+            Ok(r) => panic!("{what}: merged {r:?}"),
+        };
+        eprintln!("{what}: {e}");
+        tamper(&t, |s| s);
+        assert_eq!(snapshot(&t.root), before, "{what}");
+    }
+    // Placeholders never leave the output folder either.
+    tamper(&t, |s| s.replace("\"baked.glb\"", "\"../baked.glb\""));
+    let tampered = JobDesc::from_json(
+        &std::fs::read_to_string(&t.desc_path).unwrap(),
+        &t.desc_path,
+    )
+    .unwrap();
+    assert!(write_placeholders(&tampered).is_err());
+    tamper(&t, |s| s);
+    assert_eq!(snapshot(&t.root), before);
+    // The untampered job still merges.
+    merge(&t.desc_path, &MergeOptions::default()).unwrap();
+}
+
+/// A symlink planted at an output's name is replaced, never written through.
+#[cfg(unix)]
+#[test]
+fn symlinks_in_the_output_folder_are_not_followed() {
+    let t = setup(BakeMode::Single, false);
+    let victim = t.root.join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    let link = t.out.join(format!("atlas_ao_{SIZE}.png"));
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
+}
+
+/// A job.desc copied into some other folder is refused before anything is read or removed.
+#[test]
+fn job_desc_outside_its_job_folder_is_refused() {
+    let t = setup(BakeMode::Single, false);
+    let other = t.root.join("home");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), "x").unwrap();
+    std::fs::copy(&t.desc_path, other.join(FILE_NAME)).unwrap();
+    let before = snapshot(&t.root);
+    let e = merge(&other.join(FILE_NAME), &MergeOptions::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("job folder is named \"home\""),
+        "{e}"
+    );
+    assert_eq!(snapshot(&t.root), before);
+    // Even a folder that happens to have the job's name loses only the job's own files.
+    let same = t.root.join("x").join(&t.desc.job_id);
+    std::fs::create_dir_all(&same).unwrap();
+    std::fs::write(same.join("keep.txt"), "x").unwrap();
+    std::fs::copy(&t.desc_path, same.join(FILE_NAME)).unwrap();
+    std::fs::write(same.join(MERGED_MARKER), "rayfarm merge\n").unwrap();
+    let r = merge(&same.join(FILE_NAME), &MergeOptions::default()).unwrap();
+    assert!(r.already_merged && !r.job_dir_removed);
+    assert_eq!(r.left_in_job_dir, vec![same.join("keep.txt")]);
+}
+
+#[test]
+fn placeholder_then_result_sizes_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_placeholder(dir.path(), "Floor_ao_16x8", 16, 8).unwrap();
+    let img = image::open(&files[1]).unwrap();
+    assert_eq!((img.width(), img.height()), (16, 8));
+}

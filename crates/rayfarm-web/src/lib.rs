@@ -1,0 +1,209 @@
+//! The job manager's web monitor: one HTML page that shows jobs, nodes and recent events.
+//!
+//! This crate owns the page and the JSON contract the page reads. It serves only the page
+//! ([`routes`]); the manager (`rayfarm manager`) serves the API below and merges [`routes`] into
+//! its own router. The page is plain HTML, CSS and JavaScript in one file (`src/monitor.html`,
+//! compiled in with `include_str!`): no build step and no external URL, so it works on a LAN
+//! with no internet. It polls the API once a second and shows a "cannot reach the manager"
+//! banner while any request fails.
+//!
+//! Architecture invariant: this crate never reads manager state and never serves API data; the
+//! page learns everything through the JSON API, so the page can be tested against a fake API.
+//!
+//! Architecture invariant: the page puts strings from the API into the document only as text
+//! (`textContent`, text nodes, `setAttribute`), never as markup: job names come from users.
+//!
+//! # The JSON API the page consumes
+//!
+//! All paths are under `/api/v1` on the same origin as the page, all answers are
+//! `application/json` with status 200. Times are milliseconds since the Unix epoch on the
+//! manager's clock (`*_ms`); the page takes "now" from the HTTP `Date` header, so a viewer
+//! whose clock is off still sees correct "seen 3 s ago" figures. Fields may be added later;
+//! the page ignores fields it does not know.
+//!
+//! ## `GET /api/v1/status`
+//!
+//! ```json
+//! {"version": "0.1.0", "uptime_s": 12, "jobs": 2, "nodes": 3}
+//! ```
+//!
+//! `version` is the manager's crate version, `uptime_s` whole seconds since it started, `jobs`
+//! and `nodes` how many it knows.
+//!
+//! ## `GET /api/v1/jobs`
+//!
+//! ```json
+//! {"jobs": [{
+//!   "id": "j3f2a9c0",
+//!   "name": "water bottle",
+//!   "kind": "bake",
+//!   "status": "active",
+//!   "priority": 0,
+//!   "created_ms": 1700000000000,
+//!   "updated_ms": 1700000005000,
+//!   "progress": 0.42,
+//!   "tasks": {"queued": 3, "running": 2, "completed": 5, "failed": 0, "canceled": 0},
+//!   "error": null
+//! }]}
+//! ```
+//!
+//! - `status` is one of `queued`, `active`, `paused`, `completed`, `failed`, `canceled`.
+//! - `kind` is the job kind as the manager names it (`bake`, `render`); shown as is.
+//! - `progress` is 0.0 to 1.0; the page shows it floored to a whole percent.
+//! - `error` is a string when the job failed (or has a message to show), otherwise `null`.
+//! - `updated_ms` must change whenever the job's preview may have changed: the page
+//!   re-requests a preview when `updated_ms` changes (and every 5 s while the job is
+//!   `active`).
+//! - The page lists jobs in the order of this array, so the manager decides the order.
+//!
+//! ## `GET /api/v1/nodes`
+//!
+//! ```json
+//! {"nodes": [{
+//!   "addr": "127.0.0.2:48000",
+//!   "alias": "d2",
+//!   "threads": 2,
+//!   "state": "working",
+//!   "job": "j3f2a9c0",
+//!   "task": "atlas lightmap tile 3",
+//!   "master": null,
+//!   "last_seen_ms": 1700000000000
+//! }]}
+//! ```
+//!
+//! - `addr` (`HOST:PORT`) identifies the node.
+//! - `alias` is a string (`""` or `null` when the node has none).
+//! - `state` is one of:
+//!   - `idle`,
+//!   - `working`: `job` is the job id and `task` a short human description of the task; the
+//!     page shows "working on job NAME (ID) / task TASK",
+//!   - `occupied`: leased by another master; `master` is that master's `HOST:PORT` and the page
+//!     shows "occupied by master HOST:PORT",
+//!   - `lost`: was known, stopped answering,
+//!   - `unreachable`: configured or discovered, never answered.
+//!
+//!   `job`, `task` and `master` are `null` when they do not apply.
+//! - `last_seen_ms` is when the node last answered, `null` if never.
+//!
+//! ## `GET /api/v1/events`
+//!
+//! ```json
+//! {"events": [{
+//!   "time_ms": 1700000003000,
+//!   "level": "error",
+//!   "message": "task 4 failed on d3: out of memory",
+//!   "job": "j3f2a9c0",
+//!   "node": "127.0.0.3:48000"
+//! }]}
+//! ```
+//!
+//! - `level` is `error`, `warn` or `info`.
+//! - `job` and `node` are `null` when the event concerns no job or no node.
+//! - The page shows the newest 200, newest first, so the manager should keep a bounded ring of
+//!   recent events rather than the whole history.
+//!
+//! ## `GET /api/v1/jobs/{id}/preview.png`
+//!
+//! The job's current map (a lightmap atlas, a frame) as `image/png`, or `404` while there is
+//! none. The page appends `?t=...` to defeat caches; the manager ignores the query. A preview
+//! is shown at thumbnail size (and opened in a new tab on click), so the manager may downscale
+//! it.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+/// The monitor page, self-contained (HTML, CSS and JavaScript in one file).
+pub const MONITOR_HTML: &str = include_str!("monitor.html");
+
+/// Headers sent with the page.
+///
+/// The Content-Security-Policy lets the page talk to its own origin only: it enforces "no
+/// external URL" in the browser, so a page that works in the test works on an offline LAN.
+/// The script is inline, so `'unsafe-inline'` stays for scripts; escaping, not the policy, is
+/// what stops injected markup.
+const PAGE_HEADERS: [(header::HeaderName, &str); 5] = [
+    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+    // The page is small and changes with the manager binary: always revalidate.
+    (header::CACHE_CONTROL, "no-cache"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+         img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+    ),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+];
+
+/// Routes for the monitor page: `GET /` answers the page. Everything else the page needs is
+/// inline in it, or is the JSON API the manager serves (see the crate documentation).
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/", get(monitor_page))
+}
+
+async fn monitor_page() -> impl IntoResponse {
+    (PAGE_HEADERS, MONITOR_HTML)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MONITOR_HTML;
+
+    /// The page must work on a LAN with no internet: it may not load anything from elsewhere.
+    #[test]
+    fn page_has_no_external_url() {
+        for needle in [
+            "http://",
+            "https://",
+            "src=\"//",
+            "href=\"//",
+            "url(//",
+            "@import",
+        ] {
+            assert!(
+                !MONITOR_HTML.contains(needle),
+                "monitor.html contains {needle:?}; the page must not load anything from another origin"
+            );
+        }
+    }
+
+    /// API strings reach the document only as text; these sinks would parse them as markup.
+    #[test]
+    fn page_uses_no_markup_sinks() {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "createContextualFragment",
+            "DOMParser",
+            "eval(",
+            "new Function",
+        ] {
+            assert!(
+                !MONITOR_HTML.contains(sink),
+                "monitor.html uses {sink}; put API strings in with textContent or el() instead"
+            );
+        }
+    }
+
+    /// The page fetches the endpoints documented in the crate docs, and only those.
+    #[test]
+    fn page_fetches_the_documented_endpoints() {
+        for path in [
+            "\"/status\"",
+            "\"/jobs\"",
+            "\"/nodes\"",
+            "\"/events\"",
+            "\"/preview.png?t=\"",
+        ] {
+            assert!(
+                MONITOR_HTML.contains(path),
+                "monitor.html does not use {path}"
+            );
+        }
+        assert!(MONITOR_HTML.contains("const API = \"/api/v1\";"));
+    }
+}

@@ -1,0 +1,537 @@
+//! `rayfarm manager`, `submit`, `jobs`, `job`, `merge` and the manager half of `nodes`: the
+//! job-manager commands, over the manager's HTTP JSON API.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A manager's address, `HOST[:PORT]` (port 3234 when left out).
+pub fn manager_base(addr: &str) -> String {
+    let a = addr
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    if a.rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        format!("http://{a}")
+    } else {
+        format!("http://{a}:{}", rayfarm_farm::manager::DEFAULT_HTTP_PORT)
+    }
+}
+
+/// A small client of the manager's API. Errors name the manager and say what to do.
+pub struct FarmClient {
+    pub addr: String,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl FarmClient {
+    pub fn new(addr: &str) -> FarmClient {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        FarmClient {
+            addr: addr.to_string(),
+            base: manager_base(addr),
+            agent,
+        }
+    }
+
+    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
+        let mut r = r.map_err(|e| {
+            anyhow!(
+                "cannot reach the manager at {}: {e}; is `rayfarm manager` running there?",
+                self.addr
+            )
+        })?;
+        let status = r.status();
+        let body: Value = r
+            .body_mut()
+            .read_json()
+            .unwrap_or_else(|_| json!({ "error": format!("HTTP {status}") }));
+        if !status.is_success() {
+            let msg = body["error"]
+                .as_str()
+                .unwrap_or("unknown error")
+                .to_string();
+            bail!("manager {}: {msg}", self.addr);
+        }
+        Ok(body)
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value> {
+        self.finish(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.finish(
+            self.agent
+                .post(format!("{}{path}", self.base))
+                .send_json(body),
+        )
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Value> {
+        self.finish(self.agent.delete(format!("{}{path}", self.base)).call())
+    }
+}
+
+/// Runs the job manager: a persistent job queue, the render nodes it leases, the HTTP API
+/// and the web monitor.
+///
+/// The queue lives in an SQLite file (--db); a restarted manager carries on where it stopped.
+/// Daemons are found from --daemon / --scan (or the config file) and by registering themselves
+/// (`rayfarm daemon --manager HOST:PORT`). Open http://HOST:PORT/ for the monitor.
+///
+/// Example:
+///   rayfarm manager --daemon 10.0.0.11 --daemon 10.0.0.12
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct ManagerArgs {
+    /// HTTP port (API and web monitor)
+    #[arg(long, default_value_t = rayfarm_farm::manager::DEFAULT_HTTP_PORT)]
+    pub port: u16,
+    /// Address to listen on
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: String,
+    /// Port workers connect to (default: the first free one after --port)
+    #[arg(long, default_value_t = 0)]
+    pub worker_port: u16,
+    /// Job database (default: ~/.local/share/rayfarm/manager.db)
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub discovery: crate::network_cmd::DiscoveryArgs,
+    /// Seconds between looks at the daemons
+    #[arg(long, default_value_t = 2.0)]
+    pub scan_interval: f64,
+    /// Seconds a running task may go without news from its node before it is requeued
+    #[arg(long, default_value_t = 30)]
+    pub task_lease: u64,
+}
+
+fn default_db() -> PathBuf {
+    let base = std::env::var("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|_| std::env::temp_dir());
+    base.join("rayfarm/manager.db")
+}
+
+pub fn manager(a: ManagerArgs) -> Result<()> {
+    let (cfg, _) =
+        rayfarm_node::config::load(a.discovery.config.as_deref()).map_err(|e| anyhow!(e))?;
+    let key = rayfarm_node::config::farm_key(&cfg).map_err(|e| anyhow!(e))?;
+    let (scan, daemons) = crate::network_cmd::discovery_targets(&a.discovery, &cfg);
+    rayfarm_master::discovery::candidates(&scan, &daemons).map_err(|e| anyhow!(e))?;
+    if !(0.2..=3600.0).contains(&a.scan_interval) {
+        bail!("--scan-interval must be between 0.2 and 3600 seconds");
+    }
+    if a.task_lease < 5 {
+        bail!("--task-lease must be at least 5 seconds");
+    }
+    let db = a.db.clone().unwrap_or_else(default_db);
+    if let Some(parent) = db.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create the database folder", parent.display()))?;
+    }
+    let mcfg = rayfarm_farm::manager::ManagerConfig {
+        bind: a.bind.clone(),
+        http_port: a.port,
+        worker_port: a.worker_port,
+        db,
+        scan,
+        daemons,
+        scan_interval: Duration::from_secs_f64(a.scan_interval),
+        key,
+        task_lease_ms: a.task_lease as i64 * 1000,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            eprintln!("manager: shutting down (jobs stay queued)");
+            let _ = tx.send(true);
+        });
+        rayfarm_farm::manager::run(mcfg, rayfarm_web::routes(), rx)
+            .await
+            .map_err(|e| anyhow!(e))
+    })
+}
+
+/// Options naming the manager.
+#[derive(Args, Debug, Clone)]
+pub struct ManagerAddr {
+    /// The job manager, HOST[:PORT] (port 3234 by default)
+    #[arg(long, visible_alias = "farm", value_name = "HOST:PORT")]
+    pub manager: String,
+}
+
+/// Lists the manager's jobs.
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub manager: ManagerAddr,
+    /// Print the API's JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn jobs(a: JobsArgs) -> Result<()> {
+    let c = FarmClient::new(&a.manager.manager);
+    let v = c.get("/api/v1/jobs")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<15} {:<10} {:>4} {:>6}  {:<24} NAME",
+        "ID", "STATUS", "PRIO", "DONE", "TASKS (q/r/c/f)"
+    );
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        let t = &j["tasks"];
+        println!(
+            "{:<15} {:<10} {:>4} {:>5.1}%  {:<24} {}",
+            j["id"].as_str().unwrap_or("?"),
+            j["status"].as_str().unwrap_or("?"),
+            j["priority"],
+            100.0 * j["progress"].as_f64().unwrap_or(0.0),
+            format!(
+                "{}/{}/{}/{}",
+                t["queued"], t["running"], t["completed"], t["failed"]
+            ),
+            j["name"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Shows or changes one job.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    #[command(subcommand)]
+    pub action: JobAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobAction {
+    /// The job and its tasks
+    Show(JobId),
+    /// Hand out no more of its tasks (running ones finish)
+    Pause(JobId),
+    /// Hand out its tasks again
+    Resume(JobId),
+    /// Stop the job for good (its folder stays; delete it with `job delete`)
+    Cancel(JobId),
+    /// Remove the job from the queue
+    Delete {
+        #[command(flatten)]
+        id: JobId,
+        /// Delete even while tasks run
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct JobId {
+    /// Job id (see `rayfarm jobs`)
+    pub id: String,
+    #[command(flatten)]
+    pub manager: ManagerAddr,
+}
+
+fn check_id(id: &str) -> Result<()> {
+    rayfarm_farm::store::validate_job_id(id).map_err(|e| anyhow!("{e}"))
+}
+
+fn print_job(v: &Value) {
+    let j = &v["job"];
+    println!(
+        "job {}  {}  ({})",
+        j["id"].as_str().unwrap_or("?"),
+        j["name"].as_str().unwrap_or(""),
+        j["kind"].as_str().unwrap_or("")
+    );
+    println!(
+        "status {}, priority {}, {:.1}% done",
+        j["status"].as_str().unwrap_or("?"),
+        j["priority"],
+        100.0 * j["progress"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(e) = j["error"].as_str() {
+        println!("error: {e}");
+    }
+    for t in v["tasks"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>5}  {:<10} {:<32} attempts {}  {}{}",
+            t["index"],
+            t["status"].as_str().unwrap_or("?"),
+            t["name"].as_str().unwrap_or(""),
+            t["attempts"],
+            t["node"].as_str().unwrap_or("-"),
+            t["error"]
+                .as_str()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+pub fn job(a: JobArgs) -> Result<()> {
+    let (id, action) = match &a.action {
+        JobAction::Show(j) => (j, "show"),
+        JobAction::Pause(j) => (j, "pause"),
+        JobAction::Resume(j) => (j, "resume"),
+        JobAction::Cancel(j) => (j, "cancel"),
+        JobAction::Delete { id, .. } => (id, "delete"),
+    };
+    check_id(&id.id)?;
+    let c = FarmClient::new(&id.manager.manager);
+    let path = format!("/api/v1/jobs/{}", id.id);
+    match &a.action {
+        JobAction::Show(_) => print_job(&c.get(&path)?),
+        JobAction::Delete { force, .. } => {
+            c.delete(&format!("{path}?force={force}"))?;
+            println!("job {} deleted", id.id);
+        }
+        _ => {
+            let v = c.post(&format!("{path}/{action}"), &json!({}))?;
+            println!(
+                "job {}: {}",
+                id.id,
+                v["job"]["status"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Submits a prepared job folder (NETWORK_FOLDER/<job-id>, holding job.desc) to a manager.
+/// `rayfarm bake --farm` does this itself; use it to submit again a job folder whose job was
+/// deleted, or one prepared with --no-submit.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The job folder or its job.desc
+    pub job: PathBuf,
+    #[command(flatten)]
+    pub manager: ManagerAddr,
+    /// Higher runs first
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+}
+
+pub fn submit(a: SubmitArgs) -> Result<()> {
+    let dir = if a.job.file_name().is_some_and(|n| n == "job.desc") {
+        a.job.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        a.job.clone()
+    };
+    let dir = std::fs::canonicalize(&dir)
+        .with_context(|| format!("{}: no such job folder", dir.display()))?;
+    let c = FarmClient::new(&a.manager.manager);
+    let v = c.post(
+        "/api/v1/jobs",
+        &json!({ "job_dir": dir.display().to_string(), "priority": a.priority }),
+    )?;
+    println!("submitted job {}", v["id"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+/// Finishes a network bake from its job folder: checks every part, merges them into the
+/// final maps (replacing the placeholders) and removes the job folder.
+///
+/// Refuses, listing the missing or damaged parts, while the job is unfinished (or waits for it
+/// with --wait). Merging twice is harmless.
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct MergeArgs {
+    /// NETWORK_FOLDER/<job-id>/job.desc
+    pub job_desc: PathBuf,
+    /// Wait until the job is complete instead of refusing
+    #[arg(long)]
+    pub wait: bool,
+    /// The manager to ask whether the job is complete (default: the one in job.desc)
+    #[arg(long, visible_alias = "farm", value_name = "HOST:PORT")]
+    pub manager: Option<String>,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Asks the manager about a job: Ok(Some(status)), Ok(None) when the manager can't be reached.
+fn manager_status(addr: &str, id: &str) -> Result<Option<(String, f64)>> {
+    let c = FarmClient::new(addr);
+    match c.get(&format!("/api/v1/jobs/{id}")) {
+        Ok(v) => Ok(Some((
+            v["job"]["status"].as_str().unwrap_or("?").to_string(),
+            v["job"]["progress"].as_f64().unwrap_or(0.0),
+        ))),
+        Err(e) if e.to_string().contains("cannot reach") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn merge(a: MergeArgs) -> Result<()> {
+    let desc = rayfarm_farm::jobdesc::JobDesc::read(&a.job_desc).map_err(|e| anyhow!("{e}"))?;
+    let manager = a.manager.clone().or(desc.manager.clone());
+    let bar = crate::output::progress_bar(1000, a.quiet || !a.wait);
+    loop {
+        let status = match &manager {
+            Some(m) => manager_status(m, &desc.job_id)?,
+            None => None,
+        };
+        let job_dir = a.job_desc.parent().unwrap_or(Path::new("."));
+        let problems = rayfarm_farm::merge::check(job_dir, &desc);
+        let done_on_farm = status.as_ref().is_none_or(|(s, _)| s == "completed");
+        if problems.is_empty() && done_on_farm {
+            break;
+        }
+        if let Some((s, _)) = &status {
+            if s == "failed" || s == "canceled" {
+                bail!(
+                    "job {} is {s} on the manager; its maps cannot be finished (see `rayfarm job show {}`)",
+                    desc.job_id,
+                    desc.job_id
+                );
+            }
+        }
+        if !a.wait {
+            let list: Vec<String> = problems
+                .iter()
+                .map(|p| match p {
+                    rayfarm_farm::merge::PartProblem::Missing { part } => format!("{part} missing"),
+                    rayfarm_farm::merge::PartProblem::Corrupt { part, reason } => {
+                        format!("{part} damaged ({reason})")
+                    }
+                })
+                .collect();
+            let shown = list.iter().take(20).cloned().collect::<Vec<_>>().join(", ");
+            let more = if list.len() > 20 {
+                format!(" and {} more", list.len() - 20)
+            } else {
+                String::new()
+            };
+            let farm = match &status {
+                Some((s, p)) => format!("the manager reports it {s} ({:.1}% done)", 100.0 * p),
+                None if manager.is_some() => "the manager cannot be reached".to_string(),
+                None => "no manager is named".to_string(),
+            };
+            bail!(
+                "job {} is not finished: {} of {} parts missing or damaged ({shown}{more}); {farm}; run again later or with --wait",
+                desc.job_id,
+                problems.len(),
+                desc.parts.len()
+            );
+        }
+        let done = desc.parts.len() - problems.len().min(desc.parts.len());
+        bar.set_position((1000 * done / desc.parts.len().max(1)) as u64);
+        bar.set_message(format!("{done}/{} parts", desc.parts.len()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bar.finish_and_clear();
+    let report =
+        rayfarm_farm::merge::merge(&a.job_desc, &rayfarm_farm::merge::MergeOptions::default())
+            .map_err(|e| anyhow!("{e}"))?;
+    if !a.quiet {
+        println!(
+            "merged job {}: {} file(s) -> {}",
+            desc.job_id,
+            report.written.len(),
+            desc.out_dir
+        );
+    }
+    Ok(())
+}
+
+/// `rayfarm nodes --manager`: the manager's view of its nodes.
+pub fn manager_nodes(addr: &str) -> Result<()> {
+    let c = FarmClient::new(addr);
+    let v = c.get("/api/v1/nodes")?;
+    println!("{:<22} {:<16} {:>7}  STATE", "ADDRESS", "ALIAS", "THREADS");
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    for n in &nodes {
+        let state = n["state"].as_str().unwrap_or("?");
+        let detail = match state {
+            "working" => format!(
+                "working on job {} ({})",
+                n["job"].as_str().unwrap_or("?"),
+                n["task"].as_str().unwrap_or("?")
+            ),
+            "occupied" => format!("occupied by master {}", n["master"].as_str().unwrap_or("?")),
+            s => s.to_string(),
+        };
+        println!(
+            "{:<22} {:<16} {:>7}  {}",
+            n["addr"].as_str().unwrap_or("?"),
+            n["alias"].as_str().unwrap_or(""),
+            n["threads"],
+            detail
+        );
+    }
+    if nodes.is_empty() {
+        println!("(the manager knows no nodes yet)");
+    }
+    Ok(())
+}
+
+/// Registers a daemon with a manager every few seconds (so a restarted manager learns it
+/// again); runs until the process ends.
+pub fn spawn_registration(manager: String, daemon_addr: String) {
+    std::thread::spawn(move || {
+        let c = FarmClient::new(&manager);
+        let mut warned = false;
+        loop {
+            match c.post("/api/v1/nodes/register", &json!({ "addr": daemon_addr })) {
+                Ok(_) => warned = false,
+                Err(e) if !warned => {
+                    tracing::warn!("cannot register with manager {manager}: {e}");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+}
+
+/// Checks a network folder: it exists, is a folder and takes files. Returns its absolute path.
+pub fn check_netdir(dir: &Path, quiet: bool) -> Result<PathBuf> {
+    let abs = std::fs::canonicalize(dir).with_context(|| {
+        format!(
+            "{}: the network folder does not exist (create it, or mount the share there)",
+            dir.display()
+        )
+    })?;
+    if !abs.is_dir() {
+        bail!("{}: the network folder is not a folder", abs.display());
+    }
+    let probe = abs.join(format!(".rayfarm-write-test.{}", std::process::id()));
+    std::fs::write(&probe, b"rayfarm")
+        .with_context(|| format!("{}: cannot write into the network folder", abs.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    if !quiet {
+        eprintln!(
+            "note: every node must reach the network folder at this same path, {} (nodes that mount it elsewhere: `rayfarm daemon --path-map {}=THEIR_PATH`)",
+            abs.display(),
+            abs.display()
+        );
+    }
+    Ok(abs)
+}
