@@ -14,6 +14,7 @@
 //! The store is synchronous and does no network IO: the manager wraps it in a mutex and calls it
 //! from `spawn_blocking`, and it alone talks to nodes. What a task's `spec` means (a bake pass, a
 //! frame range) is the caller's business: the store keeps it as opaque JSON text.
+#![allow(clippy::type_complexity)]
 
 pub mod api;
 pub mod jobdesc;

@@ -127,6 +127,9 @@ fn incomplete_message(job_id: &str, missing: &[String], corrupt: &[(String, Stri
 }
 
 /// Options of [`merge`].
+/// Asked before a merge writes anything; an `Err` refuses the merge with its message.
+pub type ManagerCheck<'a> = &'a dyn Fn(&JobDesc) -> Result<(), String>;
+
 #[derive(Default)]
 pub struct MergeOptions<'a> {
     /// Write the outputs here instead of the job.desc's `out_dir` (the same folder as this
@@ -134,7 +137,7 @@ pub struct MergeOptions<'a> {
     pub out_dir: Option<PathBuf>,
     /// Asked after the parts are checked and before anything is written; an `Err` refuses the
     /// merge with its message (the CLI asks the job manager whether the job is complete).
-    pub manager_check: Option<&'a dyn Fn(&JobDesc) -> Result<(), String>>,
+    pub manager_check: Option<ManagerCheck<'a>>,
 }
 
 /// What a merge did.
@@ -289,6 +292,7 @@ pub fn merge(desc_path: &Path, opts: &MergeOptions) -> Result<MergeReport, Merge
     let mut nonfinite = 0u64;
     let mut complete_maps = Vec::new();
     // Whole-map outputs of one map come pass after pass: keep the last table.
+    #[allow(clippy::type_complexity)]
     let mut last: Option<((Vec<usize>, u32, u32), TexelTable)> = None;
     for (oi, plan) in plans.iter().enumerate() {
         let o = &desc.outputs[oi];

@@ -367,7 +367,7 @@ mod tests {
             1
         );
         let units = part_units(&desc, part, 3, 5).unwrap();
-        assert!(units.iter().all(|u| u.layer == 1 && u.sample_end <= 16));
+        assert!(units.iter().all(|u| u.layer == 0 && u.sample_end <= 16));
         let samples: u64 = units.iter().map(|u| u.samples()).sum();
         assert_eq!(samples, 16 * 16);
     }

@@ -515,6 +515,7 @@ fn tampered_job_desc_cannot_write_outside_its_folders() {
     let t = setup(BakeMode::Single, true);
     let original = t.desc.to_json();
     let stem = format!("atlas_ao_{SIZE}");
+    #[allow(clippy::type_complexity)]
     let edits: Vec<(&str, Box<dyn Fn(String) -> String>)> = vec![
         (
             "stem with ..",
