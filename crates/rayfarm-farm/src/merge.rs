@@ -126,10 +126,10 @@ fn incomplete_message(job_id: &str, missing: &[String], corrupt: &[(String, Stri
     )
 }
 
-/// Options of [`merge`].
 /// Asked before a merge writes anything; an `Err` refuses the merge with its message.
 pub type ManagerCheck<'a> = &'a dyn Fn(&JobDesc) -> Result<(), String>;
 
+/// Options of [`merge`].
 #[derive(Default)]
 pub struct MergeOptions<'a> {
     /// Write the outputs here instead of the job.desc's `out_dir` (the same folder as this

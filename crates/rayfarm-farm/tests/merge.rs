@@ -269,12 +269,18 @@ struct Setup {
 }
 
 fn setup(mode: BakeMode, gltf: bool) -> Setup {
+    setup_edited(mode, gltf, |_| {})
+}
+
+/// [`setup`] with the job edited before it is submitted.
+fn setup_edited(mode: BakeMode, gltf: bool, edit: impl Fn(&mut JobDesc)) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
     let netdir = root.join("netdir");
     let out = root.join("out");
     let s = scene();
-    let desc = job(&s, mode, &out, gltf);
+    let mut desc = job(&s, mode, &out, gltf);
+    edit(&mut desc);
     let desc_path = submit(&netdir, &desc, &s);
     let job_dir = desc_path.parent().unwrap().to_path_buf();
     let rs = RenderScene::new(s);
@@ -671,4 +677,46 @@ fn placeholder_then_result_sizes_match() {
     let files = write_placeholder(dir.path(), "Floor_ao_16x8", 16, 8).unwrap();
     let img = image::open(&files[1]).unwrap();
     assert_eq!((img.width(), img.height()), (16, 8));
+}
+
+/// A job.desc that passes validation but does not fit its scene is refused before anything is
+/// written: an object of the atlas without a layer, a mesh the scene lacks, another scene.
+#[test]
+fn job_not_fitting_its_scene_is_refused_before_writing() {
+    // Output 0 (complete) loses the wall's layer: the wall's texels have no owner film.
+    let t = setup_edited(BakeMode::Multi, false, |d| {
+        let wall: Vec<String> = d
+            .parts
+            .iter()
+            .filter(|p| p.mesh == Some(1) && d.outputs[0].parts.contains(&p.name))
+            .map(|p| p.name.clone())
+            .collect();
+        d.outputs[0].parts.retain(|n| !wall.contains(n));
+        d.parts.retain(|p| !wall.contains(&p.name));
+        d.validate().unwrap();
+    });
+    let before = snapshot(&t.root);
+    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+    assert!(matches!(e, MergeError::Assemble { .. }), "{e}");
+    assert!(e.to_string().contains("object 'Wall', which has no layer"), "{e}");
+    assert_eq!(snapshot(&t.root), before);
+
+    let t = setup(BakeMode::Single, false);
+    let before = snapshot(&t.root);
+    tamper(&t, |s| s.replace("\"atlas_meshes\": [\n        0,", "\"atlas_meshes\": [\n        7,"));
+    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("mesh 7 does not exist"), "{e}");
+    tamper(&t, |s| s);
+    // Another scene in the job folder: its hash differs from the job.desc's.
+    let mut other = scene();
+    other.environment = Environment::Color([0.1; 3]);
+    let blob = rayfarm_scene::blob::encode(&other);
+    let scene_path = t.job_dir.join("scene.rfscene");
+    let original = std::fs::read(&scene_path).unwrap();
+    assert_eq!(blob.len(), original.len());
+    std::fs::write(&scene_path, &blob).unwrap();
+    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("the job folder is damaged"), "{e}");
+    std::fs::write(&scene_path, &original).unwrap();
+    assert_eq!(snapshot(&t.root), before);
 }
