@@ -1416,55 +1416,110 @@ pub(crate) mod tests {
     fn validate_refuses_inconsistent_jobs() {
         let cases: Vec<(&str, &str, Box<dyn Fn(&mut JobDesc)>)> = vec![
             (
-                "missing part", "outputs[0].parts",
+                "missing part",
+                "outputs[0].parts",
                 Box::new(|d| d.outputs[0].parts[0] = "nope".into()),
             ),
             (
-                "part twice", "also belongs to output 0",
+                "part twice",
+                "also belongs to output 0",
                 Box::new(|d| d.outputs[1].parts[0] = "p00".into()),
             ),
             (
-                "gap", "cover 48 texels",
+                "gap",
+                "cover 48 texels",
                 Box::new(|d| {
                     d.outputs[0].parts.pop();
                     d.parts.remove(3);
                 }),
             ),
-            ("overlap", "overlap", Box::new(|d| d.parts[1].region = [3, 0, 7, 4])),
             (
-                "overlap, same area", "overlap",
+                "overlap",
+                "overlap",
+                Box::new(|d| d.parts[1].region = [3, 0, 7, 4]),
+            ),
+            (
+                "overlap, same area",
+                "overlap",
                 Box::new(|d| {
                     d.parts[1].region = [0, 0, 4, 4];
                 }),
             ),
-            ("outside", "parts[1].region", Box::new(|d| d.parts[1].region = [4, 0, 9, 4])),
-            ("empty", "parts[1].region", Box::new(|d| d.parts[1].region = [4, 0, 4, 4])),
-            ("layer", "parts[1].layer", Box::new(|d| d.parts[1].layer = 7)),
-            ("wrong pass", "bakes ao, but the output is normal", Box::new(|d| d.outputs[0].pass = Pass::Normal)),
-            ("files", "outputs[0].files", Box::new(|d| d.outputs[0].files.reverse())),
             (
-                "case clash", "written by another output",
+                "outside",
+                "parts[1].region",
+                Box::new(|d| d.parts[1].region = [4, 0, 9, 4]),
+            ),
+            (
+                "empty",
+                "parts[1].region",
+                Box::new(|d| d.parts[1].region = [4, 0, 4, 4]),
+            ),
+            (
+                "layer",
+                "parts[1].layer",
+                Box::new(|d| d.parts[1].layer = 7),
+            ),
+            (
+                "wrong pass",
+                "bakes ao, but the output is normal",
+                Box::new(|d| d.outputs[0].pass = Pass::Normal),
+            ),
+            (
+                "files",
+                "outputs[0].files",
+                Box::new(|d| d.outputs[0].files.reverse()),
+            ),
+            (
+                "case clash",
+                "written by another output",
                 Box::new(|d| {
                     let s = d.outputs[0].stem.to_uppercase();
                     d.outputs[1].files = vec![format!("{s}.exr"), format!("{s}.png")];
                     d.outputs[1].stem = s;
                 }),
             ),
-            ("size", "but the output is 9x8", Box::new(|d| d.outputs[0].width = 9)),
-            ("big", "bake.maps[0]", Box::new(|d| d.bake.maps[0].width = MAX_SIZE + 1)),
             (
-                "atlas", "covers 2 meshes",
+                "size",
+                "but the output is 9x8",
+                Box::new(|d| d.outputs[0].width = 9),
+            ),
+            (
+                "big",
+                "bake.maps[0]",
+                Box::new(|d| d.bake.maps[0].width = MAX_SIZE + 1),
+            ),
+            (
+                "atlas",
+                "covers 2 meshes",
                 Box::new(|d| d.outputs[0].atlas_meshes = vec![1, 0]),
             ),
-            ("mesh", "mesh must be null", Box::new(|d| d.parts[0].mesh = Some(0))),
+            (
+                "mesh",
+                "mesh must be null",
+                Box::new(|d| d.parts[0].mesh = Some(0)),
+            ),
             ("spp", "bake.spp", Box::new(|d| d.bake.spp = 0)),
             ("uv", "bake.uv_set", Box::new(|d| d.bake.uv_set = 2)),
-            ("ao", "bake.ao_distance", Box::new(|d| d.bake.ao_distance = f32::NAN)),
-            ("map ref", "bake.layers[0].map", Box::new(|d| d.bake.layers[0].map = 3)),
-            ("hash", "scene.blake3", Box::new(|d| d.scene.blake3 = "AB".repeat(32))),
+            (
+                "ao",
+                "bake.ao_distance",
+                Box::new(|d| d.bake.ao_distance = f32::NAN),
+            ),
+            (
+                "map ref",
+                "bake.layers[0].map",
+                Box::new(|d| d.bake.layers[0].map = 3),
+            ),
+            (
+                "hash",
+                "scene.blake3",
+                Box::new(|d| d.scene.blake3 = "AB".repeat(32)),
+            ),
             ("no outputs", "0 outputs", Box::new(|d| d.outputs.clear())),
             (
-                "orphan part", "belongs to no output",
+                "orphan part",
+                "belongs to no output",
                 Box::new(|d| {
                     d.parts.push(PartDesc {
                         name: "extra".into(),
@@ -1475,18 +1530,21 @@ pub(crate) mod tests {
                 }),
             ),
             (
-                "gltf clash", "also the name of an output map",
+                "gltf clash",
+                "also the name of an output map",
                 Box::new(|d| d.gltf_out = Some(d.outputs[0].files[0].clone())),
             ),
             (
-                "gltf without complete", "no output has the complete pass",
+                "gltf without complete",
+                "no output has the complete pass",
                 Box::new(|d| {
                     d.outputs.truncate(1);
                     d.parts.truncate(4);
                 }),
             ),
             (
-                "duplicate mesh", "listed twice",
+                "duplicate mesh",
+                "listed twice",
                 Box::new(|d| d.bake.maps[0].meshes = vec![0, 0]),
             ),
         ];

@@ -698,25 +698,34 @@ fn job_not_fitting_its_scene_is_refused_before_writing() {
     let before = snapshot(&t.root);
     let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
     assert!(matches!(e, MergeError::Assemble { .. }), "{e}");
-    assert!(e.to_string().contains("object 'Wall', which has no layer"), "{e}");
+    assert!(
+        e.to_string().contains("object 'Wall', which has no layer"),
+        "{e}"
+    );
     assert_eq!(snapshot(&t.root), before);
 
     let t = setup(BakeMode::Single, false);
     let before = snapshot(&t.root);
-    tamper(&t, |s| s.replace("\"atlas_meshes\": [\n        0,", "\"atlas_meshes\": [\n        7,"));
+    let mut d = t.desc.clone();
+    d.bake.maps[0].meshes[0] = 7;
+    for o in &mut d.outputs {
+        o.atlas_meshes[0] = 7;
+    }
+    d.validate().unwrap();
+    std::fs::write(&t.desc_path, d.to_json()).unwrap();
     let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
     assert!(e.to_string().contains("mesh 7 does not exist"), "{e}");
     tamper(&t, |s| s);
-    // Another scene in the job folder: its hash differs from the job.desc's.
-    let mut other = scene();
-    other.environment = Environment::Color([0.1; 3]);
-    let blob = rayfarm_scene::blob::encode(&other);
+    // Another scene in the job folder (same size, another content hash), or a shorter one.
     let scene_path = t.job_dir.join("scene.rfscene");
     let original = std::fs::read(&scene_path).unwrap();
-    assert_eq!(blob.len(), original.len());
-    std::fs::write(&scene_path, &blob).unwrap();
-    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
-    assert!(e.to_string().contains("the job folder is damaged"), "{e}");
+    let mut other = original.clone();
+    other[40] ^= 1;
+    for blob in [&other[..], &original[..original.len() - 1]] {
+        std::fs::write(&scene_path, blob).unwrap();
+        let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("the job folder is damaged"), "{e}");
+    }
     std::fs::write(&scene_path, &original).unwrap();
     assert_eq!(snapshot(&t.root), before);
 }

@@ -655,13 +655,31 @@ fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan
         let _ = ctrlc_flag(i);
     }
     let bar = crate::output::progress_bar(1000, a.quiet);
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
         if interrupted.load(Ordering::Relaxed) {
             bar.finish_and_clear();
             eprintln!("stopped following job {job_id}; it goes on on the farm. Finish it later with: {later}");
             std::process::exit(130);
         }
-        let v = client.get(&format!("/api/v1/jobs/{job_id}"))?;
+        // A manager that restarts (or a network hiccup) is waited for, a while.
+        let v = match client.get(&format!("/api/v1/jobs/{job_id}")) {
+            Ok(v) => {
+                unreachable_since = None;
+                v
+            }
+            Err(e) if e.to_string().contains("cannot reach") => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > std::time::Duration::from_secs(300) {
+                    bar.finish_and_clear();
+                    bail!("{e}; the job stays in its folder: finish it later with {later}");
+                }
+                bar.set_message(format!("job {job_id}: manager unreachable, retrying"));
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let status = v["job"]["status"].as_str().unwrap_or("?").to_string();
         let progress = v["job"]["progress"].as_f64().unwrap_or(0.0);
         bar.set_position((progress * 1000.0) as u64);

@@ -1,0 +1,355 @@
+//! End-to-end tests of the job manager: a real `rayfarm manager`, daemons on their own
+//! loopback addresses (127.0.0.20 and up, port 48000) and `rayfarm bake --farm` clients, with
+//! every map compared byte for byte with a one-machine bake of the same settings.
+//!
+//! Each test has its own daemons, manager port (23400 + 10 per test) and folders; every
+//! process is killed with its process group when the test ends.
+
+mod common;
+
+use common::proc::Proc;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "e2e-farm-test-key";
+
+struct Farm {
+    dir: tempfile::TempDir,
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn scene() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/two-charts.obj")
+}
+
+/// Every file of a folder, by name.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+impl Farm {
+    fn new() -> Farm {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "version = 1\n").unwrap();
+        std::fs::create_dir(dir.path().join("net")).unwrap();
+        Farm { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("RAYFARM_KEY", KEY.to_string()),
+            (
+                "RAYFARM_CONFIG",
+                self.path("config.toml").display().to_string(),
+            ),
+            ("XDG_CACHE_HOME", self.path("cache").display().to_string()),
+            ("RUST_LOG", "info".to_string()),
+        ]
+    }
+
+    fn daemon(&self, ip: &str, alias: &str) -> Proc {
+        let args = strings(&[
+            "daemon",
+            "--bind",
+            ip,
+            "--port",
+            "48000",
+            "--threads",
+            "1",
+            "--alias",
+            alias,
+        ]);
+        let mut env = self.env();
+        env.retain(|(k, _)| *k != "XDG_CACHE_HOME");
+        env.push((
+            "XDG_CACHE_HOME",
+            self.path(&format!("cache-{alias}")).display().to_string(),
+        ));
+        let mut d = Proc::start(&format!("daemon {alias}"), &args, &env);
+        d.wait_stderr("listening", Duration::from_secs(30));
+        d
+    }
+
+    fn manager(&self, port: u16, daemons: &[&str]) -> Proc {
+        let mut args = strings(&[
+            "manager",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--db",
+            &self.path("manager.db").display().to_string(),
+            "--scan-interval",
+            "0.3",
+            "--task-lease",
+            "5",
+        ]);
+        for d in daemons {
+            args.push("--daemon".into());
+            args.push(d.to_string());
+        }
+        let mut m = Proc::start("manager", &args, &self.env());
+        m.wait_stderr("manager listening", Duration::from_secs(30));
+        m
+    }
+
+    fn bake_args(&self, out: &str, extra: &[&str]) -> Vec<String> {
+        let mut a = strings(&["bake"]);
+        a.push(scene().display().to_string());
+        a.push("--out".into());
+        a.push(self.path(out).display().to_string());
+        a.extend(strings(&["--size", "64", "--max-bounces", "3"]));
+        a.extend(strings(extra));
+        a
+    }
+
+    /// A one-machine bake; returns its files.
+    fn local(&self, out: &str, extra: &[&str]) -> BTreeMap<String, Vec<u8>> {
+        let mut args = self.bake_args(out, extra);
+        args.push("-q".into());
+        let mut p = Proc::start("local bake", &args, &self.env());
+        p.wait_ok(Duration::from_secs(120));
+        files(&self.path(out))
+    }
+
+    fn client(&self, out: &str, port: u16, extra: &[&str]) -> Proc {
+        let mut args = self.bake_args(out, extra);
+        args.extend(strings(&[
+            "--farm",
+            &format!("127.0.0.1:{port}"),
+            "--netdir",
+            &self.path("net").display().to_string(),
+        ]));
+        Proc::start(&format!("client {out}"), &args, &self.env())
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut p = Proc::start(&args.join(" "), &strings(args), &self.env());
+        let st = p.wait(Duration::from_secs(120));
+        (st.success(), p.stdout(), p.stderr())
+    }
+
+    /// The job id a client printed.
+    fn job_id(c: &mut Proc) -> String {
+        let e = c.wait_stderr("submitted job ", Duration::from_secs(60));
+        let rest = &e[e.find("submitted job ").unwrap() + 14..];
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+
+    fn net_entries(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("net"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+fn assert_same(got: &BTreeMap<String, Vec<u8>>, want: &BTreeMap<String, Vec<u8>>, what: &str) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: other files"
+    );
+    for (name, bytes) in want {
+        assert!(
+            &got[name] == bytes,
+            "{what}: {name} differs from the local bake"
+        );
+    }
+}
+
+#[test]
+fn farm_bakes_match_local_ones_and_outlive_their_client() {
+    let farm = Farm::new();
+    let _daemons = [
+        ("127.0.0.20", "f20"),
+        ("127.0.0.21", "f21"),
+        ("127.0.0.22", "f22"),
+    ]
+    .map(|(ip, alias)| farm.daemon(ip, alias));
+    let port = 23400;
+    let _m = farm.manager(port, &["127.0.0.20", "127.0.0.21", "127.0.0.22"]);
+
+    // 1. A client that stays: single and multi mode, two jobs at once.
+    let reference = farm.local("local", &["--spp", "32"]);
+    let mut a = farm.client("farm-a", port, &["--spp", "32"]);
+    let mut b = farm.client("farm-b", port, &["--spp", "32", "--mode", "multi"]);
+    a.wait_ok(Duration::from_secs(120));
+    b.wait_ok(Duration::from_secs(120));
+    assert_same(
+        &files(&farm.path("farm-a")),
+        &reference,
+        "single-pass farm bake",
+    );
+    assert_same(
+        &files(&farm.path("farm-b")),
+        &reference,
+        "multi-pass farm bake",
+    );
+    assert!(
+        farm.net_entries().is_empty(),
+        "job folders left: {:?}",
+        farm.net_entries()
+    );
+
+    // 2. A client killed at once: the job goes on; merge refuses until it is complete.
+    let reference = farm.local("local-long", &["--spp", "512"]);
+    let mut c = farm.client("farm-c", port, &["--spp", "512"]);
+    let id = Farm::job_id(&mut c);
+    c.signal("KILL");
+    c.wait(Duration::from_secs(10));
+    // Placeholders are there at once.
+    let placeholders = files(&farm.path("farm-c"));
+    assert_eq!(placeholders.len(), 10, "{:?}", placeholders.keys());
+    let desc = farm.path("net").join(&id).join("job.desc");
+    let desc = desc.display().to_string();
+    let (ok, _, err) = farm.run(&["merge", &desc]);
+    assert!(!ok, "merge of an unfinished job succeeded");
+    assert!(
+        err.contains("not finished") && err.contains("missing"),
+        "the refusal should name the missing parts: {err}"
+    );
+    let (ok, out, err) = farm.run(&["merge", &desc, "--wait", "-q"]);
+    assert!(ok, "merge --wait failed:\n{out}\n{err}");
+    assert_same(
+        &files(&farm.path("farm-c")),
+        &reference,
+        "merged after the client died",
+    );
+    assert!(
+        !farm.path("net").join(&id).exists(),
+        "job folder not removed"
+    );
+    // Merging twice is harmless... once the folder is gone there is nothing to merge.
+    let (ok, _, err) = farm.run(&["merge", &desc]);
+    assert!(!ok && err.contains("job.desc"), "{err}");
+    assert_same(
+        &files(&farm.path("farm-c")),
+        &reference,
+        "after a second merge",
+    );
+
+    // The manager's views.
+    let (ok, out, _) = farm.run(&["jobs", "--manager", &format!("127.0.0.1:{port}")]);
+    assert!(ok && out.matches("completed").count() >= 3, "{out}");
+    let (ok, out, _) = farm.run(&["nodes", "--manager", &format!("127.0.0.1:{port}")]);
+    assert!(
+        ok && out.contains("f20") && out.contains("f21") && out.contains("f22"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_killed_manager_and_a_killed_worker_lose_nothing() {
+    let farm = Farm::new();
+    let _daemons = [
+        ("127.0.0.23", "g23"),
+        ("127.0.0.24", "g24"),
+        ("127.0.0.25", "g25"),
+    ]
+    .map(|(ip, alias)| farm.daemon(ip, alias));
+    let port = 23410;
+    let list = ["127.0.0.23", "127.0.0.24", "127.0.0.25"];
+    let reference = farm.local("local", &["--spp", "512"]);
+    let mut m = farm.manager(port, &list);
+    let mut c = farm.client("farm", port, &["--spp", "512"]);
+    let id = Farm::job_id(&mut c);
+    // Let the nodes start, then kill one node's worker and the manager.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !m.stderr().contains("worker 'g24' connected") {
+        assert!(Instant::now() < until, "{}", m.describe());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", "worker --master=127.0.0.1:.* --alias=g24"])
+        .status();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        c.running(),
+        "the job ended before the kills; make it longer"
+    );
+    m.signal("KILL");
+    m.wait(Duration::from_secs(10));
+    assert!(
+        m.stderr().contains("worker 'g24' lost"),
+        "the manager did not see g24's worker die:\n{}",
+        m.describe()
+    );
+    let parts = farm.path("net").join(&id).join("parts");
+    let written = std::fs::read_dir(&parts).map(|d| d.count()).unwrap_or(0);
+    eprintln!("manager killed with {written} part(s) written");
+    std::thread::sleep(Duration::from_millis(500));
+    let _m2 = farm.manager(port, &list);
+    c.wait_ok(Duration::from_secs(180));
+    assert_same(&files(&farm.path("farm")), &reference, "after kills");
+    assert!(!farm.path("net").join(&id).exists());
+}
+
+#[test]
+fn unsafe_job_folders_and_descs_are_refused() {
+    let farm = Farm::new();
+    let port = 23420;
+    let _m = farm.manager(port, &[]);
+    // A job folder outside any sane path, or with `..`.
+    let c = common::rayfarm([
+        "submit",
+        "/tmp/../etc",
+        "--manager",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert!(!c.success);
+    // A tampered job.desc: parts named with `..`, an output outside the output folder.
+    let job = farm.path("net").join("jbad");
+    std::fs::create_dir_all(&job).unwrap();
+    std::fs::write(
+        job.join("job.desc"),
+        r#"{"format":"rayfarm-job","version":1,"job_id":"jbad","parts":[{"name":"../../evil"}]}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = farm.run(&["merge", &job.join("job.desc").display().to_string()]);
+    assert!(!ok && err.contains("job.desc"), "{err}");
+    let (ok, _, err) = farm.run(&[
+        "submit",
+        &job.display().to_string(),
+        "--manager",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert!(!ok, "{err}");
+    // Nothing was written anywhere but where we wrote.
+    let mut names: Vec<String> = std::fs::read_dir(farm.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names.iter().all(|n| [
+            "config.toml",
+            "net",
+            "manager.db",
+            "manager.db-wal",
+            "manager.db-shm",
+            "cache"
+        ]
+        .contains(&n.as_str())),
+        "{names:?}"
+    );
+    assert_eq!(std::fs::read_dir(&job).unwrap().count(), 1);
+}
