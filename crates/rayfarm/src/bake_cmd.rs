@@ -422,18 +422,17 @@ pub fn run(a: BakeArgs) -> Result<()> {
             job.table.width,
             job.table.height,
         );
-        let exr = a.out.join(format!("{stem}.exr"));
-        crate::output::write_image(
-            &exr,
+        // The same writers as the farm's merge, so farm and local maps are the same bytes.
+        let files = rayfarm_farm::maps::write_map_files(
+            &a.out,
+            &stem,
             job.table.width,
             job.table.height,
             &px,
-            false,
-            0.0,
-            crate::output::ToneMap::Clamp,
-        )?;
-        let png = a.out.join(format!("{stem}.png"));
-        write_png(&png, job.table.width, job.table.height, &px, o.pass)?;
+            o.pass,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let png = files[1].clone();
         if o.pass == Pass::Complete {
             complete_pngs.push((o.job, png));
         }
@@ -479,6 +478,8 @@ pub fn run(a: BakeArgs) -> Result<()> {
     };
     bar.finish_and_clear();
     let bake_secs = start.elapsed().as_secs_f64();
+    // Layers of a network bake finish in any order; the glTF lists maps in output order.
+    complete_pngs.sort();
     if let Some(path) = &a.gltf_out {
         write_baked_gltf(path, &rs.scene, &jobs, &complete_pngs, a.uv_set)?;
     }
@@ -743,60 +744,22 @@ fn write_baked_gltf(
     complete_pngs: &[(usize, PathBuf)],
     uv_set: u8,
 ) -> Result<()> {
-    use rayfarm_scene::gltf_export::{baked_glb, BakedMaterial, BakedObject};
-    let mut materials = Vec::new();
-    let mut objects = Vec::new();
-    for (ji, png) in complete_pngs {
-        let bytes = std::fs::read(png)
-            .with_context(|| format!("{}: cannot read the baked map back", png.display()))?;
-        let name = png
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        for &mesh in &jobs[*ji].meshes {
-            objects.push(BakedObject {
-                mesh,
-                material: materials.len(),
-            });
-        }
-        materials.push(BakedMaterial { name, png: bytes });
-    }
-    let glb = baked_glb(scene, &objects, &materials, uv_set)
-        .map_err(|e| anyhow::anyhow!("{}: cannot build the baked glTF: {e}", path.display()))?;
-    crate::output::write_atomic(path, &glb)
-}
-
-/// 8-bit PNG of a map: sRGB-encoded colour for complete, lightmap and albedo; linear for ao;
-/// `n * 0.5 + 0.5` for normals.
-fn write_png(path: &Path, width: u32, height: u32, px: &[[f32; 3]], pass: Pass) -> Result<()> {
-    let bytes: Vec<u8> = match pass {
-        Pass::Complete | Pass::Lightmap | Pass::Albedo => {
-            crate::output::to_srgb8(px, 0.0, crate::output::ToneMap::Clamp)
-        }
-        Pass::Ao => px
-            .iter()
-            .flat_map(|p| p.map(|c| (c.clamp(0.0, 1.0) * 255.0 + 0.5) as u8))
-            .collect(),
-        Pass::Normal => px
-            .iter()
-            .flat_map(|p| p.map(|c| ((c * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0 + 0.5) as u8))
-            .collect(),
-    };
-    let tmp = path.with_extension("png.partial");
-    image::save_buffer_with_format(
-        &tmp,
-        &bytes,
-        width,
-        height,
-        image::ExtendedColorType::Rgb8,
-        image::ImageFormat::Png,
-    )
-    .with_context(|| format!("{}: cannot write PNG", path.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| {
-        format!(
-            "{}: cannot move the finished image into place",
-            path.display()
-        )
-    })?;
+    let maps = complete_pngs
+        .iter()
+        .map(|(ji, png)| -> Result<rayfarm_farm::maps::BakedMap> {
+            Ok(rayfarm_farm::maps::BakedMap {
+                meshes: jobs[*ji].meshes.clone(),
+                name: png
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                png: std::fs::read(png).with_context(|| {
+                    format!("{}: cannot read the baked map back", png.display())
+                })?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    rayfarm_farm::maps::write_baked_glb(path, scene, maps, uv_set)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(())
 }
