@@ -18,6 +18,7 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_texture_transform",
     "KHR_materials_transmission",
     "KHR_materials_ior",
+    "KHR_materials_unlit",
 ];
 
 /// Upper bound on the elements of one accessor; far above any real scene, low enough that a
@@ -761,6 +762,18 @@ impl Builder<'_> {
         }
         if let Some(ior) = m.ior() {
             out.ior = ior;
+        }
+        if m.unlit() {
+            // KHR_materials_unlit (e.g. a baked map): the surface shows its base colour as is,
+            // lit or not. In a path tracer that is emission of the base colour from a black
+            // surface, which reflects nothing.
+            let [r, g, b, a] = out.base_color;
+            out.emissive = [r, g, b];
+            out.emissive_texture = out.base_color_texture;
+            out.base_color = [0.0, 0.0, 0.0, a];
+            out.metallic = 0.0;
+            out.specular = 0.0;
+            out.transmission = 0.0;
         }
         out.alpha_mode = match m.alpha_mode() {
             gltf::material::AlphaMode::Opaque => AlphaMode::Opaque,

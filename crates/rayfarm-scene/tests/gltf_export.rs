@@ -97,9 +97,8 @@ fn export_reloads_with_the_baked_uv_set_and_textures() {
     let glb = baked_glb(&src, &objs, &mats, 1).unwrap();
     let (back, warnings) = reload(&glb);
 
-    // The importer knows no KHR_materials_unlit and says so; that is the only finding.
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("KHR_materials_unlit"), "{warnings:?}");
+    // The importer understands KHR_materials_unlit: no findings.
+    assert!(warnings.is_empty(), "{warnings:?}");
 
     assert_eq!(back.meshes.len(), objs.len());
     let mut used_total = 0;
@@ -144,8 +143,11 @@ fn export_reloads_with_the_baked_uv_set_and_textures() {
         // The material shows the object's PNG: read the size back through the texture.
         let mat = &back.materials[back.triangle_materials[got.first_triangle as usize] as usize];
         assert_eq!(mat.name, mats[o.material].name);
-        assert_eq!(mat.base_color, [1.0; 4]);
+        // Unlit: imported as a black surface emitting its base colour (texture).
+        assert_eq!(mat.base_color, [0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(mat.emissive, [1.0; 3]);
         assert_eq!((mat.metallic, mat.roughness), (0.0, 1.0));
+        assert_eq!(mat.emissive_texture, mat.base_color_texture);
         let tex_ref = mat.base_color_texture.expect("a base colour texture");
         assert_eq!(tex_ref.uv_set, 0);
         let tex = &back.textures[tex_ref.texture as usize];
