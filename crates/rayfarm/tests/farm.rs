@@ -353,3 +353,83 @@ fn unsafe_job_folders_and_descs_are_refused() {
     );
     assert_eq!(std::fs::read_dir(&job).unwrap().count(), 1);
 }
+
+/// The DOM of `url` in headless Chromium after its scripts ran, or None (with a notice) when
+/// Chromium is not installed and RAYFARM_REQUIRE_SHARED is not set.
+fn chromium_dom(url: &str) -> Option<String> {
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    if !Path::new(CHROMIUM).exists() {
+        assert!(
+            std::env::var("RAYFARM_REQUIRE_SHARED").as_deref() != Ok("1"),
+            "{CHROMIUM} is missing; install it with `apt-get install -y chromium`"
+        );
+        eprintln!("skipping the browser check: {CHROMIUM} is missing");
+        return None;
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let mut p = std::process::Command::new(CHROMIUM)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--run-all-compositor-stages-before-draw",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium starts");
+    let pid = p.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
+    let mut dom = String::new();
+    use std::io::Read;
+    p.stdout.take().unwrap().read_to_string(&mut dom).unwrap();
+    let _ = p.wait();
+    drop(killer);
+    Some(dom)
+}
+
+#[test]
+fn the_monitor_shows_the_real_managers_jobs_and_nodes_in_chromium() {
+    let farm = Farm::new();
+    let _d = farm.daemon("127.0.0.26", "h26");
+    let port = 23430;
+    let _m = farm.manager(port, &["127.0.0.26"]);
+    let mut c = farm.client("maps", port, &["--spp", "8", "--no-wait"]);
+    let id = Farm::job_id(&mut c);
+    c.wait_ok(Duration::from_secs(60));
+    // Wait for the job to complete on the farm (the folder stays: nobody merged yet).
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out, _) = farm.run(&["jobs", "--manager", &format!("127.0.0.1:{port}")]);
+        if ok && out.contains("completed") {
+            break;
+        }
+        assert!(Instant::now() < until, "job never completed: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let Some(dom) = chromium_dom(&format!("http://127.0.0.1:{port}/")) else {
+        return;
+    };
+    assert!(dom.contains(&id), "the job is not on the page:\n{dom}");
+    assert!(
+        dom.contains("two-charts.obj"),
+        "the job's name is not on the page"
+    );
+    assert!(dom.contains("100%"), "progress is not shown");
+    assert!(dom.contains("h26"), "the node is not on the page");
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the job's preview did not load:\n{dom}"
+    );
+}
