@@ -389,6 +389,12 @@ fn manager_status(addr: &str, id: &str) -> Result<Option<(String, f64)>> {
 }
 
 pub fn merge(a: MergeArgs) -> Result<()> {
+    if !a.job_desc.exists() && a.job_desc.parent().is_some_and(|d| !d.exists()) {
+        bail!(
+            "{}: nothing to merge, the job folder is gone (a merge already finished this job, or the path is wrong)",
+            a.job_desc.display()
+        );
+    }
     let desc = rayfarm_farm::jobdesc::JobDesc::read(&a.job_desc).map_err(|e| anyhow!("{e}"))?;
     let manager = a.manager.clone().or(desc.manager.clone());
     let bar = crate::output::progress_bar(1000, a.quiet || !a.wait);

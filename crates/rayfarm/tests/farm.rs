@@ -433,3 +433,62 @@ fn the_monitor_shows_the_real_managers_jobs_and_nodes_in_chromium() {
         "the job's preview did not load:\n{dom}"
     );
 }
+
+#[test]
+fn a_node_held_by_an_interactive_master_is_left_alone() {
+    let farm = Farm::new();
+    let _d = farm.daemon("127.0.0.27", "i27");
+    let master_port = "23445";
+    // An interactive network render that holds the node for a while.
+    let args = strings(&[
+        "render",
+        "-o",
+        &farm.path("img.exr").display().to_string(),
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--spp",
+        "4096",
+        "--network",
+        "--no-local",
+        "--daemon",
+        "127.0.0.27",
+        "--scan-interval",
+        "0.3",
+        "--master-port",
+        master_port,
+        "--master-bind",
+        "127.0.0.1",
+    ]);
+    let mut master = Proc::start("master", &args, &farm.env());
+    master.wait_stderr("node joined", Duration::from_secs(60));
+    let port = 23440;
+    let _m = farm.manager(port, &["127.0.0.27"]);
+    let mut c = farm.client("maps", port, &["--spp", "8", "--no-wait"]);
+    Farm::job_id(&mut c);
+    c.wait_ok(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, out, _) = farm.run(&["nodes", "--manager", &format!("127.0.0.1:{port}")]);
+    assert!(
+        ok && out.contains("occupied by master") && out.contains(master_port),
+        "{out}"
+    );
+    let (ok, out, _) = farm.run(&["jobs", "--manager", &format!("127.0.0.1:{port}")]);
+    assert!(
+        ok && out.contains("queued"),
+        "the job ran on a held node: {out}"
+    );
+    assert!(master.running(), "{}", master.describe());
+    master.signal("KILL");
+    // Once the master is gone the daemon frees the node and the manager takes it.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, out, _) = farm.run(&["jobs", "--manager", &format!("127.0.0.1:{port}")]);
+        if out.contains("completed") {
+            break;
+        }
+        assert!(Instant::now() < until, "the job never ran: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
