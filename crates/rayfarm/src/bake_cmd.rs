@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// Bake passes into textures laid out by a UV set, on this machine.
+/// Bake passes into textures laid out by a UV set: on this machine, over the network
+/// (--network, like `render`), or as a job of a job manager (--farm HOST --netdir FOLDER).
 ///
 /// Each map is written as linear EXR and as 8-bit PNG into DIR, named object (or "atlas"),
 /// pass and size, e.g. `atlas_lightmap_1024.exr`. Passes: complete (radiance leaving the
@@ -22,6 +23,7 @@ use std::time::Instant;
 /// Examples:
 ///   rayfarm bake scene.gltf --out baked --size 1024 --passes lightmap,ao
 ///   rayfarm bake level.glb --out maps --uv-set 1 --texels-per-unit 32 --per-object
+///   rayfarm bake level.glb --out maps --uv-set 1 --mode multi --farm manager --netdir /mnt/farm
 #[derive(Args, Debug, Clone)]
 #[command(verbatim_doc_comment)]
 pub struct BakeArgs {

@@ -324,8 +324,8 @@ pub fn job(a: JobArgs) -> Result<()> {
 }
 
 /// Submits a prepared job folder (NETWORK_FOLDER/<job-id>, holding job.desc) to a manager.
-/// `rayfarm bake --farm` does this itself; use it to submit again a job folder whose job was
-/// deleted, or one prepared with --no-submit.
+/// `rayfarm bake --farm` does this itself; use it to submit a job folder again, e.g. after
+/// `rayfarm job delete`, or to another manager.
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// The job folder or its job.desc

@@ -16,8 +16,9 @@ use clap::{Parser, Subcommand};
 ///
 ///     rayfarm render examples/cornell-box/cornell_box.gltf -o cornell.png
 ///
-/// Network rendering (daemons, workers, masters), texture baking and the job manager are being
-/// built; see the README for what is ready.
+/// Render over the network (`rayfarm daemon` on each node, then `render --network`), bake
+/// textures (`rayfarm bake`, locally, `--network`, or through a job manager with `--farm`),
+/// and run the job manager (`rayfarm manager`). The README has a walk-through.
 #[derive(Parser, Debug)]
 #[command(name = "rayfarm", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
