@@ -566,32 +566,12 @@ async fn listen_workers(mgr: Arc<Manager>, listener: TcpListener, mut stop: watc
     }
 }
 
-/// Receives the next message that is not a heartbeat within `t`.
-async fn recv_skip_heartbeats(
-    conn: &mut rayfarm_proto::Conn,
-    t: Duration,
-    what: &str,
-) -> Result<Msg, String> {
-    let deadline = Instant::now() + t;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match conn
-            .recv_timeout(left, what)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Msg::Heartbeat => continue,
-            m => return Ok(m),
-        }
-    }
-}
-
 async fn worker_session(
     mgr: &Arc<Manager>,
     mut conn: rayfarm_proto::Conn,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let (alias, threads) = match recv_skip_heartbeats(
+    let (alias, threads) = match rayfarm_master::recv_skip_heartbeats(
         &mut conn,
         Duration::from_secs(10),
         "waiting for WorkerHello",
@@ -764,60 +744,9 @@ async fn run_task(
     touch(mgr, alias, Some(&task.job_id), Some(&task.name));
     let se = |e: rayfarm_proto::ProtoError| TaskErr::Session(e.to_string());
     if current_job.as_deref() != Some(task.job_id.as_str()) {
-        conn.send(&Msg::Job {
-            job_id: ctx.wire_job_id,
-            scene_hash: ctx.scene_hash,
-            scene_bytes: ctx.blob.len() as u64,
-            work: ctx.wire.clone(),
-        })
-        .await
-        .map_err(se)?;
-        match recv_skip_heartbeats(
-            conn,
-            Duration::from_secs(120),
-            "waiting for the worker to load the scene",
-        )
-        .await
-        .map_err(TaskErr::Session)?
-        {
-            Msg::Ready => {}
-            Msg::NeedScene => {
-                for (i, chunk) in ctx
-                    .blob
-                    .chunks(rayfarm_proto::SCENE_CHUNK_BYTES)
-                    .enumerate()
-                {
-                    conn.send(&Msg::SceneChunk {
-                        offset: (i * rayfarm_proto::SCENE_CHUNK_BYTES) as u64,
-                        data: chunk.to_vec(),
-                    })
-                    .await
-                    .map_err(se)?;
-                }
-                match recv_skip_heartbeats(
-                    conn,
-                    Duration::from_secs(600),
-                    "waiting for the worker to load the scene",
-                )
-                .await
-                .map_err(TaskErr::Session)?
-                {
-                    Msg::Ready => {}
-                    other => {
-                        return Err(TaskErr::Session(format!(
-                            "expected Ready, got {}",
-                            other.name()
-                        )))
-                    }
-                }
-            }
-            other => {
-                return Err(TaskErr::Session(format!(
-                    "expected Ready or NeedScene, got {}",
-                    other.name()
-                )))
-            }
-        }
+        rayfarm_master::send_job(conn, ctx.wire_job_id, ctx.scene_hash, &ctx.blob, &ctx.wire)
+            .await
+            .map_err(TaskErr::Session)?;
         *current_job = Some(task.job_id.clone());
     }
     conn.send(&Msg::Task {

@@ -315,8 +315,46 @@ async fn listen(
     }
 }
 
+/// Sends a worker its job and, when its cache lacks the scene, the scene in chunks; returns
+/// once the worker is `Ready`, saying whether the scene had to be sent.
+pub async fn send_job(
+    conn: &mut rayfarm_proto::Conn,
+    job_id: u64,
+    scene_hash: [u8; 32],
+    blob: &[u8],
+    work: &WireWork,
+) -> Result<bool, String> {
+    conn.send(&Msg::Job {
+        job_id,
+        scene_hash,
+        scene_bytes: blob.len() as u64,
+        work: work.clone(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let loading = "waiting for the worker to load the scene";
+    match recv_skip_heartbeats(conn, Duration::from_secs(120), loading).await? {
+        Msg::Ready => Ok(false),
+        Msg::NeedScene => {
+            for (i, chunk) in blob.chunks(rayfarm_proto::SCENE_CHUNK_BYTES).enumerate() {
+                conn.send(&Msg::SceneChunk {
+                    offset: (i * rayfarm_proto::SCENE_CHUNK_BYTES) as u64,
+                    data: chunk.to_vec(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            match recv_skip_heartbeats(conn, Duration::from_secs(600), loading).await? {
+                Msg::Ready => Ok(true),
+                other => Err(format!("expected Ready, got {}", other.name())),
+            }
+        }
+        other => Err(format!("expected Ready or NeedScene, got {}", other.name())),
+    }
+}
+
 /// Receives the next message that is not a heartbeat, within `t` overall.
-async fn recv_skip_heartbeats(
+pub async fn recv_skip_heartbeats(
     conn: &mut rayfarm_proto::Conn,
     t: Duration,
     what: &str,
@@ -354,55 +392,19 @@ async fn worker_session(
         other => return Err(format!("expected WorkerHello, got {}", other.name())),
     };
     let name = format!("{alias} ({peer})");
-    conn.send(&Msg::Job {
-        job_id: job.job_id,
-        scene_hash: job.scene_hash,
-        scene_bytes: job.blob.len() as u64,
-        work: job.work.clone(),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
-    match recv_skip_heartbeats(
-        &mut conn,
-        Duration::from_secs(120),
-        "waiting for the worker to load the scene",
-    )
-    .await?
-    {
-        Msg::Ready => tracing::info!(
+    let sent = send_job(&mut conn, job.job_id, job.scene_hash, &job.blob, &job.work).await?;
+    if sent {
+        tracing::info!(
+            "{name}: scene sent ({} bytes), ready after {:.2} s",
+            job.blob.len(),
+            t0.elapsed().as_secs_f64()
+        );
+    } else {
+        tracing::info!(
             "{name}: scene cached, ready after {:.2} s",
             t0.elapsed().as_secs_f64()
-        ),
-        Msg::NeedScene => {
-            for (i, chunk) in job
-                .blob
-                .chunks(rayfarm_proto::SCENE_CHUNK_BYTES)
-                .enumerate()
-            {
-                conn.send(&Msg::SceneChunk {
-                    offset: (i * rayfarm_proto::SCENE_CHUNK_BYTES) as u64,
-                    data: chunk.to_vec(),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            }
-            match recv_skip_heartbeats(
-                &mut conn,
-                Duration::from_secs(600),
-                "waiting for the worker to load the scene",
-            )
-            .await?
-            {
-                Msg::Ready => tracing::info!(
-                    "{name}: scene sent ({} bytes), ready after {:.2} s",
-                    job.blob.len(),
-                    t0.elapsed().as_secs_f64()
-                ),
-                other => return Err(format!("expected Ready, got {}", other.name())),
-            }
-        }
-        other => return Err(format!("expected Ready or NeedScene, got {}", other.name())),
+        );
     }
     let node = sched
         .lock()
