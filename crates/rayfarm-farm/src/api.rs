@@ -4,7 +4,7 @@
 //! in the job's state) or 500.
 
 use crate::manager::{load_job, now_ms, JobSpec, Manager, TaskSpec};
-use crate::store::{JobKind, NewJob, NewTask, StoreError};
+use crate::store::{NewJob, NewTask, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -162,23 +162,19 @@ async fn submit(
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(bad)?
     };
-    let tasks = ctx
-        .desc
-        .parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
+    let tasks = (0..ctx.desc.part_count())
+        .map(|i| {
             Ok(NewTask {
-                name: part_label(&ctx.desc, p),
+                name: ctx.desc.part_label(i),
                 spec: serde_json::to_string(&TaskSpec { part: i })
                     .map_err(|e| bad(e.to_string()))?,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let name = if ctx.desc.name.is_empty() {
+    let name = if ctx.desc.name().is_empty() {
         id.clone()
     } else {
-        ctx.desc.name.clone()
+        ctx.desc.name().to_string()
     };
     let spec = serde_json::to_string(&JobSpec {
         job_dir: req.job_dir.clone(),
@@ -187,14 +183,14 @@ async fn submit(
     let new_id = store(&m).submit(NewJob {
         id: Some(id.clone()),
         name,
-        kind: JobKind::Bake,
+        kind: ctx.desc.kind(),
         priority: req.priority,
         spec,
         tasks,
     })?;
     m.event(
         "info",
-        format!("job {new_id} submitted ({} tasks)", ctx.desc.parts.len()),
+        format!("job {new_id} submitted ({} tasks)", ctx.desc.part_count()),
         Some(&new_id),
         None,
     );
@@ -307,15 +303,4 @@ async fn register(
 
 async fn events(State(m): Mgr) -> Json<serde_json::Value> {
     Json(json!({ "events": m.events() }))
-}
-
-/// A task's display name: its output (object, pass, size) and part.
-fn part_label(desc: &crate::jobdesc::JobDesc, p: &crate::jobdesc::PartDesc) -> String {
-    let output = desc
-        .outputs
-        .iter()
-        .find(|o| o.parts.iter().any(|n| n == &p.name))
-        .map(|o| o.stem.as_str())
-        .unwrap_or("?");
-    format!("{output} {}", p.name)
 }

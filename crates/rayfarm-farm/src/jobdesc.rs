@@ -25,6 +25,7 @@
 //! ```text
 //! format           "rayfarm-job"
 //! version          1
+//! kind             "bake" (a render job's file says "render": crate::renderjob)
 //! job_id           [a-z0-9-]{1,64}; the name of the folder holding the file
 //! created_unix_ms  when the client created the job
 //! name             shown to users only (at most 256 characters, no control characters)
@@ -137,7 +138,7 @@ pub enum DescError {
     },
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> DescError {
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> DescError {
     DescError::Invalid {
         field: field.into(),
         reason: reason.into(),
@@ -415,12 +416,14 @@ impl JobDesc {
         struct Tagged<'a> {
             format: &'static str,
             version: u32,
+            kind: &'static str,
             #[serde(flatten)]
             desc: &'a JobDesc,
         }
         let mut s = serde_json::to_string_pretty(&Tagged {
             format: FORMAT,
             version: VERSION,
+            kind: "bake",
             desc: self,
         })
         .expect("a job description always serialises");
@@ -430,86 +433,25 @@ impl JobDesc {
 
     /// Parses a description (not yet validated); `path` is only used in messages.
     pub fn from_json(text: &str, path: &Path) -> Result<JobDesc, DescError> {
-        let json = |reason: String| DescError::Json {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let mut v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| json(e.to_string()))?;
-        let obj = v
-            .as_object_mut()
-            .ok_or_else(|| json("the file is not a JSON object".into()))?;
-        // Format and version first: a newer file may have fields this version does not know,
-        // and "version 2, this reads 1" is the useful message then.
-        let format = obj.remove("format");
-        if format.as_ref().and_then(|f| f.as_str()) != Some(FORMAT) {
-            return Err(DescError::Format {
+        let (kind, v) = parse_tagged(text, path)?;
+        if kind != JobKindTag::Bake {
+            return Err(DescError::Json {
                 path: path.to_path_buf(),
-                found: match format {
-                    Some(serde_json::Value::String(s)) => s,
-                    Some(other) => other.to_string(),
-                    None => "(missing)".into(),
-                },
+                reason: "this is a render job's description, not a bake's".into(),
             });
         }
-        match obj.remove("version").map(|v| v.as_u64()) {
-            Some(Some(v)) if v == VERSION as u64 => {}
-            Some(Some(found)) => {
-                return Err(DescError::Version {
-                    path: path.to_path_buf(),
-                    found,
-                })
-            }
-            _ => {
-                return Err(json(
-                    "field version is missing or not a whole number".into(),
-                ))
-            }
-        }
-        serde_json::from_value(v).map_err(|e| json(e.to_string()))
+        serde_json::from_value(v).map_err(|e| DescError::Json {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
     }
 
     /// Reads `NETDIR/<job-id>/job.desc`: at most [`MAX_DESC_BYTES`], parsed, validated, and
     /// checked to lie in a folder named after its job id.
     pub fn read(path: &Path) -> Result<JobDesc, DescError> {
-        use std::io::Read;
-        let io = |source| DescError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let f = std::fs::File::open(path).map_err(io)?;
-        let len = f.metadata().map_err(io)?.len();
-        if len > MAX_DESC_BYTES {
-            return Err(DescError::TooLarge {
-                path: path.to_path_buf(),
-                bytes: len,
-            });
-        }
-        let mut bytes = Vec::new();
-        f.take(MAX_DESC_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > MAX_DESC_BYTES {
-            return Err(DescError::TooLarge {
-                path: path.to_path_buf(),
-                bytes: bytes.len() as u64,
-            });
-        }
-        let text = String::from_utf8(bytes).map_err(|_| DescError::Json {
-            path: path.to_path_buf(),
-            reason: "the file is not UTF-8 text".into(),
-        })?;
-        let desc = JobDesc::from_json(&text, path)?;
-        desc.validate().map_err(|e| match e {
-            DescError::Invalid { field, reason } => DescError::InvalidFile {
-                path: path.to_path_buf(),
-                field,
-                reason,
-            },
-            e => e,
-        })?;
-        let dir = job_dir_of(path)?;
-        check_folder_name(&dir, &desc.job_id, path)?;
+        let desc = JobDesc::from_json(&read_desc_text(path)?, path)?;
+        desc.validate().map_err(|e| in_file(e, path))?;
+        check_folder_name(&job_dir_of(path)?, &desc.job_id, path)?;
         Ok(desc)
     }
 
@@ -579,34 +521,7 @@ impl JobDesc {
     }
 
     fn validate_scene(&self) -> Result<(), DescError> {
-        let s = &self.scene;
-        check_file_name(&s.file).map_err(|r| invalid("scene.file", r))?;
-        if [FILE_NAME, PARTS_DIR, MERGED_MARKER]
-            .iter()
-            .any(|n| s.file.eq_ignore_ascii_case(n))
-        {
-            return Err(invalid(
-                "scene.file",
-                format!("{:?} is reserved for the job folder's own files", s.file),
-            ));
-        }
-        let hex_ok = s.blake3.len() == 64
-            && s.blake3
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !hex_ok {
-            return Err(invalid(
-                "scene.blake3",
-                "not a BLAKE3 hash (64 lower-case hexadecimal digits)",
-            ));
-        }
-        if s.bytes == 0 || s.bytes > MAX_SCENE_BYTES {
-            return Err(invalid(
-                "scene.bytes",
-                format!("{} is out of range (1 to {MAX_SCENE_BYTES})", s.bytes),
-            ));
-        }
-        Ok(())
+        validate_scene_ref("scene", &self.scene)
     }
 
     fn validate_bake(&self) -> Result<(), DescError> {
@@ -917,7 +832,7 @@ impl JobDesc {
 }
 
 /// Checks that `rects` (each inside `region`) cover `region` exactly once.
-fn check_tiling(region: Region, rects: &[Region]) -> Result<(), String> {
+pub(crate) fn check_tiling(region: Region, rects: &[Region]) -> Result<(), String> {
     if let Some(r) = rects
         .iter()
         .find(|r| !region.contains_rect(r.x0, r.y0, r.x1, r.y1))
@@ -968,7 +883,7 @@ fn check_tiling(region: Region, rects: &[Region]) -> Result<(), String> {
     Ok(())
 }
 
-fn check_size(width: u32, height: u32) -> Result<(), String> {
+pub(crate) fn check_size(width: u32, height: u32) -> Result<(), String> {
     if width == 0 || height == 0 || width > MAX_SIZE || height > MAX_SIZE {
         return Err(format!(
             "size {width}x{height} is out of range (1 to {MAX_SIZE} each way)"
@@ -991,7 +906,7 @@ fn check_meshes(meshes: &[usize]) -> Result<(), String> {
     Ok(())
 }
 
-fn reason_of(e: DescError) -> String {
+pub(crate) fn reason_of(e: DescError) -> String {
     match e {
         DescError::BadName { reason, .. } => reason,
         e => e.to_string(),
@@ -1159,7 +1074,141 @@ pub fn job_dir_of(desc_path: &Path) -> Result<PathBuf, DescError> {
 }
 
 /// Checks that `dir` is named `job_id`. `path` is the file named in messages.
-fn check_folder_name(dir: &Path, job_id: &str, path: &Path) -> Result<(), DescError> {
+/// The `kind` field of a job.desc: absent or `"bake"` for a bake, `"render"` for a render.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKindTag {
+    Bake,
+    Render,
+}
+
+/// Reads a job.desc's text: at most [`MAX_DESC_BYTES`] of UTF-8.
+pub(crate) fn read_desc_text(path: &Path) -> Result<String, DescError> {
+    use std::io::Read;
+    let io = |source| DescError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    if len > MAX_DESC_BYTES {
+        return Err(DescError::TooLarge {
+            path: path.to_path_buf(),
+            bytes: len,
+        });
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_DESC_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_DESC_BYTES {
+        return Err(DescError::TooLarge {
+            path: path.to_path_buf(),
+            bytes: bytes.len() as u64,
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| DescError::Json {
+        path: path.to_path_buf(),
+        reason: "the file is not UTF-8 text".into(),
+    })
+}
+
+/// An [`DescError::Invalid`] of a description read from `path`, with the path named.
+pub(crate) fn in_file(e: DescError, path: &Path) -> DescError {
+    match e {
+        DescError::Invalid { field, reason } => DescError::InvalidFile {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        },
+        e => e,
+    }
+}
+
+/// Parses a job.desc's JSON and checks `format` and `version` first (a newer file may have
+/// fields this version does not know, and "version 2, this reads 1" is the useful message
+/// then); returns its kind and the object without those three fields.
+pub(crate) fn parse_tagged(
+    text: &str,
+    path: &Path,
+) -> Result<(JobKindTag, serde_json::Value), DescError> {
+    let json = |reason: String| DescError::Json {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| json(e.to_string()))?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| json("the file is not a JSON object".into()))?;
+    let format = obj.remove("format");
+    if format.as_ref().and_then(|f| f.as_str()) != Some(FORMAT) {
+        return Err(DescError::Format {
+            path: path.to_path_buf(),
+            found: match format {
+                Some(serde_json::Value::String(s)) => s,
+                Some(other) => other.to_string(),
+                None => "(missing)".into(),
+            },
+        });
+    }
+    match obj.remove("version").map(|v| v.as_u64()) {
+        Some(Some(v)) if v == VERSION as u64 => {}
+        Some(Some(found)) => {
+            return Err(DescError::Version {
+                path: path.to_path_buf(),
+                found,
+            })
+        }
+        _ => {
+            return Err(json(
+                "field version is missing or not a whole number".into(),
+            ))
+        }
+    }
+    let kind = match obj.remove("kind") {
+        None => JobKindTag::Bake,
+        Some(serde_json::Value::String(k)) if k == "bake" => JobKindTag::Bake,
+        Some(serde_json::Value::String(k)) if k == "render" => JobKindTag::Render,
+        Some(other) => {
+            return Err(json(format!(
+                "field kind is {other}; use \"bake\" or \"render\""
+            )))
+        }
+    };
+    Ok((kind, v))
+}
+
+/// Checks a job's reference to a compiled scene in its folder; `field` names it in errors.
+pub fn validate_scene_ref(field: &str, s: &SceneRef) -> Result<(), DescError> {
+    check_file_name(&s.file).map_err(|r| invalid(format!("{field}.file"), r))?;
+    if [FILE_NAME, PARTS_DIR, MERGED_MARKER]
+        .iter()
+        .any(|n| s.file.eq_ignore_ascii_case(n))
+    {
+        return Err(invalid(
+            format!("{field}.file"),
+            format!("{:?} is reserved for the job folder's own files", s.file),
+        ));
+    }
+    let hex_ok = s.blake3.len() == 64
+        && s.blake3
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex_ok {
+        return Err(invalid(
+            format!("{field}.blake3"),
+            "not a BLAKE3 hash (64 lower-case hexadecimal digits)",
+        ));
+    }
+    if s.bytes == 0 || s.bytes > MAX_SCENE_BYTES {
+        return Err(invalid(
+            format!("{field}.bytes"),
+            format!("{} is out of range (1 to {MAX_SCENE_BYTES})", s.bytes),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_folder_name(dir: &Path, job_id: &str, path: &Path) -> Result<(), DescError> {
     let abs = std::path::absolute(dir).map_err(|source| DescError::Io {
         path: path.to_path_buf(),
         source,
@@ -1269,7 +1318,9 @@ pub(crate) mod tests {
         d.validate().unwrap();
         let text = d.to_json();
         assert!(
-            text.starts_with("{\n  \"format\": \"rayfarm-job\",\n  \"version\": 1,\n  \"job_id\""),
+            text.starts_with(
+                "{\n  \"format\": \"rayfarm-job\",\n  \"version\": 1,\n  \"kind\": \"bake\",\n  \"job_id\""
+            ),
             "{text}"
         );
         let back = JobDesc::from_json(&text, Path::new("x")).unwrap();

@@ -17,12 +17,14 @@
 #![allow(clippy::type_complexity)]
 
 pub mod api;
+pub mod images;
 pub mod jobdesc;
 pub mod manager;
 pub mod maps;
 pub mod merge;
 pub mod parts;
 pub mod preview;
+pub mod renderjob;
 pub mod store;
 
 pub use store::{

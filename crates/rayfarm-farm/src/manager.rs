@@ -18,7 +18,8 @@
 //! each lease holder and each worker session watch one `watch` channel that flips to `true`
 //! on shutdown; sessions then say `Goodbye`, lease holders `Release`.
 
-use crate::jobdesc::JobDesc;
+use crate::jobdesc::{PartDesc, SceneRef};
+use crate::renderjob::AnyJobDesc;
 use crate::store::{JobStatus, Store, TaskAssignment};
 use rayfarm_bake::{BakeWork, Workload};
 use rayfarm_proto::{accept, Accepted, FarmKey, Msg, Role, WirePart, WireUnit, WireWork};
@@ -102,12 +103,73 @@ struct SessionEntry {
 /// A job's data the sessions need, loaded from its folder once.
 pub struct JobCtx {
     job_dir: PathBuf,
-    pub desc: JobDesc,
-    work: Workload,
+    pub desc: AnyJobDesc,
+    /// A bake's work, the same for every part.
+    bake_wire: Option<WireWork>,
+    /// Compiled scenes read so far, by file name, most recent last (at most
+    /// [`SCENES_KEPT`]: a long animation's frames are read one after another).
+    scenes: Mutex<Vec<(String, Arc<SceneBlob>)>>,
+}
+
+/// A compiled scene blob of a job, checked against its job.desc.
+pub struct SceneBlob {
+    bytes: Vec<u8>,
+    hash: [u8; 32],
+}
+
+/// Scene blobs a job keeps in memory at once.
+const SCENES_KEPT: usize = 4;
+
+/// What a worker needs for one part: the scene and work to load (`variant` says which of the
+/// job's scene and settings combinations it is, so a session reloads only when it changes),
+/// the units and where the part goes.
+struct PartWork {
+    variant: usize,
+    scene: SceneRef,
     wire: WireWork,
-    blob: Arc<Vec<u8>>,
-    scene_hash: [u8; 32],
-    wire_job_id: u64,
+    units: Vec<WireUnit>,
+    part: WirePart,
+    desc: PartDesc,
+}
+
+impl JobCtx {
+    /// The scene blob `scene` names, read from the job folder (and checked) when not in memory.
+    fn scene(&self, scene: &SceneRef) -> Result<Arc<SceneBlob>, String> {
+        if let Some((_, b)) = lock(&self.scenes).iter().find(|(f, _)| *f == scene.file) {
+            return Ok(b.clone());
+        }
+        let blob = Arc::new(read_scene(&self.job_dir, scene)?);
+        let mut cache = lock(&self.scenes);
+        if cache.len() >= SCENES_KEPT {
+            cache.remove(0);
+        }
+        cache.push((scene.file.clone(), blob.clone()));
+        Ok(blob)
+    }
+
+    /// The wire job id of a variant: the same job and variant always get the same id.
+    fn wire_job_id(&self, variant: usize) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(self.desc.job_id().as_bytes());
+        h.update(&(variant as u64).to_le_bytes());
+        u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or_default())
+    }
+}
+
+/// Reads a job's compiled scene and checks its size and hash against the job.desc.
+fn read_scene(job_dir: &Path, scene: &SceneRef) -> Result<SceneBlob, String> {
+    let path = crate::jobdesc::safe_join(job_dir, &scene.file).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("{}: cannot read the job's scene: {e}", path.display()))?;
+    let hash = rayfarm_scene::blob::content_hash(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 != scene.bytes || rayfarm_scene::blob::hash_hex(&hash) != scene.blake3 {
+        return Err(format!(
+            "{}: the scene does not match the size and hash in job.desc",
+            path.display()
+        ));
+    }
+    Ok(SceneBlob { bytes, hash })
 }
 
 /// State shared by the HTTP API and the loops.
@@ -247,78 +309,84 @@ impl Manager {
 }
 
 /// Reads and checks a job folder: job.desc (its id must be the folder's name and `job_id`)
-/// and the compiled scene it names (its hash must match).
+/// and, for a bake, the compiled scene it names (its hash must match); a render's scenes
+/// are checked as they are read.
 pub fn load_job(job_id: &str, job_dir: &Path) -> Result<JobCtx, String> {
     let desc =
-        JobDesc::read(&job_dir.join(crate::jobdesc::FILE_NAME)).map_err(|e| e.to_string())?;
-    if desc.job_id != job_id {
+        AnyJobDesc::read(&job_dir.join(crate::jobdesc::FILE_NAME)).map_err(|e| e.to_string())?;
+    if desc.job_id() != job_id {
         return Err(format!(
             "{}: job.desc names job '{}', not '{job_id}'",
             job_dir.display(),
-            desc.job_id
+            desc.job_id()
         ));
     }
-    let scene_path =
-        crate::jobdesc::safe_join(job_dir, &desc.scene.file).map_err(|e| e.to_string())?;
-    let blob = std::fs::read(&scene_path)
-        .map_err(|e| format!("{}: cannot read the job's scene: {e}", scene_path.display()))?;
-    let scene_hash = rayfarm_scene::blob::content_hash(&blob)
-        .map_err(|e| format!("{}: {e}", scene_path.display()))?;
-    if rayfarm_scene::blob::hash_hex(&scene_hash) != desc.scene.blake3 {
-        return Err(format!(
-            "{}: the scene does not match the hash in job.desc",
-            scene_path.display()
-        ));
-    }
-    let work = Workload::Bake(BakeWork::new(desc.bake.to_bake_spec()));
-    let wire = WireWork::from_workload(&work);
-    let wire_job_id = u64::from_le_bytes(
-        blake3::hash(job_id.as_bytes()).as_bytes()[..8]
-            .try_into()
-            .unwrap_or_default(),
-    );
-    Ok(JobCtx {
+    let mut ctx = JobCtx {
         job_dir: job_dir.to_path_buf(),
+        bake_wire: None,
+        scenes: Mutex::new(Vec::new()),
         desc,
-        work,
-        wire,
-        blob: Arc::new(blob),
-        scene_hash,
-        wire_job_id,
-    })
+    };
+    match &ctx.desc {
+        AnyJobDesc::Bake(d) => {
+            let scene = d.scene.clone();
+            let work = Workload::Bake(BakeWork::new(d.bake.to_bake_spec()));
+            ctx.bake_wire = Some(WireWork::from_workload(&work));
+            ctx.scene(&scene)?;
+        }
+        AnyJobDesc::Render(d) => {
+            let first = d.frames[0].scene.clone();
+            ctx.scene(&first)?;
+        }
+    }
+    Ok(ctx)
 }
 
-/// The units of a part: every sample of its region of its layer.
-fn part_units(ctx: &JobCtx, part: usize) -> Result<(Vec<WireUnit>, WirePart), String> {
-    let p = ctx
+/// The work of a part: every sample of its region of its layer (a bake) or frame (a render).
+fn part_work(ctx: &JobCtx, part: usize) -> Result<PartWork, String> {
+    let (desc, spp) = ctx
         .desc
-        .parts
-        .get(part)
-        .ok_or_else(|| format!("part {part} is not in job.desc"))?;
-    let (_, spp) = ctx
-        .work
-        .layer(p.layer)
-        .ok_or_else(|| format!("part {}: layer {} does not exist", p.name, p.layer))?;
-    let region = rayfarm_render::film::Region {
-        x0: p.region[0],
-        y0: p.region[1],
-        x1: p.region[2],
-        y1: p.region[3],
+        .part(part)
+        .ok_or_else(|| format!("part {part} is not in job.desc, or its layer does not exist"))?;
+    let (variant, scene, wire) = match &ctx.desc {
+        AnyJobDesc::Bake(d) => (
+            0,
+            d.scene.clone(),
+            ctx.bake_wire
+                .clone()
+                .ok_or("the bake's work is not loaded")?,
+        ),
+        AnyJobDesc::Render(d) => {
+            let fi = d.parts[part].frame;
+            let settings = d
+                .settings(fi)
+                .ok_or_else(|| format!("part {}: frame {fi} does not exist", desc.name))?;
+            (
+                fi,
+                d.frames[fi].scene.clone(),
+                WireWork::from_workload(&Workload::Render(settings)),
+            )
+        }
     };
-    let units = rayfarm_render::film::plan_region(p.layer as u32, region, spp, 32, spp)
+    let units = rayfarm_render::film::plan_region(desc.layer as u32, desc.region(), spp, 32, spp)
         .into_iter()
         .map(WireUnit::from)
         .collect();
-    Ok((
+    let part = WirePart {
+        job_dir: ctx.job_dir.display().to_string(),
+        name: desc.name.clone(),
+        layer: desc.layer as u32,
+        region: desc.region,
+        spp,
+    };
+    Ok(PartWork {
+        variant,
+        scene,
+        wire,
         units,
-        WirePart {
-            job_dir: ctx.job_dir.display().to_string(),
-            name: p.name.clone(),
-            layer: p.layer as u32,
-            region: p.region,
-            spp,
-        },
-    ))
+        part,
+        desc,
+    })
 }
 
 /// Opens the queue, recovers from a previous run, and serves until `stop` flips.
@@ -409,9 +477,8 @@ fn recover(mgr: &Manager) {
                 .map_err(|e| e.to_string())?;
             let ctx = mgr.job_ctx(&t.job_id, &spec)?;
             let ts: TaskSpec = serde_json::from_str(&t.spec).map_err(|e| e.to_string())?;
-            let p = ctx.desc.parts.get(ts.part).ok_or("no such part")?;
-            let (_, spp) = ctx.work.layer(p.layer as usize).ok_or("no such layer")?;
-            Ok(crate::parts::read_part(&ctx.job_dir, p, spp).is_ok())
+            let (p, spp) = ctx.desc.part(ts.part).ok_or("no such part")?;
+            Ok(crate::parts::read_part(&ctx.job_dir, &p, spp).is_ok())
         })()
         .unwrap_or(false);
         let mut store = lock(&mgr.store);
@@ -647,7 +714,7 @@ async fn session_loop(
     alias: &str,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut current_job: Option<String> = None;
+    let mut current_job: Option<(String, usize)> = None;
     let mut idle_since = Instant::now();
     loop {
         if *stop.borrow() {
@@ -732,7 +799,7 @@ async fn run_task(
     conn: &mut rayfarm_proto::Conn,
     alias: &str,
     task: &TaskAssignment,
-    current_job: &mut Option<String>,
+    current_job: &mut Option<(String, usize)>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), TaskErr> {
     let ctx = mgr
@@ -740,18 +807,36 @@ async fn run_task(
         .map_err(TaskErr::Task)?;
     let ts: TaskSpec = serde_json::from_str(&task.spec)
         .map_err(|e| TaskErr::Task(format!("bad task spec: {e}")))?;
-    let (units, part) = part_units(&ctx, ts.part).map_err(TaskErr::Task)?;
+    let work = part_work(&ctx, ts.part).map_err(TaskErr::Task)?;
     touch(mgr, alias, Some(&task.job_id), Some(&task.name));
     let se = |e: rayfarm_proto::ProtoError| TaskErr::Session(e.to_string());
-    if current_job.as_deref() != Some(task.job_id.as_str()) {
-        rayfarm_master::send_job(conn, ctx.wire_job_id, ctx.scene_hash, &ctx.blob, &ctx.wire)
-            .await
-            .map_err(TaskErr::Session)?;
-        *current_job = Some(task.job_id.clone());
+    let key = (task.job_id.clone(), work.variant);
+    if current_job.as_ref() != Some(&key) {
+        let blob = {
+            let ctx = ctx.clone();
+            let scene = work.scene.clone();
+            tokio::task::spawn_blocking(move || ctx.scene(&scene))
+                .await
+                .map_err(|e| TaskErr::Task(e.to_string()))?
+                .map_err(TaskErr::Task)?
+        };
+        // Whatever the worker had loaded is replaced, even if this fails half way.
+        *current_job = None;
+        rayfarm_master::send_job(
+            conn,
+            ctx.wire_job_id(work.variant),
+            blob.hash,
+            &blob.bytes,
+            &work.wire,
+        )
+        .await
+        .map_err(TaskErr::Session)?;
+        *current_job = Some(key);
     }
+    let part = work.part.clone();
     conn.send(&Msg::Task {
         task_id: task.task_id,
-        units,
+        units: work.units,
         part: part.clone(),
     })
     .await
@@ -779,7 +864,7 @@ async fn run_task(
                     Msg::Heartbeat => touch(mgr, alias, Some(&task.job_id), Some(&task.name)),
                     Msg::TaskDone { task_id, checksum } if task_id == task.task_id => {
                         // Trust, but verify: the part must be readable and intact from here too.
-                        let p = &ctx.desc.parts[ts.part];
+                        let p = &work.desc;
                         let check = crate::parts::read_part(&ctx.job_dir, p, part.spp)
                             .map_err(|e| e.to_string())
                             .and_then(|_| {

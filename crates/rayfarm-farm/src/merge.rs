@@ -22,11 +22,12 @@
 //! texel tables of the atlases assembled per object.
 
 use crate::jobdesc::{
-    job_dir_of, safe_join, Assembly, DescError, JobDesc, OutputPlan, FILE_NAME, MERGED_MARKER,
-    PARTS_DIR,
+    job_dir_of, safe_join, Assembly, DescError, JobDesc, OutputPlan, PartDesc, SceneRef, FILE_NAME,
+    MERGED_MARKER, PARTS_DIR,
 };
 use crate::maps::{write_map_files_keep_png, BakedMap, MapError};
 use crate::parts::{part_path, read_part, PartError};
+use crate::renderjob::{AnyJobDesc, RenderJobDesc};
 use rayfarm_bake::{Film, Region, TexelTable};
 use rayfarm_scene::CompiledScene;
 use std::collections::HashMap;
@@ -127,7 +128,8 @@ fn incomplete_message(job_id: &str, missing: &[String], corrupt: &[(String, Stri
 }
 
 /// Asked before a merge writes anything; an `Err` refuses the merge with its message.
-pub type ManagerCheck<'a> = &'a dyn Fn(&JobDesc) -> Result<(), String>;
+/// It is given the job's id.
+pub type ManagerCheck<'a> = &'a dyn Fn(&str) -> Result<(), String>;
 
 /// Options of [`merge`].
 #[derive(Default)]
@@ -161,11 +163,30 @@ pub struct MergeReport {
 /// Checks every part of the job in `job_dir`: present, checksum and header right, sums of the
 /// right size. Returns the problems, by part, in the job.desc's order.
 pub fn check(job_dir: &Path, desc: &JobDesc) -> Vec<PartProblem> {
+    // A layer that does not exist gets 0: no part can match it, so it reads as corrupt.
+    check_parts(
+        job_dir,
+        desc.parts
+            .iter()
+            .map(|p| (p.clone(), desc.layer_spp(p.layer).unwrap_or(0))),
+    )
+}
+
+/// [`check`] for a job of either kind.
+pub fn check_any(job_dir: &Path, desc: &AnyJobDesc) -> Vec<PartProblem> {
+    match desc {
+        AnyJobDesc::Bake(d) => check(job_dir, d),
+        AnyJobDesc::Render(d) => check_parts(
+            job_dir,
+            (0..d.parts.len()).filter_map(|i| Some((d.part_desc(i)?, d.render.spp))),
+        ),
+    }
+}
+
+fn check_parts(job_dir: &Path, parts: impl Iterator<Item = (PartDesc, u32)>) -> Vec<PartProblem> {
     let mut problems = Vec::new();
-    for p in &desc.parts {
-        // A layer that does not exist gets 0: no part can match it, so it reads as corrupt.
-        let spp = desc.layer_spp(p.layer).unwrap_or(0);
-        match read_part(job_dir, p, spp) {
+    for (p, spp) in parts {
+        match read_part(job_dir, &p, spp) {
             Ok(_) => {}
             Err(PartError::Missing { part, .. }) => problems.push(PartProblem::Missing { part }),
             Err(PartError::Corrupt { part, reason, .. }) => {
@@ -194,8 +215,32 @@ pub fn write_placeholders(desc: &JobDesc) -> Result<Vec<PathBuf>, MergeError> {
     Ok(written)
 }
 
+/// [`write_placeholders`] for a job of either kind: a render job gets a placeholder image
+/// (the same grey checker) at each frame's output path.
+pub fn write_placeholders_any(desc: &AnyJobDesc) -> Result<Vec<PathBuf>, MergeError> {
+    let AnyJobDesc::Render(d) = desc else {
+        let AnyJobDesc::Bake(d) = desc else {
+            unreachable!()
+        };
+        return write_placeholders(d);
+    };
+    d.validate()?;
+    let out_dir = out_dir_from(&d.out_dir)?;
+    let mut written = Vec::new();
+    for f in &d.frames {
+        let path = safe_join(&out_dir, &f.output)?;
+        crate::images::write_placeholder_image(&path, d.render.width, d.render.height)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 fn out_dir_from_desc(desc: &JobDesc) -> Result<PathBuf, MergeError> {
-    let dir = PathBuf::from(&desc.out_dir);
+    out_dir_from(&desc.out_dir)
+}
+
+fn out_dir_from(out_dir: &str) -> Result<PathBuf, MergeError> {
+    let dir = PathBuf::from(out_dir);
     if !dir.is_absolute() {
         return Err(MergeError::OutDir {
             path: dir,
@@ -222,17 +267,20 @@ fn check_out_dir_exists(dir: PathBuf) -> Result<PathBuf, MergeError> {
 /// Merges the job whose description is `desc_path` (`NETDIR/<job-id>/job.desc`): checks it
 /// is complete, writes every output map (and the baked glTF if asked) over its placeholder,
 /// then removes the job folder. See the module docs for what it guarantees.
+///
+/// A render job's frames are assembled from their tiles and written as `rayfarm render`
+/// writes images ([`crate::images`]), so they are byte-identical to a local render's.
 pub fn merge(desc_path: &Path, opts: &MergeOptions) -> Result<MergeReport, MergeError> {
-    let desc = JobDesc::read(desc_path)?;
+    let any = AnyJobDesc::read(desc_path)?;
     let job_dir = job_dir_of(desc_path)?;
     let marker = job_dir.join(MERGED_MARKER);
     if marker.is_file() {
         let written = std::fs::read_to_string(&marker)
             .map(|t| t.lines().skip(1).map(PathBuf::from).collect())
             .unwrap_or_default();
-        let (job_dir_removed, left_in_job_dir) = remove_job_dir(&job_dir, &desc);
+        let (job_dir_removed, left_in_job_dir) = remove_job_dir(&job_dir, &any);
         return Ok(MergeReport {
-            job_id: desc.job_id,
+            job_id: any.job_id().to_string(),
             written,
             already_merged: true,
             nonfinite_samples: 0,
@@ -247,9 +295,101 @@ pub fn merge(desc_path: &Path, opts: &MergeOptions) -> Result<MergeReport, Merge
                 source,
             })?)?
         }
-        None => out_dir_from_desc(&desc)?,
+        None => out_dir_from(any.out_dir())?,
     };
-    let scene = load_scene(&job_dir, &desc)?;
+    match any {
+        AnyJobDesc::Bake(desc) => merge_bake(desc_path, &job_dir, desc, &out_dir, opts),
+        AnyJobDesc::Render(desc) => merge_render(&job_dir, desc, &out_dir, opts),
+    }
+}
+
+/// Writes the `merged` marker listing `written`, then takes the job folder apart.
+fn finish(
+    job_dir: &Path,
+    desc: &AnyJobDesc,
+    written: Vec<PathBuf>,
+    nonfinite: u64,
+) -> Result<MergeReport, MergeError> {
+    let mut text = String::from("rayfarm merge: every output of this job is written\n");
+    for f in &written {
+        text.push_str(&f.to_string_lossy());
+        text.push('\n');
+    }
+    crate::maps::write_atomic(&job_dir.join(MERGED_MARKER), text.as_bytes())?;
+    let (job_dir_removed, left_in_job_dir) = remove_job_dir(job_dir, desc);
+    Ok(MergeReport {
+        job_id: desc.job_id().to_string(),
+        written,
+        already_merged: false,
+        nonfinite_samples: nonfinite,
+        job_dir_removed,
+        left_in_job_dir,
+    })
+}
+
+fn merge_render(
+    job_dir: &Path,
+    desc: RenderJobDesc,
+    out_dir: &Path,
+    opts: &MergeOptions,
+) -> Result<MergeReport, MergeError> {
+    let any = AnyJobDesc::Render(desc);
+    let problems = check_any(job_dir, &any);
+    let AnyJobDesc::Render(desc) = any else {
+        unreachable!()
+    };
+    if !problems.is_empty() {
+        return Err(incomplete(&desc.job_id, problems));
+    }
+    if let Some(ask) = opts.manager_check {
+        ask(&desc.job_id).map_err(|reason| MergeError::Refused {
+            job_id: desc.job_id.clone(),
+            reason,
+        })?;
+    }
+    let (w, h) = (desc.render.width, desc.render.height);
+    let mut written = Vec::new();
+    let mut nonfinite = 0u64;
+    for (fi, f) in desc.frames.iter().enumerate() {
+        let mut film = Film::new(w, h);
+        for pi in desc.parts_of_frame(fi) {
+            let p = desc.part_desc(pi).expect("index from parts_of_frame");
+            let part = read_part(job_dir, &p, desc.render.spp).map_err(|e| match e {
+                PartError::Missing { part, .. } => {
+                    incomplete(&desc.job_id, vec![PartProblem::Missing { part }])
+                }
+                e => incomplete(
+                    &desc.job_id,
+                    vec![PartProblem::Corrupt {
+                        part: p.name.clone(),
+                        reason: e.to_string(),
+                    }],
+                ),
+            })?;
+            film.add_film(&part)
+                .map_err(|reason| MergeError::Assemble {
+                    output: f.output.clone(),
+                    reason,
+                })?;
+        }
+        nonfinite += film.nonfinite_samples;
+        let px = film.to_rgb(desc.render.spp);
+        let path = safe_join(out_dir, &f.output)?;
+        crate::images::write_image(&path, w, h, &px, &desc.image_settings())?;
+        written.push(path);
+    }
+    finish(job_dir, &AnyJobDesc::Render(desc), written, nonfinite)
+}
+
+fn merge_bake(
+    desc_path: &Path,
+    job_dir: &Path,
+    desc: JobDesc,
+    out_dir: &Path,
+    opts: &MergeOptions,
+) -> Result<MergeReport, MergeError> {
+    let (job_dir, out_dir) = (job_dir.to_path_buf(), out_dir.to_path_buf());
+    let scene = load_scene(&job_dir, &desc.scene)?;
     check_against_scene(&job_dir, &desc, &scene)?;
     let plans = desc
         .output_plans()
@@ -261,10 +401,10 @@ pub fn merge(desc_path: &Path, opts: &MergeOptions) -> Result<MergeReport, Merge
 
     let problems = check(&job_dir, &desc);
     if !problems.is_empty() {
-        return Err(incomplete(&desc, problems));
+        return Err(incomplete(&desc.job_id, problems));
     }
     if let Some(ask) = opts.manager_check {
-        ask(&desc).map_err(|reason| MergeError::Refused {
+        ask(&desc.job_id).map_err(|reason| MergeError::Refused {
             job_id: desc.job_id.clone(),
             reason,
         })?;
@@ -314,7 +454,7 @@ pub fn merge(desc_path: &Path, opts: &MergeOptions) -> Result<MergeReport, Merge
             }
         };
         let film = assemble(&job_dir, &desc, &scene, table, plan).map_err(|e| match e {
-            Assembled::Part(p) => incomplete(&desc, vec![p]),
+            Assembled::Part(p) => incomplete(&desc.job_id, vec![p]),
             Assembled::Other(reason) => MergeError::Assemble {
                 output: o.stem.clone(),
                 reason,
@@ -346,24 +486,10 @@ pub fn merge(desc_path: &Path, opts: &MergeOptions) -> Result<MergeReport, Merge
     }
 
     // Every output is in place: record it, then take the job folder apart.
-    let mut text = String::from("rayfarm merge: every output of this job is written\n");
-    for f in &written {
-        text.push_str(&f.to_string_lossy());
-        text.push('\n');
-    }
-    crate::maps::write_atomic(&marker, text.as_bytes())?;
-    let (job_dir_removed, left_in_job_dir) = remove_job_dir(&job_dir, &desc);
-    Ok(MergeReport {
-        job_id: desc.job_id,
-        written,
-        already_merged: false,
-        nonfinite_samples: nonfinite,
-        job_dir_removed,
-        left_in_job_dir,
-    })
+    finish(&job_dir, &AnyJobDesc::Bake(desc), written, nonfinite)
 }
 
-fn incomplete(desc: &JobDesc, problems: Vec<PartProblem>) -> MergeError {
+fn incomplete(job_id: &str, problems: Vec<PartProblem>) -> MergeError {
     let (mut missing, mut corrupt) = (Vec::new(), Vec::new());
     for p in problems {
         match p {
@@ -372,15 +498,15 @@ fn incomplete(desc: &JobDesc, problems: Vec<PartProblem>) -> MergeError {
         }
     }
     MergeError::Incomplete {
-        job_id: desc.job_id.clone(),
+        job_id: job_id.to_string(),
         missing,
         corrupt,
     }
 }
 
 /// Reads the job's scene blob and checks it is the one the job.desc names.
-fn load_scene(job_dir: &Path, desc: &JobDesc) -> Result<CompiledScene, MergeError> {
-    let path = safe_join(job_dir, &desc.scene.file)?;
+fn load_scene(job_dir: &Path, scene: &SceneRef) -> Result<CompiledScene, MergeError> {
+    let path = safe_join(job_dir, &scene.file)?;
     let scene_err = |reason: String| MergeError::Scene {
         path: path.clone(),
         reason,
@@ -390,19 +516,19 @@ fn load_scene(job_dir: &Path, desc: &JobDesc) -> Result<CompiledScene, MergeErro
         source,
     };
     let len = std::fs::metadata(&path).map_err(io)?.len();
-    if len != desc.scene.bytes {
+    if len != scene.bytes {
         return Err(scene_err(format!(
             "{len} bytes, but job.desc says {}; the job folder is damaged",
-            desc.scene.bytes
+            scene.bytes
         )));
     }
     let blob = std::fs::read(&path).map_err(io)?;
     let hash = rayfarm_scene::blob::content_hash(&blob).map_err(|e| scene_err(e.to_string()))?;
     let hex = rayfarm_scene::blob::hash_hex(&hash);
-    if hex != desc.scene.blake3 {
+    if hex != scene.blake3 {
         return Err(scene_err(format!(
             "scene hash {hex}, but job.desc says {}; the job folder is damaged",
-            desc.scene.blake3
+            scene.blake3
         )));
     }
     rayfarm_scene::blob::decode(&blob).map_err(|e| scene_err(e.to_string()))
@@ -566,7 +692,7 @@ fn assemble(
 /// job.desc, the marker), then the folder if that left it empty. Files it does not know are
 /// left alone: a job.desc in the wrong place must never make the merge delete someone's
 /// folder. Returns whether the folder is gone and what stayed.
-fn remove_job_dir(job_dir: &Path, desc: &JobDesc) -> (bool, Vec<PathBuf>) {
+fn remove_job_dir(job_dir: &Path, desc: &AnyJobDesc) -> (bool, Vec<PathBuf>) {
     let mut failed = Vec::new();
     let mut remove = |path: PathBuf| {
         if let Err(e) = std::fs::remove_file(&path) {
@@ -577,8 +703,8 @@ fn remove_job_dir(job_dir: &Path, desc: &JobDesc) -> (bool, Vec<PathBuf>) {
         }
     };
     let parts_dir = job_dir.join(PARTS_DIR);
-    for p in &desc.parts {
-        if let Ok(path) = part_path(job_dir, p) {
+    for i in 0..desc.part_count() {
+        if let Some(path) = desc.part(i).and_then(|(p, _)| part_path(job_dir, &p).ok()) {
             remove(path);
         }
     }
@@ -594,8 +720,14 @@ fn remove_job_dir(job_dir: &Path, desc: &JobDesc) -> (bool, Vec<PathBuf>) {
         }
     }
     let _ = std::fs::remove_dir(&parts_dir);
-    if let Ok(scene) = safe_join(job_dir, &desc.scene.file) {
-        remove(scene);
+    let scenes = match desc {
+        AnyJobDesc::Bake(d) => vec![d.scene.file.as_str()],
+        AnyJobDesc::Render(d) => d.scene_files(),
+    };
+    for file in scenes {
+        if let Ok(scene) = safe_join(job_dir, file) {
+            remove(scene);
+        }
     }
     // job.desc before the marker: until job.desc is gone a merge can still be run, and it must
     // then see the marker.

@@ -174,6 +174,30 @@ impl Film {
         }
     }
 
+    /// Adds another film's sums (a tile of this one, say). Its region must lie inside this
+    /// film's. Sums are fixed point, so the order films are added in does not matter.
+    pub fn add_film(&mut self, other: &Film) -> Result<(), String> {
+        let r = other.region;
+        if !self.region.contains_rect(r.x0, r.y0, r.x1, r.y1) {
+            return Err(format!(
+                "a film over {r:?} lies outside this film's region {:?}",
+                self.region
+            ));
+        }
+        let (tw, rw) = (r.width() as usize, self.region.width() as usize);
+        for y in r.y0..r.y1 {
+            let src = &other.sums[(y - r.y0) as usize * tw..][..tw];
+            let start = (y - self.region.y0) as usize * rw + (r.x0 - self.region.x0) as usize;
+            for (d, s) in self.sums[start..][..tw].iter_mut().zip(src) {
+                for c in 0..3 {
+                    d[c] = d[c].saturating_add(s[c]);
+                }
+            }
+        }
+        self.nonfinite_samples += other.nonfinite_samples;
+        Ok(())
+    }
+
     /// Adds a unit's sums. Returns an error if the unit does not fit this film.
     pub fn add(&mut self, r: &UnitResult) -> Result<(), String> {
         let u = &r.unit;

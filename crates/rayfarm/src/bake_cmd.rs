@@ -578,16 +578,7 @@ fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan
     }
     let out_dir = std::fs::canonicalize(&a.out)
         .with_context(|| format!("{}: cannot resolve the output folder", a.out.display()))?;
-    let mut id_bytes = [0u8; 6];
-    getrandom::fill(&mut id_bytes)
-        .map_err(|e| anyhow::anyhow!("no randomness for a job id: {e}"))?;
-    let job_id = format!(
-        "j{}",
-        id_bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let job_id = crate::farm_cmd::new_job_id()?;
     let scene_hash = rayfarm_scene::blob::content_hash(blob).map_err(|e| anyhow::anyhow!("{e}"))?;
     let desc = JobDesc {
         job_id: job_id.clone(),
@@ -633,107 +624,17 @@ fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan
     let desc_path = desc.write(&job_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let placeholders =
         rayfarm_farm::merge::write_placeholders(&desc).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let client = crate::farm_cmd::FarmClient::new(farm);
-    client.post(
-        "/api/v1/jobs",
-        &serde_json::json!({ "job_dir": job_dir.display().to_string(), "priority": a.priority }),
-    )?;
-    if !a.quiet {
-        eprintln!(
-            "submitted job {job_id} ({} tasks) to {farm}; placeholders at {} output(s); job folder {}",
-            desc.parts.len(),
-            placeholders.len(),
-            job_dir.display()
-        );
-    }
-    let later = format!("rayfarm merge {}", desc_path.display());
-    if a.no_wait {
-        println!("job {job_id} submitted; when it is done: {later}");
-        return Ok(());
-    }
-    // Follow the job; Ctrl-C leaves it running on the farm.
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let i = interrupted.clone();
-        let _ = ctrlc_flag(i);
-    }
-    let bar = crate::output::progress_bar(1000, a.quiet);
-    let mut unreachable_since: Option<std::time::Instant> = None;
-    loop {
-        if interrupted.load(Ordering::Relaxed) {
-            bar.finish_and_clear();
-            eprintln!("stopped following job {job_id}; it goes on on the farm. Finish it later with: {later}");
-            std::process::exit(130);
-        }
-        // A manager that restarts (or a network hiccup) is waited for, a while.
-        let v = match client.get(&format!("/api/v1/jobs/{job_id}")) {
-            Ok(v) => {
-                unreachable_since = None;
-                v
-            }
-            Err(e) if e.to_string().contains("cannot reach") => {
-                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > std::time::Duration::from_secs(300) {
-                    bar.finish_and_clear();
-                    bail!("{e}; the job stays in its folder: finish it later with {later}");
-                }
-                bar.set_message(format!("job {job_id}: manager unreachable, retrying"));
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let status = v["job"]["status"].as_str().unwrap_or("?").to_string();
-        let progress = v["job"]["progress"].as_f64().unwrap_or(0.0);
-        bar.set_position((progress * 1000.0) as u64);
-        let t = &v["job"]["tasks"];
-        bar.set_message(format!(
-            "job {job_id} {status}: {}/{} tasks done, {} running",
-            t["completed"],
-            desc.parts.len(),
-            t["running"]
-        ));
-        match status.as_str() {
-            "completed" => break,
-            "failed" | "canceled" => {
-                bar.finish_and_clear();
-                bail!(
-                    "job {job_id} {status} on the farm: {} (see `rayfarm job show {job_id} --manager {farm}`); the placeholders stay",
-                    v["job"]["error"].as_str().unwrap_or("no reason given")
-                );
-            }
-            _ => {}
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-    bar.finish_and_clear();
-    let report =
-        rayfarm_farm::merge::merge(&desc_path, &rayfarm_farm::merge::MergeOptions::default())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if !a.quiet {
-        println!(
-            "baked on the farm: job {job_id}, {} file(s) -> {}",
-            report.written.len(),
-            out_dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// Sets `flag` on Ctrl-C (the first one; a second ends the process as usual).
-fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        if let Ok(rt) = rt {
-            rt.block_on(async {
-                let _ = tokio::signal::ctrl_c().await;
-            });
-            flag.store(true, Ordering::Relaxed);
-        }
-    });
-    Ok(())
+    crate::farm_cmd::submit_follow_merge(
+        farm,
+        &job_dir,
+        &desc_path,
+        desc.parts.len(),
+        placeholders.len(),
+        a.priority,
+        a.no_wait,
+        a.quiet,
+        "baked",
+    )
 }
 
 /// Writes the baked objects as a binary glTF whose materials are unlit, with the complete

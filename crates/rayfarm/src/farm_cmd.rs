@@ -395,16 +395,17 @@ pub fn merge(a: MergeArgs) -> Result<()> {
             a.job_desc.display()
         );
     }
-    let desc = rayfarm_farm::jobdesc::JobDesc::read(&a.job_desc).map_err(|e| anyhow!("{e}"))?;
-    let manager = a.manager.clone().or(desc.manager.clone());
+    let desc =
+        rayfarm_farm::renderjob::AnyJobDesc::read(&a.job_desc).map_err(|e| anyhow!("{e}"))?;
+    let manager = a.manager.clone().or(desc.manager().map(str::to_string));
     let bar = crate::output::progress_bar(1000, a.quiet || !a.wait);
     loop {
         let status = match &manager {
-            Some(m) => manager_status(m, &desc.job_id)?,
+            Some(m) => manager_status(m, desc.job_id())?,
             None => None,
         };
         let job_dir = a.job_desc.parent().unwrap_or(Path::new("."));
-        let problems = rayfarm_farm::merge::check(job_dir, &desc);
+        let problems = rayfarm_farm::merge::check_any(job_dir, &desc);
         let done_on_farm = status.as_ref().is_none_or(|(s, _)| s == "completed");
         if problems.is_empty() && done_on_farm {
             break;
@@ -412,9 +413,9 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         if let Some((s, _)) = &status {
             if s == "failed" || s == "canceled" {
                 bail!(
-                    "job {} is {s} on the manager; its maps cannot be finished (see `rayfarm job show {}`)",
-                    desc.job_id,
-                    desc.job_id
+                    "job {} is {s} on the manager; its outputs cannot be finished (see `rayfarm job show {}`)",
+                    desc.job_id(),
+                    desc.job_id()
                 );
             }
         }
@@ -441,14 +442,14 @@ pub fn merge(a: MergeArgs) -> Result<()> {
             };
             bail!(
                 "job {} is not finished: {} of {} parts missing or damaged ({shown}{more}); {farm}; run again later or with --wait",
-                desc.job_id,
+                desc.job_id(),
                 problems.len(),
-                desc.parts.len()
+                desc.part_count()
             );
         }
-        let done = desc.parts.len() - problems.len().min(desc.parts.len());
-        bar.set_position((1000 * done / desc.parts.len().max(1)) as u64);
-        bar.set_message(format!("{done}/{} parts", desc.parts.len()));
+        let done = desc.part_count() - problems.len().min(desc.part_count());
+        bar.set_position((1000 * done / desc.part_count().max(1)) as u64);
+        bar.set_message(format!("{done}/{} parts", desc.part_count()));
         std::thread::sleep(Duration::from_millis(500));
     }
     bar.finish_and_clear();
@@ -458,9 +459,9 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     if !a.quiet {
         println!(
             "merged job {}: {} file(s) -> {}",
-            desc.job_id,
+            desc.job_id(),
             report.written.len(),
-            desc.out_dir
+            desc.out_dir()
         );
     }
     Ok(())
@@ -540,4 +541,138 @@ pub fn check_netdir(dir: &Path, quiet: bool) -> Result<PathBuf> {
         );
     }
     Ok(abs)
+}
+
+/// A fresh job id: `j` and 12 random hexadecimal digits.
+pub fn new_job_id() -> Result<String> {
+    let mut id_bytes = [0u8; 6];
+    getrandom::fill(&mut id_bytes).map_err(|e| anyhow!("no randomness for a job id: {e}"))?;
+    Ok(format!(
+        "j{}",
+        id_bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}
+
+/// Submits a prepared job folder to the manager `farm`, then (unless `no_wait`) follows the
+/// job with a progress bar and merges it once it is complete. Ctrl-C stops following and
+/// leaves the job running; a manager that is unreachable for a while (a restart) is waited
+/// for up to five minutes. `verb` says what the farm did ("baked", "rendered").
+#[allow(clippy::too_many_arguments)]
+pub fn submit_follow_merge(
+    farm: &str,
+    job_dir: &Path,
+    desc_path: &Path,
+    tasks: usize,
+    placeholders: usize,
+    priority: i32,
+    no_wait: bool,
+    quiet: bool,
+    verb: &str,
+) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    let job_id = job_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let client = FarmClient::new(farm);
+    client.post(
+        "/api/v1/jobs",
+        &json!({ "job_dir": job_dir.display().to_string(), "priority": priority }),
+    )?;
+    if !quiet {
+        eprintln!(
+            "submitted job {job_id} ({tasks} tasks) to {farm}; placeholders at {placeholders} output(s); job folder {}",
+            job_dir.display()
+        );
+    }
+    let later = format!("rayfarm merge {}", desc_path.display());
+    if no_wait {
+        println!("job {job_id} submitted; when it is done: {later}");
+        return Ok(());
+    }
+    // Follow the job; Ctrl-C leaves it running on the farm.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    ctrlc_flag(interrupted.clone());
+    let bar = crate::output::progress_bar(1000, quiet);
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        if interrupted.load(Ordering::Relaxed) {
+            bar.finish_and_clear();
+            eprintln!("stopped following job {job_id}; it goes on on the farm. Finish it later with: {later}");
+            std::process::exit(130);
+        }
+        // A manager that restarts (or a network hiccup) is waited for, a while.
+        let v = match client.get(&format!("/api/v1/jobs/{job_id}")) {
+            Ok(v) => {
+                unreachable_since = None;
+                v
+            }
+            Err(e) if e.to_string().contains("cannot reach") => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(300) {
+                    bar.finish_and_clear();
+                    bail!("{e}; the job stays in its folder: finish it later with {later}");
+                }
+                bar.set_message(format!("job {job_id}: manager unreachable, retrying"));
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let status = v["job"]["status"].as_str().unwrap_or("?").to_string();
+        let progress = v["job"]["progress"].as_f64().unwrap_or(0.0);
+        bar.set_position((progress * 1000.0) as u64);
+        let t = &v["job"]["tasks"];
+        bar.set_message(format!(
+            "job {job_id} {status}: {}/{tasks} tasks done, {} running",
+            t["completed"], t["running"]
+        ));
+        match status.as_str() {
+            "completed" => break,
+            "failed" | "canceled" => {
+                bar.finish_and_clear();
+                bail!(
+                    "job {job_id} {status} on the farm: {} (see `rayfarm job show {job_id} --manager {farm}`); the placeholders stay",
+                    v["job"]["error"].as_str().unwrap_or("no reason given")
+                );
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    bar.finish_and_clear();
+    let report =
+        rayfarm_farm::merge::merge(desc_path, &rayfarm_farm::merge::MergeOptions::default())
+            .map_err(|e| anyhow!("{e}"))?;
+    if !quiet {
+        let out = report
+            .written
+            .first()
+            .and_then(|p| p.parent())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        println!(
+            "{verb} on the farm: job {job_id}, {} file(s) -> {out}",
+            report.written.len()
+        );
+    }
+    Ok(())
+}
+
+/// Sets `flag` on Ctrl-C (the first one; a second ends the process as usual).
+fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(rt) = rt {
+            rt.block_on(async {
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
 }

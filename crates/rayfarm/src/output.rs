@@ -1,6 +1,6 @@
 //! Writing images: `.exr` (linear, 32- or 16-bit float) and `.png` (8-bit sRGB).
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use std::path::Path;
 
 /// How `.png` output maps linear radiance (after exposure) to [0, 1].
@@ -12,9 +12,13 @@ pub enum ToneMap {
     Aces,
 }
 
-fn aces(x: f32) -> f32 {
-    let (a, b, c, d, e) = (2.51, 0.03, 2.43, 0.59, 0.14);
-    ((x * (a * x + b)) / (x * (c * x + d) + e)).clamp(0.0, 1.0)
+impl From<ToneMap> for rayfarm_farm::images::ToneMap {
+    fn from(t: ToneMap) -> Self {
+        match t {
+            ToneMap::Clamp => rayfarm_farm::images::ToneMap::Clamp,
+            ToneMap::Aces => rayfarm_farm::images::ToneMap::Aces,
+        }
+    }
 }
 
 /// The progress bar of long renders and bakes (hidden with `--quiet`): elapsed time, bar,
@@ -33,26 +37,9 @@ pub fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
     b
 }
 
-/// Linear RGB to 8-bit sRGB bytes: multiply by 2^exposure, tone map, encode.
-pub fn to_srgb8(pixels: &[[f32; 3]], exposure_ev: f32, tonemap: ToneMap) -> Vec<u8> {
-    let scale = 2f32.powf(exposure_ev);
-    let mut out = Vec::with_capacity(pixels.len() * 3);
-    for p in pixels {
-        for &c in p {
-            let v = c * scale;
-            let v = match tonemap {
-                ToneMap::Clamp => v.clamp(0.0, 1.0),
-                ToneMap::Aces => aces(v.max(0.0)),
-            };
-            let s = rayfarm_render::texture::linear_to_srgb(v);
-            out.push((s * 255.0 + 0.5) as u8);
-        }
-    }
-    out
-}
-
 /// Writes an image, choosing the format by extension. Exposure applies to PNG only; EXR keeps
-/// the linear values as rendered.
+/// the linear values as rendered. The bytes are those of a farm render job's merge
+/// ([`rayfarm_farm::images`]), and the file is written atomically.
 pub fn write_image(
     path: &Path,
     width: u32,
@@ -62,82 +49,13 @@ pub fn write_image(
     exposure_ev: f32,
     tonemap: ToneMap,
 ) -> Result<()> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            bail!(
-                "{}: the output folder {} does not exist",
-                path.display(),
-                dir.display()
-            );
-        }
-    }
-    // Write to a temporary name and rename, so a crash never leaves a half-written image.
-    let tmp = path.with_extension(format!("{ext}.partial"));
-    let w = width as usize;
-    match ext.as_str() {
-        "exr" => {
-            use exr::prelude::*;
-            let get = |x: usize, y: usize| pixels[y * w + x];
-            // exr's default encoding, with the blocks in increasing order: by default they are
-            // written as its threads finish compressing them, so the same image could give
-            // different bytes from run to run.
-            let encoding = Encoding {
-                line_order: LineOrder::Increasing,
-                ..Encoding::FAST_LOSSLESS
-            };
-            let size = (w, height as usize);
-            if half {
-                let channels = SpecificChannels::rgb(|Vec2(x, y)| {
-                    let p = get(x, y);
-                    (
-                        f16::from_f32(p[0]),
-                        f16::from_f32(p[1]),
-                        f16::from_f32(p[2]),
-                    )
-                });
-                Image::from_encoded_channels(size, encoding, channels)
-                    .write()
-                    .to_file(&tmp)
-            } else {
-                let channels = SpecificChannels::rgb(|Vec2(x, y)| {
-                    let p = get(x, y);
-                    (p[0], p[1], p[2])
-                });
-                Image::from_encoded_channels(size, encoding, channels)
-                    .write()
-                    .to_file(&tmp)
-            }
-            .map_err(|e| anyhow::anyhow!("{}: cannot write EXR: {e}", path.display()))?;
-        }
-        "png" => {
-            let bytes = to_srgb8(pixels, exposure_ev, tonemap);
-            image::save_buffer_with_format(
-                &tmp,
-                &bytes,
-                width,
-                height,
-                image::ExtendedColorType::Rgb8,
-                image::ImageFormat::Png,
-            )
-            .with_context(|| format!("{}: cannot write PNG", path.display()))?;
-        }
-        _ => bail!(
-            "{}: unknown output format '.{ext}'; use .exr (linear float) or .png (8-bit sRGB)",
-            path.display()
-        ),
-    }
-    std::fs::rename(&tmp, path).with_context(|| {
-        format!(
-            "{}: cannot move the finished image into place",
-            path.display()
-        )
-    })?;
-    Ok(())
+    let settings = rayfarm_farm::images::ImageSettings {
+        half,
+        exposure_ev,
+        tonemap: tonemap.into(),
+    };
+    rayfarm_farm::images::write_image(path, width, height, pixels, &settings)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Reads an RGB(A) EXR into linear RGB (used by tests and `rayfarm compare`).
