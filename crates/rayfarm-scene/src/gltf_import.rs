@@ -3,12 +3,18 @@
 //! The `gltf` crate parses and validates the JSON; buffers, accessors and images are read here
 //! with explicit bounds checks, because a scene file is untrusted input and every failure must
 //! name the file and the accessor, image or field at fault instead of panicking.
+//!
+//! Animations are ignored unless a time is given ([`LoadOptions::time_s`]); then the
+//! `animation` submodule poses the animated nodes at that time before the node tree is
+//! flattened, so meshes, cameras and lights below them move with them.
 
 use crate::types::*;
-use crate::{SceneError, Warnings};
+use crate::{LoadOptions, SceneError, Warnings};
 use glam::{Mat3, Mat4, Vec2, Vec3, Vec4};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+mod animation;
 
 /// Extensions rayfarm understands (fully or, for transmission, as thin glass).
 const SUPPORTED_EXTENSIONS: &[&str] = &[
@@ -29,59 +35,61 @@ const MAX_ACCESSOR_ELEMENTS: usize = 1 << 28;
 /// which is all zeros apart from its sparse values: 16M, e.g. 5.5M VEC3 positions.
 const MAX_ZERO_FILLED_COMPONENTS: usize = 1 << 24;
 
-/// Loads a `.gltf` or `.glb` file from disk.
+/// Loads a `.gltf` or `.glb` file from disk, in its rest pose.
 pub fn load(path: &Path) -> Result<(CompiledScene, Warnings), SceneError> {
-    let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
-    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    load_from_slice(&bytes, path, &|p: &Path| std::fs::read(base.join(p)))
+    load_with(path, &LoadOptions::default())
 }
 
-/// Loads a glTF from memory. `path` names the file in messages; `read_file` reads external
-/// buffers and images by their path relative to the glTF file.
+/// Loads a `.gltf` or `.glb` file from disk, posed as `opts` says (see [`load_from_slice_with`]).
+pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<(CompiledScene, Warnings), SceneError> {
+    let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    load_from_slice_with(&bytes, path, &|p: &Path| std::fs::read(base.join(p)), opts)
+}
+
+/// Loads a glTF from memory, in its rest pose. `path` names the file in messages; `read_file`
+/// reads external buffers and images by their path relative to the glTF file.
 pub fn load_from_slice(
     bytes: &[u8],
     path: &Path,
     read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
 ) -> Result<(CompiledScene, Warnings), SceneError> {
+    load_from_slice_with(bytes, path, read_file, &LoadOptions::default())
+}
+
+/// Loads a glTF from memory like [`load_from_slice`], posed as `opts` says.
+///
+/// With `opts.time_s` set, every animation of the file applies at once at that time (in
+/// seconds on the file's clock; before a channel's first keyframe it holds the first value,
+/// after its last the last). A channel overrides the translation, rotation or scale of its
+/// node's local transform; the components no channel animates keep the node's own values. When
+/// channels (of the same or different animations) target the same node and property, the first
+/// in file order wins and one warning says so. Morph-target weights are not supported: such
+/// channels are ignored with one warning. Malformed keyframe data is an error naming the
+/// animation and channel. Without a time, animations are not read at all.
+pub fn load_from_slice_with(
+    bytes: &[u8],
+    path: &Path,
+    read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    opts: &LoadOptions,
+) -> Result<(CompiledScene, Warnings), SceneError> {
     let inv = |what: String| SceneError::invalid(path, what);
+    if let Some(t) = opts.time_s {
+        if !t.is_finite() {
+            return Err(inv(format!(
+                "cannot pose the animations at time {t} s: the time must be a finite number of seconds"
+            )));
+        }
+    }
     let mut warnings = Vec::new();
-
-    // Split a GLB into JSON and BIN chunks ourselves so that a truncated file gets a plain
-    // message (and because `gltf::binary::Glb::from_slice` panics on a header length below 12).
-    let (json_bytes, glb_bin): (&[u8], Option<&[u8]>) = if bytes.starts_with(b"glTF") {
-        split_glb(bytes).map_err(|e| inv(format!("not a valid .glb file: {e}")))?
-    } else {
-        (bytes, None)
-    };
-
-    let raw: serde_json::Value =
-        serde_json::from_slice(json_bytes).map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
-    check_extensions(&raw, path, &mut warnings)?;
-    let resolution = find_resolution(&raw);
-
-    let root = gltf::json::Root::from_slice(json_bytes)
-        .map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
-    prevalidate(&root).map_err(inv)?;
-    // The gltf crate's message already starts with "invalid glTF:" and ends with ';'.
-    let doc = gltf::Document::from_json(root)
-        .map_err(|e| inv(e.to_string().trim_end_matches(';').to_string()))?;
-
-    let buffers = load_buffers(&doc, path, glb_bin, read_file)?;
-    let mut b = Builder {
-        path,
-        doc: &doc,
-        buffers,
-        scene: CompiledScene {
-            resolution,
-            ..Default::default()
-        },
-        warnings: &mut warnings,
-        texture_map: HashMap::new(),
-        image_map: HashMap::new(),
-        material_map: HashMap::new(),
-        read_file,
-        need_tangents: false,
-        mesh_names: HashMap::new(),
+    let parsed = parse(bytes, path, read_file, &mut warnings)?;
+    let doc = &parsed.doc;
+    let mut b = Builder::new(path, doc, parsed.buffers, read_file, &mut warnings);
+    b.scene.resolution = parsed.resolution;
+    // Local transforms of the animated nodes at the requested time, by node index.
+    let poses = match opts.time_s {
+        Some(t) => animation::pose_nodes(&mut b, t)?,
+        None => Vec::new(),
     };
 
     let roots: Vec<gltf::Node> = match doc.default_scene().or_else(|| doc.scenes().next()) {
@@ -116,7 +124,10 @@ pub fn load_from_slice(
                 node.index()
             )));
         }
-        let local = Mat4::from_cols_array_2d(&node.transform().matrix());
+        let local = match poses.get(node.index()) {
+            Some(pose) if pose.is_animated() => pose.local_matrix(&node),
+            _ => Mat4::from_cols_array_2d(&node.transform().matrix()),
+        };
         let world = parent * local;
         if !world.is_finite() {
             return Err(inv(format!(
@@ -144,6 +155,71 @@ pub fn load_from_slice(
     // Every entry point (files, memory, the embedded scene) hands out only valid scenes.
     scene.validate().map_err(inv)?;
     Ok((scene, warnings))
+}
+
+/// The time span `[start, end]` in seconds covered by the keyframes of all animations of a
+/// `.gltf` or `.glb` file, or None when it has none. See [`animation_span_from_slice`].
+pub fn animation_span(path: &Path) -> Result<Option<(f32, f32)>, SceneError> {
+    let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    animation_span_from_slice(&bytes, path, &|p: &Path| std::fs::read(base.join(p)))
+}
+
+/// The time span of a glTF in memory: the earliest first and the latest last keyframe time
+/// over every channel of every animation, morph-target channels included. Keyframe times are
+/// checked as when loading with a time (at least one, finite, non-decreasing); output values
+/// are not read.
+pub fn animation_span_from_slice(
+    bytes: &[u8],
+    path: &Path,
+    read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+) -> Result<Option<(f32, f32)>, SceneError> {
+    let mut warnings = Vec::new();
+    let parsed = parse(bytes, path, read_file, &mut warnings)?;
+    let b = Builder::new(path, &parsed.doc, parsed.buffers, read_file, &mut warnings);
+    animation::span(&b)
+}
+
+/// A parsed and validated glTF document with its buffers loaded.
+struct Parsed {
+    doc: gltf::Document,
+    buffers: Vec<Vec<u8>>,
+    resolution: Option<[u32; 2]>,
+}
+
+fn parse(
+    bytes: &[u8],
+    path: &Path,
+    read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    warnings: &mut Warnings,
+) -> Result<Parsed, SceneError> {
+    let inv = |what: String| SceneError::invalid(path, what);
+    // Split a GLB into JSON and BIN chunks ourselves so that a truncated file gets a plain
+    // message (and because `gltf::binary::Glb::from_slice` panics on a header length below 12).
+    let (json_bytes, glb_bin): (&[u8], Option<&[u8]>) = if bytes.starts_with(b"glTF") {
+        split_glb(bytes).map_err(|e| inv(format!("not a valid .glb file: {e}")))?
+    } else {
+        (bytes, None)
+    };
+
+    let raw: serde_json::Value =
+        serde_json::from_slice(json_bytes).map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
+    check_extensions(&raw, path, warnings)?;
+    let resolution = find_resolution(&raw);
+
+    let root = gltf::json::Root::from_slice(json_bytes)
+        .map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
+    prevalidate(&root).map_err(inv)?;
+    // The gltf crate's message already starts with "invalid glTF:" and ends with ';'.
+    let doc = gltf::Document::from_json(root)
+        .map_err(|e| inv(e.to_string().trim_end_matches(';').to_string()))?;
+
+    let buffers = load_buffers(&doc, path, glb_bin, read_file)?;
+    Ok(Parsed {
+        doc,
+        buffers,
+        resolution,
+    })
 }
 
 /// Checks what the gltf crate (1.4) would otherwise panic on, in its validation or in accessors
@@ -415,7 +491,29 @@ struct Builder<'a> {
     mesh_names: HashMap<String, u32>,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    fn new(
+        path: &'a Path,
+        doc: &'a gltf::Document,
+        buffers: Vec<Vec<u8>>,
+        read_file: &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+        warnings: &'a mut Warnings,
+    ) -> Self {
+        Builder {
+            path,
+            doc,
+            buffers,
+            scene: CompiledScene::default(),
+            warnings,
+            texture_map: HashMap::new(),
+            image_map: HashMap::new(),
+            material_map: HashMap::new(),
+            read_file,
+            need_tangents: false,
+            mesh_names: HashMap::new(),
+        }
+    }
+
     fn err(&self, what: String) -> SceneError {
         SceneError::invalid(self.path, what)
     }

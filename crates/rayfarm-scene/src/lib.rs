@@ -1,7 +1,8 @@
 //! Scene import and the compiled scene.
 //!
 //! This crate owns everything between a file on disk and the render-ready [`CompiledScene`]:
-//! the glTF 2.0 importer ([`gltf_import`]), the OBJ + MTL importer ([`obj`]), environment maps
+//! the glTF 2.0 importer ([`gltf_import`], which can pose a file's animations at a time given
+//! in [`LoadOptions`]), the OBJ + MTL importer ([`obj`]), environment maps
 //! ([`env`]), the automatic camera ([`camera`]), the versioned, compressed, hashed binary form
 //! that the network ships ([`blob`]) and the `.glb` writer for baked texture maps
 //! ([`gltf_export`]). Decoding a blob must never panic or allocate what a header
@@ -56,18 +57,62 @@ impl SceneError {
 /// each a full sentence a user can act on.
 pub type Warnings = Vec<String>;
 
-/// Loads a `.gltf`, `.glb` or `.obj` file into a compiled scene (without environment).
+/// How to load a scene.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadOptions {
+    /// Pose animated glTF nodes at this time, in seconds (None: the rest pose, animations ignored).
+    ///
+    /// All animations of the file apply at once, at this time on the file's own clock (not
+    /// shifted to the start of [`animation_span`]); see [`gltf_import::load_with`]. OBJ files have
+    /// no animations and ignore it.
+    pub time_s: Option<f32>,
+}
+
+/// Loads a `.gltf`, `.glb` or `.obj` file into a compiled scene (without environment), in its
+/// rest pose. The same as [`load_with`] with the default [`LoadOptions`].
 pub fn load(path: &Path) -> Result<(CompiledScene, Warnings), SceneError> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// Loads a `.gltf`, `.glb` or `.obj` file into a compiled scene (without environment), posing
+/// glTF animations as `opts` says. OBJ files ignore the time.
+pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<(CompiledScene, Warnings), SceneError> {
+    let (scene, warnings) = match format(path)? {
+        Format::Gltf => gltf_import::load_with(path, opts)?,
+        Format::Obj => obj::load(path)?,
+    };
+    scene.validate().map_err(|e| SceneError::invalid(path, e))?;
+    Ok((scene, warnings))
+}
+
+/// The time span `[start, end]` in seconds covered by the keyframes of all animations of a glTF
+/// file (every channel's first and last input time, including morph-target channels that
+/// rayfarm does not apply), or None when it has none. OBJ files have none.
+pub fn animation_span(path: &Path) -> Result<Option<(f32, f32)>, SceneError> {
+    match format(path)? {
+        Format::Gltf => gltf_import::animation_span(path),
+        Format::Obj => {
+            // Nothing to read, but a missing file is still an error, as for glTF.
+            std::fs::metadata(path).map_err(|e| SceneError::io(path, e))?;
+            Ok(None)
+        }
+    }
+}
+
+enum Format {
+    Gltf,
+    Obj,
+}
+
+fn format(path: &Path) -> Result<Format, SceneError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(|e| e.to_ascii_lowercase())
         .unwrap_or_default();
-    let (scene, warnings) = match ext.as_str() {
-        "gltf" | "glb" => gltf_import::load(path)?,
-        "obj" => obj::load(path)?,
-        _ => return Err(SceneError::UnknownFormat { path: path.into() }),
-    };
-    scene.validate().map_err(|e| SceneError::invalid(path, e))?;
-    Ok((scene, warnings))
+    match ext.as_str() {
+        "gltf" | "glb" => Ok(Format::Gltf),
+        "obj" => Ok(Format::Obj),
+        _ => Err(SceneError::UnknownFormat { path: path.into() }),
+    }
 }

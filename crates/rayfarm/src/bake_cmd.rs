@@ -613,7 +613,7 @@ fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan
             .as_ref()
             .and_then(|g| g.file_name())
             .map(|n| n.to_string_lossy().into_owned()),
-        manager: Some(farm.to_string()),
+        manager: Some(crate::farm_cmd::manager_addr(farm)),
     };
     desc.validate()
         .map_err(|e| anyhow::anyhow!("the job's description is invalid: {e}"))?;

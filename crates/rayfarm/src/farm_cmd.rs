@@ -22,6 +22,11 @@ pub fn manager_base(addr: &str) -> String {
     }
 }
 
+/// A manager's address as `HOST:PORT` (port 3234 when left out), as job.desc records it.
+pub fn manager_addr(addr: &str) -> String {
+    manager_base(addr).trim_start_matches("http://").to_string()
+}
+
 /// A small client of the manager's API. Errors name the manager and say what to do.
 pub struct FarmClient {
     pub addr: String,

@@ -9,15 +9,22 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// Render a scene on this machine.
+/// Render a scene: on this machine, over the network (--network), or as a job of a job
+/// manager (--farm HOST --netdir FOLDER).
 ///
 /// The output format follows OUT's extension: `.exr` is linear float (32-bit, or 16-bit with
 /// --half), `.png` is 8-bit sRGB after --exposure and --tonemap. Without SCENE the shipped
 /// Cornell box (embedded in the binary) is rendered.
 ///
+/// Animation: --frames renders frames of an animated glTF, frame F posed at time F / --fps
+/// seconds. Each frame goes to OUT with its number in place of `#`s (`shot_####.png` ->
+/// `shot_0012.png`), or after the name when OUT has no `#`.
+///
 /// Examples:
 ///   rayfarm render scene.gltf -o scene.png --spp 256
 ///   rayfarm render model.glb -o model.exr --env studio.hdr --width 1920 --height 1080
+///   rayfarm render anim.glb -o frames/shot_####.png --frames 1-48
+///   rayfarm render anim.glb -o /mnt/out/shot.exr --frames 1-250 --farm manager --netdir /mnt/farm
 #[derive(Args, Debug, Clone)]
 #[command(verbatim_doc_comment)]
 pub struct RenderArgs {
@@ -72,8 +79,133 @@ pub struct RenderArgs {
     /// Samples per work unit (does not change the image)
     #[arg(long, default_value_t = rayfarm_render::DEFAULT_SAMPLES_PER_UNIT, hide = true)]
     pub samples_per_unit: u32,
+    /// Frames to render: `N`, `A-B` or `A-B:STEP` (default: one image of the scene as loaded,
+    /// without animation)
+    #[arg(long, value_name = "A-B", value_parser = parse_frames)]
+    pub frames: Option<FrameList>,
+    /// Frames per second of --frames: frame F shows the scene at F / FPS seconds
+    #[arg(long, default_value_t = 24.0)]
+    pub fps: f64,
     #[command(flatten, next_help_heading = "Network rendering")]
     pub net: crate::network_cmd::RenderNetworkArgs,
+    #[command(flatten, next_help_heading = "Rendering on a farm (job manager)")]
+    pub farm: RenderFarmArgs,
+}
+
+/// `rayfarm render --farm`: a render job of a job manager.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RenderFarmArgs {
+    /// Render on a farm: submit the job to this job manager (HOST[:PORT]); needs --netdir.
+    /// The job goes on if this command is stopped; `rayfarm merge` finishes it
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        requires = "netdir",
+        conflicts_with = "network"
+    )]
+    pub farm: Option<String>,
+    /// The network folder every node reaches at the same path (see `worker --path-map`);
+    /// the job's folder is made inside it
+    #[arg(long, value_name = "NETWORK_FOLDER", requires = "farm")]
+    pub netdir: Option<PathBuf>,
+    /// How the job is cut into tasks: one per frame, or tiles of each frame (default: tiles
+    /// for one frame, frames for a range)
+    #[arg(long, value_enum, requires = "farm")]
+    pub tasks: Option<TaskSplit>,
+    /// Tile edge in pixels of --tasks tile
+    #[arg(long, default_value_t = 256, requires = "farm", value_parser = clap::value_parser!(u32).range(16..=32768))]
+    pub task_tile: u32,
+    /// Priority of the farm job (higher runs first)
+    #[arg(
+        long,
+        default_value_t = 0,
+        requires = "farm",
+        allow_hyphen_values = true
+    )]
+    pub priority: i32,
+    /// Submit the farm job and return at once (finish it later with `rayfarm merge`)
+    #[arg(long, requires = "farm")]
+    pub no_wait: bool,
+}
+
+/// How a farm render job is cut into tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskSplit {
+    /// One task per frame
+    Frame,
+    /// One task per tile of a frame
+    Tile,
+}
+
+/// Most frames one command renders.
+const MAX_FRAMES: usize = rayfarm_farm::renderjob::MAX_FRAMES;
+
+/// The frame numbers of --frames, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameList(pub Vec<i64>);
+
+/// Parses `N`, `A-B` or `A-B:STEP` (negative numbers allowed: `-5--1`).
+pub(crate) fn parse_frames(s: &str) -> std::result::Result<FrameList, String> {
+    let bad = || format!("'{s}' is not a frame range; use N, A-B or A-B:STEP (e.g. 1-250)");
+    let (range, step) = match s.split_once(':') {
+        Some((r, st)) => (r, st.trim().parse::<i64>().map_err(|_| bad())?),
+        None => (s, 1),
+    };
+    if step < 1 {
+        return Err(format!("'{s}': the step must be at least 1"));
+    }
+    let range = range.trim();
+    // The separator is the first '-' that follows a digit.
+    let sep = range
+        .char_indices()
+        .skip(1)
+        .find(|&(i, c)| c == '-' && range[..i].ends_with(|d: char| d.is_ascii_digit()))
+        .map(|(i, _)| i);
+    let (a, b) = match sep {
+        Some(i) => (&range[..i], &range[i + 1..]),
+        None => (range, range),
+    };
+    let a: i64 = a.trim().parse().map_err(|_| bad())?;
+    let b: i64 = b.trim().parse().map_err(|_| bad())?;
+    if b < a {
+        return Err(format!("'{s}': the range ends before it starts"));
+    }
+    let count = (b - a) / step + 1;
+    if count as u128 > MAX_FRAMES as u128 {
+        return Err(format!(
+            "'{s}' is {count} frames; at most {MAX_FRAMES} at once"
+        ));
+    }
+    Ok(FrameList((0..count).map(|i| a + i * step).collect()))
+}
+
+/// The output path of frame `frame`: its number, zero-padded to the count of `#`s, in place of
+/// the last run of `#`s in the file name, or `_NNNN` before the extension when there is none.
+pub(crate) fn frame_path(out: &Path, frame: i64) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let new = match name.rfind('#') {
+        Some(end) => {
+            let start = name[..end].rfind(|c| c != '#').map_or(0, |i| i + 1);
+            let width = end + 1 - start;
+            let num = if frame < 0 {
+                format!("-{:0width$}", -frame, width = width)
+            } else {
+                format!("{frame:0width$}")
+            };
+            format!("{}{num}{}", &name[..start], &name[end + 1..])
+        }
+        None => {
+            let (stem, ext) = match name.rfind('.') {
+                Some(i) if i > 0 => (&name[..i], &name[i..]),
+                _ => (name.as_str(), ""),
+            };
+            format!("{stem}_{frame:04}{ext}")
+        }
+    };
+    out.with_file_name(new)
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +255,15 @@ fn is_compiled_blob(path: &Path) -> bool {
 
 /// Loads a scene (or the embedded default) and prints its warnings.
 pub fn load_scene(path: Option<&Path>, quiet: bool) -> Result<CompiledScene> {
+    load_scene_at(path, None, quiet)
+}
+
+/// Loads a scene posed at `time_s` seconds of its animations (None: the rest pose).
+pub fn load_scene_at(
+    path: Option<&Path>,
+    time_s: Option<f32>,
+    quiet: bool,
+) -> Result<CompiledScene> {
     let (scene, warnings) = match path {
         // A compiled blob (`rayfarm info SCENE --compile-to FILE.rfscene`), as the network ships it.
         Some(p) if is_compiled_blob(p) => {
@@ -131,7 +272,8 @@ pub fn load_scene(path: Option<&Path>, quiet: bool) -> Result<CompiledScene> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             (scene, Vec::new())
         }
-        Some(p) => rayfarm_scene::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Some(p) => rayfarm_scene::load_with(p, &rayfarm_scene::LoadOptions { time_s })
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         None => rayfarm_scene::gltf_import::load_from_slice(
             EMBEDDED_GLTF,
             Path::new("<embedded cornell_box.gltf>"),
@@ -296,23 +438,76 @@ pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
 }
 
 pub fn run(a: RenderArgs) -> Result<()> {
-    let t0 = Instant::now();
     // Check the output before spending minutes rendering.
-    let ext = a
-        .output
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    if ext != "exr" && ext != "png" {
-        bail!(
-            "{}: unknown output format; use .exr (linear float) or .png (8-bit sRGB)",
-            a.output.display()
+    rayfarm_farm::images::ImageFormat::of(&a.output).map_err(|e| anyhow::anyhow!(e))?;
+    if !(a.fps.is_finite() && a.fps > 0.0 && a.fps <= 10_000.0) {
+        bail!("--fps {} must be a positive number (at most 10000)", a.fps);
+    }
+    if a.frames.is_some() {
+        warn_if_not_animated(
+            a.scene.as_deref(),
+            a.frames.as_ref().map_or(&[][..], |f| &f.0[..]),
+            a.quiet,
         );
     }
-    let mut scene = load_scene(a.scene.as_deref(), a.quiet)?;
+    if let (Some(farm), Some(netdir)) = (&a.farm.farm, &a.farm.netdir) {
+        return render_farm(&a, farm, netdir);
+    }
+    let Some(FrameList(frames)) = a.frames.clone() else {
+        return render_frame(&a, None, &a.output, None).map(|_| ());
+    };
+    let mut size = None;
+    for (i, &f) in frames.iter().enumerate() {
+        let out = frame_path(&a.output, f);
+        if !a.quiet && frames.len() > 1 {
+            eprintln!(
+                "frame {f} ({} of {}) -> {}",
+                i + 1,
+                frames.len(),
+                out.display()
+            );
+        }
+        // Every frame has the first one's size, even if an animated camera's aspect changes.
+        size = Some(render_frame(&a, Some(frame_time(f, a.fps)), &out, size)?);
+    }
+    Ok(())
+}
+
+/// The scene time of frame `frame` at `fps` frames per second.
+pub fn frame_time(frame: i64, fps: f64) -> f32 {
+    (frame as f64 / fps) as f32
+}
+
+/// Says so when --frames asks for several frames of a scene that does not move.
+fn warn_if_not_animated(scene: Option<&Path>, frames: &[i64], quiet: bool) {
+    if quiet || frames.len() < 2 {
+        return;
+    }
+    let span = scene.map(rayfarm_scene::animation_span);
+    if !matches!(span, Some(Ok(Some(_)))) {
+        eprintln!(
+            "note: the scene has no animation; all {} frames will be the same image",
+            frames.len()
+        );
+    }
+}
+
+/// Renders one image (the scene posed at `time_s`) to `output`; `size` overrides the size
+/// the arguments and scene give. Returns the size rendered.
+fn render_frame(
+    a: &RenderArgs,
+    time_s: Option<f32>,
+    output: &Path,
+    size: Option<(u32, u32)>,
+) -> Result<(u32, u32)> {
+    let t0 = Instant::now();
+    let mut scene = load_scene_at(a.scene.as_deref(), time_s, a.quiet)?;
     // The view first: a wrong --camera is reported before any note about the lighting.
-    let (camera, width, height) = resolve_view(&scene, a.camera.as_deref(), a.width, a.height)?;
+    let (w, h) = match size {
+        Some((w, h)) => (Some(w), Some(h)),
+        None => (a.width, a.height),
+    };
+    let (camera, width, height) = resolve_view(&scene, a.camera.as_deref(), w, h)?;
     apply_environment(&mut scene, a.env.as_deref(), a.env_color, a.quiet)?;
     let pool = thread_pool(a.threads)?;
     let threads = pool.current_num_threads();
@@ -374,7 +569,7 @@ pub fn run(a: RenderArgs) -> Result<()> {
     }
     let pixels = film.to_rgb(a.spp);
     output::write_image(
-        &a.output, width, height, &pixels, a.half, a.exposure, a.tonemap,
+        output, width, height, &pixels, a.half, a.exposure, a.tonemap,
     )?;
     if !a.quiet {
         println!(
@@ -386,10 +581,10 @@ pub fn run(a: RenderArgs) -> Result<()> {
             render_secs,
             total as f64 / render_secs.max(1e-9) / 1e6,
             t0.elapsed().as_secs_f64(),
-            a.output.display()
+            output.display()
         );
     }
-    Ok(())
+    Ok((width, height))
 }
 
 pub fn info(a: InfoArgs) -> Result<()> {
@@ -459,5 +654,219 @@ pub fn print_shares(shares: &[rayfarm_master::NodeShare]) {
             s.samples,
             if s.connected { "" } else { ", left" }
         );
+    }
+}
+
+/// `rayfarm render --farm HOST --netdir FOLDER`: prepares a render job's folder (job.desc and
+/// the compiled scene of every frame), leaves placeholder images at the outputs, submits the
+/// job and follows it to the merge.
+fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
+    use rayfarm_farm::jobdesc::{check_file_name, SceneRef};
+    use rayfarm_farm::renderjob::{
+        CameraDesc, FrameDesc, RenderDesc, RenderJobDesc, RenderPartDesc,
+    };
+    let farm_addr = crate::farm_cmd::manager_addr(farm);
+    rayfarm_farm::jobdesc::check_manager(&farm_addr).map_err(|e| anyhow::anyhow!("--farm: {e}"))?;
+    let netdir = crate::farm_cmd::check_netdir(netdir, a.quiet)?;
+    // The outputs: plain file names in one folder that exists.
+    let out_parent = match a.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let out_dir = std::fs::canonicalize(&out_parent).with_context(|| {
+        format!(
+            "{}: the output folder does not exist; create it first",
+            out_parent.display()
+        )
+    })?;
+    let frames: Vec<Option<i64>> = match &a.frames {
+        Some(f) => f.0.iter().map(|&f| Some(f)).collect(),
+        None => vec![None],
+    };
+    let output_name = |f: Option<i64>| -> Result<String> {
+        let p = match f {
+            Some(f) => frame_path(&a.output, f),
+            None => a.output.clone(),
+        };
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        check_file_name(&name).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: with --farm the output file name must be plain ({e})",
+                a.output.display()
+            )
+        })?;
+        Ok(name)
+    };
+    for &f in &frames {
+        output_name(f)?;
+    }
+    let job_id = crate::farm_cmd::new_job_id()?;
+    let job_dir = netdir.join(&job_id);
+    std::fs::create_dir(&job_dir)
+        .with_context(|| format!("{}: cannot create the job folder", job_dir.display()))?;
+    // A failure from here on leaves no half-made job folder behind.
+    let r = (|| -> Result<RenderJobDesc> {
+        // An environment map is read once, not once a frame.
+        let env = match &a.env {
+            Some(p) => {
+                Some(rayfarm_scene::env::load_env_map(p).map_err(|e| anyhow::anyhow!("{e}"))?)
+            }
+            None => None,
+        };
+        let bar = crate::output::progress_bar(frames.len() as u64, a.quiet || frames.len() < 2);
+        bar.set_message("compiling frames");
+        let mut descs = Vec::with_capacity(frames.len());
+        let mut size: Option<(u32, u32)> = None;
+        for (i, &f) in frames.iter().enumerate() {
+            let time_s = f.map(|f| frame_time(f, a.fps));
+            // Notes about the scene once, not once a frame.
+            let quiet = a.quiet || i > 0;
+            let mut scene = load_scene_at(a.scene.as_deref(), time_s, quiet)?;
+            let (w, h) = match size {
+                Some((w, h)) => (Some(w), Some(h)),
+                None => (a.width, a.height),
+            };
+            let (camera, width, height) = resolve_view(&scene, a.camera.as_deref(), w, h)?;
+            size = Some((width, height));
+            match &env {
+                Some(e) => scene.environment = e.clone(),
+                None => apply_environment(&mut scene, None, a.env_color, quiet)?,
+            }
+            let blob = rayfarm_scene::blob::encode(&scene);
+            drop(scene);
+            let hash =
+                rayfarm_scene::blob::content_hash(&blob).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let hex = rayfarm_scene::blob::hash_hex(&hash);
+            // Frames that compile to the same scene share its file.
+            let file = format!("scene-{}.rfscene", &hex[..16]);
+            let path = job_dir.join(&file);
+            if !path.exists() {
+                crate::output::write_atomic(&path, &blob)?;
+            }
+            descs.push(FrameDesc {
+                frame: f.unwrap_or(0),
+                time_s: time_s.unwrap_or(0.0),
+                scene: SceneRef {
+                    file,
+                    blake3: hex,
+                    bytes: blob.len() as u64,
+                },
+                camera: CameraDesc::from_camera(&camera),
+                output: output_name(f)?,
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let (width, height) = size.expect("at least one frame");
+        let split = a.farm.tasks.unwrap_or(if descs.len() > 1 {
+            TaskSplit::Frame
+        } else {
+            TaskSplit::Tile
+        });
+        let mut parts = Vec::new();
+        for fi in 0..descs.len() {
+            let full = rayfarm_render::film::Region::full(width, height);
+            let tiles: Vec<[u32; 4]> = match split {
+                TaskSplit::Frame => vec![[0, 0, width, height]],
+                TaskSplit::Tile => {
+                    rayfarm_render::film::plan_region(0, full, 1, a.farm.task_tile, 1)
+                        .into_iter()
+                        .map(|u| [u.x0, u.y0, u.x1, u.y1])
+                        .collect()
+                }
+            };
+            for (ti, region) in tiles.into_iter().enumerate() {
+                parts.push(RenderPartDesc {
+                    name: format!("f{fi:06}-t{ti:05}"),
+                    frame: fi,
+                    region,
+                });
+            }
+        }
+        let desc = RenderJobDesc {
+            job_id: job_id.clone(),
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            name: a
+                .scene
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "cornell_box.gltf".into()),
+            render: RenderDesc {
+                width,
+                height,
+                spp: a.spp,
+                max_bounces: a.max_bounces,
+                seed: a.seed,
+                exposure_ev: a.exposure,
+                tonemap: a.tonemap.into(),
+                half: a.half,
+            },
+            frames: descs,
+            parts,
+            out_dir: out_dir.display().to_string(),
+            manager: Some(farm_addr.clone()),
+        };
+        desc.validate()
+            .map_err(|e| anyhow::anyhow!("the job's description is invalid: {e}"))?;
+        Ok(desc)
+    })();
+    let desc = match r {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&job_dir);
+            return Err(e);
+        }
+    };
+    let desc_path = desc.write(&job_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let any = rayfarm_farm::renderjob::AnyJobDesc::Render(desc);
+    let placeholders =
+        rayfarm_farm::merge::write_placeholders_any(&any).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::farm_cmd::submit_follow_merge(
+        farm,
+        &job_dir,
+        &desc_path,
+        any.part_count(),
+        placeholders.len(),
+        a.farm.priority,
+        a.farm.no_wait,
+        a.quiet,
+        "rendered",
+    )
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    #[test]
+    fn frame_ranges_parse() {
+        assert_eq!(parse_frames("7").unwrap().0, vec![7]);
+        assert_eq!(parse_frames("1-4").unwrap().0, vec![1, 2, 3, 4]);
+        assert_eq!(parse_frames("0-10:5").unwrap().0, vec![0, 5, 10]);
+        assert_eq!(parse_frames("-3--1").unwrap().0, vec![-3, -2, -1]);
+        assert_eq!(parse_frames("-2").unwrap().0, vec![-2]);
+        assert!(parse_frames("5-1").unwrap_err().contains("ends before"));
+        assert!(parse_frames("1-4:0").unwrap_err().contains("step"));
+        assert!(parse_frames("a-b")
+            .unwrap_err()
+            .contains("not a frame range"));
+        assert!(parse_frames("0-100000000").unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn frame_numbers_go_into_the_name() {
+        let p = |o: &str, f| frame_path(Path::new(o), f).display().to_string();
+        assert_eq!(p("out/shot_####.png", 12), "out/shot_0012.png");
+        assert_eq!(p("shot_#.exr", 12), "shot_12.exr");
+        assert_eq!(p("a#b_###.png", 3), "a#b_003.png");
+        assert_eq!(p("out/shot.png", 3), "out/shot_0003.png");
+        assert_eq!(p("shot_##.png", -3), "shot_-03.png");
     }
 }
