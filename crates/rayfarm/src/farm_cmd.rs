@@ -206,14 +206,15 @@ pub fn jobs(a: JobsArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<15} {:<10} {:>4} {:>6}  {:<24} NAME",
-        "ID", "STATUS", "PRIO", "DONE", "TASKS (q/r/c/f)"
+        "{:<15} {:<7} {:<10} {:>4} {:>6}  {:<24} NAME",
+        "ID", "KIND", "STATUS", "PRIO", "DONE", "TASKS (q/r/c/f)"
     );
     for j in v["jobs"].as_array().into_iter().flatten() {
         let t = &j["tasks"];
         println!(
-            "{:<15} {:<10} {:>4} {:>5.1}%  {:<24} {}",
+            "{:<15} {:<7} {:<10} {:>4} {:>5.1}%  {:<24} {}",
             j["id"].as_str().unwrap_or("?"),
+            j["kind"].as_str().unwrap_or("?"),
             j["status"].as_str().unwrap_or("?"),
             j["priority"],
             100.0 * j["progress"].as_f64().unwrap_or(0.0),

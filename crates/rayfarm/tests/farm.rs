@@ -492,3 +492,111 @@ fn a_node_held_by_an_interactive_master_is_left_alone() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+fn animated_cube() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rayfarm-scene/tests/data/animated_cube.gltf")
+}
+
+#[test]
+fn farm_renders_match_local_ones_still_and_animated() {
+    let farm = Farm::new();
+    let _d: Vec<Proc> = [("127.0.0.28", "k28"), ("127.0.0.29", "k29")]
+        .iter()
+        .map(|(ip, a)| farm.daemon(ip, a))
+        .collect();
+    let port = 23450;
+    let _m = farm.manager(port, &["127.0.0.28", "127.0.0.29"]);
+    let manager = format!("127.0.0.1:{port}");
+    let net = farm.path("net").display().to_string();
+    let render = |out: &str, scene: Option<&Path>, extra: &[&str]| -> Vec<String> {
+        std::fs::create_dir_all(farm.path(out).parent().unwrap()).unwrap();
+        let mut a = strings(&["render"]);
+        if let Some(s) = scene {
+            a.push(s.display().to_string());
+        }
+        a.extend(strings(&["-o", &farm.path(out).display().to_string()]));
+        a.extend(strings(&[
+            "--spp",
+            "4",
+            "--max-bounces",
+            "3",
+            "--width",
+            "48",
+        ]));
+        a.extend(strings(extra));
+        a
+    };
+    let run_ok = |what: &str, args: Vec<String>| -> (String, String) {
+        let mut p = Proc::start(what, &args, &farm.env());
+        p.wait_ok(Duration::from_secs(180));
+        (p.stdout(), p.stderr())
+    };
+
+    // A still of the embedded Cornell box, cut into tiles, as linear EXR.
+    let mut args = render("still/box.exr", None, &["--tasks", "tile"]);
+    args.extend(strings(&[
+        "--task-tile",
+        "16",
+        "--farm",
+        &manager,
+        "--netdir",
+        &net,
+    ]));
+    let (out, _) = run_ok("farm still", args);
+    assert!(out.contains("rendered on the farm"), "{out}");
+    run_ok("local still", render("still-local/box.exr", None, &["-q"]));
+    assert_same(
+        &files(&farm.path("still")),
+        &files(&farm.path("still-local")),
+        "still",
+    );
+
+    // Frames of an animation, one task per frame; the client leaves at once and
+    // `rayfarm merge --wait` finishes the job.
+    let cube = animated_cube();
+    let mut args = render("anim/shot_##.png", Some(&cube), &["--frames", "0-40:10"]);
+    args.extend(strings(&[
+        "--farm",
+        &manager,
+        "--netdir",
+        &net,
+        "--no-wait",
+    ]));
+    let (out, _) = run_ok("farm frames", args);
+    let desc = out
+        .split_whitespace()
+        .find(|w| w.ends_with("job.desc"))
+        .unwrap_or_else(|| panic!("no job.desc named in {out:?}"))
+        .to_string();
+    // Placeholders are at the outputs at once.
+    assert_eq!(files(&farm.path("anim")).len(), 5);
+    let (ok, out, err) = farm.run(&["merge", &desc, "--wait", "--manager", &manager]);
+    assert!(ok, "merge failed: {out}\n{err}");
+    run_ok(
+        "local frames",
+        render(
+            "anim-local/shot_##.png",
+            Some(&cube),
+            &["--frames", "0-40:10", "-q"],
+        ),
+    );
+    let got = files(&farm.path("anim"));
+    assert_same(&got, &files(&farm.path("anim-local")), "frames");
+    let names: Vec<&String> = got.keys().collect();
+    assert_eq!(
+        names,
+        [
+            "shot_00.png",
+            "shot_10.png",
+            "shot_20.png",
+            "shot_30.png",
+            "shot_40.png"
+        ]
+    );
+    // The cube moves: no two frames alike.
+    let distinct: std::collections::BTreeSet<&Vec<u8>> = got.values().collect();
+    assert_eq!(distinct.len(), 5, "frames of the animation should differ");
+    assert!(farm.net_entries().is_empty(), "{:?}", farm.net_entries());
+    let (ok, out, _) = farm.run(&["jobs", "--manager", &manager]);
+    assert!(ok && out.contains("render"), "{out}");
+}
