@@ -1,4 +1,5 @@
-//! Fuzzes `rayfarm_scene::gltf_import::load_from_slice` with `.gltf` JSON and `.glb` containers:
+//! Fuzzes `rayfarm_scene::gltf_import::load_from_slice` (at rest and posed at a time) and
+//! `animation_span_from_slice` with `.gltf` JSON and `.glb` containers:
 //! any bytes must give a scene or an error, never a panic. External buffers and images are
 //! reported missing (data URIs and the GLB BIN chunk are still read), so only the importer runs.
 //!
@@ -10,7 +11,20 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = rayfarm_scene::gltf_import::load_from_slice(data, Path::new("fuzz.glb"), &|_| {
-        Err(std::io::ErrorKind::NotFound.into())
-    });
+    let missing =
+        |_: &Path| -> std::io::Result<Vec<u8>> { Err(std::io::ErrorKind::NotFound.into()) };
+    let _ = rayfarm_scene::gltf_import::load_from_slice(data, Path::new("fuzz.glb"), &missing);
+    // Posed at a time too, so the animation reader and its interpolation run.
+    let posed = rayfarm_scene::LoadOptions { time_s: Some(0.75) };
+    let _ = rayfarm_scene::gltf_import::load_from_slice_with(
+        data,
+        Path::new("fuzz.glb"),
+        &missing,
+        &posed,
+    );
+    let _ = rayfarm_scene::gltf_import::animation_span_from_slice(
+        data,
+        Path::new("fuzz.glb"),
+        &missing,
+    );
 });
