@@ -600,3 +600,84 @@ fn farm_renders_match_local_ones_still_and_animated() {
     let (ok, out, _) = farm.run(&["jobs", "--manager", &manager]);
     assert!(ok && out.contains("render"), "{out}");
 }
+
+#[test]
+fn unsafe_render_jobs_are_refused() {
+    let farm = Farm::new();
+    let port = 23460;
+    let _m = farm.manager(port, &[]);
+    let manager = format!("127.0.0.1:{port}");
+    let net = farm.path("net");
+    std::fs::create_dir(farm.path("out")).unwrap();
+    let render = |out: &str, extra: &[&str]| {
+        let mut a = strings(&["render", "-o", out, "--spp", "1", "--width", "16", "-q"]);
+        a.extend(strings(&[
+            "--farm",
+            &manager,
+            "--netdir",
+            &net.display().to_string(),
+        ]));
+        a.extend(strings(extra));
+        let mut p = Proc::start("render client", &a, &farm.env());
+        let st = p.wait(Duration::from_secs(120));
+        (st.success(), p.stdout(), p.stderr())
+    };
+    // An output name that is not a plain file name: refused before anything is made.
+    let bad = farm.path("out").join("bad name.png");
+    let (ok, _, err) = render(&bad.display().to_string(), &[]);
+    assert!(!ok && err.contains("plain"), "{err}");
+    assert!(farm.net_entries().is_empty(), "{:?}", farm.net_entries());
+    // A real job (no nodes, so it waits in the queue) as the model for tampered copies.
+    let good = farm.path("out").join("ok.png");
+    let (ok, out, err) = render(&good.display().to_string(), &["--no-wait"]);
+    assert!(ok, "{out}\n{err}");
+    let id = &farm.net_entries()[0];
+    let text = std::fs::read_to_string(net.join(id).join("job.desc")).unwrap();
+    assert!(text.contains("\"kind\": \"render\""), "{text}");
+    let tampered = [
+        (
+            "jevil1",
+            "\"output\": \"ok.png\"",
+            "\"output\": \"../evil.png\"",
+        ),
+        (
+            "jevil2",
+            "\"output\": \"ok.png\"",
+            "\"output\": \"/tmp/evil.png\"",
+        ),
+        (
+            "jevil3",
+            "\"name\": \"f000000-t00000\"",
+            "\"name\": \"../../evil\"",
+        ),
+        ("jevil4", "\".rfscene\"", "\"/etc/passwd\""),
+    ];
+    for (jid, from, to) in tampered {
+        let dir = net.join(jid);
+        std::fs::create_dir(&dir).unwrap();
+        let t = text.replace(id.as_str(), jid);
+        let t2 = if to == "\"/etc/passwd\"" {
+            // The scene file name: "scene-<hash>.rfscene" -> "/etc/passwd".
+            let start = t.find("\"file\": \"").unwrap() + 8;
+            let end = start + t[start..].find(".rfscene\"").unwrap() + 9;
+            format!("{}\"/etc/passwd\"{}", &t[..start], &t[end..])
+        } else {
+            assert!(t.contains(from), "{from} not in {t}");
+            t.replace(from, to)
+        };
+        std::fs::write(dir.join("job.desc"), t2).unwrap();
+        let (ok, _, err) = farm.run(&["submit", &dir.display().to_string(), "--manager", &manager]);
+        assert!(!ok, "{jid}: submitted: {err}");
+        let (ok, _, err) = farm.run(&["merge", &dir.join("job.desc").display().to_string()]);
+        assert!(!ok && err.contains("job.desc"), "{jid}: {err}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "{jid}");
+    }
+    // Only the placeholder of the real job is in the output folder; nothing escaped.
+    assert_eq!(
+        std::fs::read_dir(farm.path("out")).unwrap().count(),
+        1,
+        "{:?}",
+        files(&farm.path("out")).keys()
+    );
+    assert!(!farm.path("evil.png").exists() && !Path::new("/tmp/evil.png").exists());
+}
