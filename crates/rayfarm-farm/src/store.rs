@@ -739,8 +739,9 @@ impl Store {
         let tx = self.begin()?;
         let job_id = held_task(&tx, task_id, node)?;
         set_task_status(&tx, task_id, TaskStatus::Running, TaskStatus::Completed)?;
+        // An earlier attempt's error no longer describes a completed task (the events keep it).
         tx.execute(
-            "UPDATE tasks SET lease_until_ms = NULL WHERE id = ?1",
+            "UPDATE tasks SET lease_until_ms = NULL, error = NULL WHERE id = ?1",
             [task_id],
         )?;
         let (job_status, _) = settle_job(&tx, &job_id)?;

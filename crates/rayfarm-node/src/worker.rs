@@ -81,8 +81,8 @@ fn run_task(
         region: part.region,
         mesh: None,
     };
-    rayfarm_farm::parts::write_part(job_dir, &desc, &film, part.spp)
-        .map_err(|e| format!("{}: {e}", job_dir.display()))
+    // The error names the part's path (on this node, after --path-map).
+    rayfarm_farm::parts::write_part(job_dir, &desc, &film, part.spp).map_err(|e| e.to_string())
 }
 
 /// What `rayfarm worker --probe` prints (one JSON line).
@@ -415,8 +415,11 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         }
                         let job_dir = map_path(&cfg.path_map, &part.job_dir);
                         let (scene, work, tx, pool) = (l.scene.clone(), l.work.clone(), task_tx.clone(), pool.clone());
+                        let mapped = (job_dir.as_os_str() != part.job_dir.as_str())
+                            .then(|| format!(" (the manager's {} after --path-map)", part.job_dir));
                         std::thread::spawn(move || {
-                            let r = run_task(&pool, &scene, &work, &wus, &job_dir, &part);
+                            let r = run_task(&pool, &scene, &work, &wus, &job_dir, &part)
+                                .map_err(|e| format!("{e}{}", mapped.unwrap_or_default()));
                             let _ = tx.send((task_id, r));
                         });
                     }

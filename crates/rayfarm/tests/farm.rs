@@ -7,173 +7,10 @@
 
 mod common;
 
+use common::farm::{assert_same, files, strings, Farm};
 use common::proc::Proc;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-const KEY: &str = "e2e-farm-test-key";
-
-struct Farm {
-    dir: tempfile::TempDir,
-}
-
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-fn scene() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/two-charts.obj")
-}
-
-/// Every file of a folder, by name.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
-}
-
-impl Farm {
-    fn new() -> Farm {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.toml"), "version = 1\n").unwrap();
-        std::fs::create_dir(dir.path().join("net")).unwrap();
-        Farm { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("RAYFARM_KEY", KEY.to_string()),
-            (
-                "RAYFARM_CONFIG",
-                self.path("config.toml").display().to_string(),
-            ),
-            ("XDG_CACHE_HOME", self.path("cache").display().to_string()),
-            ("RUST_LOG", "info".to_string()),
-        ]
-    }
-
-    fn daemon(&self, ip: &str, alias: &str) -> Proc {
-        let args = strings(&[
-            "daemon",
-            "--bind",
-            ip,
-            "--port",
-            "48000",
-            "--threads",
-            "1",
-            "--alias",
-            alias,
-        ]);
-        let mut env = self.env();
-        env.retain(|(k, _)| *k != "XDG_CACHE_HOME");
-        env.push((
-            "XDG_CACHE_HOME",
-            self.path(&format!("cache-{alias}")).display().to_string(),
-        ));
-        let mut d = Proc::start(&format!("daemon {alias}"), &args, &env);
-        d.wait_stderr("listening", Duration::from_secs(30));
-        d
-    }
-
-    fn manager(&self, port: u16, daemons: &[&str]) -> Proc {
-        let mut args = strings(&[
-            "manager",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--db",
-            &self.path("manager.db").display().to_string(),
-            "--scan-interval",
-            "0.3",
-            "--task-lease",
-            "5",
-        ]);
-        for d in daemons {
-            args.push("--daemon".into());
-            args.push(d.to_string());
-        }
-        let mut m = Proc::start("manager", &args, &self.env());
-        m.wait_stderr("manager listening", Duration::from_secs(30));
-        m
-    }
-
-    fn bake_args(&self, out: &str, extra: &[&str]) -> Vec<String> {
-        let mut a = strings(&["bake"]);
-        a.push(scene().display().to_string());
-        a.push("--out".into());
-        a.push(self.path(out).display().to_string());
-        a.extend(strings(&["--size", "64", "--max-bounces", "3"]));
-        a.extend(strings(extra));
-        a
-    }
-
-    /// A one-machine bake; returns its files.
-    fn local(&self, out: &str, extra: &[&str]) -> BTreeMap<String, Vec<u8>> {
-        let mut args = self.bake_args(out, extra);
-        args.push("-q".into());
-        let mut p = Proc::start("local bake", &args, &self.env());
-        p.wait_ok(Duration::from_secs(120));
-        files(&self.path(out))
-    }
-
-    fn client(&self, out: &str, port: u16, extra: &[&str]) -> Proc {
-        let mut args = self.bake_args(out, extra);
-        args.extend(strings(&[
-            "--farm",
-            &format!("127.0.0.1:{port}"),
-            "--netdir",
-            &self.path("net").display().to_string(),
-        ]));
-        Proc::start(&format!("client {out}"), &args, &self.env())
-    }
-
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let mut p = Proc::start(&args.join(" "), &strings(args), &self.env());
-        let st = p.wait(Duration::from_secs(120));
-        (st.success(), p.stdout(), p.stderr())
-    }
-
-    /// The job id a client printed.
-    fn job_id(c: &mut Proc) -> String {
-        let e = c.wait_stderr("submitted job ", Duration::from_secs(60));
-        let rest = &e[e.find("submitted job ").unwrap() + 14..];
-        rest.split_whitespace().next().unwrap().to_string()
-    }
-
-    fn net_entries(&self) -> Vec<String> {
-        std::fs::read_dir(self.path("net"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-}
-
-fn assert_same(got: &BTreeMap<String, Vec<u8>>, want: &BTreeMap<String, Vec<u8>>, what: &str) {
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "{what}: other files"
-    );
-    for (name, bytes) in want {
-        assert!(
-            &got[name] == bytes,
-            "{what}: {name} differs from the local bake"
-        );
-    }
-}
 
 #[test]
 fn farm_bakes_match_local_ones_and_outlive_their_client() {
@@ -183,7 +20,7 @@ fn farm_bakes_match_local_ones_and_outlive_their_client() {
         ("127.0.0.21", "f21"),
         ("127.0.0.22", "f22"),
     ]
-    .map(|(ip, alias)| farm.daemon(ip, alias));
+    .map(|(ip, alias)| farm.daemon(ip, alias, &[]));
     let port = 23400;
     let _m = farm.manager(port, &["127.0.0.20", "127.0.0.21", "127.0.0.22"]);
 
@@ -212,7 +49,7 @@ fn farm_bakes_match_local_ones_and_outlive_their_client() {
     // 2. A client killed at once: the job goes on; merge refuses until it is complete.
     let reference = farm.local("local-long", &["--spp", "512"]);
     let mut c = farm.client("farm-c", port, &["--spp", "512"]);
-    let id = Farm::job_id(&mut c);
+    let (id, _) = Farm::job_id(&mut c);
     c.signal("KILL");
     c.wait(Duration::from_secs(10));
     // Placeholders are there at once.
@@ -264,13 +101,13 @@ fn a_killed_manager_and_a_killed_worker_lose_nothing() {
         ("127.0.0.24", "g24"),
         ("127.0.0.25", "g25"),
     ]
-    .map(|(ip, alias)| farm.daemon(ip, alias));
+    .map(|(ip, alias)| farm.daemon(ip, alias, &[]));
     let port = 23410;
     let list = ["127.0.0.23", "127.0.0.24", "127.0.0.25"];
     let reference = farm.local("local", &["--spp", "512"]);
     let mut m = farm.manager(port, &list);
     let mut c = farm.client("farm", port, &["--spp", "512"]);
-    let id = Farm::job_id(&mut c);
+    let (id, _) = Farm::job_id(&mut c);
     // Let the nodes start, then kill one node's worker and the manager.
     let until = Instant::now() + Duration::from_secs(30);
     while !m.stderr().contains("worker 'g24' connected") {
@@ -402,11 +239,11 @@ fn chromium_dom(url: &str) -> Option<String> {
 #[test]
 fn the_monitor_shows_the_real_managers_jobs_and_nodes_in_chromium() {
     let farm = Farm::new();
-    let _d = farm.daemon("127.0.0.26", "h26");
+    let _d = farm.daemon("127.0.0.26", "h26", &[]);
     let port = 23430;
     let _m = farm.manager(port, &["127.0.0.26"]);
     let mut c = farm.client("maps", port, &["--spp", "8", "--no-wait"]);
-    let id = Farm::job_id(&mut c);
+    let (id, _) = Farm::job_id(&mut c);
     c.wait_ok(Duration::from_secs(60));
     // Wait for the job to complete on the farm (the folder stays: nobody merged yet).
     let until = Instant::now() + Duration::from_secs(60);
@@ -437,7 +274,7 @@ fn the_monitor_shows_the_real_managers_jobs_and_nodes_in_chromium() {
 #[test]
 fn a_node_held_by_an_interactive_master_is_left_alone() {
     let farm = Farm::new();
-    let _d = farm.daemon("127.0.0.27", "i27");
+    let _d = farm.daemon("127.0.0.27", "i27", &[]);
     let master_port = "23445";
     // An interactive network render that holds the node for a while.
     let args = strings(&[
@@ -502,7 +339,7 @@ fn farm_renders_match_local_ones_still_and_animated() {
     let farm = Farm::new();
     let _d: Vec<Proc> = [("127.0.0.28", "k28"), ("127.0.0.29", "k29")]
         .iter()
-        .map(|(ip, a)| farm.daemon(ip, a))
+        .map(|(ip, a)| farm.daemon(ip, a, &[]))
         .collect();
     let port = 23450;
     let _m = farm.manager(port, &["127.0.0.28", "127.0.0.29"]);

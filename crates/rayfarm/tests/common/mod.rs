@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end CLI tests: they run the real `rayfarm` binary.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod farm;
 pub mod proc;
 
 use std::path::{Path, PathBuf};
