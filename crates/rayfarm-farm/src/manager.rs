@@ -563,7 +563,12 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
                         rayfarm_proto::DaemonState::Idle => {
                             n.daemon_state = "idle".into();
                             n.master = None;
-                            take = work && !n.held;
+                            // A node excluded from every queued job is left alone.
+                            take = work
+                                && !n.held
+                                && lock(&mgr.store)
+                                    .has_queued_tasks_for(&info.alias)
+                                    .unwrap_or(false);
                         }
                         rayfarm_proto::DaemonState::Occupied { master, .. } => {
                             if !n.held {

@@ -702,6 +702,25 @@ impl Store {
             .is_some())
     }
 
+    /// Whether `node` could be given a task now: [`Store::has_queued_tasks`] without the jobs
+    /// it has failed [`MAX_NODE_FAILURES_PER_JOB`] times (as [`Store::next_task`] skips them).
+    pub fn has_queued_tasks_for(&self, node: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id
+                 WHERE t.status = 'queued' AND j.status IN ('queued', 'active')
+                   AND NOT EXISTS (
+                       SELECT 1 FROM job_node_failures f
+                       WHERE f.job_id = j.id AND f.node = ?1 AND f.failures >= ?2)
+                 LIMIT 1",
+                params![node, MAX_NODE_FAILURES_PER_JOB],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Every running task, in id order (a restarted manager checks what they left behind).
     pub fn running_tasks(&self) -> Result<Vec<TaskInfo>> {
         let mut out = Vec::new();
@@ -1861,9 +1880,13 @@ mod tests {
             s.task_failed(t.task_id, "a", "out of memory").unwrap();
         }
         // Node a is now skipped for the big job even though it has higher priority...
+        assert!(s.has_queued_tasks_for("a").unwrap());
         let t = s.next_task("a", T0).unwrap().unwrap();
         assert_eq!(t.job_id, other);
         assert_eq!(s.next_task("a", T0).unwrap(), None);
+        // (and has nothing to do, so the manager does not lease it for nothing)
+        assert!(!s.has_queued_tasks_for("a").unwrap());
+        assert!(s.has_queued_tasks_for("b").unwrap());
         // ...while other nodes still get it.
         let t = s.next_task("b", T0).unwrap().unwrap();
         assert_eq!(t.job_id, bad_for_a);
