@@ -410,25 +410,9 @@ impl JobDesc {
         self.parts.iter().find(|p| p.name == name)
     }
 
-    /// Serialises the description (pretty-printed JSON, `format` and `version` first).
+    /// Serialises the description (pretty-printed JSON, `format`, `version` and `kind` first).
     pub fn to_json(&self) -> String {
-        #[derive(Serialize)]
-        struct Tagged<'a> {
-            format: &'static str,
-            version: u32,
-            kind: &'static str,
-            #[serde(flatten)]
-            desc: &'a JobDesc,
-        }
-        let mut s = serde_json::to_string_pretty(&Tagged {
-            format: FORMAT,
-            version: VERSION,
-            kind: "bake",
-            desc: self,
-        })
-        .expect("a job description always serialises");
-        s.push('\n');
-        s
+        tagged_json("bake", self)
     }
 
     /// Parses a description (not yet validated); `path` is only used in messages.
@@ -459,16 +443,7 @@ impl JobDesc {
     /// must exist and be named after the job id. Returns the file's path.
     pub fn write(&self, job_dir: &Path) -> Result<PathBuf, DescError> {
         self.validate()?;
-        let path = job_dir.join(FILE_NAME);
-        check_folder_name(job_dir, &self.job_id, &path)?;
-        crate::maps::write_atomic(&path, self.to_json().as_bytes()).map_err(|e| match e {
-            crate::maps::MapError::Io { path, source } => DescError::Io { path, source },
-            e => DescError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            },
-        })?;
-        Ok(path)
+        write_desc_file(job_dir, &self.job_id, &self.to_json())
     }
 
     /// Checks every rule of the format: names are safe, numbers within limits, references
@@ -477,18 +452,7 @@ impl JobDesc {
     /// ([`rayfarm_bake::BakeSpec::check`] and the merge).
     pub fn validate(&self) -> Result<(), DescError> {
         check_job_id(&self.job_id).map_err(|e| invalid("job_id", reason_of(e)))?;
-        if self.name.chars().count() > MAX_DISPLAY_NAME_CHARS {
-            return Err(invalid(
-                "name",
-                format!("longer than {MAX_DISPLAY_NAME_CHARS} characters"),
-            ));
-        }
-        if let Some(c) = self.name.chars().find(|c| c.is_control()) {
-            return Err(invalid(
-                "name",
-                format!("holds the control character {c:?}"),
-            ));
-        }
+        check_display_name(&self.name)?;
         self.validate_scene()?;
         check_out_dir(&self.out_dir).map_err(|r| invalid("out_dir", r))?;
         if let Some(m) = &self.manager {
@@ -1175,6 +1139,63 @@ pub(crate) fn parse_tagged(
         }
     };
     Ok((kind, v))
+}
+
+/// Checks a job's display name: at most [`MAX_DISPLAY_NAME_CHARS`], no control characters.
+pub(crate) fn check_display_name(name: &str) -> Result<(), DescError> {
+    if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return Err(invalid(
+            "name",
+            format!("longer than {MAX_DISPLAY_NAME_CHARS} characters"),
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(invalid(
+            "name",
+            format!("holds the control character {c:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A job.desc's text: pretty-printed JSON with `format`, `version` and `kind` first.
+pub(crate) fn tagged_json<T: Serialize>(kind: &'static str, desc: &T) -> String {
+    #[derive(Serialize)]
+    struct Tagged<'a, T> {
+        format: &'static str,
+        version: u32,
+        kind: &'static str,
+        #[serde(flatten)]
+        desc: &'a T,
+    }
+    let mut s = serde_json::to_string_pretty(&Tagged {
+        format: FORMAT,
+        version: VERSION,
+        kind,
+        desc,
+    })
+    .expect("a job description always serialises");
+    s.push('\n');
+    s
+}
+
+/// Writes a (validated) description's text atomically as `job_dir/job.desc`; `job_dir` must
+/// exist and be named after the job id. Returns the file's path.
+pub(crate) fn write_desc_file(
+    job_dir: &Path,
+    job_id: &str,
+    text: &str,
+) -> Result<PathBuf, DescError> {
+    let path = job_dir.join(FILE_NAME);
+    check_folder_name(job_dir, job_id, &path)?;
+    crate::maps::write_atomic(&path, text.as_bytes()).map_err(|e| match e {
+        crate::maps::MapError::Io { path, source } => DescError::Io { path, source },
+        e => DescError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        },
+    })?;
+    Ok(path)
 }
 
 /// Checks a job's reference to a compiled scene in its folder; `field` names it in errors.

@@ -11,6 +11,10 @@
 //!   follow explicit state machines whose allowed transitions are tables in the code
 //!   ([`store::JOB_TRANSITIONS`], [`store::TASK_TRANSITIONS`]).
 //!
+//! - [`jobdesc`] and [`renderjob`]: the job.desc of a bake and of a render ([`renderjob::AnyJobDesc`]
+//!   reads either); [`parts`] the part files nodes write; [`merge`] turns parts into the
+//!   final maps ([`maps`]) or images ([`images`]); [`manager`] and [`api`] the service.
+//!
 //! The store is synchronous and does no network IO: the manager wraps it in a mutex and calls it
 //! from `spawn_blocking`, and it alone talks to nodes. What a task's `spec` means (a bake pass, a
 //! frame range) is the caller's business: the store keeps it as opaque JSON text.

@@ -176,11 +176,15 @@ pub fn check(job_dir: &Path, desc: &JobDesc) -> Vec<PartProblem> {
 pub fn check_any(job_dir: &Path, desc: &AnyJobDesc) -> Vec<PartProblem> {
     match desc {
         AnyJobDesc::Bake(d) => check(job_dir, d),
-        AnyJobDesc::Render(d) => check_parts(
-            job_dir,
-            (0..d.parts.len()).filter_map(|i| Some((d.part_desc(i)?, d.render.spp))),
-        ),
+        AnyJobDesc::Render(d) => check_render(job_dir, d),
     }
+}
+
+fn check_render(job_dir: &Path, d: &RenderJobDesc) -> Vec<PartProblem> {
+    check_parts(
+        job_dir,
+        (0..d.parts.len()).filter_map(|i| Some((d.part_desc(i)?, d.render.spp))),
+    )
 }
 
 fn check_parts(job_dir: &Path, parts: impl Iterator<Item = (PartDesc, u32)>) -> Vec<PartProblem> {
@@ -218,11 +222,9 @@ pub fn write_placeholders(desc: &JobDesc) -> Result<Vec<PathBuf>, MergeError> {
 /// [`write_placeholders`] for a job of either kind: a render job gets a placeholder image
 /// (the same grey checker) at each frame's output path.
 pub fn write_placeholders_any(desc: &AnyJobDesc) -> Result<Vec<PathBuf>, MergeError> {
-    let AnyJobDesc::Render(d) = desc else {
-        let AnyJobDesc::Bake(d) = desc else {
-            unreachable!()
-        };
-        return write_placeholders(d);
+    let d = match desc {
+        AnyJobDesc::Bake(d) => return write_placeholders(d),
+        AnyJobDesc::Render(d) => d,
     };
     d.validate()?;
     let out_dir = out_dir_from(&d.out_dir)?;
@@ -333,11 +335,7 @@ fn merge_render(
     out_dir: &Path,
     opts: &MergeOptions,
 ) -> Result<MergeReport, MergeError> {
-    let any = AnyJobDesc::Render(desc);
-    let problems = check_any(job_dir, &any);
-    let AnyJobDesc::Render(desc) = any else {
-        unreachable!()
-    };
+    let problems = check_render(job_dir, &desc);
     if !problems.is_empty() {
         return Err(incomplete(&desc.job_id, problems));
     }

@@ -30,10 +30,10 @@
 
 use crate::images::{ImageFormat, ImageSettings, ToneMap};
 use crate::jobdesc::{
-    check_file_name, check_folder_name, check_job_id, check_manager, check_out_dir,
-    check_part_name, check_size, check_tiling, in_file, invalid, job_dir_of, parse_tagged,
-    read_desc_text, reason_of, validate_scene_ref, DescError, JobDesc, JobKindTag, PartDesc,
-    SceneRef, FORMAT, MAX_DISPLAY_NAME_CHARS, MAX_PARTS, MAX_SPP, VERSION,
+    check_display_name, check_file_name, check_folder_name, check_job_id, check_manager,
+    check_out_dir, check_part_name, check_size, check_tiling, in_file, invalid, job_dir_of,
+    parse_tagged, read_desc_text, reason_of, tagged_json, validate_scene_ref, write_desc_file,
+    DescError, JobDesc, JobKindTag, PartDesc, SceneRef, MAX_DISPLAY_NAME_CHARS, MAX_PARTS, MAX_SPP,
 };
 use rayfarm_render::{film::Region, RenderSettings};
 use rayfarm_scene::{Camera, Projection};
@@ -251,51 +251,20 @@ impl RenderJobDesc {
 
     /// Serialises the description (pretty-printed JSON, `format`, `version`, `kind` first).
     pub fn to_json(&self) -> String {
-        #[derive(Serialize)]
-        struct Tagged<'a> {
-            format: &'static str,
-            version: u32,
-            kind: &'static str,
-            #[serde(flatten)]
-            desc: &'a RenderJobDesc,
-        }
-        let mut s = serde_json::to_string_pretty(&Tagged {
-            format: FORMAT,
-            version: VERSION,
-            kind: "render",
-            desc: self,
-        })
-        .expect("a job description always serialises");
-        s.push('\n');
-        s
+        tagged_json("render", self)
     }
 
     /// Validates the description and writes it atomically as `job_dir/job.desc`.
     pub fn write(&self, job_dir: &Path) -> Result<PathBuf, DescError> {
         self.validate()?;
-        let path = job_dir.join(crate::jobdesc::FILE_NAME);
-        check_folder_name(job_dir, &self.job_id, &path)?;
-        crate::maps::write_atomic(&path, self.to_json().as_bytes()).map_err(|e| DescError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        Ok(path)
+        write_desc_file(job_dir, &self.job_id, &self.to_json())
     }
 
     /// Checks every rule of the format: names safe, numbers within limits, references
     /// resolve, each frame's image tiled exactly by its parts.
     pub fn validate(&self) -> Result<(), DescError> {
         check_job_id(&self.job_id).map_err(|e| invalid("job_id", reason_of(e)))?;
-        if self.name.chars().count() > MAX_DISPLAY_NAME_CHARS
-            || self.name.chars().any(|c| c.is_control())
-        {
-            return Err(invalid(
-                "name",
-                format!(
-                    "longer than {MAX_DISPLAY_NAME_CHARS} characters or holds control characters"
-                ),
-            ));
-        }
+        check_display_name(&self.name)?;
         check_out_dir(&self.out_dir).map_err(|r| invalid("out_dir", r))?;
         if let Some(m) = &self.manager {
             check_manager(m).map_err(|r| invalid("manager", r))?;
