@@ -95,7 +95,7 @@ pub fn farm_key(cfg: &Config) -> Result<FarmKey, String> {
         .ok()
         .or_else(|| cfg.key.clone());
     match secret {
-        Some(s) => FarmKey::from_secret(&s),
+        Some(s) => FarmKey::from_secret(&s).map_err(|e| e.to_string()),
         None => Err(
             "no farm key: set RAYFARM_KEY or `key = \"...\"` in the config file (make one with `rayfarm key generate`)"
                 .into(),

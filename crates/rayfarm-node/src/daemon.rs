@@ -141,7 +141,8 @@ impl Daemon {
     /// Binds the port and probes the worker. A failed probe is not an error: the daemon then
     /// serves discovery as unhealthy and refuses `Acquire`.
     pub async fn bind(opts: DaemonOptions) -> Result<Daemon, DaemonError> {
-        let key = FarmKey::from_secret(&opts.key_secret).map_err(DaemonError::Key)?;
+        let key =
+            FarmKey::from_secret(&opts.key_secret).map_err(|e| DaemonError::Key(e.to_string()))?;
         let listener =
             TcpListener::bind(opts.listen)
                 .await

@@ -5,10 +5,34 @@
 //! `MAC(key, "server" | client_nonce | server_nonce)`. The MAC is BLAKE3 in keyed mode with a
 //! key derived from the farm secret; comparisons are constant-time (`blake3::Hash`'s `PartialEq`).
 
-/// A farm secret, in the derived form used for MACs.
+/// Fewest characters a farm secret may have. `rayfarm key generate` makes 69-character keys with
+/// 256 bits of entropy; a shorter secret is refused rather than quietly accepted, because every
+/// key below (channel, API token, job-folder MACs) is only as strong as the secret.
+pub const MIN_SECRET_CHARS: usize = 16;
+
+/// Why a farm secret was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("the farm key is empty; make one with `rayfarm key generate`")]
+    Empty,
+    #[error("the farm key has {0} characters, fewer than the {MIN_SECRET_CHARS} that are safe; make a new one with `rayfarm key generate`")]
+    TooShort(usize),
+}
+
+/// A farm secret, held only in derived forms: one key per use, each from BLAKE3's key
+/// derivation function with its own context string, so that no derived key reveals the secret
+/// or any other derived key. In particular the API token (which people paste into browsers and
+/// scripts) cannot be used to join the farm, read its traffic or forge job-folder files.
 #[derive(Clone)]
 pub struct FarmKey {
+    /// Legacy challenge-response MAC key (kept for the unit tests of the MAC helpers).
     mac_key: [u8; 32],
+    /// The Noise pre-shared key of the channel (see `channel`).
+    channel_psk: [u8; 32],
+    /// The bearer token of the manager's HTTP API.
+    api_token: [u8; 32],
+    /// The key of the MACs on job.desc files and parts in a network folder.
+    folder_mac_key: [u8; 32],
 }
 
 impl std::fmt::Debug for FarmKey {
@@ -24,17 +48,79 @@ pub fn nonce() -> [u8; 32] {
     n
 }
 
+/// Context strings of the key derivation (BLAKE3 `derive_key`). Changing one changes every key
+/// derived with it, so they are part of the protocol (PROTOCOL.md lists them).
+pub const KDF_CONTEXT_MAC: &str = "rayfarm farm key 2026-11 v1";
+pub const KDF_CONTEXT_CHANNEL: &str = "rayfarm 2026-11-29 noise channel psk v1";
+pub const KDF_CONTEXT_API_TOKEN: &str = "rayfarm 2026-11-29 http api bearer token v1";
+pub const KDF_CONTEXT_FOLDER_MAC: &str = "rayfarm 2026-11-29 job folder mac v1";
+
 impl FarmKey {
-    /// From the secret text as `rayfarm key generate` prints it (any non-empty text works; a
-    /// generated key has 256 bits of entropy).
-    pub fn from_secret(secret: &str) -> Result<FarmKey, String> {
+    /// From the secret text as `rayfarm key generate` prints it. Leading and trailing
+    /// whitespace is ignored; at least [`MIN_SECRET_CHARS`] characters must remain.
+    pub fn from_secret(secret: &str) -> Result<FarmKey, KeyError> {
         let s = secret.trim();
         if s.is_empty() {
-            return Err("the farm key is empty".into());
+            return Err(KeyError::Empty);
         }
+        let n = s.chars().count();
+        if n < MIN_SECRET_CHARS {
+            return Err(KeyError::TooShort(n));
+        }
+        let b = s.as_bytes();
         Ok(FarmKey {
-            mac_key: blake3::derive_key("rayfarm farm key 2026-11 v1", s.as_bytes()),
+            mac_key: blake3::derive_key(KDF_CONTEXT_MAC, b),
+            channel_psk: blake3::derive_key(KDF_CONTEXT_CHANNEL, b),
+            api_token: blake3::derive_key(KDF_CONTEXT_API_TOKEN, b),
+            folder_mac_key: blake3::derive_key(KDF_CONTEXT_FOLDER_MAC, b),
         })
+    }
+
+    /// The Noise pre-shared key of every TCP channel.
+    pub fn channel_psk(&self) -> &[u8; 32] {
+        &self.channel_psk
+    }
+
+    /// The manager API's bearer token, as `rayfarm key api-token` prints it (`rft1-` and 64 hex
+    /// digits).
+    pub fn api_token(&self) -> String {
+        format!("rft1-{}", hex::encode(self.api_token))
+    }
+
+    /// Whether `presented` is this farm's API token, compared in constant time.
+    pub fn verify_api_token(&self, presented: &str) -> bool {
+        let Some(hex_part) = presented.trim().strip_prefix("rft1-") else {
+            return false;
+        };
+        let mut got = [0u8; 32];
+        if hex::decode_to_slice(hex_part, &mut got).is_err() {
+            return false;
+        }
+        // blake3::Hash's equality is constant-time.
+        blake3::Hash::from(got) == blake3::Hash::from(self.api_token)
+    }
+
+    /// A keyed MAC over a job-folder file, bound to its job and its name in the job, so that a
+    /// file can be neither edited, nor moved to another name, nor swapped in from another job.
+    pub fn folder_mac(&self, job_id: &str, name: &str, contents_hash: &[u8; 32]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.folder_mac_key);
+        for part in [job_id.as_bytes(), name.as_bytes()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(contents_hash);
+        *h.finalize().as_bytes()
+    }
+
+    /// Checks [`FarmKey::folder_mac`] in constant time.
+    pub fn verify_folder_mac(
+        &self,
+        job_id: &str,
+        name: &str,
+        contents_hash: &[u8; 32],
+        mac: &[u8; 32],
+    ) -> bool {
+        blake3::Hash::from(self.folder_mac(job_id, name, contents_hash)) == blake3::Hash::from(*mac)
     }
 
     /// A new random secret, as text.

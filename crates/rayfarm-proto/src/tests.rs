@@ -25,7 +25,7 @@ async fn server(
 
 #[tokio::test]
 async fn authenticated_round_trip() {
-    let key = FarmKey::from_secret("s3cret").unwrap();
+    let key = FarmKey::from_secret("s3cret-s3cret-s3cret").unwrap();
     let (addr, h) = server(key.clone()).await;
     let mut c = connect(&addr, Role::Master, Some(&key), HANDSHAKE_TIMEOUT)
         .await
@@ -37,7 +37,7 @@ async fn authenticated_round_trip() {
 
 #[tokio::test]
 async fn discovery_needs_no_key() {
-    let (addr, h) = server(FarmKey::from_secret("a").unwrap()).await;
+    let (addr, h) = server(FarmKey::from_secret("aaaaaaaaaaaaaaaaaaaa").unwrap()).await;
     let mut c = connect(&addr, Role::Cli, None, HANDSHAKE_TIMEOUT)
         .await
         .unwrap();
@@ -48,8 +48,8 @@ async fn discovery_needs_no_key() {
 
 #[tokio::test]
 async fn wrong_key_is_refused_on_both_sides() {
-    let (addr, h) = server(FarmKey::from_secret("right").unwrap()).await;
-    let wrong = FarmKey::from_secret("wrong").unwrap();
+    let (addr, h) = server(FarmKey::from_secret("the-right-farm-key").unwrap()).await;
+    let wrong = FarmKey::from_secret("the-wrong-farm-key").unwrap();
     let e = connect(&addr, Role::Master, Some(&wrong), HANDSHAKE_TIMEOUT)
         .await
         .err()
@@ -61,7 +61,7 @@ async fn wrong_key_is_refused_on_both_sides() {
 
 #[tokio::test]
 async fn version_mismatch_names_both_versions() {
-    let (addr, h) = server(FarmKey::from_secret("k").unwrap()).await;
+    let (addr, h) = server(FarmKey::from_secret("kkkkkkkkkkkkkkkkkkkk").unwrap()).await;
     let mut s = TcpStream::connect(&addr).await.unwrap();
     let mut p = preamble(Role::Master);
     p[8..12].copy_from_slice(&7u32.to_le_bytes());
@@ -82,7 +82,7 @@ async fn version_mismatch_names_both_versions() {
 
 #[tokio::test]
 async fn garbage_and_huge_frames_are_refused() {
-    let (addr, h) = server(FarmKey::from_secret("k").unwrap()).await;
+    let (addr, h) = server(FarmKey::from_secret("kkkkkkkkkkkkkkkkkkkk").unwrap()).await;
     let mut s = TcpStream::connect(&addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -90,7 +90,7 @@ async fn garbage_and_huge_frames_are_refused() {
     let e = h.await.unwrap().err().unwrap();
     assert!(matches!(e, ProtoError::NotRayfarm { .. }), "{e}");
 
-    let (addr, h) = server(FarmKey::from_secret("k").unwrap()).await;
+    let (addr, h) = server(FarmKey::from_secret("kkkkkkkkkkkkkkkkkkkk").unwrap()).await;
     let mut s = TcpStream::connect(&addr).await.unwrap();
     s.write_all(&preamble(Role::Master)).await.unwrap();
     s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();

@@ -113,6 +113,15 @@ pub struct KeyArgs {
 pub enum KeyAction {
     /// Print a new random farm key (every master and daemon of a farm needs the same one)
     Generate,
+    /// Print the job manager's HTTP API token for the farm key in use (RAYFARM_KEY or the
+    /// config file). Give it to the web monitor and to scripts: it is derived from the farm key
+    /// but cannot be used to join the farm, read its traffic or forge job-folder files
+    #[command(name = "api-token")]
+    ApiToken {
+        /// Configuration file (default: the user's rayfarm config)
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// How many threads the daemon's worker uses.
@@ -174,6 +183,12 @@ pub fn key(args: KeyArgs) -> Result<()> {
             );
             Ok(())
         }
+        KeyAction::ApiToken { config: path } => {
+            let (cfg, _) = config::load(path.as_deref()).map_err(anyhow::Error::msg)?;
+            let key = config::farm_key(&cfg).map_err(anyhow::Error::msg)?;
+            println!("{}", key.api_token());
+            Ok(())
+        }
     }
 }
 
@@ -181,7 +196,7 @@ pub fn key(args: KeyArgs) -> Result<()> {
 fn farm_secret(cfg: &Config) -> Result<String> {
     match std::env::var("RAYFARM_KEY").ok().or_else(|| cfg.key.clone()) {
         Some(s) => {
-            FarmKey::from_secret(&s).map_err(anyhow::Error::msg)?;
+            FarmKey::from_secret(&s)?;
             Ok(s.trim().to_string())
         }
         None => bail!(

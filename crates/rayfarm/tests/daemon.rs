@@ -267,7 +267,7 @@ async fn daemon_discovery_garbage_auth_and_leases() {
     );
 
     // A wrong key is refused.
-    let wrong = FarmKey::from_secret("not-the-key").unwrap();
+    let wrong = FarmKey::from_secret("not-the-farm-key-at-all").unwrap();
     match connect(&d.addr, Role::Master, Some(&wrong), HANDSHAKE_TIMEOUT).await {
         Err(ProtoError::AuthFailed { reason, .. }) => {
             assert!(reason.contains("wrong farm key"), "{reason}")

@@ -426,7 +426,7 @@ async fn bad_input_is_survived() {
             .expect("the daemon closes a bad connection")
             .ok();
     }
-    let wrong = FarmKey::from_secret("not the key").unwrap();
+    let wrong = FarmKey::from_secret("not the farm key at all").unwrap();
     let e = connect(&d.addr, Role::Master, Some(&wrong), HANDSHAKE_TIMEOUT)
         .await
         .err()
