@@ -22,7 +22,9 @@ use crate::jobdesc::{PartDesc, SceneRef};
 use crate::renderjob::AnyJobDesc;
 use crate::store::{JobStatus, Store, TaskAssignment};
 use rayfarm_bake::{BakeWork, Workload};
-use rayfarm_proto::{accept, Accepted, FarmKey, Msg, Role, WirePart, WireUnit, WireWork};
+use rayfarm_proto::{
+    FarmKey, ListenLimits, Msg, Role, SecureListener, WirePart, WireUnit, WireWork,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -533,7 +535,7 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
         addrs.extend(lock(&mgr.registered).iter().cloned());
         addrs.sort();
         addrs.dedup();
-        let found = rayfarm_master::discovery::scan(&addrs).await;
+        let found = rayfarm_master::discovery::scan(&addrs, &mgr.cfg.key).await;
         let work = lock(&mgr.store).has_queued_tasks().unwrap_or(false);
         for (addr, r) in found {
             let mut nodes = lock(&mgr.nodes);
@@ -613,24 +615,24 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn listen_workers(mgr: Arc<Manager>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let key = mgr.cfg.key.clone();
+    let mut listener =
+        match SecureListener::new(listener, Role::Master, key, ListenLimits::default()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("manager worker port: {e}");
+                return;
+            }
+        };
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            r = listener.accept() => {
-                let Ok((stream, peer)) = r else { continue };
+            conn = listener.accept() => {
+                let peer = conn.peer;
                 let (mgr, stop) = (mgr.clone(), stop.clone());
-                let key = mgr.cfg.key.clone();
                 tokio::spawn(async move {
-                    match accept(stream, Role::Master, &key).await {
-                        Ok(Accepted::Authenticated(conn)) => {
-                            if let Err(e) = worker_session(&mgr, conn, stop).await {
-                                tracing::warn!("worker {peer}: {e}");
-                            }
-                        }
-                        Ok(Accepted::Discover(mut conn)) => {
-                            let _ = conn.send(&Msg::Error { code: rayfarm_proto::ErrorCode::BadRequest, message: "this is a manager's worker port, not a daemon".into() }).await;
-                        }
-                        Err(e) => tracing::warn!("refused connection from {peer}: {e}"),
+                    if let Err(e) = worker_session(&mgr, conn, stop).await {
+                        tracing::warn!("worker {peer}: {e}");
                     }
                 });
             }

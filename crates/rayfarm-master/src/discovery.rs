@@ -6,7 +6,7 @@
 //! render ends. Nothing is scanned unless the user names ranges or daemons.
 
 use crate::{query_daemon, NetworkOptions};
-use rayfarm_proto::{connect, DaemonState, Msg, Role, DAEMON_PORT};
+use rayfarm_proto::{connect, DaemonState, FarmKey, Msg, Role, DAEMON_PORT};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -76,12 +76,15 @@ pub fn candidates(scan: &[String], daemons: &[String]) -> Result<Vec<String>, St
 }
 
 /// Queries every candidate at once; returns the ones that answered.
-pub async fn scan(addrs: &[String]) -> Vec<(String, Result<rayfarm_proto::DaemonInfo, String>)> {
+pub async fn scan(
+    addrs: &[String],
+    key: &FarmKey,
+) -> Vec<(String, Result<rayfarm_proto::DaemonInfo, String>)> {
     let mut set = tokio::task::JoinSet::new();
     for a in addrs {
-        let a = a.clone();
+        let (a, key) = (a.clone(), key.clone());
         set.spawn(async move {
-            let r = query_daemon(&a, SCAN_CONNECT_TIMEOUT).await;
+            let r = query_daemon(&a, &key, SCAN_CONNECT_TIMEOUT).await;
             (a, r)
         });
     }
@@ -106,7 +109,7 @@ pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch:
     };
     let held: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     loop {
-        for (addr, info) in scan(&addrs).await {
+        for (addr, info) in scan(&addrs, &opts.key).await {
             // The render may have ended during the scan: take no node for it.
             if *stop.borrow() {
                 return;
@@ -173,7 +176,7 @@ pub async fn hold_lease(
     master_port: u16,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut conn = connect(addr, Role::Master, Some(key), Duration::from_secs(3))
+    let mut conn = connect(addr, Role::Master, key, Duration::from_secs(3))
         .await
         .map_err(|e| e.to_string())?;
     // The address this connection leaves from is one the daemon can reach us on.

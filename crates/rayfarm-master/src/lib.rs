@@ -16,7 +16,9 @@ pub mod discovery;
 pub mod scheduler;
 
 use rayfarm_bake::Workload;
-use rayfarm_proto::{accept, connect, Accepted, FarmKey, Msg, Role, WireUnit, WireWork};
+use rayfarm_proto::{
+    connect, FarmKey, ListenLimits, Msg, Role, SecureListener, WireUnit, WireWork,
+};
 use rayfarm_render::{Film, RenderScene, RenderSettings, WorkUnit};
 use scheduler::{NodeId, Scheduler};
 use std::collections::HashSet;
@@ -291,23 +293,23 @@ async fn listen(
     key: FarmKey,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut listener =
+        match SecureListener::new(listener, Role::Master, key, ListenLimits::default()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("master port: {e}");
+                return;
+            }
+        };
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            r = listener.accept() => {
-                let Ok((stream, peer)) = r else { continue };
-                let (sched, job, key, stop) = (sched.clone(), job.clone(), key.clone(), stop.clone());
+            conn = listener.accept() => {
+                let peer = conn.peer;
+                let (sched, job, stop) = (sched.clone(), job.clone(), stop.clone());
                 tokio::spawn(async move {
-                    match accept(stream, Role::Master, &key).await {
-                        Ok(Accepted::Authenticated(conn)) => {
-                            if let Err(e) = worker_session(conn, sched, job, stop).await {
-                                tracing::warn!("worker {peer}: {e}");
-                            }
-                        }
-                        Ok(Accepted::Discover(mut conn)) => {
-                            let _ = conn.send(&Msg::Error { code: rayfarm_proto::ErrorCode::BadRequest, message: "this is a master port, not a daemon".into() }).await;
-                        }
-                        Err(e) => tracing::warn!("refused connection from {peer}: {e}"),
+                    if let Err(e) = worker_session(conn, sched, job, stop).await {
+                        tracing::warn!("worker {peer}: {e}");
                     }
                 });
             }
@@ -499,12 +501,13 @@ async fn session_loop(
     }
 }
 
-/// Asks one daemon who it is (no key needed).
+/// Asks one daemon who it is (over the farm channel: a daemon answers only holders of its key).
 pub async fn query_daemon(
     addr: &str,
+    key: &FarmKey,
     timeout: Duration,
 ) -> Result<rayfarm_proto::DaemonInfo, String> {
-    let mut c = connect(addr, Role::Master, None, timeout)
+    let mut c = connect(addr, Role::Master, key, timeout)
         .await
         .map_err(|e| e.to_string())?;
     c.send(&Msg::Discover).await.map_err(|e| e.to_string())?;

@@ -26,8 +26,8 @@
 //!   it receives SIGTERM if the daemon itself dies (parent-death signal).
 
 use rayfarm_proto::{
-    accept, Accepted, Conn, DaemonInfo, DaemonState, Devices, ErrorCode, FarmKey, Msg, ProtoError,
-    Role, PROTOCOL_VERSION,
+    Conn, DaemonInfo, DaemonState, Devices, ErrorCode, FarmKey, ListenLimits, Msg, ProtoError,
+    Role, SecureListener, PROTOCOL_VERSION,
 };
 use serde::Deserialize;
 use std::future::Future;
@@ -37,9 +37,9 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -60,7 +60,8 @@ pub const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the start-up probe (`rayfarm worker --probe`) may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once; more are closed at once.
+/// Authenticated connections served at once (strangers' connections are bounded separately,
+/// by the listener's pending limits, and can never take these).
 pub const MAX_CONNECTIONS: usize = 64;
 /// Longest `master_addr` accepted in `Acquire`.
 pub const MAX_MASTER_ADDR_LEN: usize = 300;
@@ -78,6 +79,9 @@ pub struct DaemonOptions {
     pub threads: Option<u32>,
     /// Largest resident memory of the worker, in MB (`None`: no limit).
     pub max_memory_mb: Option<u64>,
+    /// Largest scene the worker accepts, in MiB (`None`: the worker's default, a quarter of
+    /// the machine's memory).
+    pub max_scene_mb: Option<u64>,
     /// The farm secret as text: the daemon's key, and passed to the worker as `RAYFARM_KEY`.
     pub key_secret: String,
     /// The `rayfarm` executable to run as `rayfarm worker` (normally the daemon's own).
@@ -178,8 +182,22 @@ impl Daemon {
             next_lease: std::sync::atomic::AtomicU64::new(1),
             shutdown: stop_rx,
         });
-        let listener = self.listener;
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let local = self.local;
+        let mut listener = match SecureListener::new(
+            self.listener,
+            Role::Daemon,
+            shared.key.clone(),
+            ListenLimits {
+                max_sessions: MAX_CONNECTIONS,
+                ..ListenLimits::default()
+            },
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("node {}: cannot serve {local}: {e}", shared.opts.alias);
+                return;
+            }
+        };
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -190,23 +208,13 @@ impl Daemon {
                         warn!("a connection task failed: {e}");
                     }
                 }
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let Ok(permit) = permits.clone().try_acquire_owned() else {
-                            warn!("{peer}: closing the connection: {MAX_CONNECTIONS} connections are already open");
-                            continue;
-                        };
-                        let shared = shared.clone();
-                        tasks.spawn(async move {
-                            serve_connection(&shared, stream, peer).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => {
-                        // E.g. out of file descriptors: wait a little instead of spinning.
-                        warn!("accepting a connection on {} failed: {e}", self.local);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                conn = listener.accept() => {
+                    let shared = shared.clone();
+                    tasks.spawn(async move {
+                        if let Err(e) = serve_authenticated(&shared, conn).await {
+                            warn!("closing connection: {e}");
+                        }
+                    });
                 }
             }
         }
@@ -506,23 +514,6 @@ impl Shared {
     }
 }
 
-async fn serve_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
-    match accept(stream, Role::Daemon, &shared.key).await {
-        Err(e) => warn!("closing connection: {e}"),
-        Ok(Accepted::Discover(mut conn)) => {
-            debug!("{peer}: discovery");
-            if let Err(e) = conn.send(&Msg::DaemonInfo(shared.info().await)).await {
-                debug!("answering discovery failed: {e}");
-            }
-        }
-        Ok(Accepted::Authenticated(conn)) => {
-            if let Err(e) = serve_authenticated(shared, conn).await {
-                warn!("closing connection: {e}");
-            }
-        }
-    }
-}
-
 async fn serve_authenticated(shared: &Shared, mut conn: Conn) -> Result<(), ProtoError> {
     let peer = conn.peer;
     let request = conn
@@ -571,6 +562,9 @@ fn spawn_worker(opts: &DaemonOptions, master: &str) -> std::io::Result<Child> {
     cmd.arg("worker").arg(format!("--master={master}"));
     if let Some(t) = opts.threads {
         cmd.arg(format!("--threads={t}"));
+    }
+    if let Some(mb) = opts.max_scene_mb {
+        cmd.arg(format!("--max-scene-mb={mb}"));
     }
     cmd.arg(format!("--alias={}", opts.alias))
         .arg("--heartbeat-stdout")

@@ -23,8 +23,42 @@ use tokio::sync::mpsc;
 /// How long a worker waits for a master that refuses connections (not started yet).
 pub const MASTER_WAIT: Duration = Duration::from_secs(30);
 
-/// Largest scene a worker accepts from a master.
-pub const MAX_SCENE_BYTES: u64 = 4 << 30;
+/// Largest scene a worker ever accepts (the blob format's own limit).
+pub const MAX_SCENE_BYTES: u64 = rayfarm_scene::blob::MAX_DECOMPRESSED_BYTES;
+/// Smallest default scene limit, for machines whose memory cannot be read.
+const MIN_DEFAULT_SCENE_BYTES: u64 = 512 << 20;
+
+/// The default scene limit: a quarter of this machine's memory (from /proc/meminfo), at least
+/// 512 MiB and at most [`MAX_SCENE_BYTES`]. The decoded scene, its BVH and the render threads'
+/// buffers all need memory too, so a scene much larger than this would not render anyway.
+pub fn default_max_scene_bytes() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb.saturating_mul(1024));
+    total
+        .map(|t| t / 4)
+        .unwrap_or(MIN_DEFAULT_SCENE_BYTES)
+        .clamp(MIN_DEFAULT_SCENE_BYTES, MAX_SCENE_BYTES)
+}
+
+/// Checks a scene size announced by a master (compressed) or a blob header (decompressed)
+/// against this node's limit, before anything is allocated for it.
+pub fn check_scene_size(what: &str, bytes: u64, limit: u64) -> Result<(), String> {
+    if bytes > limit {
+        return Err(format!(
+            "{what} is {} MiB, over this node's scene limit of {} MiB (raise it with --max-scene-mb)",
+            bytes.div_ceil(1 << 20),
+            limit >> 20
+        ));
+    }
+    Ok(())
+}
 
 pub struct WorkerConfig {
     pub master: String,
@@ -32,6 +66,8 @@ pub struct WorkerConfig {
     pub alias: String,
     pub cache_dir: PathBuf,
     pub cache_max_bytes: u64,
+    /// Largest scene accepted, compressed or decompressed (see [`default_max_scene_bytes`]).
+    pub max_scene_bytes: u64,
     /// Print `heartbeat` on stdout every second (for the supervising daemon).
     pub heartbeat_stdout: bool,
     pub key: FarmKey,
@@ -233,14 +269,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     // failure (wrong key, wrong version, not a rayfarm peer) ends the worker at once.
     let deadline = std::time::Instant::now() + MASTER_WAIT;
     let mut conn = loop {
-        match connect(
-            &cfg.master,
-            Role::Worker,
-            Some(&cfg.key),
-            Duration::from_secs(10),
-        )
-        .await
-        {
+        match connect(&cfg.master, Role::Worker, &cfg.key, Duration::from_secs(10)).await {
             Ok(c) => break c,
             Err(rayfarm_proto::ProtoError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::ConnectionRefused
@@ -339,15 +368,13 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                     Msg::Heartbeat => {}
                     Msg::Job { job_id: jid, scene_hash, scene_bytes, work } => {
                         let work = work.to_workload().map_err(|e| format!("master sent a bad job: {e}"))?;
-                        if scene_bytes > MAX_SCENE_BYTES {
-                            return Err(format!("master offers a scene of {scene_bytes} bytes, over the limit of {MAX_SCENE_BYTES}"));
-                        }
+                        check_scene_size(&format!("the scene master {} offers", cfg.master), scene_bytes, cfg.max_scene_bytes)?;
                         job_id = jid;
                         outstanding.clear();
                         loaded = None;
                         if let Some(blob) = cache_get(&cfg.cache_dir, &scene_hash) {
                             tracing::info!("scene {} found in the cache", &hex::encode(scene_hash)[..12]);
-                            loaded = Some(load_scene(blob, work).await?);
+                            loaded = Some(load_scene(blob, work, cfg.max_scene_bytes).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         } else {
                             pending_scene = Some(Incoming {
@@ -376,7 +403,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                                 return Err("scene state lost".into());
                             };
                             cache_put(&cfg.cache_dir, &hash, &blob, cfg.cache_max_bytes);
-                            loaded = Some(load_scene(blob, work).await?);
+                            loaded = Some(load_scene(blob, work, cfg.max_scene_bytes).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         }
                     }
@@ -436,9 +463,15 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     }
 }
 
-async fn load_scene(blob: Vec<u8>, work: Workload) -> Result<Loaded, String> {
+async fn load_scene(blob: Vec<u8>, work: Workload, max_bytes: u64) -> Result<Loaded, String> {
     tokio::task::spawn_blocking(move || {
-        let scene = rayfarm_scene::blob::decode(&blob).map_err(|e| e.to_string())?;
+        // The header's uncompressed length is checked against the limit before decompressing.
+        let scene = rayfarm_scene::blob::decode_with_limit(&blob, max_bytes).map_err(|e| {
+            format!(
+                "{e} (this node's scene limit is {} MiB; raise it with --max-scene-mb)",
+                max_bytes >> 20
+            )
+        })?;
         if let Workload::Bake(b) = &work {
             b.spec
                 .check(&scene)

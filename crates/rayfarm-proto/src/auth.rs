@@ -1,9 +1,6 @@
-//! The farm key and the challenge-response MACs built from it.
-//!
-//! Both sides send a fresh 32-byte nonce; the client proves the key with
-//! `MAC(key, "client" | server_nonce | client_nonce)`, the server answers with
-//! `MAC(key, "server" | client_nonce | server_nonce)`. The MAC is BLAKE3 in keyed mode with a
-//! key derived from the farm secret; comparisons are constant-time (`blake3::Hash`'s `PartialEq`).
+//! The farm key and the keys derived from it: the channel's pre-shared key, the HTTP API's
+//! bearer token and the job folder's MAC key. Comparisons are constant-time (`blake3::Hash`'s
+//! `PartialEq`).
 
 /// Fewest characters a farm secret may have. `rayfarm key generate` makes 69-character keys with
 /// 256 bits of entropy; a shorter secret is refused rather than quietly accepted, because every
@@ -25,8 +22,6 @@ pub enum KeyError {
 /// scripts) cannot be used to join the farm, read its traffic or forge job-folder files.
 #[derive(Clone)]
 pub struct FarmKey {
-    /// Legacy challenge-response MAC key (kept for the unit tests of the MAC helpers).
-    mac_key: [u8; 32],
     /// The Noise pre-shared key of the channel (see `channel`).
     channel_psk: [u8; 32],
     /// The bearer token of the manager's HTTP API.
@@ -50,7 +45,6 @@ pub fn nonce() -> [u8; 32] {
 
 /// Context strings of the key derivation (BLAKE3 `derive_key`). Changing one changes every key
 /// derived with it, so they are part of the protocol (PROTOCOL.md lists them).
-pub const KDF_CONTEXT_MAC: &str = "rayfarm farm key 2026-11 v1";
 pub const KDF_CONTEXT_CHANNEL: &str = "rayfarm 2026-11-29 noise channel psk v1";
 pub const KDF_CONTEXT_API_TOKEN: &str = "rayfarm 2026-11-29 http api bearer token v1";
 pub const KDF_CONTEXT_FOLDER_MAC: &str = "rayfarm 2026-11-29 job folder mac v1";
@@ -69,7 +63,6 @@ impl FarmKey {
         }
         let b = s.as_bytes();
         Ok(FarmKey {
-            mac_key: blake3::derive_key(KDF_CONTEXT_MAC, b),
             channel_psk: blake3::derive_key(KDF_CONTEXT_CHANNEL, b),
             api_token: blake3::derive_key(KDF_CONTEXT_API_TOKEN, b),
             folder_mac_key: blake3::derive_key(KDF_CONTEXT_FOLDER_MAC, b),
@@ -127,38 +120,56 @@ impl FarmKey {
     pub fn generate_secret() -> String {
         format!("rfk1-{}", hex::encode(nonce()))
     }
+}
 
-    fn mac(&self, label: &[u8], a: &[u8; 32], b: &[u8; 32]) -> blake3::Hash {
-        let mut h = blake3::Hasher::new_keyed(&self.mac_key);
-        h.update(label);
-        h.update(a);
-        h.update(b);
-        h.finalize()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_empty_secrets_are_refused() {
+        assert_eq!(FarmKey::from_secret("  ").err(), Some(KeyError::Empty));
+        assert_eq!(
+            FarmKey::from_secret("fifteen-chars!!").err(),
+            Some(KeyError::TooShort(15))
+        );
+        assert!(FarmKey::from_secret("sixteen-chars!!!").is_ok());
+        assert!(FarmKey::from_secret(&FarmKey::generate_secret()).is_ok());
     }
 
-    pub fn client_mac(&self, server_nonce: &[u8; 32], client_nonce: &[u8; 32]) -> [u8; 32] {
-        *self.mac(b"client", server_nonce, client_nonce).as_bytes()
+    #[test]
+    fn the_api_token_is_stable_checked_and_unlike_the_other_keys() {
+        let k = FarmKey::from_secret("a farm key for the tests").unwrap();
+        let t = k.api_token();
+        assert!(t.starts_with("rft1-") && t.len() == 5 + 64, "{t}");
+        assert_eq!(
+            t,
+            FarmKey::from_secret(" a farm key for the tests\n")
+                .unwrap()
+                .api_token()
+        );
+        assert!(k.verify_api_token(&t));
+        assert!(!k.verify_api_token(&t[..t.len() - 1]));
+        assert!(!k.verify_api_token(""));
+        assert!(!k.verify_api_token(&t.replace("rft1-", "rfk1-")));
+        let other = FarmKey::from_secret("another farm key for tests").unwrap();
+        assert!(!other.verify_api_token(&t));
+        // The token reveals neither the channel key nor the folder key.
+        let raw = hex::decode(&t[5..]).unwrap();
+        assert_ne!(&raw[..], &k.channel_psk()[..]);
+        assert_ne!(raw, k.folder_mac_key.to_vec());
     }
 
-    pub fn server_mac(&self, server_nonce: &[u8; 32], client_nonce: &[u8; 32]) -> [u8; 32] {
-        *self.mac(b"server", client_nonce, server_nonce).as_bytes()
-    }
-
-    pub fn verify_client_mac(
-        &self,
-        server_nonce: &[u8; 32],
-        client_nonce: &[u8; 32],
-        mac: &[u8; 32],
-    ) -> bool {
-        self.mac(b"client", server_nonce, client_nonce) == blake3::Hash::from(*mac)
-    }
-
-    pub fn verify_server_mac(
-        &self,
-        server_nonce: &[u8; 32],
-        client_nonce: &[u8; 32],
-        mac: &[u8; 32],
-    ) -> bool {
-        self.mac(b"server", client_nonce, server_nonce) == blake3::Hash::from(*mac)
+    #[test]
+    fn folder_macs_bind_job_and_name() {
+        let k = FarmKey::from_secret("a farm key for the tests").unwrap();
+        let h = [5u8; 32];
+        let m = k.folder_mac("job1", "part-0", &h);
+        assert!(k.verify_folder_mac("job1", "part-0", &h, &m));
+        assert!(!k.verify_folder_mac("job2", "part-0", &h, &m));
+        assert!(!k.verify_folder_mac("job1", "part-1", &h, &m));
+        assert!(!k.verify_folder_mac("job1", "part-0", &[6u8; 32], &m));
+        // Length-prefixed fields: moving a character between id and name changes the MAC.
+        assert_ne!(m, k.folder_mac("job1p", "art-0", &h));
     }
 }

@@ -2,36 +2,41 @@
 //!
 //! A connection starts with a fixed 16-byte preamble in each direction (magic, protocol version,
 //! role), so that peers of different versions can still tell each other which versions they
-//! speak. After that, every message is a length-prefixed frame (u32 little-endian length, at most
-//! [`MAX_FRAME_BYTES`]) holding one postcard-encoded [`Msg`]. The server then challenges the
-//! client; apart from [`Msg::Discover`], nothing is served until the client proves it holds the
-//! farm key (BLAKE3 keyed MACs over both nonces, compared in constant time; the key itself never
-//! crosses the wire), and the server proves it too. See PROTOCOL.md.
+//! speak. Then the farm channel ([`channel`]): a Noise `NNpsk0` handshake keyed by the farm key,
+//! after which every message is one postcard-encoded [`Msg`] carried in encrypted, authenticated
+//! records. Nothing at all is served to a peer that has not completed the handshake, so every
+//! peer that is served holds the farm key, and a relay or man in the middle can neither read,
+//! inject nor change a message. [`listener`] is the one accept loop of every rayfarm TCP port
+//! (daemon, master, the manager's worker port): it bounds connections, handshakes and sessions.
+//! See PROTOCOL.md.
 
 pub mod auth;
+pub mod channel;
+pub mod listener;
 pub mod messages;
 
-pub use auth::FarmKey;
+pub use auth::{FarmKey, KeyError};
+pub use channel::ChannelError;
+pub use listener::{ListenLimits, SecureListener};
 pub use messages::*;
 
-use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the messages and handshake below. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: the Noise channel replaced the challenge-response MACs.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).
 pub const MAX_FRAME_BYTES: usize = 32 << 20;
-/// Largest frame accepted before the peer has authenticated (challenge, auth, discovery).
-pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 64 << 10;
+/// Largest Noise handshake message accepted (ours are 48 bytes each way).
+pub const MAX_HANDSHAKE_MESSAGE_BYTES: usize = 256;
 /// Size of one scene chunk.
 pub const SCENE_CHUNK_BYTES: usize = 8 << 20;
-/// Time allowed for the preamble and authentication.
+/// Time allowed for the preamble and the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default daemon port.
 pub const DAEMON_PORT: u16 = 48000;
@@ -83,44 +88,62 @@ pub enum ProtoError {
     Closed { peer: String },
     #[error("{peer}: timed out {what}")]
     Timeout { peer: String, what: String },
+    #[error("{peer}: {source}; closing the connection")]
+    Channel {
+        peer: String,
+        source: channel::ChannelError,
+    },
+    #[error("{peer}: message of {bytes} bytes is larger than the {limit}-byte limit")]
+    TooLarge {
+        peer: String,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
-/// A framed, handshaken connection.
+/// A connection through the farm channel: both sides hold the farm key, and every message is
+/// encrypted and authenticated. `recv` is cancellation-safe (it may be a `select!` arm): bytes
+/// read so far stay in the connection's buffer.
 pub struct Conn {
-    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    stream: TcpStream,
+    transport: channel::Transport,
+    rbuf: bytes::BytesMut,
+    wbuf: Vec<u8>,
+    max_message_bytes: usize,
     pub peer: SocketAddr,
     /// The role the peer announced.
     pub peer_role: Role,
-}
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .little_endian()
-        .length_field_length(4)
-        .max_frame_length(MAX_HANDSHAKE_FRAME_BYTES)
-        .new_codec()
+    /// A slot in the listener's session limit, freed when the connection is dropped.
+    _session: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Conn {
-    fn new(stream: TcpStream, peer: SocketAddr, peer_role: Role) -> Conn {
+    fn new(
+        stream: TcpStream,
+        transport: channel::Transport,
+        peer: SocketAddr,
+        peer_role: Role,
+    ) -> Conn {
         let _ = stream.set_nodelay(true);
         Conn {
-            framed: Framed::new(stream, codec()),
+            stream,
+            transport,
+            rbuf: bytes::BytesMut::with_capacity(64 << 10),
+            wbuf: Vec::new(),
+            max_message_bytes: MAX_FRAME_BYTES,
             peer,
             peer_role,
+            _session: None,
         }
     }
 
-    /// Raises the frame limit once the peer is authenticated.
-    fn authenticated(&mut self) {
-        self.framed
-            .codec_mut()
-            .set_max_frame_length(MAX_FRAME_BYTES);
+    pub(crate) fn hold_session(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self._session = Some(permit);
     }
 
     /// This side's address of the connection.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.framed.get_ref().local_addr()
+        self.stream.local_addr()
     }
 
     fn peer_name(&self) -> String {
@@ -132,30 +155,62 @@ impl Conn {
             peer: self.peer_name(),
             what: format!("cannot encode message: {e}"),
         })?;
-        self.framed
-            .send(bytes::Bytes::from(bytes))
-            .await
-            .map_err(|e| ProtoError::Io {
+        if bytes.len() > self.max_message_bytes {
+            return Err(ProtoError::TooLarge {
                 peer: self.peer_name(),
+                bytes: bytes.len(),
+                limit: self.max_message_bytes,
+            });
+        }
+        self.wbuf.clear();
+        self.transport
+            .seal(&bytes, &mut self.wbuf)
+            .map_err(|e| ProtoError::Channel {
+                peer: self.peer.to_string(),
                 source: e,
-            })
+            })?;
+        let r = self.stream.write_all(&self.wbuf).await;
+        // Scene chunks make this buffer megabytes large; don't keep that per connection.
+        if self.wbuf.capacity() > (1 << 20) {
+            self.wbuf = Vec::new();
+        }
+        r.map_err(|e| ProtoError::Io {
+            peer: self.peer.to_string(),
+            source: e,
+        })
     }
 
-    /// Receives one message. Oversized, truncated or undecodable frames are errors; the
-    /// caller should then drop the connection.
+    /// Receives one message. A record that fails authentication, an oversized or undecodable
+    /// message is an error; the caller should then drop the connection.
     pub async fn recv(&mut self) -> Result<Msg, ProtoError> {
-        match self.framed.next().await {
-            None => Err(ProtoError::Closed {
-                peer: self.peer_name(),
-            }),
-            Some(Err(e)) => Err(ProtoError::Protocol {
-                peer: self.peer_name(),
-                what: format!("bad frame ({e})"),
-            }),
-            Some(Ok(bytes)) => postcard::from_bytes(&bytes).map_err(|e| ProtoError::Protocol {
-                peer: self.peer_name(),
-                what: format!("undecodable message of {} bytes ({e})", bytes.len()),
-            }),
+        loop {
+            let opened = self
+                .transport
+                .open(&mut self.rbuf, self.max_message_bytes)
+                .map_err(|e| ProtoError::Channel {
+                    peer: self.peer.to_string(),
+                    source: e,
+                })?;
+            if let Some(bytes) = opened {
+                return postcard::from_bytes(&bytes).map_err(|e| ProtoError::Protocol {
+                    peer: self.peer_name(),
+                    what: format!("undecodable message of {} bytes ({e})", bytes.len()),
+                });
+            }
+            // Cancellation-safe: `read_buf` either appends what it read or nothing.
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| ProtoError::Io {
+                    peer: self.peer.to_string(),
+                    source: e,
+                })?;
+            if n == 0 {
+                return Err(ProtoError::Closed {
+                    peer: self.peer_name(),
+                });
+            }
         }
     }
 
@@ -179,12 +234,12 @@ fn preamble(role: Role) -> [u8; 16] {
     p
 }
 
-/// Exchanges preambles; returns the peer's role.
+/// Exchanges preambles; returns the peer's role and its preamble.
 async fn exchange_preamble(
     stream: &mut TcpStream,
     peer: &str,
     role: Role,
-) -> Result<Role, ProtoError> {
+) -> Result<(Role, [u8; 16]), ProtoError> {
     let io = |e| ProtoError::Io {
         peer: peer.to_string(),
         source: e,
@@ -213,16 +268,40 @@ async fn exchange_preamble(
             theirs: v,
         });
     }
-    Role::from_u8(theirs[12]).ok_or_else(|| ProtoError::NotRayfarm {
+    let r = Role::from_u8(theirs[12]).ok_or_else(|| ProtoError::NotRayfarm {
         peer: peer.to_string(),
-    })
+    })?;
+    Ok((r, theirs))
 }
 
-/// Connects to `addr`, exchanges preambles and, with a key, authenticates both ways.
+/// Reads one length-prefixed handshake message (an empty one is a refusal).
+async fn read_handshake(stream: &mut TcpStream, peer: &str) -> Result<Vec<u8>, ProtoError> {
+    let io = |e| ProtoError::Io {
+        peer: peer.to_string(),
+        source: e,
+    };
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.map_err(io)?;
+    let n = u16::from_le_bytes(len) as usize;
+    if n > MAX_HANDSHAKE_MESSAGE_BYTES {
+        return Err(ProtoError::Protocol {
+            peer: peer.to_string(),
+            what: format!(
+                "bad handshake: a message of {n} bytes (at most {MAX_HANDSHAKE_MESSAGE_BYTES})"
+            ),
+        });
+    }
+    let mut m = vec![0u8; n];
+    stream.read_exact(&mut m).await.map_err(io)?;
+    Ok(m)
+}
+
+/// Connects to `addr`, exchanges preambles and runs the channel handshake: on success both
+/// sides hold the farm key and every message is encrypted.
 pub async fn connect(
     addr: &str,
     role: Role,
-    key: Option<&FarmKey>,
+    key: &FarmKey,
     connect_timeout: Duration,
 ) -> Result<Conn, ProtoError> {
     let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
@@ -245,50 +324,33 @@ pub async fn connect(
         source: e,
     })?;
     let handshake = async {
-        let peer_role = exchange_preamble(&mut stream, addr, role).await?;
-        let mut conn = Conn::new(stream, peer, peer_role);
-        let Msg::Challenge {
-            nonce: server_nonce,
-        } = conn.recv().await?
-        else {
-            return Err(ProtoError::Protocol {
-                peer: addr.to_string(),
-                what: "expected a challenge".into(),
-            });
-        };
-        if let Some(key) = key {
-            let client_nonce = auth::nonce();
-            let mac = key.client_mac(&server_nonce, &client_nonce);
-            conn.send(&Msg::Auth {
-                nonce: client_nonce,
-                mac,
-            })
-            .await?;
-            match conn.recv().await? {
-                Msg::AuthOk { mac } => {
-                    if !key.verify_server_mac(&server_nonce, &client_nonce, &mac) {
-                        return Err(ProtoError::AuthFailed {
-                            peer: addr.to_string(),
-                            reason: "the server does not hold our farm key".into(),
-                        });
-                    }
-                    conn.authenticated();
-                }
-                Msg::Error { message, .. } => {
-                    return Err(ProtoError::AuthFailed {
-                        peer: addr.to_string(),
-                        reason: message,
-                    })
-                }
-                other => {
-                    return Err(ProtoError::Protocol {
-                        peer: addr.to_string(),
-                        what: format!("unexpected {} during authentication", other.name()),
-                    })
-                }
-            }
+        let (peer_role, theirs) = exchange_preamble(&mut stream, addr, role).await?;
+        let ours = preamble(role);
+        let channel_err = |e| {
+            ProtoError::AuthFailed {
+            peer: addr.to_string(),
+            reason: match e {
+                channel::ChannelError::Refused => "the peer refused our farm key (wrong farm key: check RAYFARM_KEY or the config file on both machines)".to_string(),
+                channel::ChannelError::WrongKey => "the peer does not hold our farm key (wrong farm key: check RAYFARM_KEY or the config file on both machines)".to_string(),
+                other => other.to_string(),
+            },
         }
-        Ok(conn)
+        };
+        let (init, m1) =
+            channel::Initiator::start(key.channel_psk(), &ours, &theirs).map_err(channel_err)?;
+        stream.write_all(&m1).await.map_err(|e| ProtoError::Io {
+            peer: addr.to_string(),
+            source: e,
+        })?;
+        let m2 = read_handshake(&mut stream, addr)
+            .await
+            .map_err(|e| match e {
+                // A server that refuses us may close before we read its refusal.
+                ProtoError::Io { .. } => channel_err(channel::ChannelError::Refused),
+                other => other,
+            })?;
+        let transport = init.finish(&m2).map_err(channel_err)?;
+        Ok(Conn::new(stream, transport, peer, peer_role))
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(r) => r,
@@ -299,61 +361,51 @@ pub async fn connect(
     }
 }
 
-/// What a server got from a new connection.
-pub enum Accepted {
-    /// An unauthenticated discovery request: answer with [`Msg::DaemonInfo`] and close.
-    Discover(Conn),
-    /// An authenticated peer.
-    Authenticated(Conn),
+/// Server side of the preamble and the channel handshake. Peers without the farm key get a
+/// refusal and an error; nothing else. Servers normally go through [`SecureListener`], which
+/// bounds connections and deadlines around this.
+pub async fn accept(stream: TcpStream, role: Role, key: &FarmKey) -> Result<Conn, ProtoError> {
+    accept_within(stream, role, key, HANDSHAKE_TIMEOUT).await
 }
 
-/// Server side of the handshake. Unauthenticated peers may only ask [`Msg::Discover`].
-pub async fn accept(
+/// [`accept`] with a deadline of `timeout` for the preamble and the handshake.
+pub async fn accept_within(
     mut stream: TcpStream,
     role: Role,
     key: &FarmKey,
-) -> Result<Accepted, ProtoError> {
+    timeout: Duration,
+) -> Result<Conn, ProtoError> {
     let peer = stream.peer_addr().map_err(|e| ProtoError::Io {
         peer: "?".into(),
         source: e,
     })?;
     let name = peer.to_string();
     let handshake = async {
-        let peer_role = exchange_preamble(&mut stream, &name, role).await?;
-        let mut conn = Conn::new(stream, peer, peer_role);
-        let server_nonce = auth::nonce();
-        conn.send(&Msg::Challenge {
-            nonce: server_nonce,
-        })
-        .await?;
-        match conn.recv().await? {
-            Msg::Discover => Ok(Accepted::Discover(conn)),
-            Msg::Auth { nonce, mac } => {
-                if key.verify_client_mac(&server_nonce, &nonce, &mac) {
-                    let mac = key.server_mac(&server_nonce, &nonce);
-                    conn.send(&Msg::AuthOk { mac }).await?;
-                    conn.authenticated();
-                    Ok(Accepted::Authenticated(conn))
-                } else {
-                    let _ = conn
-                        .send(&Msg::Error {
-                            code: ErrorCode::Unauthorized,
-                            message: "wrong farm key (check RAYFARM_KEY or the config file on both machines)".into(),
-                        })
-                        .await;
-                    Err(ProtoError::AuthFailed {
-                        peer: name.clone(),
-                        reason: "the client's farm key does not match ours".into(),
-                    })
-                }
+        let (peer_role, theirs) = exchange_preamble(&mut stream, &name, role).await?;
+        let ours = preamble(role);
+        let m1 = read_handshake(&mut stream, &name).await?;
+        match channel::respond(key.channel_psk(), &ours, &theirs, &m1) {
+            Ok((transport, m2)) => {
+                stream.write_all(&m2).await.map_err(|e| ProtoError::Io {
+                    peer: name.clone(),
+                    source: e,
+                })?;
+                Ok(Conn::new(stream, transport, peer, peer_role))
             }
-            other => Err(ProtoError::Protocol {
+            Err(channel::ChannelError::WrongKey) => {
+                let _ = stream.write_all(&channel::REFUSAL).await;
+                Err(ProtoError::AuthFailed {
+                    peer: name.clone(),
+                    reason: "the client's farm key does not match ours (wrong farm key)".into(),
+                })
+            }
+            Err(e) => Err(ProtoError::Channel {
                 peer: name.clone(),
-                what: format!("expected authentication, got {}", other.name()),
+                source: e,
             }),
         }
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    match tokio::time::timeout(timeout, handshake).await {
         Ok(r) => r,
         Err(_) => Err(ProtoError::Timeout {
             peer: name,

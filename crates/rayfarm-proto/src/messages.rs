@@ -316,20 +316,9 @@ impl WireWork {
 /// Every message. Variants are never reordered or removed within one protocol version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
-    // -- handshake (any port) --
-    /// Server -> client, first message.
-    Challenge {
-        nonce: [u8; 32],
-    },
-    /// Client -> server instead of `Auth`: asks for `DaemonInfo` without a key.
+    // -- any port (after the channel handshake) --
+    /// Client -> daemon: asks for `DaemonInfo` (what `rayfarm nodes` and scans send).
     Discover,
-    Auth {
-        nonce: [u8; 32],
-        mac: [u8; 32],
-    },
-    AuthOk {
-        mac: [u8; 32],
-    },
     Error {
         code: ErrorCode,
         message: String,
@@ -436,10 +425,7 @@ impl Msg {
     /// Name for log lines.
     pub fn name(&self) -> &'static str {
         match self {
-            Msg::Challenge { .. } => "Challenge",
             Msg::Discover => "Discover",
-            Msg::Auth { .. } => "Auth",
-            Msg::AuthOk { .. } => "AuthOk",
             Msg::Error { .. } => "Error",
             Msg::DaemonInfo(_) => "DaemonInfo",
             Msg::Acquire { .. } => "Acquire",

@@ -12,12 +12,13 @@ async fn server(
     let addr = l.local_addr().unwrap().to_string();
     let h = tokio::spawn(async move {
         let (s, _) = l.accept().await.unwrap();
-        match accept(s, Role::Daemon, &key).await? {
-            Accepted::Discover(mut c) => {
+        let mut c = accept(s, Role::Daemon, &key).await?;
+        match c.recv().await? {
+            Msg::Discover => {
                 c.send(&Msg::Heartbeat).await?;
                 Ok(None)
             }
-            Accepted::Authenticated(mut c) => Ok(Some(c.recv().await?)),
+            other => Ok(Some(other)),
         }
     });
     (addr, h)
@@ -27,7 +28,7 @@ async fn server(
 async fn authenticated_round_trip() {
     let key = FarmKey::from_secret("s3cret-s3cret-s3cret").unwrap();
     let (addr, h) = server(key.clone()).await;
-    let mut c = connect(&addr, Role::Master, Some(&key), HANDSHAKE_TIMEOUT)
+    let mut c = connect(&addr, Role::Master, &key, HANDSHAKE_TIMEOUT)
         .await
         .unwrap();
     assert_eq!(c.peer_role, Role::Daemon);
@@ -36,9 +37,10 @@ async fn authenticated_round_trip() {
 }
 
 #[tokio::test]
-async fn discovery_needs_no_key() {
-    let (addr, h) = server(FarmKey::from_secret("aaaaaaaaaaaaaaaaaaaa").unwrap()).await;
-    let mut c = connect(&addr, Role::Cli, None, HANDSHAKE_TIMEOUT)
+async fn discovery_goes_through_the_channel() {
+    let key = FarmKey::from_secret("aaaaaaaaaaaaaaaaaaaa").unwrap();
+    let (addr, h) = server(key.clone()).await;
+    let mut c = connect(&addr, Role::Cli, &key, HANDSHAKE_TIMEOUT)
         .await
         .unwrap();
     c.send(&Msg::Discover).await.unwrap();
@@ -50,7 +52,7 @@ async fn discovery_needs_no_key() {
 async fn wrong_key_is_refused_on_both_sides() {
     let (addr, h) = server(FarmKey::from_secret("the-right-farm-key").unwrap()).await;
     let wrong = FarmKey::from_secret("the-wrong-farm-key").unwrap();
-    let e = connect(&addr, Role::Master, Some(&wrong), HANDSHAKE_TIMEOUT)
+    let e = connect(&addr, Role::Master, &wrong, HANDSHAKE_TIMEOUT)
         .await
         .err()
         .unwrap();
@@ -95,7 +97,7 @@ async fn garbage_and_huge_frames_are_refused() {
     s.write_all(&preamble(Role::Master)).await.unwrap();
     s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
     let e = h.await.unwrap().err().unwrap();
-    assert!(e.to_string().contains("bad frame"), "{e}");
+    assert!(e.to_string().contains("bad handshake"), "{e}");
 }
 
 #[test]

@@ -58,6 +58,10 @@ pub struct DaemonRunArgs {
     /// daemon.max_memory_mb, else no limit)
     #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_memory: Option<u64>,
+    /// Largest scene the node's worker accepts, in MiB (default: a quarter of this machine's
+    /// memory); a master offering a larger one is refused before anything is allocated
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_scene_mb: Option<u64>,
     /// Config file (default: $RAYFARM_CONFIG, ~/.config/rayfarm/config.toml, /etc/rayfarm/config.toml)
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -242,6 +246,7 @@ fn run_daemon(a: DaemonRunArgs) -> Result<()> {
         alias,
         threads,
         max_memory_mb: a.max_memory.or(section.max_memory_mb),
+        max_scene_mb: a.max_scene_mb,
         key_secret: farm_secret(&cfg)?,
         worker_exe: std::env::current_exe()
             .context("cannot find the rayfarm executable to run workers")?,

@@ -31,6 +31,10 @@ pub struct WorkerArgs {
     /// Scene cache size limit in MiB
     #[arg(long, default_value_t = 4096)]
     pub cache_max_mb: u64,
+    /// Largest scene this worker accepts, in MiB, compressed or decompressed; checked before
+    /// anything is allocated for it (default: a quarter of this machine's memory)
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_scene_mb: Option<u64>,
     /// Print `heartbeat` on stdout every second (used by the daemon's watchdog)
     #[arg(long, hide = true)]
     pub heartbeat_stdout: bool,
@@ -105,6 +109,10 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(worker::default_cache_dir),
         cache_max_bytes: a.cache_max_mb.saturating_mul(1 << 20),
+        max_scene_bytes: a
+            .max_scene_mb
+            .map(|mb| mb.saturating_mul(1 << 20).min(worker::MAX_SCENE_BYTES))
+            .unwrap_or_else(worker::default_max_scene_bytes),
         heartbeat_stdout: a.heartbeat_stdout,
         key,
         path_map: parse_path_maps(&a.path_map)?,
@@ -138,14 +146,23 @@ pub fn nodes(a: NodesArgs) -> Result<()> {
         anyhow::bail!("nothing to look at: give --scan CIDR or --daemon HOST[:PORT] (or put `scan`/`daemons` in the config file)");
     }
     let addrs = rayfarm_master::discovery::candidates(&scan, &daemons).map_err(|e| anyhow!(e))?;
-    let found = runtime()?.block_on(rayfarm_master::discovery::scan(&addrs));
+    let key = config::farm_key(&cfg).map_err(|e| anyhow!(e))?;
+    let found = runtime()?.block_on(rayfarm_master::discovery::scan(&addrs, &key));
     let mut any = false;
+    let mut other_keys = Vec::new();
     println!(
         "{:<22} {:<16} {:<9} {:>7}  STATE",
         "ADDRESS", "ALIAS", "VERSION", "THREADS"
     );
     for (addr, r) in found {
-        let Ok(i) = r else { continue };
+        let i = match r {
+            Ok(i) => i,
+            Err(e) if e.contains("wrong farm key") => {
+                other_keys.push(addr);
+                continue;
+            }
+            Err(_) => continue,
+        };
         any = true;
         let state = match &i.state {
             rayfarm_proto::DaemonState::Idle => "idle".to_string(),
@@ -171,6 +188,9 @@ pub fn nodes(a: NodesArgs) -> Result<()> {
     }
     if !any {
         println!("(no daemons answered)");
+    }
+    for addr in other_keys {
+        eprintln!("note: {addr} is a rayfarm daemon with a different farm key (set the same RAYFARM_KEY or config `key` on both machines)");
     }
     Ok(())
 }

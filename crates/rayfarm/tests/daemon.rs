@@ -118,7 +118,13 @@ impl Drop for DaemonProc {
 }
 
 async fn try_discover(addr: &str) -> Result<DaemonInfo, ProtoError> {
-    let mut c = connect(addr, Role::Cli, None, Duration::from_secs(2)).await?;
+    let mut c = connect(
+        addr,
+        Role::Cli,
+        &rayfarm_proto::FarmKey::from_secret(KEY).unwrap(),
+        Duration::from_secs(2),
+    )
+    .await?;
     c.send(&Msg::Discover).await?;
     match c
         .recv_timeout(Duration::from_secs(5), "waiting for DaemonInfo")
@@ -152,7 +158,7 @@ async fn wait_state(
 
 async fn acquire(addr: &str, master: &str, lease_timeout_ms: u64) -> (Conn, Msg) {
     let key = FarmKey::from_secret(KEY).unwrap();
-    let mut c = connect(addr, Role::Master, Some(&key), HANDSHAKE_TIMEOUT)
+    let mut c = connect(addr, Role::Master, &key, HANDSHAKE_TIMEOUT)
         .await
         .unwrap();
     c.send(&Msg::Acquire {
@@ -226,14 +232,14 @@ async fn daemon_discovery_garbage_auth_and_leases() {
     assert_eq!(info.state, DaemonState::Idle, "{}", d.log());
     assert!(info.devices.threads >= 1 && info.devices.cpu_threads >= info.devices.threads);
 
-    // Garbage, a huge length prefix and an undecodable frame: each connection is closed, the
-    // daemon keeps serving.
+    // Garbage, a huge handshake length and a handshake message that does not decrypt: each
+    // connection is closed, the daemon keeps serving.
     let mut preamble = [0u8; 16];
     preamble[..8].copy_from_slice(&rayfarm_proto::PREAMBLE_MAGIC);
     preamble[8..12].copy_from_slice(&rayfarm_proto::PROTOCOL_VERSION.to_le_bytes());
     preamble[12] = Role::Master as u8;
-    let huge = [preamble.as_slice(), &u32::MAX.to_le_bytes()].concat();
-    let undecodable = [preamble.as_slice(), &4u32.to_le_bytes(), &[0xee; 4]].concat();
+    let huge = [preamble.as_slice(), &u16::MAX.to_le_bytes()].concat();
+    let undecodable = [preamble.as_slice(), &48u16.to_le_bytes(), &[0xee; 48]].concat();
     for input in [
         b"\x16\x03\x01garbage garbage garbage".as_slice(),
         &huge,
@@ -255,20 +261,20 @@ async fn daemon_discovery_garbage_auth_and_leases() {
     // come a moment after our reads ended.
     let until = std::time::Instant::now() + Duration::from_secs(10);
     let mut log = d.log();
-    while !(log.contains("not a rayfarm peer") && log.contains("bad frame"))
-        && std::time::Instant::now() < until
-    {
+    let seen = |log: &str| {
+        log.contains("not a rayfarm peer")
+            && log.contains("bad handshake")
+            && log.contains("wrong farm key")
+    };
+    while !seen(&log) && std::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
         log = d.log();
     }
-    assert!(
-        log.contains("not a rayfarm peer") && log.contains("bad frame"),
-        "{log}"
-    );
+    assert!(seen(&log), "{log}");
 
     // A wrong key is refused.
     let wrong = FarmKey::from_secret("not-the-farm-key-at-all").unwrap();
-    match connect(&d.addr, Role::Master, Some(&wrong), HANDSHAKE_TIMEOUT).await {
+    match connect(&d.addr, Role::Master, &wrong, HANDSHAKE_TIMEOUT).await {
         Err(ProtoError::AuthFailed { reason, .. }) => {
             assert!(reason.contains("wrong farm key"), "{reason}")
         }

@@ -11,198 +11,13 @@
 
 mod common;
 
+use common::net::*;
 use common::proc::Proc;
-use rayfarm_proto::{DaemonInfo, DaemonState, FarmKey, Role, PREAMBLE_MAGIC, PROTOCOL_VERSION};
+use rayfarm_proto::{DaemonState, FarmKey, Role, PREAMBLE_MAGIC, PROTOCOL_VERSION};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-const KEY: &str = "e2e-network-test-key";
-/// A small render: 9 tiles x 4 sample chunks.
-const SMALL: &[&str] = &[
-    "--width",
-    "96",
-    "--height",
-    "96",
-    "--spp",
-    "64",
-    "--max-bounces",
-    "4",
-];
-/// A render that takes a few seconds on two single-threaded workers.
-const LONG: &[&str] = &[
-    "--width",
-    "128",
-    "--height",
-    "128",
-    "--spp",
-    "256",
-    "--max-bounces",
-    "4",
-];
-
-/// One test's folder: config file (no key: the key comes from RAYFARM_KEY), caches, images.
-struct Farm {
-    dir: tempfile::TempDir,
-}
-
-impl Farm {
-    fn new() -> Farm {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.toml"), "version = 1\n").unwrap();
-        Farm { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The environment of every process: the farm key, this test's config and cache.
-    fn env(&self, log: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("RAYFARM_KEY", KEY.to_string()),
-            (
-                "RAYFARM_CONFIG",
-                self.path("config.toml").display().to_string(),
-            ),
-            ("XDG_CACHE_HOME", self.path("cache").display().to_string()),
-            ("RUST_LOG", log.to_string()),
-        ]
-    }
-
-    /// A one-machine render; returns the EXR bytes.
-    fn local_render(&self, name: &str, settings: &[&str]) -> Vec<u8> {
-        let out = self.path(name);
-        let mut args = strings(&["render", "-q", "-o"]);
-        args.push(out.display().to_string());
-        args.extend(strings(settings));
-        let mut p = Proc::start("local render", &args, &self.env("warn"));
-        p.wait_ok(Duration::from_secs(60));
-        std::fs::read(&out).unwrap()
-    }
-
-    /// Starts `rayfarm render --network` writing `name`; `extra` holds discovery options etc.
-    fn master(&self, name: &str, port: u16, settings: &[&str], extra: &[&str]) -> Proc {
-        let mut args = strings(&["render", "-o"]);
-        args.push(self.path(name).display().to_string());
-        args.extend(strings(settings));
-        args.extend(strings(&[
-            "--network",
-            "--master-port",
-            &port.to_string(),
-            "--master-bind",
-            "127.0.0.1",
-        ]));
-        args.extend(strings(extra));
-        Proc::start(&format!("master {name}"), &args, &self.env("info"))
-    }
-
-    /// Waits for the master to listen; returns the port it took.
-    fn master_port(&self, m: &mut Proc) -> u16 {
-        let e = m.wait_stderr("master listening on 127.0.0.1:", Duration::from_secs(30));
-        let rest = &e[e.find("master listening on 127.0.0.1:").unwrap() + 30..];
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    /// Waits for the master to finish and checks its image against `reference`.
-    fn finish(&self, m: &mut Proc, name: &str, reference: &[u8]) {
-        m.wait_ok(Duration::from_secs(120));
-        let got = std::fs::read(self.path(name)).unwrap();
-        assert!(
-            got == reference,
-            "{name} differs from the one-machine render ({} vs {} bytes):\n{}",
-            got.len(),
-            reference.len(),
-            m.describe()
-        );
-    }
-
-    /// A hand-started worker (one thread) with its own scene cache folder `cache`.
-    fn worker(&self, alias: &str, port: u16, cache: &str) -> Proc {
-        let args = strings(&[
-            "worker",
-            "--master",
-            &format!("127.0.0.1:{port}"),
-            "--threads",
-            "1",
-            "--alias",
-            alias,
-            "--cache-dir",
-            &self.path(cache).display().to_string(),
-        ]);
-        Proc::start(&format!("worker {alias}"), &args, &self.env("info"))
-    }
-
-    /// A daemon on `ip`:48000 with one worker thread; waits until it answers discovery.
-    fn daemon(&self, ip: &str, alias: &str, extra_env: &[(&'static str, String)]) -> Proc {
-        let args = strings(&[
-            "daemon",
-            "--bind",
-            ip,
-            "--port",
-            "48000",
-            "--threads",
-            "1",
-            "--alias",
-            alias,
-        ]);
-        let mut env = self.env("info");
-        // Its workers' scene cache (the default one under XDG_CACHE_HOME), one per daemon.
-        env.retain(|(k, _)| *k != "XDG_CACHE_HOME");
-        env.push((
-            "XDG_CACHE_HOME",
-            self.path(&format!("cache-{alias}")).display().to_string(),
-        ));
-        env.extend(extra_env.iter().cloned());
-        let mut d = Proc::start(&format!("daemon {alias}"), &args, &env);
-        let addr = format!("{ip}:48000");
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(info) = discover(&addr) {
-                assert_eq!(info.alias, alias);
-                assert_eq!(info.state, DaemonState::Idle, "{}", d.describe());
-                return d;
-            }
-            assert!(d.running(), "daemon {alias} exited:\n{}", d.describe());
-            assert!(
-                Instant::now() < until,
-                "daemon {alias} never answered:\n{}",
-                d.describe()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// `rayfarm nodes` with `args`; returns its stdout.
-    fn nodes(&self, args: &[&str]) -> String {
-        let mut a = strings(&["nodes"]);
-        a.extend(strings(args));
-        let mut p = Proc::start("nodes", &a, &self.env("warn"));
-        p.wait_ok(Duration::from_secs(30));
-        p.stdout()
-    }
-}
-
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Asks a daemon who it is, as a master's scan does.
-fn discover(addr: &str) -> Result<DaemonInfo, String> {
-    runtime().block_on(rayfarm_master::query_daemon(addr, Duration::from_secs(2)))
-}
 
 /// Polls a daemon until its state matches; returns the time that took.
 fn wait_state(
@@ -535,37 +350,31 @@ fn send_and_expect_close(addr: &str, bytes: &[u8]) {
     }
 }
 
-fn read_frame(s: &mut TcpStream) -> Vec<u8> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-    s.read_exact(&mut body).unwrap();
-    body
-}
-
-/// Authenticates to `addr` by hand (postcard: variant index, then the arrays' raw bytes) and
-/// then sends a frame header announcing 4 GiB.
-fn huge_frame_after_auth(addr: &str) {
+/// Completes the channel handshake by hand (as a compatible peer written from PROTOCOL.md
+/// would), then sends one record whose ciphertext has a flipped bit: the master must close.
+fn tampered_record_after_auth(addr: &str) {
+    use rayfarm_proto::channel;
     let key = FarmKey::from_secret(KEY).unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-    s.write_all(&preamble(PROTOCOL_VERSION, Role::Worker))
-        .unwrap();
+    let ours: [u8; 16] = preamble(PROTOCOL_VERSION, Role::Worker).try_into().unwrap();
+    s.write_all(&ours).unwrap();
     let mut theirs = [0u8; 16];
     s.read_exact(&mut theirs).unwrap();
     assert_eq!(theirs[..8], PREAMBLE_MAGIC);
-    let challenge = read_frame(&mut s);
-    assert_eq!((challenge.len(), challenge[0]), (33, 0), "Challenge");
-    let server_nonce: [u8; 32] = challenge[1..].try_into().unwrap();
-    let client_nonce = [7u8; 32];
-    let mut auth = vec![2u8];
-    auth.extend_from_slice(&client_nonce);
-    auth.extend_from_slice(&key.client_mac(&server_nonce, &client_nonce));
-    s.write_all(&(auth.len() as u32).to_le_bytes()).unwrap();
-    s.write_all(&auth).unwrap();
-    let ok = read_frame(&mut s);
-    assert_eq!((ok.len(), ok[0]), (33, 3), "AuthOk");
-    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let (init, m1) = channel::Initiator::start(key.channel_psk(), &ours, &theirs).unwrap();
+    s.write_all(&m1).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut m2 = vec![0u8; u16::from_le_bytes(len) as usize];
+    s.read_exact(&mut m2).unwrap();
+    let mut t = init.finish(&m2).unwrap();
+    let mut record = Vec::new();
+    t.seal(b"\x00a message the master will never read", &mut record)
+        .unwrap();
+    let last = record.len() - 1;
+    record[last] ^= 1;
+    s.write_all(&record).unwrap();
     let mut sink = Vec::new();
     let _ = s.read_to_end(&mut sink);
 }
@@ -583,7 +392,7 @@ fn the_master_refuses_bad_peers_and_keeps_serving() {
     match runtime().block_on(rayfarm_proto::connect(
         &addr,
         Role::Worker,
-        Some(&wrong),
+        &wrong,
         Duration::from_secs(5),
     )) {
         Err(rayfarm_proto::ProtoError::AuthFailed { reason, .. }) => {
@@ -592,7 +401,7 @@ fn the_master_refuses_bad_peers_and_keeps_serving() {
         Err(e) => panic!("expected an authentication error, got {e}"),
         Ok(_) => panic!("a wrong key was accepted"),
     }
-    // Another protocol version, garbage, a huge length prefix before and after authentication.
+    // Another protocol version, garbage, a huge handshake length, a tampered record.
     send_and_expect_close(&addr, &preamble(PROTOCOL_VERSION + 1, Role::Worker));
     send_and_expect_close(&addr, b"GET / HTTP/1.1\r\nHost: rayfarm\r\n\r\n");
     send_and_expect_close(
@@ -603,7 +412,7 @@ fn the_master_refuses_bad_peers_and_keeps_serving() {
         ]
         .concat(),
     );
-    huge_frame_after_auth(&addr);
+    tampered_record_after_auth(&addr);
 
     // A worker with the wrong key says so and exits non-zero.
     let mut args = strings(&["worker", "--master", &addr, "--threads", "1", "--cache-dir"]);
@@ -629,7 +438,7 @@ fn the_master_refuses_bad_peers_and_keeps_serving() {
         "authentication failed: the client's farm key does not match ours",
         "protocol version mismatch",
         "not a rayfarm peer",
-        "bad frame",
+        "bad handshake",
     ] {
         assert!(
             log.contains(needle),
@@ -637,9 +446,10 @@ fn the_master_refuses_bad_peers_and_keeps_serving() {
         );
     }
     assert!(
-        log.lines()
-            .any(|l| l.contains("worker 127.0.0.1:") && l.contains("bad frame")),
-        "no warning about the bad frame after authentication:\n{log}"
+        log.lines().any(
+            |l| l.contains("worker 127.0.0.1:") && l.contains("record 0 failed authentication")
+        ),
+        "no warning about the tampered record after authentication:\n{log}"
     );
     assert!(
         log.matches("authentication failed").count() >= 2,

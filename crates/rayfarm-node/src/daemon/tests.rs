@@ -67,6 +67,7 @@ async fn start(
         alias: alias.into(),
         threads: Some(2),
         max_memory_mb: None,
+        max_scene_mb: None,
         key_secret: SECRET.into(),
         worker_exe: fake.exe.clone(),
         worker_heartbeat_timeout: WORKER_HEARTBEAT_TIMEOUT,
@@ -111,9 +112,14 @@ impl Running {
 }
 
 async fn discover(addr: &str) -> DaemonInfo {
-    let mut c = connect(addr, Role::Cli, None, HANDSHAKE_TIMEOUT)
-        .await
-        .unwrap();
+    let mut c = connect(
+        addr,
+        Role::Cli,
+        &rayfarm_proto::FarmKey::from_secret(SECRET).unwrap(),
+        HANDSHAKE_TIMEOUT,
+    )
+    .await
+    .unwrap();
     c.send(&Msg::Discover).await.unwrap();
     match c
         .recv_timeout(Duration::from_secs(5), "discovery")
@@ -144,7 +150,7 @@ async fn wait_state(
 
 async fn authed(addr: &str) -> Conn {
     let key = FarmKey::from_secret(SECRET).unwrap();
-    connect(addr, Role::Master, Some(&key), HANDSHAKE_TIMEOUT)
+    connect(addr, Role::Master, &key, HANDSHAKE_TIMEOUT)
         .await
         .unwrap()
 }
@@ -414,7 +420,7 @@ async fn bad_input_is_survived() {
         &preamble[..7],
     ];
     for input in inputs {
-        let mut s = TcpStream::connect(&d.addr).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(&d.addr).await.unwrap();
         s.write_all(input).await.unwrap();
         if input.len() < 16 {
             s.shutdown().await.unwrap();
@@ -427,7 +433,7 @@ async fn bad_input_is_survived() {
             .ok();
     }
     let wrong = FarmKey::from_secret("not the farm key at all").unwrap();
-    let e = connect(&d.addr, Role::Master, Some(&wrong), HANDSHAKE_TIMEOUT)
+    let e = connect(&d.addr, Role::Master, &wrong, HANDSHAKE_TIMEOUT)
         .await
         .err()
         .unwrap();

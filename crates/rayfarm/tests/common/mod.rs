@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod farm;
+pub mod net;
 pub mod proc;
 
 use std::path::{Path, PathBuf};
