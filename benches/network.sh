@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p rayfarm
 B=target/release/rayfarm
-export RAYFARM_KEY=bench-key
+export RAYFARM_KEY=bench-farm-key-0123456789
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 ARGS=(--width 256 --height 256 --spp 128 --max-bounces 8)

@@ -592,6 +592,7 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
                                 &alias,
                                 &m.cfg.key,
                                 rayfarm_master::DEFAULT_LEASE_TIMEOUT_MS,
+                                &m.cfg.bind,
                                 m.worker_port,
                                 s,
                             )

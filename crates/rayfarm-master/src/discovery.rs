@@ -148,6 +148,7 @@ pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch:
                     &info.alias,
                     &opts.key,
                     opts.lease_timeout_ms,
+                    &opts.bind,
                     master_port,
                     stop,
                 )
@@ -165,6 +166,20 @@ pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch:
     }
 }
 
+/// The address a daemon's worker is told to connect to: the master's bind address when it names
+/// one host (`--master-bind 10.0.0.5`: the master listens only there, so the address this side's
+/// connection to the daemon leaves from may not reach it), else that connection's own local
+/// address, which the daemon could reach us from.
+pub fn advertised_master_addr(bind: &str, local_ip: std::net::IpAddr, port: u16) -> String {
+    let bind = bind.trim();
+    match bind.parse::<std::net::IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() => std::net::SocketAddr::new(ip, port).to_string(),
+        Ok(_) => std::net::SocketAddr::new(local_ip, port).to_string(),
+        Err(_) if bind.is_empty() => std::net::SocketAddr::new(local_ip, port).to_string(),
+        Err(_) => format!("{bind}:{port}"),
+    }
+}
+
 /// Takes a daemon's lease for the master (or manager) listening on `master_port` of the
 /// address this side connects from, and heartbeats it until `stop` flips (then `Release`) or
 /// the daemon reports its worker gone.
@@ -173,15 +188,15 @@ pub async fn hold_lease(
     alias: &str,
     key: &rayfarm_proto::FarmKey,
     lease_timeout_ms: u64,
+    master_bind: &str,
     master_port: u16,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut conn = connect(addr, Role::Master, key, Duration::from_secs(3))
         .await
         .map_err(|e| e.to_string())?;
-    // The address this connection leaves from is one the daemon can reach us on.
     let local_ip = conn.local_addr().map_err(|e| e.to_string())?.ip();
-    let master_addr = format!("{local_ip}:{master_port}");
+    let master_addr = advertised_master_addr(master_bind, local_ip, master_port);
     conn.send(&Msg::Acquire {
         master_addr: master_addr.clone(),
         lease_timeout_ms,
@@ -240,5 +255,31 @@ mod tests {
         );
         assert!(expand_cidr("10.0.0.0/8").is_err());
         assert!(expand_cidr("nonsense/24").is_err());
+    }
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::advertised_master_addr;
+    use std::net::IpAddr;
+
+    #[test]
+    fn a_named_bind_address_is_what_workers_are_told() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        // Regression: `--master-bind 127.0.0.7` told workers 127.0.0.1 and the render hung.
+        assert_eq!(
+            advertised_master_addr("127.0.0.7", local, 21000),
+            "127.0.0.7:21000"
+        );
+        assert_eq!(
+            advertised_master_addr("render-host", local, 21000),
+            "render-host:21000"
+        );
+        assert_eq!(advertised_master_addr("::1", local, 21000), "[::1]:21000");
+        assert_eq!(
+            advertised_master_addr("0.0.0.0", local, 21001),
+            "127.0.0.1:21001"
+        );
+        assert_eq!(advertised_master_addr("", local, 21001), "127.0.0.1:21001");
     }
 }

@@ -17,25 +17,28 @@
 //! Handshake (after the preambles): the initiator sends `u16 LE length | Noise message 1`, the
 //! responder answers `u16 LE length | Noise message 2`, or a length of 0 when message 1 did not
 //! decrypt (the initiator's farm key is not ours). Records after that: `u16 LE length | Noise
-//! transport message`, whose plaintext is one flags byte (bit 0: last record of a message) and
-//! up to [`RECORD_DATA_BYTES`] bytes of the message. Noise's per-direction counter nonces mean
-//! a record that is changed, dropped, replayed or reordered fails to decrypt: the connection
-//! is then closed.
+//! transport message`. A message's first record's plaintext starts with the message's length
+//! (u32 LE), checked against the limit at once, followed by its first bytes; the following
+//! records carry the rest, up to [`RECORD_PLAINTEXT_BYTES`] each, and are decrypted straight
+//! into the message (no copy beyond the decryption itself). Noise's per-direction counter
+//! nonces mean a record that is changed, dropped, replayed or reordered fails to decrypt: the
+//! connection is then closed.
 
 use snow::{HandshakeState, TransportState};
 
 /// The Noise protocol name: the pattern and the primitives, which both sides must agree on.
-pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// AES-GCM (with AES-NI) ships scenes faster than ChaCha20-Poly1305 on the machines we measured.
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
 /// Prefix of the Noise prologue; the two preambles follow it (initiator's first).
 pub const PROLOGUE_LABEL: &[u8] = b"rayfarm channel v3";
 /// Largest Noise message (the spec's limit).
 pub const MAX_NOISE_MESSAGE: usize = 65535;
 /// Authentication tag added to every encrypted payload.
 pub const TAG_BYTES: usize = 16;
-/// Message bytes carried by one record (the flags byte and the tag take the rest).
-pub const RECORD_DATA_BYTES: usize = MAX_NOISE_MESSAGE - TAG_BYTES - 1;
-/// Flags bit: this record ends its message.
-const FLAG_LAST: u8 = 1;
+/// Plaintext bytes carried by one record (the tag takes the rest of a Noise message).
+pub const RECORD_PLAINTEXT_BYTES: usize = MAX_NOISE_MESSAGE - TAG_BYTES;
+/// Bytes of the message length at the start of a message's first record.
+const LENGTH_BYTES: usize = 4;
 
 /// A channel failure. Every variant ends the connection.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -139,13 +142,15 @@ pub fn respond(
 pub const REFUSAL: [u8; 2] = [0, 0];
 
 /// The session after the handshake: seals messages into records and opens records into
-/// messages, with a bound on message size checked as records arrive.
+/// messages, with a bound on message size checked before the message's bytes arrive.
 pub struct Transport {
     state: TransportState,
-    /// The message being received, record by record.
+    /// The message being received and its announced length.
     partial: Vec<u8>,
+    expected: Option<usize>,
     records_in: u64,
-    plain: Vec<u8>,
+    /// Decryption buffer of a message's first record.
+    first: Vec<u8>,
 }
 
 impl Transport {
@@ -153,50 +158,59 @@ impl Transport {
         Transport {
             state,
             partial: Vec::new(),
+            expected: None,
             records_in: 0,
-            plain: vec![0u8; MAX_NOISE_MESSAGE],
+            first: vec![0u8; RECORD_PLAINTEXT_BYTES],
         }
     }
 
-    /// Appends the records carrying `msg` to `out`.
+    fn seal_record(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        let at = out.len();
+        out.resize(at + 2 + plain.len() + TAG_BYTES, 0);
+        let n = self
+            .state
+            .write_message(plain, &mut out[at + 2..])
+            .map_err(noise)?;
+        debug_assert_eq!(n, plain.len() + TAG_BYTES);
+        out[at..at + 2].copy_from_slice(&(n as u16).to_le_bytes());
+        Ok(())
+    }
+
+    /// Appends the records carrying `msg` (at most 4 GiB - 1) to `out`.
     pub fn seal(&mut self, msg: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
-        let mut chunks = msg.chunks(RECORD_DATA_BYTES).peekable();
-        let mut plain = Vec::with_capacity(RECORD_DATA_BYTES.min(msg.len()) + 1);
-        // An empty message is still one (empty, last) record.
-        let mut first = true;
-        while first || chunks.peek().is_some() {
-            first = false;
-            let chunk = chunks.next().unwrap_or(&[]);
-            let last = chunks.peek().is_none();
-            plain.clear();
-            plain.push(if last { FLAG_LAST } else { 0 });
-            plain.extend_from_slice(chunk);
-            let at = out.len();
-            out.resize(at + 2 + plain.len() + TAG_BYTES, 0);
-            let n = self
-                .state
-                .write_message(&plain, &mut out[at + 2..])
-                .map_err(noise)?;
-            debug_assert_eq!(n, plain.len() + TAG_BYTES);
-            out[at..at + 2].copy_from_slice(&(n as u16).to_le_bytes());
+        let total = u32::try_from(msg.len()).map_err(|_| ChannelError::TooLarge {
+            limit: u32::MAX as usize,
+        })?;
+        out.reserve(msg.len() + (msg.len() / RECORD_PLAINTEXT_BYTES + 2) * (2 + TAG_BYTES + 4));
+        let head = msg.len().min(RECORD_PLAINTEXT_BYTES - LENGTH_BYTES);
+        let mut first = Vec::with_capacity(LENGTH_BYTES + head);
+        first.extend_from_slice(&total.to_le_bytes());
+        first.extend_from_slice(&msg[..head]);
+        self.seal_record(&first, out)?;
+        for chunk in msg[head..].chunks(RECORD_PLAINTEXT_BYTES) {
+            self.seal_record(chunk, out)?;
         }
         Ok(())
     }
 
     /// Opens the records at the front of `buf`, consuming each complete one. Returns a whole
     /// message once its last record is in, or `None` when more bytes are needed. A message
-    /// longer than `limit` is refused as soon as its records pass the limit.
+    /// announced longer than `limit` is refused before any of it is kept.
     pub fn open(
         &mut self,
         buf: &mut bytes::BytesMut,
         limit: usize,
     ) -> Result<Option<Vec<u8>>, ChannelError> {
         loop {
+            if self.expected == Some(self.partial.len()) {
+                self.expected = None;
+                return Ok(Some(std::mem::take(&mut self.partial)));
+            }
             if buf.len() < 2 {
                 return Ok(None);
             }
             let n = u16::from_le_bytes([buf[0], buf[1]]) as usize;
-            if n < TAG_BYTES + 1 {
+            if n < TAG_BYTES {
                 return Err(ChannelError::Malformed("record shorter than its tag"));
             }
             if buf.len() < 2 + n {
@@ -205,20 +219,46 @@ impl Transport {
             let record = buf.split_to(2 + n);
             let index = self.records_in;
             self.records_in += 1;
-            let m = self
-                .state
-                .read_message(&record[2..], &mut self.plain)
-                .map_err(|_| ChannelError::Tampered { record: index })?;
-            let (flags, data) = (self.plain[0], &self.plain[1..m]);
-            if flags & !FLAG_LAST != 0 {
-                return Err(ChannelError::Malformed("unknown record flags"));
-            }
-            if self.partial.len() + data.len() > limit {
-                return Err(ChannelError::TooLarge { limit });
-            }
-            self.partial.extend_from_slice(data);
-            if flags & FLAG_LAST != 0 {
-                return Ok(Some(std::mem::take(&mut self.partial)));
+            let tampered = |_| ChannelError::Tampered { record: index };
+            match self.expected {
+                None => {
+                    let m = self
+                        .state
+                        .read_message(&record[2..], &mut self.first)
+                        .map_err(tampered)?;
+                    if m < LENGTH_BYTES {
+                        return Err(ChannelError::Malformed("first record without a length"));
+                    }
+                    let total = u32::from_le_bytes([
+                        self.first[0],
+                        self.first[1],
+                        self.first[2],
+                        self.first[3],
+                    ]) as usize;
+                    if total > limit {
+                        return Err(ChannelError::TooLarge { limit });
+                    }
+                    if m - LENGTH_BYTES > total {
+                        return Err(ChannelError::Malformed("record beyond its message"));
+                    }
+                    // Grows with the bytes that actually arrive, not with the announcement.
+                    self.partial = Vec::with_capacity(total.min(1 << 20));
+                    self.partial.extend_from_slice(&self.first[LENGTH_BYTES..m]);
+                    self.expected = Some(total);
+                }
+                Some(total) => {
+                    let at = self.partial.len();
+                    let plain = n - TAG_BYTES;
+                    if at + plain > total {
+                        return Err(ChannelError::Malformed("record beyond its message"));
+                    }
+                    self.partial.resize(at + plain, 0);
+                    let m = self
+                        .state
+                        .read_message(&record[2..], &mut self.partial[at..])
+                        .map_err(tampered)?;
+                    self.partial.truncate(at + m);
+                }
             }
         }
     }
@@ -254,14 +294,8 @@ mod tests {
     #[test]
     fn messages_of_every_size_round_trip_both_ways() {
         let (mut c, mut s) = pair([7; 32], [7; 32]).unwrap();
-        for len in [
-            0,
-            1,
-            RECORD_DATA_BYTES - 1,
-            RECORD_DATA_BYTES,
-            RECORD_DATA_BYTES + 1,
-            300_000,
-        ] {
+        let r = RECORD_PLAINTEXT_BYTES - LENGTH_BYTES;
+        for len in [0, 1, r - 1, r, r + 1, r + RECORD_PLAINTEXT_BYTES, 300_000] {
             let msg: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             assert_eq!(roundtrip(&mut c, &mut s, &msg), msg);
             assert_eq!(roundtrip(&mut s, &mut c, &msg), msg);

@@ -197,6 +197,8 @@ impl Conn {
                     what: format!("undecodable message of {} bytes ({e})", bytes.len()),
                 });
             }
+            // Room for at least one whole record per read.
+            self.rbuf.reserve(channel::MAX_NOISE_MESSAGE + 2);
             // Cancellation-safe: `read_buf` either appends what it read or nothing.
             let n = self
                 .stream

@@ -665,3 +665,35 @@ fn a_network_bake_is_bit_identical_to_a_local_one() {
         assert!(share_line(&stdout, "local").is_none(), "{stdout}");
     }
 }
+
+// -- --master-bind ----------------------------------------------------------------------------
+
+/// Regression: with `--master-bind ADDR` the master told daemons' workers the address its
+/// connection to the daemon left from (127.0.0.1 here), where it does not listen: the workers
+/// could not connect and the render hung. Daemon on 127.0.0.42, master bound to 127.0.0.7.
+#[test]
+fn workers_are_told_the_master_bind_address() {
+    let farm = Farm::new();
+    let reference = farm.local_render("local.exr", SMALL);
+    let d = farm.daemon("127.0.0.42", "bound", &[]);
+    let mut args = strings(&["render", "-o"]);
+    args.push(farm.path("net.exr").display().to_string());
+    args.extend(strings(SMALL));
+    args.extend(strings(&[
+        "--network",
+        "--no-local",
+        "--master-port",
+        "21195",
+        "--master-bind",
+        "127.0.0.7",
+        "--daemon",
+        "127.0.0.42",
+    ]));
+    let mut m = Proc::start("master bound to 127.0.0.7", &args, &farm.env("info"));
+    farm.finish(&mut m, "net.exr", &reference);
+    assert!(
+        d.stderr().contains("127.0.0.7:"),
+        "the daemon should start its worker for 127.0.0.7:\n{}",
+        d.describe()
+    );
+}
