@@ -179,10 +179,12 @@ pub struct Manager {
     pub worker_port: u16,
     started: Instant,
     nodes: Mutex<BTreeMap<String, NodeEntry>>,
-    registered: Mutex<BTreeSet<String>>,
+    registered: Mutex<crate::registry::Registry>,
     sessions: Mutex<BTreeMap<String, SessionEntry>>,
     events: Mutex<VecDeque<Event>>,
     jobs: Mutex<HashMap<String, Arc<JobCtx>>>,
+    /// The monitor's job previews, built once per change of a job.
+    pub previews: crate::preview::PreviewCache,
 }
 
 pub fn now_ms() -> i64 {
@@ -246,8 +248,22 @@ impl Manager {
     }
 
     /// A daemon announcing itself (`rayfarm daemon --manager`).
-    pub fn register(&self, addr: String) -> bool {
-        lock(&self.registered).insert(addr)
+    pub fn register(&self, addr: &str) -> crate::registry::Registered {
+        lock(&self.registered).register(addr, now_ms())
+    }
+
+    /// Daemons registered and not expired.
+    pub fn registered_count(&self) -> usize {
+        lock(&self.registered).len()
+    }
+
+    pub fn registered_limit(&self) -> usize {
+        lock(&self.registered).capacity()
+    }
+
+    /// The farm key: the API's token and the worker channel derive from it.
+    pub fn key(&self) -> &FarmKey {
+        &self.cfg.key
     }
 
     pub fn nodes(&self) -> Vec<NodeView> {
@@ -419,6 +435,7 @@ pub async fn run(
         sessions: Default::default(),
         events: Default::default(),
         jobs: Default::default(),
+        previews: Default::default(),
     });
     recover(&mgr);
     tracing::info!(
@@ -446,13 +463,9 @@ pub async fn run(
     let app = crate::api::router(mgr.clone())
         .merge(extra_routes)
         .with_state(mgr.clone());
-    let mut stop2 = stop.clone();
-    axum::serve(http, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop2.changed().await;
-        })
-        .await
-        .map_err(|e| format!("HTTP server: {e}"))
+    let (_, serving) = crate::http::serve(http, app, crate::http::HttpLimits::default(), stop);
+    serving.await;
+    Ok(())
 }
 
 /// After a restart: running tasks whose part is intact are done, the rest are requeued.
@@ -505,6 +518,11 @@ async fn expiry_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
             _ = t.tick() => {}
         }
         let r = lock(&mgr.store).expire_leases(now_ms());
+        // Previews of jobs that are gone are dropped (deletes through the API drop theirs at once).
+        if let Ok(jobs) = lock(&mgr.store).list_jobs() {
+            let ids: BTreeSet<String> = jobs.into_iter().map(|j| j.id).collect();
+            mgr.previews.retain(|id| ids.contains(id));
+        }
         if let Ok(r) = r {
             for id in r.requeued {
                 mgr.event(
@@ -518,6 +536,40 @@ async fn expiry_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Drops registrations not renewed for [`crate::registry::REGISTRATION_TTL_MS`], and the node
+/// entries they made (unless configured, or their lease is held).
+fn forget_expired_registrations(mgr: &Manager, configured: &[String]) {
+    let expired = lock(&mgr.registered).expire(now_ms());
+    if expired.is_empty() {
+        return;
+    }
+    {
+        let mut nodes = lock(&mgr.nodes);
+        for a in &expired {
+            if !configured.contains(a) && nodes.get(a).is_some_and(|n| !n.held) {
+                nodes.remove(a);
+            }
+        }
+    }
+    let shown: Vec<&str> = expired.iter().take(5).map(String::as_str).collect();
+    mgr.event(
+        "info",
+        format!(
+            "{} registered daemon(s) expired after {} min without news ({}{})",
+            expired.len(),
+            crate::registry::REGISTRATION_TTL_MS / 60_000,
+            shown.join(", "),
+            if expired.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        ),
+        None,
+        None,
+    );
+}
+
 /// Finds daemons (config, scan, registrations), records their state, and takes the lease of
 /// idle ones while there is work.
 async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
@@ -529,8 +581,9 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
         }
     };
     loop {
+        forget_expired_registrations(&mgr, &configured);
         let mut addrs = configured.clone();
-        addrs.extend(lock(&mgr.registered).iter().cloned());
+        addrs.extend(lock(&mgr.registered).addrs().cloned());
         addrs.sort();
         addrs.dedup();
         let found = rayfarm_master::discovery::scan(&addrs).await;
@@ -553,6 +606,7 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
                     }
                 }
                 Ok(info) => {
+                    lock(&mgr.registered).contacted(&addr, now_ms());
                     let n = nodes.entry(addr.clone()).or_default();
                     n.alias = info.alias.clone();
                     n.threads = info.devices.threads;
