@@ -370,16 +370,18 @@ async fn register(
             Some(&r.addr),
         ),
         Registered::Renewed => {}
-        Registered::Full => return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
+        Registered::Full => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
                 "the manager already has {} registered daemons, its limit; {} was not registered \
                      (registrations not renewed for {} min expire)",
                 m.registered_limit(),
                 r.addr,
                 crate::registry::REGISTRATION_TTL_MS / 60_000
             ),
-        )),
+            ))
+        }
     }
     Ok(Json(json!({ "registered": r.addr, "time_ms": now_ms() })))
 }

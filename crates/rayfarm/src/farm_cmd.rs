@@ -27,15 +27,17 @@ pub fn manager_addr(addr: &str) -> String {
     manager_base(addr).trim_start_matches("http://").to_string()
 }
 
-/// A small client of the manager's API. Errors name the manager and say what to do.
+/// A small client of the manager's API. Every request carries the farm's API token (derived
+/// from the farm key) as `Authorization: Bearer`. Errors name the manager and say what to do.
 pub struct FarmClient {
     pub addr: String,
     base: String,
     agent: ureq::Agent,
+    authorization: String,
 }
 
 impl FarmClient {
-    pub fn new(addr: &str) -> FarmClient {
+    pub fn new(addr: &str, key: &rayfarm_proto::FarmKey) -> FarmClient {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -45,7 +47,17 @@ impl FarmClient {
             addr: addr.to_string(),
             base: manager_base(addr),
             agent,
+            authorization: format!("Bearer {}", key.api_token()),
         }
+    }
+
+    /// A client with the farm key of the configuration (`config`, else `$RAYFARM_CONFIG` or the
+    /// default files; `$RAYFARM_KEY` first).
+    pub fn from_config(addr: &str, config: Option<&Path>) -> Result<FarmClient> {
+        let (cfg, _) = rayfarm_node::config::load(config).map_err(|e| anyhow!(e))?;
+        let key = rayfarm_node::config::farm_key(&cfg)
+            .map_err(|e| anyhow!("{e} (the manager at {addr} answers only with the farm key)"))?;
+        Ok(FarmClient::new(addr, &key))
     }
 
     fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
@@ -56,6 +68,13 @@ impl FarmClient {
             )
         })?;
         let status = r.status();
+        if status == ureq::http::StatusCode::UNAUTHORIZED {
+            bail!(
+                "manager {}: refused our API token (HTTP 401): the farm keys differ; use the \
+                 manager's farm key here (RAYFARM_KEY or `key` in the config file)",
+                self.addr
+            );
+        }
         let body: Value = r
             .body_mut()
             .read_json()
@@ -71,19 +90,30 @@ impl FarmClient {
     }
 
     pub fn get(&self, path: &str) -> Result<Value> {
-        self.finish(self.agent.get(format!("{}{path}", self.base)).call())
+        self.finish(
+            self.agent
+                .get(format!("{}{path}", self.base))
+                .header("Authorization", &self.authorization)
+                .call(),
+        )
     }
 
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
         self.finish(
             self.agent
                 .post(format!("{}{path}", self.base))
+                .header("Authorization", &self.authorization)
                 .send_json(body),
         )
     }
 
     pub fn delete(&self, path: &str) -> Result<Value> {
-        self.finish(self.agent.delete(format!("{}{path}", self.base)).call())
+        self.finish(
+            self.agent
+                .delete(format!("{}{path}", self.base))
+                .header("Authorization", &self.authorization)
+                .call(),
+        )
     }
 }
 
@@ -186,6 +216,16 @@ pub struct ManagerAddr {
     /// The job manager, HOST[:PORT] (port 3234 by default)
     #[arg(long, visible_alias = "farm", value_name = "HOST:PORT")]
     pub manager: String,
+    /// Config file with the farm key the manager's API needs (default: $RAYFARM_CONFIG, else
+    /// the usual places; $RAYFARM_KEY wins)
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl ManagerAddr {
+    fn client(&self) -> Result<FarmClient> {
+        FarmClient::from_config(&self.manager, self.config.as_deref())
+    }
 }
 
 /// Lists the manager's jobs.
@@ -199,7 +239,7 @@ pub struct JobsArgs {
 }
 
 pub fn jobs(a: JobsArgs) -> Result<()> {
-    let c = FarmClient::new(&a.manager.manager);
+    let c = a.manager.client()?;
     let v = c.get("/api/v1/jobs")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -309,7 +349,7 @@ pub fn job(a: JobArgs) -> Result<()> {
         JobAction::Delete { id, .. } => (id, "delete"),
     };
     check_id(&id.id)?;
-    let c = FarmClient::new(&id.manager.manager);
+    let c = id.manager.client()?;
     let path = format!("/api/v1/jobs/{}", id.id);
     match &a.action {
         JobAction::Show(_) => print_job(&c.get(&path)?),
@@ -351,7 +391,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
     };
     let dir = std::fs::canonicalize(&dir)
         .with_context(|| format!("{}: no such job folder", dir.display()))?;
-    let c = FarmClient::new(&a.manager.manager);
+    let c = a.manager.client()?;
     let v = c.post(
         "/api/v1/jobs",
         &json!({ "job_dir": dir.display().to_string(), "priority": a.priority }),
@@ -383,7 +423,7 @@ pub struct MergeArgs {
 
 /// Asks the manager about a job: Ok(Some(status)), Ok(None) when the manager can't be reached.
 fn manager_status(addr: &str, id: &str) -> Result<Option<(String, f64)>> {
-    let c = FarmClient::new(addr);
+    let c = FarmClient::from_config(addr, None)?;
     match c.get(&format!("/api/v1/jobs/{id}")) {
         Ok(v) => Ok(Some((
             v["job"]["status"].as_str().unwrap_or("?").to_string(),
@@ -474,8 +514,8 @@ pub fn merge(a: MergeArgs) -> Result<()> {
 }
 
 /// `rayfarm nodes --manager`: the manager's view of its nodes.
-pub fn manager_nodes(addr: &str) -> Result<()> {
-    let c = FarmClient::new(addr);
+pub fn manager_nodes(addr: &str, config: Option<&Path>) -> Result<()> {
+    let c = FarmClient::from_config(addr, config)?;
     let v = c.get("/api/v1/nodes")?;
     println!("{:<22} {:<16} {:>7}  STATE", "ADDRESS", "ALIAS", "THREADS");
     let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
@@ -506,9 +546,9 @@ pub fn manager_nodes(addr: &str) -> Result<()> {
 
 /// Registers a daemon with a manager every few seconds (so a restarted manager learns it
 /// again); runs until the process ends.
-pub fn spawn_registration(manager: String, daemon_addr: String) {
+pub fn spawn_registration(manager: String, daemon_addr: String, key: rayfarm_proto::FarmKey) {
     std::thread::spawn(move || {
-        let c = FarmClient::new(&manager);
+        let c = FarmClient::new(&manager, &key);
         let mut warned = false;
         loop {
             match c.post("/api/v1/nodes/register", &json!({ "addr": daemon_addr })) {
@@ -583,7 +623,7 @@ pub fn submit_follow_merge(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let client = FarmClient::new(farm);
+    let client = FarmClient::from_config(farm, None)?;
     client.post(
         "/api/v1/jobs",
         &json!({ "job_dir": job_dir.display().to_string(), "priority": priority }),

@@ -9,6 +9,13 @@ use std::time::Duration;
 
 const KEY: &str = "e2e-farm-test-key";
 
+/// The manager API's bearer token of the test farms' key.
+pub fn api_token() -> String {
+    rayfarm_proto::FarmKey::from_secret(KEY)
+        .unwrap()
+        .api_token()
+}
+
 pub fn strings(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
@@ -52,6 +59,11 @@ impl Farm {
         std::fs::write(dir.path().join("config.toml"), "version = 1\n").unwrap();
         std::fs::create_dir(dir.path().join("net")).unwrap();
         Farm { dir }
+    }
+
+    /// The manager API's bearer token of this farm's key.
+    pub fn api_token(&self) -> String {
+        api_token()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -112,10 +124,15 @@ impl Farm {
     }
 
     pub fn manager(&self, port: u16, daemons: &[&str]) -> Proc {
+        self.manager_at("127.0.0.1", port, daemons)
+    }
+
+    /// A manager listening on `ip` (a loopback address of the test file's own).
+    pub fn manager_at(&self, ip: &str, port: u16, daemons: &[&str]) -> Proc {
         let mut args = strings(&[
             "manager",
             "--bind",
-            "127.0.0.1",
+            ip,
             "--port",
             &port.to_string(),
             "--db",
