@@ -299,7 +299,13 @@ async fn connection(
     let wind_down = loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = state.close.notified() => break true,
+            // Evicted for a newcomer: an idle connection goes at once, a busy one finishes.
+            _ = state.close.notified() => {
+                if state.in_flight.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                break true;
+            }
             _ = stop.changed() => break true,
             _ = tick.tick() => {
                 let idle = state.in_flight.load(Ordering::Relaxed) == 0

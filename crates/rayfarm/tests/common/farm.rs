@@ -129,6 +129,11 @@ impl Farm {
 
     /// A manager listening on `ip` (a loopback address of the test file's own).
     pub fn manager_at(&self, ip: &str, port: u16, daemons: &[&str]) -> Proc {
+        self.manager_with(ip, port, daemons, "0.3")
+    }
+
+    /// [`Farm::manager_at`] looking at its daemons every `scan_interval` seconds.
+    pub fn manager_with(&self, ip: &str, port: u16, daemons: &[&str], scan_interval: &str) -> Proc {
         let mut args = strings(&[
             "manager",
             "--bind",
@@ -138,7 +143,7 @@ impl Farm {
             "--db",
             &self.path("manager.db").display().to_string(),
             "--scan-interval",
-            "0.3",
+            scan_interval,
             "--task-lease",
             "5",
         ]);
