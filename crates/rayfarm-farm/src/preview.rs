@@ -159,7 +159,7 @@ struct Slot {
 /// The latest preview of each job, built once per change key (see the module docs).
 pub struct PreviewCache {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    builds: tokio::sync::Semaphore,
+    builds: Arc<tokio::sync::Semaphore>,
     asked: AtomicU64,
     built: AtomicU64,
 }
@@ -168,7 +168,7 @@ impl Default for PreviewCache {
     fn default() -> Self {
         PreviewCache {
             slots: Mutex::new(HashMap::new()),
-            builds: tokio::sync::Semaphore::new(MAX_PREVIEW_BUILDS),
+            builds: Arc::new(tokio::sync::Semaphore::new(MAX_PREVIEW_BUILDS)),
             asked: AtomicU64::new(0),
             built: AtomicU64::new(0),
         }
@@ -215,15 +215,22 @@ impl PreviewCache {
         let png = slot
             .png
             .get_or_try_init(|| async {
-                let _permit = self
+                let permit = self
                     .builds
-                    .acquire()
+                    .clone()
+                    .acquire_owned()
                     .await
                     .map_err(|e| format!("preview builds stopped: {e}"))?;
                 self.built.fetch_add(1, Ordering::Relaxed);
-                tokio::task::spawn_blocking(move || preview_png(&job_dir).map(Arc::new))
-                    .await
-                    .map_err(|e| format!("preview build failed: {e}"))
+                // The permit goes with the build: a request that gives up (a timeout, a client
+                // gone) does not free a slot while its build still runs.
+                tokio::task::spawn_blocking(move || {
+                    let png = preview_png(&job_dir).map(Arc::new);
+                    drop(permit);
+                    png
+                })
+                .await
+                .map_err(|e| format!("preview build failed: {e}"))
             })
             .await?;
         Ok(png.clone())
