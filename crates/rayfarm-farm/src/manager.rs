@@ -448,6 +448,9 @@ pub async fn run(
         "manager listening on {}:{} (web monitor and API), workers connect to port {worker_port}",
         cfg.bind, cfg.http_port
     );
+    eprintln!(
+        "the API and the monitor answer only the farm's API token (`rayfarm key api-token` prints it)"
+    );
     {
         let (m, s) = (mgr.clone(), stop.clone());
         tokio::spawn(async move { listen_workers(m, workers, s).await });
