@@ -104,6 +104,10 @@ pub async fn require_token(
     match presented {
         Some(token) if key.verify_api_token(token) => next.run(req).await,
         _ => {
+            static REFUSED: crate::http::RateLog = crate::http::RateLog::new(
+                "API request(s) refused for want of the farm's API token",
+            );
+            REFUSED.event(&format!("{} {}", req.method(), req.uri().path()));
             // A small body is read (and dropped) before answering: closing a socket with unread
             // data makes the kernel reset it, and the client could lose the 401 itself.
             let drained = axum::body::to_bytes(req.into_body(), UNAUTHORIZED_DRAIN_BYTES)
@@ -387,6 +391,10 @@ async fn register(
         ),
         Registered::Renewed => {}
         Registered::Full => {
+            static FULL: crate::http::RateLog = crate::http::RateLog::new(
+                "registration(s) refused: the registered-daemon limit is reached",
+            );
+            FULL.event(&r.addr);
             return Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -396,7 +404,7 @@ async fn register(
                 r.addr,
                 crate::registry::REGISTRATION_TTL_MS / 60_000
             ),
-            ))
+            ));
         }
     }
     Ok(Json(json!({ "registered": r.addr, "time_ms": now_ms() })))
