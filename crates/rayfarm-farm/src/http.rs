@@ -18,6 +18,10 @@
 //! - connections closed to keep the limits are logged at most once per [`LOG_EVERY`], with a
 //!   count, never one line per connection.
 //!
+//! With a certificate and key ([`load_tls`]), connections speak TLS (rustls) first; the
+//! handshake must finish within [`HttpLimits::header_read_timeout`] and a connection still
+//! handshaking can be evicted like an idle one.
+//!
 //! Shutdown: [`serve`] returns when `stop` flips to `true`; each connection task watches the same
 //! channel, finishes the request in flight (at most [`SHUTDOWN_GRACE`]) and closes.
 
@@ -207,12 +211,53 @@ impl ServeStats {
     }
 }
 
-/// Serves `app` on `listener` under `limits` until `stop` flips to `true`. Returns a
-/// [`ServeStats`] at once and the serving future to await.
+/// A TLS server configuration from a PEM certificate chain and a PEM private key; errors name
+/// the file at fault.
+pub fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "{}: cannot read a PEM certificate chain: {e}",
+                cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", cert.display()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: cannot read a PEM private key: {e}", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, private)
+    .map_err(|e| {
+        format!(
+            "{} and {}: the certificate and key do not make a TLS identity: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Serves `app` on `listener` under `limits` (over TLS with `tls`) until `stop` flips to
+/// `true`. Returns a [`ServeStats`] at once and the serving future to await.
 pub fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     stop: watch::Receiver<bool>,
 ) -> (ServeStats, impl std::future::Future<Output = ()> + Send) {
     let conns = Arc::new(Conns {
@@ -221,19 +266,22 @@ pub fn serve(
     });
     let stats = ServeStats(conns.clone());
     let app = limit_requests(app, &limits);
-    (stats, accept_loop(listener, app, limits, conns, stop))
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    (stats, accept_loop(listener, app, limits, tls, conns, stop))
 }
 
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     conns: Arc<Conns>,
     mut stop: watch::Receiver<bool>,
 ) {
     static EVICTIONS: RateLog =
         RateLog::new("connection(s) closed to admit newer ones (the connection limit is reached)");
     static ACCEPT_ERRORS: RateLog = RateLog::new("accept error(s)");
+    static HANDSHAKES: RateLog = RateLog::new("TLS handshake(s) failed or timed out");
     let mut next_id = 0u64;
     loop {
         if *stop.borrow() {
@@ -258,8 +306,29 @@ async fn accept_loop(
             EVICTIONS.event(&format!("admitting {peer}"));
         }
         let (app, conns, stop, limits) = (app.clone(), conns.clone(), stop.clone(), limits.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            connection(stream, app, &limits, state, conns.clone(), stop).await;
+            match tls {
+                None => connection(stream, app, &limits, state.clone(), conns.clone(), stop).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)) => r,
+                        // Evicted while handshaking.
+                        _ = state.close.notified() => {
+                            conns.remove(id);
+                            return;
+                        }
+                    };
+                    match handshake {
+                        Ok(Ok(tls_stream)) => {
+                            connection(tls_stream, app, &limits, state.clone(), conns.clone(), stop)
+                                .await
+                        }
+                        Ok(Err(e)) => HANDSHAKES.event(&format!("{peer}: {e}")),
+                        Err(_) => HANDSHAKES.event(&format!("{peer}: no handshake in time")),
+                    }
+                }
+            }
             conns.remove(id);
         });
     }
@@ -267,14 +336,16 @@ async fn accept_loop(
 
 /// Serves one connection until the client closes it, it idles too long, the accept loop
 /// evicts it, or the manager stops.
-async fn connection(
-    stream: tokio::net::TcpStream,
+async fn connection<Io>(
+    stream: Io,
     app: Router,
     limits: &HttpLimits,
     state: Arc<ConnState>,
     conns: Arc<Conns>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = {
         let (state, conns) = (state.clone(), conns.clone());
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -346,7 +417,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
-        let (stats, fut) = serve(listener, app, limits, rx);
+        let (stats, fut) = serve(listener, app, limits, None, rx);
         tokio::spawn(fut);
         (addr, stats, tx)
     }

@@ -53,6 +53,8 @@ pub struct ManagerConfig {
     pub key: FarmKey,
     /// Task lease: a running task whose node says nothing this long goes back to the queue.
     pub task_lease_ms: i64,
+    /// PEM certificate chain and private key: the HTTP port speaks TLS (https) with them.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A node as the API shows it.
@@ -411,6 +413,10 @@ pub async fn run(
     extra_routes: axum::Router<Arc<Manager>>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(crate::http::load_tls(cert, key)?),
+        None => None,
+    };
     let store = Store::open(&cfg.db)
         .map_err(|e| format!("{}: cannot open the job database: {e}", cfg.db.display()))?
         .with_lease_ms(cfg.task_lease_ms);
@@ -445,8 +451,10 @@ pub async fn run(
         cfg.bind
     );
     eprintln!(
-        "manager listening on {}:{} (web monitor and API), workers connect to port {worker_port}",
-        cfg.bind, cfg.http_port
+        "manager listening on {}:{} (web monitor and API, {}), workers connect to port {worker_port}",
+        cfg.bind,
+        cfg.http_port,
+        if tls.is_some() { "https" } else { "plain http" }
     );
     eprintln!(
         "the API and the monitor answer only the farm's API token (`rayfarm key api-token` prints it)"
@@ -466,7 +474,7 @@ pub async fn run(
     let app = crate::api::router(mgr.clone())
         .merge(extra_routes)
         .with_state(mgr.clone());
-    let (_, serving) = crate::http::serve(http, app, crate::http::HttpLimits::default(), stop);
+    let (_, serving) = crate::http::serve(http, app, crate::http::HttpLimits::default(), tls, stop);
     serving.await;
     Ok(())
 }

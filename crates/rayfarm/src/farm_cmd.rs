@@ -7,25 +7,37 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A manager's address, `HOST[:PORT]` (port 3234 when left out).
+/// A manager's base URL from `HOST[:PORT]` (port 3234 when left out; plain http) or
+/// `https://HOST[:PORT]` (a manager started with --tls-cert).
 pub fn manager_base(addr: &str) -> String {
-    let a = addr
-        .trim()
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
+    let a = addr.trim();
+    let (scheme, a) = match a.strip_prefix("https://") {
+        Some(rest) => ("https", rest),
+        None => ("http", a.trim_start_matches("http://")),
+    };
+    let a = a.trim_end_matches('/');
     if a.rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
     {
-        format!("http://{a}")
+        format!("{scheme}://{a}")
     } else {
-        format!("http://{a}:{}", rayfarm_farm::manager::DEFAULT_HTTP_PORT)
+        format!(
+            "{scheme}://{a}:{}",
+            rayfarm_farm::manager::DEFAULT_HTTP_PORT
+        )
     }
 }
 
 /// A manager's address as `HOST:PORT` (port 3234 when left out), as job.desc records it.
 pub fn manager_addr(addr: &str) -> String {
-    manager_base(addr).trim_start_matches("http://").to_string()
+    let base = manager_base(addr);
+    base.split_once("://")
+        .map_or(base.clone(), |(_, a)| a.to_string())
 }
+
+/// The environment variable naming a PEM file of certificates to trust for an https manager
+/// (its self-signed certificate, or the CA that signed it) instead of the public web roots.
+pub const MANAGER_CA_ENV: &str = "RAYFARM_MANAGER_CA";
 
 /// A small client of the manager's API. Every request carries the farm's API token (derived
 /// from the farm key) as `Authorization: Bearer`. Errors name the manager and say what to do.
@@ -37,18 +49,44 @@ pub struct FarmClient {
 }
 
 impl FarmClient {
-    pub fn new(addr: &str, key: &rayfarm_proto::FarmKey) -> FarmClient {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+    pub fn new(addr: &str, key: &rayfarm_proto::FarmKey) -> Result<FarmClient> {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        FarmClient {
+            .timeout_global(Some(Duration::from_secs(30)));
+        if let Some(path) = std::env::var_os(MANAGER_CA_ENV) {
+            let path = PathBuf::from(path);
+            let pem = std::fs::read(&path).with_context(|| {
+                format!(
+                    "{}: cannot read the certificates {MANAGER_CA_ENV} names",
+                    path.display()
+                )
+            })?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow!("{}: not a PEM certificate file: {e}", path.display()))?;
+            if certs.is_empty() {
+                bail!(
+                    "{}: no certificate in the file {MANAGER_CA_ENV} names",
+                    path.display()
+                );
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        Ok(FarmClient {
             addr: addr.to_string(),
             base: manager_base(addr),
-            agent,
+            agent: config.build().into(),
             authorization: format!("Bearer {}", key.api_token()),
-        }
+        })
     }
 
     /// A client with the farm key of the configuration (`config`, else `$RAYFARM_CONFIG` or the
@@ -57,13 +95,20 @@ impl FarmClient {
         let (cfg, _) = rayfarm_node::config::load(config).map_err(|e| anyhow!(e))?;
         let key = rayfarm_node::config::farm_key(&cfg)
             .map_err(|e| anyhow!("{e} (the manager at {addr} answers only with the farm key)"))?;
-        Ok(FarmClient::new(addr, &key))
+        FarmClient::new(addr, &key)
     }
 
     fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
         let mut r = r.map_err(|e| {
+            let hint = if e.to_string().contains("certificate") {
+                format!(
+                    "; for a self-signed manager certificate set {MANAGER_CA_ENV} to its PEM file"
+                )
+            } else {
+                String::new()
+            };
             anyhow!(
-                "cannot reach the manager at {}: {e}; is `rayfarm manager` running there?",
+                "cannot reach the manager at {}: {e}{hint}; is `rayfarm manager` running there?",
                 self.addr
             )
         })?;
@@ -149,6 +194,14 @@ pub struct ManagerArgs {
     /// Seconds a running task may go without news from its node before it is requeued
     #[arg(long, default_value_t = 30)]
     pub task_lease: u64,
+    /// Serve the API and monitor over https with this PEM certificate chain (with --tls-key).
+    /// Clients then use --manager https://HOST:PORT and, for a self-signed certificate,
+    /// RAYFARM_MANAGER_CA=CERT.pem
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_db() -> PathBuf {
@@ -186,6 +239,7 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
         scan_interval: Duration::from_secs_f64(a.scan_interval),
         key,
         task_lease_ms: a.task_lease as i64 * 1000,
+        tls: a.tls_cert.clone().zip(a.tls_key.clone()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -548,7 +602,13 @@ pub fn manager_nodes(addr: &str, config: Option<&Path>) -> Result<()> {
 /// again); runs until the process ends.
 pub fn spawn_registration(manager: String, daemon_addr: String, key: rayfarm_proto::FarmKey) {
     std::thread::spawn(move || {
-        let c = FarmClient::new(&manager, &key);
+        let c = match FarmClient::new(&manager, &key) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot register with manager {manager}: {e:#}");
+                return;
+            }
+        };
         let mut warned = false;
         loop {
             match c.post("/api/v1/nodes/register", &json!({ "addr": daemon_addr })) {

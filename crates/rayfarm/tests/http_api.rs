@@ -1,6 +1,7 @@
 //! End-to-end tests of the manager's HTTP API playing the attacker: requests without the farm's
 //! API token (or with another farm's), a cross-site form post, a registration flood, a flood of
-//! idle connections and a flood of preview requests for a large job.
+//! idle connections and a flood of preview requests for a large job; and the same token over
+//! https (`--tls-cert/--tls-key`).
 //!
 //! Every test runs a real `rayfarm manager` (no daemons: jobs stay queued) on its own loopback
 //! address (127.0.0.60 and up) and port (23600 + 10 per test), so this file runs alongside the
@@ -507,4 +508,94 @@ fn a_preview_flood_of_a_large_job_stays_small() {
         "the manager's peak memory went from {before} MiB to {peak} MiB serving 12 previews"
     );
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
+#[test]
+fn over_https_the_cli_needs_the_managers_certificate_and_the_token() {
+    let farm = Farm::new();
+    let (ip, port) = ("127.0.0.64", 23640);
+    // A self-signed certificate for the manager's address, made by openssl.
+    let (cert, key) = (farm.path("manager-cert.pem"), farm.path("manager-key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=rayfarm-test"])
+        .arg("-addext")
+        .arg(format!("subjectAltName=IP:{ip}"))
+        // webpki refuses a CA certificate as the server's own.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        assert!(
+            std::env::var("RAYFARM_REQUIRE_SHARED").as_deref() != Ok("1"),
+            "openssl is missing; install it with `apt-get install -y openssl`"
+        );
+        eprintln!("skipping the https test: openssl cannot make a certificate");
+        return;
+    }
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let mut m = farm.manager_extra(
+        ip,
+        port,
+        &[],
+        "0.3",
+        &["--tls-cert", &cert_s, "--tls-key", &key_s],
+    );
+    assert!(m.stderr().contains("https"), "{}", m.stderr());
+    let https = format!("https://{ip}:{port}");
+    let mut env = farm.env();
+    env.push(("RAYFARM_MANAGER_CA", cert_s.clone()));
+    // The CLI with the certificate and the farm key: served.
+    let mut p = Proc::start(
+        "jobs over https",
+        &strings(&["jobs", "--manager", &https]),
+        &env,
+    );
+    let st = p.wait(Duration::from_secs(30));
+    assert!(st.success(), "{}", p.describe());
+    assert!(p.stdout().contains("STATUS"), "{}", p.describe());
+    // Without the certificate the CLI does not trust the manager, and says what to do.
+    let (ok, _, err) = farm.run(&["jobs", "--manager", &https]);
+    assert!(!ok);
+    assert!(err.contains("RAYFARM_MANAGER_CA"), "{err}");
+    // Plain http to the TLS port gets no API answer.
+    let plain = agent()
+        .get(format!("http://{ip}:{port}/api/v1/status"))
+        .header("Authorization", &bearer())
+        .call();
+    assert!(plain.is_err() || plain.unwrap().status().as_u16() != 200);
+    // Over TLS the token is still required.
+    let ca = ureq::tls::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let tls_agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+                .build(),
+        )
+        .build()
+        .into();
+    let url = format!("{https}/api/v1/status");
+    let r = tls_agent.get(&url).call().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = tls_agent
+        .get(&url)
+        .header("Authorization", &bearer())
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(m.running(), "the manager died: {}", m.describe());
 }

@@ -134,6 +134,18 @@ impl Farm {
 
     /// [`Farm::manager_at`] looking at its daemons every `scan_interval` seconds.
     pub fn manager_with(&self, ip: &str, port: u16, daemons: &[&str], scan_interval: &str) -> Proc {
+        self.manager_extra(ip, port, daemons, scan_interval, &[])
+    }
+
+    /// [`Farm::manager_with`] with more `rayfarm manager` options.
+    pub fn manager_extra(
+        &self,
+        ip: &str,
+        port: u16,
+        daemons: &[&str],
+        scan_interval: &str,
+        extra: &[&str],
+    ) -> Proc {
         let mut args = strings(&[
             "manager",
             "--bind",
@@ -151,6 +163,7 @@ impl Farm {
             args.push("--daemon".into());
             args.push(d.to_string());
         }
+        args.extend(strings(extra));
         let mut m = Proc::start("manager", &args, &self.env());
         m.wait_stderr("manager listening", Duration::from_secs(30));
         m
