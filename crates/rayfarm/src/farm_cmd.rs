@@ -782,3 +782,29 @@ fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_addresses_keep_their_scheme_and_get_the_default_port() {
+        let port = rayfarm_farm::manager::DEFAULT_HTTP_PORT;
+        assert_eq!(manager_base("m1"), format!("http://m1:{port}"));
+        assert_eq!(manager_base("http://m1:80/"), "http://m1:80");
+        assert_eq!(manager_base("https://m1"), format!("https://m1:{port}"));
+        assert_eq!(
+            manager_base(" https://10.0.0.5:9000 "),
+            "https://10.0.0.5:9000"
+        );
+        assert_eq!(manager_addr("https://m1:9000"), "m1:9000");
+        assert_eq!(manager_addr("m1"), format!("m1:{port}"));
+    }
+
+    #[test]
+    fn every_request_carries_the_farms_token() {
+        let key = rayfarm_proto::FarmKey::from_secret("farm-cmd-unit-test-key").unwrap();
+        let c = FarmClient::new("m1", &key).unwrap();
+        assert_eq!(c.authorization, format!("Bearer {}", key.api_token()));
+    }
+}
