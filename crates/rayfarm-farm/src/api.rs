@@ -1,14 +1,24 @@
 //! The manager's HTTP JSON API (version 1, under `/api/v1`); PROTOCOL.md documents it.
 //!
-//! Errors are `{"error": "..."}` with 400 (bad request), 404 (no such job), 409 (not allowed
-//! in the job's state) or 500.
+//! Every route here, reads included, answers only requests carrying the farm's API token
+//! (`Authorization: Bearer rft1-...`, see `rayfarm key api-token`). The check is one layer
+//! around the whole router ([`require_token`]), so a handler never runs for a request without
+//! it: a missing or wrong token gets 401 with `WWW-Authenticate: Bearer`. The API sets no
+//! cookies and sends no CORS headers, so a page on another site can neither send the token (it
+//! does not have it) nor read an answer.
+//!
+//! Errors are `{"error": "..."}` with 400 (bad request), 401 (no or wrong token), 404 (no such
+//! job), 409 (not allowed in the job's state), 503 (a limit is reached) or 500. The transport
+//! limits (body size, timeouts, connections) are [`crate::http`]'s.
 
 use crate::manager::{load_job, now_ms, JobSpec, Manager, TaskSpec};
+use crate::registry::Registered;
 use crate::store::{NewJob, NewTask, StoreError};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -42,7 +52,8 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-pub fn router(_m: Arc<Manager>) -> Router<Arc<Manager>> {
+/// The API's routes, every one behind [`require_token`] with `m`'s farm key.
+pub fn router(m: Arc<Manager>) -> Router<Arc<Manager>> {
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/jobs", get(jobs).post(submit))
@@ -54,6 +65,71 @@ pub fn router(_m: Arc<Manager>) -> Router<Arc<Manager>> {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/register", post(register))
         .route("/api/v1/events", get(events))
+        // Unknown API paths are behind the token too, so they reveal nothing either.
+        .route("/api/v1", any(no_such_route))
+        .route("/api/v1/{*rest}", any(no_such_route))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(m.key().clone()),
+            require_token,
+        ))
+}
+
+async fn no_such_route() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such API route".into())
+}
+
+/// What a request without the right token is told.
+pub const UNAUTHORIZED_MESSAGE: &str = "this manager's API needs the farm's API token: send \
+    `Authorization: Bearer TOKEN` with the token `rayfarm key api-token` prints (with the farm key)";
+
+/// Body bytes of a refused request read before the 401 (more: the connection is closed).
+const UNAUTHORIZED_DRAIN_BYTES: usize = 64 * 1024;
+
+/// The bearer-token check in front of every API route: the request goes on only when its
+/// `Authorization` header is `Bearer <the farm's API token>` (compared in constant time);
+/// otherwise 401 and the handler never runs.
+pub async fn require_token(
+    State(key): State<Arc<rayfarm_proto::FarmKey>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        });
+    match presented {
+        Some(token) if key.verify_api_token(token) => next.run(req).await,
+        _ => {
+            static REFUSED: crate::http::RateLog = crate::http::RateLog::new(
+                "API request(s) refused for want of the farm's API token",
+            );
+            REFUSED.event(&format!("{} {}", req.method(), req.uri().path()));
+            // A small body is read (and dropped) before answering: closing a socket with unread
+            // data makes the kernel reset it, and the client could lose the 401 itself.
+            let drained = axum::body::to_bytes(req.into_body(), UNAUTHORIZED_DRAIN_BYTES)
+                .await
+                .is_ok();
+            let mut r =
+                ApiError(StatusCode::UNAUTHORIZED, UNAUTHORIZED_MESSAGE.into()).into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"rayfarm\""),
+            );
+            if !drained {
+                // The rest of the body is unread, so the connection cannot be reused: say so,
+                // or a keep-alive client would send its next request into a closing socket.
+                r.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            r
+        }
+    }
 }
 
 /// A job as the API shows it.
@@ -97,6 +173,7 @@ async fn status(State(m): Mgr) -> Result<Json<serde_json::Value>, ApiError> {
         "uptime_s": m.uptime_s(),
         "jobs": jobs,
         "nodes": m.nodes().len(),
+        "registered_nodes": m.registered_count(),
         "worker_port": m.worker_port,
     })))
 }
@@ -241,22 +318,37 @@ async fn delete(
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     store(&m).delete(&id, q.force)?;
+    m.previews.evict(&id);
     m.event("info", format!("job {id} deleted"), Some(&id), None);
     Ok(Json(json!({ "deleted": id })))
 }
 
 async fn preview(State(m): Mgr, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let spec = store(&m).job_spec(&id)?;
+    let (spec, key) = {
+        let s = store(&m);
+        let j = s.job(&id)?;
+        let key = (
+            j.updated_at_ms,
+            j.tasks.completed,
+            j.status.as_str().to_string(),
+        );
+        (s.job_spec(&id)?, key)
+    };
     let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| bad(e.to_string()))?;
-    let png = tokio::task::spawn_blocking(move || {
-        crate::preview::preview_png(std::path::Path::new(&spec.job_dir))
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let png = m
+        .previews
+        .get(&id, key, std::path::PathBuf::from(&spec.job_dir))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     match png {
-        Some(bytes) => {
-            Ok(([(axum::http::header::CONTENT_TYPE, "image/png")], bytes).into_response())
-        }
+        Some(bytes) => Ok((
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            bytes.to_vec(),
+        )
+            .into_response()),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("job {id} has no preview yet"),
@@ -290,17 +382,122 @@ async fn register(
     if !ok {
         return Err(bad(format!("'{}' is not a HOST:PORT address", r.addr)));
     }
-    if m.register(r.addr.clone()) {
-        m.event(
+    match m.register(&r.addr) {
+        Registered::New => m.event(
             "info",
             format!("daemon {} registered", r.addr),
             None,
             Some(&r.addr),
-        );
+        ),
+        Registered::Renewed => {}
+        Registered::Full => {
+            static FULL: crate::http::RateLog = crate::http::RateLog::new(
+                "registration(s) refused: the registered-daemon limit is reached",
+            );
+            FULL.event(&r.addr);
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                "the manager already has {} registered daemons, its limit; {} was not registered \
+                     (registrations not renewed for {} min expire)",
+                m.registered_limit(),
+                r.addr,
+                crate::registry::REGISTRATION_TTL_MS / 60_000
+            ),
+            ));
+        }
     }
     Ok(Json(json!({ "registered": r.addr, "time_ms": now_ms() })))
 }
 
 async fn events(State(m): Mgr) -> Json<serde_json::Value> {
     Json(json!({ "events": m.events() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+
+    /// A router whose one handler counts its runs, behind [`require_token`].
+    fn guarded(key: &rayfarm_proto::FarmKey, runs: Arc<AtomicUsize>) -> Router {
+        Router::new()
+            .route(
+                "/api/v1/jobs/{id}/cancel",
+                post(move || async move {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    "done"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(key.clone()),
+                require_token,
+            ))
+    }
+
+    async fn call(app: &Router, auth: Option<&str>) -> (StatusCode, Option<String>, String) {
+        let mut req = axum::http::Request::post("/api/v1/jobs/j1/cancel")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ORIGIN, "http://evil.example");
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let r = app
+            .clone()
+            .oneshot(req.body(Body::from("x=1")).unwrap())
+            .await
+            .unwrap();
+        let status = r.status();
+        let www = r
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, www, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn only_the_farms_token_reaches_a_handler() {
+        let key = rayfarm_proto::FarmKey::from_secret("unit-test-farm-key-1").unwrap();
+        let other = rayfarm_proto::FarmKey::from_secret("unit-test-farm-key-2").unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let app = guarded(&key, runs.clone());
+        let wrong = format!("Bearer {}", other.api_token());
+        let bare = key.api_token();
+        let basic = format!("Basic {}", key.api_token());
+        for auth in [
+            None,
+            Some(wrong.as_str()),
+            Some(bare.as_str()),
+            Some(basic.as_str()),
+            Some("Bearer "),
+        ] {
+            let (status, www, body) = call(&app, auth).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+            assert_eq!(www.as_deref(), Some("Bearer realm=\"rayfarm\""));
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("rayfarm key api-token"),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            runs.load(Ordering::Relaxed),
+            0,
+            "a handler ran without the token"
+        );
+        for auth in [
+            format!("Bearer {}", key.api_token()),
+            format!("bearer {}", key.api_token()),
+        ] {
+            let (status, _, body) = call(&app, Some(&auth)).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "done"));
+        }
+        assert_eq!(runs.load(Ordering::Relaxed), 2);
+    }
 }

@@ -13,7 +13,9 @@
 //!
 //! - [`jobdesc`] and [`renderjob`]: the job.desc of a bake and of a render ([`renderjob::AnyJobDesc`]
 //!   reads either); [`parts`] the part files nodes write; [`merge`] turns parts into the
-//!   final maps ([`maps`]) or images ([`images`]); [`manager`] and [`api`] the service.
+//!   final maps ([`maps`]) or images ([`images`]); [`manager`] and [`api`] the service, [`http`]
+//!   the HTTP transport and its limits, [`registry`] the bounded table of self-registered
+//!   daemons, [`preview`] the monitor's bounded, cached previews.
 //!
 //! The store is synchronous and does no network IO: the manager wraps it in a mutex and calls it
 //! from `spawn_blocking`, and it alone talks to nodes. What a task's `spec` means (a bake pass, a
@@ -21,6 +23,7 @@
 #![allow(clippy::type_complexity)]
 
 pub mod api;
+pub mod http;
 pub mod images;
 pub mod jobdesc;
 pub mod manager;
@@ -28,6 +31,7 @@ pub mod maps;
 pub mod merge;
 pub mod parts;
 pub mod preview;
+pub mod registry;
 pub mod renderjob;
 pub mod store;
 

@@ -55,6 +55,8 @@ pub struct ManagerConfig {
     pub key: FarmKey,
     /// Task lease: a running task whose node says nothing this long goes back to the queue.
     pub task_lease_ms: i64,
+    /// PEM certificate chain and private key: the HTTP port speaks TLS (https) with them.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A node as the API shows it.
@@ -181,10 +183,12 @@ pub struct Manager {
     pub worker_port: u16,
     started: Instant,
     nodes: Mutex<BTreeMap<String, NodeEntry>>,
-    registered: Mutex<BTreeSet<String>>,
+    registered: Mutex<crate::registry::Registry>,
     sessions: Mutex<BTreeMap<String, SessionEntry>>,
     events: Mutex<VecDeque<Event>>,
     jobs: Mutex<HashMap<String, Arc<JobCtx>>>,
+    /// The monitor's job previews, built once per change of a job.
+    pub previews: crate::preview::PreviewCache,
 }
 
 pub fn now_ms() -> i64 {
@@ -248,8 +252,22 @@ impl Manager {
     }
 
     /// A daemon announcing itself (`rayfarm daemon --manager`).
-    pub fn register(&self, addr: String) -> bool {
-        lock(&self.registered).insert(addr)
+    pub fn register(&self, addr: &str) -> crate::registry::Registered {
+        lock(&self.registered).register(addr, now_ms())
+    }
+
+    /// Daemons registered and not expired.
+    pub fn registered_count(&self) -> usize {
+        lock(&self.registered).len()
+    }
+
+    pub fn registered_limit(&self) -> usize {
+        lock(&self.registered).capacity()
+    }
+
+    /// The farm key: the API's token and the worker channel derive from it.
+    pub fn key(&self) -> &FarmKey {
+        &self.cfg.key
     }
 
     pub fn nodes(&self) -> Vec<NodeView> {
@@ -397,6 +415,10 @@ pub async fn run(
     extra_routes: axum::Router<Arc<Manager>>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(crate::http::load_tls(cert, key)?),
+        None => None,
+    };
     let store = Store::open(&cfg.db)
         .map_err(|e| format!("{}: cannot open the job database: {e}", cfg.db.display()))?
         .with_lease_ms(cfg.task_lease_ms);
@@ -421,6 +443,7 @@ pub async fn run(
         sessions: Default::default(),
         events: Default::default(),
         jobs: Default::default(),
+        previews: Default::default(),
     });
     recover(&mgr);
     tracing::info!(
@@ -430,8 +453,13 @@ pub async fn run(
         cfg.bind
     );
     eprintln!(
-        "manager listening on {}:{} (web monitor and API), workers connect to port {worker_port}",
-        cfg.bind, cfg.http_port
+        "manager listening on {}:{} (web monitor and API, {}), workers connect to port {worker_port}",
+        cfg.bind,
+        cfg.http_port,
+        if tls.is_some() { "https" } else { "plain http" }
+    );
+    eprintln!(
+        "the API and the monitor answer only the farm's API token (`rayfarm key api-token` prints it)"
     );
     {
         let (m, s) = (mgr.clone(), stop.clone());
@@ -448,13 +476,9 @@ pub async fn run(
     let app = crate::api::router(mgr.clone())
         .merge(extra_routes)
         .with_state(mgr.clone());
-    let mut stop2 = stop.clone();
-    axum::serve(http, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop2.changed().await;
-        })
-        .await
-        .map_err(|e| format!("HTTP server: {e}"))
+    let (_, serving) = crate::http::serve(http, app, crate::http::HttpLimits::default(), tls, stop);
+    serving.await;
+    Ok(())
 }
 
 /// After a restart: running tasks whose part is intact are done, the rest are requeued.
@@ -507,6 +531,11 @@ async fn expiry_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
             _ = t.tick() => {}
         }
         let r = lock(&mgr.store).expire_leases(now_ms());
+        // Previews of jobs that are gone are dropped (deletes through the API drop theirs at once).
+        if let Ok(jobs) = lock(&mgr.store).list_jobs() {
+            let ids: BTreeSet<String> = jobs.into_iter().map(|j| j.id).collect();
+            mgr.previews.retain(|id| ids.contains(id));
+        }
         if let Ok(r) = r {
             for id in r.requeued {
                 mgr.event(
@@ -520,6 +549,40 @@ async fn expiry_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Drops registrations not renewed for [`crate::registry::REGISTRATION_TTL_MS`], and the node
+/// entries they made (unless configured, or their lease is held).
+fn forget_expired_registrations(mgr: &Manager, configured: &[String]) {
+    let expired = lock(&mgr.registered).expire(now_ms());
+    if expired.is_empty() {
+        return;
+    }
+    {
+        let mut nodes = lock(&mgr.nodes);
+        for a in &expired {
+            if !configured.contains(a) && nodes.get(a).is_some_and(|n| !n.held) {
+                nodes.remove(a);
+            }
+        }
+    }
+    let shown: Vec<&str> = expired.iter().take(5).map(String::as_str).collect();
+    mgr.event(
+        "info",
+        format!(
+            "{} registered daemon(s) expired after {} min without news ({}{})",
+            expired.len(),
+            crate::registry::REGISTRATION_TTL_MS / 60_000,
+            shown.join(", "),
+            if expired.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        ),
+        None,
+        None,
+    );
+}
+
 /// Finds daemons (config, scan, registrations), records their state, and takes the lease of
 /// idle ones while there is work.
 async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
@@ -531,8 +594,9 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
         }
     };
     loop {
+        forget_expired_registrations(&mgr, &configured);
         let mut addrs = configured.clone();
-        addrs.extend(lock(&mgr.registered).iter().cloned());
+        addrs.extend(lock(&mgr.registered).addrs().cloned());
         addrs.sort();
         addrs.dedup();
         let found = rayfarm_master::discovery::scan(&addrs, &mgr.cfg.key).await;
@@ -555,6 +619,7 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
                     }
                 }
                 Ok(info) => {
+                    lock(&mgr.registered).contacted(&addr, now_ms());
                     let n = nodes.entry(addr.clone()).or_default();
                     n.alias = info.alias.clone();
                     n.threads = info.devices.threads;

@@ -9,14 +9,22 @@
 //!
 //! Architecture invariant: this crate never reads manager state and never serves API data; the
 //! page learns everything through the JSON API, so the page can be tested against a fake API.
+//! The page itself is served without a token and holds no data.
+//!
+//! Architecture invariant: the page authenticates with the farm's API token in the
+//! `Authorization` header only, never with cookies, so a page on another site cannot make the
+//! browser send it (no CSRF). It asks for the token once (a form), keeps it in `localStorage`,
+//! asks again on 401 and has a "Forget token" button; a link may carry it as `#token=...`
+//! (fragments are not sent to servers; the page removes it from the address bar).
 //!
 //! Architecture invariant: the page puts strings from the API into the document only as text
 //! (`textContent`, text nodes, `setAttribute`), never as markup: job names come from users.
 //!
 //! # The JSON API the page consumes
 //!
-//! All paths are under `/api/v1` on the same origin as the page, all answers are
-//! `application/json` with status 200. Times are milliseconds since the Unix epoch on the
+//! All paths are under `/api/v1` on the same origin as the page, every request carries
+//! `Authorization: Bearer <token>`, all answers are `application/json` with status 200, or 401
+//! when the token is wrong (the page then asks for it again). Times are milliseconds since the Unix epoch on the
 //! manager's clock (`*_ms`); the page takes "now" from the HTTP `Date` header, so a viewer
 //! whose clock is off still sees correct "seen 3 s ago" figures. Fields may be added later;
 //! the page ignores fields it does not know.
@@ -105,9 +113,10 @@
 //! ## `GET /api/v1/jobs/{id}/preview.png`
 //!
 //! The job's current map (a lightmap atlas, a frame) as `image/png`, or `404` while there is
-//! none. The page appends `?t=...` to defeat caches; the manager ignores the query. A preview
-//! is shown at thumbnail size (and opened in a new tab on click), so the manager may downscale
-//! it.
+//! none. The page appends `?t=...` to defeat caches; the manager ignores the query. The page
+//! fetches it with the token and shows it through a `blob:` URL (an `<img src>` cannot send a
+//! header). A preview is shown at thumbnail size (and opened in a new tab on click), so the
+//! manager may downscale it.
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -130,7 +139,7 @@ const PAGE_HEADERS: [(header::HeaderName, &str); 5] = [
     (
         header::CONTENT_SECURITY_POLICY,
         "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
-         img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+         img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'",
     ),
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -205,5 +214,20 @@ mod tests {
             );
         }
         assert!(MONITOR_HTML.contains("const API = \"/api/v1\";"));
+    }
+
+    /// The token travels in the Authorization header, kept in localStorage; no cookies.
+    #[test]
+    fn page_sends_the_token_as_a_header_and_uses_no_cookies() {
+        assert!(MONITOR_HTML.contains("Authorization: \"Bearer \" + token"));
+        assert!(MONITOR_HTML.contains("headers: authHeaders()"));
+        assert_eq!(
+            MONITOR_HTML.matches("fetch(").count(),
+            MONITOR_HTML.matches("headers: authHeaders()").count(),
+            "every fetch must send the token"
+        );
+        assert!(MONITOR_HTML.contains("localStorage.setItem"));
+        assert!(!MONITOR_HTML.contains("document.cookie"));
+        assert!(MONITOR_HTML.contains("id=\"forget-token\""));
     }
 }

@@ -1,7 +1,8 @@
 //! The monitor page in a real headless Chromium, against a fake manager API on loopback.
 //!
 //! Each test starts an axum server on 127.0.0.1 (port 0) made of `rayfarm_web::routes()` and a
-//! fake `/api/v1` serving canned JSON, runs `/usr/bin/chromium --headless=new` on it with a
+//! fake `/api/v1` serving canned JSON to requests carrying [`TOKEN`] (401 otherwise, like the
+//! manager), runs `/usr/bin/chromium --headless=new` on it with a
 //! virtual-time budget (so the page's one-second polling runs a few times), and asserts on the
 //! DOM Chromium dumps after the scripts ran, or on its screenshot.
 //!
@@ -32,6 +33,8 @@ const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Virtual time Chromium gives the page before dumping: about five polls.
 const VIRTUAL_TIME_BUDGET_MS: u32 = 5000;
 
+/// The fake API's token; the page gets it from the URL's `#token=` fragment.
+const TOKEN: &str = "rft1-fake-token-for-the-page";
 const JOB_WITH_PREVIEW: &str = "j3f2a9c0";
 const JOB_HOSTILE: &str = "j77b1e05";
 /// A user-chosen job name that is markup: the page must show it as text.
@@ -52,6 +55,7 @@ struct FakeManager {
     preview_png: Arc<Vec<u8>>,
     status_requests: Arc<AtomicUsize>,
     preview_requests: Arc<AtomicUsize>,
+    refused_requests: Arc<AtomicUsize>,
 }
 
 fn now_ms() -> u64 {
@@ -136,6 +140,29 @@ async fn fake_preview(State(fake): State<FakeManager>, UrlPath(id): UrlPath<Stri
     }
 }
 
+/// 401 unless the request carries `Authorization: Bearer TOKEN`, like the manager's API.
+async fn require_token(
+    State(fake): State<FakeManager>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if auth == Some(&format!("Bearer {TOKEN}")) {
+        next.run(req).await
+    } else {
+        fake.refused_requests.fetch_add(1, Ordering::Relaxed);
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "no or wrong token"})),
+        )
+            .into_response()
+    }
+}
+
 /// `routes()` merged with a fake API that answers like a healthy manager.
 fn healthy_app(fake: FakeManager) -> Router {
     let api = Router::new()
@@ -144,6 +171,10 @@ fn healthy_app(fake: FakeManager) -> Router {
         .route("/api/v1/nodes", get(|| async { Json(nodes_json()) }))
         .route("/api/v1/events", get(|| async { Json(events_json()) }))
         .route("/api/v1/jobs/{id}/preview.png", get(fake_preview))
+        .layer(axum::middleware::from_fn_with_state(
+            fake.clone(),
+            require_token,
+        ))
         .with_state(fake);
     rayfarm_web::routes().merge(api)
 }
@@ -160,6 +191,7 @@ fn fake_manager() -> FakeManager {
         preview_png: Arc::new(preview_png()),
         status_requests: Arc::new(AtomicUsize::new(0)),
         preview_requests: Arc::new(AtomicUsize::new(0)),
+        refused_requests: Arc::new(AtomicUsize::new(0)),
     }
 }
 
@@ -173,6 +205,11 @@ async fn serve(app: Router) -> String {
         axum::serve(listener, app).await.expect("test server");
     });
     format!("http://{addr}/")
+}
+
+/// The page's URL with the token in its fragment, as a user's bookmark might carry it.
+fn with_token(url: &str, token: &str) -> String {
+    format!("{url}#token={token}")
 }
 
 // ---- chromium -----------------------------------------------------------------------------
@@ -334,7 +371,7 @@ async fn chromium_shows_jobs_nodes_and_events() {
     }
     let fake = fake_manager();
     let url = serve(healthy_app(fake.clone())).await;
-    let dom = dump_dom(&url).await;
+    let dom = dump_dom(&with_token(&url, TOKEN)).await;
 
     // Header.
     assert_contains(&dom, r#"<b id="version">0.1.0</b>"#, "manager version");
@@ -364,7 +401,9 @@ async fn chromium_shows_jobs_nodes_and_events() {
         "width: 42%",
         r#"aria-valuenow="42""#,
         "5 / 10 tasks completed · 2 running · 3 queued",
-        &format!(r#"src="/api/v1/jobs/{JOB_WITH_PREVIEW}/preview.png?t="#),
+        &format!(r#"data-preview-url="/api/v1/jobs/{JOB_WITH_PREVIEW}/preview.png?t="#),
+        // Fetched with the token, shown through an object URL.
+        r#"src="blob:"#,
         r#"data-loaded="1""#,
     ] {
         assert_contains(job, text, "job with a preview");
@@ -413,6 +452,15 @@ async fn chromium_shows_jobs_nodes_and_events() {
         assert_contains(nodes, text, "nodes table");
     }
 
+    // The token form is hidden, the token left the address bar, nothing was refused.
+    let panel = element(&dom, r#"<section id="token-panel""#, ">");
+    assert_contains(panel, "hidden", "token form while the token works");
+    assert!(
+        !dom.contains(TOKEN),
+        "the token is in the page (or its address)"
+    );
+    assert_eq!(fake.refused_requests.load(Ordering::Relaxed), 0);
+
     // Events.
     let events = element(&dom, r#"<tbody id="event-rows">"#, "</tbody>");
     assert_contains(events, ERROR_EVENT, "error event");
@@ -435,7 +483,7 @@ async fn chromium_screenshot_shows_the_page_and_preview() {
     let dir = tempfile::tempdir().expect("screenshot dir");
     let shot = dir.path().join("monitor.png");
     let run = run_chromium(
-        &url,
+        &with_token(&url, TOKEN),
         &[
             format!("--screenshot={}", shot.display()),
             "--window-size=1280,900".to_string(),
@@ -484,7 +532,7 @@ async fn chromium_shows_banner_when_the_api_fails() {
         return;
     }
     let url = serve(broken_app()).await;
-    let dom = dump_dom(&url).await;
+    let dom = dump_dom(&with_token(&url, TOKEN)).await;
     let banner = element(&dom, r#"<p id="banner""#, "</p>");
     assert_contains(banner, r#"data-state="down""#, "banner");
     assert_contains(banner, "Cannot reach the manager", "banner");
@@ -499,4 +547,54 @@ async fn chromium_shows_banner_when_the_api_fails() {
         "the banner is still hidden:\n{banner}"
     );
     assert_contains(&dom, r#"<body class="stale">"#, "stale data dimmed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_asks_for_the_token_and_shows_no_data_without_it() {
+    if !chromium_available("chromium_asks_for_the_token_and_shows_no_data_without_it") {
+        return;
+    }
+    let fake = fake_manager();
+    let url = serve(healthy_app(fake.clone())).await;
+    let dom = dump_dom(&url).await;
+    let panel = element(&dom, r#"<section id="token-panel""#, "</section>");
+    assert!(
+        !panel.starts_with(r#"<section id="token-panel" aria-labelledby="token-heading" hidden"#),
+        "the token form is hidden:\n{panel}"
+    );
+    assert_contains(panel, "rayfarm key api-token", "token form message");
+    assert_contains(panel, r#"data-state="ask""#, "token form state");
+    assert_contains(&dom, r#"<main id="content" hidden"#, "data hidden");
+    assert!(!dom.contains("water bottle"), "data shown without a token");
+    // Without a token the page does not even ask.
+    assert_eq!(fake.status_requests.load(Ordering::Relaxed), 0);
+    assert_eq!(fake.refused_requests.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_asks_again_when_the_token_is_refused() {
+    if !chromium_available("chromium_asks_again_when_the_token_is_refused") {
+        return;
+    }
+    let fake = fake_manager();
+    let url = serve(healthy_app(fake.clone())).await;
+    let dom = dump_dom(&with_token(&url, "rft1-not-this-farms")).await;
+    let panel = element(&dom, r#"<section id="token-panel""#, "</section>");
+    assert_contains(panel, r#"data-state="refused""#, "token form state");
+    assert_contains(
+        panel,
+        "refused the API token (HTTP 401)",
+        "token form message",
+    );
+    assert_contains(&dom, r#"<main id="content" hidden"#, "data hidden");
+    assert!(
+        !dom.contains("water bottle"),
+        "data shown with a wrong token"
+    );
+    // Refused once (the first poll), then the page stops asking until a token is entered.
+    let refused = fake.refused_requests.load(Ordering::Relaxed);
+    assert!(
+        (1..=4).contains(&refused),
+        "{refused} refused requests: the page kept polling with a refused token"
+    );
 }

@@ -171,7 +171,11 @@ pub fn run(a: BakeArgs) -> Result<()> {
         Some(t) => t,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    // Farm baking: the network folder must be there and writable before anything else.
+    // Farm baking: the farm key (the manager's API needs its token) and the network folder
+    // must be there before anything else.
+    if let Some(farm) = &a.farm {
+        crate::farm_cmd::FarmClient::from_config(farm, None)?;
+    }
     let netdir = match &a.netdir {
         Some(d) => Some(crate::farm_cmd::check_netdir(d, a.quiet)?),
         None => None,

@@ -265,7 +265,8 @@ fn run_daemon(a: DaemonRunArgs) -> Result<()> {
         } else {
             bind.to_string()
         };
-        crate::farm_cmd::spawn_registration(m.clone(), format!("{host}:{port}"));
+        let key = FarmKey::from_secret(&opts.key_secret)?;
+        crate::farm_cmd::spawn_registration(m.clone(), format!("{host}:{port}"), key);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -7,55 +7,119 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A manager's address, `HOST[:PORT]` (port 3234 when left out).
+/// A manager's base URL from `HOST[:PORT]` (port 3234 when left out; plain http) or
+/// `https://HOST[:PORT]` (a manager started with --tls-cert).
 pub fn manager_base(addr: &str) -> String {
-    let a = addr
-        .trim()
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
+    let a = addr.trim();
+    let (scheme, a) = match a.strip_prefix("https://") {
+        Some(rest) => ("https", rest),
+        None => ("http", a.trim_start_matches("http://")),
+    };
+    let a = a.trim_end_matches('/');
     if a.rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
     {
-        format!("http://{a}")
+        format!("{scheme}://{a}")
     } else {
-        format!("http://{a}:{}", rayfarm_farm::manager::DEFAULT_HTTP_PORT)
+        format!(
+            "{scheme}://{a}:{}",
+            rayfarm_farm::manager::DEFAULT_HTTP_PORT
+        )
     }
 }
 
 /// A manager's address as `HOST:PORT` (port 3234 when left out), as job.desc records it.
 pub fn manager_addr(addr: &str) -> String {
-    manager_base(addr).trim_start_matches("http://").to_string()
+    let base = manager_base(addr);
+    base.split_once("://")
+        .map_or(base.clone(), |(_, a)| a.to_string())
 }
 
-/// A small client of the manager's API. Errors name the manager and say what to do.
+/// The environment variable naming a PEM file of certificates to trust for an https manager
+/// (its self-signed certificate, or the CA that signed it) instead of the public web roots.
+pub const MANAGER_CA_ENV: &str = "RAYFARM_MANAGER_CA";
+
+/// A small client of the manager's API. Every request carries the farm's API token (derived
+/// from the farm key) as `Authorization: Bearer`. Errors name the manager and say what to do.
 pub struct FarmClient {
     pub addr: String,
     base: String,
     agent: ureq::Agent,
+    authorization: String,
 }
 
 impl FarmClient {
-    pub fn new(addr: &str) -> FarmClient {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+    pub fn new(addr: &str, key: &rayfarm_proto::FarmKey) -> Result<FarmClient> {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        FarmClient {
+            .timeout_global(Some(Duration::from_secs(30)));
+        if let Some(path) = std::env::var_os(MANAGER_CA_ENV) {
+            let path = PathBuf::from(path);
+            let pem = std::fs::read(&path).with_context(|| {
+                format!(
+                    "{}: cannot read the certificates {MANAGER_CA_ENV} names",
+                    path.display()
+                )
+            })?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow!("{}: not a PEM certificate file: {e}", path.display()))?;
+            if certs.is_empty() {
+                bail!(
+                    "{}: no certificate in the file {MANAGER_CA_ENV} names",
+                    path.display()
+                );
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        Ok(FarmClient {
             addr: addr.to_string(),
             base: manager_base(addr),
-            agent,
-        }
+            agent: config.build().into(),
+            authorization: format!("Bearer {}", key.api_token()),
+        })
+    }
+
+    /// A client with the farm key of the configuration (`config`, else `$RAYFARM_CONFIG` or the
+    /// default files; `$RAYFARM_KEY` first).
+    pub fn from_config(addr: &str, config: Option<&Path>) -> Result<FarmClient> {
+        let (cfg, _) = rayfarm_node::config::load(config).map_err(|e| anyhow!(e))?;
+        let key = rayfarm_node::config::farm_key(&cfg)
+            .map_err(|e| anyhow!("{e} (the manager at {addr} answers only with the farm key)"))?;
+        FarmClient::new(addr, &key)
     }
 
     fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
         let mut r = r.map_err(|e| {
+            let hint = if e.to_string().contains("certificate") {
+                format!(
+                    "; for a self-signed manager certificate set {MANAGER_CA_ENV} to its PEM file"
+                )
+            } else {
+                String::new()
+            };
             anyhow!(
-                "cannot reach the manager at {}: {e}; is `rayfarm manager` running there?",
+                "cannot reach the manager at {}: {e}{hint}; is `rayfarm manager` running there?",
                 self.addr
             )
         })?;
         let status = r.status();
+        if status == ureq::http::StatusCode::UNAUTHORIZED {
+            bail!(
+                "manager {}: refused our API token (HTTP 401): the farm keys differ; use the \
+                 manager's farm key here (RAYFARM_KEY or `key` in the config file)",
+                self.addr
+            );
+        }
         let body: Value = r
             .body_mut()
             .read_json()
@@ -71,19 +135,30 @@ impl FarmClient {
     }
 
     pub fn get(&self, path: &str) -> Result<Value> {
-        self.finish(self.agent.get(format!("{}{path}", self.base)).call())
+        self.finish(
+            self.agent
+                .get(format!("{}{path}", self.base))
+                .header("Authorization", &self.authorization)
+                .call(),
+        )
     }
 
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
         self.finish(
             self.agent
                 .post(format!("{}{path}", self.base))
+                .header("Authorization", &self.authorization)
                 .send_json(body),
         )
     }
 
     pub fn delete(&self, path: &str) -> Result<Value> {
-        self.finish(self.agent.delete(format!("{}{path}", self.base)).call())
+        self.finish(
+            self.agent
+                .delete(format!("{}{path}", self.base))
+                .header("Authorization", &self.authorization)
+                .call(),
+        )
     }
 }
 
@@ -119,6 +194,14 @@ pub struct ManagerArgs {
     /// Seconds a running task may go without news from its node before it is requeued
     #[arg(long, default_value_t = 30)]
     pub task_lease: u64,
+    /// Serve the API and monitor over https with this PEM certificate chain (with --tls-key).
+    /// Clients then use --manager https://HOST:PORT and, for a self-signed certificate,
+    /// RAYFARM_MANAGER_CA=CERT.pem
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_db() -> PathBuf {
@@ -156,6 +239,7 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
         scan_interval: Duration::from_secs_f64(a.scan_interval),
         key,
         task_lease_ms: a.task_lease as i64 * 1000,
+        tls: a.tls_cert.clone().zip(a.tls_key.clone()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -186,6 +270,16 @@ pub struct ManagerAddr {
     /// The job manager, HOST[:PORT] (port 3234 by default)
     #[arg(long, visible_alias = "farm", value_name = "HOST:PORT")]
     pub manager: String,
+    /// Config file with the farm key the manager's API needs (default: $RAYFARM_CONFIG, else
+    /// the usual places; $RAYFARM_KEY wins)
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl ManagerAddr {
+    fn client(&self) -> Result<FarmClient> {
+        FarmClient::from_config(&self.manager, self.config.as_deref())
+    }
 }
 
 /// Lists the manager's jobs.
@@ -199,7 +293,7 @@ pub struct JobsArgs {
 }
 
 pub fn jobs(a: JobsArgs) -> Result<()> {
-    let c = FarmClient::new(&a.manager.manager);
+    let c = a.manager.client()?;
     let v = c.get("/api/v1/jobs")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -309,7 +403,7 @@ pub fn job(a: JobArgs) -> Result<()> {
         JobAction::Delete { id, .. } => (id, "delete"),
     };
     check_id(&id.id)?;
-    let c = FarmClient::new(&id.manager.manager);
+    let c = id.manager.client()?;
     let path = format!("/api/v1/jobs/{}", id.id);
     match &a.action {
         JobAction::Show(_) => print_job(&c.get(&path)?),
@@ -351,7 +445,7 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
     };
     let dir = std::fs::canonicalize(&dir)
         .with_context(|| format!("{}: no such job folder", dir.display()))?;
-    let c = FarmClient::new(&a.manager.manager);
+    let c = a.manager.client()?;
     let v = c.post(
         "/api/v1/jobs",
         &json!({ "job_dir": dir.display().to_string(), "priority": a.priority }),
@@ -383,7 +477,7 @@ pub struct MergeArgs {
 
 /// Asks the manager about a job: Ok(Some(status)), Ok(None) when the manager can't be reached.
 fn manager_status(addr: &str, id: &str) -> Result<Option<(String, f64)>> {
-    let c = FarmClient::new(addr);
+    let c = FarmClient::from_config(addr, None)?;
     match c.get(&format!("/api/v1/jobs/{id}")) {
         Ok(v) => Ok(Some((
             v["job"]["status"].as_str().unwrap_or("?").to_string(),
@@ -474,8 +568,8 @@ pub fn merge(a: MergeArgs) -> Result<()> {
 }
 
 /// `rayfarm nodes --manager`: the manager's view of its nodes.
-pub fn manager_nodes(addr: &str) -> Result<()> {
-    let c = FarmClient::new(addr);
+pub fn manager_nodes(addr: &str, config: Option<&Path>) -> Result<()> {
+    let c = FarmClient::from_config(addr, config)?;
     let v = c.get("/api/v1/nodes")?;
     println!("{:<22} {:<16} {:>7}  STATE", "ADDRESS", "ALIAS", "THREADS");
     let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
@@ -506,9 +600,15 @@ pub fn manager_nodes(addr: &str) -> Result<()> {
 
 /// Registers a daemon with a manager every few seconds (so a restarted manager learns it
 /// again); runs until the process ends.
-pub fn spawn_registration(manager: String, daemon_addr: String) {
+pub fn spawn_registration(manager: String, daemon_addr: String, key: rayfarm_proto::FarmKey) {
     std::thread::spawn(move || {
-        let c = FarmClient::new(&manager);
+        let c = match FarmClient::new(&manager, &key) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot register with manager {manager}: {e:#}");
+                return;
+            }
+        };
         let mut warned = false;
         loop {
             match c.post("/api/v1/nodes/register", &json!({ "addr": daemon_addr })) {
@@ -583,7 +683,7 @@ pub fn submit_follow_merge(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let client = FarmClient::new(farm);
+    let client = FarmClient::from_config(farm, None)?;
     client.post(
         "/api/v1/jobs",
         &json!({ "job_dir": job_dir.display().to_string(), "priority": priority }),
@@ -681,4 +781,30 @@ fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_addresses_keep_their_scheme_and_get_the_default_port() {
+        let port = rayfarm_farm::manager::DEFAULT_HTTP_PORT;
+        assert_eq!(manager_base("m1"), format!("http://m1:{port}"));
+        assert_eq!(manager_base("http://m1:80/"), "http://m1:80");
+        assert_eq!(manager_base("https://m1"), format!("https://m1:{port}"));
+        assert_eq!(
+            manager_base(" https://10.0.0.5:9000 "),
+            "https://10.0.0.5:9000"
+        );
+        assert_eq!(manager_addr("https://m1:9000"), "m1:9000");
+        assert_eq!(manager_addr("m1"), format!("m1:{port}"));
+    }
+
+    #[test]
+    fn every_request_carries_the_farms_token() {
+        let key = rayfarm_proto::FarmKey::from_secret("farm-cmd-unit-test-key").unwrap();
+        let c = FarmClient::new("m1", &key).unwrap();
+        assert_eq!(c.authorization, format!("Bearer {}", key.api_token()));
+    }
 }

@@ -138,7 +138,7 @@ pub fn discovery_targets(d: &DiscoveryArgs, cfg: &config::Config) -> (Vec<String
 
 pub fn nodes(a: NodesArgs) -> Result<()> {
     if let Some(m) = &a.manager {
-        return crate::farm_cmd::manager_nodes(m);
+        return crate::farm_cmd::manager_nodes(m, a.discovery.config.as_deref());
     }
     let (cfg, _) = config::load(a.discovery.config.as_deref()).map_err(|e| anyhow!(e))?;
     let (scan, daemons) = discovery_targets(&a.discovery, &cfg);

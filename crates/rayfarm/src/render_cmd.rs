@@ -667,6 +667,8 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
     };
     let farm_addr = crate::farm_cmd::manager_addr(farm);
     rayfarm_farm::jobdesc::check_manager(&farm_addr).map_err(|e| anyhow::anyhow!("--farm: {e}"))?;
+    // Without the farm key the manager would refuse the job: say so before preparing it.
+    crate::farm_cmd::FarmClient::from_config(farm, None)?;
     let netdir = crate::farm_cmd::check_netdir(netdir, a.quiet)?;
     // The outputs: plain file names in one folder that exists.
     let out_parent = match a.output.parent() {

@@ -255,7 +255,11 @@ fn the_monitor_shows_the_real_managers_jobs_and_nodes_in_chromium() {
         assert!(Instant::now() < until, "job never completed: {out}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let Some(dom) = chromium_dom(&format!("http://127.0.0.1:{port}/")) else {
+    // The page takes the API token from the URL's fragment (never sent to the server).
+    let Some(dom) = chromium_dom(&format!(
+        "http://127.0.0.1:{port}/#token={}",
+        farm.api_token()
+    )) else {
         return;
     };
     assert!(dom.contains(&id), "the job is not on the page:\n{dom}");

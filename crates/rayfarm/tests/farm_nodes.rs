@@ -14,10 +14,14 @@ use rayfarm_farm::store::{MAX_NODE_FAILURES_PER_JOB, MAX_TASK_ATTEMPTS};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-/// GETs a path of a manager's JSON API.
+/// GETs a path of a manager's JSON API (with the farm's API token).
 fn api(port: u16, path: &str) -> Value {
     let url = format!("http://127.0.0.1:{port}{path}");
     let mut r = ureq::get(&url)
+        .header(
+            "Authorization",
+            &format!("Bearer {}", common::farm::api_token()),
+        )
         .call()
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     r.body_mut()

@@ -9,6 +9,13 @@ use std::time::Duration;
 
 const KEY: &str = "e2e-farm-test-key";
 
+/// The manager API's bearer token of the test farms' key.
+pub fn api_token() -> String {
+    rayfarm_proto::FarmKey::from_secret(KEY)
+        .unwrap()
+        .api_token()
+}
+
 pub fn strings(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
@@ -52,6 +59,11 @@ impl Farm {
         std::fs::write(dir.path().join("config.toml"), "version = 1\n").unwrap();
         std::fs::create_dir(dir.path().join("net")).unwrap();
         Farm { dir }
+    }
+
+    /// The manager API's bearer token of this farm's key.
+    pub fn api_token(&self) -> String {
+        api_token()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -112,16 +124,38 @@ impl Farm {
     }
 
     pub fn manager(&self, port: u16, daemons: &[&str]) -> Proc {
+        self.manager_at("127.0.0.1", port, daemons)
+    }
+
+    /// A manager listening on `ip` (a loopback address of the test file's own).
+    pub fn manager_at(&self, ip: &str, port: u16, daemons: &[&str]) -> Proc {
+        self.manager_with(ip, port, daemons, "0.3")
+    }
+
+    /// [`Farm::manager_at`] looking at its daemons every `scan_interval` seconds.
+    pub fn manager_with(&self, ip: &str, port: u16, daemons: &[&str], scan_interval: &str) -> Proc {
+        self.manager_extra(ip, port, daemons, scan_interval, &[])
+    }
+
+    /// [`Farm::manager_with`] with more `rayfarm manager` options.
+    pub fn manager_extra(
+        &self,
+        ip: &str,
+        port: u16,
+        daemons: &[&str],
+        scan_interval: &str,
+        extra: &[&str],
+    ) -> Proc {
         let mut args = strings(&[
             "manager",
             "--bind",
-            "127.0.0.1",
+            ip,
             "--port",
             &port.to_string(),
             "--db",
             &self.path("manager.db").display().to_string(),
             "--scan-interval",
-            "0.3",
+            scan_interval,
             "--task-lease",
             "5",
         ]);
@@ -129,6 +163,7 @@ impl Farm {
             args.push("--daemon".into());
             args.push(d.to_string());
         }
+        args.extend(strings(extra));
         let mut m = Proc::start("manager", &args, &self.env());
         m.wait_stderr("manager listening", Duration::from_secs(30));
         m

@@ -1,0 +1,512 @@
+//! How the manager serves HTTP: the limits every request and connection lives under, and the
+//! accept loop that enforces the connection limits.
+//!
+//! This module owns the transport only: it knows nothing of jobs or of the farm key (the API's
+//! bearer check is a layer in [`crate::api`]). What it guarantees, whatever clients do:
+//!
+//! - a request body is at most [`HttpLimits::max_body_bytes`] (413 beyond);
+//! - at most [`HttpLimits::max_concurrent_requests`] requests run at once (the others wait);
+//! - a request that has not been answered after [`HttpLimits::request_timeout`] gets 408;
+//! - at most [`HttpLimits::max_connections`] connections are open. A newcomer beyond that is
+//!   let in and the oldest *idle* connection (no request in flight; a client that connected and
+//!   said nothing, or sent half a header, counts as idle) is closed, or the oldest connection
+//!   when none is idle. So a flood of silent connections cannot keep a real client out;
+//! - a connection with no request in flight for [`HttpLimits::idle_timeout`] is closed, and so
+//!   is one whose request headers take longer than [`HttpLimits::header_read_timeout`];
+//! - an accept error (out of file descriptors, say) pauses accepting for a moment instead of
+//!   spinning;
+//! - connections closed to keep the limits are logged at most once per [`LOG_EVERY`], with a
+//!   count, never one line per connection.
+//!
+//! With a certificate and key ([`load_tls`]), connections speak TLS (rustls) first; the
+//! handshake must finish within [`HttpLimits::header_read_timeout`] and a connection still
+//! handshaking can be evicted like an idle one.
+//!
+//! Shutdown: [`serve`] returns when `stop` flips to `true`; each connection task watches the same
+//! channel, finishes the request in flight (at most [`SHUTDOWN_GRACE`]) and closes.
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tower::ServiceExt;
+
+/// A connection-limit or accept-error log line is written at most this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Pause after an accept error (EMFILE and friends), so the loop does not spin.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How long a connection closed for shutdown or eviction may take to finish its request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The HTTP limits; PROTOCOL.md lists them with these defaults.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// Largest request body (submit and register bodies are small JSON).
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more wait their turn (and time out after `request_timeout`).
+    pub max_concurrent_requests: usize,
+    /// A request not answered within this gets 408.
+    pub request_timeout: Duration,
+    /// Open HTTP connections; beyond this the oldest idle one is closed for a newcomer.
+    pub max_connections: usize,
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
+    /// A request's headers must arrive within this.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body_bytes: 1 << 20,
+            max_concurrent_requests: 64,
+            request_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Wraps `app` in the per-request limits: body size, concurrency (one semaphore for the whole
+/// router, not one per route) and timeout.
+pub fn limit_requests(app: Router, limits: &HttpLimits) -> Router {
+    app.layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+        limits.max_concurrent_requests,
+    ))
+    .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        limits.request_timeout,
+    ))
+    .layer(tower_http::limit::RequestBodyLimitLayer::new(
+        limits.max_body_bytes,
+    ))
+    // axum's own Json limit (2 MiB) would otherwise be the one that answers.
+    .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
+}
+
+/// Counts events and says how many happened at most once per [`LOG_EVERY`].
+pub struct RateLog {
+    what: &'static str,
+    count: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl RateLog {
+    pub const fn new(what: &'static str) -> RateLog {
+        RateLog {
+            what,
+            count: AtomicU64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Records one event; logs the count so far when the last line is old enough.
+    pub fn event(&self, detail: &str) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let n = self.count.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            "HTTP: {n} {} in the last {} s (latest: {detail})",
+            self.what,
+            LOG_EVERY.as_secs()
+        );
+    }
+}
+
+/// One open connection, as the accept loop sees it.
+struct ConnState {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` of the last request start or end (or the accept).
+    last_active_ms: AtomicU64,
+    close: Notify,
+}
+
+/// The open connections, oldest first (ids only grow).
+struct Conns {
+    epoch: Instant,
+    open: Mutex<BTreeMap<u64, Arc<ConnState>>>,
+}
+
+impl Conns {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Registers a new connection; when that makes more than `max`, picks one to close: the
+    /// oldest idle one, else the oldest. Returns the new connection and whether one was closed.
+    fn admit(&self, id: u64, max: usize) -> (Arc<ConnState>, bool) {
+        let state = Arc::new(ConnState {
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(self.now_ms()),
+            close: Notify::new(),
+        });
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut evicted = false;
+        while open.len() >= max.max(1) {
+            let victim = open
+                .iter()
+                .find(|(_, c)| c.in_flight.load(Ordering::Relaxed) == 0)
+                .or_else(|| open.iter().next())
+                .map(|(id, _)| *id);
+            let Some(victim) = victim else { break };
+            if let Some(c) = open.remove(&victim) {
+                // notify_one keeps the permit if the task is not waiting yet.
+                c.close.notify_one();
+                evicted = true;
+            }
+        }
+        open.insert(id, state.clone());
+        (state, evicted)
+    }
+
+    fn remove(&self, id: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Marks a request in flight on its connection until dropped.
+struct InFlight(Arc<ConnState>, Arc<Conns>);
+
+impl InFlight {
+    fn new(c: Arc<ConnState>, conns: Arc<Conns>) -> InFlight {
+        c.in_flight.fetch_add(1, Ordering::Relaxed);
+        c.last_active_ms.store(conns.now_ms(), Ordering::Relaxed);
+        InFlight(c, conns)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .last_active_ms
+            .store(self.1.now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A handle on a running [`serve`], for tests: how many connections are open.
+#[derive(Clone)]
+pub struct ServeStats(Arc<Conns>);
+
+impl ServeStats {
+    pub fn open_connections(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// A TLS server configuration from a PEM certificate chain and a PEM private key; errors name
+/// the file at fault.
+pub fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "{}: cannot read a PEM certificate chain: {e}",
+                cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", cert.display()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: cannot read a PEM private key: {e}", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, private)
+    .map_err(|e| {
+        format!(
+            "{} and {}: the certificate and key do not make a TLS identity: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Serves `app` on `listener` under `limits` (over TLS with `tls`) until `stop` flips to
+/// `true`. Returns a [`ServeStats`] at once and the serving future to await.
+pub fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    stop: watch::Receiver<bool>,
+) -> (ServeStats, impl std::future::Future<Output = ()> + Send) {
+    let conns = Arc::new(Conns {
+        epoch: Instant::now(),
+        open: Mutex::new(BTreeMap::new()),
+    });
+    let stats = ServeStats(conns.clone());
+    let app = limit_requests(app, &limits);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    (stats, accept_loop(listener, app, limits, tls, conns, stop))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    conns: Arc<Conns>,
+    mut stop: watch::Receiver<bool>,
+) {
+    static EVICTIONS: RateLog =
+        RateLog::new("connection(s) closed to admit newer ones (the connection limit is reached)");
+    static ACCEPT_ERRORS: RateLog = RateLog::new("accept error(s)");
+    static HANDSHAKES: RateLog = RateLog::new("TLS handshake(s) failed or timed out");
+    let mut next_id = 0u64;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                ACCEPT_ERRORS.event(&e.to_string());
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let (state, evicted) = conns.admit(id, limits.max_connections);
+        if evicted {
+            EVICTIONS.event(&format!("admitting {peer}"));
+        }
+        let (app, conns, stop, limits) = (app.clone(), conns.clone(), stop.clone(), limits.clone());
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => connection(stream, app, &limits, state.clone(), conns.clone(), stop).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)) => r,
+                        // Evicted while handshaking.
+                        _ = state.close.notified() => {
+                            conns.remove(id);
+                            return;
+                        }
+                    };
+                    match handshake {
+                        Ok(Ok(tls_stream)) => {
+                            connection(tls_stream, app, &limits, state.clone(), conns.clone(), stop)
+                                .await
+                        }
+                        Ok(Err(e)) => HANDSHAKES.event(&format!("{peer}: {e}")),
+                        Err(_) => HANDSHAKES.event(&format!("{peer}: no handshake in time")),
+                    }
+                }
+            }
+            conns.remove(id);
+        });
+    }
+}
+
+/// Serves one connection until the client closes it, it idles too long, the accept loop
+/// evicts it, or the manager stops.
+async fn connection<Io>(
+    stream: Io,
+    app: Router,
+    limits: &HttpLimits,
+    state: Arc<ConnState>,
+    conns: Arc<Conns>,
+    mut stop: watch::Receiver<bool>,
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = {
+        let (state, conns) = (state.clone(), conns.clone());
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let guard = InFlight::new(state.clone(), conns.clone());
+            let app = app.clone();
+            async move {
+                let r = app.oneshot(req.map(axum::body::Body::new)).await;
+                drop(guard);
+                r
+            }
+        })
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let conn = http.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let tick_every = (limits.idle_timeout / 4).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(tick_every);
+    let idle_ms = limits.idle_timeout.as_millis() as u64;
+    let wind_down = loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            // Evicted for a newcomer: an idle connection goes at once, a busy one finishes.
+            _ = state.close.notified() => {
+                if state.in_flight.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                break true;
+            }
+            _ = stop.changed() => break true,
+            _ = tick.tick() => {
+                let idle = state.in_flight.load(Ordering::Relaxed) == 0
+                    && conns.now_ms().saturating_sub(state.last_active_ms.load(Ordering::Relaxed)) > idle_ms;
+                if idle {
+                    break false;
+                }
+            }
+        }
+    };
+    if wind_down {
+        // Lets a request in flight finish; an idle connection closes at once.
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start(limits: HttpLimits) -> (std::net::SocketAddr, ServeStats, watch::Sender<bool>) {
+        let app = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route(
+                "/echo",
+                post(|body: String| async move { body.len().to_string() }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(false);
+        let (stats, fut) = serve(listener, app, limits, None, rx);
+        tokio::spawn(fut);
+        (addr, stats, tx)
+    }
+
+    /// One request on a fresh connection; the status line and body.
+    async fn request(addr: std::net::SocketAddr, req: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn silent_connections_beyond_the_limit_do_not_keep_a_client_out() {
+        let limits = HttpLimits {
+            max_connections: 8,
+            ..Default::default()
+        };
+        let (addr, stats, _stop) = start(limits).await;
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let r = request(
+            addr,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.ends_with("ok"), "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            stats.open_connections() <= 8,
+            "{} connections open",
+            stats.open_connections()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed() {
+        let limits = HttpLimits {
+            idle_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let (addr, stats, _stop) = start(limits).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("the server closes an idle connection")
+            .unwrap();
+        assert_eq!(n, 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(stats.open_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_refused_and_a_slow_request_times_out() {
+        let limits = HttpLimits {
+            max_body_bytes: 1000,
+            request_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let (addr, _stats, _stop) = start(limits).await;
+        let body = "x".repeat(5000);
+        let r = request(
+            addr,
+            &format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+        let r = request(
+            addr,
+            "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with('5'), "{r}");
+        let r = request(
+            addr,
+            "GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    }
+}
