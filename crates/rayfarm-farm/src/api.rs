@@ -61,6 +61,7 @@ pub fn router(m: Arc<Manager>) -> Router<Arc<Manager>> {
         .route("/api/v1/jobs/{id}/pause", post(pause))
         .route("/api/v1/jobs/{id}/resume", post(resume))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/priority", post(priority))
         .route("/api/v1/jobs/{id}/preview.png", get(preview))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/register", post(register))
@@ -145,14 +146,38 @@ pub struct JobJson {
     pub progress: f64,
     pub tasks: serde_json::Value,
     pub error: Option<String>,
+    /// Why a `blocked` job cannot run (status `blocked` is shown instead of `queued` or
+    /// `active` while no known node may take its tasks).
+    #[serde(default)]
+    pub blocked: Option<String>,
 }
 
-fn job_json(j: crate::store::JobInfo) -> JobJson {
+/// The aliases of the nodes the manager knows and could reach lately.
+fn known_nodes(m: &Manager) -> Vec<String> {
+    let mut v: Vec<String> = m
+        .nodes()
+        .into_iter()
+        .filter(|n| !n.alias.is_empty() && n.state != "unreachable" && n.state != "lost")
+        .map(|n| n.alias)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn job_json(s: &crate::store::Store, known: &[String], j: crate::store::JobInfo) -> JobJson {
+    let excluded = s.excluded_nodes(&j.id).unwrap_or_default();
+    let blocked = crate::manager::blocked_reason(&j, known, &excluded);
     JobJson {
+        blocked: blocked.clone(),
         id: j.id,
         name: j.name,
         kind: j.kind.as_str().to_string(),
-        status: j.status.as_str().to_string(),
+        status: if blocked.is_some() {
+            "blocked".to_string()
+        } else {
+            j.status.as_str().to_string()
+        },
         priority: j.priority,
         created_ms: j.created_at_ms,
         updated_ms: j.updated_at_ms,
@@ -179,13 +204,20 @@ async fn status(State(m): Mgr) -> Result<Json<serde_json::Value>, ApiError> {
 }
 
 async fn jobs(State(m): Mgr) -> Result<Json<serde_json::Value>, ApiError> {
-    let jobs: Vec<JobJson> = store(&m).list_jobs()?.into_iter().map(job_json).collect();
+    let known = known_nodes(&m);
+    let s = store(&m);
+    let jobs: Vec<JobJson> = s
+        .list_jobs()?
+        .into_iter()
+        .map(|j| job_json(&s, &known, j))
+        .collect();
     Ok(Json(json!({ "jobs": jobs })))
 }
 
 async fn job(State(m): Mgr, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let known = known_nodes(&m);
     let s = store(&m);
-    let j = job_json(s.job(&id)?);
+    let j = job_json(&s, &known, s.job(&id)?);
     let tasks: Vec<serde_json::Value> = s
         .tasks(&id)?
         .into_iter()
@@ -300,6 +332,33 @@ async fn cancel(
             "job {id} canceled ({} running task(s) abandoned)",
             stopped.len()
         ),
+        Some(&id),
+        None,
+    );
+    job(State(m), Path(id)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriorityBody {
+    priority: i32,
+}
+
+async fn priority(
+    State(m): Mgr,
+    Path(id): Path<String>,
+    Json(b): Json<PriorityBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !(-1000..=1000).contains(&b.priority) {
+        return Err(bad(format!(
+            "priority {} is out of range: use -1000 to 1000",
+            b.priority
+        )));
+    }
+    store(&m).set_priority(&id, b.priority)?;
+    m.event(
+        "info",
+        format!("job {id}: priority {}", b.priority),
         Some(&id),
         None,
     );

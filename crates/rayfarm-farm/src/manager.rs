@@ -73,6 +73,46 @@ pub struct NodeView {
     pub last_seen_ms: i64,
 }
 
+/// Why a job cannot run now, if it cannot: it waits for tasks, none runs, and every node the
+/// manager knows is excluded from it (or it knows none). Pure, so it is unit-tested; the API
+/// shows such a job as `blocked` with this reason, and it runs again as soon as a node that
+/// may take it appears.
+pub fn blocked_reason(
+    job: &crate::store::JobInfo,
+    known_nodes: &[String],
+    excluded: &[String],
+) -> Option<String> {
+    let waiting = matches!(job.status, JobStatus::Queued | JobStatus::Active)
+        && job.tasks.queued > 0
+        && job.tasks.running == 0;
+    if !waiting {
+        return None;
+    }
+    if known_nodes.is_empty() {
+        return Some(
+            "no node is known to the manager: start `rayfarm daemon --manager HOST` on a render node, or give the manager --daemon/--scan".into(),
+        );
+    }
+    if known_nodes.iter().all(|n| excluded.contains(n)) {
+        return Some(format!(
+            "every known node failed this job twice and gets no more of its tasks ({}); see `rayfarm job show` for their errors; it runs again when another node joins",
+            known_nodes.join(", ")
+        ));
+    }
+    None
+}
+
+/// Samples per unit of a task: small enough that a canceled task stops within a fraction of a
+/// second (the worker checks between units), large enough that per-unit costs stay small. The
+/// part's sums do not depend on it (integer addition).
+pub const TASK_SAMPLES_PER_UNIT: u32 = 64;
+
+/// [`TASK_SAMPLES_PER_UNIT`], raised for very high sample counts so a tile never has more than
+/// 64 units (a `Task` message lists every unit).
+pub fn task_samples_per_unit(spp: u32) -> u32 {
+    spp.min(TASK_SAMPLES_PER_UNIT.max(spp.div_ceil(64)))
+}
+
 /// Something the monitor shows under "recent events".
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -388,10 +428,16 @@ fn part_work(ctx: &JobCtx, part: usize) -> Result<PartWork, String> {
             )
         }
     };
-    let units = rayfarm_render::film::plan_region(desc.layer as u32, desc.region(), spp, 32, spp)
-        .into_iter()
-        .map(WireUnit::from)
-        .collect();
+    let units = rayfarm_render::film::plan_region(
+        desc.layer as u32,
+        desc.region(),
+        spp,
+        32,
+        task_samples_per_unit(spp),
+    )
+    .into_iter()
+    .map(WireUnit::from)
+    .collect();
     let part = WirePart {
         job_dir: ctx.job_dir.display().to_string(),
         name: desc.name.clone(),
@@ -815,6 +861,9 @@ async fn session_loop(
                 m = conn.recv_timeout(Duration::from_millis(500), "idle") => {
                     match m {
                         Ok(Msg::Heartbeat) => touch(mgr, alias, None, None),
+                        Ok(Msg::TaskDone { task_id, .. } | Msg::TaskFailed { task_id, .. }) => {
+                            tracing::debug!("ignoring a late answer for task {task_id} from {alias}");
+                        }
                         Ok(Msg::Goodbye { reason }) => return Err(format!("left: {reason}")),
                         Ok(other) => return Err(format!("unexpected {}", other.name())),
                         Err(rayfarm_proto::ProtoError::Timeout { .. }) => {}
@@ -915,7 +964,8 @@ async fn run_task(
     .await
     .map_err(se)?;
     let mut last_seen = Instant::now();
-    let mut renew = tokio::time::interval(Duration::from_secs(2));
+    // Also how soon a cancel or delete reaches the worker.
+    let mut renew = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop.changed() => {
@@ -927,8 +977,12 @@ async fn run_task(
                     return Err(TaskErr::Session(format!("silent for {} s", WORKER_SILENCE_TIMEOUT.as_secs())));
                 }
                 if lock(&mgr.store).renew_lease(task.task_id, alias, now_ms()).is_err() {
-                    // Canceled, deleted or taken away: let the worker finish, ignore its result.
-                    tracing::info!("task {} is no longer {alias}'s", task.task_id);
+                    // Canceled, deleted or given to another node: the worker stops it and
+                    // writes nothing; any result already on its way is ignored.
+                    tracing::info!("task {} is no longer {alias}'s: telling it to stop", task.task_id);
+                    conn.send(&Msg::CancelTask { task_id: task.task_id }).await.map_err(se)?;
+                    mgr.event("info", format!("task '{}' stopped on {alias}", task.name), Some(&task.job_id), Some(alias));
+                    return Ok(());
                 }
             }
             m = conn.recv() => {
@@ -963,10 +1017,83 @@ async fn run_task(
                     Msg::TaskFailed { task_id, error } if task_id == task.task_id => {
                         return Err(TaskErr::Task(error));
                     }
+                    // The answer to a task that was canceled after the worker finished it.
+                    Msg::TaskDone { task_id, .. } | Msg::TaskFailed { task_id, .. } => {
+                        tracing::debug!("ignoring a late answer for task {task_id} from {alias}");
+                    }
                     Msg::Goodbye { reason } => return Err(TaskErr::Session(format!("left: {reason}"))),
                     other => return Err(TaskErr::Session(format!("unexpected {}", other.name()))),
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod blocked_tests {
+    use super::*;
+    use crate::store::{JobInfo, JobKind, TaskCounts};
+
+    fn job(status: JobStatus, queued: u64, running: u64) -> JobInfo {
+        JobInfo {
+            id: "j".into(),
+            name: "j".into(),
+            kind: JobKind::Bake,
+            priority: 0,
+            status,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            error: None,
+            tasks: TaskCounts {
+                queued,
+                running,
+                ..TaskCounts::default()
+            },
+            progress: 0.0,
+        }
+    }
+
+    fn names(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_job_every_known_node_is_excluded_from_is_blocked() {
+        let j = job(JobStatus::Queued, 3, 0);
+        let r = blocked_reason(&j, &names(&["a", "b"]), &names(&["a", "b"])).unwrap();
+        assert!(
+            r.contains("a, b") && r.contains("another node joins"),
+            "{r}"
+        );
+        // One node left that may take it: not blocked.
+        assert_eq!(
+            blocked_reason(&j, &names(&["a", "b", "c"]), &names(&["a", "b"])),
+            None
+        );
+        // No node at all: blocked, with what to do.
+        assert!(blocked_reason(&j, &[], &[])
+            .unwrap()
+            .contains("rayfarm daemon --manager"));
+    }
+
+    #[test]
+    fn running_paused_or_finished_jobs_are_not_blocked() {
+        let all = names(&["a"]);
+        assert_eq!(
+            blocked_reason(&job(JobStatus::Active, 2, 1), &all, &all),
+            None
+        );
+        assert_eq!(
+            blocked_reason(&job(JobStatus::Paused, 2, 0), &all, &all),
+            None
+        );
+        assert_eq!(
+            blocked_reason(&job(JobStatus::Completed, 0, 0), &all, &all),
+            None
+        );
+        assert_eq!(
+            blocked_reason(&job(JobStatus::Active, 0, 0), &all, &all),
+            None
+        );
     }
 }

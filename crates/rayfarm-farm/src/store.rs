@@ -721,6 +721,18 @@ impl Store {
             .is_some())
     }
 
+    /// The nodes that get no more of `job_id`'s tasks (they failed it
+    /// [`MAX_NODE_FAILURES_PER_JOB`] times), by name.
+    pub fn excluded_nodes(&self, job_id: &str) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare(
+            "SELECT node FROM job_node_failures WHERE job_id = ?1 AND failures >= ?2 ORDER BY node",
+        )?;
+        let rows = st.query_map(params![job_id, MAX_NODE_FAILURES_PER_JOB], |r| {
+            r.get::<_, String>(0)
+        })?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
     /// Every running task, in id order (a restarted manager checks what they left behind).
     pub fn running_tasks(&self) -> Result<Vec<TaskInfo>> {
         let mut out = Vec::new();

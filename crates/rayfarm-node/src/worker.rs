@@ -97,6 +97,7 @@ fn run_task(
     units: &[rayfarm_render::WorkUnit],
     job_dir: &Path,
     part: &rayfarm_proto::WirePart,
+    canceled: &std::sync::atomic::AtomicBool,
 ) -> Result<[u8; 32], String> {
     use rayon::prelude::*;
     let region = rayfarm_render::film::Region {
@@ -105,11 +106,21 @@ fn run_task(
         x1: part.region[2],
         y1: part.region[3],
     };
-    let results: Vec<rayfarm_render::UnitResult> =
-        pool.install(|| units.par_iter().map(|u| work.run_unit(scene, u)).collect());
+    use std::sync::atomic::Ordering;
     let mut film = rayfarm_render::Film::new_region(region);
-    for r in &results {
-        film.add(r)?;
+    // Batches of a few units per thread: memory stays bounded however many units the part has
+    // (results are added as each batch ends; integer sums make the order irrelevant), and a
+    // canceled task stops at the next batch and writes nothing.
+    let batch = pool.current_num_threads().max(1) * 4;
+    for units in units.chunks(batch) {
+        if canceled.load(Ordering::Relaxed) {
+            return Err("canceled by the manager".into());
+        }
+        let results: Vec<rayfarm_render::UnitResult> =
+            pool.install(|| units.par_iter().map(|u| work.run_unit(scene, u)).collect());
+        for r in &results {
+            film.add(r)?;
+        }
     }
     let desc = rayfarm_farm::jobdesc::PartDesc {
         name: part.name.clone(),
@@ -303,6 +314,9 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     // Units assigned and not yet returned.
     let mut outstanding: BTreeSet<WireUnit> = BTreeSet::new();
     let mut pending_scene: Option<Incoming> = None;
+    // Tasks running, with the flag that cancels each (`CancelTask`).
+    let mut running_tasks: std::collections::HashMap<i64, Arc<std::sync::atomic::AtomicBool>> =
+        std::collections::HashMap::new();
     let units_done = Arc::new(AtomicU64::new(0));
     let hang_after = hang_after_units();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
@@ -346,6 +360,11 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
             }
             Some((task_id, r)) = task_rx.recv() => {
+                if running_tasks.remove(&task_id).is_none() {
+                    // Canceled: the manager wants nothing back.
+                    tracing::info!("task {task_id} stopped after its cancellation");
+                    continue;
+                }
                 let msg = match r {
                     Ok(checksum) => Msg::TaskDone { task_id, checksum },
                     Err(error) => {
@@ -442,13 +461,21 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         }
                         let job_dir = map_path(&cfg.path_map, &part.job_dir);
                         let (scene, work, tx, pool) = (l.scene.clone(), l.work.clone(), task_tx.clone(), pool.clone());
+                        let canceled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                        running_tasks.insert(task_id, canceled.clone());
                         let mapped = (job_dir.as_os_str() != part.job_dir.as_str())
                             .then(|| format!(" (the manager's {} after --path-map)", part.job_dir));
                         std::thread::spawn(move || {
-                            let r = run_task(&pool, &scene, &work, &wus, &job_dir, &part)
+                            let r = run_task(&pool, &scene, &work, &wus, &job_dir, &part, &canceled)
                                 .map_err(|e| format!("{e}{}", mapped.unwrap_or_default()));
                             let _ = tx.send((task_id, r));
                         });
+                    }
+                    Msg::CancelTask { task_id } => {
+                        if let Some(flag) = running_tasks.remove(&task_id) {
+                            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!("task {task_id} canceled by the manager: stopping it");
+                        }
                     }
                     Msg::Goodbye { reason } => {
                         tracing::info!("master says goodbye: {reason}");

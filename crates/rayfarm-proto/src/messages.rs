@@ -408,6 +408,11 @@ pub enum Msg {
         task_id: i64,
         error: String,
     },
+    /// Manager -> worker: the task was canceled, deleted or given to another node: stop
+    /// rendering it and write nothing. No answer is sent.
+    CancelTask {
+        task_id: i64,
+    },
 }
 
 /// Where a task's part goes: `job_dir` as the manager sees it (workers apply their path map),
@@ -447,6 +452,7 @@ impl Msg {
             Msg::Task { .. } => "Task",
             Msg::TaskDone { .. } => "TaskDone",
             Msg::TaskFailed { .. } => "TaskFailed",
+            Msg::CancelTask { .. } => "CancelTask",
         }
     }
 }

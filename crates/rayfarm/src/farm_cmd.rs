@@ -339,6 +339,14 @@ pub enum JobAction {
     Resume(JobId),
     /// Stop the job for good (its folder stays; delete it with `job delete`)
     Cancel(JobId),
+    /// Change the job's priority: higher runs first (tasks already running are not stopped)
+    Priority {
+        #[command(flatten)]
+        id: JobId,
+        /// The new priority (-1000 to 1000; new jobs get 0 unless `--priority` said otherwise)
+        #[arg(allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+        priority: i32,
+    },
     /// Remove the job from the queue
     Delete {
         #[command(flatten)]
@@ -375,6 +383,9 @@ fn print_job(v: &Value) {
         j["priority"],
         100.0 * j["progress"].as_f64().unwrap_or(0.0)
     );
+    if let Some(b) = j["blocked"].as_str() {
+        println!("blocked: {b}");
+    }
     if let Some(e) = j["error"].as_str() {
         println!("error: {e}");
     }
@@ -401,6 +412,7 @@ pub fn job(a: JobArgs) -> Result<()> {
         JobAction::Resume(j) => (j, "resume"),
         JobAction::Cancel(j) => (j, "cancel"),
         JobAction::Delete { id, .. } => (id, "delete"),
+        JobAction::Priority { id, .. } => (id, "priority"),
     };
     check_id(&id.id)?;
     let c = id.manager.client()?;
@@ -410,6 +422,17 @@ pub fn job(a: JobArgs) -> Result<()> {
         JobAction::Delete { force, .. } => {
             c.delete(&format!("{path}?force={force}"))?;
             println!("job {} deleted", id.id);
+        }
+        JobAction::Priority { priority, .. } => {
+            let v = c.post(
+                &format!("{path}/priority"),
+                &json!({ "priority": priority }),
+            )?;
+            println!(
+                "job {}: priority {}",
+                id.id,
+                v["job"]["priority"].as_i64().unwrap_or(*priority as i64)
+            );
         }
         _ => {
             let v = c.post(&format!("{path}/{action}"), &json!({}))?;
@@ -732,10 +755,13 @@ pub fn submit_follow_merge(
         let progress = v["job"]["progress"].as_f64().unwrap_or(0.0);
         bar.set_position((progress * 1000.0) as u64);
         let t = &v["job"]["tasks"];
-        bar.set_message(format!(
-            "job {job_id} {status}: {}/{tasks} tasks done, {} running",
-            t["completed"], t["running"]
-        ));
+        match v["job"]["blocked"].as_str() {
+            Some(why) => bar.set_message(format!("job {job_id} blocked: {why}")),
+            None => bar.set_message(format!(
+                "job {job_id} {status}: {}/{tasks} tasks done, {} running",
+                t["completed"], t["running"]
+            )),
+        }
         match status.as_str() {
             "completed" => break,
             "failed" | "canceled" => {

@@ -212,8 +212,18 @@ fn a_node_that_cannot_write_parts_is_excluded_and_the_job_completes_elsewhere() 
     );
     let job = api(port, &format!("/api/v1/jobs/{id}"));
     assert_eq!(
-        job["job"]["status"], "queued",
-        "only an excluded node exists: nothing may run: {job:#}"
+        job["job"]["status"], "blocked",
+        "only an excluded node exists: nothing may run, and the job says so: {job:#}"
+    );
+    let why = job["job"]["blocked"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("bad32") && why.contains("another node joins"),
+        "{job:#}"
+    );
+    let (ok, out, err) = farm.run(&["job", "show", &id, "--manager", &manager]);
+    assert!(
+        ok && out.contains("status blocked") && out.contains("blocked: every known node"),
+        "{out}\n{err}"
     );
     assert_eq!(job["job"]["tasks"]["completed"], 0, "{job:#}");
     // The bad node always got the lowest queued task: task 0, twice.
@@ -420,4 +430,76 @@ fn a_task_that_fails_on_every_node_fails_the_job_and_keeps_the_placeholders() {
         "the output folder after merging a failed job",
     );
     assert!(job_dir.join("job.desc").is_file(), "merge removed the job");
+}
+
+/// Regression: `job cancel` stopped nothing; the node rendered the canceled task to its end.
+/// Now the manager tells the worker (`CancelTask`) within about a second and its render
+/// threads stop at the next unit.
+#[test]
+fn canceling_a_job_stops_its_running_task_within_seconds() {
+    let farm = Farm::new();
+    let port = 23530;
+    let manager = format!("127.0.0.1:{port}");
+    let _m = farm.manager(port, &["127.0.0.35"]);
+    let d = farm.daemon("127.0.0.35", "busy35", &[]);
+    // Long tasks: each would take far longer than this test waits.
+    let mut c = farm.client("farm", port, &["--spp", "65536", "--no-wait"]);
+    let (id, _) = Farm::job_id(&mut c);
+    wait_for(Duration::from_secs(60), "a running task", || {
+        let j = api(port, &format!("/api/v1/jobs/{id}"));
+        if j["job"]["tasks"]["running"].as_u64().unwrap_or(0) > 0 {
+            Ok(())
+        } else {
+            Err(format!("{j:#}"))
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let (ok, out, err) = farm.run(&["job", "cancel", &id, "--manager", &manager]);
+    assert!(ok && out.contains("canceled"), "{out}\n{err}");
+    wait_for(Duration::from_secs(5), "the worker stopping", || {
+        if d.stderr().contains("canceled by the manager: stopping it") {
+            Ok(())
+        } else {
+            Err(d.stderr())
+        }
+    });
+    // The worker's render threads are idle (or the worker has left) a few seconds later.
+    let worker = children(d.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let before: u64 = worker.iter().map(|&p| cpu_ticks(p)).sum();
+    std::thread::sleep(Duration::from_secs(2));
+    let after: u64 = worker.iter().map(|&p| cpu_ticks(p)).sum();
+    assert!(
+        after.saturating_sub(before) < 60,
+        "the worker still used {} CPU ticks in 2 s after the cancel",
+        after.saturating_sub(before)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    assert!(
+        !d.stderr().contains("TaskDone"),
+        "a canceled task was reported done"
+    );
+}
+
+/// Child processes of `pid` (the daemon's worker).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(c.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// User + system CPU time of a process in clock ticks (0 once it is gone).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
 }
