@@ -96,21 +96,6 @@ fn shares_a_window(hay: &[u8], needle: &[u8]) -> bool {
     })
 }
 
-fn worker_via(farm: &Farm, alias: &str, master: &str, cache: &str) -> Proc {
-    let args = strings(&[
-        "worker",
-        "--master",
-        master,
-        "--threads",
-        "1",
-        "--alias",
-        alias,
-        "--cache-dir",
-        &farm.path(cache).display().to_string(),
-    ]);
-    Proc::start(&format!("worker {alias}"), &args, &farm.env("info"))
-}
-
 #[test]
 fn a_man_in_the_middle_learns_nothing_and_cannot_change_a_result() {
     let farm = Farm::new();
@@ -120,7 +105,7 @@ fn a_man_in_the_middle_learns_nothing_and_cannot_change_a_result() {
 
     // Past the handshake and the worker's first messages: inside its unit results.
     let proxy = Proxy::start(format!("127.0.0.1:{port}"), Some(20_000));
-    let mut tapped = worker_via(&farm, "tapped", &proxy.addr, "cache-tapped");
+    let mut tapped = farm.worker_at("tapped", &proxy.addr, "cache-tapped");
     let log = m.wait_stderr("failed authentication", Duration::from_secs(60));
     assert!(proxy.flipped.load(Ordering::SeqCst));
     assert!(

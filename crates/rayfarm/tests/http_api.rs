@@ -144,6 +144,11 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
             format!("/api/v1/jobs/{id}/cancel"),
             Some("{}".into()),
         ),
+        (
+            "POST",
+            format!("/api/v1/jobs/{id}/priority"),
+            Some(r#"{"priority": 9}"#.into()),
+        ),
         ("DELETE", format!("/api/v1/jobs/{id}?force=true"), None),
         ("GET", format!("/api/v1/jobs/{id}/preview.png"), None),
         ("GET", "/api/v1/nodes".into(), None),
@@ -198,7 +203,8 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
 
     // Nothing happened: the job is as it was, nobody registered, no event says otherwise.
     let after = get(&agent, &base, &format!("/api/v1/jobs/{id}"));
-    assert_eq!(after["job"]["status"], "queued");
+    // No node is known, so the job shows as blocked (and says why); nothing canceled it.
+    assert_eq!(after["job"]["status"], "blocked");
     assert_eq!(after["job"], before["job"]);
     let status = get(&agent, &base, "/api/v1/status");
     assert_eq!(status["registered_nodes"], 0, "{status}");
@@ -244,13 +250,20 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
     );
     for (action, status) in [
         ("pause", "paused"),
-        ("resume", "queued"),
+        ("resume", "blocked"),
         ("cancel", "canceled"),
     ] {
         let a = with("POST", &format!("/api/v1/jobs/{id}/{action}"), Some("{}"));
         assert_eq!(a.status, 200, "{action}: {}", a.body);
         assert_eq!(a.json()["job"]["status"], status, "{action}");
     }
+    let a = with(
+        "POST",
+        &format!("/api/v1/jobs/{id}/priority"),
+        Some(r#"{"priority": 7}"#),
+    );
+    assert_eq!(a.status, 200, "priority: {}", a.body);
+    assert_eq!(a.json()["job"]["priority"], 7);
     let a = with(
         "POST",
         "/api/v1/nodes/register",

@@ -112,10 +112,15 @@ impl Farm {
 
     /// A hand-started worker (one thread) with its own scene cache folder `cache`.
     pub fn worker(&self, alias: &str, port: u16, cache: &str) -> Proc {
+        self.worker_at(alias, &format!("127.0.0.1:{port}"), cache)
+    }
+
+    /// [`Farm::worker`] for a master at `master` (HOST:PORT), e.g. behind a proxy.
+    pub fn worker_at(&self, alias: &str, master: &str, cache: &str) -> Proc {
         let args = strings(&[
             "worker",
             "--master",
-            &format!("127.0.0.1:{port}"),
+            master,
             "--threads",
             "1",
             "--alias",
