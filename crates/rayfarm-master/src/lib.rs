@@ -162,11 +162,7 @@ pub async fn run_job(
         // Tells a worker's stale results (from an earlier job of a reused connection) apart.
         job_id: rayfarm_render::sampler::mix64(
             u64::from_le_bytes(scene_hash[..8].try_into().unwrap_or_default())
-                ^ u64::from_le_bytes(
-                    blake3::hash(format!("{wire:?}").as_bytes()).as_bytes()[..8]
-                        .try_into()
-                        .unwrap_or_default(),
-                ),
+                ^ u64::from_le_bytes(wire.digest()[..8].try_into().unwrap_or_default()),
         ),
         scene_hash,
         blob,

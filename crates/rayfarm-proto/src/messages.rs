@@ -228,6 +228,13 @@ fn pass_code(p: Pass) -> u8 {
 }
 
 impl WireWork {
+    /// BLAKE3 of the work's wire encoding: equal exactly when two jobs ask for the same work.
+    pub fn digest(&self) -> [u8; 32] {
+        // Encoding plain data into a Vec cannot fail; an empty encoding would still hash.
+        let bytes = postcard::to_stdvec(self).unwrap_or_default();
+        *blake3::hash(&bytes).as_bytes()
+    }
+
     pub fn from_workload(w: &Workload) -> WireWork {
         match w {
             Workload::Render(s) => WireWork::Render(WireSettings::from_settings(s)),
