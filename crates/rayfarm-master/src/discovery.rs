@@ -98,7 +98,32 @@ pub async fn scan(
     out
 }
 
-pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch::Receiver<bool>) {
+/// Daemons this render could not use, by address: `(name, why)`. Named daemons (`--daemon`)
+/// that do not answer are listed; of scanned ranges only daemons that answered (occupied,
+/// unhealthy, another farm key, a refused lease), since most addresses of a range are empty.
+pub type Unavailable = Arc<Mutex<std::collections::BTreeMap<String, (String, String)>>>;
+
+/// Records (and says on stderr, once per change) why the daemon at `addr` is not used.
+fn note_unavailable(unavailable: &Unavailable, addr: &str, name: &str, why: String) {
+    let mut u = unavailable.lock().unwrap_or_else(|p| p.into_inner());
+    let changed = u.get(addr).is_none_or(|(_, w)| *w != why);
+    if changed {
+        tracing::info!("{name} ({addr}) is not used: {why}");
+        eprintln!("note: {name} ({addr}) is not used: {why}");
+        u.insert(addr.to_string(), (name.to_string(), why));
+    }
+}
+
+pub async fn lease_loop(
+    opts: NetworkOptions,
+    master_port: u16,
+    mut stop: watch::Receiver<bool>,
+    unavailable: Unavailable,
+) {
+    let named: HashSet<String> = candidates(&[], &opts.daemons)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let addrs = match candidates(&opts.scan, &opts.daemons) {
         Ok(a) => a,
         Err(e) => {
@@ -114,7 +139,20 @@ pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch:
             if *stop.borrow() {
                 return;
             }
-            let Ok(info) = info else { continue };
+            let info = match info {
+                Ok(i) => i,
+                Err(e) => {
+                    if named.contains(&addr) || e.contains("wrong farm key") {
+                        let why = if e.contains("wrong farm key") {
+                            "it holds another farm key".to_string()
+                        } else {
+                            format!("no answer ({e})")
+                        };
+                        note_unavailable(&unavailable, &addr, &addr, why);
+                    }
+                    continue;
+                }
+            };
             if held
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -130,19 +168,31 @@ pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch:
             match &info.state {
                 DaemonState::Idle => {}
                 DaemonState::Occupied { master, .. } => {
-                    tracing::info!("{} ({addr}) is occupied by {master}", info.alias);
+                    let why = format!("occupied by {master}");
+                    note_unavailable(&unavailable, &addr, &info.alias, why);
                     continue;
                 }
                 DaemonState::Unhealthy { reason } => {
-                    tracing::warn!("{} ({addr}) is unhealthy: {reason}", info.alias);
+                    let why = format!("unhealthy: {reason}");
+                    note_unavailable(&unavailable, &addr, &info.alias, why);
                     continue;
                 }
             }
+            unavailable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&addr);
             held.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(addr.clone());
-            let (opts, held, stop) = (opts.clone(), held.clone(), stop.clone());
+            let (opts, held, stop, unavailable) = (
+                opts.clone(),
+                held.clone(),
+                stop.clone(),
+                unavailable.clone(),
+            );
             tokio::spawn(async move {
+                let ended = stop.clone();
                 if let Err(e) = hold_lease(
                     &addr,
                     &info.alias,
@@ -155,6 +205,10 @@ pub async fn lease_loop(opts: NetworkOptions, master_port: u16, mut stop: watch:
                 .await
                 {
                     tracing::warn!("{} ({addr}): {e}", info.alias);
+                    // Errors as the render ends (leases being given back) are not news.
+                    if !*ended.borrow() {
+                        note_unavailable(&unavailable, &addr, &info.alias, e);
+                    }
                 }
                 held.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
             });

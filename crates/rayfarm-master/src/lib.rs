@@ -57,6 +57,9 @@ pub struct NodeShare {
     pub threads: u32,
     pub samples: u64,
     pub connected: bool,
+    /// Why a daemon this render was told about did no work (occupied, unhealthy, no answer,
+    /// another farm key, a refused lease); `None` for nodes that worked.
+    pub problem: Option<String>,
 }
 
 /// A snapshot for progress display.
@@ -190,9 +193,10 @@ pub async fn run_job(
         tokio::spawn(async move { listen(listener, sched, job, key, stop).await });
     }
     // Daemons: discovery and leases.
+    let unavailable = discovery::Unavailable::default();
     if !opts.scan.is_empty() || !opts.daemons.is_empty() {
-        let (opts, stop) = (opts.clone(), stop_rx.clone());
-        tokio::spawn(async move { discovery::lease_loop(opts, port, stop).await });
+        let (opts, stop, u) = (opts.clone(), stop_rx.clone(), unavailable.clone());
+        tokio::spawn(async move { discovery::lease_loop(opts, port, stop, u).await });
     }
     // Local cores.
     let local = if opts.no_local {
@@ -235,6 +239,16 @@ pub async fn run_job(
     }
     // Give sessions a moment to say goodbye and leases to be released.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut shares = shares;
+    for (addr, (name, why)) in unavailable.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        shares.push(NodeShare {
+            name: format!("{name} ({addr})"),
+            threads: 0,
+            samples: 0,
+            connected: false,
+            problem: Some(why.clone()),
+        });
+    }
     Ok(shares)
 }
 

@@ -165,6 +165,7 @@ impl Scheduler {
                     threads: n.threads,
                     samples: n.samples,
                     connected: n.connected,
+                    problem: None,
                 })
                 .collect(),
             master_port,

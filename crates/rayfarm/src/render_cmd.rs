@@ -646,6 +646,10 @@ pub fn print_shares(shares: &[rayfarm_master::NodeShare]) {
     let total: u64 = shares.iter().map(|s| s.samples).sum::<u64>().max(1);
     println!("share of the work:");
     for s in shares {
+        if let Some(why) = &s.problem {
+            println!("  {:<40} not used: {why}", s.name);
+            continue;
+        }
         println!(
             "  {:<40} {:>4} threads {:>6.1}%  ({} samples{})",
             s.name,
