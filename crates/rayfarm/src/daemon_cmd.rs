@@ -104,6 +104,10 @@ pub struct InstallArgs {
     /// ~/.config/systemd/user/rayfarm-daemon.service)
     #[arg(long, value_name = "PATH")]
     pub unit_out: Option<PathBuf>,
+    /// A network folder (as this node mounts it) the node's worker writes farm job parts into;
+    /// the system service may write there and nowhere else but its cache (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub netdir: Vec<PathBuf>,
 }
 
 /// Manage the farm key.
@@ -481,8 +485,35 @@ fn systemd_quote(s: &str) -> String {
     format!("\"{escaped}\"")
 }
 
+/// Sandboxing of the system service: it runs as a transient unprivileged user (never root),
+/// sees the file system read-only except its cache and the network folders it was given, and
+/// cannot gain privileges, load modules, change the kernel's settings or use raw sockets.
+const SYSTEM_HARDENING: &str = "\
+# Never root: a transient unprivileged user, which cannot read the root-only config file;
+# systemd hands the service a private copy of it instead (LoadCredential).
+DynamicUser=yes
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+CapabilityBoundingSet=
+";
+
 /// The systemd unit that runs `exe daemon --config config`.
-fn unit_text(exe: &Path, config: &Path, system: bool) -> String {
+fn unit_text(exe: &Path, config: &Path, system: bool, netdirs: &[PathBuf]) -> String {
     let mut s = String::from(
         "# Written by `rayfarm daemon install`.\n\
          [Unit]\n\
@@ -492,11 +523,26 @@ fn unit_text(exe: &Path, config: &Path, system: bool) -> String {
          \n\
          [Service]\n",
     );
-    s += &format!(
-        "ExecStart={} daemon --config {}\n",
-        systemd_quote(&exe.display().to_string()),
-        systemd_quote(&config.display().to_string())
-    );
+    if system {
+        s += SYSTEM_HARDENING;
+        s += &format!(
+            "LoadCredential=rayfarm-config:{}\nExecStart={} daemon --config \"${{CREDENTIALS_DIRECTORY}}/rayfarm-config\"\n",
+            config.display(),
+            systemd_quote(&exe.display().to_string()),
+        );
+        for d in netdirs {
+            s += &format!(
+                "ReadWritePaths={}\n",
+                systemd_quote(&d.display().to_string())
+            );
+        }
+    } else {
+        s += &format!(
+            "ExecStart={} daemon --config {}\n",
+            systemd_quote(&exe.display().to_string()),
+            systemd_quote(&config.display().to_string())
+        );
+    }
     s += "Restart=on-failure\nRestartSec=5\n";
     s += "# Time for a running worker to hand its units back to the master.\nTimeoutStopSec=15\n";
     if system {
@@ -608,7 +654,7 @@ fn install_with<R: BufRead, W: Write>(
     }
     write_file(
         &paths.unit,
-        &unit_text(exe, &paths.config, paths.system),
+        &unit_text(exe, &paths.config, paths.system, &args.netdir),
         false,
     )?;
     writeln!(out, "Wrote {}", paths.unit.display())?;
@@ -765,6 +811,30 @@ mod tests {
     }
 
     #[test]
+    fn the_system_unit_may_write_only_its_cache_and_the_network_folders() {
+        let t = unit_text(
+            Path::new("/usr/bin/rayfarm"),
+            Path::new("/etc/rayfarm/config.toml"),
+            true,
+            &[PathBuf::from("/mnt/farm net")],
+        );
+        assert!(t.contains("ProtectSystem=strict\n"), "{t}");
+        assert!(t.contains("ReadWritePaths=\"/mnt/farm net\"\n"), "{t}");
+        assert!(t.contains("CapabilityBoundingSet=\n"), "{t}");
+        // A user unit runs as that user already; it keeps the plain form.
+        let u = unit_text(
+            Path::new("/usr/bin/rayfarm"),
+            Path::new("/home/a/.config/rayfarm/config.toml"),
+            false,
+            &[],
+        );
+        assert!(
+            !u.contains("DynamicUser") && u.contains("--config \"/home/a/"),
+            "{u}"
+        );
+    }
+
+    #[test]
     fn install_writes_config_and_unit_and_keeps_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("etc/rayfarm/config.toml");
@@ -807,13 +877,25 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600, "the config holds the secret");
 
         let unit_text = std::fs::read_to_string(&unit).unwrap();
+        // A system service: never root, sandboxed, the config handed over as a credential.
         assert!(
             unit_text.contains(&format!(
-                "ExecStart=\"/opt/ray farm/rayfarm\" daemon --config \"{}\"",
+                "LoadCredential=rayfarm-config:{}\nExecStart=\"/opt/ray farm/rayfarm\" daemon --config \"${{CREDENTIALS_DIRECTORY}}/rayfarm-config\"",
                 config.display()
             )),
             "{unit_text}"
         );
+        for line in [
+            "DynamicUser=yes",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "CacheDirectory=rayfarm",
+        ] {
+            assert!(unit_text.lines().any(|l| l == line), "{line}: {unit_text}");
+        }
+        assert!(!unit_text.contains("User=root"), "{unit_text}");
         assert!(
             unit_text.contains("WantedBy=multi-user.target"),
             "{unit_text}"
