@@ -216,6 +216,36 @@ impl Conn {
         }
     }
 
+    /// Reads the initiator's key confirmation (an empty message).
+    async fn recv_confirmation(&mut self) -> Result<(), ProtoError> {
+        loop {
+            let opened =
+                self.transport
+                    .open(&mut self.rbuf, 0)
+                    .map_err(|e| ProtoError::Channel {
+                        peer: self.peer.to_string(),
+                        source: e,
+                    })?;
+            if opened.is_some() {
+                return Ok(());
+            }
+            self.rbuf.reserve(channel::MAX_NOISE_MESSAGE + 2);
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| ProtoError::Io {
+                    peer: self.peer.to_string(),
+                    source: e,
+                })?;
+            if n == 0 {
+                return Err(ProtoError::Closed {
+                    peer: self.peer_name(),
+                });
+            }
+        }
+    }
+
     /// `recv` with a deadline.
     pub async fn recv_timeout(&mut self, t: Duration, what: &str) -> Result<Msg, ProtoError> {
         match tokio::time::timeout(t, self.recv()).await {
@@ -351,7 +381,23 @@ pub async fn connect(
                 ProtoError::Io { .. } => channel_err(channel::ChannelError::Refused),
                 other => other,
             })?;
-        let transport = init.finish(&m2).map_err(channel_err)?;
+        let mut transport = init.finish(&m2).map_err(channel_err)?;
+        // Key confirmation: an empty first message, which only a live holder of our ephemeral
+        // key can produce (message 1 alone could be a replay); the responder waits for it.
+        let mut confirm = Vec::new();
+        transport
+            .seal(&[], &mut confirm)
+            .map_err(|e| ProtoError::Channel {
+                peer: addr.to_string(),
+                source: e,
+            })?;
+        stream
+            .write_all(&confirm)
+            .await
+            .map_err(|e| ProtoError::Io {
+                peer: addr.to_string(),
+                source: e,
+            })?;
         Ok(Conn::new(stream, transport, peer, peer_role))
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -392,7 +438,12 @@ pub async fn accept_within(
                     peer: name.clone(),
                     source: e,
                 })?;
-                Ok(Conn::new(stream, transport, peer, peer_role))
+                let mut conn = Conn::new(stream, transport, peer, peer_role);
+                // A replayed message 1 gets this far; only a live keyholder gets further.
+                conn.max_message_bytes = 0;
+                conn.recv_confirmation().await?;
+                conn.max_message_bytes = MAX_FRAME_BYTES;
+                Ok(conn)
             }
             Err(channel::ChannelError::WrongKey) => {
                 let _ = stream.write_all(&channel::REFUSAL).await;

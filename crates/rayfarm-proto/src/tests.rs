@@ -127,3 +127,41 @@ fn sums_round_trip_and_reject_bad_sizes() {
     };
     assert!(decode_sums(&huge, &enc, 0).is_err());
 }
+
+/// A recorded message 1, replayed, passes the PSK check but must not become a session: the
+/// server waits for the key confirmation, which only the live initiator can produce.
+#[tokio::test]
+async fn a_replayed_first_handshake_message_is_not_a_session() {
+    let key = FarmKey::from_secret("replay test farm key").unwrap();
+    // Record a real client's first bytes (preamble and message 1) through a recording server.
+    let rec = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rec_addr = rec.local_addr().unwrap().to_string();
+    let k = key.clone();
+    let client = tokio::spawn(async move {
+        let _ = connect(&rec_addr, Role::Master, &k, Duration::from_secs(2)).await;
+    });
+    let (mut s, _) = rec.accept().await.unwrap();
+    s.write_all(&preamble(Role::Daemon)).await.unwrap();
+    let mut recorded = vec![0u8; 16 + 2 + 48];
+    s.read_exact(&mut recorded).await.unwrap();
+    drop(s);
+    let _ = client.await;
+
+    // Replay them to a real server: it must not accept a session.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        accept_within(s, Role::Daemon, &key, Duration::from_millis(500)).await
+    });
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&recorded).await.unwrap();
+    let r = server.await.unwrap();
+    // Message 1 decrypted (it is genuine), so the server waited for the confirmation in vain.
+    assert!(
+        matches!(r, Err(ProtoError::Timeout { .. })),
+        "a replayed handshake became a session, or was refused for another reason: {:?}",
+        r.err()
+    );
+    drop(s);
+}
