@@ -375,6 +375,10 @@ fn tampered_record_after_auth(addr: &str) {
     let mut m2 = vec![0u8; u16::from_le_bytes(len) as usize];
     s.read_exact(&mut m2).unwrap();
     let mut t = init.finish(&m2).unwrap();
+    // The key confirmation (an empty message), then a message with a flipped bit.
+    let mut confirm = Vec::new();
+    t.seal(&[], &mut confirm).unwrap();
+    s.write_all(&confirm).unwrap();
     let mut record = Vec::new();
     t.seal(b"\x00a message the master will never read", &mut record)
         .unwrap();
@@ -453,7 +457,7 @@ fn the_master_refuses_bad_peers_and_keeps_serving() {
     }
     assert!(
         log.lines().any(
-            |l| l.contains("worker 127.0.0.1:") && l.contains("record 0 failed authentication")
+            |l| l.contains("worker 127.0.0.1:") && l.contains("record 1 failed authentication")
         ),
         "no warning about the tampered record after authentication:\n{log}"
     );
