@@ -66,6 +66,7 @@ pub fn router(m: Arc<Manager>) -> Router<Arc<Manager>> {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/register", post(register))
         .route("/api/v1/events", get(events))
+        .route("/metrics", get(metrics))
         // Unknown API paths are behind the token too, so they reveal nothing either.
         .route("/api/v1", any(no_such_route))
         .route("/api/v1/{*rest}", any(no_such_route))
@@ -73,6 +74,79 @@ pub fn router(m: Arc<Manager>) -> Router<Arc<Manager>> {
             Arc::new(m.key().clone()),
             require_token,
         ))
+}
+
+/// Prometheus text exposition (version 0.0.4) of the queue and the nodes, behind the token
+/// like the API (Prometheus sends it with `authorization: { credentials: TOKEN }`).
+async fn metrics(State(m): Mgr) -> Result<Response, ApiError> {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut jobs: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tasks: BTreeMap<&str, u64> = BTreeMap::new();
+    {
+        let known = known_nodes(&m);
+        let s = store(&m);
+        for j in s.list_jobs()? {
+            let t = j.tasks;
+            for (state, n) in [
+                ("queued", t.queued),
+                ("running", t.running),
+                ("completed", t.completed),
+                ("failed", t.failed),
+                ("canceled", t.canceled),
+            ] {
+                *tasks.entry(state).or_default() += n;
+            }
+            *jobs.entry(job_json(&s, &known, j).status).or_default() += 1;
+        }
+    }
+    let mut nodes: BTreeMap<String, u64> = BTreeMap::new();
+    for n in m.nodes() {
+        *nodes.entry(n.state).or_default() += 1;
+    }
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, label: &str, values: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (v, n) in values {
+            let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {n}");
+        }
+    };
+    family(
+        "rayfarm_jobs",
+        "Jobs in the queue by status.",
+        "status",
+        jobs.into_iter().collect(),
+    );
+    family(
+        "rayfarm_tasks",
+        "Tasks of the jobs in the queue by status.",
+        "status",
+        tasks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    );
+    family(
+        "rayfarm_nodes",
+        "Nodes the manager knows, by state.",
+        "state",
+        nodes.into_iter().collect(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP rayfarm_registered_nodes Daemons registered with the manager.\n# TYPE rayfarm_registered_nodes gauge\nrayfarm_registered_nodes {}",
+        m.registered_count()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP rayfarm_uptime_seconds Time since the manager started.\n# TYPE rayfarm_uptime_seconds gauge\nrayfarm_uptime_seconds {}",
+        m.uptime_s()
+    );
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
 }
 
 async fn no_such_route() -> ApiError {

@@ -152,6 +152,7 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
         ("DELETE", format!("/api/v1/jobs/{id}?force=true"), None),
         ("GET", format!("/api/v1/jobs/{id}/preview.png"), None),
         ("GET", "/api/v1/nodes".into(), None),
+        ("GET", "/metrics".into(), None),
         (
             "POST",
             "/api/v1/nodes/register".into(),
@@ -257,6 +258,15 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
         assert_eq!(a.status, 200, "{action}: {}", a.body);
         assert_eq!(a.json()["job"]["status"], status, "{action}");
     }
+    let a = with("GET", "/metrics", None);
+    assert_eq!(a.status, 200, "metrics: {}", a.body);
+    assert!(
+        a.body.contains("# TYPE rayfarm_jobs gauge")
+            && a.body.contains("rayfarm_jobs{status=\"canceled\"} 1")
+            && a.body.contains("rayfarm_registered_nodes 0"),
+        "{}",
+        a.body
+    );
     let a = with(
         "POST",
         &format!("/api/v1/jobs/{id}/priority"),
