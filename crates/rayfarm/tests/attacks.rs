@@ -179,7 +179,7 @@ fn idle_floods_keep_neither_masters_nor_workers_out() {
     let master = format!("127.0.0.1:{port}");
 
     let mut idle = Vec::new();
-    for _ in 0..400 {
+    for _ in 0..300 {
         idle.push(TcpStream::connect(daemon).unwrap());
         idle.push(TcpStream::connect(&master).unwrap());
     }
