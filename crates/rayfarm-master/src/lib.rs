@@ -385,6 +385,15 @@ pub async fn recv_skip_heartbeats(
     }
 }
 
+/// Completes once `stop` says the render ended (or its sender is gone).
+async fn render_ended(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Serves one worker for the whole render; on any error its units are requeued.
 async fn worker_session(
     mut conn: rayfarm_proto::Conn,
@@ -405,7 +414,22 @@ async fn worker_session(
     };
     let name = format!("{alias} ({peer})");
     let t0 = Instant::now();
-    let sent = send_job(&mut conn, job.job_id, job.scene_hash, &job.blob, &job.work).await?;
+    // The render may end while this worker still receives or loads the scene (at scale,
+    // shipping can take longer than rendering): then it is told so, instead of finding a
+    // broken pipe (regression: such a worker exited 1).
+    let shipped = tokio::select! {
+        r = send_job(&mut conn, job.job_id, job.scene_hash, &job.blob, &job.work) => Some(r),
+        _ = render_ended(&mut stop) => None,
+    };
+    let Some(sent) = shipped else {
+        let _ = conn
+            .send(&Msg::Goodbye {
+                reason: "the render is complete".into(),
+            })
+            .await;
+        return Ok(());
+    };
+    let sent = sent?;
     if sent {
         tracing::info!(
             "{name}: scene sent ({} bytes), ready after {:.2} s",

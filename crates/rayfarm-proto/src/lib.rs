@@ -109,6 +109,8 @@ pub struct Conn {
     transport: channel::Transport,
     rbuf: bytes::BytesMut,
     wbuf: Vec<u8>,
+    /// Bytes of `wbuf` already written.
+    wpos: usize,
     max_message_bytes: usize,
     pub peer: SocketAddr,
     /// The role the peer announced.
@@ -130,6 +132,7 @@ impl Conn {
             transport,
             rbuf: bytes::BytesMut::with_capacity(64 << 10),
             wbuf: Vec::new(),
+            wpos: 0,
             max_message_bytes: MAX_FRAME_BYTES,
             peer,
             peer_role,
@@ -162,22 +165,46 @@ impl Conn {
                 limit: self.max_message_bytes,
             });
         }
+        // A send cancelled half way (e.g. a `select!` that stopped waiting) left the rest of its
+        // records here: they go first, so the stream stays whole.
+        self.flush_pending().await?;
         self.wbuf.clear();
+        self.wpos = 0;
         self.transport
             .seal(&bytes, &mut self.wbuf)
             .map_err(|e| ProtoError::Channel {
                 peer: self.peer.to_string(),
                 source: e,
             })?;
-        let r = self.stream.write_all(&self.wbuf).await;
+        self.flush_pending().await
+    }
+
+    /// Writes what is left of the last message. Cancellation-safe: `write` writes some bytes or
+    /// none, and the position is kept.
+    async fn flush_pending(&mut self) -> Result<(), ProtoError> {
+        while self.wpos < self.wbuf.len() {
+            let n = self
+                .stream
+                .write(&self.wbuf[self.wpos..])
+                .await
+                .map_err(|e| ProtoError::Io {
+                    peer: self.peer.to_string(),
+                    source: e,
+                })?;
+            if n == 0 {
+                return Err(ProtoError::Closed {
+                    peer: self.peer_name(),
+                });
+            }
+            self.wpos += n;
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
         // Scene chunks make this buffer megabytes large; don't keep that per connection.
         if self.wbuf.capacity() > (1 << 20) {
             self.wbuf = Vec::new();
         }
-        r.map_err(|e| ProtoError::Io {
-            peer: self.peer.to_string(),
-            source: e,
-        })
+        Ok(())
     }
 
     /// Receives one message. A record that fails authentication, an oversized or undecodable

@@ -571,13 +571,22 @@ fn render_frame(
     output::write_image(
         output, width, height, &pixels, a.half, a.exposure, a.tonemap,
     )?;
+    // A network render counts every node that worked (regression: it said "on 2 threads"
+    // with 16 remote workers).
+    let working: Vec<_> = shares.iter().filter(|s| s.samples > 0).collect();
+    let on = if working.is_empty() {
+        format!("{threads} threads")
+    } else {
+        let t: u64 = working.iter().map(|s| u64::from(s.threads)).sum();
+        format!("{t} threads of {} node(s)", working.len())
+    };
     if !a.quiet {
         println!(
-            "rendered {}x{} at {} spp on {} threads in {:.2} s ({:.2} M samples/s, {:.2} s total) -> {}",
+            "rendered {}x{} at {} spp on {} in {:.2} s ({:.2} M samples/s, {:.2} s total) -> {}",
             width,
             height,
             a.spp,
-            threads,
+            on,
             render_secs,
             total as f64 / render_secs.max(1e-9) / 1e6,
             t0.elapsed().as_secs_f64(),
