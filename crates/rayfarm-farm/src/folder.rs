@@ -75,7 +75,7 @@ pub fn read_nofollow(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> 
         return Ok(None);
     }
     let mut bytes = Vec::with_capacity(m.len() as usize);
-    f.take(max + 1).read_to_end(&mut bytes)?;
+    f.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Ok(None);
     }

@@ -826,7 +826,9 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
             return Err(e);
         }
     };
-    let desc_path = desc.write(&job_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let desc_path = desc
+        .write(&job_dir, &crate::farm_cmd::farm_key()?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let any = rayfarm_farm::renderjob::AnyJobDesc::Render(desc);
     let placeholders =
         rayfarm_farm::merge::write_placeholders_any(&any).map_err(|e| anyhow::anyhow!("{e}"))?;
