@@ -80,7 +80,7 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(256);
     let blob: Vec<u8> = (0..mb << 20)
-        .map(|i| (i * 2654435761usize >> 13) as u8)
+        .map(|i| ((i * 2654435761usize) >> 13) as u8)
         .collect();
     let key = FarmKey::from_secret("channel bench farm key").unwrap();
     let (mut p, mut c) = (Vec::new(), Vec::new());
