@@ -293,6 +293,11 @@ mod tests {
             Some(b"s3cret".to_vec())
         );
         assert_eq!(read_nofollow(&t.path().join("secret"), 3).unwrap(), None);
+        // No limit at all must not overflow (the manager reads a whole part this way).
+        assert_eq!(
+            read_nofollow(&t.path().join("secret"), u64::MAX).unwrap(),
+            Some(b"s3cret".to_vec())
+        );
     }
 
     #[test]
