@@ -318,20 +318,13 @@ async fn submit(
     State(m): Mgr,
     Json(req): Json<SubmitRequest>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let dir = std::path::PathBuf::from(&req.job_dir);
-    if !dir.is_absolute()
-        || dir.components().any(|c| {
-            !matches!(
-                c,
-                std::path::Component::RootDir | std::path::Component::Normal(_)
-            )
-        })
-    {
-        return Err(bad(format!(
-            "job_dir '{}' must be an absolute path without '..'",
-            req.job_dir
-        )));
-    }
+    // Only folders inside the manager's network folders, canonicalized (so neither `..` nor a
+    // symlink leads out), and one message whatever the reason: the API must not tell a caller
+    // whether some path exists on the manager's machine.
+    let dir = m
+        .roots
+        .resolve(std::path::Path::new(&req.job_dir))
+        .map_err(|e| bad(e.to_string()))?;
     let id = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -340,7 +333,8 @@ async fn submit(
     crate::store::validate_job_id(&id).map_err(|e| bad(e.to_string()))?;
     let ctx = {
         let (id, dir) = (id.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || load_job(&id, &dir))
+        let key = m.key().clone();
+        tokio::task::spawn_blocking(move || load_job(&id, &dir, &key))
             .await
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(bad)?
@@ -360,7 +354,7 @@ async fn submit(
         ctx.desc.name().to_string()
     };
     let spec = serde_json::to_string(&JobSpec {
-        job_dir: req.job_dir.clone(),
+        job_dir: dir.display().to_string(),
     })
     .map_err(|e| bad(e.to_string()))?;
     let new_id = store(&m).submit(NewJob {
@@ -371,6 +365,8 @@ async fn submit(
         spec,
         tasks,
     })?;
+    // Whatever was cached of an earlier job of this id is not this job's.
+    m.forget_job(&new_id);
     m.event(
         "info",
         format!("job {new_id} submitted ({} tasks)", ctx.desc.part_count()),
@@ -400,6 +396,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let stopped = store(&m).cancel(&id)?;
+    m.forget_job(&id);
     m.event(
         "info",
         format!(
@@ -452,6 +449,7 @@ async fn delete(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     store(&m).delete(&id, q.force)?;
     m.previews.evict(&id);
+    m.forget_job(&id);
     m.event("info", format!("job {id} deleted"), Some(&id), None);
     Ok(Json(json!({ "deleted": id })))
 }
@@ -470,7 +468,7 @@ async fn preview(State(m): Mgr, Path(id): Path<String>) -> Result<Response, ApiE
     let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| bad(e.to_string()))?;
     let png = m
         .previews
-        .get(&id, key, std::path::PathBuf::from(&spec.job_dir))
+        .get(&id, key, std::path::PathBuf::from(&spec.job_dir), m.key())
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     match png {

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! NETDIR/<job-id>/job.desc             this file (JSON, written once by the client)
+//! NETDIR/<job-id>/job.desc.mac         its keyed MAC (crate::folder), 64 hex digits
 //! NETDIR/<job-id>/scene.rfscene        the compiled scene blob the job bakes
 //! NETDIR/<job-id>/parts/<part>.rfpart  one file per finished part (crate::parts)
 //! NETDIR/<job-id>/merged               written by the merge just before it removes the folder
@@ -17,14 +18,18 @@
 //! one such name. So whatever a client wrote or someone edited, a job writes only inside
 //! `NETDIR/<job-id>/` and its output folder.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
+//!
+//! Version 2 is version 1 plus the sidecar `job.desc.mac`: the farm key's folder MAC over
+//! (job id, "job.desc", BLAKE3 of the file's exact bytes). Readers check it before parsing and
+//! refuse a job.desc without one.
 //!
 //! A pretty-printed JSON object; unknown fields are errors. `format` and `version` come first
 //! and are checked before anything else, so a newer file is refused with both versions named.
 //!
 //! ```text
 //! format           "rayfarm-job"
-//! version          1
+//! version          2
 //! kind             "bake" (a render job's file says "render": crate::renderjob)
 //! job_id           [a-z0-9-]{1,64}; the name of the folder holding the file
 //! created_unix_ms  when the client created the job
@@ -64,7 +69,7 @@ use std::path::{Component, Path, PathBuf};
 /// The `format` field of every job.desc.
 pub const FORMAT: &str = "rayfarm-job";
 /// The job.desc version this code writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The file name of a job's description inside its folder.
 pub const FILE_NAME: &str = "job.desc";
 /// The folder inside a job's folder that holds its parts.
@@ -130,6 +135,10 @@ pub enum DescError {
         folder: String,
         job_id: String,
     },
+    #[error("{}: job.desc.mac is missing beside it; a job.desc is only trusted with the MAC rayfarm writes when it creates the job with the farm key, so create the job again", path.display())]
+    NoMac { path: PathBuf },
+    #[error("{}: the job.desc was not written with this farm's key, or was changed since (its MAC in job.desc.mac does not match); create the job again", path.display())]
+    BadMac { path: PathBuf },
     #[error("{what} {name:?} is not allowed: {reason}")]
     BadName {
         what: &'static str,
@@ -432,8 +441,9 @@ impl JobDesc {
 
     /// Reads `NETDIR/<job-id>/job.desc`: at most [`MAX_DESC_BYTES`], parsed, validated, and
     /// checked to lie in a folder named after its job id.
-    pub fn read(path: &Path) -> Result<JobDesc, DescError> {
-        let desc = JobDesc::from_json(&read_desc_text(path)?, path)?;
+    /// Its MAC is checked with `key` first ([`crate::renderjob::AnyJobDesc::read`]).
+    pub fn read(path: &Path, key: &rayfarm_proto::FarmKey) -> Result<JobDesc, DescError> {
+        let desc = JobDesc::from_json(&read_desc_text(path, key)?.0, path)?;
         desc.validate().map_err(|e| in_file(e, path))?;
         check_folder_name(&job_dir_of(path)?, &desc.job_id, path)?;
         Ok(desc)
@@ -441,9 +451,14 @@ impl JobDesc {
 
     /// Validates the description and writes it atomically as `job_dir/job.desc`; `job_dir`
     /// must exist and be named after the job id. Returns the file's path.
-    pub fn write(&self, job_dir: &Path) -> Result<PathBuf, DescError> {
+    /// Writes its MAC with `key` beside it (`job.desc.mac`).
+    pub fn write(
+        &self,
+        job_dir: &Path,
+        key: &rayfarm_proto::FarmKey,
+    ) -> Result<PathBuf, DescError> {
         self.validate()?;
-        write_desc_file(job_dir, &self.job_id, &self.to_json())
+        write_desc_file(job_dir, &self.job_id, &self.to_json(), key)
     }
 
     /// Checks every rule of the format: names are safe, numbers within limits, references
@@ -1045,35 +1060,69 @@ pub enum JobKindTag {
     Render,
 }
 
-/// Reads a job.desc's text: at most [`MAX_DESC_BYTES`] of UTF-8.
-pub(crate) fn read_desc_text(path: &Path) -> Result<String, DescError> {
-    use std::io::Read;
+/// Reads a job.desc's text (at most [`MAX_DESC_BYTES`] of UTF-8) and checks its MAC (the
+/// sidecar [`crate::folder::DESC_MAC_FILE_NAME`]) with `key` before anything parses it, so an
+/// unauthenticated file's contents never reach an error message. Neither file may be a
+/// symlink. The MAC binds the job id the folder is named after. Returns the text and the seal
+/// that authenticates the job's parts.
+pub(crate) fn read_desc_text(
+    path: &Path,
+    key: &rayfarm_proto::FarmKey,
+) -> Result<(String, crate::folder::JobSeal), DescError> {
     let io = |source| DescError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
-    if len > MAX_DESC_BYTES {
-        return Err(DescError::TooLarge {
-            path: path.to_path_buf(),
-            bytes: len,
-        });
+    let job_dir = job_dir_of(path)?;
+    let folder = job_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    check_job_id(&folder).map_err(|_| DescError::WrongFolder {
+        path: path.to_path_buf(),
+        folder: folder.clone(),
+        job_id: "(not read: the folder name is not a job id)".into(),
+    })?;
+    let bytes = match crate::folder::read_nofollow(path, MAX_DESC_BYTES).map_err(io)? {
+        Some(b) => b,
+        None => {
+            return Err(DescError::TooLarge {
+                path: path.to_path_buf(),
+                bytes: std::fs::symlink_metadata(path).map_or(MAX_DESC_BYTES + 1, |m| m.len()),
+            })
+        }
+    };
+    let mac_path = job_dir.join(crate::folder::DESC_MAC_FILE_NAME);
+    let mac = match crate::folder::read_nofollow(&mac_path, 256) {
+        Ok(Some(m)) => crate::folder::parse_mac_file(&m),
+        Ok(None) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DescError::NoMac {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(DescError::Io {
+                path: mac_path,
+                source,
+            })
+        }
+    };
+    match mac {
+        Some(mac) if crate::folder::verify_desc_mac(key, &folder, &bytes, &mac) => {}
+        _ => {
+            return Err(DescError::BadMac {
+                path: path.to_path_buf(),
+            })
+        }
     }
-    let mut bytes = Vec::new();
-    f.take(MAX_DESC_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_DESC_BYTES {
-        return Err(DescError::TooLarge {
-            path: path.to_path_buf(),
-            bytes: bytes.len() as u64,
-        });
-    }
-    String::from_utf8(bytes).map_err(|_| DescError::Json {
+    let seal = crate::folder::JobSeal::new(key, &folder, &bytes);
+    let text = String::from_utf8(bytes).map_err(|_| DescError::Json {
         path: path.to_path_buf(),
         reason: "the file is not UTF-8 text".into(),
-    })
+    })?;
+    Ok((text, seal))
 }
 
 /// An [`DescError::Invalid`] of a description read from `path`, with the path named.
@@ -1179,22 +1228,29 @@ pub(crate) fn tagged_json<T: Serialize>(kind: &'static str, desc: &T) -> String 
     s
 }
 
-/// Writes a (validated) description's text atomically as `job_dir/job.desc`; `job_dir` must
-/// exist and be named after the job id. Returns the file's path.
+/// Writes a (validated) description's text atomically as `job_dir/job.desc`, then its MAC
+/// as `job_dir/job.desc.mac`; `job_dir` must exist and be named after the job id. Returns the
+/// job.desc's path.
 pub(crate) fn write_desc_file(
     job_dir: &Path,
     job_id: &str,
     text: &str,
+    key: &rayfarm_proto::FarmKey,
 ) -> Result<PathBuf, DescError> {
     let path = job_dir.join(FILE_NAME);
     check_folder_name(job_dir, job_id, &path)?;
-    crate::maps::write_atomic(&path, text.as_bytes()).map_err(|e| match e {
+    let map_io = |path: &Path, e: crate::maps::MapError| match e {
         crate::maps::MapError::Io { path, source } => DescError::Io { path, source },
         e => DescError::Io {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         },
-    })?;
+    };
+    crate::maps::write_atomic(&path, text.as_bytes()).map_err(|e| map_io(&path, e))?;
+    let mac = crate::folder::desc_mac(key, job_id, text.as_bytes());
+    let mac_path = job_dir.join(crate::folder::DESC_MAC_FILE_NAME);
+    crate::maps::write_atomic(&mac_path, crate::folder::mac_file_text(&mac).as_bytes())
+        .map_err(|e| map_io(&mac_path, e))?;
     Ok(path)
 }
 
@@ -1340,7 +1396,7 @@ pub(crate) mod tests {
         let text = d.to_json();
         assert!(
             text.starts_with(
-                "{\n  \"format\": \"rayfarm-job\",\n  \"version\": 1,\n  \"kind\": \"bake\",\n  \"job_id\""
+                "{\n  \"format\": \"rayfarm-job\",\n  \"version\": 2,\n  \"kind\": \"bake\",\n  \"job_id\""
             ),
             "{text}"
         );
@@ -1361,10 +1417,10 @@ pub(crate) mod tests {
     fn refuses_other_formats_versions_and_unknown_fields() {
         let text = sample().to_json();
         let p = Path::new("NETDIR/job-1/job.desc");
-        let e = JobDesc::from_json(&text.replace("\"version\": 1", "\"version\": 2"), p)
+        let e = JobDesc::from_json(&text.replace("\"version\": 2", "\"version\": 3"), p)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("version 2") && e.contains("version 1"), "{e}");
+        assert!(e.contains("version 3") && e.contains("version 2"), "{e}");
         let e = JobDesc::from_json(&text.replace("rayfarm-job", "other"), p)
             .unwrap_err()
             .to_string();
@@ -1693,27 +1749,91 @@ pub(crate) mod tests {
 
     #[test]
     fn read_and_write_check_the_folder_name() {
+        let key = test_key();
         let root = tempfile::tempdir().unwrap();
         let d = sample();
         let dir = root.path().join("job-1");
         std::fs::create_dir(&dir).unwrap();
-        let path = d.write(&dir).unwrap();
+        let path = d.write(&dir, &key).unwrap();
         assert_eq!(path, dir.join(FILE_NAME));
-        assert_eq!(JobDesc::read(&path).unwrap(), d);
+        assert_eq!(JobDesc::read(&path, &key).unwrap(), d);
         let other = root.path().join("job-2");
         std::fs::create_dir(&other).unwrap();
-        let e = d.write(&other).unwrap_err().to_string();
+        let e = d.write(&other, &key).unwrap_err().to_string();
         assert!(e.contains("\"job-2\"") && e.contains("\"job-1\""), "{e}");
+        // Copied to another job's folder with its MAC: the MAC binds the job id.
         std::fs::copy(&path, other.join(FILE_NAME)).unwrap();
-        let e = JobDesc::read(&other.join(FILE_NAME)).unwrap_err();
+        let mac_file = crate::folder::DESC_MAC_FILE_NAME;
+        std::fs::copy(dir.join(mac_file), other.join(mac_file)).unwrap();
+        let e = JobDesc::read(&other.join(FILE_NAME), &key).unwrap_err();
+        assert!(matches!(e, DescError::BadMac { .. }), "{e}");
+        // With a MAC for the other folder, the folder name is still checked.
+        let bytes = std::fs::read(&path).unwrap();
+        let mac = crate::folder::desc_mac(&key, "job-2", &bytes);
+        std::fs::write(other.join(mac_file), crate::folder::mac_file_text(&mac)).unwrap();
+        let e = JobDesc::read(&other.join(FILE_NAME), &key).unwrap_err();
         assert!(matches!(e, DescError::WrongFolder { .. }), "{e}");
         // A job.desc refused by validate names the file and the field.
         let mut bad = sample();
         bad.parts[0].name = "../x".into();
-        std::fs::write(dir.join(FILE_NAME), bad.to_json()).unwrap();
-        let e = JobDesc::read(&dir.join(FILE_NAME)).unwrap_err().to_string();
+        let text = bad.to_json();
+        std::fs::write(dir.join(FILE_NAME), &text).unwrap();
+        let e = JobDesc::read(&dir.join(FILE_NAME), &key).unwrap_err();
+        assert!(matches!(e, DescError::BadMac { .. }), "{e}");
+        let mac = crate::folder::desc_mac(&key, "job-1", text.as_bytes());
+        std::fs::write(dir.join(mac_file), crate::folder::mac_file_text(&mac)).unwrap();
+        let e = JobDesc::read(&dir.join(FILE_NAME), &key)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("job.desc") && e.contains("parts[0].name"), "{e}");
-        // Only job.desc and the folder exist: no temporaries left behind.
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // Only job.desc, its MAC and the folder exist: no temporaries left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+    }
+
+    pub(crate) fn test_key() -> rayfarm_proto::FarmKey {
+        rayfarm_proto::FarmKey::from_secret("a test farm secret, long enough").unwrap()
+    }
+
+    #[test]
+    fn unauthenticated_descs_are_refused_before_parsing() {
+        let key = test_key();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("job-1");
+        std::fs::create_dir(&dir).unwrap();
+        let path = sample().write(&dir, &key).unwrap();
+        // Edited (out_dir moved): refused, and the message names the file.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("\"out_dir\": \"", "\"out_dir\": \"/tmp"),
+        )
+        .unwrap();
+        let e = JobDesc::read(&path, &key).unwrap_err();
+        assert!(matches!(e, DescError::BadMac { .. }), "{e}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        // Another farm's key: refused.
+        std::fs::write(&path, &text).unwrap();
+        let other = rayfarm_proto::FarmKey::from_secret("another farm's secret, long").unwrap();
+        assert!(matches!(
+            JobDesc::read(&path, &other),
+            Err(DescError::BadMac { .. })
+        ));
+        JobDesc::read(&path, &key).unwrap();
+        // No MAC file: refused.
+        std::fs::remove_file(dir.join(crate::folder::DESC_MAC_FILE_NAME)).unwrap();
+        assert!(matches!(
+            JobDesc::read(&path, &key),
+            Err(DescError::NoMac { .. })
+        ));
+        // A symlinked job.desc, even to a file with a valid MAC elsewhere: refused, and the
+        // target's contents are not in the message.
+        sample().write(&dir, &key).unwrap();
+        let secret = root.path().join("secret.json");
+        std::fs::write(&secret, "{\"format\": \"TOP-SECRET-VALUE\"}").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let e = JobDesc::read(&path, &key).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(!e.contains("TOP-SECRET"), "{e}");
     }
 }

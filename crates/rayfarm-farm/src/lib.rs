@@ -23,6 +23,7 @@
 #![allow(clippy::type_complexity)]
 
 pub mod api;
+pub mod folder;
 pub mod http;
 pub mod images;
 pub mod jobdesc;

@@ -57,6 +57,8 @@ pub struct ManagerConfig {
     pub task_lease_ms: i64,
     /// PEM certificate chain and private key: the HTTP port speaks TLS (https) with them.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The network folders job folders must lie in (`--netdir`). None: no job is taken.
+    pub netdirs: Vec<PathBuf>,
 }
 
 /// A node as the API shows it.
@@ -148,6 +150,8 @@ struct SessionEntry {
 pub struct JobCtx {
     job_dir: PathBuf,
     pub desc: AnyJobDesc,
+    /// What authenticates the job's parts (its job.desc's hash and the farm key).
+    seal: crate::folder::JobSeal,
     /// A bake's work, the same for every part.
     bake_wire: Option<WireWork>,
     /// Compiled scenes read so far, by file name, most recent last (at most
@@ -203,8 +207,9 @@ impl JobCtx {
 /// Reads a job's compiled scene and checks its size and hash against the job.desc.
 fn read_scene(job_dir: &Path, scene: &SceneRef) -> Result<SceneBlob, String> {
     let path = crate::jobdesc::safe_join(job_dir, &scene.file).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(&path)
-        .map_err(|e| format!("{}: cannot read the job's scene: {e}", path.display()))?;
+    let bytes = crate::folder::read_nofollow(&path, scene.bytes)
+        .map_err(|e| format!("{}: cannot read the job's scene: {e}", path.display()))?
+        .ok_or_else(|| format!("{}: the scene is larger than job.desc says", path.display()))?;
     let hash = rayfarm_scene::blob::content_hash(&bytes)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if bytes.len() as u64 != scene.bytes || rayfarm_scene::blob::hash_hex(&hash) != scene.blake3 {
@@ -226,7 +231,11 @@ pub struct Manager {
     registered: Mutex<crate::registry::Registry>,
     sessions: Mutex<BTreeMap<String, SessionEntry>>,
     events: Mutex<VecDeque<Event>>,
+    /// Job folders loaded so far, by job id. Evicted when a job is deleted or ends
+    /// ([`Manager::forget_job`]), so a job id submitted again from another folder is read anew.
     jobs: Mutex<HashMap<String, Arc<JobCtx>>>,
+    /// The canonical `netdirs`: the only folders job folders are served from.
+    pub roots: crate::folder::Roots,
     /// The monitor's job previews, built once per change of a job.
     pub previews: crate::preview::PreviewCache,
 }
@@ -355,25 +364,37 @@ impl Manager {
         out
     }
 
-    /// Loads (once) a job's folder: its job.desc and compiled scene.
+    /// Loads (once) a job's folder: its job.desc and compiled scene. The folder must still lie
+    /// in one of the roots (a manager restarted with other `--netdir`s serves only those).
     fn job_ctx(&self, job_id: &str, spec: &str) -> Result<Arc<JobCtx>, String> {
         if let Some(c) = lock(&self.jobs).get(job_id) {
             return Ok(c.clone());
         }
         let spec: JobSpec =
             serde_json::from_str(spec).map_err(|e| format!("job {job_id}: bad job spec: {e}"))?;
-        let ctx = Arc::new(load_job(job_id, Path::new(&spec.job_dir))?);
+        let dir = self
+            .roots
+            .resolve(Path::new(&spec.job_dir))
+            .map_err(|e| e.to_string())?;
+        let ctx = Arc::new(load_job(job_id, &dir, &self.cfg.key)?);
         lock(&self.jobs).insert(job_id.to_string(), ctx.clone());
         Ok(ctx)
+    }
+
+    /// Drops what is cached of job `job_id` (its job.desc, seal and scenes): called when the
+    /// job is deleted or ends, so that the same id submitted again (perhaps from another
+    /// folder) is read from its new folder.
+    pub fn forget_job(&self, job_id: &str) {
+        lock(&self.jobs).remove(job_id);
     }
 }
 
 /// Reads and checks a job folder: job.desc (its id must be the folder's name and `job_id`)
 /// and, for a bake, the compiled scene it names (its hash must match); a render's scenes
 /// are checked as they are read.
-pub fn load_job(job_id: &str, job_dir: &Path) -> Result<JobCtx, String> {
-    let desc =
-        AnyJobDesc::read(&job_dir.join(crate::jobdesc::FILE_NAME)).map_err(|e| e.to_string())?;
+pub fn load_job(job_id: &str, job_dir: &Path, key: &FarmKey) -> Result<JobCtx, String> {
+    let (desc, seal) = AnyJobDesc::read(&job_dir.join(crate::jobdesc::FILE_NAME), key)
+        .map_err(|e| e.to_string())?;
     if desc.job_id() != job_id {
         return Err(format!(
             "{}: job.desc names job '{}', not '{job_id}'",
@@ -386,6 +407,7 @@ pub fn load_job(job_id: &str, job_dir: &Path) -> Result<JobCtx, String> {
         bake_wire: None,
         scenes: Mutex::new(Vec::new()),
         desc,
+        seal,
     };
     match &ctx.desc {
         AnyJobDesc::Bake(d) => {
@@ -465,6 +487,12 @@ pub async fn run(
         Some((cert, key)) => Some(crate::http::load_tls(cert, key)?),
         None => None,
     };
+    let roots = crate::folder::Roots::new(&cfg.netdirs)?;
+    if roots.is_empty() {
+        eprintln!(
+            "warning: no --netdir given: the manager takes no job folders until it is restarted with --netdir NETWORK_FOLDER"
+        );
+    }
     let store = Store::open(&cfg.db)
         .map_err(|e| format!("{}: cannot open the job database: {e}", cfg.db.display()))?
         .with_lease_ms(cfg.task_lease_ms);
@@ -489,6 +517,7 @@ pub async fn run(
         sessions: Default::default(),
         events: Default::default(),
         jobs: Default::default(),
+        roots,
         previews: Default::default(),
     });
     recover(&mgr);
@@ -550,7 +579,7 @@ fn recover(mgr: &Manager) {
             let ctx = mgr.job_ctx(&t.job_id, &spec)?;
             let ts: TaskSpec = serde_json::from_str(&t.spec).map_err(|e| e.to_string())?;
             let (p, spp) = ctx.desc.part(ts.part).ok_or("no such part")?;
-            Ok(crate::parts::read_part(&ctx.job_dir, &p, spp).is_ok())
+            Ok(crate::parts::read_part(&ctx.job_dir, &p, spp, &ctx.seal).is_ok())
         })()
         .unwrap_or(false);
         let mut store = lock(&mgr.store);
@@ -886,6 +915,7 @@ async fn session_loop(
                 );
                 if let Ok(f) = f {
                     if f.job_status == JobStatus::Failed {
+                        mgr.forget_job(&f.job_id);
                         mgr.event(
                             "error",
                             format!("job {} failed", f.job_id),
@@ -992,12 +1022,12 @@ async fn run_task(
                     Msg::TaskDone { task_id, checksum } if task_id == task.task_id => {
                         // Trust, but verify: the part must be readable and intact from here too.
                         let p = &work.desc;
-                        let check = crate::parts::read_part(&ctx.job_dir, p, part.spp)
+                        let check = crate::parts::read_part(&ctx.job_dir, p, part.spp, &ctx.seal)
                             .map_err(|e| e.to_string())
                             .and_then(|_| {
                                 let path = crate::parts::part_path(&ctx.job_dir, p).map_err(|e| e.to_string())?;
-                                let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                                // The part's trailer is its checksum (read_part checked it).
+                                let bytes = crate::folder::read_nofollow(&path, u64::MAX).map_err(|e| format!("{}: {e}", path.display()))?.unwrap_or_default();
+                                // The part's trailer is its MAC (read_part checked it).
                                 let got = &bytes[bytes.len().saturating_sub(32)..];
                                 if got == checksum.as_slice() { Ok(()) } else { Err("the part's checksum differs from the one the worker reported".to_string()) }
                             });
@@ -1007,6 +1037,7 @@ async fn run_task(
                         match lock(&mgr.store).task_done(task.task_id, alias) {
                             Ok(d) if d.job_status == JobStatus::Completed => {
                                 drop(d);
+                                mgr.forget_job(&task.job_id);
                                 mgr.event("info", format!("job {} completed: ready to merge", task.job_id), Some(&task.job_id), None);
                             }
                             Ok(_) => {}

@@ -21,6 +21,7 @@
 //! Memory: one output's films at a time (48 bytes a texel, as in the local bake), plus the
 //! texel tables of the atlases assembled per object.
 
+use crate::folder::JobSeal;
 use crate::jobdesc::{
     job_dir_of, safe_join, Assembly, DescError, JobDesc, OutputPlan, PartDesc, SceneRef, FILE_NAME,
     MERGED_MARKER, PARTS_DIR,
@@ -162,10 +163,11 @@ pub struct MergeReport {
 
 /// Checks every part of the job in `job_dir`: present, checksum and header right, sums of the
 /// right size. Returns the problems, by part, in the job.desc's order.
-pub fn check(job_dir: &Path, desc: &JobDesc) -> Vec<PartProblem> {
+pub fn check(job_dir: &Path, desc: &JobDesc, seal: &JobSeal) -> Vec<PartProblem> {
     // A layer that does not exist gets 0: no part can match it, so it reads as corrupt.
     check_parts(
         job_dir,
+        seal,
         desc.parts
             .iter()
             .map(|p| (p.clone(), desc.layer_spp(p.layer).unwrap_or(0))),
@@ -173,24 +175,29 @@ pub fn check(job_dir: &Path, desc: &JobDesc) -> Vec<PartProblem> {
 }
 
 /// [`check`] for a job of either kind.
-pub fn check_any(job_dir: &Path, desc: &AnyJobDesc) -> Vec<PartProblem> {
+pub fn check_any(job_dir: &Path, desc: &AnyJobDesc, seal: &JobSeal) -> Vec<PartProblem> {
     match desc {
-        AnyJobDesc::Bake(d) => check(job_dir, d),
-        AnyJobDesc::Render(d) => check_render(job_dir, d),
+        AnyJobDesc::Bake(d) => check(job_dir, d, seal),
+        AnyJobDesc::Render(d) => check_render(job_dir, d, seal),
     }
 }
 
-fn check_render(job_dir: &Path, d: &RenderJobDesc) -> Vec<PartProblem> {
+fn check_render(job_dir: &Path, d: &RenderJobDesc, seal: &JobSeal) -> Vec<PartProblem> {
     check_parts(
         job_dir,
+        seal,
         (0..d.parts.len()).filter_map(|i| Some((d.part_desc(i)?, d.render.spp))),
     )
 }
 
-fn check_parts(job_dir: &Path, parts: impl Iterator<Item = (PartDesc, u32)>) -> Vec<PartProblem> {
+fn check_parts(
+    job_dir: &Path,
+    seal: &JobSeal,
+    parts: impl Iterator<Item = (PartDesc, u32)>,
+) -> Vec<PartProblem> {
     let mut problems = Vec::new();
     for (p, spp) in parts {
-        match read_part(job_dir, &p, spp) {
+        match read_part(job_dir, &p, spp, seal) {
             Ok(_) => {}
             Err(PartError::Missing { part, .. }) => problems.push(PartProblem::Missing { part }),
             Err(PartError::Corrupt { part, reason, .. }) => {
@@ -272,13 +279,25 @@ fn check_out_dir_exists(dir: PathBuf) -> Result<PathBuf, MergeError> {
 ///
 /// A render job's frames are assembled from their tiles and written as `rayfarm render`
 /// writes images ([`crate::images`]), so they are byte-identical to a local render's.
-pub fn merge(desc_path: &Path, opts: &MergeOptions) -> Result<MergeReport, MergeError> {
-    let any = AnyJobDesc::read(desc_path)?;
+pub fn merge(
+    desc_path: &Path,
+    key: &rayfarm_proto::FarmKey,
+    opts: &MergeOptions,
+) -> Result<MergeReport, MergeError> {
+    let (any, seal) = AnyJobDesc::read(desc_path, key)?;
     let job_dir = job_dir_of(desc_path)?;
     let marker = job_dir.join(MERGED_MARKER);
-    if marker.is_file() {
-        let written = std::fs::read_to_string(&marker)
-            .map(|t| t.lines().skip(1).map(PathBuf::from).collect())
+    if std::fs::symlink_metadata(&marker).is_ok_and(|m| m.is_file()) {
+        let written = crate::folder::read_nofollow(&marker, crate::jobdesc::MAX_DESC_BYTES)
+            .ok()
+            .flatten()
+            .map(|t| {
+                String::from_utf8_lossy(&t)
+                    .lines()
+                    .skip(1)
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
         let (job_dir_removed, left_in_job_dir) = remove_job_dir(&job_dir, &any);
         return Ok(MergeReport {
@@ -300,8 +319,8 @@ pub fn merge(desc_path: &Path, opts: &MergeOptions) -> Result<MergeReport, Merge
         None => out_dir_from(any.out_dir())?,
     };
     match any {
-        AnyJobDesc::Bake(desc) => merge_bake(desc_path, &job_dir, desc, &out_dir, opts),
-        AnyJobDesc::Render(desc) => merge_render(&job_dir, desc, &out_dir, opts),
+        AnyJobDesc::Bake(desc) => merge_bake(desc_path, &job_dir, desc, &out_dir, opts, &seal),
+        AnyJobDesc::Render(desc) => merge_render(&job_dir, desc, &out_dir, opts, &seal),
     }
 }
 
@@ -334,8 +353,9 @@ fn merge_render(
     desc: RenderJobDesc,
     out_dir: &Path,
     opts: &MergeOptions,
+    seal: &JobSeal,
 ) -> Result<MergeReport, MergeError> {
-    let problems = check_render(job_dir, &desc);
+    let problems = check_render(job_dir, &desc, seal);
     if !problems.is_empty() {
         return Err(incomplete(&desc.job_id, problems));
     }
@@ -352,7 +372,7 @@ fn merge_render(
         let mut film = Film::new(w, h);
         for pi in desc.parts_of_frame(fi) {
             let p = desc.part_desc(pi).expect("index from parts_of_frame");
-            let part = read_part(job_dir, &p, desc.render.spp).map_err(|e| match e {
+            let part = read_part(job_dir, &p, desc.render.spp, seal).map_err(|e| match e {
                 PartError::Missing { part, .. } => {
                     incomplete(&desc.job_id, vec![PartProblem::Missing { part }])
                 }
@@ -385,6 +405,7 @@ fn merge_bake(
     desc: JobDesc,
     out_dir: &Path,
     opts: &MergeOptions,
+    seal: &JobSeal,
 ) -> Result<MergeReport, MergeError> {
     let (job_dir, out_dir) = (job_dir.to_path_buf(), out_dir.to_path_buf());
     let scene = load_scene(&job_dir, &desc.scene)?;
@@ -397,7 +418,7 @@ fn merge_bake(
             reason,
         })?;
 
-    let problems = check(&job_dir, &desc);
+    let problems = check(&job_dir, &desc, seal);
     if !problems.is_empty() {
         return Err(incomplete(&desc.job_id, problems));
     }
@@ -451,7 +472,7 @@ fn merge_bake(
                 &last.as_ref().expect("just set").1
             }
         };
-        let film = assemble(&job_dir, &desc, &scene, table, plan).map_err(|e| match e {
+        let film = assemble(&job_dir, &desc, &scene, table, plan, seal).map_err(|e| match e {
             Assembled::Part(p) => incomplete(&desc.job_id, vec![p]),
             Assembled::Other(reason) => MergeError::Assemble {
                 output: o.stem.clone(),
@@ -513,14 +534,16 @@ fn load_scene(job_dir: &Path, scene: &SceneRef) -> Result<CompiledScene, MergeEr
         path: path.clone(),
         source,
     };
-    let len = std::fs::metadata(&path).map_err(io)?.len();
+    let len = std::fs::symlink_metadata(&path).map_err(io)?.len();
     if len != scene.bytes {
         return Err(scene_err(format!(
             "{len} bytes, but job.desc says {}; the job folder is damaged",
             scene.bytes
         )));
     }
-    let blob = std::fs::read(&path).map_err(io)?;
+    let blob = crate::folder::read_nofollow(&path, scene.bytes)
+        .map_err(io)?
+        .ok_or_else(|| scene_err("larger than job.desc says".into()))?;
     let hash = rayfarm_scene::blob::content_hash(&blob).map_err(|e| scene_err(e.to_string()))?;
     let hex = rayfarm_scene::blob::hash_hex(&hash);
     if hex != scene.blake3 {
@@ -636,6 +659,7 @@ fn assemble(
     scene: &CompiledScene,
     atlas: &TexelTable,
     plan: &OutputPlan,
+    seal: &JobSeal,
 ) -> Result<Film, Assembled> {
     let mut films: Vec<(usize, Film)> = Vec::with_capacity(plan.layers.len());
     for (layer, mesh, parts) in &plan.layers {
@@ -647,7 +671,7 @@ fn assemble(
         // rectangle gives the film that adding them would.
         for &pi in parts {
             let part = &desc.parts[pi];
-            let f = read_part(job_dir, part, spp).map_err(|e| {
+            let f = read_part(job_dir, part, spp, seal).map_err(|e| {
                 Assembled::Part(match e {
                     PartError::Missing { part, .. } => PartProblem::Missing { part },
                     PartError::Corrupt { part, reason, .. } => {
@@ -701,13 +725,15 @@ fn remove_job_dir(job_dir: &Path, desc: &AnyJobDesc) -> (bool, Vec<PathBuf>) {
         }
     };
     let parts_dir = job_dir.join(PARTS_DIR);
-    for i in 0..desc.part_count() {
+    // A `parts` that is a symlink is not the job's: nothing is removed through it.
+    let parts_real = crate::folder::check_real_dir(&parts_dir).is_ok();
+    for i in (0..desc.part_count()).filter(|_| parts_real) {
         if let Some(path) = desc.part(i).and_then(|(p, _)| part_path(job_dir, &p).ok()) {
             remove(path);
         }
     }
     // Temporaries of interrupted part writes (`.<name>.rfpart.tmp.<pid>.<random>`).
-    if let Ok(entries) = std::fs::read_dir(&parts_dir) {
+    if let Some(Ok(entries)) = parts_real.then(|| std::fs::read_dir(&parts_dir)) {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
@@ -730,6 +756,7 @@ fn remove_job_dir(job_dir: &Path, desc: &AnyJobDesc) -> (bool, Vec<PathBuf>) {
     // job.desc before the marker: until job.desc is gone a merge can still be run, and it must
     // then see the marker.
     remove(job_dir.join(FILE_NAME));
+    remove(job_dir.join(crate::folder::DESC_MAC_FILE_NAME));
     remove(job_dir.join(MERGED_MARKER));
     if std::fs::remove_dir(job_dir).is_ok() || !job_dir.exists() {
         return (true, failed);

@@ -4,10 +4,17 @@
 //! A part holds every sample of one rectangle of one layer ([`crate::jobdesc::PartDesc`]) as
 //! the film's exact fixed-point sums, so merging parts gives the same bits as baking the layer
 //! in one go. This module owns the file format; it never decides which parts a job has (that
-//! is the job.desc's business) and never trusts a file: [`read_part`] checks the checksum, the
+//! is the job.desc's business) and never trusts a file: [`read_part`] checks the MAC, the
 //! header against the job.desc, and decompresses no more than the job.desc's region can hold.
+//! Neither `parts/` nor a part may be a symlink: a part is never read or written through one.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
+//!
+//! Version 2 is version 1 with the trailing plain BLAKE3 checksum replaced by a keyed MAC
+//! ([`crate::folder::JobSeal::part_mac`]): the farm key's folder MAC over (job id,
+//! `parts/<name>.rfpart`, BLAKE3(BLAKE3 of the job.desc's bytes, then every preceding byte of
+//! the part)). Without the farm key a part can neither be forged nor edited, nor carried over
+//! from another job or from another job.desc of the same job id.
 //!
 //! All integers little endian.
 //!
@@ -20,13 +27,14 @@
 //! | 32       | 4    | samples per texel the sums hold (the layer's spp; 1 for albedo and normal) |
 //! | 36       | 8    | non-finite samples dropped while baking                     |
 //! | 44       | n    | zstd frame: per texel, rows of the region top to bottom, three `i128` sums (R, G, B; 24 fractional bits, see `rayfarm_render::film`), 48 bytes a texel |
-//! | 44 + n   | 32   | BLAKE3 hash of every preceding byte                         |
+//! | 44 + n   | 32   | MAC of every preceding byte (see above)                     |
 //!
 //! A part is written under a hidden temporary name in `parts/`
 //! (`.<name>.rfpart.tmp.<pid>.<random>`), synced, then renamed into place, so a reader sees a
 //! whole part or none; two nodes finishing the same part write identical files, so the second
 //! rename is harmless.
 
+use crate::folder::JobSeal;
 use crate::jobdesc::{check_part_name, JobDesc, PartDesc, PARTS_DIR};
 use crate::maps::{write_atomic_with, MapError};
 use rayfarm_bake::{Film, Region, WorkUnit};
@@ -36,7 +44,7 @@ use std::path::{Path, PathBuf};
 /// First eight bytes of every part file.
 pub const PART_MAGIC: [u8; 8] = *b"RFPART\0\0";
 /// The part format version this code writes and reads.
-pub const PART_VERSION: u32 = 1;
+pub const PART_VERSION: u32 = 2;
 /// Extension of part files.
 pub const PART_EXT: &str = "rfpart";
 /// Bytes before the compressed sums.
@@ -111,12 +119,13 @@ pub fn part_units(
 /// Writes a part atomically: the sums of `part`'s region, taken from `film` (the part's own
 /// film, or any film containing its region, e.g. the layer film `run_local` hands over), which
 /// holds `spp` samples per texel. Creates `job_dir/parts/` if needed (`job_dir` must exist).
-/// Returns the file's BLAKE3 checksum.
+/// `parts/` must not be a symlink. Returns the file's MAC (`seal`'s, see the module docs).
 pub fn write_part(
     job_dir: &Path,
     part: &PartDesc,
     film: &Film,
     spp: u32,
+    seal: &JobSeal,
 ) -> Result<[u8; 32], PartError> {
     let path = part_path(job_dir, part)?;
     let region = part.region();
@@ -142,10 +151,17 @@ pub fn write_part(
         path: path.clone(),
         source,
     };
-    match std::fs::create_dir(job_dir.join(PARTS_DIR)) {
+    let parts_dir = job_dir.join(PARTS_DIR);
+    match std::fs::create_dir(&parts_dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
         _ => {}
     }
+    // A `parts` planted as a symlink would send the part anywhere the link points.
+    crate::folder::check_real_dir(&parts_dir).map_err(|source| PartError::Io {
+        part: part.name.clone(),
+        path: parts_dir.clone(),
+        source,
+    })?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + 1024);
     bytes.extend_from_slice(&PART_MAGIC);
     bytes.extend_from_slice(&PART_VERSION.to_le_bytes());
@@ -172,7 +188,7 @@ pub fn write_part(
         enc.write_all(&row_bytes).map_err(io)?;
     }
     let mut bytes = enc.finish().map_err(io)?;
-    let hash = *blake3::hash(&bytes).as_bytes();
+    let hash = seal.part_mac(&format!("{}.{PART_EXT}", part.name), &bytes);
     bytes.extend_from_slice(&hash);
     write_atomic_with(&path, |f| {
         f.write_all(&bytes).map_err(|source| MapError::Io {
@@ -189,9 +205,15 @@ pub fn write_part(
 
 /// Reads and checks a part against its description: the checksum, magic, version, layer,
 /// region and `expected_spp` (the layer's samples per texel, [`JobDesc::layer_spp`]) must all
-/// agree, and the sums must decompress to exactly the region's size. Returns the part's film
-/// (its region only).
-pub fn read_part(job_dir: &Path, part: &PartDesc, expected_spp: u32) -> Result<Film, PartError> {
+/// agree, and the sums must decompress to exactly the region's size. The MAC is checked with
+/// `seal` before anything else is looked at; neither `parts/` nor the part may be a symlink.
+/// Returns the part's film (its region only).
+pub fn read_part(
+    job_dir: &Path,
+    part: &PartDesc,
+    expected_spp: u32,
+    seal: &JobSeal,
+) -> Result<Film, PartError> {
     let path = part_path(job_dir, part)?;
     let corrupt = |reason: String| PartError::Corrupt {
         part: part.name.clone(),
@@ -209,7 +231,24 @@ pub fn read_part(job_dir: &Path, part: &PartDesc, expected_spp: u32) -> Result<F
     // zstd never grows data by more than about 1/256 plus a few hundred bytes, so anything
     // larger than this is not a part of this region.
     let max_file = HEADER_LEN as u64 + CHECKSUM_LEN as u64 + raw_len + raw_len / 128 + 4096;
-    let f = match std::fs::File::open(&path) {
+    let parts_dir = job_dir.join(PARTS_DIR);
+    match crate::folder::check_real_dir(&parts_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PartError::Missing {
+                part: part.name.clone(),
+                path: path.clone(),
+            })
+        }
+        Err(source) => {
+            return Err(PartError::Io {
+                part: part.name.clone(),
+                path: parts_dir,
+                source,
+            })
+        }
+        Ok(()) => {}
+    }
+    let f = match crate::folder::open_nofollow(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(PartError::Missing {
@@ -239,9 +278,10 @@ pub fn read_part(job_dir: &Path, part: &PartDesc, expected_spp: u32) -> Result<F
         )));
     }
     let (body, sum) = data.split_at(data.len() - CHECKSUM_LEN);
-    if blake3::hash(body).as_bytes()[..] != sum[..] {
+    let mac: [u8; 32] = sum.try_into().expect("32 bytes");
+    if !seal.verify_part(&format!("{}.{PART_EXT}", part.name), body, &mac) {
         return Err(corrupt(
-            "checksum mismatch (the file was damaged or not completely written)".into(),
+            "its MAC does not match: it was damaged, not written by a node of this farm for this job.desc, or changed since; it must be baked again".into(),
         ));
     }
     let u32_at = |o: usize| u32::from_le_bytes(body[o..o + 4].try_into().expect("4 bytes"));
@@ -324,6 +364,11 @@ mod tests {
     use super::*;
     use crate::jobdesc::tests::sample;
 
+    pub(crate) fn seal() -> JobSeal {
+        let key = rayfarm_proto::FarmKey::from_secret("a test farm secret, long enough").unwrap();
+        JobSeal::new(&key, "job-1", b"the job.desc")
+    }
+
     fn film(region: Region, seed: i128) -> Film {
         let sums = (0..region.pixels() as i128)
             .map(|i| [i * seed, -i, (i * 7919) << 40])
@@ -337,12 +382,12 @@ mod tests {
         let desc = sample();
         let part = &desc.parts[3];
         let f = film(part.region(), 5);
-        let hash = write_part(dir.path(), part, &f, 16).unwrap();
+        let hash = write_part(dir.path(), part, &f, 16, &seal()).unwrap();
         let path = part_path(dir.path(), part).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[bytes.len() - 32..], &hash);
         assert_eq!(&bytes[..8], b"RFPART\0\0");
-        let back = read_part(dir.path(), part, 16).unwrap();
+        let back = read_part(dir.path(), part, 16, &seal()).unwrap();
         assert_eq!(back.region, f.region);
         assert_eq!(back.sums(), f.sums());
         assert_eq!(back.nonfinite_samples, 3);
@@ -357,7 +402,10 @@ mod tests {
             }
         }
         let big = Film::from_sums(whole, sums, 3);
-        assert_eq!(write_part(dir.path(), part, &big, 16).unwrap(), hash);
+        assert_eq!(
+            write_part(dir.path(), part, &big, 16, &seal()).unwrap(),
+            hash
+        );
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         // Only the part itself is in parts/: no temporaries.
         assert_eq!(
@@ -378,15 +426,15 @@ mod tests {
         let desc = sample();
         let part = &desc.parts[0];
         assert!(matches!(
-            read_part(dir.path(), part, 16),
+            read_part(dir.path(), part, 16, &seal()),
             Err(PartError::Missing { .. })
         ));
-        write_part(dir.path(), part, &film(part.region(), 3), 16).unwrap();
+        write_part(dir.path(), part, &film(part.region(), 3), 16, &seal()).unwrap();
         let path = part_path(dir.path(), part).unwrap();
         let good = std::fs::read(&path).unwrap();
         let corrupt_reason = |bytes: &[u8], spp: u32, p: &PartDesc| -> String {
             std::fs::write(&path, bytes).unwrap();
-            match read_part(dir.path(), p, spp) {
+            match read_part(dir.path(), p, spp, &seal()) {
                 Err(PartError::Corrupt { reason, .. }) => reason,
                 other => panic!("{other:?}"),
             }
@@ -395,9 +443,9 @@ mod tests {
             let mut b = good.clone();
             b[i] ^= 0x10;
             let r = corrupt_reason(&b, 16, part);
-            assert!(r.contains("checksum"), "byte {i}: {r}");
+            assert!(r.contains("MAC"), "byte {i}: {r}");
         }
-        assert!(corrupt_reason(&good[..good.len() - 1], 16, part).contains("checksum"));
+        assert!(corrupt_reason(&good[..good.len() - 1], 16, part).contains("MAC"));
         assert!(corrupt_reason(&good[..10], 16, part).contains("truncated"));
         assert!(corrupt_reason(&good, 4, part).contains("16 samples"));
         let mut other = part.clone();
@@ -406,17 +454,17 @@ mod tests {
         let mut other = part.clone();
         other.layer = 1;
         assert!(corrupt_reason(&good, 16, &other).contains("layer 0"));
-        // A well-formed file whose sums are one texel short: a valid checksum does not save it.
+        // A well-formed file whose sums are one texel short: a valid MAC does not save it.
         let mut b = good[..HEADER_LEN].to_vec();
         b.extend(zstd::encode_all(&vec![0u8; 15 * TEXEL_BYTES][..], 3).unwrap());
-        let h = blake3::hash(&b);
-        b.extend_from_slice(h.as_bytes());
+        let h = seal().part_mac(&format!("{}.rfpart", part.name), &b);
+        b.extend_from_slice(&h);
         assert!(corrupt_reason(&b, 16, part).contains("end before"));
         // ... or one texel long.
         let mut b = good[..HEADER_LEN].to_vec();
         b.extend(zstd::encode_all(&vec![0u8; 17 * TEXEL_BYTES][..], 3).unwrap());
-        let h = blake3::hash(&b);
-        b.extend_from_slice(h.as_bytes());
+        let h = seal().part_mac(&format!("{}.rfpart", part.name), &b);
+        b.extend_from_slice(&h);
         assert!(corrupt_reason(&b, 16, part).contains("more than"));
         // A zip bomb: a few KiB that would expand to 1 GiB stop at the region's size.
         let mut b = good[..HEADER_LEN].to_vec();
@@ -427,8 +475,8 @@ mod tests {
         }
         b.extend(enc.finish().unwrap());
         assert!(b.len() < 1 << 20, "{}", b.len());
-        let h = blake3::hash(&b);
-        b.extend_from_slice(h.as_bytes());
+        let h = seal().part_mac(&format!("{}.rfpart", part.name), &b);
+        b.extend_from_slice(&h);
         assert!(corrupt_reason(&b, 16, part).contains("more than"));
     }
 
@@ -440,17 +488,51 @@ mod tests {
         for n in ["../x", "a/b", ".h", "", "A"] {
             p.name = n.into();
             assert!(matches!(
-                write_part(dir.path(), &p, &film(p.region(), 1), 1),
+                write_part(dir.path(), &p, &film(p.region(), 1), 1, &seal()),
                 Err(PartError::BadName { .. })
             ));
             assert!(matches!(
-                read_part(dir.path(), &p, 1),
+                read_part(dir.path(), &p, 1, &seal()),
                 Err(PartError::BadName { .. })
             ));
         }
         let p = &desc.parts[0];
-        let e = write_part(dir.path(), p, &film(desc.parts[1].region(), 1), 1).unwrap_err();
+        let e =
+            write_part(dir.path(), p, &film(desc.parts[1].region(), 1), 1, &seal()).unwrap_err();
         assert!(matches!(e, PartError::Mismatch { .. }), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn parts_never_go_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("job-1");
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(PARTS_DIR)).unwrap();
+        let desc = sample();
+        let part = &desc.parts[0];
+        let e = write_part(&dir, part, &film(part.region(), 1), 16, &seal()).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        // A part written in a real parts/ and then reached through a symlinked one is refused.
+        let real = t.path().join("real/job-1");
+        std::fs::create_dir_all(&real).unwrap();
+        write_part(&real, part, &film(part.region(), 1), 16, &seal()).unwrap();
+        std::fs::remove_file(dir.join(PARTS_DIR)).unwrap();
+        std::os::unix::fs::symlink(real.join(PARTS_DIR), dir.join(PARTS_DIR)).unwrap();
+        let e = read_part(&dir, part, 16, &seal()).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // ... and so is a part file that is itself a symlink.
+        std::fs::remove_file(dir.join(PARTS_DIR)).unwrap();
+        std::fs::create_dir(dir.join(PARTS_DIR)).unwrap();
+        std::os::unix::fs::symlink(
+            part_path(&real, part).unwrap(),
+            part_path(&dir, part).unwrap(),
+        )
+        .unwrap();
+        let e = read_part(&dir, part, 16, &seal()).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 }

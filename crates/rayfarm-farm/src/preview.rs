@@ -24,10 +24,12 @@ pub const MAX_PREVIEW_BUILDS: usize = 2;
 pub const MAX_CACHED_PREVIEWS: usize = 32;
 
 /// A PNG of the job's map so far, or `None` when the job folder has no readable part yet.
-pub fn preview_png(job_dir: &Path) -> Option<Vec<u8>> {
-    match AnyJobDesc::read(&job_dir.join(crate::jobdesc::FILE_NAME)).ok()? {
-        AnyJobDesc::Bake(d) => bake_preview(job_dir, &d),
-        AnyJobDesc::Render(d) => render_preview(job_dir, &d),
+/// Only an authenticated job.desc and parts are shown.
+pub fn preview_png(job_dir: &Path, farm_key: &rayfarm_proto::FarmKey) -> Option<Vec<u8>> {
+    let (desc, seal) = AnyJobDesc::read(&job_dir.join(crate::jobdesc::FILE_NAME), farm_key).ok()?;
+    match desc {
+        AnyJobDesc::Bake(d) => bake_preview(job_dir, &d, &seal),
+        AnyJobDesc::Render(d) => render_preview(job_dir, &d, &seal),
     }
 }
 
@@ -70,7 +72,11 @@ impl Grid {
     }
 }
 
-fn render_preview(job_dir: &Path, desc: &RenderJobDesc) -> Option<Vec<u8>> {
+fn render_preview(
+    job_dir: &Path,
+    desc: &RenderJobDesc,
+    seal: &crate::folder::JobSeal,
+) -> Option<Vec<u8>> {
     let grid = Grid::new(desc.render.width, desc.render.height);
     let spp = desc.render.spp;
     for fi in (0..desc.frames.len()).rev() {
@@ -79,7 +85,7 @@ fn render_preview(job_dir: &Path, desc: &RenderJobDesc) -> Option<Vec<u8>> {
         let mut any = false;
         for pi in desc.parts_of_frame(fi) {
             let p = desc.part_desc(pi)?;
-            let Ok(part) = crate::parts::read_part(job_dir, &p, spp) else {
+            let Ok(part) = crate::parts::read_part(job_dir, &p, spp, seal) else {
                 continue;
             };
             any = true;
@@ -112,7 +118,7 @@ fn render_preview(job_dir: &Path, desc: &RenderJobDesc) -> Option<Vec<u8>> {
     None
 }
 
-fn bake_preview(job_dir: &Path, desc: &JobDesc) -> Option<Vec<u8>> {
+fn bake_preview(job_dir: &Path, desc: &JobDesc, seal: &crate::folder::JobSeal) -> Option<Vec<u8>> {
     let output = desc
         .outputs
         .iter()
@@ -126,7 +132,7 @@ fn bake_preview(job_dir: &Path, desc: &JobDesc) -> Option<Vec<u8>> {
         let Some(spp) = desc.layer_spp(p.layer) else {
             continue;
         };
-        let Ok(film) = crate::parts::read_part(job_dir, p, spp) else {
+        let Ok(film) = crate::parts::read_part(job_dir, p, spp, seal) else {
             continue;
         };
         any = true;
@@ -183,6 +189,7 @@ impl PreviewCache {
         job_id: &str,
         key: ChangeKey,
         job_dir: PathBuf,
+        farm_key: &rayfarm_proto::FarmKey,
     ) -> Result<Option<Arc<Vec<u8>>>, String> {
         let tick = self.asked.fetch_add(1, Ordering::Relaxed);
         let slot = {
@@ -224,8 +231,9 @@ impl PreviewCache {
                 self.built.fetch_add(1, Ordering::Relaxed);
                 // The permit goes with the build: a request that gives up (a timeout, a client
                 // gone) does not free a slot while its build still runs.
+                let farm_key = farm_key.clone();
                 tokio::task::spawn_blocking(move || {
-                    let png = preview_png(&job_dir).map(Arc::new);
+                    let png = preview_png(&job_dir, &farm_key).map(Arc::new);
                     drop(permit);
                     png
                 })
@@ -308,10 +316,16 @@ mod tests {
         let cache = Arc::new(PreviewCache::default());
         let dir = tempfile::tempdir().unwrap();
         let key = (1, 0, "active".to_string());
+        let fk = rayfarm_proto::FarmKey::from_secret("a test farm secret, long enough").unwrap();
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..6 {
-            let (c, k, d) = (cache.clone(), key.clone(), dir.path().to_path_buf());
-            set.spawn(async move { c.get("j1", k, d).await });
+            let (c, k, d, fk) = (
+                cache.clone(),
+                key.clone(),
+                dir.path().to_path_buf(),
+                fk.clone(),
+            );
+            set.spawn(async move { c.get("j1", k, d, &fk).await });
         }
         while let Some(r) = set.join_next().await {
             // No job.desc: no preview, but still one build.
@@ -319,12 +333,12 @@ mod tests {
         }
         assert_eq!(cache.builds(), 1);
         cache
-            .get("j1", key.clone(), dir.path().to_path_buf())
+            .get("j1", key.clone(), dir.path().to_path_buf(), &fk)
             .await
             .unwrap();
         assert_eq!(cache.builds(), 1);
         cache
-            .get("j1", (2, 1, "active".into()), dir.path().to_path_buf())
+            .get("j1", (2, 1, "active".into()), dir.path().to_path_buf(), &fk)
             .await
             .unwrap();
         assert_eq!(cache.builds(), 2);

@@ -255,9 +255,14 @@ impl RenderJobDesc {
     }
 
     /// Validates the description and writes it atomically as `job_dir/job.desc`.
-    pub fn write(&self, job_dir: &Path) -> Result<PathBuf, DescError> {
+    /// Writes its MAC with `key` beside it (`job.desc.mac`).
+    pub fn write(
+        &self,
+        job_dir: &Path,
+        key: &rayfarm_proto::FarmKey,
+    ) -> Result<PathBuf, DescError> {
         self.validate()?;
-        write_desc_file(job_dir, &self.job_id, &self.to_json())
+        write_desc_file(job_dir, &self.job_id, &self.to_json(), key)
     }
 
     /// Checks every rule of the format: names safe, numbers within limits, references
@@ -384,12 +389,18 @@ impl AnyJobDesc {
 
     /// Reads `NETDIR/<job-id>/job.desc` of either kind: at most
     /// [`crate::jobdesc::MAX_DESC_BYTES`], parsed, validated, and checked to lie in a folder
-    /// named after its job id.
-    pub fn read(path: &Path) -> Result<AnyJobDesc, DescError> {
-        let desc = AnyJobDesc::from_json(&read_desc_text(path)?, path)?;
+    /// named after its job id. Before it is parsed, its MAC (`job.desc.mac`) is checked with
+    /// `key`, and neither file may be a symlink. Returns the seal that authenticates the job's
+    /// parts ([`crate::parts`]).
+    pub fn read(
+        path: &Path,
+        key: &rayfarm_proto::FarmKey,
+    ) -> Result<(AnyJobDesc, crate::folder::JobSeal), DescError> {
+        let (text, seal) = read_desc_text(path, key)?;
+        let desc = AnyJobDesc::from_json(&text, path)?;
         desc.validate().map_err(|e| in_file(e, path))?;
         check_folder_name(&job_dir_of(path)?, desc.job_id(), path)?;
-        Ok(desc)
+        Ok((desc, seal))
     }
 
     pub fn validate(&self) -> Result<(), DescError> {

@@ -5,6 +5,7 @@
 use glam::Vec3;
 use rayfarm_bake::workload::run_local;
 use rayfarm_bake::{BakeWork, Film, LayerSpec, MapSpec, Pass, Region, TexelTable, Workload};
+use rayfarm_farm::folder::JobSeal;
 use rayfarm_farm::jobdesc::{
     BakeDesc, BakeMode, JobDesc, OutputDesc, PartDesc, SceneRef, FILE_NAME, MERGED_MARKER,
 };
@@ -13,6 +14,8 @@ use rayfarm_farm::merge::{
     check, merge, write_placeholders, MergeError, MergeOptions, PartProblem,
 };
 use rayfarm_farm::parts::{part_units, write_part};
+use rayfarm_farm::renderjob::AnyJobDesc;
+use rayfarm_proto::FarmKey;
 use rayfarm_render::RenderScene;
 use rayfarm_scene::{CompiledScene, Environment, Material};
 use std::collections::BTreeMap;
@@ -169,11 +172,22 @@ fn submit(netdir: &Path, desc: &JobDesc, scene: &CompiledScene) -> PathBuf {
     std::fs::create_dir_all(&desc.out_dir).unwrap();
     let written = write_placeholders(desc).unwrap();
     assert_eq!(written.len(), 2 * desc.outputs.len());
-    desc.write(&dir).unwrap()
+    desc.write(&dir, &key()).unwrap()
+}
+
+/// The farm key the tests' client, nodes and merge hold.
+fn key() -> FarmKey {
+    FarmKey::from_secret("the merge tests' farm secret").unwrap()
+}
+
+/// The seal of the job whose job.desc is `desc_path`, as a node reads it.
+fn seal_of(desc_path: &Path) -> JobSeal {
+    AnyJobDesc::read(desc_path, &key()).unwrap().1
 }
 
 /// What the nodes do: bake each part's units and write the part.
 fn bake_parts(job_dir: &Path, desc: &JobDesc, rs: &RenderScene) {
+    let seal = seal_of(&job_dir.join(FILE_NAME));
     let work = Workload::Bake(BakeWork::new(desc.to_bake_spec()));
     for part in &desc.parts {
         let units = part_units(desc, part, TILE_PX, SAMPLES_PER_UNIT).unwrap();
@@ -181,7 +195,7 @@ fn bake_parts(job_dir: &Path, desc: &JobDesc, rs: &RenderScene) {
         let mut done = 0;
         run_local(rs, &work, &units, &|_| {}, &mut |l, film| {
             assert_eq!(l, part.layer);
-            write_part(job_dir, part, &film, spp).unwrap();
+            write_part(job_dir, part, &film, spp, &seal).unwrap();
             done += 1;
         });
         assert_eq!(done, 1);
@@ -299,8 +313,8 @@ fn setup_edited(mode: BakeMode, gltf: bool, edit: impl Fn(&mut JobDesc)) -> Setu
 
 fn merge_matches_local_bake(mode: BakeMode) {
     let t = setup(mode, true);
-    assert!(check(&t.job_dir, &t.desc).is_empty());
-    let report = merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    assert!(check(&t.job_dir, &t.desc, &seal_of(&t.desc_path)).is_empty());
+    let report = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap();
     assert!(!report.already_merged);
     assert!(report.job_dir_removed, "{report:?}");
     assert!(report.left_in_job_dir.is_empty());
@@ -348,8 +362,8 @@ fn multi_mode_merge_matches_local_bake_byte_for_byte() {
 fn single_and_multi_mode_give_the_same_files() {
     let a = setup(BakeMode::Single, false);
     let b = setup(BakeMode::Multi, false);
-    merge(&a.desc_path, &MergeOptions::default()).unwrap();
-    merge(&b.desc_path, &MergeOptions::default()).unwrap();
+    merge(&a.desc_path, &key(), &MergeOptions::default()).unwrap();
+    merge(&b.desc_path, &key(), &MergeOptions::default()).unwrap();
     assert_eq!(snapshot(&a.out), snapshot(&b.out));
 }
 
@@ -359,7 +373,7 @@ fn missing_part_is_named_and_nothing_is_written() {
     let gone = &t.desc.parts[5].name;
     std::fs::remove_file(t.job_dir.join("parts").join(format!("{gone}.rfpart"))).unwrap();
     let before = snapshot(&t.root);
-    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+    let e = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap_err();
     match &e {
         MergeError::Incomplete {
             missing, corrupt, ..
@@ -381,7 +395,7 @@ fn missing_part_is_named_and_nothing_is_written() {
         .to_rgb8();
     assert!(png.pixels().all(|p| p.0 == [128; 3] || p.0 == [64; 3]));
     assert_eq!(
-        check(&t.job_dir, &t.desc),
+        check(&t.job_dir, &t.desc, &seal_of(&t.desc_path)),
         vec![PartProblem::Missing { part: gone.clone() }]
     );
 }
@@ -398,7 +412,7 @@ fn corrupt_part_is_named_and_nothing_is_written() {
     let missing = t.desc.parts[7].name.clone();
     std::fs::remove_file(t.job_dir.join("parts").join(format!("{missing}.rfpart"))).unwrap();
     let before = snapshot(&t.root);
-    match merge(&t.desc_path, &MergeOptions::default()).unwrap_err() {
+    match merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap_err() {
         MergeError::Incomplete {
             missing: m,
             corrupt,
@@ -407,7 +421,7 @@ fn corrupt_part_is_named_and_nothing_is_written() {
             assert_eq!(m, vec![missing]);
             assert_eq!(corrupt.len(), 1);
             assert_eq!(corrupt[0].0, bad);
-            assert!(corrupt[0].1.contains("checksum"), "{}", corrupt[0].1);
+            assert!(corrupt[0].1.contains("MAC"), "{}", corrupt[0].1);
         }
         other => panic!("{other}"),
     }
@@ -423,6 +437,7 @@ fn manager_can_refuse() {
     };
     let e = merge(
         &t.desc_path,
+        &key(),
         &MergeOptions {
             manager_check: Some(&ask),
             ..Default::default()
@@ -438,10 +453,10 @@ fn manager_can_refuse() {
 fn merging_twice_is_harmless() {
     let t = setup(BakeMode::Single, true);
     let kept = snapshot(&t.job_dir);
-    merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap();
     let after_first = snapshot(&t.root);
     // The folder is gone, so the second merge has nothing to read and changes nothing.
-    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+    let e = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap_err();
     assert!(e.to_string().contains("job.desc"), "{e}");
     assert_eq!(snapshot(&t.root), after_first);
 
@@ -464,7 +479,7 @@ fn merging_twice_is_harmless() {
             .join(format!("{}.rfpart", t.desc.parts[0].name)),
     )
     .unwrap();
-    let r = merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    let r = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap();
     assert!(r.already_merged && r.job_dir_removed, "{r:?}");
     assert_eq!(r.written, vec![PathBuf::from("/x/atlas_ao_24.exr")]);
     assert_eq!(snapshot(&t.root), after_first);
@@ -474,7 +489,7 @@ fn merging_twice_is_harmless() {
 fn unknown_files_keep_the_job_folder() {
     let t = setup(BakeMode::Single, false);
     std::fs::write(t.job_dir.join("notes.txt"), "mine").unwrap();
-    let r = merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    let r = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap();
     assert!(!r.job_dir_removed);
     assert_eq!(r.left_in_job_dir, vec![t.job_dir.join("notes.txt")]);
     let left: Vec<_> = snapshot(&t.job_dir).into_keys().collect();
@@ -487,6 +502,7 @@ fn out_dir_override_and_missing_out_dir() {
     let elsewhere = t.root.join("seen-from-here");
     let e = merge(
         &t.desc_path,
+        &key(),
         &MergeOptions {
             out_dir: Some(elsewhere.clone()),
             ..Default::default()
@@ -497,6 +513,7 @@ fn out_dir_override_and_missing_out_dir() {
     std::fs::create_dir(&elsewhere).unwrap();
     let r = merge(
         &t.desc_path,
+        &key(),
         &MergeOptions {
             out_dir: Some(elsewhere.clone()),
             ..Default::default()
@@ -508,9 +525,56 @@ fn out_dir_override_and_missing_out_dir() {
 }
 
 /// Writes `text` as the job's job.desc, bypassing validation (as a hand edit would).
+/// Writes an edited job.desc *with* a valid MAC, as a client holding the farm key could: what
+/// the format's own checks must stop. (Edits without the key are refused by the MAC alone:
+/// `edited_job_desc_without_the_key_is_refused`.)
 fn tamper(t: &Setup, edit: impl Fn(String) -> String) {
-    let text = edit(t.desc.to_json());
-    std::fs::write(&t.desc_path, text).unwrap();
+    write_desc_text(&t.desc_path, &edit(t.desc.to_json()));
+}
+
+/// Writes `text` as the job.desc at `path`, with its MAC.
+fn write_desc_text(path: &Path, text: &str) {
+    let job_id = path
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    std::fs::write(path, text).unwrap();
+    let mac = rayfarm_farm::folder::desc_mac(&key(), job_id, text.as_bytes());
+    std::fs::write(
+        path.with_file_name(rayfarm_farm::folder::DESC_MAC_FILE_NAME),
+        rayfarm_farm::folder::mac_file_text(&mac),
+    )
+    .unwrap();
+}
+
+#[test]
+fn edited_job_desc_without_the_key_is_refused() {
+    let t = setup(BakeMode::Single, false);
+    let elsewhere = t.root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let before = snapshot(&t.root);
+    let text = t.desc.to_json().replace(
+        &format!("\"out_dir\": {:?}", t.out.to_str().unwrap()),
+        &format!("\"out_dir\": {:?}", elsewhere.to_str().unwrap()),
+    );
+    assert_ne!(text, t.desc.to_json());
+    std::fs::write(&t.desc_path, &text).unwrap();
+    let e = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("job.desc.mac does not match"), "{e}");
+    assert!(
+        e.to_string().contains(&t.desc_path.display().to_string()),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    std::fs::write(&t.desc_path, t.desc.to_json()).unwrap();
+    assert_eq!(snapshot(&t.root), before);
+    // Another farm's key does not merge it either.
+    let other = FarmKey::from_secret("another farm's secret here").unwrap();
+    assert!(merge(&t.desc_path, &other, &MergeOptions::default()).is_err());
+    merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap();
 }
 
 #[test]
@@ -597,14 +661,14 @@ fn tampered_job_desc_cannot_write_outside_its_folders() {
         ),
         (
             "newer version",
-            Box::new(|s: String| s.replace("\"version\": 1", "\"version\": 2")),
+            Box::new(|s: String| s.replace("\"version\": 2", "\"version\": 3")),
         ),
     ];
     let before = snapshot(&t.root);
     for (what, edit) in &edits {
         tamper(&t, edit);
         assert_ne!(t.desc.to_json(), edit(original.clone()), "{what}: no edit");
-        let e = merge(&t.desc_path, &MergeOptions::default());
+        let e = merge(&t.desc_path, &key(), &MergeOptions::default());
         let e = match e {
             Err(e) => e.to_string(),
             Ok(r) => panic!("{what}: merged {r:?}"),
@@ -624,7 +688,7 @@ fn tampered_job_desc_cannot_write_outside_its_folders() {
     tamper(&t, |s| s);
     assert_eq!(snapshot(&t.root), before);
     // The untampered job still merges.
-    merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap();
 }
 
 /// A symlink planted at an output's name is replaced, never written through.
@@ -637,7 +701,7 @@ fn symlinks_in_the_output_folder_are_not_followed() {
     let link = t.out.join(format!("atlas_ao_{SIZE}.png"));
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-    merge(&t.desc_path, &MergeOptions::default()).unwrap();
+    merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap();
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
 }
@@ -649,21 +713,22 @@ fn job_desc_outside_its_job_folder_is_refused() {
     let other = t.root.join("home");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("keep.txt"), "x").unwrap();
+    let mac = rayfarm_farm::folder::DESC_MAC_FILE_NAME;
     std::fs::copy(&t.desc_path, other.join(FILE_NAME)).unwrap();
+    std::fs::copy(t.job_dir.join(mac), other.join(mac)).unwrap();
     let before = snapshot(&t.root);
-    let e = merge(&other.join(FILE_NAME), &MergeOptions::default()).unwrap_err();
-    assert!(
-        e.to_string().contains("job folder is named \"home\""),
-        "{e}"
-    );
+    // The MAC binds the job id the folder is named after.
+    let e = merge(&other.join(FILE_NAME), &key(), &MergeOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("job.desc.mac does not match"), "{e}");
     assert_eq!(snapshot(&t.root), before);
     // Even a folder that happens to have the job's name loses only the job's own files.
     let same = t.root.join("x").join(&t.desc.job_id);
     std::fs::create_dir_all(&same).unwrap();
     std::fs::write(same.join("keep.txt"), "x").unwrap();
     std::fs::copy(&t.desc_path, same.join(FILE_NAME)).unwrap();
+    std::fs::copy(t.job_dir.join(mac), same.join(mac)).unwrap();
     std::fs::write(same.join(MERGED_MARKER), "rayfarm merge\n").unwrap();
-    let r = merge(&same.join(FILE_NAME), &MergeOptions::default()).unwrap();
+    let r = merge(&same.join(FILE_NAME), &key(), &MergeOptions::default()).unwrap();
     assert!(r.already_merged && !r.job_dir_removed);
     assert_eq!(r.left_in_job_dir, vec![same.join("keep.txt")]);
 }
@@ -693,7 +758,7 @@ fn job_not_fitting_its_scene_is_refused_before_writing() {
         d.validate().unwrap();
     });
     let before = snapshot(&t.root);
-    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+    let e = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap_err();
     assert!(matches!(e, MergeError::Assemble { .. }), "{e}");
     assert!(
         e.to_string().contains("object 'Wall', which has no layer"),
@@ -709,8 +774,8 @@ fn job_not_fitting_its_scene_is_refused_before_writing() {
         o.atlas_meshes[0] = 7;
     }
     d.validate().unwrap();
-    std::fs::write(&t.desc_path, d.to_json()).unwrap();
-    let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+    write_desc_text(&t.desc_path, &d.to_json());
+    let e = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap_err();
     assert!(e.to_string().contains("mesh 7 does not exist"), "{e}");
     tamper(&t, |s| s);
     // Another scene in the job folder (same size, another content hash), or a shorter one.
@@ -720,7 +785,7 @@ fn job_not_fitting_its_scene_is_refused_before_writing() {
     other[40] ^= 1;
     for blob in [&other[..], &original[..original.len() - 1]] {
         std::fs::write(&scene_path, blob).unwrap();
-        let e = merge(&t.desc_path, &MergeOptions::default()).unwrap_err();
+        let e = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap_err();
         assert!(e.to_string().contains("the job folder is damaged"), "{e}");
     }
     std::fs::write(&scene_path, &original).unwrap();

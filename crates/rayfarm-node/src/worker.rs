@@ -89,17 +89,47 @@ pub fn map_path(map: &[(String, String)], path: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// Renders every unit of a manager's task and writes its part file; returns the checksum.
+/// Renders every unit of a manager's task and writes its part file; returns the part's MAC.
+/// The job.desc in `job_dir` is read and authenticated with the farm key first, and the part
+/// the manager asked for must be in it as the manager described it: a worker writes only parts
+/// of jobs a key holder created, whatever the manager or the network folder say.
+/// What renders a task's units: the render threads, the loaded scene and its work.
+struct Renderer<'a> {
+    pool: &'a rayon::ThreadPool,
+    scene: &'a RenderScene,
+    work: &'a Workload,
+}
+
 fn run_task(
-    pool: &rayon::ThreadPool,
-    scene: &RenderScene,
-    work: &Workload,
+    key: &rayfarm_proto::FarmKey,
+    r: Renderer<'_>,
     units: &[rayfarm_render::WorkUnit],
     job_dir: &Path,
     part: &rayfarm_proto::WirePart,
     canceled: &std::sync::atomic::AtomicBool,
 ) -> Result<[u8; 32], String> {
     use rayon::prelude::*;
+    let Renderer { pool, scene, work } = r;
+    let desc_path = job_dir.join(rayfarm_farm::jobdesc::FILE_NAME);
+    let (job, seal) =
+        rayfarm_farm::renderjob::AnyJobDesc::read(&desc_path, key).map_err(|e| e.to_string())?;
+    let listed = (0..job.part_count())
+        .filter_map(|i| job.part(i))
+        .find(|(p, _)| p.name == part.name);
+    match listed {
+        Some((p, spp))
+            if p.layer == part.layer as usize && p.region == part.region && spp == part.spp => {}
+        _ => {
+            return Err(format!(
+                "{}: part '{}' (layer {}, region {:?}, {} spp) is not in the job.desc as the manager describes it",
+                desc_path.display(),
+                part.name,
+                part.layer,
+                part.region,
+                part.spp
+            ))
+        }
+    }
     let region = rayfarm_render::film::Region {
         x0: part.region[0],
         y0: part.region[1],
@@ -129,7 +159,8 @@ fn run_task(
         mesh: None,
     };
     // The error names the part's path (on this node, after --path-map).
-    rayfarm_farm::parts::write_part(job_dir, &desc, &film, part.spp).map_err(|e| e.to_string())
+    rayfarm_farm::parts::write_part(job_dir, &desc, &film, part.spp, &seal)
+        .map_err(|e| e.to_string())
 }
 
 /// What `rayfarm worker --probe` prints (one JSON line).
@@ -460,13 +491,13 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                             wus.push(wu);
                         }
                         let job_dir = map_path(&cfg.path_map, &part.job_dir);
-                        let (scene, work, tx, pool) = (l.scene.clone(), l.work.clone(), task_tx.clone(), pool.clone());
+                        let (scene, work, tx, pool, key) = (l.scene.clone(), l.work.clone(), task_tx.clone(), pool.clone(), cfg.key.clone());
                         let canceled = Arc::new(std::sync::atomic::AtomicBool::new(false));
                         running_tasks.insert(task_id, canceled.clone());
                         let mapped = (job_dir.as_os_str() != part.job_dir.as_str())
                             .then(|| format!(" (the manager's {} after --path-map)", part.job_dir));
                         std::thread::spawn(move || {
-                            let r = run_task(&pool, &scene, &work, &wus, &job_dir, &part, &canceled)
+                            let r = run_task(&key, Renderer { pool: &pool, scene: &scene, work: &work }, &wus, &job_dir, &part, &canceled)
                                 .map_err(|e| format!("{e}{}", mapped.unwrap_or_default()));
                             let _ = tx.send((task_id, r));
                         });

@@ -621,11 +621,15 @@ fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan
     };
     desc.validate()
         .map_err(|e| anyhow::anyhow!("the job's description is invalid: {e}"))?;
+    // The key first: without it no job folder is created (its job.desc needs the MAC).
+    let farm_key = crate::farm_cmd::farm_key()?;
     let job_dir = netdir.join(&job_id);
     std::fs::create_dir(&job_dir)
         .with_context(|| format!("{}: cannot create the job folder", job_dir.display()))?;
     crate::output::write_atomic(&job_dir.join("scene.rfscene"), blob)?;
-    let desc_path = desc.write(&job_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let desc_path = desc
+        .write(&job_dir, &farm_key)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let placeholders =
         rayfarm_farm::merge::write_placeholders(&desc).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::farm_cmd::submit_follow_merge(

@@ -202,6 +202,18 @@ pub struct ManagerArgs {
     /// The PEM private key of --tls-cert
     #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// A network folder the manager serves job folders from (repeatable). A submitted job
+    /// folder must lie inside one of them; with none, the manager takes no jobs
+    #[arg(long, value_name = "NETWORK_FOLDER")]
+    pub netdir: Vec<PathBuf>,
+}
+
+/// The farm key of the configuration (`$RAYFARM_KEY` first, then `$RAYFARM_CONFIG` or the
+/// default files): it writes and checks the MACs of job folders.
+pub fn farm_key() -> Result<rayfarm_proto::FarmKey> {
+    let (cfg, _) = rayfarm_node::config::load(None).map_err(|e| anyhow!(e))?;
+    rayfarm_node::config::farm_key(&cfg)
+        .map_err(|e| anyhow!("{e} (job folders are authenticated with the farm key)"))
 }
 
 fn default_db() -> PathBuf {
@@ -240,6 +252,7 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
         key,
         task_lease_ms: a.task_lease as i64 * 1000,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+        netdirs: a.netdir.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -518,8 +531,9 @@ pub fn merge(a: MergeArgs) -> Result<()> {
             a.job_desc.display()
         );
     }
-    let desc =
-        rayfarm_farm::renderjob::AnyJobDesc::read(&a.job_desc).map_err(|e| anyhow!("{e}"))?;
+    let key = farm_key()?;
+    let (desc, seal) =
+        rayfarm_farm::renderjob::AnyJobDesc::read(&a.job_desc, &key).map_err(|e| anyhow!("{e}"))?;
     let manager = a.manager.clone().or(desc.manager().map(str::to_string));
     let bar = crate::output::progress_bar(1000, a.quiet || !a.wait);
     loop {
@@ -528,7 +542,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
             None => None,
         };
         let job_dir = a.job_desc.parent().unwrap_or(Path::new("."));
-        let problems = rayfarm_farm::merge::check_any(job_dir, &desc);
+        let problems = rayfarm_farm::merge::check_any(job_dir, &desc, &seal);
         let done_on_farm = status.as_ref().is_none_or(|(s, _)| s == "completed");
         if problems.is_empty() && done_on_farm {
             break;
@@ -576,9 +590,12 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     bar.finish_and_clear();
-    let report =
-        rayfarm_farm::merge::merge(&a.job_desc, &rayfarm_farm::merge::MergeOptions::default())
-            .map_err(|e| anyhow!("{e}"))?;
+    let report = rayfarm_farm::merge::merge(
+        &a.job_desc,
+        &key,
+        &rayfarm_farm::merge::MergeOptions::default(),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
     if !a.quiet {
         println!(
             "merged job {}: {} file(s) -> {}",
@@ -776,9 +793,12 @@ pub fn submit_follow_merge(
         std::thread::sleep(Duration::from_millis(300));
     }
     bar.finish_and_clear();
-    let report =
-        rayfarm_farm::merge::merge(desc_path, &rayfarm_farm::merge::MergeOptions::default())
-            .map_err(|e| anyhow!("{e}"))?;
+    let report = rayfarm_farm::merge::merge(
+        desc_path,
+        &farm_key()?,
+        &rayfarm_farm::merge::MergeOptions::default(),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
     if !quiet {
         let out = report
             .written

@@ -719,6 +719,8 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
         output_name(f)?;
     }
     let job_id = crate::farm_cmd::new_job_id()?;
+    // The key first: without it no job folder is created (its job.desc needs the MAC).
+    let farm_key = crate::farm_cmd::farm_key()?;
     let job_dir = netdir.join(&job_id);
     std::fs::create_dir(&job_dir)
         .with_context(|| format!("{}: cannot create the job folder", job_dir.display()))?;
@@ -839,7 +841,9 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
             return Err(e);
         }
     };
-    let desc_path = desc.write(&job_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let desc_path = desc
+        .write(&job_dir, &farm_key)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let any = rayfarm_farm::renderjob::AnyJobDesc::Render(desc);
     let placeholders =
         rayfarm_farm::merge::write_placeholders_any(&any).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -10,6 +10,12 @@ use std::time::Duration;
 const KEY: &str = "e2e-farm-test-key";
 
 /// The manager API's bearer token of the test farms' key.
+/// The farm key every process of a test farm holds.
+#[allow(dead_code)]
+pub fn farm_key() -> rayfarm_proto::FarmKey {
+    rayfarm_proto::FarmKey::from_secret(KEY).unwrap()
+}
+
 pub fn api_token() -> String {
     rayfarm_proto::FarmKey::from_secret(KEY)
         .unwrap()
@@ -158,6 +164,9 @@ impl Farm {
             scan_interval,
             "--task-lease",
             "5",
+            // The manager serves job folders from the farm's network folder only.
+            "--netdir",
+            &self.net().display().to_string(),
         ]);
         for d in daemons {
             args.push("--daemon".into());
