@@ -241,8 +241,10 @@ impl Transport {
                     if m - LENGTH_BYTES > total {
                         return Err(ChannelError::Malformed("record beyond its message"));
                     }
-                    // Grows with the bytes that actually arrive, not with the announcement.
-                    self.partial = Vec::with_capacity(total.min(1 << 20));
+                    // The peer has completed the handshake (it holds the farm key) and the
+                    // length is within the limit: reserve it at once, so the message is not
+                    // copied again as it grows.
+                    self.partial = Vec::with_capacity(total);
                     self.partial.extend_from_slice(&self.first[LENGTH_BYTES..m]);
                     self.expected = Some(total);
                 }
