@@ -210,53 +210,35 @@ impl Conn {
     /// Receives one message. A record that fails authentication, an oversized or undecodable
     /// message is an error; the caller should then drop the connection.
     pub async fn recv(&mut self) -> Result<Msg, ProtoError> {
-        loop {
-            let opened = self
-                .transport
-                .open(&mut self.rbuf, self.max_message_bytes)
-                .map_err(|e| ProtoError::Channel {
-                    peer: self.peer.to_string(),
-                    source: e,
-                })?;
-            if let Some(bytes) = opened {
-                return postcard::from_bytes(&bytes).map_err(|e| ProtoError::Protocol {
-                    peer: self.peer_name(),
-                    what: format!("undecodable message of {} bytes ({e})", bytes.len()),
-                });
-            }
-            // Room for at least one whole record per read.
-            self.rbuf.reserve(channel::MAX_NOISE_MESSAGE + 2);
-            // Cancellation-safe: `read_buf` either appends what it read or nothing.
-            let n = self
-                .stream
-                .read_buf(&mut self.rbuf)
-                .await
-                .map_err(|e| ProtoError::Io {
-                    peer: self.peer.to_string(),
-                    source: e,
-                })?;
-            if n == 0 {
-                return Err(ProtoError::Closed {
-                    peer: self.peer_name(),
-                });
-            }
-        }
+        let bytes = self.next_message(self.max_message_bytes).await?;
+        postcard::from_bytes(&bytes).map_err(|e| ProtoError::Protocol {
+            peer: self.peer_name(),
+            what: format!("undecodable message of {} bytes ({e})", bytes.len()),
+        })
     }
 
     /// Reads the initiator's key confirmation (an empty message).
     async fn recv_confirmation(&mut self) -> Result<(), ProtoError> {
+        self.next_message(0).await.map(|_| ())
+    }
+
+    /// The next whole message's bytes, at most `limit` of them. Cancellation-safe: bytes read
+    /// so far stay in `rbuf` and in the transport's partial message.
+    async fn next_message(&mut self, limit: usize) -> Result<Vec<u8>, ProtoError> {
         loop {
             let opened =
                 self.transport
-                    .open(&mut self.rbuf, 0)
+                    .open(&mut self.rbuf, limit)
                     .map_err(|e| ProtoError::Channel {
                         peer: self.peer.to_string(),
                         source: e,
                     })?;
-            if opened.is_some() {
-                return Ok(());
+            if let Some(bytes) = opened {
+                return Ok(bytes);
             }
+            // Room for at least one whole record per read.
             self.rbuf.reserve(channel::MAX_NOISE_MESSAGE + 2);
+            // `read_buf` either appends what it read or nothing.
             let n = self
                 .stream
                 .read_buf(&mut self.rbuf)
@@ -467,9 +449,7 @@ pub async fn accept_within(
                 })?;
                 let mut conn = Conn::new(stream, transport, peer, peer_role);
                 // A replayed message 1 gets this far; only a live keyholder gets further.
-                conn.max_message_bytes = 0;
                 conn.recv_confirmation().await?;
-                conn.max_message_bytes = MAX_FRAME_BYTES;
                 Ok(conn)
             }
             Err(channel::ChannelError::WrongKey) => {
