@@ -8,18 +8,10 @@
 
 mod common;
 
-use common::farm::{api_token, Farm};
+use common::farm::{agent, api_token, Farm};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
 
 /// POSTs a submit of `job_dir` with the farm's token; status and body.
 fn submit_raw(port: u16, job_dir: &str) -> (u16, String) {

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::farm::{api_token, strings, Farm};
+use common::farm::{agent, api_token, strings, Farm};
 use common::proc::Proc;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -25,14 +25,6 @@ impl Answer {
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
 }
 
 /// Sends `method url` with `headers` and an optional body.
