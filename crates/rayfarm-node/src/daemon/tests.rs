@@ -425,7 +425,7 @@ async fn bad_input_is_survived() {
         if input.len() < 16 {
             s.shutdown().await.unwrap();
         }
-        // The daemon closes the connection (it sends its preamble and challenge first).
+        // The daemon closes the connection (it sends its preamble first).
         let mut sink = Vec::new();
         tokio::time::timeout(Duration::from_secs(7), s.read_to_end(&mut sink))
             .await
