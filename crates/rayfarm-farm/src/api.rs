@@ -157,9 +157,6 @@ async fn no_such_route() -> ApiError {
 pub const UNAUTHORIZED_MESSAGE: &str = "this manager's API needs the farm's API token: send \
     `Authorization: Bearer TOKEN` with the token `rayfarm key api-token` prints (with the farm key)";
 
-/// Body bytes of a refused request read before the 401 (more: the connection is closed).
-const UNAUTHORIZED_DRAIN_BYTES: usize = 64 * 1024;
-
 /// The bearer-token check in front of every API route: the request goes on only when its
 /// `Authorization` header is `Bearer <the farm's API token>` (compared in constant time);
 /// otherwise 401 and the handler never runs.
@@ -183,25 +180,13 @@ pub async fn require_token(
                 "API request(s) refused for want of the farm's API token",
             );
             REFUSED.event(&format!("{} {}", req.method(), req.uri().path()));
-            // A small body is read (and dropped) before answering: closing a socket with unread
-            // data makes the kernel reset it, and the client could lose the 401 itself.
-            let drained = axum::body::to_bytes(req.into_body(), UNAUTHORIZED_DRAIN_BYTES)
-                .await
-                .is_ok();
+            // (The body was read whole before this layer: see `http::read_body`.)
             let mut r =
                 ApiError(StatusCode::UNAUTHORIZED, UNAUTHORIZED_MESSAGE.into()).into_response();
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"rayfarm\""),
             );
-            if !drained {
-                // The rest of the body is unread, so the connection cannot be reused: say so,
-                // or a keep-alive client would send its next request into a closing socket.
-                r.headers_mut().insert(
-                    header::CONNECTION,
-                    header::HeaderValue::from_static("close"),
-                );
-            }
             r
         }
     }

@@ -4,7 +4,9 @@
 //! This module owns the transport only: it knows nothing of jobs or of the farm key (the API's
 //! bearer check is a layer in [`crate::api`]). What it guarantees, whatever clients do:
 //!
-//! - a request body is at most [`HttpLimits::max_body_bytes`] (413 beyond);
+//! - a request body is at most [`HttpLimits::max_body_bytes`] (413 beyond), and it is read
+//!   whole before any handler runs, so a handler that ignores it never leaves the connection
+//!   unusable for the client's next request;
 //! - at most [`HttpLimits::max_concurrent_requests`] requests run at once (the others wait);
 //! - a request that has not been answered after [`HttpLimits::request_timeout`] gets 408;
 //! - at most [`HttpLimits::max_connections`] connections are open. A newcomer beyond that is
@@ -334,6 +336,46 @@ async fn accept_loop(
     }
 }
 
+/// Reads a request's whole body (at most `max` bytes, within `timeout`) before any handler
+/// runs. A handler that ignores the body (pause, resume) would otherwise answer while part of it
+/// is still unread, and hyper then closes the connection after the answer: a keep-alive client
+/// that reuses it loses its next request ("peer disconnected"). Reading it here keeps every
+/// connection reusable, and a refused body closes the connection and says so.
+async fn read_body(
+    req: hyper::Request<Incoming>,
+    max: usize,
+    timeout: Duration,
+) -> Result<axum::extract::Request, axum::response::Response> {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    let refuse = |status: StatusCode, why: &str| {
+        let mut r = (status, why.to_string()).into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    match tokio::time::timeout(
+        timeout,
+        axum::body::to_bytes(axum::body::Body::new(body), max),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes),
+        )),
+        Ok(Err(_)) => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is over the limit of {max} bytes, or was cut short"),
+        )),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
 /// Serves one connection until the client closes it, it idles too long, the accept loop
 /// evicts it, or the manager stops.
 async fn connection<Io>(
@@ -348,11 +390,15 @@ async fn connection<Io>(
 {
     let svc = {
         let (state, conns) = (state.clone(), conns.clone());
+        let (max_body, body_timeout) = (limits.max_body_bytes, limits.request_timeout);
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let guard = InFlight::new(state.clone(), conns.clone());
             let app = app.clone();
             async move {
-                let r = app.oneshot(req.map(axum::body::Body::new)).await;
+                let r = match read_body(req, max_body, body_timeout).await {
+                    Ok(req) => app.oneshot(req).await,
+                    Err(refused) => Ok(refused),
+                };
                 drop(guard);
                 r
             }
@@ -403,6 +449,7 @@ mod tests {
     async fn start(limits: HttpLimits) -> (std::net::SocketAddr, ServeStats, watch::Sender<bool>) {
         let app = Router::new()
             .route("/", get(|| async { "ok" }))
+            .route("/ignore", post(|| async { "ignored" }))
             .route(
                 "/echo",
                 post(|body: String| async move { body.len().to_string() }),
@@ -458,6 +505,30 @@ mod tests {
             "{} connections open",
             stats.open_connections()
         );
+    }
+
+    /// A body that arrives after the handler could have answered (the handler ignores it) must
+    /// not cost the client its keep-alive connection: the next request on it is answered.
+    #[tokio::test]
+    async fn a_late_body_that_the_handler_ignores_keeps_the_connection_usable() {
+        let (addr, _stats, _stop) = start(HttpLimits::default()).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(b"{}").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("answers within 5 s")
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+        assert!(out.ends_with("ok"), "{out}");
     }
 
     #[tokio::test]
