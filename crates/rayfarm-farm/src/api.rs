@@ -345,7 +345,7 @@ async fn submit(
     let new_id = store(&m).submit(NewJob {
         id: Some(id.clone()),
         name,
-        kind: ctx.desc.kind(),
+        kind: ctx.desc.kind().into(),
         priority: req.priority,
         spec,
         tasks,
@@ -487,16 +487,8 @@ async fn register(
     State(m): Mgr,
     Json(r): Json<RegisterRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let ok = r.addr.len() <= 256
-        && r.addr.rsplit_once(':').is_some_and(|(host, port)| {
-            port.parse::<u16>().is_ok_and(|p| p > 0)
-                && !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-        });
-    if !ok {
-        return Err(bad(format!("'{}' is not a HOST:PORT address", r.addr)));
+    if let Err(e) = rayfarm_proto::addr::check_host_port(&r.addr, 256) {
+        return Err(bad(format!("cannot register: {e}")));
     }
     match m.register(&r.addr) {
         Registered::New => m.event(

@@ -23,17 +23,10 @@
 #![allow(clippy::type_complexity)]
 
 pub mod api;
-pub mod folder;
 pub mod http;
-pub mod images;
-pub mod jobdesc;
 pub mod manager;
-pub mod maps;
-pub mod merge;
-pub mod parts;
 pub mod preview;
 pub mod registry;
-pub mod renderjob;
 pub mod store;
 
 pub use store::{

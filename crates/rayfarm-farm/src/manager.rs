@@ -18,10 +18,10 @@
 //! each lease holder and each worker session watch one `watch` channel that flips to `true`
 //! on shutdown; sessions then say `Goodbye`, lease holders `Release`.
 
-use crate::jobdesc::{PartDesc, SceneRef};
-use crate::renderjob::AnyJobDesc;
 use crate::store::{JobStatus, Store, TaskAssignment};
 use rayfarm_bake::{BakeWork, Workload};
+use rayfarm_job::jobdesc::{PartDesc, SceneRef};
+use rayfarm_job::renderjob::AnyJobDesc;
 use rayfarm_proto::{
     FarmKey, ListenLimits, Msg, Role, SecureListener, WirePart, WireUnit, WireWork,
 };
@@ -151,7 +151,7 @@ pub struct JobCtx {
     job_dir: PathBuf,
     pub desc: AnyJobDesc,
     /// What authenticates the job's parts (its job.desc's hash and the farm key).
-    seal: crate::folder::JobSeal,
+    seal: rayfarm_job::folder::JobSeal,
     /// A bake's work, the same for every part.
     bake_wire: Option<WireWork>,
     /// Compiled scenes read so far, by file name, most recent last (at most
@@ -206,8 +206,8 @@ impl JobCtx {
 
 /// Reads a job's compiled scene and checks its size and hash against the job.desc.
 fn read_scene(job_dir: &Path, scene: &SceneRef) -> Result<SceneBlob, String> {
-    let path = crate::jobdesc::safe_join(job_dir, &scene.file).map_err(|e| e.to_string())?;
-    let bytes = crate::folder::read_nofollow(&path, scene.bytes)
+    let path = rayfarm_job::jobdesc::safe_join(job_dir, &scene.file).map_err(|e| e.to_string())?;
+    let bytes = rayfarm_job::folder::read_nofollow(&path, scene.bytes)
         .map_err(|e| format!("{}: cannot read the job's scene: {e}", path.display()))?
         .ok_or_else(|| format!("{}: the scene is larger than job.desc says", path.display()))?;
     let hash = rayfarm_scene::blob::content_hash(&bytes)
@@ -235,7 +235,7 @@ pub struct Manager {
     /// ([`Manager::forget_job`]), so a job id submitted again from another folder is read anew.
     jobs: Mutex<HashMap<String, Arc<JobCtx>>>,
     /// The canonical `netdirs`: the only folders job folders are served from.
-    pub roots: crate::folder::Roots,
+    pub roots: rayfarm_job::folder::Roots,
     /// The monitor's job previews, built once per change of a job.
     pub previews: crate::preview::PreviewCache,
 }
@@ -393,7 +393,7 @@ impl Manager {
 /// and, for a bake, the compiled scene it names (its hash must match); a render's scenes
 /// are checked as they are read.
 pub fn load_job(job_id: &str, job_dir: &Path, key: &FarmKey) -> Result<JobCtx, String> {
-    let (desc, seal) = AnyJobDesc::read(&job_dir.join(crate::jobdesc::FILE_NAME), key)
+    let (desc, seal) = AnyJobDesc::read(&job_dir.join(rayfarm_job::jobdesc::FILE_NAME), key)
         .map_err(|e| e.to_string())?;
     if desc.job_id() != job_id {
         return Err(format!(
@@ -487,7 +487,7 @@ pub async fn run(
         Some((cert, key)) => Some(crate::http::load_tls(cert, key)?),
         None => None,
     };
-    let roots = crate::folder::Roots::new(&cfg.netdirs)?;
+    let roots = rayfarm_job::folder::Roots::new(&cfg.netdirs)?;
     if roots.is_empty() {
         eprintln!(
             "warning: no --netdir given: the manager takes no job folders until it is restarted with --netdir NETWORK_FOLDER"
@@ -579,7 +579,7 @@ fn recover(mgr: &Manager) {
             let ctx = mgr.job_ctx(&t.job_id, &spec)?;
             let ts: TaskSpec = serde_json::from_str(&t.spec).map_err(|e| e.to_string())?;
             let (p, spp) = ctx.desc.part(ts.part).ok_or("no such part")?;
-            Ok(crate::parts::read_part(&ctx.job_dir, &p, spp, &ctx.seal).is_ok())
+            Ok(rayfarm_job::parts::read_part(&ctx.job_dir, &p, spp, &ctx.seal).is_ok())
         })()
         .unwrap_or(false);
         let mut store = lock(&mgr.store);
@@ -1022,11 +1022,11 @@ async fn run_task(
                     Msg::TaskDone { task_id, checksum } if task_id == task.task_id => {
                         // Trust, but verify: the part must be readable and intact from here too.
                         let p = &work.desc;
-                        let check = crate::parts::read_part(&ctx.job_dir, p, part.spp, &ctx.seal)
+                        let check = rayfarm_job::parts::read_part(&ctx.job_dir, p, part.spp, &ctx.seal)
                             .map_err(|e| e.to_string())
                             .and_then(|_| {
-                                let path = crate::parts::part_path(&ctx.job_dir, p).map_err(|e| e.to_string())?;
-                                let bytes = crate::folder::read_nofollow(&path, u64::MAX).map_err(|e| format!("{}: {e}", path.display()))?.unwrap_or_default();
+                                let path = rayfarm_job::parts::part_path(&ctx.job_dir, p).map_err(|e| e.to_string())?;
+                                let bytes = rayfarm_job::folder::read_nofollow(&path, u64::MAX).map_err(|e| format!("{}: {e}", path.display()))?.unwrap_or_default();
                                 // The part's trailer is its MAC (read_part checked it).
                                 let got = &bytes[bytes.len().saturating_sub(32)..];
                                 if got == checksum.as_slice() { Ok(()) } else { Err("the part's checksum differs from the one the worker reported".to_string()) }

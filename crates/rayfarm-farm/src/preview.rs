@@ -9,8 +9,8 @@
 //! key), however many clients ask, at most [`MAX_PREVIEW_BUILDS`] builds run at once, and they
 //! run on blocking threads, never on the async runtime.
 
-use crate::jobdesc::JobDesc;
-use crate::renderjob::{AnyJobDesc, RenderJobDesc};
+use rayfarm_job::jobdesc::JobDesc;
+use rayfarm_job::renderjob::{AnyJobDesc, RenderJobDesc};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +26,8 @@ pub const MAX_CACHED_PREVIEWS: usize = 32;
 /// A PNG of the job's map so far, or `None` when the job folder has no readable part yet.
 /// Only an authenticated job.desc and parts are shown.
 pub fn preview_png(job_dir: &Path, farm_key: &rayfarm_proto::FarmKey) -> Option<Vec<u8>> {
-    let (desc, seal) = AnyJobDesc::read(&job_dir.join(crate::jobdesc::FILE_NAME), farm_key).ok()?;
+    let (desc, seal) =
+        AnyJobDesc::read(&job_dir.join(rayfarm_job::jobdesc::FILE_NAME), farm_key).ok()?;
     match desc {
         AnyJobDesc::Bake(d) => bake_preview(job_dir, &d, &seal),
         AnyJobDesc::Render(d) => render_preview(job_dir, &d, &seal),
@@ -75,7 +76,7 @@ impl Grid {
 fn render_preview(
     job_dir: &Path,
     desc: &RenderJobDesc,
-    seal: &crate::folder::JobSeal,
+    seal: &rayfarm_job::folder::JobSeal,
 ) -> Option<Vec<u8>> {
     let grid = Grid::new(desc.render.width, desc.render.height);
     let spp = desc.render.spp;
@@ -85,7 +86,7 @@ fn render_preview(
         let mut any = false;
         for pi in desc.parts_of_frame(fi) {
             let p = desc.part_desc(pi)?;
-            let Ok(part) = crate::parts::read_part(job_dir, &p, spp, seal) else {
+            let Ok(part) = rayfarm_job::parts::read_part(job_dir, &p, spp, seal) else {
                 continue;
             };
             any = true;
@@ -105,8 +106,8 @@ fn render_preview(
             .to_rgb(spp);
             let mut s = desc.image_settings();
             s.half = false;
-            return crate::images::encode_image(
-                crate::images::ImageFormat::Png,
+            return rayfarm_job::images::encode_image(
+                rayfarm_job::images::ImageFormat::Png,
                 grid.pw,
                 grid.ph,
                 &small,
@@ -118,7 +119,11 @@ fn render_preview(
     None
 }
 
-fn bake_preview(job_dir: &Path, desc: &JobDesc, seal: &crate::folder::JobSeal) -> Option<Vec<u8>> {
+fn bake_preview(
+    job_dir: &Path,
+    desc: &JobDesc,
+    seal: &rayfarm_job::folder::JobSeal,
+) -> Option<Vec<u8>> {
     let output = desc
         .outputs
         .iter()
@@ -132,7 +137,7 @@ fn bake_preview(job_dir: &Path, desc: &JobDesc, seal: &crate::folder::JobSeal) -
         let Some(spp) = desc.layer_spp(p.layer) else {
             continue;
         };
-        let Ok(film) = crate::parts::read_part(job_dir, p, spp, seal) else {
+        let Ok(film) = rayfarm_job::parts::read_part(job_dir, p, spp, seal) else {
             continue;
         };
         any = true;
@@ -149,7 +154,7 @@ fn bake_preview(job_dir: &Path, desc: &JobDesc, seal: &crate::folder::JobSeal) -
     if !any {
         return None;
     }
-    crate::maps::encode_map_png(grid.pw, grid.ph, &px, output.pass).ok()
+    rayfarm_job::maps::encode_map_png(grid.pw, grid.ph, &px, output.pass).ok()
 }
 
 /// What a job's preview depends on: when it changes, the preview is built again. The manager

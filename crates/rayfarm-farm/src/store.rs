@@ -103,7 +103,7 @@ pub const MAX_NODE_FAILURES_PER_JOB: u32 = 2;
 pub const DEFAULT_TASK_LEASE_MS: i64 = 60_000;
 
 /// Job ids are `[a-z0-9-]` and at most this long (generated ones are 13 characters).
-pub const MAX_JOB_ID_LEN: usize = 64;
+pub const MAX_JOB_ID_LEN: usize = rayfarm_job::jobdesc::MAX_JOB_ID_LEN;
 /// Job and task names, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 /// Node names, in bytes.
@@ -175,7 +175,7 @@ pub enum StoreError {
     #[error("no task with id {0}")]
     NoSuchTask(TaskId),
     #[error("job id {id:?} is invalid: {why}")]
-    BadJobId { id: String, why: &'static str },
+    BadJobId { id: String, why: String },
     #[error("node name {node:?} is invalid: {why}")]
     BadNodeName { node: String, why: &'static str },
     #[error("invalid job: {0}")]
@@ -292,6 +292,15 @@ text_enum!(
 );
 
 /// Every allowed job status change; anything else is a [`StoreError::BadTransition`].
+impl From<rayfarm_job::jobdesc::JobKindTag> for JobKind {
+    fn from(k: rayfarm_job::jobdesc::JobKindTag) -> Self {
+        match k {
+            rayfarm_job::jobdesc::JobKindTag::Bake => JobKind::Bake,
+            rayfarm_job::jobdesc::JobKindTag::Render => JobKind::Render,
+        }
+    }
+}
+
 pub const JOB_TRANSITIONS: &[(JobStatus, JobStatus)] = {
     use JobStatus::*;
     &[
@@ -1323,21 +1332,10 @@ fn select_ids(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
 /// Checks a job id from a user before it goes anywhere near SQL (which gets it as a parameter
 /// anyway): `[a-z0-9-]`, 1 to [`MAX_JOB_ID_LEN`] characters.
 pub fn validate_job_id(id: &str) -> Result<()> {
-    let why = if id.is_empty() {
-        "it is empty"
-    } else if id.len() > MAX_JOB_ID_LEN {
-        "it is longer than 64 characters"
-    } else if !id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        "only lower-case letters, digits and '-' are allowed"
-    } else {
-        return Ok(());
-    };
-    Err(StoreError::BadJobId {
+    // One rule for job ids: the job folder's ([`rayfarm_job::jobdesc::check_job_id`]).
+    rayfarm_job::jobdesc::check_job_id(id).map_err(|e| StoreError::BadJobId {
         id: truncate(id, MAX_JOB_ID_LEN + 8).to_string(),
-        why,
+        why: e.to_string(),
     })
 }
 

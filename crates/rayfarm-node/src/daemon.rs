@@ -404,30 +404,8 @@ pub fn lease_timeout(requested_ms: u64) -> Duration {
 
 /// Checks `Acquire`'s `master_addr`: `HOST:PORT`, no spaces or control characters.
 fn check_master_addr(addr: &str) -> Result<(), String> {
-    if addr.is_empty() || addr.len() > MAX_MASTER_ADDR_LEN {
-        return Err(format!(
-            "master_addr must be HOST:PORT of at most {MAX_MASTER_ADDR_LEN} bytes"
-        ));
-    }
-    if addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("master_addr contains spaces or control characters".into());
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!(
-            "master_addr {addr:?} has no port (expected HOST:PORT)"
-        ));
-    };
-    if host.is_empty() || host.starts_with('-') {
-        return Err(format!(
-            "master_addr {addr:?} has no valid host (expected HOST:PORT)"
-        ));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => Ok(()),
-        _ => Err(format!(
-            "master_addr {addr:?} has no valid port (expected HOST:PORT)"
-        )),
-    }
+    rayfarm_proto::addr::check_host_port(addr, MAX_MASTER_ADDR_LEN)
+        .map_err(|e| format!("master_addr {e}"))
 }
 
 fn describe_status(st: ExitStatus) -> String {

@@ -110,9 +110,9 @@ fn run_task(
 ) -> Result<[u8; 32], String> {
     use rayon::prelude::*;
     let Renderer { pool, scene, work } = r;
-    let desc_path = job_dir.join(rayfarm_farm::jobdesc::FILE_NAME);
+    let desc_path = job_dir.join(rayfarm_job::jobdesc::FILE_NAME);
     let (job, seal) =
-        rayfarm_farm::renderjob::AnyJobDesc::read(&desc_path, key).map_err(|e| e.to_string())?;
+        rayfarm_job::renderjob::AnyJobDesc::read(&desc_path, key).map_err(|e| e.to_string())?;
     let listed = (0..job.part_count())
         .filter_map(|i| job.part(i))
         .find(|(p, _)| p.name == part.name);
@@ -152,14 +152,14 @@ fn run_task(
             film.add(r)?;
         }
     }
-    let desc = rayfarm_farm::jobdesc::PartDesc {
+    let desc = rayfarm_job::jobdesc::PartDesc {
         name: part.name.clone(),
         layer: part.layer as usize,
         region: part.region,
         mesh: None,
     };
     // The error names the part's path (on this node, after --path-map).
-    rayfarm_farm::parts::write_part(job_dir, &desc, &film, part.spp, &seal)
+    rayfarm_job::parts::write_part(job_dir, &desc, &film, part.spp, &seal)
         .map_err(|e| e.to_string())
 }
 
@@ -249,10 +249,8 @@ fn cache_put(dir: &Path, hash: &[u8; 32], blob: &[u8], max_bytes: u64) {
         return;
     }
     let p = cache_path(dir, hash);
-    let tmp = p.with_extension(format!("partial.{}", std::process::id()));
-    if let Err(e) = std::fs::write(&tmp, blob).and_then(|_| std::fs::rename(&tmp, &p)) {
-        tracing::warn!("cannot write scene cache {}: {e}", p.display());
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = rayfarm_job::fsutil::write_atomic(&p, blob) {
+        tracing::warn!("scene cache: {e}");
         return;
     }
     let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = std::fs::read_dir(dir)

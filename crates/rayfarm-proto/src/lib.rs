@@ -10,6 +10,7 @@
 //! (daemon, master, the manager's worker port): it bounds connections, handshakes and sessions.
 //! See PROTOCOL.md.
 
+pub mod addr;
 pub mod auth;
 pub mod channel;
 pub mod listener;

@@ -429,7 +429,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
             job.table.height,
         );
         // The same writers as the farm's merge, so farm and local maps are the same bytes.
-        let files = rayfarm_farm::maps::write_map_files(
+        let files = rayfarm_job::maps::write_map_files(
             &a.out,
             &stem,
             job.table.width,
@@ -528,9 +528,7 @@ struct FarmPlan<'a> {
 /// The farm half of `rayfarm bake`: writes the job folder (compiled scene, job.desc), the
 /// placeholders, submits the job, follows it and merges the result.
 fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan) -> Result<()> {
-    use rayfarm_farm::jobdesc::{
-        self, BakeDesc, BakeMode, JobDesc, OutputDesc, PartDesc, SceneRef,
-    };
+    use rayfarm_job::jobdesc::{self, BakeDesc, BakeMode, JobDesc, OutputDesc, PartDesc, SceneRef};
     let spec = plan.spec;
     let mut parts: Vec<PartDesc> = Vec::new();
     let mut outputs = Vec::new();
@@ -631,7 +629,7 @@ fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan
         .write(&job_dir, &farm_key)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let placeholders =
-        rayfarm_farm::merge::write_placeholders(&desc).map_err(|e| anyhow::anyhow!("{e}"))?;
+        rayfarm_job::merge::write_placeholders(&desc).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::farm_cmd::submit_follow_merge(
         farm,
         &job_dir,
@@ -657,8 +655,8 @@ fn write_baked_gltf(
 ) -> Result<()> {
     let maps = complete_pngs
         .iter()
-        .map(|(ji, png)| -> Result<rayfarm_farm::maps::BakedMap> {
-            Ok(rayfarm_farm::maps::BakedMap {
+        .map(|(ji, png)| -> Result<rayfarm_job::maps::BakedMap> {
+            Ok(rayfarm_job::maps::BakedMap {
                 meshes: jobs[*ji].meshes.clone(),
                 name: png
                     .file_stem()
@@ -670,7 +668,7 @@ fn write_baked_gltf(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    rayfarm_farm::maps::write_baked_glb(path, scene, maps, uv_set)
+    rayfarm_job::maps::write_baked_glb(path, scene, maps, uv_set)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(())
 }

@@ -533,7 +533,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     }
     let key = farm_key()?;
     let (desc, seal) =
-        rayfarm_farm::renderjob::AnyJobDesc::read(&a.job_desc, &key).map_err(|e| anyhow!("{e}"))?;
+        rayfarm_job::renderjob::AnyJobDesc::read(&a.job_desc, &key).map_err(|e| anyhow!("{e}"))?;
     let manager = a.manager.clone().or(desc.manager().map(str::to_string));
     let bar = crate::output::progress_bar(1000, a.quiet || !a.wait);
     loop {
@@ -542,7 +542,7 @@ pub fn merge(a: MergeArgs) -> Result<()> {
             None => None,
         };
         let job_dir = a.job_desc.parent().unwrap_or(Path::new("."));
-        let problems = rayfarm_farm::merge::check_any(job_dir, &desc, &seal);
+        let problems = rayfarm_job::merge::check_any(job_dir, &desc, &seal);
         let done_on_farm = status.as_ref().is_none_or(|(s, _)| s == "completed");
         if problems.is_empty() && done_on_farm {
             break;
@@ -560,8 +560,8 @@ pub fn merge(a: MergeArgs) -> Result<()> {
             let list: Vec<String> = problems
                 .iter()
                 .map(|p| match p {
-                    rayfarm_farm::merge::PartProblem::Missing { part } => format!("{part} missing"),
-                    rayfarm_farm::merge::PartProblem::Corrupt { part, reason } => {
+                    rayfarm_job::merge::PartProblem::Missing { part } => format!("{part} missing"),
+                    rayfarm_job::merge::PartProblem::Corrupt { part, reason } => {
                         format!("{part} damaged ({reason})")
                     }
                 })
@@ -590,10 +590,10 @@ pub fn merge(a: MergeArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     bar.finish_and_clear();
-    let report = rayfarm_farm::merge::merge(
+    let report = rayfarm_job::merge::merge(
         &a.job_desc,
         &key,
-        &rayfarm_farm::merge::MergeOptions::default(),
+        &rayfarm_job::merge::MergeOptions::default(),
     )
     .map_err(|e| anyhow!("{e}"))?;
     if !a.quiet {
@@ -793,10 +793,10 @@ pub fn submit_follow_merge(
         std::thread::sleep(Duration::from_millis(300));
     }
     bar.finish_and_clear();
-    let report = rayfarm_farm::merge::merge(
+    let report = rayfarm_job::merge::merge(
         desc_path,
         &farm_key()?,
-        &rayfarm_farm::merge::MergeOptions::default(),
+        &rayfarm_job::merge::MergeOptions::default(),
     )
     .map_err(|e| anyhow!("{e}"))?;
     if !quiet {

@@ -12,11 +12,11 @@ pub enum ToneMap {
     Aces,
 }
 
-impl From<ToneMap> for rayfarm_farm::images::ToneMap {
+impl From<ToneMap> for rayfarm_job::images::ToneMap {
     fn from(t: ToneMap) -> Self {
         match t {
-            ToneMap::Clamp => rayfarm_farm::images::ToneMap::Clamp,
-            ToneMap::Aces => rayfarm_farm::images::ToneMap::Aces,
+            ToneMap::Clamp => rayfarm_job::images::ToneMap::Clamp,
+            ToneMap::Aces => rayfarm_job::images::ToneMap::Aces,
         }
     }
 }
@@ -39,7 +39,7 @@ pub fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
 
 /// Writes an image, choosing the format by extension. Exposure applies to PNG only; EXR keeps
 /// the linear values as rendered. The bytes are those of a farm render job's merge
-/// ([`rayfarm_farm::images`]), and the file is written atomically.
+/// ([`rayfarm_job::images`]), and the file is written atomically.
 pub fn write_image(
     path: &Path,
     width: u32,
@@ -49,12 +49,12 @@ pub fn write_image(
     exposure_ev: f32,
     tonemap: ToneMap,
 ) -> Result<()> {
-    let settings = rayfarm_farm::images::ImageSettings {
+    let settings = rayfarm_job::images::ImageSettings {
         half,
         exposure_ev,
         tonemap: tonemap.into(),
     };
-    rayfarm_farm::images::write_image(path, width, height, pixels, &settings)
+    rayfarm_job::images::write_image(path, width, height, pixels, &settings)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -80,26 +80,10 @@ pub fn read_exr(path: &Path) -> Result<(u32, u32, Vec<[f32; 3]>)> {
     ))
 }
 
-/// Writes a file under a temporary name, syncs it and renames it into place, so a crash
-/// never leaves a half-written file at `path`.
+/// Writes a file atomically ([`rayfarm_job::fsutil`]): a crash never leaves a half-written
+/// file at `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial.{}", std::process::id()));
-    let r = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::anyhow!("{}: cannot write: {e}", path.display()));
-    }
-    Ok(())
+    Ok(rayfarm_job::fsutil::write_atomic(path, bytes)?)
 }
 
 #[cfg(test)]

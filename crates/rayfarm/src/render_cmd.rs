@@ -138,7 +138,7 @@ pub enum TaskSplit {
 }
 
 /// Most frames one command renders.
-const MAX_FRAMES: usize = rayfarm_farm::renderjob::MAX_FRAMES;
+const MAX_FRAMES: usize = rayfarm_job::renderjob::MAX_FRAMES;
 
 /// The frame numbers of --frames, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -439,7 +439,7 @@ pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
 
 pub fn run(a: RenderArgs) -> Result<()> {
     // Check the output before spending minutes rendering.
-    rayfarm_farm::images::ImageFormat::of(&a.output).map_err(|e| anyhow::anyhow!(e))?;
+    rayfarm_job::images::ImageFormat::of(&a.output).map_err(|e| anyhow::anyhow!(e))?;
     if !(a.fps.is_finite() && a.fps > 0.0 && a.fps <= 10_000.0) {
         bail!("--fps {} must be a positive number (at most 10000)", a.fps);
     }
@@ -674,12 +674,12 @@ pub fn print_shares(shares: &[rayfarm_master::NodeShare]) {
 /// the compiled scene of every frame), leaves placeholder images at the outputs, submits the
 /// job and follows it to the merge.
 fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
-    use rayfarm_farm::jobdesc::{check_file_name, SceneRef};
-    use rayfarm_farm::renderjob::{
+    use rayfarm_job::jobdesc::{check_file_name, SceneRef};
+    use rayfarm_job::renderjob::{
         CameraDesc, FrameDesc, RenderDesc, RenderJobDesc, RenderPartDesc,
     };
     let farm_addr = crate::farm_cmd::manager_addr(farm);
-    rayfarm_farm::jobdesc::check_manager(&farm_addr).map_err(|e| anyhow::anyhow!("--farm: {e}"))?;
+    rayfarm_job::jobdesc::check_manager(&farm_addr).map_err(|e| anyhow::anyhow!("--farm: {e}"))?;
     // Without the farm key the manager would refuse the job: say so before preparing it.
     crate::farm_cmd::FarmClient::from_config(farm, None)?;
     let netdir = crate::farm_cmd::check_netdir(netdir, a.quiet)?;
@@ -844,9 +844,9 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
     let desc_path = desc
         .write(&job_dir, &farm_key)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let any = rayfarm_farm::renderjob::AnyJobDesc::Render(desc);
+    let any = rayfarm_job::renderjob::AnyJobDesc::Render(desc);
     let placeholders =
-        rayfarm_farm::merge::write_placeholders_any(&any).map_err(|e| anyhow::anyhow!("{e}"))?;
+        rayfarm_job::merge::write_placeholders_any(&any).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::farm_cmd::submit_follow_merge(
         farm,
         &job_dir,

@@ -474,13 +474,13 @@ fn a_preview_flood_of_a_large_job_stays_small() {
         .expect("a job folder");
     let job_dir = farm.net().join(&id);
     // Some tiles are done (written here as a node would).
-    let (desc, seal) = rayfarm_farm::renderjob::AnyJobDesc::read(
+    let (desc, seal) = rayfarm_job::renderjob::AnyJobDesc::read(
         &job_dir.join("job.desc"),
         &common::farm::farm_key(),
     )
     .unwrap();
     let desc = match desc {
-        rayfarm_farm::renderjob::AnyJobDesc::Render(d) => d,
+        rayfarm_job::renderjob::AnyJobDesc::Render(d) => d,
         _ => panic!("not a render job"),
     };
     let spp = desc.render.spp;
@@ -489,7 +489,7 @@ fn a_preview_flood_of_a_large_job_stays_small() {
         let region = p.region();
         let v = rayfarm_render::film::to_fixed(0.25 * (i + 1) as f32) * spp as i128;
         let film = rayfarm_render::Film::from_sums(region, vec![[v, v / 2, 0]; region.pixels()], 0);
-        rayfarm_farm::parts::write_part(&job_dir, &p, &film, spp, &seal).unwrap();
+        rayfarm_job::parts::write_part(&job_dir, &p, &film, spp, &seal).unwrap();
     }
     let base = format!("http://{manager}");
     let url = format!("{base}/api/v1/jobs/{id}/preview.png");

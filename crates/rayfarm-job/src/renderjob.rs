@@ -438,10 +438,10 @@ impl AnyJobDesc {
         }
     }
 
-    pub fn kind(&self) -> crate::store::JobKind {
+    pub fn kind(&self) -> JobKindTag {
         match self {
-            AnyJobDesc::Bake(_) => crate::store::JobKind::Bake,
-            AnyJobDesc::Render(_) => crate::store::JobKind::Render,
+            AnyJobDesc::Bake(_) => JobKindTag::Bake,
+            AnyJobDesc::Render(_) => JobKindTag::Render,
         }
     }
 

@@ -100,54 +100,69 @@ pub fn encode_image(
     }
     let w = width as usize;
     match format {
-        ImageFormat::Exr => {
-            use exr::prelude::*;
-            let get = |x: usize, y: usize| pixels[y * w + x];
-            let encoding = Encoding {
-                line_order: LineOrder::Increasing,
-                ..Encoding::FAST_LOSSLESS
-            };
-            let size = (w, height as usize);
-            let mut bytes = Vec::new();
-            let cursor = std::io::Cursor::new(&mut bytes);
-            if s.half {
-                let channels = SpecificChannels::rgb(|Vec2(x, y)| {
-                    let p = get(x, y);
-                    (
-                        f16::from_f32(p[0]),
-                        f16::from_f32(p[1]),
-                        f16::from_f32(p[2]),
-                    )
-                });
-                Image::from_encoded_channels(size, encoding, channels)
-                    .write()
-                    .to_buffered(cursor)
-            } else {
-                let channels = SpecificChannels::rgb(|Vec2(x, y)| {
-                    let p = get(x, y);
-                    (p[0], p[1], p[2])
-                });
-                Image::from_encoded_channels(size, encoding, channels)
-                    .write()
-                    .to_buffered(cursor)
-            }
-            .map_err(|e| format!("cannot encode EXR: {e}"))?;
-            Ok(bytes)
-        }
+        ImageFormat::Exr => encode_exr_rgb(width, height, s.half, |x, y| pixels[y * w + x]),
         ImageFormat::Png => {
-            let samples = to_srgb8(pixels, s.exposure_ev, s.tonemap);
-            let mut bytes = Vec::new();
-            image::ImageEncoder::write_image(
-                image::codecs::png::PngEncoder::new(&mut bytes),
-                &samples,
-                width,
-                height,
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(|e| format!("cannot encode PNG: {e}"))?;
-            Ok(bytes)
+            encode_png_rgb8(width, height, &to_srgb8(pixels, s.exposure_ev, s.tonemap))
         }
     }
+}
+
+/// The one EXR encoder (images and baked maps): RGB, 32-bit float (16-bit with `half`), the
+/// pixel at `(x, y)` given by `get`, exr's default lossless encoding with the blocks in
+/// increasing order. (By default exr writes blocks as its threads finish compressing them, so
+/// the same image could give different bytes from run to run.)
+pub fn encode_exr_rgb(
+    width: u32,
+    height: u32,
+    half: bool,
+    get: impl Fn(usize, usize) -> [f32; 3] + Sync,
+) -> Result<Vec<u8>, String> {
+    use exr::prelude::*;
+    let encoding = Encoding {
+        line_order: LineOrder::Increasing,
+        ..Encoding::FAST_LOSSLESS
+    };
+    let size = (width as usize, height as usize);
+    let mut bytes = Vec::new();
+    let cursor = std::io::Cursor::new(&mut bytes);
+    if half {
+        let channels = SpecificChannels::rgb(|Vec2(x, y)| {
+            let p = get(x, y);
+            (
+                f16::from_f32(p[0]),
+                f16::from_f32(p[1]),
+                f16::from_f32(p[2]),
+            )
+        });
+        Image::from_encoded_channels(size, encoding, channels)
+            .write()
+            .to_buffered(cursor)
+    } else {
+        let channels = SpecificChannels::rgb(|Vec2(x, y)| {
+            let p = get(x, y);
+            (p[0], p[1], p[2])
+        });
+        Image::from_encoded_channels(size, encoding, channels)
+            .write()
+            .to_buffered(cursor)
+    }
+    .map_err(|e| format!("cannot encode EXR: {e}"))?;
+    Ok(bytes)
+}
+
+/// The one PNG encoder (images and baked maps): 8-bit RGB samples with the `image` crate's
+/// default PNG encoder settings.
+pub fn encode_png_rgb8(width: u32, height: u32, samples: &[u8]) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut bytes),
+        samples,
+        width,
+        height,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| format!("cannot encode PNG: {e}"))?;
+    Ok(bytes)
 }
 
 /// Writes an image atomically, choosing the format by the extension of `path`. The folder

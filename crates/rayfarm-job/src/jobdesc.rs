@@ -1021,23 +1021,7 @@ pub fn check_out_dir(dir: &str) -> Result<(), String> {
 
 /// Checks a manager address `HOST:PORT` (a name, IPv4 or `[IPv6]` and a port 1-65535).
 pub fn check_manager(addr: &str) -> Result<(), String> {
-    if addr.len() > MAX_MANAGER_LEN {
-        return Err(format!("longer than {MAX_MANAGER_LEN} bytes"));
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("{addr:?} is not HOST:PORT"));
-    };
-    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
-        return Err(format!("{addr:?}: port {port:?} is not 1 to 65535"));
-    }
-    let ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
-    if !ok {
-        return Err(format!("{addr:?}: {host:?} is not a host name or address"));
-    }
-    Ok(())
+    rayfarm_proto::addr::check_host_port(addr, MAX_MANAGER_LEN).map_err(|e| e.to_string())
 }
 
 /// The folder holding a job.desc, as an absolute path.

@@ -5,16 +5,14 @@
 use glam::Vec3;
 use rayfarm_bake::workload::run_local;
 use rayfarm_bake::{BakeWork, Film, LayerSpec, MapSpec, Pass, Region, TexelTable, Workload};
-use rayfarm_farm::folder::JobSeal;
-use rayfarm_farm::jobdesc::{
+use rayfarm_job::folder::JobSeal;
+use rayfarm_job::jobdesc::{
     BakeDesc, BakeMode, JobDesc, OutputDesc, PartDesc, SceneRef, FILE_NAME, MERGED_MARKER,
 };
-use rayfarm_farm::maps::{write_baked_glb, write_map_files, write_placeholder, BakedMap};
-use rayfarm_farm::merge::{
-    check, merge, write_placeholders, MergeError, MergeOptions, PartProblem,
-};
-use rayfarm_farm::parts::{part_units, write_part};
-use rayfarm_farm::renderjob::AnyJobDesc;
+use rayfarm_job::maps::{write_baked_glb, write_map_files, write_placeholder, BakedMap};
+use rayfarm_job::merge::{check, merge, write_placeholders, MergeError, MergeOptions, PartProblem};
+use rayfarm_job::parts::{part_units, write_part};
+use rayfarm_job::renderjob::AnyJobDesc;
 use rayfarm_proto::FarmKey;
 use rayfarm_render::RenderScene;
 use rayfarm_scene::{CompiledScene, Environment, Material};
@@ -542,10 +540,10 @@ fn write_desc_text(path: &Path, text: &str) {
         .to_str()
         .unwrap();
     std::fs::write(path, text).unwrap();
-    let mac = rayfarm_farm::folder::desc_mac(&key(), job_id, text.as_bytes());
+    let mac = rayfarm_job::folder::desc_mac(&key(), job_id, text.as_bytes());
     std::fs::write(
-        path.with_file_name(rayfarm_farm::folder::DESC_MAC_FILE_NAME),
-        rayfarm_farm::folder::mac_file_text(&mac),
+        path.with_file_name(rayfarm_job::folder::DESC_MAC_FILE_NAME),
+        rayfarm_job::folder::mac_file_text(&mac),
     )
     .unwrap();
 }
@@ -713,7 +711,7 @@ fn job_desc_outside_its_job_folder_is_refused() {
     let other = t.root.join("home");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("keep.txt"), "x").unwrap();
-    let mac = rayfarm_farm::folder::DESC_MAC_FILE_NAME;
+    let mac = rayfarm_job::folder::DESC_MAC_FILE_NAME;
     std::fs::copy(&t.desc_path, other.join(FILE_NAME)).unwrap();
     std::fs::copy(t.job_dir.join(mac), other.join(mac)).unwrap();
     let before = snapshot(&t.root);

@@ -36,7 +36,6 @@
 
 use crate::folder::JobSeal;
 use crate::jobdesc::{check_part_name, JobDesc, PartDesc, PARTS_DIR};
-use crate::maps::{write_atomic_with, MapError};
 use rayfarm_bake::{Film, Region, WorkUnit};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -190,16 +189,7 @@ pub fn write_part(
     let mut bytes = enc.finish().map_err(io)?;
     let hash = seal.part_mac(&format!("{}.{PART_EXT}", part.name), &bytes);
     bytes.extend_from_slice(&hash);
-    write_atomic_with(&path, |f| {
-        f.write_all(&bytes).map_err(|source| MapError::Io {
-            path: path.clone(),
-            source,
-        })
-    })
-    .map_err(|e| match e {
-        MapError::Io { source, .. } => io(source),
-        e => io(std::io::Error::other(e.to_string())),
-    })?;
+    crate::fsutil::write_atomic(&path, &bytes).map_err(|e| io(e.source))?;
     Ok(hash)
 }
 

@@ -16,8 +16,6 @@
 use rayfarm_bake::Pass;
 use rayfarm_scene::gltf_export::{baked_glb, BakedMaterial, BakedObject};
 use rayfarm_scene::CompiledScene;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Why a map, placeholder or baked glTF could not be written. Messages name the file.
@@ -118,43 +116,21 @@ fn check_pixels(width: u32, height: u32, got: usize) -> Result<(), MapError> {
     Ok(())
 }
 
-/// Writes a 32-bit float RGB EXR atomically, the pixel at `(x, y)` given by `get`.
-///
-/// The encoding is the one `rayfarm render`/`bake` use for `.exr`: exr's default lossless
-/// encoding with the blocks in increasing order. (By default exr writes blocks as its threads
-/// finish compressing them, so the same image could give different bytes from run to run.)
+/// Writes a 32-bit float RGB EXR atomically, the pixel at `(x, y)` given by `get`: the same
+/// encoder as `rayfarm render`'s `.exr` ([`crate::images::encode_exr_rgb`]).
 fn write_exr_with(
     path: &Path,
     width: u32,
     height: u32,
     get: impl Fn(usize, usize) -> [f32; 3] + Sync,
 ) -> Result<(), MapError> {
-    use exr::prelude::*;
-    let encoding = Encoding {
-        line_order: LineOrder::Increasing,
-        ..Encoding::FAST_LOSSLESS
-    };
-    let size = (width as usize, height as usize);
-    write_atomic_with(path, |file| {
-        let channels = SpecificChannels::rgb(|Vec2(x, y)| {
-            let p = get(x, y);
-            (p[0], p[1], p[2])
-        });
-        // `to_unbuffered` is what exr's own `to_file` calls, so the bytes are the same.
-        Image::from_encoded_channels(size, encoding, channels)
-            .write()
-            .to_unbuffered(file)
-            .map_err(|e| match e {
-                exr::error::Error::Io(source) => MapError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                },
-                e => MapError::Exr {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                },
-            })
-    })
+    let bytes = crate::images::encode_exr_rgb(width, height, false, get).map_err(|reason| {
+        MapError::Exr {
+            path: path.to_path_buf(),
+            reason,
+        }
+    })?;
+    write_atomic(path, &bytes)
 }
 
 /// The 8-bit RGB samples of a map's PNG: sRGB-encoded colour (clamped) for complete, lightmap
@@ -197,16 +173,11 @@ pub fn encode_map_png(
 }
 
 fn encode_png_rgb8(width: u32, height: u32, samples: &[u8]) -> Result<Vec<u8>, MapError> {
-    use image::ImageEncoder;
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(samples, width, height, image::ExtendedColorType::Rgb8)
-        .map_err(|e| MapError::Png {
-            width,
-            height,
-            reason: e.to_string(),
-        })?;
-    Ok(out)
+    crate::images::encode_png_rgb8(width, height, samples).map_err(|reason| MapError::Png {
+        width,
+        height,
+        reason,
+    })
 }
 
 /// Linear grey levels of the placeholder's checker squares: mid-grey and a darker grey, so a
@@ -284,83 +255,18 @@ pub fn write_baked_glb(
     write_atomic(path, &glb)
 }
 
-/// Writes `bytes` to `path` atomically (see the module docs).
+/// Writes `bytes` to `path` atomically ([`crate::fsutil`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MapError> {
-    write_atomic_with(path, |f| {
-        f.write_all(bytes).map_err(|source| MapError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    })
+    Ok(crate::fsutil::write_atomic(path, bytes)?)
 }
 
-/// A temporary name beside `path`: `.<name>.tmp.<pid>.<16 hex digits>`. Names are kept short
-/// enough ([`crate::jobdesc::MAX_FILE_NAME_LEN`]) that this stays under the usual 255-byte
-/// limit.
-pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut r = [0u8; 8];
-    // The random part only avoids clashes between writers; the pid and the time stand in if
-    // the OS has no randomness to give.
-    let rand = match getrandom::fill(&mut r) {
-        Ok(()) => u64::from_le_bytes(r),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    };
-    path.with_file_name(format!(".{name}.tmp.{}.{rand:016x}", std::process::id()))
-}
-
-/// Creates a temporary file beside `path`, lets `write` fill it, syncs it and renames it over
-/// `path`. On any error the temporary file is removed.
-pub(crate) fn write_atomic_with(
-    path: &Path,
-    write: impl FnOnce(&mut File) -> Result<(), MapError>,
-) -> Result<(), MapError> {
-    let tmp = temp_path(path);
-    let io = |source| MapError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    // `create_new` fails on an existing name, symlinks included, so nothing planted at the
-    // temporary name is ever followed.
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io)?;
-    let r = write(&mut f).and_then(|()| {
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(io)
-    });
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_parent(path);
-    Ok(())
-}
-
-/// Syncs the folder holding `path` so a rename survives a crash. Best effort: not every
-/// platform or network file system can sync a folder, and the file itself is already synced.
-pub(crate) fn sync_parent(path: &Path) {
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+impl From<crate::fsutil::WriteError> for MapError {
+    fn from(e: crate::fsutil::WriteError) -> Self {
+        MapError::Io {
+            path: e.path,
+            source: e.source,
         }
     }
-    #[cfg(not(unix))]
-    let _ = path;
 }
 
 #[cfg(test)]
