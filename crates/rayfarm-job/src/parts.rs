@@ -36,8 +36,8 @@
 
 use crate::folder::JobSeal;
 use crate::jobdesc::{check_part_name, JobDesc, PartDesc, PARTS_DIR};
-use rayfarm_bake::{Film, Region, WorkUnit};
-use std::io::{Read, Write};
+use rayfarm_bake::{Film, WorkUnit};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// First eight bytes of every part file.
@@ -50,13 +50,10 @@ pub const PART_EXT: &str = "rfpart";
 pub const HEADER_LEN: usize = 44;
 /// Bytes of the trailing checksum.
 pub const CHECKSUM_LEN: usize = 32;
-/// Bytes of one texel's sums.
-pub const TEXEL_BYTES: usize = 48;
+/// Bytes of one texel's sums ([`rayfarm_proto::sums`]).
+pub const TEXEL_BYTES: usize = rayfarm_proto::sums::TEXEL_BYTES;
 /// zstd level of the sums: fast, and sums of mostly empty or smooth texels compress well.
 const ZSTD_LEVEL: i32 = 3;
-/// Largest zstd window a part may ask for when decompressed (2^27 = 128 MiB, zstd's own default
-/// limit), stated here so a hostile frame cannot make us reserve more.
-const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
 /// Why a part could not be written or read. Missing and corrupt are distinct, so a merge can
 /// say which parts are still to come and which must be baked again.
@@ -172,19 +169,13 @@ pub fn write_part(
     bytes.extend_from_slice(&film.nonfinite_samples.to_le_bytes());
     debug_assert_eq!(bytes.len(), HEADER_LEN);
     // Stream the sums through the compressor row by row: only the compressed part is held.
-    let mut enc = zstd::stream::write::Encoder::new(bytes, ZSTD_LEVEL).map_err(io)?;
+    let mut enc = rayfarm_proto::sums::SumsEncoder::new(bytes, ZSTD_LEVEL).map_err(io)?;
     let sums = film.sums();
     let fw = fr.width() as usize;
-    let mut row_bytes = Vec::with_capacity(region.width() as usize * TEXEL_BYTES);
     for y in region.y0..region.y1 {
-        row_bytes.clear();
         let start = (y - fr.y0) as usize * fw + (region.x0 - fr.x0) as usize;
-        for s in &sums[start..start + region.width() as usize] {
-            for c in s {
-                row_bytes.extend_from_slice(&c.to_le_bytes());
-            }
-        }
-        enc.write_all(&row_bytes).map_err(io)?;
+        enc.push(&sums[start..start + region.width() as usize])
+            .map_err(io)?;
     }
     let mut bytes = enc.finish().map_err(io)?;
     let hash = seal.part_mac(&format!("{}.{PART_EXT}", part.name), &bytes);
@@ -305,54 +296,17 @@ pub fn read_part(
         )));
     }
     let nonfinite = u64::from_le_bytes(body[36..44].try_into().expect("8 bytes"));
-    let sums = decompress_sums(&body[HEADER_LEN..], region).map_err(corrupt)?;
+    let sums = rayfarm_proto::sums::decode(&body[HEADER_LEN..], region.pixels())
+        .map_err(|e| corrupt(e.to_string()))?;
     Ok(Film::from_sums(region, sums, nonfinite))
-}
-
-/// Decompresses exactly one region's sums, refusing short data and trailing data alike. Never
-/// reads more than one byte past the expected size, so a small file cannot expand into a
-/// large allocation.
-fn decompress_sums(compressed: &[u8], region: Region) -> Result<Vec<[i128; 3]>, String> {
-    let texels = region.pixels();
-    let zerr = |e: std::io::Error| format!("cannot decompress the sums: {e}");
-    let mut dec = zstd::stream::read::Decoder::with_buffer(compressed).map_err(zerr)?;
-    dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(zerr)?;
-    let mut sums = Vec::with_capacity(texels);
-    // Rows of up to 4096 texels at a time keep the staging buffer small.
-    let mut buf = vec![0u8; 4096 * TEXEL_BYTES];
-    let mut left = texels;
-    while left > 0 {
-        let n = left.min(4096);
-        let chunk = &mut buf[..n * TEXEL_BYTES];
-        dec.read_exact(chunk).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                format!("the sums end before the region's {texels} texels")
-            } else {
-                zerr(e)
-            }
-        })?;
-        for t in chunk.chunks_exact(TEXEL_BYTES) {
-            let c = |k: usize| {
-                i128::from_le_bytes(t[k * 16..k * 16 + 16].try_into().expect("16 bytes"))
-            };
-            sums.push([c(0), c(1), c(2)]);
-        }
-        left -= n;
-    }
-    let mut extra = [0u8; 1];
-    match dec.read(&mut extra) {
-        Ok(0) => Ok(sums),
-        Ok(_) => Err(format!(
-            "the sums hold more than the region's {texels} texels"
-        )),
-        Err(e) => Err(zerr(e)),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::jobdesc::tests::sample;
+    use rayfarm_bake::Region;
+    use std::io::Write;
 
     pub(crate) fn seal() -> JobSeal {
         let key = rayfarm_proto::FarmKey::from_secret("a test farm secret, long enough").unwrap();

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod channel;
 pub mod listener;
 pub mod messages;
+pub mod sums;
 
 pub use auth::{FarmKey, KeyError};
 pub use channel::ChannelError;

@@ -464,18 +464,12 @@ impl Msg {
     }
 }
 
-/// Encodes a unit result's sums for `Msg::UnitDone`.
+/// Encodes a unit result's sums for `Msg::UnitDone` ([`crate::sums`]).
 pub fn encode_sums(r: &UnitResult) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(r.sums.len() * 48);
-    for p in &r.sums {
-        for c in p {
-            raw.extend_from_slice(&c.to_le_bytes());
-        }
-    }
-    zstd::bulk::compress(&raw, 1).unwrap_or_default()
+    crate::sums::encode(&r.sums, 1)
 }
 
-/// Decodes `Msg::UnitDone` sums, checking the size against the unit before decompressing.
+/// Decodes `Msg::UnitDone` sums ([`crate::sums`]), checking the unit's size first.
 pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitResult, String> {
     if unit.x1 <= unit.x0
         || unit.y1 <= unit.y0
@@ -485,29 +479,10 @@ pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitR
         return Err(format!("unit {unit:?} is malformed"));
     }
     let pixels = (unit.x1 - unit.x0) as usize * (unit.y1 - unit.y0) as usize;
-    let expect = pixels * 48;
-    if expect > crate::MAX_FRAME_BYTES * 8 {
+    if pixels * crate::sums::TEXEL_BYTES > crate::MAX_FRAME_BYTES * 8 {
         return Err(format!("unit {unit:?} is too large"));
     }
-    let raw = zstd::bulk::decompress(data, expect).map_err(|e| format!("bad unit data: {e}"))?;
-    if raw.len() != expect {
-        return Err(format!(
-            "unit data has {} bytes, expected {expect}",
-            raw.len()
-        ));
-    }
-    let sums = raw
-        .chunks_exact(48)
-        .map(|c| {
-            let mut p = [0i128; 3];
-            for (k, v) in p.iter_mut().enumerate() {
-                let mut b = [0u8; 16];
-                b.copy_from_slice(&c[k * 16..k * 16 + 16]);
-                *v = i128::from_le_bytes(b);
-            }
-            p
-        })
-        .collect();
+    let sums = crate::sums::decode(data, pixels).map_err(|e| format!("bad unit data: {e}"))?;
     Ok(UnitResult {
         unit: (*unit).into(),
         sums,
