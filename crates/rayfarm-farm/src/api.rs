@@ -83,11 +83,17 @@ async fn metrics(State(m): Mgr) -> Result<Response, ApiError> {
     use std::fmt::Write;
     let mut jobs: BTreeMap<String, u64> = BTreeMap::new();
     let mut tasks: BTreeMap<&str, u64> = BTreeMap::new();
+    let known = known_nodes(&m);
+    let listed = db(&m, move |s| {
+        s.list_jobs().map(|l| {
+            l.into_iter()
+                .map(|j| (j.tasks, job_json(s, &known, j).status))
+                .collect::<Vec<_>>()
+        })
+    })
+    .await?;
     {
-        let known = known_nodes(&m);
-        let s = store(&m);
-        for j in s.list_jobs()? {
-            let t = j.tasks;
+        for (t, status) in listed {
             for (state, n) in [
                 ("queued", t.queued),
                 ("running", t.running),
@@ -97,7 +103,7 @@ async fn metrics(State(m): Mgr) -> Result<Response, ApiError> {
             ] {
                 *tasks.entry(state).or_default() += n;
             }
-            *jobs.entry(job_json(&s, &known, j).status).or_default() += 1;
+            *jobs.entry(status).or_default() += 1;
         }
     }
     let mut nodes: BTreeMap<String, u64> = BTreeMap::new();
@@ -246,12 +252,16 @@ fn job_json(s: &crate::store::Store, known: &[String], j: crate::store::JobInfo)
     }
 }
 
-fn store(m: &Manager) -> std::sync::MutexGuard<'_, crate::store::Store> {
-    m.store.lock().unwrap_or_else(|p| p.into_inner())
+/// Runs `f` on the job store's thread ([`crate::db`]): no SQLite call blocks the runtime.
+async fn db<R: Send + 'static>(
+    m: &Manager,
+    f: impl FnOnce(&mut crate::store::Store) -> R + Send + 'static,
+) -> R {
+    m.store.call(f).await
 }
 
 async fn status(State(m): Mgr) -> Result<Json<serde_json::Value>, ApiError> {
-    let jobs = store(&m).list_jobs()?.len();
+    let jobs = db(&m, |s| s.list_jobs()).await?.len();
     Ok(Json(json!({
         "version": m.version(),
         "uptime_s": m.uptime_s(),
@@ -264,21 +274,21 @@ async fn status(State(m): Mgr) -> Result<Json<serde_json::Value>, ApiError> {
 
 async fn jobs(State(m): Mgr) -> Result<Json<serde_json::Value>, ApiError> {
     let known = known_nodes(&m);
-    let s = store(&m);
-    let jobs: Vec<JobJson> = s
-        .list_jobs()?
-        .into_iter()
-        .map(|j| job_json(&s, &known, j))
-        .collect();
+    let jobs: Vec<JobJson> = db(&m, move |s| {
+        s.list_jobs()
+            .map(|l| l.into_iter().map(|j| job_json(s, &known, j)).collect())
+    })
+    .await?;
     Ok(Json(json!({ "jobs": jobs })))
 }
 
 async fn job(State(m): Mgr, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let known = known_nodes(&m);
-    let s = store(&m);
-    let j = job_json(&s, &known, s.job(&id)?);
-    let tasks: Vec<serde_json::Value> = s
-        .tasks(&id)?
+    let (j, tasks) = db(&m, move |s| -> Result<_, crate::store::StoreError> {
+        Ok((job_json(s, &known, s.job(&id)?), s.tasks(&id)?))
+    })
+    .await?;
+    let tasks: Vec<serde_json::Value> = tasks
         .into_iter()
         .map(|t| {
             json!({
@@ -342,14 +352,15 @@ async fn submit(
         job_dir: dir.display().to_string(),
     })
     .map_err(|e| bad(e.to_string()))?;
-    let new_id = store(&m).submit(NewJob {
+    let job = NewJob {
         id: Some(id.clone()),
         name,
         kind: ctx.desc.kind().into(),
         priority: req.priority,
         spec,
         tasks,
-    })?;
+    };
+    let new_id = db(&m, move |s| s.submit(job)).await?;
     // Whatever was cached of an earlier job of this id is not this job's.
     m.forget_job(&new_id);
     m.event(
@@ -362,7 +373,8 @@ async fn submit(
 }
 
 async fn pause(State(m): Mgr, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    store(&m).pause(&id)?;
+    let i = id.clone();
+    db(&m, move |s| s.pause(&i)).await?;
     m.event("info", format!("job {id} paused"), Some(&id), None);
     job(State(m), Path(id)).await
 }
@@ -371,7 +383,8 @@ async fn resume(
     State(m): Mgr,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    store(&m).resume(&id)?;
+    let i = id.clone();
+    db(&m, move |s| s.resume(&i)).await?;
     m.event("info", format!("job {id} resumed"), Some(&id), None);
     job(State(m), Path(id)).await
 }
@@ -380,7 +393,8 @@ async fn cancel(
     State(m): Mgr,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let stopped = store(&m).cancel(&id)?;
+    let i = id.clone();
+    let stopped = db(&m, move |s| s.cancel(&i)).await?;
     m.forget_job(&id);
     m.event(
         "info",
@@ -411,7 +425,8 @@ async fn priority(
             b.priority
         )));
     }
-    store(&m).set_priority(&id, b.priority)?;
+    let (i, p) = (id.clone(), b.priority);
+    db(&m, move |s| s.set_priority(&i, p)).await?;
     m.event(
         "info",
         format!("job {id}: priority {}", b.priority),
@@ -432,7 +447,8 @@ async fn delete(
     Path(id): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    store(&m).delete(&id, q.force)?;
+    let (i, force) = (id.clone(), q.force);
+    db(&m, move |s| s.delete(&i, force)).await?;
     m.previews.evict(&id);
     m.forget_job(&id);
     m.event("info", format!("job {id} deleted"), Some(&id), None);
@@ -440,16 +456,17 @@ async fn delete(
 }
 
 async fn preview(State(m): Mgr, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let (spec, key) = {
-        let s = store(&m);
-        let j = s.job(&id)?;
+    let i = id.clone();
+    let (spec, key) = db(&m, move |s| -> Result<_, crate::store::StoreError> {
+        let j = s.job(&i)?;
         let key = (
             j.updated_at_ms,
             j.tasks.completed,
             j.status.as_str().to_string(),
         );
-        (s.job_spec(&id)?, key)
-    };
+        Ok((s.job_spec(&i)?, key))
+    })
+    .await?;
     let spec: JobSpec = serde_json::from_str(&spec).map_err(|e| bad(e.to_string()))?;
     let png = m
         .previews

@@ -11,18 +11,18 @@
 //!   follow explicit state machines whose allowed transitions are tables in the code
 //!   ([`store::JOB_TRANSITIONS`], [`store::TASK_TRANSITIONS`]).
 //!
-//! - [`jobdesc`] and [`renderjob`]: the job.desc of a bake and of a render ([`renderjob::AnyJobDesc`]
-//!   reads either); [`parts`] the part files nodes write; [`merge`] turns parts into the
-//!   final maps ([`maps`]) or images ([`images`]); [`manager`] and [`api`] the service, [`http`]
+//! - The job folder itself (job.desc, parts, merge, maps, images) is `rayfarm-job`'s.
+//!   [`manager`] and [`api`] are the service, [`db`] the store's thread, [`http`]
 //!   the HTTP transport and its limits, [`registry`] the bounded table of self-registered
 //!   daemons, [`preview`] the monitor's bounded, cached previews.
 //!
-//! The store is synchronous and does no network IO: the manager wraps it in a mutex and calls it
-//! from `spawn_blocking`, and it alone talks to nodes. What a task's `spec` means (a bake pass, a
+//! The store is synchronous and does no network IO: the manager owns it on a thread of its own
+//! ([`db::StoreHandle`]), so no SQLite commit runs on a tokio thread, and it alone talks to nodes. What a task's `spec` means (a bake pass, a
 //! frame range) is the caller's business: the store keeps it as opaque JSON text.
 #![allow(clippy::type_complexity)]
 
 pub mod api;
+pub mod db;
 pub mod http;
 pub mod manager;
 pub mod preview;

@@ -223,7 +223,8 @@ fn read_scene(job_dir: &Path, scene: &SceneRef) -> Result<SceneBlob, String> {
 
 /// State shared by the HTTP API and the loops.
 pub struct Manager {
-    pub store: Mutex<Store>,
+    /// The job store, on its own thread ([`crate::db`]).
+    pub store: crate::db::StoreHandle,
     cfg: ManagerConfig,
     pub worker_port: u16,
     started: Instant,
@@ -366,7 +367,9 @@ impl Manager {
 
     /// Loads (once) a job's folder: its job.desc and compiled scene. The folder must still lie
     /// in one of the roots (a manager restarted with other `--netdir`s serves only those).
-    fn job_ctx(&self, job_id: &str, spec: &str) -> Result<Arc<JobCtx>, String> {
+    /// The folder is read and checked (the job.desc, and a bake's scene: hashed, possibly
+    /// gigabytes) on a blocking thread.
+    async fn job_ctx(&self, job_id: &str, spec: &str) -> Result<Arc<JobCtx>, String> {
         if let Some(c) = lock(&self.jobs).get(job_id) {
             return Ok(c.clone());
         }
@@ -376,7 +379,11 @@ impl Manager {
             .roots
             .resolve(Path::new(&spec.job_dir))
             .map_err(|e| e.to_string())?;
-        let ctx = Arc::new(load_job(job_id, &dir, &self.cfg.key)?);
+        let (id, key) = (job_id.to_string(), self.cfg.key.clone());
+        let ctx = tokio::task::spawn_blocking(move || load_job(&id, &dir, &key))
+            .await
+            .map_err(|e| format!("job {job_id}: loading its folder failed: {e}"))??;
+        let ctx = Arc::new(ctx);
         lock(&self.jobs).insert(job_id.to_string(), ctx.clone());
         Ok(ctx)
     }
@@ -508,7 +515,8 @@ pub async fn run(
         .await
         .map_err(|e| e.to_string())?;
     let mgr = Arc::new(Manager {
-        store: Mutex::new(store),
+        store: crate::db::StoreHandle::spawn(store)
+            .map_err(|e| format!("cannot start the job store's thread: {e}"))?,
         cfg: cfg.clone(),
         worker_port,
         started: Instant::now(),
@@ -520,7 +528,7 @@ pub async fn run(
         roots,
         previews: Default::default(),
     });
-    recover(&mgr);
+    recover(&mgr).await;
     tracing::info!(
         "manager listening on {}:{} (HTTP) and {}:{worker_port} (workers)",
         cfg.bind,
@@ -557,8 +565,8 @@ pub async fn run(
 }
 
 /// After a restart: running tasks whose part is intact are done, the rest are requeued.
-fn recover(mgr: &Manager) {
-    let running = match lock(&mgr.store).running_tasks() {
+async fn recover(mgr: &Manager) {
+    let running = match mgr.store.call(|s| s.running_tasks()).await {
         Ok(r) => r,
         Err(e) => {
             mgr.event(
@@ -572,20 +580,28 @@ fn recover(mgr: &Manager) {
     };
     for t in running {
         let Some(node) = t.node.clone() else { continue };
-        let intact = (|| -> Result<bool, String> {
-            let spec = lock(&mgr.store)
-                .job_spec(&t.job_id)
+        let intact = async {
+            let id = t.job_id.clone();
+            let spec = mgr
+                .store
+                .call(move |s| s.job_spec(&id))
+                .await
                 .map_err(|e| e.to_string())?;
-            let ctx = mgr.job_ctx(&t.job_id, &spec)?;
+            let ctx = mgr.job_ctx(&t.job_id, &spec).await?;
             let ts: TaskSpec = serde_json::from_str(&t.spec).map_err(|e| e.to_string())?;
             let (p, spp) = ctx.desc.part(ts.part).ok_or("no such part")?;
-            Ok(rayfarm_job::parts::read_part(&ctx.job_dir, &p, spp, &ctx.seal).is_ok())
-        })()
+            // Reading a part decompresses and hashes it: not on the runtime.
+            tokio::task::spawn_blocking(move || {
+                rayfarm_job::parts::read_part(&ctx.job_dir, &p, spp, &ctx.seal).is_ok()
+            })
+            .await
+            .map_err(|e| e.to_string())
+        }
+        .await
         .unwrap_or(false);
-        let mut store = lock(&mgr.store);
+        let (task_id, n) = (t.id, node.clone());
         if intact {
-            let _ = store.task_done(t.id, &node);
-            drop(store);
+            let _ = mgr.store.call(move |s| s.task_done(task_id, &n)).await;
             mgr.event(
                 "info",
                 format!("task '{}' finished while the manager was down", t.name),
@@ -593,7 +609,7 @@ fn recover(mgr: &Manager) {
                 Some(&node),
             );
         } else {
-            let _ = store.node_lost(&node);
+            let _ = mgr.store.call(move |s| s.node_lost(&n)).await;
         }
     }
 }
@@ -605,9 +621,13 @@ async fn expiry_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             _ = t.tick() => {}
         }
-        let r = lock(&mgr.store).expire_leases(now_ms());
+        let now = now_ms();
+        let (r, jobs) = mgr
+            .store
+            .call(move |s| (s.expire_leases(now), s.list_jobs()))
+            .await;
         // Previews of jobs that are gone are dropped (deletes through the API drop theirs at once).
-        if let Ok(jobs) = lock(&mgr.store).list_jobs() {
+        if let Ok(jobs) = jobs {
             let ids: BTreeSet<String> = jobs.into_iter().map(|j| j.id).collect();
             mgr.previews.retain(|id| ids.contains(id));
         }
@@ -675,7 +695,30 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
         addrs.sort();
         addrs.dedup();
         let found = rayfarm_master::discovery::scan(&addrs, &mgr.cfg.key).await;
-        let work = lock(&mgr.store).has_queued_tasks().unwrap_or(false);
+        let work = mgr
+            .store
+            .call(|s| s.has_queued_tasks())
+            .await
+            .unwrap_or(false);
+        // Which idle daemons' aliases still have a job they may run (not excluded everywhere).
+        let mut wanted = BTreeSet::new();
+        if work {
+            let aliases: Vec<String> = found
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().ok())
+                .filter(|i| matches!(i.state, rayfarm_proto::DaemonState::Idle))
+                .map(|i| i.alias.clone())
+                .collect();
+            wanted = mgr
+                .store
+                .call(move |s| {
+                    aliases
+                        .into_iter()
+                        .filter(|a| s.has_queued_tasks_for(a).unwrap_or(false))
+                        .collect::<BTreeSet<String>>()
+                })
+                .await;
+        }
         for (addr, r) in found {
             let mut nodes = lock(&mgr.nodes);
             match r {
@@ -706,11 +749,7 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
                             n.daemon_state = "idle".into();
                             n.master = None;
                             // A node excluded from every queued job is left alone.
-                            take = work
-                                && !n.held
-                                && lock(&mgr.store)
-                                    .has_queued_tasks_for(&info.alias)
-                                    .unwrap_or(false);
+                            take = !n.held && wanted.contains(&info.alias);
                         }
                         rayfarm_proto::DaemonState::Occupied { master, .. } => {
                             if !n.held {
@@ -831,7 +870,10 @@ async fn worker_session(
     let r = session_loop(mgr, &mut conn, &alias, stop).await;
     lock(&mgr.sessions).remove(&alias);
     // Whatever it held goes back to the queue.
-    let lost = lock(&mgr.store).node_lost(&alias);
+    let lost = {
+        let a = alias.clone();
+        mgr.store.call(move |s| s.node_lost(&a)).await
+    };
     if let Ok(l) = &lost {
         if !l.requeued.is_empty() {
             mgr.event(
@@ -873,9 +915,13 @@ async fn session_loop(
                 .await;
             return Ok(());
         }
-        let next = lock(&mgr.store)
-            .next_task(alias, now_ms())
-            .map_err(|e| e.to_string())?;
+        let next = {
+            let (a, now) = (alias.to_string(), now_ms());
+            mgr.store
+                .call(move |s| s.next_task(&a, now))
+                .await
+                .map_err(|e| e.to_string())?
+        };
         let Some(task) = next else {
             if idle_since.elapsed() > IDLE_RELEASE {
                 let _ = conn
@@ -906,7 +952,10 @@ async fn session_loop(
             Ok(()) => {}
             Err(TaskErr::Session(e)) => return Err(e),
             Err(TaskErr::Task(e)) => {
-                let f = lock(&mgr.store).task_failed(task.task_id, alias, &e);
+                let f = {
+                    let (id, a, err) = (task.task_id, alias.to_string(), e.clone());
+                    mgr.store.call(move |s| s.task_failed(id, &a, &err)).await
+                };
                 mgr.event(
                     "error",
                     format!("task '{}' failed on {alias}: {e}", task.name),
@@ -928,6 +977,23 @@ async fn session_loop(
         }
         touch(mgr, alias, None, None);
         idle_since = Instant::now();
+    }
+}
+
+/// Checks a part a worker reported done: readable, intact (its MAC), and its trailer the
+/// checksum the worker reported.
+fn verify_part(ctx: &JobCtx, p: &PartDesc, spp: u32, checksum: &[u8]) -> Result<(), String> {
+    rayfarm_job::parts::read_part(&ctx.job_dir, p, spp, &ctx.seal).map_err(|e| e.to_string())?;
+    let path = rayfarm_job::parts::part_path(&ctx.job_dir, p).map_err(|e| e.to_string())?;
+    let bytes = rayfarm_job::folder::read_nofollow(&path, u64::MAX)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .unwrap_or_default();
+    // The part's trailer is its MAC (read_part checked it).
+    let got = &bytes[bytes.len().saturating_sub(32)..];
+    if got == checksum {
+        Ok(())
+    } else {
+        Err("the part's checksum differs from the one the worker reported".to_string())
     }
 }
 
@@ -956,6 +1022,7 @@ async fn run_task(
 ) -> Result<(), TaskErr> {
     let ctx = mgr
         .job_ctx(&task.job_id, &task.job_spec)
+        .await
         .map_err(TaskErr::Task)?;
     let ts: TaskSpec = serde_json::from_str(&task.spec)
         .map_err(|e| TaskErr::Task(format!("bad task spec: {e}")))?;
@@ -1006,7 +1073,8 @@ async fn run_task(
                 if last_seen.elapsed() > WORKER_SILENCE_TIMEOUT {
                     return Err(TaskErr::Session(format!("silent for {} s", WORKER_SILENCE_TIMEOUT.as_secs())));
                 }
-                if lock(&mgr.store).renew_lease(task.task_id, alias, now_ms()).is_err() {
+                let (id, a, now) = (task.task_id, alias.to_string(), now_ms());
+                if mgr.store.call(move |s| s.renew_lease(id, &a, now)).await.is_err() {
                     // Canceled, deleted or given to another node: the worker stops it and
                     // writes nothing; any result already on its way is ignored.
                     tracing::info!("task {} is no longer {alias}'s: telling it to stop", task.task_id);
@@ -1020,21 +1088,18 @@ async fn run_task(
                 match m.map_err(se)? {
                     Msg::Heartbeat => touch(mgr, alias, Some(&task.job_id), Some(&task.name)),
                     Msg::TaskDone { task_id, checksum } if task_id == task.task_id => {
-                        // Trust, but verify: the part must be readable and intact from here too.
+                        // Trust, but verify: the part must be readable and intact from here too
+                        // (read, decompressed and hashed on a blocking thread).
+                        let (c, p, spp) = (ctx.clone(), work.desc.clone(), part.spp);
+                        let check = tokio::task::spawn_blocking(move || verify_part(&c, &p, spp, &checksum))
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()));
                         let p = &work.desc;
-                        let check = rayfarm_job::parts::read_part(&ctx.job_dir, p, part.spp, &ctx.seal)
-                            .map_err(|e| e.to_string())
-                            .and_then(|_| {
-                                let path = rayfarm_job::parts::part_path(&ctx.job_dir, p).map_err(|e| e.to_string())?;
-                                let bytes = rayfarm_job::folder::read_nofollow(&path, u64::MAX).map_err(|e| format!("{}: {e}", path.display()))?.unwrap_or_default();
-                                // The part's trailer is its MAC (read_part checked it).
-                                let got = &bytes[bytes.len().saturating_sub(32)..];
-                                if got == checksum.as_slice() { Ok(()) } else { Err("the part's checksum differs from the one the worker reported".to_string()) }
-                            });
                         if let Err(e) = check {
                             return Err(TaskErr::Task(format!("part {}: {e}", p.name)));
                         }
-                        match lock(&mgr.store).task_done(task.task_id, alias) {
+                        let (id, a) = (task.task_id, alias.to_string());
+                        match mgr.store.call(move |s| s.task_done(id, &a)).await {
                             Ok(d) if d.job_status == JobStatus::Completed => {
                                 drop(d);
                                 mgr.forget_job(&task.job_id);
