@@ -12,7 +12,8 @@
 //!   ([`store::JOB_TRANSITIONS`], [`store::TASK_TRANSITIONS`]).
 //!
 //! - The job folder itself (job.desc, parts, merge, maps, images) is `rayfarm-job`'s.
-//!   [`manager`] and [`api`] are the service, [`db`] the store's thread, [`http`]
+//!   [`manager`] and [`api`] are the service (its node and session decisions, IO-free, in
+//!   [`core`]), [`db`] the store's thread, [`http`]
 //!   the HTTP transport and its limits, [`registry`] the bounded table of self-registered
 //!   daemons, [`preview`] the monitor's bounded, cached previews.
 //!
@@ -22,6 +23,7 @@
 #![allow(clippy::type_complexity)]
 
 pub mod api;
+pub mod core;
 pub mod db;
 pub mod http;
 pub mod manager;

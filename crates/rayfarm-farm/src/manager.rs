@@ -126,19 +126,6 @@ pub struct Event {
 }
 
 #[derive(Default)]
-struct NodeEntry {
-    alias: String,
-    threads: u32,
-    /// Daemon state as last seen (idle / occupied by someone else / unhealthy / unreachable).
-    daemon_state: String,
-    master: Option<String>,
-    last_seen_ms: i64,
-    /// We hold its lease.
-    held: bool,
-    ever_seen: bool,
-}
-
-#[derive(Default)]
 struct SessionEntry {
     threads: u32,
     job: Option<String>,
@@ -228,7 +215,7 @@ pub struct Manager {
     cfg: ManagerConfig,
     pub worker_port: u16,
     started: Instant,
-    nodes: Mutex<BTreeMap<String, NodeEntry>>,
+    nodes: Mutex<crate::core::NodeTable>,
     registered: Mutex<crate::registry::Registry>,
     sessions: Mutex<BTreeMap<String, SessionEntry>>,
     events: Mutex<VecDeque<Event>>,
@@ -600,7 +587,7 @@ async fn recover(mgr: &Manager) {
         .await
         .unwrap_or(false);
         let (task_id, n) = (t.id, node.clone());
-        if intact {
+        if crate::core::recover_task(intact) == crate::core::Recovery::Done {
             let _ = mgr.store.call(move |s| s.task_done(task_id, &n)).await;
             mgr.event(
                 "info",
@@ -651,14 +638,7 @@ fn forget_expired_registrations(mgr: &Manager, configured: &[String]) {
     if expired.is_empty() {
         return;
     }
-    {
-        let mut nodes = lock(&mgr.nodes);
-        for a in &expired {
-            if !configured.contains(a) && nodes.get(a).is_some_and(|n| !n.held) {
-                nodes.remove(a);
-            }
-        }
-    }
+    lock(&mgr.nodes).forget_expired(&expired, configured);
     let shown: Vec<&str> = expired.iter().take(5).map(String::as_str).collect();
     mgr.event(
         "info",
@@ -720,71 +700,47 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
                 .await;
         }
         for (addr, r) in found {
-            let mut nodes = lock(&mgr.nodes);
-            match r {
-                Err(_) => {
-                    if let Some(n) = nodes.get_mut(&addr) {
-                        n.daemon_state = if n.held { "lost" } else { "unreachable" }.into();
-                    } else if lock(&mgr.registered).contains(&addr) {
-                        // A registered daemon that never answered.
-                        nodes.insert(
-                            addr.clone(),
-                            NodeEntry {
-                                daemon_state: "unreachable".into(),
-                                ..Default::default()
-                            },
-                        );
-                    }
-                }
+            let answer = match r {
+                Err(_) => crate::core::ScanAnswer::NoAnswer,
                 Ok(info) => {
                     lock(&mgr.registered).contacted(&addr, now_ms());
-                    let n = nodes.entry(addr.clone()).or_default();
-                    n.alias = info.alias.clone();
-                    n.threads = info.devices.threads;
-                    n.last_seen_ms = now_ms();
-                    n.ever_seen = true;
-                    let mut take = false;
-                    match &info.state {
-                        rayfarm_proto::DaemonState::Idle => {
-                            n.daemon_state = "idle".into();
-                            n.master = None;
-                            // A node excluded from every queued job is left alone.
-                            take = !n.held && wanted.contains(&info.alias);
-                        }
-                        rayfarm_proto::DaemonState::Occupied { master, .. } => {
-                            if !n.held {
-                                n.daemon_state = "occupied".into();
-                                n.master = Some(master.clone());
+                    crate::core::ScanAnswer::Answered {
+                        alias: info.alias,
+                        threads: info.devices.threads,
+                        state: match info.state {
+                            rayfarm_proto::DaemonState::Idle => crate::core::DaemonSeen::Idle,
+                            rayfarm_proto::DaemonState::Occupied { master, .. } => {
+                                crate::core::DaemonSeen::Occupied { master }
                             }
-                        }
-                        rayfarm_proto::DaemonState::Unhealthy { reason } => {
-                            n.daemon_state = format!("unhealthy: {reason}");
-                        }
-                    }
-                    if take {
-                        n.held = true;
-                        n.master = None;
-                        let (m, s, alias) = (mgr.clone(), stop.clone(), info.alias.clone());
-                        tokio::spawn(async move {
-                            let r = rayfarm_master::discovery::hold_lease(
-                                &addr,
-                                &alias,
-                                &m.cfg.key,
-                                rayfarm_master::DEFAULT_LEASE_TIMEOUT_MS,
-                                &m.cfg.bind,
-                                m.worker_port,
-                                s,
-                            )
-                            .await;
-                            if let Err(e) = r {
-                                tracing::info!("{alias} ({addr}): lease ended: {e}");
+                            rayfarm_proto::DaemonState::Unhealthy { reason } => {
+                                crate::core::DaemonSeen::Unhealthy { reason }
                             }
-                            if let Some(n) = lock(&m.nodes).get_mut(&addr) {
-                                n.held = false;
-                            }
-                        });
+                        },
                     }
                 }
+            };
+            let registered = lock(&mgr.registered).contains(&addr);
+            let take = lock(&mgr.nodes).on_scan(&addr, answer, now_ms(), registered, |alias| {
+                wanted.contains(alias)
+            });
+            if let Some(alias) = take {
+                let (m, s) = (mgr.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let r = rayfarm_master::discovery::hold_lease(
+                        &addr,
+                        &alias,
+                        &m.cfg.key,
+                        rayfarm_master::DEFAULT_LEASE_TIMEOUT_MS,
+                        &m.cfg.bind,
+                        m.worker_port,
+                        s,
+                    )
+                    .await;
+                    if let Err(e) = r {
+                        tracing::info!("{alias} ({addr}): lease ended: {e}");
+                    }
+                    lock(&m.nodes).lease_ended(&addr);
+                });
             }
         }
         tokio::select! {
@@ -907,46 +863,50 @@ async fn session_loop(
     let mut current_job: Option<(String, usize)> = None;
     let mut idle_since = Instant::now();
     loop {
-        if *stop.borrow() {
-            let _ = conn
-                .send(&Msg::Goodbye {
-                    reason: "manager shutting down".into(),
-                })
-                .await;
-            return Ok(());
-        }
-        let next = {
+        let next = if *stop.borrow() {
+            None
+        } else {
             let (a, now) = (alias.to_string(), now_ms());
             mgr.store
                 .call(move |s| s.next_task(&a, now))
                 .await
                 .map_err(|e| e.to_string())?
         };
-        let Some(task) = next else {
-            if idle_since.elapsed() > IDLE_RELEASE {
+        let stopping = *stop.borrow();
+        let task = match crate::core::session_step(
+            next,
+            idle_since.elapsed(),
+            IDLE_RELEASE,
+            stopping,
+        ) {
+            crate::core::SessionStep::Run(task) => task,
+            crate::core::SessionStep::Release { reason }
+            | crate::core::SessionStep::Shutdown { reason } => {
                 let _ = conn
                     .send(&Msg::Goodbye {
-                        reason: "no more work".into(),
+                        reason: reason.into(),
                     })
                     .await;
                 return Ok(());
             }
-            tokio::select! {
-                _ = stop.changed() => {}
-                m = conn.recv_timeout(Duration::from_millis(500), "idle") => {
-                    match m {
-                        Ok(Msg::Heartbeat) => touch(mgr, alias, None, None),
-                        Ok(Msg::TaskDone { task_id, .. } | Msg::TaskFailed { task_id, .. }) => {
-                            tracing::debug!("ignoring a late answer for task {task_id} from {alias}");
+            crate::core::SessionStep::Wait => {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    m = conn.recv_timeout(Duration::from_millis(500), "idle") => {
+                        match m {
+                            Ok(Msg::Heartbeat) => touch(mgr, alias, None, None),
+                            Ok(Msg::TaskDone { task_id, .. } | Msg::TaskFailed { task_id, .. }) => {
+                                tracing::debug!("ignoring a late answer for task {task_id} from {alias}");
+                            }
+                            Ok(Msg::Goodbye { reason }) => return Err(format!("left: {reason}")),
+                            Ok(other) => return Err(format!("unexpected {}", other.name())),
+                            Err(rayfarm_proto::ProtoError::Timeout { .. }) => {}
+                            Err(e) => return Err(e.to_string()),
                         }
-                        Ok(Msg::Goodbye { reason }) => return Err(format!("left: {reason}")),
-                        Ok(other) => return Err(format!("unexpected {}", other.name())),
-                        Err(rayfarm_proto::ProtoError::Timeout { .. }) => {}
-                        Err(e) => return Err(e.to_string()),
                     }
                 }
+                continue;
             }
-            continue;
         };
         match run_task(mgr, conn, alias, &task, &mut current_job, &mut stop).await {
             Ok(()) => {}
@@ -1070,17 +1030,21 @@ async fn run_task(
                 return Err(TaskErr::Session("manager shutting down".into()));
             }
             _ = renew.tick() => {
-                if last_seen.elapsed() > WORKER_SILENCE_TIMEOUT {
-                    return Err(TaskErr::Session(format!("silent for {} s", WORKER_SILENCE_TIMEOUT.as_secs())));
-                }
                 let (id, a, now) = (task.task_id, alias.to_string(), now_ms());
-                if mgr.store.call(move |s| s.renew_lease(id, &a, now)).await.is_err() {
+                let renewed = mgr.store.call(move |s| s.renew_lease(id, &a, now)).await.is_ok();
+                match crate::core::task_tick(last_seen.elapsed(), WORKER_SILENCE_TIMEOUT, renewed) {
+                    crate::core::TickStep::Continue => {}
+                    crate::core::TickStep::Silent { seconds } => {
+                        return Err(TaskErr::Session(format!("silent for {seconds} s")));
+                    }
+                    crate::core::TickStep::StopTask => {
                     // Canceled, deleted or given to another node: the worker stops it and
                     // writes nothing; any result already on its way is ignored.
                     tracing::info!("task {} is no longer {alias}'s: telling it to stop", task.task_id);
                     conn.send(&Msg::CancelTask { task_id: task.task_id }).await.map_err(se)?;
                     mgr.event("info", format!("task '{}' stopped on {alias}", task.name), Some(&task.job_id), Some(alias));
                     return Ok(());
+                    }
                 }
             }
             m = conn.recv() => {
