@@ -7,22 +7,30 @@
 //! cookies and sends no CORS headers, so a page on another site can neither send the token (it
 //! does not have it) nor read an answer.
 //!
-//! Errors are `{"error": "..."}` with 400 (bad request), 401 (no or wrong token), 404 (no such
-//! job), 409 (not allowed in the job's state), 503 (a limit is reached) or 500. The transport
-//! limits (body size, timeouts, connections) are [`crate::http`]'s.
+//! Errors are `{"error": "..."}` ([`ErrorJson`]) with 400 (bad request), 401 (no or wrong
+//! token), 404 (no such job), 409 (not allowed in the job's state), 415 or 422 (a body that is
+//! not the JSON the route takes), 503 (a limit is reached) or 500. The transport limits (body
+//! size, timeouts, connections) are [`crate::http`]'s.
+//!
+//! Every answer and request body is a named type here, shared with the CLI's client, and every
+//! route is in the OpenAPI document [`ApiDoc`], served at `/api/v1/openapi.json` and checked in
+//! as `docs/openapi.json` (a unit test keeps the file equal to the code).
 
 use crate::manager::{load_job, now_ms, JobSpec, Manager, TaskSpec};
 use crate::registry::Registered;
 use crate::store::{NewJob, NewTask, StoreError};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::sync::Arc;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, OpenApi, ToResponse, ToSchema};
 
 type Mgr = State<Arc<Manager>>;
 
@@ -30,8 +38,27 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorJson { error: self.1 })).into_response()
     }
+}
+
+/// A JSON request body whose rejection (not JSON, the wrong shape, no JSON content type) is
+/// answered like every other error, `{"error": ...}`, with axum's status (400, 422 or 415).
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(body)) => Ok(JsonBody(body)),
+            Err(e) => Err(rejected(e)),
+        }
+    }
+}
+
+fn rejected(e: JsonRejection) -> ApiError {
+    ApiError(e.status(), e.body_text())
 }
 
 impl From<StoreError> for ApiError {
@@ -52,7 +79,8 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// The API's routes, every one behind [`require_token`] with `m`'s farm key.
+/// The API's routes, every one behind [`require_token`] with `m`'s farm key. A route added
+/// here gets a `#[utoipa::path]` and a place in [`ApiDoc`] (the tests compare the three).
 pub fn router(m: Arc<Manager>) -> Router<Arc<Manager>> {
     Router::new()
         .route("/api/v1/status", get(status))
@@ -66,6 +94,7 @@ pub fn router(m: Arc<Manager>) -> Router<Arc<Manager>> {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/register", post(register))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         // Unknown API paths are behind the token too, so they reveal nothing either.
         .route("/api/v1", any(no_such_route))
@@ -76,8 +105,98 @@ pub fn router(m: Arc<Manager>) -> Router<Arc<Manager>> {
         ))
 }
 
-/// Prometheus text exposition (version 0.0.4) of the queue and the nodes, behind the token
-/// like the API (Prometheus sends it with `authorization: { credentials: TOKEN }`).
+/// The OpenAPI 3.1 document of the API. `docs/openapi.json` is its pretty JSON (a unit test
+/// keeps the two equal) and `GET /api/v1/openapi.json` serves it.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "rayfarm manager API",
+        description = "The job manager's HTTP JSON API (version 1). Every route needs the farm's \
+            API token, `Authorization: Bearer TOKEN`, where `rayfarm key api-token` prints TOKEN \
+            (with the farm key). PROTOCOL.md describes the transport and its limits."
+    ),
+    paths(
+        status, jobs, submit, job, delete, pause, resume, cancel, priority, preview, nodes,
+        register, events, openapi, metrics
+    ),
+    components(responses(Unauthorized)),
+    modifiers(&BearerToken),
+    security(("bearer" = [])),
+    tags(
+        (name = "jobs", description = "The job queue"),
+        (name = "nodes", description = "The render nodes the manager knows"),
+        (name = "manager", description = "The manager itself")
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` security scheme every route requires (see [`require_token`]).
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("rft1-<64 hex digits>")
+                        .description(Some(
+                            "The farm's API token, derived from the farm key: `rayfarm key \
+                         api-token` prints it",
+                        ))
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// The document's pretty JSON with a trailing newline: what `docs/openapi.json` holds and
+/// `GET /api/v1/openapi.json` answers.
+pub fn openapi_json() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes (it holds only strings, maps and lists)");
+    text.push('\n');
+    text
+}
+
+/// This document.
+///
+/// The OpenAPI description of every route of the API.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "manager",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document (docs/openapi.json)",
+            content_type = "application/json", body = Object),
+        (status = 401, response = Unauthorized)
+    )
+)]
+async fn openapi() -> Response {
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(openapi_json);
+    ([(header::CONTENT_TYPE, "application/json")], DOC.as_str()).into_response()
+}
+
+/// Prometheus metrics of the queue and the nodes.
+///
+/// Text exposition version 0.0.4, behind the token like the API (Prometheus sends it with
+/// `authorization: { credentials: TOKEN }`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "manager",
+    responses(
+        (status = 200, description = "Gauges: rayfarm_jobs{status}, rayfarm_tasks{status}, \
+            rayfarm_nodes{state}, rayfarm_registered_nodes, rayfarm_uptime_seconds",
+            content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 401, response = Unauthorized),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
 async fn metrics(State(m): Mgr) -> Result<Response, ApiError> {
     use std::collections::BTreeMap;
     use std::fmt::Write;
@@ -198,23 +317,242 @@ pub async fn require_token(
     }
 }
 
+/// The body of every error answer.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+#[schema(example = json!({"error": "no such job: j0123456789ab"}))]
+pub struct ErrorJson {
+    /// What went wrong, naming the job, path or value at fault.
+    pub error: String,
+}
+
+/// The answer to a request without the farm's API token (or with another farm's, or another
+/// scheme): no handler ran, nothing was read or changed.
+#[derive(ToResponse)]
+#[response(
+    description = "No `Authorization: Bearer TOKEN` with the farm's API token; nothing was read or changed",
+    headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"rayfarm\"`"))
+)]
+pub struct Unauthorized(pub ErrorJson);
+
+/// `GET /api/v1/status`.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct StatusJson {
+    /// The manager's version.
+    pub version: String,
+    /// Seconds since the manager started.
+    pub uptime_s: u64,
+    /// Jobs in the queue, whatever their status.
+    pub jobs: u64,
+    /// Nodes the manager knows.
+    pub nodes: u64,
+    /// Daemons registered (`rayfarm daemon --manager`) and not expired.
+    pub registered_nodes: u64,
+    /// The port workers connect to.
+    pub worker_port: u16,
+}
+
+/// Tasks of one job per status.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCountsJson {
+    pub queued: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub canceled: u64,
+}
+
+impl From<crate::store::TaskCounts> for TaskCountsJson {
+    fn from(t: crate::store::TaskCounts) -> Self {
+        TaskCountsJson {
+            queued: t.queued,
+            running: t.running,
+            completed: t.completed,
+            failed: t.failed,
+            canceled: t.canceled,
+        }
+    }
+}
+
 /// A job as the API shows it.
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
 pub struct JobJson {
     pub id: String,
     pub name: String,
+    /// `bake` or `render`.
     pub kind: String,
+    /// queued, active, paused, completed, failed, canceled, or blocked (see `blocked`).
     pub status: String,
+    /// Higher runs first (-1000 to 1000).
     pub priority: i32,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Done so far, 0 to 1.
     pub progress: f64,
-    pub tasks: serde_json::Value,
+    pub tasks: TaskCountsJson,
+    /// Why the job failed.
     pub error: Option<String>,
     /// Why a `blocked` job cannot run (status `blocked` is shown instead of `queued` or
     /// `active` while no known node may take its tasks).
     #[serde(default)]
     pub blocked: Option<String>,
+}
+
+/// `GET /api/v1/jobs`: every job in the queue.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct JobListJson {
+    pub jobs: Vec<JobJson>,
+}
+
+/// One task of a job: one part of its job.desc.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct TaskJson {
+    pub index: u32,
+    pub name: String,
+    /// queued, running, completed, failed or canceled.
+    pub status: String,
+    /// Times handed out so far.
+    pub attempts: u32,
+    /// The node running it, or the last one that did; none while queued.
+    pub node: Option<String>,
+    /// The last failure, kept across retries.
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/jobs/{id}` (and the answer of the routes that change a job): the job and its
+/// tasks.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct JobDetailJson {
+    pub job: JobJson,
+    pub tasks: Vec<TaskJson>,
+}
+
+/// `POST /api/v1/jobs`: a job folder the client prepared.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct SubmitRequest {
+    /// Absolute path of NETWORK_FOLDER/<job-id> as the manager sees it.
+    pub job_dir: String,
+    /// Higher runs first; 0 when left out.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// The answer to `POST /api/v1/jobs`.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct SubmittedJson {
+    /// The new job's id: the job folder's name.
+    pub id: String,
+}
+
+/// `POST /api/v1/jobs/{id}/priority`.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityRequest {
+    /// The new priority, -1000 to 1000; higher runs first.
+    #[schema(minimum = -1000, maximum = 1000)]
+    pub priority: i32,
+}
+
+/// The query of `DELETE /api/v1/jobs/{id}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Delete even while tasks run (they are stopped on their nodes).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The answer to `DELETE /api/v1/jobs/{id}`.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct DeletedJson {
+    /// The deleted job's id.
+    pub deleted: String,
+}
+
+/// A node as the API shows it.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct NodeJson {
+    /// `HOST:PORT` of its daemon.
+    pub addr: String,
+    pub alias: String,
+    pub threads: u32,
+    /// idle, working, occupied, lost or unreachable.
+    pub state: String,
+    /// While working: the job.
+    pub job: Option<String>,
+    /// While working: the task.
+    pub task: Option<String>,
+    /// While occupied: the master holding it.
+    pub master: Option<String>,
+    pub last_seen_ms: i64,
+}
+
+impl From<crate::manager::NodeView> for NodeJson {
+    fn from(n: crate::manager::NodeView) -> Self {
+        NodeJson {
+            addr: n.addr,
+            alias: n.alias,
+            threads: n.threads,
+            state: n.state,
+            job: n.job,
+            task: n.task,
+            master: n.master,
+            last_seen_ms: n.last_seen_ms,
+        }
+    }
+}
+
+/// `GET /api/v1/nodes`.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct NodeListJson {
+    pub nodes: Vec<NodeJson>,
+}
+
+/// `POST /api/v1/nodes/register`: a daemon announces itself.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct RegisterRequest {
+    /// `HOST:PORT` of the daemon, as the manager can reach it.
+    #[schema(example = "10.0.0.11:48000")]
+    pub addr: String,
+}
+
+/// The answer to `POST /api/v1/nodes/register`.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct RegisteredJson {
+    /// The registered address.
+    pub registered: String,
+    /// The manager's clock when it registered it.
+    pub time_ms: i64,
+}
+
+/// Something the monitor shows under "recent events".
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct EventJson {
+    pub time_ms: i64,
+    /// info, warn or error.
+    pub level: String,
+    pub message: String,
+    /// The job it is about, if any.
+    pub job: Option<String>,
+    /// The node it is about, if any.
+    pub node: Option<String>,
+}
+
+impl From<crate::manager::Event> for EventJson {
+    fn from(e: crate::manager::Event) -> Self {
+        EventJson {
+            time_ms: e.time_ms,
+            level: e.level.to_string(),
+            message: e.message,
+            job: e.job,
+            node: e.node,
+        }
+    }
+}
+
+/// `GET /api/v1/events`: newest first, at most 200.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct EventListJson {
+    pub events: Vec<EventJson>,
 }
 
 /// The aliases of the nodes the manager knows and could reach lately.
@@ -247,7 +585,7 @@ fn job_json(s: &crate::store::Store, known: &[String], j: crate::store::JobInfo)
         created_ms: j.created_at_ms,
         updated_ms: j.updated_at_ms,
         progress: j.progress,
-        tasks: serde_json::to_value(j.tasks).unwrap_or_default(),
+        tasks: j.tasks.into(),
         error: j.error,
     }
 }
@@ -260,59 +598,110 @@ async fn db<R: Send + 'static>(
     m.store.call(f).await
 }
 
-async fn status(State(m): Mgr) -> Result<Json<serde_json::Value>, ApiError> {
+/// The manager at a glance.
+#[utoipa::path(
+    get,
+    path = "/api/v1/status",
+    tag = "manager",
+    responses(
+        (status = 200, description = "The manager's status", body = StatusJson),
+        (status = 401, response = Unauthorized),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
+async fn status(State(m): Mgr) -> Result<Json<StatusJson>, ApiError> {
     let jobs = db(&m, |s| s.list_jobs()).await?.len();
-    Ok(Json(json!({
-        "version": m.version(),
-        "uptime_s": m.uptime_s(),
-        "jobs": jobs,
-        "nodes": m.nodes().len(),
-        "registered_nodes": m.registered_count(),
-        "worker_port": m.worker_port,
-    })))
+    Ok(Json(StatusJson {
+        version: m.version().to_string(),
+        uptime_s: m.uptime_s(),
+        jobs: jobs as u64,
+        nodes: m.nodes().len() as u64,
+        registered_nodes: m.registered_count() as u64,
+        worker_port: m.worker_port,
+    }))
 }
 
-async fn jobs(State(m): Mgr) -> Result<Json<serde_json::Value>, ApiError> {
+/// Every job in the queue.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    responses(
+        (status = 200, description = "The jobs", body = JobListJson),
+        (status = 401, response = Unauthorized),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
+async fn jobs(State(m): Mgr) -> Result<Json<JobListJson>, ApiError> {
     let known = known_nodes(&m);
     let jobs: Vec<JobJson> = db(&m, move |s| {
         s.list_jobs()
             .map(|l| l.into_iter().map(|j| job_json(s, &known, j)).collect())
     })
     .await?;
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(JobListJson { jobs }))
 }
 
-async fn job(State(m): Mgr, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+/// One job and its tasks.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (see `GET /api/v1/jobs`)")),
+    responses(
+        (status = 200, description = "The job and its tasks", body = JobDetailJson),
+        (status = 400, description = "Not a job id", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such job", body = ErrorJson),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
+async fn job(State(m): Mgr, Path(id): Path<String>) -> Result<Json<JobDetailJson>, ApiError> {
     let known = known_nodes(&m);
-    let (j, tasks) = db(&m, move |s| -> Result<_, crate::store::StoreError> {
+    let (job, tasks) = db(&m, move |s| -> Result<_, crate::store::StoreError> {
         Ok((job_json(s, &known, s.job(&id)?), s.tasks(&id)?))
     })
     .await?;
-    let tasks: Vec<serde_json::Value> = tasks
+    let tasks = tasks
         .into_iter()
-        .map(|t| {
-            json!({
-                "index": t.index, "name": t.name, "status": t.status.as_str(),
-                "attempts": t.attempts, "node": t.node, "error": t.error,
-            })
+        .map(|t| TaskJson {
+            index: t.index,
+            name: t.name,
+            status: t.status.as_str().to_string(),
+            attempts: t.attempts,
+            node: t.node,
+            error: t.error,
         })
         .collect();
-    Ok(Json(json!({ "job": j, "tasks": tasks })))
+    Ok(Json(JobDetailJson { job, tasks }))
 }
 
-/// `POST /api/v1/jobs`: a job folder the client prepared.
-#[derive(Deserialize)]
-pub struct SubmitRequest {
-    /// Absolute path of NETWORK_FOLDER/<job-id> as the manager sees it.
-    pub job_dir: String,
-    #[serde(default)]
-    pub priority: i32,
-}
-
+/// Queues a job folder the client prepared.
+///
+/// The folder is NETWORK_FOLDER/<job-id>, holding job.desc, its MAC and the scene. `job_dir` is canonicalized and must lie strictly inside one of the manager's `--netdir`
+/// roots; otherwise 400 with one message whatever the reason, so the API does not tell whether
+/// a path exists on the manager's machine.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    request_body = SubmitRequest,
+    responses(
+        (status = 201, description = "The job is queued", body = SubmittedJson),
+        (status = 400, description = "The folder is outside the network folders, or its job.desc \
+            is unreadable or has no valid MAC", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 409, description = "A job of this id is running", body = ErrorJson),
+        (status = 413, description = "The body is larger than 1 MiB", body = ErrorJson),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorJson),
+        (status = 422, description = "The body is JSON of another shape", body = ErrorJson),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
 async fn submit(
     State(m): Mgr,
-    Json(req): Json<SubmitRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    JsonBody(req): JsonBody<SubmitRequest>,
+) -> Result<(StatusCode, Json<SubmittedJson>), ApiError> {
     // Only folders inside the manager's network folders, canonicalized (so neither `..` nor a
     // symlink leads out), and one message whatever the reason: the API must not tell a caller
     // whether some path exists on the manager's machine.
@@ -369,30 +758,71 @@ async fn submit(
         Some(&new_id),
         None,
     );
-    Ok((StatusCode::CREATED, Json(json!({ "id": new_id }))))
+    Ok((StatusCode::CREATED, Json(SubmittedJson { id: new_id })))
 }
 
-async fn pause(State(m): Mgr, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Hands out no more of the job's tasks (running ones finish).
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/pause",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, paused, and its tasks", body = JobDetailJson),
+        (status = 400, description = "Not a job id", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such job", body = ErrorJson),
+        (status = 409, description = "Not allowed in the job's state", body = ErrorJson),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
+async fn pause(State(m): Mgr, Path(id): Path<String>) -> Result<Json<JobDetailJson>, ApiError> {
     let i = id.clone();
     db(&m, move |s| s.pause(&i)).await?;
     m.event("info", format!("job {id} paused"), Some(&id), None);
     job(State(m), Path(id)).await
 }
 
-async fn resume(
-    State(m): Mgr,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+/// Hands out the job's tasks again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/resume",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, resumed, and its tasks", body = JobDetailJson),
+        (status = 400, description = "Not a job id", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such job", body = ErrorJson),
+        (status = 409, description = "Not allowed in the job's state", body = ErrorJson),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
+async fn resume(State(m): Mgr, Path(id): Path<String>) -> Result<Json<JobDetailJson>, ApiError> {
     let i = id.clone();
     db(&m, move |s| s.resume(&i)).await?;
     m.event("info", format!("job {id} resumed"), Some(&id), None);
     job(State(m), Path(id)).await
 }
 
-async fn cancel(
-    State(m): Mgr,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+/// Stops the job for good (its folder stays).
+///
+/// Its running tasks are stopped on their nodes.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, canceled, and its tasks", body = JobDetailJson),
+        (status = 400, description = "Not a job id", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such job", body = ErrorJson),
+        (status = 409, description = "Not allowed in the job's state", body = ErrorJson),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
+async fn cancel(State(m): Mgr, Path(id): Path<String>) -> Result<Json<JobDetailJson>, ApiError> {
     let i = id.clone();
     let stopped = db(&m, move |s| s.cancel(&i)).await?;
     m.forget_job(&id);
@@ -408,17 +838,32 @@ async fn cancel(
     job(State(m), Path(id)).await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PriorityBody {
-    priority: i32,
-}
-
+/// Changes the job's priority.
+///
+/// Higher runs first; tasks already running are not stopped.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/priority",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body = PriorityRequest,
+    responses(
+        (status = 200, description = "The job, with its new priority, and its tasks", body = JobDetailJson),
+        (status = 400, description = "Not a job id, or a priority out of range", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such job", body = ErrorJson),
+        (status = 413, description = "The body is over 1 MiB (plain text; the connection is closed)",
+            content_type = "text/plain", body = String),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorJson),
+        (status = 422, description = "The body is JSON of another shape", body = ErrorJson),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
 async fn priority(
     State(m): Mgr,
     Path(id): Path<String>,
-    Json(b): Json<PriorityBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    JsonBody(b): JsonBody<PriorityRequest>,
+) -> Result<Json<JobDetailJson>, ApiError> {
     if !(-1000..=1000).contains(&b.priority) {
         return Err(bad(format!(
             "priority {} is out of range: use -1000 to 1000",
@@ -436,25 +881,53 @@ async fn priority(
     job(State(m), Path(id)).await
 }
 
-#[derive(Deserialize)]
-struct DeleteQuery {
-    #[serde(default)]
-    force: bool,
-}
-
+/// Removes the job from the queue (its folder stays).
+///
+/// Without `force`, refused while tasks run.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id"), DeleteQuery),
+    responses(
+        (status = 200, description = "The job is deleted", body = DeletedJson),
+        (status = 400, description = "Not a job id", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such job", body = ErrorJson),
+        (status = 409, description = "Tasks of the job run (use force)", body = ErrorJson),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
 async fn delete(
     State(m): Mgr,
     Path(id): Path<String>,
     Query(q): Query<DeleteQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DeletedJson>, ApiError> {
     let (i, force) = (id.clone(), q.force);
     db(&m, move |s| s.delete(&i, force)).await?;
     m.previews.evict(&id);
     m.forget_job(&id);
     m.event("info", format!("job {id} deleted"), Some(&id), None);
-    Ok(Json(json!({ "deleted": id })))
+    Ok(Json(DeletedJson { deleted: id }))
 }
 
+/// A preview of the job from the parts done so far.
+///
+/// At most 512 px on its long side: a bake's first output (complete pass first), or a render's
+/// latest frame with a part.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/preview.png",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The preview", content(("image/png"))),
+        (status = 400, description = "Not a job id", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "No such job, or no part of it is done yet", body = ErrorJson),
+        (status = 500, description = "The job database or the job folder failed", body = ErrorJson)
+    )
+)]
 async fn preview(State(m): Mgr, Path(id): Path<String>) -> Result<Response, ApiError> {
     let i = id.clone();
     let (spec, key) = db(&m, move |s| -> Result<_, crate::store::StoreError> {
@@ -489,21 +962,47 @@ async fn preview(State(m): Mgr, Path(id): Path<String>) -> Result<Response, ApiE
     }
 }
 
-async fn nodes(State(m): Mgr) -> Json<serde_json::Value> {
-    Json(json!({ "nodes": m.nodes() }))
+/// The render nodes the manager knows.
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes",
+    tag = "nodes",
+    responses(
+        (status = 200, description = "The nodes", body = NodeListJson),
+        (status = 401, response = Unauthorized)
+    )
+)]
+async fn nodes(State(m): Mgr) -> Json<NodeListJson> {
+    Json(NodeListJson {
+        nodes: m.nodes().into_iter().map(NodeJson::from).collect(),
+    })
 }
 
-/// `POST /api/v1/nodes/register`: a daemon announces itself.
-#[derive(Deserialize)]
-pub struct RegisterRequest {
-    /// `HOST:PORT` of the daemon, as the manager can reach it.
-    pub addr: String,
-}
-
+/// A daemon announces itself.
+///
+/// `rayfarm daemon --manager` registers every 5 s; a registration not renewed for 5 minutes
+/// expires.
+#[utoipa::path(
+    post,
+    path = "/api/v1/nodes/register",
+    tag = "nodes",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "The daemon is registered", body = RegisteredJson),
+        (status = 400, description = "Not a HOST:PORT address", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 413, description = "The body is over 1 MiB (plain text; the connection is closed)",
+            content_type = "text/plain", body = String),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorJson),
+        (status = 422, description = "The body is JSON of another shape", body = ErrorJson),
+        (status = 503, description = "The manager has as many registered daemons as it takes \
+            (1024); known ones renew", body = ErrorJson)
+    )
+)]
 async fn register(
     State(m): Mgr,
-    Json(r): Json<RegisterRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    JsonBody(r): JsonBody<RegisterRequest>,
+) -> Result<Json<RegisteredJson>, ApiError> {
     if let Err(e) = rayfarm_proto::addr::check_host_port(&r.addr, 256) {
         return Err(bad(format!("cannot register: {e}")));
     }
@@ -532,11 +1031,28 @@ async fn register(
             ));
         }
     }
-    Ok(Json(json!({ "registered": r.addr, "time_ms": now_ms() })))
+    Ok(Json(RegisteredJson {
+        registered: r.addr,
+        time_ms: now_ms(),
+    }))
 }
 
-async fn events(State(m): Mgr) -> Json<serde_json::Value> {
-    Json(json!({ "events": m.events() }))
+/// What happened lately.
+///
+/// Newest first, at most 200.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "manager",
+    responses(
+        (status = 200, description = "The events", body = EventListJson),
+        (status = 401, response = Unauthorized)
+    )
+)]
+async fn events(State(m): Mgr) -> Json<EventListJson> {
+    Json(EventListJson {
+        events: m.events().into_iter().map(EventJson::from).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -545,6 +1061,129 @@ mod tests {
     use axum::body::Body;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt;
+
+    /// The checked-in OpenAPI document.
+    const OPENAPI_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+
+    /// Every route [`router`] serves, method and path, but the catch-alls that answer 404.
+    const ROUTES: &[(&str, &str)] = &[
+        ("get", "/api/v1/status"),
+        ("get", "/api/v1/jobs"),
+        ("post", "/api/v1/jobs"),
+        ("get", "/api/v1/jobs/{id}"),
+        ("delete", "/api/v1/jobs/{id}"),
+        ("post", "/api/v1/jobs/{id}/pause"),
+        ("post", "/api/v1/jobs/{id}/resume"),
+        ("post", "/api/v1/jobs/{id}/cancel"),
+        ("post", "/api/v1/jobs/{id}/priority"),
+        ("get", "/api/v1/jobs/{id}/preview.png"),
+        ("get", "/api/v1/nodes"),
+        ("post", "/api/v1/nodes/register"),
+        ("get", "/api/v1/events"),
+        ("get", "/api/v1/openapi.json"),
+        ("get", "/metrics"),
+    ];
+
+    fn document() -> serde_json::Value {
+        serde_json::from_str(&openapi_json()).unwrap()
+    }
+
+    #[test]
+    fn the_checked_in_openapi_document_is_the_codes() {
+        let generated = openapi_json();
+        if std::env::var_os("RAYFARM_BLESS").is_some() {
+            std::fs::write(OPENAPI_FILE, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(OPENAPI_FILE).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "docs/openapi.json differs from the API's code; if the change is intended, \
+             regenerate it with `RAYFARM_BLESS=1 cargo test -p rayfarm-farm --lib openapi` and \
+             commit it"
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_has_every_route_and_only_those() {
+        let doc = document();
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+
+    /// [`ROUTES`] against [`router`]'s source: a path routed there and missing here (or the
+    /// other way round) fails, so the list cannot drift from the router unnoticed.
+    #[test]
+    fn the_route_list_is_the_routers() {
+        let source = include_str!("api.rs");
+        let body = &source[source.find("pub fn router(").unwrap()..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        let mut routed: Vec<(String, String)> = Vec::new();
+        for call in body.split(".route(\"").skip(1) {
+            let (path, rest) = call.split_once('"').unwrap();
+            let handlers = &rest[..rest.find("))").unwrap_or(rest.len())];
+            if handlers.contains("any(") {
+                continue;
+            }
+            for method in ["get", "post", "delete", "put", "patch"] {
+                if handlers.contains(&format!("{method}(")) {
+                    routed.push((method.to_string(), path.to_string()));
+                }
+            }
+        }
+        routed.sort();
+        let mut listed: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        listed.sort();
+        assert_eq!(routed, listed);
+    }
+
+    /// The token layer answers every route, so every operation documents its 401 and the
+    /// document requires the bearer scheme.
+    #[test]
+    fn every_operation_needs_the_bearer_token() {
+        let doc = document();
+        assert_eq!(doc["security"], serde_json::json!([{ "bearer": [] }]));
+        let scheme = &doc["components"]["securitySchemes"]["bearer"];
+        assert_eq!(
+            (scheme["type"].as_str(), scheme["scheme"].as_str()),
+            (Some("http"), Some("bearer"))
+        );
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert_eq!(
+                    op["responses"]["401"]["$ref"], "#/components/responses/Unauthorized",
+                    "{method} {path}"
+                );
+            }
+        }
+        let unauthorized = &doc["components"]["responses"]["Unauthorized"];
+        assert_eq!(
+            unauthorized["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorJson"
+        );
+    }
+
+    #[test]
+    fn an_error_is_a_json_object_with_one_string() {
+        let body = serde_json::to_value(ErrorJson {
+            error: "no such job: j1".into(),
+        })
+        .unwrap();
+        assert_eq!(body, serde_json::json!({ "error": "no such job: j1" }));
+    }
 
     /// A router whose one handler counts its runs, behind [`require_token`].
     fn guarded(key: &rayfarm_proto::FarmKey, runs: Arc<AtomicUsize>) -> Router {

@@ -3,7 +3,12 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use rayfarm_farm::api::{
+    DeletedJson, ErrorJson, JobDetailJson, JobListJson, NodeListJson, PriorityRequest,
+    RegisterRequest, RegisteredJson, SubmitRequest, SubmittedJson,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,7 +45,8 @@ pub fn manager_addr(addr: &str) -> String {
 pub const MANAGER_CA_ENV: &str = "RAYFARM_MANAGER_CA";
 
 /// A small client of the manager's API. Every request carries the farm's API token (derived
-/// from the farm key) as `Authorization: Bearer`. Errors name the manager and say what to do.
+/// from the farm key) as `Authorization: Bearer`; every answer is read into its type in
+/// `rayfarm_farm::api`. Errors name the manager and say what to do.
 pub struct FarmClient {
     pub addr: String,
     base: String,
@@ -98,7 +104,11 @@ impl FarmClient {
         FarmClient::new(addr, &key)
     }
 
-    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value> {
+    fn finish<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T> {
         let mut r = r.map_err(|e| {
             let hint = if e.to_string().contains("certificate") {
                 format!(
@@ -120,22 +130,33 @@ impl FarmClient {
                 self.addr
             );
         }
-        let body: Value = r
-            .body_mut()
-            .read_json()
-            .unwrap_or_else(|_| json!({ "error": format!("HTTP {status}") }));
+        let body = r.body_mut().read_to_string();
         if !status.is_success() {
-            let msg = body["error"]
-                .as_str()
-                .unwrap_or("unknown error")
-                .to_string();
+            let msg = match body.as_deref().map(serde_json::from_str::<ErrorJson>) {
+                Ok(Ok(e)) => e.error,
+                // JSON, but not an error body.
+                Ok(Err(_)) if is_json(body.as_deref().unwrap_or("")) => "unknown error".into(),
+                _ => format!("HTTP {status}"),
+            };
             bail!("manager {}: {msg}", self.addr);
         }
-        Ok(body)
+        let body = body.map_err(|e| {
+            anyhow!(
+                "manager {}: cannot read its answer to {path}: {e}",
+                self.addr
+            )
+        })?;
+        serde_json::from_str(&body).map_err(|e| {
+            anyhow!(
+                "manager {}: unexpected answer to {path} ({e}); is it another rayfarm version?",
+                self.addr
+            )
+        })
     }
 
-    pub fn get(&self, path: &str) -> Result<Value> {
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.finish(
+            path,
             self.agent
                 .get(format!("{}{path}", self.base))
                 .header("Authorization", &self.authorization)
@@ -143,8 +164,9 @@ impl FarmClient {
         )
     }
 
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
+    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
         self.finish(
+            path,
             self.agent
                 .post(format!("{}{path}", self.base))
                 .header("Authorization", &self.authorization)
@@ -152,14 +174,21 @@ impl FarmClient {
         )
     }
 
-    pub fn delete(&self, path: &str) -> Result<Value> {
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.finish(
+            path,
             self.agent
                 .delete(format!("{}{path}", self.base))
                 .header("Authorization", &self.authorization)
                 .call(),
         )
     }
+}
+
+/// Whether `text` is JSON at all (an error answer that is JSON but no `{"error": ...}` is told
+/// apart from one that is not JSON).
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 /// Runs the job manager: a persistent job queue, the render nodes it leases, the HTTP API
@@ -307,29 +336,31 @@ pub struct JobsArgs {
 
 pub fn jobs(a: JobsArgs) -> Result<()> {
     let c = a.manager.client()?;
-    let v = c.get("/api/v1/jobs")?;
+    let list: JobListJson = c.get("/api/v1/jobs")?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        // Through a `Value`, whose keys are sorted: the output --json always had.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::to_value(&list)?)?
+        );
         return Ok(());
     }
     println!(
         "{:<15} {:<7} {:<10} {:>4} {:>6}  {:<24} NAME",
         "ID", "KIND", "STATUS", "PRIO", "DONE", "TASKS (q/r/c/f)"
     );
-    for j in v["jobs"].as_array().into_iter().flatten() {
-        let t = &j["tasks"];
+    for j in &list.jobs {
+        let t = &j.tasks;
+        // The priority is printed unpadded, as it always was (the JSON value ignored `{:>4}`).
         println!(
-            "{:<15} {:<7} {:<10} {:>4} {:>5.1}%  {:<24} {}",
-            j["id"].as_str().unwrap_or("?"),
-            j["kind"].as_str().unwrap_or("?"),
-            j["status"].as_str().unwrap_or("?"),
-            j["priority"],
-            100.0 * j["progress"].as_f64().unwrap_or(0.0),
-            format!(
-                "{}/{}/{}/{}",
-                t["queued"], t["running"], t["completed"], t["failed"]
-            ),
-            j["name"].as_str().unwrap_or("")
+            "{:<15} {:<7} {:<10} {} {:>5.1}%  {:<24} {}",
+            j.id,
+            j.kind,
+            j.status,
+            j.priority,
+            100.0 * j.progress,
+            format!("{}/{}/{}/{}", t.queued, t.running, t.completed, t.failed),
+            j.name
         );
     }
     Ok(())
@@ -382,36 +413,32 @@ fn check_id(id: &str) -> Result<()> {
     rayfarm_farm::store::validate_job_id(id).map_err(|e| anyhow!("{e}"))
 }
 
-fn print_job(v: &Value) {
-    let j = &v["job"];
-    println!(
-        "job {}  {}  ({})",
-        j["id"].as_str().unwrap_or("?"),
-        j["name"].as_str().unwrap_or(""),
-        j["kind"].as_str().unwrap_or("")
-    );
+fn print_job(v: &JobDetailJson) {
+    let j = &v.job;
+    println!("job {}  {}  ({})", j.id, j.name, j.kind);
     println!(
         "status {}, priority {}, {:.1}% done",
-        j["status"].as_str().unwrap_or("?"),
-        j["priority"],
-        100.0 * j["progress"].as_f64().unwrap_or(0.0)
+        j.status,
+        j.priority,
+        100.0 * j.progress
     );
-    if let Some(b) = j["blocked"].as_str() {
+    if let Some(b) = &j.blocked {
         println!("blocked: {b}");
     }
-    if let Some(e) = j["error"].as_str() {
+    if let Some(e) = &j.error {
         println!("error: {e}");
     }
-    for t in v["tasks"].as_array().into_iter().flatten() {
+    for t in &v.tasks {
+        // The index is printed unpadded, as it always was (the JSON value ignored `{:>5}`).
         println!(
-            "  {:>5}  {:<10} {:<32} attempts {}  {}{}",
-            t["index"],
-            t["status"].as_str().unwrap_or("?"),
-            t["name"].as_str().unwrap_or(""),
-            t["attempts"],
-            t["node"].as_str().unwrap_or("-"),
-            t["error"]
-                .as_str()
+            "  {}  {:<10} {:<32} attempts {}  {}{}",
+            t.index,
+            t.status,
+            t.name,
+            t.attempts,
+            t.node.as_deref().unwrap_or("-"),
+            t.error
+                .as_ref()
                 .map(|e| format!("  ({e})"))
                 .unwrap_or_default()
         );
@@ -433,27 +460,22 @@ pub fn job(a: JobArgs) -> Result<()> {
     match &a.action {
         JobAction::Show(_) => print_job(&c.get(&path)?),
         JobAction::Delete { force, .. } => {
-            c.delete(&format!("{path}?force={force}"))?;
+            let _: DeletedJson = c.delete(&format!("{path}?force={force}"))?;
             println!("job {} deleted", id.id);
         }
         JobAction::Priority { priority, .. } => {
-            let v = c.post(
+            let v: JobDetailJson = c.post(
                 &format!("{path}/priority"),
-                &json!({ "priority": priority }),
+                &PriorityRequest {
+                    priority: *priority,
+                },
             )?;
-            println!(
-                "job {}: priority {}",
-                id.id,
-                v["job"]["priority"].as_i64().unwrap_or(*priority as i64)
-            );
+            println!("job {}: priority {}", id.id, v.job.priority);
         }
         _ => {
-            let v = c.post(&format!("{path}/{action}"), &json!({}))?;
-            println!(
-                "job {}: {}",
-                id.id,
-                v["job"]["status"].as_str().unwrap_or("?")
-            );
+            // These actions take no body; `{}` is sent as before.
+            let v: JobDetailJson = c.post(&format!("{path}/{action}"), &serde_json::Map::new())?;
+            println!("job {}: {}", id.id, v.job.status);
         }
     }
     Ok(())
@@ -482,11 +504,14 @@ pub fn submit(a: SubmitArgs) -> Result<()> {
     let dir = std::fs::canonicalize(&dir)
         .with_context(|| format!("{}: no such job folder", dir.display()))?;
     let c = a.manager.client()?;
-    let v = c.post(
+    let v: SubmittedJson = c.post(
         "/api/v1/jobs",
-        &json!({ "job_dir": dir.display().to_string(), "priority": a.priority }),
+        &SubmitRequest {
+            job_dir: dir.display().to_string(),
+            priority: a.priority,
+        },
     )?;
-    println!("submitted job {}", v["id"].as_str().unwrap_or("?"));
+    println!("submitted job {}", v.id);
     Ok(())
 }
 
@@ -514,11 +539,8 @@ pub struct MergeArgs {
 /// Asks the manager about a job: Ok(Some(status)), Ok(None) when the manager can't be reached.
 fn manager_status(addr: &str, id: &str) -> Result<Option<(String, f64)>> {
     let c = FarmClient::from_config(addr, None)?;
-    match c.get(&format!("/api/v1/jobs/{id}")) {
-        Ok(v) => Ok(Some((
-            v["job"]["status"].as_str().unwrap_or("?").to_string(),
-            v["job"]["progress"].as_f64().unwrap_or(0.0),
-        ))),
+    match c.get::<JobDetailJson>(&format!("/api/v1/jobs/{id}")) {
+        Ok(v) => Ok(Some((v.job.status, v.job.progress))),
         Err(e) if e.to_string().contains("cannot reach") => Ok(None),
         Err(e) => Err(e),
     }
@@ -610,27 +632,20 @@ pub fn merge(a: MergeArgs) -> Result<()> {
 /// `rayfarm nodes --manager`: the manager's view of its nodes.
 pub fn manager_nodes(addr: &str, config: Option<&Path>) -> Result<()> {
     let c = FarmClient::from_config(addr, config)?;
-    let v = c.get("/api/v1/nodes")?;
+    let NodeListJson { nodes } = c.get("/api/v1/nodes")?;
     println!("{:<22} {:<16} {:>7}  STATE", "ADDRESS", "ALIAS", "THREADS");
-    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
     for n in &nodes {
-        let state = n["state"].as_str().unwrap_or("?");
-        let detail = match state {
+        let detail = match n.state.as_str() {
             "working" => format!(
                 "working on job {} ({})",
-                n["job"].as_str().unwrap_or("?"),
-                n["task"].as_str().unwrap_or("?")
+                n.job.as_deref().unwrap_or("?"),
+                n.task.as_deref().unwrap_or("?")
             ),
-            "occupied" => format!("occupied by master {}", n["master"].as_str().unwrap_or("?")),
+            "occupied" => format!("occupied by master {}", n.master.as_deref().unwrap_or("?")),
             s => s.to_string(),
         };
-        println!(
-            "{:<22} {:<16} {:>7}  {}",
-            n["addr"].as_str().unwrap_or("?"),
-            n["alias"].as_str().unwrap_or(""),
-            n["threads"],
-            detail
-        );
+        // The thread count is printed unpadded, as it always was (the JSON value ignored `{:>7}`).
+        println!("{:<22} {:<16} {}  {}", n.addr, n.alias, n.threads, detail);
     }
     if nodes.is_empty() {
         println!("(the manager knows no nodes yet)");
@@ -651,7 +666,10 @@ pub fn spawn_registration(manager: String, daemon_addr: String, key: rayfarm_pro
         };
         let mut warned = false;
         loop {
-            match c.post("/api/v1/nodes/register", &json!({ "addr": daemon_addr })) {
+            let request = RegisterRequest {
+                addr: daemon_addr.clone(),
+            };
+            match c.post::<RegisteredJson>("/api/v1/nodes/register", &request) {
                 Ok(_) => warned = false,
                 Err(e) if !warned => {
                     tracing::warn!("cannot register with manager {manager}: {e}");
@@ -724,9 +742,12 @@ pub fn submit_follow_merge(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let client = FarmClient::from_config(farm, None)?;
-    client.post(
+    let _: SubmittedJson = client.post(
         "/api/v1/jobs",
-        &json!({ "job_dir": job_dir.display().to_string(), "priority": priority }),
+        &SubmitRequest {
+            job_dir: job_dir.display().to_string(),
+            priority,
+        },
     )?;
     if !quiet {
         eprintln!(
@@ -751,7 +772,7 @@ pub fn submit_follow_merge(
             std::process::exit(130);
         }
         // A manager that restarts (or a network hiccup) is waited for, a while.
-        let v = match client.get(&format!("/api/v1/jobs/{job_id}")) {
+        let v: JobDetailJson = match client.get(&format!("/api/v1/jobs/{job_id}")) {
             Ok(v) => {
                 unreachable_since = None;
                 v
@@ -768,15 +789,15 @@ pub fn submit_follow_merge(
             }
             Err(e) => return Err(e),
         };
-        let status = v["job"]["status"].as_str().unwrap_or("?").to_string();
-        let progress = v["job"]["progress"].as_f64().unwrap_or(0.0);
-        bar.set_position((progress * 1000.0) as u64);
-        let t = &v["job"]["tasks"];
-        match v["job"]["blocked"].as_str() {
+        let job = v.job;
+        let status = job.status;
+        bar.set_position((job.progress * 1000.0) as u64);
+        let t = job.tasks;
+        match &job.blocked {
             Some(why) => bar.set_message(format!("job {job_id} blocked: {why}")),
             None => bar.set_message(format!(
                 "job {job_id} {status}: {}/{tasks} tasks done, {} running",
-                t["completed"], t["running"]
+                t.completed, t.running
             )),
         }
         match status.as_str() {
@@ -785,7 +806,7 @@ pub fn submit_follow_merge(
                 bar.finish_and_clear();
                 bail!(
                     "job {job_id} {status} on the farm: {} (see `rayfarm job show {job_id} --manager {farm}`); the placeholders stay",
-                    v["job"]["error"].as_str().unwrap_or("no reason given")
+                    job.error.as_deref().unwrap_or("no reason given")
                 );
             }
             _ => {}

@@ -151,6 +151,7 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
             Some(json!({ "addr": "127.0.0.66:48000" }).to_string()),
         ),
         ("GET", "/api/v1/events".into(), None),
+        ("GET", "/api/v1/openapi.json".into(), None),
         ("GET", "/api/v1/no-such-route".into(), None),
     ];
     let before = get(&agent, &base, &format!("/api/v1/jobs/{id}"));
@@ -233,6 +234,17 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
     ] {
         assert_eq!(with("GET", path, None).status, 200, "GET {path}");
     }
+    // The OpenAPI document served is the one checked in.
+    let a = with("GET", "/api/v1/openapi.json", None);
+    assert_eq!(a.status, 200, "openapi.json: {}", a.body);
+    let checked_in = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json"),
+    )
+    .unwrap();
+    assert!(
+        a.body == checked_in,
+        "the served OpenAPI document is not docs/openapi.json"
+    );
     let a = with("GET", &format!("/api/v1/jobs/{id}/preview.png"), None);
     assert_eq!(a.status, 404, "a queued job has no preview yet: {}", a.body);
     assert!(a.json()["error"].as_str().unwrap().contains("no preview"));
@@ -266,6 +278,12 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
     );
     assert_eq!(a.status, 200, "priority: {}", a.body);
     assert_eq!(a.json()["job"]["priority"], 7);
+    // A body of the wrong shape is refused like every other error, with `{"error": ...}`.
+    for (body, status) in [(r#"{"priority": "high"}"#, 422), ("{priority", 400)] {
+        let a = with("POST", &format!("/api/v1/jobs/{id}/priority"), Some(body));
+        assert_eq!(a.status, status, "priority {body}: {}", a.body);
+        assert!(a.json()["error"].is_string(), "{}", a.body);
+    }
     let a = with(
         "POST",
         "/api/v1/nodes/register",
