@@ -13,12 +13,13 @@
 //!
 //! - The job folder itself (job.desc, parts, merge, maps, images) is `rayfarm-job`'s.
 //!   [`manager`] and [`api`] are the service (its node and session decisions, IO-free, in
-//!   [`core`]), [`db`] the store's thread, [`http`]
-//!   the HTTP transport and its limits, [`registry`] the bounded table of self-registered
+//!   [`core`]), [`db`] the store's thread, [`service`] wires them to [`http`], the HTTP
+//!   transport and its limits; [`registry`] the bounded table of self-registered
 //!   daemons, [`preview`] the monitor's bounded, cached previews.
 //!
 //! The store is synchronous and does no network IO: the manager owns it on a thread of its own
-//! ([`db::StoreHandle`]), so no SQLite commit runs on a tokio thread, and it alone talks to nodes. What a task's `spec` means (a bake pass, a
+//! ([`db::StoreHandle`]), so no SQLite commit runs on a tokio thread, and it alone talks to
+//! nodes. What a task's `spec` means (a bake pass, a
 //! frame range) is the caller's business: the store keeps it as opaque JSON text.
 #![allow(clippy::type_complexity)]
 
@@ -29,6 +30,7 @@ pub mod http;
 pub mod manager;
 pub mod preview;
 pub mod registry;
+pub mod service;
 pub mod store;
 
 pub use store::{

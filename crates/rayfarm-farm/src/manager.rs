@@ -471,12 +471,17 @@ fn part_work(ctx: &JobCtx, part: usize) -> Result<PartWork, String> {
     })
 }
 
-/// Opens the queue, recovers from a previous run, and serves until `stop` flips.
-pub async fn run(
-    cfg: ManagerConfig,
-    extra_routes: axum::Router<Arc<Manager>>,
-    stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+/// A started manager: its state, and the HTTP listener (and TLS) the service serves on.
+pub struct Started {
+    pub mgr: Arc<Manager>,
+    pub http: TcpListener,
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+/// Opens the queue, recovers from a previous run, binds the ports and starts the worker
+/// listener, the daemon scans and the lease expiry (until `stop` flips). The HTTP side is
+/// [`crate::service::run`]'s.
+pub async fn start(cfg: ManagerConfig, stop: watch::Receiver<bool>) -> Result<Started, String> {
     let tls = match &cfg.tls {
         Some((cert, key)) => Some(crate::http::load_tls(cert, key)?),
         None => None,
@@ -543,12 +548,7 @@ pub async fn run(
         let (m, s) = (mgr.clone(), stop.clone());
         tokio::spawn(async move { expiry_loop(m, s).await });
     }
-    let app = crate::api::router(mgr.clone())
-        .merge(extra_routes)
-        .with_state(mgr.clone());
-    let (_, serving) = crate::http::serve(http, app, crate::http::HttpLimits::default(), tls, stop);
-    serving.await;
-    Ok(())
+    Ok(Started { mgr, http, tls })
 }
 
 /// After a restart: running tasks whose part is intact are done, the rest are requeued.

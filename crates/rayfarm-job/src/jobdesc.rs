@@ -1223,18 +1223,15 @@ pub(crate) fn write_desc_file(
 ) -> Result<PathBuf, DescError> {
     let path = job_dir.join(FILE_NAME);
     check_folder_name(job_dir, job_id, &path)?;
-    let map_io = |path: &Path, e: crate::maps::MapError| match e {
-        crate::maps::MapError::Io { path, source } => DescError::Io { path, source },
-        e => DescError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        },
+    let io = |e: crate::fsutil::WriteError| DescError::Io {
+        path: e.path,
+        source: e.source,
     };
-    crate::maps::write_atomic(&path, text.as_bytes()).map_err(|e| map_io(&path, e))?;
+    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io)?;
     let mac = crate::folder::desc_mac(key, job_id, text.as_bytes());
     let mac_path = job_dir.join(crate::folder::DESC_MAC_FILE_NAME);
-    crate::maps::write_atomic(&mac_path, crate::folder::mac_file_text(&mac).as_bytes())
-        .map_err(|e| map_io(&mac_path, e))?;
+    crate::fsutil::write_atomic(&mac_path, crate::folder::mac_file_text(&mac).as_bytes())
+        .map_err(io)?;
     Ok(path)
 }
 

@@ -300,7 +300,7 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
             eprintln!("manager: shutting down (jobs stay queued)");
             let _ = tx.send(true);
         });
-        rayfarm_farm::manager::run(mcfg, rayfarm_web::routes(), rx)
+        rayfarm_farm::service::run(mcfg, rayfarm_web::routes(), rx)
             .await
             .map_err(|e| anyhow!(e))
     })

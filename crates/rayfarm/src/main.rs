@@ -68,7 +68,10 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Info(a) => render_cmd::info(a),
         Command::Worker(a) => network_cmd::worker(a),
-        Command::Nodes(a) => network_cmd::nodes(a),
+        Command::Nodes(a) => match &a.manager {
+            Some(m) => farm_cmd::manager_nodes(m, a.discovery.config.as_deref()),
+            None => network_cmd::nodes(a),
+        },
         Command::Daemon(a) => daemon_cmd::run(a),
         Command::Key(a) => daemon_cmd::key(a),
         Command::Manager(a) => farm_cmd::manager(a),

@@ -136,10 +136,9 @@ pub fn discovery_targets(d: &DiscoveryArgs, cfg: &config::Config) -> (Vec<String
     (scan, daemons)
 }
 
+/// `rayfarm nodes` without `--manager`: the daemons found by the given discovery (with
+/// `--manager`, main.rs asks the manager instead: [`crate::farm_cmd::manager_nodes`]).
 pub fn nodes(a: NodesArgs) -> Result<()> {
-    if let Some(m) = &a.manager {
-        return crate::farm_cmd::manager_nodes(m, a.discovery.config.as_deref());
-    }
     let (cfg, _) = config::load(a.discovery.config.as_deref()).map_err(|e| anyhow!(e))?;
     let (scan, daemons) = discovery_targets(&a.discovery, &cfg);
     if scan.is_empty() && daemons.is_empty() {
