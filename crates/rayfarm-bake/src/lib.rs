@@ -29,7 +29,7 @@ pub mod workload;
 
 pub use raster::{Overlap, TexelPoint, TexelTable};
 pub use rayfarm_render::film::{plan_units, Film, Region, UnitResult, WorkUnit};
-pub use workload::{BakeSpec, BakeWork, LayerSpec, MapSpec, Workload};
+pub use workload::{BakeSpec, BakeWork, LayerSpec, MapSpec, Workload, WorkloadError};
 
 use glam::Vec3A;
 use rayfarm_render::bsdf::{cosine_hemisphere, onb, Bsdf};
@@ -120,6 +120,18 @@ pub enum BakeError {
     BadDensity(f32),
     #[error("object '{0}' has no area in its UV set, so no size follows from texels per unit")]
     NoUvArea(String),
+}
+
+/// Why per-object films cannot be merged into an atlas; each variant names the texel,
+/// triangle or object at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error("triangle {0} belongs to no mesh")]
+    OrphanTriangle(u32),
+    #[error("no film for object '{0}'")]
+    NoFilm(String),
+    #[error("texel ({x}, {y}) of object '{object}' lies outside its film")]
+    TexelOutside { x: u32, y: u32, object: String },
 }
 
 /// Resolves object names (all objects having `uv_set` when `names` is empty; then the ones
@@ -388,7 +400,7 @@ pub fn merge_objects(
     scene: &CompiledScene,
     atlas: &TexelTable,
     films: &[(usize, &Film)],
-) -> Result<Film, String> {
+) -> Result<Film, MergeError> {
     let full = Region::full(atlas.width, atlas.height);
     let mut sums = vec![[0i128; 3]; full.pixels()];
     let mut nonfinite = 0;
@@ -401,17 +413,17 @@ pub fn merge_objects(
             if !p.is_covered() {
                 continue;
             }
-            let owner = mesh_of_prim(scene, p.prim)
-                .ok_or_else(|| format!("triangle {} belongs to no mesh", p.prim))?;
+            let owner = mesh_of_prim(scene, p.prim).ok_or(MergeError::OrphanTriangle(p.prim))?;
             let Some((_, film)) = films.iter().find(|(m, _)| *m == owner) else {
-                return Err(format!("no film for object '{}'", scene.meshes[owner].name));
+                return Err(MergeError::NoFilm(scene.meshes[owner].name.clone()));
             };
             let r = film.region;
             if !r.contains_rect(x, y, x + 1, y + 1) {
-                return Err(format!(
-                    "texel ({x}, {y}) of object '{}' lies outside its film",
-                    scene.meshes[owner].name
-                ));
+                return Err(MergeError::TexelOutside {
+                    x,
+                    y,
+                    object: scene.meshes[owner].name.clone(),
+                });
             }
             sums[(y * atlas.width + x) as usize] =
                 film.sums()[((y - r.y0) * r.width() + (x - r.x0)) as usize];

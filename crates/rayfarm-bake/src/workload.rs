@@ -11,6 +11,44 @@ use rayfarm_render::film::{plan_region, Region};
 use rayfarm_render::{Film, RenderScene, RenderSettings, UnitResult, WorkUnit};
 use std::sync::OnceLock;
 
+/// Why a bake spec does not fit its scene, or a unit its job; each variant names the map,
+/// mesh, layer or unit at fault.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("uv set {0} does not exist")]
+    NoUvSet(u8),
+    #[error("spp is 0")]
+    ZeroSpp,
+    #[error("ao distance {0} is not positive")]
+    AoDistance(f32),
+    #[error("{0} layers; a bake has 1 to {MAX_LAYERS}")]
+    LayerCount(usize),
+    #[error("map {map}: size {width}x{height} is out of range")]
+    MapSize { map: usize, width: u32, height: u32 },
+    #[error("map {map}: region {region:?} is not inside the map")]
+    MapRegion { map: usize, region: Region },
+    #[error("map {0} has no meshes")]
+    NoMeshes(usize),
+    #[error("map {map}: mesh {mesh} does not exist (the scene has {meshes})")]
+    NoSuchMesh {
+        map: usize,
+        mesh: usize,
+        meshes: usize,
+    },
+    #[error("map {map}: mesh '{mesh}' has no uv set {uv_set}")]
+    MeshWithoutUvSet {
+        map: usize,
+        mesh: String,
+        uv_set: u8,
+    },
+    #[error("layer {layer}: map {map} does not exist")]
+    NoSuchMap { layer: usize, map: usize },
+    #[error("unit {unit:?}: layer {} does not exist", unit.layer)]
+    NoSuchLayer { unit: WorkUnit },
+    #[error("unit {unit:?} lies outside its layer")]
+    UnitOutside { unit: WorkUnit },
+}
+
 /// Most layers a job may have (maps x passes).
 pub const MAX_LAYERS: usize = 65536;
 
@@ -55,54 +93,57 @@ impl BakeSpec {
     }
 
     /// Checks the spec against the scene it will run on; errors name the field at fault.
-    pub fn check(&self, scene: &rayfarm_scene::CompiledScene) -> Result<(), String> {
+    pub fn check(&self, scene: &rayfarm_scene::CompiledScene) -> Result<(), WorkloadError> {
         if self.uv_set > 1 {
-            return Err(format!("uv set {} does not exist", self.uv_set));
+            return Err(WorkloadError::NoUvSet(self.uv_set));
         }
         if self.spp == 0 {
-            return Err("spp is 0".into());
+            return Err(WorkloadError::ZeroSpp);
         }
         if !(self.ao_distance.is_finite() && self.ao_distance > 0.0) {
-            return Err(format!("ao distance {} is not positive", self.ao_distance));
+            return Err(WorkloadError::AoDistance(self.ao_distance));
         }
         if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
-            return Err(format!(
-                "{} layers; a bake has 1 to {MAX_LAYERS}",
-                self.layers.len()
-            ));
+            return Err(WorkloadError::LayerCount(self.layers.len()));
         }
         for (i, m) in self.maps.iter().enumerate() {
             if m.width == 0 || m.height == 0 || m.width > MAX_SIZE || m.height > MAX_SIZE {
-                return Err(format!(
-                    "map {i}: size {}x{} is out of range",
-                    m.width, m.height
-                ));
+                return Err(WorkloadError::MapSize {
+                    map: i,
+                    width: m.width,
+                    height: m.height,
+                });
             }
             let r = m.region;
             if r.is_empty() || r.x1 > m.width || r.y1 > m.height {
-                return Err(format!("map {i}: region {r:?} is not inside the map"));
+                return Err(WorkloadError::MapRegion { map: i, region: r });
             }
             if m.meshes.is_empty() {
-                return Err(format!("map {i} has no meshes"));
+                return Err(WorkloadError::NoMeshes(i));
             }
             for &mi in &m.meshes {
                 let Some(mesh) = scene.meshes.get(mi) else {
-                    return Err(format!(
-                        "map {i}: mesh {mi} does not exist (the scene has {})",
-                        scene.meshes.len()
-                    ));
+                    return Err(WorkloadError::NoSuchMesh {
+                        map: i,
+                        mesh: mi,
+                        meshes: scene.meshes.len(),
+                    });
                 };
                 if !mesh.has_uv[self.uv_set as usize] {
-                    return Err(format!(
-                        "map {i}: mesh '{}' has no uv set {}",
-                        mesh.name, self.uv_set
-                    ));
+                    return Err(WorkloadError::MeshWithoutUvSet {
+                        map: i,
+                        mesh: mesh.name.clone(),
+                        uv_set: self.uv_set,
+                    });
                 }
             }
         }
         for (i, l) in self.layers.iter().enumerate() {
             if l.map >= self.maps.len() {
-                return Err(format!("layer {i}: map {} does not exist", l.map));
+                return Err(WorkloadError::NoSuchMap {
+                    layer: i,
+                    map: l.map,
+                });
             }
         }
         Ok(())
@@ -189,15 +230,15 @@ impl Workload {
     }
 
     /// Checks that a unit (from the wire) belongs to this job.
-    pub fn check_unit(&self, u: &WorkUnit) -> Result<(), String> {
+    pub fn check_unit(&self, u: &WorkUnit) -> Result<(), WorkloadError> {
         let Some((region, spp)) = self.layer(u.layer as usize) else {
-            return Err(format!("unit {u:?}: layer {} does not exist", u.layer));
+            return Err(WorkloadError::NoSuchLayer { unit: *u });
         };
         if !region.contains_rect(u.x0, u.y0, u.x1, u.y1)
             || u.sample_start >= u.sample_end
             || u.sample_end > spp
         {
-            return Err(format!("unit {u:?} lies outside its layer"));
+            return Err(WorkloadError::UnitOutside { unit: *u });
         }
         Ok(())
     }

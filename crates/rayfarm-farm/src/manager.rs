@@ -786,7 +786,8 @@ async fn worker_session(
         Duration::from_secs(10),
         "waiting for WorkerHello",
     )
-    .await?
+    .await
+    .map_err(|e| e.to_string())?
     {
         Msg::WorkerHello { alias, threads, .. } => (alias, threads.clamp(1, 4096)),
         other => return Err(format!("expected WorkerHello, got {}", other.name())),
@@ -1009,7 +1010,7 @@ async fn run_task(
             &work.wire,
         )
         .await
-        .map_err(TaskErr::Session)?;
+        .map_err(|e| TaskErr::Session(e.to_string()))?;
         *current_job = Some(key);
     }
     let part = work.part.clone();

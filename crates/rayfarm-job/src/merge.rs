@@ -387,7 +387,7 @@ fn merge_render(
             film.add_film(&part)
                 .map_err(|reason| MergeError::Assemble {
                     output: f.output.clone(),
-                    reason,
+                    reason: reason.to_string(),
                 })?;
         }
         nonfinite += film.nonfinite_samples;
@@ -571,7 +571,7 @@ fn check_against_scene(
     };
     desc.to_bake_spec()
         .check(scene)
-        .map_err(|r| bad("bake".into(), r))?;
+        .map_err(|r| bad("bake".into(), r.to_string()))?;
     let uv = desc.bake.uv_set as usize;
     for (oi, o) in desc.outputs.iter().enumerate() {
         for &m in &o.atlas_meshes {

@@ -5,7 +5,7 @@
 //! start a worker pointed at this master, heartbeats every second, and sends `Release` when the
 //! render ends. Nothing is scanned unless the user names ranges or daemons.
 
-use crate::{query_daemon, NetworkOptions};
+use crate::{query_daemon, NetworkOptions, SessionError};
 use rayfarm_proto::{connect, DaemonState, FarmKey, Msg, Role, DAEMON_PORT};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -18,27 +18,52 @@ pub const MAX_SCAN_ADDRESSES: u64 = 1 << 16;
 /// Time allowed to connect to one address while scanning.
 pub const SCAN_CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 
+/// Why a scan range is refused, or a lease ended; each variant names the range or the message
+/// at fault (a channel error names the daemon).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("'{0}': bad prefix length")]
+    PrefixLength(String),
+    #[error("'{0}': not an IPv4 address")]
+    NotIpv4(String),
+    #[error("'{0}': prefix length must be 0-32")]
+    PrefixRange(String),
+    #[error("'{range}' holds {count} addresses; scan at most a /16")]
+    RangeTooLarge { range: String, count: u64 },
+    #[error(transparent)]
+    Channel(#[from] rayfarm_proto::ProtoError),
+    #[error(transparent)]
+    LocalAddr(#[from] std::io::Error),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("worker ended: {0}")]
+    WorkerEnded(String),
+    #[error("unexpected {0}")]
+    Unexpected(&'static str),
+}
+
 /// Every address of an IPv4 CIDR range (`10.0.0.0/24`; a bare address is a /32).
-pub fn expand_cidr(cidr: &str) -> Result<Vec<Ipv4Addr>, String> {
+pub fn expand_cidr(cidr: &str) -> Result<Vec<Ipv4Addr>, DiscoveryError> {
     let (ip, bits) = match cidr.split_once('/') {
         Some((ip, b)) => (
             ip,
             b.parse::<u32>()
-                .map_err(|_| format!("'{cidr}': bad prefix length"))?,
+                .map_err(|_| DiscoveryError::PrefixLength(cidr.to_string()))?,
         ),
         None => (cidr, 32),
     };
     let ip: Ipv4Addr = ip
         .parse()
-        .map_err(|_| format!("'{cidr}': not an IPv4 address"))?;
+        .map_err(|_| DiscoveryError::NotIpv4(cidr.to_string()))?;
     if bits > 32 {
-        return Err(format!("'{cidr}': prefix length must be 0-32"));
+        return Err(DiscoveryError::PrefixRange(cidr.to_string()));
     }
     let count = 1u64 << (32 - bits);
     if count > MAX_SCAN_ADDRESSES {
-        return Err(format!(
-            "'{cidr}' holds {count} addresses; scan at most a /16"
-        ));
+        return Err(DiscoveryError::RangeTooLarge {
+            range: cidr.to_string(),
+            count,
+        });
     }
     let base = u32::from(ip)
         & if bits == 0 {
@@ -61,7 +86,7 @@ pub fn daemon_addr(s: &str) -> String {
 }
 
 /// All daemon addresses the options name.
-pub fn candidates(scan: &[String], daemons: &[String]) -> Result<Vec<String>, String> {
+pub fn candidates(scan: &[String], daemons: &[String]) -> Result<Vec<String>, DiscoveryError> {
     let mut out: Vec<String> = daemons.iter().map(|d| daemon_addr(d)).collect();
     for r in scan {
         out.extend(
@@ -79,7 +104,7 @@ pub fn candidates(scan: &[String], daemons: &[String]) -> Result<Vec<String>, St
 pub async fn scan(
     addrs: &[String],
     key: &FarmKey,
-) -> Vec<(String, Result<rayfarm_proto::DaemonInfo, String>)> {
+) -> Vec<(String, Result<rayfarm_proto::DaemonInfo, SessionError>)> {
     let mut set = tokio::task::JoinSet::new();
     for a in addrs {
         let (a, key) = (a.clone(), key.clone());
@@ -142,8 +167,8 @@ pub async fn lease_loop(
             let info = match info {
                 Ok(i) => i,
                 Err(e) => {
-                    if named.contains(&addr) || e.contains("wrong farm key") {
-                        let why = if e.contains("wrong farm key") {
+                    if named.contains(&addr) || e.is_wrong_farm_key() {
+                        let why = if e.is_wrong_farm_key() {
                             "it holds another farm key".to_string()
                         } else {
                             format!("no answer ({e})")
@@ -207,7 +232,7 @@ pub async fn lease_loop(
                     tracing::warn!("{} ({addr}): {e}", info.alias);
                     // Errors as the render ends (leases being given back) are not news.
                     if !*ended.borrow() {
-                        note_unavailable(&unavailable, &addr, &info.alias, e);
+                        note_unavailable(&unavailable, &addr, &info.alias, e.to_string());
                     }
                 }
                 held.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
@@ -245,31 +270,27 @@ pub async fn hold_lease(
     master_bind: &str,
     master_port: u16,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let mut conn = connect(addr, Role::Master, key, Duration::from_secs(3))
-        .await
-        .map_err(|e| e.to_string())?;
-    let local_ip = conn.local_addr().map_err(|e| e.to_string())?.ip();
+) -> Result<(), DiscoveryError> {
+    let mut conn = connect(addr, Role::Master, key, Duration::from_secs(3)).await?;
+    let local_ip = conn.local_addr()?.ip();
     let master_addr = advertised_master_addr(master_bind, local_ip, master_port);
     conn.send(&Msg::Acquire {
         master_addr: master_addr.clone(),
         lease_timeout_ms,
     })
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     match conn
         .recv_timeout(
             Duration::from_secs(10),
             "waiting for the daemon to start a worker",
         )
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     {
         Msg::Acquired { pid } => {
             tracing::info!("{alias} ({addr}) started worker pid {pid} for {master_addr}")
         }
-        Msg::Refused { reason } => return Err(format!("refused: {reason}")),
-        other => return Err(format!("unexpected {}", other.name())),
+        Msg::Refused { reason } => return Err(DiscoveryError::Refused(reason)),
+        other => return Err(DiscoveryError::Unexpected(other.name())),
     }
     let mut beat = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -280,15 +301,15 @@ pub async fn hold_lease(
                 return Ok(());
             }
             _ = beat.tick() => {
-                conn.send(&Msg::Heartbeat).await.map_err(|e| e.to_string())?;
+                conn.send(&Msg::Heartbeat).await?;
             }
-            m = conn.recv() => match m.map_err(|e| e.to_string())? {
+            m = conn.recv() => match m? {
                 Msg::WorkerExited { reason } => {
                     eprintln!("node {alias}: worker ended: {reason}");
-                    return Err(format!("worker ended: {reason}"));
+                    return Err(DiscoveryError::WorkerEnded(reason));
                 }
                 Msg::Heartbeat => {}
-                other => return Err(format!("unexpected {}", other.name())),
+                other => return Err(DiscoveryError::Unexpected(other.name())),
             }
         }
     }

@@ -75,8 +75,41 @@ pub struct Status {
 pub enum MasterError {
     #[error("cannot open a master port in {first}..{last}: {why}")]
     NoPort { first: u16, last: u16, why: String },
+    #[error(transparent)]
+    BadUnit(#[from] rayfarm_bake::WorkloadError),
     #[error("{0}")]
     Other(String),
+}
+
+/// Why a session with a worker or a daemon ended; each variant keeps the peer (inside the
+/// channel's error) or names the message at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Channel(#[from] rayfarm_proto::ProtoError),
+    #[error("expected {expected}, got {got}")]
+    Expected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("silent for {0} s")]
+    Silent(u64),
+    #[error(transparent)]
+    BadResult(#[from] rayfarm_proto::WireError),
+    #[error("left: {0}")]
+    Left(String),
+    #[error("unexpected {0}")]
+    Unexpected(&'static str),
+    #[error("{addr}: unexpected {got}")]
+    DaemonAnswer { addr: String, got: &'static str },
+}
+
+impl SessionError {
+    /// Whether the channel handshake failed because the peer holds another farm key.
+    pub fn is_wrong_farm_key(&self) -> bool {
+        // The channel's error says so only in its text (see rayfarm_proto::connect).
+        matches!(self, SessionError::Channel(e) if e.to_string().contains("wrong farm key"))
+    }
 }
 
 struct Job {
@@ -147,7 +180,7 @@ pub async fn run_job(
     mut on_layer: impl FnMut(usize, Film),
 ) -> Result<Vec<NodeShare>, MasterError> {
     for u in &units {
-        work.check_unit(u).map_err(MasterError::Other)?;
+        work.check_unit(u)?;
     }
     let scene_hash =
         rayfarm_scene::blob::content_hash(&blob).map_err(|e| MasterError::Other(e.to_string()))?;
@@ -335,15 +368,14 @@ pub async fn send_job(
     scene_hash: [u8; 32],
     blob: &[u8],
     work: &WireWork,
-) -> Result<bool, String> {
+) -> Result<bool, SessionError> {
     conn.send(&Msg::Job {
         job_id,
         scene_hash,
         scene_bytes: blob.len() as u64,
         work: work.clone(),
     })
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let loading = "waiting for the worker to load the scene";
     match recv_skip_heartbeats(conn, Duration::from_secs(120), loading).await? {
         Msg::Ready => Ok(false),
@@ -353,15 +385,20 @@ pub async fn send_job(
                     offset: (i * rayfarm_proto::SCENE_CHUNK_BYTES) as u64,
                     data: chunk.to_vec(),
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             }
             match recv_skip_heartbeats(conn, Duration::from_secs(600), loading).await? {
                 Msg::Ready => Ok(true),
-                other => Err(format!("expected Ready, got {}", other.name())),
+                other => Err(SessionError::Expected {
+                    expected: "Ready",
+                    got: other.name(),
+                }),
             }
         }
-        other => Err(format!("expected Ready or NeedScene, got {}", other.name())),
+        other => Err(SessionError::Expected {
+            expected: "Ready or NeedScene",
+            got: other.name(),
+        }),
     }
 }
 
@@ -370,15 +407,11 @@ pub async fn recv_skip_heartbeats(
     conn: &mut rayfarm_proto::Conn,
     t: Duration,
     what: &str,
-) -> Result<Msg, String> {
+) -> Result<Msg, SessionError> {
     let deadline = Instant::now() + t;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match conn
-            .recv_timeout(left, what)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match conn.recv_timeout(left, what).await? {
             Msg::Heartbeat => continue,
             m => return Ok(m),
         }
@@ -400,7 +433,7 @@ async fn worker_session(
     sched: Arc<Mutex<Scheduler>>,
     job: Arc<Job>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let peer = conn.peer;
     let (alias, threads) = match recv_skip_heartbeats(
         &mut conn,
@@ -410,7 +443,12 @@ async fn worker_session(
     .await?
     {
         Msg::WorkerHello { alias, threads, .. } => (alias, threads.clamp(1, 4096)),
-        other => return Err(format!("expected WorkerHello, got {}", other.name())),
+        other => {
+            return Err(SessionError::Expected {
+                expected: "WorkerHello",
+                got: other.name(),
+            })
+        }
     };
     let name = format!("{alias} ({peer})");
     let t0 = Instant::now();
@@ -468,7 +506,7 @@ async fn session_loop(
     name: &str,
     threads: u32,
     stop: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let target = (threads as usize * 2).max(2);
     let mut mine: HashSet<WireUnit> = HashSet::new();
     let mut last_seen = Instant::now();
@@ -487,9 +525,7 @@ async fn session_loop(
         }
         if !fresh.is_empty() {
             mine.extend(fresh.iter().copied());
-            conn.send(&Msg::Assign { units: fresh })
-                .await
-                .map_err(|e| e.to_string())?;
+            conn.send(&Msg::Assign { units: fresh }).await?;
         }
         tokio::select! {
             _ = stop.changed() => {
@@ -498,11 +534,11 @@ async fn session_loop(
             }
             _ = check.tick() => {
                 if last_seen.elapsed() > WORKER_SILENCE_TIMEOUT {
-                    return Err(format!("silent for {} s", WORKER_SILENCE_TIMEOUT.as_secs()));
+                    return Err(SessionError::Silent(WORKER_SILENCE_TIMEOUT.as_secs()));
                 }
             }
             msg = conn.recv() => {
-                let msg = msg.map_err(|e| e.to_string())?;
+                let msg = msg?;
                 last_seen = Instant::now();
                 match msg {
                     Msg::Heartbeat => {}
@@ -527,8 +563,8 @@ async fn session_loop(
                             eprintln!("node {name} gave back {given} unit(s); they go to other nodes");
                         }
                     }
-                    Msg::Goodbye { reason } => return Err(format!("left: {reason}")),
-                    other => return Err(format!("unexpected {}", other.name())),
+                    Msg::Goodbye { reason } => return Err(SessionError::Left(reason)),
+                    other => return Err(SessionError::Unexpected(other.name())),
                 }
             }
         }
@@ -540,20 +576,20 @@ pub async fn query_daemon(
     addr: &str,
     key: &FarmKey,
     timeout: Duration,
-) -> Result<rayfarm_proto::DaemonInfo, String> {
-    let mut c = connect(addr, Role::Master, key, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    c.send(&Msg::Discover).await.map_err(|e| e.to_string())?;
+) -> Result<rayfarm_proto::DaemonInfo, SessionError> {
+    let mut c = connect(addr, Role::Master, key, timeout).await?;
+    c.send(&Msg::Discover).await?;
     match c
         .recv_timeout(
             timeout.max(Duration::from_secs(2)),
             "waiting for the daemon's answer",
         )
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     {
         Msg::DaemonInfo(i) => Ok(i),
-        other => Err(format!("{addr}: unexpected {}", other.name())),
+        other => Err(SessionError::DaemonAnswer {
+            addr: addr.to_string(),
+            got: other.name(),
+        }),
     }
 }

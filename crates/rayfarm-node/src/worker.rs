@@ -149,7 +149,7 @@ fn run_task(
         let results: Vec<rayfarm_render::UnitResult> =
             pool.install(|| units.par_iter().map(|u| work.run_unit(scene, u)).collect());
         for r in &results {
-            film.add(r)?;
+            film.add(r).map_err(|e| e.to_string())?;
         }
     }
     let desc = rayfarm_job::jobdesc::PartDesc {

@@ -5,6 +5,34 @@ use rayfarm_render::{RenderSettings, UnitResult, WorkUnit};
 use rayfarm_scene::{Camera, Projection};
 use serde::{Deserialize, Serialize};
 
+/// Why the contents of a well-formed message were refused: a value out of range or unknown.
+/// Each variant names the field or unit at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("image size {width}x{height} is out of range")]
+    ImageSize { width: u32, height: u32 },
+    #[error("spp is 0")]
+    ZeroSpp,
+    #[error("camera has non-finite values")]
+    NonFiniteCamera,
+    #[error("unknown projection {0}")]
+    UnknownProjection(u8),
+    #[error("{maps} maps and {layers} layers exceed the limit of {limit}")]
+    TooManyLayers {
+        maps: usize,
+        layers: usize,
+        limit: usize,
+    },
+    #[error("unknown pass {0}")]
+    UnknownPass(u8),
+    #[error("unit {0:?} is malformed")]
+    MalformedUnit(WireUnit),
+    #[error("unit {0:?} is too large")]
+    UnitTooLarge(WireUnit),
+    #[error("bad unit data: {0}")]
+    UnitData(#[source] crate::sums::SumsError),
+}
+
 /// Error classes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
@@ -136,19 +164,19 @@ impl WireSettings {
     }
 
     /// Checks limits and converts; errors name the bad field.
-    pub fn to_settings(&self) -> Result<RenderSettings, String> {
+    pub fn to_settings(&self) -> Result<RenderSettings, WireError> {
         if self.width == 0
             || self.height == 0
             || self.width > MAX_IMAGE_SIDE
             || self.height > MAX_IMAGE_SIDE
         {
-            return Err(format!(
-                "image size {}x{} is out of range",
-                self.width, self.height
-            ));
+            return Err(WireError::ImageSize {
+                width: self.width,
+                height: self.height,
+            });
         }
         if self.spp == 0 {
-            return Err("spp is 0".into());
+            return Err(WireError::ZeroSpp);
         }
         let vals = [self.proj_a, self.proj_b]
             .into_iter()
@@ -157,7 +185,7 @@ impl WireSettings {
             .chain(self.up)
             .chain(self.forward);
         if vals.into_iter().any(|v| !v.is_finite()) {
-            return Err("camera has non-finite values".into());
+            return Err(WireError::NonFiniteCamera);
         }
         let projection = match self.projection {
             0 => Projection::Perspective {
@@ -168,7 +196,7 @@ impl WireSettings {
                 xmag: self.proj_a,
                 ymag: self.proj_b,
             },
-            p => return Err(format!("unknown projection {p}")),
+            p => return Err(WireError::UnknownProjection(p)),
         };
         Ok(RenderSettings {
             width: self.width,
@@ -268,25 +296,24 @@ impl WireWork {
 
     /// Converts and checks what can be checked without the scene (the worker checks the rest
     /// with `BakeSpec::check` once the scene is loaded); errors name the bad field.
-    pub fn to_workload(&self) -> Result<Workload, String> {
+    pub fn to_workload(&self) -> Result<Workload, WireError> {
         match self {
             WireWork::Render(s) => Ok(Workload::Render(s.to_settings()?)),
             WireWork::Bake(b) => {
                 if b.layers.len() > rayfarm_bake::workload::MAX_LAYERS
                     || b.maps.len() > rayfarm_bake::workload::MAX_LAYERS
                 {
-                    return Err(format!(
-                        "{} maps and {} layers exceed the limit of {}",
-                        b.maps.len(),
-                        b.layers.len(),
-                        rayfarm_bake::workload::MAX_LAYERS
-                    ));
+                    return Err(WireError::TooManyLayers {
+                        maps: b.maps.len(),
+                        layers: b.layers.len(),
+                        limit: rayfarm_bake::workload::MAX_LAYERS,
+                    });
                 }
                 let mut layers = Vec::with_capacity(b.layers.len());
                 for &(map, pass) in &b.layers {
                     let pass = *Pass::ALL
                         .get(pass as usize)
-                        .ok_or_else(|| format!("unknown pass {pass}"))?;
+                        .ok_or(WireError::UnknownPass(pass))?;
                     layers.push(LayerSpec {
                         map: map as usize,
                         pass,
@@ -470,19 +497,19 @@ pub fn encode_sums(r: &UnitResult) -> Vec<u8> {
 }
 
 /// Decodes `Msg::UnitDone` sums ([`crate::sums`]), checking the unit's size first.
-pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitResult, String> {
+pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitResult, WireError> {
     if unit.x1 <= unit.x0
         || unit.y1 <= unit.y0
         || unit.x1 > MAX_IMAGE_SIDE
         || unit.y1 > MAX_IMAGE_SIDE
     {
-        return Err(format!("unit {unit:?} is malformed"));
+        return Err(WireError::MalformedUnit(*unit));
     }
     let pixels = (unit.x1 - unit.x0) as usize * (unit.y1 - unit.y0) as usize;
     if pixels * crate::sums::TEXEL_BYTES > crate::MAX_FRAME_BYTES * 8 {
-        return Err(format!("unit {unit:?} is too large"));
+        return Err(WireError::UnitTooLarge(*unit));
     }
-    let sums = crate::sums::decode(data, pixels).map_err(|e| format!("bad unit data: {e}"))?;
+    let sums = crate::sums::decode(data, pixels).map_err(WireError::UnitData)?;
     Ok(UnitResult {
         unit: (*unit).into(),
         sums,

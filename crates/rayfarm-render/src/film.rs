@@ -12,6 +12,21 @@ pub const FIXED_FRAC_BITS: u32 = 24;
 /// (only ever seen with broken input) are saturated so sums cannot overflow.
 pub const MAX_SAMPLE_VALUE: f64 = (1u64 << 36) as f64;
 
+/// Why sums do not fit a film; each variant names the unit or region at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilmError {
+    #[error("a film over {inner:?} lies outside this film's region {outer:?}")]
+    FilmOutside { inner: Region, outer: Region },
+    #[error("unit {unit:?} lies outside the film's region {region:?}")]
+    UnitOutside { unit: WorkUnit, region: Region },
+    #[error("unit {unit:?} carries {got} pixels instead of {expected}")]
+    UnitPixels {
+        unit: WorkUnit,
+        got: usize,
+        expected: usize,
+    },
+}
+
 /// Converts one sample channel to fixed point.
 #[inline(always)]
 pub fn to_fixed(v: f32) -> i128 {
@@ -176,13 +191,13 @@ impl Film {
 
     /// Adds another film's sums (a tile of this one, say). Its region must lie inside this
     /// film's. Sums are fixed point, so the order films are added in does not matter.
-    pub fn add_film(&mut self, other: &Film) -> Result<(), String> {
+    pub fn add_film(&mut self, other: &Film) -> Result<(), FilmError> {
         let r = other.region;
         if !self.region.contains_rect(r.x0, r.y0, r.x1, r.y1) {
-            return Err(format!(
-                "a film over {r:?} lies outside this film's region {:?}",
-                self.region
-            ));
+            return Err(FilmError::FilmOutside {
+                inner: r,
+                outer: self.region,
+            });
         }
         let (tw, rw) = (r.width() as usize, self.region.width() as usize);
         for y in r.y0..r.y1 {
@@ -199,20 +214,20 @@ impl Film {
     }
 
     /// Adds a unit's sums. Returns an error if the unit does not fit this film.
-    pub fn add(&mut self, r: &UnitResult) -> Result<(), String> {
+    pub fn add(&mut self, r: &UnitResult) -> Result<(), FilmError> {
         let u = &r.unit;
         if !self.region.contains_rect(u.x0, u.y0, u.x1, u.y1) {
-            return Err(format!(
-                "unit {u:?} lies outside the film's region {:?}",
-                self.region
-            ));
+            return Err(FilmError::UnitOutside {
+                unit: *u,
+                region: self.region,
+            });
         }
         if r.sums.len() != u.pixels() {
-            return Err(format!(
-                "unit {u:?} carries {} pixels instead of {}",
-                r.sums.len(),
-                u.pixels()
-            ));
+            return Err(FilmError::UnitPixels {
+                unit: *u,
+                got: r.sums.len(),
+                expected: u.pixels(),
+            });
         }
         let tw = (u.x1 - u.x0) as usize;
         for y in u.y0..u.y1 {

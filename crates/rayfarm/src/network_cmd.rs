@@ -156,7 +156,7 @@ pub fn nodes(a: NodesArgs) -> Result<()> {
     for (addr, r) in found {
         let i = match r {
             Ok(i) => i,
-            Err(e) if e.contains("wrong farm key") => {
+            Err(e) if e.is_wrong_farm_key() => {
                 other_keys.push(addr);
                 continue;
             }

@@ -194,9 +194,11 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Asks a daemon who it is, as a master's scan does.
 pub fn discover(addr: &str) -> Result<DaemonInfo, String> {
-    runtime().block_on(rayfarm_master::query_daemon(
-        addr,
-        &FarmKey::from_secret(KEY).unwrap(),
-        Duration::from_secs(2),
-    ))
+    runtime()
+        .block_on(rayfarm_master::query_daemon(
+            addr,
+            &FarmKey::from_secret(KEY).unwrap(),
+            Duration::from_secs(2),
+        ))
+        .map_err(|e| e.to_string())
 }
