@@ -166,14 +166,20 @@ impl JobSeal {
 #[derive(Clone, Debug, Default)]
 pub struct Roots {
     roots: Vec<PathBuf>,
+    /// Whose folders these are, for messages: "the manager's" or "this node's".
+    whose: &'static str,
 }
 
 /// Why a job folder was refused. One message whatever the reason, so that the API does not
 /// tell a caller whether some path exists on the manager's machine.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RootError {
-    #[error("job folder '{requested}' is not a folder inside the manager's network folders ({roots}); create the job inside one of them")]
-    Outside { requested: String, roots: String },
+    #[error("job folder '{requested}' is not a folder inside {whose} network folders ({roots}); create the job inside one of them, or give {whose} --netdir the folder it lies in")]
+    Outside {
+        requested: String,
+        roots: String,
+        whose: &'static str,
+    },
     #[error("the manager serves no network folder, so it takes no job folders; start it with --netdir NETWORK_FOLDER (repeatable)")]
     NoRoots,
 }
@@ -182,6 +188,15 @@ impl Roots {
     /// Canonicalizes every root; a root that does not exist or is not a folder is an error
     /// (naming it) when the manager starts, not a surprise at the first submit.
     pub fn new(dirs: &[PathBuf]) -> Result<Roots, String> {
+        Roots::new_for(dirs, "the manager's")
+    }
+
+    /// [`Roots::new`] for a node's worker (messages say "this node's").
+    pub fn for_node(dirs: &[PathBuf]) -> Result<Roots, String> {
+        Roots::new_for(dirs, "this node's")
+    }
+
+    fn new_for(dirs: &[PathBuf], whose: &'static str) -> Result<Roots, String> {
         let mut roots = Vec::new();
         for d in dirs {
             let c = std::fs::canonicalize(d)
@@ -193,7 +208,7 @@ impl Roots {
                 roots.push(c);
             }
         }
-        Ok(Roots { roots })
+        Ok(Roots { roots, whose })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -211,6 +226,7 @@ impl Roots {
             return Err(RootError::NoRoots);
         }
         let outside = || RootError::Outside {
+            whose: self.whose,
             requested: job_dir.display().to_string(),
             roots: self
                 .roots

@@ -28,6 +28,11 @@ pub struct Config {
     /// Address ranges a master scans for daemons, CIDR.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scan: Vec<String>,
+    /// The network folders (as this machine mounts them) job folders may lie in: the manager
+    /// serves only job folders inside them, and a worker writes parts only inside them. The
+    /// `--netdir` flags replace this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub netdirs: Vec<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

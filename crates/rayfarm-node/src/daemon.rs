@@ -88,6 +88,9 @@ pub struct DaemonOptions {
     pub worker_exe: PathBuf,
     /// See [`WORKER_HEARTBEAT_TIMEOUT`] (configurable for tests).
     pub worker_heartbeat_timeout: Duration,
+    /// The network folders the worker may write job parts into (`rayfarm worker --netdir`);
+    /// empty: the worker's own default (the config file's `netdirs`).
+    pub netdirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -543,6 +546,11 @@ fn spawn_worker(opts: &DaemonOptions, master: &str) -> std::io::Result<Child> {
     }
     if let Some(mb) = opts.max_scene_mb {
         cmd.arg(format!("--max-scene-mb={mb}"));
+    }
+    for d in &opts.netdirs {
+        let mut flag = std::ffi::OsString::from("--netdir=");
+        flag.push(d);
+        cmd.arg(flag);
     }
     cmd.arg(format!("--alias={}", opts.alias))
         .arg("--heartbeat-stdout")

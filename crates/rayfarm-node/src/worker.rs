@@ -74,6 +74,9 @@ pub struct WorkerConfig {
     /// Path prefixes to rewrite in job folders a manager names, `(as the manager sees it,
     /// as this node sees it)`, for nodes that mount the network folder elsewhere.
     pub path_map: Vec<(String, String)>,
+    /// The network folders this node writes parts into (after `path_map`); empty: any job
+    /// folder whose job.desc the farm key authenticates.
+    pub netdirs: rayfarm_job::folder::Roots,
 }
 
 /// Rewrites `path` with the first matching prefix of `map` (whole path components only).
@@ -488,14 +491,21 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                             }
                             wus.push(wu);
                         }
-                        let job_dir = map_path(&cfg.path_map, &part.job_dir);
+                        let mapped_dir = map_path(&cfg.path_map, &part.job_dir);
+                        let mapped = (mapped_dir.as_os_str() != part.job_dir.as_str())
+                            .then(|| format!(" (the manager's {} after --path-map)", part.job_dir));
+                        // Confined to this node's network folders, when it names any.
+                        let job_dir = if cfg.netdirs.is_empty() {
+                            Ok(mapped_dir)
+                        } else {
+                            cfg.netdirs.resolve(&mapped_dir).map_err(|e| e.to_string())
+                        };
                         let (scene, work, tx, pool, key) = (l.scene.clone(), l.work.clone(), task_tx.clone(), pool.clone(), cfg.key.clone());
                         let canceled = Arc::new(std::sync::atomic::AtomicBool::new(false));
                         running_tasks.insert(task_id, canceled.clone());
-                        let mapped = (job_dir.as_os_str() != part.job_dir.as_str())
-                            .then(|| format!(" (the manager's {} after --path-map)", part.job_dir));
                         std::thread::spawn(move || {
-                            let r = run_task(&key, Renderer { pool: &pool, scene: &scene, work: &work }, &wus, &job_dir, &part, &canceled)
+                            let r = job_dir
+                                .and_then(|job_dir| run_task(&key, Renderer { pool: &pool, scene: &scene, work: &work }, &wus, &job_dir, &part, &canceled))
                                 .map_err(|e| format!("{e}{}", mapped.unwrap_or_default()));
                             let _ = tx.send((task_id, r));
                         });

@@ -72,6 +72,10 @@ pub struct DaemonRunArgs {
     /// as MANAGER_PATH=LOCAL_PATH (repeatable; passed to the workers)
     #[arg(long, value_name = "FROM=TO")]
     pub path_map: Vec<String>,
+    /// A network folder (as this node mounts it) the node's workers may write job parts into
+    /// (repeatable; default: the config file's `netdirs`; passed to the workers)
+    #[arg(long, value_name = "NETWORK_FOLDER")]
+    pub netdir: Vec<PathBuf>,
 }
 
 /// Write the config file and a systemd unit that runs the daemon at boot.
@@ -255,6 +259,7 @@ fn run_daemon(a: DaemonRunArgs) -> Result<()> {
         worker_exe: std::env::current_exe()
             .context("cannot find the rayfarm executable to run workers")?,
         worker_heartbeat_timeout: daemon::WORKER_HEARTBEAT_TIMEOUT,
+        netdirs: a.netdir.clone(),
     };
     if !a.path_map.is_empty() {
         let maps = crate::network_cmd::parse_path_maps(&a.path_map)?;
@@ -629,7 +634,11 @@ fn install_with<R: BufRead, W: Write>(
         writeln!(out, "Nothing written.")?;
         return Ok(());
     };
-    let (cfg, new_key) = updated_config(existing, &answers);
+    let (mut cfg, new_key) = updated_config(existing, &answers);
+    if !args.netdir.is_empty() {
+        // The daemon's workers write parts only inside these (see `rayfarm worker --netdir`).
+        cfg.netdirs = args.netdir.clone();
+    }
     let text = toml::to_string_pretty(&cfg).context("cannot encode the config file")?;
     write_file(&paths.config, &text, true)?;
     writeln!(out, "Wrote {}", paths.config.display())?;

@@ -231,8 +231,9 @@ pub struct ManagerArgs {
     /// The PEM private key of --tls-cert
     #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// A network folder the manager serves job folders from (repeatable). A submitted job
-    /// folder must lie inside one of them; with none, the manager takes no jobs
+    /// A network folder the manager serves job folders from (repeatable; default: the config
+    /// file's `netdirs`). A submitted job folder must lie inside one of them; with none, the
+    /// manager takes no jobs
     #[arg(long, value_name = "NETWORK_FOLDER")]
     pub netdir: Vec<PathBuf>,
 }
@@ -281,7 +282,11 @@ pub fn manager(a: ManagerArgs) -> Result<()> {
         key,
         task_lease_ms: a.task_lease as i64 * 1000,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
-        netdirs: a.netdir.clone(),
+        netdirs: if a.netdir.is_empty() {
+            cfg.netdirs.clone()
+        } else {
+            a.netdir.clone()
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -45,6 +45,11 @@ pub struct WorkerArgs {
     /// as MANAGER_PATH=LOCAL_PATH (repeatable; also RAYFARM_PATH_MAP="A=B;C=D")
     #[arg(long, value_name = "FROM=TO")]
     pub path_map: Vec<String>,
+    /// A network folder (as this node mounts it) the worker may write job parts into
+    /// (repeatable; default: the config file's `netdirs`). With none, any job folder whose
+    /// job.desc the farm key authenticates
+    #[arg(long, value_name = "NETWORK_FOLDER")]
+    pub netdir: Vec<PathBuf>,
     /// Configuration file (for the farm key)
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -116,6 +121,12 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         heartbeat_stdout: a.heartbeat_stdout,
         key,
         path_map: parse_path_maps(&a.path_map)?,
+        netdirs: rayfarm_job::folder::Roots::for_node(if a.netdir.is_empty() {
+            &cfg.netdirs
+        } else {
+            &a.netdir
+        })
+        .map_err(|e| anyhow!("{e} (from --netdir or the config file's netdirs)"))?,
     };
     let r = runtime()?.block_on(worker::run(wc)).map_err(|e| anyhow!(e));
     // Render threads may still be busy with units that were given back: exit without waiting.

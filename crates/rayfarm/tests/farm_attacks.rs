@@ -3,8 +3,8 @@
 //! `--netdir`, symlinks planted in a job folder, forged, swapped and edited files, and a job id
 //! deleted and submitted again from another folder.
 //!
-//! A real `rayfarm manager` (ports 23700 and 23710 on 127.0.0.1) and, where parts are baked, one
-//! daemon on 127.0.0.71, so this file runs alongside the other test files.
+//! A real `rayfarm manager` (ports 23700, 23710 and 23720 on 127.0.0.1) and, where parts are
+//! baked, one daemon (127.0.0.71, 127.0.0.72), so this file runs alongside the other test files.
 
 mod common;
 
@@ -296,6 +296,46 @@ fn forged_swapped_and_symlinked_parts_are_refused_and_a_resubmit_uses_its_new_fo
     let (ok, _, err) = farm.run(&["merge", &new_c.join("job.desc").display().to_string()]);
     assert!(ok, "{err}");
     assert!(!new_c.exists());
+}
+
+/// A node confined to its own network folders (`daemon --netdir`, passed to its worker) writes no
+/// part into a job folder outside them, even one the manager serves and the key authenticates:
+/// the task fails naming the node's folders, and the node ends up excluded from the job.
+#[test]
+fn a_node_writes_parts_only_inside_its_own_network_folders() {
+    let farm = Farm::new();
+    let port = 23720;
+    let _m = farm.manager(port, &["127.0.0.72"]);
+    let own = farm.path("node-own-folder");
+    std::fs::create_dir(&own).unwrap();
+    let mut c = farm.client("out", port, &["--spp", "4", "--no-wait"]);
+    let id = Farm::job_id(&mut c).0;
+    c.wait_ok(Duration::from_secs(60));
+    let _d = farm.daemon(
+        "127.0.0.72",
+        "a72",
+        &["--netdir", &own.display().to_string()],
+    );
+    let t = Instant::now();
+    let v = loop {
+        let v = job(port, &id);
+        if v.to_string().contains("this node's network folders") {
+            break v;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let own_canon = std::fs::canonicalize(&own).unwrap();
+    assert!(
+        v.to_string().contains(&own_canon.display().to_string()),
+        "{v}"
+    );
+    let written: Vec<_> = tree(&farm.net().join(&id))
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("parts"))
+        .collect();
+    assert!(written.is_empty(), "a part was written: {written:?}");
+    assert!(tree(&own).is_empty(), "{:?}", tree(&own));
 }
 
 /// BLAKE3 of `bytes`, as the part format version 1 trailer was.

@@ -71,6 +71,7 @@ async fn start(
         key_secret: SECRET.into(),
         worker_exe: fake.exe.clone(),
         worker_heartbeat_timeout: WORKER_HEARTBEAT_TIMEOUT,
+        netdirs: Vec::new(),
     };
     tweak(&mut opts);
     let daemon = Daemon::bind(opts).await.unwrap();
