@@ -1414,14 +1414,7 @@ fn check_spec(spec: &str, limit: usize) -> Result<(), String> {
 
 /// `j` and 12 lower-case hex digits from 48 random bits.
 fn new_job_id() -> Result<String> {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).map_err(StoreError::Random)?;
-    let mut id = String::with_capacity(13);
-    id.push('j');
-    for b in bytes {
-        id.push_str(&format!("{b:02x}"));
-    }
-    Ok(id)
+    rayfarm_job::plan::new_job_id().map_err(StoreError::Random)
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.

@@ -7,7 +7,8 @@
 //! parts into the final maps ([`maps`]) or images ([`images`]), replacing the placeholders the
 //! client put at the outputs. [`folder`] owns the folder's confinement (no symlinks followed
 //! out of it, paths checked against the network-folder roots) and the MACs that bind job.desc and
-//! every part to the job id; [`fsutil`] the one atomic file writer everything goes through.
+//! every part to the job id; [`fsutil`] the one atomic file writer everything goes through;
+//! [`plan`] a job's id and how it is cut into parts.
 //!
 //! This crate does file IO only inside the folders it is given; it knows nothing of sockets,
 //! SQLite or HTTP (the manager is `rayfarm-farm`; the worker, `rayfarm-node`, depends on this
@@ -21,4 +22,5 @@ pub mod jobdesc;
 pub mod maps;
 pub mod merge;
 pub mod parts;
+pub mod plan;
 pub mod renderjob;

@@ -121,7 +121,7 @@ pub struct BakeArgs {
 }
 
 /// Texel tile of one farm task in single mode (multi mode: one task per object and pass).
-const FARM_TILE_PX: u32 = 256;
+const FARM_TILE_PX: u32 = rayfarm_job::plan::DEFAULT_TILE_PX;
 
 /// How a bake is cut into tasks.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -538,21 +538,9 @@ fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan
         for &(mesh, l) in &o.parts {
             let region = spec.maps[spec.layers[l].map].region;
             // Multi mode: each object's pass is one task. Single: tiles of the map.
-            let tiles = if mesh != usize::MAX {
-                vec![region]
-            } else {
-                rayfarm_render::film::plan_region(0, region, 1, FARM_TILE_PX, 1)
-                    .into_iter()
-                    .map(|u| Region {
-                        x0: u.x0,
-                        y0: u.y0,
-                        x1: u.x1,
-                        y1: u.y1,
-                    })
-                    .collect()
-            };
+            let tiles = rayfarm_job::plan::bake_regions(region, mesh != usize::MAX, FARM_TILE_PX);
             for r in tiles {
-                let name = format!("p{:06}", parts.len());
+                let name = rayfarm_job::plan::bake_part_name(parts.len());
                 parts.push(PartDesc {
                     name: name.clone(),
                     layer: l,
@@ -584,10 +572,7 @@ fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan
     let scene_hash = rayfarm_scene::blob::content_hash(blob).map_err(|e| anyhow::anyhow!("{e}"))?;
     let desc = JobDesc {
         job_id: job_id.clone(),
-        created_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        created_unix_ms: rayfarm_job::plan::unix_ms_now(),
         name: plan
             .scene_name
             .file_name()

@@ -714,15 +714,7 @@ pub fn check_netdir(dir: &Path, quiet: bool) -> Result<PathBuf> {
 
 /// A fresh job id: `j` and 12 random hexadecimal digits.
 pub fn new_job_id() -> Result<String> {
-    let mut id_bytes = [0u8; 6];
-    getrandom::fill(&mut id_bytes).map_err(|e| anyhow!("no randomness for a job id: {e}"))?;
-    Ok(format!(
-        "j{}",
-        id_bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ))
+    rayfarm_job::plan::new_job_id().map_err(|e| anyhow!("no randomness for a job id: {e}"))
 }
 
 /// Submits a prepared job folder to the manager `farm`, then (unless `no_wait`) follows the

@@ -675,9 +675,7 @@ pub fn print_shares(shares: &[rayfarm_master::NodeShare]) {
 /// job and follows it to the merge.
 fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
     use rayfarm_job::jobdesc::{check_file_name, SceneRef};
-    use rayfarm_job::renderjob::{
-        CameraDesc, FrameDesc, RenderDesc, RenderJobDesc, RenderPartDesc,
-    };
+    use rayfarm_job::renderjob::{CameraDesc, FrameDesc, RenderDesc, RenderJobDesc};
     let farm_addr = crate::farm_cmd::manager_addr(farm);
     rayfarm_job::jobdesc::check_manager(&farm_addr).map_err(|e| anyhow::anyhow!("--farm: {e}"))?;
     // Without the farm key the manager would refuse the job: say so before preparing it.
@@ -758,7 +756,7 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
                 rayfarm_scene::blob::content_hash(&blob).map_err(|e| anyhow::anyhow!("{e}"))?;
             let hex = rayfarm_scene::blob::hash_hex(&hash);
             // Frames that compile to the same scene share its file.
-            let file = format!("scene-{}.rfscene", &hex[..16]);
+            let file = rayfarm_job::plan::scene_file_name(&hex);
             let path = job_dir.join(&file);
             if !path.exists() {
                 crate::output::write_atomic(&path, &blob)?;
@@ -783,32 +781,18 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
         } else {
             TaskSplit::Tile
         });
-        let mut parts = Vec::new();
-        for fi in 0..descs.len() {
-            let full = rayfarm_render::film::Region::full(width, height);
-            let tiles: Vec<[u32; 4]> = match split {
-                TaskSplit::Frame => vec![[0, 0, width, height]],
-                TaskSplit::Tile => {
-                    rayfarm_render::film::plan_region(0, full, 1, a.farm.task_tile, 1)
-                        .into_iter()
-                        .map(|u| [u.x0, u.y0, u.x1, u.y1])
-                        .collect()
-                }
-            };
-            for (ti, region) in tiles.into_iter().enumerate() {
-                parts.push(RenderPartDesc {
-                    name: format!("f{fi:06}-t{ti:05}"),
-                    frame: fi,
-                    region,
-                });
-            }
-        }
+        let parts = rayfarm_job::plan::render_parts(
+            descs.len(),
+            width,
+            height,
+            match split {
+                TaskSplit::Frame => rayfarm_job::plan::RenderSplit::Frame,
+                TaskSplit::Tile => rayfarm_job::plan::RenderSplit::Tile(a.farm.task_tile),
+            },
+        );
         let desc = RenderJobDesc {
             job_id: job_id.clone(),
-            created_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            created_unix_ms: rayfarm_job::plan::unix_ms_now(),
             name: a
                 .scene
                 .as_ref()
