@@ -1,6 +1,6 @@
 //! The trust boundary of a job folder in a network folder, which anyone on the LAN may be able
 //! to write: which folders the manager serves at all ([`Roots`]), opening files inside a job
-//! folder without following symlinks ([`open_nofollow`], [`check_real_dir`]), and the keyed
+//! folder through directory handles that follow no symlink ([`FolderHandle`]), and the keyed
 //! MACs that tell a job.desc or a part written with the farm key from anything else
 //! ([`desc_mac`], [`JobSeal`]).
 //!
@@ -9,7 +9,6 @@
 //! not turn the manager into a way to read that file.
 
 use rayfarm_proto::FarmKey;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -19,25 +18,6 @@ pub const DESC_MAC_FILE_NAME: &str = "job.desc.mac";
 /// The name a job.desc's MAC binds (with the job id).
 const DESC_MAC_NAME: &str = "job.desc";
 
-/// Opens `path` for reading, refusing a symlink as the last component (`O_NOFOLLOW`: the open
-/// fails with `ELOOP`, reported as "is a symbolic link").
-pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    }
-    o.open(path).map_err(|e| {
-        #[cfg(unix)]
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            return symlink_error();
-        }
-        e
-    })
-}
-
 fn symlink_error() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidInput,
@@ -45,25 +25,157 @@ fn symlink_error() -> std::io::Error {
     )
 }
 
-/// Checks that `dir` is a directory itself, not a symlink to one.
-pub fn check_real_dir(dir: &Path) -> std::io::Result<()> {
-    let m = std::fs::symlink_metadata(dir)?;
-    if m.file_type().is_symlink() {
-        return Err(symlink_error());
+/// A folder inside a job folder (the job folder itself, or its `parts/`), opened once as a
+/// directory handle (cap-std). Every file is then opened, created, renamed and removed relative
+/// to the handle, by a single plain name, never following a symlink: swapping the folder (or a
+/// parent of it) for a symlink after it was opened changes nothing, so no check-then-use race
+/// is left between "it is a real folder" and the write. (cap-std resolves beneath the handle
+/// with openat2's RESOLVE_BENEATH where Linux has it; the plain names used here never need
+/// more than one component.)
+pub struct FolderHandle {
+    dir: cap_std::fs::Dir,
+    path: PathBuf,
+}
+
+impl FolderHandle {
+    /// Opens `path`, which must be a folder and not a symlink (`O_DIRECTORY | O_NOFOLLOW`).
+    pub fn open(path: &Path) -> std::io::Result<FolderHandle> {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        }
+        let f = o.open(path).map_err(|e| nofollow_error(e, true))?;
+        Ok(FolderHandle {
+            dir: cap_std::fs::Dir::from_std_file(f),
+            path: path.to_path_buf(),
+        })
     }
-    if !m.is_dir() {
+
+    /// The sub-folder `name` (one plain name), not a symlink; created first when `create`.
+    pub fn sub(&self, name: &str, create: bool) -> std::io::Result<FolderHandle> {
+        use cap_fs_ext::DirExt;
+        check_plain(name)?;
+        if create {
+            match self.dir.create_dir(name) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        let dir = self.dir.open_dir_nofollow(name).map_err(|e| {
+            // Refusing a symlinked folder gives ELOOP or ENOTDIR depending on the platform
+            // and the way cap-std resolves: say which it is.
+            let linked = self
+                .dir
+                .symlink_metadata(name)
+                .is_ok_and(|m| m.file_type().is_symlink());
+            if linked {
+                symlink_error()
+            } else {
+                nofollow_error(e, true)
+            }
+        })?;
+        Ok(FolderHandle {
+            dir,
+            path: self.path.join(name),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the regular file `name` for reading, never through a symlink.
+    pub fn open_file(&self, name: &str) -> std::io::Result<std::fs::File> {
+        use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+        check_plain(name)?;
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.read(true).follow(FollowSymlinks::No);
+        let f = self
+            .dir
+            .open_with(name, &o)
+            .map_err(|e| nofollow_error(e, false))?;
+        Ok(f.into_std())
+    }
+
+    /// Reads at most `max` bytes of the regular file `name`; `Ok(None)` when it is larger.
+    pub fn read(&self, name: &str, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+        read_bounded(self.open_file(name)?, max)
+    }
+
+    /// Writes `name` atomically inside this folder: a new temporary file (created, never
+    /// opened through anything planted at its name), synced, renamed over `name` within the
+    /// same handle, then the folder synced.
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+        use std::io::Write;
+        check_plain(name)?;
+        let tmp = crate::fsutil::temp_path(Path::new(name));
+        let tmp = tmp.to_string_lossy().into_owned();
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.write(true).create_new(true).follow(FollowSymlinks::No);
+        let mut f = self.dir.open_with(&tmp, &o)?;
+        let r = f
+            .write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .and_then(|()| self.dir.rename(&tmp, &self.dir, name));
+        if let Err(e) = r {
+            let _ = self.dir.remove_file(&tmp);
+            return Err(e);
+        }
+        // Best effort, as fsutil::sync_parent.
+        if let Ok(d) = self.dir.open(".") {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Removes the file `name` (a symlink there is removed, never followed).
+    pub fn remove_file(&self, name: &str) -> std::io::Result<()> {
+        check_plain(name)?;
+        self.dir.remove_file(name)
+    }
+
+    /// The names of the entries that are regular files.
+    pub fn file_names(&self) -> std::io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in self.dir.entries()? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One plain name: no separator, not `.` or `..`, not empty.
+fn check_plain(name: &str) -> std::io::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "it is not a folder",
+            format!("{name:?} is not a plain file name"),
         ));
     }
     Ok(())
 }
 
-/// Reads at most `max` bytes of a regular file inside a job folder, without following a
-/// symlink. Returns `Ok(None)` when the file is larger than `max`.
-pub fn read_nofollow(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let f = open_nofollow(path)?;
+/// Maps the errors an open refusing a symlink gives (`ELOOP`, and `ENOTDIR` for a folder
+/// that is a symlink to a file) to one message.
+fn nofollow_error(e: std::io::Error, folder: bool) -> std::io::Error {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return symlink_error();
+    }
+    if folder && e.raw_os_error() == Some(libc::ENOTDIR) {
+        return std::io::Error::new(std::io::ErrorKind::InvalidInput, "it is not a folder");
+    }
+    e
+}
+
+fn read_bounded(f: std::fs::File, max: u64) -> std::io::Result<Option<Vec<u8>>> {
     let m = f.metadata()?;
     if !m.is_file() {
         return Err(std::io::Error::new(
@@ -80,6 +192,24 @@ pub fn read_nofollow(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> 
         return Ok(None);
     }
     Ok(Some(bytes))
+}
+
+/// Reads at most `max` bytes of a regular file inside a job folder: its folder is opened as a
+/// handle without following a symlink, then the file inside it, likewise
+/// ([`FolderHandle`]). Returns `Ok(None)` when the file is larger than `max`.
+pub fn read_nofollow(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file path",
+        ));
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    FolderHandle::open(dir)?.read(&name.to_string_lossy(), max)
 }
 
 /// The MAC of a job.desc's exact bytes in the job `job_id`.
@@ -251,6 +381,47 @@ impl Roots {
 mod tests {
     use super::*;
 
+    /// The race a path check leaves open: `parts/` is swapped for a symlink after it was
+    /// checked. Through the handle the write still lands in the real folder.
+    #[test]
+    fn a_folder_swapped_for_a_symlink_after_opening_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let job = t.path().join("job-1");
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir_all(&job).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let parts = FolderHandle::open(&job)
+            .unwrap()
+            .sub("parts", true)
+            .unwrap();
+        std::fs::rename(job.join("parts"), job.join("parts.real")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, job.join("parts")).unwrap();
+        parts.write_atomic("p0.rfpart", b"part").unwrap();
+        assert_eq!(
+            std::fs::read(job.join("parts.real/p0.rfpart")).unwrap(),
+            b"part"
+        );
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        // Opening anew refuses the symlink, names it, and reads nothing through it.
+        let e = FolderHandle::open(&job)
+            .unwrap()
+            .sub("parts", false)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(FolderHandle::open(&job.join("parts")).is_err());
+        // Names are single plain components.
+        for bad in ["../x", "a/b", "..", ""] {
+            assert!(parts.write_atomic(bad, b"x").is_err(), "{bad}");
+            assert!(parts.open_file(bad).is_err(), "{bad}");
+        }
+        // A file that is a symlink is neither read nor written through.
+        std::os::unix::fs::symlink(elsewhere.join("target"), job.join("parts.real/link")).unwrap();
+        assert!(parts.read("link", 100).is_err());
+        parts.write_atomic("link", b"new").unwrap();
+        assert!(!elsewhere.join("target").exists());
+    }
+
     fn key(s: &str) -> FarmKey {
         FarmKey::from_secret(s).unwrap()
     }
@@ -301,9 +472,11 @@ mod tests {
         std::os::unix::fs::symlink(t.path(), t.path().join("dirlink")).unwrap();
         let e = read_nofollow(&t.path().join("link"), 100).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
-        assert!(check_real_dir(&t.path().join("dirlink")).is_err());
-        assert!(check_real_dir(&t.path().join("secret")).is_err());
-        check_real_dir(t.path()).unwrap();
+        assert!(FolderHandle::open(&t.path().join("dirlink")).is_err());
+        assert!(FolderHandle::open(&t.path().join("secret")).is_err());
+        FolderHandle::open(t.path()).unwrap();
+        // Through a symlinked folder nothing is read.
+        assert!(read_nofollow(&t.path().join("dirlink/secret"), 100).is_err());
         assert_eq!(
             read_nofollow(&t.path().join("secret"), 100).unwrap(),
             Some(b"s3cret".to_vec())

@@ -27,7 +27,7 @@ use crate::jobdesc::{
     MERGED_MARKER, PARTS_DIR,
 };
 use crate::maps::{write_map_files_keep_png, BakedMap, MapError};
-use crate::parts::{part_path, read_part, PartError};
+use crate::parts::{read_part, PartError};
 use crate::renderjob::{AnyJobDesc, RenderJobDesc};
 use rayfarm_bake::{Film, Region, TexelTable};
 use rayfarm_scene::CompiledScene;
@@ -716,6 +716,34 @@ fn assemble(
 /// folder. Returns whether the folder is gone and what stayed.
 fn remove_job_dir(job_dir: &Path, desc: &AnyJobDesc) -> (bool, Vec<PathBuf>) {
     let mut failed = Vec::new();
+    let parts_dir = job_dir.join(PARTS_DIR);
+    // The parts are removed through a handle on `parts/` opened without following a symlink:
+    // a `parts` that is (or becomes) a symlink is not the job's, and nothing is removed
+    // through it.
+    let parts = crate::folder::FolderHandle::open(job_dir)
+        .and_then(|j| j.sub(PARTS_DIR, false))
+        .ok();
+    if let Some(parts) = &parts {
+        let mut remove_part = |name: String| {
+            if let Err(e) = parts.remove_file(&name) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("{}: cannot remove: {e}", parts_dir.join(&name).display());
+                    failed.push(parts_dir.join(&name));
+                }
+            }
+        };
+        for i in 0..desc.part_count() {
+            if let Some((p, _)) = desc.part(i) {
+                remove_part(format!("{}.{}", p.name, crate::parts::PART_EXT));
+            }
+        }
+        // Temporaries of interrupted part writes (`.<name>.rfpart.tmp.<pid>.<random>`).
+        for name in parts.file_names().unwrap_or_default() {
+            if name.starts_with('.') && name.contains(".rfpart.tmp.") {
+                remove_part(name);
+            }
+        }
+    }
     let mut remove = |path: PathBuf| {
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -724,25 +752,6 @@ fn remove_job_dir(job_dir: &Path, desc: &AnyJobDesc) -> (bool, Vec<PathBuf>) {
             }
         }
     };
-    let parts_dir = job_dir.join(PARTS_DIR);
-    // A `parts` that is a symlink is not the job's: nothing is removed through it.
-    let parts_real = crate::folder::check_real_dir(&parts_dir).is_ok();
-    for i in (0..desc.part_count()).filter(|_| parts_real) {
-        if let Some(path) = desc.part(i).and_then(|(p, _)| part_path(job_dir, &p).ok()) {
-            remove(path);
-        }
-    }
-    // Temporaries of interrupted part writes (`.<name>.rfpart.tmp.<pid>.<random>`).
-    if let Some(Ok(entries)) = parts_real.then(|| std::fs::read_dir(&parts_dir)) {
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
-            if is_file && name.starts_with('.') && name.contains(".rfpart.tmp.") {
-                remove(e.path());
-            }
-        }
-    }
     let _ = std::fs::remove_dir(&parts_dir);
     let scenes = match desc {
         AnyJobDesc::Bake(d) => vec![d.scene.file.as_str()],

@@ -147,17 +147,17 @@ pub fn write_part(
         path: path.clone(),
         source,
     };
+    // The job folder and its `parts/` are opened as handles, neither through a symlink, and
+    // the part is written relative to the `parts/` handle: a `parts` planted or swapped in as a
+    // symlink, even between the check and the write, cannot send the part elsewhere.
     let parts_dir = job_dir.join(PARTS_DIR);
-    match std::fs::create_dir(&parts_dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
-        _ => {}
-    }
-    // A `parts` planted as a symlink would send the part anywhere the link points.
-    crate::folder::check_real_dir(&parts_dir).map_err(|source| PartError::Io {
-        part: part.name.clone(),
-        path: parts_dir.clone(),
-        source,
-    })?;
+    let parts = crate::folder::FolderHandle::open(job_dir)
+        .and_then(|j| j.sub(PARTS_DIR, true))
+        .map_err(|source| PartError::Io {
+            part: part.name.clone(),
+            path: parts_dir.clone(),
+            source,
+        })?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + 1024);
     bytes.extend_from_slice(&PART_MAGIC);
     bytes.extend_from_slice(&PART_VERSION.to_le_bytes());
@@ -180,7 +180,9 @@ pub fn write_part(
     let mut bytes = enc.finish().map_err(io)?;
     let hash = seal.part_mac(&format!("{}.{PART_EXT}", part.name), &bytes);
     bytes.extend_from_slice(&hash);
-    crate::fsutil::write_atomic(&path, &bytes).map_err(|e| io(e.source))?;
+    parts
+        .write_atomic(&format!("{}.{PART_EXT}", part.name), &bytes)
+        .map_err(io)?;
     Ok(hash)
 }
 
@@ -213,7 +215,8 @@ pub fn read_part(
     // larger than this is not a part of this region.
     let max_file = HEADER_LEN as u64 + CHECKSUM_LEN as u64 + raw_len + raw_len / 128 + 4096;
     let parts_dir = job_dir.join(PARTS_DIR);
-    match crate::folder::check_real_dir(&parts_dir) {
+    let parts = crate::folder::FolderHandle::open(job_dir).and_then(|j| j.sub(PARTS_DIR, false));
+    let parts = match parts {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(PartError::Missing {
                 part: part.name.clone(),
@@ -227,9 +230,9 @@ pub fn read_part(
                 source,
             })
         }
-        Ok(()) => {}
-    }
-    let f = match crate::folder::open_nofollow(&path) {
+        Ok(p) => p,
+    };
+    let f = match parts.open_file(&format!("{}.{PART_EXT}", part.name)) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(PartError::Missing {
