@@ -423,7 +423,14 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         job_id = jid;
                         outstanding.clear();
                         loaded = None;
-                        if let Some(blob) = cache_get(&cfg.cache_dir, &scene_hash) {
+                        // Reading and hashing a cached scene (possibly gigabytes) off the event loop.
+                        let cached = {
+                            let dir = cfg.cache_dir.clone();
+                            tokio::task::spawn_blocking(move || cache_get(&dir, &scene_hash))
+                                .await
+                                .map_err(|e| format!("scene cache lookup failed: {e}"))?
+                        };
+                        if let Some(blob) = cached {
                             tracing::info!("scene {} found in the cache", &hex::encode(scene_hash)[..12]);
                             loaded = Some(load_scene(blob, work, cfg.max_scene_bytes).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
@@ -438,7 +445,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         }
                     }
                     Msg::SceneChunk { offset, data } => {
-                        let Some(Incoming { hash, total, buf, .. }) = pending_scene.as_mut() else {
+                        let Some(Incoming { total, buf, .. }) = pending_scene.as_mut() else {
                             return Err("master sent scene data without a job".into());
                         };
                         if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > *total {
@@ -446,14 +453,21 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         }
                         buf.extend_from_slice(&data);
                         if buf.len() as u64 == *total {
-                            let got = rayfarm_scene::blob::content_hash(buf).map_err(|e| e.to_string())?;
-                            if &got != hash {
-                                return Err("the scene received does not match its announced content hash".into());
-                            }
                             let Some(Incoming { hash, buf: blob, work, .. }) = pending_scene.take() else {
                                 return Err("scene state lost".into());
                             };
-                            cache_put(&cfg.cache_dir, &hash, &blob, cfg.cache_max_bytes);
+                            // Hashing and caching a scene (possibly gigabytes) off the event loop.
+                            let (dir, max) = (cfg.cache_dir.clone(), cfg.cache_max_bytes);
+                            let blob = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+                                let got = rayfarm_scene::blob::content_hash(&blob).map_err(|e| e.to_string())?;
+                                if got != hash {
+                                    return Err("the scene received does not match its announced content hash".into());
+                                }
+                                cache_put(&dir, &hash, &blob, max);
+                                Ok(blob)
+                            })
+                            .await
+                            .map_err(|e| format!("scene check failed: {e}"))??;
                             loaded = Some(load_scene(blob, work, cfg.max_scene_bytes).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         }
