@@ -114,6 +114,42 @@ pub struct InstallArgs {
     pub netdir: Vec<PathBuf>,
 }
 
+/// Write a systemd unit that runs the job manager at boot, sandboxed.
+///
+/// As root: a system unit (/etc/systemd/system/rayfarm-manager.service) that runs as a
+/// transient unprivileged user with systemd's hardening, reads the farm key from the config
+/// file through LoadCredential, keeps its job database under StateDirectory
+/// (/var/lib/rayfarm-manager) and may read only the network folders it serves. Otherwise a
+/// user unit. The config file (with the farm key) must exist: `rayfarm daemon install` writes
+/// one, or copy the farm's.
+///
+/// Example:
+///   sudo rayfarm manager install --netdir /mnt/farm --daemon 10.0.0.11 --daemon 10.0.0.12
+#[derive(Args, Debug, Default)]
+#[command(verbatim_doc_comment)]
+pub struct ManagerInstallArgs {
+    /// A network folder the manager serves job folders from (repeatable; at least one)
+    #[arg(long, value_name = "NETWORK_FOLDER", required = true)]
+    pub netdir: Vec<PathBuf>,
+    /// HTTP port of the API and monitor
+    #[arg(long, default_value_t = rayfarm_farm::manager::DEFAULT_HTTP_PORT)]
+    pub port: u16,
+    /// Address the manager listens on
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: String,
+    /// A daemon the manager uses without scanning, HOST[:PORT] (repeatable)
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub daemon: Vec<String>,
+    /// The config file holding the farm key (default: /etc/rayfarm/config.toml as root, else
+    /// ~/.config/rayfarm/config.toml)
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// systemd unit to write (default: /etc/systemd/system/rayfarm-manager.service as root,
+    /// else ~/.config/systemd/user/rayfarm-manager.service)
+    #[arg(long, value_name = "PATH")]
+    pub unit_out: Option<PathBuf>,
+}
+
 /// Manage the farm key.
 #[derive(Args, Debug)]
 pub struct KeyArgs {
@@ -564,6 +600,133 @@ fn unit_text(exe: &Path, config: &Path, system: bool, netdirs: &[PathBuf]) -> St
     s
 }
 
+/// The systemd unit that runs `exe manager` with the job database under StateDirectory (system)
+/// or the default one (user).
+fn manager_unit_text(exe: &Path, config: &Path, system: bool, a: &ManagerInstallArgs) -> String {
+    let mut s = String::from(
+        "# Written by `rayfarm manager install`.\n\
+         [Unit]\n\
+         Description=rayfarm job manager\n\
+         After=network-online.target\n\
+         Wants=network-online.target\n\
+         \n\
+         [Service]\n",
+    );
+    let mut args = vec![
+        "manager".to_string(),
+        "--bind".into(),
+        a.bind.clone(),
+        "--port".into(),
+        a.port.to_string(),
+    ];
+    for d in &a.netdir {
+        args.push("--netdir".into());
+        args.push(d.display().to_string());
+    }
+    for d in &a.daemon {
+        args.push("--daemon".into());
+        args.push(d.clone());
+    }
+    let quoted: Vec<String> = args.iter().map(|w| systemd_quote(w)).collect();
+    if system {
+        s += SYSTEM_HARDENING;
+        s += "# The job database: /var/lib/rayfarm-manager/manager.db, owned by the service's user.\nStateDirectory=rayfarm-manager\nUMask=0077\n";
+        s += &format!(
+            "LoadCredential=rayfarm-config:{}\nExecStart={} {} --config \"${{CREDENTIALS_DIRECTORY}}/rayfarm-config\" --db /var/lib/rayfarm-manager/manager.db\n",
+            config.display(),
+            systemd_quote(&exe.display().to_string()),
+            quoted.join(" "),
+        );
+        for d in &a.netdir {
+            // Read only: the manager reads job folders; clients and workers write them.
+            s += &format!(
+                "ReadOnlyPaths={}\n",
+                systemd_quote(&d.display().to_string())
+            );
+        }
+    } else {
+        s += &format!(
+            "ExecStart={} {} --config {}\n",
+            systemd_quote(&exe.display().to_string()),
+            quoted.join(" "),
+            systemd_quote(&config.display().to_string())
+        );
+    }
+    s += "Restart=on-failure\nRestartSec=5\n";
+    s += &format!(
+        "\n[Install]\nWantedBy={}\n",
+        if system {
+            "multi-user.target"
+        } else {
+            "default.target"
+        }
+    );
+    s
+}
+
+/// `rayfarm manager install`.
+pub fn manager_install(a: ManagerInstallArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the rayfarm executable")?;
+    let exe = exe.canonicalize().unwrap_or(exe);
+    manager_install_with(
+        &a,
+        &mut std::io::stdout().lock(),
+        &exe,
+        daemon::running_as_root(),
+    )
+}
+
+fn manager_install_with<W: Write>(
+    a: &ManagerInstallArgs,
+    out: &mut W,
+    exe: &Path,
+    root: bool,
+) -> Result<()> {
+    let defaults = install_paths(&InstallArgs::default(), root)?;
+    let config = a.config.clone().unwrap_or(defaults.config);
+    let config = std::path::absolute(&config).unwrap_or(config);
+    // The key must be there: a manager without it refuses to start, which systemd would only
+    // show as a restart loop.
+    let cfg = read_existing_config(&config)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no config file with the farm key; run `rayfarm daemon install` first or copy the farm's config there (or pass --config)",
+            config.display()
+        )
+    })?;
+    farm_secret(&cfg)
+        .with_context(|| format!("{}: the manager needs the farm key", config.display()))?;
+    for d in &a.netdir {
+        if !d.is_absolute() || !d.is_dir() {
+            bail!(
+                "--netdir {}: not an absolute path to an existing folder",
+                d.display()
+            );
+        }
+    }
+    for d in &a.daemon {
+        rayfarm_master::discovery::candidates(&[], std::slice::from_ref(d))
+            .map_err(|e| anyhow::anyhow!("--daemon {d}: {e}"))?;
+    }
+    let unit = match &a.unit_out {
+        Some(p) => p.clone(),
+        None => defaults.unit.with_file_name("rayfarm-manager.service"),
+    };
+    let unit = std::path::absolute(&unit).unwrap_or(unit);
+    write_file(&unit, &manager_unit_text(exe, &config, root, a), false)?;
+    writeln!(out, "Wrote {}", unit.display())?;
+    let user = if root { "" } else { " --user" };
+    writeln!(out, "\nTo start the manager now and at every boot:")?;
+    writeln!(out, "  systemctl{user} daemon-reload")?;
+    writeln!(out, "  systemctl{user} enable --now rayfarm-manager")?;
+    writeln!(
+        out,
+        "Then open http://{}:{}/ (the monitor asks for `rayfarm key api-token`).",
+        if a.bind == "0.0.0.0" { "HOST" } else { &a.bind },
+        a.port
+    )?;
+    Ok(())
+}
+
 /// Writes `text` to `path` through a temporary file, readable by the owner only when `private`.
 fn write_file(path: &Path, text: &str, private: bool) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -686,6 +849,68 @@ fn install_with<R: BufRead, W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `manager install` as root: a hardened system unit that systemd accepts
+    /// (`systemd-analyze verify`, where systemd is installed); refusals name what is wrong.
+    #[test]
+    fn manager_install_writes_a_hardened_unit_systemd_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("net");
+        std::fs::create_dir(&net).unwrap();
+        let config = dir.path().join("config.toml");
+        let unit = dir.path().join("rayfarm-manager.service");
+        let args = |netdir: PathBuf| ManagerInstallArgs {
+            netdir: vec![netdir],
+            port: 3234,
+            bind: "0.0.0.0".into(),
+            daemon: vec!["127.0.0.5".into()],
+            config: Some(config.clone()),
+            unit_out: Some(unit.clone()),
+        };
+        let exe = std::env::current_exe().unwrap();
+        let mut out = Vec::new();
+        // No config file with the key yet.
+        let e = manager_install_with(&args(net.clone()), &mut out, &exe, true).unwrap_err();
+        assert!(format!("{e:#}").contains("farm key"), "{e:#}");
+        std::fs::write(
+            &config,
+            "version = 1\nkey = \"a test farm secret, long enough\"\n",
+        )
+        .unwrap();
+        let e = manager_install_with(&args("relative".into()), &mut out, &exe, true).unwrap_err();
+        assert!(format!("{e:#}").contains("--netdir relative"), "{e:#}");
+        assert!(!unit.exists());
+        manager_install_with(&args(net.clone()), &mut out, &exe, true).unwrap();
+        let text = std::fs::read_to_string(&unit).unwrap();
+        for want in [
+            "DynamicUser=yes",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "StateDirectory=rayfarm-manager",
+            "--db /var/lib/rayfarm-manager/manager.db",
+            "LoadCredential=rayfarm-config:",
+            "\"--netdir\" ",
+            "ReadOnlyPaths=",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        if Path::new("/usr/bin/systemd-analyze").exists() {
+            let o = std::process::Command::new("/usr/bin/systemd-analyze")
+                .arg("verify")
+                .arg(&unit)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "systemd-analyze verify: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        } else {
+            eprintln!("notice: systemd-analyze is not installed; the unit was not verified");
+        }
+    }
 
     fn defaults() -> Answers {
         Answers {

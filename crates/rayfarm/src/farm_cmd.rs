@@ -199,9 +199,31 @@ fn is_json(text: &str) -> bool {
 /// (`rayfarm daemon --manager HOST:PORT`). Open http://HOST:PORT/ for the monitor.
 ///
 /// Example:
-///   rayfarm manager --daemon 10.0.0.11 --daemon 10.0.0.12
+///   rayfarm manager --netdir /mnt/farm --daemon 10.0.0.11 --daemon 10.0.0.12
+///   sudo rayfarm manager install --netdir /mnt/farm --daemon 10.0.0.11
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
+pub struct ManagerCmd {
+    #[command(subcommand)]
+    pub action: Option<ManagerAction>,
+    #[command(flatten)]
+    pub run: ManagerArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ManagerAction {
+    Install(crate::daemon_cmd::ManagerInstallArgs),
+}
+
+/// `rayfarm manager [install]`.
+pub fn manager_cmd(c: ManagerCmd) -> Result<()> {
+    match c.action {
+        Some(ManagerAction::Install(a)) => crate::daemon_cmd::manager_install(a),
+        None => manager(c.run),
+    }
+}
+
+#[derive(Args, Debug)]
 pub struct ManagerArgs {
     /// HTTP port (API and web monitor)
     #[arg(long, default_value_t = rayfarm_farm::manager::DEFAULT_HTTP_PORT)]
