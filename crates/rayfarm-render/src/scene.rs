@@ -1,11 +1,11 @@
 //! The render-ready scene: a compiled scene plus everything derived from it once per process
 //! (BVH, light distributions, texture tables). Building it is deterministic.
 
-use crate::bsdf::{luminance, Bsdf, MIN_ALPHA};
+use crate::bsdf::{luminance, onb, Bsdf, MIN_ALPHA, SHEEN_MIN_ROUGHNESS};
 use crate::bvh::{Bvh, Hit};
 use crate::texture::Textures;
 use glam::{Vec2, Vec3A};
-use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind};
+use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind, TextureRef};
 use std::f32::consts::PI;
 
 /// A piecewise-constant 1-D distribution.
@@ -373,6 +373,11 @@ impl RenderScene {
                     &m.specular_texture,
                     &m.specular_color_texture,
                     &m.transmission_texture,
+                    &m.sheen_color_texture,
+                    &m.sheen_roughness_texture,
+                    &m.clearcoat_texture,
+                    &m.clearcoat_roughness_texture,
+                    &m.clearcoat_normal_texture,
                 ]
                 .iter()
                 .any(|t| t.is_some())
@@ -455,6 +460,46 @@ impl RenderScene {
         e
     }
 
+    /// The shading normal `ns` (interpolated, unit) perturbed by the tangent-space normal map
+    /// `nt` at the hit; unchanged when the mesh has no tangents.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn normal_mapped(
+        &self,
+        prim: usize,
+        b0: f32,
+        b1: f32,
+        b2: f32,
+        ns: Vec3A,
+        nt: &TextureRef,
+        scale: f32,
+        uvs: &[Vec2; 2],
+    ) -> Vec3A {
+        let s = &self.scene;
+        if s.tangents.is_empty() {
+            return ns;
+        }
+        let t = s.triangles[prim];
+        let [t0, t1, t2] = t.map(|i| s.tangents[i as usize]);
+        let tv = Vec3A::new(
+            t0[0] * b0 + t1[0] * b1 + t2[0] * b2,
+            t0[1] * b0 + t1[1] * b1 + t2[1] * b2,
+            t0[2] * b0 + t1[2] * b1 + t2[2] * b2,
+        );
+        let tan = (tv - ns * ns.dot(tv)).normalize_or_zero();
+        if tan == Vec3A::ZERO {
+            return ns;
+        }
+        let bit = ns.cross(tan) * if t0[3] < 0.0 { -1.0 } else { 1.0 };
+        let c = self.textures.sample(s, nt, uvs, false);
+        let local = Vec3A::new(
+            (c.x * 2.0 - 1.0) * scale,
+            (c.y * 2.0 - 1.0) * scale,
+            c.z * 2.0 - 1.0,
+        );
+        (tan * local.x + bit * local.y + ns * local.z).normalize_or(ns)
+    }
+
     /// Shading data at a hit of a ray with direction `dir`.
     pub fn surface(&self, hit: &Hit, org: Vec3A, dir: Vec3A) -> Surface {
         let s = &self.scene;
@@ -477,26 +522,10 @@ impl RenderScene {
             [Vec2::ZERO; 2]
         };
 
+        // The coat follows the interpolated normal unless it has its own normal map.
+        let ns_mesh = ns;
         if let Some(nt) = &m.normal_texture {
-            if !s.tangents.is_empty() {
-                let [t0, t1, t2] = t.map(|i| s.tangents[i as usize]);
-                let tv = Vec3A::new(
-                    t0[0] * b0 + t1[0] * b1 + t2[0] * b2,
-                    t0[1] * b0 + t1[1] * b1 + t2[1] * b2,
-                    t0[2] * b0 + t1[2] * b1 + t2[2] * b2,
-                );
-                let tan = (tv - ns * ns.dot(tv)).normalize_or_zero();
-                if tan != Vec3A::ZERO {
-                    let bit = ns.cross(tan) * if t0[3] < 0.0 { -1.0 } else { 1.0 };
-                    let c = self.textures.sample(s, nt, &uvs, false);
-                    let local = Vec3A::new(
-                        (c.x * 2.0 - 1.0) * m.normal_scale,
-                        (c.y * 2.0 - 1.0) * m.normal_scale,
-                        c.z * 2.0 - 1.0,
-                    );
-                    ns = (tan * local.x + bit * local.y + ns * local.z).normalize_or(ns);
-                }
-            }
+            ns = self.normal_mapped(prim, b0, b1, b2, ns, nt, m.normal_scale, &uvs);
         }
         if !front {
             ns = -ns;
@@ -504,6 +533,32 @@ impl RenderScene {
         if ns.dot(-dir) <= 0.0 {
             ns = ng;
         }
+        let coat_n = if m.clearcoat > 0.0 {
+            let mut n = match &m.clearcoat_normal_texture {
+                Some(nt) => self.normal_mapped(
+                    prim,
+                    b0,
+                    b1,
+                    b2,
+                    ns_mesh,
+                    nt,
+                    m.clearcoat_normal_scale,
+                    &uvs,
+                ),
+                None => ns_mesh,
+            };
+            if !front {
+                n = -n;
+            }
+            if n.dot(-dir) <= 0.0 {
+                n = ns;
+            }
+            // In the local frame the integrator builds around `ns`.
+            let (tx, ty) = onb(ns);
+            Vec3A::new(n.dot(tx), n.dot(ty), n.dot(ns)).normalize_or(Vec3A::Z)
+        } else {
+            Vec3A::Z
+        };
 
         let mut base = Vec3A::new(m.base_color[0], m.base_color[1], m.base_color[2]);
         if let Some(tr) = &m.base_color_texture {
@@ -532,14 +587,41 @@ impl RenderScene {
         let r0 = ((m.ior - 1.0) / (m.ior + 1.0)).powi(2);
         let f0 = (spec_color * r0).min(Vec3A::ONE) * specular;
         let roughness = roughness.clamp(0.0, 1.0);
-        let bsdf = Bsdf {
-            base: base.clamp(Vec3A::ZERO, Vec3A::ONE),
-            metallic: metallic.clamp(0.0, 1.0),
-            alpha: (roughness * roughness).max(MIN_ALPHA),
-            f0_dielectric: f0,
-            f90_dielectric: specular.clamp(0.0, 1.0),
-            transmission: transmission.clamp(0.0, 1.0),
-        };
+        let mut bsdf = Bsdf::base(
+            base.clamp(Vec3A::ZERO, Vec3A::ONE),
+            metallic.clamp(0.0, 1.0),
+            (roughness * roughness).max(MIN_ALPHA),
+            f0,
+            specular.clamp(0.0, 1.0),
+            transmission.clamp(0.0, 1.0),
+        );
+        if m.has_sheen() {
+            let mut color = Vec3A::from(m.sheen_color);
+            if let Some(tr) = &m.sheen_color_texture {
+                let c = self.textures.sample(s, tr, &uvs, true);
+                color *= Vec3A::new(c.x, c.y, c.z);
+            }
+            let mut r = m.sheen_roughness;
+            if let Some(tr) = &m.sheen_roughness_texture {
+                r *= self.textures.sample(s, tr, &uvs, false).w;
+            }
+            bsdf.sheen_color = color.clamp(Vec3A::ZERO, Vec3A::ONE);
+            bsdf.sheen_roughness = r.clamp(SHEEN_MIN_ROUGHNESS, 1.0);
+        }
+        if m.has_clearcoat() {
+            let mut c = m.clearcoat;
+            if let Some(tr) = &m.clearcoat_texture {
+                c *= self.textures.sample(s, tr, &uvs, false).x;
+            }
+            let mut r = m.clearcoat_roughness;
+            if let Some(tr) = &m.clearcoat_roughness_texture {
+                r *= self.textures.sample(s, tr, &uvs, false).y;
+            }
+            let r = r.clamp(0.0, 1.0);
+            bsdf.clearcoat = c.clamp(0.0, 1.0);
+            bsdf.clearcoat_alpha = (r * r).max(MIN_ALPHA);
+            bsdf.clearcoat_normal = coat_n;
+        }
         let emission = if m.is_emissive() {
             self.emission(hit.prim, b1, b2, front)
         } else {

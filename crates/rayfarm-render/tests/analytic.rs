@@ -49,14 +49,14 @@ fn furnace_white_diffuse_sphere_is_one() {
 /// Directional albedo of the white-metal GGX lobe for a viewing cosine, by quadrature of the
 /// same BSDF the renderer uses (an independent midpoint rule over the hemisphere).
 fn ggx_albedo(roughness: f32, mu: f32) -> f64 {
-    let b = rayfarm_render::bsdf::Bsdf {
-        base: glam::Vec3A::ONE,
-        metallic: 1.0,
-        alpha: (roughness * roughness).max(rayfarm_render::bsdf::MIN_ALPHA),
-        f0_dielectric: glam::Vec3A::splat(0.04),
-        f90_dielectric: 1.0,
-        transmission: 0.0,
-    };
+    let b = rayfarm_render::bsdf::Bsdf::base(
+        glam::Vec3A::ONE,
+        1.0,
+        (roughness * roughness).max(rayfarm_render::bsdf::MIN_ALPHA),
+        glam::Vec3A::splat(0.04),
+        1.0,
+        0.0,
+    );
     let wo = glam::Vec3A::new((1.0 - mu * mu).max(0.0).sqrt(), 0.0, mu);
     // Midpoint rule over half vectors, spaced by the inverse CDF of D(h) cos(theta_h) so the
     // grid follows the lobe however sharp it is: tan^2(theta_h) = alpha^2 u / (1 - u).
@@ -139,6 +139,62 @@ fn furnace_ggx_metal_spheres() {
                 "smooth metal should conserve energy: {got}"
             );
         }
+    }
+}
+
+/// Mean over the pixels that see the sphere of `furnace_scene` (away from the silhouette).
+fn sphere_mean(img: &[[f32; 3]], settings: &RenderSettings) -> f64 {
+    let (w, h) = (settings.width as usize, settings.height as usize);
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for y in 0..h {
+        for x in 0..w {
+            let sx = (2.0 * (x as f32 + 0.5) / w as f32 - 1.0) * 0.9;
+            let sy = (1.0 - 2.0 * (y as f32 + 0.5) / h as f32) * 0.9;
+            if sx * sx + sy * sy <= 0.8 {
+                sum += img[y * w + x].iter().map(|&c| c as f64).sum::<f64>() / 3.0;
+                n += 1;
+            }
+        }
+    }
+    sum / n as f64
+}
+
+/// White furnace for the layered materials: a white sheen (KHR_materials_sheen) or a white
+/// clearcoat (KHR_materials_clearcoat) over a white Lambertian base, in a uniform white
+/// environment. The albedo scaling and the Fresnel-weighted coat must not create energy: the
+/// sphere's mean stays at most 1 (plus noise), and not far below it (the single-scattering
+/// sheen and coat lobes lose a little at grazing angles).
+#[test]
+fn furnace_sheen_and_clearcoat_do_not_gain_energy() {
+    let white = Material {
+        base_color: [1.0; 4],
+        metallic: 0.0,
+        roughness: 1.0,
+        specular: 0.0,
+        ..Default::default()
+    };
+    let cases = [
+        ("sheen r=0.07", [1.0, 0.07, 0.0, 0.0]),
+        ("sheen r=0.5", [1.0, 0.5, 0.0, 0.0]),
+        ("sheen r=1", [1.0, 1.0, 0.0, 0.0]),
+        ("clearcoat r=0.05", [0.0, 0.0, 1.0, 0.05]),
+        ("clearcoat r=0.5", [0.0, 0.0, 1.0, 0.5]),
+        ("sheen r=0.5 + clearcoat r=0.3", [1.0, 0.5, 1.0, 0.3]),
+    ];
+    for (name, [sheen, sheen_r, coat, coat_r]) in cases {
+        let m = Material {
+            sheen_color: [sheen; 3],
+            sheen_roughness: sheen_r,
+            clearcoat: coat,
+            clearcoat_roughness: coat_r,
+            ..white.clone()
+        };
+        let settings = furnace_settings(64);
+        let img = quick(furnace_scene(m), &settings);
+        let got = sphere_mean(&img, &settings);
+        eprintln!("furnace {name}: sphere mean {got:.4}");
+        assert!(got <= 1.01, "{name} gains energy: {got}");
+        assert!(got >= 0.9, "{name} loses too much: {got}");
     }
 }
 

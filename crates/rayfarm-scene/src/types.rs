@@ -99,6 +99,26 @@ pub struct Material {
     pub transmission_texture: Option<TextureRef>,
     /// Index of refraction (KHR_materials_ior, 1.5 when absent).
     pub ior: f32,
+    /// KHR_materials_sheen `sheenColorFactor` (linear; black, i.e. no sheen, when absent).
+    pub sheen_color: [f32; 3],
+    /// Sheen colour in RGB (sRGB-encoded).
+    pub sheen_color_texture: Option<TextureRef>,
+    /// KHR_materials_sheen `sheenRoughnessFactor` (0 when absent).
+    pub sheen_roughness: f32,
+    /// Sheen roughness in the alpha channel.
+    pub sheen_roughness_texture: Option<TextureRef>,
+    /// KHR_materials_clearcoat `clearcoatFactor` (0, no coat, when absent).
+    pub clearcoat: f32,
+    /// Clearcoat strength in the red channel.
+    pub clearcoat_texture: Option<TextureRef>,
+    /// KHR_materials_clearcoat `clearcoatRoughnessFactor` (0 when absent).
+    pub clearcoat_roughness: f32,
+    /// Clearcoat roughness in the green channel.
+    pub clearcoat_roughness_texture: Option<TextureRef>,
+    /// The coat's own normal map; without it the coat follows the mesh normal, not the base's
+    /// normal map (as the extension says).
+    pub clearcoat_normal_texture: Option<TextureRef>,
+    pub clearcoat_normal_scale: f32,
     pub alpha_mode: AlphaMode,
     pub alpha_cutoff: f32,
     pub double_sided: bool,
@@ -124,6 +144,16 @@ impl Default for Material {
             transmission: 0.0,
             transmission_texture: None,
             ior: 1.5,
+            sheen_color: [0.0; 3],
+            sheen_color_texture: None,
+            sheen_roughness: 0.0,
+            sheen_roughness_texture: None,
+            clearcoat: 0.0,
+            clearcoat_texture: None,
+            clearcoat_roughness: 0.0,
+            clearcoat_roughness_texture: None,
+            clearcoat_normal_texture: None,
+            clearcoat_normal_scale: 1.0,
             alpha_mode: AlphaMode::Opaque,
             alpha_cutoff: 0.5,
             double_sided: false,
@@ -135,6 +165,16 @@ impl Material {
     /// Whether any part of this material emits light.
     pub fn is_emissive(&self) -> bool {
         self.emissive.iter().any(|&c| c > 0.0)
+    }
+
+    /// Whether the material has a KHR_materials_sheen layer.
+    pub fn has_sheen(&self) -> bool {
+        self.sheen_color.iter().any(|&c| c > 0.0)
+    }
+
+    /// Whether the material has a KHR_materials_clearcoat layer.
+    pub fn has_clearcoat(&self) -> bool {
+        self.clearcoat > 0.0
     }
 }
 
