@@ -64,6 +64,26 @@ impl Distribution1D {
     }
 }
 
+/// Bilinear lookup in an equirectangular map at `(u, v)` in `[0, 1]²`: texel centres sit at
+/// `(x + 0.5) / width`; it wraps around in `u` (longitude) and clamps in `v` (at the poles).
+#[inline]
+fn bilinear(texels: &[Vec3A], width: usize, height: usize, u: f32, v: f32) -> Vec3A {
+    let x = u * width as f32 - 0.5;
+    let y = (v * height as f32 - 0.5).clamp(0.0, (height - 1) as f32);
+    if !x.is_finite() || !y.is_finite() {
+        return texels[0];
+    }
+    let x0 = x.floor();
+    let fx = x - x0;
+    let x0 = (x0 as i64).rem_euclid(width as i64) as usize;
+    let x1 = (x0 + 1) % width;
+    let y0 = y as usize;
+    let y1 = (y0 + 1).min(height - 1);
+    let fy = y - y0 as f32;
+    let row = |yy: usize| texels[yy * width + x0].lerp(texels[yy * width + x1], fx);
+    row(y0).lerp(row(y1), fy)
+}
+
 /// An environment prepared for lookups and importance sampling.
 pub enum EnvLight {
     Black,
@@ -151,9 +171,7 @@ impl EnvLight {
                 ..
             } => {
                 let (u, v) = Self::dir_to_uv(d);
-                let x = ((u * *width as f32) as usize).min(width - 1);
-                let y = ((v * *height as f32) as usize).min(height - 1);
-                texels[y * width + x]
+                bilinear(texels, *width, *height, u, v)
             }
         }
     }
@@ -215,7 +233,14 @@ impl EnvLight {
                     return None;
                 }
                 let pdf = py * px * (*width * *height) as f32 / (2.0 * PI * PI * sin_t);
-                Some((Self::uv_to_dir(u, v), texels[y * width + x], pdf))
+                // The radiance is filtered exactly as `radiance` filters it, so light samples and
+                // BSDF samples that reach the environment see the same function (MIS stays
+                // unbiased; the density stays piecewise constant per texel).
+                Some((
+                    Self::uv_to_dir(u, v),
+                    bilinear(texels, *width, *height, u, v),
+                    pdf,
+                ))
             }
         }
     }
@@ -765,6 +790,66 @@ impl RenderScene {
                     delta: false,
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_2x2() -> EnvLight {
+        EnvLight::new(&Environment::Map {
+            width: 2,
+            height: 2,
+            texels: vec![
+                [1.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0],
+                [0.0, 0.0, 1.0],
+                [1.0, 1.0, 1.0],
+            ],
+        })
+    }
+
+    fn close(a: Vec3A, b: [f32; 3]) -> bool {
+        (a - Vec3A::from(b)).abs().max_element() < 1e-4
+    }
+
+    /// A 2x2 environment is interpolated bilinearly between texel centres (it used to be
+    /// looked up at the nearest texel), wrapping around in longitude and clamping at the poles.
+    #[test]
+    fn environment_map_is_bilinear() {
+        let env = map_2x2();
+        let at = |u: f32, v: f32| env.radiance(EnvLight::uv_to_dir(u, v));
+        // Texel centres give the texels.
+        assert!(close(at(0.25, 0.25), [1.0, 0.0, 0.0]), "{}", at(0.25, 0.25));
+        assert!(close(at(0.75, 0.75), [1.0, 1.0, 1.0]));
+        // Halfway between all four: their mean.
+        assert!(close(at(0.5, 0.5), [0.5, 0.5, 0.5]), "{}", at(0.5, 0.5));
+        // A quarter of the way from the first texel to the second, in the top row.
+        assert!(
+            close(at(0.375, 0.25), [0.75, 0.25, 0.0]),
+            "{}",
+            at(0.375, 0.25)
+        );
+        // Across the seam at u = 0: halfway between the last and first texels of the row.
+        assert!(
+            close(at(0.999_99, 0.25), [0.5, 0.5, 0.0]),
+            "{}",
+            at(0.999_99, 0.25)
+        );
+        // Above the top row's centres the top row holds.
+        assert!(close(at(0.25, 0.05), [1.0, 0.0, 0.0]));
+        // Light samples carry the same filtered radiance as a lookup in their direction.
+        for i in 0..16 {
+            let (u1, u2) = ((i as f32 + 0.5) / 16.0, ((i * 7 % 16) as f32 + 0.5) / 16.0);
+            let (d, l, pdf) = env.sample(u1, u2).unwrap();
+            assert!(pdf > 0.0);
+            assert!(
+                (l - env.radiance(d)).abs().max_element() < 1e-3,
+                "{l} vs {}",
+                env.radiance(d)
+            );
         }
     }
 }
