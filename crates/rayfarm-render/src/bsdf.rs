@@ -19,6 +19,9 @@
 //!   where `f_coat` is a GGX lobe with its own roughness and normal `n_c`, and `F_c` is Schlick's
 //!   Fresnel with `f0 = 0.04`, `f90 = 1` (a coat of IOR 1.5).
 //!
+//! KHR_materials_volume turns the transmission lobe into refraction at a smooth interface
+//! (`refract_eta`), with total internal reflection; absorption inside is the integrator's.
+//!
 //! Every lobe can be sampled (coat: VNDF in the coat's frame, sheen: cosine-weighted), and
 //! `eval` returns the one-sample-MIS density of all of them, so sampling stays unbiased.
 //!
@@ -58,6 +61,9 @@ pub struct Bsdf {
     pub clearcoat_alpha: f32,
     /// The coat's normal in the local shading frame (`Vec3A::Z` when it is the shading normal).
     pub clearcoat_normal: Vec3A,
+    /// KHR_materials_volume: the ratio of refractive indices `n_outgoing_side / n_other_side`
+    /// for transmission that refracts into (or out of) a closed volume; 0 for thin glass.
+    pub refract_eta: f32,
 }
 
 impl Bsdf {
@@ -82,6 +88,7 @@ impl Bsdf {
             clearcoat: 0.0,
             clearcoat_alpha: 1.0,
             clearcoat_normal: Vec3A::Z,
+            refract_eta: 0.0,
         }
     }
 }
@@ -476,12 +483,36 @@ impl Bsdf {
         }
         let pt = probs.trans;
         if u_lobe < pt {
-            // Thin-glass transmission: straight through, a delta lobe.
-            let t = (Vec3A::ONE - self.fresnel_dielectric(wo.z))
-                * self.base
+            let share = self.base
                 * ((1.0 - self.metallic) * self.transmission * self.straight_layers(wo.z));
+            let eta = self.refract_eta;
+            if eta <= 0.0 {
+                // Thin-glass transmission: straight through, a delta lobe.
+                let t = (Vec3A::ONE - self.fresnel_dielectric(wo.z)) * share;
+                return Some(BsdfSample {
+                    wi: -wo,
+                    weight: t / pt,
+                    pdf: pt,
+                    delta: true,
+                });
+            }
+            // Refraction into or out of a volume (a smooth interface: Snell's law, a delta
+            // lobe). Beyond the critical angle the transmitted share is totally reflected.
+            let sin2_t = eta * eta * (1.0 - wo.z * wo.z).max(0.0);
+            if sin2_t >= 1.0 {
+                return Some(BsdfSample {
+                    wi: Vec3A::new(-wo.x, -wo.y, wo.z),
+                    weight: share / pt,
+                    pdf: pt,
+                    delta: true,
+                });
+            }
+            let cos_t = (1.0 - sin2_t).sqrt();
+            // Schlick's approximation wants the cosine on the optically thinner side.
+            let cos_f = if eta > 1.0 { cos_t } else { wo.z };
+            let t = (Vec3A::ONE - self.fresnel_dielectric(cos_f)) * share;
             return Some(BsdfSample {
-                wi: -wo,
+                wi: Vec3A::new(-eta * wo.x, -eta * wo.y, -cos_t),
                 weight: t / pt,
                 pdf: pt,
                 delta: true,
@@ -524,6 +555,11 @@ impl Bsdf {
     /// What fraction of light passes straight through (for shadow rays through thin glass).
     #[inline]
     pub fn straight_transmittance(&self, cos: f32) -> Vec3A {
+        // A refracting surface bends light: nothing passes straight through. Light reaches
+        // what lies behind it along paths continued through the refraction lobe instead.
+        if self.refract_eta > 0.0 {
+            return Vec3A::ZERO;
+        }
         let cos = cos.abs();
         let k = if self.transmission > 0.0 {
             self.straight_layers(cos)

@@ -318,6 +318,9 @@ pub struct RenderScene {
     pub material_textured: Vec<bool>,
     /// Whether any material lets shadow rays through (blend alpha or transmission).
     pub has_translucency: bool,
+    /// Beer-Lambert absorption coefficient inside each material's volume (KHR_materials_volume);
+    /// zero for materials without one.
+    pub absorption: Vec<Vec3A>,
     pub center: Vec3A,
     pub radius: f32,
 }
@@ -408,7 +411,19 @@ impl RenderScene {
                 .any(|t| t.is_some())
             })
             .collect();
+        let absorption = scene
+            .materials
+            .iter()
+            .map(|m| {
+                if m.has_volume() {
+                    Vec3A::from(m.absorption())
+                } else {
+                    Vec3A::ZERO
+                }
+            })
+            .collect();
         RenderScene {
+            absorption,
             any_alpha_tested: alpha_tested.iter().any(|&a| a),
             material_textured,
             bvh,
@@ -632,6 +647,10 @@ impl RenderScene {
             }
             bsdf.sheen_color = color.clamp(Vec3A::ZERO, Vec3A::ONE);
             bsdf.sheen_roughness = r.clamp(SHEEN_MIN_ROUGHNESS, 1.0);
+        }
+        if m.has_volume() {
+            let ior = m.ior.max(1.0);
+            bsdf.refract_eta = if front { 1.0 / ior } else { ior };
         }
         if m.has_clearcoat() {
             let mut c = m.clearcoat;

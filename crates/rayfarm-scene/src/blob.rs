@@ -32,8 +32,8 @@ use std::io::Read;
 /// First eight bytes of every blob.
 pub const BLOB_MAGIC: [u8; 8] = *b"RFSCENE\0";
 /// The body layout version this code writes and reads. Version 2 added the sheen and clearcoat
-/// fields of [`Material`].
-pub const BLOB_VERSION: u32 = 2;
+/// fields of [`Material`], version 3 its volume fields.
+pub const BLOB_VERSION: u32 = 3;
 /// Largest uncompressed body [`decode`] accepts (4 GiB).
 pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
 /// Size of the fixed header that precedes the compressed body.
@@ -171,6 +171,15 @@ impl CompiledScene {
                 "clearcoat_normal_scale",
                 &[m.clearcoat_normal_scale],
             )?;
+            finite_field("materials", i, "thickness", &[m.thickness])?;
+            finite_field("materials", i, "attenuation_color", &m.attenuation_color)?;
+            // Infinite means no absorption; NaN, zero and negative distances are errors.
+            if m.attenuation_distance.is_nan() || m.attenuation_distance <= 0.0 {
+                return Err(format!(
+                    "materials[{i}].attenuation_distance must be positive ({})",
+                    m.attenuation_distance
+                ));
+            }
             finite_field("materials", i, "alpha_cutoff", &[m.alpha_cutoff])?;
             let slots = [
                 ("base_color_texture", &m.base_color_texture),
@@ -446,6 +455,9 @@ fn write_material(w: &mut W, m: &Material) {
     w.tex_ref(&m.clearcoat_roughness_texture);
     w.tex_ref(&m.clearcoat_normal_texture);
     w.f32(m.clearcoat_normal_scale);
+    w.f32(m.thickness);
+    w.f32s(&m.attenuation_color);
+    w.f32(m.attenuation_distance);
     w.u8(match m.alpha_mode {
         AlphaMode::Opaque => 0,
         AlphaMode::Mask => 1,
@@ -767,6 +779,8 @@ const MESH_MIN: usize = 8 + 4 + 4 + 1 + 1;
 const MATERIAL_MIN: usize = 8 + 16 + 1 + 4 + 4 + 1 + 1 + 4 + 12 + 1 + 4 + 1 + 12 + 1 + 4 + 1 + 4
     // sheen and clearcoat (version 2)
     + 12 + 1 + 4 + 1 + 4 + 1 + 4 + 1 + 1 + 4
+    // volume (version 3)
+    + 4 + 12 + 4
     + 1 + 4 + 1;
 const TEXTURE_LEN: usize = 4 + 1 + 1 + 1;
 const IMAGE_MIN: usize = 8 + 4 + 4 + 8;
@@ -994,6 +1008,9 @@ fn read_material(r: &mut Reader) -> Result<Material, SceneError> {
         clearcoat_roughness_texture: r.tex_ref("clearcoat_roughness_texture")?,
         clearcoat_normal_texture: r.tex_ref("clearcoat_normal_texture")?,
         clearcoat_normal_scale: r.f32("clearcoat_normal_scale")?,
+        thickness: r.f32("thickness")?,
+        attenuation_color: r.f32s("attenuation_color")?,
+        attenuation_distance: r.f32("attenuation_distance")?,
         alpha_mode: match r.tag("alpha_mode", 3)? {
             0 => AlphaMode::Opaque,
             1 => AlphaMode::Mask,
@@ -1173,6 +1190,9 @@ mod tests {
             clearcoat_roughness_texture: tex(0, 0),
             clearcoat_normal_texture: tex(1, 0),
             clearcoat_normal_scale: 0.8,
+            thickness: 0.25,
+            attenuation_color: [0.9, 0.5, 0.1],
+            attenuation_distance: 2.0,
             alpha_mode: AlphaMode::Mask,
             alpha_cutoff: 0.3,
             double_sided: true,
@@ -1577,7 +1597,7 @@ mod tests {
         let msg = blob_err_msg(decode(&blob));
         assert_eq!(
             msg,
-            "compiled scene format version 7 is not supported (this rayfarm reads version 2)"
+            "compiled scene format version 7 is not supported (this rayfarm reads version 3)"
         );
         assert!(content_hash(&blob).is_err());
 

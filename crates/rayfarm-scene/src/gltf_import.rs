@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 mod animation;
 
-/// Extensions rayfarm understands (fully or, for transmission, as thin glass). Sheen and
-/// clearcoat are not parsed by the gltf crate (1.4); `layer_extensions` reads them from the
-/// material's JSON.
+/// Extensions rayfarm understands (fully or, for transmission without a volume, as thin glass).
+/// Sheen, clearcoat and volume are read from the material's JSON by `layer_extensions` (the
+/// gltf crate 1.4 does not parse the first two, and we keep all three in one place).
 const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_lights_punctual",
     "KHR_materials_emissive_strength",
@@ -29,6 +29,7 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_materials_unlit",
     "KHR_materials_sheen",
     "KHR_materials_clearcoat",
+    "KHR_materials_volume",
 ];
 
 /// Upper bound on the elements of one accessor; far above any real scene, low enough that a
@@ -907,7 +908,8 @@ impl<'a> Builder<'a> {
         Ok(out)
     }
 
-    /// Reads KHR_materials_sheen and KHR_materials_clearcoat from material `index`'s JSON.
+    /// Reads KHR_materials_sheen, KHR_materials_clearcoat and KHR_materials_volume from material
+    /// `index`'s JSON.
     /// Values outside their range in the specification are errors naming the material and field.
     fn layer_extensions(&mut self, index: usize, out: &mut Material) -> Result<(), SceneError> {
         let Some(ext) = self
@@ -977,6 +979,40 @@ impl<'a> Builder<'a> {
                         self.err(format!(
                             "{} must be a number, not {v}",
                             at("clearcoatNormalTexture.scale")
+                        ))
+                    })?;
+            }
+        }
+        if let Some(vol) = ext.get("KHR_materials_volume") {
+            let at =
+                |field: &str| format!("material {index} ('{name}') KHR_materials_volume.{field}");
+            if let Some(v) = vol.get("thicknessFactor") {
+                out.thickness = finite_floats::<1>(v)
+                    .map(|[x]| x)
+                    .filter(|x| *x >= 0.0)
+                    .ok_or_else(|| {
+                        self.err(format!(
+                            "{} must be a number of at least 0, not {v}",
+                            at("thicknessFactor")
+                        ))
+                    })?;
+            }
+            if let Some(v) = vol.get("attenuationColor") {
+                out.attenuation_color = unit_floats::<3>(v).ok_or_else(|| {
+                    self.err(format!(
+                        "{} must be 3 numbers in [0, 1], not {v}",
+                        at("attenuationColor")
+                    ))
+                })?;
+            }
+            if let Some(v) = vol.get("attenuationDistance") {
+                out.attenuation_distance = finite_floats::<1>(v)
+                    .map(|[x]| x)
+                    .filter(|x| *x > 0.0)
+                    .ok_or_else(|| {
+                        self.err(format!(
+                            "{} must be a positive number, not {v}",
+                            at("attenuationDistance")
                         ))
                     })?;
             }

@@ -119,6 +119,16 @@ pub struct Material {
     /// normal map (as the extension says).
     pub clearcoat_normal_texture: Option<TextureRef>,
     pub clearcoat_normal_scale: f32,
+    /// KHR_materials_volume `thicknessFactor`: 0 (also when absent) means thin-walled, so
+    /// transmission is thin glass; above 0 the mesh is a closed volume and transmission
+    /// refracts. The path tracer measures the real distance inside, so the thickness texture
+    /// (a rasteriser's hint) is not kept.
+    pub thickness: f32,
+    /// KHR_materials_volume `attenuationColor` (linear, white when absent).
+    pub attenuation_color: [f32; 3],
+    /// KHR_materials_volume `attenuationDistance` in scene units; infinite (no absorption)
+    /// when absent.
+    pub attenuation_distance: f32,
     pub alpha_mode: AlphaMode,
     pub alpha_cutoff: f32,
     pub double_sided: bool,
@@ -154,6 +164,9 @@ impl Default for Material {
             clearcoat_roughness_texture: None,
             clearcoat_normal_texture: None,
             clearcoat_normal_scale: 1.0,
+            thickness: 0.0,
+            attenuation_color: [1.0; 3],
+            attenuation_distance: f32::INFINITY,
             alpha_mode: AlphaMode::Opaque,
             alpha_cutoff: 0.5,
             double_sided: false,
@@ -170,6 +183,23 @@ impl Material {
     /// Whether the material has a KHR_materials_sheen layer.
     pub fn has_sheen(&self) -> bool {
         self.sheen_color.iter().any(|&c| c > 0.0)
+    }
+
+    /// Whether transmission refracts into a closed volume (KHR_materials_volume with a thickness).
+    pub fn has_volume(&self) -> bool {
+        self.thickness > 0.0 && self.transmission > 0.0
+    }
+
+    /// Beer-Lambert absorption coefficient per scene unit inside the volume:
+    /// `-ln(attenuationColor) / attenuationDistance` (zero without absorption).
+    pub fn absorption(&self) -> [f32; 3] {
+        self.attenuation_color.map(|c| {
+            if self.attenuation_distance.is_finite() && c < 1.0 {
+                -c.max(1e-30).ln() / self.attenuation_distance
+            } else {
+                0.0
+            }
+        })
     }
 
     /// Whether the material has a KHR_materials_clearcoat layer.

@@ -28,7 +28,8 @@ fn gltf(extensions: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(bin);
     format!(
         r#"{{"asset":{{"version":"2.0"}},
-        "extensionsUsed":["KHR_materials_sheen","KHR_materials_clearcoat","KHR_texture_transform"],
+        "extensionsUsed":["KHR_materials_sheen","KHR_materials_clearcoat","KHR_texture_transform",
+                          "KHR_materials_volume","KHR_materials_transmission"],
         "nodes":[{{"mesh":0}}],
         "meshes":[{{"primitives":[{{"attributes":{{"POSITION":0,"TEXCOORD_0":1}},"material":0}}]}}],
         "materials":[{{"name":"fabric","pbrMetallicRoughness":{{"metallicFactor":0}},
@@ -92,6 +93,36 @@ fn sheen_chair_like_material_imports() {
     assert_eq!(rayfarm_scene::blob::decode(&blob).unwrap(), scene);
 }
 
+/// KHR_materials_volume: thickness switches transmission from thin glass to a volume, and the
+/// attenuation gives the Beer-Lambert coefficient.
+#[test]
+fn volume_imports() {
+    let (scene, warnings) = load(&gltf(
+        r#"{"KHR_materials_transmission":{"transmissionFactor":1},
+            "KHR_materials_volume":{"thicknessFactor":0.2,"thicknessTexture":{"index":0},
+             "attenuationColor":[0.5,1,0.25],"attenuationDistance":2}}"#,
+    ))
+    .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let m = &scene.materials[0];
+    assert!(m.has_volume());
+    assert_eq!(m.thickness, 0.2);
+    assert_eq!(m.attenuation_distance, 2.0);
+    let a = m.absorption();
+    assert!(
+        (a[0] - 0.5f32.ln().abs() / 2.0).abs() < 1e-6 && a[1] == 0.0,
+        "{a:?}"
+    );
+    // Thin-walled without a thickness; no absorption without a distance.
+    let (scene, _) = load(&gltf(
+        r#"{"KHR_materials_transmission":{"transmissionFactor":1},
+            "KHR_materials_volume":{"attenuationColor":[0.5,0.5,0.5]}}"#,
+    ))
+    .unwrap();
+    assert!(!scene.materials[0].has_volume());
+    assert_eq!(scene.materials[0].absorption(), [0.0; 3]);
+}
+
 #[test]
 fn absent_layers_are_off() {
     let (scene, _) = load(&gltf("{}")).unwrap();
@@ -126,6 +157,18 @@ fn bad_layer_values_name_file_material_and_field() {
             r#"{"KHR_materials_sheen":{"sheenColorTexture":{"index":0,
                 "extensions":{"KHR_texture_transform":{"offset":[1]}}}}}"#,
             "sheenColorTexture: KHR_texture_transform has a malformed field",
+        ),
+        (
+            r#"{"KHR_materials_volume":{"thicknessFactor":-1}}"#,
+            "KHR_materials_volume.thicknessFactor must be a number of at least 0, not -1",
+        ),
+        (
+            r#"{"KHR_materials_volume":{"attenuationDistance":0}}"#,
+            "KHR_materials_volume.attenuationDistance must be a positive number, not 0",
+        ),
+        (
+            r#"{"KHR_materials_volume":{"attenuationColor":[1,1]}}"#,
+            "KHR_materials_volume.attenuationColor must be 3 numbers in [0, 1]",
         ),
     ];
     for (ext, want) in cases {
