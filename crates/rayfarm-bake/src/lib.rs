@@ -256,14 +256,7 @@ pub fn plan(
 }
 
 /// A white Lambertian BSDF: `f = 1/π`, all of it diffuse.
-const WHITE_LAMBERT: Bsdf = Bsdf {
-    base: Vec3A::ONE,
-    metallic: 0.0,
-    alpha: 1.0,
-    f0_dielectric: Vec3A::ZERO,
-    f90_dielectric: 0.0,
-    transmission: 0.0,
-};
+const WHITE_LAMBERT: Bsdf = Bsdf::base(Vec3A::ONE, 0.0, 1.0, Vec3A::ZERO, 0.0, 0.0);
 
 /// One sample of `settings.pass` at a texel's surface point.
 fn sample_texel(

@@ -197,6 +197,10 @@ impl RenderScene {
         let mut beta = Vec3A::ONE;
         let mut prev_pdf = 0.0f32;
         let mut prev_delta = true;
+        // Absorption coefficient of the volume the path is in (KHR_materials_volume), if any.
+        // One level: entering a volume from its front sets it, leaving through a back face
+        // clears it (volumes are closed meshes with outward faces, as the extension requires).
+        let mut medium: Option<Vec3A> = None;
         let max_vertices = max_bounces.saturating_add(1);
         let mut depth = 0u32;
         loop {
@@ -223,6 +227,10 @@ impl RenderScene {
                     }
                     break;
                 };
+                if let Some(sigma) = medium {
+                    // Beer-Lambert over the distance travelled inside.
+                    beta *= (-sigma * hit.t).exp();
+                }
                 (self.surface(&hit, org, dir), Some(hit))
             };
             if surf.emission != Vec3A::ZERO {
@@ -271,6 +279,13 @@ impl RenderScene {
             // Reflection must leave on the lit side of the geometry, transmission on the other.
             if (bs.wi.z > 0.0) != (side > 0.0) {
                 break;
+            }
+            if bs.delta && bs.wi.z < 0.0 && surf.bsdf.refract_eta > 0.0 {
+                medium = if surf.front {
+                    Some(self.absorption[surf.material as usize]).filter(|s| s.max_element() > 0.0)
+                } else {
+                    None
+                };
             }
             beta *= bs.weight;
             prev_pdf = bs.pdf;

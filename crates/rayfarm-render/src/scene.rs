@@ -1,11 +1,11 @@
 //! The render-ready scene: a compiled scene plus everything derived from it once per process
 //! (BVH, light distributions, texture tables). Building it is deterministic.
 
-use crate::bsdf::{luminance, Bsdf, MIN_ALPHA};
+use crate::bsdf::{luminance, onb, Bsdf, MIN_ALPHA, SHEEN_MIN_ROUGHNESS};
 use crate::bvh::{Bvh, Hit};
 use crate::texture::Textures;
 use glam::{Vec2, Vec3A};
-use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind};
+use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind, TextureRef};
 use std::f32::consts::PI;
 
 /// A piecewise-constant 1-D distribution.
@@ -62,6 +62,26 @@ impl Distribution1D {
             self.func[i].max(0.0) / self.total
         }
     }
+}
+
+/// Bilinear lookup in an equirectangular map at `(u, v)` in `[0, 1]²`: texel centres sit at
+/// `(x + 0.5) / width`; it wraps around in `u` (longitude) and clamps in `v` (at the poles).
+#[inline]
+fn bilinear(texels: &[Vec3A], width: usize, height: usize, u: f32, v: f32) -> Vec3A {
+    let x = u * width as f32 - 0.5;
+    let y = (v * height as f32 - 0.5).clamp(0.0, (height - 1) as f32);
+    if !x.is_finite() || !y.is_finite() {
+        return texels[0];
+    }
+    let x0 = x.floor();
+    let fx = x - x0;
+    let x0 = (x0 as i64).rem_euclid(width as i64) as usize;
+    let x1 = (x0 + 1) % width;
+    let y0 = y as usize;
+    let y1 = (y0 + 1).min(height - 1);
+    let fy = y - y0 as f32;
+    let row = |yy: usize| texels[yy * width + x0].lerp(texels[yy * width + x1], fx);
+    row(y0).lerp(row(y1), fy)
 }
 
 /// An environment prepared for lookups and importance sampling.
@@ -151,9 +171,7 @@ impl EnvLight {
                 ..
             } => {
                 let (u, v) = Self::dir_to_uv(d);
-                let x = ((u * *width as f32) as usize).min(width - 1);
-                let y = ((v * *height as f32) as usize).min(height - 1);
-                texels[y * width + x]
+                bilinear(texels, *width, *height, u, v)
             }
         }
     }
@@ -215,7 +233,14 @@ impl EnvLight {
                     return None;
                 }
                 let pdf = py * px * (*width * *height) as f32 / (2.0 * PI * PI * sin_t);
-                Some((Self::uv_to_dir(u, v), texels[y * width + x], pdf))
+                // The radiance is filtered exactly as `radiance` filters it, so light samples and
+                // BSDF samples that reach the environment see the same function (MIS stays
+                // unbiased; the density stays piecewise constant per texel).
+                Some((
+                    Self::uv_to_dir(u, v),
+                    bilinear(texels, *width, *height, u, v),
+                    pdf,
+                ))
             }
         }
     }
@@ -293,6 +318,9 @@ pub struct RenderScene {
     pub material_textured: Vec<bool>,
     /// Whether any material lets shadow rays through (blend alpha or transmission).
     pub has_translucency: bool,
+    /// Beer-Lambert absorption coefficient inside each material's volume (KHR_materials_volume);
+    /// zero for materials without one.
+    pub absorption: Vec<Vec3A>,
     pub center: Vec3A,
     pub radius: f32,
 }
@@ -373,12 +401,29 @@ impl RenderScene {
                     &m.specular_texture,
                     &m.specular_color_texture,
                     &m.transmission_texture,
+                    &m.sheen_color_texture,
+                    &m.sheen_roughness_texture,
+                    &m.clearcoat_texture,
+                    &m.clearcoat_roughness_texture,
+                    &m.clearcoat_normal_texture,
                 ]
                 .iter()
                 .any(|t| t.is_some())
             })
             .collect();
+        let absorption = scene
+            .materials
+            .iter()
+            .map(|m| {
+                if m.has_volume() {
+                    Vec3A::from(m.absorption())
+                } else {
+                    Vec3A::ZERO
+                }
+            })
+            .collect();
         RenderScene {
+            absorption,
             any_alpha_tested: alpha_tested.iter().any(|&a| a),
             material_textured,
             bvh,
@@ -455,6 +500,46 @@ impl RenderScene {
         e
     }
 
+    /// The shading normal `ns` (interpolated, unit) perturbed by the tangent-space normal map
+    /// `nt` at the hit; unchanged when the mesh has no tangents.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn normal_mapped(
+        &self,
+        prim: usize,
+        b0: f32,
+        b1: f32,
+        b2: f32,
+        ns: Vec3A,
+        nt: &TextureRef,
+        scale: f32,
+        uvs: &[Vec2; 2],
+    ) -> Vec3A {
+        let s = &self.scene;
+        if s.tangents.is_empty() {
+            return ns;
+        }
+        let t = s.triangles[prim];
+        let [t0, t1, t2] = t.map(|i| s.tangents[i as usize]);
+        let tv = Vec3A::new(
+            t0[0] * b0 + t1[0] * b1 + t2[0] * b2,
+            t0[1] * b0 + t1[1] * b1 + t2[1] * b2,
+            t0[2] * b0 + t1[2] * b1 + t2[2] * b2,
+        );
+        let tan = (tv - ns * ns.dot(tv)).normalize_or_zero();
+        if tan == Vec3A::ZERO {
+            return ns;
+        }
+        let bit = ns.cross(tan) * if t0[3] < 0.0 { -1.0 } else { 1.0 };
+        let c = self.textures.sample(s, nt, uvs, false);
+        let local = Vec3A::new(
+            (c.x * 2.0 - 1.0) * scale,
+            (c.y * 2.0 - 1.0) * scale,
+            c.z * 2.0 - 1.0,
+        );
+        (tan * local.x + bit * local.y + ns * local.z).normalize_or(ns)
+    }
+
     /// Shading data at a hit of a ray with direction `dir`.
     pub fn surface(&self, hit: &Hit, org: Vec3A, dir: Vec3A) -> Surface {
         let s = &self.scene;
@@ -477,26 +562,10 @@ impl RenderScene {
             [Vec2::ZERO; 2]
         };
 
+        // The coat follows the interpolated normal unless it has its own normal map.
+        let ns_mesh = ns;
         if let Some(nt) = &m.normal_texture {
-            if !s.tangents.is_empty() {
-                let [t0, t1, t2] = t.map(|i| s.tangents[i as usize]);
-                let tv = Vec3A::new(
-                    t0[0] * b0 + t1[0] * b1 + t2[0] * b2,
-                    t0[1] * b0 + t1[1] * b1 + t2[1] * b2,
-                    t0[2] * b0 + t1[2] * b1 + t2[2] * b2,
-                );
-                let tan = (tv - ns * ns.dot(tv)).normalize_or_zero();
-                if tan != Vec3A::ZERO {
-                    let bit = ns.cross(tan) * if t0[3] < 0.0 { -1.0 } else { 1.0 };
-                    let c = self.textures.sample(s, nt, &uvs, false);
-                    let local = Vec3A::new(
-                        (c.x * 2.0 - 1.0) * m.normal_scale,
-                        (c.y * 2.0 - 1.0) * m.normal_scale,
-                        c.z * 2.0 - 1.0,
-                    );
-                    ns = (tan * local.x + bit * local.y + ns * local.z).normalize_or(ns);
-                }
-            }
+            ns = self.normal_mapped(prim, b0, b1, b2, ns, nt, m.normal_scale, &uvs);
         }
         if !front {
             ns = -ns;
@@ -504,6 +573,32 @@ impl RenderScene {
         if ns.dot(-dir) <= 0.0 {
             ns = ng;
         }
+        let coat_n = if m.clearcoat > 0.0 {
+            let mut n = match &m.clearcoat_normal_texture {
+                Some(nt) => self.normal_mapped(
+                    prim,
+                    b0,
+                    b1,
+                    b2,
+                    ns_mesh,
+                    nt,
+                    m.clearcoat_normal_scale,
+                    &uvs,
+                ),
+                None => ns_mesh,
+            };
+            if !front {
+                n = -n;
+            }
+            if n.dot(-dir) <= 0.0 {
+                n = ns;
+            }
+            // In the local frame the integrator builds around `ns`.
+            let (tx, ty) = onb(ns);
+            Vec3A::new(n.dot(tx), n.dot(ty), n.dot(ns)).normalize_or(Vec3A::Z)
+        } else {
+            Vec3A::Z
+        };
 
         let mut base = Vec3A::new(m.base_color[0], m.base_color[1], m.base_color[2]);
         if let Some(tr) = &m.base_color_texture {
@@ -532,14 +627,45 @@ impl RenderScene {
         let r0 = ((m.ior - 1.0) / (m.ior + 1.0)).powi(2);
         let f0 = (spec_color * r0).min(Vec3A::ONE) * specular;
         let roughness = roughness.clamp(0.0, 1.0);
-        let bsdf = Bsdf {
-            base: base.clamp(Vec3A::ZERO, Vec3A::ONE),
-            metallic: metallic.clamp(0.0, 1.0),
-            alpha: (roughness * roughness).max(MIN_ALPHA),
-            f0_dielectric: f0,
-            f90_dielectric: specular.clamp(0.0, 1.0),
-            transmission: transmission.clamp(0.0, 1.0),
-        };
+        let mut bsdf = Bsdf::base(
+            base.clamp(Vec3A::ZERO, Vec3A::ONE),
+            metallic.clamp(0.0, 1.0),
+            (roughness * roughness).max(MIN_ALPHA),
+            f0,
+            specular.clamp(0.0, 1.0),
+            transmission.clamp(0.0, 1.0),
+        );
+        if m.has_sheen() {
+            let mut color = Vec3A::from(m.sheen_color);
+            if let Some(tr) = &m.sheen_color_texture {
+                let c = self.textures.sample(s, tr, &uvs, true);
+                color *= Vec3A::new(c.x, c.y, c.z);
+            }
+            let mut r = m.sheen_roughness;
+            if let Some(tr) = &m.sheen_roughness_texture {
+                r *= self.textures.sample(s, tr, &uvs, false).w;
+            }
+            bsdf.sheen_color = color.clamp(Vec3A::ZERO, Vec3A::ONE);
+            bsdf.sheen_roughness = r.clamp(SHEEN_MIN_ROUGHNESS, 1.0);
+        }
+        if m.has_volume() {
+            let ior = m.ior.max(1.0);
+            bsdf.refract_eta = if front { 1.0 / ior } else { ior };
+        }
+        if m.has_clearcoat() {
+            let mut c = m.clearcoat;
+            if let Some(tr) = &m.clearcoat_texture {
+                c *= self.textures.sample(s, tr, &uvs, false).x;
+            }
+            let mut r = m.clearcoat_roughness;
+            if let Some(tr) = &m.clearcoat_roughness_texture {
+                r *= self.textures.sample(s, tr, &uvs, false).y;
+            }
+            let r = r.clamp(0.0, 1.0);
+            bsdf.clearcoat = c.clamp(0.0, 1.0);
+            bsdf.clearcoat_alpha = (r * r).max(MIN_ALPHA);
+            bsdf.clearcoat_normal = coat_n;
+        }
         let emission = if m.is_emissive() {
             self.emission(hit.prim, b1, b2, front)
         } else {
@@ -683,6 +809,66 @@ impl RenderScene {
                     delta: false,
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_2x2() -> EnvLight {
+        EnvLight::new(&Environment::Map {
+            width: 2,
+            height: 2,
+            texels: vec![
+                [1.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0],
+                [0.0, 0.0, 1.0],
+                [1.0, 1.0, 1.0],
+            ],
+        })
+    }
+
+    fn close(a: Vec3A, b: [f32; 3]) -> bool {
+        (a - Vec3A::from(b)).abs().max_element() < 1e-4
+    }
+
+    /// A 2x2 environment is interpolated bilinearly between texel centres (it used to be
+    /// looked up at the nearest texel), wrapping around in longitude and clamping at the poles.
+    #[test]
+    fn environment_map_is_bilinear() {
+        let env = map_2x2();
+        let at = |u: f32, v: f32| env.radiance(EnvLight::uv_to_dir(u, v));
+        // Texel centres give the texels.
+        assert!(close(at(0.25, 0.25), [1.0, 0.0, 0.0]), "{}", at(0.25, 0.25));
+        assert!(close(at(0.75, 0.75), [1.0, 1.0, 1.0]));
+        // Halfway between all four: their mean.
+        assert!(close(at(0.5, 0.5), [0.5, 0.5, 0.5]), "{}", at(0.5, 0.5));
+        // A quarter of the way from the first texel to the second, in the top row.
+        assert!(
+            close(at(0.375, 0.25), [0.75, 0.25, 0.0]),
+            "{}",
+            at(0.375, 0.25)
+        );
+        // Across the seam at u = 0: halfway between the last and first texels of the row.
+        assert!(
+            close(at(0.999_99, 0.25), [0.5, 0.5, 0.0]),
+            "{}",
+            at(0.999_99, 0.25)
+        );
+        // Above the top row's centres the top row holds.
+        assert!(close(at(0.25, 0.05), [1.0, 0.0, 0.0]));
+        // Light samples carry the same filtered radiance as a lookup in their direction.
+        for i in 0..16 {
+            let (u1, u2) = ((i as f32 + 0.5) / 16.0, ((i * 7 % 16) as f32 + 0.5) / 16.0);
+            let (d, l, pdf) = env.sample(u1, u2).unwrap();
+            assert!(pdf > 0.0);
+            assert!(
+                (l - env.radiance(d)).abs().max_element() < 1e-3,
+                "{l} vs {}",
+                env.radiance(d)
+            );
         }
     }
 }

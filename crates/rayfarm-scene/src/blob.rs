@@ -31,8 +31,9 @@ use std::io::Read;
 
 /// First eight bytes of every blob.
 pub const BLOB_MAGIC: [u8; 8] = *b"RFSCENE\0";
-/// The body layout version this code writes and reads.
-pub const BLOB_VERSION: u32 = 1;
+/// The body layout version this code writes and reads. Version 2 added the sheen and clearcoat
+/// fields of [`Material`], version 3 its volume fields.
+pub const BLOB_VERSION: u32 = 3;
 /// Largest uncompressed body [`decode`] accepts (4 GiB).
 pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
 /// Size of the fixed header that precedes the compressed body.
@@ -155,6 +156,30 @@ impl CompiledScene {
             finite_field("materials", i, "specular_color", &m.specular_color)?;
             finite_field("materials", i, "transmission", &[m.transmission])?;
             finite_field("materials", i, "ior", &[m.ior])?;
+            finite_field("materials", i, "sheen_color", &m.sheen_color)?;
+            finite_field("materials", i, "sheen_roughness", &[m.sheen_roughness])?;
+            finite_field("materials", i, "clearcoat", &[m.clearcoat])?;
+            finite_field(
+                "materials",
+                i,
+                "clearcoat_roughness",
+                &[m.clearcoat_roughness],
+            )?;
+            finite_field(
+                "materials",
+                i,
+                "clearcoat_normal_scale",
+                &[m.clearcoat_normal_scale],
+            )?;
+            finite_field("materials", i, "thickness", &[m.thickness])?;
+            finite_field("materials", i, "attenuation_color", &m.attenuation_color)?;
+            // Infinite means no absorption; NaN, zero and negative distances are errors.
+            if m.attenuation_distance.is_nan() || m.attenuation_distance <= 0.0 {
+                return Err(format!(
+                    "materials[{i}].attenuation_distance must be positive ({})",
+                    m.attenuation_distance
+                ));
+            }
             finite_field("materials", i, "alpha_cutoff", &[m.alpha_cutoff])?;
             let slots = [
                 ("base_color_texture", &m.base_color_texture),
@@ -164,6 +189,14 @@ impl CompiledScene {
                 ("specular_texture", &m.specular_texture),
                 ("specular_color_texture", &m.specular_color_texture),
                 ("transmission_texture", &m.transmission_texture),
+                ("sheen_color_texture", &m.sheen_color_texture),
+                ("sheen_roughness_texture", &m.sheen_roughness_texture),
+                ("clearcoat_texture", &m.clearcoat_texture),
+                (
+                    "clearcoat_roughness_texture",
+                    &m.clearcoat_roughness_texture,
+                ),
+                ("clearcoat_normal_texture", &m.clearcoat_normal_texture),
             ];
             for (slot, r) in slots {
                 let Some(r) = r else { continue };
@@ -412,6 +445,19 @@ fn write_material(w: &mut W, m: &Material) {
     w.f32(m.transmission);
     w.tex_ref(&m.transmission_texture);
     w.f32(m.ior);
+    w.f32s(&m.sheen_color);
+    w.tex_ref(&m.sheen_color_texture);
+    w.f32(m.sheen_roughness);
+    w.tex_ref(&m.sheen_roughness_texture);
+    w.f32(m.clearcoat);
+    w.tex_ref(&m.clearcoat_texture);
+    w.f32(m.clearcoat_roughness);
+    w.tex_ref(&m.clearcoat_roughness_texture);
+    w.tex_ref(&m.clearcoat_normal_texture);
+    w.f32(m.clearcoat_normal_scale);
+    w.f32(m.thickness);
+    w.f32s(&m.attenuation_color);
+    w.f32(m.attenuation_distance);
     w.u8(match m.alpha_mode {
         AlphaMode::Opaque => 0,
         AlphaMode::Mask => 1,
@@ -730,8 +776,12 @@ fn decompress(payload: &[u8], expected: usize) -> Result<Vec<u8>, SceneError> {
 
 // Smallest encoded sizes of the variable-size elements (empty names, `None`s, smallest variant).
 const MESH_MIN: usize = 8 + 4 + 4 + 1 + 1;
-const MATERIAL_MIN: usize =
-    8 + 16 + 1 + 4 + 4 + 1 + 1 + 4 + 12 + 1 + 4 + 1 + 12 + 1 + 4 + 1 + 4 + 1 + 4 + 1;
+const MATERIAL_MIN: usize = 8 + 16 + 1 + 4 + 4 + 1 + 1 + 4 + 12 + 1 + 4 + 1 + 12 + 1 + 4 + 1 + 4
+    // sheen and clearcoat (version 2)
+    + 12 + 1 + 4 + 1 + 4 + 1 + 4 + 1 + 1 + 4
+    // volume (version 3)
+    + 4 + 12 + 4
+    + 1 + 4 + 1;
 const TEXTURE_LEN: usize = 4 + 1 + 1 + 1;
 const IMAGE_MIN: usize = 8 + 4 + 4 + 8;
 const LIGHT_MIN: usize = 8 + 1 + 12 + 4 + 12 + 12;
@@ -948,6 +998,19 @@ fn read_material(r: &mut Reader) -> Result<Material, SceneError> {
         transmission: r.f32("transmission")?,
         transmission_texture: r.tex_ref("transmission_texture")?,
         ior: r.f32("ior")?,
+        sheen_color: r.f32s("sheen_color")?,
+        sheen_color_texture: r.tex_ref("sheen_color_texture")?,
+        sheen_roughness: r.f32("sheen_roughness")?,
+        sheen_roughness_texture: r.tex_ref("sheen_roughness_texture")?,
+        clearcoat: r.f32("clearcoat")?,
+        clearcoat_texture: r.tex_ref("clearcoat_texture")?,
+        clearcoat_roughness: r.f32("clearcoat_roughness")?,
+        clearcoat_roughness_texture: r.tex_ref("clearcoat_roughness_texture")?,
+        clearcoat_normal_texture: r.tex_ref("clearcoat_normal_texture")?,
+        clearcoat_normal_scale: r.f32("clearcoat_normal_scale")?,
+        thickness: r.f32("thickness")?,
+        attenuation_color: r.f32s("attenuation_color")?,
+        attenuation_distance: r.f32("attenuation_distance")?,
         alpha_mode: match r.tag("alpha_mode", 3)? {
             0 => AlphaMode::Opaque,
             1 => AlphaMode::Mask,
@@ -1117,6 +1180,19 @@ mod tests {
             transmission: 0.6,
             transmission_texture: tex(0, 1),
             ior: 1.33,
+            sheen_color: [0.2, 0.3, 0.4],
+            sheen_color_texture: tex(1, 0),
+            sheen_roughness: 0.7,
+            sheen_roughness_texture: tex(0, 0),
+            clearcoat: 0.9,
+            clearcoat_texture: tex(1, 1),
+            clearcoat_roughness: 0.1,
+            clearcoat_roughness_texture: tex(0, 0),
+            clearcoat_normal_texture: tex(1, 0),
+            clearcoat_normal_scale: 0.8,
+            thickness: 0.25,
+            attenuation_color: [0.9, 0.5, 0.1],
+            attenuation_distance: 2.0,
             alpha_mode: AlphaMode::Mask,
             alpha_cutoff: 0.3,
             double_sided: true,
@@ -1521,7 +1597,7 @@ mod tests {
         let msg = blob_err_msg(decode(&blob));
         assert_eq!(
             msg,
-            "compiled scene format version 7 is not supported (this rayfarm reads version 1)"
+            "compiled scene format version 7 is not supported (this rayfarm reads version 3)"
         );
         assert!(content_hash(&blob).is_err());
 

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 mod animation;
 
-/// Extensions rayfarm understands (fully or, for transmission, as thin glass).
+/// Extensions rayfarm understands (fully or, for transmission without a volume, as thin glass).
+/// Sheen, clearcoat and volume are read from the material's JSON by `layer_extensions` (the
+/// gltf crate 1.4 does not parse the first two, and we keep all three in one place).
 const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_lights_punctual",
     "KHR_materials_emissive_strength",
@@ -25,6 +27,9 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_materials_transmission",
     "KHR_materials_ior",
     "KHR_materials_unlit",
+    "KHR_materials_sheen",
+    "KHR_materials_clearcoat",
+    "KHR_materials_volume",
 ];
 
 /// Upper bound on the elements of one accessor; far above any real scene, low enough that a
@@ -86,6 +91,7 @@ pub fn load_from_slice_with(
     let doc = &parsed.doc;
     let mut b = Builder::new(path, doc, parsed.buffers, read_file, &mut warnings);
     b.scene.resolution = parsed.resolution;
+    b.raw_materials = parsed.raw_materials;
     // Local transforms of the animated nodes at the requested time, by node index.
     let poses = match opts.time_s {
         Some(t) => animation::pose_nodes(&mut b, t)?,
@@ -185,6 +191,8 @@ struct Parsed {
     doc: gltf::Document,
     buffers: Vec<Vec<u8>>,
     resolution: Option<[u32; 2]>,
+    /// The JSON of each material, for the extensions the gltf crate does not parse.
+    raw_materials: Vec<serde_json::Value>,
 }
 
 fn parse(
@@ -215,10 +223,15 @@ fn parse(
         .map_err(|e| inv(e.to_string().trim_end_matches(';').to_string()))?;
 
     let buffers = load_buffers(&doc, path, glb_bin, read_file)?;
+    let raw_materials = match raw.get("materials") {
+        Some(serde_json::Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
     Ok(Parsed {
         doc,
         buffers,
         resolution,
+        raw_materials,
     })
 }
 
@@ -489,6 +502,8 @@ struct Builder<'a> {
     read_file: &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
     need_tangents: bool,
     mesh_names: HashMap<String, u32>,
+    /// The JSON of each material (see [`Parsed::raw_materials`]).
+    raw_materials: Vec<serde_json::Value>,
 }
 
 impl<'a> Builder<'a> {
@@ -511,6 +526,7 @@ impl<'a> Builder<'a> {
             read_file,
             need_tangents: false,
             mesh_names: HashMap::new(),
+            raw_materials: Vec::new(),
         }
     }
 
@@ -626,7 +642,8 @@ impl<'a> Builder<'a> {
 
             let mat_index = self.material(prim.material().index())?;
             let material = &self.scene.materials[mat_index as usize];
-            let wants_tangents = material.normal_texture.is_some();
+            let wants_tangents =
+                material.normal_texture.is_some() || material.clearcoat_normal_texture.is_some();
 
             // Without normals glTF asks for flat shading: give every triangle its own vertices.
             let (positions, normals, tangents, uv0, uv1, tris) = if normals.is_none() {
@@ -683,7 +700,10 @@ impl<'a> Builder<'a> {
                 ),
                 None if wants_tangents => {
                     self.need_tangents = true;
-                    uv_for_tangents(&material.normal_texture, &uv0, &uv1)
+                    let normal_map = material
+                        .normal_texture
+                        .or(material.clearcoat_normal_texture);
+                    uv_for_tangents(&normal_map, &uv0, &uv1)
                         .map(|uv| compute_tangents(&positions, &normals, uv, &tris))
                 }
                 None => None,
@@ -861,6 +881,9 @@ impl<'a> Builder<'a> {
         if let Some(ior) = m.ior() {
             out.ior = ior;
         }
+        if let Some(i) = m.index() {
+            self.layer_extensions(i, &mut out)?;
+        }
         if m.unlit() {
             // KHR_materials_unlit (e.g. a baked map): the surface shows its base colour as is,
             // lit or not. In a path tracer that is emission of the base colour from a black
@@ -872,6 +895,8 @@ impl<'a> Builder<'a> {
             out.metallic = 0.0;
             out.specular = 0.0;
             out.transmission = 0.0;
+            out.sheen_color = [0.0; 3];
+            out.clearcoat = 0.0;
         }
         out.alpha_mode = match m.alpha_mode() {
             gltf::material::AlphaMode::Opaque => AlphaMode::Opaque,
@@ -881,6 +906,181 @@ impl<'a> Builder<'a> {
         out.alpha_cutoff = m.alpha_cutoff().unwrap_or(0.5);
         out.double_sided = m.double_sided();
         Ok(out)
+    }
+
+    /// Reads KHR_materials_sheen, KHR_materials_clearcoat and KHR_materials_volume from material
+    /// `index`'s JSON.
+    /// Values outside their range in the specification are errors naming the material and field.
+    fn layer_extensions(&mut self, index: usize, out: &mut Material) -> Result<(), SceneError> {
+        let Some(ext) = self
+            .raw_materials
+            .get(index)
+            .and_then(|m| m.get("extensions"))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let name = out.name.clone();
+        if let Some(sheen) = ext.get("KHR_materials_sheen") {
+            let at =
+                |field: &str| format!("material {index} ('{name}') KHR_materials_sheen.{field}");
+            if let Some(v) = sheen.get("sheenColorFactor") {
+                out.sheen_color = unit_floats::<3>(v).ok_or_else(|| {
+                    self.err(format!(
+                        "{} must be 3 numbers in [0, 1], not {v}",
+                        at("sheenColorFactor")
+                    ))
+                })?;
+            }
+            if let Some(v) = sheen.get("sheenRoughnessFactor") {
+                out.sheen_roughness = unit_floats::<1>(v).map(|[x]| x).ok_or_else(|| {
+                    self.err(format!(
+                        "{} must be a number in [0, 1], not {v}",
+                        at("sheenRoughnessFactor")
+                    ))
+                })?;
+            }
+            out.sheen_color_texture =
+                self.json_tex_info(sheen.get("sheenColorTexture"), &at("sheenColorTexture"))?;
+            out.sheen_roughness_texture = self.json_tex_info(
+                sheen.get("sheenRoughnessTexture"),
+                &at("sheenRoughnessTexture"),
+            )?;
+        }
+        if let Some(coat) = ext.get("KHR_materials_clearcoat") {
+            let at = |field: &str| {
+                format!("material {index} ('{name}') KHR_materials_clearcoat.{field}")
+            };
+            for (field, slot) in [
+                ("clearcoatFactor", &mut out.clearcoat),
+                ("clearcoatRoughnessFactor", &mut out.clearcoat_roughness),
+            ] {
+                if let Some(v) = coat.get(field) {
+                    *slot = unit_floats::<1>(v).map(|[x]| x).ok_or_else(|| {
+                        self.err(format!("{} must be a number in [0, 1], not {v}", at(field)))
+                    })?;
+                }
+            }
+            out.clearcoat_texture =
+                self.json_tex_info(coat.get("clearcoatTexture"), &at("clearcoatTexture"))?;
+            out.clearcoat_roughness_texture = self.json_tex_info(
+                coat.get("clearcoatRoughnessTexture"),
+                &at("clearcoatRoughnessTexture"),
+            )?;
+            let normal = coat.get("clearcoatNormalTexture");
+            out.clearcoat_normal_texture =
+                self.json_tex_info(normal, &at("clearcoatNormalTexture"))?;
+            if let Some(v) = normal.and_then(|n| n.get("scale")) {
+                out.clearcoat_normal_scale = v
+                    .as_f64()
+                    .map(|x| x as f32)
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| {
+                        self.err(format!(
+                            "{} must be a number, not {v}",
+                            at("clearcoatNormalTexture.scale")
+                        ))
+                    })?;
+            }
+        }
+        if let Some(vol) = ext.get("KHR_materials_volume") {
+            let at =
+                |field: &str| format!("material {index} ('{name}') KHR_materials_volume.{field}");
+            if let Some(v) = vol.get("thicknessFactor") {
+                out.thickness = finite_floats::<1>(v)
+                    .map(|[x]| x)
+                    .filter(|x| *x >= 0.0)
+                    .ok_or_else(|| {
+                        self.err(format!(
+                            "{} must be a number of at least 0, not {v}",
+                            at("thicknessFactor")
+                        ))
+                    })?;
+            }
+            if let Some(v) = vol.get("attenuationColor") {
+                out.attenuation_color = unit_floats::<3>(v).ok_or_else(|| {
+                    self.err(format!(
+                        "{} must be 3 numbers in [0, 1], not {v}",
+                        at("attenuationColor")
+                    ))
+                })?;
+            }
+            if let Some(v) = vol.get("attenuationDistance") {
+                out.attenuation_distance = finite_floats::<1>(v)
+                    .map(|[x]| x)
+                    .filter(|x| *x > 0.0)
+                    .ok_or_else(|| {
+                        self.err(format!(
+                            "{} must be a positive number, not {v}",
+                            at("attenuationDistance")
+                        ))
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A textureInfo object read from JSON (`index`, `texCoord`, KHR_texture_transform).
+    fn json_tex_info(
+        &mut self,
+        info: Option<&serde_json::Value>,
+        at: &str,
+    ) -> Result<Option<TextureRef>, SceneError> {
+        let Some(info) = info else { return Ok(None) };
+        let index = info
+            .get("index")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| self.err(format!("{at} has no texture index")))?;
+        let count = self.doc.textures().len();
+        let tex = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.doc.textures().nth(i))
+            .ok_or_else(|| {
+                self.err(format!(
+                    "{at} refers to texture {index} but there are {count} textures"
+                ))
+            })?;
+        let tex_coord = match info.get("texCoord") {
+            None => 0,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "{at}.texCoord must be a non-negative integer, not {v}"
+                    ))
+                })?
+                .min(255) as u32,
+        };
+        let mut r = self.tex_ref(&tex, tex_coord, None)?;
+        if let Some(t) = info
+            .get("extensions")
+            .and_then(|e| e.get("KHR_texture_transform"))
+        {
+            let bad = || self.err(format!("{at}: KHR_texture_transform has a malformed field"));
+            let pair = |key: &str, default: [f32; 2]| -> Option<[f32; 2]> {
+                match t.get(key) {
+                    None => Some(default),
+                    Some(v) => finite_floats::<2>(v),
+                }
+            };
+            let offset = pair("offset", [0.0, 0.0]).ok_or_else(bad)?;
+            let scale = pair("scale", [1.0, 1.0]).ok_or_else(bad)?;
+            let rotation = match t.get("rotation") {
+                None => 0.0,
+                Some(v) => finite_floats::<1>(v).ok_or_else(bad)?[0],
+            };
+            r.transform = texture_transform_matrix(offset, rotation, scale);
+            match t.get("texCoord").and_then(|v| v.as_u64()) {
+                Some(tc @ 0..=1) => r.uv_set = tc as u8,
+                Some(tc) => self.warnings.push(format!(
+                    "{}: {at} uses TEXCOORD_{tc}; only TEXCOORD_0 and TEXCOORD_1 are supported, using TEXCOORD_{}",
+                    self.path.display(),
+                    r.uv_set
+                )),
+                None => {}
+            }
+        }
+        Ok(Some(r))
     }
 
     fn tex_info(
@@ -908,10 +1108,7 @@ impl<'a> Builder<'a> {
             if let Some(tc) = t.tex_coord() {
                 r.uv_set = tc.min(255) as u8;
             }
-            let [ox, oy] = t.offset();
-            let [sx, sy] = t.scale();
-            let (s, c) = t.rotation().sin_cos();
-            r.transform = [c * sx, s * sy, ox, -s * sx, c * sy, oy];
+            r.transform = texture_transform_matrix(t.offset(), t.rotation(), t.scale());
         }
         if r.uv_set > 1 {
             self.warnings.push(format!(
@@ -1211,6 +1408,34 @@ fn read_component(b: &[u8], comp: gltf::accessor::DataType, normalized: bool) ->
         U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
         F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
     }
+}
+
+/// KHR_texture_transform's `T * R * S` as the row-major 2x3 matrix of [`TextureRef`].
+fn texture_transform_matrix(offset: [f32; 2], rotation: f32, scale: [f32; 2]) -> [f32; 6] {
+    let [ox, oy] = offset;
+    let [sx, sy] = scale;
+    let (s, c) = rotation.sin_cos();
+    [c * sx, s * sy, ox, -s * sx, c * sy, oy]
+}
+
+/// `N` finite numbers from a JSON number (N = 1) or array of N numbers.
+fn finite_floats<const N: usize>(v: &serde_json::Value) -> Option<[f32; N]> {
+    let mut out = [0.0f32; N];
+    match v {
+        serde_json::Value::Number(x) if N == 1 => out[0] = x.as_f64()? as f32,
+        serde_json::Value::Array(a) if a.len() == N => {
+            for (o, x) in out.iter_mut().zip(a) {
+                *o = x.as_f64()? as f32;
+            }
+        }
+        _ => return None,
+    }
+    out.iter().all(|x| x.is_finite()).then_some(out)
+}
+
+/// Like [`finite_floats`], each in `[0, 1]`.
+fn unit_floats<const N: usize>(v: &serde_json::Value) -> Option<[f32; N]> {
+    finite_floats::<N>(v).filter(|a| a.iter().all(|x| (0.0..=1.0).contains(x)))
 }
 
 fn uv_for_tangents<'a>(

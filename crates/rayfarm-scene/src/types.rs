@@ -99,6 +99,36 @@ pub struct Material {
     pub transmission_texture: Option<TextureRef>,
     /// Index of refraction (KHR_materials_ior, 1.5 when absent).
     pub ior: f32,
+    /// KHR_materials_sheen `sheenColorFactor` (linear; black, i.e. no sheen, when absent).
+    pub sheen_color: [f32; 3],
+    /// Sheen colour in RGB (sRGB-encoded).
+    pub sheen_color_texture: Option<TextureRef>,
+    /// KHR_materials_sheen `sheenRoughnessFactor` (0 when absent).
+    pub sheen_roughness: f32,
+    /// Sheen roughness in the alpha channel.
+    pub sheen_roughness_texture: Option<TextureRef>,
+    /// KHR_materials_clearcoat `clearcoatFactor` (0, no coat, when absent).
+    pub clearcoat: f32,
+    /// Clearcoat strength in the red channel.
+    pub clearcoat_texture: Option<TextureRef>,
+    /// KHR_materials_clearcoat `clearcoatRoughnessFactor` (0 when absent).
+    pub clearcoat_roughness: f32,
+    /// Clearcoat roughness in the green channel.
+    pub clearcoat_roughness_texture: Option<TextureRef>,
+    /// The coat's own normal map; without it the coat follows the mesh normal, not the base's
+    /// normal map (as the extension says).
+    pub clearcoat_normal_texture: Option<TextureRef>,
+    pub clearcoat_normal_scale: f32,
+    /// KHR_materials_volume `thicknessFactor`: 0 (also when absent) means thin-walled, so
+    /// transmission is thin glass; above 0 the mesh is a closed volume and transmission
+    /// refracts. The path tracer measures the real distance inside, so the thickness texture
+    /// (a rasteriser's hint) is not kept.
+    pub thickness: f32,
+    /// KHR_materials_volume `attenuationColor` (linear, white when absent).
+    pub attenuation_color: [f32; 3],
+    /// KHR_materials_volume `attenuationDistance` in scene units; infinite (no absorption)
+    /// when absent.
+    pub attenuation_distance: f32,
     pub alpha_mode: AlphaMode,
     pub alpha_cutoff: f32,
     pub double_sided: bool,
@@ -124,6 +154,19 @@ impl Default for Material {
             transmission: 0.0,
             transmission_texture: None,
             ior: 1.5,
+            sheen_color: [0.0; 3],
+            sheen_color_texture: None,
+            sheen_roughness: 0.0,
+            sheen_roughness_texture: None,
+            clearcoat: 0.0,
+            clearcoat_texture: None,
+            clearcoat_roughness: 0.0,
+            clearcoat_roughness_texture: None,
+            clearcoat_normal_texture: None,
+            clearcoat_normal_scale: 1.0,
+            thickness: 0.0,
+            attenuation_color: [1.0; 3],
+            attenuation_distance: f32::INFINITY,
             alpha_mode: AlphaMode::Opaque,
             alpha_cutoff: 0.5,
             double_sided: false,
@@ -135,6 +178,33 @@ impl Material {
     /// Whether any part of this material emits light.
     pub fn is_emissive(&self) -> bool {
         self.emissive.iter().any(|&c| c > 0.0)
+    }
+
+    /// Whether the material has a KHR_materials_sheen layer.
+    pub fn has_sheen(&self) -> bool {
+        self.sheen_color.iter().any(|&c| c > 0.0)
+    }
+
+    /// Whether transmission refracts into a closed volume (KHR_materials_volume with a thickness).
+    pub fn has_volume(&self) -> bool {
+        self.thickness > 0.0 && self.transmission > 0.0
+    }
+
+    /// Beer-Lambert absorption coefficient per scene unit inside the volume:
+    /// `-ln(attenuationColor) / attenuationDistance` (zero without absorption).
+    pub fn absorption(&self) -> [f32; 3] {
+        self.attenuation_color.map(|c| {
+            if self.attenuation_distance.is_finite() && c < 1.0 {
+                -c.max(1e-30).ln() / self.attenuation_distance
+            } else {
+                0.0
+            }
+        })
+    }
+
+    /// Whether the material has a KHR_materials_clearcoat layer.
+    pub fn has_clearcoat(&self) -> bool {
+        self.clearcoat > 0.0
     }
 }
 

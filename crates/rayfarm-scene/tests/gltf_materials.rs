@@ -1,0 +1,180 @@
+//! Import of the layered-material extensions (KHR_materials_sheen, KHR_materials_clearcoat)
+//! from tiny generated glTF files.
+
+use base64::Engine;
+use rayfarm_scene::gltf_import::load_from_slice;
+use rayfarm_scene::{CompiledScene, SceneError, Warnings};
+use std::path::Path;
+
+/// A 2x2 RGBA PNG as a data URI.
+fn png_uri() -> String {
+    let img = image::RgbaImage::from_raw(2, 2, vec![200u8; 16]).unwrap();
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}
+
+/// One triangle with UVs whose material has the given `extensions` JSON; one texture.
+fn gltf(extensions: &str) -> String {
+    let bin: Vec<u8> = [0.0f32, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        .iter()
+        .chain(&[0.0f32, 0.0, 1.0, 0.0, 0.0, 1.0])
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bin);
+    format!(
+        r#"{{"asset":{{"version":"2.0"}},
+        "extensionsUsed":["KHR_materials_sheen","KHR_materials_clearcoat","KHR_texture_transform",
+                          "KHR_materials_volume","KHR_materials_transmission"],
+        "nodes":[{{"mesh":0}}],
+        "meshes":[{{"primitives":[{{"attributes":{{"POSITION":0,"TEXCOORD_0":1}},"material":0}}]}}],
+        "materials":[{{"name":"fabric","pbrMetallicRoughness":{{"metallicFactor":0}},
+                       "extensions":{extensions}}}],
+        "textures":[{{"source":0}}],
+        "images":[{{"uri":"{png}"}}],
+        "accessors":[{{"bufferView":0,"componentType":5126,"count":3,"type":"VEC3",
+                       "min":[0,0,0],"max":[1,1,0]}},
+                     {{"bufferView":1,"componentType":5126,"count":3,"type":"VEC2"}}],
+        "bufferViews":[{{"buffer":0,"byteLength":36}},{{"buffer":0,"byteOffset":36,"byteLength":24}}],
+        "buffers":[{{"byteLength":60,"uri":"data:application/octet-stream;base64,{b64}"}}]}}"#,
+        png = png_uri()
+    )
+}
+
+fn load(json: &str) -> Result<(CompiledScene, Warnings), SceneError> {
+    load_from_slice(json.as_bytes(), Path::new("chair.gltf"), &|_| {
+        Err(std::io::ErrorKind::NotFound.into())
+    })
+}
+
+fn message(json: &str) -> String {
+    match load(json) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The parameters of the Khronos SheenChair's fabric (sheen colour and roughness from one
+/// texture: RGB colour, alpha roughness) plus a ClearCoatTest-like coat with its own normal map.
+#[test]
+fn sheen_chair_like_material_imports() {
+    let (scene, warnings) = load(&gltf(
+        r#"{"KHR_materials_sheen":{"sheenColorFactor":[0.9,0.7,0.5],"sheenRoughnessFactor":0.45,
+             "sheenColorTexture":{"index":0},"sheenRoughnessTexture":{"index":0,"texCoord":0}},
+            "KHR_materials_clearcoat":{"clearcoatFactor":1.0,"clearcoatRoughnessFactor":0.03,
+             "clearcoatTexture":{"index":0},
+             "clearcoatRoughnessTexture":{"index":0,
+               "extensions":{"KHR_texture_transform":{"scale":[2,2]}}},
+             "clearcoatNormalTexture":{"index":0,"scale":0.8}}}"#,
+    ))
+    .unwrap();
+    // Neither extension is reported as ignored any more.
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let m = &scene.materials[0];
+    assert_eq!(m.sheen_color, [0.9, 0.7, 0.5]);
+    assert_eq!(m.sheen_roughness, 0.45);
+    assert!(m.sheen_color_texture.is_some() && m.sheen_roughness_texture.is_some());
+    assert_eq!(m.clearcoat, 1.0);
+    assert_eq!(m.clearcoat_roughness, 0.03);
+    assert!(m.clearcoat_texture.is_some());
+    let rough = m.clearcoat_roughness_texture.unwrap();
+    assert_eq!(rough.transform, [2.0, 0.0, 0.0, 0.0, 2.0, 0.0]);
+    assert_eq!(m.clearcoat_normal_scale, 0.8);
+    assert!(m.clearcoat_normal_texture.is_some());
+    // One texture, shared by every slot; tangents were generated for the coat's normal map.
+    assert_eq!(scene.textures.len(), 1);
+    assert_eq!(scene.tangents.len(), scene.positions.len());
+    // The compiled scene carries the layers through the blob.
+    let blob = rayfarm_scene::blob::encode(&scene);
+    assert_eq!(rayfarm_scene::blob::decode(&blob).unwrap(), scene);
+}
+
+/// KHR_materials_volume: thickness switches transmission from thin glass to a volume, and the
+/// attenuation gives the Beer-Lambert coefficient.
+#[test]
+fn volume_imports() {
+    let (scene, warnings) = load(&gltf(
+        r#"{"KHR_materials_transmission":{"transmissionFactor":1},
+            "KHR_materials_volume":{"thicknessFactor":0.2,"thicknessTexture":{"index":0},
+             "attenuationColor":[0.5,1,0.25],"attenuationDistance":2}}"#,
+    ))
+    .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let m = &scene.materials[0];
+    assert!(m.has_volume());
+    assert_eq!(m.thickness, 0.2);
+    assert_eq!(m.attenuation_distance, 2.0);
+    let a = m.absorption();
+    assert!(
+        (a[0] - 0.5f32.ln().abs() / 2.0).abs() < 1e-6 && a[1] == 0.0,
+        "{a:?}"
+    );
+    // Thin-walled without a thickness; no absorption without a distance.
+    let (scene, _) = load(&gltf(
+        r#"{"KHR_materials_transmission":{"transmissionFactor":1},
+            "KHR_materials_volume":{"attenuationColor":[0.5,0.5,0.5]}}"#,
+    ))
+    .unwrap();
+    assert!(!scene.materials[0].has_volume());
+    assert_eq!(scene.materials[0].absorption(), [0.0; 3]);
+}
+
+#[test]
+fn absent_layers_are_off() {
+    let (scene, _) = load(&gltf("{}")).unwrap();
+    assert!(!scene.materials[0].has_sheen());
+    assert!(!scene.materials[0].has_clearcoat());
+}
+
+#[test]
+fn bad_layer_values_name_file_material_and_field() {
+    let cases = [
+        (
+            r#"{"KHR_materials_sheen":{"sheenColorFactor":[2,0,0]}}"#,
+            "chair.gltf: material 0 ('fabric') KHR_materials_sheen.sheenColorFactor must be 3 numbers in [0, 1]",
+        ),
+        (
+            r#"{"KHR_materials_sheen":{"sheenRoughnessFactor":"rough"}}"#,
+            "KHR_materials_sheen.sheenRoughnessFactor must be a number in [0, 1]",
+        ),
+        (
+            r#"{"KHR_materials_clearcoat":{"clearcoatFactor":-0.5}}"#,
+            "KHR_materials_clearcoat.clearcoatFactor must be a number in [0, 1], not -0.5",
+        ),
+        (
+            r#"{"KHR_materials_clearcoat":{"clearcoatTexture":{"index":7}}}"#,
+            "KHR_materials_clearcoat.clearcoatTexture refers to texture 7 but there are 1 textures",
+        ),
+        (
+            r#"{"KHR_materials_clearcoat":{"clearcoatNormalTexture":{"scale":1}}}"#,
+            "KHR_materials_clearcoat.clearcoatNormalTexture has no texture index",
+        ),
+        (
+            r#"{"KHR_materials_sheen":{"sheenColorTexture":{"index":0,
+                "extensions":{"KHR_texture_transform":{"offset":[1]}}}}}"#,
+            "sheenColorTexture: KHR_texture_transform has a malformed field",
+        ),
+        (
+            r#"{"KHR_materials_volume":{"thicknessFactor":-1}}"#,
+            "KHR_materials_volume.thicknessFactor must be a number of at least 0, not -1",
+        ),
+        (
+            r#"{"KHR_materials_volume":{"attenuationDistance":0}}"#,
+            "KHR_materials_volume.attenuationDistance must be a positive number, not 0",
+        ),
+        (
+            r#"{"KHR_materials_volume":{"attenuationColor":[1,1]}}"#,
+            "KHR_materials_volume.attenuationColor must be 3 numbers in [0, 1]",
+        ),
+    ];
+    for (ext, want) in cases {
+        let msg = message(&gltf(ext));
+        assert!(msg.contains(want), "{msg}\n  wanted: {want}");
+        assert!(msg.contains("chair.gltf"), "{msg}");
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+    }
+}
