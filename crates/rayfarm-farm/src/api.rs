@@ -721,7 +721,7 @@ async fn submit(
         tokio::task::spawn_blocking(move || load_job(&id, &dir, &key))
             .await
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(bad)?
+            .map_err(|e| bad(e.to_string()))?
     };
     let tasks = (0..ctx.desc.part_count())
         .map(|i| {

@@ -213,41 +213,66 @@ impl ServeStats {
     }
 }
 
+/// Why [`load_tls`] could not make a TLS identity; messages name the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: cannot read a PEM certificate chain: {reason}", cert.display())]
+    Cert {
+        cert: std::path::PathBuf,
+        reason: tokio_rustls::rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate in the file", cert.display())]
+    NoCert { cert: std::path::PathBuf },
+    #[error("{}: cannot read a PEM private key: {reason}", key.display())]
+    Key {
+        key: std::path::PathBuf,
+        reason: tokio_rustls::rustls::pki_types::pem::Error,
+    },
+    #[error("TLS: {0}")]
+    Protocols(tokio_rustls::rustls::Error),
+    #[error("{} and {}: the certificate and key do not make a TLS identity: {reason}", cert.display(), key.display())]
+    Identity {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        reason: tokio_rustls::rustls::Error,
+    },
+}
+
 /// A TLS server configuration from a PEM certificate chain and a PEM private key; errors name
 /// the file at fault.
 pub fn load_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, TlsError> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            format!(
-                "{}: cannot read a PEM certificate chain: {e}",
-                cert.display()
-            )
+        .map_err(|reason| TlsError::Cert {
+            cert: cert.to_path_buf(),
+            reason,
         })?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", cert.display()));
+        return Err(TlsError::NoCert {
+            cert: cert.to_path_buf(),
+        });
     }
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: cannot read a PEM private key: {e}", key.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|reason| TlsError::Key {
+        key: key.to_path_buf(),
+        reason,
+    })?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS: {e}"))?
+    .map_err(TlsError::Protocols)?
     .with_no_client_auth()
     .with_single_cert(certs, private)
-    .map_err(|e| {
-        format!(
-            "{} and {}: the certificate and key do not make a TLS identity: {e}",
-            cert.display(),
-            key.display()
-        )
+    .map_err(|reason| TlsError::Identity {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        reason,
     })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))

@@ -169,7 +169,7 @@ struct PartWork {
 
 impl JobCtx {
     /// The scene blob `scene` names, read from the job folder (and checked) when not in memory.
-    fn scene(&self, scene: &SceneRef) -> Result<Arc<SceneBlob>, String> {
+    fn scene(&self, scene: &SceneRef) -> Result<Arc<SceneBlob>, JobLoadError> {
         if let Some((_, b)) = lock(&self.scenes).iter().find(|(f, _)| *f == scene.file) {
             return Ok(b.clone());
         }
@@ -191,19 +191,90 @@ impl JobCtx {
     }
 }
 
+/// Why a job folder cannot be served ([`load_job`]); messages name the file or job at fault.
+///
+/// Wrapped errors are printed, not chained as sources, so a message reads the same whether
+/// it is shown alone or through `anyhow`'s `{:#}`.
+#[derive(Debug, thiserror::Error)]
+pub enum JobLoadError {
+    /// The job.desc (or a file name in it) is unreadable, unauthenticated or invalid.
+    #[error("{0}")]
+    Desc(rayfarm_job::jobdesc::DescError),
+    #[error("{}: job.desc names job '{found}', not '{job_id}'", job_dir.display())]
+    WrongJob {
+        job_dir: PathBuf,
+        found: String,
+        job_id: String,
+    },
+    #[error("job {job_id}: bad job spec: {reason}")]
+    BadSpec {
+        job_id: String,
+        reason: serde_json::Error,
+    },
+    /// The job folder is no longer inside the manager's network folders.
+    #[error("{0}")]
+    Outside(rayfarm_job::folder::RootError),
+    #[error("job {job_id}: loading its folder failed: {reason}")]
+    Aborted {
+        job_id: String,
+        reason: tokio::task::JoinError,
+    },
+    #[error("{}: cannot read the job's scene: {reason}", path.display())]
+    SceneUnreadable {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("{}: the scene is larger than job.desc says", path.display())]
+    SceneTooLarge { path: PathBuf },
+    #[error("{}: {reason}", path.display())]
+    SceneBlob {
+        path: PathBuf,
+        reason: rayfarm_scene::SceneError,
+    },
+    #[error("{}: the scene does not match the size and hash in job.desc", path.display())]
+    SceneMismatch { path: PathBuf },
+}
+
+/// Why the manager did not start ([`start`], [`crate::service::run`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("{0}")]
+    Tls(crate::http::TlsError),
+    #[error("{0}")]
+    Roots(rayfarm_job::folder::RootError),
+    #[error("{}: cannot open the job database: {reason}", db.display())]
+    Database {
+        db: PathBuf,
+        reason: crate::store::StoreError,
+    },
+    #[error("cannot listen on {bind}:{port}: {reason}")]
+    Listen {
+        bind: String,
+        port: u16,
+        reason: std::io::Error,
+    },
+    #[error("{0}")]
+    WorkerPort(rayfarm_master::MasterError),
+    #[error("cannot start the job store's thread: {0}")]
+    StoreThread(std::io::Error),
+}
+
 /// Reads a job's compiled scene and checks its size and hash against the job.desc.
-fn read_scene(job_dir: &Path, scene: &SceneRef) -> Result<SceneBlob, String> {
-    let path = rayfarm_job::jobdesc::safe_join(job_dir, &scene.file).map_err(|e| e.to_string())?;
+fn read_scene(job_dir: &Path, scene: &SceneRef) -> Result<SceneBlob, JobLoadError> {
+    let path = rayfarm_job::jobdesc::safe_join(job_dir, &scene.file).map_err(JobLoadError::Desc)?;
     let bytes = rayfarm_job::folder::read_nofollow(&path, scene.bytes)
-        .map_err(|e| format!("{}: cannot read the job's scene: {e}", path.display()))?
-        .ok_or_else(|| format!("{}: the scene is larger than job.desc says", path.display()))?;
-    let hash = rayfarm_scene::blob::content_hash(&bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|reason| JobLoadError::SceneUnreadable {
+            path: path.clone(),
+            reason,
+        })?
+        .ok_or_else(|| JobLoadError::SceneTooLarge { path: path.clone() })?;
+    let hash =
+        rayfarm_scene::blob::content_hash(&bytes).map_err(|reason| JobLoadError::SceneBlob {
+            path: path.clone(),
+            reason,
+        })?;
     if bytes.len() as u64 != scene.bytes || rayfarm_scene::blob::hash_hex(&hash) != scene.blake3 {
-        return Err(format!(
-            "{}: the scene does not match the size and hash in job.desc",
-            path.display()
-        ));
+        return Err(JobLoadError::SceneMismatch { path });
     }
     Ok(SceneBlob { bytes, hash })
 }
@@ -356,20 +427,25 @@ impl Manager {
     /// in one of the roots (a manager restarted with other `--netdir`s serves only those).
     /// The folder is read and checked (the job.desc, and a bake's scene: hashed, possibly
     /// gigabytes) on a blocking thread.
-    async fn job_ctx(&self, job_id: &str, spec: &str) -> Result<Arc<JobCtx>, String> {
+    async fn job_ctx(&self, job_id: &str, spec: &str) -> Result<Arc<JobCtx>, JobLoadError> {
         if let Some(c) = lock(&self.jobs).get(job_id) {
             return Ok(c.clone());
         }
-        let spec: JobSpec =
-            serde_json::from_str(spec).map_err(|e| format!("job {job_id}: bad job spec: {e}"))?;
+        let spec: JobSpec = serde_json::from_str(spec).map_err(|reason| JobLoadError::BadSpec {
+            job_id: job_id.to_string(),
+            reason,
+        })?;
         let dir = self
             .roots
             .resolve(Path::new(&spec.job_dir))
-            .map_err(|e| e.to_string())?;
+            .map_err(JobLoadError::Outside)?;
         let (id, key) = (job_id.to_string(), self.cfg.key.clone());
         let ctx = tokio::task::spawn_blocking(move || load_job(&id, &dir, &key))
             .await
-            .map_err(|e| format!("job {job_id}: loading its folder failed: {e}"))??;
+            .map_err(|reason| JobLoadError::Aborted {
+                job_id: job_id.to_string(),
+                reason,
+            })??;
         let ctx = Arc::new(ctx);
         lock(&self.jobs).insert(job_id.to_string(), ctx.clone());
         Ok(ctx)
@@ -386,15 +462,15 @@ impl Manager {
 /// Reads and checks a job folder: job.desc (its id must be the folder's name and `job_id`)
 /// and, for a bake, the compiled scene it names (its hash must match); a render's scenes
 /// are checked as they are read.
-pub fn load_job(job_id: &str, job_dir: &Path, key: &FarmKey) -> Result<JobCtx, String> {
+pub fn load_job(job_id: &str, job_dir: &Path, key: &FarmKey) -> Result<JobCtx, JobLoadError> {
     let (desc, seal) = AnyJobDesc::read(&job_dir.join(rayfarm_job::jobdesc::FILE_NAME), key)
-        .map_err(|e| e.to_string())?;
+        .map_err(JobLoadError::Desc)?;
     if desc.job_id() != job_id {
-        return Err(format!(
-            "{}: job.desc names job '{}', not '{job_id}'",
-            job_dir.display(),
-            desc.job_id()
-        ));
+        return Err(JobLoadError::WrongJob {
+            job_dir: job_dir.to_path_buf(),
+            found: desc.job_id().to_string(),
+            job_id: job_id.to_string(),
+        });
     }
     let mut ctx = JobCtx {
         job_dir: job_dir.to_path_buf(),
@@ -481,23 +557,33 @@ pub struct Started {
 /// Opens the queue, recovers from a previous run, binds the ports and starts the worker
 /// listener, the daemon scans and the lease expiry (until `stop` flips). The HTTP side is
 /// [`crate::service::run`]'s.
-pub async fn start(cfg: ManagerConfig, stop: watch::Receiver<bool>) -> Result<Started, String> {
+pub async fn start(
+    cfg: ManagerConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<Started, ManagerError> {
     let tls = match &cfg.tls {
-        Some((cert, key)) => Some(crate::http::load_tls(cert, key)?),
+        Some((cert, key)) => Some(crate::http::load_tls(cert, key).map_err(ManagerError::Tls)?),
         None => None,
     };
-    let roots = rayfarm_job::folder::Roots::new(&cfg.netdirs)?;
+    let roots = rayfarm_job::folder::Roots::new(&cfg.netdirs).map_err(ManagerError::Roots)?;
     if roots.is_empty() {
         eprintln!(
             "warning: no --netdir given: the manager takes no job folders until it is restarted with --netdir NETWORK_FOLDER"
         );
     }
     let store = Store::open(&cfg.db)
-        .map_err(|e| format!("{}: cannot open the job database: {e}", cfg.db.display()))?
+        .map_err(|reason| ManagerError::Database {
+            db: cfg.db.clone(),
+            reason,
+        })?
         .with_lease_ms(cfg.task_lease_ms);
     let http = TcpListener::bind((cfg.bind.as_str(), cfg.http_port))
         .await
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", cfg.bind, cfg.http_port))?;
+        .map_err(|reason| ManagerError::Listen {
+            bind: cfg.bind.clone(),
+            port: cfg.http_port,
+            reason,
+        })?;
     let first = if cfg.worker_port == 0 {
         cfg.http_port.saturating_add(1)
     } else {
@@ -505,10 +591,9 @@ pub async fn start(cfg: ManagerConfig, stop: watch::Receiver<bool>) -> Result<St
     };
     let (workers, worker_port) = rayfarm_master::bind_master_port(&cfg.bind, first)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ManagerError::WorkerPort)?;
     let mgr = Arc::new(Manager {
-        store: crate::db::StoreHandle::spawn(store)
-            .map_err(|e| format!("cannot start the job store's thread: {e}"))?,
+        store: crate::db::StoreHandle::spawn(store).map_err(ManagerError::StoreThread)?,
         cfg: cfg.clone(),
         worker_port,
         started: Instant::now(),
@@ -574,7 +659,10 @@ async fn recover(mgr: &Manager) {
                 .call(move |s| s.job_spec(&id))
                 .await
                 .map_err(|e| e.to_string())?;
-            let ctx = mgr.job_ctx(&t.job_id, &spec).await?;
+            let ctx = mgr
+                .job_ctx(&t.job_id, &spec)
+                .await
+                .map_err(|e| e.to_string())?;
             let ts: TaskSpec = serde_json::from_str(&t.spec).map_err(|e| e.to_string())?;
             let (p, spp) = ctx.desc.part(ts.part).ok_or("no such part")?;
             // Reading a part decompresses and hashes it: not on the runtime.
@@ -984,7 +1072,7 @@ async fn run_task(
     let ctx = mgr
         .job_ctx(&task.job_id, &task.job_spec)
         .await
-        .map_err(TaskErr::Task)?;
+        .map_err(|e| TaskErr::Task(e.to_string()))?;
     let ts: TaskSpec = serde_json::from_str(&task.spec)
         .map_err(|e| TaskErr::Task(format!("bad task spec: {e}")))?;
     let work = part_work(&ctx, ts.part).map_err(TaskErr::Task)?;
@@ -998,7 +1086,7 @@ async fn run_task(
             tokio::task::spawn_blocking(move || ctx.scene(&scene))
                 .await
                 .map_err(|e| TaskErr::Task(e.to_string()))?
-                .map_err(TaskErr::Task)?
+                .map_err(|e| TaskErr::Task(e.to_string()))?
         };
         // Whatever the worker had loaded is replaced, even if this fails half way.
         *current_job = None;

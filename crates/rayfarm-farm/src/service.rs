@@ -2,7 +2,7 @@
 //! [`crate::api`]'s routes served over [`crate::http`]. The one place the three meet, so the
 //! manager never depends on its API.
 
-use crate::manager::{Manager, ManagerConfig};
+use crate::manager::{Manager, ManagerConfig, ManagerError};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -11,7 +11,7 @@ pub async fn run(
     cfg: ManagerConfig,
     extra_routes: axum::Router<Arc<Manager>>,
     stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), ManagerError> {
     let started = crate::manager::start(cfg, stop.clone()).await?;
     let app = crate::api::router(started.mgr.clone())
         .merge(extra_routes)

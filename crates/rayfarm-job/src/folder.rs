@@ -302,7 +302,7 @@ pub struct Roots {
 
 /// Why a job folder was refused. One message whatever the reason, so that the API does not
 /// tell a caller whether some path exists on the manager's machine.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum RootError {
     #[error("job folder '{requested}' is not a folder inside {whose} network folders ({roots}); create the job inside one of them, or give {whose} --netdir the folder it lies in")]
     Outside {
@@ -312,27 +312,38 @@ pub enum RootError {
     },
     #[error("the manager serves no network folder, so it takes no job folders; start it with --netdir NETWORK_FOLDER (repeatable)")]
     NoRoots,
+    /// A configured network folder cannot be opened (when the manager or worker starts).
+    #[error("network folder {}: {reason}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    /// A configured network folder is a file or something else, not a folder.
+    #[error("network folder {}: not a folder", path.display())]
+    NotAFolder { path: PathBuf },
 }
 
 impl Roots {
     /// Canonicalizes every root; a root that does not exist or is not a folder is an error
     /// (naming it) when the manager starts, not a surprise at the first submit.
-    pub fn new(dirs: &[PathBuf]) -> Result<Roots, String> {
+    pub fn new(dirs: &[PathBuf]) -> Result<Roots, RootError> {
         Roots::new_for(dirs, "the manager's")
     }
 
     /// [`Roots::new`] for a node's worker (messages say "this node's").
-    pub fn for_node(dirs: &[PathBuf]) -> Result<Roots, String> {
+    pub fn for_node(dirs: &[PathBuf]) -> Result<Roots, RootError> {
         Roots::new_for(dirs, "this node's")
     }
 
-    fn new_for(dirs: &[PathBuf], whose: &'static str) -> Result<Roots, String> {
+    fn new_for(dirs: &[PathBuf], whose: &'static str) -> Result<Roots, RootError> {
         let mut roots = Vec::new();
         for d in dirs {
-            let c = std::fs::canonicalize(d)
-                .map_err(|e| format!("network folder {}: {e}", d.display()))?;
+            let c = std::fs::canonicalize(d).map_err(|reason| RootError::Unreadable {
+                path: d.clone(),
+                reason,
+            })?;
             if !c.is_dir() {
-                return Err(format!("network folder {}: not a folder", d.display()));
+                return Err(RootError::NotAFolder { path: d.clone() });
             }
             if !roots.contains(&c) {
                 roots.push(c);
@@ -457,11 +468,18 @@ mod tests {
         ] {
             assert_eq!(msg(&p), cf.display().to_string(), "{}", p.display());
         }
-        assert_eq!(
+        assert!(matches!(
             Roots::default().resolve(&farm).unwrap_err(),
             RootError::NoRoots
-        );
-        assert!(Roots::new(&[t.path().join("missing")]).is_err());
+        ));
+        assert!(matches!(
+            Roots::new(&[t.path().join("missing")]),
+            Err(RootError::Unreadable { .. })
+        ));
+        assert!(matches!(
+            Roots::new(&[farm.join("file")]),
+            Err(RootError::NotAFolder { .. })
+        ));
     }
 
     #[test]

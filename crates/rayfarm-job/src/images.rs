@@ -30,10 +30,33 @@ pub enum ImageFormat {
     Png,
 }
 
+/// A file name whose extension names no image format rayfarm writes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}: unknown output format; use .exr (linear float) or .png (8-bit sRGB)", path.display())]
+pub struct UnknownFormat {
+    pub path: std::path::PathBuf,
+}
+
+/// Why an image could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("a {width}x{height} image needs {expected} pixels but {given} were given")]
+    PixelCount {
+        width: u32,
+        height: u32,
+        expected: u64,
+        given: usize,
+    },
+    #[error("cannot encode EXR: {0}")]
+    Exr(exr::error::Error),
+    #[error("cannot encode PNG: {0}")]
+    Png(image::ImageError),
+}
+
 impl ImageFormat {
     /// The format `path`'s extension names (case-insensitive), or an error saying which
     /// extensions exist.
-    pub fn of(path: &Path) -> Result<ImageFormat, String> {
+    pub fn of(path: &Path) -> Result<ImageFormat, UnknownFormat> {
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -42,10 +65,9 @@ impl ImageFormat {
         match ext.as_str() {
             "exr" => Ok(ImageFormat::Exr),
             "png" => Ok(ImageFormat::Png),
-            _ => Err(format!(
-                "{}: unknown output format; use .exr (linear float) or .png (8-bit sRGB)",
-                path.display()
-            )),
+            _ => Err(UnknownFormat {
+                path: path.to_path_buf(),
+            }),
         }
     }
 }
@@ -90,13 +112,15 @@ pub fn encode_image(
     height: u32,
     pixels: &[[f32; 3]],
     s: &ImageSettings,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, EncodeError> {
     let expected = width as u64 * height as u64;
     if expected != pixels.len() as u64 {
-        return Err(format!(
-            "a {width}x{height} image needs {expected} pixels but {} were given",
-            pixels.len()
-        ));
+        return Err(EncodeError::PixelCount {
+            width,
+            height,
+            expected,
+            given: pixels.len(),
+        });
     }
     let w = width as usize;
     match format {
@@ -116,7 +140,7 @@ pub fn encode_exr_rgb(
     height: u32,
     half: bool,
     get: impl Fn(usize, usize) -> [f32; 3] + Sync,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, EncodeError> {
     use exr::prelude::*;
     let encoding = Encoding {
         line_order: LineOrder::Increasing,
@@ -146,13 +170,13 @@ pub fn encode_exr_rgb(
             .write()
             .to_buffered(cursor)
     }
-    .map_err(|e| format!("cannot encode EXR: {e}"))?;
+    .map_err(EncodeError::Exr)?;
     Ok(bytes)
 }
 
 /// The one PNG encoder (images and baked maps): 8-bit RGB samples with the `image` crate's
 /// default PNG encoder settings.
-pub fn encode_png_rgb8(width: u32, height: u32, samples: &[u8]) -> Result<Vec<u8>, String> {
+pub fn encode_png_rgb8(width: u32, height: u32, samples: &[u8]) -> Result<Vec<u8>, EncodeError> {
     let mut bytes = Vec::new();
     image::ImageEncoder::write_image(
         image::codecs::png::PngEncoder::new(&mut bytes),
@@ -161,7 +185,7 @@ pub fn encode_png_rgb8(width: u32, height: u32, samples: &[u8]) -> Result<Vec<u8
         height,
         image::ExtendedColorType::Rgb8,
     )
-    .map_err(|e| format!("cannot encode PNG: {e}"))?;
+    .map_err(EncodeError::Png)?;
     Ok(bytes)
 }
 
@@ -178,7 +202,7 @@ pub fn write_image(
         path: path.to_path_buf(),
         source: std::io::Error::other(reason),
     };
-    let format = ImageFormat::of(path).map_err(bad)?;
+    let format = ImageFormat::of(path).map_err(|e| bad(e.to_string()))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             return Err(MapError::NoFolder {
@@ -186,7 +210,7 @@ pub fn write_image(
             });
         }
     }
-    let bytes = encode_image(format, width, height, pixels, s).map_err(bad)?;
+    let bytes = encode_image(format, width, height, pixels, s).map_err(|e| bad(e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -214,7 +238,7 @@ mod tests {
             let b = encode_image(f, 4, 3, &px, &ImageSettings::default()).unwrap();
             assert_eq!(a, b);
             let e = encode_image(f, 5, 3, &px, &ImageSettings::default()).unwrap_err();
-            assert!(e.contains("needs 15 pixels but 12"), "{e}");
+            assert!(e.to_string().contains("needs 15 pixels but 12"), "{e}");
         }
         let png = encode_image(ImageFormat::Png, 4, 3, &px, &ImageSettings::default()).unwrap();
         let img = image::load_from_memory(&png).unwrap().to_rgb8();
@@ -228,6 +252,6 @@ mod tests {
         assert_eq!(ImageFormat::of(Path::new("a/b.EXR")), Ok(ImageFormat::Exr));
         assert_eq!(ImageFormat::of(Path::new("b.png")), Ok(ImageFormat::Png));
         let e = ImageFormat::of(Path::new("b.jpg")).unwrap_err();
-        assert!(e.contains("use .exr"), "{e}");
+        assert!(e.to_string().contains("use .exr"), "{e}");
     }
 }

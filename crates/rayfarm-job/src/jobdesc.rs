@@ -147,6 +147,74 @@ pub enum DescError {
     },
 }
 
+/// Why an output's parts do not assemble into it ([`JobDesc::output_plan`]).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// [`JobDesc::output_plans`] names the output at fault.
+    #[error("outputs[{output}]: {reason}")]
+    InOutput {
+        output: usize,
+        reason: Box<PlanError>,
+    },
+    #[error("output {0} does not exist")]
+    NoOutput(usize),
+    #[error("part {0:?} does not exist")]
+    NoPart(String),
+    #[error("layer {0} does not exist")]
+    NoLayer(usize),
+    #[error("layer {layer}'s map {map} does not exist")]
+    NoMap { layer: usize, map: usize },
+    #[error("layer {layer} bakes {baked}, but the output is {output}")]
+    WrongPass {
+        layer: usize,
+        baked: &'static str,
+        output: &'static str,
+    },
+    #[error("layer {layer}'s map is {map_width}x{map_height}, but the output is {width}x{height}")]
+    WrongSize {
+        layer: usize,
+        map_width: u32,
+        map_height: u32,
+        width: u32,
+        height: u32,
+    },
+    #[error("layer {layer} covers {meshes} meshes; an output is one layer over the whole map of its atlas_meshes, or one layer per object")]
+    LayerMeshes { layer: usize, meshes: usize },
+    #[error("layer {layer}'s mesh {mesh} is not in atlas_meshes")]
+    MeshNotInAtlas { layer: usize, mesh: usize },
+    #[error("mesh {0} has two layers")]
+    MeshTwice(usize),
+    #[error("part {part:?} has mesh {}, but its layer {layer} is {}",
+        part_mesh.map_or("null".into(), |m| m.to_string()),
+        match layer_mesh {
+            Some(m) => format!("object {m}'s"),
+            None => "a whole map's (mesh must be null)".into(),
+        })]
+    PartMesh {
+        part: String,
+        part_mesh: Option<usize>,
+        layer: usize,
+        layer_mesh: Option<usize>,
+    },
+    #[error("layer {layer}: {reason}")]
+    Tiling { layer: usize, reason: TilingError },
+}
+
+/// Why parts do not tile a region exactly ([`check_tiling`]).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TilingError {
+    #[error("part {part:?} is not a non-empty rectangle inside the region {region:?}")]
+    Outside { part: [u32; 4], region: [u32; 4] },
+    #[error("its parts cover {total} texels, but its region {region:?} has {want}")]
+    Coverage {
+        total: u64,
+        region: [u32; 4],
+        want: u64,
+    },
+    #[error("parts overlap at texel row {row} (part {part:?})")]
+    Overlap { row: u32, part: [u32; 4] },
+}
+
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> DescError {
     DescError::Invalid {
         field: field.into(),
@@ -471,7 +539,7 @@ impl JobDesc {
         self.validate_scene()?;
         check_out_dir(&self.out_dir).map_err(|r| invalid("out_dir", r))?;
         if let Some(m) = &self.manager {
-            check_manager(m).map_err(|r| invalid("manager", r))?;
+            check_manager(m).map_err(|r| invalid("manager", r.to_string()))?;
         }
         self.validate_bake()?;
         self.validate_parts()?;
@@ -662,7 +730,7 @@ impl JobDesc {
             }
             let plan = self
                 .output_plan_with(oi, &index)
-                .map_err(|r| invalid(&field, r))?;
+                .map_err(|r| invalid(&field, r.to_string()))?;
             if self.bake.mode == BakeMode::Single && plan.assembly != Assembly::Whole {
                 return Err(invalid(
                     &field,
@@ -699,17 +767,20 @@ impl JobDesc {
 
     /// The layers of output `oi`, how they are assembled, and which parts tile each; checks
     /// that the parts tile every layer's region exactly (no gap, no overlap).
-    pub fn output_plan(&self, oi: usize) -> Result<OutputPlan, String> {
+    pub fn output_plan(&self, oi: usize) -> Result<OutputPlan, PlanError> {
         self.output_plan_with(oi, &self.part_index())
     }
 
     /// [`JobDesc::output_plan`] of every output, in order.
-    pub fn output_plans(&self) -> Result<Vec<OutputPlan>, String> {
+    pub fn output_plans(&self) -> Result<Vec<OutputPlan>, PlanError> {
         let index = self.part_index();
         (0..self.outputs.len())
             .map(|oi| {
                 self.output_plan_with(oi, &index)
-                    .map_err(|r| format!("outputs[{oi}]: {r}"))
+                    .map_err(|r| PlanError::InOutput {
+                        output: oi,
+                        reason: Box::new(r),
+                    })
             })
             .collect()
     }
@@ -718,16 +789,13 @@ impl JobDesc {
         &self,
         oi: usize,
         index: &HashMap<&str, usize>,
-    ) -> Result<OutputPlan, String> {
-        let o = self
-            .outputs
-            .get(oi)
-            .ok_or_else(|| format!("output {oi} does not exist"))?;
+    ) -> Result<OutputPlan, PlanError> {
+        let o = self.outputs.get(oi).ok_or(PlanError::NoOutput(oi))?;
         let mut layers: Vec<(usize, Option<usize>, Vec<usize>)> = Vec::new();
         for name in &o.parts {
             let pi = *index
                 .get(name.as_str())
-                .ok_or_else(|| format!("part {name:?} does not exist"))?;
+                .ok_or_else(|| PlanError::NoPart(name.clone()))?;
             let l = self.parts[pi].layer;
             match layers.iter_mut().find(|(x, _, _)| *x == l) {
                 Some((_, _, ps)) => ps.push(pi),
@@ -735,28 +803,26 @@ impl JobDesc {
             }
         }
         for (l, _, _) in &layers {
-            let layer = self
-                .bake
-                .layers
-                .get(*l)
-                .ok_or_else(|| format!("layer {l} does not exist"))?;
-            let map = self
-                .bake
-                .maps
-                .get(layer.map)
-                .ok_or_else(|| format!("layer {l}'s map {} does not exist", layer.map))?;
+            let layer = self.bake.layers.get(*l).ok_or(PlanError::NoLayer(*l))?;
+            let map = self.bake.maps.get(layer.map).ok_or(PlanError::NoMap {
+                layer: *l,
+                map: layer.map,
+            })?;
             if layer.pass != o.pass {
-                return Err(format!(
-                    "layer {l} bakes {}, but the output is {}",
-                    layer.pass.name(),
-                    o.pass.name()
-                ));
+                return Err(PlanError::WrongPass {
+                    layer: *l,
+                    baked: layer.pass.name(),
+                    output: o.pass.name(),
+                });
             }
             if (map.width, map.height) != (o.width, o.height) {
-                return Err(format!(
-                    "layer {l}'s map is {}x{}, but the output is {}x{}",
-                    map.width, map.height, o.width, o.height
-                ));
+                return Err(PlanError::WrongSize {
+                    layer: *l,
+                    map_width: map.width,
+                    map_height: map.height,
+                    width: o.width,
+                    height: o.height,
+                });
             }
         }
         let whole = layers.len() == 1 && {
@@ -770,17 +836,16 @@ impl JobDesc {
             for (l, mesh, _) in &mut layers {
                 let map = &self.bake.maps[self.bake.layers[*l].map];
                 let [m] = map.meshes[..] else {
-                    return Err(format!(
-                        "layer {l} covers {} meshes; an output is one layer over the whole \
-                         map of its atlas_meshes, or one layer per object",
-                        map.meshes.len()
-                    ));
+                    return Err(PlanError::LayerMeshes {
+                        layer: *l,
+                        meshes: map.meshes.len(),
+                    });
                 };
                 if !o.atlas_meshes.contains(&m) {
-                    return Err(format!("layer {l}'s mesh {m} is not in atlas_meshes"));
+                    return Err(PlanError::MeshNotInAtlas { layer: *l, mesh: m });
                 }
                 if seen.contains(&m) {
-                    return Err(format!("mesh {m} has two layers"));
+                    return Err(PlanError::MeshTwice(m));
                 }
                 seen.push(m);
                 *mesh = Some(m);
@@ -791,46 +856,44 @@ impl JobDesc {
             for &pi in parts {
                 let p = &self.parts[pi];
                 if p.mesh != *mesh {
-                    return Err(format!(
-                        "part {:?} has mesh {}, but its layer {l} is {}",
-                        p.name,
-                        p.mesh.map_or("null".into(), |m| m.to_string()),
-                        match mesh {
-                            Some(m) => format!("object {m}'s"),
-                            None => "a whole map's (mesh must be null)".into(),
-                        }
-                    ));
+                    return Err(PlanError::PartMesh {
+                        part: p.name.clone(),
+                        part_mesh: p.mesh,
+                        layer: *l,
+                        layer_mesh: *mesh,
+                    });
                 }
             }
             let region = self.bake.maps[self.bake.layers[*l].map].region();
             let rects: Vec<Region> = parts.iter().map(|&pi| self.parts[pi].region()).collect();
-            check_tiling(region, &rects).map_err(|r| format!("layer {l}: {r}"))?;
+            check_tiling(region, &rects)
+                .map_err(|reason| PlanError::Tiling { layer: *l, reason })?;
         }
         Ok(OutputPlan { assembly, layers })
     }
 }
 
 /// Checks that `rects` (each inside `region`) cover `region` exactly once.
-pub(crate) fn check_tiling(region: Region, rects: &[Region]) -> Result<(), String> {
+pub(crate) fn check_tiling(region: Region, rects: &[Region]) -> Result<(), TilingError> {
     if let Some(r) = rects
         .iter()
         .find(|r| !region.contains_rect(r.x0, r.y0, r.x1, r.y1))
     {
-        return Err(format!(
-            "part {:?} is not a non-empty rectangle inside the region {:?}",
-            region_array(*r),
-            region_array(region)
-        ));
+        return Err(TilingError::Outside {
+            part: region_array(*r),
+            region: region_array(region),
+        });
     }
     let total: u64 = rects.iter().map(|r| r.pixels() as u64).sum();
     let want = region.pixels() as u64;
     // A bitmap of the region finds overlaps; with the areas adding up, no overlap means no gap.
     // At most one bit per texel of a map (32 MiB for 16384²), alive for one check.
     if total != want {
-        return Err(format!(
-            "its parts cover {total} texels, but its region {:?} has {want}",
-            region_array(region)
-        ));
+        return Err(TilingError::Coverage {
+            total,
+            region: region_array(region),
+            want,
+        });
     }
     let words_per_row = (region.width() as usize).div_ceil(64);
     let mut bits = vec![0u64; words_per_row * region.height() as usize];
@@ -849,10 +912,10 @@ pub(crate) fn check_tiling(region: Region, rects: &[Region]) -> Result<(), Strin
                 };
                 let word = &mut bits[row + w];
                 if *word & mask != 0 {
-                    return Err(format!(
-                        "parts overlap at texel row {y} (part {:?})",
-                        region_array(*r)
-                    ));
+                    return Err(TilingError::Overlap {
+                        row: y,
+                        part: region_array(*r),
+                    });
                 }
                 *word |= mask;
                 x += n;
@@ -1020,8 +1083,8 @@ pub fn check_out_dir(dir: &str) -> Result<(), String> {
 }
 
 /// Checks a manager address `HOST:PORT` (a name, IPv4 or `[IPv6]` and a port 1-65535).
-pub fn check_manager(addr: &str) -> Result<(), String> {
-    rayfarm_proto::addr::check_host_port(addr, MAX_MANAGER_LEN).map_err(|e| e.to_string())
+pub fn check_manager(addr: &str) -> Result<(), rayfarm_proto::addr::AddrError> {
+    rayfarm_proto::addr::check_host_port(addr, MAX_MANAGER_LEN)
 }
 
 /// The folder holding a job.desc, as an absolute path.

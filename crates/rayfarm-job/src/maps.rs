@@ -124,12 +124,11 @@ fn write_exr_with(
     height: u32,
     get: impl Fn(usize, usize) -> [f32; 3] + Sync,
 ) -> Result<(), MapError> {
-    let bytes = crate::images::encode_exr_rgb(width, height, false, get).map_err(|reason| {
-        MapError::Exr {
+    let bytes =
+        crate::images::encode_exr_rgb(width, height, false, get).map_err(|e| MapError::Exr {
             path: path.to_path_buf(),
-            reason,
-        }
-    })?;
+            reason: e.to_string(),
+        })?;
     write_atomic(path, &bytes)
 }
 
@@ -173,10 +172,10 @@ pub fn encode_map_png(
 }
 
 fn encode_png_rgb8(width: u32, height: u32, samples: &[u8]) -> Result<Vec<u8>, MapError> {
-    crate::images::encode_png_rgb8(width, height, samples).map_err(|reason| MapError::Png {
+    crate::images::encode_png_rgb8(width, height, samples).map_err(|e| MapError::Png {
         width,
         height,
-        reason,
+        reason: e.to_string(),
     })
 }
 

@@ -128,9 +128,12 @@ fn incomplete_message(job_id: &str, missing: &[String], corrupt: &[(String, Stri
     )
 }
 
+/// Why a [`ManagerCheck`] refuses a merge: any error, whose message the refusal quotes.
+pub type Refusal = Box<dyn std::error::Error + Send + Sync>;
+
 /// Asked before a merge writes anything; an `Err` refuses the merge with its message.
 /// It is given the job's id.
-pub type ManagerCheck<'a> = &'a dyn Fn(&str) -> Result<(), String>;
+pub type ManagerCheck<'a> = &'a dyn Fn(&str) -> Result<(), Refusal>;
 
 /// Options of [`merge`].
 #[derive(Default)]
@@ -362,7 +365,7 @@ fn merge_render(
     if let Some(ask) = opts.manager_check {
         ask(&desc.job_id).map_err(|reason| MergeError::Refused {
             job_id: desc.job_id.clone(),
-            reason,
+            reason: reason.to_string(),
         })?;
     }
     let (w, h) = (desc.render.width, desc.render.height);
@@ -415,7 +418,7 @@ fn merge_bake(
         .map_err(|reason| DescError::InvalidFile {
             path: desc_path.to_path_buf(),
             field: "outputs".into(),
-            reason,
+            reason: reason.to_string(),
         })?;
 
     let problems = check(&job_dir, &desc, seal);
@@ -425,7 +428,7 @@ fn merge_bake(
     if let Some(ask) = opts.manager_check {
         ask(&desc.job_id).map_err(|reason| MergeError::Refused {
             job_id: desc.job_id.clone(),
-            reason,
+            reason: reason.to_string(),
         })?;
     }
 

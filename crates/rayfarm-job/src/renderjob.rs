@@ -82,6 +82,23 @@ pub struct CameraDesc {
     pub forward: [f32; 3],
 }
 
+/// Why a frame's camera is refused (a reason for [`DescError::Invalid`]).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CameraError {
+    #[error("name longer than {MAX_DISPLAY_NAME_CHARS} characters")]
+    LongName,
+    #[error("position is not finite")]
+    Position,
+    #[error("{what} {v:?} is not a unit vector")]
+    NotUnit { what: &'static str, v: [f32; 3] },
+    #[error("yfov {0} is not between 0 and pi radians")]
+    Yfov(f32),
+    #[error("aspect {0} is not a positive number")]
+    Aspect(f32),
+    #[error("xmag {xmag} and ymag {ymag} must be positive")]
+    Mag { xmag: f32, ymag: f32 },
+}
+
 impl CameraDesc {
     pub fn from_camera(c: &Camera) -> CameraDesc {
         CameraDesc {
@@ -119,15 +136,13 @@ impl CameraDesc {
         }
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), CameraError> {
         if self.name.chars().count() > MAX_DISPLAY_NAME_CHARS {
-            return Err(format!(
-                "name longer than {MAX_DISPLAY_NAME_CHARS} characters"
-            ));
+            return Err(CameraError::LongName);
         }
         let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
         if !finite(&self.position) {
-            return Err("position is not finite".into());
+            return Err(CameraError::Position);
         }
         for (what, v) in [
             ("right", self.right),
@@ -136,21 +151,21 @@ impl CameraDesc {
         ] {
             let len = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
             if !finite(&v) || (len - 1.0).abs() > 1e-3 {
-                return Err(format!("{what} {v:?} is not a unit vector"));
+                return Err(CameraError::NotUnit { what, v });
             }
         }
         match self.projection {
             ProjectionDesc::Perspective { yfov, aspect } => {
                 if !(yfov.is_finite() && yfov > 0.0 && yfov < std::f32::consts::PI) {
-                    return Err(format!("yfov {yfov} is not between 0 and pi radians"));
+                    return Err(CameraError::Yfov(yfov));
                 }
                 if let Some(a) = aspect.filter(|a| !(a.is_finite() && *a > 0.0)) {
-                    return Err(format!("aspect {a} is not a positive number"));
+                    return Err(CameraError::Aspect(a));
                 }
             }
             ProjectionDesc::Orthographic { xmag, ymag } => {
                 if !(xmag.is_finite() && xmag > 0.0 && ymag.is_finite() && ymag > 0.0) {
-                    return Err(format!("xmag {xmag} and ymag {ymag} must be positive"));
+                    return Err(CameraError::Mag { xmag, ymag });
                 }
             }
         }
@@ -272,7 +287,7 @@ impl RenderJobDesc {
         check_display_name(&self.name)?;
         check_out_dir(&self.out_dir).map_err(|r| invalid("out_dir", r))?;
         if let Some(m) = &self.manager {
-            check_manager(m).map_err(|r| invalid("manager", r))?;
+            check_manager(m).map_err(|r| invalid("manager", r.to_string()))?;
         }
         let r = &self.render;
         check_size(r.width, r.height).map_err(|e| invalid("render", e))?;
@@ -312,10 +327,10 @@ impl RenderJobDesc {
             }
             f.camera
                 .check()
-                .map_err(|r| invalid(format!("{field}.camera"), r))?;
+                .map_err(|r| invalid(format!("{field}.camera"), r.to_string()))?;
             check_file_name(&f.output).map_err(|r| invalid(format!("{field}.output"), r))?;
             ImageFormat::of(Path::new(&f.output))
-                .map_err(|r| invalid(format!("{field}.output"), r))?;
+                .map_err(|r| invalid(format!("{field}.output"), r.to_string()))?;
             if !outputs.insert(f.output.to_ascii_lowercase()) {
                 return Err(invalid(
                     format!("{field}.output"),
@@ -360,7 +375,8 @@ impl RenderJobDesc {
         }
         let full = Region::full(r.width, r.height);
         for (fi, list) in rects.iter().enumerate() {
-            check_tiling(full, list).map_err(|e| invalid(format!("frames[{fi}]"), e))?;
+            check_tiling(full, list)
+                .map_err(|e| invalid(format!("frames[{fi}]"), e.to_string()))?;
         }
         Ok(())
     }

@@ -430,8 +430,8 @@ fn corrupt_part_is_named_and_nothing_is_written() {
 fn manager_can_refuse() {
     let t = setup(BakeMode::Single, false);
     let before = snapshot(&t.root);
-    let ask = |job_id: &str| -> Result<(), String> {
-        Err(format!("the manager says job {job_id} has 3 tasks running"))
+    let ask = |job_id: &str| -> Result<(), rayfarm_job::merge::Refusal> {
+        Err(format!("the manager says job {job_id} has 3 tasks running").into())
     };
     let e = merge(
         &t.desc_path,

@@ -11,6 +11,27 @@ use std::path::{Path, PathBuf};
 
 pub const CONFIG_VERSION: u32 = 1;
 
+/// Why the configuration or the farm key could not be had; messages name the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {reason}", path.display())]
+    Read {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    Parse {
+        path: PathBuf,
+        reason: toml::de::Error,
+    },
+    #[error("{}: config version {found} is not supported (this rayfarm reads version {CONFIG_VERSION})", path.display())]
+    Version { path: PathBuf, found: u32 },
+    #[error("no farm key: set RAYFARM_KEY or `key = \"...\"` in the config file (make one with `rayfarm key generate`)")]
+    NoKey,
+    #[error("{0}")]
+    BadKey(rayfarm_proto::auth::KeyError),
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -68,7 +89,7 @@ pub fn default_paths() -> Vec<PathBuf> {
 
 /// Loads the configuration: `explicit` must exist; otherwise the first default path that
 /// exists, or an empty configuration.
-pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), String> {
+pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
     let path = match explicit {
         Some(p) => Some(p.to_path_buf()),
         None => default_paths().into_iter().find(|p| p.exists()),
@@ -82,28 +103,30 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), String
             None,
         ));
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let cfg: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(reason) => return Err(ConfigError::Read { path, reason }),
+    };
+    let cfg: Config = match toml::from_str(&text) {
+        Ok(c) => c,
+        Err(reason) => return Err(ConfigError::Parse { path, reason }),
+    };
     if cfg.version != CONFIG_VERSION {
-        return Err(format!(
-            "{}: config version {} is not supported (this rayfarm reads version {CONFIG_VERSION})",
-            path.display(),
-            cfg.version
-        ));
+        return Err(ConfigError::Version {
+            path,
+            found: cfg.version,
+        });
     }
     Ok((cfg, Some(path)))
 }
 
 /// The farm key from `$RAYFARM_KEY`, else the configuration file.
-pub fn farm_key(cfg: &Config) -> Result<FarmKey, String> {
+pub fn farm_key(cfg: &Config) -> Result<FarmKey, ConfigError> {
     let secret = std::env::var("RAYFARM_KEY")
         .ok()
         .or_else(|| cfg.key.clone());
     match secret {
-        Some(s) => FarmKey::from_secret(&s).map_err(|e| e.to_string()),
-        None => Err(
-            "no farm key: set RAYFARM_KEY or `key = \"...\"` in the config file (make one with `rayfarm key generate`)"
-                .into(),
-        ),
+        Some(s) => FarmKey::from_secret(&s).map_err(ConfigError::BadKey),
+        None => Err(ConfigError::NoKey),
     }
 }

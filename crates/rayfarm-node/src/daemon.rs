@@ -279,16 +279,27 @@ pub fn default_alias() -> String {
         .unwrap_or_else(|| "node".to_string())
 }
 
+/// Why an alias given by the user is refused ([`check_alias`]).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AliasError {
+    #[error("the alias is empty")]
+    Empty,
+    #[error("the alias {0:?} is longer than 64 characters")]
+    TooLong(String),
+    #[error("the alias {0:?} contains control characters")]
+    Control(String),
+}
+
 /// Checks an alias given by the user.
-pub fn check_alias(alias: &str) -> Result<(), String> {
+pub fn check_alias(alias: &str) -> Result<(), AliasError> {
     if alias.trim().is_empty() {
-        return Err("the alias is empty".into());
+        return Err(AliasError::Empty);
     }
     if alias.chars().count() > 64 {
-        return Err(format!("the alias {alias:?} is longer than 64 characters"));
+        return Err(AliasError::TooLong(alias.to_string()));
     }
     if alias.chars().any(char::is_control) {
-        return Err(format!("the alias {alias:?} contains control characters"));
+        return Err(AliasError::Control(alias.to_string()));
     }
     Ok(())
 }
