@@ -283,10 +283,10 @@ fn required_unsupported_extension() {
 fn optional_unsupported_extension_warns_and_renders() {
     let dir = tempfile::tempdir().unwrap();
     let mut doc = triangle_gltf();
-    doc["extensionsUsed"] = json!(["KHR_materials_sheen", "KHR_texture_transform"]);
+    doc["extensionsUsed"] = json!(["KHR_materials_iridescence", "KHR_texture_transform"]);
     doc["materials"][0]["extensions"] =
-        json!({ "KHR_materials_sheen": { "sheenColorFactor": [1, 1, 1] } });
-    let p = write_gltf(dir.path(), "sheen.gltf", &doc);
+        json!({ "KHR_materials_iridescence": { "iridescenceFactor": 1.0 } });
+    let p = write_gltf(dir.path(), "iridescent.gltf", &doc);
     let r = render(&p, dir.path(), &["--env-color", "0.5"]);
     r.assert_ok();
     let warnings: Vec<&str> = r
@@ -295,7 +295,10 @@ fn optional_unsupported_extension_warns_and_renders() {
         .filter(|l| l.starts_with("warning:"))
         .collect();
     assert_eq!(warnings.len(), 1, "expected one warning: {}", r.stderr);
-    assert!(warnings[0].contains("sheen.gltf") && warnings[0].contains("KHR_materials_sheen"));
+    assert!(
+        warnings[0].contains("iridescent.gltf")
+            && warnings[0].contains("KHR_materials_iridescence")
+    );
     assert!(
         !warnings[0].contains("KHR_texture_transform"),
         "a supported extension was reported"
