@@ -366,3 +366,48 @@ fn water_bottle_charts_fully_covered_and_padded() {
     }
     assert!(padded.iter().zip(&cov).all(|(p, &c)| c || *p == [0.0; 3]));
 }
+
+/// The `complete` pass shades with the same BSDF as renders, layers included: a white sheen
+/// (KHR_materials_sheen) or clearcoat (KHR_materials_clearcoat) over a grey plane under a
+/// uniform white sky changes what the pass records, and never above the sky. (Seen along the
+/// normal, the sheen darkens the plane: it reflects little there, while the albedo scaling
+/// takes from the base the light arriving at grazing angles, where the sheen is strong.)
+#[test]
+fn complete_pass_includes_sheen_and_clearcoat() {
+    let complete_mean = |m: Material| {
+        let mut s = CompiledScene {
+            environment: rayfarm_scene::Environment::Color([1.0; 3]),
+            ..Default::default()
+        };
+        let m = s.add_material(m);
+        s.add_quad(
+            "plane",
+            Vec3::new(-1.0, 0.0, -1.0),
+            Vec3::Z * 2.0,
+            Vec3::X * 2.0,
+            m,
+        );
+        let table = TexelTable::build(&s, &[0], 0, 8, 8);
+        let rs = RenderScene::new(s);
+        let px = bake(&rs, &table, &settings(Pass::Complete, 64), 2, 4, 16);
+        px.iter().map(|p| p[0] as f64).sum::<f64>() / px.len() as f64
+    };
+    let plain = complete_mean(grey(0.5));
+    let sheen = complete_mean(Material {
+        sheen_color: [1.0; 3],
+        sheen_roughness: 0.5,
+        ..grey(0.5)
+    });
+    let coat = complete_mean(Material {
+        clearcoat: 1.0,
+        clearcoat_roughness: 0.1,
+        ..grey(0.5)
+    });
+    eprintln!("complete pass: plain {plain:.4}, sheen {sheen:.4}, clearcoat {coat:.4}");
+    assert!(
+        (sheen - plain).abs() > 0.02,
+        "sheen {sheen} vs plain {plain}"
+    );
+    assert!(coat > plain + 0.01, "clearcoat {coat} vs plain {plain}");
+    assert!(sheen <= 1.01 && coat <= 1.01);
+}

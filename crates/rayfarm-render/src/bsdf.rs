@@ -96,6 +96,8 @@ impl Bsdf {
 /// The parts of a layered evaluation that depend only on the outgoing direction.
 #[derive(Clone, Copy, Debug)]
 struct Layers {
+    /// Whether there is any layer (else the other fields are neutral).
+    active: bool,
     /// `max(sheenColor) * E(wo)`: the sheen's share of the energy at `wo` (0 without sheen).
     sheen_wo: f32,
     /// `1 / max(1, E(wo))`: keeps the sheen lobe's albedo at most 1 (see `layers`).
@@ -120,14 +122,14 @@ struct Probs {
 /// A BSDF with its lobe-selection probabilities worked out for one outgoing direction, which
 /// both `eval` and `sample` need.
 #[derive(Clone, Copy, Debug)]
-pub struct PreparedBsdf {
-    pub bsdf: Bsdf,
+pub struct PreparedBsdf<'a> {
+    pub bsdf: &'a Bsdf,
     pub wo: Vec3A,
     probs: Probs,
     layers: Layers,
 }
 
-impl PreparedBsdf {
+impl PreparedBsdf<'_> {
     #[inline]
     pub fn eval(&self, wi: Vec3A) -> (Vec3A, f32) {
         self.bsdf.eval_with(self.wo, wi, &self.probs, &self.layers)
@@ -316,6 +318,21 @@ impl Bsdf {
 
     #[inline(always)]
     fn layers(&self, wo: Vec3A) -> Layers {
+        if !self.has_sheen() && !self.has_coat() {
+            return Layers {
+                active: false,
+                sheen_wo: 0.0,
+                sheen_norm: 1.0,
+                coat_wo: 0.0,
+                coat_t: Vec3A::X,
+                coat_b: Vec3A::Y,
+            };
+        }
+        self.layers_slow(wo)
+    }
+
+    #[inline(never)]
+    fn layers_slow(&self, wo: Vec3A) -> Layers {
         let (sheen_wo, sheen_norm) = if self.has_sheen() {
             let e = sheen_albedo(wo.z, self.sheen_roughness);
             // The fitted visibility lets the lobe reflect more than arrives at grazing views of
@@ -334,6 +351,7 @@ impl Bsdf {
             (Vec3A::X, Vec3A::Y, 0.0)
         };
         Layers {
+            active: true,
             sheen_wo,
             sheen_norm,
             coat_wo,
@@ -382,10 +400,10 @@ impl Bsdf {
 
     /// Fixes the outgoing direction (local frame).
     #[inline]
-    pub fn prepare(&self, wo: Vec3A) -> PreparedBsdf {
+    pub fn prepare(&self, wo: Vec3A) -> PreparedBsdf<'_> {
         let layers = self.layers(wo);
         PreparedBsdf {
-            bsdf: *self,
+            bsdf: self,
             wo,
             probs: self.lobe_probs(wo.z, &layers),
             layers,
@@ -414,9 +432,28 @@ impl Bsdf {
         let fm = self.fresnel_metal(voh);
         let diffuse = self.base * (FRAC_1_PI * (1.0 - self.transmission));
         let m = self.metallic;
-        let mut f = ((Vec3A::ONE - fd) * diffuse + fd * spec) * (1.0 - m) + fm * (spec * m);
+        let f = ((Vec3A::ONE - fd) * diffuse + fd * spec) * (1.0 - m) + fm * (spec * m);
         let pdf_spec = d / ((1.0 + lo) * 4.0 * wo.z);
-        let mut pdf = probs.spec * pdf_spec + probs.diff * wi.z * FRAC_1_PI;
+        let pdf = probs.spec * pdf_spec + probs.diff * wi.z * FRAC_1_PI;
+        if l.active {
+            self.eval_layers(wo, wi, f, pdf, probs, l)
+        } else {
+            (f, pdf)
+        }
+    }
+
+    /// Adds the sheen and coat layers to the base's `(f, pdf)`. Kept out of line so that
+    /// materials without layers run the base code alone.
+    #[inline(never)]
+    fn eval_layers(
+        &self,
+        wo: Vec3A,
+        wi: Vec3A,
+        mut f: Vec3A,
+        mut pdf: f32,
+        probs: &Probs,
+        l: &Layers,
+    ) -> (Vec3A, f32) {
         if self.has_sheen() {
             let c = self.sheen_color.max_element();
             let e_wi = c * sheen_albedo(wi.z, self.sheen_roughness).min(1.0);

@@ -30,6 +30,9 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_materials_sheen",
     "KHR_materials_clearcoat",
     "KHR_materials_volume",
+    "KHR_materials_variants",
+    "EXT_texture_webp",
+    "KHR_mesh_quantization",
 ];
 
 /// Upper bound on the elements of one accessor; far above any real scene, low enough that a
@@ -92,6 +95,9 @@ pub fn load_from_slice_with(
     let mut b = Builder::new(path, doc, parsed.buffers, read_file, &mut warnings);
     b.scene.resolution = parsed.resolution;
     b.raw_materials = parsed.raw_materials;
+    if let Some(name) = &opts.variant {
+        b.variant_materials = variant_mappings(&parsed.raw, path, name)?;
+    }
     // Local transforms of the animated nodes at the requested time, by node index.
     let poses = match opts.time_s {
         Some(t) => animation::pose_nodes(&mut b, t)?,
@@ -186,6 +192,117 @@ pub fn animation_span_from_slice(
     animation::span(&b)
 }
 
+/// The names of the KHR_materials_variants variants of a `.gltf` or `.glb` file, in file order
+/// (empty when it has none).
+pub fn variants(path: &Path) -> Result<Vec<String>, SceneError> {
+    let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
+    let json: &[u8] = if bytes.starts_with(b"glTF") {
+        split_glb(&bytes)
+            .map_err(|e| SceneError::invalid(path, format!("not a valid .glb file: {e}")))?
+            .0
+    } else {
+        &bytes
+    };
+    let raw: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| SceneError::invalid(path, format!("not valid glTF JSON: {e}")))?;
+    variant_names(&raw, path)
+}
+
+fn variant_names(raw: &serde_json::Value, path: &Path) -> Result<Vec<String>, SceneError> {
+    let Some(list) = raw
+        .get("extensions")
+        .and_then(|e| e.get("KHR_materials_variants"))
+        .map(|v| v.get("variants"))
+    else {
+        return Ok(Vec::new());
+    };
+    let bad = || {
+        SceneError::invalid(
+            path,
+            "KHR_materials_variants.variants must be an array of objects with a name",
+        )
+    };
+    let list = list.and_then(|l| l.as_array()).ok_or_else(bad)?;
+    list.iter()
+        .map(|v| v.get("name").and_then(|n| n.as_str()).map(String::from))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(bad)
+}
+
+/// For the variant `name`, the material of every (mesh, primitive) that maps one. An unknown
+/// name is an error that lists the file's variants; malformed mappings name their primitive.
+fn variant_mappings(
+    raw: &serde_json::Value,
+    path: &Path,
+    name: &str,
+) -> Result<HashMap<(usize, usize), usize>, SceneError> {
+    let names = variant_names(raw, path)?;
+    let Some(variant) = names.iter().position(|n| n == name) else {
+        let have = if names.is_empty() {
+            "the file has no material variants".to_string()
+        } else {
+            format!("the file's variants are: {}", names.join(", "))
+        };
+        return Err(SceneError::invalid(
+            path,
+            format!("no material variant named '{name}'; {have}"),
+        ));
+    };
+    let materials = raw
+        .get("materials")
+        .and_then(|m| m.as_array())
+        .map_or(0, |m| m.len());
+    let mut out = HashMap::new();
+    let meshes = raw.get("meshes").and_then(|m| m.as_array());
+    for (mi, mesh) in meshes.into_iter().flatten().enumerate() {
+        let prims = mesh.get("primitives").and_then(|p| p.as_array());
+        for (pi, prim) in prims.into_iter().flatten().enumerate() {
+            let Some(ext) = prim
+                .get("extensions")
+                .and_then(|e| e.get("KHR_materials_variants"))
+            else {
+                continue;
+            };
+            let at = format!("mesh {mi} primitive {pi} KHR_materials_variants");
+            let bad = |what: String| SceneError::invalid(path, format!("{at}: {what}"));
+            let mappings = ext
+                .get("mappings")
+                .and_then(|m| m.as_array())
+                .ok_or_else(|| bad("mappings must be an array".into()))?;
+            for (k, m) in mappings.iter().enumerate() {
+                let material = m
+                    .get("material")
+                    .and_then(|v| v.as_u64())
+                    .ok_or_else(|| bad(format!("mapping {k} has no material index")))?;
+                if material as usize >= materials {
+                    return Err(bad(format!(
+                        "mapping {k} refers to material {material} but there are {materials} materials"
+                    )));
+                }
+                let vs = m
+                    .get("variants")
+                    .and_then(|v| v.as_array())
+                    .ok_or_else(|| bad(format!("mapping {k} has no variants array")))?;
+                for v in vs {
+                    let v = v
+                        .as_u64()
+                        .filter(|&v| (v as usize) < names.len())
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "mapping {k} refers to variant {v} but there are {} variants",
+                                names.len()
+                            ))
+                        })?;
+                    if v as usize == variant {
+                        out.insert((mi, pi), material as usize);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A parsed and validated glTF document with its buffers loaded.
 struct Parsed {
     doc: gltf::Document,
@@ -193,6 +310,8 @@ struct Parsed {
     resolution: Option<[u32; 2]>,
     /// The JSON of each material, for the extensions the gltf crate does not parse.
     raw_materials: Vec<serde_json::Value>,
+    /// The whole JSON document (for KHR_materials_variants).
+    raw: serde_json::Value,
 }
 
 fn parse(
@@ -210,13 +329,23 @@ fn parse(
         (bytes, None)
     };
 
-    let raw: serde_json::Value =
+    let mut raw: serde_json::Value =
         serde_json::from_slice(json_bytes).map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
     check_extensions(&raw, path, warnings)?;
     let resolution = find_resolution(&raw);
 
-    let root = gltf::json::Root::from_slice(json_bytes)
-        .map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
+    // `check_extensions` accepted every required extension; the gltf crate would refuse those
+    // it does not know itself (it reads none of the ones we read from the JSON).
+    let dropped_required = raw
+        .as_object_mut()
+        .and_then(|o| o.remove("extensionsRequired"))
+        .is_some();
+    let root = if use_webp_sources(&mut raw) || dropped_required {
+        serde_json::from_value::<gltf::json::Root>(raw.clone())
+    } else {
+        gltf::json::Root::from_slice(json_bytes)
+    }
+    .map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
     prevalidate(&root).map_err(inv)?;
     // The gltf crate's message already starts with "invalid glTF:" and ends with ';'.
     let doc = gltf::Document::from_json(root)
@@ -232,7 +361,30 @@ fn parse(
         buffers,
         resolution,
         raw_materials,
+        raw,
     })
+}
+
+/// EXT_texture_webp: a texture's WebP image is named in its extension (with or without a PNG
+/// or JPEG fallback in `source`). We prefer the WebP image and point `source` at it, so the
+/// rest of the importer sees an ordinary texture; the image crate decodes WebP (pure Rust).
+/// Returns whether anything changed.
+fn use_webp_sources(raw: &mut serde_json::Value) -> bool {
+    let mut changed = false;
+    if let Some(textures) = raw.get_mut("textures").and_then(|t| t.as_array_mut()) {
+        for t in textures {
+            let webp = t
+                .get("extensions")
+                .and_then(|e| e.get("EXT_texture_webp"))
+                .and_then(|w| w.get("source"))
+                .cloned();
+            if let (Some(src), Some(obj)) = (webp, t.as_object_mut()) {
+                obj.insert("source".into(), src);
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// Checks what the gltf crate (1.4) would otherwise panic on, in its validation or in accessors
@@ -504,6 +656,8 @@ struct Builder<'a> {
     mesh_names: HashMap<String, u32>,
     /// The JSON of each material (see [`Parsed::raw_materials`]).
     raw_materials: Vec<serde_json::Value>,
+    /// (mesh, primitive) -> material of the chosen KHR_materials_variants variant.
+    variant_materials: HashMap<(usize, usize), usize>,
 }
 
 impl<'a> Builder<'a> {
@@ -527,6 +681,7 @@ impl<'a> Builder<'a> {
             need_tangents: false,
             mesh_names: HashMap::new(),
             raw_materials: Vec::new(),
+            variant_materials: HashMap::new(),
         }
     }
 
@@ -640,7 +795,12 @@ impl<'a> Builder<'a> {
                 }
             }
 
-            let mat_index = self.material(prim.material().index())?;
+            let material = self
+                .variant_materials
+                .get(&(mesh.index(), prim.index()))
+                .copied()
+                .or(prim.material().index());
+            let mat_index = self.material(material)?;
             let material = &self.scene.materials[mat_index as usize];
             let wants_tangents =
                 material.normal_texture.is_some() || material.clearcoat_normal_texture.is_some();

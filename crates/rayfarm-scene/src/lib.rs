@@ -66,6 +66,10 @@ pub struct LoadOptions {
     /// shifted to the start of [`animation_span`]); see [`gltf_import::load_with`]. OBJ files have
     /// no animations and ignore it.
     pub time_s: Option<f32>,
+    /// Use the materials of this KHR_materials_variants variant (None: the default materials).
+    /// An unknown name is an error listing the file's variants. OBJ files have no variants: any
+    /// name is an error for them.
+    pub variant: Option<String>,
 }
 
 /// Loads a `.gltf`, `.glb` or `.obj` file into a compiled scene (without environment), in its
@@ -79,7 +83,15 @@ pub fn load(path: &Path) -> Result<(CompiledScene, Warnings), SceneError> {
 pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<(CompiledScene, Warnings), SceneError> {
     let (scene, warnings) = match format(path)? {
         Format::Gltf => gltf_import::load_with(path, opts)?,
-        Format::Obj => obj::load(path)?,
+        Format::Obj => match &opts.variant {
+            Some(v) => {
+                return Err(SceneError::invalid(
+                    path,
+                    format!("no material variant named '{v}'; OBJ files have no variants"),
+                ))
+            }
+            None => obj::load(path)?,
+        },
     };
     scene.validate().map_err(|e| SceneError::invalid(path, e))?;
     Ok((scene, warnings))
@@ -96,6 +108,15 @@ pub fn animation_span(path: &Path) -> Result<Option<(f32, f32)>, SceneError> {
             std::fs::metadata(path).map_err(|e| SceneError::io(path, e))?;
             Ok(None)
         }
+    }
+}
+
+/// The KHR_materials_variants variant names of a glTF file (empty for OBJ and for glTF files
+/// without variants).
+pub fn variants(path: &Path) -> Result<Vec<String>, SceneError> {
+    match format(path)? {
+        Format::Gltf => gltf_import::variants(path),
+        Format::Obj => Ok(Vec::new()),
     }
 }
 

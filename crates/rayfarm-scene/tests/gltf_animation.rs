@@ -116,7 +116,10 @@ fn load_at(json: &str, time_s: Option<f32>) -> Result<(CompiledScene, Warnings),
         json.as_bytes(),
         Path::new("anim.gltf"),
         &|_| Err(std::io::ErrorKind::NotFound.into()),
-        &LoadOptions { time_s },
+        &LoadOptions {
+            time_s,
+            ..Default::default()
+        },
     )
 }
 
@@ -617,8 +620,14 @@ fn animated_cube_data_file() {
         Some((0.0, 2.0))
     );
     let at = |t: f32| {
-        let (scene, warnings) =
-            rayfarm_scene::load_with(&path, &LoadOptions { time_s: Some(t) }).unwrap();
+        let (scene, warnings) = rayfarm_scene::load_with(
+            &path,
+            &LoadOptions {
+                time_s: Some(t),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         scene
     };

@@ -178,3 +178,83 @@ fn bad_layer_values_name_file_material_and_field() {
         assert_eq!(msg.lines().count(), 1, "{msg}");
     }
 }
+
+/// One triangle with two materials and two variants: "red" maps material 1, "green" maps
+/// nothing (the default material stays).
+fn variants_gltf(mappings: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(
+        [0.0f32, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    );
+    format!(
+        r#"{{"asset":{{"version":"2.0"}},"extensionsUsed":["KHR_materials_variants"],
+        "extensions":{{"KHR_materials_variants":{{"variants":[{{"name":"red"}},{{"name":"green"}}]}}}},
+        "nodes":[{{"mesh":0}}],
+        "meshes":[{{"primitives":[{{"attributes":{{"POSITION":0}},"material":0,
+            "extensions":{{"KHR_materials_variants":{{"mappings":{mappings}}}}}}}]}}],
+        "materials":[{{"name":"plain"}},{{"name":"red paint"}}],
+        "accessors":[{{"bufferView":0,"componentType":5126,"count":3,"type":"VEC3",
+                       "min":[0,0,0],"max":[1,1,0]}}],
+        "bufferViews":[{{"buffer":0,"byteLength":36}}],
+        "buffers":[{{"byteLength":36,"uri":"data:application/octet-stream;base64,{b64}"}}]}}"#
+    )
+}
+
+fn load_variant(json: &str, variant: Option<&str>) -> Result<CompiledScene, SceneError> {
+    let opts = rayfarm_scene::LoadOptions {
+        variant: variant.map(String::from),
+        ..Default::default()
+    };
+    rayfarm_scene::gltf_import::load_from_slice_with(
+        json.as_bytes(),
+        Path::new("shoe.gltf"),
+        &|_| Err(std::io::ErrorKind::NotFound.into()),
+        &opts,
+    )
+    .map(|(s, _)| s)
+}
+
+#[test]
+fn variants_pick_their_materials() {
+    let json = variants_gltf(r#"[{"material":1,"variants":[0]}]"#);
+    let name = |s: CompiledScene| s.materials[s.triangle_materials[0] as usize].name.clone();
+    assert_eq!(name(load_variant(&json, None).unwrap()), "plain");
+    assert_eq!(name(load_variant(&json, Some("red")).unwrap()), "red paint");
+    assert_eq!(name(load_variant(&json, Some("green")).unwrap()), "plain");
+    let e = load_variant(&json, Some("blue")).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "shoe.gltf: no material variant named 'blue'; the file's variants are: red, green"
+    );
+    // `variants` lists them from the file.
+    let path = std::env::temp_dir().join(format!("rayfarm-variants-{}.gltf", std::process::id()));
+    std::fs::write(&path, &json).unwrap();
+    let listed = rayfarm_scene::variants(&path);
+    std::fs::remove_file(&path).ok();
+    assert_eq!(listed.unwrap(), ["red", "green"]);
+}
+
+#[test]
+fn bad_variant_mappings_name_the_primitive() {
+    for (mappings, want) in [
+        (
+            r#"[{"material":9,"variants":[0]}]"#,
+            "shoe.gltf: mesh 0 primitive 0 KHR_materials_variants: mapping 0 refers to material 9 but there are 2 materials",
+        ),
+        (
+            r#"[{"material":1,"variants":[5]}]"#,
+            "shoe.gltf: mesh 0 primitive 0 KHR_materials_variants: mapping 0 refers to variant 5 but there are 2 variants",
+        ),
+        (
+            r#"{"material":1}"#,
+            "shoe.gltf: mesh 0 primitive 0 KHR_materials_variants: mappings must be an array",
+        ),
+    ] {
+        let e = load_variant(&variants_gltf(mappings), Some("red"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, want);
+    }
+}

@@ -86,6 +86,9 @@ pub struct RenderArgs {
     /// Frames per second of --frames: frame F shows the scene at F / FPS seconds
     #[arg(long, default_value_t = 24.0)]
     pub fps: f64,
+    /// Material variant (glTF KHR_materials_variants) to render; `rayfarm info SCENE` lists them
+    #[arg(long, value_name = "NAME")]
+    pub variant: Option<String>,
     #[command(flatten, next_help_heading = "Network rendering")]
     pub net: crate::network_cmd::RenderNetworkArgs,
     #[command(flatten, next_help_heading = "Rendering on a farm (job manager)")]
@@ -255,15 +258,27 @@ fn is_compiled_blob(path: &Path) -> bool {
 
 /// Loads a scene (or the embedded default) and prints its warnings.
 pub fn load_scene(path: Option<&Path>, quiet: bool) -> Result<CompiledScene> {
-    load_scene_at(path, None, quiet)
+    load_scene_at(path, None, None, quiet)
 }
 
-/// Loads a scene posed at `time_s` seconds of its animations (None: the rest pose).
+/// Loads a scene posed at `time_s` seconds of its animations (None: the rest pose), with the
+/// materials of `variant` (None: the default materials).
 pub fn load_scene_at(
     path: Option<&Path>,
     time_s: Option<f32>,
+    variant: Option<&str>,
     quiet: bool,
 ) -> Result<CompiledScene> {
+    if let Some(v) = variant {
+        match path {
+            Some(p) if is_compiled_blob(p) => bail!(
+                "{}: cannot pick material variant '{v}' in a compiled scene (its materials were chosen when it was compiled)",
+                p.display()
+            ),
+            None => bail!("<embedded cornell_box.gltf>: no material variant named '{v}'; the file has no material variants"),
+            _ => {}
+        }
+    }
     let (scene, warnings) = match path {
         // A compiled blob (`rayfarm info SCENE --compile-to FILE.rfscene`), as the network ships it.
         Some(p) if is_compiled_blob(p) => {
@@ -272,8 +287,13 @@ pub fn load_scene_at(
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             (scene, Vec::new())
         }
-        Some(p) => rayfarm_scene::load_with(p, &rayfarm_scene::LoadOptions { time_s })
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        Some(p) => {
+            let opts = rayfarm_scene::LoadOptions {
+                time_s,
+                variant: variant.map(String::from),
+            };
+            rayfarm_scene::load_with(p, &opts).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
         None => rayfarm_scene::gltf_import::load_from_slice(
             EMBEDDED_GLTF,
             Path::new("<embedded cornell_box.gltf>"),
@@ -501,7 +521,7 @@ fn render_frame(
     size: Option<(u32, u32)>,
 ) -> Result<(u32, u32)> {
     let t0 = Instant::now();
-    let mut scene = load_scene_at(a.scene.as_deref(), time_s, a.quiet)?;
+    let mut scene = load_scene_at(a.scene.as_deref(), time_s, a.variant.as_deref(), a.quiet)?;
     // The view first: a wrong --camera is reported before any note about the lighting.
     let (w, h) = match size {
         Some((w, h)) => (Some(w), Some(h)),
@@ -633,6 +653,15 @@ pub fn info(a: InfoArgs) -> Result<()> {
             l.name, l.kind, l.intensity, l.color
         );
     }
+    if !is_compiled_blob(&a.scene) {
+        let variants = rayfarm_scene::variants(&a.scene).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !variants.is_empty() {
+            println!(
+                "  material variants (render --variant NAME): {}",
+                variants.join(", ")
+            );
+        }
+    }
     if let Some(out) = &a.compile_to {
         let blob = rayfarm_scene::blob::encode(&scene);
         std::fs::write(out, &blob).with_context(|| format!("{}: cannot write", out.display()))?;
@@ -739,7 +768,7 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
             let time_s = f.map(|f| frame_time(f, a.fps));
             // Notes about the scene once, not once a frame.
             let quiet = a.quiet || i > 0;
-            let mut scene = load_scene_at(a.scene.as_deref(), time_s, quiet)?;
+            let mut scene = load_scene_at(a.scene.as_deref(), time_s, a.variant.as_deref(), quiet)?;
             let (w, h) = match size {
                 Some((w, h)) => (Some(w), Some(h)),
                 None => (a.width, a.height),
