@@ -103,6 +103,23 @@ pub fn router(m: Arc<Manager>) -> Router<Arc<Manager>> {
             Arc::new(m.key().clone()),
             require_token,
         ))
+        .layer(axum::middleware::from_fn_with_state(m, count_errors))
+}
+
+/// Counts the API's error answers (refusals for want of the token included) for `/metrics`.
+async fn count_errors(State(m): Mgr, req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    let s = r.status();
+    if s.is_client_error() {
+        m.stats
+            .api_client_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    } else if s.is_server_error() {
+        m.stats
+            .api_server_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    r
 }
 
 /// The OpenAPI 3.1 document of the API. `docs/openapi.json` is its pretty JSON (a unit test
@@ -259,6 +276,26 @@ async fn metrics(State(m): Mgr) -> Result<Response, ApiError> {
         "# HELP rayfarm_registered_nodes Daemons registered with the manager.\n# TYPE rayfarm_registered_nodes gauge\nrayfarm_registered_nodes {}",
         m.registered_count()
     );
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &m.stats;
+        let _ = writeln!(
+            out,
+            "# HELP rayfarm_samples_total Samples in the parts the manager verified (rate() gives samples/s).\n# TYPE rayfarm_samples_total counter\nrayfarm_samples_total {}",
+            st.samples.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP rayfarm_part_bytes_total Bytes of the parts the manager verified.\n# TYPE rayfarm_part_bytes_total counter\nrayfarm_part_bytes_total {}",
+            st.part_bytes.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP rayfarm_api_errors_total API answers with an error status, by class (4xx includes requests without the token).\n# TYPE rayfarm_api_errors_total counter\nrayfarm_api_errors_total{{class=\"4xx\"}} {}\nrayfarm_api_errors_total{{class=\"5xx\"}} {}",
+            st.api_client_errors.load(Relaxed),
+            st.api_server_errors.load(Relaxed)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP rayfarm_uptime_seconds Time since the manager started.\n# TYPE rayfarm_uptime_seconds gauge\nrayfarm_uptime_seconds {}",

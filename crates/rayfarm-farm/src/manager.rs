@@ -280,6 +280,20 @@ fn read_scene(job_dir: &Path, scene: &SceneRef) -> Result<SceneBlob, JobLoadErro
 }
 
 /// State shared by the HTTP API and the loops.
+/// Counters since the manager started, for `/metrics` (Prometheus counters: a scraper takes
+/// their rate, so samples/s is `rate(rayfarm_samples_total[1m])`).
+#[derive(Default)]
+pub struct Stats {
+    /// Samples rendered into parts the manager verified (pixels or texels x samples each).
+    pub samples: std::sync::atomic::AtomicU64,
+    /// Bytes of the parts the manager verified.
+    pub part_bytes: std::sync::atomic::AtomicU64,
+    /// API answers with a 4xx status (401 included).
+    pub api_client_errors: std::sync::atomic::AtomicU64,
+    /// API answers with a 5xx status.
+    pub api_server_errors: std::sync::atomic::AtomicU64,
+}
+
 pub struct Manager {
     /// The job store, on its own thread ([`crate::db`]).
     pub store: crate::db::StoreHandle,
@@ -297,6 +311,8 @@ pub struct Manager {
     pub roots: rayfarm_job::folder::Roots,
     /// The monitor's job previews, built once per change of a job.
     pub previews: crate::preview::PreviewCache,
+    /// Counters for `/metrics`.
+    pub stats: Stats,
 }
 
 pub fn now_ms() -> i64 {
@@ -604,6 +620,7 @@ pub async fn start(
         jobs: Default::default(),
         roots,
         previews: Default::default(),
+        stats: Default::default(),
     });
     recover(&mgr).await;
     tracing::info!(
@@ -1031,7 +1048,8 @@ async fn session_loop(
 
 /// Checks a part a worker reported done: readable, intact (its MAC), and its trailer the
 /// checksum the worker reported.
-fn verify_part(ctx: &JobCtx, p: &PartDesc, spp: u32, checksum: &[u8]) -> Result<(), String> {
+/// Returns the part's size in bytes.
+fn verify_part(ctx: &JobCtx, p: &PartDesc, spp: u32, checksum: &[u8]) -> Result<u64, String> {
     rayfarm_job::parts::read_part(&ctx.job_dir, p, spp, &ctx.seal).map_err(|e| e.to_string())?;
     let path = rayfarm_job::parts::part_path(&ctx.job_dir, p).map_err(|e| e.to_string())?;
     let bytes = rayfarm_job::folder::read_nofollow(&path, u64::MAX)
@@ -1040,7 +1058,7 @@ fn verify_part(ctx: &JobCtx, p: &PartDesc, spp: u32, checksum: &[u8]) -> Result<
     // The part's trailer is its MAC (read_part checked it).
     let got = &bytes[bytes.len().saturating_sub(32)..];
     if got == checksum {
-        Ok(())
+        Ok(bytes.len() as u64)
     } else {
         Err("the part's checksum differs from the one the worker reported".to_string())
     }
@@ -1148,8 +1166,15 @@ async fn run_task(
                             .await
                             .unwrap_or_else(|e| Err(e.to_string()));
                         let p = &work.desc;
-                        if let Err(e) = check {
-                            return Err(TaskErr::Task(format!("part {}: {e}", p.name)));
+                        let bytes = match check {
+                            Ok(b) => b,
+                            Err(e) => return Err(TaskErr::Task(format!("part {}: {e}", p.name))),
+                        };
+                        {
+                            use std::sync::atomic::Ordering::Relaxed;
+                            let samples = p.region().pixels() as u64 * part.spp as u64;
+                            mgr.stats.samples.fetch_add(samples, Relaxed);
+                            mgr.stats.part_bytes.fetch_add(bytes, Relaxed);
                         }
                         let (id, a) = (task.task_id, alias.to_string());
                         match mgr.store.call(move |s| s.task_done(id, &a)).await {

@@ -264,10 +264,23 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
     }
     let a = with("GET", "/metrics", None);
     assert_eq!(a.status, 200, "metrics: {}", a.body);
+    // Every refusal above was counted (and the unknown route's 404).
+    let refused: u64 = a
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("rayfarm_api_errors_total{class=\"4xx\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 4xx error counter: {}", a.body));
+    assert!(
+        refused > (routes.len() * bad_authorizations().len()) as u64,
+        "{refused} errors counted"
+    );
     assert!(
         a.body.contains("# TYPE rayfarm_jobs gauge")
             && a.body.contains("rayfarm_jobs{status=\"canceled\"} 1")
-            && a.body.contains("rayfarm_registered_nodes 0"),
+            && a.body.contains("rayfarm_registered_nodes 0")
+            && a.body.contains("# TYPE rayfarm_samples_total counter")
+            && a.body.contains("rayfarm_part_bytes_total 0"),
         "{}",
         a.body
     );
