@@ -505,38 +505,8 @@ pub struct DeletedJson {
     pub deleted: String,
 }
 
-/// A node as the API shows it.
-#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
-pub struct NodeJson {
-    /// `HOST:PORT` of its daemon.
-    pub addr: String,
-    pub alias: String,
-    pub threads: u32,
-    /// idle, working, occupied, lost or unreachable.
-    pub state: String,
-    /// While working: the job.
-    pub job: Option<String>,
-    /// While working: the task.
-    pub task: Option<String>,
-    /// While occupied: the master holding it.
-    pub master: Option<String>,
-    pub last_seen_ms: i64,
-}
-
-impl From<crate::manager::NodeView> for NodeJson {
-    fn from(n: crate::manager::NodeView) -> Self {
-        NodeJson {
-            addr: n.addr,
-            alias: n.alias,
-            threads: n.threads,
-            state: n.state,
-            job: n.job,
-            task: n.task,
-            master: n.master,
-            last_seen_ms: n.last_seen_ms,
-        }
-    }
-}
+/// A node as the API shows it: the manager's own view of it.
+pub use crate::manager::NodeView as NodeJson;
 
 /// `GET /api/v1/nodes`.
 #[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
@@ -1010,9 +980,7 @@ async fn preview(State(m): Mgr, Path(id): Path<String>) -> Result<Response, ApiE
     )
 )]
 async fn nodes(State(m): Mgr) -> Json<NodeListJson> {
-    Json(NodeListJson {
-        nodes: m.nodes().into_iter().map(NodeJson::from).collect(),
-    })
+    Json(NodeListJson { nodes: m.nodes() })
 }
 
 /// A daemon announces itself.

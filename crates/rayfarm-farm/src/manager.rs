@@ -62,15 +62,21 @@ pub struct ManagerConfig {
 }
 
 /// A node as the API shows it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+// The API calls it NodeJson (`api::NodeJson` is this type).
+#[schema(as = NodeJson)]
 pub struct NodeView {
+    /// `HOST:PORT` of its daemon.
     pub addr: String,
     pub alias: String,
     pub threads: u32,
     /// idle, working, occupied, lost or unreachable.
     pub state: String,
+    /// While working: the job.
     pub job: Option<String>,
+    /// While working: the task.
     pub task: Option<String>,
+    /// While occupied: the master holding it.
     pub master: Option<String>,
     pub last_seen_ms: i64,
 }
