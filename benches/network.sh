@@ -17,16 +17,22 @@ secs() { sed -n 's/.* in \([0-9.]*\) s (.*/\1/p' "$1" | head -1; }
 taskset -c 0 $B render "${ARGS[@]}" --threads 1 -o "$tmp/local.exr" > "$tmp/local.txt"
 echo "local, 1 thread on core 0: $(secs "$tmp/local.txt") s"
 
+# Plain units (32 px x 16 spp) and progressive ones (passes of 1, 1, 2, 4, 8, then 16 spp; what
+# --view uses), alternating, so both see the same machine.
 for n in 1 2; do
-  port=$((21500 + n))
-  # Workers first (they wait for their master), so the timing covers rendering, not start-up.
-  for c in $(seq 0 $((n - 1))); do
-    taskset -c $c $B worker --master 127.0.0.1:$port --threads 1 --cache-dir "$tmp/cache$c" 2>/dev/null &
+  for mode in plain progressive; do
+    port=$((21500 + 2 * n))
+    extra=()
+    [ $mode = progressive ] && extra=(--progressive) && port=$((port + 1))
+    # Workers first (they wait for their master), so the timing covers rendering, not start-up.
+    for c in $(seq 0 $((n - 1))); do
+      taskset -c $c $B worker --master 127.0.0.1:$port --threads 1 --cache-dir "$tmp/cache$c" 2>/dev/null &
+    done
+    taskset -c 0,1 $B render "${ARGS[@]}" "${extra[@]}" --network --no-local --master-bind 127.0.0.1 \
+      --master-port $port -o "$tmp/net$n$mode.exr" > "$tmp/net$n$mode.txt" 2> "$tmp/net$n$mode.err"
+    cmp -s "$tmp/local.exr" "$tmp/net$n$mode.exr" && same="identical bytes" || same="DIFFERENT BYTES"
+    echo "$n worker(s), 1 thread each, pinned, $mode: $(secs "$tmp/net$n$mode.txt") s ($same)"
   done
-  taskset -c 0,1 $B render "${ARGS[@]}" --network --no-local --master-bind 127.0.0.1 \
-    --master-port $port -o "$tmp/net$n.exr" > "$tmp/net$n.txt" 2> "$tmp/net$n.err"
-  cmp -s "$tmp/local.exr" "$tmp/net$n.exr" && same="identical bytes" || same="DIFFERENT BYTES"
-  echo "$n worker(s), 1 thread each, pinned: $(secs "$tmp/net$n.txt") s ($same)"
 done
 
 # Cold vs cached: a daemon on 127.0.0.9 starts the worker; the first render ships the scene,

@@ -27,6 +27,7 @@ pub mod api;
 pub mod core;
 pub mod db;
 pub mod http;
+pub mod live;
 pub mod manager;
 pub mod preview;
 pub mod registry;

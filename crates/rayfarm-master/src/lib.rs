@@ -13,6 +13,7 @@
 //! or aborted; lease holders then send `Release`, worker sessions `Goodbye`.
 
 pub mod discovery;
+pub mod live;
 pub mod scheduler;
 
 use rayfarm_bake::Workload;
@@ -48,6 +49,70 @@ pub struct NetworkOptions {
     pub local_threads: usize,
     pub key: FarmKey,
     pub lease_timeout_ms: u64,
+    /// Open the master port for workers; `false` for a job on this machine's cores alone
+    /// (a local render with a live view).
+    pub listen: bool,
+}
+
+impl NetworkOptions {
+    /// A job on this machine's `threads` cores only: no port, no daemons.
+    pub fn local(threads: usize) -> NetworkOptions {
+        NetworkOptions {
+            master_port: 0,
+            bind: "127.0.0.1".into(),
+            scan: Vec::new(),
+            daemons: Vec::new(),
+            scan_interval: Duration::from_secs(3600),
+            nodes: None,
+            no_local: false,
+            local_threads: threads,
+            // Never used: nothing listens or connects.
+            key: FarmKey::from_secret(&FarmKey::generate_secret())
+                .expect("a generated secret is long enough"),
+            lease_timeout_ms: DEFAULT_LEASE_TIMEOUT_MS,
+            listen: false,
+        }
+    }
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub struct JobEnd {
+    /// Each node's share (and why daemons named for the job did no work).
+    pub shares: Vec<NodeShare>,
+    /// Stopped early (a live view's stop button): the layers that did not finish, with each
+    /// pixel's sample count. Empty when every sample is in.
+    pub unfinished: Vec<(usize, Film, Vec<u32>)>,
+    pub stopped: bool,
+}
+
+/// A render's result.
+#[derive(Debug)]
+pub struct Rendered {
+    pub film: Film,
+    pub shares: Vec<NodeShare>,
+    /// Each pixel's sample count when the render was stopped early; `None` when complete.
+    pub counts: Option<Vec<u32>>,
+}
+
+impl Rendered {
+    /// Linear RGB: the sums over `spp` samples, or over each pixel's own count when stopped.
+    pub fn to_rgb(&self, spp: u32) -> Vec<[f32; 3]> {
+        match &self.counts {
+            None => self.film.to_rgb(spp),
+            Some(c) => {
+                let r = self.film.region;
+                scheduler::preview_of(&self.film, c, r.width().max(r.height()).max(1)).rgb
+            }
+        }
+    }
+
+    /// Samples in the image (all of them unless stopped).
+    pub fn samples(&self) -> Option<u64> {
+        self.counts
+            .as_ref()
+            .map(|c| c.iter().map(|&n| u64::from(n)).sum())
+    }
 }
 
 /// One node's part of the render.
@@ -146,53 +211,95 @@ pub async fn bind_master_port(bind: &str, first: u16) -> Result<(TcpListener, u1
     })
 }
 
-/// Renders `units` with the local cores and every worker that joins, returning the film and
-/// each node's share. `on_status` is called about twice a second.
+/// Renders `units` with the local cores and every worker that joins, returning the film (or
+/// what was done, when a live view stopped it) and each node's share. `on_status` is called
+/// about twice a second.
 pub async fn render(
     scene: Arc<RenderScene>,
     blob: Arc<Vec<u8>>,
     settings: RenderSettings,
     units: Vec<WorkUnit>,
     opts: NetworkOptions,
+    live: Option<Arc<live::LiveView>>,
     on_status: impl Fn(&Status) + Send + 'static,
-) -> Result<(Film, Vec<NodeShare>), MasterError> {
+) -> Result<Rendered, MasterError> {
+    let (w, h) = (settings.width, settings.height);
     let work = Arc::new(Workload::Render(settings));
     let mut film = None;
-    let shares = run_job(scene, blob, work, units, opts, on_status, |_, f| {
+    let end = run_job(scene, blob, work, units, opts, live, on_status, |_, f| {
         film = Some(f)
     })
     .await?;
-    let film =
-        film.ok_or_else(|| MasterError::Other("the render finished without a film".into()))?;
-    Ok((film, shares))
+    if let Some((_, f, counts)) = end.unfinished.into_iter().next() {
+        return Ok(Rendered {
+            film: f,
+            shares: end.shares,
+            counts: Some(counts),
+        });
+    }
+    let film = match film {
+        Some(f) => f,
+        // Stopped before any result: an empty (black) image.
+        None if end.stopped => {
+            return Ok(Rendered {
+                film: Film::new(w, h),
+                shares: end.shares,
+                counts: Some(vec![0; w as usize * h as usize]),
+            });
+        }
+        None => {
+            return Err(MasterError::Other(
+                "the render finished without a film".into(),
+            ))
+        }
+    };
+    Ok(Rendered {
+        film,
+        shares: end.shares,
+        counts: None,
+    })
 }
+
+/// How long a stopped job waits for the units in flight before it ends without them.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs a job's `units` (a render or a bake) with the local cores and every worker that
 /// joins; `on_layer(layer, film)` receives each layer's film as soon as it is complete.
-/// Returns each node's share.
+/// A `live` view sees the job converge and may stop it early.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_job(
     scene: Arc<RenderScene>,
     blob: Arc<Vec<u8>>,
     work: Arc<Workload>,
     units: Vec<WorkUnit>,
     opts: NetworkOptions,
+    live: Option<Arc<live::LiveView>>,
     on_status: impl Fn(&Status) + Send + 'static,
     mut on_layer: impl FnMut(usize, Film),
-) -> Result<Vec<NodeShare>, MasterError> {
+) -> Result<JobEnd, MasterError> {
     for u in &units {
         work.check_unit(u)?;
     }
-    let scene_hash =
-        rayfarm_scene::blob::content_hash(&blob).map_err(|e| MasterError::Other(e.to_string()))?;
-    let (listener, port) = bind_master_port(&opts.bind, opts.master_port).await?;
-    if port != opts.master_port {
-        tracing::warn!("master port {} is taken; using {port}", opts.master_port);
-        eprintln!(
-            "note: master port {} is taken; using port {port}",
-            opts.master_port
-        );
-    }
-    tracing::info!("master listening on {}:{port}", opts.bind);
+    // A job without a port ships its scene to nobody (a local render with a live view).
+    let scene_hash = if opts.listen {
+        rayfarm_scene::blob::content_hash(&blob).map_err(|e| MasterError::Other(e.to_string()))?
+    } else {
+        [0; 32]
+    };
+    let (listener, port) = if opts.listen {
+        let (listener, port) = bind_master_port(&opts.bind, opts.master_port).await?;
+        if port != opts.master_port {
+            tracing::warn!("master port {} is taken; using {port}", opts.master_port);
+            eprintln!(
+                "note: master port {} is taken; using port {port}",
+                opts.master_port
+            );
+        }
+        tracing::info!("master listening on {}:{port}", opts.bind);
+        (Some(listener), port)
+    } else {
+        (None, 0)
+    };
     let wire = WireWork::from_workload(&work);
     let job = Arc::new(Job {
         // Tells a worker's stale results (from an earlier job of a reused connection) apart.
@@ -215,8 +322,11 @@ pub async fn run_job(
     let sched = Arc::new(Mutex::new(Scheduler::new(layers, units)));
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    if let Some(live) = &live {
+        live.attach(sched.clone());
+    }
     // Workers connecting to the master port.
-    {
+    if let Some(listener) = listener {
         let (sched, job, key, stop) = (
             sched.clone(),
             job.clone(),
@@ -247,20 +357,43 @@ pub async fn run_job(
     // report status about twice a second.
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut last_report = Instant::now() - Duration::from_secs(1);
+    let stop_asked = live.as_ref().map(|l| l.stop_requested());
+    let mut stopped_at: Option<Instant> = None;
     let shares = loop {
         tick.tick().await;
+        if stopped_at.is_none() && stop_asked.as_ref().is_some_and(|r| *r.borrow()) {
+            sched.lock().unwrap_or_else(|p| p.into_inner()).stop();
+            if let Some(l) = &live {
+                l.stopping();
+            }
+            eprintln!("stopping: no more work goes out; waiting for the units in flight");
+            stopped_at = Some(Instant::now());
+        }
         let (status, finished, layers_done) = {
             let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
-            (s.status(port), s.finished(), s.take_finished())
+            let layers_done = s.take_finished();
+            (s.status(port), s.finished(), layers_done)
         };
         for (l, f) in layers_done {
+            if let Some(live) = &live {
+                let r = f.region;
+                let full = vec![work.layer(l).map_or(1, |(_, spp)| spp); r.pixels()];
+                live.layer_finished(
+                    l as u32,
+                    scheduler::preview_of(&f, &full, live::PREVIEW_MAX_EDGE),
+                );
+            }
             on_layer(l, f);
         }
-        if finished || last_report.elapsed() >= Duration::from_millis(500) {
+        let grace_over = stopped_at.is_some_and(|t| t.elapsed() >= STOP_GRACE);
+        if finished || grace_over || last_report.elapsed() >= Duration::from_millis(500) {
             on_status(&status);
+            if let Some(l) = &live {
+                l.update(&status);
+            }
             last_report = Instant::now();
         }
-        if finished {
+        if finished || grace_over {
             // The shares as the render ends: a node counts as having left only if it left
             // before the end, not because the sessions below are closed.
             break status.nodes;
@@ -282,7 +415,24 @@ pub async fn run_job(
             problem: Some(why.clone()),
         });
     }
-    Ok(shares)
+    let (unfinished, stopped) = {
+        let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
+        (s.take_unfinished(), s.is_stopped())
+    };
+    if let Some(l) = &live {
+        let last = unfinished.first().map(|(layer, f, c)| {
+            (
+                *layer as u32,
+                scheduler::preview_of(f, c, live::PREVIEW_MAX_EDGE),
+            )
+        });
+        l.finish(stopped, last, &shares);
+    }
+    Ok(JobEnd {
+        shares,
+        unfinished: if stopped { unfinished } else { Vec::new() },
+        stopped,
+    })
 }
 
 fn local_render(

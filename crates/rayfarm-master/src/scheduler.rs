@@ -17,6 +17,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub type NodeId = usize;
 
+/// A unit's rectangle as `(y0, x0, y1, x1)`, ordered by its top edge.
+type TileKey = (u32, u32, u32, u32);
+
 struct Node {
     name: String,
     threads: u32,
@@ -38,6 +41,33 @@ pub struct Scheduler {
     layer_left: Vec<usize>,
     films: BTreeMap<u32, Film>,
     finished_layers: Vec<(usize, Film)>,
+    /// Samples each pixel of a layer in progress has, for a live view and for a stopped job.
+    counts: BTreeMap<u32, Vec<u32>>,
+    /// The node that completed each region most recently (a live view's overlay), by layer.
+    owners: BTreeMap<u32, BTreeMap<TileKey, NodeId>>,
+    /// The tallest unit seen, bounding the search for overlapped regions in `owners`.
+    tallest: u32,
+    stopped: bool,
+}
+
+/// A layer's image as it converges: linear RGB, each pixel divided by its own sample count
+/// (black where none arrived yet), scaled down to fit a preview.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preview {
+    pub width: u32,
+    pub height: u32,
+    /// Row-major, `width * height` pixels.
+    pub rgb: Vec<[f32; 3]>,
+}
+
+/// A region of a layer and the node that rendered it most recently.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RegionOwner {
+    pub x0: u32,
+    pub y0: u32,
+    pub x1: u32,
+    pub y1: u32,
+    pub node: String,
 }
 
 impl Scheduler {
@@ -63,7 +93,68 @@ impl Scheduler {
             layer_left,
             films: BTreeMap::new(),
             finished_layers: Vec::new(),
+            counts: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            tallest: 0,
+            stopped: false,
         }
+    }
+
+    /// Stops the job early: nothing more is handed out, and [`Scheduler::finished`] says yes
+    /// once the units in flight are in (or given up by the caller after a grace period).
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The films of layers that did not finish, with each pixel's sample count: what a stopped
+    /// job has done. Empties them.
+    pub fn take_unfinished(&mut self) -> Vec<(usize, Film, Vec<u32>)> {
+        let films = std::mem::take(&mut self.films);
+        films
+            .into_iter()
+            .map(|(l, f)| {
+                let counts = self.counts.remove(&l).unwrap_or_default();
+                (l as usize, f, counts)
+            })
+            .collect()
+    }
+
+    /// The layer a live view shows: the lowest one in progress, else the last one finished
+    /// (whose film the caller holds), else layer 0.
+    pub fn current_layer(&self) -> u32 {
+        self.films.keys().next().copied().unwrap_or(0)
+    }
+
+    /// `layer` as it converges, scaled (nearest pixel) to at most `max_edge` pixels a side;
+    /// `None` before any of its results arrived or after its film was handed out.
+    pub fn preview(&self, layer: u32, max_edge: u32) -> Option<Preview> {
+        let film = self.films.get(&layer)?;
+        let counts = self.counts.get(&layer)?;
+        Some(preview_of(film, counts, max_edge))
+    }
+
+    /// Who rendered which region of `layer` most recently.
+    pub fn owners(&self, layer: u32) -> Vec<RegionOwner> {
+        let Some(o) = self.owners.get(&layer) else {
+            return Vec::new();
+        };
+        o.iter()
+            .map(|(&(y0, x0, y1, x1), &n)| RegionOwner {
+                x0,
+                y0,
+                x1,
+                y1,
+                node: self
+                    .nodes
+                    .get(n)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
     }
 
     /// Layers whose every unit is in, with their films, in the order they finished.
@@ -83,6 +174,9 @@ impl Scheduler {
 
     /// The next unit for `node`, if any is waiting.
     pub fn take(&mut self, node: NodeId) -> Option<WorkUnit> {
+        if self.stopped {
+            return None;
+        }
         let u = self.pending.pop_first()?;
         self.in_flight.insert(u, node);
         Some(u)
@@ -108,12 +202,40 @@ impl Scheduler {
             return false;
         }
         self.in_flight.remove(&r.unit);
+        let u = r.unit;
+        let counts = self
+            .counts
+            .entry(layer)
+            .or_insert_with(|| vec![0; region.pixels()]);
+        let w = region.width() as usize;
+        for y in u.y0..u.y1 {
+            let row = (y - region.y0) as usize * w;
+            for x in u.x0..u.x1 {
+                let c = &mut counts[row + (x - region.x0) as usize];
+                *c = c.saturating_add(u.sample_end - u.sample_start);
+            }
+        }
+        // A bigger tile of an early pass gives way to the smaller ones of later passes; only
+        // regions starting less than the tallest unit above this one can overlap it.
+        self.tallest = self.tallest.max(u.y1 - u.y0);
+        let owners = self.owners.entry(layer).or_default();
+        let band = (u.y0.saturating_sub(self.tallest), 0, 0, 0)..(u.y1, 0, 0, 0);
+        let overlapped: Vec<_> = owners
+            .range(band)
+            .map(|(&k, _)| k)
+            .filter(|&(y0, x0, y1, x1)| y0 < u.y1 && u.y0 < y1 && x0 < u.x1 && u.x0 < x1)
+            .collect();
+        for k in overlapped {
+            owners.remove(&k);
+        }
+        owners.insert((u.y0, u.x0, u.y1, u.x1), node);
         let left = &mut self.layer_left[layer as usize];
         *left -= 1;
         if *left == 0 {
             if let Some(f) = self.films.remove(&layer) {
                 self.finished_layers.push((layer as usize, f));
             }
+            self.counts.remove(&layer);
         }
         self.done.insert(r.unit);
         let s = r.unit.samples();
@@ -149,8 +271,14 @@ impl Scheduler {
         }
     }
 
+    /// Whether every unit is in, or the job was stopped and nothing is in flight.
     pub fn finished(&self) -> bool {
-        self.done.len() == self.total_units
+        self.done.len() == self.total_units || (self.stopped && self.in_flight.is_empty())
+    }
+
+    /// Units handed out and not yet back.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     pub fn status(&self, master_port: u16) -> Status {
@@ -170,6 +298,34 @@ impl Scheduler {
                 .collect(),
             master_port,
         }
+    }
+}
+
+/// `film` with each pixel divided by its count, scaled down to at most `max_edge` a side.
+pub fn preview_of(film: &Film, counts: &[u32], max_edge: u32) -> Preview {
+    let (w, h) = (film.region.width(), film.region.height());
+    let scale = (w.max(h) as f64 / max_edge.max(1) as f64).max(1.0);
+    let pw = ((w as f64 / scale).round() as u32).clamp(1, w.max(1));
+    let ph = ((h as f64 / scale).round() as u32).clamp(1, h.max(1));
+    let one = 1.0 / (1u64 << rayfarm_render::film::FIXED_FRAC_BITS) as f64;
+    let sums = film.sums();
+    let mut rgb = Vec::with_capacity(pw as usize * ph as usize);
+    for py in 0..ph {
+        let y = ((py as u64 * h as u64) / ph as u64) as usize;
+        for px in 0..pw {
+            let x = ((px as u64 * w as u64) / pw as u64) as usize;
+            let i = y * w as usize + x;
+            let n = counts.get(i).copied().unwrap_or(0);
+            rgb.push(match sums.get(i) {
+                Some(s) if n > 0 => s.map(|v| (v as f64 * one / n as f64) as f32),
+                _ => [0.0; 3],
+            });
+        }
+    }
+    Preview {
+        width: pw,
+        height: ph,
+        rgb,
     }
 }
 
@@ -220,5 +376,96 @@ mod tests {
         let f = s.take_finished();
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].1.sums(), &[[2, 2, 2]]);
+    }
+
+    fn tile(s0: u32, s1: u32, x0: u32, x1: u32) -> WorkUnit {
+        WorkUnit {
+            layer: 0,
+            sample_start: s0,
+            sample_end: s1,
+            x0,
+            y0: 0,
+            x1,
+            y1: 1,
+        }
+    }
+
+    #[test]
+    fn a_preview_divides_each_pixel_by_its_own_samples_and_names_who_rendered_what() {
+        let one = 1i128 << rayfarm_render::film::FIXED_FRAC_BITS;
+        let units = vec![tile(0, 1, 0, 4), tile(1, 3, 0, 2), tile(1, 3, 2, 4)];
+        let mut s = Scheduler::new(vec![Region::full(4, 1)], units);
+        let a = s.add_node("a".into(), 1);
+        let b = s.add_node("b".into(), 1);
+        assert!(s.preview(0, 64).is_none(), "a preview before any result");
+        let u = s.take(a).unwrap();
+        assert!(s.complete(
+            a,
+            UnitResult {
+                unit: u,
+                sums: vec![[one, 0, 0]; 4],
+                nonfinite_samples: 0
+            }
+        ));
+        let u = s.take(b).unwrap();
+        // Two more samples of value 4 on the left half: (1 + 8) / 3 = 3.
+        assert!(s.complete(
+            b,
+            UnitResult {
+                unit: u,
+                sums: vec![[8 * one, 0, 0]; 2],
+                nonfinite_samples: 0
+            }
+        ));
+        let p = s.preview(0, 64).unwrap();
+        assert_eq!((p.width, p.height), (4, 1));
+        assert_eq!(
+            p.rgb.iter().map(|c| c[0]).collect::<Vec<_>>(),
+            vec![3.0, 3.0, 1.0, 1.0]
+        );
+        let owners = s.owners(0);
+        let spans = |o: &[RegionOwner]| -> Vec<(u32, u32, String)> {
+            o.iter().map(|r| (r.x0, r.x1, r.node.clone())).collect()
+        };
+        // The early pass's big tile gives way to the later pass's smaller one.
+        assert_eq!(spans(&owners), vec![(0, 2, "b".to_string())]);
+        // Scaled down: at most 2 pixels a side.
+        assert_eq!(s.preview(0, 2).unwrap().width, 2);
+        let u = s.take(a).unwrap();
+        assert!(s.complete(
+            a,
+            UnitResult {
+                unit: u,
+                sums: vec![[one, 0, 0]; 2],
+                nonfinite_samples: 0
+            }
+        ));
+        assert_eq!(
+            spans(&s.owners(0)),
+            vec![(0, 2, "b".to_string()), (2, 4, "a".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_stopped_job_hands_out_nothing_more_and_keeps_what_is_done() {
+        let units = vec![tile(0, 1, 0, 4), tile(1, 2, 0, 4)];
+        let mut s = Scheduler::new(vec![Region::full(4, 1)], units);
+        let a = s.add_node("a".into(), 1);
+        let u = s.take(a).unwrap();
+        s.stop();
+        assert!(s.take(a).is_none(), "a stopped job handed out a unit");
+        assert!(!s.finished(), "finished with a unit in flight");
+        assert!(s.complete(
+            a,
+            UnitResult {
+                unit: u,
+                sums: vec![[1, 1, 1]; 4],
+                nonfinite_samples: 0
+            }
+        ));
+        assert!(s.finished());
+        let left = s.take_unfinished();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].2, vec![1; 4], "each pixel's sample count");
     }
 }

@@ -84,6 +84,94 @@ pub fn plan_units(
     )
 }
 
+/// Cuts an image into units of layer 0 that refine the whole image in passes: see
+/// [`plan_region_progressive`].
+pub fn plan_units_progressive(
+    width: u32,
+    height: u32,
+    spp: u32,
+    tile_px: u32,
+    samples_per_unit: u32,
+) -> Vec<WorkUnit> {
+    plan_region_progressive(
+        0,
+        Region::full(width, height),
+        spp,
+        tile_px,
+        samples_per_unit,
+    )
+}
+
+/// The sample passes of a progressive plan: `[0, 1)`, `[1, 2)`, `[2, 4)`, `[4, 8)` ... each
+/// twice as long as the one before, until a pass reaches `samples_per_unit`; then passes of
+/// `samples_per_unit`. The last pass ends at `spp`.
+pub fn progressive_passes(spp: u32, samples_per_unit: u32) -> Vec<(u32, u32)> {
+    let cap = samples_per_unit.max(1);
+    let mut out = Vec::new();
+    let mut s = 0u32;
+    let mut len = 1u32;
+    while s < spp {
+        let e = s.saturating_add(len).min(spp);
+        out.push((s, e));
+        s = e;
+        // After [0, 1) comes [1, 2), then lengths double: each pass ends at a power of two.
+        len = s.max(1).min(cap);
+    }
+    out
+}
+
+/// Units of `layer` over `region` that refine the whole region in passes (1, 2, 4, 8 ... spp
+/// in all, see [`progressive_passes`]), so a viewer sees the whole image early and watch it
+/// converge. Passes shorter than `samples_per_unit` use larger tiles (twice the edge for a
+/// quarter of the samples or fewer), so a unit stays about as much work as a full one.
+///
+/// Every (pixel, sample) pair is in exactly one unit, as with [`plan_region`]: since samples
+/// depend only on (seed, pixel, sample index) and results add as integers, the final image is
+/// the same bytes whichever plan rendered it.
+pub fn plan_region_progressive(
+    layer: u32,
+    region: Region,
+    spp: u32,
+    tile_px: u32,
+    samples_per_unit: u32,
+) -> Vec<WorkUnit> {
+    let tile = tile_px.max(1);
+    let cap = samples_per_unit.max(1);
+    let mut out = Vec::new();
+    for (s, e) in progressive_passes(spp, cap) {
+        // Grow the tile edge by 2 for every factor of 4 the pass is shorter than `cap`.
+        let mut edge = tile;
+        let mut n = e - s;
+        while n.saturating_mul(4) <= cap && edge < 1 << 12 {
+            n *= 4;
+            edge *= 2;
+        }
+        push_pass(&mut out, layer, region, (s, e), edge);
+    }
+    out
+}
+
+/// Appends the tiles of `region` (edge `tile`, row by row) for the sample range `samples`.
+fn push_pass(out: &mut Vec<WorkUnit>, layer: u32, region: Region, samples: (u32, u32), tile: u32) {
+    let mut y = region.y0;
+    while y < region.y1 {
+        let mut x = region.x0;
+        while x < region.x1 {
+            out.push(WorkUnit {
+                layer,
+                sample_start: samples.0,
+                sample_end: samples.1,
+                y0: y,
+                x0: x,
+                y1: y.saturating_add(tile).min(region.y1),
+                x1: x.saturating_add(tile).min(region.x1),
+            });
+            x = x.saturating_add(tile);
+        }
+        y = y.saturating_add(tile);
+    }
+}
+
 /// A rectangle `[x0, x1) x [y0, y1)` of an image or map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Region {
@@ -134,23 +222,7 @@ pub fn plan_region(
     let mut s = 0;
     while s < spp {
         let e = (s + chunk).min(spp);
-        let mut y = region.y0;
-        while y < region.y1 {
-            let mut x = region.x0;
-            while x < region.x1 {
-                out.push(WorkUnit {
-                    layer,
-                    sample_start: s,
-                    sample_end: e,
-                    y0: y,
-                    x0: x,
-                    y1: y.saturating_add(tile).min(region.y1),
-                    x1: x.saturating_add(tile).min(region.x1),
-                });
-                x = x.saturating_add(tile);
-            }
-            y = y.saturating_add(tile);
-        }
+        push_pass(&mut out, layer, region, (s, e), tile);
         s = e;
     }
     out
@@ -257,5 +329,80 @@ impl Film {
             .iter()
             .map(|s| s.map(|v| (v as f64 * scale) as f32))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many times each (pixel, sample) of a `w` x `h` x `spp` image is in `units`.
+    fn coverage(units: &[WorkUnit], w: u32, h: u32, spp: u32) -> Vec<u32> {
+        let mut c = vec![0u32; (w * h * spp) as usize];
+        for u in units {
+            for y in u.y0..u.y1 {
+                for x in u.x0..u.x1 {
+                    for s in u.sample_start..u.sample_end {
+                        c[((y * w + x) * spp + s) as usize] += 1;
+                    }
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn progressive_passes_double_then_hold() {
+        assert_eq!(
+            progressive_passes(40, 16),
+            vec![(0, 1), (1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 40)]
+        );
+        assert_eq!(progressive_passes(1, 16), vec![(0, 1)]);
+        assert_eq!(
+            progressive_passes(5, 1),
+            vec![(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+        );
+        assert_eq!(progressive_passes(3, 2), vec![(0, 1), (1, 2), (2, 3)]);
+        assert!(progressive_passes(0, 16).is_empty());
+    }
+
+    #[test]
+    fn every_plan_covers_each_pixel_sample_exactly_once() {
+        for (w, h, spp, tile, spu) in [
+            (40, 30, 24, 8, 16),
+            (37, 5, 1, 32, 16),
+            (100, 70, 64, 32, 16),
+            (9, 9, 7, 2, 3),
+            (1, 1, 3, 1, 1),
+        ] {
+            for units in [
+                plan_units(w, h, spp, tile, spu),
+                plan_units_progressive(w, h, spp, tile, spu),
+            ] {
+                assert!(
+                    coverage(&units, w, h, spp).iter().all(|&n| n == 1),
+                    "{w}x{h} {spp} spp tile {tile} spu {spu}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_progressive_plan_hands_out_whole_passes_in_order_with_similar_work_per_unit() {
+        let units = plan_units_progressive(256, 256, 64, 32, 16);
+        // The scheduler hands units out in `Ord` order: the first pass covers the whole image.
+        let mut sorted = units.clone();
+        sorted.sort();
+        let first_pass: Vec<_> = sorted.iter().take_while(|u| u.sample_end == 1).collect();
+        let px: usize = first_pass.iter().map(|u| u.pixels()).sum();
+        assert_eq!(px, 256 * 256);
+        // 1 spp over 128 px tiles: as many samples as 16 spp over 32 px tiles.
+        assert_eq!(first_pass[0].samples(), 128 * 128);
+        let max = units.iter().map(|u| u.samples()).max().unwrap();
+        let min = units.iter().map(|u| u.samples()).min().unwrap();
+        assert!(
+            max <= 2 * min,
+            "unit work varies from {min} to {max} samples"
+        );
     }
 }

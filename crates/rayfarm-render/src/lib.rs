@@ -13,7 +13,7 @@ pub mod sampler;
 pub mod scene;
 pub mod texture;
 
-pub use film::{plan_units, Film, FilmError, UnitResult, WorkUnit};
+pub use film::{plan_units, plan_units_progressive, Film, FilmError, UnitResult, WorkUnit};
 pub use integrator::{camera_ray, RenderSettings};
 pub use scene::RenderScene;
 

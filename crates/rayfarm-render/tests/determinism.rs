@@ -66,6 +66,22 @@ fn threads_tiles_and_unit_sizes_do_not_change_a_bit() {
             "threads {threads} tile {tile} samples/unit {spu} differ"
         );
     }
+    // Progressive plans (passes of 1, 1, 2, 4 ... spp over larger tiles) give the same bytes.
+    for (tile, spu) in [(8, 16), (5, 4), (16, 1)] {
+        let units = rayfarm_render::plan_units_progressive(40, 30, settings.spp, tile, spu);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let film = pool.install(|| rayfarm_render::render_local(&rs, &settings, &units, &|_| {}));
+        let img = film.to_rgb(settings.spp);
+        assert!(
+            img.iter()
+                .zip(&reference)
+                .all(|(a, b)| a.map(f32::to_bits) == b.map(f32::to_bits)),
+            "progressive plan tile {tile} samples/unit {spu} differs"
+        );
+    }
     // A different seed gives a different image.
     let other = render(
         &rs,

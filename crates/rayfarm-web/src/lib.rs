@@ -156,6 +156,46 @@ async fn monitor_page() -> impl IntoResponse {
     (PAGE_HEADERS, MONITOR_HTML)
 }
 
+/// The live view of one render or bake (`rayfarm render --view`), self-contained like the
+/// monitor. It reads `GET /api/v1/live` and `GET /api/v1/live/image.png` and posts
+/// `/api/v1/live/stop`; rayfarm-farm's `live` module serves them and documents the JSON.
+pub const LIVE_HTML: &str = include_str!("live.html");
+
+/// Routes for the live view's page: `GET /` answers it, with the monitor's headers.
+pub fn live_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/", get(live_page))
+}
+
+async fn live_page() -> impl IntoResponse {
+    (PAGE_HEADERS, LIVE_HTML)
+}
+
+#[cfg(test)]
+mod live_tests {
+    use super::LIVE_HTML;
+
+    /// Like the monitor: nothing from another origin, API strings only as text.
+    #[test]
+    fn the_live_page_loads_nothing_from_elsewhere_and_uses_no_markup_sinks() {
+        for needle in [
+            "http://",
+            "https://",
+            "src=\"//",
+            "href=\"//",
+            "url(//",
+            "@import",
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+        ] {
+            assert!(!LIVE_HTML.contains(needle), "live.html contains {needle:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::MONITOR_HTML;

@@ -98,6 +98,8 @@ pub struct BakeArgs {
     /// Samples per work unit (does not change the maps)
     #[arg(long, default_value_t = rayfarm_render::DEFAULT_SAMPLES_PER_UNIT, hide = true)]
     pub samples_per_unit: u32,
+    #[command(flatten, next_help_heading = "Live view")]
+    pub live: crate::live_cmd::ViewArgs,
     #[command(flatten)]
     pub net: crate::network_cmd::RenderNetworkArgs,
     /// Bake on a farm: submit the job to this job manager (HOST[:PORT]); needs --netdir
@@ -149,6 +151,8 @@ struct Output {
     pass: Pass,
     parts: Vec<(usize, usize)>,
     films: Vec<(usize, Film)>,
+    /// Its map files are written.
+    done: bool,
 }
 
 pub fn run(a: BakeArgs) -> Result<()> {
@@ -344,6 +348,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
                 pass,
                 parts,
                 films: Vec::new(),
+                done: false,
             });
         }
     }
@@ -382,6 +387,29 @@ pub fn run(a: BakeArgs) -> Result<()> {
     }
 
     let total: u64 = units.iter().map(|u| u.samples()).sum();
+    let (view_w, view_h) = jobs
+        .first()
+        .map_or((1, 1), |j| (j.table.width, j.table.height));
+    let key =
+        crate::live_cmd::view_key(&a.live, network.as_ref(), a.net.discovery.config.as_deref());
+    let title = a
+        .scene
+        .file_name()
+        .map_or("bake".to_string(), |n| n.to_string_lossy().into_owned());
+    let served = crate::live_cmd::serve(
+        &a.live,
+        || {
+            rayfarm_master::live::LiveView::new(
+                &title,
+                "bake",
+                view_w,
+                view_h,
+                a.spp,
+                work.layer_count() as u32,
+            )
+        },
+        key,
+    )?;
     let bar = crate::output::progress_bar(total, a.quiet);
     let start = Instant::now();
     let mut written = Vec::new();
@@ -406,6 +434,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot merge the objects' maps: {e}"))?
         };
         o.films.clear();
+        o.done = true;
         nonfinite += film.nonfinite_samples;
         let settings = rayfarm_bake::BakeSettings {
             pass: o.pass,
@@ -445,8 +474,11 @@ pub fn run(a: BakeArgs) -> Result<()> {
         written.push(stem);
         Ok(())
     };
-    let shares = if let (Some(nr), Some(blob)) = (network, blob) {
-        crate::network_cmd::run_network_job(
+    // A network bake, or a local one a live view watches, runs through the master's scheduler.
+    let master_run = crate::live_cmd::master_run(network, blob, served.as_ref(), threads);
+    let mut stopped = false;
+    let shares = if let Some((nr, blob)) = master_run {
+        let end = crate::network_cmd::run_network_job(
             nr,
             rs.clone(),
             blob,
@@ -454,8 +486,11 @@ pub fn run(a: BakeArgs) -> Result<()> {
             units,
             bar.clone(),
             "texel samples",
+            served.as_ref().map(|s| s.view.clone()),
             &mut on_layer,
-        )?
+        )?;
+        stopped = end.stopped;
+        end.shares
     } else {
         let done = AtomicU64::new(0);
         let mut failed = None;
@@ -484,6 +519,30 @@ pub fn run(a: BakeArgs) -> Result<()> {
     };
     bar.finish_and_clear();
     let bake_secs = start.elapsed().as_secs_f64();
+    if let Some(s) = &served {
+        s.linger();
+    }
+    if stopped {
+        let missing: Vec<String> = outputs
+            .iter()
+            .filter(|o| !o.parts.is_empty() && !o.done)
+            .map(|o| {
+                rayfarm_bake::map_name(
+                    jobs[o.job].object.as_deref(),
+                    o.pass,
+                    jobs[o.job].table.width,
+                    jobs[o.job].table.height,
+                )
+            })
+            .collect();
+        bail!(
+            "stopped from the live view after {bake_secs:.2} s: wrote {} map(s) ({}) into {}; not baked: {}",
+            written.len(),
+            written.join(", "),
+            a.out.display(),
+            missing.join(", ")
+        );
+    }
     // Layers of a network bake finish in any order; the glTF lists maps in output order.
     complete_pngs.sort();
     if let Some(path) = &a.gltf_out {

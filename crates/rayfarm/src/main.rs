@@ -4,6 +4,7 @@ mod bake_cmd;
 mod bench;
 mod daemon_cmd;
 mod farm_cmd;
+mod live_cmd;
 mod network_cmd;
 mod output;
 mod render_cmd;

@@ -255,10 +255,13 @@ pub fn network_options(a: &RenderNetworkArgs, local_threads: usize) -> Result<Ne
             local_threads,
             key,
             lease_timeout_ms: rayfarm_master::DEFAULT_LEASE_TIMEOUT_MS,
+            listen: true,
         },
     })
 }
 
+/// Renders over the network (or, with [`rayfarm_master::NetworkOptions::local`], on this
+/// machine alone), shown by `live` when given; returns the image or what a stop left.
 pub fn run_network(
     nr: NetworkRender,
     scene: std::sync::Arc<rayfarm_render::RenderScene>,
@@ -266,15 +269,48 @@ pub fn run_network(
     settings: rayfarm_render::RenderSettings,
     units: Vec<rayfarm_render::WorkUnit>,
     bar: indicatif::ProgressBar,
-) -> Result<(rayfarm_render::Film, Vec<rayfarm_master::NodeShare>)> {
-    let work = std::sync::Arc::new(rayfarm_bake::Workload::Render(settings));
-    let mut film = None;
-    let shares = run_network_job(nr, scene, blob, work, units, bar, "samples", |_, f| {
-        film = Some(f);
-        Ok(())
-    })?;
-    let film = film.ok_or_else(|| anyhow!("the render finished without an image"))?;
-    Ok((film, shares))
+    live: Option<std::sync::Arc<rayfarm_master::live::LiveView>>,
+) -> Result<rayfarm_master::Rendered> {
+    let rt = runtime()?;
+    let start = std::time::Instant::now();
+    rt.block_on(async {
+        let fut = rayfarm_master::render(
+            scene,
+            std::sync::Arc::new(blob),
+            settings,
+            units,
+            nr.options,
+            live,
+            progress_updater(bar, start, "samples"),
+        );
+        tokio::select! {
+            r = fut => r.map_err(|e| anyhow!(e)),
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; the daemons are released")),
+        }
+    })
+}
+
+/// The status callback that drives a network job's progress bar, counting `what`.
+fn progress_updater(
+    bar: indicatif::ProgressBar,
+    start: std::time::Instant,
+    what: &'static str,
+) -> impl Fn(&rayfarm_master::Status) + Send + 'static {
+    move |s| {
+        bar.set_length(s.samples_total);
+        bar.set_position(s.samples_done);
+        let live: Vec<_> = s.nodes.iter().filter(|n| n.connected).collect();
+        let threads: u32 = live.iter().map(|n| n.threads).sum();
+        let secs = start.elapsed().as_secs_f64().max(1e-6);
+        bar.set_message(format!(
+            "{} nodes, {} threads, {:.1}/{:.1} M {what}, {:.2} M {what}/s",
+            live.len(),
+            threads,
+            s.samples_done as f64 / 1e6,
+            s.samples_total as f64 / 1e6,
+            s.samples_done as f64 / secs / 1e6
+        ));
+    }
 }
 
 /// Runs a job (render or bake) over the network with a progress bar counting `what`
@@ -288,34 +324,21 @@ pub fn run_network_job(
     units: Vec<rayfarm_render::WorkUnit>,
     bar: indicatif::ProgressBar,
     what: &'static str,
+    live: Option<std::sync::Arc<rayfarm_master::live::LiveView>>,
     mut on_layer: impl FnMut(usize, rayfarm_render::Film) -> Result<()>,
-) -> Result<Vec<rayfarm_master::NodeShare>> {
+) -> Result<rayfarm_master::JobEnd> {
     let rt = runtime()?;
     let start = std::time::Instant::now();
-    let bar2 = bar.clone();
     let mut failed: Option<anyhow::Error> = None;
-    let shares = rt.block_on(async {
+    let end = rt.block_on(async {
         let fut = rayfarm_master::run_job(
             scene,
             std::sync::Arc::new(blob),
             work,
             units,
             nr.options,
-            move |s| {
-                bar2.set_length(s.samples_total);
-                bar2.set_position(s.samples_done);
-                let live: Vec<_> = s.nodes.iter().filter(|n| n.connected).collect();
-                let threads: u32 = live.iter().map(|n| n.threads).sum();
-                let secs = start.elapsed().as_secs_f64().max(1e-6);
-                bar2.set_message(format!(
-                    "{} nodes, {} threads, {:.1}/{:.1} M {what}, {:.2} M {what}/s",
-                    live.len(),
-                    threads,
-                    s.samples_done as f64 / 1e6,
-                    s.samples_total as f64 / 1e6,
-                    s.samples_done as f64 / secs / 1e6
-                ));
-            },
+            live,
+            progress_updater(bar, start, what),
             |l, f| {
                 if failed.is_none() {
                     if let Err(e) = on_layer(l, f) {
@@ -331,7 +354,7 @@ pub fn run_network_job(
     })?;
     match failed {
         Some(e) => Err(e),
-        None => Ok(shares),
+        None => Ok(end),
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::output::{self, ToneMap};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rayfarm_render::{plan_units, RenderScene, RenderSettings};
+use rayfarm_render::{plan_units, plan_units_progressive, RenderScene, RenderSettings};
 use rayfarm_scene::{camera::auto_camera, CompiledScene, Environment, Projection};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +89,8 @@ pub struct RenderArgs {
     /// Material variant (glTF KHR_materials_variants) to render; `rayfarm info SCENE` lists them
     #[arg(long, value_name = "NAME")]
     pub variant: Option<String>,
+    #[command(flatten, next_help_heading = "Live view")]
+    pub live: crate::live_cmd::ViewArgs,
     #[command(flatten, next_help_heading = "Network rendering")]
     pub net: crate::network_cmd::RenderNetworkArgs,
     #[command(flatten, next_help_heading = "Rendering on a farm (job manager)")]
@@ -471,6 +473,9 @@ pub fn run(a: RenderArgs) -> Result<()> {
         );
     }
     if let (Some(farm), Some(netdir)) = (&a.farm.farm, &a.farm.netdir) {
+        if a.live.view.is_some() {
+            bail!("--view shows a render this machine runs; a farm job is shown by the manager's monitor (http://MANAGER:PORT/)");
+        }
         return render_farm(&a, farm, netdir);
     }
     let Some(FrameList(frames)) = a.frames.clone() else {
@@ -545,49 +550,69 @@ fn render_frame(
     } else {
         None
     };
+    let title = a
+        .scene
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .map_or("cornell box".to_string(), |n| {
+            n.to_string_lossy().into_owned()
+        });
+    let key =
+        crate::live_cmd::view_key(&a.live, network.as_ref(), a.net.discovery.config.as_deref());
+    let served = crate::live_cmd::serve(
+        &a.live,
+        || rayfarm_master::live::LiveView::new(&title, "render", width, height, a.spp, 1),
+        key,
+    )?;
     let blob = network
         .as_ref()
         .map(|_| rayfarm_scene::blob::encode(&scene));
     let rs = pool.install(|| RenderScene::new(scene));
-    let units = plan_units(width, height, a.spp, a.tile, a.samples_per_unit);
+    let units = if a.live.progressive() {
+        plan_units_progressive(width, height, a.spp, a.tile, a.samples_per_unit)
+    } else {
+        plan_units(width, height, a.spp, a.tile, a.samples_per_unit)
+    };
     let total: u64 = units.iter().map(|u| u.samples()).sum();
     let bar = crate::output::progress_bar(total, a.quiet);
     let done = AtomicU64::new(0);
     let render_start = Instant::now();
     let mut shares = Vec::new();
-    let film = if let (Some(nr), Some(blob)) = (network, blob) {
-        let (film, s) = crate::network_cmd::run_network(
+    // A network render, or a local one a live view watches, runs through the master's
+    // scheduler; a plain local render on the thread pool.
+    let master_run = crate::live_cmd::master_run(network, blob, served.as_ref(), threads);
+    let mut stopped_samples = None;
+    let pixels = if let Some((nr, blob)) = master_run {
+        let r = crate::network_cmd::run_network(
             nr,
             std::sync::Arc::new(rs),
             blob,
             settings.clone(),
             units,
             bar.clone(),
+            served.as_ref().map(|s| s.view.clone()),
         )?;
-        shares = s;
-        film
+        warn_nonfinite(r.film.nonfinite_samples);
+        stopped_samples = r.samples();
+        shares = r.shares.clone();
+        r.to_rgb(a.spp)
     } else {
-        pool.install(|| {
+        let film = pool.install(|| {
             rayfarm_render::render_local(&rs, &settings, &units, &|n| {
                 let d = done.fetch_add(n, Ordering::Relaxed) + n;
                 bar.set_position(d);
                 let secs = render_start.elapsed().as_secs_f64().max(1e-6);
                 bar.set_message(format!("{:.2} M samples/s", d as f64 / secs / 1e6));
             })
-        })
+        });
+        warn_nonfinite(film.nonfinite_samples);
+        film.to_rgb(a.spp)
     };
     bar.finish_and_clear();
     if !a.quiet {
         print_shares(&shares);
     }
     let render_secs = render_start.elapsed().as_secs_f64();
-    if film.nonfinite_samples > 0 {
-        eprintln!(
-            "warning: {} samples were not finite and were dropped (a renderer bug: please report it with the scene)",
-            film.nonfinite_samples
-        );
-    }
-    let pixels = film.to_rgb(a.spp);
     output::write_image(
         output, width, height, &pixels, a.half, a.exposure, a.tonemap,
     )?;
@@ -600,6 +625,22 @@ fn render_frame(
         let t: u64 = working.iter().map(|s| u64::from(s.threads)).sum();
         format!("{t} threads of {} node(s)", working.len())
     };
+    if let Some(done) = stopped_samples {
+        let pct = done as f64 * 100.0 / total.max(1) as f64;
+        println!(
+            "stopped from the live view after {:.2} s: {done} of {total} samples ({pct:.1}%, {:.1} spp on average) -> {}",
+            render_secs,
+            done as f64 / (width as f64 * height as f64).max(1.0),
+            output.display()
+        );
+        if let Some(s) = &served {
+            s.linger();
+        }
+        return Ok((width, height));
+    }
+    if let Some(s) = &served {
+        s.linger();
+    }
     if !a.quiet {
         println!(
             "rendered {}x{} at {} spp on {} in {:.2} s ({:.2} M samples/s, {:.2} s total) -> {}",
@@ -614,6 +655,15 @@ fn render_frame(
         );
     }
     Ok((width, height))
+}
+
+/// Says so when samples were dropped for not being finite.
+fn warn_nonfinite(n: u64) {
+    if n > 0 {
+        eprintln!(
+            "warning: {n} samples were not finite and were dropped (a renderer bug: please report it with the scene)"
+        );
+    }
 }
 
 pub fn info(a: InfoArgs) -> Result<()> {

@@ -1,0 +1,414 @@
+//! `render --view` / `bake --view`: the live view of a render, over HTTP and in a real headless
+//! Chromium.
+//!
+//! Addresses: daemons on 127.0.0.90 and 127.0.0.91 (port 48000), masters on ports 21800+; no
+//! other test uses them. Without `/usr/bin/chromium` the browser test prints a notice and passes,
+//! unless `RAYFARM_REQUIRE_SHARED=1` (as in CI). With `RAYFARM_SCREENSHOTS=1` it writes the
+//! README's picture, docs/live-view.png.
+
+mod common;
+
+use common::net::{strings, Farm};
+use common::proc::Proc;
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// The address `live view: http://...` on stderr names.
+fn view_url(p: &mut Proc) -> String {
+    let e = p.wait_stderr("live view: http://", Duration::from_secs(60));
+    let at = e.find("live view: ").unwrap() + "live view: ".len();
+    e[at..].split_whitespace().next().unwrap().to_string()
+}
+
+fn get_json(agent: &ureq::Agent, url: &str, token: Option<&str>) -> Result<serde_json::Value, u16> {
+    let mut req = agent.get(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    match req.call() {
+        Ok(mut r) => Ok(serde_json::from_reader(r.body_mut().as_reader()).unwrap()),
+        Err(ureq::Error::StatusCode(c)) => Err(c),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(true)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// Polls `GET {url}api/v1/live` until `ok` holds; returns that answer.
+fn wait_live(
+    url: &str,
+    token: Option<&str>,
+    within: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let a = agent();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(j) = get_json(&a, &format!("{url}api/v1/live"), token) {
+            if ok(&j) {
+                return j;
+            }
+            assert!(t0.elapsed() < within, "the live view never got there: {j}");
+        }
+        assert!(
+            t0.elapsed() < within,
+            "the live view does not answer at {url}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn post_stop(url: &str, token: Option<&str>) -> u16 {
+    let mut req = agent().post(&format!("{url}api/v1/live/stop"));
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    match req.send_empty() {
+        Ok(r) => r.status().as_u16(),
+        Err(ureq::Error::StatusCode(c)) => c,
+        Err(e) => panic!("POST stop: {e}"),
+    }
+}
+
+#[test]
+fn progressive_plans_render_the_same_bytes_locally_and_with_a_view() {
+    let farm = Farm::new();
+    let settings = [
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--spp",
+        "24",
+        "--max-bounces",
+        "3",
+    ];
+    let reference = farm.local_render("plain.exr", &settings);
+    let progressive = farm.local_render("prog.exr", &[&settings[..], &["--progressive"]].concat());
+    assert!(progressive == reference, "--progressive changed the image");
+    // A local render with a live view runs through the master's scheduler, progressively.
+    let out = farm.path("view.exr");
+    let mut args = strings(&["render", "-o", &out.display().to_string(), "--view"]);
+    args.extend(strings(&settings));
+    let mut p = Proc::start("viewed render", &args, &farm.env("warn"));
+    let url = view_url(&mut p);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    p.wait_ok(Duration::from_secs(60));
+    assert!(
+        std::fs::read(&out).unwrap() == reference,
+        "--view changed the image"
+    );
+}
+
+#[test]
+fn the_stop_button_ends_a_local_render_and_writes_what_is_done() {
+    let farm = Farm::new();
+    let out = farm.path("stopped.exr");
+    let size = ["--width", "160", "--height", "120"];
+    let mut args = strings(&[
+        "render",
+        "-o",
+        &out.display().to_string(),
+        "--view",
+        "127.0.0.1:0",
+    ]);
+    args.extend(strings(&size));
+    args.extend(strings(&["--spp", "100000", "--threads", "1"]));
+    let mut p = Proc::start("long render", &args, &farm.env("warn"));
+    let url = view_url(&mut p);
+    let j = wait_live(&url, None, Duration::from_secs(60), |j| {
+        j["samples_done"].as_u64().unwrap_or(0) >= 160 * 120
+    });
+    assert_eq!(j["state"], "rendering", "{j}");
+    assert_eq!(j["kind"], "render");
+    assert_eq!(j["nodes"][0]["name"], "local", "{j}");
+    assert_eq!(post_stop(&url, None), 202);
+    p.wait_ok(Duration::from_secs(30));
+    let stdout = p.stdout();
+    assert!(
+        stdout.contains("stopped from the live view"),
+        "{}",
+        p.describe()
+    );
+    // What is done is an unbiased image at a few spp: its mean is close to a full render's.
+    let (w, h, px) = common::read_exr(&out);
+    assert_eq!((w, h), (160, 120));
+    assert!(px
+        .iter()
+        .all(|p| p.iter().all(|c| c.is_finite() && *c >= 0.0)));
+    farm.local_render("reference.exr", &[&size[..], &["--spp", "16"]].concat());
+    let (_, _, reference) = common::read_exr(&farm.path("reference.exr"));
+    let mean = |px: &[[f32; 3]]| {
+        px.iter().map(|p| (p[0] + p[1] + p[2]) as f64).sum::<f64>() / px.len() as f64
+    };
+    let ratio = mean(&px) / mean(&reference);
+    assert!(
+        (0.8..1.25).contains(&ratio),
+        "the stopped image's mean is {ratio} of a full render's"
+    );
+}
+
+#[test]
+fn a_view_served_beyond_loopback_needs_the_farms_token() {
+    let farm = Farm::new();
+    // Without a farm key the view refuses to serve the LAN.
+    let out = farm.path("nokey.png");
+    let args = strings(&[
+        "render",
+        "-o",
+        &out.display().to_string(),
+        "--view",
+        "0.0.0.0:0",
+        "--spp",
+        "1",
+        "--width",
+        "8",
+        "--height",
+        "8",
+    ]);
+    let mut env = farm.env("warn");
+    env.retain(|(k, _)| *k != "RAYFARM_KEY");
+    let mut p = Proc::start("no key", &args, &env);
+    let st = p.wait(Duration::from_secs(30));
+    assert!(!st.success());
+    assert!(
+        p.stderr().contains("needs the farm key"),
+        "{}",
+        p.describe()
+    );
+    assert!(!out.exists(), "a render without its view went ahead");
+
+    // With the key, every API route needs the token.
+    let out = farm.path("lan.png");
+    let args = strings(&[
+        "render",
+        "-o",
+        &out.display().to_string(),
+        "--view",
+        "0.0.0.0:0",
+        "--spp",
+        "100000",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--threads",
+        "1",
+    ]);
+    let mut p = Proc::start("lan view", &args, &farm.env("warn"));
+    let url = view_url(&mut p);
+    assert!(
+        p.stderr().contains("asks for the farm's API token"),
+        "{}",
+        p.describe()
+    );
+    let a = agent();
+    assert_eq!(
+        get_json(&a, &format!("{url}api/v1/live"), None).err(),
+        Some(401)
+    );
+    assert_eq!(
+        get_json(&a, &format!("{url}api/v1/live"), Some("rft1-wrong")).err(),
+        Some(401)
+    );
+    assert_eq!(post_stop(&url, None), 401);
+    assert!(p.running(), "a stop without the token ended the render");
+    let token = rayfarm_proto::FarmKey::from_secret(common::net::KEY)
+        .unwrap()
+        .api_token();
+    wait_live(&url, Some(&token), Duration::from_secs(30), |j| {
+        j["state"] == "rendering"
+    });
+    assert_eq!(post_stop(&url, Some(&token)), 202);
+    p.wait_ok(Duration::from_secs(30));
+    assert!(out.exists());
+}
+
+/// Launches headless Chromium the way this machine's closed network needs.
+fn chromium(profile: &std::path::Path) -> Option<headless_chrome::Browser> {
+    if !std::path::Path::new(CHROMIUM).exists() {
+        assert!(
+            std::env::var("RAYFARM_REQUIRE_SHARED").as_deref() != Ok("1"),
+            "{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium); .ci/run does"
+        );
+        eprintln!("notice: {CHROMIUM} not found; skipping the browser test");
+        return None;
+    }
+    let args: Vec<std::ffi::OsString> = [
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let opts = headless_chrome::LaunchOptions::default_builder()
+        .path(Some(CHROMIUM.into()))
+        .headless(true)
+        .sandbox(false)
+        .window_size(Some((1280, 860)))
+        .user_data_dir(Some(profile.to_path_buf()))
+        .args(args.iter().map(|a| a.as_os_str()).collect())
+        .idle_browser_timeout(Duration::from_secs(120))
+        .build()
+        .expect("chromium launch options");
+    Some(headless_chrome::Browser::new(opts).expect("chromium starts"))
+}
+
+/// Evaluates `js` in the tab and returns its value as JSON.
+fn eval(tab: &headless_chrome::Tab, js: &str) -> serde_json::Value {
+    tab.evaluate(js, false)
+        .unwrap_or_else(|e| panic!("{js}: {e}"))
+        .value
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A PNG screenshot of the element `selector`.
+fn element_png(tab: &headless_chrome::Tab, selector: &str) -> Vec<u8> {
+    tab.find_element(selector)
+        .unwrap_or_else(|e| panic!("{selector}: {e}"))
+        .capture_screenshot(
+            headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
+        )
+        .unwrap()
+}
+
+/// Waits until `js` evaluates to `true`.
+fn wait_js(tab: &headless_chrome::Tab, js: &str, within: Duration, what: &str) {
+    let t0 = Instant::now();
+    while eval(tab, js) != serde_json::Value::Bool(true) {
+        assert!(t0.elapsed() < within, "the page never showed {what} ({js})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_live_view_of_a_network_render_shows_it_converge_and_its_stop_button_saves_it() {
+    let farm = Farm::new();
+    let profile = farm.path("chromium-profile");
+    let Some(browser) = chromium(&profile) else {
+        return;
+    };
+    let _d1 = farm.daemon("127.0.0.90", "d90", &[]);
+    let _d2 = farm.daemon("127.0.0.91", "d91", &[]);
+    let out = farm.path("network.exr");
+    let mut m = farm.master(
+        "network.exr",
+        21800,
+        &[
+            "--width",
+            "192",
+            "--height",
+            "144",
+            "--spp",
+            "100000",
+            "--max-bounces",
+            "4",
+        ],
+        &[
+            "--daemon",
+            "127.0.0.90",
+            "--daemon",
+            "127.0.0.91",
+            "--threads",
+            "1",
+            "--scan-interval",
+            "0.5",
+            "--view",
+        ],
+    );
+    let url = view_url(&mut m);
+    let tab = browser.new_tab().expect("a tab");
+    tab.navigate_to(&url).expect("navigate");
+    tab.wait_until_navigated().expect("the page loads");
+
+    // Both daemons' workers render, next to this machine's cores.
+    wait_js(
+        &tab,
+        "['d90', 'd91', 'local'].every(n => [...document.querySelectorAll('#node-rows tr')].some(tr => tr.dataset.node.startsWith(n) && tr.dataset.state === 'rendering'))",
+        Duration::from_secs(60),
+        "both daemons and the local cores rendering",
+    );
+    // The image is shown and changes as it converges.
+    wait_js(
+        &tab,
+        "!document.getElementById('image').hidden",
+        Duration::from_secs(30),
+        "the image",
+    );
+    let first = eval(
+        &tab,
+        "Number(document.getElementById('image').dataset.version)",
+    );
+    let first_shot = element_png(&tab, "#image");
+    wait_js(
+        &tab,
+        &format!("Number(document.getElementById('image').dataset.version) > {first} * 2"),
+        Duration::from_secs(60),
+        "a newer image",
+    );
+    let later_shot = element_png(&tab, "#image");
+    assert!(
+        first_shot != later_shot,
+        "the image did not change as it converged"
+    );
+    // The state, ETA and the overlay of who rendered what.
+    assert_eq!(
+        eval(&tab, "document.getElementById('state').textContent"),
+        "rendering"
+    );
+    assert_ne!(
+        eval(&tab, "document.getElementById('eta').textContent"),
+        "?"
+    );
+    tab.find_element("#overlay-toggle")
+        .unwrap()
+        .click()
+        .unwrap();
+    wait_js(
+        &tab,
+        "!document.getElementById('overlay').hidden",
+        Duration::from_secs(10),
+        "the overlay",
+    );
+    if std::env::var("RAYFARM_SCREENSHOTS").as_deref() == Ok("1") {
+        let png = tab
+            .capture_screenshot(
+                headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
+                None,
+                None,
+                true,
+            )
+            .unwrap();
+        std::fs::write(common::repo_root().join("docs/live-view.png"), png).unwrap();
+    }
+    // The stop button ends the render cleanly with an image written.
+    tab.find_element("#stop").unwrap().click().unwrap();
+    wait_js(
+        &tab,
+        "['stopping', 'stopped'].includes(document.getElementById('state').textContent)",
+        Duration::from_secs(30),
+        "the render stopping",
+    );
+    m.wait_ok(Duration::from_secs(60));
+    assert!(
+        m.stdout().contains("stopped from the live view"),
+        "{}",
+        m.describe()
+    );
+    let (w, h, px) = common::read_exr(&out);
+    assert_eq!((w, h), (192, 144));
+    assert!(px.iter().all(|p| p.iter().all(|c| c.is_finite())));
+    let lit = px.iter().filter(|p| p.iter().any(|&c| c > 0.0)).count();
+    assert!(lit > w * h / 2, "only {lit} pixels have light");
+}
