@@ -69,21 +69,6 @@ fn get(agent: &ureq::Agent, base: &str, path: &str) -> Value {
     a.json()
 }
 
-/// Submits a small bake to the manager at `manager` without waiting; its job id.
-fn submit_bake(farm: &Farm, manager: &str) -> String {
-    let mut args = farm.bake_args("maps", &["--spp", "4", "--no-wait"]);
-    args.extend(strings(&[
-        "--farm",
-        manager,
-        "--netdir",
-        &farm.path("net").display().to_string(),
-    ]));
-    let mut c = Proc::start("client", &args, &farm.env());
-    let (id, _) = Farm::job_id(&mut c);
-    c.wait_ok(Duration::from_secs(60));
-    id
-}
-
 /// The tokens an attacker might try, with what they are.
 fn bad_authorizations() -> Vec<(Option<String>, &'static str)> {
     let other = rayfarm_proto::FarmKey::from_secret("another-farm-entirely-42")
@@ -109,7 +94,7 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
     let _m = farm.manager_at(ip, port, &[]);
     let manager = format!("{ip}:{port}");
     let base = format!("http://{manager}");
-    let id = submit_bake(&farm, &manager);
+    let id = farm.submit_bake(&manager);
     let job_dir = farm.net().join(&id).display().to_string();
     let agent = agent();
     let routes: Vec<(&str, String, Option<String>)> = vec![
