@@ -1016,6 +1016,15 @@ async fn cdp_job_page_lists_tasks_and_events_and_zooms_the_preview() {
         assert!((zoom() / fitted - 2.0).abs() < 0.01, "{} then {}", fitted, zoom());
         page.click("#zoom-fit");
         assert!((zoom() - fitted).abs() < 0.001);
+        // The wheel zooms too (up: in, by a quarter), about the point under the pointer.
+        page.eval(
+            "(() => { const v = document.getElementById('job-viewer'); const b = v.getBoundingClientRect(); \
+             v.dispatchEvent(new WheelEvent('wheel', { deltaY: -100, clientX: b.left + 10, \
+             clientY: b.top + 10, cancelable: true, bubbles: true })); })()",
+        );
+        assert!((zoom() / fitted - 1.25).abs() < 0.01, "{} then {}", fitted, zoom());
+        page.eval("document.getElementById('job-viewer').dispatchEvent(new MouseEvent('dblclick'))");
+        assert!((zoom() - fitted).abs() < 0.001);
 
         // An action on the job page acts on its job.
         page.click(r#"#job-head button[data-action="pause"]"#);
