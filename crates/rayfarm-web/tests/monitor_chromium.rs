@@ -1017,12 +1017,19 @@ async fn cdp_job_page_lists_tasks_and_events_and_zooms_the_preview() {
         page.click("#zoom-fit");
         assert!((zoom() - fitted).abs() < 0.001);
         // The wheel zooms too (up: in, by a quarter), about the point under the pointer.
-        page.eval(
-            "(() => { const v = document.getElementById('job-viewer'); const b = v.getBoundingClientRect(); \
-             v.dispatchEvent(new WheelEvent('wheel', { deltaY: -100, clientX: b.left + 10, \
-             clientY: b.top + 10, cancelable: true, bubbles: true })); })()",
-        );
+        page.wheel("#job-viewer", (-100.0, -50.0), -100.0);
+        page.wait_for("a wheel zoom", &format!("Number(document.getElementById('job-viewer').dataset.zoom) > {fitted}"));
         assert!((zoom() / fitted - 1.25).abs() < 0.01, "{} then {}", fitted, zoom());
+        // A drag pans (and does not zoom): the image moves with the pointer.
+        let offset = || {
+            page.eval("(() => { const b = document.querySelector('#job-viewer img').getBoundingClientRect(); return [b.left, b.top]; })()")
+        };
+        let before = offset();
+        page.drag("#job-viewer", 60.0, 40.0);
+        let after = offset();
+        let moved = |i: usize| after[i].as_f64().unwrap() - before[i].as_f64().unwrap();
+        assert!((moved(0) - 60.0).abs() < 1.0 && (moved(1) - 40.0).abs() < 1.0, "{before} then {after}");
+        assert!((zoom() / fitted - 1.25).abs() < 0.01, "a drag zoomed: {} then {}", fitted, zoom());
         page.eval("document.getElementById('job-viewer').dispatchEvent(new MouseEvent('dblclick'))");
         assert!((zoom() - fitted).abs() < 0.001);
 

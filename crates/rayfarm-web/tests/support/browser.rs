@@ -11,6 +11,9 @@
 
 #![allow(dead_code)]
 
+use headless_chrome::protocol::cdp::Input::{
+    DispatchMouseEvent, DispatchMouseEventTypeOption as MouseEventType, MouseButton,
+};
 use headless_chrome::protocol::cdp::{Emulation, Page as Cdp};
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use std::ffi::OsStr;
@@ -94,13 +97,18 @@ pub fn open(url: &str) -> Page {
 }
 
 impl Page {
-    /// The value of the JavaScript expression `js` (awaited if it is a promise).
+    /// The value of the JavaScript expression `js`, through JSON (so arrays and objects come
+    /// back whole; `undefined` is null).
     pub fn eval(&self, js: &str) -> serde_json::Value {
         let remote = self
             .tab
-            .evaluate(js, true)
+            .evaluate(&format!("JSON.stringify(({js}))"), false)
             .unwrap_or_else(|e| panic!("evaluating {js:?}: {e:#}"));
-        remote.value.unwrap_or(serde_json::Value::Null)
+        match remote.value {
+            Some(serde_json::Value::String(json)) => serde_json::from_str(&json)
+                .unwrap_or_else(|e| panic!("evaluating {js:?}: not JSON ({e}): {json}")),
+            _ => serde_json::Value::Null,
+        }
     }
 
     /// Waits until the JavaScript expression `js` is true; panics after [`WAIT`] with `what`
@@ -145,6 +153,73 @@ impl Page {
             .wait_for_element(selector)
             .and_then(|e| e.click().map(|_| ()))
             .unwrap_or_else(|e| panic!("cannot click {selector}: {e:#}"));
+    }
+
+    /// The centre of the element matching `selector`, in viewport pixels.
+    fn centre(&self, selector: &str) -> (f64, f64) {
+        let js = format!(
+            "(() => {{ const b = document.querySelector({}).getBoundingClientRect(); \
+             return [b.left + b.width / 2, b.top + b.height / 2]; }})()",
+            serde_json::Value::from(selector)
+        );
+        let xy = self.eval(&js);
+        (xy[0].as_f64().unwrap(), xy[1].as_f64().unwrap())
+    }
+
+    /// One mouse event at (x, y): `kind` with the left button (held while moving: `held`),
+    /// or a wheel turn of `delta_y` pixels.
+    fn mouse(&self, kind: MouseEventType, (x, y): (f64, f64), held: bool, delta_y: Option<f64>) {
+        let wheel = kind == MouseEventType::MouseWheel;
+        self.tab
+            .call_method(DispatchMouseEvent {
+                Type: kind,
+                x,
+                y,
+                modifiers: None,
+                timestamp: None,
+                button: Some(if held {
+                    MouseButton::Left
+                } else {
+                    MouseButton::None
+                }),
+                buttons: Some(u32::from(held)),
+                click_count: Some(u32::from(held && !wheel)),
+                force: None,
+                tangential_pressure: None,
+                tilt_x: None,
+                tilt_y: None,
+                twist: None,
+                delta_x: delta_y.map(|_| 0.0),
+                delta_y,
+                pointer_Type: None,
+            })
+            .unwrap_or_else(|e| panic!("cannot send a mouse event: {e:#}"));
+    }
+
+    /// Drags the element matching `selector` from its centre by (dx, dy) pixels with the left
+    /// button, in a few steps as a hand would.
+    pub fn drag(&self, selector: &str, dx: f64, dy: f64) {
+        let (x, y) = self.centre(selector);
+        self.mouse(MouseEventType::MousePressed, (x, y), true, None);
+        for step in 1..=4 {
+            let f = f64::from(step) / 4.0;
+            self.mouse(
+                MouseEventType::MouseMoved,
+                (x + dx * f, y + dy * f),
+                true,
+                None,
+            );
+        }
+        self.mouse(MouseEventType::MouseReleased, (x + dx, y + dy), true, None);
+    }
+
+    /// Turns the mouse wheel by `delta_y` pixels (negative: up) over the element matching
+    /// `selector`, at `offset` from its centre.
+    pub fn wheel(&self, selector: &str, offset: (f64, f64), delta_y: f64) {
+        let (x, y) = self.centre(selector);
+        let at = (x + offset.0, y + offset.1);
+        self.mouse(MouseEventType::MouseMoved, at, false, None);
+        self.mouse(MouseEventType::MouseWheel, at, false, Some(delta_y));
     }
 
     /// Clears the input matching `selector` and types `text` into it with the keyboard.
