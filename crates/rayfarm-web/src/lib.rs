@@ -169,8 +169,10 @@
 //! | `POST /api/v1/jobs/{id}/priority` with `{"priority": N}`, -1000 to 1000 | `queued`, `active`, `blocked`, `paused` | as `GET /api/v1/jobs/{id}` |
 //! | `DELETE /api/v1/jobs/{id}` | no running task (`tasks.running` is 0) | `{"deleted": "ID"}` |
 //!
-//! The page enables only the buttons the job's status allows (the manager checks again and
-//! answers `409` with `{"error": ...}` otherwise), asks once more before a delete, shows the
+//! The page enables only the buttons the job's status allows. The manager has the final word:
+//! it answers `409` with `{"error": ...}` to a transition its store forbids (pause, resume or
+//! cancel of a finished job, delete with running tasks); it accepts a priority for a finished
+//! job, which the page simply does not offer. The page asks once more before a delete, shows the
 //! answer's job at once and polls again right away. An error answer is shown as "Pause of job
 //! NAME (ID) failed: POST /api/v1/jobs/ID/pause answered HTTP 409 Conflict: MESSAGE" in the
 //! message line, which stays until dismissed or replaced.
