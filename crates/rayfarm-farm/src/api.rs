@@ -68,7 +68,9 @@ impl From<StoreError> for ApiError {
             StoreError::BadTransition { .. } | StoreError::JobRunning { .. } => {
                 StatusCode::CONFLICT
             }
-            StoreError::BadJobId { .. } | StoreError::InvalidJob(_) => StatusCode::BAD_REQUEST,
+            StoreError::BadJobId { .. }
+            | StoreError::BadNodeName { .. }
+            | StoreError::InvalidJob(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -93,6 +95,7 @@ pub fn router(m: Arc<Manager>) -> Router<Arc<Manager>> {
         .route("/api/v1/jobs/{id}/preview.png", get(preview))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/register", post(register))
+        .route("/api/v1/nodes/{name}", get(node))
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
@@ -134,7 +137,7 @@ async fn count_errors(State(m): Mgr, req: Request, next: Next) -> Response {
     ),
     paths(
         status, jobs, submit, job, delete, pause, resume, cancel, priority, preview, nodes,
-        register, events, openapi, metrics
+        node, register, events, openapi, metrics
     ),
     components(responses(Unauthorized)),
     modifiers(&BearerToken),
@@ -453,6 +456,27 @@ pub struct TaskJson {
     pub node: Option<String>,
     /// The last failure, kept across retries.
     pub error: Option<String>,
+    /// When its latest attempt was handed out (manager's wall clock); none before the first.
+    #[serde(default)]
+    pub started_ms: Option<i64>,
+    /// When it completed, failed for good or was canceled; none until then.
+    #[serde(default)]
+    pub finished_ms: Option<i64>,
+}
+
+impl From<crate::store::TaskInfo> for TaskJson {
+    fn from(t: crate::store::TaskInfo) -> Self {
+        TaskJson {
+            index: t.index,
+            name: t.name,
+            status: t.status.as_str().to_string(),
+            attempts: t.attempts,
+            node: t.node,
+            error: t.error,
+            started_ms: t.started_at_ms,
+            finished_ms: t.finished_at_ms,
+        }
+    }
 }
 
 /// `GET /api/v1/jobs/{id}` (and the answer of the routes that change a job): the job and its
@@ -513,6 +537,45 @@ pub use crate::manager::NodeView as NodeJson;
 pub struct NodeListJson {
     pub nodes: Vec<NodeJson>,
 }
+
+/// A task a node ran lately, with its job: [`NodeDetailJson::tasks`].
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct NodeTaskJson {
+    /// The task's job.
+    pub job: String,
+    #[serde(flatten)]
+    pub task: TaskJson,
+}
+
+/// A node's failures on one job: [`NodeDetailJson::failures`].
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct NodeFailuresJson {
+    pub job: String,
+    /// Failures the node reported on the job.
+    pub failures: u32,
+    /// Whether the node gets no more of the job's tasks (it failed it twice).
+    pub excluded: bool,
+}
+
+/// `GET /api/v1/nodes/{name}`: what the job queue knows of one node (the monitor's node page).
+#[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct NodeDetailJson {
+    /// The node's name in the job queue: its worker alias.
+    pub name: String,
+    /// The node as `GET /api/v1/nodes` shows it, when the manager knows it now.
+    pub node: Option<NodeJson>,
+    /// The tasks it ran or runs (it is their last holder), most recently changed first, at
+    /// most 50. A task that went back to the queue after a failure is not its any more;
+    /// `failures` counts those.
+    pub tasks: Vec<NodeTaskJson>,
+    /// The jobs it reported failures on, in submission order.
+    pub failures: Vec<NodeFailuresJson>,
+    /// The ids of the jobs it gets no more tasks of (`excluded` in `failures`).
+    pub excluded_from: Vec<String>,
+}
+
+/// Tasks [`NodeDetailJson::tasks`] lists at most.
+pub const NODE_RECENT_TASKS: u32 = 50;
 
 /// `POST /api/v1/nodes/register`: a daemon announces itself.
 #[derive(Serialize, Deserialize, ToSchema, Clone, Debug, PartialEq)]
@@ -669,17 +732,7 @@ async fn job(State(m): Mgr, Path(id): Path<String>) -> Result<Json<JobDetailJson
         Ok((job_json(s, &known, s.job(&id)?), s.tasks(&id)?))
     })
     .await?;
-    let tasks = tasks
-        .into_iter()
-        .map(|t| TaskJson {
-            index: t.index,
-            name: t.name,
-            status: t.status.as_str().to_string(),
-            attempts: t.attempts,
-            node: t.node,
-            error: t.error,
-        })
-        .collect();
+    let tasks = tasks.into_iter().map(TaskJson::from).collect();
     Ok(Json(JobDetailJson { job, tasks }))
 }
 
@@ -983,6 +1036,58 @@ async fn nodes(State(m): Mgr) -> Json<NodeListJson> {
     Json(NodeListJson { nodes: m.nodes() })
 }
 
+/// One node: its recent tasks, failures and the jobs it is excluded from.
+///
+/// `name` is the node's worker alias (the `alias` of `GET /api/v1/nodes`), the name the job
+/// queue knows it by. A name the queue never saw answers empty lists, not 404: a node that
+/// just joined has done nothing yet.
+#[utoipa::path(
+    get,
+    path = "/api/v1/nodes/{name}",
+    tag = "nodes",
+    params(("name" = String, Path, description = "The node's alias")),
+    responses(
+        (status = 200, description = "The node", body = NodeDetailJson),
+        (status = 400, description = "Not a node name", body = ErrorJson),
+        (status = 401, response = Unauthorized),
+        (status = 500, description = "The job database failed", body = ErrorJson)
+    )
+)]
+async fn node(State(m): Mgr, Path(name): Path<String>) -> Result<Json<NodeDetailJson>, ApiError> {
+    let n = name.clone();
+    let (tasks, failures) = db(&m, move |s| -> Result<_, crate::store::StoreError> {
+        Ok((
+            s.tasks_of_node(&n, NODE_RECENT_TASKS)?,
+            s.node_failures(&n)?,
+        ))
+    })
+    .await?;
+    Ok(Json(NodeDetailJson {
+        node: m.nodes().into_iter().find(|v| v.alias == name),
+        name,
+        tasks: tasks
+            .into_iter()
+            .map(|t| NodeTaskJson {
+                job: t.job_id.clone(),
+                task: t.into(),
+            })
+            .collect(),
+        excluded_from: failures
+            .iter()
+            .filter(|f| f.excluded)
+            .map(|f| f.job_id.clone())
+            .collect(),
+        failures: failures
+            .into_iter()
+            .map(|f| NodeFailuresJson {
+                job: f.job_id,
+                failures: f.failures,
+                excluded: f.excluded,
+            })
+            .collect(),
+    }))
+}
+
 /// A daemon announces itself.
 ///
 /// `rayfarm daemon --manager` registers every 5 s; a registration not renewed for 5 minutes
@@ -1084,6 +1189,7 @@ mod tests {
         ("get", "/api/v1/jobs/{id}/preview.png"),
         ("get", "/api/v1/nodes"),
         ("post", "/api/v1/nodes/register"),
+        ("get", "/api/v1/nodes/{name}"),
         ("get", "/api/v1/events"),
         ("get", "/api/v1/openapi.json"),
         ("get", "/metrics"),

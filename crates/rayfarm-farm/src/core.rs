@@ -16,14 +16,25 @@ use std::time::Duration;
 /// What a daemon said when scanned (or that it did not answer).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScanAnswer {
-    /// It answered: its alias, thread count and state.
+    /// It answered: its alias, thread count, machine and state.
     Answered {
         alias: String,
         threads: u32,
+        hardware: Hardware,
         state: DaemonSeen,
     },
     /// No answer (refused, timed out, another farm key).
     NoAnswer,
+}
+
+/// What a daemon reports of its machine besides the threads it offers (shown by the monitor's
+/// node page; rendering is on the CPU, GPUs are only listed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hardware {
+    pub cpu_model: String,
+    /// Threads the machine has (the node may offer fewer: `--threads`).
+    pub cpu_threads: u32,
+    pub gpus: Vec<String>,
 }
 
 /// A daemon's state as a scan saw it.
@@ -39,6 +50,8 @@ pub enum DaemonSeen {
 pub struct NodeEntry {
     pub alias: String,
     pub threads: u32,
+    /// As its daemon last reported it.
+    pub hardware: Hardware,
     /// Daemon state as last seen: idle, occupied, `unhealthy: ...`, unreachable, lost.
     pub daemon_state: String,
     /// The master holding it, when occupied by someone else.
@@ -94,11 +107,13 @@ impl NodeTable {
             ScanAnswer::Answered {
                 alias,
                 threads,
+                hardware,
                 state,
             } => {
                 let n = self.nodes.entry(addr.to_string()).or_default();
                 n.alias = alias;
                 n.threads = threads;
+                n.hardware = hardware;
                 n.last_seen_ms = now_ms;
                 n.ever_seen = true;
                 match state {
@@ -232,6 +247,11 @@ mod tests {
         ScanAnswer::Answered {
             alias: alias.into(),
             threads: 8,
+            hardware: Hardware {
+                cpu_model: "Test CPU 9000".into(),
+                cpu_threads: 16,
+                gpus: vec!["Test GPU".into()],
+            },
             state: DaemonSeen::Idle,
         }
     }
@@ -245,6 +265,11 @@ mod tests {
         );
         let n = t.get("10.0.0.1:48000").unwrap();
         assert!(n.held && n.ever_seen && n.last_seen_ms == 1000 && n.threads == 8);
+        assert_eq!(
+            (n.hardware.cpu_model.as_str(), n.hardware.cpu_threads),
+            ("Test CPU 9000", 16)
+        );
+        assert_eq!(n.hardware.gpus, ["Test GPU"]);
         // Held: the next scan (its daemon may still say idle while the worker starts) takes
         // nothing more.
         assert_eq!(
@@ -267,6 +292,7 @@ mod tests {
         let occupied = ScanAnswer::Answered {
             alias: "b".into(),
             threads: 4,
+            hardware: Hardware::default(),
             state: DaemonSeen::Occupied {
                 master: "10.0.0.9:21000".into(),
             },
@@ -278,6 +304,7 @@ mod tests {
         let sick = ScanAnswer::Answered {
             alias: "c".into(),
             threads: 4,
+            hardware: Hardware::default(),
             state: DaemonSeen::Unhealthy {
                 reason: "worker probe failed".into(),
             },

@@ -70,6 +70,15 @@ pub struct NodeView {
     pub addr: String,
     pub alias: String,
     pub threads: u32,
+    /// The CPU its daemon reports (`""` when unknown: a worker started by hand).
+    #[serde(default)]
+    pub cpu_model: String,
+    /// Threads its machine has (0 when unknown); `threads` is what it offers.
+    #[serde(default)]
+    pub cpu_threads: u32,
+    /// GPUs its daemon found (listed only: rendering is on the CPU).
+    #[serde(default)]
+    pub gpus: Vec<String>,
     /// idle, working, occupied, lost or unreachable.
     pub state: String,
     /// While working: the job.
@@ -419,6 +428,9 @@ impl Manager {
                 addr: addr.clone(),
                 alias: n.alias.clone(),
                 threads: n.threads,
+                cpu_model: n.hardware.cpu_model.clone(),
+                cpu_threads: n.hardware.cpu_threads,
+                gpus: n.hardware.gpus.clone(),
                 state,
                 job,
                 task,
@@ -435,6 +447,9 @@ impl Manager {
                 addr: "(worker)".into(),
                 alias: alias.clone(),
                 threads: s.threads,
+                cpu_model: String::new(),
+                cpu_threads: 0,
+                gpus: Vec::new(),
                 state: if s.task.is_some() { "working" } else { "idle" }.into(),
                 job: s.job.clone(),
                 task: s.task.clone(),
@@ -818,6 +833,11 @@ async fn daemon_loop(mgr: Arc<Manager>, mut stop: watch::Receiver<bool>) {
                     crate::core::ScanAnswer::Answered {
                         alias: info.alias,
                         threads: info.devices.threads,
+                        hardware: crate::core::Hardware {
+                            cpu_model: info.devices.cpu_model,
+                            cpu_threads: info.devices.cpu_threads,
+                            gpus: info.devices.gpus,
+                        },
                         state: match info.state {
                             rayfarm_proto::DaemonState::Idle => crate::core::DaemonSeen::Idle,
                             rayfarm_proto::DaemonState::Occupied { master, .. } => {

@@ -3,8 +3,8 @@
 //! This module owns the queue's state and the rules for changing it. It never talks to nodes,
 //! never sleeps and never reads the clock for a scheduling decision: the caller passes `now_ms`
 //! to everything that depends on time (leases), so tests can drive time and a restarted manager
-//! judges leases by its own clock. Wall-clock time is only used for the `created_at_ms` and
-//! `updated_at_ms` columns shown to users.
+//! judges leases by its own clock. Wall-clock time is only used for the `created_at_ms`,
+//! `updated_at_ms`, `started_at_ms` and `finished_at_ms` columns shown to users.
 //!
 //! # Crash safety
 //!
@@ -162,6 +162,12 @@ pub const MIGRATIONS: &[&str] = &[
         failures INTEGER NOT NULL,
         PRIMARY KEY (job_id, node)
     );
+    ",
+    // 2: when a task's last attempt started and when the task ended, for the monitor's task
+    // lists (wall clock, like updated_at_ms; tasks from before this migration have neither).
+    "
+    ALTER TABLE tasks ADD COLUMN started_at_ms INTEGER;
+    ALTER TABLE tasks ADD COLUMN finished_at_ms INTEGER;
     ",
 ];
 
@@ -434,6 +440,20 @@ pub struct TaskInfo {
     /// The last failure, kept across retries.
     pub error: Option<String>,
     pub updated_at_ms: i64,
+    /// When its latest attempt was handed out (wall clock); none before the first.
+    pub started_at_ms: Option<i64>,
+    /// When it completed, failed for good or was canceled (wall clock); none until then.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// A node's failures on one job; see [`Store::node_failures`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeFailures {
+    pub job_id: String,
+    /// Failures the node reported on the job.
+    pub failures: u32,
+    /// Whether the node gets no more of the job's tasks ([`MAX_NODE_FAILURES_PER_JOB`]).
+    pub excluded: bool,
 }
 
 /// What [`Store::next_task`] gives a node to do.
@@ -682,8 +702,16 @@ impl Store {
             TaskStatus::Running,
         )?;
         tx.execute(
-            "UPDATE tasks SET node = ?2, lease_until_ms = ?3, attempts = ?4 WHERE id = ?1",
-            params![assignment.task_id, node, lease_until_ms, assignment.attempt],
+            "UPDATE tasks SET node = ?2, lease_until_ms = ?3, attempts = ?4, started_at_ms = ?5,
+                              finished_at_ms = NULL
+             WHERE id = ?1",
+            params![
+                assignment.task_id,
+                node,
+                lease_until_ms,
+                assignment.attempt,
+                wall_ms()
+            ],
         )?;
         settle_job(&tx, &assignment.job_id)?;
         tx.commit()?;
@@ -991,7 +1019,7 @@ impl Store {
         job_status(&self.conn, job_id)?;
         let mut stmt = self.conn.prepare(
             "SELECT id, job_id, idx, name, spec, status, attempts, node, lease_until_ms, error,
-                    updated_at_ms
+                    updated_at_ms, started_at_ms, finished_at_ms
              FROM tasks WHERE job_id = ?1 ORDER BY idx",
         )?;
         let tasks = stmt
@@ -1004,13 +1032,48 @@ impl Store {
         self.conn
             .query_row(
                 "SELECT id, job_id, idx, name, spec, status, attempts, node, lease_until_ms,
-                        error, updated_at_ms
+                        error, updated_at_ms, started_at_ms, finished_at_ms
                  FROM tasks WHERE id = ?1",
                 [task_id],
                 task_info_from_row,
             )
             .optional()?
             .ok_or(StoreError::NoSuchTask(task_id))
+    }
+
+    /// The tasks `node` ran last (it is their holder or last holder), most recently changed
+    /// first, at most `limit`. A task that went back to the queue after a failure has no holder
+    /// any more: [`Store::node_failures`] counts those.
+    pub fn tasks_of_node(&self, node: &str, limit: u32) -> Result<Vec<TaskInfo>> {
+        validate_node(node)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, job_id, idx, name, spec, status, attempts, node, lease_until_ms, error,
+                    updated_at_ms, started_at_ms, finished_at_ms
+             FROM tasks WHERE node = ?1 ORDER BY updated_at_ms DESC, id DESC LIMIT ?2",
+        )?;
+        let tasks = stmt
+            .query_map(params![node, limit], task_info_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(tasks)
+    }
+
+    /// The jobs `node` reported failures on, with their counts and whether it is excluded
+    /// from them, by job submission order.
+    pub fn node_failures(&self, node: &str) -> Result<Vec<NodeFailures>> {
+        validate_node(node)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT f.job_id, f.failures FROM job_node_failures f JOIN jobs j ON j.id = f.job_id
+             WHERE f.node = ?1 ORDER BY j.seq",
+        )?;
+        let rows = stmt.query_map([node], |r| {
+            let failures: u32 = r.get(1)?;
+            Ok(NodeFailures {
+                job_id: r.get(0)?,
+                failures,
+                excluded: failures >= MAX_NODE_FAILURES_PER_JOB,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 }
 
@@ -1068,6 +1131,8 @@ fn task_info_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskInfo> {
         lease_until_ms: row.get(8)?,
         error: row.get(9)?,
         updated_at_ms: row.get(10)?,
+        started_at_ms: row.get(11)?,
+        finished_at_ms: row.get(12)?,
     })
 }
 
@@ -1132,9 +1197,12 @@ fn set_task_status(
             to: to.as_str(),
         });
     }
+    // A task that reached an end records when; one that goes back to the queue has none.
     conn.execute(
-        "UPDATE tasks SET status = ?2, updated_at_ms = ?3 WHERE id = ?1",
-        params![task_id, to, wall_ms()],
+        "UPDATE tasks SET status = ?2, updated_at_ms = ?3,
+                          finished_at_ms = CASE WHEN ?4 THEN ?3 ELSE NULL END
+         WHERE id = ?1",
+        params![task_id, to, wall_ms(), to.is_terminal()],
     )?;
     Ok(())
 }
@@ -1894,6 +1962,63 @@ mod tests {
         let t = s.next_task("b", T0).unwrap().unwrap();
         assert_eq!(t.job_id, bad_for_a);
         assert_eq!(status(&s, &bad_for_a), JobStatus::Active);
+
+        // The monitor's node page: a's failures per job and the exclusion they caused.
+        assert_eq!(
+            s.node_failures("a").unwrap(),
+            vec![NodeFailures {
+                job_id: bad_for_a.clone(),
+                failures: MAX_NODE_FAILURES_PER_JOB,
+                excluded: true,
+            }]
+        );
+        assert_eq!(s.node_failures("b").unwrap(), vec![]);
+        // a's failed tasks went back to the queue without a holder; it holds the small job's.
+        let of_a = s.tasks_of_node("a", 10).unwrap();
+        assert_eq!(
+            of_a.iter().map(|t| t.job_id.as_str()).collect::<Vec<_>>(),
+            [other.as_str()]
+        );
+        assert!(s.tasks_of_node("a", 0).unwrap().is_empty());
+        assert!(matches!(
+            s.tasks_of_node("", 10),
+            Err(StoreError::BadNodeName { .. })
+        ));
+    }
+
+    #[test]
+    fn tasks_record_when_they_started_and_ended() {
+        let mut s = store();
+        let id = s.submit(job("j", 0, 3)).unwrap();
+        let before = wall_ms();
+        let t = s.tasks(&id).unwrap();
+        assert!(t
+            .iter()
+            .all(|t| t.started_at_ms.is_none() && t.finished_at_ms.is_none()));
+        let a = s.next_task("a", T0).unwrap().unwrap();
+        let b = s.next_task("b", T0).unwrap().unwrap();
+        let t = s.task(a.task_id).unwrap();
+        let started = t.started_at_ms.expect("a running task has a start");
+        assert!(started >= before, "{started} < {before}");
+        assert_eq!(t.finished_at_ms, None);
+
+        s.task_done(a.task_id, "a").unwrap();
+        let t = s.task(a.task_id).unwrap();
+        assert_eq!(t.started_at_ms, Some(started));
+        assert!(t.finished_at_ms.unwrap() >= started);
+
+        // A failure with attempts left goes back to the queue: no end yet.
+        s.task_failed(b.task_id, "b", "out of memory").unwrap();
+        let t = s.task(b.task_id).unwrap();
+        assert_eq!(t.status, TaskStatus::Queued);
+        assert!(t.started_at_ms.is_some());
+        assert_eq!(t.finished_at_ms, None);
+
+        // Canceled tasks end, queued ones included.
+        s.cancel(&id).unwrap();
+        for t in s.tasks(&id).unwrap() {
+            assert!(t.finished_at_ms.is_some(), "task {} has no end", t.index);
+        }
     }
 
     #[test]
@@ -2327,6 +2452,31 @@ mod tests {
         assert!(stored.ends_with("(attempt 1 of 3)"));
     }
 
+    /// A database from before the task times (schema 1) opens, upgrades, and keeps its tasks,
+    /// without times.
+    #[test]
+    fn schema_1_database_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO jobs (id, name, kind, priority, status, created_at_ms, updated_at_ms, spec)
+             VALUES ('j1', 'old', 'bake', 0, 'queued', 1, 1, '{}');
+             INSERT INTO tasks (job_id, idx, name, spec, status, updated_at_ms)
+             VALUES ('j1', 0, 'tile 0', '{}', 'queued', 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let t = &s.tasks("j1").unwrap()[0];
+        assert_eq!((t.started_at_ms, t.finished_at_ms), (None, None));
+        let a = s.next_task("a", T0).unwrap().unwrap();
+        assert!(s.task(a.task_id).unwrap().started_at_ms.is_some());
+    }
+
     #[test]
     fn schema_newer_than_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -2341,8 +2491,8 @@ mod tests {
                 err,
                 StoreError::SchemaTooNew {
                     found: 99,
-                    supported: 1
-                }
+                    supported
+                } if supported == MIGRATIONS.len() as i64
             ),
             "{err}"
         );

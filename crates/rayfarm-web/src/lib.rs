@@ -1,4 +1,10 @@
-//! The job manager's web monitor: one HTML page that shows jobs, nodes and recent events.
+//! The job manager's web monitor: one HTML page that shows jobs, nodes and recent events, and
+//! acts on jobs (pause, resume, cancel, delete, priority).
+//!
+//! The page has three views, chosen by the URL fragment so the manager serves one page: the
+//! overview (no fragment), a job (`#job/ID`: its tasks, its events, a preview that zooms) and a
+//! node (`#node/HOST:PORT`, or `#node/ALIAS` for a worker started by hand: its fields, recent
+//! tasks, failures and the jobs it is excluded from, its events).
 //!
 //! This crate owns the page and the JSON contract the page reads. It serves only the page
 //! ([`routes`]); the manager (`rayfarm manager`) serves the API below and merges [`routes`] into
@@ -24,7 +30,9 @@
 //!
 //! All paths are under `/api/v1` on the same origin as the page, every request carries
 //! `Authorization: Bearer <token>`, all answers are `application/json` with status 200, or 401
-//! when the token is wrong (the page then asks for it again). Times are milliseconds since the Unix epoch on the
+//! when the token is wrong (the page then asks for it again). Any other error status comes with
+//! `{"error": "..."}`; the page shows that text (in the banner for a read, in the message line
+//! under the header for an action). Times are milliseconds since the Unix epoch on the
 //! manager's clock (`*_ms`); the page takes "now" from the HTTP `Date` header, so a viewer
 //! whose clock is off still sees correct "seen 3 s ago" figures. Fields may be added later;
 //! the page ignores fields it does not know.
@@ -71,6 +79,9 @@
 //!   "addr": "127.0.0.2:48000",
 //!   "alias": "d2",
 //!   "threads": 2,
+//!   "cpu_model": "AMD Ryzen 9 7950X",
+//!   "cpu_threads": 32,
+//!   "gpus": ["NVIDIA GeForce RTX 4090"],
 //!   "state": "working",
 //!   "job": "j3f2a9c0",
 //!   "task": "atlas lightmap tile 3",
@@ -81,6 +92,9 @@
 //!
 //! - `addr` (`HOST:PORT`) identifies the node.
 //! - `alias` is a string (`""` or `null` when the node has none).
+//! - `threads` is what the node offers; `cpu_model`, `cpu_threads` (the machine's) and `gpus`
+//!   are what its daemon reports (`""`, `0`, `[]` when unknown, as for a worker started by
+//!   hand); the node page shows them. Rendering runs on the CPU; GPUs are only listed.
 //! - `state` is one of:
 //!   - `idle`,
 //!   - `working`: `job` is the job id and `task` a short human description of the task; the
@@ -115,8 +129,72 @@
 //! The job's current map (a lightmap atlas, a frame) as `image/png`, or `404` while there is
 //! none. The page appends `?t=...` to defeat caches; the manager ignores the query. The page
 //! fetches it with the token and shows it through a `blob:` URL (an `<img src>` cannot send a
-//! header). A preview is shown at thumbnail size (and opened in a new tab on click), so the
-//! manager may downscale it.
+//! header). A preview is shown at thumbnail size on the overview (a click opens the job page)
+//! and fitted into a zoomable viewer on the job page, so the manager may downscale it (it does,
+//! to 512 px on the long side).
+//!
+//! ## `GET /api/v1/jobs/{id}` (the job page)
+//!
+//! ```json
+//! {"job": {"id": "j3f2a9c0", "...": "as in GET /api/v1/jobs"},
+//!  "tasks": [{
+//!    "index": 3,
+//!    "name": "atlas lightmap tile 3",
+//!    "status": "running",
+//!    "attempts": 1,
+//!    "node": "d2",
+//!    "error": null,
+//!    "started_ms": 1700000001000,
+//!    "finished_ms": null
+//!  }]}
+//! ```
+//!
+//! - `status` is one of `queued`, `running`, `completed`, `failed`, `canceled`.
+//! - `node` is the node's name in the job queue, its alias (the page links it to
+//!   `#node/ALIAS`); `null` while queued.
+//! - `started_ms` is when the latest attempt was handed out, `finished_ms` when the task ended
+//!   (completed, failed for good, canceled); `null` when not yet (or for tasks older than
+//!   these fields). The page shows the time between them, or since the start while running.
+//! - `404` when the job is not in the queue: the job page says so (it is no outage).
+//! - The job page's events are `GET /api/v1/events` filtered by `job` on the page, so they are
+//!   the job's share of the newest 200 events of the farm.
+//!
+//! ## Job actions
+//!
+//! | request | allowed for `status` | answer |
+//! |---------|----------------------|--------|
+//! | `POST /api/v1/jobs/{id}/pause` | `queued`, `active`, `blocked` | as `GET /api/v1/jobs/{id}` |
+//! | `POST /api/v1/jobs/{id}/resume` | `paused` | as `GET /api/v1/jobs/{id}` |
+//! | `POST /api/v1/jobs/{id}/cancel` | `queued`, `active`, `blocked`, `paused` | as `GET /api/v1/jobs/{id}` |
+//! | `POST /api/v1/jobs/{id}/priority` with `{"priority": N}`, -1000 to 1000 | `queued`, `active`, `blocked`, `paused` | as `GET /api/v1/jobs/{id}` |
+//! | `DELETE /api/v1/jobs/{id}` | no running task (`tasks.running` is 0) | `{"deleted": "ID"}` |
+//!
+//! The page enables only the buttons the job's status allows. The manager has the final word:
+//! it answers `409` with `{"error": ...}` to a transition its store forbids (pause, resume or
+//! cancel of a finished job, delete with running tasks); it accepts a priority for a finished
+//! job, which the page simply does not offer. The page asks once more before a delete, shows the
+//! answer's job at once and polls again right away. An error answer is shown as "Pause of job
+//! NAME (ID) failed: POST /api/v1/jobs/ID/pause answered HTTP 409 Conflict: MESSAGE" in the
+//! message line, which stays until dismissed or replaced.
+//!
+//! ## `GET /api/v1/nodes/{name}` (the node page)
+//!
+//! ```json
+//! {"name": "d2",
+//!  "node": {"addr": "127.0.0.2:48000", "...": "as in GET /api/v1/nodes, or null"},
+//!  "tasks": [{"job": "j3f2a9c0", "index": 3, "...": "a task as in GET /api/v1/jobs/{id}"}],
+//!  "failures": [{"job": "j77b1e05", "failures": 2, "excluded": true}],
+//!  "excluded_from": ["j77b1e05"]}
+//! ```
+//!
+//! - `name` is the node's alias; the page finds it in `GET /api/v1/nodes` by the address in its
+//!   fragment and shows that entry's fields (address, alias, threads, state, current job and
+//!   task, last seen).
+//! - `tasks`: the tasks it ran or runs (it is their last holder), most recently changed first,
+//!   at most 50. A task that went back to the queue after failing on it is no longer its;
+//!   `failures` counts those per job.
+//! - `excluded_from`: the jobs whose tasks it no longer gets (it failed them twice).
+//! - The node page's events are `GET /api/v1/events` whose `node` is the alias or the address.
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -247,6 +325,12 @@ mod tests {
             "\"/nodes\"",
             "\"/events\"",
             "\"/preview.png?t=\"",
+            "\"/pause\"",
+            "\"/resume\"",
+            "\"/cancel\"",
+            "\"/priority\"",
+            "method: \"DELETE\"",
+            "\"/nodes/\"",
         ] {
             assert!(
                 MONITOR_HTML.contains(path),

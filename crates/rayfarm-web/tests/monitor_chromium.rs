@@ -1,10 +1,15 @@
 //! The monitor page in a real headless Chromium, against a fake manager API on loopback.
 //!
 //! Each test starts an axum server on 127.0.0.1 (port 0) made of `rayfarm_web::routes()` and a
-//! fake `/api/v1` serving canned JSON to requests carrying [`TOKEN`] (401 otherwise, like the
-//! manager), runs `/usr/bin/chromium --headless=new` on it with a
-//! virtual-time budget (so the page's one-second polling runs a few times), and asserts on the
-//! DOM Chromium dumps after the scripts ran, or on its screenshot.
+//! fake `/api/v1` serving JSON to requests carrying [`TOKEN`] (401 otherwise, like the
+//! manager). The fake keeps its jobs in memory and records the actions it is sent (pause,
+//! resume, cancel, priority, delete), changing the job as the manager would.
+//!
+//! Two kinds of browser test: the first ones run `/usr/bin/chromium --headless=new` with a
+//! virtual-time budget (so the page's one-second polling runs a few times) and assert on the
+//! DOM Chromium dumps after the scripts ran, or on its screenshot; the `cdp_*` ones drive
+//! Chromium over the DevTools protocol (`support/browser.rs`) to click, type and wait for the
+//! page to show the answer.
 //!
 //! Without `/usr/bin/chromium` the browser tests print a notice and pass, unless
 //! `RAYFARM_REQUIRE_SHARED=1` (as in CI), where they fail and say to install it.
@@ -13,22 +18,25 @@
 //! and the runtime is dropped. Each Chromium runs in its own process group with its own
 //! profile directory and is killed (the whole group) after [`CHROMIUM_TIMEOUT`].
 
+mod support {
+    pub mod browser;
+}
+
 use std::io::Cursor;
-use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use support::browser::{self, chromium_available, CHROMIUM};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Virtual time Chromium gives the page before dumping: about five polls.
 const VIRTUAL_TIME_BUDGET_MS: u32 = 5000;
@@ -56,7 +64,31 @@ struct FakeManager {
     status_requests: Arc<AtomicUsize>,
     preview_requests: Arc<AtomicUsize>,
     refused_requests: Arc<AtomicUsize>,
+    /// The jobs `GET /jobs` lists; actions change them.
+    jobs: Arc<Mutex<Vec<Value>>>,
+    /// Every action received, in order.
+    actions: Arc<Mutex<Vec<Action>>>,
+    /// Answer every action with [`REFUSAL`] (409), like a manager whose job changed meanwhile.
+    refuse_actions: Arc<AtomicBool>,
+    /// The node names `GET /nodes/{name}` was asked for.
+    node_requests: Arc<Mutex<Vec<String>>>,
 }
+
+/// One action request the fake received.
+#[derive(Clone, Debug, PartialEq)]
+struct Action {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: String,
+}
+
+/// What the fake answers actions with while [`FakeManager::refuse_actions`] is set.
+const REFUSAL: &str = "cannot move job j3f2a9c0 from completed to paused";
+/// The node the node page test opens, and the job it is excluded from.
+const NODE_ADDR: &str = "127.0.0.2:48000";
+const NODE_ALIAS: &str = "d2";
+const NODE_FAILED_TASK_ERROR: &str = "on node d2: out of memory (attempt 3 of 3)";
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -103,7 +135,8 @@ fn nodes_json() -> Value {
     json!({"nodes": [
         {"addr": "127.0.0.1:48000", "alias": "d1", "threads": 8, "state": "idle",
          "job": null, "task": null, "master": null, "last_seen_ms": t - 1_000},
-        {"addr": "127.0.0.2:48000", "alias": "d2", "threads": 2, "state": "working",
+        {"addr": "127.0.0.2:48000", "alias": "d2", "threads": 2, "cpu_model": "Test CPU 9000",
+         "cpu_threads": 16, "gpus": ["Test GPU A", "Test GPU B"], "state": "working",
          "job": JOB_WITH_PREVIEW, "task": "atlas lightmap tile 3", "master": null,
          "last_seen_ms": t - 500},
         {"addr": "127.0.0.3:48000", "alias": "d3", "threads": 4, "state": "occupied",
@@ -115,11 +148,158 @@ fn nodes_json() -> Value {
     ]})
 }
 
+/// An event of the hostile job: the job page of the other job must not list it.
+const OTHER_JOB_EVENT: &str = "job j77b1e05 failed: task 1 used up its attempts";
+/// An event of node d2 (events name a worker by its alias).
+const NODE_EVENT: &str = "worker 'd2' connected (2 threads)";
+
 fn events_json() -> Value {
     json!({"events": [
         {"time_ms": now_ms() - 5_000, "level": "error", "message": ERROR_EVENT,
-         "job": JOB_WITH_PREVIEW, "node": "127.0.0.3:48000"}
+         "job": JOB_WITH_PREVIEW, "node": "127.0.0.3:48000"},
+        {"time_ms": now_ms() - 8_000, "level": "warn", "message": OTHER_JOB_EVENT,
+         "job": JOB_HOSTILE, "node": null},
+        {"time_ms": now_ms() - 9_000, "level": "info", "message": NODE_EVENT,
+         "job": null, "node": NODE_ALIAS}
     ]})
+}
+
+/// The tasks of a job as `GET /jobs/{id}` lists them: made up from its counts, in the order
+/// completed, running, failed, canceled, queued; completed ones ran on d1, running ones on d2.
+fn tasks_json(job: &Value) -> Vec<Value> {
+    let t = now_ms();
+    let mut tasks = Vec::new();
+    for status in ["completed", "running", "failed", "canceled", "queued"] {
+        for _ in 0..job["tasks"][status].as_u64().unwrap_or(0) {
+            let index = tasks.len() as u64;
+            let (node, started, finished, error) = match status {
+                "completed" => (
+                    json!("d1"),
+                    json!(t - 50_000),
+                    json!(t - 20_000),
+                    json!(null),
+                ),
+                "running" => (
+                    json!(NODE_ALIAS),
+                    json!(t - 10_000),
+                    json!(null),
+                    json!(null),
+                ),
+                "failed" => (
+                    json!(NODE_ALIAS),
+                    json!(t - 40_000),
+                    json!(t - 39_000),
+                    json!(NODE_FAILED_TASK_ERROR),
+                ),
+                _ => (json!(null), json!(null), json!(null), json!(null)),
+            };
+            tasks.push(json!({
+                "index": index, "name": format!("atlas lightmap tile {index}"), "status": status,
+                "attempts": if status == "queued" { 0 } else { 1 }, "node": node,
+                "error": error, "started_ms": started, "finished_ms": finished
+            }));
+        }
+    }
+    tasks
+}
+
+async fn fake_jobs(State(fake): State<FakeManager>) -> Json<Value> {
+    Json(json!({"jobs": *fake.jobs.lock().unwrap()}))
+}
+
+fn no_such_job(id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": format!("no job with id {id:?}")})),
+    )
+        .into_response()
+}
+
+async fn fake_job(State(fake): State<FakeManager>, UrlPath(id): UrlPath<String>) -> Response {
+    let jobs = fake.jobs.lock().unwrap();
+    match jobs.iter().find(|j| j["id"] == id.as_str()) {
+        Some(job) => Json(json!({"job": job, "tasks": tasks_json(job)})).into_response(),
+        None => no_such_job(&id),
+    }
+}
+
+/// pause, resume, cancel, priority and delete: recorded, then applied to the job the way the
+/// manager's store would, and answered like the manager (the job and its tasks).
+async fn fake_action(
+    State(fake): State<FakeManager>,
+    UrlPath(id): UrlPath<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    fake.actions.lock().unwrap().push(Action {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: body.clone(),
+    });
+    if fake.refuse_actions.load(Ordering::Relaxed) {
+        return (StatusCode::CONFLICT, Json(json!({"error": REFUSAL}))).into_response();
+    }
+    let mut jobs = fake.jobs.lock().unwrap();
+    let Some(i) = jobs.iter().position(|j| j["id"] == id.as_str()) else {
+        return no_such_job(&id);
+    };
+    if method == Method::DELETE {
+        jobs.remove(i);
+        return Json(json!({"deleted": id})).into_response();
+    }
+    let job = &mut jobs[i];
+    match uri.path().rsplit('/').next().unwrap_or("") {
+        "pause" => job["status"] = json!("paused"),
+        "resume" => job["status"] = json!("active"),
+        "cancel" => {
+            job["status"] = json!("canceled");
+            let t = &mut job["tasks"];
+            let stopped = t["queued"].as_u64().unwrap() + t["running"].as_u64().unwrap();
+            t["canceled"] = json!(t["canceled"].as_u64().unwrap() + stopped);
+            t["queued"] = json!(0);
+            t["running"] = json!(0);
+        }
+        "priority" => {
+            let Ok(b) = serde_json::from_str::<Value>(&body) else {
+                return (StatusCode::BAD_REQUEST, Json(json!({"error": "not JSON"})))
+                    .into_response();
+            };
+            job["priority"] = b["priority"].clone();
+        }
+        other => panic!("the fake has no action {other:?}"),
+    }
+    job["updated_ms"] = json!(now_ms());
+    Json(json!({"job": job, "tasks": tasks_json(job)})).into_response()
+}
+
+async fn fake_node(State(fake): State<FakeManager>, UrlPath(name): UrlPath<String>) -> Json<Value> {
+    fake.node_requests.lock().unwrap().push(name.clone());
+    if name != NODE_ALIAS {
+        return Json(
+            json!({"name": name, "node": null, "tasks": [], "failures": [], "excluded_from": []}),
+        );
+    }
+    let t = now_ms();
+    Json(json!({
+        "name": NODE_ALIAS,
+        "node": null,
+        "tasks": [
+            {"job": JOB_WITH_PREVIEW, "index": 3, "name": "atlas lightmap tile 3",
+             "status": "running", "attempts": 1, "node": NODE_ALIAS, "error": null,
+             "started_ms": t - 12_000, "finished_ms": null},
+            {"job": JOB_HOSTILE, "index": 1, "name": "frame 2", "status": "failed",
+             "attempts": 3, "node": NODE_ALIAS, "error": NODE_FAILED_TASK_ERROR,
+             "started_ms": t - 95_000, "finished_ms": t - 90_000}
+        ],
+        "failures": [{"job": JOB_HOSTILE, "failures": 2, "excluded": true}],
+        "excluded_from": [JOB_HOSTILE]
+    }))
 }
 
 async fn fake_status(State(fake): State<FakeManager>) -> Json<Value> {
@@ -167,7 +347,13 @@ async fn require_token(
 fn healthy_app(fake: FakeManager) -> Router {
     let api = Router::new()
         .route("/api/v1/status", get(fake_status))
-        .route("/api/v1/jobs", get(|| async { Json(jobs_json()) }))
+        .route("/api/v1/jobs", get(fake_jobs))
+        .route("/api/v1/jobs/{id}", get(fake_job).delete(fake_action))
+        .route("/api/v1/jobs/{id}/pause", post(fake_action))
+        .route("/api/v1/jobs/{id}/resume", post(fake_action))
+        .route("/api/v1/jobs/{id}/cancel", post(fake_action))
+        .route("/api/v1/jobs/{id}/priority", post(fake_action))
+        .route("/api/v1/nodes/{name}", get(fake_node))
         .route("/api/v1/nodes", get(|| async { Json(nodes_json()) }))
         .route("/api/v1/events", get(|| async { Json(events_json()) }))
         .route("/api/v1/jobs/{id}/preview.png", get(fake_preview))
@@ -192,6 +378,12 @@ fn fake_manager() -> FakeManager {
         status_requests: Arc::new(AtomicUsize::new(0)),
         preview_requests: Arc::new(AtomicUsize::new(0)),
         refused_requests: Arc::new(AtomicUsize::new(0)),
+        jobs: Arc::new(Mutex::new(
+            jobs_json()["jobs"].as_array().expect("jobs").clone(),
+        )),
+        actions: Arc::new(Mutex::new(Vec::new())),
+        refuse_actions: Arc::new(AtomicBool::new(false)),
+        node_requests: Arc::new(Mutex::new(Vec::new())),
     }
 }
 
@@ -213,23 +405,6 @@ fn with_token(url: &str, token: &str) -> String {
 }
 
 // ---- chromium -----------------------------------------------------------------------------
-
-/// Whether Chromium is installed; without it the test is skipped, unless CI requires it.
-fn chromium_available(test: &str) -> bool {
-    if Path::new(CHROMIUM).exists() {
-        return true;
-    }
-    if std::env::var("RAYFARM_REQUIRE_SHARED").as_deref() == Ok("1") {
-        panic!(
-            "{test}: {CHROMIUM} is missing and RAYFARM_REQUIRE_SHARED=1 requires it; \
-             install it with `apt-get install -y chromium` (with sudo when not root)"
-        );
-    }
-    eprintln!(
-        "skipping {test}: {CHROMIUM} is missing; install it with `apt-get install -y chromium`"
-    );
-    false
-}
 
 struct ChromiumRun {
     stdout: String,
@@ -597,4 +772,346 @@ async fn chromium_asks_again_when_the_token_is_refused() {
         (1..=4).contains(&refused),
         "{refused} refused requests: the page kept polling with a refused token"
     );
+}
+
+// ---- tests that click (Chromium over the DevTools protocol) -------------------------------
+
+/// Serves `fake` on loopback and runs `test` with the page's URL in blocking context (the
+/// browser's calls block); without Chromium, skips it (see `chromium_available`).
+async fn with_browser(name: &str, fake: &FakeManager, test: impl FnOnce(&str)) {
+    if !chromium_available(name) {
+        return;
+    }
+    let url = serve(healthy_app(fake.clone())).await;
+    tokio::task::block_in_place(|| test(&url));
+}
+
+/// A selector for an element of the overview's card of job `id`.
+fn in_card(id: &str, inner: &str) -> String {
+    format!(r#"#job-list [data-job-id="{id}"] {inner}"#)
+}
+
+/// A JavaScript expression: the text of `selector` equals `text`.
+fn text_is(selector: &str, text: &str) -> String {
+    format!(
+        "(document.querySelector({}) || {{}}).textContent === {}",
+        Value::from(selector),
+        Value::from(text)
+    )
+}
+
+/// The actions the fake received since the last call.
+fn take_actions(fake: &FakeManager) -> Vec<Action> {
+    std::mem::take(&mut *fake.actions.lock().unwrap())
+}
+
+fn action(method: &str, path: &str, body: &str) -> Action {
+    Action {
+        method: method.into(),
+        path: path.into(),
+        authorization: Some(format!("Bearer {TOKEN}")),
+        body: body.into(),
+    }
+}
+
+/// Whether the button for `action` on job `id`'s card is enabled.
+fn enabled(page: &browser::Page, id: &str, action: &str) -> bool {
+    let selector = in_card(id, &format!(r#"button[data-action="{action}"]"#));
+    page.eval(&format!(
+        "!document.querySelector({}).disabled",
+        Value::from(selector)
+    )) == Value::Bool(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdp_job_actions_send_requests_and_show_the_new_state() {
+    let fake = fake_manager();
+    with_browser(
+        "cdp_job_actions_send_requests_and_show_the_new_state",
+        &fake,
+        |url| {
+            let page = browser::open(&with_token(url, TOKEN));
+            let id = JOB_WITH_PREVIEW;
+            let status = in_card(id, ".badge.status");
+            page.wait_for("the active job", &text_is(&status, "active"));
+            page.wait_for(
+                "the preview",
+                &format!(
+                    "document.querySelector({}).dataset.loaded === '1'",
+                    Value::from(in_card(id, "img.preview"))
+                ),
+            );
+            page.save_screenshot_if_asked("monitor.png", 1000);
+
+            // What each status allows: an active job with running tasks cannot be resumed or
+            // deleted; the failed one can only be deleted.
+            let allowed = |id: &str| {
+                ["pause", "resume", "cancel", "priority", "delete"]
+                    .into_iter()
+                    .filter(|a| enabled(&page, id, a))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(allowed(id), ["pause", "cancel", "priority"]);
+            assert_eq!(allowed(JOB_HOSTILE), ["delete"]);
+
+            let base = format!("/api/v1/jobs/{id}");
+            page.click(&in_card(id, r#"button[data-action="pause"]"#));
+            page.wait_for("the paused job", &text_is(&status, "paused"));
+            assert_eq!(
+                take_actions(&fake),
+                [action("POST", &format!("{base}/pause"), "")]
+            );
+            page.wait_for(
+                "the outcome",
+                &text_is("#action-text", &format!("Job water bottle ({id}) paused.")),
+            );
+            assert_eq!(allowed(id), ["resume", "cancel", "priority"]);
+
+            page.click(&in_card(id, r#"button[data-action="resume"]"#));
+            page.wait_for("the resumed job", &text_is(&status, "active"));
+            assert_eq!(
+                take_actions(&fake),
+                [action("POST", &format!("{base}/resume"), "")]
+            );
+
+            page.type_into(&in_card(id, "input.priority-input"), "7");
+            page.click(&in_card(id, r#"button[data-action="priority"]"#));
+            page.wait_for(
+                "the new priority",
+                &text_is(&in_card(id, ".badge.priority"), "priority 7"),
+            );
+            assert_eq!(
+                take_actions(&fake),
+                [action(
+                    "POST",
+                    &format!("{base}/priority"),
+                    r#"{"priority":7}"#
+                )]
+            );
+
+            page.click(&in_card(id, r#"button[data-action="cancel"]"#));
+            page.wait_for("the canceled job", &text_is(&status, "canceled"));
+            assert_eq!(
+                take_actions(&fake),
+                [action("POST", &format!("{base}/cancel"), "")]
+            );
+            assert_eq!(allowed(id), ["delete"]);
+
+            // Delete asks first: the first click sends nothing.
+            page.click(&in_card(id, r#"button[data-action="delete"]"#));
+            assert!(page.visible(&in_card(id, r#"button[data-action="confirm-delete"]"#)));
+            page.click(&in_card(id, r#"button[data-action="keep"]"#));
+            assert!(!page.visible(&in_card(id, r#"button[data-action="confirm-delete"]"#)));
+            assert_eq!(take_actions(&fake), []);
+            page.click(&in_card(id, r#"button[data-action="delete"]"#));
+            page.click(&in_card(id, r#"button[data-action="confirm-delete"]"#));
+            page.wait_for(
+                "the job gone",
+                &format!("!document.querySelector({})", Value::from(in_card(id, ""))),
+            );
+            assert_eq!(take_actions(&fake), [action("DELETE", &base, "")]);
+            assert!(page.visible(&in_card(JOB_HOSTILE, ".badge.status")));
+            assert_eq!(fake.refused_requests.load(Ordering::Relaxed), 0);
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdp_an_api_error_is_shown_on_the_page() {
+    let fake = fake_manager();
+    fake.refuse_actions.store(true, Ordering::Relaxed);
+    with_browser("cdp_an_api_error_is_shown_on_the_page", &fake, |url| {
+        let page = browser::open(&with_token(url, TOKEN));
+        let id = JOB_WITH_PREVIEW;
+        let status = in_card(id, ".badge.status");
+        page.wait_for("the active job", &text_is(&status, "active"));
+        assert!(!page.visible("#action-message"));
+        page.click(&in_card(id, r#"button[data-action="pause"]"#));
+        page.wait_for(
+            "the refusal",
+            "document.getElementById('action-message').dataset.state === 'error'",
+        );
+        let message = page.text("#action-text");
+        assert_eq!(
+            message,
+            format!(
+                "Pause of job water bottle ({id}) failed: POST /api/v1/jobs/{id}/pause answered \
+                 HTTP 409 Conflict: {REFUSAL}"
+            )
+        );
+        assert!(page.visible("#action-message"));
+        // The job is as it was, and its buttons work again.
+        assert_eq!(page.text(&status), "active");
+        page.wait_for(
+            "the pause button enabled again",
+            &format!(
+                "!document.querySelector({}).disabled",
+                Value::from(in_card(id, r#"button[data-action="pause"]"#))
+            ),
+        );
+        // A priority that is not a number is refused on the page, without a request.
+        take_actions(&fake);
+        page.type_into(&in_card(id, "input.priority-input"), "-");
+        page.click(&in_card(id, r#"button[data-action="priority"]"#));
+        page.wait_for(
+            "the priority refusal",
+            "document.getElementById('action-text').textContent.includes('whole number from -1000 to 1000')",
+        );
+        assert_eq!(take_actions(&fake), []);
+        page.click("#action-dismiss");
+        assert!(!page.visible("#action-message"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdp_job_page_lists_tasks_and_events_and_zooms_the_preview() {
+    let fake = fake_manager();
+    with_browser("cdp_job_page_lists_tasks_and_events_and_zooms_the_preview", &fake, |url| {
+        let id = JOB_WITH_PREVIEW;
+        let page = browser::open(&format!("{url}#job/{id}&token={TOKEN}"));
+        page.wait_for(
+            "the tasks",
+            "document.querySelectorAll('#job-task-rows tr').length === 10",
+        );
+        // The token left the address, the view stayed.
+        assert_eq!(page.eval("location.hash"), Value::from(format!("#job/{id}")));
+        assert!(!page.visible("#overview"));
+        assert_eq!(page.text("#job-head .job-link"), "water bottle");
+        let row = |i: u32| page.text(&format!(r#"#job-task-rows tr[data-task-index="{i}"]"#));
+        // index, name, state, node, attempts, started, time, error
+        assert!(row(0).starts_with("0atlas lightmap tile 0completedd11"), "{}", row(0));
+        assert!(row(0).ends_with("30 s"), "a completed task ran 30 s: {}", row(0));
+        assert!(row(5).starts_with("5atlas lightmap tile 5runningd21"), "{}", row(5));
+        assert!(row(9).starts_with("9atlas lightmap tile 9queued—0—"), "{}", row(9));
+        assert_eq!(
+            page.eval(r##"document.querySelector('#job-task-rows tr[data-task-index="5"] a').getAttribute('href')"##),
+            Value::from(format!("#node/{NODE_ALIAS}"))
+        );
+        // Its events only.
+        page.wait_for(
+            "the job's events",
+            "document.querySelectorAll('#job-event-rows tr').length === 1",
+        );
+        assert!(page.text("#job-event-rows").contains(ERROR_EVENT));
+        assert!(!page.text("#job-page").contains(OTHER_JOB_EVENT));
+
+        // The large preview: fitted to the viewer, a click zooms in 2x at the point, a drag
+        // pans, a double-click fits again.
+        page.wait_for(
+            "the large preview",
+            "document.querySelector('#job-viewer img').dataset.loaded === '1' && \
+             Number(document.getElementById('job-viewer').dataset.zoom) > 1",
+        );
+        page.save_screenshot_if_asked("monitor-job.png", 1300);
+        let zoom = || {
+            page.eval("Number(document.getElementById('job-viewer').dataset.zoom)")
+                .as_f64()
+                .unwrap()
+        };
+        let fitted = zoom();
+        page.click("#job-viewer");
+        page.wait_for("a zoomed preview", &format!("Number(document.getElementById('job-viewer').dataset.zoom) > {fitted}"));
+        assert!((zoom() / fitted - 2.0).abs() < 0.01, "{} then {}", fitted, zoom());
+        page.click("#zoom-fit");
+        assert!((zoom() - fitted).abs() < 0.001);
+        // The wheel zooms too (up: in, by a quarter), about the point under the pointer.
+        page.wheel("#job-viewer", (-100.0, -50.0), -100.0);
+        page.wait_for("a wheel zoom", &format!("Number(document.getElementById('job-viewer').dataset.zoom) > {fitted}"));
+        assert!((zoom() / fitted - 1.25).abs() < 0.01, "{} then {}", fitted, zoom());
+        // A drag pans (and does not zoom): the image moves with the pointer.
+        let offset = || {
+            page.eval("(() => { const b = document.querySelector('#job-viewer img').getBoundingClientRect(); return [b.left, b.top]; })()")
+        };
+        let before = offset();
+        page.drag("#job-viewer", 60.0, 40.0);
+        let after = offset();
+        let moved = |i: usize| after[i].as_f64().unwrap() - before[i].as_f64().unwrap();
+        assert!((moved(0) - 60.0).abs() < 1.0 && (moved(1) - 40.0).abs() < 1.0, "{before} then {after}");
+        assert!((zoom() / fitted - 1.25).abs() < 0.01, "a drag zoomed: {} then {}", fitted, zoom());
+        page.eval("document.getElementById('job-viewer').dispatchEvent(new MouseEvent('dblclick'))");
+        assert!((zoom() - fitted).abs() < 0.001);
+
+        // An action on the job page acts on its job.
+        page.click(r#"#job-head button[data-action="pause"]"#);
+        page.wait_for("the paused job", &text_is("#job-head .badge.status", "paused"));
+        assert_eq!(
+            take_actions(&fake),
+            [action("POST", &format!("/api/v1/jobs/{id}/pause"), "")]
+        );
+
+        // A job that is not in the queue says so.
+        page.eval("location.hash = '#job/j00000000'");
+        page.wait_for(
+            "the missing job",
+            "document.getElementById('job-missing').textContent.includes('is not in the manager')",
+        );
+        assert!(!page.visible("#banner"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdp_node_page_shows_its_fields_tasks_and_exclusions() {
+    let fake = fake_manager();
+    with_browser(
+        "cdp_node_page_shows_its_fields_tasks_and_exclusions",
+        &fake,
+        |url| {
+            let page = browser::open(&with_token(url, TOKEN));
+            // From the overview: the node's address is a link to its page.
+            page.click(&format!(r#"#node-rows tr[data-node-key="{NODE_ADDR}"] a"#));
+            page.wait_for(
+                "the node's tasks",
+                "document.querySelectorAll('#node-task-rows tr').length === 2",
+            );
+            assert_eq!(
+                page.eval("location.hash"),
+                Value::from(format!("#node/{NODE_ADDR}"))
+            );
+            assert_eq!(fake.node_requests.lock().unwrap()[0], NODE_ALIAS);
+            let field = |name: &str| page.text(&format!(r#"#node-fields dd[data-field="{name}"]"#));
+            assert_eq!(field("address"), NODE_ADDR);
+            assert_eq!(field("alias"), NODE_ALIAS);
+            assert_eq!(field("threads"), "2");
+            assert_eq!(field("cpu"), "Test CPU 9000 (16 threads on the machine)");
+            assert_eq!(
+                field("gpus"),
+                "Test GPU A, Test GPU B (rendering runs on the CPU)"
+            );
+            assert_eq!(field("state"), "working");
+            assert_eq!(
+                field("current-job"),
+                format!("water bottle ({JOB_WITH_PREVIEW})")
+            );
+            assert_eq!(field("current-task"), "atlas lightmap tile 3");
+            let tasks = page.text("#node-task-rows");
+            assert!(tasks.contains("atlas lightmap tile 3running"), "{tasks}");
+            assert!(tasks.contains(NODE_FAILED_TASK_ERROR), "{tasks}");
+            assert!(tasks.contains("5 s"), "the failed task ran 5 s: {tasks}");
+            // Exclusions: the hostile job, by name, shown as text.
+            assert_eq!(
+                page.eval("document.getElementById('node-excluded').dataset.excludedFrom"),
+                Value::from(JOB_HOSTILE)
+            );
+            assert_eq!(
+                page.text("#node-excluded"),
+                format!("Excluded from: {HOSTILE_NAME} ({JOB_HOSTILE})")
+            );
+            assert!(page
+                .text("#node-failure-rows")
+                .contains("yes: gets no more of its tasks"));
+            page.wait_for(
+                "the node's events",
+                "document.querySelectorAll('#node-event-rows tr').length === 1",
+            );
+            assert!(page.text("#node-event-rows").contains(NODE_EVENT));
+            assert_eq!(
+                page.eval("document.body.dataset.xss || ''"),
+                Value::from("")
+            );
+        },
+    )
+    .await;
 }

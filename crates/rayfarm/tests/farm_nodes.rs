@@ -237,6 +237,21 @@ fn a_node_that_cannot_write_parts_is_excluded_and_the_job_completes_elsewhere() 
             && err.contains(&format!("attempt {limit} of {MAX_TASK_ATTEMPTS}")),
         "task 0's error should name the node, its path and the attempt: {t0}"
     );
+    // Requeued after its last attempt: it started, and has not ended.
+    assert!(
+        t0["started_ms"].as_i64().is_some() && t0["finished_ms"].is_null(),
+        "{t0}"
+    );
+    // The monitor's node page: the node's failures and the job it is excluded from.
+    let node = api(port, "/api/v1/nodes/bad32");
+    assert_eq!(node["excluded_from"][0], id.as_str(), "{node:#}");
+    assert_eq!(node["failures"][0]["failures"], limit, "{node:#}");
+    assert_eq!(node["failures"][0]["excluded"], true, "{node:#}");
+    assert_eq!(node["node"]["alias"], "bad32", "{node:#}");
+    assert!(
+        node["node"]["cpu_threads"].as_u64().unwrap_or(0) >= 1,
+        "the daemon's machine is reported: {node:#}"
+    );
     assert!(c.running(), "the client gave up: {}", c.describe());
 
     // The good node arrives and does everything, task 0 on its last attempt.

@@ -69,21 +69,6 @@ fn get(agent: &ureq::Agent, base: &str, path: &str) -> Value {
     a.json()
 }
 
-/// Submits a small bake to the manager at `manager` without waiting; its job id.
-fn submit_bake(farm: &Farm, manager: &str) -> String {
-    let mut args = farm.bake_args("maps", &["--spp", "4", "--no-wait"]);
-    args.extend(strings(&[
-        "--farm",
-        manager,
-        "--netdir",
-        &farm.path("net").display().to_string(),
-    ]));
-    let mut c = Proc::start("client", &args, &farm.env());
-    let (id, _) = Farm::job_id(&mut c);
-    c.wait_ok(Duration::from_secs(60));
-    id
-}
-
 /// The tokens an attacker might try, with what they are.
 fn bad_authorizations() -> Vec<(Option<String>, &'static str)> {
     let other = rayfarm_proto::FarmKey::from_secret("another-farm-entirely-42")
@@ -109,7 +94,7 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
     let _m = farm.manager_at(ip, port, &[]);
     let manager = format!("{ip}:{port}");
     let base = format!("http://{manager}");
-    let id = submit_bake(&farm, &manager);
+    let id = farm.submit_bake(&manager);
     let job_dir = farm.net().join(&id).display().to_string();
     let agent = agent();
     let routes: Vec<(&str, String, Option<String>)> = vec![
@@ -144,6 +129,7 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
         ("DELETE", format!("/api/v1/jobs/{id}?force=true"), None),
         ("GET", format!("/api/v1/jobs/{id}/preview.png"), None),
         ("GET", "/api/v1/nodes".into(), None),
+        ("GET", "/api/v1/nodes/d1".into(), None),
         ("GET", "/metrics".into(), None),
         (
             "POST",
@@ -245,6 +231,30 @@ fn every_api_route_refuses_requests_without_the_farms_token() {
         a.body == checked_in,
         "the served OpenAPI document is not docs/openapi.json"
     );
+    // A node the queue never saw has done nothing (not 404: it may just have joined); a name
+    // that cannot be a node's is refused.
+    let a = with("GET", "/api/v1/nodes/nobody", None);
+    assert_eq!(a.status, 200, "GET /api/v1/nodes/nobody: {}", a.body);
+    assert_eq!(
+        a.json(),
+        json!({"name": "nobody", "node": null, "tasks": [], "failures": [], "excluded_from": []})
+    );
+    let long = "n".repeat(200);
+    let a = with("GET", &format!("/api/v1/nodes/{long}"), None);
+    assert_eq!(a.status, 400, "a 200-byte node name: {}", a.body);
+    assert!(
+        a.json()["error"].as_str().unwrap().contains("node name"),
+        "{}",
+        a.body
+    );
+    // The job's tasks have not started.
+    let job = with("GET", &format!("/api/v1/jobs/{id}"), None).json();
+    for t in job["tasks"].as_array().unwrap() {
+        assert!(
+            t["started_ms"].is_null() && t["finished_ms"].is_null(),
+            "{t}"
+        );
+    }
     let a = with("GET", &format!("/api/v1/jobs/{id}/preview.png"), None);
     assert_eq!(a.status, 404, "a queued job has no preview yet: {}", a.body);
     assert!(a.json()["error"].as_str().unwrap().contains("no preview"));

@@ -237,6 +237,22 @@ impl Farm {
         (id, tasks)
     }
 
+    /// Submits a small bake to the manager at `manager` (`HOST:PORT`) without waiting for it;
+    /// its job id.
+    pub fn submit_bake(&self, manager: &str) -> String {
+        let mut args = self.bake_args("maps", &["--spp", "4", "--no-wait"]);
+        args.extend(strings(&[
+            "--farm",
+            manager,
+            "--netdir",
+            &self.path("net").display().to_string(),
+        ]));
+        let mut c = Proc::start("client", &args, &self.env());
+        let (id, _) = Farm::job_id(&mut c);
+        c.wait_ok(Duration::from_secs(60));
+        id
+    }
+
     pub fn net_entries(&self) -> Vec<String> {
         std::fs::read_dir(self.path("net"))
             .unwrap()
