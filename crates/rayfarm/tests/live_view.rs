@@ -6,13 +6,13 @@
 //! unless `RAYFARM_REQUIRE_SHARED=1` (as in CI). With `RAYFARM_SCREENSHOTS=1` it writes the
 //! README's picture, docs/live-view.png.
 
+#[path = "../../rayfarm-web/tests/support/browser.rs"]
+mod browser;
 mod common;
 
 use common::net::{strings, Farm};
 use common::proc::Proc;
 use std::time::{Duration, Instant};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// The address `live view: http://...` on stderr names.
 fn view_url(p: &mut Proc) -> String {
@@ -231,51 +231,10 @@ fn a_view_served_beyond_loopback_needs_the_farms_token() {
     assert!(out.exists());
 }
 
-/// Launches headless Chromium the way this machine's closed network needs.
-fn chromium(profile: &std::path::Path) -> Option<headless_chrome::Browser> {
-    if !std::path::Path::new(CHROMIUM).exists() {
-        assert!(
-            std::env::var("RAYFARM_REQUIRE_SHARED").as_deref() != Ok("1"),
-            "{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium); .ci/run does"
-        );
-        eprintln!("notice: {CHROMIUM} not found; skipping the browser test");
-        return None;
-    }
-    let args: Vec<std::ffi::OsString> = [
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
-    let opts = headless_chrome::LaunchOptions::default_builder()
-        .path(Some(CHROMIUM.into()))
-        .headless(true)
-        .sandbox(false)
-        .window_size(Some((1280, 860)))
-        .user_data_dir(Some(profile.to_path_buf()))
-        .args(args.iter().map(|a| a.as_os_str()).collect())
-        .idle_browser_timeout(Duration::from_secs(120))
-        .build()
-        .expect("chromium launch options");
-    Some(headless_chrome::Browser::new(opts).expect("chromium starts"))
-}
-
-/// Evaluates `js` in the tab and returns its value as JSON.
-fn eval(tab: &headless_chrome::Tab, js: &str) -> serde_json::Value {
-    tab.evaluate(js, false)
-        .unwrap_or_else(|e| panic!("{js}: {e}"))
-        .value
-        .unwrap_or(serde_json::Value::Null)
-}
-
 /// A PNG screenshot of the element `selector`.
-fn element_png(tab: &headless_chrome::Tab, selector: &str) -> Vec<u8> {
-    tab.find_element(selector)
+fn element_png(page: &browser::Page, selector: &str) -> Vec<u8> {
+    page.tab
+        .find_element(selector)
         .unwrap_or_else(|e| panic!("{selector}: {e}"))
         .capture_screenshot(
             headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
@@ -283,22 +242,12 @@ fn element_png(tab: &headless_chrome::Tab, selector: &str) -> Vec<u8> {
         .unwrap()
 }
 
-/// Waits until `js` evaluates to `true`.
-fn wait_js(tab: &headless_chrome::Tab, js: &str, within: Duration, what: &str) {
-    let t0 = Instant::now();
-    while eval(tab, js) != serde_json::Value::Bool(true) {
-        assert!(t0.elapsed() < within, "the page never showed {what} ({js})");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_live_view_of_a_network_render_shows_it_converge_and_its_stop_button_saves_it() {
-    let farm = Farm::new();
-    let profile = farm.path("chromium-profile");
-    let Some(browser) = chromium(&profile) else {
+    if !browser::chromium_available("live view test") {
         return;
-    };
+    }
+    let farm = Farm::new();
     let _d1 = farm.daemon("127.0.0.90", "d90", &[]);
     let _d2 = farm.daemon("127.0.0.91", "d91", &[]);
     let out = farm.path("network.exr");
@@ -328,77 +277,43 @@ fn the_live_view_of_a_network_render_shows_it_converge_and_its_stop_button_saves
         ],
     );
     let url = view_url(&mut m);
-    let tab = browser.new_tab().expect("a tab");
-    tab.navigate_to(&url).expect("navigate");
-    tab.wait_until_navigated().expect("the page loads");
+    let page = browser::open(&url);
 
     // Both daemons' workers render, next to this machine's cores.
-    wait_js(
-        &tab,
+    page.wait_for_within(
+        "both daemons and the local cores rendering",
         "['d90', 'd91', 'local'].every(n => [...document.querySelectorAll('#node-rows tr')].some(tr => tr.dataset.node.startsWith(n) && tr.dataset.state === 'rendering'))",
         Duration::from_secs(60),
-        "both daemons and the local cores rendering",
     );
     // The image is shown and changes as it converges.
-    wait_js(
-        &tab,
+    page.wait_for_within(
+        "the image",
         "!document.getElementById('image').hidden",
         Duration::from_secs(30),
-        "the image",
     );
-    let first = eval(
-        &tab,
-        "Number(document.getElementById('image').dataset.version)",
-    );
-    let first_shot = element_png(&tab, "#image");
-    wait_js(
-        &tab,
+    let first = page.eval("Number(document.getElementById('image').dataset.version)");
+    let first_shot = element_png(&page, "#image");
+    page.wait_for_within(
+        "a newer image",
         &format!("Number(document.getElementById('image').dataset.version) > {first} * 2"),
         Duration::from_secs(60),
-        "a newer image",
     );
-    let later_shot = element_png(&tab, "#image");
+    let later_shot = element_png(&page, "#image");
     assert!(
         first_shot != later_shot,
         "the image did not change as it converged"
     );
     // The state, ETA and the overlay of who rendered what.
-    assert_eq!(
-        eval(&tab, "document.getElementById('state').textContent"),
-        "rendering"
-    );
-    assert_ne!(
-        eval(&tab, "document.getElementById('eta').textContent"),
-        "?"
-    );
-    tab.find_element("#overlay-toggle")
-        .unwrap()
-        .click()
-        .unwrap();
-    wait_js(
-        &tab,
-        "!document.getElementById('overlay').hidden",
-        Duration::from_secs(10),
-        "the overlay",
-    );
-    if std::env::var("RAYFARM_SCREENSHOTS").as_deref() == Ok("1") {
-        let png = tab
-            .capture_screenshot(
-                headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
-                None,
-                None,
-                true,
-            )
-            .unwrap();
-        std::fs::write(common::repo_root().join("docs/live-view.png"), png).unwrap();
-    }
+    assert_eq!(page.text("#state"), "rendering");
+    assert_ne!(page.text("#eta"), "?");
+    page.click("#overlay-toggle");
+    page.wait_for("the overlay", "!document.getElementById('overlay').hidden");
+    page.save_screenshot_if_asked("live-view.png", 720);
     // The stop button ends the render cleanly with an image written.
-    tab.find_element("#stop").unwrap().click().unwrap();
-    wait_js(
-        &tab,
-        "['stopping', 'stopped'].includes(document.getElementById('state').textContent)",
-        Duration::from_secs(30),
+    page.click("#stop");
+    page.wait_for(
         "the render stopping",
+        "['stopping', 'stopped'].includes(document.getElementById('state').textContent)",
     );
     m.wait_ok(Duration::from_secs(60));
     assert!(

@@ -114,14 +114,19 @@ impl Page {
     /// Waits until the JavaScript expression `js` is true; panics after [`WAIT`] with `what`
     /// and the text of the page's main parts.
     pub fn wait_for(&self, what: &str, js: &str) {
+        self.wait_for_within(what, js, WAIT)
+    }
+
+    /// [`Page::wait_for`] with a deadline of `within`.
+    pub fn wait_for_within(&self, what: &str, js: &str, within: Duration) {
         let start = Instant::now();
         loop {
             if self.eval(&format!("!!({js})")) == serde_json::Value::Bool(true) {
                 return;
             }
-            if start.elapsed() > WAIT {
+            if start.elapsed() > within {
                 panic!(
-                    "the page did not show {what} within {WAIT:?} ({js}); it shows:\n{}",
+                    "the page did not show {what} within {within:?} ({js}); it shows:\n{}",
                     self.eval("document.body.innerText")
                 );
             }
