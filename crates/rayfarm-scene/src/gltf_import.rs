@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod animation;
+mod ktx2;
+mod meshopt;
 
 /// Extensions rayfarm understands (fully or, for transmission without a volume, as thin glass).
 /// Sheen, clearcoat and volume are read from the material's JSON by `layer_extensions` (the
@@ -33,6 +35,8 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_materials_variants",
     "EXT_texture_webp",
     "KHR_mesh_quantization",
+    "EXT_meshopt_compression",
+    "KHR_texture_basisu",
 ];
 
 /// Upper bound on the elements of one accessor; far above any real scene, low enough that a
@@ -333,6 +337,9 @@ fn parse(
         serde_json::from_slice(json_bytes).map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
     check_extensions(&raw, path, warnings)?;
     let resolution = find_resolution(&raw);
+    // EXT_meshopt_compression: compressed views are pointed at buffers of their own, decoded
+    // below once the file's buffers are loaded.
+    let meshopt = meshopt::plan(&mut raw).map_err(inv)?;
 
     // `check_extensions` accepted every required extension; the gltf crate would refuse those
     // it does not know itself (it reads none of the ones we read from the JSON).
@@ -340,7 +347,7 @@ fn parse(
         .as_object_mut()
         .and_then(|o| o.remove("extensionsRequired"))
         .is_some();
-    let root = if use_webp_sources(&mut raw) || dropped_required {
+    let root = if use_extension_sources(&mut raw) || dropped_required || !meshopt.is_empty() {
         serde_json::from_value::<gltf::json::Root>(raw.clone())
     } else {
         gltf::json::Root::from_slice(json_bytes)
@@ -351,7 +358,8 @@ fn parse(
     let doc = gltf::Document::from_json(root)
         .map_err(|e| inv(e.to_string().trim_end_matches(';').to_string()))?;
 
-    let buffers = load_buffers(&doc, path, glb_bin, read_file)?;
+    let mut buffers = load_buffers(&doc, path, glb_bin, read_file, &meshopt.not_loaded)?;
+    meshopt::decode(&meshopt, &mut buffers).map_err(inv)?;
     let raw_materials = match raw.get("materials") {
         Some(serde_json::Value::Array(a)) => a.clone(),
         _ => Vec::new(),
@@ -365,20 +373,23 @@ fn parse(
     })
 }
 
-/// EXT_texture_webp: a texture's WebP image is named in its extension (with or without a PNG
-/// or JPEG fallback in `source`). We prefer the WebP image and point `source` at it, so the
-/// rest of the importer sees an ordinary texture; the image crate decodes WebP (pure Rust).
+/// EXT_texture_webp and KHR_texture_basisu: a texture's WebP or KTX2 image is named in its
+/// extension (with or without a PNG or JPEG fallback in `source`). We prefer the extension's
+/// image (WebP over KTX2 when a texture has both) and point `source` at it, so the rest of the
+/// importer sees an ordinary texture; [`Builder::image`] tells the formats apart by their bytes.
 /// Returns whether anything changed.
-fn use_webp_sources(raw: &mut serde_json::Value) -> bool {
+fn use_extension_sources(raw: &mut serde_json::Value) -> bool {
     let mut changed = false;
     if let Some(textures) = raw.get_mut("textures").and_then(|t| t.as_array_mut()) {
         for t in textures {
-            let webp = t
-                .get("extensions")
-                .and_then(|e| e.get("EXT_texture_webp"))
-                .and_then(|w| w.get("source"))
-                .cloned();
-            if let (Some(src), Some(obj)) = (webp, t.as_object_mut()) {
+            let ext = |name: &str| {
+                t.get("extensions")
+                    .and_then(|e| e.get(name))
+                    .and_then(|w| w.get("source"))
+                    .cloned()
+            };
+            let preferred = ext("EXT_texture_webp").or_else(|| ext("KHR_texture_basisu"));
+            if let (Some(src), Some(obj)) = (preferred, t.as_object_mut()) {
                 obj.insert("source".into(), src);
                 changed = true;
             }
@@ -575,9 +586,15 @@ fn load_buffers(
     path: &Path,
     glb_bin: Option<&[u8]>,
     read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    not_loaded: &[bool],
 ) -> Result<Vec<Vec<u8>>, SceneError> {
     let mut out = Vec::new();
     for buf in doc.buffers() {
+        if not_loaded.get(buf.index()) == Some(&true) {
+            // An EXT_meshopt_compression fallback buffer, or one that receives decoded data.
+            out.push(Vec::new());
+            continue;
+        }
         let data = match buf.source() {
             gltf::buffer::Source::Bin => glb_bin
                 .ok_or_else(|| {
@@ -1334,16 +1351,24 @@ impl<'a> Builder<'a> {
                 (read_uri(uri, self.path, self.read_file, &what)?, name)
             }
         };
-        let decoded = image::load_from_memory(&bytes)
-            .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode: {e}")))?
-            .to_rgba8();
-        let (width, height) = decoded.dimensions();
+        let (width, height, rgba8) = if ktx2::is_ktx2(&bytes) {
+            // KHR_texture_basisu (or any KTX2 image): transcoded to RGBA8 here, once.
+            let k = ktx2::decode(&bytes)
+                .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode KTX2: {e}")))?;
+            (k.width, k.height, k.texels)
+        } else {
+            let decoded = image::load_from_memory(&bytes)
+                .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode: {e}")))?
+                .to_rgba8();
+            let (width, height) = decoded.dimensions();
+            (width, height, decoded.into_raw())
+        };
         let id = self.scene.images.len() as u32;
         self.scene.images.push(Image {
             name,
             width,
             height,
-            rgba8: decoded.into_raw(),
+            rgba8,
         });
         self.image_map.insert(img.index(), id);
         Ok(id)
