@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod animation;
+mod draco;
 mod ktx2;
 mod meshopt;
 
@@ -37,6 +38,7 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_mesh_quantization",
     "EXT_meshopt_compression",
     "KHR_texture_basisu",
+    "KHR_draco_mesh_compression",
 ];
 
 /// Upper bound on the elements of one accessor; far above any real scene, low enough that a
@@ -340,6 +342,16 @@ fn parse(
     // EXT_meshopt_compression: compressed views are pointed at buffers of their own, decoded
     // below once the file's buffers are loaded.
     let meshopt = meshopt::plan(&mut raw).map_err(inv)?;
+    // KHR_draco_mesh_compression: the same, for the accessors of Draco primitives (after
+    // meshopt, whose buffers come first).
+    let draco = draco::plan(&mut raw).map_err(inv)?;
+    let mut not_loaded = meshopt.not_loaded.clone();
+    for b in draco.decoded_buffers() {
+        if not_loaded.len() <= b {
+            not_loaded.resize(b + 1, false);
+        }
+        not_loaded[b] = true;
+    }
 
     // `check_extensions` accepted every required extension; the gltf crate would refuse those
     // it does not know itself (it reads none of the ones we read from the JSON).
@@ -347,7 +359,8 @@ fn parse(
         .as_object_mut()
         .and_then(|o| o.remove("extensionsRequired"))
         .is_some();
-    let root = if use_extension_sources(&mut raw) || dropped_required || !meshopt.is_empty() {
+    let rewritten = !meshopt.is_empty() || !draco.is_empty();
+    let root = if use_extension_sources(&mut raw) || dropped_required || rewritten {
         serde_json::from_value::<gltf::json::Root>(raw.clone())
     } else {
         gltf::json::Root::from_slice(json_bytes)
@@ -358,8 +371,15 @@ fn parse(
     let doc = gltf::Document::from_json(root)
         .map_err(|e| inv(e.to_string().trim_end_matches(';').to_string()))?;
 
-    let mut buffers = load_buffers(&doc, path, glb_bin, read_file, &meshopt.not_loaded)?;
+    let mut buffers = load_buffers(&doc, path, glb_bin, read_file, &not_loaded)?;
     meshopt::decode(&meshopt, &mut buffers).map_err(inv)?;
+    if !draco.is_empty() {
+        let views: Vec<_> = doc
+            .views()
+            .map(|v| (v.buffer().index(), v.offset(), v.length()))
+            .collect();
+        draco::decode(&draco, &views, &mut buffers).map_err(inv)?;
+    }
     let raw_materials = match raw.get("materials") {
         Some(serde_json::Value::Array(a)) => a.clone(),
         _ => Vec::new(),

@@ -279,12 +279,13 @@ fn meshopt_quantized_is_close_to_original() {
     }
 }
 
-/// The lossless file, with its JSON edited by `edit` and its BIN chunk by `edit_bin`.
-fn edited_meshopt(
+/// The test file `name`, with its JSON edited by `edit` and its BIN chunk by `edit_bin`.
+fn edited_glb(
+    name: &str,
     edit: impl Fn(&mut serde_json::Value),
     edit_bin: impl Fn(&serde_json::Value, &mut Vec<u8>),
 ) -> Vec<u8> {
-    let glb = std::fs::read(data("cornell_box.meshopt.glb")).unwrap();
+    let glb = std::fs::read(data(name)).unwrap();
     let json_len = u32::from_le_bytes(glb[12..16].try_into().unwrap()) as usize;
     let mut json: serde_json::Value = serde_json::from_slice(&glb[20..20 + json_len]).unwrap();
     let mut bin = glb[20 + json_len + 8..].to_vec();
@@ -342,7 +343,7 @@ fn corrupt_meshopt_is_one_error_line_naming_the_view() {
         (Box::new(|j| j["bufferViews"][0]["byteLength"] = 96.into()), no_bin(), "buffer view 0 (offset 0, length 96) lies outside buffer 2 (48 bytes)"),
     ];
     for (edit, edit_bin, expected) in cases {
-        let glb = edited_meshopt(edit, edit_bin);
+        let glb = edited_glb("cornell_box.meshopt.glb", edit, edit_bin);
         let e = load_glb(&glb).unwrap_err().to_string();
         assert!(e.starts_with("model.glb: "), "{e}");
         assert!(e.contains(expected), "expected '{expected}' in: {e}");
@@ -519,6 +520,129 @@ fn corrupt_ktx2_is_one_error_line_naming_the_image() {
             e.starts_with("model.gltf: image 0 ('image 0'): cannot decode KTX2: "),
             "case {i}: {e}"
         );
+        assert!(
+            e.contains(expected),
+            "case {i}: expected '{expected}' in: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "case {i}: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KHR_draco_mesh_compression (files made from examples/cornell-box)
+// ---------------------------------------------------------------------------------------------
+
+/// Draco quantizes (14-bit positions over each mesh's extent, 10-bit octahedral normals) and
+/// may reorder vertices: close, not equal. Tolerances as for meshopt: the cornell box's meshes
+/// span at most 2 units, so a 14-bit step is 1.2e-4 (1e-3 allowed); a 10-bit normal step is
+/// about 2e-3 per component (0.02 allowed).
+#[test]
+fn draco_is_close_to_original() {
+    let a = cornell_box();
+    for name in ["cornell_box.draco.glb", "cornell_box.draco_sequential.glb"] {
+        let (b, warnings) = rayfarm_scene::load(&data(name)).unwrap();
+        assert!(warnings.is_empty(), "{name}: {warnings:?}");
+        assert_same_triangles(&a, &b, 1e-3, 0.02);
+        assert_eq!(a.materials, b.materials, "{name}");
+        assert_eq!(a.meshes, b.meshes, "{name}");
+    }
+}
+
+#[test]
+fn corrupt_draco_is_one_error_line_naming_the_primitive() {
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    type BinEdit = Box<dyn Fn(&serde_json::Value, &mut Vec<u8>)>;
+    let none = || -> Edit { Box::new(|_| {}) };
+    let no_bin = || -> BinEdit { Box::new(|_, _| {}) };
+    // Flips the bytes of buffer view 0 (mesh 0's Draco stream) from `from` on.
+    let flip = |from: usize| -> BinEdit {
+        Box::new(move |j, bin| {
+            let v = &j["bufferViews"][0];
+            let (o, l) = (
+                v["byteOffset"].as_u64().unwrap_or(0) as usize,
+                v["byteLength"].as_u64().unwrap() as usize,
+            );
+            for b in &mut bin[o + from..o + l] {
+                *b ^= 0x5a;
+            }
+        })
+    };
+    let cases: Vec<(Edit, BinEdit, &str)> = vec![
+        (none(), flip(0), "cannot decode the Draco stream"),
+        (
+            none(),
+            flip(20),
+            "mesh 0 primitive 0: KHR_draco_mesh_compression: ",
+        ),
+        // Truncated stream.
+        (
+            Box::new(|j| j["bufferViews"][0]["byteLength"] = 30.into()),
+            no_bin(),
+            "cannot decode the Draco stream (30 bytes)",
+        ),
+        // Counts that disagree with the stream.
+        (
+            Box::new(|j| j["accessors"][1]["count"] = 5.into()),
+            no_bin(),
+            "the Draco stream decodes to 4 vertices but accessor 1 (POSITION) has 5",
+        ),
+        (
+            Box::new(|j| j["accessors"][1]["count"] = 3.into()),
+            no_bin(),
+            "the Draco stream decodes to 4 vertices but accessor 1 (POSITION) has 3",
+        ),
+        (
+            Box::new(|j| j["accessors"][0]["count"] = 3.into()),
+            no_bin(),
+            "cannot decode the Draco stream",
+        ),
+        (
+            Box::new(|j| j["accessors"][1]["count"] = 4_000_000_000u64.into()),
+            no_bin(),
+            "accessor 1 claims 4000000000 elements, more than rayfarm accepts",
+        ),
+        // References that do not exist.
+        (
+            Box::new(|j| {
+                j["meshes"][0]["primitives"][0]["extensions"]["KHR_draco_mesh_compression"]
+                    ["bufferView"] = 99.into()
+            }),
+            no_bin(),
+            "bufferView must be the index of one of the",
+        ),
+        (
+            Box::new(|j| {
+                j["meshes"][0]["primitives"][0]["extensions"]["KHR_draco_mesh_compression"]
+                    ["attributes"]["POSITION"] = 7.into()
+            }),
+            no_bin(),
+            "the Draco stream has no attribute with id 7 (POSITION)",
+        ),
+        (
+            Box::new(|j| {
+                j["meshes"][0]["primitives"][0]["extensions"]["KHR_draco_mesh_compression"]
+                    ["attributes"]["TEXCOORD_1"] = 2.into()
+            }),
+            no_bin(),
+            "attribute TEXCOORD_1 is compressed but the primitive has no TEXCOORD_1 accessor",
+        ),
+        // Indices stored as u8 cannot hold what they would need to, and floats are not indices.
+        (
+            Box::new(|j| j["accessors"][0]["componentType"] = 5126.into()),
+            no_bin(),
+            "index accessor 0 must be unsigned integer scalars",
+        ),
+        // Two Draco primitives sharing an accessor.
+        (
+            Box::new(|j| j["meshes"][1]["primitives"][0]["attributes"]["POSITION"] = 1.into()),
+            no_bin(),
+            "accessor 1 (POSITION) is also decoded for another Draco primitive",
+        ),
+    ];
+    for (i, (edit, edit_bin, expected)) in cases.into_iter().enumerate() {
+        let glb = edited_glb("cornell_box.draco.glb", edit, edit_bin);
+        let e = load_glb(&glb).unwrap_err().to_string();
+        assert!(e.starts_with("model.glb: mesh "), "case {i}: {e}");
         assert!(
             e.contains(expected),
             "case {i}: expected '{expected}' in: {e}"
