@@ -175,6 +175,13 @@ pub fn load_from_slice_with(
     Ok((scene, warnings))
 }
 
+/// Decodes the base level of a KTX2 image to RGBA8 (width, height, texels) as the importer does
+/// for KHR_texture_basisu: Basis Universal (ETC1S, UASTC) and 8-bit uncompressed formats, with
+/// the header checked and the size bounded first. Errors say what is wrong with the file.
+pub fn decode_ktx2(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
+    ktx2::decode(bytes).map(|k| (k.width, k.height, k.texels))
+}
+
 /// The time span `[start, end]` in seconds covered by the keyframes of all animations of a
 /// `.gltf` or `.glb` file, or None when it has none. See [`animation_span_from_slice`].
 pub fn animation_span(path: &Path) -> Result<Option<(f32, f32)>, SceneError> {

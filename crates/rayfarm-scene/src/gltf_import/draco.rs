@@ -314,22 +314,27 @@ fn decode_primitive(p: &Primitive, src: &[u8]) -> Result<Vec<u8>, String> {
     draco_core::MeshDecoder::new()
         .decode(&mut buffer, &mut mesh)
         .map_err(|e| format!("cannot decode the Draco stream ({} bytes): {e}", src.len()))?;
+    // Counts first, so that the output (sized from the accessors) is only allocated for a
+    // stream that really decodes to that much.
+    for t in &p.targets {
+        let (decoded, what) = match t.draco_id {
+            None => (mesh.faces().len() * 3, "indices"),
+            Some(_) => (mesh.num_points(), "vertices"),
+        };
+        if decoded != t.count {
+            return Err(format!(
+                "the Draco stream decodes to {decoded} {what} but accessor {} ({}) has {}",
+                t.accessor, t.name, t.count
+            ));
+        }
+    }
     let mut out = vec![0u8; p.byte_length];
     for t in &p.targets {
         let dst = &mut out[t.offset
             ..t.offset + t.count * t.components * component_size(t.component_type).unwrap_or(1)];
         match t.draco_id {
             None => {
-                let decoded_faces = mesh.faces();
-                if decoded_faces.len() * 3 != t.count {
-                    return Err(format!(
-                        "the Draco stream decodes to {} triangles but the indices accessor {} has {} indices",
-                        decoded_faces.len(),
-                        t.accessor,
-                        t.count
-                    ));
-                }
-                let indices = decoded_faces.iter().flat_map(|f| f.map(|v| v.0 as f64));
+                let indices = mesh.faces().iter().flat_map(|f| f.map(|v| v.0 as f64));
                 write_values(dst, t.component_type, indices).map_err(|v| {
                     format!(
                         "index {v} does not fit the indices accessor {}'s component type",
@@ -338,15 +343,6 @@ fn decode_primitive(p: &Primitive, src: &[u8]) -> Result<Vec<u8>, String> {
                 })?;
             }
             Some(id) => {
-                if mesh.num_points() != t.count {
-                    return Err(format!(
-                        "the Draco stream decodes to {} vertices but accessor {} ({}) has {}",
-                        mesh.num_points(),
-                        t.accessor,
-                        t.name,
-                        t.count
-                    ));
-                }
                 let attr = mesh.attribute_by_unique_id(id).ok_or_else(|| {
                     format!(
                         "the Draco stream has no attribute with id {id} ({})",

@@ -269,3 +269,50 @@ fn decode_basis(bytes: &[u8], h: &Header, texels: usize) -> Result<Vec<u8>, Stri
     }
     Ok(rgba)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> Vec<(&'static str, Vec<u8>)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/compressed");
+        [
+            "texture_etc1s.ktx2",
+            "texture_uastc.ktx2",
+            "texture_uastc_zstd.ktx2",
+            "texture_rgba8_zstd.ktx2",
+        ]
+        .into_iter()
+        .map(|n| (n, std::fs::read(dir.join(n)).unwrap()))
+        .collect()
+    }
+
+    /// Whatever the damage, the decoder gives a 32 x 32 image or an error, and the transcoder
+    /// never panics (its panics are caught and reported as "the ... transcoder failed").
+    #[test]
+    fn every_truncation_and_flipped_byte_is_handled() {
+        for (name, bytes) in files() {
+            let k = decode(&bytes).unwrap();
+            assert_eq!(
+                (k.width, k.height, k.texels.len()),
+                (32, 32, 4096),
+                "{name}"
+            );
+            let check = |b: &[u8], what: &str| match decode(b) {
+                Ok(k) => assert_eq!(k.texels.len(), k.width as usize * k.height as usize * 4),
+                Err(e) => assert!(!e.contains("transcoder failed"), "{name} {what}: {e}"),
+            };
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode(&bytes[..cut]).is_err(),
+                    "{name} cut to {cut} bytes decoded"
+                );
+            }
+            for at in 0..bytes.len() {
+                let mut b = bytes.clone();
+                b[at] ^= 0xff;
+                check(&b, &format!("byte {at} flipped"));
+            }
+        }
+    }
+}
