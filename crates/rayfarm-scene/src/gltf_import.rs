@@ -7,6 +7,11 @@
 //! Animations are ignored unless a time is given ([`LoadOptions::time_s`]); then the
 //! `animation` submodule poses the animated nodes at that time before the node tree is
 //! flattened, so meshes, cameras and lights below them move with them.
+//!
+//! Compressed data is decoded here, once, so nothing downstream (compiled scene, wire, workers)
+//! ever sees it: the `meshopt` submodule decodes EXT_meshopt_compression buffer views, `draco`
+//! KHR_draco_mesh_compression primitives (both by rewriting the JSON so that the accessor
+//! reader finds decoded bytes) and `ktx2` KHR_texture_basisu images.
 
 use crate::types::*;
 use crate::{LoadOptions, SceneError, Warnings};

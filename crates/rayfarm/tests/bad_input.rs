@@ -393,8 +393,8 @@ fn compressed_scenes_render_like_the_original() {
             .zip(quadrants(&original))
             .enumerate()
         {
-            for c in 0..3 {
-                let rel = (a[c] - b[c]).abs() / b[c].max(1e-3);
+            for (c, (x, y)) in a.iter().zip(b).enumerate() {
+                let rel = (x - y).abs() / y.max(1e-3);
                 println!("{name}: quadrant {q} channel {c}: {rel:.4}");
                 assert!(
                     rel <= 0.03,
