@@ -128,6 +128,8 @@ fn parse_header(b: &[u8]) -> Result<Header, String> {
     for (what, offset, length) in header_ranges {
         range_in(what, offset, length, b.len())?;
     }
+    let kvd_start = u32_at(b, 56) as usize;
+    check_key_value_data(b, kvd_start, kvd_start + u32_at(b, 60) as usize)?;
     let mut level0 = (0, 0, 0);
     for i in 0..entries {
         let at = HEADER_BYTES + i * LEVEL_INDEX_ENTRY_BYTES;
@@ -148,6 +150,29 @@ fn parse_header(b: &[u8]) -> Result<Header, String> {
         supercompression,
         level0,
     })
+}
+
+/// Walks the key/value entries in `b[start..end]` (each a u32 length, then that many bytes,
+/// padded to 4 bytes from the start of the file) as the transcoder does, and refuses an entry
+/// whose padding runs past the end of the data: the transcoder's scan subtracts past zero
+/// there (found by fuzzing `ktx2_decode`; basisu 0.1.0, `has_kvd_key`).
+fn check_key_value_data(b: &[u8], start: usize, end: usize) -> Result<(), String> {
+    let mut p = start;
+    while end.saturating_sub(p) > 4 {
+        let length = u32_at(b, p) as usize;
+        p += 4;
+        if length < 2 || end - p < length {
+            return Ok(()); // the transcoder stops here too
+        }
+        p += length;
+        p += (4 - (p & 3)) & 3;
+        if p > end {
+            return Err(format!(
+                "the key/value data (bytes {start} to {end}) ends inside the padding of an entry"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Bytes per texel of the uncompressed 8-bit Vulkan formats we read, or None.
@@ -285,6 +310,39 @@ mod tests {
         .into_iter()
         .map(|n| (n, std::fs::read(dir.join(n)).unwrap()))
         .collect()
+    }
+
+    /// Regression (fuzz): a key/value entry whose padding runs past the end of the key/value
+    /// data made basisu 0.1.0's scan for the `KTXanimData` key subtract past zero (a panic
+    /// with debug assertions). Such files are refused before the transcoder sees them.
+    #[test]
+    fn key_value_entry_padded_past_its_data() {
+        for (name, mut bytes) in files() {
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+            let kvd_offset = bytes.len() as u32;
+            bytes.extend_from_slice(&5u32.to_le_bytes());
+            bytes.extend_from_slice(b"ab\0cd");
+            bytes[56..60].copy_from_slice(&kvd_offset.to_le_bytes());
+            bytes[60..64].copy_from_slice(&9u32.to_le_bytes());
+            let e = decode(&bytes).err().unwrap_or_default();
+            assert!(
+                e.contains("ends inside the padding of an entry"),
+                "{name}: {e}"
+            );
+        }
+    }
+
+    /// Regression (fuzz): a corrupt ETC1S stream whose endpoint-predictor repeat count
+    /// overflows u32 in basisu 0.1.0 (`decode_slice_indices`). The reference C++ wraps; with
+    /// overflow checks the port panicked. The workspace builds basisu without them everywhere,
+    /// so this decodes (to garbage) or fails, but never reaches the panic catcher.
+    #[test]
+    fn etc1s_repeat_count_overflow() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/compressed");
+        let bytes = std::fs::read(dir.join("fuzz_etc1s_repeat_count_overflow.ktx2")).unwrap();
+        if let Err(e) = decode(&bytes) {
+            assert!(!e.contains("transcoder failed"), "{e}");
+        }
     }
 
     /// Whatever the damage, the decoder gives a 32 x 32 image or an error, and the transcoder
