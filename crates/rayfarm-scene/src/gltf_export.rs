@@ -254,7 +254,7 @@ pub fn baked_glb(
             "wrapT": CLAMP_TO_EDGE,
         }],
     });
-    glb(root.to_string().into_bytes(), bin.data)
+    pack_glb(root.to_string().into_bytes(), bin.data)
 }
 
 /// One object's vertices, re-indexed to those its triangles use.
@@ -374,7 +374,7 @@ impl BinBuilder {
 
 /// Packs the GLB container: 12-byte header, the JSON chunk padded with spaces and the BIN chunk
 /// padded with zeros, each to 4 bytes as the specification requires.
-fn glb(mut json: Vec<u8>, mut bin: Vec<u8>) -> Result<Vec<u8>, ExportError> {
+pub fn pack_glb(mut json: Vec<u8>, mut bin: Vec<u8>) -> Result<Vec<u8>, ExportError> {
     json.resize(json.len().next_multiple_of(4), b' ');
     bin.resize(bin.len().next_multiple_of(4), 0);
     let total = 12 + 8 + json.len() as u64 + 8 + bin.len() as u64;

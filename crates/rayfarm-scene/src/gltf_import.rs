@@ -7,6 +7,11 @@
 //! Animations are ignored unless a time is given ([`LoadOptions::time_s`]); then the
 //! `animation` submodule poses the animated nodes at that time before the node tree is
 //! flattened, so meshes, cameras and lights below them move with them.
+//!
+//! Compressed data is decoded here, once, so nothing downstream (compiled scene, wire, workers)
+//! ever sees it: the `meshopt` submodule decodes EXT_meshopt_compression buffer views, `draco`
+//! KHR_draco_mesh_compression primitives (both by rewriting the JSON so that the accessor
+//! reader finds decoded bytes) and `ktx2` KHR_texture_basisu images.
 
 use crate::types::*;
 use crate::{LoadOptions, SceneError, Warnings};
@@ -15,6 +20,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod animation;
+mod draco;
+mod ktx2;
+mod meshopt;
 
 /// Extensions rayfarm understands (fully or, for transmission without a volume, as thin glass).
 /// Sheen, clearcoat and volume are read from the material's JSON by `layer_extensions` (the
@@ -33,6 +41,9 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_materials_variants",
     "EXT_texture_webp",
     "KHR_mesh_quantization",
+    "EXT_meshopt_compression",
+    "KHR_texture_basisu",
+    "KHR_draco_mesh_compression",
 ];
 
 /// Upper bound on the elements of one accessor; far above any real scene, low enough that a
@@ -167,6 +178,13 @@ pub fn load_from_slice_with(
     // Every entry point (files, memory, the embedded scene) hands out only valid scenes.
     scene.validate().map_err(inv)?;
     Ok((scene, warnings))
+}
+
+/// Decodes the base level of a KTX2 image to RGBA8 (width, height, texels) as the importer does
+/// for KHR_texture_basisu: Basis Universal (ETC1S, UASTC) and 8-bit uncompressed formats, with
+/// the header checked and the size bounded first. Errors say what is wrong with the file.
+pub fn decode_ktx2(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
+    ktx2::decode(bytes).map(|k| (k.width, k.height, k.texels))
 }
 
 /// The time span `[start, end]` in seconds covered by the keyframes of all animations of a
@@ -333,6 +351,19 @@ fn parse(
         serde_json::from_slice(json_bytes).map_err(|e| inv(format!("not valid glTF JSON: {e}")))?;
     check_extensions(&raw, path, warnings)?;
     let resolution = find_resolution(&raw);
+    // EXT_meshopt_compression: compressed views are pointed at buffers of their own, decoded
+    // below once the file's buffers are loaded.
+    let meshopt = meshopt::plan(&mut raw).map_err(inv)?;
+    // KHR_draco_mesh_compression: the same, for the accessors of Draco primitives (after
+    // meshopt, whose buffers come first).
+    let draco = draco::plan(&mut raw).map_err(inv)?;
+    let mut not_loaded = meshopt.not_loaded.clone();
+    for b in draco.decoded_buffers() {
+        if not_loaded.len() <= b {
+            not_loaded.resize(b + 1, false);
+        }
+        not_loaded[b] = true;
+    }
 
     // `check_extensions` accepted every required extension; the gltf crate would refuse those
     // it does not know itself (it reads none of the ones we read from the JSON).
@@ -340,7 +371,8 @@ fn parse(
         .as_object_mut()
         .and_then(|o| o.remove("extensionsRequired"))
         .is_some();
-    let root = if use_webp_sources(&mut raw) || dropped_required {
+    let rewritten = !meshopt.is_empty() || !draco.is_empty();
+    let root = if use_extension_sources(&mut raw) || dropped_required || rewritten {
         serde_json::from_value::<gltf::json::Root>(raw.clone())
     } else {
         gltf::json::Root::from_slice(json_bytes)
@@ -351,7 +383,15 @@ fn parse(
     let doc = gltf::Document::from_json(root)
         .map_err(|e| inv(e.to_string().trim_end_matches(';').to_string()))?;
 
-    let buffers = load_buffers(&doc, path, glb_bin, read_file)?;
+    let mut buffers = load_buffers(&doc, path, glb_bin, read_file, &not_loaded)?;
+    meshopt::decode(&meshopt, &mut buffers).map_err(inv)?;
+    if !draco.is_empty() {
+        let views: Vec<_> = doc
+            .views()
+            .map(|v| (v.buffer().index(), v.offset(), v.length()))
+            .collect();
+        draco::decode(&draco, &views, &mut buffers).map_err(inv)?;
+    }
     let raw_materials = match raw.get("materials") {
         Some(serde_json::Value::Array(a)) => a.clone(),
         _ => Vec::new(),
@@ -365,20 +405,23 @@ fn parse(
     })
 }
 
-/// EXT_texture_webp: a texture's WebP image is named in its extension (with or without a PNG
-/// or JPEG fallback in `source`). We prefer the WebP image and point `source` at it, so the
-/// rest of the importer sees an ordinary texture; the image crate decodes WebP (pure Rust).
+/// EXT_texture_webp and KHR_texture_basisu: a texture's WebP or KTX2 image is named in its
+/// extension (with or without a PNG or JPEG fallback in `source`). We prefer the extension's
+/// image (WebP over KTX2 when a texture has both) and point `source` at it, so the rest of the
+/// importer sees an ordinary texture; [`Builder::image`] tells the formats apart by their bytes.
 /// Returns whether anything changed.
-fn use_webp_sources(raw: &mut serde_json::Value) -> bool {
+fn use_extension_sources(raw: &mut serde_json::Value) -> bool {
     let mut changed = false;
     if let Some(textures) = raw.get_mut("textures").and_then(|t| t.as_array_mut()) {
         for t in textures {
-            let webp = t
-                .get("extensions")
-                .and_then(|e| e.get("EXT_texture_webp"))
-                .and_then(|w| w.get("source"))
-                .cloned();
-            if let (Some(src), Some(obj)) = (webp, t.as_object_mut()) {
+            let ext = |name: &str| {
+                t.get("extensions")
+                    .and_then(|e| e.get(name))
+                    .and_then(|w| w.get("source"))
+                    .cloned()
+            };
+            let preferred = ext("EXT_texture_webp").or_else(|| ext("KHR_texture_basisu"));
+            if let (Some(src), Some(obj)) = (preferred, t.as_object_mut()) {
                 obj.insert("source".into(), src);
                 changed = true;
             }
@@ -575,9 +618,15 @@ fn load_buffers(
     path: &Path,
     glb_bin: Option<&[u8]>,
     read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    not_loaded: &[bool],
 ) -> Result<Vec<Vec<u8>>, SceneError> {
     let mut out = Vec::new();
     for buf in doc.buffers() {
+        if not_loaded.get(buf.index()) == Some(&true) {
+            // An EXT_meshopt_compression fallback buffer, or one that receives decoded data.
+            out.push(Vec::new());
+            continue;
+        }
         let data = match buf.source() {
             gltf::buffer::Source::Bin => glb_bin
                 .ok_or_else(|| {
@@ -1334,16 +1383,24 @@ impl<'a> Builder<'a> {
                 (read_uri(uri, self.path, self.read_file, &what)?, name)
             }
         };
-        let decoded = image::load_from_memory(&bytes)
-            .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode: {e}")))?
-            .to_rgba8();
-        let (width, height) = decoded.dimensions();
+        let (width, height, rgba8) = if ktx2::is_ktx2(&bytes) {
+            // KHR_texture_basisu (or any KTX2 image): transcoded to RGBA8 here, once.
+            let k = ktx2::decode(&bytes)
+                .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode KTX2: {e}")))?;
+            (k.width, k.height, k.texels)
+        } else {
+            let decoded = image::load_from_memory(&bytes)
+                .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode: {e}")))?
+                .to_rgba8();
+            let (width, height) = decoded.dimensions();
+            (width, height, decoded.into_raw())
+        };
         let id = self.scene.images.len() as u32;
         self.scene.images.push(Image {
             name,
             width,
             height,
-            rgba8: decoded.into_raw(),
+            rgba8,
         });
         self.image_map.insert(img.index(), id);
         Ok(id)

@@ -1,8 +1,9 @@
 //! Scene import and the compiled scene.
 //!
 //! This crate owns everything between a file on disk and the render-ready [`CompiledScene`]:
-//! the glTF 2.0 importer ([`gltf_import`], which can pose a file's animations at a time given
-//! in [`LoadOptions`]), the OBJ + MTL importer ([`obj`]), environment maps
+//! the glTF 2.0 importer ([`gltf_import`], which decodes meshopt- and Draco-compressed
+//! geometry and KTX2 textures, and can pose a file's animations at a time given in
+//! [`LoadOptions`]), the OBJ + MTL importer ([`obj`]), environment maps
 //! ([`env`]), the automatic camera ([`camera`]), the versioned, compressed, hashed binary form
 //! that the network ships ([`blob`]) and the `.glb` writer for baked texture maps
 //! ([`gltf_export`]). Decoding a blob must never panic or allocate what a header
