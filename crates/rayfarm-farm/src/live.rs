@@ -24,11 +24,13 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
-    #[error("--view {addr}: not an address and port (e.g. 127.0.0.1:0, or 0.0.0.0:8090 to serve the LAN)")]
+    #[error(
+        "{addr}: not an address and port (e.g. 127.0.0.1:0, or 0.0.0.0:8090 to serve the LAN)"
+    )]
     BadAddr { addr: String },
-    #[error("--view {addr}: serving beyond this machine needs the farm key, so the page can ask for the API token (set RAYFARM_KEY or the config's `key`, or use 127.0.0.1)")]
+    #[error("{addr}: serving beyond this machine needs the farm key, so clients must send its API token (set RAYFARM_KEY or the config's `key`, or use 127.0.0.1)")]
     NeedsKey { addr: String },
-    #[error("--view {addr}: cannot listen: {source}")]
+    #[error("{addr}: cannot listen: {source}")]
     Bind {
         addr: String,
         source: std::io::Error,
@@ -116,6 +118,63 @@ pub async fn start(
     page: Router,
     stop: watch::Receiver<bool>,
 ) -> Result<(LiveServer, impl std::future::Future<Output = ()> + Send), LiveError> {
+    let (listener, server, key) = bind(addr, key).await?;
+    let (_, serving) = crate::http::serve(
+        listener,
+        router(view, key, page),
+        crate::http::HttpLimits::default(),
+        None,
+        stop,
+    );
+    Ok((server, serving))
+}
+
+/// The metrics text a [`serve_metrics`] route answers with.
+pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `GET /metrics` (the Prometheus text `render` makes) on `addr` until `stop` flips:
+/// `rayfarm daemon --metrics`. The same rule as the live view: open on loopback, the farm's
+/// API token elsewhere.
+pub async fn serve_metrics(
+    addr: &str,
+    key: Option<rayfarm_proto::FarmKey>,
+    render: MetricsFn,
+    stop: watch::Receiver<bool>,
+) -> Result<(LiveServer, impl std::future::Future<Output = ()> + Send), LiveError> {
+    let (listener, server, key) = bind(addr, key).await?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let render = render.clone();
+            async move { prometheus_text(render()) }
+        }),
+    );
+    let app = match key {
+        Some(key) => app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(key),
+            crate::api::require_token,
+        )),
+        None => app,
+    };
+    let (_, serving) = crate::http::serve(
+        listener,
+        app,
+        crate::http::HttpLimits::default(),
+        None,
+        stop,
+    );
+    Ok((server, serving))
+}
+
+/// A bound listener, what it serves, and the key its routes need.
+type Bound = (
+    tokio::net::TcpListener,
+    LiveServer,
+    Option<rayfarm_proto::FarmKey>,
+);
+
+/// Binds `addr`; the key the routes need is none on loopback, else `key` (which must be given).
+async fn bind(addr: &str, key: Option<rayfarm_proto::FarmKey>) -> Result<Bound, LiveError> {
     let sock: SocketAddr = addr.parse().map_err(|_| LiveError::BadAddr {
         addr: addr.to_string(),
     })?;
@@ -139,21 +198,26 @@ pub async fn start(
         addr: addr.to_string(),
         source,
     })?;
-    let app = router(view, key, page);
-    let (_, serving) = crate::http::serve(
-        listener,
-        app,
-        crate::http::HttpLimits::default(),
-        None,
-        stop,
-    );
-    Ok((
-        LiveServer {
-            addr: local,
-            needs_token,
-        },
-        serving,
-    ))
+    let server = LiveServer {
+        addr: local,
+        needs_token,
+    };
+    Ok((listener, server, key))
+}
+
+/// A Prometheus text-format answer.
+fn prometheus_text(body: String) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            NO_STORE,
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn live_json(State(l): State<Live>) -> Json<LiveJson> {
@@ -261,17 +325,7 @@ async fn live_metrics(State(l): State<Live>) -> Response {
             .to_string(),
         )],
     );
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            ),
-            NO_STORE,
-        ],
-        out,
-    )
-        .into_response()
+    prometheus_text(out)
 }
 
 /// A Prometheus label value: backslash, quote and newline escaped.

@@ -124,6 +124,59 @@ enum Slot {
     },
 }
 
+/// What a daemon counts for `rayfarm daemon --metrics` (Prometheus text from [`render`]).
+///
+/// [`render`]: DaemonMetrics::render
+#[derive(Debug, Default)]
+pub struct DaemonMetrics {
+    /// 0 idle, 1 occupied, 2 unhealthy.
+    state: std::sync::atomic::AtomicU8,
+    leases: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+    workers_started: std::sync::atomic::AtomicU64,
+    workers_failed: std::sync::atomic::AtomicU64,
+    threads: std::sync::atomic::AtomicU64,
+}
+
+impl DaemonMetrics {
+    fn add(c: &std::sync::atomic::AtomicU64) {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn set_state(&self, state: u8) {
+        self.state
+            .store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The Prometheus text format (0.0.4) of these counters and gauges.
+    pub fn render(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = self.state.load(Relaxed);
+        let mut out = String::new();
+        out.push_str("# HELP rayfarm_daemon_state 1 for the daemon's state, 0 for the others.\n");
+        out.push_str("# TYPE rayfarm_daemon_state gauge\n");
+        for (i, name) in ["idle", "occupied", "unhealthy"].iter().enumerate() {
+            out.push_str(&format!(
+                "rayfarm_daemon_state{{state=\"{name}\"}} {}\n",
+                u8::from(state == i as u8)
+            ));
+        }
+        for (name, kind, help, v) in [
+            ("rayfarm_daemon_threads", "gauge", "Threads the worker renders with.", &self.threads),
+            ("rayfarm_daemon_leases_total", "counter", "Leases granted to masters and managers.", &self.leases),
+            ("rayfarm_daemon_leases_refused_total", "counter", "Acquire requests refused (occupied, unhealthy, bad address).", &self.refused),
+            ("rayfarm_daemon_workers_started_total", "counter", "Workers started.", &self.workers_started),
+            ("rayfarm_daemon_workers_failed_total", "counter", "Workers that exited, were killed for silence or memory, or could not start, while their lease held.", &self.workers_failed),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                v.load(Relaxed)
+            ));
+        }
+        out
+    }
+}
+
 /// State shared by the accept loop and every connection task.
 struct Shared {
     opts: DaemonOptions,
@@ -133,6 +186,7 @@ struct Shared {
     slot: Mutex<Slot>,
     next_lease: std::sync::atomic::AtomicU64,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<DaemonMetrics>,
 }
 
 /// A bound, probed daemon, ready to [`serve`](Daemon::serve).
@@ -142,6 +196,7 @@ pub struct Daemon {
     opts: DaemonOptions,
     key: FarmKey,
     health: Result<Devices, String>,
+    metrics: Arc<DaemonMetrics>,
 }
 
 impl Daemon {
@@ -160,13 +215,26 @@ impl Daemon {
         let local = listener.local_addr().unwrap_or(opts.listen);
         let health = probe_worker(&opts.worker_exe, opts.threads).await;
         log_identity(&opts.alias, local, &health);
+        let metrics = Arc::new(DaemonMetrics::default());
+        match &health {
+            Ok(d) => metrics
+                .threads
+                .store(u64::from(d.threads), std::sync::atomic::Ordering::Relaxed),
+            Err(_) => metrics.set_state(2),
+        }
         Ok(Daemon {
             listener,
             local,
             opts,
             key,
             health,
+            metrics,
         })
+    }
+
+    /// The daemon's counters, live while it serves.
+    pub fn metrics(&self) -> Arc<DaemonMetrics> {
+        self.metrics.clone()
     }
 
     /// The address actually listened on.
@@ -184,6 +252,7 @@ impl Daemon {
             slot: Mutex::new(Slot::Idle),
             next_lease: std::sync::atomic::AtomicU64::new(1),
             shutdown: stop_rx,
+            metrics: self.metrics,
         });
         let local = self.local;
         let mut listener = match SecureListener::new(
@@ -489,6 +558,8 @@ impl Shared {
             since_unix_ms: now_unix_ms(),
             lease,
         };
+        DaemonMetrics::add(&self.metrics.leases);
+        self.metrics.set_state(1);
         Ok(lease)
     }
 
@@ -498,6 +569,7 @@ impl Shared {
         match &*slot {
             Slot::Occupied { lease: l, .. } if *l == lease => {
                 *slot = Slot::Idle;
+                self.metrics.set_state(0);
                 info!("node {} is idle again", self.opts.alias);
                 true
             }
@@ -533,11 +605,13 @@ async fn serve_authenticated(shared: &Shared, mut conn: Conn) -> Result<(), Prot
     };
     if let Err(reason) = check_master_addr(&master) {
         warn!("{peer}: refusing Acquire: {reason}");
+        DaemonMetrics::add(&shared.metrics.refused);
         return conn.send(&Msg::Refused { reason }).await;
     }
     let lease = match shared.claim(&master).await {
         Ok(l) => l,
         Err(reason) => {
+            DaemonMetrics::add(&shared.metrics.refused);
             info!("refused {master} (connection from {peer}): {reason}");
             return conn.send(&Msg::Refused { reason }).await;
         }
@@ -669,10 +743,12 @@ async fn hold_lease(
                 opts.worker_exe.display()
             );
             warn!("{reason}");
+            DaemonMetrics::add(&shared.metrics.workers_failed);
             shared.free(lease).await;
             return conn.send(&Msg::Refused { reason }).await;
         }
     };
+    DaemonMetrics::add(&shared.metrics.workers_started);
     let pid = child.id().unwrap_or(0);
     let mut lines = child.stdout.take().map(|s| BufReader::new(s).lines());
     if let Err(e) = conn.send(&Msg::Acquired { pid }).await {
@@ -732,6 +808,10 @@ async fn hold_lease(
             _ = shutdown.changed() => break End::Shutdown,
         }
     };
+    // A worker that exits 0 finished its work (its master said goodbye before the release).
+    if matches!(&end, End::WorkerEnded(why) if !why.ends_with("exited with status 0")) {
+        DaemonMetrics::add(&shared.metrics.workers_failed);
+    }
 
     match end {
         End::Released => {

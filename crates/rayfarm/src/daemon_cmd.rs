@@ -76,6 +76,11 @@ pub struct DaemonRunArgs {
     /// (repeatable; default: the config file's `netdirs`; passed to the workers)
     #[arg(long, value_name = "NETWORK_FOLDER")]
     pub netdir: Vec<PathBuf>,
+    /// Serve Prometheus metrics (state, leases, workers started and failed) at
+    /// http://ADDR:PORT/metrics; beyond loopback scrapers must send the farm's API token
+    /// (`rayfarm key api-token`)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
 }
 
 /// Write the config file and a systemd unit that runs the daemon at boot.
@@ -318,7 +323,26 @@ fn run_daemon(a: DaemonRunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(daemon::run(opts, shutdown_signal()))?;
+    let metrics_key = FarmKey::from_secret(&opts.key_secret)?;
+    rt.block_on(async {
+        let d = daemon::Daemon::bind(opts).await?;
+        // Kept until the daemon stops: dropping it stops the metrics server.
+        let mut _metrics_stop = None;
+        if let Some(addr) = &a.metrics {
+            let m = d.metrics();
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let render: rayfarm_farm::live::MetricsFn = std::sync::Arc::new(move || m.render());
+            let (server, serving) =
+                rayfarm_farm::live::serve_metrics(addr, Some(metrics_key), render, rx)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--metrics {e}"))?;
+            eprintln!("metrics: {}metrics", server.url());
+            tokio::spawn(serving);
+            _metrics_stop = Some(tx);
+        }
+        d.serve(shutdown_signal()).await;
+        Ok::<_, anyhow::Error>(())
+    })?;
     Ok(())
 }
 

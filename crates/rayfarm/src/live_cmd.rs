@@ -90,7 +90,7 @@ pub fn serve(
                         serving.await;
                     }
                     Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow!(e)));
+                        let _ = ready_tx.send(Err(anyhow!("--view {e}")));
                     }
                 }
             });

@@ -327,3 +327,69 @@ fn the_live_view_of_a_network_render_shows_it_converge_and_its_stop_button_saves
     let lit = px.iter().filter(|p| p.iter().any(|&c| c > 0.0)).count();
     assert!(lit > w * h / 2, "only {lit} pixels have light");
 }
+
+/// `rayfarm daemon --metrics`: the daemon's state and counters in Prometheus text.
+#[test]
+fn a_daemon_with_metrics_counts_its_leases_and_workers() {
+    let farm = Farm::new();
+    let args = strings(&[
+        "daemon",
+        "--bind",
+        "127.0.0.92",
+        "--port",
+        "48000",
+        "--threads",
+        "1",
+        "--alias",
+        "d92",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let mut d = Proc::start("daemon d92", &args, &farm.env("info"));
+    let e = d.wait_stderr("metrics: http://", Duration::from_secs(30));
+    let at = e.find("metrics: ").unwrap() + "metrics: ".len();
+    let url = e[at..].split_whitespace().next().unwrap().to_string();
+    let scrape = || -> String {
+        let mut r = agent().get(&url).call().expect("GET /metrics");
+        r.body_mut().read_to_string().unwrap()
+    };
+    let before = scrape();
+    assert!(
+        before.contains("rayfarm_daemon_state{state=\"idle\"} 1\n"),
+        "{before}"
+    );
+    assert!(
+        before.contains("rayfarm_daemon_leases_total 0\n"),
+        "{before}"
+    );
+    assert!(before.contains("rayfarm_daemon_threads 1\n"), "{before}");
+    let mut m = farm.master(
+        "metrics.exr",
+        21801,
+        &["--width", "32", "--height", "32", "--spp", "4"],
+        &["--daemon", "127.0.0.92", "--no-local"],
+    );
+    m.wait_ok(Duration::from_secs(60));
+    let t0 = Instant::now();
+    loop {
+        let after = scrape();
+        if after.contains("rayfarm_daemon_state{state=\"idle\"} 1\n") {
+            assert!(after.contains("rayfarm_daemon_leases_total 1\n"), "{after}");
+            assert!(
+                after.contains("rayfarm_daemon_workers_started_total 1\n"),
+                "{after}"
+            );
+            assert!(
+                after.contains("rayfarm_daemon_workers_failed_total 0\n"),
+                "{after}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the daemon never went idle again:\n{after}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d.running());
+}

@@ -512,3 +512,33 @@ fn aliases() {
     assert!(check_alias(&"x".repeat(65)).is_err());
     assert!(check_alias(&default_alias()).is_ok());
 }
+
+#[test]
+fn metrics_render_the_state_and_counters_in_prometheus_text() {
+    let m = DaemonMetrics::default();
+    DaemonMetrics::add(&m.leases);
+    DaemonMetrics::add(&m.workers_started);
+    m.set_state(1);
+    let text = m.render();
+    assert!(
+        text.contains("rayfarm_daemon_state{state=\"occupied\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rayfarm_daemon_state{state=\"idle\"} 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("rayfarm_daemon_leases_total 1\n"), "{text}");
+    assert!(
+        text.contains("rayfarm_daemon_workers_failed_total 0\n"),
+        "{text}"
+    );
+    // Every sample line is preceded by its TYPE line.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} has no TYPE"
+        );
+    }
+}
