@@ -382,7 +382,9 @@ mod tests {
     fn job() -> (Arc<LiveView>, Arc<Mutex<Scheduler>>) {
         let view = LiveView::new("cornell", "render", 8, 8, 2, 1);
         let units = rayfarm_render::plan_units_progressive(8, 8, 2, 4, 16);
-        let sched = Arc::new(Mutex::new(Scheduler::new(vec![Region::full(8, 8)], units)));
+        let mut s = Scheduler::new(vec![Region::full(8, 8)], units);
+        s.track_progress();
+        let sched = Arc::new(Mutex::new(s));
         view.attach(sched.clone());
         (view, sched)
     }

@@ -323,6 +323,10 @@ pub async fn run_job(
     let (stop_tx, stop_rx) = watch::channel(false);
 
     if let Some(live) = &live {
+        sched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .track_progress();
         live.attach(sched.clone());
     }
     // Workers connecting to the master port.

@@ -47,6 +47,9 @@ pub struct Scheduler {
     owners: BTreeMap<u32, BTreeMap<TileKey, NodeId>>,
     /// The tallest unit seen, bounding the search for overlapped regions in `owners`.
     tallest: u32,
+    /// Whether `counts` and `owners` are kept (a live view watches): off, merging a result
+    /// costs nothing more than adding it into the film.
+    tracking: bool,
     stopped: bool,
 }
 
@@ -96,8 +99,16 @@ impl Scheduler {
             counts: BTreeMap::new(),
             owners: BTreeMap::new(),
             tallest: 0,
+            tracking: false,
             stopped: false,
         }
+    }
+
+    /// Keeps each pixel's sample count and who rendered which region from now on, for a live
+    /// view ([`Scheduler::preview`], [`Scheduler::owners`]) and for a stop
+    /// ([`Scheduler::take_unfinished`]). Call it before the first result.
+    pub fn track_progress(&mut self) {
+        self.tracking = true;
     }
 
     /// Stops the job early: nothing more is handed out, and [`Scheduler::finished`] says yes
@@ -202,7 +213,28 @@ impl Scheduler {
             return false;
         }
         self.in_flight.remove(&r.unit);
-        let u = r.unit;
+        if self.tracking {
+            self.track(layer, region, node, r.unit);
+        }
+        let left = &mut self.layer_left[layer as usize];
+        *left -= 1;
+        if *left == 0 {
+            if let Some(f) = self.films.remove(&layer) {
+                self.finished_layers.push((layer as usize, f));
+            }
+            self.counts.remove(&layer);
+        }
+        self.done.insert(r.unit);
+        let s = r.unit.samples();
+        self.samples_done += s;
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.samples += s;
+        }
+        true
+    }
+
+    /// Counts `u`'s samples into its pixels and makes `node` the owner of its region.
+    fn track(&mut self, layer: u32, region: Region, node: NodeId, u: WorkUnit) {
         let counts = self
             .counts
             .entry(layer)
@@ -229,21 +261,6 @@ impl Scheduler {
             owners.remove(&k);
         }
         owners.insert((u.y0, u.x0, u.y1, u.x1), node);
-        let left = &mut self.layer_left[layer as usize];
-        *left -= 1;
-        if *left == 0 {
-            if let Some(f) = self.films.remove(&layer) {
-                self.finished_layers.push((layer as usize, f));
-            }
-            self.counts.remove(&layer);
-        }
-        self.done.insert(r.unit);
-        let s = r.unit.samples();
-        self.samples_done += s;
-        if let Some(n) = self.nodes.get_mut(node) {
-            n.samples += s;
-        }
-        true
     }
 
     /// `node` returns a unit unrendered.
@@ -394,7 +411,24 @@ mod tests {
     fn a_preview_divides_each_pixel_by_its_own_samples_and_names_who_rendered_what() {
         let one = 1i128 << rayfarm_render::film::FIXED_FRAC_BITS;
         let units = vec![tile(0, 1, 0, 4), tile(1, 3, 0, 2), tile(1, 3, 2, 4)];
+        let mut s = Scheduler::new(vec![Region::full(4, 1)], units.clone());
+        let a = s.add_node("a".into(), 1);
+        // Without a live view nothing is tracked.
+        let u = s.take(a).unwrap();
+        assert!(s.complete(
+            a,
+            UnitResult {
+                unit: u,
+                sums: vec![[one, 0, 0]; 4],
+                nonfinite_samples: 0
+            }
+        ));
+        assert!(
+            s.preview(0, 64).is_none() && s.owners(0).is_empty(),
+            "tracked without a view"
+        );
         let mut s = Scheduler::new(vec![Region::full(4, 1)], units);
+        s.track_progress();
         let a = s.add_node("a".into(), 1);
         let b = s.add_node("b".into(), 1);
         assert!(s.preview(0, 64).is_none(), "a preview before any result");
@@ -450,6 +484,7 @@ mod tests {
     fn a_stopped_job_hands_out_nothing_more_and_keeps_what_is_done() {
         let units = vec![tile(0, 1, 0, 4), tile(1, 2, 0, 4)];
         let mut s = Scheduler::new(vec![Region::full(4, 1)], units);
+        s.track_progress();
         let a = s.add_node("a".into(), 1);
         let u = s.take(a).unwrap();
         s.stop();
