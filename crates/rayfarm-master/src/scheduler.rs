@@ -407,6 +407,17 @@ mod tests {
         }
     }
 
+    /// `node` takes the next unit and returns every pixel of it as `sum`.
+    fn take_and_complete(s: &mut Scheduler, node: NodeId, sum: [i128; 3]) {
+        let unit = s.take(node).unwrap();
+        let result = UnitResult {
+            unit,
+            sums: vec![sum; unit.pixels()],
+            nonfinite_samples: 0,
+        };
+        assert!(s.complete(node, result), "{unit:?} refused");
+    }
+
     #[test]
     fn a_preview_divides_each_pixel_by_its_own_samples_and_names_who_rendered_what() {
         let one = 1i128 << rayfarm_render::film::FIXED_FRAC_BITS;
@@ -414,15 +425,7 @@ mod tests {
         let mut s = Scheduler::new(vec![Region::full(4, 1)], units.clone());
         let a = s.add_node("a".into(), 1);
         // Without a live view nothing is tracked.
-        let u = s.take(a).unwrap();
-        assert!(s.complete(
-            a,
-            UnitResult {
-                unit: u,
-                sums: vec![[one, 0, 0]; 4],
-                nonfinite_samples: 0
-            }
-        ));
+        take_and_complete(&mut s, a, [one, 0, 0]);
         assert!(
             s.preview(0, 64).is_none() && s.owners(0).is_empty(),
             "tracked without a view"
@@ -432,25 +435,9 @@ mod tests {
         let a = s.add_node("a".into(), 1);
         let b = s.add_node("b".into(), 1);
         assert!(s.preview(0, 64).is_none(), "a preview before any result");
-        let u = s.take(a).unwrap();
-        assert!(s.complete(
-            a,
-            UnitResult {
-                unit: u,
-                sums: vec![[one, 0, 0]; 4],
-                nonfinite_samples: 0
-            }
-        ));
-        let u = s.take(b).unwrap();
+        take_and_complete(&mut s, a, [one, 0, 0]);
         // Two more samples of value 4 on the left half: (1 + 8) / 3 = 3.
-        assert!(s.complete(
-            b,
-            UnitResult {
-                unit: u,
-                sums: vec![[8 * one, 0, 0]; 2],
-                nonfinite_samples: 0
-            }
-        ));
+        take_and_complete(&mut s, b, [8 * one, 0, 0]);
         let p = s.preview(0, 64).unwrap();
         assert_eq!((p.width, p.height), (4, 1));
         assert_eq!(
@@ -465,15 +452,7 @@ mod tests {
         assert_eq!(spans(&owners), vec![(0, 2, "b".to_string())]);
         // Scaled down: at most 2 pixels a side.
         assert_eq!(s.preview(0, 2).unwrap().width, 2);
-        let u = s.take(a).unwrap();
-        assert!(s.complete(
-            a,
-            UnitResult {
-                unit: u,
-                sums: vec![[one, 0, 0]; 2],
-                nonfinite_samples: 0
-            }
-        ));
+        take_and_complete(&mut s, a, [one, 0, 0]);
         assert_eq!(
             spans(&s.owners(0)),
             vec![(0, 2, "b".to_string()), (2, 4, "a".to_string())]
