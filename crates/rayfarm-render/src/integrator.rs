@@ -201,6 +201,8 @@ impl RenderScene {
         // One level: entering a volume from its front sets it, leaving through a back face
         // clears it (volumes are closed meshes with outward faces, as the extension requires).
         let mut medium: Option<Vec3A> = None;
+        // The wavelength channel a dispersive refraction chose (KHR_materials_dispersion).
+        let mut channel = crate::bsdf::ALL_CHANNELS;
         let max_vertices = max_bounces.saturating_add(1);
         let mut depth = 0u32;
         loop {
@@ -212,7 +214,7 @@ impl RenderScene {
                 0.0
             };
             // A given first surface is reached with prev_delta set, so its hit is never needed.
-            let (surf, hit) = if let Some(f) = first.take() {
+            let (mut surf, hit) = if let Some(f) = first.take() {
                 (f, None)
             } else {
                 let Some(hit) = self.trace(org, dir, u_alpha) else {
@@ -245,15 +247,19 @@ impl RenderScene {
             if depth >= max_vertices {
                 break;
             }
+            surf.bsdf.channel = channel;
             let (tx, ty) = onb(surf.ns);
             let to_local = |v: Vec3A| Vec3A::new(v.dot(tx), v.dot(ty), v.dot(surf.ns));
             let bsdf = surf.bsdf.prepare(to_local(-dir));
 
-            // Next-event estimation.
+            // Next-event estimation: lights on the lit side, and behind the surface too when
+            // it transmits diffusely (the local and geometric sides must agree either way).
             let (u1, u2) = s.next_2d();
             if let Some(ls) = self.sample_light(surf.p, s.hashed(hashed + 1), u1, u2) {
-                if ls.wi.dot(surf.ng) > 0.0 {
-                    let wi = to_local(ls.wi);
+                let side = ls.wi.dot(surf.ng);
+                let wi = to_local(ls.wi);
+                if side > 0.0 || (side < 0.0 && wi.z < 0.0 && surf.bsdf.diffuse_transmission > 0.0)
+                {
                     let (f, bsdf_pdf) = bsdf.eval(wi);
                     if f != Vec3A::ZERO {
                         let tr = self.transmittance(offset(surf.p, surf.ng, ls.wi), ls.wi, ls.dist);
@@ -263,7 +269,7 @@ impl RenderScene {
                             } else {
                                 power_heuristic(ls.pdf, bsdf_pdf)
                             };
-                            l += beta * f * tr * ls.li * (wi.z * w / ls.pdf);
+                            l += beta * f * tr * ls.li * (wi.z.abs() * w / ls.pdf);
                         }
                     }
                 }
@@ -280,7 +286,12 @@ impl RenderScene {
             if (bs.wi.z > 0.0) != (side > 0.0) {
                 break;
             }
-            if bs.delta && bs.wi.z < 0.0 && surf.bsdf.refract_eta > 0.0 {
+            if bs.channel != crate::bsdf::ALL_CHANNELS {
+                channel = bs.channel;
+            }
+            // Transmission through a volume's surface (refraction, or diffuse transmission)
+            // enters or leaves it.
+            if bs.wi.z < 0.0 && surf.bsdf.refract_eta > 0.0 {
                 medium = if surf.front {
                     Some(self.absorption[surf.material as usize]).filter(|s| s.max_element() > 0.0)
                 } else {

@@ -516,8 +516,33 @@ impl RenderScene {
         uvs: &[Vec2; 2],
     ) -> Vec3A {
         let s = &self.scene;
-        if s.tangents.is_empty() {
+        let Some((tan, bit)) = self.tangent_frame(prim, b0, b1, b2, ns) else {
             return ns;
+        };
+        let c = self.textures.sample(s, nt, uvs, false);
+        let local = Vec3A::new(
+            (c.x * 2.0 - 1.0) * scale,
+            (c.y * 2.0 - 1.0) * scale,
+            c.z * 2.0 - 1.0,
+        );
+        (tan * local.x + bit * local.y + ns * local.z).normalize_or(ns)
+    }
+
+    /// The tangent and bitangent at barycentrics `(b0, b1, b2)` of triangle `prim`, made
+    /// orthogonal to the unit normal `n`; `None` when the scene has no tangents or the tangent
+    /// is parallel to `n`.
+    #[inline]
+    fn tangent_frame(
+        &self,
+        prim: usize,
+        b0: f32,
+        b1: f32,
+        b2: f32,
+        n: Vec3A,
+    ) -> Option<(Vec3A, Vec3A)> {
+        let s = &self.scene;
+        if s.tangents.is_empty() {
+            return None;
         }
         let t = s.triangles[prim];
         let [t0, t1, t2] = t.map(|i| s.tangents[i as usize]);
@@ -526,18 +551,54 @@ impl RenderScene {
             t0[1] * b0 + t1[1] * b1 + t2[1] * b2,
             t0[2] * b0 + t1[2] * b1 + t2[2] * b2,
         );
-        let tan = (tv - ns * ns.dot(tv)).normalize_or_zero();
+        let tan = (tv - n * n.dot(tv)).normalize_or_zero();
         if tan == Vec3A::ZERO {
-            return ns;
+            return None;
         }
-        let bit = ns.cross(tan) * if t0[3] < 0.0 { -1.0 } else { 1.0 };
-        let c = self.textures.sample(s, nt, uvs, false);
-        let local = Vec3A::new(
-            (c.x * 2.0 - 1.0) * scale,
-            (c.y * 2.0 - 1.0) * scale,
-            c.z * 2.0 - 1.0,
-        );
-        (tan * local.x + bit * local.y + ns * local.z).normalize_or(ns)
+        let bit = n.cross(tan) * if t0[3] < 0.0 { -1.0 } else { 1.0 };
+        Some((tan, bit))
+    }
+
+    /// KHR_materials_anisotropy at a hit: the strength and the direction in the local shading
+    /// frame the integrator builds around `ns` (the final, side-corrected shading normal).
+    /// The direction is `(cos r, sin r)` (or the texture's, rotated by `r`) in the tangent
+    /// frame; without tangents it falls back to an arbitrary direction in the tangent plane.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn anisotropy(
+        &self,
+        prim: usize,
+        b0: f32,
+        b1: f32,
+        b2: f32,
+        ns: Vec3A,
+        front: bool,
+        m: &rayfarm_scene::Material,
+        uvs: &[Vec2; 2],
+    ) -> (f32, Vec3A) {
+        let s = &self.scene;
+        let mut strength = m.anisotropy_strength;
+        let (mut dx, mut dy) = (1.0f32, 0.0f32);
+        if let Some(tr) = &m.anisotropy_texture {
+            let c = self.textures.sample(s, tr, uvs, false);
+            let d = Vec2::new(c.x * 2.0 - 1.0, c.y * 2.0 - 1.0);
+            let d = d.normalize_or(Vec2::X);
+            (dx, dy) = (d.x, d.y);
+            strength *= c.z;
+        }
+        let (sr, cr) = m.anisotropy_rotation.sin_cos();
+        let (dx, dy) = (cr * dx - sr * dy, sr * dx + cr * dy);
+        let (tx, ty) = onb(ns);
+        // The tangent frame belongs to the front face; `ns` is already turned to the ray.
+        let n = if front { ns } else { -ns };
+        let dir = self
+            .tangent_frame(prim, b0, b1, b2, n)
+            .map(|(tan, bit)| tan * dx + bit * dy);
+        let local = match dir {
+            Some(d) => Vec3A::new(d.dot(tx), d.dot(ty), 0.0).normalize_or(Vec3A::X),
+            None => Vec3A::new(dx, dy, 0.0).normalize_or(Vec3A::X),
+        };
+        (strength.clamp(0.0, 1.0), local)
     }
 
     /// Shading data at a hit of a ray with direction `dir`.
@@ -665,6 +726,41 @@ impl RenderScene {
             bsdf.clearcoat = c.clamp(0.0, 1.0);
             bsdf.clearcoat_alpha = (r * r).max(MIN_ALPHA);
             bsdf.clearcoat_normal = coat_n;
+        }
+        if m.has_iridescence() {
+            let mut f = m.iridescence;
+            if let Some(tr) = &m.iridescence_texture {
+                f *= self.textures.sample(s, tr, &uvs, false).x;
+            }
+            let mut nm = m.iridescence_thickness_max;
+            if let Some(tr) = &m.iridescence_thickness_texture {
+                let g = self.textures.sample(s, tr, &uvs, false).y;
+                let lo = m.iridescence_thickness_min;
+                nm = lo + (nm - lo) * g;
+            }
+            bsdf.iridescence = f.clamp(0.0, 1.0);
+            bsdf.iridescence_ior = m.iridescence_ior.max(1.0);
+            bsdf.iridescence_thickness_nm = nm.max(0.0);
+        }
+        if m.has_diffuse_transmission() {
+            let mut f = m.diffuse_transmission;
+            if let Some(tr) = &m.diffuse_transmission_texture {
+                f *= self.textures.sample(s, tr, &uvs, false).w;
+            }
+            let mut color = Vec3A::from(m.diffuse_transmission_color);
+            if let Some(tr) = &m.diffuse_transmission_color_texture {
+                let c = self.textures.sample(s, tr, &uvs, true);
+                color *= Vec3A::new(c.x, c.y, c.z);
+            }
+            bsdf.diffuse_transmission = f.clamp(0.0, 1.0);
+            bsdf.diffuse_transmission_color = color.clamp(Vec3A::ZERO, Vec3A::ONE);
+        }
+        if m.has_dispersion() {
+            bsdf.dispersion = m.dispersion;
+        }
+        if m.has_anisotropy() {
+            let (strength, t) = self.anisotropy(prim, b0, b1, b2, ns, front, m, &uvs);
+            bsdf.set_anisotropy(strength, t);
         }
         let emission = if m.is_emissive() {
             self.emission(hit.prim, b1, b2, front)

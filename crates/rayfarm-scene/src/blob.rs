@@ -32,8 +32,9 @@ use std::io::Read;
 /// First eight bytes of every blob.
 pub const BLOB_MAGIC: [u8; 8] = *b"RFSCENE\0";
 /// The body layout version this code writes and reads. Version 2 added the sheen and clearcoat
-/// fields of [`Material`], version 3 its volume fields.
-pub const BLOB_VERSION: u32 = 3;
+/// fields of [`Material`], version 3 its volume fields, version 4 its iridescence, anisotropy,
+/// dispersion and diffuse-transmission fields.
+pub const BLOB_VERSION: u32 = 4;
 /// Largest uncompressed body [`decode`] accepts (4 GiB).
 pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
 /// Size of the fixed header that precedes the compressed body.
@@ -180,6 +181,33 @@ impl CompiledScene {
                     m.attenuation_distance
                 ));
             }
+            finite_field("materials", i, "iridescence", &[m.iridescence])?;
+            finite_field("materials", i, "iridescence_ior", &[m.iridescence_ior])?;
+            finite_field(
+                "materials",
+                i,
+                "iridescence_thickness",
+                &[m.iridescence_thickness_min, m.iridescence_thickness_max],
+            )?;
+            finite_field(
+                "materials",
+                i,
+                "anisotropy",
+                &[m.anisotropy_strength, m.anisotropy_rotation],
+            )?;
+            finite_field("materials", i, "dispersion", &[m.dispersion])?;
+            finite_field(
+                "materials",
+                i,
+                "diffuse_transmission",
+                &[m.diffuse_transmission],
+            )?;
+            finite_field(
+                "materials",
+                i,
+                "diffuse_transmission_color",
+                &m.diffuse_transmission_color,
+            )?;
             finite_field("materials", i, "alpha_cutoff", &[m.alpha_cutoff])?;
             let slots = [
                 ("base_color_texture", &m.base_color_texture),
@@ -197,6 +225,20 @@ impl CompiledScene {
                     &m.clearcoat_roughness_texture,
                 ),
                 ("clearcoat_normal_texture", &m.clearcoat_normal_texture),
+                ("iridescence_texture", &m.iridescence_texture),
+                (
+                    "iridescence_thickness_texture",
+                    &m.iridescence_thickness_texture,
+                ),
+                ("anisotropy_texture", &m.anisotropy_texture),
+                (
+                    "diffuse_transmission_texture",
+                    &m.diffuse_transmission_texture,
+                ),
+                (
+                    "diffuse_transmission_color_texture",
+                    &m.diffuse_transmission_color_texture,
+                ),
             ];
             for (slot, r) in slots {
                 let Some(r) = r else { continue };
@@ -458,6 +500,20 @@ fn write_material(w: &mut W, m: &Material) {
     w.f32(m.thickness);
     w.f32s(&m.attenuation_color);
     w.f32(m.attenuation_distance);
+    w.f32(m.iridescence);
+    w.tex_ref(&m.iridescence_texture);
+    w.f32(m.iridescence_ior);
+    w.f32(m.iridescence_thickness_min);
+    w.f32(m.iridescence_thickness_max);
+    w.tex_ref(&m.iridescence_thickness_texture);
+    w.f32(m.anisotropy_strength);
+    w.f32(m.anisotropy_rotation);
+    w.tex_ref(&m.anisotropy_texture);
+    w.f32(m.dispersion);
+    w.f32(m.diffuse_transmission);
+    w.tex_ref(&m.diffuse_transmission_texture);
+    w.f32s(&m.diffuse_transmission_color);
+    w.tex_ref(&m.diffuse_transmission_color_texture);
     w.u8(match m.alpha_mode {
         AlphaMode::Opaque => 0,
         AlphaMode::Mask => 1,
@@ -781,6 +837,8 @@ const MATERIAL_MIN: usize = 8 + 16 + 1 + 4 + 4 + 1 + 1 + 4 + 12 + 1 + 4 + 1 + 12
     + 12 + 1 + 4 + 1 + 4 + 1 + 4 + 1 + 1 + 4
     // volume (version 3)
     + 4 + 12 + 4
+    // iridescence, anisotropy, dispersion, diffuse transmission (version 4)
+    + 4 + 1 + 4 + 4 + 4 + 1 + 4 + 4 + 1 + 4 + 4 + 1 + 12 + 1
     + 1 + 4 + 1;
 const TEXTURE_LEN: usize = 4 + 1 + 1 + 1;
 const IMAGE_MIN: usize = 8 + 4 + 4 + 8;
@@ -1011,6 +1069,20 @@ fn read_material(r: &mut Reader) -> Result<Material, SceneError> {
         thickness: r.f32("thickness")?,
         attenuation_color: r.f32s("attenuation_color")?,
         attenuation_distance: r.f32("attenuation_distance")?,
+        iridescence: r.f32("iridescence")?,
+        iridescence_texture: r.tex_ref("iridescence_texture")?,
+        iridescence_ior: r.f32("iridescence_ior")?,
+        iridescence_thickness_min: r.f32("iridescence_thickness_min")?,
+        iridescence_thickness_max: r.f32("iridescence_thickness_max")?,
+        iridescence_thickness_texture: r.tex_ref("iridescence_thickness_texture")?,
+        anisotropy_strength: r.f32("anisotropy_strength")?,
+        anisotropy_rotation: r.f32("anisotropy_rotation")?,
+        anisotropy_texture: r.tex_ref("anisotropy_texture")?,
+        dispersion: r.f32("dispersion")?,
+        diffuse_transmission: r.f32("diffuse_transmission")?,
+        diffuse_transmission_texture: r.tex_ref("diffuse_transmission_texture")?,
+        diffuse_transmission_color: r.f32s("diffuse_transmission_color")?,
+        diffuse_transmission_color_texture: r.tex_ref("diffuse_transmission_color_texture")?,
         alpha_mode: match r.tag("alpha_mode", 3)? {
             0 => AlphaMode::Opaque,
             1 => AlphaMode::Mask,
@@ -1193,6 +1265,20 @@ mod tests {
             thickness: 0.25,
             attenuation_color: [0.9, 0.5, 0.1],
             attenuation_distance: 2.0,
+            iridescence: 0.7,
+            iridescence_texture: tex(0, 1),
+            iridescence_ior: 1.8,
+            iridescence_thickness_min: 50.0,
+            iridescence_thickness_max: 900.0,
+            iridescence_thickness_texture: tex(1, 0),
+            anisotropy_strength: 0.6,
+            anisotropy_rotation: -1.25,
+            anisotropy_texture: tex(0, 0),
+            dispersion: 0.3,
+            diffuse_transmission: 0.45,
+            diffuse_transmission_texture: tex(1, 1),
+            diffuse_transmission_color: [0.3, 0.6, 0.9],
+            diffuse_transmission_color_texture: tex(0, 1),
             alpha_mode: AlphaMode::Mask,
             alpha_cutoff: 0.3,
             double_sided: true,
@@ -1597,7 +1683,7 @@ mod tests {
         let msg = blob_err_msg(decode(&blob));
         assert_eq!(
             msg,
-            "compiled scene format version 7 is not supported (this rayfarm reads version 3)"
+            "compiled scene format version 7 is not supported (this rayfarm reads version 4)"
         );
         assert!(content_hash(&blob).is_err());
 

@@ -25,8 +25,9 @@ mod ktx2;
 mod meshopt;
 
 /// Extensions rayfarm understands (fully or, for transmission without a volume, as thin glass).
-/// Sheen, clearcoat and volume are read from the material's JSON by `layer_extensions` (the
-/// gltf crate 1.4 does not parse the first two, and we keep all three in one place).
+/// Sheen, clearcoat, volume, iridescence, anisotropy, dispersion and diffuse transmission are
+/// read from the material's JSON by `layer_extensions` (the gltf crate 1.4 parses few of them,
+/// and we keep them all in one place).
 const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_lights_punctual",
     "KHR_materials_emissive_strength",
@@ -38,6 +39,10 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_materials_sheen",
     "KHR_materials_clearcoat",
     "KHR_materials_volume",
+    "KHR_materials_iridescence",
+    "KHR_materials_anisotropy",
+    "KHR_materials_dispersion",
+    "KHR_materials_diffuse_transmission",
     "KHR_materials_variants",
     "EXT_texture_webp",
     "KHR_mesh_quantization",
@@ -851,8 +856,7 @@ impl<'a> Builder<'a> {
                 .or(prim.material().index());
             let mat_index = self.material(material)?;
             let material = &self.scene.materials[mat_index as usize];
-            let wants_tangents =
-                material.normal_texture.is_some() || material.clearcoat_normal_texture.is_some();
+            let wants_tangents = material.needs_tangents();
 
             // Without normals glTF asks for flat shading: give every triangle its own vertices.
             let (positions, normals, tangents, uv0, uv1, tris) = if normals.is_none() {
@@ -911,7 +915,8 @@ impl<'a> Builder<'a> {
                     self.need_tangents = true;
                     let normal_map = material
                         .normal_texture
-                        .or(material.clearcoat_normal_texture);
+                        .or(material.clearcoat_normal_texture)
+                        .or(material.anisotropy_texture);
                     uv_for_tangents(&normal_map, &uv0, &uv1)
                         .map(|uv| compute_tangents(&positions, &normals, uv, &tris))
                 }
@@ -1192,6 +1197,80 @@ impl<'a> Builder<'a> {
                     })?;
             }
         }
+        if let Some(ir) = ext.get("KHR_materials_iridescence") {
+            let at = |field: &str| {
+                format!("material {index} ('{name}') KHR_materials_iridescence.{field}")
+            };
+            if let Some(v) = ir.get("iridescenceFactor") {
+                out.iridescence = self.json_number(v, &at("iridescenceFactor"), NumRange::Unit)?;
+            }
+            if let Some(v) = ir.get("iridescenceIor") {
+                out.iridescence_ior =
+                    self.json_number(v, &at("iridescenceIor"), NumRange::AtLeastOne)?;
+            }
+            if let Some(v) = ir.get("iridescenceThicknessMinimum") {
+                out.iridescence_thickness_min =
+                    self.json_number(v, &at("iridescenceThicknessMinimum"), NumRange::NonNegative)?;
+            }
+            if let Some(v) = ir.get("iridescenceThicknessMaximum") {
+                out.iridescence_thickness_max =
+                    self.json_number(v, &at("iridescenceThicknessMaximum"), NumRange::NonNegative)?;
+            }
+            out.iridescence_texture =
+                self.json_tex_info(ir.get("iridescenceTexture"), &at("iridescenceTexture"))?;
+            out.iridescence_thickness_texture = self.json_tex_info(
+                ir.get("iridescenceThicknessTexture"),
+                &at("iridescenceThicknessTexture"),
+            )?;
+        }
+        if let Some(an) = ext.get("KHR_materials_anisotropy") {
+            let at = |field: &str| {
+                format!("material {index} ('{name}') KHR_materials_anisotropy.{field}")
+            };
+            if let Some(v) = an.get("anisotropyStrength") {
+                out.anisotropy_strength =
+                    self.json_number(v, &at("anisotropyStrength"), NumRange::Unit)?;
+            }
+            if let Some(v) = an.get("anisotropyRotation") {
+                out.anisotropy_rotation =
+                    self.json_number(v, &at("anisotropyRotation"), NumRange::Any)?;
+            }
+            out.anisotropy_texture =
+                self.json_tex_info(an.get("anisotropyTexture"), &at("anisotropyTexture"))?;
+        }
+        if let Some(d) = ext.get("KHR_materials_dispersion") {
+            let at = |field: &str| {
+                format!("material {index} ('{name}') KHR_materials_dispersion.{field}")
+            };
+            if let Some(v) = d.get("dispersion") {
+                out.dispersion = self.json_number(v, &at("dispersion"), NumRange::NonNegative)?;
+            }
+        }
+        if let Some(dt) = ext.get("KHR_materials_diffuse_transmission") {
+            let at = |field: &str| {
+                format!("material {index} ('{name}') KHR_materials_diffuse_transmission.{field}")
+            };
+            if let Some(v) = dt.get("diffuseTransmissionFactor") {
+                out.diffuse_transmission =
+                    self.json_number(v, &at("diffuseTransmissionFactor"), NumRange::Unit)?;
+            }
+            if let Some(v) = dt.get("diffuseTransmissionColorFactor") {
+                out.diffuse_transmission_color = unit_floats::<3>(v).ok_or_else(|| {
+                    self.err(format!(
+                        "{} must be 3 numbers in [0, 1], not {v}",
+                        at("diffuseTransmissionColorFactor")
+                    ))
+                })?;
+            }
+            out.diffuse_transmission_texture = self.json_tex_info(
+                dt.get("diffuseTransmissionTexture"),
+                &at("diffuseTransmissionTexture"),
+            )?;
+            out.diffuse_transmission_color_texture = self.json_tex_info(
+                dt.get("diffuseTransmissionColorTexture"),
+                &at("diffuseTransmissionColorTexture"),
+            )?;
+        }
         if let Some(vol) = ext.get("KHR_materials_volume") {
             let at =
                 |field: &str| format!("material {index} ('{name}') KHR_materials_volume.{field}");
@@ -1227,6 +1306,27 @@ impl<'a> Builder<'a> {
             }
         }
         Ok(())
+    }
+
+    /// One number of an extension's JSON, checked against the range its specification gives;
+    /// the error names the material and field (`at`) and the allowed range.
+    fn json_number(
+        &self,
+        v: &serde_json::Value,
+        at: &str,
+        range: NumRange,
+    ) -> Result<f32, SceneError> {
+        let x = finite_floats::<1>(v).map(|[x]| x);
+        let (ok, what) = match range {
+            NumRange::Unit => (x.is_some_and(|x| (0.0..=1.0).contains(&x)), "in [0, 1]"),
+            NumRange::NonNegative => (x.is_some_and(|x| x >= 0.0), "of at least 0"),
+            NumRange::AtLeastOne => (x.is_some_and(|x| x >= 1.0), "of at least 1"),
+            NumRange::Any => (x.is_some(), "(finite)"),
+        };
+        match x {
+            Some(x) if ok => Ok(x),
+            _ => Err(self.err(format!("{at} must be a number {what}, not {v}"))),
+        }
     }
 
     /// A textureInfo object read from JSON (`index`, `texCoord`, KHR_texture_transform).
@@ -1633,6 +1733,15 @@ fn texture_transform_matrix(offset: [f32; 2], rotation: f32, scale: [f32; 2]) ->
     let [sx, sy] = scale;
     let (s, c) = rotation.sin_cos();
     [c * sx, s * sy, ox, -s * sx, c * sy, oy]
+}
+
+/// The allowed range of one extension number (see `json_number`).
+#[derive(Clone, Copy)]
+enum NumRange {
+    Unit,
+    NonNegative,
+    AtLeastOne,
+    Any,
 }
 
 /// `N` finite numbers from a JSON number (N = 1) or array of N numbers.

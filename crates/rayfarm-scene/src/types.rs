@@ -129,6 +129,36 @@ pub struct Material {
     /// KHR_materials_volume `attenuationDistance` in scene units; infinite (no absorption)
     /// when absent.
     pub attenuation_distance: f32,
+    /// KHR_materials_iridescence `iridescenceFactor` (0, no thin film, when absent).
+    pub iridescence: f32,
+    /// Iridescence strength in the red channel.
+    pub iridescence_texture: Option<TextureRef>,
+    /// KHR_materials_iridescence `iridescenceIor`: the thin film's index of refraction (1.3).
+    pub iridescence_ior: f32,
+    /// Thin-film thickness in nanometres where the thickness texture's green channel is 0 (100).
+    pub iridescence_thickness_min: f32,
+    /// Thin-film thickness in nanometres where it is 1, and everywhere without a texture (400).
+    pub iridescence_thickness_max: f32,
+    /// Thickness blend in the green channel.
+    pub iridescence_thickness_texture: Option<TextureRef>,
+    /// KHR_materials_anisotropy `anisotropyStrength` in `[0, 1]` (0, isotropic, when absent).
+    pub anisotropy_strength: f32,
+    /// KHR_materials_anisotropy `anisotropyRotation`: radians, counter-clockwise from the
+    /// tangent, in tangent space.
+    pub anisotropy_rotation: f32,
+    /// Direction in red and green (mapped from `[0, 1]` to `[-1, 1]`), strength in blue.
+    pub anisotropy_texture: Option<TextureRef>,
+    /// KHR_materials_dispersion `dispersion`: `20 / Abbe number` (0, none, when absent).
+    /// Only refraction into a volume disperses.
+    pub dispersion: f32,
+    /// KHR_materials_diffuse_transmission `diffuseTransmissionFactor` (0 when absent).
+    pub diffuse_transmission: f32,
+    /// Diffuse transmission in the alpha channel.
+    pub diffuse_transmission_texture: Option<TextureRef>,
+    /// `diffuseTransmissionColorFactor` (linear, white when absent).
+    pub diffuse_transmission_color: [f32; 3],
+    /// Diffuse transmission colour in RGB (sRGB-encoded).
+    pub diffuse_transmission_color_texture: Option<TextureRef>,
     pub alpha_mode: AlphaMode,
     pub alpha_cutoff: f32,
     pub double_sided: bool,
@@ -167,6 +197,20 @@ impl Default for Material {
             thickness: 0.0,
             attenuation_color: [1.0; 3],
             attenuation_distance: f32::INFINITY,
+            iridescence: 0.0,
+            iridescence_texture: None,
+            iridescence_ior: 1.3,
+            iridescence_thickness_min: 100.0,
+            iridescence_thickness_max: 400.0,
+            iridescence_thickness_texture: None,
+            anisotropy_strength: 0.0,
+            anisotropy_rotation: 0.0,
+            anisotropy_texture: None,
+            dispersion: 0.0,
+            diffuse_transmission: 0.0,
+            diffuse_transmission_texture: None,
+            diffuse_transmission_color: [1.0; 3],
+            diffuse_transmission_color_texture: None,
             alpha_mode: AlphaMode::Opaque,
             alpha_cutoff: 0.5,
             double_sided: false,
@@ -205,6 +249,36 @@ impl Material {
     /// Whether the material has a KHR_materials_clearcoat layer.
     pub fn has_clearcoat(&self) -> bool {
         self.clearcoat > 0.0
+    }
+
+    /// Whether the specular reflection goes through a KHR_materials_iridescence thin film.
+    pub fn has_iridescence(&self) -> bool {
+        self.iridescence > 0.0
+    }
+
+    /// Whether the specular lobe is anisotropic (KHR_materials_anisotropy). A texture can only
+    /// scale the strength down, so a zero factor means isotropic everywhere.
+    pub fn has_anisotropy(&self) -> bool {
+        self.anisotropy_strength > 0.0
+    }
+
+    /// Whether refraction into the volume disperses light (KHR_materials_dispersion; only
+    /// volumes refract, so thin-walled materials never disperse).
+    pub fn has_dispersion(&self) -> bool {
+        self.dispersion > 0.0 && self.has_volume()
+    }
+
+    /// Whether light diffusely passes through the surface (KHR_materials_diffuse_transmission).
+    pub fn has_diffuse_transmission(&self) -> bool {
+        self.diffuse_transmission > 0.0
+    }
+
+    /// Whether shading needs per-vertex tangents: a normal map (the base's or the coat's) or
+    /// an anisotropy direction, both defined in tangent space.
+    pub fn needs_tangents(&self) -> bool {
+        self.normal_texture.is_some()
+            || self.clearcoat_normal_texture.is_some()
+            || self.has_anisotropy()
     }
 }
 

@@ -29,7 +29,9 @@ fn gltf(extensions: &str) -> String {
     format!(
         r#"{{"asset":{{"version":"2.0"}},
         "extensionsUsed":["KHR_materials_sheen","KHR_materials_clearcoat","KHR_texture_transform",
-                          "KHR_materials_volume","KHR_materials_transmission"],
+                          "KHR_materials_volume","KHR_materials_transmission",
+                          "KHR_materials_iridescence","KHR_materials_anisotropy",
+                          "KHR_materials_dispersion","KHR_materials_diffuse_transmission"],
         "nodes":[{{"mesh":0}}],
         "meshes":[{{"primitives":[{{"attributes":{{"POSITION":0,"TEXCOORD_0":1}},"material":0}}]}}],
         "materials":[{{"name":"fabric","pbrMetallicRoughness":{{"metallicFactor":0}},
@@ -123,6 +125,73 @@ fn volume_imports() {
     assert_eq!(scene.materials[0].absorption(), [0.0; 3]);
 }
 
+/// KHR_materials_iridescence, _anisotropy, _dispersion and _diffuse_transmission (the
+/// parameters of the Khronos IridescenceLamp, AnisotropyBarnLamp, DispersionTest and
+/// DiffuseTransmissionPlant samples): read without warnings, carried through the blob.
+#[test]
+fn iridescence_anisotropy_dispersion_diffuse_transmission_import() {
+    let (scene, warnings) = load(&gltf(
+        r#"{"KHR_materials_iridescence":{"iridescenceFactor":0.8,"iridescenceIor":1.5,
+             "iridescenceThicknessMinimum":200,"iridescenceThicknessMaximum":800,
+             "iridescenceTexture":{"index":0},"iridescenceThicknessTexture":{"index":0}},
+            "KHR_materials_anisotropy":{"anisotropyStrength":0.6,"anisotropyRotation":1.57,
+             "anisotropyTexture":{"index":0}},
+            "KHR_materials_transmission":{"transmissionFactor":1},
+            "KHR_materials_volume":{"thicknessFactor":1},
+            "KHR_materials_dispersion":{"dispersion":0.5},
+            "KHR_materials_diffuse_transmission":{"diffuseTransmissionFactor":0.25,
+             "diffuseTransmissionColorFactor":[1,0.5,0.25],
+             "diffuseTransmissionTexture":{"index":0},
+             "diffuseTransmissionColorTexture":{"index":0}}}"#,
+    ))
+    .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let m = &scene.materials[0];
+    assert!(m.has_iridescence() && m.has_anisotropy() && m.has_dispersion());
+    assert!(m.has_diffuse_transmission());
+    assert_eq!(
+        (
+            m.iridescence,
+            m.iridescence_ior,
+            m.iridescence_thickness_min,
+            m.iridescence_thickness_max
+        ),
+        (0.8, 1.5, 200.0, 800.0)
+    );
+    assert!(m.iridescence_texture.is_some() && m.iridescence_thickness_texture.is_some());
+    assert_eq!((m.anisotropy_strength, m.anisotropy_rotation), (0.6, 1.57));
+    assert!(m.anisotropy_texture.is_some());
+    assert_eq!(m.dispersion, 0.5);
+    assert_eq!(m.diffuse_transmission, 0.25);
+    assert_eq!(m.diffuse_transmission_color, [1.0, 0.5, 0.25]);
+    assert!(m.diffuse_transmission_texture.is_some());
+    assert!(m.diffuse_transmission_color_texture.is_some());
+    // Anisotropy is defined in tangent space: tangents were generated.
+    assert_eq!(scene.tangents.len(), scene.positions.len());
+    let blob = rayfarm_scene::blob::encode(&scene);
+    assert_eq!(rayfarm_scene::blob::decode(&blob).unwrap(), scene);
+    // The extensions' defaults.
+    let (scene, _) = load(&gltf(
+        r#"{"KHR_materials_iridescence":{"iridescenceFactor":1},
+            "KHR_materials_diffuse_transmission":{}}"#,
+    ))
+    .unwrap();
+    let m = &scene.materials[0];
+    assert_eq!(
+        (
+            m.iridescence_ior,
+            m.iridescence_thickness_min,
+            m.iridescence_thickness_max
+        ),
+        (1.3, 100.0, 400.0)
+    );
+    assert!(!m.has_diffuse_transmission());
+    assert_eq!(m.diffuse_transmission_color, [1.0; 3]);
+    // Dispersion without a volume does nothing (thin-walled materials don't refract).
+    let (scene, _) = load(&gltf(r#"{"KHR_materials_dispersion":{"dispersion":1}}"#)).unwrap();
+    assert!(!scene.materials[0].has_dispersion());
+}
+
 #[test]
 fn absent_layers_are_off() {
     let (scene, _) = load(&gltf("{}")).unwrap();
@@ -169,6 +238,42 @@ fn bad_layer_values_name_file_material_and_field() {
         (
             r#"{"KHR_materials_volume":{"attenuationColor":[1,1]}}"#,
             "KHR_materials_volume.attenuationColor must be 3 numbers in [0, 1]",
+        ),
+        (
+            r#"{"KHR_materials_iridescence":{"iridescenceFactor":1.5}}"#,
+            "KHR_materials_iridescence.iridescenceFactor must be a number in [0, 1], not 1.5",
+        ),
+        (
+            r#"{"KHR_materials_iridescence":{"iridescenceIor":0.5}}"#,
+            "KHR_materials_iridescence.iridescenceIor must be a number of at least 1, not 0.5",
+        ),
+        (
+            r#"{"KHR_materials_iridescence":{"iridescenceThicknessMaximum":-3}}"#,
+            "KHR_materials_iridescence.iridescenceThicknessMaximum must be a number of at least 0",
+        ),
+        (
+            r#"{"KHR_materials_anisotropy":{"anisotropyStrength":2}}"#,
+            "KHR_materials_anisotropy.anisotropyStrength must be a number in [0, 1], not 2",
+        ),
+        (
+            r#"{"KHR_materials_anisotropy":{"anisotropyRotation":"left"}}"#,
+            "KHR_materials_anisotropy.anisotropyRotation must be a number (finite), not \"left\"",
+        ),
+        (
+            r#"{"KHR_materials_anisotropy":{"anisotropyTexture":{"index":3}}}"#,
+            "KHR_materials_anisotropy.anisotropyTexture refers to texture 3 but there are 1 textures",
+        ),
+        (
+            r#"{"KHR_materials_dispersion":{"dispersion":-0.1}}"#,
+            "KHR_materials_dispersion.dispersion must be a number of at least 0, not -0.1",
+        ),
+        (
+            r#"{"KHR_materials_diffuse_transmission":{"diffuseTransmissionFactor":-1}}"#,
+            "KHR_materials_diffuse_transmission.diffuseTransmissionFactor must be a number in [0, 1]",
+        ),
+        (
+            r#"{"KHR_materials_diffuse_transmission":{"diffuseTransmissionColorFactor":[1,2,0]}}"#,
+            "KHR_materials_diffuse_transmission.diffuseTransmissionColorFactor must be 3 numbers in [0, 1]",
         ),
     ];
     for (ext, want) in cases {
