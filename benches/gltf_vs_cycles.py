@@ -4,9 +4,11 @@ Run by benches/gltf_vs_cycles.sh with the Python of a venv that holds the `bpy` 
 a module); see that script for the command. For each scene:
 
   1. rayfarm renders it twice (seeds 0 and 1) to linear EXR, with a uniform environment;
-  2. Cycles imports the same file with Blender's own glTF importer and renders it once to a
+  2. Cycles imports the same file with Blender's own glTF importer and renders it to a
      multilayer EXR holding the combined image and the object index pass (IndexOB), with the
-     same resolution, samples, bounces, camera, environment and a 1-pixel box filter;
+     same resolution, samples, bounces, camera, environment and a 1-pixel box filter; once with
+     the Principled BSDFs as imported (multiscatter GGX) and once switched to single-scatter
+     GGX, the microfacet model of the glTF BRDF (--ggx chooses);
   3. every object (a glTF node with a mesh) gets a mask from IndexOB, eroded by one pixel so
      that pixels shared with a neighbour or the background do not count, and the script prints
      the masked mean of both images and their relative difference in luminance. The difference
@@ -47,6 +49,9 @@ def parse_args():
     p.add_argument("--env", default="1,1,1", help="uniform environment radiance R,G,B in both renderers")
     p.add_argument("--only", nargs="*", help="scene names (file stems) to run; default all")
     p.add_argument("--json", help="also write the table to this JSON file")
+    p.add_argument("--ggx", choices=["both", "multi", "single"], default="both",
+                   help="Cycles renders with the importer's Principled BSDFs as they are (multiscatter "
+                        "GGX), with them switched to single-scatter GGX as the glTF BRDF is, or both")
     return p.parse_args()
 
 
@@ -60,7 +65,7 @@ def read_exr(path):
         sub = 0
         while inp.seek_subimage(sub, 0):
             spec = inp.spec()
-            pixels = inp.read_image(0, spec.nchannels, oiio.FLOAT)
+            pixels = inp.read_image(sub, 0, 0, spec.nchannels, oiio.FLOAT)
             if pixels is None:
                 raise RuntimeError(f"cannot read {path}: {inp.geterror()}")
             pixels = np.asarray(pixels).reshape(spec.height, spec.width, spec.nchannels)
@@ -120,7 +125,7 @@ def quiet_stdout():
 
 def set_world(env):
     world = bpy.data.worlds.new("uniform")
-    if hasattr(world, "use_nodes") and not world.use_nodes:
+    if bpy.app.version < (5, 0, 0):  # from 5.0 on a world always uses its nodes
         world.use_nodes = True
     nodes = world.node_tree.nodes
     bg = next((n for n in nodes if n.type == "BACKGROUND"), None)
@@ -133,12 +138,13 @@ def set_world(env):
     bpy.context.scene.world = world
 
 
-def render_cycles(args, scene_path, out_path, env):
+def render_cycles(args, scene_path, out_path, env, single_scatter):
     """Imports with Blender's glTF importer and renders; returns (seconds, {pass index: name})."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
     # glTF light intensities as given (lux for the sun = Cycles' irradiance in W/m^2), the same
     # numbers rayfarm uses; the default 'SPEC' mode divides them by 683.
-    bpy.ops.import_scene.gltf(filepath=scene_path, export_import_convert_lighting_mode="COMPAT", loglevel=50)
+    with quiet_stdout():  # the importer logs every node it makes
+        bpy.ops.import_scene.gltf(filepath=scene_path, export_import_convert_lighting_mode="COMPAT")
     scene = bpy.context.scene
     cams = [o for o in scene.objects if o.type == "CAMERA"]
     if not cams:
@@ -147,6 +153,11 @@ def render_cycles(args, scene_path, out_path, env):
     for o in scene.objects:
         if o.type == "LIGHT" and o.data.type == "SUN":
             o.data.angle = 0.0  # glTF's directional light is a delta light, as in rayfarm
+    if single_scatter:
+        for mat in bpy.data.materials:
+            for node in mat.node_tree.nodes if mat.node_tree else []:
+                if node.type == "BSDF_PRINCIPLED":
+                    node.distribution = "GGX"
     index_to_name = {}
     meshes = sorted((o for o in scene.objects if o.type == "MESH"), key=lambda o: o.name)
     for k, o in enumerate(meshes, start=1):
@@ -198,13 +209,6 @@ def render_cycles(args, scene_path, out_path, env):
     return time.time() - t0, index_to_name
 
 
-def find_channel(channels, suffix):
-    names = [n for n in channels if n.endswith(suffix)]
-    if not names:
-        raise RuntimeError(f"no channel ending in {suffix} among {sorted(channels)}")
-    return names[0]
-
-
 def blender_extensions():
     """The extensions Blender's glTF importer declares it handles (the rest it ignores)."""
     try:
@@ -215,6 +219,20 @@ def blender_extensions():
         return None
 
 
+def read_cycles(path):
+    """(RGB image, integer object index image) of a Cycles multilayer EXR."""
+    cyc = read_exr(path)
+    combined = next((n for n in cyc if n.endswith("Combined.R")), None)
+    index_pass = next((n for n in cyc if n.endswith(("IndexOB.X", "Object Index.X"))), None)
+    if combined is None or index_pass is None:
+        raise RuntimeError(f"{path} lacks the combined or the object index pass; its channels: {sorted(cyc)}")
+    return rgb(cyc, combined[:-1]), np.rint(cyc[index_pass]).astype(np.int32)
+
+
+def rel(a, b):
+    return (a - b) / b if b > 0 else float("nan")
+
+
 def main():
     args = parse_args()
     env = tuple(float(x) for x in args.env.split(","))
@@ -222,6 +240,7 @@ def main():
     scenes = sorted(f[:-5] for f in os.listdir(args.scenes) if f.endswith(".gltf"))
     order = ["base"] + [s for s in scenes if s != "base"]
     scenes = [s for s in order if s in scenes and (not args.only or s in args.only)]
+    variants = {"both": ["multi", "single"], "multi": ["multi"], "single": ["single"]}[args.ggx]
     blender_ext = blender_extensions()
     print(f"Blender {bpy.app.version_string}; {args.width}x{args.height}, {args.spp} spp, "
           f"{args.bounces} bounces, environment {args.env}, {args.threads} thread(s)", flush=True)
@@ -233,22 +252,21 @@ def main():
             doc = json.load(f)
         exercised = doc.get("extras", {}).get("exercises", [])
         rf = [os.path.join(args.out, f"{name}.rayfarm{s}.exr") for s in (0, 1)]
-        cy = os.path.join(args.out, f"{name}.cycles.exr")
         t_rf, ignored = render_rayfarm(args, path, rf[0], 0)
         render_rayfarm(args, path, rf[1], 1)
-        t_cy, index_to_name = render_cycles(args, path, cy, env)
-        print(f"{name}: rayfarm {t_rf:.1f} s, Cycles {t_cy:.1f} s", flush=True)
-
         img_rf = [rgb(read_exr(p)) for p in rf]
-        cyc = read_exr(cy)
-        img_cy = rgb(cyc, find_channel(cyc, "Combined.R")[:-1])
-        index_pass = next((n for n in cyc if n.endswith(("IndexOB.X", "Object Index.X"))), None)
-        if index_pass is None:
-            raise RuntimeError(f"{cy} has no object index pass; its channels: {sorted(cyc)}")
-        index = np.rint(cyc[index_pass]).astype(np.int32)
-        if img_rf[0].shape != img_cy.shape:
-            raise RuntimeError(f"{name}: image sizes differ: {img_rf[0].shape} vs {img_cy.shape}")
-        write_png(os.path.join(args.out, f"{name}.png"), img_rf[0], img_cy)
+        img_cy, times, index, index_to_name = {}, [], None, None
+        for v in variants:
+            cy = os.path.join(args.out, f"{name}.cycles-{v}.exr")
+            t, names = render_cycles(args, path, cy, env, single_scatter=(v == "single"))
+            times.append(f"Cycles ({'multiscatter' if v == 'multi' else 'single-scatter'} GGX) {t:.1f} s")
+            img_cy[v], idx = read_cycles(cy)
+            if index is None:
+                index, index_to_name = idx, names
+            if img_cy[v].shape != img_rf[0].shape:
+                raise RuntimeError(f"{name}: image sizes differ: {img_rf[0].shape} vs {img_cy[v].shape}")
+            write_png(os.path.join(args.out, f"{name}.{v}.png"), img_rf[0], img_cy[v])
+        print(f"{name}: rayfarm {t_rf:.1f} s, " + ", ".join(times), flush=True)
 
         # Interior pixels only: the pixel and its four neighbours carry the same index.
         inner = np.zeros_like(index, dtype=bool)
@@ -260,28 +278,36 @@ def main():
             n = int(mask.sum())
             if n == 0:
                 continue
-            m_rf, m_rf1, m_cy = (img[mask].mean(axis=0) for img in (img_rf[0], img_rf[1], img_cy))
-            l_rf, l_rf1, l_cy = (float(m @ LUMINANCE) for m in (m_rf, m_rf1, m_cy))
-            rows.append({
-                "scene": name, "object": obj, "pixels": n,
-                "rayfarm_rgb": [round(float(x), 5) for x in m_rf],
-                "cycles_rgb": [round(float(x), 5) for x in m_cy],
-                "rayfarm_lum": l_rf, "cycles_lum": l_cy,
-                "rel_diff": (l_rf - l_cy) / l_cy if l_cy > 0 else float("nan"),
-                "seed_noise": abs(l_rf - l_rf1) / l_rf if l_rf > 0 else float("nan"),
-            })
+            m_rf, m_rf1 = (img[mask].mean(axis=0) for img in img_rf)
+            l_rf, l_rf1 = float(m_rf @ LUMINANCE), float(m_rf1 @ LUMINANCE)
+            row = {"scene": name, "object": obj, "pixels": n,
+                   "rayfarm_rgb": [round(float(x), 5) for x in m_rf], "rayfarm_lum": l_rf,
+                   "seed_noise": abs(rel(l_rf1, l_rf))}
+            for v in variants:
+                m_cy = img_cy[v][mask].mean(axis=0)
+                row[f"cycles_{v}_rgb"] = [round(float(x), 5) for x in m_cy]
+                row[f"cycles_{v}_lum"] = float(m_cy @ LUMINANCE)
+                row[f"rel_diff_{v}"] = rel(l_rf, row[f"cycles_{v}_lum"])
+            rows.append(row)
         for ext in exercised:
             ext_report.append((name, ext, ext not in ignored,
                                None if blender_ext is None else ext in blender_ext))
 
+    # Luminance means and relative differences (rayfarm - Cycles) / Cycles; RGB of the first variant.
+    f3 = lambda v: " ".join(f"{x:.3f}" for x in v)
+    first = variants[0]
+    head = f"| scene | object | px | rayfarm RGB | Cycles ({first}) RGB | rayfarm Y |"
+    for v in variants:
+        head += f" Cycles ({v}) Y | diff ({v}) |"
     print()
-    print("| scene | object | px | rayfarm RGB | Cycles RGB | rayfarm Y | Cycles Y | rel. diff | seed noise |")
-    print("|---|---|---:|---|---|---:|---:|---:|---:|")
+    print(head + " seed noise |")
+    print("|---|---|---:|---|---|---:|" + "---:|---:|" * len(variants) + "---:|")
     for r in rows:
-        f3 = lambda v: " ".join(f"{x:.3f}" for x in v)
-        print(f"| {r['scene']} | {r['object']} | {r['pixels']} | {f3(r['rayfarm_rgb'])} | {f3(r['cycles_rgb'])} "
-              f"| {r['rayfarm_lum']:.4f} | {r['cycles_lum']:.4f} | {100 * r['rel_diff']:+.1f}% "
-              f"| {100 * r['seed_noise']:.1f}% |")
+        line = (f"| {r['scene']} | {r['object']} | {r['pixels']} | {f3(r['rayfarm_rgb'])} "
+                f"| {f3(r[f'cycles_{first}_rgb'])} | {r['rayfarm_lum']:.4f} |")
+        for v in variants:
+            line += f" {r[f'cycles_{v}_lum']:.4f} | {100 * r[f'rel_diff_{v}']:+.1f}% |"
+        print(line + f" {100 * r['seed_noise']:.1f}% |")
     print()
     yes_no = lambda v: "?" if v is None else ("yes" if v else "no")
     print("| scene | extension | rayfarm reads it | Blender importer reads it |")

@@ -2,9 +2,11 @@
 """Writes the glTF test scenes of benches/gltf_vs_cycles.sh: one per material extension.
 
 Every scene is the same stage: four UV spheres (radius 0.5, with normals, UVs and tangents
-along the parallels) in a row on a grey floor, a camera looking at them and one directional
-light (KHR_lights_punctual, intensity 3). The benchmark adds a uniform white environment
-(radiance 1) in both renderers. Only the spheres' materials differ from scene to scene; the
+along the parallels) in a row on a grey floor, a camera looking at them and a key light: an
+emissive 2 x 2 quad (radiance 20, KHR_materials_emissive_strength) above, right and in front,
+out of the picture. The benchmark adds a uniform white environment (radiance 1) in both
+renderers. The key light is an area light on purpose: a delta light (KHR_lights_punctual)
+makes a sub-pixel glint on every smooth surface, whose variance swamped the per-object means. Only the spheres' materials differ from scene to scene; the
 first sphere of each scene is the plain-PBR reference of that row where that makes sense.
 
 Usage: python3 benches/gltf_ext/make_scenes.py [OUT_DIR]   (default: this script's folder)
@@ -27,12 +29,21 @@ IMAGE_WIDTH, IMAGE_HEIGHT = 200, 100
 CAMERA_POS = (0.0, 1.3, 5.6)
 CAMERA_TARGET = (0.0, 0.45, 0.0)
 CAMERA_YFOV = 0.45
-SUN_DIR = (-0.45, -0.8, -0.4)  # direction the light travels
-SUN_INTENSITY = 3.0
+KEY_DIR = (-0.45, -0.8, -0.4)  # direction the key light faces (its light travels)
+KEY_DISTANCE = 5.0  # from the origin, against KEY_DIR
+KEY_HALF = 1.0
+KEY_STRENGTH = 20.0
 
 FLOOR_MATERIAL = {
     "name": "floor",
     "pbrMetallicRoughness": {"baseColorFactor": [0.5, 0.5, 0.5, 1.0], "metallicFactor": 0.0, "roughnessFactor": 0.9},
+}
+
+KEY_MATERIAL = {
+    "name": "key_light",
+    "pbrMetallicRoughness": {"baseColorFactor": [0.0, 0.0, 0.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": 1.0},
+    "emissiveFactor": [1.0, 1.0, 1.0],
+    "extensions": {"KHR_materials_emissive_strength": {"emissiveStrength": KEY_STRENGTH}},
 }
 
 
@@ -195,6 +206,16 @@ def floor_quad(half):
     return pos, nrm, uv, tan, idx
 
 
+def key_quad(half):
+    """A square in the XY plane facing -Z (which the node's rotation turns to KEY_DIR)."""
+    pos = [(-half, -half, 0.0), (-half, half, 0.0), (half, half, 0.0), (half, -half, 0.0)]
+    nrm = [(0.0, 0.0, -1.0)] * 4
+    uv = [(0.0, 1.0), (0.0, 0.0), (1.0, 0.0), (1.0, 1.0)]
+    tan = [(1.0, 0.0, 0.0, 1.0)] * 4
+    idx = [0, 1, 2, 0, 2, 3]
+    return pos, nrm, uv, tan, idx
+
+
 def look_at_quaternion(eye, target):
     """Rotation (x, y, z, w) that turns glTF's camera (looking down -Z, +Y up) towards target."""
     f = [t - e for t, e in zip(target, eye)]
@@ -280,24 +301,25 @@ def build(scene_name, used, spheres):
     buf = Buffer()
     sphere_attrs, sphere_idx = buf.add_mesh_data(uv_sphere(SPHERE_RADIUS))
     floor_attrs, floor_idx = buf.add_mesh_data(floor_quad(FLOOR_HALF))
-    materials = [FLOOR_MATERIAL] + [m for _, m in spheres]
-    meshes = [{"name": "floor", "primitives": [{"attributes": floor_attrs, "indices": floor_idx, "material": 0}]}]
-    nodes = [{"name": "floor", "mesh": 0}]
+    key_attrs, key_idx = buf.add_mesh_data(key_quad(KEY_HALF))
+    materials = [FLOOR_MATERIAL, KEY_MATERIAL] + [m for _, m in spheres]
+    meshes = [{"name": "floor", "primitives": [{"attributes": floor_attrs, "indices": floor_idx, "material": 0}]},
+              {"name": "key_light", "primitives": [{"attributes": key_attrs, "indices": key_idx, "material": 1}]}]
+    key_len = math.sqrt(sum(c * c for c in KEY_DIR))
+    nodes = [{"name": "floor", "mesh": 0},
+             {"name": "key_light", "mesh": 1, "rotation": direction_quaternion(KEY_DIR),
+              "translation": [round(-KEY_DISTANCE * c / key_len, 6) for c in KEY_DIR]}]
     for k, (name, _) in enumerate(spheres):
-        meshes.append({"name": name, "primitives": [{"attributes": sphere_attrs, "indices": sphere_idx, "material": k + 1}]})
-        nodes.append({"name": name, "mesh": k + 1, "translation": [SPHERE_X[k], SPHERE_RADIUS, 0.0]})
+        meshes.append({"name": name, "primitives": [{"attributes": sphere_attrs, "indices": sphere_idx, "material": k + 2}]})
+        nodes.append({"name": name, "mesh": k + 2, "translation": [SPHERE_X[k], SPHERE_RADIUS, 0.0]})
     nodes.append({"name": "camera", "camera": 0, "translation": list(CAMERA_POS),
                   "rotation": look_at_quaternion(CAMERA_POS, CAMERA_TARGET)})
-    nodes.append({"name": "sun", "rotation": direction_quaternion(SUN_DIR),
-                  "extensions": {"KHR_lights_punctual": {"light": 0}}})
-    ext_used = set(["KHR_lights_punctual"])
+    ext_used = set(["KHR_materials_emissive_strength"])
     for _, m in spheres:
         ext_used.update(m.get("extensions", {}).keys())
     doc = {
         "asset": {"version": "2.0", "generator": "rayfarm benches/gltf_ext/make_scenes.py"},
         "extensionsUsed": sorted(ext_used),
-        "extensions": {"KHR_lights_punctual": {"lights": [
-            {"name": "sun", "type": "directional", "color": [1.0, 1.0, 1.0], "intensity": SUN_INTENSITY}]}},
         "scene": 0,
         "scenes": [{"name": scene_name, "nodes": list(range(len(nodes)))}],
         "nodes": nodes,
