@@ -31,7 +31,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import bpy" 2>/dev/nu
 fi
 
 if [ -z "${RAYFARM:-}" ]; then
-  nice -n 19 cargo build --release -q -p rayfarm --bin rayfarm
+  nice -n 19 cargo build --release -q --bin rayfarm
   RAYFARM=${CARGO_TARGET_DIR:-target}/release/rayfarm
 fi
 if [ ! -x "$RAYFARM" ]; then

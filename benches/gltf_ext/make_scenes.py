@@ -231,10 +231,8 @@ def look_at_quaternion(eye, target):
 
 
 def direction_quaternion(d):
-    """Rotation that turns -Z (a glTF light's direction) into d."""
-    eye = (0.0, 0.0, 0.0)
-    up_safe = d
-    return look_at_quaternion(eye, up_safe)
+    """Rotation that turns -Z into direction d (d must not be vertical)."""
+    return look_at_quaternion((0.0, 0.0, 0.0), d)
 
 
 def matrix_to_quaternion(x, y, z):
