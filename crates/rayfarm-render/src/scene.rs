@@ -528,6 +528,59 @@ impl RenderScene {
         (tan * local.x + bit * local.y + ns * local.z).normalize_or(ns)
     }
 
+    /// The KHR_materials_iridescence, _diffuse_transmission, _dispersion and _anisotropy
+    /// parameters at a hit. Kept out of line so that `surface` stays small for the materials
+    /// without them.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn extension_lobes(
+        &self,
+        bsdf: &mut Bsdf,
+        m: &rayfarm_scene::Material,
+        prim: usize,
+        [b0, b1, b2]: [f32; 3],
+        ns: Vec3A,
+        front: bool,
+        uvs: &[Vec2; 2],
+    ) {
+        let s = &self.scene;
+        if m.has_iridescence() {
+            let mut f = m.iridescence;
+            if let Some(tr) = &m.iridescence_texture {
+                f *= self.textures.sample(s, tr, uvs, false).x;
+            }
+            let mut nm = m.iridescence_thickness_max;
+            if let Some(tr) = &m.iridescence_thickness_texture {
+                let g = self.textures.sample(s, tr, uvs, false).y;
+                let lo = m.iridescence_thickness_min;
+                nm = lo + (nm - lo) * g;
+            }
+            bsdf.iridescence = f.clamp(0.0, 1.0);
+            bsdf.iridescence_ior = m.iridescence_ior.max(1.0);
+            bsdf.iridescence_thickness_nm = nm.max(0.0);
+        }
+        if m.has_diffuse_transmission() {
+            let mut f = m.diffuse_transmission;
+            if let Some(tr) = &m.diffuse_transmission_texture {
+                f *= self.textures.sample(s, tr, uvs, false).w;
+            }
+            let mut color = Vec3A::from(m.diffuse_transmission_color);
+            if let Some(tr) = &m.diffuse_transmission_color_texture {
+                let c = self.textures.sample(s, tr, uvs, true);
+                color *= Vec3A::new(c.x, c.y, c.z);
+            }
+            bsdf.diffuse_transmission = f.clamp(0.0, 1.0);
+            bsdf.diffuse_transmission_color = color.clamp(Vec3A::ZERO, Vec3A::ONE);
+        }
+        if m.has_dispersion() {
+            bsdf.dispersion = m.dispersion;
+        }
+        if m.has_anisotropy() {
+            let (strength, t) = self.anisotropy(prim, b0, b1, b2, ns, front, m, uvs);
+            bsdf.set_anisotropy(strength, t);
+        }
+    }
+
     /// The tangent and bitangent at barycentrics `(b0, b1, b2)` of triangle `prim`, made
     /// orthogonal to the unit normal `n`; `None` when the scene has no tangents or the tangent
     /// is parallel to `n`.
@@ -727,40 +780,12 @@ impl RenderScene {
             bsdf.clearcoat_alpha = (r * r).max(MIN_ALPHA);
             bsdf.clearcoat_normal = coat_n;
         }
-        if m.has_iridescence() {
-            let mut f = m.iridescence;
-            if let Some(tr) = &m.iridescence_texture {
-                f *= self.textures.sample(s, tr, &uvs, false).x;
-            }
-            let mut nm = m.iridescence_thickness_max;
-            if let Some(tr) = &m.iridescence_thickness_texture {
-                let g = self.textures.sample(s, tr, &uvs, false).y;
-                let lo = m.iridescence_thickness_min;
-                nm = lo + (nm - lo) * g;
-            }
-            bsdf.iridescence = f.clamp(0.0, 1.0);
-            bsdf.iridescence_ior = m.iridescence_ior.max(1.0);
-            bsdf.iridescence_thickness_nm = nm.max(0.0);
-        }
-        if m.has_diffuse_transmission() {
-            let mut f = m.diffuse_transmission;
-            if let Some(tr) = &m.diffuse_transmission_texture {
-                f *= self.textures.sample(s, tr, &uvs, false).w;
-            }
-            let mut color = Vec3A::from(m.diffuse_transmission_color);
-            if let Some(tr) = &m.diffuse_transmission_color_texture {
-                let c = self.textures.sample(s, tr, &uvs, true);
-                color *= Vec3A::new(c.x, c.y, c.z);
-            }
-            bsdf.diffuse_transmission = f.clamp(0.0, 1.0);
-            bsdf.diffuse_transmission_color = color.clamp(Vec3A::ZERO, Vec3A::ONE);
-        }
-        if m.has_dispersion() {
-            bsdf.dispersion = m.dispersion;
-        }
-        if m.has_anisotropy() {
-            let (strength, t) = self.anisotropy(prim, b0, b1, b2, ns, front, m, &uvs);
-            bsdf.set_anisotropy(strength, t);
+        if m.has_iridescence()
+            || m.has_diffuse_transmission()
+            || m.has_dispersion()
+            || m.has_anisotropy()
+        {
+            self.extension_lobes(&mut bsdf, m, prim, [b0, b1, b2], ns, front, &uvs);
         }
         let emission = if m.is_emissive() {
             self.emission(hit.prim, b1, b2, front)
