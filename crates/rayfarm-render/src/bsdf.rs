@@ -595,14 +595,100 @@ impl Bsdf {
 
     #[inline(never)]
     fn spec_lobe_aniso(&self, wo: Vec3A, wi: Vec3A, h: Vec3A) -> (f32, f32) {
-        let (ax, ay) = (self.alpha_t, self.alpha_b);
-        let d = ggx_d_aniso(self.in_aniso_frame(h), ax, ay);
-        let lo = ggx_lambda_aniso(self.in_aniso_frame(wo), ax, ay);
-        let li = ggx_lambda_aniso(self.in_aniso_frame(wi), ax, ay);
+        let (d, lo, li) = self.ggx_terms(wo, wi, h);
         (
             d / ((1.0 + lo + li) * 4.0 * wo.z * wi.z),
             d / ((1.0 + lo) * 4.0 * wo.z),
         )
+    }
+
+    /// The GGX distribution at the half vector `h` and Smith's `Λ` of `wo` and `wi` (either
+    /// side), isotropic or anisotropic.
+    #[inline]
+    fn ggx_terms(&self, wo: Vec3A, wi: Vec3A, h: Vec3A) -> (f32, f32, f32) {
+        if self.anisotropic {
+            let (ax, ay) = (self.alpha_t, self.alpha_b);
+            (
+                ggx_d_aniso(self.in_aniso_frame(h), ax, ay),
+                ggx_lambda_aniso(self.in_aniso_frame(wo), ax, ay),
+                ggx_lambda_aniso(self.in_aniso_frame(wi), ax, ay),
+            )
+        } else {
+            let a2 = self.alpha * self.alpha;
+            (ggx_d(h.z, a2), ggx_lambda(wo.z, a2), ggx_lambda(wi.z, a2))
+        }
+    }
+
+    /// Whether transmission into a volume goes through a rough interface (a microfacet BTDF)
+    /// rather than the smooth, delta one (roughness 0 gives `MIN_ALPHA`).
+    #[inline(always)]
+    fn rough_refraction(&self) -> bool {
+        self.refract_eta > 0.0 && (self.alpha > MIN_ALPHA || self.anisotropic)
+    }
+
+    /// Whether `eval` has a (non-delta) lobe on the far side of the surface: diffuse
+    /// transmission, or rough refraction with a known wavelength.
+    #[inline(always)]
+    pub fn transmits_nondelta(&self) -> bool {
+        self.diffuse_transmission > 0.0
+            || (self.transmission > 0.0
+                && self.rough_refraction()
+                && (self.dispersion <= 0.0 || self.channel < ALL_CHANNELS))
+    }
+
+    /// The refraction ratio `n_wo_side / n_wi_side` for the path's channel (dispersion), from
+    /// `refract_eta`, which is 1/n entering the volume and n leaving it.
+    #[inline]
+    fn channel_eta(&self, channel: u8) -> f32 {
+        let eta = self.refract_eta;
+        if self.dispersion <= 0.0 || channel >= ALL_CHANNELS {
+            return eta;
+        }
+        let entering = eta < 1.0;
+        let n = if entering { 1.0 / eta } else { eta };
+        let n = dispersed_ior(n, self.dispersion, CHANNEL_WAVELENGTH_NM[channel as usize]);
+        if entering {
+            1.0 / n
+        } else {
+            n
+        }
+    }
+
+    /// The microfacet BTDF of a rough interface (Walter et al. 2007, as pbrt-v4 writes it)
+    /// for `wo` above and `wi` below, without Fresnel and without the `1/η²` radiance factor
+    /// (the smooth lobe leaves it out too: it cancels over the two crossings of a closed
+    /// volume). Returns the BTDF, its density under VNDF sampling, and the cosine for the
+    /// Fresnel term (on the optically thinner side).
+    #[inline(never)]
+    fn rough_btdf(&self, wo: Vec3A, wi: Vec3A, eta: f32) -> Option<(f32, f32, f32)> {
+        let etap = 1.0 / eta;
+        let mut wm = (wi * etap + wo).normalize_or_zero();
+        if wm == Vec3A::ZERO {
+            return None;
+        }
+        if wm.z < 0.0 {
+            wm = -wm;
+        }
+        let (dwo, dwi) = (wo.dot(wm), wi.dot(wm));
+        if dwo <= 0.0 || dwi >= 0.0 {
+            return None;
+        }
+        let sqrt_denom = dwi + dwo / etap;
+        let denom = sqrt_denom * sqrt_denom;
+        if denom <= 0.0 || !denom.is_finite() {
+            return None;
+        }
+        let (d, lo, li) = self.ggx_terms(wo, wi, wm);
+        let btdf = d * (dwi * dwo).abs() / ((1.0 + lo + li) * denom * (-wi.z) * wo.z);
+        let pdf = d * dwo * (-dwi) / ((1.0 + lo) * wo.z * denom);
+        let cos_f = if eta > 1.0 { -dwi } else { dwo };
+        Some((btdf, pdf, cos_f))
+    }
+
+    /// The share of light the transmission lobe carries at `wo` (before Fresnel).
+    #[inline(always)]
+    fn transmission_share(&self, wo_z: f32) -> Vec3A {
+        self.base * ((1.0 - self.metallic) * self.transmission * self.straight_layers(wo_z))
     }
 
     /// Samples a visible normal of the specular lobe (local frame).
@@ -676,8 +762,8 @@ impl Bsdf {
     #[inline(always)]
     fn eval_with(&self, wo: Vec3A, wi: Vec3A, probs: &Probs, l: &Layers) -> (Vec3A, f32) {
         if wo.z <= 0.0 || wi.z <= 0.0 {
-            if wo.z > 0.0 && wi.z < 0.0 && self.diffuse_transmission > 0.0 {
-                return self.eval_diffuse_transmission(wo, wi, probs, l);
+            if wo.z > 0.0 && wi.z < 0.0 && self.transmits_nondelta() {
+                return self.eval_transmission(wo, wi, probs, l);
             }
             return (Vec3A::ZERO, 0.0);
         }
@@ -734,6 +820,30 @@ impl Bsdf {
                 // normal's cosine `wi.z`, so convert.
                 f += Vec3A::splat(self.clearcoat * coat * cwi.z / wi.z);
                 pdf += probs.coat * d / ((1.0 + lo) * 4.0 * cwo.z);
+            }
+        }
+        (f, pdf)
+    }
+
+    /// The lobes into the other hemisphere (`wi.z < 0`): diffuse transmission and rough
+    /// refraction into or out of a volume.
+    #[inline(never)]
+    fn eval_transmission(&self, wo: Vec3A, wi: Vec3A, probs: &Probs, l: &Layers) -> (Vec3A, f32) {
+        let (mut f, mut pdf) = if self.diffuse_transmission > 0.0 {
+            self.eval_diffuse_transmission(wo, wi, probs, l)
+        } else {
+            (Vec3A::ZERO, 0.0)
+        };
+        if probs.trans > 0.0
+            && self.rough_refraction()
+            && (self.dispersion <= 0.0 || self.channel < ALL_CHANNELS)
+        {
+            if let Some((btdf, p, cos_f)) = self.rough_btdf(wo, wi, self.channel_eta(self.channel))
+            {
+                let t =
+                    (Vec3A::ONE - self.fresnel_dielectric(cos_f)) * self.transmission_share(wo.z);
+                f += t * btdf;
+                pdf += probs.trans * p;
             }
         }
         (f, pdf)
@@ -798,8 +908,7 @@ impl Bsdf {
         }
         let pt = probs.trans;
         if u_lobe < pt {
-            let share = self.base
-                * ((1.0 - self.metallic) * self.transmission * self.straight_layers(wo.z));
+            let share = self.transmission_share(wo.z);
             let mut eta = self.refract_eta;
             if eta <= 0.0 {
                 // Thin-glass transmission: straight through, a delta lobe.
@@ -826,23 +935,16 @@ impl Bsdf {
                     mask[channel as usize] = 3.0;
                     share *= mask;
                 }
-                // `refract_eta` is 1/n entering the volume and n leaving it.
-                let entering = eta < 1.0;
-                let n = if entering { 1.0 / eta } else { eta };
-                let n = dispersed_ior(n, self.dispersion, CHANNEL_WAVELENGTH_NM[channel as usize]);
-                eta = if entering { 1.0 / n } else { n };
+                eta = self.channel_eta(channel);
+            }
+            if self.rough_refraction() {
+                return self.sample_rough_refraction(wo, eta, share, channel, u1, u2, probs, l);
             }
             // Refraction into or out of a volume (a smooth interface: Snell's law, a delta
             // lobe). Beyond the critical angle the transmitted share is totally reflected.
             let sin2_t = eta * eta * (1.0 - wo.z * wo.z).max(0.0);
             if sin2_t >= 1.0 {
-                return Some(BsdfSample {
-                    wi: Vec3A::new(-wo.x, -wo.y, wo.z),
-                    weight: share / pt,
-                    pdf: pt,
-                    delta: true,
-                    channel,
-                });
+                return Some(total_internal_reflection(wo, share, pt, channel));
             }
             let cos_t = (1.0 - sin2_t).sqrt();
             // Schlick's approximation wants the cosine on the optically thinner side.
@@ -894,6 +996,70 @@ impl Bsdf {
         })
     }
 
+    /// Samples the rough refraction lobe: a visible microfacet normal, then Snell's law at
+    /// it. Where that microfacet totally reflects, the share is mirrored about the shading
+    /// normal as on a smooth interface (a delta sample), so no energy is lost inside the
+    /// volume.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn sample_rough_refraction(
+        &self,
+        wo: Vec3A,
+        eta: f32,
+        share: Vec3A,
+        channel: u8,
+        u1: f32,
+        u2: f32,
+        probs: &Probs,
+        l: &Layers,
+    ) -> Option<BsdfSample> {
+        let pt = probs.trans;
+        let h = self.sample_spec_normal(wo, u1, u2);
+        let c_o = wo.dot(h);
+        if c_o <= 0.0 {
+            return None;
+        }
+        let sin2_t = eta * eta * (1.0 - c_o * c_o).max(0.0);
+        if sin2_t >= 1.0 {
+            return Some(total_internal_reflection(wo, share, pt, channel));
+        }
+        let cos_t = (1.0 - sin2_t).sqrt();
+        let wi = (-eta * wo + (eta * c_o - cos_t) * h).normalize_or_zero();
+        if wi.z >= 0.0 {
+            return None;
+        }
+        if self.dispersion > 0.0 && self.channel >= ALL_CHANNELS {
+            // The channel was chosen just now: `eval` (which knows no channel yet) cannot
+            // give this sample's density, so it is weighted on its own, like a delta sample,
+            // and next-event estimation skips this lobe (`transmits_nondelta`).
+            let (btdf, p, cos_f) = self.rough_btdf(wo, wi, eta)?;
+            if p <= 0.0 || !p.is_finite() {
+                return None;
+            }
+            let t = (Vec3A::ONE - self.fresnel_dielectric(cos_f)) * share;
+            return Some(BsdfSample {
+                wi,
+                weight: t * (btdf * -wi.z / (pt * p)),
+                pdf: pt * p,
+                delta: true,
+                channel,
+            });
+        }
+        let mut with_channel = *self;
+        with_channel.channel = channel;
+        let (f, pdf) = with_channel.eval_with(wo, wi, probs, l);
+        if pdf <= 0.0 || !pdf.is_finite() {
+            return None;
+        }
+        Some(BsdfSample {
+            wi,
+            weight: f * (-wi.z / pdf),
+            pdf,
+            delta: false,
+            channel,
+        })
+    }
+
     /// What fraction of light passes straight through (for shadow rays through thin glass).
     #[inline]
     pub fn straight_transmittance(&self, cos: f32) -> Vec3A {
@@ -911,6 +1077,19 @@ impl Bsdf {
         (Vec3A::ONE - self.fresnel_dielectric(cos))
             * self.base
             * ((1.0 - self.metallic) * self.transmission * k)
+    }
+}
+
+/// The transmitted `share` totally reflected (a mirror about the shading normal), for a
+/// transmission lobe picked with probability `pt`.
+#[inline]
+fn total_internal_reflection(wo: Vec3A, share: Vec3A, pt: f32, channel: u8) -> BsdfSample {
+    BsdfSample {
+        wi: Vec3A::new(-wo.x, -wo.y, wo.z),
+        weight: share / pt,
+        pdf: pt,
+        delta: true,
+        channel,
     }
 }
 
@@ -1096,10 +1275,21 @@ mod tests {
         dt.diffuse_transmission_color = Vec3A::new(0.9, 0.5, 0.2);
         dt.sheen_color = Vec3A::splat(0.5);
         dt.sheen_roughness = 0.5;
+        let mut rough_in = Bsdf::base(Vec3A::ONE, 0.0, 0.09, Vec3A::splat(0.04), 1.0, 1.0);
+        rough_in.refract_eta = 1.0 / 1.5;
+        let mut rough_out = rough_in;
+        rough_out.refract_eta = 1.5;
+        let mut rough_disp = rough_in;
+        rough_disp.dispersion = 0.8;
+        rough_disp.channel = 2;
+        rough_disp.diffuse_transmission = 0.3;
         vec![
             ("anisotropic", aniso),
             ("iridescent", irid),
             ("diffuse transmission", dt),
+            ("rough glass, entering", rough_in),
+            ("rough glass, leaving", rough_out),
+            ("rough dispersive glass, blue", rough_disp),
         ]
     }
 
@@ -1111,6 +1301,7 @@ mod tests {
             let wo = Vec3A::new(0.4, -0.2, 0.8).normalize();
             let n = 48;
             let mut below = 0;
+            let transmits = name.contains("transmission") || name.contains("glass");
             for i in 0..n {
                 for j in 0..n {
                     let (u1, u2) = ((i as f32 + 0.5) / n as f32, (j as f32 + 0.5) / n as f32);
@@ -1118,6 +1309,9 @@ mod tests {
                         continue;
                     };
                     below += (s.wi.z < 0.0) as usize;
+                    if s.delta {
+                        continue;
+                    }
                     let (f, pdf) = b.eval(wo, s.wi);
                     assert!((pdf - s.pdf).abs() <= 1e-3 * pdf.max(1.0), "{name}");
                     let w = f * s.wi.z.abs() / pdf;
@@ -1128,7 +1322,7 @@ mod tests {
                     );
                 }
             }
-            assert_eq!(below > 0, name == "diffuse transmission", "{name}: {below}");
+            assert_eq!(below > 0, transmits, "{name}: {below}");
         }
     }
 

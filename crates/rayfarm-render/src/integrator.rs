@@ -253,13 +253,13 @@ impl RenderScene {
             let bsdf = surf.bsdf.prepare(to_local(-dir));
 
             // Next-event estimation: lights on the lit side, and behind the surface too when
-            // it transmits diffusely (the local and geometric sides must agree either way).
+            // it has a non-delta transmission lobe (diffuse transmission, rough refraction);
+            // the local and geometric sides must agree either way.
             let (u1, u2) = s.next_2d();
             if let Some(ls) = self.sample_light(surf.p, s.hashed(hashed + 1), u1, u2) {
                 let side = ls.wi.dot(surf.ng);
                 let wi = to_local(ls.wi);
-                if side > 0.0 || (side < 0.0 && wi.z < 0.0 && surf.bsdf.diffuse_transmission > 0.0)
-                {
+                if side > 0.0 || (side < 0.0 && wi.z < 0.0 && surf.bsdf.transmits_nondelta()) {
                     let (f, bsdf_pdf) = bsdf.eval(wi);
                     if f != Vec3A::ZERO {
                         let tr = self.transmittance(offset(surf.p, surf.ng, ls.wi), ls.wi, ls.dist);
