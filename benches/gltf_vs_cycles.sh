@@ -7,6 +7,9 @@
 #
 # Usage: bash benches/gltf_vs_cycles.sh [options of benches/gltf_vs_cycles.py]
 #   e.g. bash benches/gltf_vs_cycles.sh --spp 256 --threads 2 --only base sheen
+#        bash benches/gltf_vs_cycles.sh --only anisotropy --anisotropy gltf   (Cycles given the glTF lobe)
+# Iridescence, dispersion and diffuse transmission, which Blender's importer drops, are given to
+# Cycles by nodes the Python script builds from the file's JSON (see its add_unimported_extensions).
 # Environment:
 #   RAYFARM          rayfarm binary to test (default: build the release binary of this tree)
 #   CARGO_TARGET_DIR where cargo builds it (default: ./target)

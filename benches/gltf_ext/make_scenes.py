@@ -8,6 +8,10 @@ out of the picture. The benchmark adds a uniform white environment (radiance 1) 
 renderers. The key light is an area light on purpose: a delta light (KHR_lights_punctual)
 makes a sub-pixel glint on every smooth surface, whose variance swamped the per-object means. Only the spheres' materials differ from scene to scene; the
 first sphere of each scene is the plain-PBR reference of that row where that makes sense.
+One scene differs in its stage: diffuse_transmission stands four thin double-sided sheets
+(1 x 1, facing the camera) where the spheres stand and puts the key light behind them, so that
+what the camera sees of a sheet beyond the environment's light is light passed through it
+(and next-event estimation has to reach a light behind the surface).
 
 Usage: python3 benches/gltf_ext/make_scenes.py [OUT_DIR]   (default: this script's folder)
 Writes one .gltf per scene and stage.bin, the geometry they share. The output is
@@ -33,6 +37,9 @@ KEY_DIR = (-0.45, -0.8, -0.4)  # direction the key light faces (its light travel
 KEY_DISTANCE = 5.0  # from the origin, against KEY_DIR
 KEY_HALF = 1.0
 KEY_STRENGTH = 20.0
+KEY_DIR_BEHIND = (-0.3, -0.75, 0.6)  # the key light of the sheet scene: behind and above them
+SHEET_HALF = 0.5
+SHEET_LIFT = 0.05  # the sheets' lower edge above the floor
 
 FLOOR_MATERIAL = {
     "name": "floor",
@@ -58,7 +65,8 @@ def pbr(name, color, metallic=0.0, roughness=0.5, extensions=None, **extra):
     return m
 
 
-# scene name -> (extensions the scene exercises, [(node name, material)] for the four spheres)
+# scene name -> (extensions the scene exercises, [(node name, material)] for the four spheres
+#                [, options: "shape" "sphere" (default) or "sheet", "key_dir" (default KEY_DIR)])
 SCENES = {
     "base": ([], [
         ("diffuse_white", pbr("diffuse_white", (0.8, 0.8, 0.8), roughness=1.0)),
@@ -140,15 +148,15 @@ SCENES = {
             "KHR_materials_dispersion": {"dispersion": 1.0}})),
     ]),
     "diffuse_transmission": (["KHR_materials_diffuse_transmission"], [
-        ("dt_none", pbr("dt_none", (0.3, 0.7, 0.2), roughness=0.7)),
-        ("dt_half", pbr("dt_half", (0.3, 0.7, 0.2), roughness=0.7, extensions={
+        ("dt_none", pbr("dt_none", (0.3, 0.7, 0.2), roughness=0.7, doubleSided=True)),
+        ("dt_half", pbr("dt_half", (0.3, 0.7, 0.2), roughness=0.7, doubleSided=True, extensions={
             "KHR_materials_diffuse_transmission": {"diffuseTransmissionFactor": 0.5}})),
-        ("dt_full", pbr("dt_full", (0.3, 0.7, 0.2), roughness=0.7, extensions={
+        ("dt_full", pbr("dt_full", (0.3, 0.7, 0.2), roughness=0.7, doubleSided=True, extensions={
             "KHR_materials_diffuse_transmission": {"diffuseTransmissionFactor": 1.0}})),
-        ("dt_full_orange", pbr("dt_full_orange", (0.3, 0.7, 0.2), roughness=0.7, extensions={
+        ("dt_full_orange", pbr("dt_full_orange", (0.3, 0.7, 0.2), roughness=0.7, doubleSided=True, extensions={
             "KHR_materials_diffuse_transmission": {"diffuseTransmissionFactor": 1.0,
                                                    "diffuseTransmissionColorFactor": [1.0, 0.5, 0.1]}})),
-    ]),
+    ], {"shape": "sheet", "key_dir": KEY_DIR_BEHIND}),
     "specular": (["KHR_materials_specular"], [
         ("spec_default", pbr("spec_default", (0.1, 0.1, 0.1), roughness=0.2)),
         ("spec_zero", pbr("spec_zero", (0.1, 0.1, 0.1), roughness=0.2, extensions={
@@ -211,6 +219,16 @@ def key_quad(half):
     pos = [(-half, -half, 0.0), (-half, half, 0.0), (half, half, 0.0), (half, -half, 0.0)]
     nrm = [(0.0, 0.0, -1.0)] * 4
     uv = [(0.0, 1.0), (0.0, 0.0), (1.0, 0.0), (1.0, 1.0)]
+    tan = [(1.0, 0.0, 0.0, 1.0)] * 4
+    idx = [0, 1, 2, 0, 2, 3]
+    return pos, nrm, uv, tan, idx
+
+
+def sheet_quad(half):
+    """A square standing in the XY plane, facing +Z (the camera), its lower edge at y = 0."""
+    pos = [(-half, 0.0, 0.0), (half, 0.0, 0.0), (half, 2 * half, 0.0), (-half, 2 * half, 0.0)]
+    nrm = [(0.0, 0.0, 1.0)] * 4
+    uv = [(0.0, 1.0), (1.0, 1.0), (1.0, 0.0), (0.0, 0.0)]
     tan = [(1.0, 0.0, 0.0, 1.0)] * 4
     idx = [0, 1, 2, 0, 2, 3]
     return pos, nrm, uv, tan, idx
@@ -295,21 +313,32 @@ class Buffer:
         }, self.add(idx, "u32", 1, 34963)
 
 
-def build(scene_name, used, spheres):
+def build(scene_name, used, spheres, options=None):
+    options = options or {}
     buf = Buffer()
     sphere_attrs, sphere_idx = buf.add_mesh_data(uv_sphere(SPHERE_RADIUS))
     floor_attrs, floor_idx = buf.add_mesh_data(floor_quad(FLOOR_HALF))
     key_attrs, key_idx = buf.add_mesh_data(key_quad(KEY_HALF))
+    # Every scene's buffer holds the sheet too (appended last, so the other accessors keep
+    # their numbers), so that all scenes share one stage.bin; scenes of spheres drop its
+    # accessors and views.
+    sheet_attrs, sheet_idx = buf.add_mesh_data(sheet_quad(SHEET_HALF))
+    sheet = options.get("shape", "sphere") == "sheet"
+    if not sheet:
+        del buf.accessors[-5:], buf.views[-5:]
+    obj_attrs, obj_idx = (sheet_attrs, sheet_idx) if sheet else (sphere_attrs, sphere_idx)
+    key_dir = options.get("key_dir", KEY_DIR)
     materials = [FLOOR_MATERIAL, KEY_MATERIAL] + [m for _, m in spheres]
     meshes = [{"name": "floor", "primitives": [{"attributes": floor_attrs, "indices": floor_idx, "material": 0}]},
               {"name": "key_light", "primitives": [{"attributes": key_attrs, "indices": key_idx, "material": 1}]}]
-    key_len = math.sqrt(sum(c * c for c in KEY_DIR))
+    key_len = math.sqrt(sum(c * c for c in key_dir))
     nodes = [{"name": "floor", "mesh": 0},
-             {"name": "key_light", "mesh": 1, "rotation": direction_quaternion(KEY_DIR),
-              "translation": [round(-KEY_DISTANCE * c / key_len, 6) for c in KEY_DIR]}]
+             {"name": "key_light", "mesh": 1, "rotation": direction_quaternion(key_dir),
+              "translation": [round(-KEY_DISTANCE * c / key_len, 6) for c in key_dir]}]
     for k, (name, _) in enumerate(spheres):
-        meshes.append({"name": name, "primitives": [{"attributes": sphere_attrs, "indices": sphere_idx, "material": k + 2}]})
-        nodes.append({"name": name, "mesh": k + 2, "translation": [SPHERE_X[k], SPHERE_RADIUS, 0.0]})
+        meshes.append({"name": name, "primitives": [{"attributes": obj_attrs, "indices": obj_idx, "material": k + 2}]})
+        nodes.append({"name": name, "mesh": k + 2,
+                      "translation": [SPHERE_X[k], SHEET_LIFT if sheet else SPHERE_RADIUS, 0.0]})
     nodes.append({"name": "camera", "camera": 0, "translation": list(CAMERA_POS),
                   "rotation": look_at_quaternion(CAMERA_POS, CAMERA_TARGET)})
     ext_used = set(["KHR_materials_emissive_strength"])
@@ -337,8 +366,8 @@ def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
     os.makedirs(out_dir, exist_ok=True)
     stage = None
-    for name, (used, spheres) in SCENES.items():
-        doc, data = build(name, used, spheres)
+    for name, (used, spheres, *options) in SCENES.items():
+        doc, data = build(name, used, spheres, *options)
         # Every scene has the same geometry, so they share one binary buffer.
         assert stage is None or stage == data
         stage = data
