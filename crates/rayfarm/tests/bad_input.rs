@@ -284,10 +284,14 @@ fn required_unsupported_extension() {
 fn optional_unsupported_extension_warns_and_renders() {
     let dir = tempfile::tempdir().unwrap();
     let mut doc = triangle_gltf();
-    doc["extensionsUsed"] = json!(["KHR_materials_iridescence", "KHR_texture_transform"]);
+    // (KHR_materials_iridescence was the example here until rayfarm rendered it.)
+    doc["extensionsUsed"] = json!([
+        "KHR_materials_pbrSpecularGlossiness",
+        "KHR_texture_transform"
+    ]);
     doc["materials"][0]["extensions"] =
-        json!({ "KHR_materials_iridescence": { "iridescenceFactor": 1.0 } });
-    let p = write_gltf(dir.path(), "iridescent.gltf", &doc);
+        json!({ "KHR_materials_pbrSpecularGlossiness": { "glossinessFactor": 0.5 } });
+    let p = write_gltf(dir.path(), "glossy.gltf", &doc);
     let r = render(&p, dir.path(), &["--env-color", "0.5"]);
     r.assert_ok();
     let warnings: Vec<&str> = r
@@ -297,8 +301,8 @@ fn optional_unsupported_extension_warns_and_renders() {
         .collect();
     assert_eq!(warnings.len(), 1, "expected one warning: {}", r.stderr);
     assert!(
-        warnings[0].contains("iridescent.gltf")
-            && warnings[0].contains("KHR_materials_iridescence")
+        warnings[0].contains("glossy.gltf")
+            && warnings[0].contains("KHR_materials_pbrSpecularGlossiness")
     );
     assert!(
         !warnings[0].contains("KHR_texture_transform"),
