@@ -75,6 +75,38 @@ impl NetworkOptions {
     }
 }
 
+/// The master's own copy of the scene for its local cores: ready, or still to be built (the
+/// BVH). A scene still to be built is built on the local cores' thread after the master port
+/// listens, so workers connect and load the scene while the master builds its own.
+pub enum LocalScene {
+    Ready(Arc<RenderScene>),
+    Build(Box<dyn FnOnce() -> RenderScene + Send>),
+}
+
+impl LocalScene {
+    /// The scene, built now if it was still to be built.
+    pub fn get(self) -> Arc<RenderScene> {
+        match self {
+            LocalScene::Ready(s) => s,
+            LocalScene::Build(build) => {
+                let t = Instant::now();
+                let s = Arc::new(build());
+                tracing::info!(
+                    "master's own scene built in {:.2} s",
+                    t.elapsed().as_secs_f64()
+                );
+                s
+            }
+        }
+    }
+}
+
+impl From<Arc<RenderScene>> for LocalScene {
+    fn from(s: Arc<RenderScene>) -> Self {
+        LocalScene::Ready(s)
+    }
+}
+
 /// How a job ended.
 #[derive(Debug)]
 pub struct JobEnd {
@@ -215,7 +247,7 @@ pub async fn bind_master_port(bind: &str, first: u16) -> Result<(TcpListener, u1
 /// what was done, when a live view stopped it) and each node's share. `on_status` is called
 /// about twice a second.
 pub async fn render(
-    scene: Arc<RenderScene>,
+    scene: LocalScene,
     blob: Arc<Vec<u8>>,
     settings: RenderSettings,
     units: Vec<WorkUnit>,
@@ -268,7 +300,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// A `live` view sees the job converge and may stop it early.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_job(
-    scene: Arc<RenderScene>,
+    scene: LocalScene,
     blob: Arc<Vec<u8>>,
     work: Arc<Workload>,
     units: Vec<WorkUnit>,
@@ -349,10 +381,12 @@ pub async fn run_job(
     let local = if opts.no_local {
         None
     } else {
-        let (sched, scene, stop) = (sched.clone(), scene.clone(), stop_rx.clone());
+        let (sched, stop) = (sched.clone(), stop_rx.clone());
         let threads = opts.local_threads.max(1);
         let work = work.clone();
         Some(tokio::task::spawn_blocking(move || {
+            // Built here, after the port listens (workers need only the blob).
+            let scene = scene.get();
             local_render(sched, scene, work, threads, stop)
         }))
     };
@@ -745,5 +779,72 @@ pub async fn query_daemon(
             addr: addr.to_string(),
             got: other.name(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod listen_first_tests {
+    use super::*;
+    use rayfarm_render::film::plan_units;
+
+    /// Issue "From a few machines to a few hundred": the master port listens before the
+    /// master has built its own scene (the BVH), so workers can start loading at once. The
+    /// build here waits until a connection to the port succeeded; if the port opened only
+    /// after the build, the connection would never come and the test would fail after 10 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_master_listens_before_its_own_scene_is_built() {
+        let mut scene = rayfarm_scene::CompiledScene::default();
+        let m = scene.add_material(Default::default());
+        scene.add_sphere("ball", glam::Vec3::ZERO, 1.0, 8, 16, m);
+        scene.environment = rayfarm_scene::Environment::Color([1.0; 3]);
+        let camera = rayfarm_scene::camera::auto_camera(&scene, 1.0);
+        let blob = Arc::new(rayfarm_scene::blob::encode(&scene));
+        let settings = RenderSettings {
+            width: 8,
+            height: 8,
+            spp: 2,
+            max_bounces: 1,
+            seed: 1,
+            camera,
+        };
+        let units = plan_units(8, 8, 2, 8, 2);
+        let mut opts = NetworkOptions::local(1);
+        opts.listen = true;
+        opts.bind = "127.0.0.93".into();
+        opts.master_port = 21900;
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let build = move || {
+            wait.recv_timeout(Duration::from_secs(10))
+                .expect("nothing connected to the master port while its scene was not built");
+            RenderScene::new(scene)
+        };
+        let job = tokio::spawn(render(
+            LocalScene::Build(Box::new(build)),
+            blob,
+            settings,
+            units,
+            opts,
+            None,
+            |_| {},
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if tokio::net::TcpStream::connect("127.0.0.93:21900")
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the master port never opened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        go.send(()).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(30), job)
+            .await
+            .expect("the render did not end")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.film.region.width(), 8);
+        assert!(r.counts.is_none());
     }
 }

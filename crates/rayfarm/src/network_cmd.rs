@@ -264,7 +264,7 @@ pub fn network_options(a: &RenderNetworkArgs, local_threads: usize) -> Result<Ne
 /// machine alone), shown by `live` when given; returns the image or what a stop left.
 pub fn run_network(
     nr: NetworkRender,
-    scene: std::sync::Arc<rayfarm_render::RenderScene>,
+    scene: rayfarm_master::LocalScene,
     blob: Vec<u8>,
     settings: rayfarm_render::RenderSettings,
     units: Vec<rayfarm_render::WorkUnit>,
@@ -332,7 +332,7 @@ pub fn run_network_job(
     let mut failed: Option<anyhow::Error> = None;
     let end = rt.block_on(async {
         let fut = rayfarm_master::run_job(
-            scene,
+            scene.into(),
             std::sync::Arc::new(blob),
             work,
             units,

@@ -567,7 +567,6 @@ fn render_frame(
     let blob = network
         .as_ref()
         .map(|_| rayfarm_scene::blob::encode(&scene));
-    let rs = pool.install(|| RenderScene::new(scene));
     let units = if a.live.progressive() {
         plan_units_progressive(width, height, a.spp, a.tile, a.samples_per_unit)
     } else {
@@ -583,9 +582,12 @@ fn render_frame(
     let master_run = crate::live_cmd::master_run(network, blob, served.as_ref(), threads);
     let mut stopped_samples = None;
     let pixels = if let Some((nr, blob)) = master_run {
+        // The master builds its own BVH after its port listens: workers start loading the
+        // scene at once.
+        let build = move || pool.install(|| RenderScene::new(scene));
         let r = crate::network_cmd::run_network(
             nr,
-            std::sync::Arc::new(rs),
+            rayfarm_master::LocalScene::Build(Box::new(build)),
             blob,
             settings.clone(),
             units,
@@ -597,6 +599,7 @@ fn render_frame(
         shares = r.shares.clone();
         r.to_rgb(a.spp)
     } else {
+        let rs = pool.install(|| RenderScene::new(scene));
         let film = pool.install(|| {
             rayfarm_render::render_local(&rs, &settings, &units, &|n| {
                 let d = done.fetch_add(n, Ordering::Relaxed) + n;
