@@ -730,12 +730,12 @@ async fn session_loop(
                 last_seen = Instant::now();
                 match msg {
                     Msg::Heartbeat => {}
-                    Msg::UnitDone { unit, sums_zstd, nonfinite } => {
+                    Msg::UnitDone { unit, sums, nonfinite } => {
                         if !mine.remove(&unit) {
                             tracing::warn!("ignoring a result for a unit not assigned to this node: {unit:?}");
                             continue;
                         }
-                        let r = rayfarm_proto::decode_sums(&unit, &sums_zstd, nonfinite)?;
+                        let r = rayfarm_proto::decode_sums(&unit, &sums, nonfinite)?;
                         sched.lock().unwrap_or_else(|p| p.into_inner()).complete(node, r);
                     }
                     Msg::GiveBack { units } => {

@@ -386,8 +386,8 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                     hung.store(true, Ordering::Relaxed);
                     std::future::pending::<()>().await;
                 }
-                let sums_zstd = encode_sums(&r);
-                conn.send(&Msg::UnitDone { unit, sums_zstd, nonfinite: r.nonfinite_samples })
+                let sums = encode_sums(&r);
+                conn.send(&Msg::UnitDone { unit, sums, nonfinite: r.nonfinite_samples })
                     .await
                     .map_err(|e| e.to_string())?;
             }

@@ -16,6 +16,7 @@ pub mod channel;
 pub mod listener;
 pub mod messages;
 pub mod sums;
+pub mod unit_sums;
 
 pub use auth::{FarmKey, KeyError};
 pub use channel::ChannelError;
@@ -29,7 +30,7 @@ use tokio::net::TcpStream;
 
 /// Version of the messages and handshake below. Bump on any incompatible change.
 /// Version 3: the Noise channel replaced the challenge-response MACs.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).

@@ -30,7 +30,7 @@ pub enum WireError {
     #[error("unit {0:?} is too large")]
     UnitTooLarge(WireUnit),
     #[error("bad unit data: {0}")]
-    UnitData(#[source] crate::sums::SumsError),
+    UnitData(#[source] crate::unit_sums::UnitSumsError),
 }
 
 /// Error classes on the wire.
@@ -409,10 +409,11 @@ pub enum Msg {
     Assign {
         units: Vec<WireUnit>,
     },
-    /// Worker -> master: one unit's per-pixel fixed-point sums (i128 LE, RGB), zstd-compressed.
+    /// Worker -> master: one unit's per-pixel fixed-point sums (RGB) in the compact codec
+    /// ([`crate::unit_sums`]: zigzag varints, zstd).
     UnitDone {
         unit: WireUnit,
-        sums_zstd: Vec<u8>,
+        sums: Vec<u8>,
         nonfinite: u64,
     },
     /// Worker -> master: units it will not render (shutting down).
@@ -491,12 +492,12 @@ impl Msg {
     }
 }
 
-/// Encodes a unit result's sums for `Msg::UnitDone` ([`crate::sums`]).
+/// Encodes a unit result's sums for `Msg::UnitDone` ([`crate::unit_sums`]).
 pub fn encode_sums(r: &UnitResult) -> Vec<u8> {
-    crate::sums::encode(&r.sums, 1)
+    crate::unit_sums::encode(&r.sums)
 }
 
-/// Decodes `Msg::UnitDone` sums ([`crate::sums`]), checking the unit's size first.
+/// Decodes `Msg::UnitDone` sums ([`crate::unit_sums`]), checking the unit's size first.
 pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitResult, WireError> {
     if unit.x1 <= unit.x0
         || unit.y1 <= unit.y0
@@ -506,10 +507,10 @@ pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitR
         return Err(WireError::MalformedUnit(*unit));
     }
     let pixels = (unit.x1 - unit.x0) as usize * (unit.y1 - unit.y0) as usize;
-    if pixels * crate::sums::TEXEL_BYTES > crate::MAX_FRAME_BYTES * 8 {
+    if crate::unit_sums::max_varint_bytes(pixels) > crate::MAX_FRAME_BYTES * 8 {
         return Err(WireError::UnitTooLarge(*unit));
     }
-    let sums = crate::sums::decode(data, pixels).map_err(WireError::UnitData)?;
+    let sums = crate::unit_sums::decode(data, pixels).map_err(WireError::UnitData)?;
     Ok(UnitResult {
         unit: (*unit).into(),
         sums,
