@@ -1,7 +1,8 @@
 //! The compact codec of one unit's sums on the wire (`Msg::UnitDone`, protocol 4).
 //!
-//! Each pixel's three fixed-point sums are zigzag-mapped and written as LEB128 varints: a sum of
-//! 16 samples of radiance about 1 at 24 fractional bits needs 4 bytes instead of the 16 of an
+//! Each pixel's three fixed-point sums, minus the previous pixel's in the same channel
+//! (wrapping, so exact), are zigzag-mapped and written as LEB128 varints: a sum of 16 samples
+//! of radiance about 1 at 24 fractional bits needs about 4 bytes instead of the 16 of an
 //! `i128`, and 19 bytes at most. The varints then go through zstd level 1 with a compression
 //! and a decompression context kept per thread, so a master merging thousands of units a
 //! second does not build a context per unit (the part files of the job folder keep the plain
@@ -52,15 +53,18 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Encodes one unit's sums (zigzag LEB128 varints, then zstd level [`LEVEL`]).
+/// Encodes one unit's sums (deltas to the previous pixel, zigzag LEB128 varints, then zstd
+/// level [`LEVEL`]).
 pub fn encode(sums: &[[i128; 3]]) -> Vec<u8> {
     SCRATCH.with(|scratch| {
         let mut raw = scratch.borrow_mut();
         raw.clear();
         raw.reserve(sums.len() * 12);
+        let mut prev = [0i128; 3];
         for px in sums {
-            for &c in px {
-                let mut u = zigzag(c);
+            for (k, &c) in px.iter().enumerate() {
+                let mut u = zigzag(c.wrapping_sub(prev[k]));
+                prev[k] = c;
                 while u >= 0x80 {
                     raw.push((u as u8) | 0x80);
                     u >>= 7;
@@ -94,9 +98,10 @@ pub fn decode(data: &[u8], pixels: usize) -> Result<Vec<[i128; 3]>, UnitSumsErro
     })?;
     let mut out = Vec::with_capacity(pixels);
     let mut it = raw.iter();
+    let mut prev = [0i128; 3];
     for _ in 0..pixels {
         let mut px = [0i128; 3];
-        for c in &mut px {
+        for (k, c) in px.iter_mut().enumerate() {
             let mut u: u128 = 0;
             let mut shift = 0u32;
             loop {
@@ -112,7 +117,8 @@ pub fn decode(data: &[u8], pixels: usize) -> Result<Vec<[i128; 3]>, UnitSumsErro
                 }
                 shift += 7;
             }
-            *c = unzigzag(u);
+            *c = prev[k].wrapping_add(unzigzag(u));
+            prev[k] = *c;
         }
         out.push(px);
     }
