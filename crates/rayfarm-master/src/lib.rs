@@ -495,7 +495,8 @@ fn local_render(
                     if g.finished() {
                         return;
                     }
-                    g.take(node)
+                    let limit = g.join_limit();
+                    g.take_joined(node, limit)
                 };
                 match unit {
                     Some(u) => {
@@ -705,7 +706,8 @@ async fn session_loop(
         {
             let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
             while mine.len() + fresh.len() < target {
-                match s.take(node) {
+                let limit = s.join_limit();
+                match s.take_joined(node, limit) {
                     Some(u) => fresh.push(WireUnit::from(u)),
                     None => break,
                 }

@@ -27,9 +27,16 @@ struct Node {
     connected: bool,
 }
 
+/// The most planned units one handed-out unit joins (consecutive sample ranges of one tile).
+pub const MAX_JOINED_UNITS: usize = 8;
+
 pub struct Scheduler {
     pending: BTreeSet<WorkUnit>,
     in_flight: HashMap<WorkUnit, NodeId>,
+    /// Handed-out units that join several planned ones, with those parts (in order). A node
+    /// renders and sends one result for them: fewer, bigger results to send and merge, and
+    /// the same sums, since integer sums do not depend on how samples are grouped.
+    joined: HashMap<WorkUnit, Vec<WorkUnit>>,
     done: HashSet<WorkUnit>,
     total_units: usize,
     samples_total: u64,
@@ -88,6 +95,7 @@ impl Scheduler {
             total_units: pending.len(),
             pending,
             in_flight: HashMap::new(),
+            joined: HashMap::new(),
             done: HashSet::new(),
             samples_total,
             samples_done: 0,
@@ -193,6 +201,71 @@ impl Scheduler {
         Some(u)
     }
 
+    /// The next unit for `node` joined with up to `limit - 1` following sample ranges of the
+    /// same tile (planned units of the same length, in order), as one unit.
+    pub fn take_joined(&mut self, node: NodeId, limit: usize) -> Option<WorkUnit> {
+        if self.stopped {
+            return None;
+        }
+        let first = self.pending.pop_first()?;
+        let len = first.sample_end - first.sample_start;
+        let mut parts = vec![first];
+        let mut end = first.sample_end;
+        while parts.len() < limit && len > 0 {
+            let Some(next_end) = end.checked_add(len) else {
+                break;
+            };
+            let next = WorkUnit {
+                sample_start: end,
+                sample_end: next_end,
+                ..first
+            };
+            if !self.pending.remove(&next) {
+                break;
+            }
+            parts.push(next);
+            end = next_end;
+        }
+        let unit = WorkUnit {
+            sample_end: end,
+            ..first
+        };
+        if parts.len() > 1 {
+            self.joined.insert(unit, parts);
+        }
+        self.in_flight.insert(unit, node);
+        Some(unit)
+    }
+
+    /// How many planned units a handed-out unit should join now: many while much is pending
+    /// (a unit per 8 threads' worth of the queue, at most [`MAX_JOINED_UNITS`]), one near the
+    /// end so the last units balance across nodes, and one while a live view watches (its
+    /// passes should arrive small and fast).
+    pub fn join_limit(&self) -> usize {
+        if self.tracking {
+            return 1;
+        }
+        let threads: u64 = self
+            .nodes
+            .iter()
+            .filter(|n| n.connected)
+            .map(|n| u64::from(n.threads))
+            .sum::<u64>()
+            .max(1);
+        ((self.pending.len() as u64 / (8 * threads)) as usize).clamp(1, MAX_JOINED_UNITS)
+    }
+
+    /// Puts a handed-out unit (or the planned units it joins) back in the queue.
+    fn requeue(&mut self, unit: WorkUnit) {
+        self.in_flight.remove(&unit);
+        match self.joined.remove(&unit) {
+            Some(parts) => self.pending.extend(parts),
+            None => {
+                self.pending.insert(unit);
+            }
+        }
+    }
+
     /// Adds a result if `node` holds the unit; returns whether it was accepted.
     pub fn complete(&mut self, node: NodeId, r: UnitResult) -> bool {
         if self.in_flight.get(&r.unit) != Some(&node) {
@@ -208,23 +281,23 @@ impl Scheduler {
             .or_insert_with(|| Film::new_region(region));
         if film.add(&r).is_err() {
             // A malformed result: the unit goes back to the queue.
-            self.in_flight.remove(&r.unit);
-            self.pending.insert(r.unit);
+            self.requeue(r.unit);
             return false;
         }
         self.in_flight.remove(&r.unit);
         if self.tracking {
             self.track(layer, region, node, r.unit);
         }
+        let parts = self.joined.remove(&r.unit).unwrap_or_else(|| vec![r.unit]);
         let left = &mut self.layer_left[layer as usize];
-        *left -= 1;
+        *left -= parts.len();
         if *left == 0 {
             if let Some(f) = self.films.remove(&layer) {
                 self.finished_layers.push((layer as usize, f));
             }
             self.counts.remove(&layer);
         }
-        self.done.insert(r.unit);
+        self.done.extend(parts);
         let s = r.unit.samples();
         self.samples_done += s;
         if let Some(n) = self.nodes.get_mut(node) {
@@ -266,8 +339,7 @@ impl Scheduler {
     /// `node` returns a unit unrendered.
     pub fn give_back(&mut self, node: NodeId, unit: WorkUnit) {
         if self.in_flight.get(&unit) == Some(&node) {
-            self.in_flight.remove(&unit);
-            self.pending.insert(unit);
+            self.requeue(unit);
         }
     }
 
@@ -280,8 +352,7 @@ impl Scheduler {
             .map(|(&u, _)| u)
             .collect();
         for u in lost {
-            self.in_flight.remove(&u);
-            self.pending.insert(u);
+            self.requeue(u);
         }
         if let Some(n) = self.nodes.get_mut(node) {
             n.connected = false;
@@ -367,6 +438,49 @@ mod tests {
             sums: vec![[1, 1, 1]],
             nonfinite_samples: 0,
         }
+    }
+
+    /// Joined units: a node gets consecutive sample ranges of one tile as one unit; lost or
+    /// given back, the planned parts return to the queue; completed, each part counts as done
+    /// and the film holds the same sums as from the parts one by one.
+    #[test]
+    fn joined_units_cover_their_parts_exactly() {
+        let units: Vec<WorkUnit> = (0..6).map(unit).collect();
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], units);
+        let (a, b) = (s.add_node("a".into(), 1), s.add_node("b".into(), 1));
+        let j = s.take_joined(a, 3).unwrap();
+        assert_eq!((j.sample_start, j.sample_end), (0, 3));
+        s.node_lost(a);
+        let j = s.take_joined(b, 4).unwrap();
+        assert_eq!((j.sample_start, j.sample_end), (0, 4));
+        s.give_back(b, j);
+        let j = s.take_joined(b, 8).unwrap();
+        assert_eq!((j.sample_start, j.sample_end), (0, 6));
+        // A result for a part alone is not this node's unit.
+        assert!(!s.complete(b, result(unit(0))));
+        let r = UnitResult {
+            unit: j,
+            sums: vec![[6, 6, 6]],
+            nonfinite_samples: 0,
+        };
+        assert!(s.complete(b, r));
+        assert!(s.finished());
+        assert_eq!(s.status(0).samples_done, 6);
+        let (_, film) = s.take_finished().pop().unwrap();
+        assert_eq!(film.to_rgb(1)[0][0], 6.0 / (1u64 << 24) as f32);
+    }
+
+    /// Many units pending per thread: joined; few: one at a time; a live view: one.
+    #[test]
+    fn join_limit_follows_the_queue() {
+        let units: Vec<WorkUnit> = (0..200).map(unit).collect();
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], units);
+        s.add_node("a".into(), 2);
+        assert_eq!(s.join_limit(), MAX_JOINED_UNITS);
+        s.add_node("b".into(), 8);
+        assert_eq!(s.join_limit(), 2);
+        s.track_progress();
+        assert_eq!(s.join_limit(), 1);
     }
 
     #[test]
