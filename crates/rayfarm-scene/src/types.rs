@@ -174,6 +174,13 @@ impl Default for Material {
     }
 }
 
+/// Whether meshes with material `m` need per-vertex tangents: importers generate them (MikkTSpace)
+/// when a mesh has none.
+pub fn material_needs_tangents(m: &Material) -> bool {
+    // anisotropy: added with KHR_materials_anisotropy (`|| m.anisotropy_strength > 0.0`)
+    m.normal_texture.is_some() || m.clearcoat_normal_texture.is_some()
+}
+
 impl Material {
     /// Whether any part of this material emits light.
     pub fn is_emissive(&self) -> bool {
