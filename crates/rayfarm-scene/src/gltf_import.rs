@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod animation;
+mod avif;
 mod draco;
 mod ktx2;
 mod meshopt;
@@ -41,6 +42,7 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_materials_volume",
     "KHR_materials_variants",
     "EXT_texture_webp",
+    "EXT_texture_avif",
     "KHR_mesh_quantization",
     "EXT_meshopt_compression",
     "KHR_texture_basisu",
@@ -422,7 +424,9 @@ fn use_extension_sources(raw: &mut serde_json::Value) -> bool {
                     .and_then(|w| w.get("source"))
                     .cloned()
             };
-            let preferred = ext("EXT_texture_webp").or_else(|| ext("KHR_texture_basisu"));
+            let preferred = ext("EXT_texture_webp")
+                .or_else(|| ext("EXT_texture_avif"))
+                .or_else(|| ext("KHR_texture_basisu"));
             if let (Some(src), Some(obj)) = (preferred, t.as_object_mut()) {
                 obj.insert("source".into(), src);
                 changed = true;
@@ -1406,6 +1410,11 @@ impl<'a> Builder<'a> {
             let k = ktx2::decode(&bytes)
                 .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode KTX2: {e}")))?;
             (k.width, k.height, k.texels)
+        } else if avif::is_avif(&bytes) {
+            // EXT_texture_avif (or any AVIF image): decoded to RGBA8 here, once.
+            let a = avif::decode(&bytes)
+                .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode AVIF: {e}")))?;
+            (a.width, a.height, a.rgba8)
         } else {
             let decoded = image::load_from_memory(&bytes)
                 .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode: {e}")))?
