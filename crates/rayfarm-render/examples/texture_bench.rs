@@ -1,8 +1,8 @@
 //! Renders a glTF file on one thread and prints the time and a checksum of the image, for
 //! before/after comparisons of texture filtering (BENCHMARKS.md, "MIP selection from ray
-//! cones"). No IO beyond loading the scene; a constant grey sky lights it.
+//! cones"). With `sky`, a constant grey sky replaces the scene's environment.
 //!
-//! Usage: texture_bench SCENE.gltf [WIDTH HEIGHT SPP]
+//! Usage: texture_bench SCENE.gltf [WIDTH HEIGHT SPP [sky]]
 
 use rayfarm_render::{plan_units, render_local, RenderScene, RenderSettings};
 use rayfarm_scene::Environment;
@@ -12,7 +12,7 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1) else {
-        eprintln!("usage: texture_bench SCENE.gltf [WIDTH HEIGHT SPP]");
+        eprintln!("usage: texture_bench SCENE.gltf [WIDTH HEIGHT SPP [sky]]");
         std::process::exit(2);
     };
     let num = |i: usize, d: u32| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
@@ -21,7 +21,7 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(1);
     });
-    if !scene.materials.iter().any(|m| m.is_emissive()) && scene.lights.is_empty() {
+    if args.get(5).map(String::as_str) == Some("sky") {
         scene.environment = Environment::Color([0.8, 0.8, 0.8]);
     }
     let camera = scene.cameras.first().cloned().unwrap_or_else(|| {
