@@ -716,3 +716,29 @@ fn corrupt_avif_is_one_error_line() {
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 }
+
+/// A texture that only uses EXT_texture_avif (a PNG fallback in `source`, the extension in
+/// `extensionsUsed` alone) is read from its AVIF image, like WebP.
+#[test]
+fn avif_is_preferred_over_its_fallback() {
+    let avif: &[u8] = include_bytes!("data/avif/rgb.avif");
+    let png = encode(image::ImageFormat::Png);
+    let json = textured(
+        r#"{"source":1,"extensions":{"EXT_texture_avif":{"source":0}}}"#,
+        "image/avif",
+        avif,
+        r#""EXT_texture_avif""#,
+    )
+    .replace(r#""extensionsRequired":["EXT_texture_avif"],"#, "")
+    // The first `"}],` closes the images (the accessors' closes later).
+    .replacen(
+        r#""}],"#,
+        &format!(r#""}},{{"uri":"data:image/png;base64,{}"}}],"#, b64(&png)),
+        1,
+    );
+    assert!(json.contains("image/png") && !json.contains("extensionsRequired"));
+    let (s, warnings) = load(&json).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(s.images.len(), 1, "the fallback is not loaded");
+    assert_eq!((s.images[0].width, s.images[0].height), (8, 8));
+}
