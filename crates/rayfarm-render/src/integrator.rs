@@ -221,8 +221,9 @@ impl RenderScene {
     /// Texture footprints: the ray's `cone` filters the textures it hits; it goes on (same
     /// spread, flat-mirror approximation) through delta (mirror, glass) bounces and is dropped
     /// (full resolution) after any other bounce. Sound because emitters reached after a non-delta
-    /// bounce are weighed by MIS against light samples, which read full resolution too; and a
-    /// rough bounce's true footprint is so wide that anything narrower would only add noise.
+    /// bounce are weighed by MIS against light samples, which read full resolution too; and after
+    /// a rough bounce, where the true footprint is wide and unknown, full resolution costs a
+    /// little noise but never blurs.
     fn radiance_from(
         &self,
         mut org: Vec3A,
