@@ -9,6 +9,7 @@ use crate::bsdf::onb;
 use crate::film::{to_fixed, UnitResult, WorkUnit};
 use crate::sampler::Sampler;
 use crate::scene::{RenderScene, Surface};
+use crate::texture::RayCone;
 use glam::Vec3A;
 use rayfarm_scene::{AlphaMode, Camera, Projection};
 
@@ -93,6 +94,23 @@ pub fn camera_ray(cam: &Camera, width: u32, height: u32, fx: f32, fy: f32) -> (V
     }
 }
 
+/// The cone of every primary ray (ray cones for texture filtering, see [`RayCone`]): a
+/// perspective camera's rays start as points and widen by one pixel's angle, `2 tan(yfov / 2) /
+/// height`; an orthographic camera's are one pixel wide and do not widen.
+pub fn camera_cone(cam: &Camera, height: u32) -> RayCone {
+    let height = height.max(1) as f32;
+    match cam.projection {
+        Projection::Perspective { yfov, .. } => RayCone {
+            width: 0.0,
+            spread: 2.0 * (yfov * 0.5).tan() / height,
+        },
+        Projection::Orthographic { ymag, .. } => RayCone {
+            width: 2.0 * ymag / height,
+            spread: 0.0,
+        },
+    }
+}
+
 impl RenderScene {
     /// Closest hit with alpha testing; `u` decides stochastic (blend) transparency.
     #[inline]
@@ -164,9 +182,16 @@ impl RenderScene {
         Vec3A::ZERO
     }
 
-    /// Radiance along a camera ray for one sample.
-    pub fn radiance(&self, org: Vec3A, dir: Vec3A, max_bounces: u32, s: &mut Sampler) -> Vec3A {
-        self.radiance_from(org, dir, None, max_bounces, s)
+    /// Radiance along a camera ray with cone `cone` for one sample.
+    pub fn radiance(
+        &self,
+        org: Vec3A,
+        dir: Vec3A,
+        cone: RayCone,
+        max_bounces: u32,
+        s: &mut Sampler,
+    ) -> Vec3A {
+        self.radiance_from(org, dir, cone, None, max_bounces, s)
     }
 
     /// Radiance leaving the surface point `first` towards `-dir` for one sample, as if a camera
@@ -181,14 +206,29 @@ impl RenderScene {
         max_bounces: u32,
         s: &mut Sampler,
     ) -> Vec3A {
-        self.radiance_from(first.p - dir, dir, Some(first), max_bounces, s)
+        self.radiance_from(
+            first.p - dir,
+            dir,
+            RayCone::NONE,
+            Some(first),
+            max_bounces,
+            s,
+        )
     }
 
     /// The path loop of [`RenderScene::radiance`]; `first`, when given, replaces the first hit.
+    ///
+    /// Texture footprints: the ray's `cone` filters the textures it hits; it goes on (same
+    /// spread, flat-mirror approximation) through delta (mirror, glass) bounces and is dropped
+    /// (full resolution) after any other bounce. Sound because emitters reached after a non-delta
+    /// bounce are weighed by MIS against light samples, which read full resolution too; and after
+    /// a rough bounce, where the true footprint is wide and unknown, full resolution costs a
+    /// little noise but never blurs.
     fn radiance_from(
         &self,
         mut org: Vec3A,
         mut dir: Vec3A,
+        mut cone: RayCone,
         mut first: Option<Surface>,
         max_bounces: u32,
         s: &mut Sampler,
@@ -233,7 +273,10 @@ impl RenderScene {
                     // Beer-Lambert over the distance travelled inside.
                     beta *= (-sigma * hit.t).exp();
                 }
-                (self.surface(&hit, org, dir), Some(hit))
+                (
+                    self.surface_filtered(&hit, org, dir, cone.width_at(hit.t)),
+                    Some(hit),
+                )
             };
             if surf.emission != Vec3A::ZERO {
                 let w = match hit {
@@ -298,6 +341,10 @@ impl RenderScene {
                     None
                 };
             }
+            cone = match hit {
+                Some(hit) if bs.delta => cone.advanced(hit.t),
+                _ => RayCone::NONE,
+            };
             beta *= bs.weight;
             prev_pdf = bs.pdf;
             prev_delta = bs.delta;
@@ -322,6 +369,7 @@ impl RenderScene {
     pub fn render_unit(&self, settings: &RenderSettings, unit: &WorkUnit) -> UnitResult {
         let mut sums = Vec::with_capacity(unit.pixels());
         let mut nonfinite = 0u64;
+        let cone = camera_cone(&settings.camera, settings.height);
         for y in unit.y0..unit.y1 {
             for x in unit.x0..unit.x1 {
                 let pixel = y as u64 * settings.width as u64 + x as u64;
@@ -336,7 +384,7 @@ impl RenderScene {
                         x as f32 + jx,
                         y as f32 + jy,
                     );
-                    let l = self.radiance(org, dir, settings.max_bounces, &mut s);
+                    let l = self.radiance(org, dir, cone, settings.max_bounces, &mut s);
                     if !l.is_finite() {
                         if nonfinite == 0 {
                             tracing::warn!(

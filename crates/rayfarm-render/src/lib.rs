@@ -14,8 +14,9 @@ pub mod scene;
 pub mod texture;
 
 pub use film::{plan_units, plan_units_progressive, Film, FilmError, UnitResult, WorkUnit};
-pub use integrator::{camera_ray, RenderSettings};
+pub use integrator::{camera_cone, camera_ray, RenderSettings};
 pub use scene::RenderScene;
+pub use texture::RayCone;
 
 /// Default tile edge in pixels.
 pub const DEFAULT_TILE_PX: u32 = 32;

@@ -3,7 +3,7 @@
 
 use crate::bsdf::{luminance, onb, Bsdf, MIN_ALPHA, SHEEN_MIN_ROUGHNESS};
 use crate::bvh::{Bvh, Hit};
-use crate::texture::Textures;
+use crate::texture::{Footprint, Textures};
 use glam::{Vec2, Vec3A};
 use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind, TextureRef};
 use std::f32::consts::PI;
@@ -427,7 +427,7 @@ impl RenderScene {
             any_alpha_tested: alpha_tested.iter().any(|&a| a),
             material_textured,
             bvh,
-            textures: Textures::new(),
+            textures: Textures::build(&scene),
             env,
             lights,
             light_dist,
@@ -455,6 +455,21 @@ impl RenderScene {
         [get(&self.scene.uv0), get(&self.scene.uv1)]
     }
 
+    /// Twice the area of triangle `prim` in each UV set (zero without the set): the chapter's
+    /// `t_a` before the texture's size.
+    #[inline]
+    fn uv_areas(&self, prim: usize) -> [f32; 2] {
+        let t = self.scene.triangles[prim];
+        let area = |arr: &Vec<[f32; 2]>| -> f32 {
+            if arr.is_empty() {
+                return 0.0;
+            }
+            let [a, b, c] = t.map(|i| Vec2::from(arr[i as usize]));
+            (b - a).perp_dot(c - a).abs()
+        };
+        [area(&self.scene.uv0), area(&self.scene.uv1)]
+    }
+
     /// Opacity of a triangle at barycentrics (base colour alpha times texture alpha).
     #[inline]
     pub fn alpha(&self, prim: u32, b1: f32, b2: f32) -> f32 {
@@ -462,7 +477,12 @@ impl RenderScene {
         let mut a = m.base_color[3];
         if let Some(t) = &m.base_color_texture {
             let uvs = self.uvs(prim, b1, b2);
-            a *= self.textures.sample(&self.scene, t, &uvs, true).w;
+            // Alpha tests see the full-resolution image: visibility must not depend on how
+            // far the ray travelled.
+            a *= self
+                .textures
+                .sample(&self.scene, t, &uvs, true, &Footprint::FULL_RESOLUTION)
+                .w;
         }
         a
     }
@@ -484,9 +504,16 @@ impl RenderScene {
         }
     }
 
-    /// Emitted radiance of triangle `prim` at barycentrics, towards a viewer on the `front` side.
+    /// Emitted radiance of triangle `prim` at barycentrics, towards a viewer on the `front` side,
+    /// with emission textures at full resolution (light sampling).
     #[inline]
     pub fn emission(&self, prim: u32, b1: f32, b2: f32, front: bool) -> Vec3A {
+        self.emission_filtered(prim, b1, b2, front, &Footprint::FULL_RESOLUTION)
+    }
+
+    /// [`RenderScene::emission`] with emission textures filtered for the footprint `fp`.
+    #[inline]
+    fn emission_filtered(&self, prim: u32, b1: f32, b2: f32, front: bool, fp: &Footprint) -> Vec3A {
         let m = &self.scene.materials[self.scene.triangle_materials[prim as usize] as usize];
         if !m.is_emissive() || (!front && !m.double_sided) {
             return Vec3A::ZERO;
@@ -494,7 +521,7 @@ impl RenderScene {
         let mut e = Vec3A::from(m.emissive);
         if let Some(t) = &m.emissive_texture {
             let uvs = self.uvs(prim, b1, b2);
-            let s = self.textures.sample(&self.scene, t, &uvs, true);
+            let s = self.textures.sample(&self.scene, t, &uvs, true, fp);
             e *= Vec3A::new(s.x, s.y, s.z);
         }
         e
@@ -514,12 +541,13 @@ impl RenderScene {
         nt: &TextureRef,
         scale: f32,
         uvs: &[Vec2; 2],
+        fp: &Footprint,
     ) -> Vec3A {
         let s = &self.scene;
         let Some((tan, bit)) = self.tangent_frame(prim, b0, b1, b2, ns) else {
             return ns;
         };
-        let c = self.textures.sample(s, nt, uvs, false);
+        let c = self.textures.sample(s, nt, uvs, false, fp);
         let local = Vec3A::new(
             (c.x * 2.0 - 1.0) * scale,
             (c.y * 2.0 - 1.0) * scale,
@@ -542,16 +570,17 @@ impl RenderScene {
         ns: Vec3A,
         front: bool,
         uvs: &[Vec2; 2],
+        fp: &Footprint,
     ) {
         let s = &self.scene;
         if m.has_iridescence() {
             let mut f = m.iridescence;
             if let Some(tr) = &m.iridescence_texture {
-                f *= self.textures.sample(s, tr, uvs, false).x;
+                f *= self.textures.sample(s, tr, uvs, false, fp).x;
             }
             let mut nm = m.iridescence_thickness_max;
             if let Some(tr) = &m.iridescence_thickness_texture {
-                let g = self.textures.sample(s, tr, uvs, false).y;
+                let g = self.textures.sample(s, tr, uvs, false, fp).y;
                 let lo = m.iridescence_thickness_min;
                 nm = lo + (nm - lo) * g;
             }
@@ -562,11 +591,11 @@ impl RenderScene {
         if m.has_diffuse_transmission() {
             let mut f = m.diffuse_transmission;
             if let Some(tr) = &m.diffuse_transmission_texture {
-                f *= self.textures.sample(s, tr, uvs, false).w;
+                f *= self.textures.sample(s, tr, uvs, false, fp).w;
             }
             let mut color = Vec3A::from(m.diffuse_transmission_color);
             if let Some(tr) = &m.diffuse_transmission_color_texture {
-                let c = self.textures.sample(s, tr, uvs, true);
+                let c = self.textures.sample(s, tr, uvs, true, fp);
                 color *= Vec3A::new(c.x, c.y, c.z);
             }
             bsdf.diffuse_transmission = f.clamp(0.0, 1.0);
@@ -576,7 +605,7 @@ impl RenderScene {
             bsdf.dispersion = m.dispersion;
         }
         if m.has_anisotropy() {
-            let (strength, t) = self.anisotropy(prim, b0, b1, b2, ns, front, m, uvs);
+            let (strength, t) = self.anisotropy(prim, b0, b1, b2, ns, front, m, uvs, fp);
             bsdf.set_anisotropy(strength, t);
         }
     }
@@ -628,12 +657,13 @@ impl RenderScene {
         front: bool,
         m: &rayfarm_scene::Material,
         uvs: &[Vec2; 2],
+        fp: &Footprint,
     ) -> (f32, Vec3A) {
         let s = &self.scene;
         let mut strength = m.anisotropy_strength;
         let (mut dx, mut dy) = (1.0f32, 0.0f32);
         if let Some(tr) = &m.anisotropy_texture {
-            let c = self.textures.sample(s, tr, uvs, false);
+            let c = self.textures.sample(s, tr, uvs, false, fp);
             let d = Vec2::new(c.x * 2.0 - 1.0, c.y * 2.0 - 1.0);
             let d = d.normalize_or(Vec2::X);
             (dx, dy) = (d.x, d.y);
@@ -654,8 +684,15 @@ impl RenderScene {
         (strength.clamp(0.0, 1.0), local)
     }
 
-    /// Shading data at a hit of a ray with direction `dir`.
+    /// Shading data at a hit of a ray with direction `dir`, textures at full resolution.
     pub fn surface(&self, hit: &Hit, org: Vec3A, dir: Vec3A) -> Surface {
+        self.surface_filtered(hit, org, dir, 0.0)
+    }
+
+    /// Shading data at a hit of a ray with direction `dir` whose cone is `cone_width` wide at the
+    /// hit: minified textures are filtered over the footprint (ray cones, Ray Tracing Gems ch.
+    /// 20); a width of zero reads every texture at full resolution, as [`RenderScene::surface`].
+    pub fn surface_filtered(&self, hit: &Hit, org: Vec3A, dir: Vec3A, cone_width: f32) -> Surface {
         let s = &self.scene;
         let prim = hit.prim as usize;
         let t = s.triangles[prim];
@@ -670,16 +707,27 @@ impl RenderScene {
         let mut ns = (n0 * b0 + n1 * b1 + n2 * b2).normalize_or(ng_raw);
         let mat_idx = s.triangle_materials[prim];
         let m = &s.materials[mat_idx as usize];
-        let uvs = if self.material_textured[mat_idx as usize] {
-            self.uvs(hit.prim, b1, b2)
+        let (uvs, fp) = if self.material_textured[mat_idx as usize] {
+            let fp = if cone_width > 0.0 {
+                let e = (p1 - p0).cross(p2 - p0);
+                Footprint::new(
+                    cone_width,
+                    e.normalize_or_zero().dot(dir),
+                    e.length(),
+                    self.uv_areas(prim),
+                )
+            } else {
+                Footprint::FULL_RESOLUTION
+            };
+            (self.uvs(hit.prim, b1, b2), fp)
         } else {
-            [Vec2::ZERO; 2]
+            ([Vec2::ZERO; 2], Footprint::FULL_RESOLUTION)
         };
 
         // The coat follows the interpolated normal unless it has its own normal map.
         let ns_mesh = ns;
         if let Some(nt) = &m.normal_texture {
-            ns = self.normal_mapped(prim, b0, b1, b2, ns, nt, m.normal_scale, &uvs);
+            ns = self.normal_mapped(prim, b0, b1, b2, ns, nt, m.normal_scale, &uvs, &fp);
         }
         if !front {
             ns = -ns;
@@ -698,6 +746,7 @@ impl RenderScene {
                     nt,
                     m.clearcoat_normal_scale,
                     &uvs,
+                    &fp,
                 ),
                 None => ns_mesh,
             };
@@ -716,27 +765,27 @@ impl RenderScene {
 
         let mut base = Vec3A::new(m.base_color[0], m.base_color[1], m.base_color[2]);
         if let Some(tr) = &m.base_color_texture {
-            let c = self.textures.sample(s, tr, &uvs, true);
+            let c = self.textures.sample(s, tr, &uvs, true, &fp);
             base *= Vec3A::new(c.x, c.y, c.z);
         }
         let (mut metallic, mut roughness) = (m.metallic, m.roughness);
         if let Some(tr) = &m.metallic_roughness_texture {
-            let c = self.textures.sample(s, tr, &uvs, false);
+            let c = self.textures.sample(s, tr, &uvs, false, &fp);
             roughness *= c.y;
             metallic *= c.z;
         }
         let mut specular = m.specular;
         if let Some(tr) = &m.specular_texture {
-            specular *= self.textures.sample(s, tr, &uvs, false).w;
+            specular *= self.textures.sample(s, tr, &uvs, false, &fp).w;
         }
         let mut spec_color = Vec3A::from(m.specular_color);
         if let Some(tr) = &m.specular_color_texture {
-            let c = self.textures.sample(s, tr, &uvs, true);
+            let c = self.textures.sample(s, tr, &uvs, true, &fp);
             spec_color *= Vec3A::new(c.x, c.y, c.z);
         }
         let mut transmission = m.transmission;
         if let Some(tr) = &m.transmission_texture {
-            transmission *= self.textures.sample(s, tr, &uvs, false).x;
+            transmission *= self.textures.sample(s, tr, &uvs, false, &fp).x;
         }
         let r0 = ((m.ior - 1.0) / (m.ior + 1.0)).powi(2);
         let f0 = (spec_color * r0).min(Vec3A::ONE) * specular;
@@ -752,12 +801,12 @@ impl RenderScene {
         if m.has_sheen() {
             let mut color = Vec3A::from(m.sheen_color);
             if let Some(tr) = &m.sheen_color_texture {
-                let c = self.textures.sample(s, tr, &uvs, true);
+                let c = self.textures.sample(s, tr, &uvs, true, &fp);
                 color *= Vec3A::new(c.x, c.y, c.z);
             }
             let mut r = m.sheen_roughness;
             if let Some(tr) = &m.sheen_roughness_texture {
-                r *= self.textures.sample(s, tr, &uvs, false).w;
+                r *= self.textures.sample(s, tr, &uvs, false, &fp).w;
             }
             bsdf.sheen_color = color.clamp(Vec3A::ZERO, Vec3A::ONE);
             bsdf.sheen_roughness = r.clamp(SHEEN_MIN_ROUGHNESS, 1.0);
@@ -769,11 +818,11 @@ impl RenderScene {
         if m.has_clearcoat() {
             let mut c = m.clearcoat;
             if let Some(tr) = &m.clearcoat_texture {
-                c *= self.textures.sample(s, tr, &uvs, false).x;
+                c *= self.textures.sample(s, tr, &uvs, false, &fp).x;
             }
             let mut r = m.clearcoat_roughness;
             if let Some(tr) = &m.clearcoat_roughness_texture {
-                r *= self.textures.sample(s, tr, &uvs, false).y;
+                r *= self.textures.sample(s, tr, &uvs, false, &fp).y;
             }
             let r = r.clamp(0.0, 1.0);
             bsdf.clearcoat = c.clamp(0.0, 1.0);
@@ -785,10 +834,10 @@ impl RenderScene {
             || m.has_dispersion()
             || m.has_anisotropy()
         {
-            self.extension_lobes(&mut bsdf, m, prim, [b0, b1, b2], ns, front, &uvs);
+            self.extension_lobes(&mut bsdf, m, prim, [b0, b1, b2], ns, front, &uvs, &fp);
         }
         let emission = if m.is_emissive() {
-            self.emission(hit.prim, b1, b2, front)
+            self.emission_filtered(hit.prim, b1, b2, front, &fp)
         } else {
             Vec3A::ZERO
         };

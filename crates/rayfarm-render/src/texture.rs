@@ -1,7 +1,8 @@
-//! Texture lookups: UV transform, wrap modes, bilinear or nearest filtering, sRGB decoding.
+//! Texture lookups: UV transform, wrap modes, sRGB decoding, bilinear filtering (nearest when a
+//! sampler asks for it) and trilinear MIP filtering of minified textures from ray cones.
 
 use glam::{Vec2, Vec4};
-use rayfarm_scene::{CompiledScene, TextureRef, WrapMode};
+use rayfarm_scene::{CompiledScene, Texture, TextureRef, WrapMode};
 
 /// sRGB-encoded byte to linear value.
 pub fn srgb_to_linear(c: f32) -> f32 {
@@ -22,8 +23,84 @@ pub fn linear_to_srgb(c: f32) -> f32 {
     }
 }
 
+/// A ray's cone (Akenine-Möller et al., "Texture Level of Detail Strategies for Real-Time Ray
+/// Tracing", Ray Tracing Gems ch. 20): its width at the origin and how fast it widens, in radians,
+/// so the width at distance `t` is `width + spread * t`. The camera gives the first one
+/// ([`crate::integrator::camera_cone`]); [`RayCone::NONE`] (zero width, zero spread) means "no
+/// footprint": every lookup then reads the full-resolution image.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RayCone {
+    pub width: f32,
+    pub spread: f32,
+}
+
+impl RayCone {
+    /// No footprint: textures are read at full resolution (baking, light sampling, shadow rays).
+    pub const NONE: RayCone = RayCone {
+        width: 0.0,
+        spread: 0.0,
+    };
+
+    /// Width of the cone at distance `t` from its origin.
+    #[inline(always)]
+    pub fn width_at(self, t: f32) -> f32 {
+        self.width + self.spread * t
+    }
+
+    /// The cone continuing from a hit at distance `t` with the same spread (a flat mirror: the
+    /// surface's curvature is not added).
+    #[inline(always)]
+    pub fn advanced(self, t: f32) -> RayCone {
+        RayCone {
+            width: self.width_at(t),
+            spread: self.spread,
+        }
+    }
+}
+
+/// A ray's footprint on the triangle it hit, per UV set: `0.5 * log2(uv area / world area) +
+/// log2(cone width / |cos|)` (the chapter's lambda without the texture's own `0.5 * log2(w * h)`,
+/// which [`Textures::sample`] adds). Negative infinity reads the full-resolution image.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Footprint {
+    pub lod_base: [f32; 2],
+}
+
+impl Footprint {
+    /// Full resolution for every texture.
+    pub const FULL_RESOLUTION: Footprint = Footprint {
+        lod_base: [f32::NEG_INFINITY; 2],
+    };
+
+    /// The footprint of a cone `width` wide hitting a triangle of world-space area
+    /// `world_area` whose UV triangles have areas `uv_areas`, at `cos_theta` between the ray and
+    /// the geometric normal.
+    #[inline]
+    pub fn new(width: f32, cos_theta: f32, world_area: f32, uv_areas: [f32; 2]) -> Footprint {
+        if width <= 0.0 {
+            return Footprint::FULL_RESOLUTION;
+        }
+        let view = (width / cos_theta.abs()).log2();
+        Footprint {
+            lod_base: uv_areas.map(|a| 0.5 * (a / world_area).log2() + view),
+        }
+    }
+}
+
+/// One level of a texture's MIP pyramid below the full-resolution image.
+struct MipLevel {
+    width: u32,
+    height: u32,
+    rgba8: Vec<u8>,
+}
+
+/// Texture lookups and the MIP pyramid of every image (levels 1 and smaller; level 0 is the
+/// compiled scene's image itself). Pyramids are built here, when the render scene is built, and
+/// never travel in the compiled blob.
 pub struct Textures {
     srgb_lut: [f32; 256],
+    /// `mips[image]`: levels 1, 2, ... down to 1x1.
+    mips: Vec<Vec<MipLevel>>,
 }
 
 #[inline(always)]
@@ -49,17 +126,137 @@ impl Default for Textures {
     }
 }
 
-impl Textures {
-    pub fn new() -> Textures {
-        let mut srgb_lut = [0.0; 256];
-        for (i, v) in srgb_lut.iter_mut().enumerate() {
-            *v = srgb_to_linear(i as f32 / 255.0);
+fn srgb_lut() -> [f32; 256] {
+    let mut lut = [0.0; 256];
+    for (i, v) in lut.iter_mut().enumerate() {
+        *v = srgb_to_linear(i as f32 / 255.0);
+    }
+    lut
+}
+
+/// Linear value to the nearest sRGB byte, by search in the decoding table (so encoding and
+/// decoding agree exactly and no further float function is involved).
+fn linear_to_srgb_byte(lut: &[f32; 256], v: f32) -> u8 {
+    let i = lut.partition_point(|&x| x < v);
+    if i == 0 {
+        return 0;
+    }
+    if i >= 256 {
+        return 255;
+    }
+    if v - lut[i - 1] <= lut[i] - v {
+        (i - 1) as u8
+    } else {
+        i as u8
+    }
+}
+
+/// The next level down: each texel is the box average of the texels of `src` it covers
+/// (2x2, or 3 wide/tall where a source dimension is odd, so every texel counts). Images used
+/// as colour (`srgb`) are averaged in linear RGB and stored sRGB-encoded again; alpha and
+/// data images are averaged as stored.
+fn downsample(lut: &[f32; 256], src: &[u8], sw: u32, sh: u32, srgb: bool) -> MipLevel {
+    let (dw, dh) = ((sw / 2).max(1), (sh / 2).max(1));
+    let span = |d: u32, s: u32, n: u32| {
+        let lo = d * n / s;
+        let hi = ((d + 1) * n).div_ceil(s).min(n).max(lo + 1);
+        lo..hi
+    };
+    let mut out = Vec::with_capacity(dw as usize * dh as usize * 4);
+    for y in 0..dh {
+        let ys = span(y, dh, sh);
+        for x in 0..dw {
+            let xs = span(x, dw, sw);
+            let mut acc = [0.0f32; 4];
+            let mut n = 0.0f32;
+            for sy in ys.clone() {
+                for sx in xs.clone() {
+                    let o = (sy as usize * sw as usize + sx as usize) * 4;
+                    for c in 0..4 {
+                        let b = src[o + c];
+                        acc[c] += if srgb && c < 3 {
+                            lut[b as usize]
+                        } else {
+                            b as f32
+                        };
+                    }
+                    n += 1.0;
+                }
+            }
+            for (c, a) in acc.iter().enumerate() {
+                let v = a / n;
+                out.push(if srgb && c < 3 {
+                    linear_to_srgb_byte(lut, v)
+                } else {
+                    (v + 0.5).min(255.0) as u8
+                });
+            }
         }
-        Textures { srgb_lut }
+    }
+    MipLevel {
+        width: dw,
+        height: dh,
+        rgba8: out,
+    }
+}
+
+impl Textures {
+    /// Lookups without MIP pyramids (every lookup reads the full-resolution image).
+    pub fn new() -> Textures {
+        Textures {
+            srgb_lut: srgb_lut(),
+            mips: Vec::new(),
+        }
     }
 
-    /// Samples `r` at the UVs of the hit (`uvs[set]`). Colour textures (`srgb`) have their RGB
-    /// decoded before filtering; alpha is always linear.
+    /// Builds the MIP pyramid of every image of `scene`. An image any material reads as colour
+    /// (base colour, emissive, specular colour, sheen colour) is filtered in linear RGB; others
+    /// as stored. Deterministic: integer box sums of table values, in a fixed order.
+    pub fn build(scene: &CompiledScene) -> Textures {
+        let srgb_lut = srgb_lut();
+        let mut colour = vec![false; scene.images.len()];
+        for m in &scene.materials {
+            for r in [
+                &m.base_color_texture,
+                &m.emissive_texture,
+                &m.specular_color_texture,
+                &m.sheen_color_texture,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if let Some(t) = scene.textures.get(r.texture as usize) {
+                    if let Some(c) = colour.get_mut(t.image as usize) {
+                        *c = true;
+                    }
+                }
+            }
+        }
+        let mips = scene
+            .images
+            .iter()
+            .zip(&colour)
+            .map(|(img, &srgb)| {
+                let mut levels: Vec<MipLevel> = Vec::new();
+                let (mut w, mut h) = (img.width, img.height);
+                while w > 1 || h > 1 {
+                    let src = levels.last().map_or(&img.rgba8[..], |l| &l.rgba8[..]);
+                    let next = downsample(&srgb_lut, src, w, h, srgb);
+                    (w, h) = (next.width, next.height);
+                    levels.push(next);
+                }
+                levels
+            })
+            .collect();
+        Textures { srgb_lut, mips }
+    }
+
+    /// Samples `r` at the UVs of the hit (`uvs[set]`) with the ray's footprint `fp`. Colour
+    /// textures (`srgb`) have their RGB decoded before filtering; alpha is always linear.
+    ///
+    /// Magnified (lambda <= 0, or no footprint): one bilinear lookup in the full-resolution
+    /// image (nearest when the sampler asks for it). Minified: trilinear, bilinear in the two
+    /// levels around lambda and a linear blend between them.
     #[inline]
     pub fn sample(
         &self,
@@ -67,43 +264,208 @@ impl Textures {
         r: &TextureRef,
         uvs: &[Vec2; 2],
         srgb: bool,
+        fp: &Footprint,
     ) -> Vec4 {
-        let uv = uvs[(r.uv_set as usize).min(1)];
+        let set = (r.uv_set as usize).min(1);
+        let uv = uvs[set];
         let m = &r.transform;
         let u = m[0] * uv.x + m[1] * uv.y + m[2];
         let v = m[3] * uv.x + m[4] * uv.y + m[5];
         let tex = &scene.textures[r.texture as usize];
         let img = &scene.images[tex.image as usize];
-        let (w, h) = (img.width, img.height);
-        let fetch = |x: i64, y: i64| -> Vec4 {
-            let xi = wrap(x, w, tex.wrap_s);
-            let yi = wrap(y, h, tex.wrap_t);
-            let o = (yi * w as usize + xi) * 4;
-            let p = &img.rgba8[o..o + 4];
-            if srgb {
-                Vec4::new(
-                    self.srgb_lut[p[0] as usize],
-                    self.srgb_lut[p[1] as usize],
-                    self.srgb_lut[p[2] as usize],
-                    p[3] as f32 / 255.0,
-                )
-            } else {
-                Vec4::new(p[0] as f32, p[1] as f32, p[2] as f32, p[3] as f32) / 255.0
+        let lod_base = fp.lod_base[set];
+        let levels = self
+            .mips
+            .get(tex.image as usize)
+            .map_or(&[][..], |l| &l[..]);
+        if lod_base > f32::NEG_INFINITY && !levels.is_empty() {
+            // The texture transform scales UV areas by its determinant.
+            let det = (m[0] * m[4] - m[1] * m[3]).abs();
+            let texels = img.width as f32 * img.height as f32 * det;
+            let lambda = lod_base + 0.5 * texels.log2();
+            if lambda > 0.0 {
+                let lambda = lambda.min(levels.len() as f32);
+                let l0 = lambda.floor();
+                let frac = lambda - l0;
+                let l0 = l0 as usize;
+                let level = |l: usize| -> (&[u8], u32, u32) {
+                    if l == 0 {
+                        (&img.rgba8, img.width, img.height)
+                    } else {
+                        let m = &levels[l - 1];
+                        (&m.rgba8, m.width, m.height)
+                    }
+                };
+                let a = self.bilinear(tex, level(l0), u, v, srgb);
+                if frac <= 0.0 || l0 >= levels.len() {
+                    return a;
+                }
+                let b = self.bilinear(tex, level(l0 + 1), u, v, srgb);
+                return a.lerp(b, frac);
             }
-        };
-        let x = u * w as f32 - 0.5;
-        let y = v * h as f32 - 0.5;
-        if !x.is_finite() || !y.is_finite() {
-            return fetch(0, 0);
         }
+        let level0 = (&img.rgba8[..], img.width, img.height);
         if tex.nearest {
-            return fetch((x + 0.5).floor() as i64, (y + 0.5).floor() as i64);
+            let x = u * img.width as f32;
+            let y = v * img.height as f32;
+            if !x.is_finite() || !y.is_finite() {
+                return self.fetch(tex, level0, 0, 0, srgb);
+            }
+            return self.fetch(tex, level0, x.floor() as i64, y.floor() as i64, srgb);
+        }
+        self.bilinear(tex, level0, u, v, srgb)
+    }
+
+    #[inline(always)]
+    fn fetch(
+        &self,
+        tex: &Texture,
+        (data, w, h): (&[u8], u32, u32),
+        x: i64,
+        y: i64,
+        srgb: bool,
+    ) -> Vec4 {
+        let xi = wrap(x, w, tex.wrap_s);
+        let yi = wrap(y, h, tex.wrap_t);
+        let o = (yi * w as usize + xi) * 4;
+        let p = &data[o..o + 4];
+        if srgb {
+            Vec4::new(
+                self.srgb_lut[p[0] as usize],
+                self.srgb_lut[p[1] as usize],
+                self.srgb_lut[p[2] as usize],
+                p[3] as f32 / 255.0,
+            )
+        } else {
+            Vec4::new(p[0] as f32, p[1] as f32, p[2] as f32, p[3] as f32) / 255.0
+        }
+    }
+
+    #[inline(always)]
+    fn bilinear(
+        &self,
+        tex: &Texture,
+        level: (&[u8], u32, u32),
+        u: f32,
+        v: f32,
+        srgb: bool,
+    ) -> Vec4 {
+        let x = u * level.1 as f32 - 0.5;
+        let y = v * level.2 as f32 - 0.5;
+        if !x.is_finite() || !y.is_finite() {
+            return self.fetch(tex, level, 0, 0, srgb);
         }
         let (x0, y0) = (x.floor(), y.floor());
         let (fx, fy) = (x - x0, y - y0);
         let (x0, y0) = (x0 as i64, y0 as i64);
-        let a = fetch(x0, y0).lerp(fetch(x0 + 1, y0), fx);
-        let b = fetch(x0, y0 + 1).lerp(fetch(x0 + 1, y0 + 1), fx);
+        let a = self
+            .fetch(tex, level, x0, y0, srgb)
+            .lerp(self.fetch(tex, level, x0 + 1, y0, srgb), fx);
+        let b = self
+            .fetch(tex, level, x0, y0 + 1, srgb)
+            .lerp(self.fetch(tex, level, x0 + 1, y0 + 1, srgb), fx);
         a.lerp(b, fy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayfarm_scene::Image;
+
+    /// A 4x4 data texture whose red channel is 0, 16, 32, ... row by row.
+    fn scene_4x4() -> CompiledScene {
+        let mut s = CompiledScene::default();
+        s.images.push(Image {
+            name: "ramp".into(),
+            width: 4,
+            height: 4,
+            rgba8: (0..16u8).flat_map(|i| [i * 16, 0, 0, 255]).collect(),
+        });
+        s.textures.push(Texture {
+            image: 0,
+            wrap_s: WrapMode::ClampToEdge,
+            wrap_t: WrapMode::ClampToEdge,
+            nearest: false,
+        });
+        s
+    }
+
+    /// The footprint whose lambda for a 4x4 texture is `lambda`.
+    fn footprint(lambda: f32) -> Footprint {
+        Footprint {
+            lod_base: [lambda - 2.0; 2],
+        }
+    }
+
+    fn red(t: &Textures, s: &CompiledScene, uv: Vec2, fp: &Footprint) -> f32 {
+        t.sample(s, &TextureRef::new(0, 0), &[uv, uv], false, fp).x
+    }
+
+    #[test]
+    fn pyramid_is_a_box_filter_down_to_one_texel() {
+        let s = scene_4x4();
+        let t = Textures::build(&s);
+        let sizes: Vec<(u32, u32)> = t.mips[0].iter().map(|l| (l.width, l.height)).collect();
+        assert_eq!(sizes, vec![(2, 2), (1, 1)]);
+        // Level 1's top-left texel: mean of 0, 16, 64, 80.
+        assert_eq!(t.mips[0][0].rgba8[0], 40);
+        // Level 2: mean of everything, 120.
+        assert_eq!(t.mips[0][1].rgba8[0], 120);
+    }
+
+    #[test]
+    fn magnified_textures_read_level_zero() {
+        let s = scene_4x4();
+        let t = Textures::build(&s);
+        for uv in [
+            Vec2::new(0.3, 0.6),
+            Vec2::new(0.125, 0.875),
+            Vec2::new(0.51, 0.02),
+        ] {
+            let full = red(&t, &s, uv, &Footprint::FULL_RESOLUTION);
+            for lambda in [-3.0, -0.5, 0.0] {
+                assert_eq!(
+                    red(&t, &s, uv, &footprint(lambda)).to_bits(),
+                    full.to_bits()
+                );
+            }
+            // Without pyramids every footprint reads level 0 too.
+            let bare = Textures::new();
+            assert_eq!(
+                red(&bare, &s, uv, &footprint(1.5)).to_bits(),
+                full.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn minified_textures_blend_two_levels() {
+        let s = scene_4x4();
+        let t = Textures::build(&s);
+        let uv = Vec2::new(0.25, 0.25);
+        // Level 1 at its top-left texel centre: 40 / 255; level 2: 120 / 255.
+        let l1 = red(&t, &s, uv, &footprint(1.0));
+        let l2 = red(&t, &s, uv, &footprint(2.0));
+        assert!((l1 - 40.0 / 255.0).abs() < 1e-6, "{l1}");
+        assert!((l2 - 120.0 / 255.0).abs() < 1e-6, "{l2}");
+        let mid = red(&t, &s, uv, &footprint(1.25));
+        assert!((mid - (0.75 * l1 + 0.25 * l2)).abs() < 1e-6, "{mid}");
+        // Past the last level the 1x1 level is used.
+        assert_eq!(red(&t, &s, uv, &footprint(9.0)), l2);
+    }
+
+    #[test]
+    fn colour_images_are_filtered_in_linear_light() {
+        let lut = srgb_lut();
+        // Black and white average to linear 0.5, which is sRGB byte 188, not 128.
+        let src = [0, 0, 0, 0, 255, 255, 255, 255];
+        let l = downsample(&lut, &src, 2, 1, true);
+        assert_eq!(l.rgba8, vec![188, 188, 188, 128]);
+        let l = downsample(&lut, &src, 2, 1, false);
+        assert_eq!(l.rgba8, vec![128, 128, 128, 128]);
+        // Odd sizes: every source texel counts (3 wide -> 1, a box of all three).
+        let src = [30, 0, 0, 0, 60, 0, 0, 0, 90, 0, 0, 0];
+        assert_eq!(downsample(&lut, &src, 3, 1, false).rgba8, vec![60, 0, 0, 0]);
     }
 }

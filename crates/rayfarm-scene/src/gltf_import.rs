@@ -11,15 +11,17 @@
 //! Compressed data is decoded here, once, so nothing downstream (compiled scene, wire, workers)
 //! ever sees it: the `meshopt` submodule decodes EXT_meshopt_compression buffer views, `draco`
 //! KHR_draco_mesh_compression primitives (both by rewriting the JSON so that the accessor
-//! reader finds decoded bytes) and `ktx2` KHR_texture_basisu images.
+//! reader finds decoded bytes), `ktx2` KHR_texture_basisu images and `avif` EXT_texture_avif
+//! images.
 
 use crate::types::*;
 use crate::{LoadOptions, SceneError, Warnings};
-use glam::{Mat3, Mat4, Vec2, Vec3, Vec4};
+use glam::{Mat3, Mat4, Vec3};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod animation;
+mod avif;
 mod draco;
 mod ktx2;
 mod meshopt;
@@ -45,6 +47,7 @@ const SUPPORTED_EXTENSIONS: &[&str] = &[
     "KHR_materials_diffuse_transmission",
     "KHR_materials_variants",
     "EXT_texture_webp",
+    "EXT_texture_avif",
     "KHR_mesh_quantization",
     "EXT_meshopt_compression",
     "KHR_texture_basisu",
@@ -410,10 +413,11 @@ fn parse(
     })
 }
 
-/// EXT_texture_webp and KHR_texture_basisu: a texture's WebP or KTX2 image is named in its
-/// extension (with or without a PNG or JPEG fallback in `source`). We prefer the extension's
-/// image (WebP over KTX2 when a texture has both) and point `source` at it, so the rest of the
-/// importer sees an ordinary texture; [`Builder::image`] tells the formats apart by their bytes.
+/// EXT_texture_webp, EXT_texture_avif and KHR_texture_basisu: a texture's WebP, AVIF or KTX2
+/// image is named in its extension (with or without a PNG or JPEG fallback in `source`). We
+/// prefer the extension's image (WebP, then AVIF, then KTX2 when a texture has several) and point
+/// `source` at it, so the rest of the importer sees an ordinary texture; [`Builder::image`] tells
+/// the formats apart by their bytes.
 /// Returns whether anything changed.
 fn use_extension_sources(raw: &mut serde_json::Value) -> bool {
     let mut changed = false;
@@ -425,7 +429,9 @@ fn use_extension_sources(raw: &mut serde_json::Value) -> bool {
                     .and_then(|w| w.get("source"))
                     .cloned()
             };
-            let preferred = ext("EXT_texture_webp").or_else(|| ext("KHR_texture_basisu"));
+            let preferred = ext("EXT_texture_webp")
+                .or_else(|| ext("EXT_texture_avif"))
+                .or_else(|| ext("KHR_texture_basisu"));
             if let (Some(src), Some(obj)) = (preferred, t.as_object_mut()) {
                 obj.insert("source".into(), src);
                 changed = true;
@@ -859,7 +865,9 @@ impl<'a> Builder<'a> {
             let wants_tangents = material.needs_tangents();
 
             // Without normals glTF asks for flat shading: give every triangle its own vertices.
-            let (positions, normals, tangents, uv0, uv1, tris) = if normals.is_none() {
+            let (mut positions, mut normals, tangents, mut uv0, mut uv1, mut tris) = if normals
+                .is_none()
+            {
                 let mut p2 = Vec::with_capacity(tris.len() * 3);
                 let mut n2 = Vec::with_capacity(tris.len() * 3);
                 let dup = |v: &Option<Vec<[f32; 4]>>| {
@@ -917,8 +925,23 @@ impl<'a> Builder<'a> {
                         .normal_texture
                         .or(material.clearcoat_normal_texture)
                         .or(material.anisotropy_texture);
-                    uv_for_tangents(&normal_map, &uv0, &uv1)
-                        .map(|uv| compute_tangents(&positions, &normals, uv, &tris))
+                    let corners = uv_for_tangents(&normal_map, &uv0, &uv1)
+                        .map(|uv| mikktspace_corner_tangents(&positions, &normals, uv, &tris));
+                    corners.map(|corners| {
+                        let (tangents, copies) =
+                            split_vertices_by_tangent(positions.len(), &mut tris, &corners);
+                        // A vertex whose corners got different tangents is split: each copy
+                        // repeats the original's every other attribute.
+                        for &src in &copies {
+                            let src = src as usize;
+                            positions.push(positions[src]);
+                            normals.push(normals[src]);
+                            for uv in [&mut uv0, &mut uv1].into_iter().flatten() {
+                                uv.push(uv[src]);
+                            }
+                        }
+                        tangents
+                    })
                 }
                 None => None,
             };
@@ -1488,6 +1511,11 @@ impl<'a> Builder<'a> {
             let k = ktx2::decode(&bytes)
                 .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode KTX2: {e}")))?;
             (k.width, k.height, k.texels)
+        } else if avif::is_avif(&bytes) {
+            // EXT_texture_avif (or any AVIF image): decoded to RGBA8 here, once.
+            let a = avif::decode(&bytes)
+                .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode AVIF: {e}")))?;
+            (a.width, a.height, a.rgba8)
         } else {
             let decoded = image::load_from_memory(&bytes)
                 .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode: {e}")))?
@@ -1777,49 +1805,128 @@ fn uv_for_tangents<'a>(
     }
 }
 
-/// Per-vertex tangents from UV derivatives, accumulated over adjacent triangles and
-/// orthogonalised against the normal (Lengyel's method). glTF recommends MikkTSpace; for the
-/// smooth, consistently mapped meshes that carry normal maps the two agree closely.
-fn compute_tangents(
+/// The mesh as MikkTSpace reads it: indexed triangles, one face corner at a time.
+struct MikkMesh<'a> {
+    positions: &'a [Vec3],
+    normals: &'a [Vec3],
+    uv: &'a [[f32; 4]],
+    tris: &'a [[u32; 3]],
+    /// Output: tangent and handedness of each face corner (3 per triangle).
+    corners: Vec<[f32; 4]>,
+}
+
+impl bevy_mikktspace::Geometry for MikkMesh<'_> {
+    fn num_faces(&self) -> usize {
+        self.tris.len()
+    }
+    fn num_vertices_of_face(&self, _face: usize) -> usize {
+        3
+    }
+    fn position(&self, face: usize, vert: usize) -> [f32; 3] {
+        self.positions[self.tris[face][vert] as usize].to_array()
+    }
+    fn normal(&self, face: usize, vert: usize) -> [f32; 3] {
+        self.normals[self.tris[face][vert] as usize].to_array()
+    }
+    fn tex_coord(&self, face: usize, vert: usize) -> [f32; 2] {
+        let t = self.uv[self.tris[face][vert] as usize];
+        [t[0], t[1]]
+    }
+    fn set_tangent(
+        &mut self,
+        tangent_space: Option<bevy_mikktspace::TangentSpace>,
+        face: usize,
+        vert: usize,
+    ) {
+        let n = self.normals[self.tris[face][vert] as usize];
+        self.corners[face * 3 + vert] = match tangent_space {
+            Some(ts) => {
+                let [x, y, z, w] = ts.tangent_encoded();
+                let t = Vec3::new(x, y, z);
+                // MikkTSpace leaves a zero tangent where the UVs give no direction at all.
+                let t = (t - n * n.dot(t)).normalize_or(n.any_orthonormal_vector());
+                [t.x, t.y, t.z, w]
+            }
+            // A degenerate triangle with no neighbour to borrow from: any frame will do.
+            None => {
+                let t = n.any_orthonormal_vector();
+                [t.x, t.y, t.z, 1.0]
+            }
+        };
+    }
+}
+
+/// MikkTSpace tangents (glTF's choice for meshes without a TANGENT attribute) of every face
+/// corner, 3 per triangle in `tris` order. MikkTSpace takes unwelded corners, welds what it may
+/// share itself, and can give the corners of one of our vertices different tangents (at mirrored
+/// UVs, or where the normals' angle splits a group); [`split_vertices_by_tangent`] resolves that.
+/// The data is world-space with `tris` wound counter-clockwise about the normals, so the
+/// handedness `w` needs no correction for mirroring transforms.
+fn mikktspace_corner_tangents(
     positions: &[Vec3],
     normals: &[Vec3],
     uv: &[[f32; 4]],
     tris: &[[u32; 3]],
 ) -> Vec<[f32; 4]> {
-    let n = positions.len();
-    let mut tan = vec![Vec3::ZERO; n];
-    let mut bit = vec![Vec3::ZERO; n];
-    for t in tris {
-        let [i0, i1, i2] = t.map(|i| i as usize);
-        let (p0, p1, p2) = (positions[i0], positions[i1], positions[i2]);
-        let w = |i: usize| Vec2::new(uv[i][0], uv[i][1]);
-        let (w0, w1, w2) = (w(i0), w(i1), w(i2));
-        let (e1, e2) = (p1 - p0, p2 - p0);
-        let (d1, d2) = (w1 - w0, w2 - w0);
-        let det = d1.x * d2.y - d2.x * d1.y;
-        if det.abs() < 1e-20 {
-            continue;
-        }
-        let r = 1.0 / det;
-        let s = (e1 * d2.y - e2 * d1.y) * r;
-        let tt = (e2 * d1.x - e1 * d2.x) * r;
-        for i in [i0, i1, i2] {
-            tan[i] += s;
-            bit[i] += tt;
+    let mut mesh = MikkMesh {
+        positions,
+        normals,
+        uv,
+        tris,
+        corners: vec![[1.0, 0.0, 0.0, 1.0]; tris.len() * 3],
+    };
+    // The error type has no values: generation cannot fail.
+    let _ = bevy_mikktspace::generate_tangents(&mut mesh);
+    mesh.corners
+}
+
+/// Per-vertex tangents from per-corner ones, as glTF viewers get them by computing on unindexed
+/// geometry: a vertex keeps the tangent of its first corner (in triangle order); a corner whose
+/// tangent differs (bit for bit) from its vertex's gets a new vertex instead, shared by every
+/// later corner of the same vertex with the same tangent. Rewrites `tris`; returns the tangents
+/// of the `vertex_count + copies.len()` vertices and, for each new vertex, the vertex it copies.
+fn split_vertices_by_tangent(
+    vertex_count: usize,
+    tris: &mut [[u32; 3]],
+    corners: &[[f32; 4]],
+) -> (Vec<[f32; 4]>, Vec<u32>) {
+    let mut tangents: Vec<Option<[f32; 4]>> = vec![None; vertex_count];
+    // The copies made of each original vertex so far (few: usually none).
+    let mut copies_of: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+    let mut copies = Vec::new();
+    let same =
+        |a: &[f32; 4], b: &[f32; 4]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    for (f, tri) in tris.iter_mut().enumerate() {
+        for (k, v) in tri.iter_mut().enumerate() {
+            let c = corners[f * 3 + k];
+            let orig = *v as usize;
+            match &tangents[orig] {
+                None => tangents[orig] = Some(c),
+                Some(t) if same(t, &c) => {}
+                Some(_) => {
+                    let list = copies_of.entry(*v).or_default();
+                    let found = list
+                        .iter()
+                        .copied()
+                        .find(|&i| tangents[i as usize].is_some_and(|t| same(&t, &c)));
+                    let new = found.unwrap_or_else(|| {
+                        let i = tangents.len() as u32;
+                        tangents.push(Some(c));
+                        copies.push(*v);
+                        list.push(i);
+                        i
+                    });
+                    *v = new;
+                }
+            }
         }
     }
-    (0..n)
-        .map(|i| {
-            let nn = normals[i];
-            let t = (tan[i] - nn * nn.dot(tan[i])).normalize_or(nn.any_orthonormal_vector());
-            let w = if nn.cross(t).dot(bit[i]) < 0.0 {
-                -1.0
-            } else {
-                1.0
-            };
-            Vec4::new(t.x, t.y, t.z, w).to_array()
-        })
-        .collect()
+    // Vertices no triangle uses keep any tangent.
+    let tangents = tangents
+        .into_iter()
+        .map(|t| t.unwrap_or([1.0, 0.0, 0.0, 1.0]))
+        .collect();
+    (tangents, copies)
 }
 
 #[cfg(test)]
@@ -1837,6 +1944,71 @@ mod tests {
         match r {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    fn assert_tangent(got: [f32; 4], want: [f32; 4]) {
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5),
+            "tangent {got:?}, expected {want:?}"
+        );
+    }
+
+    #[test]
+    fn mikktspace_tangents_of_a_uv_mapped_quad() {
+        // A unit quad in the z = 0 plane facing +Z, mapped as glTF maps images (v grows
+        // downwards, so along -Y): the tangent is +X and the bitangent -Y = -(N x T), w = -1.
+        let positions = [Vec3::ZERO, Vec3::X, Vec3::new(1.0, 1.0, 0.0), Vec3::Y];
+        let normals = [Vec3::Z; 4];
+        let uv: Vec<[f32; 4]> = positions
+            .iter()
+            .map(|p| [p.x, 1.0 - p.y, 0.0, 0.0])
+            .collect();
+        let mut tris = vec![[0, 1, 2], [0, 2, 3]];
+        let corners = mikktspace_corner_tangents(&positions, &normals, &uv, &tris);
+        assert_eq!(corners.len(), 6);
+        let (tangents, copies) = split_vertices_by_tangent(4, &mut tris, &corners);
+        assert!(
+            copies.is_empty(),
+            "a consistently mapped quad splits nothing"
+        );
+        assert_eq!(tris, vec![[0, 1, 2], [0, 2, 3]]);
+        for t in tangents {
+            assert_tangent(t, [1.0, 0.0, 0.0, -1.0]);
+        }
+    }
+
+    #[test]
+    fn mikktspace_splits_vertices_on_a_mirrored_uv_seam() {
+        // Two quads side by side sharing the edge x = 1, the right one's U mirrored (u = 2 - x):
+        // left tangent +X, right tangent -X, and the two seam vertices must be split.
+        //   3 - 4 - 5
+        //   |   |   |
+        //   0 - 1 - 2
+        let positions: Vec<Vec3> = (0..6)
+            .map(|i| Vec3::new((i % 3) as f32, (i / 3) as f32, 0.0))
+            .collect();
+        let normals = vec![Vec3::Z; 6];
+        let uv: Vec<[f32; 4]> = positions
+            .iter()
+            .map(|p| [1.0 - (p.x - 1.0).abs(), p.y, 0.0, 0.0])
+            .collect();
+        let mut tris = vec![[0, 1, 4], [0, 4, 3], [1, 2, 5], [1, 5, 4]];
+        let corners = mikktspace_corner_tangents(&positions, &normals, &uv, &tris);
+        let (tangents, copies) = split_vertices_by_tangent(6, &mut tris, &corners);
+        assert_eq!(
+            copies,
+            vec![1, 4],
+            "the seam's two vertices are copied once each"
+        );
+        assert_eq!(tangents.len(), 8);
+        // The right quad now uses the copies (6 for vertex 1, 7 for vertex 4).
+        assert_eq!(tris, vec![[0, 1, 4], [0, 4, 3], [6, 2, 5], [6, 5, 7]]);
+        for v in [0, 1, 3, 4] {
+            assert_tangent(tangents[v], [1.0, 0.0, 0.0, 1.0]);
+        }
+        for v in [2, 5, 6, 7] {
+            assert_tangent(tangents[v], [-1.0, 0.0, 0.0, -1.0]);
         }
     }
 

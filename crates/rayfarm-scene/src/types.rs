@@ -274,7 +274,8 @@ impl Material {
     }
 
     /// Whether shading needs per-vertex tangents: a normal map (the base's or the coat's) or
-    /// an anisotropy direction, both defined in tangent space.
+    /// an anisotropy direction, both defined in tangent space. Importers generate them
+    /// (MikkTSpace) when a mesh with such a material has none.
     pub fn needs_tangents(&self) -> bool {
         self.normal_texture.is_some()
             || self.clearcoat_normal_texture.is_some()

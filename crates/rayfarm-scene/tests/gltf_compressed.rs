@@ -650,3 +650,95 @@ fn corrupt_draco_is_one_error_line_naming_the_primitive() {
         assert_eq!(e.lines().count(), 1, "case {i}: {e}");
     }
 }
+
+fn close(got: &[u8], want: [u8; 4]) -> bool {
+    got.iter().zip(want).all(|(&g, w)| g.abs_diff(w) <= 3)
+}
+
+/// EXT_texture_avif (required, no fallback): an 8-bit 4:4:4 AVIF and one with an alpha image
+/// decode to what Pillow (libavif) decodes them to, within rounding.
+#[test]
+fn avif_textures_decode_like_libavif() {
+    let rgb = textured(
+        r#"{"extensions":{"EXT_texture_avif":{"source":0}}}"#,
+        "image/avif",
+        include_bytes!("data/avif/rgb.avif"),
+        r#""EXT_texture_avif""#,
+    );
+    let (s, warnings) = load(&rgb).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let img = &s.images[0];
+    assert_eq!((img.width, img.height), (8, 8));
+    let px = |x: usize, y: usize| &img.rgba8[(y * 8 + x) * 4..][..4];
+    assert!(close(px(0, 0), [201, 30, 30, 255]), "{:?}", px(0, 0));
+    assert!(close(px(7, 7), [29, 30, 199, 255]), "{:?}", px(7, 7));
+
+    let rgba = textured(
+        r#"{"extensions":{"EXT_texture_avif":{"source":0}}}"#,
+        "image/avif",
+        include_bytes!("data/avif/rgba.avif"),
+        r#""EXT_texture_avif""#,
+    );
+    let (s, _) = load(&rgba).unwrap();
+    let img = &s.images[0];
+    let px = |x: usize, y: usize| &img.rgba8[(y * 8 + x) * 4..][..4];
+    assert!(close(px(0, 0), [39, 180, 41, 255]), "{:?}", px(0, 0));
+    assert!(close(px(7, 7), [39, 180, 41, 64]), "{:?}", px(7, 7));
+}
+
+#[test]
+fn corrupt_avif_is_one_error_line() {
+    let avif: &[u8] = include_bytes!("data/avif/rgb.avif");
+    let truncated = avif[..avif.len() / 2].to_vec();
+    let mut scrambled = avif.to_vec();
+    // Keep the container, scramble the AV1 data at the end.
+    let n = scrambled.len();
+    for b in &mut scrambled[n - 40..] {
+        *b ^= 0x5a;
+    }
+    // The file type box alone.
+    let no_image = avif[..32].to_vec();
+    for (broken, must_fail) in [(truncated, true), (no_image, true), (scrambled, false)] {
+        let json = textured(
+            r#"{"extensions":{"EXT_texture_avif":{"source":0}}}"#,
+            "image/avif",
+            &broken,
+            r#""EXT_texture_avif""#,
+        );
+        // Scrambled AV1 data may still decode (to other pixels); it must not panic.
+        let e = match load(&json) {
+            Ok(_) if !must_fail => continue,
+            Ok(_) => panic!("a broken AVIF file loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.starts_with("model.gltf: image 0"), "{e}");
+        assert!(e.contains("cannot decode AVIF"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+/// A texture that only uses EXT_texture_avif (a PNG fallback in `source`, the extension in
+/// `extensionsUsed` alone) is read from its AVIF image, like WebP.
+#[test]
+fn avif_is_preferred_over_its_fallback() {
+    let avif: &[u8] = include_bytes!("data/avif/rgb.avif");
+    let png = encode(image::ImageFormat::Png);
+    let json = textured(
+        r#"{"source":1,"extensions":{"EXT_texture_avif":{"source":0}}}"#,
+        "image/avif",
+        avif,
+        r#""EXT_texture_avif""#,
+    )
+    .replace(r#""extensionsRequired":["EXT_texture_avif"],"#, "")
+    // The first `"}],` closes the images (the accessors' closes later).
+    .replacen(
+        r#""}],"#,
+        &format!(r#""}},{{"uri":"data:image/png;base64,{}"}}],"#, b64(&png)),
+        1,
+    );
+    assert!(json.contains("image/png") && !json.contains("extensionsRequired"));
+    let (s, warnings) = load(&json).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(s.images.len(), 1, "the fallback is not loaded");
+    assert_eq!((s.images[0].width, s.images[0].height), (8, 8));
+}
