@@ -195,6 +195,13 @@ pub fn decode_ktx2(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
     ktx2::decode(bytes).map(|k| (k.width, k.height, k.texels))
 }
 
+/// Decodes an AVIF image to RGBA8 (width, height, texels) as the importer does for
+/// EXT_texture_avif, with the container and the size checked first. Errors say what is wrong
+/// with the file.
+pub fn decode_avif(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
+    avif::decode(bytes).map(|a| (a.width, a.height, a.rgba8))
+}
+
 /// The time span `[start, end]` in seconds covered by the keyframes of all animations of a
 /// `.gltf` or `.glb` file, or None when it has none. See [`animation_span_from_slice`].
 pub fn animation_span(path: &Path) -> Result<Option<(f32, f32)>, SceneError> {

@@ -41,6 +41,19 @@ pub(super) struct Decoded {
 /// Decodes an AVIF file. Errors are lower-case sentences for the importer to prefix with the
 /// file and image.
 pub(super) fn decode(bytes: &[u8]) -> Result<Decoded, String> {
+    // A panic in the container parser or in our conversion must be one error line, not a
+    // crash of the importer; the decoder's context and pictures are leaked, not released,
+    // while a panic unwinds (see their `Drop`). Known limit: rav1d 1.1 itself panics on some
+    // corrupt AV1 streams (the `avif_decode` fuzz target finds `try_write().unwrap()` in its
+    // error path within a minute), and since its API is `extern "C"`, such a panic aborts the
+    // process instead of unwinding to here. Truncated files and broken containers are caught
+    // before rav1d sees them.
+    std::panic::catch_unwind(|| decode_unguarded(bytes)).unwrap_or_else(|_| {
+        Err("the AV1 decoder failed on this data (corrupt or unsupported)".into())
+    })
+}
+
+fn decode_unguarded(bytes: &[u8]) -> Result<Decoded, String> {
     let avif = avif_parse::read_avif(&mut &bytes[..])
         .map_err(|e| format!("not a valid AVIF file: {e}"))?;
     let meta = avif
@@ -159,6 +172,11 @@ impl Decoder {
 
 impl Drop for Decoder {
     fn drop(&mut self) {
+        // After a panic inside rav1d the context may be inconsistent, and closing it could
+        // panic again while unwinding (an abort): leak it instead.
+        if std::thread::panicking() {
+            return;
+        }
         // SAFETY: `ctx` came from `dav1d_open`; closing sets it to None.
         unsafe { dav1d_close(Some(NonNull::from(&mut self.ctx))) };
     }
@@ -169,6 +187,10 @@ struct Picture(Dav1dPicture);
 
 impl Drop for Picture {
     fn drop(&mut self) {
+        // As for `Decoder`: nothing is released while a panic unwinds.
+        if std::thread::panicking() {
+            return;
+        }
         // SAFETY: an empty (default) picture or one the decoder filled.
         unsafe { dav1d_picture_unref(Some(NonNull::from(&mut self.0))) };
     }
