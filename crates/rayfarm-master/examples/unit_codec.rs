@@ -3,9 +3,10 @@
 //! 3: 48 bytes of `i128` per pixel, zstd level 1, a new zstd context per unit) and the compact
 //! one (protocol 4: zigzag varints, zstd level 1, contexts kept per thread).
 //!
-//! `cargo run --release -p rayfarm-master --example unit_codec [-- UNITS]`
+//! `cargo run --release --example unit_codec [-- UNITS]`
 //! Renders UNITS (default 64) units of 32x32 px x 16 spp of the shipped Cornell box at
-//! 512x512, 8 bounces, then times encoding and decoding+merging each many times.
+//! 512x512, 8 bounces, then times encoding and decoding+merging each many times; then, for
+//! UNITS / 8 tiles, 8 results of 16 spp against one joined result of 128 spp.
 
 use rayfarm_render::film::{Film, WorkUnit};
 use rayfarm_render::{RenderScene, RenderSettings};
@@ -92,4 +93,76 @@ fn main() {
             bytes as f64 / results.len() as f64
         );
     }
+
+    // Joined units (the scheduler's `take_joined`): a tile's 8 consecutive 16-sample ranges
+    // rendered and sent as one 128-sample result, against 8 results of 16, compact codec.
+    let tiles = (n_units / 8).max(1);
+    let (mut split_bytes, mut joined_bytes) = (0usize, 0usize);
+    let (mut split_us, mut joined_us) = (0.0f64, 0.0f64);
+    let mut film = Film::new(512, 512);
+    for i in 0..tiles {
+        let (tx, ty) = (i % 16, (i / 16) % 16);
+        let tile = |s0: u32, s1: u32| WorkUnit {
+            layer: 0,
+            sample_start: s0,
+            sample_end: s1,
+            x0: tx * 32,
+            y0: ty * 32,
+            x1: tx * 32 + 32,
+            y1: ty * 32 + 32,
+        };
+        let parts: Vec<_> = (0..8)
+            .map(|k| rs.render_unit(&settings, &tile(16 * k, 16 * k + 16)))
+            .collect();
+        let joined = rs.render_unit(&settings, &tile(0, 128));
+        let enc: Vec<_> = parts
+            .iter()
+            .map(|r| rayfarm_proto::unit_sums::encode(&r.sums))
+            .collect();
+        let enc_joined = rayfarm_proto::unit_sums::encode(&joined.sums);
+        split_bytes += enc.iter().map(|e| e.len()).sum::<usize>();
+        joined_bytes += enc_joined.len();
+        let t = Instant::now();
+        for _ in 0..reps {
+            for (r, e) in parts.iter().zip(&enc) {
+                let sums = rayfarm_proto::unit_sums::decode(e, r.unit.pixels()).unwrap();
+                film.add(&rayfarm_render::film::UnitResult {
+                    unit: r.unit,
+                    sums,
+                    nonfinite_samples: 0,
+                })
+                .unwrap();
+            }
+        }
+        split_us += t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+        let t = Instant::now();
+        for _ in 0..reps {
+            let sums = rayfarm_proto::unit_sums::decode(&enc_joined, joined.unit.pixels()).unwrap();
+            film.add(&rayfarm_render::film::UnitResult {
+                unit: joined.unit,
+                sums,
+                nonfinite_samples: 0,
+            })
+            .unwrap();
+        }
+        joined_us += t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+        // The same sums either way: integer sums do not depend on how samples are grouped.
+        let mut summed = parts[0].sums.clone();
+        for r in &parts[1..] {
+            for (a, b) in summed.iter_mut().zip(&r.sums) {
+                for c in 0..3 {
+                    a[c] += b[c];
+                }
+            }
+        }
+        assert_eq!(summed, joined.sums);
+    }
+    let t = tiles as f64;
+    println!(
+        "per 32x32 tile x 128 spp: 8 results of 16 spp {:8.0} bytes, master {:6.1} us; 1 joined result {:8.0} bytes, master {:6.1} us",
+        split_bytes as f64 / t,
+        split_us / t,
+        joined_bytes as f64 / t,
+        joined_us / t
+    );
 }
