@@ -2,6 +2,7 @@
 //! sampler asks for it) and trilinear MIP filtering of minified textures from ray cones.
 
 use glam::{Vec2, Vec4};
+use std::sync::OnceLock;
 use rayfarm_scene::{CompiledScene, Texture, TextureRef, WrapMode};
 
 /// sRGB-encoded byte to linear value.
@@ -95,12 +96,15 @@ struct MipLevel {
 }
 
 /// Texture lookups and the MIP pyramid of every image (levels 1 and smaller; level 0 is the
-/// compiled scene's image itself). Pyramids are built here, when the render scene is built, and
-/// never travel in the compiled blob.
+/// compiled scene's image itself). A pyramid is built here on the first lookup that needs it
+/// (so a worker is ready as soon as its BVH is, and images never minified cost nothing), and
+/// never travels in the compiled blob. Whichever thread builds it, its bytes are the same.
 pub struct Textures {
     srgb_lut: [f32; 256],
-    /// `mips[image]`: levels 1, 2, ... down to 1x1.
-    mips: Vec<Vec<MipLevel>>,
+    /// `mips[image]`: levels 1, 2, ... down to 1x1, once built; empty without pyramids.
+    mips: Vec<OnceLock<Vec<MipLevel>>>,
+    /// Whether each image is filtered in linear RGB (a colour texture) or as stored.
+    colour: Vec<bool>,
 }
 
 #[inline(always)]
@@ -206,6 +210,7 @@ impl Textures {
         Textures {
             srgb_lut: srgb_lut(),
             mips: Vec::new(),
+            colour: Vec::new(),
         }
     }
 
@@ -232,23 +237,32 @@ impl Textures {
                 }
             }
         }
-        let mips = scene
-            .images
-            .iter()
-            .zip(&colour)
-            .map(|(img, &srgb)| {
-                let mut levels: Vec<MipLevel> = Vec::new();
-                let (mut w, mut h) = (img.width, img.height);
-                while w > 1 || h > 1 {
-                    let src = levels.last().map_or(&img.rgba8[..], |l| &l.rgba8[..]);
-                    let next = downsample(&srgb_lut, src, w, h, srgb);
-                    (w, h) = (next.width, next.height);
-                    levels.push(next);
-                }
-                levels
-            })
-            .collect();
-        Textures { srgb_lut, mips }
+        let mips = scene.images.iter().map(|_| OnceLock::new()).collect();
+        Textures {
+            srgb_lut,
+            mips,
+            colour,
+        }
+    }
+
+    /// The pyramid of image `image` of `scene` (levels 1 and smaller), built on first use;
+    /// empty for `Textures::new`.
+    fn levels(&self, scene: &CompiledScene, image: usize) -> &[MipLevel] {
+        let (Some(cell), Some(img)) = (self.mips.get(image), scene.images.get(image)) else {
+            return &[];
+        };
+        cell.get_or_init(|| {
+            let srgb = self.colour.get(image).copied().unwrap_or(false);
+            let mut levels: Vec<MipLevel> = Vec::new();
+            let (mut w, mut h) = (img.width, img.height);
+            while w > 1 || h > 1 {
+                let src = levels.last().map_or(&img.rgba8[..], |l| &l.rgba8[..]);
+                let next = downsample(&self.srgb_lut, src, w, h, srgb);
+                (w, h) = (next.width, next.height);
+                levels.push(next);
+            }
+            levels
+        })
     }
 
     /// Samples `r` at the UVs of the hit (`uvs[set]`) with the ray's footprint `fp`. Colour
@@ -274,16 +288,17 @@ impl Textures {
         let tex = &scene.textures[r.texture as usize];
         let img = &scene.images[tex.image as usize];
         let lod_base = fp.lod_base[set];
-        let levels = self
-            .mips
-            .get(tex.image as usize)
-            .map_or(&[][..], |l| &l[..]);
-        if lod_base > f32::NEG_INFINITY && !levels.is_empty() {
+        if lod_base > f32::NEG_INFINITY && !self.mips.is_empty() {
             // The texture transform scales UV areas by its determinant.
             let det = (m[0] * m[4] - m[1] * m[3]).abs();
             let texels = img.width as f32 * img.height as f32 * det;
             let lambda = lod_base + 0.5 * texels.log2();
-            if lambda > 0.0 {
+            let levels = if lambda > 0.0 {
+                self.levels(scene, tex.image as usize)
+            } else {
+                &[]
+            };
+            if lambda > 0.0 && !levels.is_empty() {
                 let lambda = lambda.min(levels.len() as f32);
                 let l0 = lambda.floor();
                 let frac = lambda - l0;
@@ -406,12 +421,13 @@ mod tests {
     fn pyramid_is_a_box_filter_down_to_one_texel() {
         let s = scene_4x4();
         let t = Textures::build(&s);
-        let sizes: Vec<(u32, u32)> = t.mips[0].iter().map(|l| (l.width, l.height)).collect();
+        let levels = t.levels(&s, 0);
+        let sizes: Vec<(u32, u32)> = levels.iter().map(|l| (l.width, l.height)).collect();
         assert_eq!(sizes, vec![(2, 2), (1, 1)]);
         // Level 1's top-left texel: mean of 0, 16, 64, 80.
-        assert_eq!(t.mips[0][0].rgba8[0], 40);
+        assert_eq!(levels[0].rgba8[0], 40);
         // Level 2: mean of everything, 120.
-        assert_eq!(t.mips[0][1].rgba8[0], 120);
+        assert_eq!(levels[1].rgba8[0], 120);
     }
 
     #[test]
