@@ -2,8 +2,8 @@
 //! sampler asks for it) and trilinear MIP filtering of minified textures from ray cones.
 
 use glam::{Vec2, Vec4};
-use std::sync::OnceLock;
 use rayfarm_scene::{CompiledScene, Texture, TextureRef, WrapMode};
+use std::sync::OnceLock;
 
 /// sRGB-encoded byte to linear value.
 pub fn srgb_to_linear(c: f32) -> f32 {
