@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod animation;
-mod avif;
+pub mod avif;
 mod draco;
 mod ktx2;
 mod meshopt;
@@ -200,6 +200,13 @@ pub fn decode_ktx2(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
 /// with the file.
 pub fn decode_avif(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
     avif::decode(bytes).map(|a| (a.width, a.height, a.rgba8))
+}
+
+/// Makes the importer decode AVIF images with `f` instead of in this process (see
+/// [`avif::set_isolated_decoder`]; the `rayfarm` binary runs itself as a child process, so
+/// that rav1d aborting on corrupt data becomes one error line).
+pub fn set_isolated_avif_decoder(f: avif::IsolatedDecoder) {
+    avif::set_isolated_decoder(f);
 }
 
 /// The time span `[start, end]` in seconds covered by the keyframes of all animations of a
@@ -1520,7 +1527,7 @@ impl<'a> Builder<'a> {
             (k.width, k.height, k.texels)
         } else if avif::is_avif(&bytes) {
             // EXT_texture_avif (or any AVIF image): decoded to RGBA8 here, once.
-            let a = avif::decode(&bytes)
+            let a = avif::decode_for_import(&bytes)
                 .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode AVIF: {e}")))?;
             (a.width, a.height, a.rgba8)
         } else {

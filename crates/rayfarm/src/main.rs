@@ -44,10 +44,94 @@ enum Command {
     Jobs(farm_cmd::JobsArgs),
     Job(farm_cmd::JobArgs),
     Merge(farm_cmd::MergeArgs),
+    /// Decodes an AVIF image from standard input to standard output (width and height as u32
+    /// little-endian, then RGBA8): the importer's child process, so that a decoder abort on
+    /// corrupt data cannot take the importing process with it.
+    #[command(name = "internal-decode-avif", hide = true)]
+    InternalDecodeAvif,
+}
+
+/// Largest AVIF file the child process reads (an image's compressed bytes).
+const AVIF_INPUT_MAX_BYTES: u64 = 512 << 20;
+
+/// The importer's AVIF decoder: this executable, run as a child process.
+fn decode_avif_in_child(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the rayfarm executable to decode AVIF with: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg("internal-decode-avif")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the AVIF decoder process: {e}"))?;
+    // The child reads all of its input before it writes, so writing first cannot deadlock; a
+    // child that died early shows in its exit status below.
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(bytes);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("the AVIF decoder process failed: {e}"))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        let msg = msg.trim();
+        return Err(match out.status.code() {
+            Some(2) if !msg.is_empty() => msg.to_string(),
+            _ => "the AV1 decoder crashed on this data (the image is corrupt or unsupported)"
+                .to_string(),
+        });
+    }
+    let o = out.stdout;
+    if o.len() < 8 {
+        return Err("the AVIF decoder process returned no image".into());
+    }
+    let w = u32::from_le_bytes([o[0], o[1], o[2], o[3]]);
+    let h = u32::from_le_bytes([o[4], o[5], o[6], o[7]]);
+    Ok((w, h, o[8..].to_vec()))
+}
+
+/// `rayfarm internal-decode-avif`: standard input to standard output; an error is one line on
+/// standard error and exit status 2.
+fn internal_decode_avif() -> ! {
+    use std::io::{Read, Write};
+    let mut bytes = Vec::new();
+    let read = std::io::stdin()
+        .take(AVIF_INPUT_MAX_BYTES + 1)
+        .read_to_end(&mut bytes);
+    let result = match read {
+        Err(e) => Err(format!("cannot read the AVIF data: {e}")),
+        Ok(_) if bytes.len() as u64 > AVIF_INPUT_MAX_BYTES => Err(format!(
+            "the AVIF file is larger than {} MiB",
+            AVIF_INPUT_MAX_BYTES >> 20
+        )),
+        Ok(_) => rayfarm_scene::gltf_import::decode_avif(&bytes),
+    };
+    match result {
+        Ok((w, h, rgba)) => {
+            let mut out = std::io::stdout().lock();
+            let ok = out
+                .write_all(&w.to_le_bytes())
+                .and_then(|_| out.write_all(&h.to_le_bytes()))
+                .and_then(|_| out.write_all(&rgba))
+                .and_then(|_| out.flush());
+            std::process::exit(if ok.is_ok() { 0 } else { 1 });
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    }
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::InternalDecodeAvif = cli.command {
+        internal_decode_avif();
+    }
+    rayfarm_scene::gltf_import::set_isolated_avif_decoder(decode_avif_in_child);
     // A daemon logs its transitions (acquired, released, worker killed) by default.
     let default_filter = match cli.command {
         Command::Daemon(_) | Command::Manager(_) => "info",
@@ -80,6 +164,7 @@ fn main() {
         Command::Jobs(a) => farm_cmd::jobs(a),
         Command::Job(a) => farm_cmd::job(a),
         Command::Merge(a) => farm_cmd::merge(a),
+        Command::InternalDecodeAvif => unreachable!("handled before the logger starts"),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -466,6 +466,28 @@ fn truncated_ktx2_texture() {
     render(&p, dir.path(), &[]).assert_error(&["basisu.gltf", "image 0", "tex.ktx2", "KTX2"]);
 }
 
+/// EXT_texture_avif through the CLI, whose importer decodes AVIF in a child process: a valid
+/// image renders; one whose AV1 data makes rav1d 1.1 abort (found by the `avif_decode` fuzz
+/// target; in-process it would kill rayfarm) is one error line naming the file and image, and
+/// exit status 1.
+#[test]
+fn avif_that_aborts_the_decoder_is_one_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["extensionsUsed"] = json!(["EXT_texture_avif"]);
+    doc["extensionsRequired"] = json!(["EXT_texture_avif"]);
+    doc["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"] = json!({ "index": 0 });
+    doc["textures"] = json!([{ "extensions": { "EXT_texture_avif": { "source": 0 } } }]);
+    doc["images"] = json!([{ "uri": "tex.avif" }]);
+    let p = write_gltf(dir.path(), "avif.gltf", &doc);
+    let good = repo_root().join("crates/rayfarm-scene/tests/data/avif/rgb.avif");
+    std::fs::copy(good, dir.path().join("tex.avif")).unwrap();
+    render(&p, dir.path(), &["--quiet"]).assert_ok();
+    let bad = repo_root().join("crates/rayfarm/tests/data/rav1d-abort.avif");
+    std::fs::copy(bad, dir.path().join("tex.avif")).unwrap();
+    render(&p, dir.path(), &[]).assert_error(&["avif.gltf", "image 0", "AV1 decoder"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // GLB
 // ---------------------------------------------------------------------------------------------

@@ -40,14 +40,52 @@ pub(super) struct Decoded {
 
 /// Decodes an AVIF file. Errors are lower-case sentences for the importer to prefix with the
 /// file and image.
+/// A decoder of AVIF bytes to (width, height, RGBA8) that runs where an abort cannot take the
+/// importer down with it; see [`set_isolated_decoder`].
+pub type IsolatedDecoder = fn(&[u8]) -> Result<(u32, u32, Vec<u8>), String>;
+
+static ISOLATED: std::sync::OnceLock<IsolatedDecoder> = std::sync::OnceLock::new();
+
+/// Makes the importer decode AVIF images with `f` (the `rayfarm` binary installs one that
+/// runs itself as a child process: rav1d aborts the process on some corrupt data, see
+/// [`decode`]). Without it, images are decoded in this process.
+pub fn set_isolated_decoder(f: IsolatedDecoder) {
+    let _ = ISOLATED.set(f);
+}
+
+/// Decodes with the isolated decoder when one is installed, else in this process; the size
+/// the isolated decoder reports is checked against its bytes and the limits.
+pub(super) fn decode_for_import(bytes: &[u8]) -> Result<Decoded, String> {
+    let Some(f) = ISOLATED.get() else {
+        return decode(bytes);
+    };
+    let (width, height, rgba8) = f(bytes)?;
+    if width > MAX_SIDE_PX
+        || height > MAX_SIDE_PX
+        || width as u64 * height as u64 > MAX_TEXELS
+        || rgba8.len() as u64 != width as u64 * height as u64 * 4
+    {
+        return Err(format!(
+            "the AVIF decoder returned {} bytes for {width} x {height} texels",
+            rgba8.len()
+        ));
+    }
+    Ok(Decoded {
+        width,
+        height,
+        rgba8,
+    })
+}
+
 pub(super) fn decode(bytes: &[u8]) -> Result<Decoded, String> {
     // A panic in the container parser or in our conversion must be one error line, not a
     // crash of the importer; the decoder's context and pictures are leaked, not released,
     // while a panic unwinds (see their `Drop`). Known limit: rav1d 1.1 itself panics on some
     // corrupt AV1 streams (the `avif_decode` fuzz target finds `try_write().unwrap()` in its
     // error path within a minute), and since its API is `extern "C"`, such a panic aborts the
-    // process instead of unwinding to here. Truncated files and broken containers are caught
-    // before rav1d sees them.
+    // process instead of unwinding to here; that is why the binary decodes in a child process
+    // (`set_isolated_decoder`). Truncated files and broken containers are caught before rav1d
+    // sees them.
     std::panic::catch_unwind(|| decode_unguarded(bytes)).unwrap_or_else(|_| {
         Err("the AV1 decoder failed on this data (corrupt or unsupported)".into())
     })
