@@ -254,10 +254,14 @@ impl RenderScene {
                 0.0
             };
             // A given first surface is reached with prev_delta set, so its hit is never needed.
-            let (mut surf, hit) = if let Some(f) = first.take() {
-                (f, None)
+            // `surf` is assigned in place (not through a tuple): a `Surface` is large, and a
+            // tuple made the compiler copy it on every bounce.
+            let hit: Option<crate::bvh::Hit>;
+            let mut surf = if let Some(f) = first.take() {
+                hit = None;
+                f
             } else {
-                let Some(hit) = self.trace(org, dir, u_alpha) else {
+                let Some(found) = self.trace(org, dir, u_alpha) else {
                     let le = self.env.radiance(dir);
                     if le != Vec3A::ZERO {
                         let w = if prev_delta {
@@ -271,12 +275,10 @@ impl RenderScene {
                 };
                 if let Some(sigma) = medium {
                     // Beer-Lambert over the distance travelled inside.
-                    beta *= (-sigma * hit.t).exp();
+                    beta *= (-sigma * found.t).exp();
                 }
-                (
-                    self.surface_filtered(&hit, org, dir, cone.width_at(hit.t)),
-                    Some(hit),
-                )
+                hit = Some(found);
+                self.surface_filtered(&found, org, dir, cone.width_at(found.t))
             };
             if surf.emission != Vec3A::ZERO {
                 let w = match hit {
