@@ -316,6 +316,9 @@ pub struct RenderScene {
     pub any_alpha_tested: bool,
     /// Whether each material samples any texture (else UVs need not be interpolated).
     pub material_textured: Vec<bool>,
+    /// Whether each material has KHR_materials_iridescence, _diffuse_transmission,
+    /// _dispersion or _anisotropy (one load per hit instead of four checks).
+    pub material_extension_lobes: Vec<bool>,
     /// Whether any material lets shadow rays through (blend alpha or transmission).
     pub has_translucency: bool,
     /// Beer-Lambert absorption coefficient inside each material's volume (KHR_materials_volume);
@@ -389,6 +392,16 @@ impl RenderScene {
             power.push(ep);
         }
         let light_dist = Distribution1D::new(power);
+        let material_extension_lobes = scene
+            .materials
+            .iter()
+            .map(|m| {
+                m.has_iridescence()
+                    || m.has_diffuse_transmission()
+                    || m.has_dispersion()
+                    || m.has_anisotropy()
+            })
+            .collect();
         let material_textured = scene
             .materials
             .iter()
@@ -426,6 +439,7 @@ impl RenderScene {
             absorption,
             any_alpha_tested: alpha_tested.iter().any(|&a| a),
             material_textured,
+            material_extension_lobes,
             bvh,
             textures: Textures::build(&scene),
             env,
@@ -692,6 +706,7 @@ impl RenderScene {
     /// Shading data at a hit of a ray with direction `dir` whose cone is `cone_width` wide at the
     /// hit: minified textures are filtered over the footprint (ray cones, Ray Tracing Gems ch.
     /// 20); a width of zero reads every texture at full resolution, as [`RenderScene::surface`].
+    #[inline(always)]
     pub fn surface_filtered(&self, hit: &Hit, org: Vec3A, dir: Vec3A, cone_width: f32) -> Surface {
         let s = &self.scene;
         let prim = hit.prim as usize;
@@ -829,11 +844,7 @@ impl RenderScene {
             bsdf.clearcoat_alpha = (r * r).max(MIN_ALPHA);
             bsdf.clearcoat_normal = coat_n;
         }
-        if m.has_iridescence()
-            || m.has_diffuse_transmission()
-            || m.has_dispersion()
-            || m.has_anisotropy()
-        {
+        if self.material_extension_lobes[mat_idx as usize] {
             self.extension_lobes(&mut bsdf, m, prim, [b0, b1, b2], ns, front, &uvs, &fp);
         }
         let emission = if m.is_emissive() {
