@@ -13,6 +13,17 @@ use rayfarm_render::{RenderScene, RenderSettings};
 use std::path::Path;
 use std::time::Instant;
 
+/// What the master does with one compact result: decode it and add it into the film.
+fn merge_compact(film: &mut Film, unit: WorkUnit, encoded: &[u8]) {
+    let sums = rayfarm_proto::unit_sums::decode(encoded, unit.pixels()).unwrap();
+    film.add(&rayfarm_render::film::UnitResult {
+        unit,
+        sums,
+        nonfinite_samples: 0,
+    })
+    .unwrap();
+}
+
 fn main() {
     let n_units: u32 = std::env::args()
         .nth(1)
@@ -125,25 +136,13 @@ fn main() {
         let t = Instant::now();
         for _ in 0..reps {
             for (r, e) in parts.iter().zip(&enc) {
-                let sums = rayfarm_proto::unit_sums::decode(e, r.unit.pixels()).unwrap();
-                film.add(&rayfarm_render::film::UnitResult {
-                    unit: r.unit,
-                    sums,
-                    nonfinite_samples: 0,
-                })
-                .unwrap();
+                merge_compact(&mut film, r.unit, e);
             }
         }
         split_us += t.elapsed().as_secs_f64() * 1e6 / reps as f64;
         let t = Instant::now();
         for _ in 0..reps {
-            let sums = rayfarm_proto::unit_sums::decode(&enc_joined, joined.unit.pixels()).unwrap();
-            film.add(&rayfarm_render::film::UnitResult {
-                unit: joined.unit,
-                sums,
-                nonfinite_samples: 0,
-            })
-            .unwrap();
+            merge_compact(&mut film, joined.unit, &enc_joined);
         }
         joined_us += t.elapsed().as_secs_f64() * 1e6 / reps as f64;
         // The same sums either way: integer sums do not depend on how samples are grouped.

@@ -25,18 +25,33 @@ fn furnace_settings(spp: u32) -> RenderSettings {
     }
 }
 
-/// A white Lambertian sphere (pure diffuse: specular 0) in a uniform white environment
-/// reflects exactly what arrives: every pixel is 1.
-#[test]
-fn furnace_white_diffuse_sphere_is_one() {
-    let m = Material {
+/// A white Lambertian material with no specular: the base the furnace tests add layers to.
+fn white_lambert() -> Material {
+    Material {
         base_color: [1.0; 4],
         metallic: 0.0,
         roughness: 1.0,
         specular: 0.0,
         ..Default::default()
-    };
-    let img = quick(furnace_scene(m), &furnace_settings(64));
+    }
+}
+
+/// Renders a sphere of `m` in the white furnace and checks that its mean lies in `[lo, hi]`
+/// (above `hi` it gains energy, below `lo` it loses more than its model explains).
+fn assert_furnace_mean(name: &str, m: Material, lo: f64, hi: f64) {
+    let settings = furnace_settings(64);
+    let img = quick(furnace_scene(m), &settings);
+    let got = sphere_mean(&img, &settings);
+    eprintln!("furnace {name}: sphere mean {got:.4}");
+    assert!(got <= hi, "{name} gains energy: {got}");
+    assert!(got >= lo, "{name} loses too much: {got}");
+}
+
+/// A white Lambertian sphere (pure diffuse: specular 0) in a uniform white environment
+/// reflects exactly what arrives: every pixel is 1.
+#[test]
+fn furnace_white_diffuse_sphere_is_one() {
+    let img = quick(furnace_scene(white_lambert()), &furnace_settings(64));
     let mean = mean(&img);
     for c in mean {
         assert!((c - 1.0).abs() < 0.01, "mean {mean:?}");
@@ -166,13 +181,7 @@ fn sphere_mean(img: &[[f32; 3]], settings: &RenderSettings) -> f64 {
 /// sheen and coat lobes lose a little at grazing angles).
 #[test]
 fn furnace_sheen_and_clearcoat_do_not_gain_energy() {
-    let white = Material {
-        base_color: [1.0; 4],
-        metallic: 0.0,
-        roughness: 1.0,
-        specular: 0.0,
-        ..Default::default()
-    };
+    let white = white_lambert();
     let cases = [
         ("sheen r=0.07", [1.0, 0.07, 0.0, 0.0]),
         ("sheen r=0.5", [1.0, 0.5, 0.0, 0.0]),
@@ -189,12 +198,7 @@ fn furnace_sheen_and_clearcoat_do_not_gain_energy() {
             clearcoat_roughness: coat_r,
             ..white.clone()
         };
-        let settings = furnace_settings(64);
-        let img = quick(furnace_scene(m), &settings);
-        let got = sphere_mean(&img, &settings);
-        eprintln!("furnace {name}: sphere mean {got:.4}");
-        assert!(got <= 1.01, "{name} gains energy: {got}");
-        assert!(got >= 0.9, "{name} loses too much: {got}");
+        assert_furnace_mean(name, m, 0.9, 1.01);
     }
 }
 
@@ -206,13 +210,7 @@ fn furnace_sheen_and_clearcoat_do_not_gain_energy() {
 /// reflects at most what arrives.
 #[test]
 fn furnace_new_lobes() {
-    let white = Material {
-        base_color: [1.0; 4],
-        metallic: 0.0,
-        roughness: 1.0,
-        specular: 0.0,
-        ..Default::default()
-    };
+    let white = white_lambert();
     let cases = [
         (
             "diffuse transmission 1",
@@ -275,12 +273,7 @@ fn furnace_new_lobes() {
         ),
     ];
     for (name, m, (lo, hi)) in cases {
-        let settings = furnace_settings(64);
-        let img = quick(furnace_scene(m), &settings);
-        let got = sphere_mean(&img, &settings);
-        eprintln!("furnace {name}: sphere mean {got:.4}");
-        assert!(got <= hi, "{name} gains energy: {got}");
-        assert!(got >= lo, "{name} loses too much: {got}");
+        assert_furnace_mean(name, m, lo, hi);
     }
 }
 
