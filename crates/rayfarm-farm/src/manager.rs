@@ -165,6 +165,8 @@ pub struct JobCtx {
 pub struct SceneBlob {
     bytes: Vec<u8>,
     hash: [u8; 32],
+    /// Its chunks' hashes, for workers that fetch it (from this manager or a relay).
+    chunks: rayfarm_proto::scene_chunks::ChunkList,
 }
 
 /// Scene blobs a job keeps in memory at once.
@@ -291,7 +293,13 @@ fn read_scene(job_dir: &Path, scene: &SceneRef) -> Result<SceneBlob, JobLoadErro
     if bytes.len() as u64 != scene.bytes || rayfarm_scene::blob::hash_hex(&hash) != scene.blake3 {
         return Err(JobLoadError::SceneMismatch { path });
     }
-    Ok(SceneBlob { bytes, hash })
+    let chunks =
+        rayfarm_proto::scene_chunks::ChunkList::of(&bytes, rayfarm_proto::SCENE_CHUNK_BYTES as u32);
+    Ok(SceneBlob {
+        bytes,
+        hash,
+        chunks,
+    })
 }
 
 /// State shared by the HTTP API and the loops.
@@ -328,6 +336,8 @@ pub struct Manager {
     pub previews: crate::preview::PreviewCache,
     /// Counters for `/metrics`.
     pub stats: Stats,
+    /// Which worker relays which job scene to which (see `rayfarm_master::distribution`).
+    scene_plan: Mutex<rayfarm_master::distribution::Distribution>,
 }
 
 pub fn now_ms() -> i64 {
@@ -641,6 +651,9 @@ pub async fn start(
         jobs: Default::default(),
         roots,
         previews: Default::default(),
+        scene_plan: Mutex::new(rayfarm_master::distribution::Distribution::new(
+            rayfarm_master::distribution::DEFAULT_SCENE_FANOUT,
+        )),
         stats: Default::default(),
     });
     recover(&mgr).await;
@@ -912,7 +925,7 @@ async fn worker_session(
     mut conn: rayfarm_proto::Conn,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let (alias, threads) = match rayfarm_master::recv_skip_heartbeats(
+    let (alias, threads, peer_port) = match rayfarm_master::recv_skip_heartbeats(
         &mut conn,
         Duration::from_secs(10),
         "waiting for WorkerHello",
@@ -920,8 +933,17 @@ async fn worker_session(
     .await
     .map_err(|e| e.to_string())?
     {
-        Msg::WorkerHello { alias, threads, .. } => (alias, threads.clamp(1, 4096)),
+        Msg::WorkerHello {
+            alias,
+            threads,
+            peer_port,
+            ..
+        } => (alias, threads.clamp(1, 4096), peer_port),
         other => return Err(format!("expected WorkerHello, got {}", other.name())),
+    };
+    let ship = ShipId {
+        id: rayfarm_master::distribution::next_peer_id(),
+        serve: rayfarm_master::relay_addr(&conn, peer_port),
     };
     let duplicate = {
         let mut s = lock(&mgr.sessions);
@@ -955,7 +977,8 @@ async fn worker_session(
         None,
         Some(&alias),
     );
-    let r = session_loop(mgr, &mut conn, &alias, stop).await;
+    let r = session_loop(mgr, &mut conn, &alias, &ship, stop).await;
+    lock(&mgr.scene_plan).leave(ship.id);
     lock(&mgr.sessions).remove(&alias);
     // Whatever it held goes back to the queue.
     let lost = {
@@ -986,10 +1009,17 @@ async fn worker_session(
     r
 }
 
+/// A worker session's place in the scene distribution plan.
+struct ShipId {
+    id: rayfarm_master::distribution::PeerId,
+    serve: Option<std::net::SocketAddr>,
+}
+
 async fn session_loop(
     mgr: &Arc<Manager>,
     conn: &mut rayfarm_proto::Conn,
     alias: &str,
+    ship: &ShipId,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut current_job: Option<(String, usize)> = None;
@@ -1040,7 +1070,7 @@ async fn session_loop(
                 continue;
             }
         };
-        match run_task(mgr, conn, alias, &task, &mut current_job, &mut stop).await {
+        match run_task(mgr, conn, alias, ship, &task, &mut current_job, &mut stop).await {
             Ok(()) => {}
             Err(TaskErr::Session(e)) => return Err(e),
             Err(TaskErr::Task(e)) => {
@@ -1109,6 +1139,7 @@ async fn run_task(
     mgr: &Arc<Manager>,
     conn: &mut rayfarm_proto::Conn,
     alias: &str,
+    ship: &ShipId,
     task: &TaskAssignment,
     current_job: &mut Option<(String, usize)>,
     stop: &mut watch::Receiver<bool>,
@@ -1134,12 +1165,19 @@ async fn run_task(
         };
         // Whatever the worker had loaded is replaced, even if this fails half way.
         *current_job = None;
+        let shipping = rayfarm_master::Shipping {
+            plan: &mgr.scene_plan,
+            id: ship.id,
+            serve: ship.serve,
+        };
         rayfarm_master::send_job(
             conn,
             ctx.wire_job_id(work.variant),
             blob.hash,
             &blob.bytes,
+            &blob.chunks,
             &work.wire,
+            &shipping,
         )
         .await
         .map_err(|e| TaskErr::Session(e.to_string()))?;

@@ -13,10 +13,13 @@
 //! or aborted; lease holders then send `Release`, worker sessions `Goodbye`.
 
 pub mod discovery;
+pub mod distribution;
 pub mod live;
 pub mod scheduler;
 
+use distribution::{Distribution, PeerId, Source};
 use rayfarm_bake::Workload;
+use rayfarm_proto::scene_chunks::ChunkList;
 use rayfarm_proto::{
     connect, FarmKey, ListenLimits, Msg, Role, SecureListener, WireUnit, WireWork,
 };
@@ -52,6 +55,12 @@ pub struct NetworkOptions {
     /// Open the master port for workers; `false` for a job on this machine's cores alone
     /// (a local render with a live view).
     pub listen: bool,
+    /// How many workers each node (the master included) relays the scene to; 0: the master
+    /// sends it to every worker itself (see [`distribution`]).
+    pub scene_fanout: u32,
+    /// Hand out no work (the master's own cores included) until this many workers have
+    /// joined; 0 starts at once.
+    pub wait_for_nodes: usize,
 }
 
 impl NetworkOptions {
@@ -71,6 +80,8 @@ impl NetworkOptions {
                 .expect("a generated secret is long enough"),
             lease_timeout_ms: DEFAULT_LEASE_TIMEOUT_MS,
             listen: false,
+            scene_fanout: distribution::DEFAULT_SCENE_FANOUT,
+            wait_for_nodes: 0,
         }
     }
 }
@@ -213,9 +224,25 @@ struct Job {
     job_id: u64,
     scene_hash: [u8; 32],
     blob: Arc<Vec<u8>>,
+    chunks: ChunkList,
     work: WireWork,
     /// When the master started, for the "joined after" figure.
     started: Instant,
+    /// Who sends the scene to whom.
+    plan: Mutex<Distribution>,
+    shipping: Mutex<ShippingStats>,
+    /// Unit results received from workers, and their bytes of sums.
+    results: std::sync::atomic::AtomicU64,
+    result_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// How the scene reached the workers that needed it, for the end-of-job line.
+#[derive(Debug, Default)]
+struct ShippingStats {
+    fetched: u32,
+    through_relays: u32,
+    master_bytes: u64,
+    last_ready_s: f64,
 }
 
 /// Binds the first free port from `first` on; returns the listener and the port.
@@ -333,6 +360,16 @@ pub async fn run_job(
         (None, 0)
     };
     let wire = WireWork::from_workload(&work);
+    let chunks = if opts.listen {
+        let b = blob.clone();
+        tokio::task::spawn_blocking(move || {
+            ChunkList::of(&b, rayfarm_proto::SCENE_CHUNK_BYTES as u32)
+        })
+        .await
+        .map_err(|e| MasterError::Other(e.to_string()))?
+    } else {
+        ChunkList::of(&[], rayfarm_proto::SCENE_CHUNK_BYTES as u32)
+    };
     let job = Arc::new(Job {
         // Tells a worker's stale results (from an earlier job of a reused connection) apart.
         job_id: rayfarm_render::sampler::mix64(
@@ -341,8 +378,13 @@ pub async fn run_job(
         ),
         scene_hash,
         blob,
+        chunks,
         work: wire,
         started: Instant::now(),
+        plan: Mutex::new(Distribution::new(opts.scene_fanout)),
+        shipping: Mutex::new(ShippingStats::default()),
+        results: Default::default(),
+        result_bytes: Default::default(),
     });
     let layers = (0..work.layer_count())
         .map(|l| {
@@ -352,6 +394,17 @@ pub async fn run_job(
         })
         .collect();
     let sched = Arc::new(Mutex::new(Scheduler::new(layers, units)));
+    if opts.wait_for_nodes > 0 {
+        sched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wait_for_nodes(opts.wait_for_nodes);
+        eprintln!(
+            "holding the render until {} worker(s) have joined",
+            opts.wait_for_nodes
+        );
+    }
+    let mut waiting = opts.wait_for_nodes > 0;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     if let Some(live) = &live {
@@ -409,6 +462,14 @@ pub async fn run_job(
         }
         let (status, finished, layers_done) = {
             let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting && s.waiting_for_nodes().is_none() {
+                waiting = false;
+                eprintln!(
+                    "{} worker(s) joined; rendering {:.2} s after the master started",
+                    opts.wait_for_nodes,
+                    job.started.elapsed().as_secs_f64()
+                );
+            }
             let layers_done = s.take_finished();
             (s.status(port), s.finished(), layers_done)
         };
@@ -443,6 +504,7 @@ pub async fn run_job(
     }
     // Give sessions a moment to say goodbye and leases to be released.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    report_traffic(&job);
     let mut shares = shares;
     for (addr, (name, why)) in unavailable.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         shares.push(NodeShare {
@@ -483,7 +545,7 @@ fn local_render(
     let node = sched
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .add_node("local".into(), threads as u32);
+        .add_node(scheduler::LOCAL_NODE.into(), threads as u32);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -549,15 +611,53 @@ async fn listen(
     }
 }
 
-/// Sends a worker its job and, when its cache lacks the scene, the scene in chunks; returns
-/// once the worker is `Ready`, saying whether the scene had to be sent.
+/// How one worker's session takes part in scene distribution.
+pub struct Shipping<'a> {
+    /// The plan shared by every session of this master or manager.
+    pub plan: &'a Mutex<Distribution>,
+    /// This session's id in the plan.
+    pub id: PeerId,
+    /// Where the worker relays scenes to others (its address and `WorkerHello::peer_port`).
+    pub serve: Option<std::net::SocketAddr>,
+}
+
+impl Shipping<'_> {
+    fn plan(&self) -> std::sync::MutexGuard<'_, Distribution> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The relay address a worker announced: the address it connected from, at its peer port.
+pub fn relay_addr(conn: &rayfarm_proto::Conn, peer_port: u16) -> Option<std::net::SocketAddr> {
+    (peer_port != 0).then(|| std::net::SocketAddr::new(conn.peer.ip(), peer_port))
+}
+
+/// How a worker got its scene.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Shipped {
+    /// From its own cache.
+    Cached,
+    /// Fetched: `master_bytes` of it from the master, the rest from `relay`.
+    Fetched {
+        master_bytes: u64,
+        relay: Option<std::net::SocketAddr>,
+    },
+}
+
+/// Sends a worker its job and, when its cache lacks the scene, where to fetch it (the plan's
+/// choice: this master, or a relaying worker) and the chunk hashes; the master sends chunks
+/// itself to workers it feeds and to any whose relay fails (`NeedChunks`). Returns once the
+/// worker is `Ready`.
+#[allow(clippy::too_many_arguments)]
 pub async fn send_job(
     conn: &mut rayfarm_proto::Conn,
     job_id: u64,
     scene_hash: [u8; 32],
     blob: &[u8],
+    chunks: &ChunkList,
     work: &WireWork,
-) -> Result<bool, SessionError> {
+    ship: &Shipping<'_>,
+) -> Result<Shipped, SessionError> {
     conn.send(&Msg::Job {
         job_id,
         scene_hash,
@@ -567,27 +667,96 @@ pub async fn send_job(
     .await?;
     let loading = "waiting for the worker to load the scene";
     match recv_skip_heartbeats(conn, Duration::from_secs(120), loading).await? {
-        Msg::Ready => Ok(false),
+        Msg::Ready => {
+            ship.plan().join_complete(scene_hash, ship.id, ship.serve);
+            Ok(Shipped::Cached)
+        }
         Msg::NeedScene => {
-            for (i, chunk) in blob.chunks(rayfarm_proto::SCENE_CHUNK_BYTES).enumerate() {
-                conn.send(&Msg::SceneChunk {
-                    offset: (i * rayfarm_proto::SCENE_CHUNK_BYTES) as u64,
-                    data: chunk.to_vec(),
-                })
-                .await?;
+            let source = ship.plan().join(scene_hash, ship.id, ship.serve);
+            let relay = match source {
+                Source::Master => None,
+                Source::Peer { addr, .. } => Some(addr),
+            };
+            conn.send(&Msg::SceneSource {
+                chunk_bytes: chunks.chunk_bytes,
+                chunk_hashes: chunks.hashes.clone(),
+                peer: relay.map(|a| a.to_string()),
+            })
+            .await?;
+            let mut master_bytes = 0;
+            if relay.is_none() {
+                master_bytes += send_chunks(conn, blob, chunks, 0).await?;
             }
-            match recv_skip_heartbeats(conn, Duration::from_secs(600), loading).await? {
-                Msg::Ready => Ok(true),
-                other => Err(SessionError::Expected {
-                    expected: "Ready",
-                    got: other.name(),
-                }),
+            loop {
+                match recv_skip_heartbeats(conn, Duration::from_secs(600), loading).await? {
+                    Msg::Ready => {
+                        return Ok(Shipped::Fetched {
+                            master_bytes,
+                            relay,
+                        })
+                    }
+                    Msg::NeedChunks { from_chunk } if from_chunk < chunks.count() => {
+                        tracing::info!(
+                            "worker {}: its relay failed; sending the scene from chunk {from_chunk} on",
+                            conn.peer
+                        );
+                        ship.plan().fell_back(scene_hash, ship.id);
+                        master_bytes += send_chunks(conn, blob, chunks, from_chunk).await?;
+                    }
+                    other => {
+                        return Err(SessionError::Expected {
+                            expected: "Ready or NeedChunks (for a chunk of the scene)",
+                            got: other.name(),
+                        })
+                    }
+                }
             }
         }
         other => Err(SessionError::Expected {
             expected: "Ready or NeedScene",
             got: other.name(),
         }),
+    }
+}
+
+/// Sends the scene's chunks from `first` on; returns the bytes sent.
+async fn send_chunks(
+    conn: &mut rayfarm_proto::Conn,
+    blob: &[u8],
+    chunks: &ChunkList,
+    first: u32,
+) -> Result<u64, SessionError> {
+    let mut sent = 0;
+    for i in first..chunks.count() {
+        let offset = chunks.offset(i);
+        let data = blob[offset as usize..offset as usize + chunks.len_of(i)].to_vec();
+        sent += data.len() as u64;
+        conn.send(&Msg::SceneChunk { offset, data }).await?;
+    }
+    Ok(sent)
+}
+
+/// Logs how the scene reached the workers and what their results cost on the wire.
+fn report_traffic(job: &Job) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = job.shipping.lock().unwrap_or_else(|p| p.into_inner());
+    if s.fetched > 0 {
+        let line = format!(
+            "scene distribution: {} worker(s) fetched the scene ({} through relays); the master sent {} bytes ({:.2} copies); the last was ready {:.2} s after the master started",
+            s.fetched,
+            s.through_relays,
+            s.master_bytes,
+            s.master_bytes as f64 / job.blob.len().max(1) as f64,
+            s.last_ready_s
+        );
+        eprintln!("{line}");
+    }
+    let (n, bytes) = (job.results.load(Relaxed), job.result_bytes.load(Relaxed));
+    if n > 0 {
+        tracing::info!(
+            "results: {n} unit results from workers, {bytes} bytes of sums ({:.0} bytes per result)",
+            bytes as f64 / n as f64
+        );
     }
 }
 
@@ -624,14 +793,19 @@ async fn worker_session(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
     let peer = conn.peer;
-    let (alias, threads) = match recv_skip_heartbeats(
+    let (alias, threads, peer_port) = match recv_skip_heartbeats(
         &mut conn,
         Duration::from_secs(10),
         "waiting for WorkerHello",
     )
     .await?
     {
-        Msg::WorkerHello { alias, threads, .. } => (alias, threads.clamp(1, 4096)),
+        Msg::WorkerHello {
+            alias,
+            threads,
+            peer_port,
+            ..
+        } => (alias, threads.clamp(1, 4096), peer_port),
         other => {
             return Err(SessionError::Expected {
                 expected: "WorkerHello",
@@ -644,10 +818,34 @@ async fn worker_session(
     // The render may end while this worker still receives or loads the scene (at scale,
     // shipping can take longer than rendering): then it is told so, instead of finding a
     // broken pipe (regression: such a worker exited 1).
+    let ship = Shipping {
+        plan: &job.plan,
+        id: distribution::next_peer_id(),
+        serve: relay_addr(&conn, peer_port),
+    };
     let shipped = tokio::select! {
-        r = send_job(&mut conn, job.job_id, job.scene_hash, &job.blob, &job.work) => Some(r),
+        r = send_job(&mut conn, job.job_id, job.scene_hash, &job.blob, &job.chunks, &job.work, &ship) => Some(r),
         _ = render_ended(&mut stop) => None,
     };
+    let result = serve_worker(
+        &mut conn, shipped, &sched, &job, &name, threads, t0, &mut stop,
+    )
+    .await;
+    ship.plan().leave(ship.id);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_worker(
+    conn: &mut rayfarm_proto::Conn,
+    shipped: Option<Result<Shipped, SessionError>>,
+    sched: &Arc<Mutex<Scheduler>>,
+    job: &Job,
+    name: &str,
+    threads: u32,
+    t0: Instant,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), SessionError> {
     let Some(sent) = shipped else {
         let _ = conn
             .send(&Msg::Goodbye {
@@ -656,28 +854,40 @@ async fn worker_session(
             .await;
         return Ok(());
     };
-    let sent = sent?;
-    if sent {
-        tracing::info!(
-            "{name}: scene sent ({} bytes), ready after {:.2} s",
-            job.blob.len(),
-            t0.elapsed().as_secs_f64()
-        );
-    } else {
-        tracing::info!(
+    match sent? {
+        Shipped::Fetched {
+            master_bytes,
+            relay,
+        } => {
+            let via = match relay {
+                Some(r) => format!("relayed by {r}; {master_bytes} bytes from the master"),
+                None => format!("{master_bytes} bytes from the master"),
+            };
+            tracing::info!(
+                "{name}: scene sent ({} bytes, {via}), ready after {:.2} s",
+                job.blob.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            let mut s = job.shipping.lock().unwrap_or_else(|p| p.into_inner());
+            s.fetched += 1;
+            s.through_relays += u32::from(relay.is_some());
+            s.master_bytes += master_bytes;
+            s.last_ready_s = s.last_ready_s.max(job.started.elapsed().as_secs_f64());
+        }
+        Shipped::Cached => tracing::info!(
             "{name}: scene cached, ready after {:.2} s",
             t0.elapsed().as_secs_f64()
-        );
+        ),
     }
     let node = sched
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .add_node(name.clone(), threads);
+        .add_node(name.to_string(), threads);
     eprintln!(
         "node joined: {name}, {threads} threads, rendering {:.3} s after the master started",
         job.started.elapsed().as_secs_f64()
     );
-    let result = session_loop(&mut conn, &sched, node, &name, threads, &mut stop).await;
+    let result = session_loop(conn, sched, job, node, name, threads, stop).await;
     sched
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -691,6 +901,7 @@ async fn worker_session(
 async fn session_loop(
     conn: &mut rayfarm_proto::Conn,
     sched: &Arc<Mutex<Scheduler>>,
+    job: &Job,
     node: NodeId,
     name: &str,
     threads: u32,
@@ -737,6 +948,8 @@ async fn session_loop(
                             tracing::warn!("ignoring a result for a unit not assigned to this node: {unit:?}");
                             continue;
                         }
+                        job.results.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        job.result_bytes.fetch_add(sums.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let r = rayfarm_proto::decode_sums(&unit, &sums, nonfinite)?;
                         sched.lock().unwrap_or_else(|p| p.into_inner()).complete(node, r);
                     }

@@ -27,6 +27,9 @@ struct Node {
     connected: bool,
 }
 
+/// The name under which the master's own cores render.
+pub const LOCAL_NODE: &str = "local";
+
 /// The most planned units one handed-out unit joins (consecutive sample ranges of one tile).
 pub const MAX_JOINED_UNITS: usize = 8;
 
@@ -58,6 +61,9 @@ pub struct Scheduler {
     /// costs nothing more than adding it into the film.
     tracking: bool,
     stopped: bool,
+    /// Nothing is handed out until this many nodes (besides the master's own cores) have
+    /// joined (`--wait-for-nodes`); 0 once that happened.
+    wait_for_nodes: usize,
 }
 
 /// A layer's image as it converges: linear RGB, each pixel divided by its own sample count
@@ -109,6 +115,7 @@ impl Scheduler {
             tallest: 0,
             tracking: false,
             stopped: false,
+            wait_for_nodes: 0,
         }
     }
 
@@ -188,12 +195,35 @@ impl Scheduler {
             samples: 0,
             connected: true,
         });
+        self.check_waiting();
         self.nodes.len() - 1
+    }
+
+    /// Holds every unit back until `n` nodes other than `local` have joined (then never again,
+    /// whoever leaves): a render that should start only once its farm is ready.
+    pub fn wait_for_nodes(&mut self, n: usize) {
+        self.wait_for_nodes = n;
+        self.check_waiting();
+    }
+
+    /// Whether units are held back for nodes still to join.
+    pub fn waiting_for_nodes(&self) -> Option<(usize, usize)> {
+        (self.wait_for_nodes > 0).then(|| (self.remote_nodes(), self.wait_for_nodes))
+    }
+
+    fn remote_nodes(&self) -> usize {
+        self.nodes.iter().filter(|n| n.name != LOCAL_NODE).count()
+    }
+
+    fn check_waiting(&mut self) {
+        if self.wait_for_nodes > 0 && self.remote_nodes() >= self.wait_for_nodes {
+            self.wait_for_nodes = 0;
+        }
     }
 
     /// The next unit for `node`, if any is waiting.
     pub fn take(&mut self, node: NodeId) -> Option<WorkUnit> {
-        if self.stopped {
+        if self.stopped || self.wait_for_nodes > 0 {
             return None;
         }
         let u = self.pending.pop_first()?;
@@ -204,7 +234,7 @@ impl Scheduler {
     /// The next unit for `node` joined with up to `limit - 1` following sample ranges of the
     /// same tile (planned units of the same length, in order), as one unit.
     pub fn take_joined(&mut self, node: NodeId, limit: usize) -> Option<WorkUnit> {
-        if self.stopped {
+        if self.stopped || self.wait_for_nodes > 0 {
             return None;
         }
         let first = self.pending.pop_first()?;
@@ -595,5 +625,35 @@ mod tests {
         let left = s.take_unfinished();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].2, vec![1; 4], "each pixel's sample count");
+    }
+
+    #[test]
+    fn nothing_is_handed_out_until_enough_workers_joined() {
+        let units: Vec<WorkUnit> = (0..4)
+            .map(|i| WorkUnit {
+                layer: 0,
+                x0: 0,
+                y0: 0,
+                x1: 4,
+                y1: 4,
+                sample_start: i * 4,
+                sample_end: i * 4 + 4,
+            })
+            .collect();
+        let mut s = Scheduler::new(vec![Region::full(4, 4)], units);
+        s.wait_for_nodes(2);
+        let local = s.add_node(LOCAL_NODE.into(), 2);
+        let a = s.add_node("a (10.0.0.1:1)".into(), 1);
+        assert_eq!(s.take(local), None, "the master's cores wait too");
+        assert_eq!(s.take_joined(a, 4), None);
+        assert_eq!(s.waiting_for_nodes(), Some((1, 2)));
+        let b = s.add_node("b (10.0.0.2:1)".into(), 1);
+        assert_eq!(s.waiting_for_nodes(), None);
+        assert!(s.take(b).is_some());
+        s.node_lost(a);
+        assert!(
+            s.take(local).is_some(),
+            "a node leaving later holds nothing back"
+        );
     }
 }

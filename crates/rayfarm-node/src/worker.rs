@@ -8,7 +8,9 @@
 //! not returned, then `Goodbye`, and exits 0. When the master says `Goodbye` or the connection
 //! closes it exits as well. Rendering threads are not interrupted: their results are dropped.
 
+use crate::relay::{self, Fetched, Shelf};
 use rayfarm_bake::Workload;
+use rayfarm_proto::scene_chunks::ChunkList;
 use rayfarm_proto::{connect, encode_sums, FarmKey, Msg, Role, WireUnit};
 use rayfarm_render::RenderScene;
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,8 @@ pub struct WorkerConfig {
     /// The network folders this node writes parts into (after `path_map`); empty: any job
     /// folder whose job.desc the farm key authenticates.
     pub netdirs: rayfarm_job::folder::Roots,
+    /// Relay scenes to other workers the master sends here (see [`crate::relay`]).
+    pub relay: bool,
 }
 
 /// Rewrites `path` with the first matching prefix of `map` (whole path components only).
@@ -277,12 +281,108 @@ fn cache_put(dir: &Path, hash: &[u8; 32], blob: &[u8], max_bytes: u64) {
     }
 }
 
-/// A scene being received: its hash, announced size, the bytes so far and the job's work.
+/// A scene being received (its bytes go onto the relay shelf): its hash, announced size, the
+/// chunk list once the master sent it, the next chunk expected and the job's work.
 struct Incoming {
     hash: [u8; 32],
     total: u64,
-    buf: Vec<u8>,
+    chunks: Option<Arc<ChunkList>>,
+    next: u32,
     work: Workload,
+}
+
+/// Ends the relay port's task when the worker ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens the relay port on the address this worker reaches its master from; its port, or 0
+/// when relaying is off or the port cannot be opened (the master then never names this node
+/// as a source).
+async fn open_relay(
+    cfg: &WorkerConfig,
+    conn: &rayfarm_proto::Conn,
+    shelf: &Arc<Shelf>,
+) -> (u16, Option<AbortOnDrop>) {
+    if !cfg.relay {
+        return (0, None);
+    }
+    let ip = match conn.local_addr() {
+        Ok(a) => a.ip(),
+        Err(e) => {
+            tracing::warn!("not relaying scenes: {e}");
+            return (0, None);
+        }
+    };
+    match tokio::net::TcpListener::bind((ip, 0)).await {
+        Ok(l) => {
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            tracing::info!("relaying scenes to other workers on {ip}:{port}");
+            let task = tokio::spawn(relay::serve(l, cfg.key.clone(), shelf.clone()));
+            (port, Some(AbortOnDrop(task)))
+        }
+        Err(e) => {
+            tracing::warn!("not relaying scenes: cannot open a port on {ip}: {e}");
+            (0, None)
+        }
+    }
+}
+
+/// Takes chunk `index` of the scene being received (already checked against its hash); once
+/// the last is in, checks the whole scene, caches and loads it.
+async fn take_chunk(
+    pending: &mut Option<Incoming>,
+    shelf: &Shelf,
+    cfg: &WorkerConfig,
+    index: u32,
+    data: &[u8],
+) -> Result<Option<Loaded>, String> {
+    let Some(inc) = pending.as_mut() else {
+        return Err("scene data without a job".into());
+    };
+    if index != inc.next {
+        return Err(format!(
+            "scene chunk {index} out of order (expected {})",
+            inc.next
+        ));
+    }
+    shelf.append(&inc.hash, data)?;
+    inc.next += 1;
+    let count = inc.chunks.as_ref().map_or(0, |c| c.count());
+    if inc.next < count {
+        return Ok(None);
+    }
+    let Some(Incoming { hash, work, .. }) = pending.take() else {
+        return Err("scene state lost".into());
+    };
+    let blob = shelf
+        .finish(&hash)
+        .ok_or("the scene received is shorter than announced")?;
+    // Every chunk matched the hash the master sent, so the scene is the master's: it loads at
+    // once. The whole-blob content hash is checked (and the scene cached under it) in the
+    // background, off the path to `Ready`: a scene whose content hash disagrees with the
+    // master's announcement is never cached (and a cached scene is checked again when read).
+    let (dir, max) = (cfg.cache_dir.clone(), cfg.cache_max_bytes);
+    let checked = blob.clone();
+    tokio::task::spawn_blocking(move || match rayfarm_scene::blob::content_hash(&checked) {
+        Ok(got) if got == hash => cache_put(&dir, &hash, &checked, max),
+        _ => tracing::warn!(
+            "the scene received does not match its announced content hash; not caching it"
+        ),
+    });
+    Ok(Some(load_scene(blob, work, cfg.max_scene_bytes).await?))
+}
+
+/// The next chunk from the relay, if a relay is fetching.
+async fn next_fetched(rx: &mut Option<mpsc::Receiver<Fetched>>) -> Option<Fetched> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Loaded {
@@ -325,10 +425,13 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     };
     tracing::info!("connected to master {}", cfg.master);
     eprintln!("connected to master {}", cfg.master);
+    let shelf = Arc::new(Shelf::default());
+    let (peer_port, _relay) = open_relay(&cfg, &conn, &shelf).await;
     conn.send(&Msg::WorkerHello {
         alias: cfg.alias.clone(),
         threads: cfg.threads as u32,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        peer_port,
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -346,6 +449,8 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     // Units assigned and not yet returned.
     let mut outstanding: BTreeSet<WireUnit> = BTreeSet::new();
     let mut pending_scene: Option<Incoming> = None;
+    // Chunks from the relay the master named, while it sends them.
+    let mut fetching: Option<mpsc::Receiver<Fetched>> = None;
     // Tasks running, with the flag that cancels each (`CancelTask`).
     let mut running_tasks: std::collections::HashMap<i64, Arc<std::sync::atomic::AtomicBool>> =
         std::collections::HashMap::new();
@@ -369,7 +474,16 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
             }
             _ = heartbeat.tick() => {
                 if !hung.load(Ordering::Relaxed) {
-                    conn.send(&Msg::Heartbeat).await.map_err(|e| e.to_string())?;
+                    match conn.send(&Msg::Heartbeat).await {
+                        Ok(()) => {}
+                        // The master ended (its `Goodbye` may be unread behind the reset):
+                        // an ordinary end, as when a read finds the connection closed.
+                        Err(e) if e.is_closed() => {
+                            tracing::info!("master {} closed the connection", cfg.master);
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
                 }
             }
             Some((jid, r)) = result_rx.recv() => {
@@ -406,6 +520,21 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                 };
                 conn.send(&msg).await.map_err(|e| e.to_string())?;
             }
+            Some(f) = next_fetched(&mut fetching) => match f {
+                Fetched::Chunk { index, data } => {
+                    if let Some(l) = take_chunk(&mut pending_scene, &shelf, &cfg, index, &data).await? {
+                        fetching = None;
+                        loaded = Some(l);
+                        conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                Fetched::Failed { next, why } => {
+                    fetching = None;
+                    tracing::warn!("{why}; fetching the rest of the scene from the master");
+                    eprintln!("{why}; fetching the rest of the scene from the master");
+                    conn.send(&Msg::NeedChunks { from_chunk: next }).await.map_err(|e| e.to_string())?;
+                }
+            },
             msg = conn.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
@@ -430,45 +559,57 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                                 .await
                                 .map_err(|e| format!("scene cache lookup failed: {e}"))?
                         };
+                        fetching = None;
+                        pending_scene = None;
                         if let Some(blob) = cached {
                             tracing::info!("scene {} found in the cache", &hex::encode(scene_hash)[..12]);
+                            let blob = Arc::new(blob);
+                            shelf.hold(scene_hash, blob.clone());
                             loaded = Some(load_scene(blob, work, cfg.max_scene_bytes).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         } else {
+                            shelf.start(scene_hash, scene_bytes);
                             pending_scene = Some(Incoming {
                                 hash: scene_hash,
                                 total: scene_bytes,
-                                buf: Vec::new(),
+                                chunks: None,
+                                next: 0,
                                 work,
                             });
                             conn.send(&Msg::NeedScene).await.map_err(|e| e.to_string())?;
                         }
                     }
-                    Msg::SceneChunk { offset, data } => {
-                        let Some(Incoming { total, buf, .. }) = pending_scene.as_mut() else {
-                            return Err("master sent scene data without a job".into());
+                    Msg::SceneSource { chunk_bytes, chunk_hashes, peer } => {
+                        let Some(inc) = pending_scene.as_mut() else {
+                            return Err(format!("master {} sent a scene source without a job", cfg.master));
                         };
-                        if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > *total {
-                            return Err("master sent scene data out of order or beyond the announced size".into());
+                        let chunks = Arc::new(
+                            ChunkList::new(inc.total, chunk_bytes, chunk_hashes)
+                                .map_err(|e| format!("master {} sent a bad chunk list: {e}", cfg.master))?,
+                        );
+                        inc.chunks = Some(chunks.clone());
+                        if let Some(addr) = peer {
+                            let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+                                format!("master {} named a relay that is not an address: {addr:?}", cfg.master)
+                            })?;
+                            tracing::info!("fetching the scene from the relay {addr}");
+                            let (tx, rx) = mpsc::channel(4);
+                            fetching = Some(rx);
+                            tokio::spawn(relay::fetch(addr.to_string(), cfg.key.clone(), inc.hash, chunks, 0, tx));
                         }
-                        buf.extend_from_slice(&data);
-                        if buf.len() as u64 == *total {
-                            let Some(Incoming { hash, buf: blob, work, .. }) = pending_scene.take() else {
-                                return Err("scene state lost".into());
-                            };
-                            // Hashing and caching a scene (possibly gigabytes) off the event loop.
-                            let (dir, max) = (cfg.cache_dir.clone(), cfg.cache_max_bytes);
-                            let blob = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-                                let got = rayfarm_scene::blob::content_hash(&blob).map_err(|e| e.to_string())?;
-                                if got != hash {
-                                    return Err("the scene received does not match its announced content hash".into());
-                                }
-                                cache_put(&dir, &hash, &blob, max);
-                                Ok(blob)
-                            })
-                            .await
-                            .map_err(|e| format!("scene check failed: {e}"))??;
-                            loaded = Some(load_scene(blob, work, cfg.max_scene_bytes).await?);
+                    }
+                    Msg::SceneChunk { offset, data } => {
+                        let index = pending_scene
+                            .as_ref()
+                            .and_then(|p| p.chunks.as_ref())
+                            .and_then(|c| c.index_at(offset).map(|i| (i, c.verify(i, &data))));
+                        let index = match index {
+                            Some((i, Ok(()))) => i,
+                            Some((_, Err(e))) => return Err(format!("master {}: {e}", cfg.master)),
+                            None => return Err(format!("master {} sent scene data without a chunk list, or at a bad offset", cfg.master)),
+                        };
+                        if let Some(l) = take_chunk(&mut pending_scene, &shelf, &cfg, index, &data).await? {
+                            loaded = Some(l);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         }
                     }
@@ -543,7 +684,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     }
 }
 
-async fn load_scene(blob: Vec<u8>, work: Workload, max_bytes: u64) -> Result<Loaded, String> {
+async fn load_scene(blob: Arc<Vec<u8>>, work: Workload, max_bytes: u64) -> Result<Loaded, String> {
     tokio::task::spawn_blocking(move || {
         // The header's uncompressed length is checked against the limit before decompressing.
         let scene = rayfarm_scene::blob::decode_with_limit(&blob, max_bytes).map_err(|e| {

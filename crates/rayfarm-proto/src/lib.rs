@@ -15,6 +15,7 @@ pub mod auth;
 pub mod channel;
 pub mod listener;
 pub mod messages;
+pub mod scene_chunks;
 pub mod sums;
 pub mod unit_sums;
 
@@ -29,16 +30,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Version of the messages and handshake below. Bump on any incompatible change.
-/// Version 3: the Noise channel replaced the challenge-response MACs.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Version 3: the Noise channel replaced the challenge-response MACs. Version 4: compact unit
+/// sums. Version 5: workers relay scenes to each other (`SceneSource`, `NeedChunks`,
+/// `FetchScene`, `WorkerHello::peer_port`).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).
 pub const MAX_FRAME_BYTES: usize = 32 << 20;
 /// Largest Noise handshake message accepted (ours are 48 bytes each way).
 pub const MAX_HANDSHAKE_MESSAGE_BYTES: usize = 256;
-/// Size of one scene chunk.
-pub const SCENE_CHUNK_BYTES: usize = 8 << 20;
+/// Size of one scene chunk: small enough that a relay forwards it after a few ms (each level
+/// of the distribution tree adds one chunk's time), large enough that framing costs nothing.
+pub const SCENE_CHUNK_BYTES: usize = 1 << 20;
+/// Chunk sizes a worker accepts in `SceneSource`.
+pub const SCENE_CHUNK_BYTES_RANGE: std::ops::RangeInclusive<u32> = (64 << 10)..=(8 << 20);
 /// Time allowed for the preamble and the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default daemon port.
@@ -102,6 +108,21 @@ pub enum ProtoError {
         bytes: usize,
         limit: usize,
     },
+}
+
+impl ProtoError {
+    /// Whether the peer closed or reset the connection (as opposed to breaking the protocol).
+    pub fn is_closed(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            ProtoError::Closed { .. } => true,
+            ProtoError::Io { source, .. } => matches!(
+                source.kind(),
+                BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// A connection through the farm channel: both sides hold the farm key, and every message is

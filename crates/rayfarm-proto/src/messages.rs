@@ -388,6 +388,9 @@ pub enum Msg {
         alias: String,
         threads: u32,
         version: String,
+        /// The port on which this worker relays scenes to other workers (`FetchScene`), on
+        /// the address it connected to the master from; 0 when it does not.
+        peer_port: u16,
     },
     /// Master -> worker: what to render.
     Job {
@@ -398,10 +401,33 @@ pub enum Msg {
     },
     /// Worker -> master: the scene is not in my cache, send it.
     NeedScene,
-    /// Master -> worker: a piece of the compiled scene blob.
+    /// Master -> worker, the answer to `NeedScene`: the scene's chunks and where to get them.
+    /// Chunk `i` is bytes `[i * chunk_bytes, min((i + 1) * chunk_bytes, scene_bytes))` of the
+    /// blob and its BLAKE3 hash is `chunk_hashes[i]`. With a `peer` the worker fetches the
+    /// chunks from that worker (`FetchScene`); without one the master sends them at once.
+    SceneSource {
+        chunk_bytes: u32,
+        chunk_hashes: Vec<[u8; 32]>,
+        peer: Option<String>,
+    },
+    /// Worker -> master: my peer failed or stalled; send the chunks from `from_chunk` on.
+    NeedChunks {
+        from_chunk: u32,
+    },
+    /// Master or relaying worker -> worker: a piece of the compiled scene blob.
     SceneChunk {
         offset: u64,
+        /// As one byte string (the same bytes on the wire as a sequence of `u8`, decoded with
+        /// one copy instead of element by element).
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+    },
+    /// Worker -> relaying worker (its peer port): send me the chunks of this scene from
+    /// `from_chunk` on, as you get them.
+    FetchScene {
+        scene_hash: [u8; 32],
+        chunk_bytes: u32,
+        from_chunk: u32,
     },
     /// Worker -> master: scene loaded, ready for units.
     Ready,
@@ -413,6 +439,7 @@ pub enum Msg {
     /// ([`crate::unit_sums`]: zigzag varints, zstd).
     UnitDone {
         unit: WireUnit,
+        #[serde(with = "serde_bytes")]
         sums: Vec<u8>,
         nonfinite: u64,
     },
@@ -478,7 +505,10 @@ impl Msg {
             Msg::WorkerHello { .. } => "WorkerHello",
             Msg::Job { .. } => "Job",
             Msg::NeedScene => "NeedScene",
+            Msg::SceneSource { .. } => "SceneSource",
+            Msg::NeedChunks { .. } => "NeedChunks",
             Msg::SceneChunk { .. } => "SceneChunk",
+            Msg::FetchScene { .. } => "FetchScene",
             Msg::Ready => "Ready",
             Msg::Assign { .. } => "Assign",
             Msg::UnitDone { .. } => "UnitDone",

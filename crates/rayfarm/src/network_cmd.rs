@@ -38,6 +38,12 @@ pub struct WorkerArgs {
     /// Print `heartbeat` on stdout every second (used by the daemon's watchdog)
     #[arg(long, hide = true)]
     pub heartbeat_stdout: bool,
+    /// Do not relay scenes to other workers. By default a worker opens a port (any free one,
+    /// on the address it reaches the master from; farm key required) and passes the scene on
+    /// to the workers the master names, so the master's uplink carries each scene only about
+    /// twice however many nodes join
+    #[arg(long)]
+    pub no_relay: bool,
     /// Print version and devices as one JSON line and exit (used by the daemon)
     #[arg(long)]
     pub probe: bool,
@@ -119,6 +125,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
             .map(|mb| mb.saturating_mul(1 << 20).min(worker::MAX_SCENE_BYTES))
             .unwrap_or_else(worker::default_max_scene_bytes),
         heartbeat_stdout: a.heartbeat_stdout,
+        relay: !a.no_relay,
         key,
         path_map: parse_path_maps(&a.path_map)?,
         netdirs: rayfarm_job::folder::Roots::for_node(if a.netdir.is_empty() {
@@ -229,6 +236,17 @@ pub struct RenderNetworkArgs {
     /// Address the master port listens on
     #[arg(long, default_value = "0.0.0.0")]
     pub master_bind: String,
+    /// How many workers each node, this master included, passes the scene on to. Workers
+    /// relay it to each other, so the master's uplink carries it about this many times
+    /// however many nodes join; 0 makes the master send it to every worker itself
+    #[arg(long, default_value_t = rayfarm_master::distribution::DEFAULT_SCENE_FANOUT,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub scene_fanout: u32,
+    /// Hand out no work, this machine's cores included, until N workers have joined (have
+    /// the scene and are ready): for a render, or a benchmark, that should start with its
+    /// whole farm rather than with the first nodes to be ready
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub wait_for_nodes: usize,
 }
 
 pub struct NetworkRender {
@@ -256,6 +274,8 @@ pub fn network_options(a: &RenderNetworkArgs, local_threads: usize) -> Result<Ne
             key,
             lease_timeout_ms: rayfarm_master::DEFAULT_LEASE_TIMEOUT_MS,
             listen: true,
+            scene_fanout: a.scene_fanout,
+            wait_for_nodes: a.wait_for_nodes,
         },
     })
 }

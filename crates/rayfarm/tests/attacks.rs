@@ -313,12 +313,26 @@ fn a_decompression_bomb_is_refused_before_it_is_decompressed() {
                 other => panic!("expected NeedScene, got {other:?}"),
             }
         }
-        c.send(&Msg::SceneChunk {
-            offset: 0,
-            data: bomb.clone(),
+        let chunks = rayfarm_proto::scene_chunks::ChunkList::of(
+            &bomb,
+            rayfarm_proto::SCENE_CHUNK_BYTES as u32,
+        );
+        c.send(&Msg::SceneSource {
+            chunk_bytes: chunks.chunk_bytes,
+            chunk_hashes: chunks.hashes.clone(),
+            peer: None,
         })
         .await
         .unwrap();
+        for i in 0..chunks.count() {
+            let o = chunks.offset(i) as usize;
+            c.send(&Msg::SceneChunk {
+                offset: o as u64,
+                data: bomb[o..o + chunks.len_of(i)].to_vec(),
+            })
+            .await
+            .unwrap();
+        }
         // The worker gives up on the job: it closes the connection.
         loop {
             match c
