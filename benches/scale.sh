@@ -26,7 +26,8 @@
 #                        scene_shipping.sh at SCENE_MB (decode and BVH count too)
 #   SCENE_MB=32          compiled scene size in MB (the issue's scene: 133)
 #   LOOPBACK_N="1 2 4 8 16"   worker counts on loopback ("" skips)
-#   NETNS_N="1 2 4 8 16"      worker counts in namespaces, up to 64 ("" skips step 4)
+#   NETNS_N="1 2 4 8 16"      worker counts in namespaces, up to 64 ("" skips step 4);
+#                             NETNS_N_<rate> for one rate only, e.g. NETNS_N_100="1 2 4 8 16 32 64"
 #   RATES="1000 100"          link rates in Mbit/s for step 4
 #   E2E_ARGS="--width 256 --height 256 --spp 256 --max-bounces 8"   ("" skips step 5)
 #   UNIT_CODEC=<dir of the first binary>/examples/unit_codec   ("" or missing skips step 2)
@@ -48,8 +49,12 @@ PORT_BASE=${PORT_BASE:-22100}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-/tmp/rayfarm-scale-$stamp.json}
 
-for n in $NETNS_N; do
-  if [ "$n" -gt 64 ]; then echo "scale: NETNS_N goes up to 64 (addresses 10.201.0.11-74)" >&2; exit 2; fi
+# Worker counts at one rate: NETNS_N_<rate> when set (e.g. NETNS_N_100="1 2 4 8 16 32 64"),
+# else NETNS_N.
+netns_n() { local v=NETNS_N_$1; echo "${!v-$NETNS_N}"; }
+all_netns_n="$NETNS_N $(for rate in $RATES; do netns_n "$rate"; done)"
+for n in $all_netns_n; do
+  if [ "$n" -gt 64 ]; then echo "scale: namespace worker counts go up to 64 (addresses 10.201.0.11-74)" >&2; exit 2; fi
 done
 
 BINS=()
@@ -164,7 +169,7 @@ fi
 
 # 4: namespaces.
 maxn=0
-for n in $NETNS_N; do [ "$n" -gt "$maxn" ] && maxn=$n; done
+for n in $all_netns_n; do [ "$n" -gt "$maxn" ] && maxn=$n; done
 # Every command is checked (`|| return 1`): these run inside `if`, where set -e does not act.
 add_leaf() {  # namespace, bridge-side veth name, address
   ip netns add "$1" || return 1
@@ -212,7 +217,7 @@ if [ "$maxn" -gt 0 ]; then
       step link --master-ns "$NSM" --worker-ns "$P-w1" --master-ip "$MASTER_IP" --rate-mbit "$rate" \
         --bytes "$(python3 -c "print(int($rate * 1e6 / 8 * 1.5))")" && show \
         || notice "link check at $rate Mbit/s failed"
-      for n in $NETNS_N; do
+      for n in $(netns_n "$rate"); do
         # Generous: three times what master-only shipping needs at this rate, plus a minute.
         ship "${rate}mbit" "$rate" "$(python3 -c "print(int(60 + 3 * $n * $scene_bytes * 8 / ($rate * 1e6)))")" "$n" \
           --master-ns "$NSM" --master-ip "$MASTER_IP" --worker-ns "$worker_ns"
@@ -231,19 +236,26 @@ if [ -n "$E2E_ARGS" ]; then
   done
 fi
 
-meta=$(python3 - "$stamp" "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)" "$source_commit" "$(bin_meta)" <<PY
-import json, os, sys
-stamp, load0, load1, commit, bins = sys.argv[1:6]
+by_rate=$(for rate in $RATES; do printf '%s=%s;' "$rate" "$(netns_n "$rate")"; done)
+meta=$(SCALE_STAMP=$stamp SCALE_LOAD0=$load_start SCALE_LOAD1=$(cut -d' ' -f1-3 /proc/loadavg) \
+  SCALE_COMMIT=$source_commit SCALE_BINS=$(bin_meta) SCALE_BY_RATE=$by_rate SCENE_KIND=$SCENE_KIND \
+  SCENE_MB=$SCENE_MB LOOPBACK_N=$LOOPBACK_N E2E_ARGS=$E2E_ARGS python3 - <<'PY'
+import json, os
+e = os.environ
+bins = [l.split("\t", 1) for l in e["SCALE_BINS"].splitlines()]
 mem = next(int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
 print(json.dumps({
-    "date_utc": stamp,
-    "binaries": [{"path": p, "version": v} for p, v in (l.split("\t", 1) for l in bins.splitlines())],
-    "source_commit": commit or None,
+    "date_utc": e["SCALE_STAMP"],
+    "binaries": [{"path": p, "version": v} for p, v in bins],
+    "source_commit": e["SCALE_COMMIT"] or None,
     "host": {"cores": os.cpu_count(), "mem_bytes": mem, "kernel": os.uname().release,
-             "loadavg_start": load0, "loadavg_end": load1},
-    "settings": {"scene_kind": "$SCENE_KIND", "scene_mb": $SCENE_MB, "loopback_n": "$LOOPBACK_N",
-                 "netns_n": "$NETNS_N", "rates_mbit": "$RATES", "e2e_args": "$E2E_ARGS",
-                 "command": "bash benches/scale.sh" + "".join(" " + p for p in (l.split("\t")[0] for l in bins.splitlines()))},
+             "loadavg_start": e["SCALE_LOAD0"], "loadavg_end": e["SCALE_LOAD1"]},
+    "settings": {
+        "command": "bash benches/scale.sh" + "".join(" " + p for p, _ in bins),
+        "scene_kind": e["SCENE_KIND"], "scene_mb": float(e["SCENE_MB"]),
+        "loopback_n": e["LOOPBACK_N"],
+        "netns_n_by_rate": dict(kv.split("=", 1) for kv in e["SCALE_BY_RATE"].split(";") if kv),
+        "e2e_args": e["E2E_ARGS"]},
 }))
 PY
 )

@@ -428,6 +428,8 @@ def cmd_ship(a):
         worker_max_rss_mb=round(max(rss), 1) if rss else None,
         wall_s=round(time.monotonic() - t_start, 2),
     )
+    if not rec["scene_bytes"] and summary.get("copies"):
+        rec["scene_bytes"] = round(summary["master_bytes"] / summary["copies"])
     if summary.get("last_ready_s") is not None:
         rec["last_ready_s_summary"] = summary["last_ready_s"]
     if before and after:
@@ -696,7 +698,7 @@ def main():
     s = sub.add_parser("bench")
     s.add_argument("--bin", required=True)
     s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--repeat", type=int, default=2)
+    s.add_argument("--repeat", type=int, default=3)
     s = sub.add_parser("codec")
     s.add_argument("--unit-codec", required=True)
     s = sub.add_parser("show")
