@@ -130,9 +130,11 @@ def mem_available_bytes():
 
 
 class IdleRenderThreads(threading.Thread):
-    """Puts the render threads of the given processes into SCHED_IDLE as they appear: every
-    thread but the main one and tokio's (rayon's threads are unnamed, so they carry the
-    process's name)."""
+    """Puts the render threads of the given processes into SCHED_IDLE as they appear: the
+    threads that carry the main thread's name (the worker's render pool is an unnamed rayon
+    pool built by the main thread). Tokio's threads, the BVH build thread
+    (`rayfarm-bvh-build`) and rayon's global pool (started from a tokio blocking thread, so
+    named after it) keep their priority: they load the scene."""
 
     def __init__(self, pids):
         super().__init__(daemon=True)
@@ -146,6 +148,8 @@ class IdleRenderThreads(threading.Thread):
             for pid in self.pids:
                 try:
                     tids = os.listdir(f"/proc/{pid}/task")
+                    with open(f"/proc/{pid}/comm") as f:
+                        main_comm = f.read().strip()
                 except OSError:
                     continue
                 for t in tids:
@@ -157,7 +161,7 @@ class IdleRenderThreads(threading.Thread):
                             comm = f.read().strip()
                     except OSError:
                         continue
-                    if comm.startswith("tokio"):
+                    if comm != main_comm:
                         continue
                     try:
                         os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
@@ -401,6 +405,9 @@ def cmd_ship(a):
                 tail = ANSI.sub("", f.read()).strip().splitlines()[-1:] or ["(no output)"]
             rec["errors"].append(f"worker w{k} exited with {p.returncode}: {tail[0]}")
     idle.done.set()
+    if len(idle.idled) - idle.failed < n:
+        rec["errors"].append(f"only {len(idle.idled) - idle.failed} render threads of {n} workers found "
+                             "(threads named like the main one): the others rendered at normal priority")
     with open(os.path.join(a.work, f"master-{a.label}-{n}.err"), "w") as f:
         f.write("\n".join(lines) + "\n")
     if master.returncode not in (0, None):

@@ -17,15 +17,19 @@ ranges = 522,240 units, 8.49e9 samples. A node renders S samples/s: `rayfarm ben
 here". The work is W = samples / S node-seconds, so linear speed-up finishes at W / N.
 
 1. Readiness. Node i starts rendering at t_i. Scene cached on the nodes: every t_i is the load
-   time (one worker with a warm cache, measured, scaled to the scene size). Not cached: the t_i
-   are spread evenly between first(N) and last(N), with
-       first(N), last(N) = load + k_first(N), k_last(N) x size / goodput(rate)
+   time (one worker with a warm cache, measured, scaled to the scene size). Not cached: the
+   first node, the mean and the last one are ready at
+       first(N), mean(N), last(N) = load + k_first(N), k_mean(N), k_last(N) x size / goodput(rate)
    where k is a ready time counted in transfers of one scene over one link. k is measured on
    the shaped links (k = (t - load) / (measured scene bytes / measured TCP goodput); on
    loopback, which has no rate, per the one-worker time instead) for the measured N, and
    fitted by least squares both as a + b N and as a + b log2 N; the better fit is kept, and a
    fit with b <= 0 becomes flat (the mean). A master that ships every copy itself gives k ~ N
    (its one link carries N scenes); node-to-node distribution gives k ~ log2 N or flat.
+   Between first and last the t_i follow first + (last - first) x (i / (N - 1))^g, with g
+   chosen so that their mean is mean(N): g = 1 spreads them evenly, g < 1 puts most of them
+   near the last (TCP's shares of the master's link are uneven: a few workers finish early,
+   most together at the end).
 2. Rendering. Node i renders from t_i on, so the frame's samples are in at the T_r that solves
    sum_i max(0, T_r - t_i) = W (a node ready after T_r never helps).
 3. The master. The frame comes back as R results: the scheduler's joining is simulated (each
@@ -96,6 +100,16 @@ def interp(j, at1, at8):
     return at1 + (at8 - at1) * (j - 1) / (MAX_JOINED_UNITS - 1)
 
 
+def ready_times(n, first, mean, last):
+    """n ready times from first to last, first + (last - first) x (i / (n - 1))^g, with the
+    mean of x^g over [0, 1] (1 / (g + 1)) equal to where `mean` lies between them."""
+    if n == 1 or last - first < 1e-9:
+        return [last] * n
+    frac = min(max((mean - first) / (last - first), 1e-3), 1 - 1e-3)
+    g = 1 / frac - 1
+    return [first + (last - first) * (i / (n - 1)) ** g for i in range(n)]
+
+
 def render_end(ready, work):
     """T with sum max(0, T - t_i) = work (nodes ready at `ready` render from then on)."""
     ts = sorted(ready)
@@ -147,6 +161,7 @@ class Params:
         self.load_s = 0.0
         self.cached_load_s = 0.0
         self.k_first = None  # functions of N
+        self.k_mean = None
         self.k_last = None
         self.join = True
         self.bytes1 = self.bytes8 = None
@@ -167,15 +182,17 @@ def model(p):
             goodput = gbit * 1e9 / 8 * p.goodput_fraction
             for cached in (False, True):
                 if cached:
-                    first = last = p.cached_load_s
+                    first = mean = last = p.cached_load_s
                 elif p.ship_is_per_node_time is not None:
-                    first = last = n * p.ship_is_per_node_time / gbit
+                    first = mean = last = n * p.ship_is_per_node_time / gbit
                 else:
                     one = p.scene_bytes / goodput
                     first = p.load_s + max(0.0, p.k_first(n)) * one
+                    mean = p.load_s + max(0.0, p.k_mean(n)) * one
                     last = p.load_s + max(0.0, p.k_last(n)) * one
                     first = min(first, last)
-                ready = [first + (last - first) * i / (n - 1) if n > 1 else last for i in range(n)]
+                    mean = min(max(mean, first), last)
+                ready = ready_times(n, first, mean, last)
                 t_render = render_end(ready, work)
                 t_traffic = first + res_bytes / goodput
                 t_merge = first + res_us * 1e-6 / p.master_cores
@@ -300,34 +317,36 @@ def measured_params(run, binary, args, out):
             one = ones[0]
         pts_last = [(r["n"], (r["last_ready_s"] - load0) / one) for r in rs]
         pts_first = [(r["n"], (r["first_ready_s"] - load0) / one) for r in rs]
+        pts_mean = [(r["n"], (r["mean_ready_s"] - load0) / one) for r in rs]
         if len(pts_last) < 2:
             continue
         fits[lab] = {"one_transfer_s": one, "last": fit(pts_last), "first": fit(pts_first),
-                     "points": sorted(rs, key=lambda r: r["n"])}
+                     "mean": fit(pts_mean), "points": sorted(rs, key=lambda r: r["n"])}
     if label not in fits:
         sys.exit(f"scale_model: too few points to fit readiness from {label}")
     p.k_last = lambda n, f=fits[label]["last"]: f["a"] + f["b"] * f["g"](n)
     p.k_first = lambda n, f=fits[label]["first"]: f["a"] + f["b"] * f["g"](n)
+    p.k_mean = lambda n, f=fits[label]["mean"]: f["a"] + f["b"] * f["g"](n)
     return p, fits, label, scene0, load0
 
 
 def print_measurements(run, binary, fits, label, scene0, load0, p):
     print(f"\nMeasured scene shipping ({scene0 / 1e6:.1f} MB compiled; load with a warm cache "
           f"{load0:.2f} s), seconds after the master started:\n")
-    print("| link | N | first ready | last ready | master sent | copies | k last |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| link | N | first ready | mean | last ready | master sent | copies | k last |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for lab, f in fits.items():
         for r in f["points"]:
             copies = r["master_bytes"] / scene0 if scene0 else float("nan")
             k = (r["last_ready_s"] - load0) / f["one_transfer_s"]
-            print(f"| {lab} | {r['n']} | {r['first_ready_s']:.2f} | {r['last_ready_s']:.2f} | "
+            print(f"| {lab} | {r['n']} | {r['first_ready_s']:.2f} | {r['mean_ready_s']:.2f} | {r['last_ready_s']:.2f} | "
                   f"{r['master_bytes'] / 1e6:.1f} MB | {copies:.2f} | {k:.2f} |")
     print("\nReadiness fits (k: ready time in transfers of one scene over one link):\n")
     for lab, f in fits.items():
         mark = " (used)" if lab == label else ""
         alt = ", ".join(f"{nm}: sse {v['sse']:.3g}" for nm, v in f["last"]["other"].items())
         print(f"- {lab}{mark}: one transfer {f['one_transfer_s']:.2f} s; last {fmt_fit(f['last'])} "
-              f"({alt}); first {fmt_fit(f['first'])}")
+              f"({alt}); mean {fmt_fit(f['mean'])}; first {fmt_fit(f['first'])}")
     print(f"\nNode speed {p.samples_per_s / 1e6:.2f} M samples/s; goodput {p.goodput_fraction:.3f} of the "
           f"link rate; per result {p.bytes1:.0f} B / {p.us1:.1f} us single, {p.bytes8:.0f} B / "
           f"{p.us8:.1f} us joined by 8; master cores {p.master_cores}; scene {p.scene_bytes / 1e6:.0f} MB")
