@@ -346,12 +346,17 @@ def cmd_ship(a):
     joined = {}
     sent = {}
     summary = {}
+    port_taken = []
     all_ready = threading.Event()
 
     def read_stderr():
         for raw in master.stderr:
             line = ANSI.sub("", raw.rstrip("\n"))
             lines.append(line)
+            if "is taken; using port" in line:
+                # The workers look for the master at the port they were given.
+                port_taken.append(line)
+                all_ready.set()
             m = RE_JOINED.search(line)
             if m:
                 joined[m["name"]] = float(m["secs"])
@@ -376,6 +381,8 @@ def cmd_ship(a):
             break
         all_ready.wait(0.1)
     rec["complete"] = len(joined) >= n
+    if port_taken:
+        rec["errors"].append(f"port {port} was taken (choose another PORT_BASE): {port_taken[0]}")
     if not rec["complete"] and time.monotonic() >= deadline:
         rec["errors"].append(f"only {len(joined)} of {n} workers ready after {a.timeout:.0f} s")
     after = link_stats(a.master_ns) if a.master_ns else None
