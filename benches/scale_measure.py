@@ -599,7 +599,7 @@ def cmd_bench(a):
     m = re.search(r"([0-9.]+) s per frame, ([0-9.]+) M samples/s", out)
     if not m:
         sys.exit(f"bench: cannot read samples/s from: {out!r}")
-    emit({"kind": "bench", "threads": a.threads, "samples_per_s": float(m.group(2)) * 1e6,
+    emit({"kind": "bench", "binary": a.bin, "threads": a.threads, "samples_per_s": float(m.group(2)) * 1e6,
           "secs_per_frame": float(m.group(1)), "output": out.strip().splitlines()})
 
 

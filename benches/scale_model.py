@@ -237,7 +237,10 @@ def before_params(run, args):
     p = Params()
     p.samples_per_s = ISSUE["samples_per_s"]
     if run and run.get("bench"):
-        p.samples_per_s = max(b["samples_per_s"] for b in run["bench"] if b.get("threads") == 2)
+        # The first binary's: --before stands beside the run's first table.
+        first = run["binaries"][0]["path"]
+        p.samples_per_s = max(b["samples_per_s"] for b in run["bench"]
+                              if b.get("threads") == 2 and b.get("binary", first) == first)
     if args.samples_per_s:
         p.samples_per_s = args.samples_per_s
     p.scene_bytes = ISSUE["scene_bytes"]
@@ -258,7 +261,8 @@ def measured_params(run, binary, args, out):
     p = Params()
     p.master_cores = args.master_cores
     p.scene_bytes = args.scene_mb * 1e6
-    benches = [b for b in run.get("bench", []) if b.get("threads") == 2]
+    benches = [b for b in run.get("bench", []) if b.get("threads") == 2
+               and b.get("binary", binary) == binary]
     if not benches:
         sys.exit("scale_model: the run has no `rayfarm bench` figure (node speed); give --samples-per-s")
     p.samples_per_s = args.samples_per_s or max(b["samples_per_s"] for b in benches)
