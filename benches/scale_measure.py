@@ -44,7 +44,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import zlib
 
 KEY = "scale-bench-farm-key-0123456789"
@@ -325,10 +324,10 @@ def cmd_ship(a):
         if not a.warm_cache:
             shutil.rmtree(cache, ignore_errors=True)
         os.makedirs(cache, exist_ok=True)
-        err = open(os.path.join(a.work, f"w{k}.err"), "w")
-        workers.append(spawn(in_ns(worker_ns[k - 1]) + [
-            a.bin, "worker", "--master", addr, "--threads", "1", "--cache-dir", cache,
-            "--alias", f"w{k}"], stdout=subprocess.DEVNULL, stderr=err, env=env))
+        with open(os.path.join(a.work, f"w{k}.err"), "w") as err:
+            workers.append(spawn(in_ns(worker_ns[k - 1]) + [
+                a.bin, "worker", "--master", addr, "--threads", "1", "--cache-dir", cache,
+                "--alias", f"w{k}"], stdout=subprocess.DEVNULL, stderr=err, env=env))
     idle = IdleRenderThreads(p.pid for p in workers)
     idle.start()
     before = link_stats(a.master_ns) if a.master_ns else None
