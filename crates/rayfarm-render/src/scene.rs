@@ -805,25 +805,14 @@ impl RenderScene {
         let r0 = ((m.ior - 1.0) / (m.ior + 1.0)).powi(2);
         let f0 = (spec_color * r0).min(Vec3A::ONE) * specular;
         let roughness = roughness.clamp(0.0, 1.0);
-        // Built in the returned value and then changed in place: a `Bsdf` built on the stack
-        // and moved into the `Surface` cost a 160-byte memcpy per hit (2% of a render).
-        let mut surf = Surface {
-            p,
-            ng,
-            ns,
-            front,
-            bsdf: Bsdf::base(
-                base.clamp(Vec3A::ZERO, Vec3A::ONE),
-                metallic.clamp(0.0, 1.0),
-                (roughness * roughness).max(MIN_ALPHA),
-                f0,
-                specular.clamp(0.0, 1.0),
-                transmission.clamp(0.0, 1.0),
-            ),
-            emission: Vec3A::ZERO,
-            material: mat_idx,
-        };
-        let bsdf = &mut surf.bsdf;
+        let mut bsdf = Bsdf::base(
+            base.clamp(Vec3A::ZERO, Vec3A::ONE),
+            metallic.clamp(0.0, 1.0),
+            (roughness * roughness).max(MIN_ALPHA),
+            f0,
+            specular.clamp(0.0, 1.0),
+            transmission.clamp(0.0, 1.0),
+        );
         if m.has_sheen() {
             let mut color = Vec3A::from(m.sheen_color);
             if let Some(tr) = &m.sheen_color_texture {
@@ -856,12 +845,22 @@ impl RenderScene {
             bsdf.clearcoat_normal = coat_n;
         }
         if self.material_extension_lobes[mat_idx as usize] {
-            self.extension_lobes(bsdf, m, prim, [b0, b1, b2], ns, front, &uvs, &fp);
+            self.extension_lobes(&mut bsdf, m, prim, [b0, b1, b2], ns, front, &uvs, &fp);
         }
-        if m.is_emissive() {
-            surf.emission = self.emission_filtered(hit.prim, b1, b2, front, &fp);
+        let emission = if m.is_emissive() {
+            self.emission_filtered(hit.prim, b1, b2, front, &fp)
+        } else {
+            Vec3A::ZERO
+        };
+        Surface {
+            p,
+            ng,
+            ns,
+            front,
+            bsdf,
+            emission,
+            material: mat_idx,
         }
-        surf
     }
 
     /// Solid-angle density with which `sample_light` would pick the point `hit_t` along `dir` on
