@@ -51,16 +51,16 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Lines of the master's stderr (crates/rayfarm-master/src/lib.rs, worker_session and the coming
 # scene distribution); parsed loosely so a changed prefix (timestamp, level) does not matter.
 RE_SENT = re.compile(
-    r"(?P<name>\S+) \((?P<peer>[^)]*)\): scene (?:sent \((?P<bytes>\d+) bytes\)|(?P<cached>cached)), "
+    r"(?P<name>\S+) \((?P<peer>[^)]*)\): scene (?:sent \((?P<bytes>\d+) bytes[^)]*\)|(?P<cached>cached)), "
     r"ready after (?P<secs>[0-9.]+) s")
 RE_JOINED = re.compile(
     r"node joined: (?P<name>\S+) \((?P<peer>[^)]*)\), (?P<threads>\d+) threads, "
     r"rendering (?P<secs>[0-9.]+) s after the master started")
 RE_DIST = re.compile(
-    r"scene distribution: (?P<n>\d+) worker\(s\) fetched the scene; the master sent (?P<bytes>\d+) bytes "
+    r"scene distribution: (?P<n>\d+) worker\(s\) fetched the scene(?: \((?P<relayed>\d+) through relays\))?; the master sent (?P<bytes>\d+) bytes "
     r"\((?P<copies>[0-9.]+) copies\); the last was ready (?P<secs>[0-9.]+) s after the master started")
 RE_RESULTS = re.compile(
-    r"results: (?P<n>\d+) unit results, (?P<bytes>\d+) bytes of sums, (?P<ms>[0-9.]+) ms decoding and merging")
+    r"results: (?P<n>\d+) unit results(?: from workers)?, (?P<bytes>\d+) bytes of sums(?:, (?P<ms>[0-9.]+) ms decoding and merging)?")
 
 
 def note(msg):
@@ -368,6 +368,7 @@ def cmd_ship(a):
             m = RE_DIST.search(line)
             if m:
                 summary.update(workers=int(m["n"]), master_bytes=int(m["bytes"]),
+                               relayed=int(m["relayed"] or 0),
                                copies=float(m["copies"]), last_ready_s=float(m["secs"]))
         all_ready.set()
 
@@ -585,7 +586,7 @@ def cmd_e2e(a):
     m = RE_RESULTS.search(err)
     if m:
         rec["results_line"] = {"results": int(m["n"]), "bytes": int(m["bytes"]),
-                               "ms": float(m["ms"])}
+                               "ms": float(m["ms"]) if m["ms"] else None}
     emit(rec)
 
 

@@ -373,10 +373,13 @@ def print_measurements(run, binary, fits, label, scene0, load0, p):
               f"the master's CPU {e['master_cpu_s']:.3f} s, {cpu:.3f} s more than for a one-unit render "
               f"({100 * cpu / e['wall_s']:.1f}% of a core; at most {cpu / n_res * 1e6:.0f} us per result, "
               "timers and progress included, so the model keeps unit_codec's figure)")
-        if line:
+        if line and line.get('ms') is not None:
             print(f"  the master's own count: {line['results']} results, {line['bytes'] / 1e6:.2f} MB "
                   f"of sums, {line['ms']:.0f} ms decoding and merging "
                   f"({line['ms'] * 1e3 / max(1, line['results']):.1f} us per result)")
+        elif line:
+            print(f"  the master's own count: {line['results']} results, {line['bytes'] / 1e6:.2f} MB "
+                  f"of sums ({line['bytes'] / max(1, line['results']):.0f} bytes per result)")
 
 
 def main():
