@@ -563,10 +563,7 @@ fn local_render(
                 match unit {
                     Some(u) => {
                         let r = work.run_unit(&scene, &u);
-                        sched
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .complete(node, r);
+                        scheduler::merge(&sched, node, &r);
                     }
                     // Everything is handed out; wait in case a remote node is lost.
                     None => std::thread::sleep(Duration::from_millis(20)),
@@ -951,7 +948,7 @@ async fn session_loop(
                         job.results.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         job.result_bytes.fetch_add(sums.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let r = rayfarm_proto::decode_sums(&unit, &sums, nonfinite)?;
-                        sched.lock().unwrap_or_else(|p| p.into_inner()).complete(node, r);
+                        scheduler::merge(sched, node, &r);
                     }
                     Msg::GiveBack { units } => {
                         let mut given = 0;
