@@ -9,13 +9,20 @@
 //! scheduler's lock), decode its sums as a session does (`decode_sums`), and merge it. Each
 //! tile's results reuse the sums of one of the 64 rendered units. Every run must end with the
 //! same film bytes.
+//!
+//! Merges: `one lock` adds under the scheduler's lock (`Scheduler::complete`, as before issue
+//! 15), `split` only accepts and counts under it and adds into the banded film beside other
+//! threads (`scheduler::merge`, what the master does). Then the same split merge from T
+//! sessions on a tokio runtime of T worker threads, decoding and merging on the runtime's
+//! threads (`inline`, what `session_loop` does) or on a blocking thread per result
+//! (`spawn_blocking`), to see what moving it off the reactor would cost.
 
 use rayfarm_master::scheduler::{NodeId, Scheduler};
 use rayfarm_proto::WireUnit;
-use rayfarm_render::film::{plan_units, Region, UnitResult, WorkUnit};
+use rayfarm_render::film::{plan_units, Region, WorkUnit};
 use rayfarm_render::{Film, RenderScene, RenderSettings};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 const SIDE: u32 = 512;
@@ -40,36 +47,95 @@ fn encoded_for<'a>(encoded: &'a [Vec<u8>], u: &WorkUnit) -> &'a [u8] {
     &encoded[(tile % RENDERED) as usize]
 }
 
-/// What a session does with one result: completes it under the scheduler's one lock.
-fn merge(sched: &Mutex<Scheduler>, node: NodeId, r: UnitResult) -> bool {
-    sched.lock().unwrap().complete(node, r)
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Merge {
+    OneLock,
+    Split,
 }
 
-/// Completes every unit from `threads` threads; returns (wall s, CPU s, film).
-fn run(units: &[WorkUnit], encoded: &[Vec<u8>], threads: usize) -> (f64, f64, Film) {
-    let sched = Mutex::new(Scheduler::new(
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Runner {
+    Threads,
+    TokioInline,
+    TokioSpawnBlocking,
+}
+
+/// What a session does with one result: decode it, then merge it.
+fn decode_and_merge(sched: &Mutex<Scheduler>, node: NodeId, u: WorkUnit, enc: &[u8], m: Merge) {
+    let r = rayfarm_proto::decode_sums(&WireUnit::from(u), enc, 0).unwrap();
+    let accepted = match m {
+        Merge::OneLock => sched.lock().unwrap().complete(node, r),
+        Merge::Split => rayfarm_master::scheduler::merge(sched, node, &r),
+    };
+    assert!(accepted, "{u:?} refused");
+}
+
+/// Completes every unit from `threads` threads or sessions; returns (wall s, CPU s, film).
+fn run(
+    units: &[WorkUnit],
+    encoded: &Arc<Vec<Vec<u8>>>,
+    threads: usize,
+    m: Merge,
+    runner: Runner,
+) -> (f64, f64, Film) {
+    let sched = Arc::new(Mutex::new(Scheduler::new(
         vec![Region::full(SIDE, SIDE)],
         units.to_vec(),
-    ));
+    )));
     let nodes: Vec<NodeId> = (0..threads)
         .map(|t| sched.lock().unwrap().add_node(format!("t{t}"), 1))
         .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .build()
+        .unwrap();
     let (t0, c0) = (Instant::now(), cpu_s());
-    std::thread::scope(|s| {
-        for &node in &nodes {
-            let sched = &sched;
-            s.spawn(move || loop {
-                let Some(u) = sched.lock().unwrap().take(node) else {
-                    return;
-                };
-                let wire = WireUnit::from(u);
-                let r = rayfarm_proto::decode_sums(&wire, encoded_for(encoded, &u), 0).unwrap();
-                assert!(merge(sched, node, r), "{u:?} refused");
-            });
-        }
-    });
+    match runner {
+        Runner::Threads => std::thread::scope(|s| {
+            for &node in &nodes {
+                let sched = &sched;
+                s.spawn(move || loop {
+                    let Some(u) = sched.lock().unwrap().take(node) else {
+                        return;
+                    };
+                    decode_and_merge(sched, node, u, encoded_for(encoded, &u), m);
+                });
+            }
+        }),
+        Runner::TokioInline | Runner::TokioSpawnBlocking => rt.block_on(async {
+            let sessions: Vec<_> = nodes
+                .iter()
+                .map(|&node| {
+                    let (sched, encoded) = (sched.clone(), encoded.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            let Some(u) = sched.lock().unwrap().take(node) else {
+                                return;
+                            };
+                            if runner == Runner::TokioInline {
+                                decode_and_merge(&sched, node, u, encoded_for(&encoded, &u), m);
+                                // A session awaits its next message between results.
+                                tokio::task::yield_now().await;
+                            } else {
+                                let (sched, encoded) = (sched.clone(), encoded.clone());
+                                tokio::task::spawn_blocking(move || {
+                                    decode_and_merge(&sched, node, u, encoded_for(&encoded, &u), m)
+                                })
+                                .await
+                                .unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for s in sessions {
+                s.await.unwrap();
+            }
+        }),
+    }
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_s() - c0);
-    let mut s = sched.into_inner().unwrap();
+    drop(rt);
+    let mut s = sched.lock().unwrap();
     assert!(s.finished());
     let (_, film) = s.take_finished().pop().expect("the layer finished");
     (wall, cpu, film)
@@ -97,21 +163,23 @@ fn main() {
         seed: 1,
         camera,
     };
-    let encoded: Vec<Vec<u8>> = (0..RENDERED)
-        .map(|i| {
-            let (tx, ty) = (i % (SIDE / TILE), i / (SIDE / TILE));
-            let u = WorkUnit {
-                layer: 0,
-                sample_start: 0,
-                sample_end: SPU,
-                x0: tx * TILE,
-                y0: ty * TILE,
-                x1: tx * TILE + TILE,
-                y1: ty * TILE + TILE,
-            };
-            rayfarm_proto::unit_sums::encode(&rs.render_unit(&settings, &u).sums)
-        })
-        .collect();
+    let encoded: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..RENDERED)
+            .map(|i| {
+                let (tx, ty) = (i % (SIDE / TILE), i / (SIDE / TILE));
+                let u = WorkUnit {
+                    layer: 0,
+                    sample_start: 0,
+                    sample_end: SPU,
+                    x0: tx * TILE,
+                    y0: ty * TILE,
+                    x1: tx * TILE + TILE,
+                    y1: ty * TILE + TILE,
+                };
+                rayfarm_proto::unit_sums::encode(&rs.render_unit(&settings, &u).sums)
+            })
+            .collect(),
+    );
     let tiles = (SIDE / TILE) * (SIDE / TILE);
     let ranges = wanted.div_ceil(tiles).max(1);
     let units = plan_units(SIDE, SIDE, ranges * SPU, TILE, SPU);
@@ -122,17 +190,28 @@ fn main() {
         encoded.iter().map(|e| e.len()).sum::<usize>() / encoded.len()
     );
     let mut reference: Option<Film> = None;
-    for threads in [1usize, 2, 1, 2] {
-        let (wall, cpu, film) = run(&units, &encoded, threads);
-        println!(
-            "{threads} thread(s): {:8.0} results/s  {:6.1} us wall per result  {:6.1} us CPU per result",
-            n / wall,
-            wall * 1e6 / n,
-            cpu * 1e6 / n
-        );
-        match &reference {
-            None => reference = Some(film),
-            Some(f) => assert_eq!(f.sums(), film.sums(), "the film changed with the threads"),
+    let runs = [
+        (Merge::OneLock, Runner::Threads),
+        (Merge::Split, Runner::Threads),
+        (Merge::Split, Runner::TokioInline),
+        (Merge::Split, Runner::TokioSpawnBlocking),
+    ];
+    for round in 0..2 {
+        for (m, runner) in runs {
+            for threads in [1usize, 2] {
+                let (wall, cpu, film) = run(&units, &encoded, threads, m, runner);
+                println!(
+                    "round {round} {:28} {threads} thread(s): {:8.0} results/s  {:6.1} us wall per result  {:6.1} us CPU per result",
+                    format!("{m:?}, {runner:?}"),
+                    n / wall,
+                    wall * 1e6 / n,
+                    cpu * 1e6 / n
+                );
+                match &reference {
+                    None => reference = Some(film),
+                    Some(f) => assert_eq!(f.sums(), film.sums(), "the film changed"),
+                }
+            }
         }
     }
     println!("every run ended with the same film bytes");
