@@ -10,18 +10,22 @@
 //! tile's results reuse the sums of one of the 64 rendered units. Every run must end with the
 //! same film bytes.
 //!
-//! Merges: `one lock` adds under the scheduler's lock (`Scheduler::complete`, as before issue
-//! 15), `split` only accepts and counts under it and adds into the banded film beside other
-//! threads (`scheduler::merge`, what the master does). Then the same split merge from T
-//! sessions on a tokio runtime of T worker threads, decoding and merging on the runtime's
-//! threads (`inline`, what `session_loop` does) or on a blocking thread per result
-//! (`spawn_blocking`), to see what moving it off the reactor would cost.
+//! Merges: `OneLock` adds under the scheduler's lock (`Scheduler::complete`, as before issue
+//! 15), `Split` only accepts and counts under it and adds into the banded film beside other
+//! threads (`scheduler::merge`, what the master does). `Threads` runs them on plain threads;
+//! `TokioInline` runs the split merge from T sessions on a tokio runtime of T worker threads,
+//! decoding and merging on the runtime's threads (what `session_loop` does), and
+//! `TokioSpawnBlocking` on a blocking thread per result, to see what moving it off the
+//! runtime's threads would cost. Besides results/s and CPU per result, each run reports how
+//! long the scheduler's lock was held per result: whatever the cores, a master cannot merge
+//! more than one result per that time.
 
 use rayfarm_master::scheduler::{NodeId, Scheduler};
 use rayfarm_proto::WireUnit;
 use rayfarm_render::film::{plan_units, Region, WorkUnit};
 use rayfarm_render::{Film, RenderScene, RenderSettings};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -63,14 +67,46 @@ enum Runner {
 /// What a session does with one result: decode it, then merge it.
 fn decode_and_merge(sched: &Mutex<Scheduler>, node: NodeId, u: WorkUnit, enc: &[u8], m: Merge) {
     let r = rayfarm_proto::decode_sums(&WireUnit::from(u), enc, 0).unwrap();
+    // The time the scheduler's lock is held to merge the result: with a lock held H s a
+    // result, no number of cores merges more than 1 / H results a second.
+    let held = |t: Instant| {
+        LOCK_HELD_NS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    };
     let accepted = match m {
-        Merge::OneLock => sched.lock().unwrap().complete(node, r),
-        Merge::Split => rayfarm_master::scheduler::merge(sched, node, &r),
+        Merge::OneLock => {
+            let mut s = sched.lock().unwrap();
+            let t = Instant::now();
+            let ok = s.complete(node, r);
+            held(t);
+            ok
+        }
+        // The steps of `scheduler::merge`, with its two lock sections timed.
+        Merge::Split => {
+            let a = {
+                let mut s = sched.lock().unwrap();
+                let t = Instant::now();
+                let a = s.accept(node, &r);
+                held(t);
+                a
+            };
+            a.map(|a| {
+                a.add(&r).unwrap();
+                let mut s = sched.lock().unwrap();
+                let t = Instant::now();
+                s.merged(a);
+                held(t);
+            })
+            .is_some()
+        }
     };
     assert!(accepted, "{u:?} refused");
 }
 
-/// Completes every unit from `threads` threads or sessions; returns (wall s, CPU s, film).
+/// Nanoseconds the scheduler's lock was held to merge results, over a run.
+static LOCK_HELD_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Completes every unit from `threads` threads or sessions; returns (wall s, CPU s, film) and
+/// leaves the lock's time in [`LOCK_HELD_NS`].
 fn run(
     units: &[WorkUnit],
     encoded: &Arc<Vec<Vec<u8>>>,
@@ -89,6 +125,7 @@ fn run(
         .worker_threads(threads)
         .build()
         .unwrap();
+    LOCK_HELD_NS.store(0, Ordering::Relaxed);
     let (t0, c0) = (Instant::now(), cpu_s());
     match runner {
         Runner::Threads => std::thread::scope(|s| {
@@ -201,11 +238,12 @@ fn main() {
             for threads in [1usize, 2] {
                 let (wall, cpu, film) = run(&units, &encoded, threads, m, runner);
                 println!(
-                    "round {round} {:28} {threads} thread(s): {:8.0} results/s  {:6.1} us wall per result  {:6.1} us CPU per result",
+                    "round {round} {:28} {threads} thread(s): {:8.0} results/s  {:5.1} us wall, {:5.1} us CPU, lock held {:5.2} us per result",
                     format!("{m:?}, {runner:?}"),
                     n / wall,
                     wall * 1e6 / n,
-                    cpu * 1e6 / n
+                    cpu * 1e6 / n,
+                    LOCK_HELD_NS.load(Ordering::Relaxed) as f64 / 1e3 / n
                 );
                 match &reference {
                     None => reference = Some(film),
