@@ -6,7 +6,10 @@
 //! a lost node's units go back to the queue. A unit is counted once: only the node it is
 //! assigned to may complete it, and a late result from a node already given up is ignored.
 //! Results are fixed-point integer sums, so the merged film is bit-identical to a local render
-//! whatever node rendered what (see rayfarm-render's `film`).
+//! whatever node rendered what (see rayfarm-render's `film`). Each result is decoded and merged
+//! on the thread that received it (a worker's session on the runtime, a local core's thread),
+//! many at once: the scheduler's lock is held only to accept and to count it, and the film has
+//! a lock per band of rows (see [`scheduler`]).
 //!
 //! Long-lived tasks and how they stop: the listener, the discovery loop, each lease holder and
 //! each worker session watch one `watch` channel that flips to `true` when the render is done

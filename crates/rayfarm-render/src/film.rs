@@ -3,8 +3,9 @@
 //! A work unit is a (tile, sample range). Rendering it yields, per pixel, the sum of its
 //! samples in 24-bit fixed point held in `i128`. Integer addition is associative, so the film's
 //! value for a pixel is the same whatever the tiling, the split of sample ranges or the order in
-//! which units arrive — the basis of bit-identical distributed renders. (The film still adds in
-//! a fixed order where it can; the integers make that a convenience, not a requirement.)
+//! which units arrive — the basis of bit-identical distributed renders. A master adds results
+//! as they arrive, from many threads at once, into a [`SharedFilm`]; the integers make the
+//! order they are added in irrelevant.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
