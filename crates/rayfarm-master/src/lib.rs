@@ -6,7 +6,10 @@
 //! a lost node's units go back to the queue. A unit is counted once: only the node it is
 //! assigned to may complete it, and a late result from a node already given up is ignored.
 //! Results are fixed-point integer sums, so the merged film is bit-identical to a local render
-//! whatever node rendered what (see rayfarm-render's `film`).
+//! whatever node rendered what (see rayfarm-render's `film`). Each result is decoded and merged
+//! on the thread that received it (a worker's session on the runtime, a local core's thread),
+//! many at once: the scheduler's lock is held only to accept and to count it, and the film has
+//! a lock per band of rows (see [`scheduler`]).
 //!
 //! Long-lived tasks and how they stop: the listener, the discovery loop, each lease holder and
 //! each worker session watch one `watch` channel that flips to `true` when the render is done
@@ -563,10 +566,7 @@ fn local_render(
                 match unit {
                     Some(u) => {
                         let r = work.run_unit(&scene, &u);
-                        sched
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .complete(node, r);
+                        scheduler::merge(&sched, node, &r);
                     }
                     // Everything is handed out; wait in case a remote node is lost.
                     None => std::thread::sleep(Duration::from_millis(20)),
@@ -951,7 +951,7 @@ async fn session_loop(
                         job.results.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         job.result_bytes.fetch_add(sums.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let r = rayfarm_proto::decode_sums(&unit, &sums, nonfinite)?;
-                        sched.lock().unwrap_or_else(|p| p.into_inner()).complete(node, r);
+                        scheduler::merge(sched, node, &r);
                     }
                     Msg::GiveBack { units } => {
                         let mut given = 0;

@@ -1,19 +1,28 @@
-//! Which unit goes where: the master's bookkeeping, behind one mutex.
+//! Which unit goes where: the master's bookkeeping, behind one mutex, and no IO.
 //!
 //! Units wait in `pending` (ordered, so hand-out order is deterministic), move to `in_flight`
-//! with the node that has them, and end in `done` once their result is in the film. Only the
-//! node that holds a unit can complete it, so a late result from a node given up is ignored,
-//! and no sample is counted twice.
+//! with the node that has them, to `merging` once their result is accepted, and end in `done`
+//! once it is in the film. Only the node that holds a unit can complete it, so a late result
+//! from a node given up is ignored, and no sample is counted twice.
 //!
 //! A job has layers (one for a render; one per map and pass for a bake), each with its own
 //! film. A layer's film is made when its first result arrives and handed out through
 //! [`Scheduler::take_finished`] when its last one is in, so a bake of many maps holds only
 //! the few layers in progress in memory.
+//!
+//! Adding a result into the film is most of a merge's work besides decoding it, so it happens
+//! outside this lock ([`merge`]): [`Scheduler::accept`] decides, under the lock, that a result
+//! counts (its sender holds the unit, the result fits the film) and takes the unit out of
+//! `in_flight`, so neither a duplicate nor a lost node's requeue can count it again; the
+//! caller adds it into the layer's [`SharedFilm`], where adds of other results run beside it;
+//! [`Scheduler::merged`] then counts it done, under the lock again. A layer finishes in
+//! `merged`, so only once the add of every one of its results has returned.
 
 use crate::{NodeShare, Status};
-use rayfarm_render::film::Region;
+use rayfarm_render::film::{check_fits, FilmError, Region, SharedFilm};
 use rayfarm_render::{Film, UnitResult, WorkUnit};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 pub type NodeId = usize;
 
@@ -40,6 +49,9 @@ pub struct Scheduler {
     /// renders and sends one result for them: fewer, bigger results to send and merge, and
     /// the same sums, since integer sums do not depend on how samples are grouped.
     joined: HashMap<WorkUnit, Vec<WorkUnit>>,
+    /// Units whose result was accepted and is being added into its film, with their node:
+    /// no longer in flight (never requeued, never accepted again), not yet done.
+    merging: HashMap<WorkUnit, NodeId>,
     done: HashSet<WorkUnit>,
     total_units: usize,
     samples_total: u64,
@@ -47,9 +59,9 @@ pub struct Scheduler {
     nodes: Vec<Node>,
     /// Each layer's region.
     layers: Vec<Region>,
-    /// Units of each layer not yet done.
+    /// Units of each layer not yet done (a unit being merged is not done yet).
     layer_left: Vec<usize>,
-    films: BTreeMap<u32, Film>,
+    films: BTreeMap<u32, Arc<SharedFilm>>,
     finished_layers: Vec<(usize, Film)>,
     /// Samples each pixel of a layer in progress has, for a live view and for a stopped job.
     counts: BTreeMap<u32, Vec<u32>>,
@@ -102,6 +114,7 @@ impl Scheduler {
             pending,
             in_flight: HashMap::new(),
             joined: HashMap::new(),
+            merging: HashMap::new(),
             done: HashSet::new(),
             samples_total,
             samples_done: 0,
@@ -144,7 +157,7 @@ impl Scheduler {
             .into_iter()
             .map(|(l, f)| {
                 let counts = self.counts.remove(&l).unwrap_or_default();
-                (l as usize, f, counts)
+                (l as usize, unshare(f), counts)
             })
             .collect()
     }
@@ -160,7 +173,9 @@ impl Scheduler {
     pub fn preview(&self, layer: u32, max_edge: u32) -> Option<Preview> {
         let film = self.films.get(&layer)?;
         let counts = self.counts.get(&layer)?;
-        Some(preview_of(film, counts, max_edge))
+        Some(preview_with(film.region(), counts, max_edge, |ys, xs| {
+            film.gather(ys, xs)
+        }))
     }
 
     /// Who rendered which region of `layer` most recently.
@@ -296,44 +311,90 @@ impl Scheduler {
         }
     }
 
-    /// Adds a result if `node` holds the unit; returns whether it was accepted.
+    /// Adds a result if `node` holds the unit, all under this lock; returns whether it was
+    /// accepted. [`merge`] does the same with the add outside the lock.
     pub fn complete(&mut self, node: NodeId, r: UnitResult) -> bool {
-        if self.in_flight.get(&r.unit) != Some(&node) {
-            return false;
-        }
-        let layer = r.unit.layer;
-        let Some(&region) = self.layers.get(layer as usize) else {
+        let Some(a) = self.accept(node, &r) else {
             return false;
         };
+        match a.add(&r) {
+            Ok(()) => {
+                self.merged(a);
+                true
+            }
+            Err(_) => {
+                self.abandon(a);
+                false
+            }
+        }
+    }
+
+    /// The first half of completing a unit: whether `r` counts, i.e. `node` holds `r.unit` and
+    /// `r` fits its layer's film. If so, the unit is no longer in flight (a second result for
+    /// it is refused; losing the node does not requeue it) and the caller adds `r` through the
+    /// returned [`Accepted`], then hands that to [`Scheduler::merged`] (or, if the add failed,
+    /// to [`Scheduler::abandon`]). A malformed result sends the unit back to the queue.
+    pub fn accept(&mut self, node: NodeId, r: &UnitResult) -> Option<Accepted> {
+        if self.in_flight.get(&r.unit) != Some(&node) {
+            return None;
+        }
+        let layer = r.unit.layer;
+        let &region = self.layers.get(layer as usize)?;
+        if check_fits(region, r).is_err() {
+            self.requeue(r.unit);
+            return None;
+        }
         let film = self
             .films
             .entry(layer)
-            .or_insert_with(|| Film::new_region(region));
-        if film.add(&r).is_err() {
-            // A malformed result: the unit goes back to the queue.
-            self.requeue(r.unit);
-            return false;
-        }
+            .or_insert_with(|| Arc::new(SharedFilm::new(region)))
+            .clone();
         self.in_flight.remove(&r.unit);
-        if self.tracking {
-            self.track(layer, region, node, r.unit);
+        self.merging.insert(r.unit, node);
+        Some(Accepted {
+            unit: r.unit,
+            node,
+            film,
+        })
+    }
+
+    /// The second half: `a`'s result is in the film. The unit (or the planned units it joins)
+    /// is done; if it was its layer's last, the layer's film is finished.
+    pub fn merged(&mut self, a: Accepted) {
+        let Accepted { unit, node, film } = a;
+        // The layer's film may be handed out below: this add is over.
+        drop(film);
+        if self.merging.remove(&unit).is_none() {
+            return;
         }
-        let parts = self.joined.remove(&r.unit).unwrap_or_else(|| vec![r.unit]);
+        let layer = unit.layer;
+        if self.tracking {
+            if let Some(&region) = self.layers.get(layer as usize) {
+                self.track(layer, region, node, unit);
+            }
+        }
+        let parts = self.joined.remove(&unit).unwrap_or_else(|| vec![unit]);
         let left = &mut self.layer_left[layer as usize];
         *left -= parts.len();
         if *left == 0 {
             if let Some(f) = self.films.remove(&layer) {
-                self.finished_layers.push((layer as usize, f));
+                self.finished_layers.push((layer as usize, unshare(f)));
             }
             self.counts.remove(&layer);
         }
         self.done.extend(parts);
-        let s = r.unit.samples();
+        let s = unit.samples();
         self.samples_done += s;
         if let Some(n) = self.nodes.get_mut(node) {
             n.samples += s;
         }
-        true
+    }
+
+    /// `a`'s result could not be added (and nothing of it was): its unit goes back to the queue.
+    pub fn abandon(&mut self, a: Accepted) {
+        if self.merging.remove(&a.unit).is_some() {
+            self.requeue(a.unit);
+        }
     }
 
     /// Counts `u`'s samples into its pixels and makes `node` the owner of its region.
@@ -389,14 +450,16 @@ impl Scheduler {
         }
     }
 
-    /// Whether every unit is in, or the job was stopped and nothing is in flight.
+    /// Whether every unit is in, or the job was stopped and nothing is in flight or being
+    /// merged.
     pub fn finished(&self) -> bool {
-        self.done.len() == self.total_units || (self.stopped && self.in_flight.is_empty())
+        self.done.len() == self.total_units
+            || (self.stopped && self.in_flight.is_empty() && self.merging.is_empty())
     }
 
-    /// Units handed out and not yet back.
+    /// Units handed out and not yet in the film.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.len() + self.merging.len()
     }
 
     pub fn status(&self, master_port: u16) -> Status {
@@ -419,22 +482,103 @@ impl Scheduler {
     }
 }
 
+/// A result accepted by [`Scheduler::accept`], to be added into its layer's film and then
+/// handed back to [`Scheduler::merged`] (or [`Scheduler::abandon`]).
+#[derive(Debug)]
+#[must_use = "an accepted unit stays unfinished until it is handed to `merged` or `abandon`"]
+pub struct Accepted {
+    unit: WorkUnit,
+    node: NodeId,
+    film: Arc<SharedFilm>,
+}
+
+impl Accepted {
+    pub fn unit(&self) -> WorkUnit {
+        self.unit
+    }
+
+    /// Adds `r` (the result that was accepted) into its layer's film; other threads' adds into
+    /// the same film may run at the same time.
+    pub fn add(&self, r: &UnitResult) -> Result<(), FilmError> {
+        debug_assert_eq!(r.unit, self.unit);
+        self.film.add(r)
+    }
+}
+
+/// Completes `node`'s result `r` with `sched` locked only to accept it and to count it done:
+/// the add into the film, between the two, runs beside other threads' merges. Returns whether
+/// the result was accepted; one that does not fit its film sends its unit back to the queue.
+pub fn merge(sched: &Mutex<Scheduler>, node: NodeId, r: &UnitResult) -> bool {
+    let lock = || sched.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(a) = lock().accept(node, r) else {
+        return false;
+    };
+    let added = a.add(r);
+    let mut s = lock();
+    match added {
+        Ok(()) => {
+            s.merged(a);
+            true
+        }
+        Err(_) => {
+            s.abandon(a);
+            false
+        }
+    }
+}
+
+/// A layer's film once its adds are over: the film itself when nothing else holds it (the
+/// usual case: a layer is handed out after its last add returned), else a copy of it.
+fn unshare(film: Arc<SharedFilm>) -> Film {
+    Arc::try_unwrap(film).map_or_else(|f| f.to_film(), SharedFilm::into_film)
+}
+
 /// `film` with each pixel divided by its count, scaled down to at most `max_edge` a side.
 pub fn preview_of(film: &Film, counts: &[u32], max_edge: u32) -> Preview {
-    let (w, h) = (film.region.width(), film.region.height());
+    let (w, sums) = (film.region.width() as usize, film.sums());
+    preview_with(film.region, counts, max_edge, |ys, xs| {
+        ys.iter()
+            .flat_map(|&y| xs.iter().map(move |&x| sums[y as usize * w + x as usize]))
+            .collect()
+    })
+}
+
+/// The preview of a film over `region`, whose sums at the rows and columns asked for (row
+/// major) `gather` returns.
+fn preview_with(
+    region: Region,
+    counts: &[u32],
+    max_edge: u32,
+    gather: impl FnOnce(&[u32], &[u32]) -> Vec<[i128; 3]>,
+) -> Preview {
+    let (w, h) = (region.width(), region.height());
     let scale = (w.max(h) as f64 / max_edge.max(1) as f64).max(1.0);
     let pw = ((w as f64 / scale).round() as u32).clamp(1, w.max(1));
     let ph = ((h as f64 / scale).round() as u32).clamp(1, h.max(1));
     let one = 1.0 / (1u64 << rayfarm_render::film::FIXED_FRAC_BITS) as f64;
-    let sums = film.sums();
+    // An empty region has no pixel to sample: the preview stays black.
+    let (ys, xs): (Vec<u32>, Vec<u32>) = if w == 0 || h == 0 {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            (0..ph)
+                .map(|py| ((py as u64 * h as u64) / ph as u64) as u32)
+                .collect(),
+            (0..pw)
+                .map(|px| ((px as u64 * w as u64) / pw as u64) as u32)
+                .collect(),
+        )
+    };
+    let sums = gather(&ys, &xs);
     let mut rgb = Vec::with_capacity(pw as usize * ph as usize);
-    for py in 0..ph {
-        let y = ((py as u64 * h as u64) / ph as u64) as usize;
-        for px in 0..pw {
-            let x = ((px as u64 * w as u64) / pw as u64) as usize;
-            let i = y * w as usize + x;
-            let n = counts.get(i).copied().unwrap_or(0);
-            rgb.push(match sums.get(i) {
+    for py in 0..ph as usize {
+        for px in 0..pw as usize {
+            let i = match (ys.get(py), xs.get(px)) {
+                (Some(&y), Some(&x)) => Some(y as usize * w as usize + x as usize),
+                _ => None,
+            };
+            let n = i.and_then(|i| counts.get(i)).copied().unwrap_or(0);
+            rgb.push(match sums.get(py * xs.len() + px) {
                 Some(s) if n > 0 => s.map(|v| (v as f64 * one / n as f64) as f32),
                 _ => [0.0; 3],
             });
@@ -601,6 +745,190 @@ mod tests {
             spans(&s.owners(0)),
             vec![(0, 2, "b".to_string()), (2, 4, "a".to_string())]
         );
+    }
+
+    /// A (pixel, sample)'s fixed-point value in a test job: any function of them will do.
+    fn sample_value(layer: u32, x: u32, y: u32, s: u32) -> [i128; 3] {
+        let h = rayfarm_render::sampler::mix64(
+            (u64::from(layer) << 48) ^ (u64::from(y) << 32) ^ (u64::from(x) << 16) ^ u64::from(s),
+        );
+        let v = (h >> 30) as i128 - (1 << 33);
+        [v, v / 5, -(v % 100_000)]
+    }
+
+    /// What a node renders for `u`: each pixel's sum over the unit's samples.
+    fn render(u: WorkUnit) -> UnitResult {
+        let mut sums = Vec::with_capacity(u.pixels());
+        for y in u.y0..u.y1 {
+            for x in u.x0..u.x1 {
+                let mut sum = [0i128; 3];
+                for s in u.sample_start..u.sample_end {
+                    let v = sample_value(u.layer, x, y, s);
+                    for c in 0..3 {
+                        sum[c] += v[c];
+                    }
+                }
+                sums.push(sum);
+            }
+        }
+        UnitResult {
+            unit: u,
+            sums,
+            // Additive, as the sums are: a joined unit has its parts' total.
+            nonfinite_samples: u64::from(u.sample_end - u.sample_start),
+        }
+    }
+
+    /// A job of two layers whose units cross the film's bands.
+    fn two_layer_job() -> (Vec<Region>, Vec<WorkUnit>) {
+        let layers = vec![Region::full(29, 23), Region::full(12, 40)];
+        let mut units = rayfarm_render::film::plan_region(0, layers[0], 24, 6, 3);
+        units.extend(rayfarm_render::film::plan_region(1, layers[1], 10, 9, 2));
+        (layers, units)
+    }
+
+    fn finished_films(s: &mut Scheduler) -> BTreeMap<usize, (Vec<[i128; 3]>, u64)> {
+        s.take_finished()
+            .into_iter()
+            .map(|(l, f)| (l, (f.sums().to_vec(), f.nonfinite_samples)))
+            .collect()
+    }
+
+    /// Issue 15 (a merge on every core): results merged from many threads at once, with
+    /// joined units, units given back, duplicates and a node lost on the way, give the same
+    /// film bytes as one thread completing every unit in order.
+    #[test]
+    fn results_merged_from_many_threads_give_the_bytes_of_a_sequential_merge() {
+        let (layers, units) = two_layer_job();
+        let mut sequential = Scheduler::new(layers.clone(), units.clone());
+        let node = sequential.add_node("one".into(), 1);
+        while let Some(u) = sequential.take(node) {
+            assert!(sequential.complete(node, render(u)));
+        }
+        assert!(sequential.finished());
+        let expected = finished_films(&mut sequential);
+        assert_eq!(expected.len(), 2);
+
+        let sched = Mutex::new(Scheduler::new(layers, units));
+        let lock = || sched.lock().unwrap();
+        let finished = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for t in 0..4u32 {
+                let (sched, finished) = (&sched, &finished);
+                let lock = move || sched.lock().unwrap();
+                scope.spawn(move || {
+                    let mut node = lock().add_node(format!("t{t}"), 1);
+                    let mut i = 0u32;
+                    loop {
+                        i += 1;
+                        let taken = {
+                            let mut s = lock();
+                            if s.finished() {
+                                break;
+                            }
+                            s.take_joined(node, 1 + (i % 3) as usize)
+                        };
+                        let Some(u) = taken else {
+                            std::thread::yield_now();
+                            continue;
+                        };
+                        if i % 11 == t {
+                            lock().give_back(node, u);
+                            continue;
+                        }
+                        if t == 3 && i == 20 {
+                            // This node is lost with the unit; a new one takes its place.
+                            lock().node_lost(node);
+                            assert!(!merge(sched, node, &render(u)), "a lost node's result");
+                            node = lock().add_node("t3 again".into(), 1);
+                            continue;
+                        }
+                        let r = render(u);
+                        assert!(merge(sched, node, &r), "{u:?} refused");
+                        assert!(!merge(sched, node, &r), "{u:?} merged twice");
+                        finished.lock().unwrap().extend(lock().take_finished());
+                    }
+                });
+            }
+        });
+        assert!(lock().finished());
+        assert_eq!(lock().in_flight(), 0);
+        let status = lock().status(0);
+        assert_eq!(status.samples_done, status.samples_total);
+        let mut got = finished_films(&mut lock());
+        got.extend(
+            finished
+                .into_inner()
+                .unwrap()
+                .into_iter()
+                .map(|(l, f)| (l, (f.sums().to_vec(), f.nonfinite_samples))),
+        );
+        assert_eq!(got, expected);
+    }
+
+    /// A result being added into the film is not requeued when its node is lost nor accepted a
+    /// second time, and a malformed or abandoned one sends its unit back to the queue.
+    #[test]
+    fn a_result_being_merged_is_counted_once() {
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], vec![unit(0)]);
+        let (a, b) = (s.add_node("a".into(), 1), s.add_node("b".into(), 1));
+        let u = s.take(a).unwrap();
+        let r = result(u);
+        let accepted = s.accept(a, &r).unwrap();
+        assert!(s.accept(a, &r).is_none(), "accepted twice");
+        s.node_lost(a);
+        assert!(s.take(b).is_none(), "a unit being merged was requeued");
+        assert!(!s.complete(b, result(u)));
+        assert!(!s.finished(), "finished before the add returned");
+        accepted.add(&r).unwrap();
+        s.merged(accepted);
+        assert!(s.finished());
+        assert_eq!(s.take_finished()[0].1.sums(), &[[1, 1, 1]]);
+        assert_eq!(s.status(0).samples_done, 1);
+
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], vec![unit(0)]);
+        let a = s.add_node("a".into(), 1);
+        let u = s.take(a).unwrap();
+        let malformed = UnitResult {
+            sums: vec![[1, 1, 1]; 2],
+            ..result(u)
+        };
+        assert!(!s.complete(a, malformed));
+        assert_eq!(
+            s.take(a),
+            Some(u),
+            "a malformed result's unit was not requeued"
+        );
+        let accepted = s.accept(a, &result(u)).unwrap();
+        s.abandon(accepted);
+        assert_eq!(s.take(a), Some(u), "an abandoned unit was not requeued");
+        assert!(s.complete(a, result(u)));
+        assert_eq!(s.take_finished()[0].1.sums(), &[[1, 1, 1]]);
+    }
+
+    /// A layer is handed out only once the add of its last accepted result has returned, even
+    /// when that result was accepted before another that finished first.
+    #[test]
+    fn a_layer_finishes_only_after_its_last_add() {
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], vec![unit(0), unit(1)]);
+        let (a, b) = (s.add_node("a".into(), 1), s.add_node("b".into(), 1));
+        let (ua, ub) = (s.take(a).unwrap(), s.take(b).unwrap());
+        let (ra, rb) = (result(ua), result(ub));
+        let slow = s.accept(a, &ra).unwrap();
+        let fast = s.accept(b, &rb).unwrap();
+        fast.add(&rb).unwrap();
+        s.merged(fast);
+        slow.add(&ra).unwrap();
+        assert!(
+            s.take_finished().is_empty(),
+            "handed out before its last merge"
+        );
+        assert!(!s.finished());
+        s.merged(slow);
+        assert!(s.finished());
+        let f = s.take_finished();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].1.sums(), &[[2, 2, 2]]);
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! A work unit is a (tile, sample range). Rendering it yields, per pixel, the sum of its
 //! samples in 24-bit fixed point held in `i128`. Integer addition is associative, so the film's
 //! value for a pixel is the same whatever the tiling, the split of sample ranges or the order in
-//! which units arrive — the basis of bit-identical distributed renders. (The film still adds in
-//! a fixed order where it can; the integers make that a convenience, not a requirement.)
+//! which units arrive — the basis of bit-identical distributed renders. A master adds results
+//! as they arrive, from many threads at once, into a [`SharedFilm`]; the integers make the
+//! order they are added in irrelevant.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// Fractional bits of the fixed-point sample sums: a resolution of 2^-24 ≈ 6e-8.
 pub const FIXED_FRAC_BITS: u32 = 24;
@@ -275,11 +279,7 @@ impl Film {
         for y in r.y0..r.y1 {
             let src = &other.sums[(y - r.y0) as usize * tw..][..tw];
             let start = (y - self.region.y0) as usize * rw + (r.x0 - self.region.x0) as usize;
-            for (d, s) in self.sums[start..][..tw].iter_mut().zip(src) {
-                for c in 0..3 {
-                    d[c] = d[c].saturating_add(s[c]);
-                }
-            }
+            add_row(&mut self.sums[start..][..tw], src);
         }
         self.nonfinite_samples += other.nonfinite_samples;
         Ok(())
@@ -287,31 +287,14 @@ impl Film {
 
     /// Adds a unit's sums. Returns an error if the unit does not fit this film.
     pub fn add(&mut self, r: &UnitResult) -> Result<(), FilmError> {
+        check_fits(self.region, r)?;
         let u = &r.unit;
-        if !self.region.contains_rect(u.x0, u.y0, u.x1, u.y1) {
-            return Err(FilmError::UnitOutside {
-                unit: *u,
-                region: self.region,
-            });
-        }
-        if r.sums.len() != u.pixels() {
-            return Err(FilmError::UnitPixels {
-                unit: *u,
-                got: r.sums.len(),
-                expected: u.pixels(),
-            });
-        }
         let tw = (u.x1 - u.x0) as usize;
+        let rw = self.region.width() as usize;
         for y in u.y0..u.y1 {
             let row = &r.sums[(y - u.y0) as usize * tw..][..tw];
-            let rw = self.region.width() as usize;
             let start = (y - self.region.y0) as usize * rw + (u.x0 - self.region.x0) as usize;
-            let dst = &mut self.sums[start..][..tw];
-            for (d, s) in dst.iter_mut().zip(row) {
-                for c in 0..3 {
-                    d[c] = d[c].saturating_add(s[c]);
-                }
-            }
+            add_row(&mut self.sums[start..][..tw], row);
         }
         self.nonfinite_samples += r.nonfinite_samples;
         Ok(())
@@ -332,6 +315,142 @@ impl Film {
     }
 }
 
+/// Whether `r` fits a film over `region`: its rectangle inside, one sum per pixel.
+pub fn check_fits(region: Region, r: &UnitResult) -> Result<(), FilmError> {
+    let u = &r.unit;
+    if !region.contains_rect(u.x0, u.y0, u.x1, u.y1) {
+        return Err(FilmError::UnitOutside { unit: *u, region });
+    }
+    if r.sums.len() != u.pixels() {
+        return Err(FilmError::UnitPixels {
+            unit: *u,
+            got: r.sums.len(),
+            expected: u.pixels(),
+        });
+    }
+    Ok(())
+}
+
+/// Adds a row of sums into a row of a film.
+#[inline]
+fn add_row(dst: &mut [[i128; 3]], src: &[[i128; 3]]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        for c in 0..3 {
+            d[c] = d[c].saturating_add(s[c]);
+        }
+    }
+}
+
+/// Rows of a [`SharedFilm`] behind one lock.
+pub const BAND_ROWS: u32 = 8;
+
+/// A film that many threads add results into at once: a master merging results as they
+/// arrive from its sessions and its own cores.
+///
+/// The region's rows are cut into bands of [`BAND_ROWS`], each behind a lock of its own. A
+/// result locks the bands its rows lie in one after the other, never two at once, so adds into
+/// different bands run side by side, no lock is held longer than one band's rows of one result
+/// take to add, and no two locks can wait for each other. The sums are integers, so the film
+/// holds the same bytes whatever order the results arrive in and however their adds
+/// interleave: [`SharedFilm::into_film`] is the [`Film`] a sequential merge of the same results
+/// gives. (Each sum saturates as [`Film::add`]'s do; sums of samples bounded by
+/// [`MAX_SAMPLE_VALUE`] would need more than 2^66 samples in a pixel to reach the bound.)
+#[derive(Debug)]
+pub struct SharedFilm {
+    region: Region,
+    /// Band `b` holds rows `b * BAND_ROWS ..` of the region (fewer in the last band).
+    bands: Vec<Mutex<Vec<[i128; 3]>>>,
+    nonfinite_samples: AtomicU64,
+}
+
+impl SharedFilm {
+    pub fn new(region: Region) -> SharedFilm {
+        let (w, h) = (region.width() as usize, region.height());
+        let bands = (0..h.div_ceil(BAND_ROWS))
+            .map(|b| {
+                let rows = (h - b * BAND_ROWS).min(BAND_ROWS) as usize;
+                Mutex::new(vec![[0; 3]; rows * w])
+            })
+            .collect();
+        SharedFilm {
+            region,
+            bands,
+            nonfinite_samples: AtomicU64::new(0),
+        }
+    }
+
+    pub fn region(&self) -> Region {
+        self.region
+    }
+
+    fn band(&self, b: u32) -> MutexGuard<'_, Vec<[i128; 3]>> {
+        // Adding integers cannot panic, so a poisoned band is still whole.
+        self.bands[b as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a unit's sums. Returns an error, having added nothing, if the unit does not fit.
+    pub fn add(&self, r: &UnitResult) -> Result<(), FilmError> {
+        check_fits(self.region, r)?;
+        let u = &r.unit;
+        let (tw, rw) = ((u.x1 - u.x0) as usize, self.region.width() as usize);
+        let x = (u.x0 - self.region.x0) as usize;
+        let (y0, y1) = (u.y0 - self.region.y0, u.y1 - self.region.y0);
+        let mut y = y0;
+        while y < y1 {
+            let b = y / BAND_ROWS;
+            let end = ((b + 1) * BAND_ROWS).min(y1);
+            let mut band = self.band(b);
+            for row in y..end {
+                let src = &r.sums[(row - y0) as usize * tw..][..tw];
+                let start = (row - b * BAND_ROWS) as usize * rw + x;
+                add_row(&mut band[start..][..tw], src);
+            }
+            y = end;
+        }
+        self.nonfinite_samples
+            .fetch_add(r.nonfinite_samples, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The sums at the region's rows `ys` and columns `xs` (relative to the region's corner;
+    /// row-major, `ys.len() * xs.len()` of them), as each row stands when it is read: what a
+    /// preview needs without copying the film.
+    pub fn gather(&self, ys: &[u32], xs: &[u32]) -> Vec<[i128; 3]> {
+        let rw = self.region.width() as usize;
+        let mut out = Vec::with_capacity(ys.len() * xs.len());
+        for &y in ys {
+            let band = self.band(y / BAND_ROWS);
+            let row = &band[(y % BAND_ROWS) as usize * rw..][..rw];
+            out.extend(xs.iter().map(|&x| row[x as usize]));
+        }
+        out
+    }
+
+    /// A copy of the film as it stands (each band as it is when read).
+    pub fn to_film(&self) -> Film {
+        let mut sums = Vec::with_capacity(self.region.pixels());
+        for b in 0..self.bands.len() {
+            sums.extend_from_slice(&self.band(b as u32));
+        }
+        Film::from_sums(
+            self.region,
+            sums,
+            self.nonfinite_samples.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The film, once no thread adds into it any more; each band is freed as it is copied.
+    pub fn into_film(self) -> Film {
+        let mut sums = Vec::with_capacity(self.region.pixels());
+        for band in self.bands {
+            sums.extend_from_slice(&band.into_inner().unwrap_or_else(|p| p.into_inner()));
+        }
+        Film::from_sums(self.region, sums, self.nonfinite_samples.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +468,101 @@ mod tests {
             }
         }
         c
+    }
+
+    /// Results of every shape added from several threads at once, each in an order of its
+    /// own, into a shared film over a region whose edges and tiles lie across band edges: the
+    /// bytes of a sequential merge.
+    #[test]
+    fn a_shared_film_filled_from_many_threads_equals_a_sequential_merge() {
+        let region = Region {
+            x0: 3,
+            y0: 5,
+            x1: 40,
+            y1: 38,
+        };
+        let mut units = plan_region(0, region, 12, 7, 3);
+        units.extend(plan_region_progressive(0, region, 6, 5, 4));
+        let results: Vec<UnitResult> = units
+            .iter()
+            .enumerate()
+            .map(|(i, &unit)| UnitResult {
+                unit,
+                sums: (0..unit.pixels() as i128)
+                    .map(|p| {
+                        let v = (i as i128 * 7919 + p * 104_729) % 100_003 * 1_000_003;
+                        [v, -v / 3, v - (1 << 40)]
+                    })
+                    .collect(),
+                nonfinite_samples: i as u64 % 3,
+            })
+            .collect();
+        let mut sequential = Film::new_region(region);
+        for r in &results {
+            sequential.add(r).unwrap();
+        }
+        let shared = SharedFilm::new(region);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (shared, results) = (&shared, &results);
+                s.spawn(move || {
+                    for r in results.iter().skip(t).step_by(4).rev() {
+                        shared.add(r).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(shared.to_film().sums(), sequential.sums());
+        let film = shared.into_film();
+        assert_eq!(film.region, region);
+        assert_eq!(film.sums(), sequential.sums());
+        assert_eq!(film.nonfinite_samples, sequential.nonfinite_samples);
+    }
+
+    #[test]
+    fn a_shared_film_refuses_what_does_not_fit_without_adding_and_gathers_pixels() {
+        let region = Region::full(4, 20);
+        let shared = SharedFilm::new(region);
+        let unit = WorkUnit {
+            layer: 0,
+            sample_start: 0,
+            sample_end: 1,
+            x0: 1,
+            y0: 6,
+            x1: 3,
+            y1: 11,
+        };
+        let short = UnitResult {
+            unit,
+            sums: vec![[1; 3]; 9],
+            nonfinite_samples: 1,
+        };
+        assert!(matches!(
+            shared.add(&short),
+            Err(FilmError::UnitPixels { got: 9, .. })
+        ));
+        let outside = UnitResult {
+            unit: WorkUnit { x1: 5, ..unit },
+            sums: vec![[1; 3]; 20],
+            nonfinite_samples: 1,
+        };
+        assert!(matches!(
+            shared.add(&outside),
+            Err(FilmError::UnitOutside { .. })
+        ));
+        assert!(shared.to_film().sums().iter().all(|s| *s == [0; 3]));
+        let r = UnitResult {
+            unit,
+            sums: (0..10).map(|i| [i, 0, 0]).collect(),
+            nonfinite_samples: 1,
+        };
+        shared.add(&r).unwrap();
+        // Rows 6 and 10 lie in two bands; pixel (2, 10) is the unit's last.
+        assert_eq!(
+            shared.gather(&[0, 6, 10], &[0, 2]),
+            vec![[0; 3], [0; 3], [0; 3], [1, 0, 0], [0; 3], [9, 0, 0]]
+        );
+        assert_eq!(shared.into_film().nonfinite_samples, 1);
     }
 
     #[test]

@@ -94,9 +94,22 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
+/// The runtime of commands whose async side only does IO (a worker renders on rayon threads,
+/// `nodes` only asks): two threads are plenty.
 fn runtime() -> Result<tokio::runtime::Runtime> {
+    runtime_with(2)
+}
+
+/// The runtime of a master (`render --network`, `bake --network`, a local render with a live
+/// view): each worker's session decodes and merges its results on the runtime's threads, so
+/// it has one per core; with a fixed two, two cores would merge for every worker at once.
+fn master_runtime() -> Result<tokio::runtime::Runtime> {
+    runtime_with(std::thread::available_parallelism().map_or(2, |n| n.get().max(2)))
+}
+
+fn runtime_with(threads: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -291,7 +304,7 @@ pub fn run_network(
     bar: indicatif::ProgressBar,
     live: Option<std::sync::Arc<rayfarm_master::live::LiveView>>,
 ) -> Result<rayfarm_master::Rendered> {
-    let rt = runtime()?;
+    let rt = master_runtime()?;
     let start = std::time::Instant::now();
     rt.block_on(async {
         let fut = rayfarm_master::render(
@@ -347,7 +360,7 @@ pub fn run_network_job(
     live: Option<std::sync::Arc<rayfarm_master::live::LiveView>>,
     mut on_layer: impl FnMut(usize, rayfarm_render::Film) -> Result<()>,
 ) -> Result<rayfarm_master::JobEnd> {
-    let rt = runtime()?;
+    let rt = master_runtime()?;
     let start = std::time::Instant::now();
     let mut failed: Option<anyhow::Error> = None;
     let end = rt.block_on(async {
