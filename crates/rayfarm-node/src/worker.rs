@@ -377,6 +377,17 @@ async fn take_chunk(
     Ok(Some(load_scene(blob, work, cfg.max_scene_bytes).await?))
 }
 
+/// The message that ended the connection phase, then the connection's next ones.
+async fn next_message(
+    conn: &mut rayfarm_proto::Conn,
+    first: &mut Option<Msg>,
+) -> Result<Msg, rayfarm_proto::ProtoError> {
+    match first.take() {
+        Some(m) => Ok(m),
+        None => conn.recv().await,
+    }
+}
+
 /// The next chunk from the relay, if a relay is fetching.
 async fn next_fetched(rx: &mut Option<mpsc::Receiver<Fetched>>) -> Option<Fetched> {
     match rx {
@@ -411,30 +422,63 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     // A master that is not listening yet (started after its worker) is waited for; any other
     // failure (wrong key, wrong version, not a rayfarm peer) ends the worker at once.
     let deadline = std::time::Instant::now() + MASTER_WAIT;
-    let mut conn = loop {
-        match connect(&cfg.master, Role::Worker, &cfg.key, Duration::from_secs(10)).await {
-            Ok(c) => break c,
-            Err(rayfarm_proto::ProtoError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::ConnectionRefused
-                    && std::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let shelf = Arc::new(Shelf::default());
+    // Connected, introduced, and the master's first message (a job, a heartbeat or goodbye).
+    // A master that many workers reach at once sheds the oldest pending handshakes from one
+    // address (its listener's limit), which this side may see as a close during or just after
+    // its handshake: such a worker comes back a little later, at a time of its own so that
+    // the retries do not arrive together again.
+    let retry = |e: &dyn std::fmt::Display| {
+        tracing::info!("master {}: {e}; trying again", cfg.master);
+        Duration::from_millis(200 + u64::from(std::process::id() % 400))
+    };
+    let (mut conn, mut first, _relay) = loop {
+        let mut conn =
+            match connect(&cfg.master, Role::Worker, &cfg.key, Duration::from_secs(10)).await {
+                Ok(c) => c,
+                Err(rayfarm_proto::ProtoError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e)
+                    if (e.is_closed()
+                        || matches!(e, rayfarm_proto::ProtoError::HandshakeClosed { .. }))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(retry(&e)).await;
+                    continue;
+                }
+                Err(e) => return Err(format!("cannot connect to master {}: {e}", cfg.master)),
+            };
+        let (peer_port, relay) = open_relay(&cfg, &conn, &shelf).await;
+        let hello = conn
+            .send(&Msg::WorkerHello {
+                alias: cfg.alias.clone(),
+                threads: cfg.threads as u32,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                peer_port,
+            })
+            .await;
+        let first = match hello {
+            Ok(()) => {
+                conn.recv_timeout(Duration::from_secs(30), "the master's first message")
+                    .await
             }
-            Err(e) => return Err(format!("cannot connect to master {}: {e}", cfg.master)),
+            Err(e) => Err(e),
+        };
+        match first {
+            Ok(m) => break (conn, Some(m), relay),
+            Err(e) if e.is_closed() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(retry(&e)).await;
+            }
+            Err(e) => return Err(format!("master {}: {e}", cfg.master)),
         }
     };
     tracing::info!("connected to master {}", cfg.master);
     eprintln!("connected to master {}", cfg.master);
-    let shelf = Arc::new(Shelf::default());
-    let (peer_port, _relay) = open_relay(&cfg, &conn, &shelf).await;
-    conn.send(&Msg::WorkerHello {
-        alias: cfg.alias.clone(),
-        threads: cfg.threads as u32,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        peer_port,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
 
     let pool = Arc::new(
         rayon::ThreadPoolBuilder::new()
@@ -535,7 +579,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                     conn.send(&Msg::NeedChunks { from_chunk: next }).await.map_err(|e| e.to_string())?;
                 }
             },
-            msg = conn.recv() => {
+            msg = next_message(&mut conn, &mut first) => {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(rayfarm_proto::ProtoError::Closed { .. }) => {

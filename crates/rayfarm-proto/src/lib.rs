@@ -91,6 +91,10 @@ pub enum ProtoError {
     },
     #[error("{peer}: authentication failed: {reason}")]
     AuthFailed { peer: String, reason: String },
+    /// The peer closed the connection before its handshake answer: it is shedding handshakes
+    /// (too many at once from this address) or, rarely, refused our key without saying so.
+    #[error("{peer}: closed the connection during the handshake (it may be busy with too many handshakes at once, or it refused our farm key: check RAYFARM_KEY on both machines)")]
+    HandshakeClosed { peer: String },
     #[error("{peer}: {what}")]
     Protocol { peer: String, what: String },
     #[error("{peer}: connection closed")]
@@ -410,8 +414,12 @@ pub async fn connect(
         let m2 = read_handshake(&mut stream, addr)
             .await
             .map_err(|e| match e {
-                // A server that refuses us may close before we read its refusal.
-                ProtoError::Io { .. } => channel_err(channel::ChannelError::Refused),
+                // A server that refuses our key says so (an empty message 2); one that closes
+                // without a word is most likely shedding handshakes (its pending limit), which
+                // a client may retry.
+                ProtoError::Io { .. } | ProtoError::Closed { .. } => ProtoError::HandshakeClosed {
+                    peer: addr.to_string(),
+                },
                 other => other,
             })?;
         let mut transport = init.finish(&m2).map_err(channel_err)?;

@@ -198,7 +198,19 @@ fn thirty_two_workers_share_a_100_mb_scene() {
     let mut workers: Vec<Proc> = (0..WORKERS)
         .map(|i| farm.worker(&format!("w{i:02}"), port, &format!("cache-{i}")))
         .collect();
-    m.wait_ok(Duration::from_secs(600));
+    // The master waits for all 32: a worker that fails would keep it waiting, so watch them.
+    let until = std::time::Instant::now() + Duration::from_secs(600);
+    while m.running() {
+        for w in &mut workers {
+            if !w.running() {
+                let st = w.wait(Duration::from_secs(1));
+                assert!(st.success(), "a worker failed:\n{}", w.describe());
+            }
+        }
+        assert!(std::time::Instant::now() < until, "{}", m.describe());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    m.wait_ok(Duration::from_secs(10));
     for l in m.stderr().lines() {
         if !l.contains("INFO") {
             eprintln!("{l}");
