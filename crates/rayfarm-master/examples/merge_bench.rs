@@ -20,11 +20,12 @@
 //! long the scheduler's lock was held per result: whatever the cores, a master cannot merge
 //! more than one result per that time.
 
+mod common;
+
 use rayfarm_master::scheduler::{NodeId, Scheduler};
 use rayfarm_proto::WireUnit;
 use rayfarm_render::film::{plan_units, Region, WorkUnit};
-use rayfarm_render::{Film, RenderScene, RenderSettings};
-use std::path::Path;
+use rayfarm_render::Film;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -183,23 +184,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cornell-box/cornell_box.gltf");
-    let (scene, _) = rayfarm_scene::load(&path).expect("the shipped Cornell box");
-    let camera = scene
-        .cameras
-        .first()
-        .cloned()
-        .unwrap_or_else(|| rayfarm_scene::camera::auto_camera(&scene, 1.0));
-    let rs = RenderScene::new(scene);
-    let settings = RenderSettings {
-        width: SIDE,
-        height: SIDE,
-        spp: SPU,
-        max_bounces: 8,
-        seed: 1,
-        camera,
-    };
+    let (rs, settings) = common::cornell(SIDE, SPU);
     let encoded: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..RENDERED)
             .map(|i| {

@@ -8,9 +8,10 @@
 //! 512x512, 8 bounces, then times encoding and decoding+merging each many times; then, for
 //! UNITS / 8 tiles, 8 results of 16 spp against one joined result of 128 spp.
 
+mod common;
+
 use rayfarm_render::film::{Film, WorkUnit};
-use rayfarm_render::{RenderScene, RenderSettings};
-use std::path::Path;
+
 use std::time::Instant;
 
 /// What the master does with one compact result: decode it and add it into the film.
@@ -29,23 +30,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(64);
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cornell-box/cornell_box.gltf");
-    let (scene, _) = rayfarm_scene::load(&path).expect("the shipped Cornell box");
-    let camera = scene
-        .cameras
-        .first()
-        .cloned()
-        .unwrap_or_else(|| rayfarm_scene::camera::auto_camera(&scene, 1.0));
-    let rs = RenderScene::new(scene);
-    let settings = RenderSettings {
-        width: 512,
-        height: 512,
-        spp: 16,
-        max_bounces: 8,
-        seed: 1,
-        camera,
-    };
+    let (rs, settings) = common::cornell(512, 16);
     let results: Vec<_> = (0..n_units)
         .map(|i| {
             let (tx, ty) = (i % 16, (i / 16) % 16);
