@@ -166,6 +166,15 @@ impl Shelf {
         Read::Data(data[offset as usize..end as usize].to_vec())
     }
 
+    /// The size of scene `hash` if it is on the shelf.
+    fn size_of(&self, hash: &[u8; 32]) -> Option<u64> {
+        match &*self.held() {
+            Held::Receiving { hash: h, total, .. } if h == hash => Some(*total),
+            Held::Complete { hash: h, blob } if h == hash => Some(blob.len() as u64),
+            _ => None,
+        }
+    }
+
     /// Changes whenever the shelf does.
     pub fn changed(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
@@ -261,17 +270,6 @@ async fn gone(conn: &mut rayfarm_proto::Conn) -> Result<(), String> {
         })
         .await;
     Err("asked for a scene this worker does not hold".into())
-}
-
-impl Shelf {
-    /// The size of scene `hash` if it is on the shelf.
-    fn size_of(&self, hash: &[u8; 32]) -> Option<u64> {
-        match &*self.held() {
-            Held::Receiving { hash: h, total, .. } if h == hash => Some(*total),
-            Held::Complete { hash: h, blob } if h == hash => Some(blob.len() as u64),
-            _ => None,
-        }
-    }
 }
 
 /// What the fetching task tells the worker's loop.
