@@ -28,6 +28,7 @@
 //! Everything here works in the local shading frame (normal = +Z). No clamping or other bias:
 //! the only concession to numerics is a minimum GGX alpha of 1e-3 (a near-perfect mirror).
 
+use crate::math::{DetMath, DetMathVec};
 use glam::Vec3A;
 use std::f32::consts::{FRAC_1_PI, PI};
 use std::sync::OnceLock;
@@ -256,7 +257,7 @@ fn sample_vndf_aniso(wo: Vec3A, ax: f32, ay: f32, u1: f32, u2: f32) -> Vec3A {
     let phi = 2.0 * PI * u1;
     let z = (1.0 - u2) * (1.0 + wi_std.z) - wi_std.z;
     let sin_theta = (1.0 - z * z).clamp(0.0, 1.0).sqrt();
-    let c = Vec3A::new(sin_theta * phi.cos(), sin_theta * phi.sin(), z);
+    let c = Vec3A::new(sin_theta * phi.cos_d(), sin_theta * phi.sin_d(), z);
     let h = c + wi_std;
     Vec3A::new(h.x * ax, h.y * ay, h.z.max(0.0)).normalize_or(Vec3A::Z)
 }
@@ -302,9 +303,9 @@ pub fn iridescence_fresnel(film_ior: f32, cos1: f32, thickness_nm: f32, base_f0:
     let phi21 = PI - phi12;
     // Second interface: film to base, with the base's index recovered from its F0.
     let f0 = base_f0.clamp(Vec3A::ZERO, Vec3A::splat(0.9999));
-    let sq = f0.powf(0.5);
+    let sq = f0.powf_d(0.5);
     let base_ior = (Vec3A::ONE + sq) / (Vec3A::ONE - sq);
-    let r1 = ((base_ior - Vec3A::splat(film)) / (base_ior + Vec3A::splat(film))).powf(2.0);
+    let r1 = ((base_ior - Vec3A::splat(film)) / (base_ior + Vec3A::splat(film))).powf_d(2.0);
     let r23 = r1 + (Vec3A::ONE - r1) * schlick_weight(cos2);
     let phi23 = Vec3A::new(
         if base_ior.x < film { PI } else { 0.0 },
@@ -314,7 +315,7 @@ pub fn iridescence_fresnel(film_ior: f32, cos1: f32, thickness_nm: f32, base_f0:
     let opd = 2.0 * film * thickness_nm * cos2;
     let phi = Vec3A::splat(phi21) + phi23;
     let r123 = (r12 * r23).clamp(Vec3A::splat(1e-5), Vec3A::splat(0.9999));
-    let rr123 = r123.powf(0.5);
+    let rr123 = r123.powf_d(0.5);
     let rs = t121 * t121 * r23 / (Vec3A::ONE - r123);
     let mut i = Vec3A::splat(r12) + rs;
     let mut cm = rs - Vec3A::splat(t121);
@@ -339,13 +340,13 @@ fn iridescence_sensitivity(opd: f32, shift: Vec3A) -> Vec3A {
     for k in 0..3 {
         xyz[k] = val[k]
             * (2.0 * PI * var[k]).sqrt()
-            * (pos[k] * phase + shift[k]).cos()
-            * (-(phase * phase) * var[k]).exp();
+            * (pos[k] * phase + shift[k]).cos_d()
+            * (-(phase * phase) * var[k]).exp_d();
     }
     xyz[0] += 9.7470e-14
         * (2.0 * PI * 4.5282e+09f32).sqrt()
-        * (2.2399e+06 * phase + shift[0]).cos()
-        * (-4.5282e+09 * phase * phase).exp();
+        * (2.2399e+06 * phase + shift[0]).cos_d()
+        * (-4.5282e+09 * phase * phase).exp_d();
     let [x, y, z] = xyz.map(|c| c / 1.0685e-7);
     Vec3A::new(
         3.2404542 * x - 1.5371385 * y - 0.4985314 * z,
@@ -359,7 +360,7 @@ fn iridescence_sensitivity(opd: f32, shift: Vec3A) -> Vec3A {
 fn charlie_d(nh: f32, alpha: f32) -> f32 {
     let inv = 1.0 / alpha;
     let sin2 = (1.0 - nh * nh).max(0.0);
-    (2.0 + inv) * sin2.powf(0.5 * inv) / (2.0 * PI)
+    (2.0 + inv) * sin2.powf_d(0.5 * inv) / (2.0 * PI)
 }
 
 /// The fitted exponent of the Charlie `Λ` (KHR_materials_sheen, "Sheen visibility"): two
@@ -373,15 +374,15 @@ fn charlie_l(x: f32, alpha: f32) -> f32 {
     let c = mix(0.19823, 0.16801);
     let d = mix(-1.97760, -1.27393);
     let e = mix(-4.32054, -4.85967);
-    a / (1.0 + b * x.powf(c)) + d * x + e
+    a / (1.0 + b * x.powf_d(c)) + d * x + e
 }
 
 #[inline(always)]
 fn charlie_lambda(cos: f32, alpha: f32) -> f32 {
     if cos < 0.5 {
-        charlie_l(cos, alpha).exp()
+        charlie_l(cos, alpha).exp_d()
     } else {
-        (2.0 * charlie_l(0.5, alpha) - charlie_l(1.0 - cos, alpha)).exp()
+        (2.0 * charlie_l(0.5, alpha) - charlie_l(1.0 - cos, alpha)).exp_d()
     }
 }
 
@@ -412,12 +413,12 @@ pub fn sheen_albedo_quadrature(mu: f32, roughness: f32) -> f32 {
     let mut sum = 0.0f64;
     for i in 0..nt {
         let theta = (i as f32 + 0.5) / nt as f32 * 0.5 * PI;
-        let (st, ct) = theta.sin_cos();
+        let (st, ct) = theta.sin_cos_d();
         let mut row = 0.0f64;
         // The lobe is symmetric about the plane of wo and the normal: integrate half of phi.
         for j in 0..np {
             let phi = (j as f32 + 0.5) / np as f32 * PI;
-            let wi = Vec3A::new(st * phi.cos(), st * phi.sin(), ct);
+            let wi = Vec3A::new(st * phi.cos_d(), st * phi.sin_d(), ct);
             row += sheen_lobe(wo, wi, alpha) as f64;
         }
         sum += row * (ct * st) as f64;
@@ -1097,7 +1098,7 @@ fn total_internal_reflection(wo: Vec3A, share: Vec3A, pt: f32, channel: u8) -> B
 pub fn cosine_hemisphere(u1: f32, u2: f32) -> Vec3A {
     let r = u1.sqrt();
     let phi = 2.0 * PI * u2;
-    Vec3A::new(r * phi.cos(), r * phi.sin(), (1.0 - u1).max(0.0).sqrt())
+    Vec3A::new(r * phi.cos_d(), r * phi.sin_d(), (1.0 - u1).max(0.0).sqrt())
 }
 
 /// An orthonormal basis around `n` (Duff et al. 2017).
@@ -1172,7 +1173,7 @@ mod tests {
             let st = (1.0 - ct * ct).sqrt();
             for j in 0..np {
                 let phi = (j as f32 + 0.5) / np as f32 * 2.0 * PI;
-                let wi = Vec3A::new(st * phi.cos(), st * phi.sin(), ct);
+                let wi = Vec3A::new(st * phi.cos_d(), st * phi.sin_d(), ct);
                 sum += (b.eval(wo, wi).0.x * ct) as f64;
             }
         }
@@ -1335,7 +1336,7 @@ mod tests {
             let st = (1.0 - ct * ct).max(0.0).sqrt();
             for j in 0..np {
                 let phi = (j as f32 + 0.5) / np as f32 * 2.0 * PI;
-                let wi = Vec3A::new(st * phi.cos(), st * phi.sin(), ct);
+                let wi = Vec3A::new(st * phi.cos_d(), st * phi.sin_d(), ct);
                 let f = b.eval(wo, wi).0 * ct.abs();
                 for c in 0..3 {
                     sum[c] += f[c] as f64;

@@ -2,11 +2,12 @@
 //!
 //! Light is estimated at every vertex by sampling one light (emissive triangles, punctual
 //! lights and the environment, chosen by power) and by following the BSDF sample; the two are
-//! combined with the power heuristic. Russian roulette starts after three bounces. Nothing is
+//! combined with the power heuristic. Russian roulette starts after five bounces. Nothing is
 //! clamped. `render_unit` is a pure function of (scene, settings, unit).
 
 use crate::bsdf::onb;
 use crate::film::{to_fixed, UnitResult, WorkUnit};
+use crate::math::{DetMath, DetMathVec};
 use crate::sampler::Sampler;
 use crate::scene::{RenderScene, Surface};
 use crate::texture::RayCone;
@@ -27,11 +28,17 @@ pub struct RenderSettings {
 
 /// Dimensions used by the camera before the per-bounce dimensions start.
 const CAMERA_DIMS: u32 = 1;
-/// 2-D Sobol dimensions each bounce uses: the light point and the BSDF direction.
-const DIMS_PER_BOUNCE: u32 = 2;
-/// Hashed 1-D numbers each bounce uses: alpha, light pick, lobe, roulette.
-const HASHED_PER_BOUNCE: u32 = 4;
+/// 2-D Sobol dimensions each bounce uses: the light point (whose first coordinate also picks
+/// the light), the BSDF direction, and (lobe choice, Russian roulette). Roulette and lobe
+/// choices decide much of a pixel's noise, so they are stratified over the pixel's samples too.
+const DIMS_PER_BOUNCE: u32 = 3;
+/// Hashed 1-D numbers each bounce uses: the alpha test's.
+const HASHED_PER_BOUNCE: u32 = 1;
 const SHADOW_MAX_LAYERS: u32 = 64;
+/// Russian roulette starts at this many bounces (as Mitsuba 3's `rr_depth`). At 3 it ended a
+/// third of a Cornell box's paths at their fourth vertex and raised relMSE by half, more than
+/// the time it saved (BENCHMARKS.md, "Render efficiency beside Mitsuba 3 and Cycles").
+const RR_DEPTH: u32 = 5;
 
 thread_local! {
     /// Rays traced on this thread since the last `take_ray_count`, for benchmarks.
@@ -83,7 +90,7 @@ pub fn camera_ray(cam: &Camera, width: u32, height: u32, fx: f32, fy: f32) -> (V
     let pos = Vec3A::from(cam.position);
     match cam.projection {
         Projection::Perspective { yfov, .. } => {
-            let th = (yfov * 0.5).tan();
+            let th = (yfov * 0.5).tan_d();
             let d = (right * (sx * th * aspect) + up * (sy * th) + fwd).normalize();
             (pos, d)
         }
@@ -102,7 +109,7 @@ pub fn camera_cone(cam: &Camera, height: u32) -> RayCone {
     match cam.projection {
         Projection::Perspective { yfov, .. } => RayCone {
             width: 0.0,
-            spread: 2.0 * (yfov * 0.5).tan() / height,
+            spread: 2.0 * (yfov * 0.5).tan_d() / height,
         },
         Projection::Orthographic { ymag, .. } => RayCone {
             width: 2.0 * ymag / height,
@@ -275,7 +282,7 @@ impl RenderScene {
                 };
                 if let Some(sigma) = medium {
                     // Beer-Lambert over the distance travelled inside.
-                    beta *= (-sigma * found.t).exp();
+                    beta *= (-sigma * found.t).exp_d();
                 }
                 hit = Some(found);
                 self.surface_filtered(&found, org, dir, cone.width_at(found.t))
@@ -301,7 +308,7 @@ impl RenderScene {
             // it has a non-delta transmission lobe (diffuse transmission, rough refraction);
             // the local and geometric sides must agree either way.
             let (u1, u2) = s.next_2d();
-            if let Some(ls) = self.sample_light(surf.p, s.hashed(hashed + 1), u1, u2) {
+            if let Some(ls) = self.sample_light(surf.p, u1, u2) {
                 let side = ls.wi.dot(surf.ng);
                 let wi = to_local(ls.wi);
                 if side > 0.0 || (side < 0.0 && wi.z < 0.0 && surf.bsdf.transmits_nondelta()) {
@@ -322,7 +329,8 @@ impl RenderScene {
 
             // Continue the path by sampling the BSDF.
             let (d1, d2) = s.next_2d();
-            let Some(bs) = bsdf.sample(s.hashed(hashed + 2), d1, d2) else {
+            let (u_lobe, u_rr) = s.next_2d();
+            let Some(bs) = bsdf.sample(u_lobe, d1, d2) else {
                 break;
             };
             let wi = tx * bs.wi.x + ty * bs.wi.y + surf.ns * bs.wi.z;
@@ -353,9 +361,9 @@ impl RenderScene {
             org = offset(surf.p, surf.ng, wi);
             dir = wi;
             depth += 1;
-            if depth >= 3 {
+            if depth >= RR_DEPTH {
                 let survive = beta.max_element().min(1.0);
-                if survive <= 0.0 || s.hashed(hashed + 3) >= survive {
+                if survive <= 0.0 || u_rr >= survive {
                     break;
                 }
                 beta /= survive;

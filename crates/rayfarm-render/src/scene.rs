@@ -3,6 +3,7 @@
 
 use crate::bsdf::{luminance, onb, Bsdf, MIN_ALPHA, SHEEN_MIN_ROUGHNESS};
 use crate::bvh::{Bvh, Hit};
+use crate::math::DetMath;
 use crate::texture::{Footprint, Textures};
 use glam::{Vec2, Vec3A};
 use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind, TextureRef};
@@ -119,7 +120,7 @@ impl EnvLight {
                 let mut cols = Vec::with_capacity(h);
                 let mut row_w = Vec::with_capacity(h);
                 for y in 0..h {
-                    let sin_t = ((y as f32 + 0.5) / h as f32 * PI).sin();
+                    let sin_t = ((y as f32 + 0.5) / h as f32 * PI).sin_d();
                     let f: Vec<f32> = (0..w)
                         .map(|x| luminance(texels[y * w + x]) * sin_t)
                         .collect();
@@ -145,8 +146,8 @@ impl EnvLight {
     /// Direction to equirectangular coordinates: `u = 0.5` looks down -Z, `v = 0` is +Y.
     #[inline]
     pub fn dir_to_uv(d: Vec3A) -> (f32, f32) {
-        let u = 0.5 + d.x.atan2(-d.z) / (2.0 * PI);
-        let v = d.y.clamp(-1.0, 1.0).acos() / PI;
+        let u = 0.5 + d.x.atan2_d(-d.z) / (2.0 * PI);
+        let v = d.y.clamp(-1.0, 1.0).acos_d() / PI;
         (u, v)
     }
 
@@ -154,8 +155,8 @@ impl EnvLight {
     pub fn uv_to_dir(u: f32, v: f32) -> Vec3A {
         let phi = (u - 0.5) * 2.0 * PI;
         let theta = v * PI;
-        let st = theta.sin();
-        Vec3A::new(st * phi.sin(), theta.cos(), -st * phi.cos())
+        let st = theta.sin_d();
+        Vec3A::new(st * phi.sin_d(), theta.cos_d(), -st * phi.cos_d())
     }
 
     /// Radiance arriving along `-d` (i.e. seen when looking in direction `d`).
@@ -192,7 +193,7 @@ impl EnvLight {
                 let (u, v) = Self::dir_to_uv(d);
                 let x = ((u * *width as f32) as usize).min(width - 1);
                 let y = ((v * *height as f32) as usize).min(height - 1);
-                let sin_t = (v * PI).sin();
+                let sin_t = (v * PI).sin_d();
                 if sin_t <= 0.0 {
                     return 0.0;
                 }
@@ -212,7 +213,7 @@ impl EnvLight {
                 let r = (1.0 - z * z).max(0.0).sqrt();
                 let phi = 2.0 * PI * u2;
                 Some((
-                    Vec3A::new(r * phi.cos(), z, r * phi.sin()),
+                    Vec3A::new(r * phi.cos_d(), z, r * phi.sin_d()),
                     *c,
                     1.0 / (4.0 * PI),
                 ))
@@ -228,7 +229,7 @@ impl EnvLight {
                 let (x, px, jx) = cols[y].sample(u2);
                 let u = (x as f32 + jx) / *width as f32;
                 let v = (y as f32 + jy) / *height as f32;
-                let sin_t = (v * PI).sin();
+                let sin_t = (v * PI).sin_d();
                 if sin_t <= 0.0 {
                     return None;
                 }
@@ -375,7 +376,7 @@ impl RenderScene {
             let i_lum = luminance(Vec3A::from(l.color)) * l.intensity;
             let p = match l.kind {
                 LightKind::Point => 4.0 * PI * i_lum,
-                LightKind::Spot { outer_cone, .. } => 2.0 * PI * (1.0 - outer_cone.cos()) * i_lum,
+                LightKind::Spot { outer_cone, .. } => 2.0 * PI * (1.0 - outer_cone.cos_d()) * i_lum,
                 LightKind::Directional => PI * radius * radius * i_lum,
             };
             if p > 0.0 && p.is_finite() {
@@ -683,7 +684,7 @@ impl RenderScene {
             (dx, dy) = (d.x, d.y);
             strength *= c.z;
         }
-        let (sr, cr) = m.anisotropy_rotation.sin_cos();
+        let (sr, cr) = m.anisotropy_rotation.sin_cos_d();
         let (dx, dy) = (cr * dx - sr * dy, sr * dx + cr * dy);
         let (tx, ty) = onb(ns);
         // The tangent frame belongs to the front face; `ns` is already turned to the ray.
@@ -894,11 +895,14 @@ impl RenderScene {
 
     /// Samples one light as seen from `p`.
     #[inline]
-    pub fn sample_light(&self, p: Vec3A, u_pick: f32, u1: f32, u2: f32) -> Option<LightSample> {
+    pub fn sample_light(&self, p: Vec3A, u1: f32, u2: f32) -> Option<LightSample> {
         if self.light_dist.is_empty() {
             return None;
         }
-        let (li, sel, _) = self.light_dist.sample(u_pick);
+        // `u1` picks the light and, rescaled to the picked light's share, goes on as its first
+        // coordinate: the 2-D point stays stratified over all the lights together (two
+        // triangles of a quad light are sampled as one quad).
+        let (li, sel, u1) = self.light_dist.sample(u1);
         if sel <= 0.0 {
             return None;
         }
@@ -959,8 +963,8 @@ impl RenderScene {
                         {
                             // glTF's recommended smooth cone falloff.
                             let cd = Vec3A::from(l.direction).dot(-wi);
-                            let scale = 1.0 / (inner_cone.cos() - outer_cone.cos()).max(0.001);
-                            let offset = -outer_cone.cos() * scale;
+                            let scale = 1.0 / (inner_cone.cos_d() - outer_cone.cos_d()).max(0.001);
+                            let offset = -outer_cone.cos_d() * scale;
                             let a = (cd * scale + offset).clamp(0.0, 1.0);
                             li *= a * a;
                         }

@@ -1,6 +1,7 @@
 //! Texture lookups: UV transform, wrap modes, sRGB decoding, bilinear filtering (nearest when a
 //! sampler asks for it) and trilinear MIP filtering of minified textures from ray cones.
 
+use crate::math::DetMath;
 use glam::{Vec2, Vec4};
 use rayfarm_scene::{CompiledScene, Texture, TextureRef, WrapMode};
 use std::sync::OnceLock;
@@ -10,7 +11,7 @@ pub fn srgb_to_linear(c: f32) -> f32 {
     if c <= 0.04045 {
         c / 12.92
     } else {
-        ((c + 0.055) / 1.055).powf(2.4)
+        ((c + 0.055) / 1.055).powf_d(2.4)
     }
 }
 
@@ -20,7 +21,7 @@ pub fn linear_to_srgb(c: f32) -> f32 {
     if c <= 0.0031308 {
         c * 12.92
     } else {
-        1.055 * c.powf(1.0 / 2.4) - 0.055
+        1.055 * c.powf_d(1.0 / 2.4) - 0.055
     }
 }
 
@@ -81,9 +82,9 @@ impl Footprint {
         if width <= 0.0 {
             return Footprint::FULL_RESOLUTION;
         }
-        let view = (width / cos_theta.abs()).log2();
+        let view = (width / cos_theta.abs()).log2_d();
         Footprint {
-            lod_base: uv_areas.map(|a| 0.5 * (a / world_area).log2() + view),
+            lod_base: uv_areas.map(|a| 0.5 * (a / world_area).log2_d() + view),
         }
     }
 }
@@ -292,7 +293,7 @@ impl Textures {
             // The texture transform scales UV areas by its determinant.
             let det = (m[0] * m[4] - m[1] * m[3]).abs();
             let texels = img.width as f32 * img.height as f32 * det;
-            let lambda = lod_base + 0.5 * texels.log2();
+            let lambda = lod_base + 0.5 * texels.log2_d();
             let levels = if lambda > 0.0 {
                 self.levels(scene, tex.image as usize)
             } else {
