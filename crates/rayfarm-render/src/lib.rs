@@ -9,6 +9,7 @@ pub mod bsdf;
 pub mod bvh;
 pub mod film;
 pub mod integrator;
+pub mod isa;
 pub mod math;
 pub mod sampler;
 pub mod scene;

@@ -156,3 +156,63 @@ fn bvh_is_the_same_on_any_thread_pool() {
         assert_eq!(bits(a), bits(b), "ray {i}");
     }
 }
+
+/// Every code path this CPU runs (`rayfarm_render::isa`, forced in the binary by `RAYFARM_ISA`)
+/// renders the same bytes: on the test scene (metal, rough, emitters, sky) and on the shipped
+/// Cornell box, and on Sponza's 66k triangles when the shared scenes are present.
+#[test]
+fn every_code_path_renders_the_same_bytes() {
+    use rayfarm_render::isa::Isa;
+    let supported = Isa::supported();
+    eprintln!(
+        "code paths on this CPU: {:?}",
+        supported.iter().map(|i| i.name()).collect::<Vec<_>>()
+    );
+    let cornell = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/cornell-box/cornell_box.gltf");
+    let mut scenes = vec![
+        ("test scene", scene()),
+        (
+            "cornell box",
+            rayfarm_scene::load(&cornell)
+                .expect("shipped Cornell box")
+                .0,
+        ),
+    ];
+    if let Some(p) = shared_scene("sponza-dabrovic-geometry/sponza.obj") {
+        scenes.push(("sponza", rayfarm_scene::load(&p).expect("sponza loads").0));
+    }
+    for (name, compiled) in scenes {
+        let mut rs = RenderScene::new(compiled);
+        let camera = rs
+            .scene
+            .cameras
+            .first()
+            .cloned()
+            .unwrap_or_else(|| rayfarm_scene::camera::auto_camera(&rs.scene, 1.0));
+        let settings = RenderSettings {
+            width: 48,
+            height: 48,
+            spp: 16,
+            max_bounces: 8,
+            seed: 5,
+            camera,
+        };
+        let mut images = Vec::new();
+        for &isa in &supported {
+            rs.bvh.set_isa(isa).expect("supported path");
+            images.push((isa, render(&rs, &settings, 2, 16, 8)));
+        }
+        let (first, reference) = &images[0];
+        for (isa, img) in &images[1..] {
+            assert!(
+                img.iter()
+                    .zip(reference)
+                    .all(|(a, b)| a.map(f32::to_bits) == b.map(f32::to_bits)),
+                "{name}: the {} path differs from the {} path",
+                isa.name(),
+                first.name()
+            );
+        }
+    }
+}

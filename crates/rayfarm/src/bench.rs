@@ -86,10 +86,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         let (secs, rays) = best.unwrap_or((f64::NAN, 0));
         println!(
-            "{name}: {tris} triangles, BVH {build:.3} s; {:.3} s per frame, {:.3} M samples/s, {:.2} M rays/s",
+            "{name}: {tris} triangles, BVH {build:.3} s; {:.3} s per frame, {:.3} M samples/s, {:.2} M rays/s ({} path)",
             secs,
             samples as f64 / secs / 1e6,
-            rays as f64 / secs / 1e6
+            rays as f64 / secs / 1e6,
+            rs.bvh.isa().name()
         );
     }
     Ok(())

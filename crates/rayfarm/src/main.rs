@@ -147,6 +147,11 @@ fn main() {
         .with_target(false)
         .without_time()
         .init();
+    // A forced code path the CPU cannot run is an error before any work starts.
+    if let Err(e) = rayfarm_render::isa::Isa::from_env() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let result = match cli.command {
         Command::Render(a) => render_cmd::run(a),
         Command::Bake(a) => bake_cmd::run(a),

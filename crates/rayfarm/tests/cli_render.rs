@@ -165,3 +165,48 @@ fn camera_by_name_and_index() {
         "camera by name and by index should be the same camera"
     );
 }
+
+/// `RAYFARM_ISA` forces a code path; each path this CPU runs writes the same bytes, and a path
+/// that does not exist is an error that names the variable and the paths there are.
+#[test]
+fn every_forced_code_path_writes_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |isa: &str, out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rayfarm"))
+            .args([
+                "render", "--width", "48", "--height", "48", "--spp", "8", "--quiet",
+            ])
+            .arg("-o")
+            .arg(out)
+            .env("RAYFARM_ISA", isa)
+            .output()
+            .expect("rayfarm starts")
+    };
+    let mut files = Vec::new();
+    for isa in rayfarm_render::isa::Isa::supported() {
+        let out = dir.path().join(format!("{}.exr", isa.name()));
+        let r = run(isa.name(), &out);
+        assert!(
+            r.status.success(),
+            "RAYFARM_ISA={}: {}",
+            isa.name(),
+            String::from_utf8_lossy(&r.stderr)
+        );
+        files.push((isa.name(), read(&out)));
+    }
+    for (name, bytes) in &files[1..] {
+        assert!(
+            *bytes == files[0].1,
+            "RAYFARM_ISA={name} and RAYFARM_ISA={} wrote different EXR files",
+            files[0].0
+        );
+    }
+    let r = run("avx9000", &dir.path().join("x.exr"));
+    assert_eq!(r.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.starts_with("error: RAYFARM_ISA=avx9000: no such path") && err.contains("scalar"),
+        "{err}"
+    );
+    assert!(!dir.path().join("x.exr").exists());
+}
