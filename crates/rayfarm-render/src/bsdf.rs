@@ -191,17 +191,53 @@ pub struct PreparedBsdf<'a> {
     pub wo: Vec3A,
     probs: Probs,
     layers: Layers,
+    /// A Lambertian BSDF: no specular (F0 = F90 = 0), metal, transmission or layers, and a
+    /// non-black base. `eval` and `sample` then skip the other lobes, computing exactly the
+    /// operations the full code does when they are zero (same bytes, less work).
+    lambert: bool,
 }
 
 impl PreparedBsdf<'_> {
     #[inline]
     pub fn eval(&self, wi: Vec3A) -> (Vec3A, f32) {
+        if self.lambert {
+            if self.wo.z <= 0.0 || wi.z <= 0.0 {
+                return (Vec3A::ZERO, 0.0);
+            }
+            return (self.lambert_f(), self.probs.diff * wi.z * FRAC_1_PI);
+        }
         self.bsdf.eval_with(self.wo, wi, &self.probs, &self.layers)
     }
     #[inline]
     pub fn sample(&self, u_lobe: f32, u1: f32, u2: f32) -> Option<BsdfSample> {
+        if self.lambert {
+            if self.wo.z <= 0.0 {
+                return None;
+            }
+            let wi = cosine_hemisphere(u1, u2);
+            if wi.z <= 0.0 {
+                return None;
+            }
+            let pdf = self.probs.diff * wi.z * FRAC_1_PI;
+            if pdf <= 0.0 || !pdf.is_finite() {
+                return None;
+            }
+            return Some(BsdfSample {
+                wi,
+                weight: self.lambert_f() * (wi.z.abs() / pdf),
+                pdf,
+                delta: false,
+                channel: ALL_CHANNELS,
+            });
+        }
         self.bsdf
             .sample_with(self.wo, u_lobe, u1, u2, &self.probs, &self.layers)
+    }
+
+    /// The diffuse term of `eval_with` with transmission and diffuse transmission at zero.
+    #[inline(always)]
+    fn lambert_f(&self) -> Vec3A {
+        self.bsdf.base * (FRAC_1_PI * ((1.0 - 0.0) * (1.0 - 0.0)))
     }
 }
 
@@ -746,11 +782,20 @@ impl Bsdf {
     #[inline]
     pub fn prepare(&self, wo: Vec3A) -> PreparedBsdf<'_> {
         let layers = self.layers(wo);
+        let probs = self.lobe_probs(wo.z, &layers);
+        let lambert = !layers.active
+            && self.metallic == 0.0
+            && self.transmission == 0.0
+            && self.diffuse_transmission == 0.0
+            && self.f90_dielectric == 0.0
+            && self.f0_dielectric == Vec3A::ZERO
+            && probs.diff == 1.0;
         PreparedBsdf {
             bsdf: self,
             wo,
-            probs: self.lobe_probs(wo.z, &layers),
+            probs,
             layers,
+            lambert,
         }
     }
 
@@ -1126,6 +1171,50 @@ mod tests {
             1.0,
             0.0,
         )
+    }
+
+    /// The Lambertian shortcut of `PreparedBsdf` gives the full code's bytes, and is taken only
+    /// where it applies.
+    #[test]
+    fn lambert_shortcut_matches_the_full_code_bit_for_bit() {
+        let bits = |v: Vec3A| v.to_array().map(f32::to_bits);
+        let mut b = Bsdf::base(Vec3A::new(0.8, 0.5, 0.2), 0.0, 1.0, Vec3A::ZERO, 0.0, 0.0);
+        for wo in [
+            Vec3A::new(0.3, 0.1, 0.9).normalize(),
+            Vec3A::new(-0.9, 0.2, 0.05).normalize(),
+            Vec3A::new(0.1, 0.1, -0.5).normalize(),
+        ] {
+            let p = b.prepare(wo);
+            assert!(p.lambert);
+            let n = 32;
+            for i in 0..n {
+                for j in 0..n {
+                    let (u1, u2) = ((i as f32 + 0.37) / n as f32, (j as f32 + 0.61) / n as f32);
+                    let wi = Vec3A::new(u1 - 0.5, u2 - 0.5, (i as f32 - 8.0) / 16.0);
+                    let (f, pdf) = p.eval(wi);
+                    let (g, qdf) = b.eval_with(wo, wi, &p.probs, &p.layers);
+                    assert_eq!((bits(f), pdf.to_bits()), (bits(g), qdf.to_bits()));
+                    let u_lobe = (i * 7 % n) as f32 / n as f32;
+                    let s = p.sample(u_lobe, u1, u2);
+                    let t = b.sample_with(wo, u_lobe, u1, u2, &p.probs, &p.layers);
+                    assert_eq!(s.is_some(), t.is_some());
+                    if let (Some(s), Some(t)) = (s, t) {
+                        assert_eq!(bits(s.wi), bits(t.wi));
+                        assert_eq!(bits(s.weight), bits(t.weight));
+                        assert_eq!(s.pdf.to_bits(), t.pdf.to_bits());
+                    }
+                }
+            }
+        }
+        // Any specular, metal, transmission or black base takes the full code.
+        b.f0_dielectric = Vec3A::splat(0.04);
+        b.f90_dielectric = 1.0;
+        assert!(!b.prepare(Vec3A::Z).lambert);
+        let mut c = Bsdf::base(Vec3A::ZERO, 0.0, 1.0, Vec3A::ZERO, 0.0, 0.0);
+        assert!(!c.prepare(Vec3A::Z).lambert);
+        c.base = Vec3A::ONE;
+        c.transmission = 0.5;
+        assert!(!c.prepare(Vec3A::Z).lambert);
     }
 
     /// Sampling weights must agree with eval/pdf, and pdf must integrate to at most 1.
