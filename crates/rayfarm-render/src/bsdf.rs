@@ -40,6 +40,13 @@ pub const MIN_ALPHA: f32 = 1e-3;
 /// tight sheen and keeps the albedo table smooth.
 pub const SHEEN_MIN_ROUGHNESS: f32 = 0.07;
 
+/// `(r cos phi, r sin phi, z)`, with one `sincos`.
+#[inline(always)]
+fn polar3(r: f32, phi: f32, z: f32) -> Vec3A {
+    let (sin, cos) = phi.sin_cos_d();
+    Vec3A::new(r * cos, r * sin, z)
+}
+
 /// Normal-incidence reflectance of a clearcoat (IOR 1.5, as KHR_materials_clearcoat fixes it).
 const CLEARCOAT_F0: f32 = 0.04;
 
@@ -293,7 +300,7 @@ fn sample_vndf_aniso(wo: Vec3A, ax: f32, ay: f32, u1: f32, u2: f32) -> Vec3A {
     let phi = 2.0 * PI * u1;
     let z = (1.0 - u2) * (1.0 + wi_std.z) - wi_std.z;
     let sin_theta = (1.0 - z * z).clamp(0.0, 1.0).sqrt();
-    let c = Vec3A::new(sin_theta * phi.cos_d(), sin_theta * phi.sin_d(), z);
+    let c = polar3(sin_theta, phi, z);
     let h = c + wi_std;
     Vec3A::new(h.x * ax, h.y * ay, h.z.max(0.0)).normalize_or(Vec3A::Z)
 }
@@ -454,7 +461,7 @@ pub fn sheen_albedo_quadrature(mu: f32, roughness: f32) -> f32 {
         // The lobe is symmetric about the plane of wo and the normal: integrate half of phi.
         for j in 0..np {
             let phi = (j as f32 + 0.5) / np as f32 * PI;
-            let wi = Vec3A::new(st * phi.cos_d(), st * phi.sin_d(), ct);
+            let wi = polar3(st, phi, ct);
             row += sheen_lobe(wo, wi, alpha) as f64;
         }
         sum += row * (ct * st) as f64;
@@ -1143,7 +1150,7 @@ fn total_internal_reflection(wo: Vec3A, share: Vec3A, pt: f32, channel: u8) -> B
 pub fn cosine_hemisphere(u1: f32, u2: f32) -> Vec3A {
     let r = u1.sqrt();
     let phi = 2.0 * PI * u2;
-    Vec3A::new(r * phi.cos_d(), r * phi.sin_d(), (1.0 - u1).max(0.0).sqrt())
+    polar3(r, phi, (1.0 - u1).max(0.0).sqrt())
 }
 
 /// An orthonormal basis around `n` (Duff et al. 2017).
@@ -1262,7 +1269,7 @@ mod tests {
             let st = (1.0 - ct * ct).sqrt();
             for j in 0..np {
                 let phi = (j as f32 + 0.5) / np as f32 * 2.0 * PI;
-                let wi = Vec3A::new(st * phi.cos_d(), st * phi.sin_d(), ct);
+                let wi = polar3(st, phi, ct);
                 sum += (b.eval(wo, wi).0.x * ct) as f64;
             }
         }
@@ -1425,7 +1432,7 @@ mod tests {
             let st = (1.0 - ct * ct).max(0.0).sqrt();
             for j in 0..np {
                 let phi = (j as f32 + 0.5) / np as f32 * 2.0 * PI;
-                let wi = Vec3A::new(st * phi.cos_d(), st * phi.sin_d(), ct);
+                let wi = polar3(st, phi, ct);
                 let f = b.eval(wo, wi).0 * ct.abs();
                 for c in 0..3 {
                     sum[c] += f[c] as f64;
