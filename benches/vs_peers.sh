@@ -19,11 +19,11 @@
 #        bash benches/vs_peers.sh --only rayfarm,mitsuba-mj --width 128 --height 128 --spp 16
 #        bash benches/vs_peers.sh --cycles-spp 32           (Cycles at 32 spp; efficiency accounts for it)
 #        bash benches/vs_peers.sh --rayfarm-bin old=/tmp/rayfarm-old --rayfarm-bin new=target/release/rayfarm
-#        bash benches/vs_peers.sh --rayfarm-bin a=X --rayfarm-bin b=X --rayfarm-env b:RAYFARM_ISA=sse2
+#        bash benches/vs_peers.sh --rayfarm-bin a=X --rayfarm-bin b=X --rayfarm-env b:RAYFARM_ISA=scalar
 #        bash benches/vs_peers.sh --reference own    (each renderer against its own 4096-spp image)
 #   --only takes rayfarm (every build), rayfarm-LABEL, mitsuba, mitsuba-indep, mitsuba-mj, cycles.
-#   --out DIR keeps the EXR files and the workers' logs; --peer-rr default gives the peers their
-#   own Russian-roulette defaults instead of rayfarm's start depth.
+#   --out DIR keeps the EXR files and the workers' logs; the peers keep their own Russian-roulette
+#   defaults unless --peer-rr matched (then they start where rayfarm does).
 # Run it on a quiet machine: it prints the load average at the start and the end.
 # Environment:
 #   RAYFARM          rayfarm binary to test when no --rayfarm-bin is given (default: build the
