@@ -69,6 +69,39 @@ Conventions of our scene, and how each peer is given them:
     run, CPU device, `threads_mode` FIXED with --threads threads; its sampling pattern is left at
     Blender's default (printed).
 
+glTF scenes with an environment map (`--env HDR`): rayfarm beside Cycles only.
+  e.g. --scene ../shared/scenes/water-bottle/glTF/WaterBottle.gltf
+       --env ../shared/scenes/environments/chinese_garden_1k.hdr
+  Mitsuba 3 has no glTF importer (the Cornell mode above translates the Cornell box's untextured
+  Lambert triangles by hand; textured metallic-roughness glTF is not translated), so it is
+  skipped. Each renderer is compared with its own converged image (`--reference own`, forced;
+  --ref-spp default 1024), since their material models differ; defaults 320x320, 8 bounces.
+  A 1024-spp reference adds about 1/16 of a 64-spp render's relMSE, to both renderers alike.
+  * rayfarm: the Cornell command plus `--env HDR`;
+  * Cycles: Blender's own glTF importer (materials as it makes them: Principled BSDF with the
+    textures; lights with export_import_convert_lighting_mode COMPAT), Principled switched to
+    single-scatter GGX, the microfacet model of the glTF BRDF (--cycles-ggx multi keeps the
+    importer's multiscatter GGX); the Cornell mode's render settings otherwise (box filter,
+    bounces, no denoising or adaptive sampling, no clamping, light tree off unless
+    --cycles-light-tree on; world importance map at Cycles' default, AUTOMATIC);
+  * camera: the scene's first camera if it has one, else rayfarm's automatic camera
+    (crates/rayfarm-scene/src/camera.rs `auto_camera`: the bounds' centre seen from direction
+    normalize(0.35, 0.3, 1), yfov 40 deg, distance radius / sin(min(yfov, xfov) / 2) x 1.02, the
+    bounds as `rayfarm info` prints them). Cycles is given that camera as a new camera object
+    (glTF Y-up -> Blender Z-up: (x, y, z) -> (x, -z, y), as the importer converts the scene),
+    sensor fit VERTICAL with the same vertical field of view; rayfarm's film keeps yfov and
+    widens x with the image's aspect, as VERTICAL does;
+  * environment: rayfarm looks up u = 0.5 + atan2(d.x, -d.z) / 2pi, v = acos(d.y) / pi (glTF
+    axes, v = 0 the top row); Cycles' equirectangular lookup is u = 0.5 - atan2(y, x) / 2pi with
+    +Z at the top (Blender axes), so its world is Texture Coordinate Generated -> Mapping (Vector,
+    rotation Z -90 deg) -> Environment Texture (linear interpolation) -> Background strength 1;
+  * match check, printed after the references: a Python model of the pure environment (rays
+    of rayfarm's camera, 4x4 per pixel, rayfarm's lookup) against both converged images on the
+    pixels whose rays all miss the scene's bounding sphere (this checks camera and environment
+    mapping), and the two converged images' means over a 3x3 grid of regions and over the
+    object (inside the sphere's outline): differences there come from the material models and
+    are reported, not judged. With --out the references go there as a side-by-side PNG.
+
 The EXR files are read with mitsuba's Bitmap (float32, linear Rec.709 in all three).
 The table's "CPU cores" is the renderer process's CPU time (all threads) over its timed seconds:
 at most --threads when the renderer keeps to its thread count, less on a busy machine.
@@ -79,6 +112,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -88,6 +122,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.parse
 
 import numpy as np
 
@@ -128,12 +163,13 @@ def _node_matrix(node):
     return m
 
 
-def load_gltf(path):
+def load_gltf(path, require_camera=True, check_materials=True):
     """Triangles, materials and the first camera of a .gltf (external .bin buffers).
 
     Returns {"meshes": [{name, positions (n,3) world space, indices (m,3), material}],
              "materials": [{name, base, emission (RGB radiance), double_sided, specular, metallic}],
-             "camera": {origin, target, up, yfov_deg}}.
+             "camera": {origin, target, up, yfov_deg}} (None without a camera when not
+             require_camera).
     """
     with open(path) as f:
         doc = json.load(f)
@@ -207,9 +243,9 @@ def load_gltf(path):
 
     for ni in doc["scenes"][doc.get("scene", 0)]["nodes"]:
         walk(ni, np.eye(4))
-    if camera is None:
+    if camera is None and require_camera:
         raise RuntimeError(f"{path}: no camera")
-    for mat in materials:
+    for mat in materials if check_materials else []:
         if mat["metallic"] != 0 or mat["specular"] != 0 or mat["textured"]:
             log(f"warning: material {mat['name']}: only untextured Lambert (metallic 0, "
                 f"KHR_materials_specular 0) is translated for Mitsuba; it is rendered as Lambert")
@@ -221,7 +257,9 @@ def scene_files(path):
     with open(path) as f:
         doc = json.load(f)
     d = os.path.dirname(os.path.abspath(path))
-    return [path] + [os.path.join(d, b["uri"]) for b in doc.get("buffers", []) if "uri" in b]
+    return [path] + [os.path.join(d, urllib.parse.unquote(b["uri"]))
+                     for b in doc.get("buffers", []) + doc.get("images", [])
+                     if "uri" in b and not b["uri"].startswith("data:")]
 
 
 def write_ply(path, positions, indices):
@@ -232,6 +270,188 @@ def write_ply(path, positions, indices):
         f.write(np.ascontiguousarray(positions, dtype="<f4").tobytes())
         for tri in indices:
             f.write(struct.pack("<Biii", 3, *map(int, tri)))
+
+
+# ----------------------------------------------------------------------------- glTF + environment
+
+AUTO_CAMERA_YFOV_DEG = 40.0  # crates/rayfarm-scene/src/camera.rs
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def rayfarm_bounds(binary, scene):
+    """The scene's bounds as rayfarm computes them (all triangle vertices, world space), from
+    `rayfarm info`."""
+    run = subprocess.run([binary, "info", scene], capture_output=True, text=True)
+    m = re.search(r"bounds \[([^\]]*)\] \.\. \[([^\]]*)\]", run.stdout + run.stderr)
+    if run.returncode != 0 or not m:
+        raise RuntimeError(f"`{binary} info {scene}` printed no bounds (exit {run.returncode}):\n"
+                           f"{run.stdout}{run.stderr}")
+    return [np.array([float(x) for x in g.split(",")]) for g in m.groups()]
+
+
+def auto_camera(lo, hi, aspect):
+    """rayfarm's automatic camera (crates/rayfarm-scene/src/camera.rs `auto_camera`)."""
+    center = (lo + hi) * 0.5
+    radius = max(np.linalg.norm(hi - lo) * 0.5, 1e-3)
+    yfov = math.radians(AUTO_CAMERA_YFOV_DEG)
+    xfov = 2.0 * math.atan(math.tan(yfov * 0.5) * max(aspect, 1e-3))
+    half = 0.5 * min(yfov, xfov)
+    distance = radius / math.sin(half) * 1.02
+    d = _unit([0.35, 0.3, 1.0])
+    forward = -d
+    right = _unit(np.cross(forward, [0.0, 1.0, 0.0]))
+    return {"source": "rayfarm's automatic camera", "position": (center + d * distance).tolist(),
+            "right": right.tolist(), "up": np.cross(right, forward).tolist(),
+            "forward": forward.tolist(), "yfov": yfov}
+
+
+def gltf_env_camera(args, binary):
+    """(camera {source, position, right, up, forward (glTF axes), yfov (radians)}, bounds):
+    the scene's first camera, else rayfarm's automatic one for the image's aspect."""
+    lo = hi = None
+    if binary:
+        lo, hi = rayfarm_bounds(binary, os.path.abspath(args.scene))
+    try:
+        sc = load_gltf(args.scene, require_camera=False, check_materials=False)
+    except Exception as e:  # the Python reader is minimal (no sparse accessors, no data: URIs)
+        log(f"note: the script's glTF reader cannot read {args.scene} ({e}); bounds from `rayfarm info` only")
+        sc = None
+    if sc is not None and sc["meshes"]:
+        p = np.concatenate([m["positions"] for m in sc["meshes"]]).astype(np.float64)
+        plo, phi = p.min(axis=0), p.max(axis=0)
+        if lo is None:
+            lo, hi = plo, phi
+        elif np.max(np.abs(np.r_[plo - lo, phi - hi])) > 1e-4 * max(np.linalg.norm(hi - lo), 1e-6):
+            log(f"warning: bounds from the glTF {plo.tolist()} .. {phi.tolist()} differ from "
+                f"rayfarm's {lo.tolist()} .. {hi.tolist()}; rayfarm's are used")
+    if lo is None:
+        raise RuntimeError("no scene bounds for the camera: no rayfarm binary (`rayfarm info`) and "
+                           "the script's glTF reader failed")
+    if sc is not None and sc["camera"] is not None:
+        c = sc["camera"]
+        forward = _unit(np.subtract(c["target"], c["origin"]))
+        right = _unit(np.cross(forward, c["up"]))
+        cam = {"source": "the scene's first camera", "position": list(c["origin"]),
+               "right": right.tolist(), "up": np.cross(right, forward).tolist(),
+               "forward": forward.tolist(), "yfov": math.radians(c["yfov_deg"])}
+    else:
+        cam = auto_camera(lo, hi, args.width / args.height)
+    return cam, (lo, hi)
+
+
+def gltf_to_blender(v):
+    """glTF (Y up) to Blender (Z up) axes, as Blender's glTF importer converts: (x, -z, y)."""
+    return [v[0], -v[2], v[1]]
+
+
+def camera_rays(cam, width, height, ss):
+    """Directions (height, width, ss*ss, 3) of rayfarm's camera_ray at ss x ss stratified
+    points per pixel (crates/rayfarm-render/src/integrator.rs)."""
+    k = (np.arange(ss) + 0.5) / ss
+    fy = (np.arange(height)[:, None] + k[None, :]).reshape(height, 1, ss, 1)
+    fx = (np.arange(width)[:, None] + k[None, :]).reshape(1, width, 1, ss)
+    sx = 2.0 * fx / width - 1.0
+    sy = 1.0 - 2.0 * fy / height
+    th, aspect = math.tan(cam["yfov"] * 0.5), width / height
+    r, u, f = (np.array(cam[n]) for n in ("right", "up", "forward"))
+    d = (sx * th * aspect)[..., None] * r + (sy * th)[..., None] * u + f
+    d = np.broadcast_to(d, (height, width, ss, ss, 3)).reshape(height, width, ss * ss, 3)
+    return d / np.linalg.norm(d, axis=-1, keepdims=True)
+
+
+def env_lookup(tex, d):
+    """rayfarm's EnvLight::radiance: u = 0.5 + atan2(x, -z) / 2pi, v = acos(y) / pi, bilinear,
+    wrapping in u and clamped in v (crates/rayfarm-render/src/scene.rs)."""
+    h, w = tex.shape[:2]
+    u = 0.5 + np.arctan2(d[..., 0], -d[..., 2]) / (2 * math.pi)
+    v = np.arccos(np.clip(d[..., 1], -1.0, 1.0)) / math.pi
+    x = u * w - 0.5
+    y = np.clip(v * h - 0.5, 0.0, h - 1)
+    x0 = np.floor(x)
+    fx = (x - x0)[..., None]
+    x0 = x0.astype(np.int64) % w
+    x1 = (x0 + 1) % w
+    y0 = np.floor(y).astype(np.int64)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fy = (y - y0)[..., None]
+    row = lambda yy: tex[yy, x0] * (1 - fx) + tex[yy, x1] * fx
+    return row(y0) * (1 - fy) + row(y1) * fy
+
+
+def environment_model(cam, bounds, env_path, width, height, ss=4):
+    """(pure-environment image of rayfarm's camera, mask of the pixels whose ss*ss rays all
+    miss the scene's bounding sphere (radius +2%): environment only in both renderers)."""
+    d = camera_rays(cam, width, height, ss)
+    img = env_lookup(read_rgb(env_path), d).mean(axis=2)
+    lo, hi = bounds
+    c, rad = (lo + hi) * 0.5, np.linalg.norm(hi - lo) * 0.5 * 1.02
+    oc = c - np.array(cam["position"])
+    t = d @ oc  # closest approach along each ray
+    miss = oc @ oc - np.maximum(t, 0.0) ** 2 > rad * rad  # behind the camera: camera outside
+    return img, miss.all(axis=2)
+
+
+LUMINANCE = np.array([0.2126, 0.7152, 0.0722])
+
+
+def match_report(cam, bounds, env_path, refs, outdir, keep):
+    """Prints how rayfarm's and Cycles' converged images agree (see the module's docstring);
+    returns the figures for the JSON summary."""
+    rf, cy = refs["rayfarm"], refs["cycles"]
+    h, w = rf.shape[:2]
+    model, bg = environment_model(cam, bounds, env_path, w, h)
+    out = {"background_pixels": int(bg.sum())}
+    print()
+    print(f"Match check of the converged images ({w}x{h}); camera: {cam['source']}, position "
+          f"{np.round(cam['position'], 5).tolist()}, forward {np.round(cam['forward'], 5).tolist()}, "
+          f"yfov {math.degrees(cam['yfov']):.3f} deg")
+    if bg.sum() > 0:
+        print(f"Environment only ({int(bg.sum())} pixels whose rays all miss the bounding sphere), "
+              f"against a Python model of rayfarm's camera and lookup (4x4 rays per pixel):")
+        print("| image | mean / model (R G B) | mean abs. pixel difference / model mean |")
+        print("|---|---|---:|")
+        for name, img in (("rayfarm", rf), ("cycles", cy)):
+            ratio = [float(img[bg][:, k].mean() / model[bg][:, k].mean()) for k in range(3)]
+            mad = float(np.abs(img[bg] - model[bg]).mean() / model[bg].mean())
+            out[f"{name}_env_ratio"], out[f"{name}_env_mad"] = ratio, mad
+            print(f"| {name} | {fmt_ratio(ratio)} | {100 * mad:.2f}% |")
+    else:
+        print("Environment only: no pixel misses the bounding sphere (the scene fills the image)")
+    print("Mean luminance (Rec.709 Y) per region, rayfarm's converged image over Cycles': regions "
+          "of a 3x3 grid (top row first), then the object (inside the bounding sphere's outline) "
+          "and the background:")
+    y_rf, y_cy = rf @ LUMINANCE, cy @ LUMINANCE
+    grid = []
+    for i in range(3):
+        row = []
+        for j in range(3):
+            sl = (slice(i * h // 3, (i + 1) * h // 3), slice(j * w // 3, (j + 1) * w // 3))
+            row.append(float(y_rf[sl].mean() / y_cy[sl].mean()))
+        grid.append(row)
+        print("  " + "  ".join(f"{x:6.3f}" for x in row))
+    obj = ~bg
+    regions = {"object": obj, "background": bg, "whole image": np.ones_like(bg)}
+    for name, m in regions.items():
+        if m.sum():
+            r = float(y_rf[m].mean() / y_cy[m].mean())
+            out[f"{name}_ratio"] = r
+            rgb_r = [float(rf[m][:, k].mean() / cy[m][:, k].mean()) for k in range(3)]
+            print(f"  {name:<11} ({int(m.sum())} px): Y {r:.3f}, R G B {fmt_ratio(rgb_r)} "
+                  f"(rayfarm Y {y_rf[m].mean():.4f}, Cycles Y {y_cy[m].mean():.4f})")
+    out["grid"] = grid
+    if keep:
+        sep = np.ones((h, 2, 3))
+        png = os.path.join(outdir, "references-rayfarm-cycles-model.png")
+        side = np.concatenate([rf, sep, cy, sep, model], axis=1)
+        side = np.clip(side, 0.0, 1.0)
+        side = np.where(side <= 0.0031308, 12.92 * side, 1.055 * np.power(side, 1 / 2.4) - 0.055)
+        _mi_reader.Bitmap((side * 255 + 0.5).astype(np.uint8)).write(png)
+        print(f"  side by side (rayfarm | Cycles | environment model, clamped sRGB): {png}")
+    return out
 
 
 # ----------------------------------------------------------------------------- worker: Mitsuba
@@ -301,9 +521,73 @@ def mitsuba_worker(cfg, send, requests):
 
 # ----------------------------------------------------------------------------- worker: Cycles
 
-def cycles_worker(cfg, send, requests):
-    import bpy
-    bpy.ops.wm.read_factory_settings(use_empty=True)
+def cycles_gltf_env_setup(cfg, bpy):
+    """glTF + environment mode: the importer's materials, rayfarm's camera, the environment
+    rotated to rayfarm's mapping (see the module's docstring). Returns notes."""
+    from mathutils import Matrix
+    # glTF light intensities as given (the numbers rayfarm uses); 'SPEC' would divide by 683.
+    bpy.ops.import_scene.gltf(filepath=cfg["scene"], export_import_convert_lighting_mode="COMPAT")
+    scene = bpy.context.scene
+    notes = []
+    if cfg["ggx"] == "single":
+        n = 0
+        for mat in bpy.data.materials:
+            for node in mat.node_tree.nodes if mat.node_tree else []:
+                if node.type in ("BSDF_PRINCIPLED", "BSDF_GLASS") and node.distribution != "GGX":
+                    node.distribution = "GGX"
+                    n += 1
+        notes.append(f"{n} Principled/Glass BSDF(s) switched to single-scatter GGX (the glTF BRDF's)")
+    else:
+        notes.append("Principled BSDFs as imported (multiscatter GGX)")
+    for o in scene.objects:
+        if o.type == "LIGHT" and o.data.type == "SUN":
+            o.data.angle = 0.0  # glTF's directional light is a delta light, as in rayfarm
+
+    cam = cfg["camera"]
+    data = bpy.data.cameras.new("rayfarm_camera")
+    data.type = "PERSP"
+    data.sensor_fit = "VERTICAL"
+    data.angle_y = cam["yfov"]
+    data.shift_x = data.shift_y = 0.0
+    data.clip_start = 1e-6
+    data.clip_end = 1e6
+    obj = bpy.data.objects.new("rayfarm_camera", data)
+    scene.collection.objects.link(obj)
+    r, u, f, p = (gltf_to_blender(cam[k]) for k in ("right", "up", "forward", "position"))
+    # A camera looks down its local -Z with +Y up, in Blender as in glTF.
+    obj.matrix_world = Matrix([[r[i], u[i], -f[i], p[i]] for i in range(3)] + [[0, 0, 0, 1]])
+    scene.camera = obj
+
+    world = bpy.data.worlds.new("rayfarm_env")
+    if bpy.app.version < (5, 0, 0):
+        world.use_nodes = True
+    tree = world.node_tree
+    tree.nodes.clear()
+    coord = tree.nodes.new("ShaderNodeTexCoord")
+    mapping = tree.nodes.new("ShaderNodeMapping")
+    mapping.vector_type = "VECTOR"
+    mapping.inputs["Rotation"].default_value = (0.0, 0.0, -math.pi / 2)
+    tex = tree.nodes.new("ShaderNodeTexEnvironment")
+    tex.image = bpy.data.images.load(cfg["env"])
+    tex.interpolation = "Linear"
+    tex.projection = "EQUIRECTANGULAR"
+    bg = tree.nodes.new("ShaderNodeBackground")
+    bg.inputs["Strength"].default_value = 1.0
+    out = tree.nodes.new("ShaderNodeOutputWorld")
+    tree.links.new(coord.outputs["Generated"], mapping.inputs["Vector"])
+    tree.links.new(mapping.outputs["Vector"], tex.inputs["Vector"])
+    tree.links.new(tex.outputs["Color"], bg.inputs["Color"])
+    tree.links.new(bg.outputs["Background"], out.inputs["Surface"])
+    scene.world = world
+    notes.append(f"environment {os.path.basename(cfg['env'])} colour space "
+                 f"{tex.image.colorspace_settings.name}; world importance map "
+                 f"{getattr(world.cycles, 'sampling_method', '?')}")
+    return notes
+
+
+def cycles_cornell_setup(cfg, bpy):
+    """The Cornell mode: the importer's camera; Lambert on both faces; emission from the front
+    face only. Returns notes."""
     bpy.ops.import_scene.gltf(filepath=cfg["scene"])
     sc = load_gltf(cfg["scene"])
     scene = bpy.context.scene
@@ -346,7 +630,17 @@ def cycles_worker(cfg, send, requests):
             else:
                 notes.append("no emission_sampling setting: back faces of the light are sampled too")
         tree.links.new(surface, out.inputs["Surface"])
+    return notes
 
+
+def cycles_worker(cfg, send, requests):
+    import bpy
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    if cfg.get("env"):
+        notes = cycles_gltf_env_setup(cfg, bpy)
+    else:
+        notes = cycles_cornell_setup(cfg, bpy)
+    scene = bpy.context.scene
     r = scene.render
     r.engine = "CYCLES"
     r.resolution_x, r.resolution_y, r.resolution_percentage = cfg["width"], cfg["height"], 100
@@ -368,7 +662,7 @@ def cycles_worker(cfg, send, requests):
     c.sample_clamp_indirect = 0.0
     c.blur_glossy = 0.0
     c.caustics_reflective = c.caustics_refractive = True
-    c.use_light_tree = False
+    c.use_light_tree = bool(cfg.get("light_tree", False))
     c.light_sampling_threshold = 0.0
     if hasattr(c, "use_guiding"):
         c.use_guiding = False
@@ -387,7 +681,7 @@ def cycles_worker(cfg, send, requests):
     im.exr_codec = "ZIP"
     info = {"ready": True, "blender": bpy.app.version_string,
             "sampling_pattern": getattr(c, "sampling_pattern", "?"),
-            "min_light_bounces": c.min_light_bounces, "notes": notes}
+            "min_light_bounces": c.min_light_bounces, "light_tree": c.use_light_tree, "notes": notes}
 
     def render(spp, seed, out):
         c.samples = spp
@@ -509,6 +803,12 @@ def rel_mse(x, r):
     return float(np.mean((x - r) ** 2 / (r * r + REL_EPS)))
 
 
+def worst_share(x, r, frac):
+    """The share of relMSE that the worst `frac` of the pixels hold."""
+    e = np.sort(np.mean((x - r) ** 2 / (r * r + REL_EPS), axis=2).ravel())[::-1]
+    return float(e[:max(1, int(len(e) * frac))].sum() / max(e.sum(), 1e-300))
+
+
 def mean_ratio(x, r):
     """Per channel: mean(x) / mean(r), and the standard error of that ratio from the noise
     (pixel errors taken as independent)."""
@@ -533,8 +833,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scene", default=DEFAULT_SCENE, help="glTF scene (default: the shared Cornell box)")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--env", metavar="HDR",
+                   help="equirectangular environment map (.hdr/.exr): the glTF + environment mode, "
+                        "rayfarm beside Cycles only, each against its own converged image")
+    p.add_argument("--width", type=int, help="default 512 (Cornell), 320 (--env)")
+    p.add_argument("--height", type=int, help="default 512 (Cornell), 320 (--env)")
     p.add_argument("--spp", type=int, default=64, help="samples per pixel (all renderers unless overridden)")
     p.add_argument("--mitsuba-spp", type=int, help="Mitsuba's spp (default --spp)")
     p.add_argument("--cycles-spp", type=int, help="Cycles' spp (default --spp)")
@@ -549,9 +852,10 @@ def parse_args(argv=None):
                         "goals are judged for")
     p.add_argument("--rayfarm-env", action="append", default=[], metavar="[LABEL:]KEY=VAL",
                    help="environment for rayfarm runs (all builds, or the one labelled LABEL)")
-    p.add_argument("--reference", choices=["shared", "own"], default="shared",
-                   help="shared: one Mitsuba 4096-spp image for all; own: each renderer's own 4096-spp image")
-    p.add_argument("--ref-spp", type=int, default=4096)
+    p.add_argument("--reference", choices=["shared", "own"],
+                   help="shared (the Cornell default): one Mitsuba --ref-spp image for all; own (the "
+                        "only choice with --env): each renderer's own --ref-spp image")
+    p.add_argument("--ref-spp", type=int, help="reference spp (default 4096; 1024 with --env)")
     p.add_argument("--ref-pass-spp", type=int, default=64, help="Mitsuba references are rendered in passes of this many spp")
     p.add_argument("--rr-depth", type=int,
                    help="rayfarm's Russian-roulette start depth D that --peer-rr matched copies (Mitsuba "
@@ -559,13 +863,36 @@ def parse_args(argv=None):
     p.add_argument("--peer-rr", choices=["matched", "default"], default="default",
                    help="default: each peer keeps its own defaults (Mitsuba rr_depth 5, Cycles "
                         "min_light_bounces 0); matched: the peers' Russian roulette starts where rayfarm's does")
+    p.add_argument("--cycles-ggx", choices=["single", "multi"], default="single",
+                   help="--env mode: Cycles' Principled BSDFs in single-scatter GGX (the glTF BRDF's "
+                        "microfacet model) or as imported (multiscatter GGX)")
+    p.add_argument("--cycles-light-tree", choices=["off", "on"], default="off",
+                   help="--env mode: Cycles' light tree (off: lights picked by power, as rayfarm does)")
     p.add_argument("--cache", default=os.path.join(os.environ.get("XDG_CACHE_HOME") or
                                                    os.path.expanduser("~/.cache"), "rayfarm-bench"))
     p.add_argument("--out", help="keep the images (and worker logs) in this folder")
     p.add_argument("--json", help="write a JSON summary to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-config", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.worker:
+        return args
+    gltf = bool(args.env)
+    if gltf:
+        if args.reference == "shared":
+            raise RuntimeError("--env: no shared reference (Mitsuba 3 has no glTF importer); "
+                               "each renderer is compared with its own (--reference own)")
+        args.env = os.path.abspath(args.env)
+        if not os.path.isfile(args.env):
+            raise RuntimeError(f"--env {args.env}: no such file")
+        if os.path.abspath(args.scene) == os.path.abspath(DEFAULT_SCENE):
+            log("note: --env with the Cornell box (the default --scene): a closed box, the "
+                "environment is not seen")
+    args.reference = args.reference or ("own" if gltf else "shared")
+    args.width = args.width or (320 if gltf else 512)
+    args.height = args.height or (320 if gltf else 512)
+    args.ref_spp = args.ref_spp or (1024 if gltf else 4096)
+    return args
 
 
 def rayfarm_builds(args):
@@ -601,7 +928,7 @@ def rayfarm_builds(args):
 
 
 def select(args, builds):
-    names = [b["label"] for b in builds] + list(PEERS)
+    names = [b["label"] for b in builds] + (["cycles"] if args.env else list(PEERS))
     if not args.only:
         chosen = names
     else:
@@ -611,6 +938,9 @@ def select(args, builds):
                 add = [b["label"] for b in builds]
                 if not add:
                     raise RuntimeError("--only rayfarm but no rayfarm binary (--rayfarm-bin or RAYFARM)")
+            elif args.env and w.startswith("mitsuba"):
+                raise RuntimeError("--only: Mitsuba 3 has no glTF importer; the --env mode compares "
+                                   "rayfarm with Cycles only")
             elif w == "mitsuba":
                 add = ["mitsuba-indep", "mitsuba-mj"]
             elif w in ("mitsuba-multijitter", "mitsuba-independent"):
@@ -626,8 +956,10 @@ def select(args, builds):
 
 
 class Bench:
-    def __init__(self, args, builds, outdir):
+    def __init__(self, args, builds, outdir, camera=None):
         self.args, self.builds, self.outdir = args, {b["label"]: b for b in builds}, outdir
+        self.camera = camera  # --env mode: the camera both renderers use (glTF axes)
+        self.load_seconds = {}  # --env mode: rayfarm's 16x16 1-spp run, warm
         self.workers = {}
         self.scene_key = sha256_files(scene_files(args.scene))
         # rayfarm's roulette start (depth >= D after the BSDF sample); matched peers copy it.
@@ -651,6 +983,9 @@ class Bench:
             cfg = {"scene": os.path.abspath(a.scene), "width": a.width, "height": a.height,
                    "bounces": a.bounces, "threads": a.threads, "rr_depth": self.rr_depth,
                    "min_light_bounces": self.min_light_bounces}
+            if a.env:
+                cfg.update(env=a.env, camera=self.camera, ggx=a.cycles_ggx,
+                           light_tree=a.cycles_light_tree == "on")
             log(f"starting the {kind} worker (log: {os.path.join(self.outdir, kind + '.log')})")
             t0 = time.perf_counter()
             self.workers[kind] = Worker(kind, cfg, os.path.join(self.outdir, f"{kind}.log"))
@@ -667,6 +1002,8 @@ class Bench:
             cmd = [b["path"], "render", os.path.abspath(a.scene), "-o", out, "--width", str(a.width),
                    "--height", str(a.height), "--spp", str(spp), "--max-bounces", str(a.bounces),
                    "--threads", str(a.threads), "--seed", str(seed), "--quiet"]
+            if a.env:
+                cmd += ["--env", a.env]
             env = dict(os.environ, **b["env"])
             r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
             run = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -688,10 +1025,15 @@ class Bench:
             log(f"  warm-up {name}: {t:.2f} s (untimed; kernel compilation or cache load)")
         elif name.startswith("rayfarm"):
             b = self.builds[name]
-            subprocess.run([b["path"], "render", os.path.abspath(self.args.scene), "-o", out,
-                            "--width", "16", "--height", "16", "--spp", "1", "--threads",
-                            str(self.args.threads), "--quiet"], env=dict(os.environ, **b["env"]),
-                           check=True, capture_output=True)
+            cmd = [b["path"], "render", os.path.abspath(self.args.scene), "-o", out,
+                   "--width", "16", "--height", "16", "--spp", "1", "--threads",
+                   str(self.args.threads), "--quiet"] + (["--env", self.args.env] if self.args.env else [])
+            subprocess.run(cmd, env=dict(os.environ, **b["env"]), check=True, capture_output=True)
+            if self.args.env:
+                # The same again, now from the page cache: what loading costs in every timed run.
+                t0 = time.perf_counter()
+                subprocess.run(cmd, env=dict(os.environ, **b["env"]), check=True, capture_output=True)
+                self.load_seconds[name] = time.perf_counter() - t0
         else:
             self.worker("cycles")
 
@@ -710,9 +1052,17 @@ class Bench:
             b = self.builds[who]
             key.update(binary=sha256_files([b["path"]]), env=b["env"])
             key["renderer"] = "rayfarm"
+        prefix = "cornell"
+        if a.env:
+            key.update(mode="gltf-env", env=sha256_files([a.env]),
+                       camera={k: (np.round(v, 7).tolist() if k != "source" else v)
+                               for k, v in self.camera.items()})
+            if who == "cycles":
+                key.update(ggx=a.cycles_ggx)
+            prefix = "-".join(os.path.splitext(os.path.basename(x))[0] for x in (a.scene, a.env))
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         tag = who if not who.startswith("rayfarm") else "rayfarm"
-        return key, f"cornell-{tag}-{a.width}x{a.height}-b{a.bounces}-{a.ref_spp}spp-{digest}"
+        return key, f"{prefix}-{tag}-{a.width}x{a.height}-b{a.bounces}-{a.ref_spp}spp-{digest}"
 
     def reference(self, who):
         """The cached 4096-spp image of renderer `who` (made now when missing)."""
@@ -767,7 +1117,10 @@ def main(argv=None):
     keep = bool(args.out)
     outdir = os.path.abspath(args.out) if keep else tempfile.mkdtemp(prefix="vs_peers_")
     os.makedirs(outdir, exist_ok=True)
-    bench = Bench(args, builds, outdir)
+    camera = bounds = None
+    if args.env:
+        camera, bounds = gltf_env_camera(args, builds[0]["path"] if builds else None)
+    bench = Bench(args, builds, outdir, camera)
     load0 = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     try:
@@ -775,6 +1128,13 @@ def main(argv=None):
               f"{args.threads} threads, spp: " + ", ".join(f"{n} {bench.spp(n)}" for n in names) +
               f"; {args.repeat} timed run(s) each, alternating; peer RR {args.peer_rr} "
               f"(rayfarm's roulette from depth {bench.rayfarm_rr_depth})", flush=True)
+        if args.env:
+            print(f"environment {args.env}; each renderer against its own {args.ref_spp}-spp image; "
+                  f"Mitsuba 3: skipped (it has no glTF importer)", flush=True)
+            print(f"camera: {camera['source']}, position {np.round(camera['position'], 5).tolist()}, "
+                  f"forward {np.round(camera['forward'], 5).tolist()}, yfov "
+                  f"{math.degrees(camera['yfov']):.3f} deg (both renderers); scene bounds "
+                  f"{bounds[0].tolist()} .. {bounds[1].tolist()}", flush=True)
         print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} ({os.cpu_count()} cores); "
               f"{started}", flush=True)
         print(f"{FORMULA}; efficiency = 1 / (relMSE x seconds)", flush=True)
@@ -791,6 +1151,13 @@ def main(argv=None):
         else:
             for n in names:
                 refs[n] = bench.reference(n)
+        match = None
+        if args.env and "cycles" in names and any(n.startswith("rayfarm") for n in names):
+            first_rf = next(n for n in names if n.startswith("rayfarm"))
+            match = match_report(camera, bounds, args.env,
+                                 {"rayfarm": refs[first_rf][0], "cycles": refs["cycles"][0]},
+                                 outdir, keep)
+            print(flush=True)
         log("warming up (untimed)")
         for n in names:
             bench.warm_up(n)
@@ -801,7 +1168,8 @@ def main(argv=None):
         if "cycles" in names:
             ci = bench.worker("cycles").info
             print(f"Blender {ci['blender']} Cycles CPU, sampling pattern {ci['sampling_pattern']}, "
-                  f"min_light_bounces {ci['min_light_bounces']}", flush=True)
+                  f"min_light_bounces {ci['min_light_bounces']}" +
+                  (f", light tree {'on' if ci['light_tree'] else 'off'}" if args.env else ""), flush=True)
             for note in ci["notes"]:
                 print(f"note: cycles: {note}", flush=True)
 
@@ -820,6 +1188,8 @@ def main(argv=None):
                 runs.append({"renderer": n, "repeat": rep + 1, "seed": seed, "spp": bench.spp(n),
                              "seconds": t, "cpu_seconds": cpu, "relmse": e, "mean_ratio": ratio,
                              "mean_ratio_se": ratio_se})
+                if args.env:
+                    runs[-1]["worst_1pct_share"] = worst_share(img, ref, 0.01)
                 print(f"  run {rep + 1}/{args.repeat} {n:<16} {t:7.2f} s (CPU {cpu / t:.2f} cores)  "
                       f"relMSE {e:.5f}  mean/ref {fmt_ratio(ratio)}  load {os.getloadavg()[0]:.2f}", flush=True)
                 if not keep:
@@ -845,6 +1215,12 @@ def main(argv=None):
         print()
         print(f"Reference: {'Mitsuba independent' if args.reference == 'shared' else 'own'} "
               f"{args.ref_spp} spp. {FORMULA}. efficiency = 1 / (relMSE x seconds).")
+        if args.env:
+            print(f"Scene {os.path.basename(args.scene)}, environment {os.path.basename(args.env)}, "
+                  f"{args.width}x{args.height}, {args.bounces} bounces; Mitsuba 3 skipped (no glTF importer). "
+                  f"rayfarm's seconds include start-up and loading the scene, its textures and the "
+                  f"environment: " + ", ".join(f"{n} {t:.2f} s (a warm 16x16 1-spp run)"
+                                               for n, t in bench.load_seconds.items()) + ".")
         print(f"load average: start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
               f"end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}. CPU cores: the renderer's CPU time "
               f"(all threads) over its timed seconds.")
@@ -885,6 +1261,12 @@ def main(argv=None):
                         g = GOALS["cycles"]
                         goal = f"  (goal >= {g:g}: {'met' if r >= g else 'not met'})"
                     print(f"{o} / {n} = {r:.2f}x{goal}")
+        if args.env:
+            print()
+            for n in names:
+                sh = statistics.fmean(r["worst_1pct_share"] for r in runs if r["renderer"] == n)
+                summary[n]["worst_1pct_share"] = sh
+                print(f"{n}: the worst 1% of pixels hold {100 * sh:.0f}% of its relMSE (fireflies when high)")
         # A mean off the reference by more than 1%, beyond noise, points to a convention mismatch.
         print()
         for n in names:
@@ -912,7 +1294,9 @@ def main(argv=None):
                            "builds": builds, "renderers": names,
                            "mitsuba": bench.workers["mitsuba"].info if "mitsuba" in bench.workers else None,
                            "cycles": bench.workers["cycles"].info if "cycles" in bench.workers else None,
-                           "runs": runs, "summary": summary, "ratios": ratios, "goals": GOALS}, f, indent=1)
+                           "runs": runs, "summary": summary, "ratios": ratios, "goals": GOALS,
+                           "camera": camera, "match": match,
+                           "rayfarm_load_seconds": bench.load_seconds}, f, indent=1)
     finally:
         for w in bench.workers.values():
             w.close()

@@ -21,6 +21,13 @@
 #        bash benches/vs_peers.sh --rayfarm-bin old=/tmp/rayfarm-old --rayfarm-bin new=target/release/rayfarm
 #        bash benches/vs_peers.sh --rayfarm-bin a=X --rayfarm-bin b=X --rayfarm-env b:RAYFARM_ISA=scalar
 #        bash benches/vs_peers.sh --reference own    (each renderer against its own 4096-spp image)
+#   glTF scenes with an environment map (--env): rayfarm beside Cycles only (Mitsuba 3 has no glTF
+#   importer), each against its own converged image (default 1024 spp, cached like the others),
+#   default 320x320; the scene's camera or rayfarm's automatic one, given to Cycles too, and the
+#   map turned to rayfarm's orientation; a match check of the two converged images is printed
+#   (camera and environment on the background pixels; per-region means). See vs_peers.py's header.
+#        bash benches/vs_peers.sh --scene ../shared/scenes/water-bottle/glTF/WaterBottle.gltf \
+#             --env ../shared/scenes/environments/chinese_garden_1k.hdr --out /tmp/wb
 #   --only takes rayfarm (every build), rayfarm-LABEL, mitsuba, mitsuba-indep, mitsuba-mj, cycles.
 #   --out DIR keeps the EXR files and the workers' logs; the peers keep their own Russian-roulette
 #   defaults unless --peer-rr matched (then they start where rayfarm does).
@@ -33,7 +40,8 @@
 #                    mitsuba==3.9.1 and bpy==5.0.1 (venv/, shared with gltf_vs_cycles.sh; about
 #                    1.2 GB; bpy needs python3.11) and the cached references (refs/)
 #   Mitsuba's LLVM backend needs libLLVM: Debian's libllvm19 is installed with apt-get when
-#   missing (as root), and DRJIT_LIBLLVM_PATH points Dr.Jit at it unless already set.
+#   missing (as root), and DRJIT_LIBLLVM_PATH points Dr.Jit at it unless already set (not with
+#   --env, which renders no Mitsuba image; Mitsuba's scalar variant still reads the EXR files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BPY_VERSION=5.0.1
@@ -58,9 +66,13 @@ if ! "$VENV/bin/python" -c "import mitsuba, sys; sys.exit(mitsuba.__version__ !=
   nice -n 19 "$VENV/bin/pip" install -q "mitsuba==$MITSUBA_VERSION"
 fi
 
-# libLLVM for Dr.Jit's LLVM backend.
+# libLLVM for Dr.Jit's LLVM backend (not needed by the --env mode: no Mitsuba renders).
 find_llvm() { ldconfig -p 2>/dev/null | awk '/libLLVM(-19\.so|\.so\.19)/ {print $NF; exit}'; }
-if [ -z "${DRJIT_LIBLLVM_PATH:-}" ]; then
+gltf_env=0
+for a in "$@"; do
+  case "$a" in --env|--env=*) gltf_env=1 ;; esac
+done
+if [ -z "${DRJIT_LIBLLVM_PATH:-}" ] && [ "$gltf_env" = 0 ]; then
   LLVM=$(find_llvm)
   if [ -z "$LLVM" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -95,6 +95,9 @@ pub enum EnvLight {
         texels: Vec<Vec3A>,
         rows: Distribution1D,
         cols: Vec<Distribution1D>,
+        /// Sum of luminance x sin(theta) over the texels (the map's power; `rows` sums the
+        /// sampling weights, which are larger).
+        luminance_total: f32,
     },
 }
 
@@ -117,13 +120,28 @@ impl EnvLight {
             } => {
                 let (w, h) = (*width as usize, *height as usize);
                 let texels: Vec<Vec3A> = texels.iter().map(|t| Vec3A::from(*t)).collect();
+                let lum: Vec<f32> = texels.iter().map(|&t| luminance(t).max(0.0)).collect();
+                // Each texel is sampled in proportion to the largest luminance of its 3x3
+                // neighbourhood (wrapping in longitude, clamped at the poles): the radiance is
+                // bilinear, so a texel next to the sun shows up to most of the sun's radiance,
+                // and with its own (dark) luminance as weight it was almost never sampled and
+                // became a firefly when reached (radiance / density). The max bounds that ratio.
+                let neighbourhood_max = |x: usize, y: usize| {
+                    let mut m = 0.0f32;
+                    for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
+                        for dx in [w - 1, 0, 1] {
+                            m = m.max(lum[yy * w + (x + dx) % w]);
+                        }
+                    }
+                    m
+                };
                 let mut cols = Vec::with_capacity(h);
                 let mut row_w = Vec::with_capacity(h);
+                let mut luminance_total = 0.0f32;
                 for y in 0..h {
                     let sin_t = ((y as f32 + 0.5) / h as f32 * PI).sin_d();
-                    let f: Vec<f32> = (0..w)
-                        .map(|x| luminance(texels[y * w + x]) * sin_t)
-                        .collect();
+                    let f: Vec<f32> = (0..w).map(|x| neighbourhood_max(x, y) * sin_t).collect();
+                    luminance_total += (0..w).map(|x| lum[y * w + x]).sum::<f32>() * sin_t;
                     let d = Distribution1D::new(f);
                     row_w.push(d.total);
                     cols.push(d);
@@ -138,6 +156,7 @@ impl EnvLight {
                     texels,
                     rows,
                     cols,
+                    luminance_total,
                 }
             }
         }
@@ -224,6 +243,7 @@ impl EnvLight {
                 texels,
                 rows,
                 cols,
+                ..
             } => {
                 let (y, py, jy) = rows.sample(u1);
                 let (x, px, jx) = cols[y].sample(u2);
@@ -252,11 +272,11 @@ impl EnvLight {
             EnvLight::Black => 0.0,
             EnvLight::Constant(c) => luminance(*c),
             EnvLight::Map {
-                rows,
+                luminance_total,
                 width,
                 height,
                 ..
-            } => rows.total / (*width * *height) as f32 * 4.0 / PI,
+            } => luminance_total / (*width * *height) as f32 * 4.0 / PI,
         };
         PI * scene_radius * scene_radius * avg * PI
     }
@@ -1001,6 +1021,50 @@ impl RenderScene {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sun (one bright texel) in a dark sky: light samples near it carry bounded weights.
+    /// The radiance is bilinear, so texels next to the sun show much of its radiance; sampled
+    /// by their own dark luminance they gave weights 10^5 times the mean (fireflies around
+    /// every reflection of the sun).
+    #[test]
+    fn a_sun_texel_does_not_make_fireflies_next_to_it() {
+        let (w, h) = (32usize, 16usize);
+        let mut texels = vec![[0.01f32; 3]; w * h];
+        texels[5 * w + 9] = [5000.0; 3];
+        let env = EnvLight::new(&Environment::Map {
+            width: w as u32,
+            height: h as u32,
+            texels,
+        });
+        // The weight a light sample would carry, radiance / density, at directions all over
+        // the sphere (8 x 8 per texel), against the mean weight of samples (the integral).
+        let mut max = 0.0f64;
+        for i in 0..w * 8 {
+            for j in 1..h * 8 {
+                let (u, v) = ((i as f32 + 0.5) / (w * 8) as f32, j as f32 / (h * 8) as f32);
+                let d = EnvLight::uv_to_dir(u, v);
+                let pdf = env.pdf(d);
+                let l = luminance(env.radiance(d));
+                if l > 0.0 {
+                    assert!(pdf > 0.0, "radiance {l} at density 0 (u {u}, v {v})");
+                    max = max.max((l / pdf) as f64);
+                }
+            }
+        }
+        let n = 128;
+        let mut sum = 0.0f64;
+        for i in 0..n {
+            for j in 0..n {
+                let (u1, u2) = ((i as f32 + 0.5) / n as f32, (j as f32 + 0.5) / n as f32);
+                if let Some((d, l, pdf)) = env.sample(u1, u2) {
+                    assert!((pdf - env.pdf(d)).abs() <= 1e-3 * pdf, "pdf");
+                    sum += (luminance(l) / pdf) as f64;
+                }
+            }
+        }
+        let mean = sum / (n * n) as f64;
+        assert!(max < 20.0 * mean, "max weight {max} against mean {mean}");
+    }
 
     fn map_2x2() -> EnvLight {
         EnvLight::new(&Environment::Map {
