@@ -270,7 +270,7 @@ fn sample_texel(
     let b0 = 1.0 - p.b1 - p.b2;
     let [n0, n1, n2] = t.map(|i| Vec3A::from(sc.normals[i as usize]));
     let [p0, p1, p2] = t.map(|i| Vec3A::from(sc.positions[i as usize]));
-    let ng_raw = (p1 - p0).cross(p2 - p0).normalize_or(Vec3A::Z);
+    let ng_raw = rayfarm_render::math::cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
     let n = (n0 * b0 + n1 * p.b1 + n2 * p.b2).normalize_or(ng_raw);
     // The viewer looks down the interpolated normal, so the surface's front is that side.
     let surf = scene.surface_at(p.prim, p.b1, p.b2, -n);

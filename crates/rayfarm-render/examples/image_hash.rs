@@ -2,7 +2,8 @@
 //! for checking that images are identical across CPUs and architectures (BENCHMARKS.md, "Same
 //! bytes on every code path and architecture"), e.g. an aarch64 build run under qemu-user.
 //!
-//! Usage: image_hash SCENE.gltf [WIDTH HEIGHT SPP]
+//! Usage: image_hash SCENE.gltf [WIDTH HEIGHT SPP [ENV.hdr | sky]]
+//! (`sky`: a uniform grey sky, for scenes without lights)
 
 use rayfarm_render::{plan_units, render_local, RenderScene, RenderSettings};
 use std::path::Path;
@@ -10,19 +11,33 @@ use std::path::Path;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1) else {
-        eprintln!("usage: image_hash SCENE.gltf [WIDTH HEIGHT SPP]");
+        eprintln!("usage: image_hash SCENE.gltf [WIDTH HEIGHT SPP [ENV.hdr | sky]]");
         std::process::exit(2);
     };
     let num = |i: usize, d: u32| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let (width, height, spp) = (num(2, 64), num(3, 64), num(4, 16));
-    let (scene, _) = rayfarm_scene::load(Path::new(path)).unwrap_or_else(|e| {
+    let (mut scene, _) = rayfarm_scene::load(Path::new(path)).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(1);
     });
+    match args.get(5).map(String::as_str) {
+        None => {}
+        Some("sky") => scene.environment = rayfarm_scene::Environment::Color([0.8, 0.8, 0.8]),
+        Some(env) => {
+            scene.environment =
+                rayfarm_scene::env::load_env_map(Path::new(env)).unwrap_or_else(|e| {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                })
+        }
+    }
     let camera = scene.cameras.first().cloned().unwrap_or_else(|| {
         rayfarm_scene::camera::auto_camera(&scene, width as f32 / height as f32)
     });
     let rs = RenderScene::new(scene);
+    if std::env::var_os("IMAGE_HASH_PROBE").is_some() {
+        probe(&rs, &camera, width, height);
+    }
     let settings = RenderSettings {
         width,
         height,
@@ -47,4 +62,41 @@ fn main() {
         rs.bvh.isa().name(),
         std::env::consts::ARCH
     );
+}
+
+/// Prints intermediate values of a few samples, to find where two machines part.
+fn probe(rs: &RenderScene, camera: &rayfarm_scene::Camera, width: u32, height: u32) {
+    use rayfarm_render::sampler::Sampler;
+    let idx: u64 = rs
+        .bvh
+        .cwbvh
+        .primitive_indices
+        .iter()
+        .fold(0u64, |h, &i| h.wrapping_mul(31).wrapping_add(i as u64));
+    println!(
+        "bvh: {} nodes, order hash {idx:x}",
+        rs.bvh.cwbvh.nodes.len()
+    );
+    for (x, y) in [(32u32, 32u32), (10, 50), (50, 12)] {
+        let pixel = (y * width + x) as u64;
+        for si in 0..3 {
+            let mut s = Sampler::new(1, pixel, si);
+            let (jx, jy) = s.next_2d();
+            let (o, d) =
+                rayfarm_render::camera_ray(camera, width, height, x as f32 + jx, y as f32 + jy);
+            let hit = rs
+                .bvh
+                .intersect(o, d, f32::INFINITY, &|_| false, &mut |_, _, _| true);
+            let cone = rayfarm_render::camera_cone(camera, height);
+            let l = rs.radiance(o, d, cone, 8, &mut s);
+            println!(
+                "px ({x},{y}) s{si}: j {:08x} {:08x} dir {:?} hit {:?} L {:?}",
+                jx.to_bits(),
+                jy.to_bits(),
+                d.to_array().map(f32::to_bits),
+                hit.map(|h| (h.prim, h.t.to_bits(), h.u.to_bits(), h.v.to_bits())),
+                l.to_array().map(f32::to_bits)
+            );
+        }
+    }
 }

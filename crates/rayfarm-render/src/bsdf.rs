@@ -28,7 +28,7 @@
 //! Everything here works in the local shading frame (normal = +Z). No clamping or other bias:
 //! the only concession to numerics is a minimum GGX alpha of 1e-3 (a near-perfect mirror).
 
-use crate::math::{DetMath, DetMathVec};
+use crate::math::{normalize, DetMath, DetMathVec};
 use glam::Vec3A;
 use std::f32::consts::{FRAC_1_PI, PI};
 use std::sync::OnceLock;
@@ -296,7 +296,7 @@ fn sample_vndf(wo: Vec3A, alpha: f32, u1: f32, u2: f32) -> Vec3A {
 /// [`sample_vndf`] with different roughness along x and y (`wo` in the lobe's frame).
 #[inline(always)]
 fn sample_vndf_aniso(wo: Vec3A, ax: f32, ay: f32, u1: f32, u2: f32) -> Vec3A {
-    let wi_std = Vec3A::new(wo.x * ax, wo.y * ay, wo.z).normalize();
+    let wi_std = normalize(Vec3A::new(wo.x * ax, wo.y * ay, wo.z));
     let phi = 2.0 * PI * u1;
     let z = (1.0 - u2) * (1.0 + wi_std.z) - wi_std.z;
     let sin_theta = (1.0 - z * z).clamp(0.0, 1.0).sqrt();
@@ -1167,6 +1167,7 @@ pub fn onb(n: Vec3A) -> (Vec3A, Vec3A) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // test vectors need not be the same bits everywhere
     use super::*;
 
     fn metal(roughness: f32) -> Bsdf {

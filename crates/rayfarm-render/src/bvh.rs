@@ -20,6 +20,7 @@
 //!   reports the original triangle index and the barycentrics of v1 and v2.
 
 use crate::isa::Isa;
+use crate::math::cross;
 use glam::{UVec2, Vec3A, Vec4};
 use obvhs::aabb::Aabb;
 use obvhs::bvh2::node::Bvh2Node;
@@ -430,6 +431,7 @@ fn node_hits<const WIDE: bool>(node: &CwBvhNode, ray: &RayData, tmax: f32, oct_i
 }
 
 /// The bits of the hit mask of the children in `mask` (bit `j`: child `j` overlaps).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn child_hit_bits(mask: u32, child_bits8: u64, bit_index8: u64) -> u32 {
     // A loop over the set bits measured faster here than a branch-free unrolled one.
@@ -563,7 +565,7 @@ fn intersect_node(node: &CwBvhNode, ray: &RayData, tmax: f32, oct_inv4: u32) -> 
 /// Möller–Trumbore; returns (t, u, v) with `1e-9 < t < tmax`.
 #[inline(always)]
 pub fn intersect_tri(tri: &Tri, org: Vec3A, dir: Vec3A, tmax: f32) -> Option<(f32, f32, f32)> {
-    let p = dir.cross(tri.e2);
+    let p = cross(dir, tri.e2);
     let det = tri.e1.dot(p);
     if det.abs() < 1e-20 {
         return None;
@@ -574,7 +576,7 @@ pub fn intersect_tri(tri: &Tri, org: Vec3A, dir: Vec3A, tmax: f32) -> Option<(f3
     if !(0.0..=1.0).contains(&u) {
         return None;
     }
-    let q = s.cross(tri.e1);
+    let q = cross(s, tri.e1);
     let v = dir.dot(q) * inv_det;
     if v < 0.0 || u + v > 1.0 {
         return None;
@@ -589,6 +591,7 @@ pub fn intersect_tri(tri: &Tri, org: Vec3A, dir: Vec3A, tmax: f32) -> Option<(f3
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::disallowed_methods)] // test rays need not be the same bits everywhere
     use super::*;
 
     fn lcg(s: &mut u64) -> f32 {
@@ -701,7 +704,7 @@ mod tests {
                         (b1, b2)
                     };
                     let p = a + (b - a) * b1 + (c - a) * b2;
-                    let n = (b - a).cross(c - a).normalize();
+                    let n = cross(b - a, c - a).normalize();
                     // Up to a few ulps of the coordinates off the surface, or exactly on it.
                     let h = (lcg(&mut s) - 0.5) * 1e-5 * (1.0 + p.abs().max_element());
                     if k % 3 == 1 {

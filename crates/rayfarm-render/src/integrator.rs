@@ -8,7 +8,7 @@
 
 use crate::bsdf::onb;
 use crate::film::{to_fixed, UnitResult, WorkUnit};
-use crate::math::{DetMath, DetMathVec};
+use crate::math::{normalize, DetMath, DetMathVec};
 use crate::sampler::Sampler;
 use crate::scene::{RenderScene, Surface};
 use crate::texture::RayCone;
@@ -93,7 +93,7 @@ pub fn camera_ray(cam: &Camera, width: u32, height: u32, fx: f32, fy: f32) -> (V
     match cam.projection {
         Projection::Perspective { yfov, .. } => {
             let th = (yfov * 0.5).tan_d();
-            let d = (right * (sx * th * aspect) + up * (sy * th) + fwd).normalize();
+            let d = normalize(right * (sx * th * aspect) + up * (sy * th) + fwd);
             (pos, d)
         }
         Projection::Orthographic { ymag, .. } => {

@@ -10,6 +10,27 @@
 //! Everything in the renderer that decides a pixel uses these (`clippy.toml` of this crate
 //! forbids the `f32` methods).
 
+/// The cross product, component by component with separate multiplies and subtractions.
+///
+/// glam's `Vec3A::cross` fuses a multiply and a subtraction on aarch64 (`vfmsq_f32`) and on
+/// x86-64 builds with FMA enabled, and not on plain x86-64, so the same triangle had different
+/// normals and hits on different CPUs. This gives x86-64's (SSE2) bits everywhere.
+#[inline(always)]
+pub fn cross(a: glam::Vec3A, b: glam::Vec3A) -> glam::Vec3A {
+    glam::Vec3A::new(
+        a.y * b.z - a.z * b.y,
+        a.z * b.x - a.x * b.z,
+        a.x * b.y - a.y * b.x,
+    )
+}
+
+/// `v` divided by its length, the way glam's SSE2 `normalize` does it. glam's NEON
+/// `normalize` multiplies by the reciprocal length instead, which rounds differently.
+#[inline(always)]
+pub fn normalize(v: glam::Vec3A) -> glam::Vec3A {
+    v / v.length()
+}
+
 /// Deterministic transcendental functions on `f32` (see the module documentation).
 pub trait DetMath: Copy {
     fn sin_d(self) -> Self;
@@ -87,6 +108,30 @@ impl DetMathVec for glam::Vec3A {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the comparison with glam is the point
+    fn cross_is_glams_on_x86_64() {
+        let v = |i: u32| {
+            let f = |k: u32| ((i * 2654435761u32.wrapping_add(k * 40503)) >> 8) as f32 / 1e5 - 80.0;
+            glam::Vec3A::new(f(1), f(2), f(3))
+        };
+        for i in 0..1000 {
+            let (a, b) = (v(i), v(i + 7919));
+            let ours = cross(a, b);
+            if cfg!(all(target_arch = "x86_64", not(target_feature = "fma"))) {
+                assert_eq!(
+                    ours.to_array().map(f32::to_bits),
+                    a.cross(b).to_array().map(f32::to_bits)
+                );
+            } else {
+                assert!(
+                    (ours - a.cross(b)).abs().max_element()
+                        <= 1e-3 * (1.0 + ours.abs().max_element())
+                );
+            }
+        }
+    }
 
     #[test]
     #[allow(clippy::disallowed_methods)] // the comparison with the platform is the point

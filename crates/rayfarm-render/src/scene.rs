@@ -3,7 +3,7 @@
 
 use crate::bsdf::{luminance, onb, Bsdf, MIN_ALPHA, SHEEN_MIN_ROUGHNESS};
 use crate::bvh::{Bvh, Hit};
-use crate::math::DetMath;
+use crate::math::{cross, DetMath};
 use crate::texture::{Footprint, Textures};
 use glam::{Vec2, Vec3A};
 use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind, TextureRef};
@@ -380,7 +380,7 @@ impl RenderScene {
             if !m.is_emissive() {
                 continue;
             }
-            let area = 0.5 * (tri[1] - tri[0]).cross(tri[2] - tri[0]).length();
+            let area = 0.5 * cross(tri[1] - tri[0], tri[2] - tri[0]).length();
             if area <= 0.0 || !area.is_finite() {
                 continue;
             }
@@ -672,7 +672,7 @@ impl RenderScene {
         if tan == Vec3A::ZERO {
             return None;
         }
-        let bit = n.cross(tan) * if t0[3] < 0.0 { -1.0 } else { 1.0 };
+        let bit = cross(n, tan) * if t0[3] < 0.0 { -1.0 } else { 1.0 };
         Some((tan, bit))
     }
 
@@ -736,7 +736,7 @@ impl RenderScene {
         let b0 = 1.0 - b1 - b2;
         let [p0, p1, p2] = t.map(|i| Vec3A::from(s.positions[i as usize]));
         let p = org + dir * hit.t;
-        let ng_raw = (p1 - p0).cross(p2 - p0).normalize_or(Vec3A::Z);
+        let ng_raw = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
         let front = ng_raw.dot(dir) < 0.0;
         let ng = if front { ng_raw } else { -ng_raw };
         let [n0, n1, n2] = t.map(|i| Vec3A::from(s.normals[i as usize]));
@@ -745,7 +745,7 @@ impl RenderScene {
         let m = &s.materials[mat_idx as usize];
         let (uvs, fp) = if self.material_textured[mat_idx as usize] {
             let fp = if cone_width > 0.0 {
-                let e = (p1 - p0).cross(p2 - p0);
+                let e = cross(p1 - p0, p2 - p0);
                 Footprint::new(
                     cone_width,
                     e.normalize_or_zero().dot(dir),
@@ -897,7 +897,7 @@ impl RenderScene {
         };
         let t = self.scene.triangles[prim as usize];
         let [p0, p1, p2] = t.map(|i| Vec3A::from(self.scene.positions[i as usize]));
-        let n = (p1 - p0).cross(p2 - p0).normalize_or(Vec3A::Z);
+        let n = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
         let cos = n.dot(dir).abs();
         if cos <= 0.0 {
             return 0.0;
@@ -940,7 +940,7 @@ impl RenderScene {
                 }
                 let dist = dist2.sqrt();
                 let wi = d / dist;
-                let n = (p1 - p0).cross(p2 - p0).normalize_or(Vec3A::Z);
+                let n = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
                 let cos_l = n.dot(wi);
                 // The light's front faces the shading point when the light's normal points back.
                 let front = cos_l < 0.0;

@@ -129,7 +129,7 @@ fn bvh_is_the_same_on_any_thread_pool() {
     let rays: Vec<(Vec3A, Vec3A)> = (0..20_000)
         .map(|_| {
             let o = Vec3A::new(rnd(), rnd(), rnd()) * 44.0 - 2.0;
-            let d = (Vec3A::new(rnd(), rnd(), rnd()) - 0.5).normalize();
+            let d = rayfarm_render::math::normalize(Vec3A::new(rnd(), rnd(), rnd()) - 0.5);
             (o, d)
         })
         .collect();

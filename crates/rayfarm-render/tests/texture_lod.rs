@@ -132,7 +132,7 @@ fn textured_render_is_the_same_on_any_threads_and_units() {
 fn baking_reads_textures_at_full_resolution() {
     let rs = RenderScene::new(checker_plane());
     // A grazing direction onto triangle 0, where a camera cone would pick a coarse level.
-    let dir = Vec3A::new(0.0, -0.05, -1.0).normalize();
+    let dir = rayfarm_render::math::normalize(Vec3A::new(0.0, -0.05, -1.0));
     // At a texel centre of level 0 (a pure black or white texel).
     let (b1, b2) = (0.3, 0.200625);
     let baked = rs.surface_at(0, b1, b2, dir);
