@@ -29,11 +29,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Version of the messages and handshake below. Bump on any incompatible change.
+/// Version of the messages and handshake below, and of the bytes a unit renders. Bump on any
+/// incompatible change, including a renderer change that alters a unit's result: results of
+/// two renderer versions must never be merged into one image.
 /// Version 3: the Noise channel replaced the challenge-response MACs. Version 4: compact unit
 /// sums. Version 5: workers relay scenes to each other (`SceneSource`, `NeedChunks`,
-/// `FetchScene`, `WorkerHello::peer_port`).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// `FetchScene`, `WorkerHello::peer_port`). Version 6: the renderer's samples changed
+/// (roulette, sampling dimensions, libm maths, environment-map sampling); no message did.
+pub const PROTOCOL_VERSION: u32 = 6;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).
