@@ -113,7 +113,13 @@ mod tests {
     #[allow(clippy::disallowed_methods)] // the comparison with glam is the point
     fn cross_is_glams_on_x86_64() {
         let v = |i: u32| {
-            let f = |k: u32| ((i * 2654435761u32.wrapping_add(k * 40503)) >> 8) as f32 / 1e5 - 80.0;
+            let f = |k: u32| {
+                (i.wrapping_mul(2654435761)
+                    .wrapping_add(k.wrapping_mul(40503))
+                    >> 8) as f32
+                    / 1e5
+                    - 80.0
+            };
             glam::Vec3A::new(f(1), f(2), f(3))
         };
         for i in 0..1000 {
