@@ -19,19 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BPY_VERSION=5.0.1
-VENV=${XDG_CACHE_HOME:-$HOME/.cache}/rayfarm-bench/venv
-
-# bpy 5.0 is built for CPython 3.11 only.
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import bpy" 2>/dev/null; then
-  PY=$(command -v python3.11 || true)
-  if [ -z "$PY" ]; then
-    echo "error: the bpy wheel needs python3.11, which is not on PATH" >&2
-    exit 2
-  fi
-  echo "installing bpy==$BPY_VERSION into $VENV" >&2
-  "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q "bpy==$BPY_VERSION"
-fi
+# Sets VENV and installs bpy there.
+. benches/bpy_venv.sh
 
 if [ -z "${RAYFARM:-}" ]; then
   nice -n 19 cargo build --release -q --bin rayfarm

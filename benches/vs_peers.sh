@@ -48,19 +48,8 @@ BPY_VERSION=5.0.1
 MITSUBA_VERSION=3.9.1
 LLVM_PKG=libllvm19
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/rayfarm-bench
-VENV=$CACHE/venv
-
-# bpy 5.0 is built for CPython 3.11 only; mitsuba's wheels share its numpy.
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import bpy" 2>/dev/null; then
-  PY=$(command -v python3.11 || true)
-  if [ -z "$PY" ]; then
-    echo "error: the bpy wheel needs python3.11, which is not on PATH" >&2
-    exit 2
-  fi
-  echo "installing bpy==$BPY_VERSION into $VENV" >&2
-  "$PY" -m venv "$VENV"
-  nice -n 19 "$VENV/bin/pip" install -q "bpy==$BPY_VERSION"
-fi
+# Sets VENV (= $CACHE/venv) and installs bpy there; mitsuba's wheels share its numpy.
+. benches/bpy_venv.sh
 if ! "$VENV/bin/python" -c "import mitsuba, sys; sys.exit(mitsuba.__version__ != '$MITSUBA_VERSION')" 2>/dev/null; then
   echo "installing mitsuba==$MITSUBA_VERSION into $VENV" >&2
   nice -n 19 "$VENV/bin/pip" install -q "mitsuba==$MITSUBA_VERSION"

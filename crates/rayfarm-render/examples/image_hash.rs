@@ -5,35 +5,19 @@
 //! Usage: image_hash SCENE.gltf [WIDTH HEIGHT SPP [ENV.hdr | sky]]
 //! (`sky`: a uniform grey sky, for scenes without lights)
 
+mod common;
+
 use rayfarm_render::{plan_units, render_local, RenderScene, RenderSettings};
-use std::path::Path;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let Some(path) = args.get(1) else {
-        eprintln!("usage: image_hash SCENE.gltf [WIDTH HEIGHT SPP [ENV.hdr | sky]]");
-        std::process::exit(2);
-    };
-    let num = |i: usize, d: u32| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let (width, height, spp) = (num(2, 64), num(3, 64), num(4, 16));
-    let (mut scene, _) = rayfarm_scene::load(Path::new(path)).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    });
-    match args.get(5).map(String::as_str) {
-        None => {}
-        Some("sky") => scene.environment = rayfarm_scene::Environment::Color([0.8, 0.8, 0.8]),
-        Some(env) => {
-            scene.environment =
-                rayfarm_scene::env::load_env_map(Path::new(env)).unwrap_or_else(|e| {
-                    eprintln!("error: {e}");
-                    std::process::exit(1);
-                })
-        }
-    }
-    let camera = scene.cameras.first().cloned().unwrap_or_else(|| {
-        rayfarm_scene::camera::auto_camera(&scene, width as f32 / height as f32)
-    });
+    let common::Setup {
+        scene,
+        camera,
+        width,
+        height,
+        spp,
+        ..
+    } = common::setup("image_hash", (64, 64, 16));
     let rs = RenderScene::new(scene);
     if std::env::var_os("IMAGE_HASH_PROBE").is_some() {
         probe(&rs, &camera, width, height);

@@ -2,31 +2,22 @@
 //! before/after comparisons of texture filtering (BENCHMARKS.md, "MIP selection from ray
 //! cones"). With `sky`, a constant grey sky replaces the scene's environment.
 //!
-//! Usage: texture_bench SCENE.gltf [WIDTH HEIGHT SPP [sky]]
+//! Usage: texture_bench SCENE.gltf [WIDTH HEIGHT SPP [ENV.hdr | sky]]
+
+mod common;
 
 use rayfarm_render::{plan_units, render_local, RenderScene, RenderSettings};
-use rayfarm_scene::Environment;
-use std::path::Path;
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let Some(path) = args.get(1) else {
-        eprintln!("usage: texture_bench SCENE.gltf [WIDTH HEIGHT SPP [sky]]");
-        std::process::exit(2);
-    };
-    let num = |i: usize, d: u32| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let (width, height, spp) = (num(2, 256), num(3, 256), num(4, 4));
-    let (mut scene, _) = rayfarm_scene::load(Path::new(path)).unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(1);
-    });
-    if args.get(5).map(String::as_str) == Some("sky") {
-        scene.environment = Environment::Color([0.8, 0.8, 0.8]);
-    }
-    let camera = scene.cameras.first().cloned().unwrap_or_else(|| {
-        rayfarm_scene::camera::auto_camera(&scene, width as f32 / height as f32)
-    });
+    let common::Setup {
+        path,
+        scene,
+        camera,
+        width,
+        height,
+        spp,
+    } = common::setup("texture_bench", (256, 256, 4));
     let start = Instant::now();
     let rs = RenderScene::new(scene);
     let prepare_s = start.elapsed().as_secs_f64();
