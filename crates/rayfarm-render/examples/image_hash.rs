@@ -7,7 +7,7 @@
 
 mod common;
 
-use rayfarm_render::{plan_units, render_local, RenderScene, RenderSettings};
+use rayfarm_render::{plan_units, render_local, RenderScene};
 
 fn main() {
     let common::Setup {
@@ -22,14 +22,7 @@ fn main() {
     if std::env::var_os("IMAGE_HASH_PROBE").is_some() {
         probe(&rs, &camera, width, height);
     }
-    let settings = RenderSettings {
-        width,
-        height,
-        spp,
-        max_bounces: 8,
-        seed: 1,
-        camera,
-    };
+    let settings = common::settings(width, height, spp, camera);
     let units = plan_units(width, height, spp, 16, 8);
     let film = render_local(&rs, &settings, &units, &|_| {});
     // FNV-1a over the bits of every pixel's RGB.

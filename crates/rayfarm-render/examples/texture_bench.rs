@@ -6,7 +6,7 @@
 
 mod common;
 
-use rayfarm_render::{plan_units, render_local, RenderScene, RenderSettings};
+use rayfarm_render::{plan_units, render_local, RenderScene};
 use std::time::Instant;
 
 fn main() {
@@ -21,14 +21,7 @@ fn main() {
     let start = Instant::now();
     let rs = RenderScene::new(scene);
     let prepare_s = start.elapsed().as_secs_f64();
-    let settings = RenderSettings {
-        width,
-        height,
-        spp,
-        max_bounces: 8,
-        seed: 1,
-        camera,
-    };
+    let settings = common::settings(width, height, spp, camera);
     let units = plan_units(width, height, spp, 32, spp);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)

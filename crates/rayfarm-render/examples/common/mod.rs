@@ -5,6 +5,7 @@
 // Each example compiles this module on its own and reads only some of `Setup`.
 #![allow(dead_code)]
 
+use rayfarm_render::RenderSettings;
 use rayfarm_scene::{Camera, CompiledScene, Environment};
 use std::path::Path;
 
@@ -50,5 +51,17 @@ pub fn setup(name: &str, defaults: (u32, u32, u32)) -> Setup {
         width,
         height,
         spp,
+    }
+}
+
+/// The examples' render settings: 8 bounces, seed 1.
+pub fn settings(width: u32, height: u32, spp: u32, camera: Camera) -> RenderSettings {
+    RenderSettings {
+        width,
+        height,
+        spp,
+        max_bounces: 8,
+        seed: 1,
+        camera,
     }
 }
