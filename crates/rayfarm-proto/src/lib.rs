@@ -36,7 +36,9 @@ use tokio::net::TcpStream;
 /// sums. Version 5: workers relay scenes to each other (`SceneSource`, `NeedChunks`,
 /// `FetchScene`, `WorkerHello::peer_port`). Version 6: the renderer's samples changed
 /// (roulette, sampling dimensions, libm maths, environment-map sampling); no message did.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// Version 7: the renderer's own 8-wide BVH, whose traversal order can pick another of two
+/// triangles hit at the same distance; no message changed.
+pub const PROTOCOL_VERSION: u32 = 7;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).

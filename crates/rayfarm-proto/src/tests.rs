@@ -66,11 +66,13 @@ async fn version_mismatch_names_both_versions() {
     let (addr, h) = server(FarmKey::from_secret("kkkkkkkkkkkkkkkkkkkk").unwrap()).await;
     let mut s = TcpStream::connect(&addr).await.unwrap();
     let mut p = preamble(Role::Master);
-    p[8..12].copy_from_slice(&7u32.to_le_bytes());
+    let theirs = PROTOCOL_VERSION + 1;
+    p[8..12].copy_from_slice(&theirs.to_le_bytes());
     s.write_all(&p).await.unwrap();
     let e = h.await.unwrap().err().unwrap().to_string();
     assert!(
-        e.contains("version 7") && e.contains(&format!("version {PROTOCOL_VERSION}")),
+        e.contains(&format!("version {theirs}"))
+            && e.contains(&format!("version {PROTOCOL_VERSION}")),
         "{e}"
     );
     // The client learns the server's version from its preamble.

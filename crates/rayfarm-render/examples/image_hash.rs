@@ -46,13 +46,12 @@ fn probe(rs: &RenderScene, camera: &rayfarm_scene::Camera, width: u32, height: u
     use rayfarm_render::sampler::Sampler;
     let idx: u64 = rs
         .bvh
-        .cwbvh
-        .primitive_indices
-        .iter()
-        .fold(0u64, |h, &i| h.wrapping_mul(31).wrapping_add(i as u64));
+        .leaf_order()
+        .fold(0u64, |h, i| h.wrapping_mul(31).wrapping_add(i as u64));
     println!(
-        "bvh: {} nodes, order hash {idx:x}",
-        rs.bvh.cwbvh.nodes.len()
+        "bvh: {} nodes, {} leaves, order hash {idx:x}",
+        rs.bvh.nodes().len(),
+        rs.bvh.packs().len()
     );
     for (x, y) in [(32u32, 32u32), (10, 50), (50, 12)] {
         let pixel = (y * width + x) as u64;

@@ -1,8 +1,13 @@
-//! Bounding volume hierarchy over triangles: obvhs's compressed 8-wide BVH (CWBVH), built by PLOC
-//! with reinsertion, traversed with obvhs's `traverse!` loop and a node test of our own.
+//! Bounding volume hierarchy over triangles: obvhs's PLOC build with reinsertion, collapsed into
+//! our own 8-wide tree with full-precision boxes and leaves of four triangles, both stored as
+//! structure of arrays so one SIMD test covers a node's eight children or a leaf's four triangles.
 //!
-//! Why obvhs and not our own binned-SAH BVH2: it traces 1.5–3x faster (BENCHMARKS.md, "BVH").
-//! What we add on top of obvhs:
+//! Why obvhs's builder and not our own binned-SAH BVH2: its trees trace 1.5–3x faster
+//! (BENCHMARKS.md, "BVH"). Why not its compressed wide BVH (CWBVH), which we traversed until
+//! December 2026: its quantised boxes are built for GPU memory bandwidth, and on a CPU decoding
+//! them, and testing leaf triangles one at a time, cost more than the memory saved
+//! (BENCHMARKS.md, "Own 8-wide BVH").
+//! What we add on top of obvhs's builder:
 //! - Determinism. The build runs on a private one-thread rayon pool, so the tree is the same
 //!   whatever the caller's pool size or the machine's core count: obvhs's parallel radix sorts
 //!   (rdst) pick tile sizes by thread count, and it sorts keys with ties, which could then come
@@ -11,29 +16,28 @@
 //!   crates are compiled alongside.
 //! - Robustness on ties: groups of identical boxes and padded boxes (see [`JITTER`]) keep
 //!   PLOC from going quadratic on copies of a triangle and rows of equal triangles.
-//! - A node test that keeps child boxes the ray is inside of at t = 0. obvhs's own test
-//!   (`CwBvhNode::intersect_ray`) drops boxes the ray leaves before t = 1e-4 (absolute, in scene
-//!   units) and so misses hits closer than that, e.g. shadow rays from points near a blocker.
-//!   Ours also takes the box slab order from the sign of the inverse direction it uses, so a
-//!   direction component of -0.0 cannot flip a slab.
-//! - Triangles are stored in BVH order as (v0, e1, e2) for our Möller–Trumbore test; the hit
-//!   reports the original triangle index and the barycentrics of v1 and v2.
+//! - The 8-wide tree ([`Collapse`]): exact child boxes, padded by a few ulps ([`BOX_PAD`]) so a
+//!   box test's rounding never culls a hit; leaves of up to four triangles as (v0, e1, e2) for
+//!   a four-lane Möller–Trumbore test. The hit reports the original triangle index and the
+//!   barycentrics of v1 and v2.
+//! - Traversal: nearest child first for closest hits, with the slab order taken from the sign of
+//!   the inverse direction it uses (so a direction component of -0.0 cannot flip a slab), from
+//!   t = 0 (so hits right next to the origin are found, e.g. shadow rays from points near a
+//!   blocker). The AVX2 path tests the eight boxes in one register, the portable path in two
+//!   halves; both compute the same bits.
 
 use crate::isa::Isa;
 use crate::math::cross;
-use glam::{UVec2, Vec3A, Vec4};
+use glam::{Vec3A, Vec4};
 use obvhs::aabb::Aabb;
 use obvhs::bvh2::node::Bvh2Node;
 use obvhs::bvh2::reinsertion::ReinsertionOptimizer;
 use obvhs::bvh2::Bvh2;
-use obvhs::cwbvh::bvh2_to_cwbvh::bvh2_to_cwbvh;
-use obvhs::cwbvh::node::CwBvhNode;
-use obvhs::cwbvh::CwBvh;
 use obvhs::ploc::PlocBuilder;
 use obvhs::BvhBuildParams;
 
 /// obvhs's "medium" preset: PLOC with search distance 14 (1 for the first 3 passes), reinsertion
-/// of 5% of the nodes, at most 3 triangles per leaf (the CWBVH maximum).
+/// of 5% of the nodes (its leaf size is not used: [`Collapse`] makes our leaves).
 const BUILD_PARAMS: BvhBuildParams = BvhBuildParams::medium_build();
 
 /// Boxes handed to the builder are padded by up to this fraction of the largest coordinate
@@ -80,11 +84,60 @@ pub struct Hit {
     pub prim: u32,
 }
 
+/// Children per inner node: eight boxes, one AVX2 register (or two SSE/NEON ones) per plane.
+const WIDTH: usize = 8;
+/// Triangles per leaf: four, one SSE/NEON register (glam's `Vec4`) per coordinate.
+const PACK: usize = 4;
+/// A child reference with this bit set is a leaf (the rest is its pack's index); without it, an
+/// inner node's index.
+const LEAF: u32 = 1 << 31;
+/// The child reference of an unused slot (whose box no ray overlaps).
+const EMPTY: u32 = u32::MAX;
+/// Traversal stack entries kept on the machine stack; a deeper tree spills the rest to the heap.
+const INLINE_STACK: usize = 128;
+/// Child boxes are padded by this fraction of their largest coordinate magnitude or extent
+/// (about 8 ulps), so that the rounding of a box test never culls a hit the triangle test would
+/// find (e.g. on the shared edge of two triangles in different leaves, or in a flat box).
+const BOX_PAD: f32 = 1.0 / (1 << 20) as f32;
+
+/// An inner node: the boxes of its eight children as structure of arrays, so that a ray is tested
+/// against all of them at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(32))]
+pub struct Node8 {
+    /// Lower bounds per axis and child; an unused slot holds +inf (and -inf in `hi`).
+    lo: [[f32; WIDTH]; 3],
+    /// Upper bounds per axis and child.
+    hi: [[f32; WIDTH]; 3],
+    /// [`LEAF`] | pack index, an inner node's index, or [`EMPTY`].
+    child: [u32; WIDTH],
+}
+
+impl Node8 {
+    const EMPTY: Node8 = Node8 {
+        lo: [[f32::INFINITY; WIDTH]; 3],
+        hi: [[f32::NEG_INFINITY; WIDTH]; 3],
+        child: [EMPTY; WIDTH],
+    };
+}
+
+/// A leaf: up to four triangles as (v0, e1, e2) in structure of arrays, tested together. Unused
+/// lanes hold a degenerate triangle (zero edges), which the test rejects.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(16))]
+pub struct TriPack {
+    v0: [[f32; PACK]; 3],
+    e1: [[f32; PACK]; 3],
+    e2: [[f32; PACK]; 3],
+    /// Original triangle index per lane ([`EMPTY`] for an unused lane).
+    prim: [u32; PACK],
+}
+
 pub struct Bvh {
-    /// The tree; `cwbvh.primitive_indices[i]` is the original index of `tris[i]`.
-    pub cwbvh: CwBvh,
-    /// Triangles in the order of `cwbvh.primitive_indices`, so leaves index them directly.
-    pub tris: Vec<Tri>,
+    /// Inner nodes; the root is the first (when there are triangles at all).
+    nodes: Vec<Node8>,
+    /// Leaves.
+    packs: Vec<TriPack>,
     /// The traversal's code path ([`crate::isa`]); every path finds the same hits, bit for bit.
     isa: Isa,
 }
@@ -203,12 +256,242 @@ impl Groups {
     }
 }
 
-/// Per-ray values of the node test.
+/// Turns obvhs's binary tree into the 8-wide one. Each node starts from a binary node's two
+/// children and opens the one with the largest surface area (among those with more than [`PACK`]
+/// triangles) until it has eight; a subtree of at most [`PACK`] triangles becomes one leaf.
+/// This is the usual BVH2-to-BVH8 collapse (as Embree's), with obvhs's PLOC tree as input.
+struct Collapse<'a> {
+    bvh2: &'a Bvh2,
+    triangles: &'a [[Vec3A; 3]],
+    /// Triangles under each binary node.
+    counts: Vec<u32>,
+    nodes: Vec<Node8>,
+    packs: Vec<TriPack>,
+}
+
+/// A triangle's box; a triangle with a non-finite corner gets an empty box at the origin, as in
+/// the builder's input.
+fn triangle_box(&[a, b, c]: &[Vec3A; 3]) -> Aabb {
+    let (lo, hi) = (a.min(b).min(c), a.max(b).max(c));
+    if lo.is_finite() && hi.is_finite() {
+        Aabb::new(lo, hi)
+    } else {
+        Aabb::new(Vec3A::ZERO, Vec3A::ZERO)
+    }
+}
+
+impl<'a> Collapse<'a> {
+    fn run(bvh2: &'a Bvh2, triangles: &'a [[Vec3A; 3]]) -> (Vec<Node8>, Vec<TriPack>) {
+        let mut c = Collapse {
+            bvh2,
+            triangles,
+            counts: subtree_counts(bvh2),
+            nodes: Vec::new(),
+            packs: Vec::new(),
+        };
+        let root = &bvh2.nodes[0];
+        if c.counts[0] as usize <= PACK || root.is_leaf() {
+            // Few triangles, or a binary tree that is one leaf: the root holds leaves directly.
+            let prims = c.prims_under(0);
+            c.prims_node(&prims);
+        } else {
+            c.inner(0);
+        }
+        (c.nodes, c.packs)
+    }
+
+    /// The triangles under binary node `n`, left to right.
+    fn prims_under(&self, n: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut stack = vec![n];
+        while let Some(n) = stack.pop() {
+            let node = &self.bvh2.nodes[n];
+            let first = node.first_index as usize;
+            if node.is_leaf() {
+                out.extend_from_slice(
+                    &self.bvh2.primitive_indices[first..first + node.prim_count as usize],
+                );
+            } else {
+                stack.push(first + 1);
+                stack.push(first);
+            }
+        }
+        out
+    }
+
+    /// A new inner node over binary inner node `n`; returns its reference and exact box.
+    fn inner(&mut self, n: usize) -> (u32, Aabb) {
+        let idx = self.nodes.len();
+        self.nodes.push(Node8::EMPTY);
+        let first = self.bvh2.nodes[n].first_index as usize;
+        let mut kids = vec![first, first + 1];
+        while kids.len() < WIDTH {
+            let mut open: Option<(usize, f32)> = None;
+            for (j, &k) in kids.iter().enumerate() {
+                let node = &self.bvh2.nodes[k];
+                if node.is_leaf() || self.counts[k] as usize <= PACK {
+                    continue;
+                }
+                let area = node.aabb().half_area();
+                if open.is_none_or(|(_, best)| area > best) {
+                    open = Some((j, area));
+                }
+            }
+            let Some((j, _)) = open else { break };
+            let f = self.bvh2.nodes[kids[j]].first_index as usize;
+            kids.splice(j..=j, [f, f + 1]);
+        }
+        let mut bounds = Aabb::empty();
+        for (slot, &k) in kids.iter().enumerate() {
+            let node = &self.bvh2.nodes[k];
+            let (r, b) = if self.counts[k] as usize <= PACK {
+                let prims = self.prims_under(k);
+                self.leaf(&prims)
+            } else if node.is_leaf() {
+                let prims = self.prims_under(k);
+                self.prims_node(&prims)
+            } else {
+                self.inner(k)
+            };
+            self.set_child(idx, slot, r, &b);
+            bounds = bounds.union(&b);
+        }
+        (idx as u32, bounds)
+    }
+
+    /// A node over a list of triangles in order (a binary leaf with more than [`PACK`], which
+    /// obvhs's PLOC does not make, or a whole small scene): up to eight runs, each a leaf or
+    /// again such a node.
+    fn prims_node(&mut self, prims: &[u32]) -> (u32, Aabb) {
+        let idx = self.nodes.len();
+        self.nodes.push(Node8::EMPTY);
+        let per_child = prims.len().div_ceil(WIDTH).max(PACK);
+        let mut bounds = Aabb::empty();
+        for (slot, run) in prims.chunks(per_child).enumerate() {
+            let (r, b) = if run.len() <= PACK {
+                self.leaf(run)
+            } else {
+                self.prims_node(run)
+            };
+            self.set_child(idx, slot, r, &b);
+            bounds = bounds.union(&b);
+        }
+        (idx as u32, bounds)
+    }
+
+    /// A leaf of at most [`PACK`] triangles; returns its reference and exact box.
+    fn leaf(&mut self, prims: &[u32]) -> (u32, Aabb) {
+        debug_assert!(!prims.is_empty() && prims.len() <= PACK);
+        let mut pack = TriPack {
+            v0: [[0.0; PACK]; 3],
+            e1: [[0.0; PACK]; 3],
+            e2: [[0.0; PACK]; 3],
+            prim: [EMPTY; PACK],
+        };
+        let mut bounds = Aabb::empty();
+        for (lane, &i) in prims.iter().enumerate() {
+            let t = &self.triangles[i as usize];
+            let [a, b, c] = *t;
+            let (e1, e2) = (b - a, c - a);
+            for axis in 0..3 {
+                pack.v0[axis][lane] = a[axis];
+                pack.e1[axis][lane] = e1[axis];
+                pack.e2[axis][lane] = e2[axis];
+            }
+            pack.prim[lane] = i;
+            bounds = bounds.union(&triangle_box(t));
+        }
+        let index = u32::try_from(self.packs.len())
+            .ok()
+            .filter(|&i| i < LEAF)
+            .expect("fewer than 2^31 leaves");
+        self.packs.push(pack);
+        (LEAF | index, bounds)
+    }
+
+    /// Puts child `r` with box `b` (padded by [`BOX_PAD`]) into slot `slot` of node `idx`.
+    fn set_child(&mut self, idx: usize, slot: usize, r: u32, b: &Aabb) {
+        let size = b.min.abs().max(b.max.abs()).max(b.max - b.min);
+        let pad = (size.max_element() * BOX_PAD).max(f32::MIN_POSITIVE);
+        let (lo, hi) = (b.min - pad, b.max + pad);
+        let node = &mut self.nodes[idx];
+        for axis in 0..3 {
+            node.lo[axis][slot] = lo[axis];
+            node.hi[axis][slot] = hi[axis];
+        }
+        node.child[slot] = r;
+    }
+}
+
+/// Triangles under each binary node (0 for nodes the root does not reach).
+fn subtree_counts(bvh2: &Bvh2) -> Vec<u32> {
+    let mut counts = vec![0u32; bvh2.nodes.len()];
+    let mut stack = vec![(0usize, false)];
+    while let Some((n, children_done)) = stack.pop() {
+        let node = &bvh2.nodes[n];
+        let first = node.first_index as usize;
+        if node.is_leaf() {
+            counts[n] = node.prim_count;
+        } else if children_done {
+            counts[n] = counts[first] + counts[first + 1];
+        } else {
+            stack.extend([(n, true), (first, false), (first + 1, false)]);
+        }
+    }
+    counts
+}
+
+/// Per-ray values of the node and leaf tests.
 struct RayData {
     org: Vec3A,
     inv: Vec3A,
     /// Whether each component of `inv` is negative: then the slab is entered at the box max.
     neg: [bool; 3],
+    /// Origin and direction, one coordinate per register, for the leaf test.
+    o4: [Vec4; 3],
+    d4: [Vec4; 3],
+}
+
+/// The traversal stack: (child reference, entry distance), the top popped first.
+struct Stack {
+    inline: [std::mem::MaybeUninit<(u32, f32)>; INLINE_STACK],
+    len: usize,
+    /// Entries beyond `INLINE_STACK`; non-empty only while `inline` is full.
+    spill: Vec<(u32, f32)>,
+}
+
+impl Stack {
+    #[inline(always)]
+    fn new() -> Stack {
+        Stack {
+            inline: [const { std::mem::MaybeUninit::uninit() }; INLINE_STACK],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, child: u32, t: f32) {
+        if self.len < INLINE_STACK {
+            self.inline[self.len].write((child, t));
+            self.len += 1;
+        } else {
+            self.spill.push((child, t));
+        }
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) -> Option<(u32, f32)> {
+        if let Some(e) = self.spill.pop() {
+            return Some(e);
+        }
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        // SAFETY: entries below `len` were written by `push`.
+        Some(unsafe { self.inline[self.len].assume_init() })
+    }
 }
 
 impl Bvh {
@@ -220,22 +503,12 @@ impl Bvh {
         use rayon::prelude::*;
         if triangles.is_empty() {
             return Bvh {
-                cwbvh: CwBvh::default(),
-                tris: Vec::new(),
+                nodes: Vec::new(),
+                packs: Vec::new(),
                 isa: crate::isa::selected(),
             };
         }
-        let boxes: Vec<Aabb> = triangles
-            .par_iter()
-            .map(|&[a, b, c]| {
-                let (lo, hi) = (a.min(b).min(c), a.max(b).max(c));
-                if lo.is_finite() && hi.is_finite() {
-                    Aabb::new(lo, hi)
-                } else {
-                    Aabb::new(Vec3A::ZERO, Vec3A::ZERO)
-                }
-            })
-            .collect();
+        let boxes: Vec<Aabb> = triangles.par_iter().map(triangle_box).collect();
         let groups = Groups::of(&boxes);
         // The builder's input: one padded box per group, in order of the group's first triangle.
         let aabbs: Vec<Aabb> = (0..groups.groups.len())
@@ -252,12 +525,12 @@ impl Bvh {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .thread_name(|_| "rayfarm-bvh-build".into())
-            // obvhs converts the tree recursively; a deep tree must not overflow the stack.
+            // The collapse recurses once per level; a deep tree must not overflow the stack.
             // Only the pages used are committed.
             .stack_size(BUILD_STACK)
             .build()
             .expect("spawning the BVH build thread");
-        let cwbvh = pool.install(|| {
+        let (nodes, packs) = pool.install(|| {
             let p = BUILD_PARAMS;
             let mut bvh2 = PlocBuilder::with_capacity(aabbs.len()).build(
                 p.ploc_search_distance,
@@ -268,25 +541,49 @@ impl Bvh {
             );
             ReinsertionOptimizer::default().run(&mut bvh2, p.reinsertion_batch_ratio, None);
             groups.expand(&mut bvh2);
-            bvh2_to_cwbvh(&bvh2, p.max_prims_per_leaf.clamp(1, 3), true, false)
+            Collapse::run(&bvh2, triangles)
         });
-        let tris = cwbvh
-            .primitive_indices
-            .par_iter()
-            .map(|&i| {
-                let [a, b, c] = triangles[i as usize];
-                Tri {
-                    v0: a,
-                    e1: b - a,
-                    e2: c - a,
-                }
-            })
-            .collect();
         Bvh {
-            cwbvh,
-            tris,
+            nodes,
+            packs,
             isa: crate::isa::selected(),
         }
+    }
+
+    /// Inner nodes (the root first); for tests and statistics.
+    pub fn nodes(&self) -> &[Node8] {
+        &self.nodes
+    }
+
+    /// Leaves; for tests and statistics.
+    pub fn packs(&self) -> &[TriPack] {
+        &self.packs
+    }
+
+    /// Original triangle indices in leaf order (each triangle exactly once).
+    pub fn leaf_order(&self) -> impl Iterator<Item = u32> + '_ {
+        self.packs
+            .iter()
+            .flat_map(|p| p.prim)
+            .filter(|&i| i != EMPTY)
+    }
+
+    /// Levels of inner nodes on the longest path from the root (0 for an empty tree).
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = Vec::new();
+        if !self.nodes.is_empty() {
+            stack.push((0u32, 1usize));
+        }
+        while let Some((n, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            for &c in &self.nodes[n as usize].child {
+                if c != EMPTY && c & LEAF == 0 {
+                    stack.push((c, d + 1));
+                }
+            }
+        }
+        deepest
     }
 
     /// Closest hit in `(0, tmax)`. `filter(prim, u, v)` is asked about triangles for which
@@ -359,7 +656,11 @@ impl Bvh {
         self.traverse::<ANY, true>(org, dir, tmax, needs_filter, filter)
     }
 
-    /// `WIDE` takes the AVX2 node test: only from `traverse_avx2`.
+    /// Depth-first traversal. A closest-hit query (`ANY` false) visits the children a ray
+    /// overlaps nearest first and skips popped entries beyond the best hit so far; an any-hit
+    /// query stops at the first accepted hit. `WIDE` takes the AVX2 node test: only from
+    /// `traverse_avx2`. Both node tests compute the same bits, so every path visits the same
+    /// nodes in the same order.
     #[inline(always)]
     fn traverse<const ANY: bool, const WIDE: bool>(
         &self,
@@ -369,7 +670,7 @@ impl Bvh {
         needs_filter: &impl Fn(u32) -> bool,
         filter: &mut impl FnMut(u32, f32, f32) -> bool,
     ) -> Option<Hit> {
-        if self.tris.is_empty() {
+        if self.nodes.is_empty() {
             return None;
         }
         let safe = |d: f32| {
@@ -384,6 +685,8 @@ impl Bvh {
             org,
             inv,
             neg: [inv.x < 0.0, inv.y < 0.0, inv.z < 0.0],
+            o4: [0, 1, 2].map(|a| Vec4::splat(org[a])),
+            d4: [0, 1, 2].map(|a| Vec4::splat(dir[a])),
         };
         let mut best = Hit {
             t: tmax,
@@ -391,112 +694,169 @@ impl Bvh {
             v: 0.0,
             prim: u32::MAX,
         };
-        let bvh = &self.cwbvh;
-        let mut state = bvh.new_traversal(dir);
-        let mut node: &CwBvhNode;
-        'traversal: {
-            obvhs::traverse!(
-                bvh,
-                node,
-                state,
-                node_hits::<WIDE>(node, &ray, best.t, state.oct_inv4),
-                {
-                    let i = state.primitive_id as usize;
-                    // SAFETY: leaves index `primitive_indices`, which `tris` matches in length.
-                    let tri = unsafe { self.tris.get_unchecked(i) };
-                    if let Some((t, u, v)) = intersect_tri(tri, org, dir, best.t) {
-                        let prim = unsafe { *bvh.primitive_indices.get_unchecked(i) };
-                        if !needs_filter(prim) || filter(prim, u, v) {
-                            best = Hit { t, u, v, prim };
-                            if ANY {
-                                break 'traversal;
+        let mut stack = Stack::new();
+        let mut cur = 0u32;
+        loop {
+            if cur & LEAF == 0 {
+                // SAFETY: inner references index `nodes` (built by `Collapse`).
+                let node = unsafe { self.nodes.get_unchecked(cur as usize) };
+                let (mask, tnear) = node_hits::<WIDE>(node, &ray, best.t);
+                if mask != 0 {
+                    let first = mask.trailing_zeros() as usize;
+                    let rest = mask & (mask - 1);
+                    if rest == 0 {
+                        cur = node.child[first];
+                        continue;
+                    }
+                    if ANY {
+                        // Any order finds a blocker; lane order is the cheapest.
+                        let mut m = rest;
+                        while m != 0 {
+                            let j = m.trailing_zeros() as usize;
+                            m &= m - 1;
+                            stack.push(node.child[j], tnear[j]);
+                        }
+                        cur = node.child[first];
+                        continue;
+                    }
+                    // Farthest first in `order`, so that the nearest is visited next; equal
+                    // distances go in lane order.
+                    let mut order = [(0.0f32, 0u32); WIDTH];
+                    let mut len = 0;
+                    let mut m = mask;
+                    while m != 0 {
+                        let j = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        let entry = (tnear[j], node.child[j]);
+                        let mut i = len;
+                        while i > 0 && order[i - 1].0 <= entry.0 {
+                            order[i] = order[i - 1];
+                            i -= 1;
+                        }
+                        order[i] = entry;
+                        len += 1;
+                    }
+                    for &(t, c) in &order[..len - 1] {
+                        stack.push(c, t);
+                    }
+                    cur = order[len - 1].1;
+                    continue;
+                }
+            } else {
+                // SAFETY: leaf references index `packs` (built by `Collapse`).
+                let pack = unsafe { self.packs.get_unchecked((cur & !LEAF) as usize) };
+                let (mask, t, u, v) = leaf_hits(pack, &ray, best.t);
+                if mask != 0 {
+                    let (t, u, v) = (t.to_array(), u.to_array(), v.to_array());
+                    let mut m = mask;
+                    while m != 0 {
+                        let j = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        if t[j] < best.t {
+                            let prim = pack.prim[j];
+                            if !needs_filter(prim) || filter(prim, u[j], v[j]) {
+                                best = Hit {
+                                    t: t[j],
+                                    u: u[j],
+                                    v: v[j],
+                                    prim,
+                                };
+                                if ANY {
+                                    return Some(best);
+                                }
                             }
                         }
                     }
                 }
-            );
+            }
+            loop {
+                let Some((c, t)) = stack.pop() else {
+                    return (best.prim != u32::MAX).then_some(best);
+                };
+                if t <= best.t {
+                    cur = c;
+                    break;
+                }
+            }
         }
-        (best.prim != u32::MAX).then_some(best)
     }
 }
 
 #[inline(always)]
-fn node_hits<const WIDE: bool>(node: &CwBvhNode, ray: &RayData, tmax: f32, oct_inv4: u32) -> u32 {
+fn node_hits<const WIDE: bool>(node: &Node8, ray: &RayData, tmax: f32) -> (u32, [f32; WIDTH]) {
     #[cfg(target_arch = "x86_64")]
     if WIDE {
         // SAFETY: WIDE is set only inside `traverse_avx2`, which runs only with AVX2.
-        return unsafe { intersect_node_avx2(node, ray, tmax, oct_inv4) };
+        return unsafe { node_hits_avx2(node, ray, tmax) };
     }
-    intersect_node(node, ray, tmax, oct_inv4)
+    node_hits_4x2(node, ray, tmax)
 }
 
-/// The bits of the hit mask of the children in `mask` (bit `j`: child `j` overlaps).
-#[cfg(target_arch = "x86_64")]
+/// Which children of `node` the ray overlaps within `[0, tmax]` (bit `j`: child `j`), and the
+/// distance at which it enters each box: the slab test, `(plane - org) * inv` per axis, then the
+/// largest entry (and 0) against the smallest exit (and `tmax`). Two halves of four lanes.
 #[inline(always)]
-fn child_hit_bits(mask: u32, child_bits8: u64, bit_index8: u64) -> u32 {
-    // A loop over the set bits measured faster here than a branch-free unrolled one.
-    let mut hit_mask = 0u32;
-    let mut m = mask;
-    while m != 0 {
-        let child = m.trailing_zeros();
-        m &= m - 1;
-        let child_bits = ((child_bits8 >> (child * 8)) as u32) & 0xff;
-        let bit_index = ((bit_index8 >> (child * 8)) as u32) & 0xff;
-        hit_mask |= child_bits << bit_index;
+fn node_hits_4x2(node: &Node8, ray: &RayData, tmax: f32) -> (u32, [f32; WIDTH]) {
+    let mut tnear = [0.0f32; WIDTH];
+    let mut mask = 0u32;
+    for half in 0..2 {
+        let k = half * 4;
+        let slab = |axis: usize| {
+            let (near, far) = if ray.neg[axis] {
+                (&node.hi[axis], &node.lo[axis])
+            } else {
+                (&node.lo[axis], &node.hi[axis])
+            };
+            let (o, i) = (Vec4::splat(ray.org[axis]), Vec4::splat(ray.inv[axis]));
+            (
+                (Vec4::from_slice(&near[k..k + 4]) - o) * i,
+                (Vec4::from_slice(&far[k..k + 4]) - o) * i,
+            )
+        };
+        let (x0, x1) = slab(0);
+        let (y0, y1) = slab(1);
+        let (z0, z1) = slab(2);
+        let t0 = x0.max(y0).max(z0).max(Vec4::ZERO);
+        let t1 = x1.min(y1).min(z1).min(Vec4::splat(tmax));
+        mask |= t0.cmple(t1).bitmask() << k;
+        t0.write_to_slice(&mut tnear[k..k + 4]);
     }
-    hit_mask
+    (mask, tnear)
 }
 
-/// [`intersect_node`] on all 8 children at once: the same IEEE operations per lane, in the same
-/// order (multiply, then add; max and min with the same operand order as glam's SSE `Vec4`), so
-/// the mask is the same bit for bit.
+/// [`node_hits_4x2`] on all 8 children at once: the same IEEE operations per lane, in the same
+/// order (subtract, then multiply; max and min with the same operand order as glam's SSE
+/// `Vec4`), so the mask and distances are the same bit for bit.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn intersect_node_avx2(node: &CwBvhNode, ray: &RayData, tmax: f32, oct_inv4: u32) -> u32 {
+unsafe fn node_hits_avx2(node: &Node8, ray: &RayData, tmax: f32) -> (u32, [f32; WIDTH]) {
     use std::arch::x86_64::*;
-    let adj_inv = node.compute_extent() * ray.inv;
-    let adj_org = (Vec3A::from(node.p) - ray.org) * ray.inv;
-    let (child_bits8, bit_index8) = node.get_child_and_index_bits(oct_inv4);
-    // 8 quantised planes, widened u8 -> i32 -> f32 (exact).
-    let q = |v: &[u8; 8]| {
-        // SAFETY: reads exactly the 8 bytes of `v`.
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(unsafe {
-            _mm_loadl_epi64(v.as_ptr() as *const __m128i)
-        }))
-    };
-    let slab = |lo: &[u8; 8], hi: &[u8; 8], neg: bool, i: f32, o: f32| {
-        let (near, far) = if neg { (q(hi), q(lo)) } else { (q(lo), q(hi)) };
-        let (i, o) = (_mm256_set1_ps(i), _mm256_set1_ps(o));
+    let slab = |axis: usize| {
+        let (near, far) = if ray.neg[axis] {
+            (&node.hi[axis], &node.lo[axis])
+        } else {
+            (&node.lo[axis], &node.hi[axis])
+        };
+        let (o, i) = (_mm256_set1_ps(ray.org[axis]), _mm256_set1_ps(ray.inv[axis]));
+        // SAFETY: each reads the 8 floats of one array.
+        let (near, far) = unsafe {
+            (
+                _mm256_loadu_ps(near.as_ptr()),
+                _mm256_loadu_ps(far.as_ptr()),
+            )
+        };
         (
-            _mm256_add_ps(_mm256_mul_ps(near, i), o),
-            _mm256_add_ps(_mm256_mul_ps(far, i), o),
+            _mm256_mul_ps(_mm256_sub_ps(near, o), i),
+            _mm256_mul_ps(_mm256_sub_ps(far, o), i),
         )
     };
-    let (x0, x1) = slab(
-        &node.child_min_x,
-        &node.child_max_x,
-        ray.neg[0],
-        adj_inv.x,
-        adj_org.x,
-    );
-    let (y0, y1) = slab(
-        &node.child_min_y,
-        &node.child_max_y,
-        ray.neg[1],
-        adj_inv.y,
-        adj_org.y,
-    );
-    let (z0, z1) = slab(
-        &node.child_min_z,
-        &node.child_max_z,
-        ray.neg[2],
-        adj_inv.z,
-        adj_org.z,
-    );
+    let (x0, x1) = slab(0);
+    let (y0, y1) = slab(1);
+    let (z0, z1) = slab(2);
     let t0 = _mm256_max_ps(
         _mm256_max_ps(_mm256_max_ps(x0, y0), z0),
         _mm256_setzero_ps(),
@@ -506,60 +866,45 @@ unsafe fn intersect_node_avx2(node: &CwBvhNode, ray: &RayData, tmax: f32, oct_in
         _mm256_set1_ps(tmax),
     );
     let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(t0, t1)) as u32;
-    child_hit_bits(mask, child_bits8, bit_index8)
+    let mut tnear = [0.0f32; WIDTH];
+    // SAFETY: writes the 8 floats of `tnear`.
+    unsafe { _mm256_storeu_ps(tnear.as_mut_ptr(), t0) };
+    (mask, tnear)
 }
 
-/// Which children of `node` the ray overlaps within `[0, tmax]`, as the hit mask obvhs's
-/// `traverse!` expects (like `CwBvhNode::intersect_ray`, but from t = 0 instead of t = 1e-4).
+/// Möller–Trumbore on the four triangles of a leaf at once: lane `j` computes exactly what
+/// [`intersect_tri`] computes for that triangle (the same operations in the same order), and bit
+/// `j` of the mask says whether it hits in `(1e-9, tmax)`. Returns (mask, t, u, v).
 #[inline(always)]
-fn intersect_node(node: &CwBvhNode, ray: &RayData, tmax: f32, oct_inv4: u32) -> u32 {
-    // Child planes are at p + q * e for quantised q in 0..=255; the ray is moved into that grid.
-    let adj_inv = node.compute_extent() * ray.inv;
-    let adj_org = (Vec3A::from(node.p) - ray.org) * ray.inv;
-    let (child_bits8, bit_index8) = node.get_child_and_index_bits(oct_inv4);
-    let (ix, iy, iz) = (
-        Vec4::splat(adj_inv.x),
-        Vec4::splat(adj_inv.y),
-        Vec4::splat(adj_inv.z),
-    );
-    let (ox, oy, oz) = (
-        Vec4::splat(adj_org.x),
-        Vec4::splat(adj_org.y),
-        Vec4::splat(adj_org.z),
-    );
-    let tmax4 = Vec4::splat(tmax);
-    let mut hit_mask = 0u32;
-    for half in 0..2 {
-        let q = |v: &[u8; 8]| {
-            let k = half * 4;
-            Vec4::new(
-                v[k] as f32,
-                v[k + 1] as f32,
-                v[k + 2] as f32,
-                v[k + 3] as f32,
-            )
-        };
-        let slab = |lo: &[u8; 8], hi: &[u8; 8], neg: bool, i: Vec4, o: Vec4| {
-            let (near, far) = if neg { (q(hi), q(lo)) } else { (q(lo), q(hi)) };
-            (near * i + o, far * i + o)
-        };
-        let (x0, x1) = slab(&node.child_min_x, &node.child_max_x, ray.neg[0], ix, ox);
-        let (y0, y1) = slab(&node.child_min_y, &node.child_max_y, ray.neg[1], iy, oy);
-        let (z0, z1) = slab(&node.child_min_z, &node.child_max_z, ray.neg[2], iz, oz);
-        let t0 = x0.max(y0).max(z0).max(Vec4::ZERO);
-        let t1 = x1.min(y1).min(z1).min(tmax4);
-        // Unrolled per half with constant shifts: faster here than `child_hit_bits`'s loop.
-        let mask = t0.cmple(t1).bitmask();
-        for j in 0..4 {
-            if mask & (1 << j) != 0 {
-                let child = half * 4 + j;
-                let child_bits = ((child_bits8 >> (child * 8)) as u32) & 0xff;
-                let bit_index = ((bit_index8 >> (child * 8)) as u32) & 0xff;
-                hit_mask |= child_bits << bit_index;
-            }
-        }
-    }
-    hit_mask
+fn leaf_hits(pack: &TriPack, ray: &RayData, tmax: f32) -> (u32, Vec4, Vec4, Vec4) {
+    let ld = |a: &[[f32; PACK]; 3]| a.map(Vec4::from_array);
+    let ([v0x, v0y, v0z], [e1x, e1y, e1z], [e2x, e2y, e2z]) =
+        (ld(&pack.v0), ld(&pack.e1), ld(&pack.e2));
+    let [ox, oy, oz] = ray.o4;
+    let [dx, dy, dz] = ray.d4;
+    // p = cross(dir, e2), det = e1 . p
+    let px = dy * e2z - dz * e2y;
+    let py = dz * e2x - dx * e2z;
+    let pz = dx * e2y - dy * e2x;
+    let det = (e1x * px + e1y * py) + e1z * pz;
+    let inv_det = Vec4::ONE / det;
+    // s = org - v0, u = (s . p) / det
+    let (sx, sy, sz) = (ox - v0x, oy - v0y, oz - v0z);
+    let u = ((sx * px + sy * py) + sz * pz) * inv_det;
+    // q = cross(s, e1), v = (dir . q) / det, t = (e2 . q) / det
+    let qx = sy * e1z - sz * e1y;
+    let qy = sz * e1x - sx * e1z;
+    let qz = sx * e1y - sy * e1x;
+    let v = ((dx * qx + dy * qy) + dz * qz) * inv_det;
+    let t = ((e2x * qx + e2y * qy) + e2z * qz) * inv_det;
+    let ok = det.abs().cmpge(Vec4::splat(1e-20))
+        & u.cmpge(Vec4::ZERO)
+        & u.cmple(Vec4::ONE)
+        & v.cmpge(Vec4::ZERO)
+        & (u + v).cmple(Vec4::ONE)
+        & t.cmpgt(Vec4::splat(1e-9))
+        & t.cmplt(Vec4::splat(tmax));
+    (ok.bitmask(), t, u, v)
 }
 
 /// Möller–Trumbore; returns (t, u, v) with `1e-9 < t < tmax`.
@@ -832,16 +1177,6 @@ mod tests {
         }
     }
 
-    /// Levels of the CWBVH (traversal keeps one stack entry per level, at most 32).
-    fn depth(bvh: &CwBvh, node: usize) -> usize {
-        let n = &bvh.nodes[node];
-        1 + (0..8)
-            .filter(|&c| !n.is_leaf(c))
-            .map(|c| depth(bvh, n.child_node_index(c) as usize))
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Inputs on which obvhs's PLOC alone builds in quadratic time and chains the tree: copies of
     /// one triangle, rows of evenly spaced equal triangles, many triangles per point.
     #[test]
@@ -868,9 +1203,9 @@ mod tests {
         let took = start.elapsed();
         // Without the grouping and padding this took 18 s and the tree was 10000 levels deep.
         assert!(took.as_secs_f32() < 2.0, "{took:?}");
-        let d = depth(&bvh.cwbvh, 0);
+        let d = bvh.depth();
         assert!(d <= 16, "depth {d}");
-        let mut sorted = bvh.cwbvh.primitive_indices.clone();
+        let mut sorted: Vec<u32> = bvh.leaf_order().collect();
         sorted.sort_unstable();
         assert!(
             sorted.iter().copied().eq(0..tris.len() as u32),
@@ -885,6 +1220,135 @@ mod tests {
             // Copies of one triangle, and the overlapping coplanar triangles of the row, tie on
             // t; which of them is reported is up to the traversal order.
             assert_eq!(got.map(|h| h.t), expect.map(|h| h.t), "ray {k}");
+        }
+    }
+
+    #[test]
+    fn stack_spills_to_the_heap_and_stays_last_in_first_out() {
+        let mut stack = Stack::new();
+        for i in 0..(INLINE_STACK as u32 * 3) {
+            stack.push(i, i as f32);
+        }
+        for i in (0..(INLINE_STACK as u32 * 3)).rev() {
+            assert_eq!(stack.pop(), Some((i, i as f32)));
+            if i % 50 == 0 {
+                // Pushing again in the middle keeps the order.
+                stack.push(i + 1000, 0.0);
+                assert_eq!(stack.pop(), Some((i + 1000, 0.0)));
+            }
+        }
+        assert_eq!(stack.pop(), None);
+    }
+
+    /// The AVX2 node test gives the portable one's mask and entry distances bit for bit, on
+    /// random boxes (some empty) and rays (some along an axis, some with -0.0 components).
+    #[test]
+    fn node_tests_agree_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if Isa::Avx2.is_supported() {
+            let mut s = 17u64;
+            for k in 0..20_000 {
+                let mut node = Node8::EMPTY;
+                for slot in 0..WIDTH {
+                    if lcg(&mut s) < 0.1 {
+                        continue;
+                    }
+                    for axis in 0..3 {
+                        let (a, b) = (lcg(&mut s) * 8.0 - 4.0, lcg(&mut s) * 8.0 - 4.0);
+                        node.lo[axis][slot] = a.min(b);
+                        node.hi[axis][slot] = a.max(b);
+                    }
+                    node.child[slot] = slot as u32;
+                }
+                let o = Vec3A::new(lcg(&mut s), lcg(&mut s), lcg(&mut s)) * 10.0 - 5.0;
+                let mut d = Vec3A::new(lcg(&mut s), lcg(&mut s), lcg(&mut s)) - 0.5;
+                match k % 4 {
+                    1 => d.y = 0.0,
+                    2 => d = Vec3A::new(-0.0, -0.0, 1.0),
+                    _ => {}
+                }
+                let inv = Vec3A::new(1.0 / d.x, 1.0 / d.y, 1.0 / d.z)
+                    .clamp(Vec3A::splat(-1e30), Vec3A::splat(1e30));
+                let ray = RayData {
+                    org: o,
+                    inv,
+                    neg: [inv.x < 0.0, inv.y < 0.0, inv.z < 0.0],
+                    o4: [0, 1, 2].map(|a| Vec4::splat(o[a])),
+                    d4: [0, 1, 2].map(|a| Vec4::splat(d[a])),
+                };
+                let tmax = if k % 3 == 0 {
+                    f32::INFINITY
+                } else {
+                    lcg(&mut s) * 6.0
+                };
+                let (m4, t4) = node_hits_4x2(&node, &ray, tmax);
+                // SAFETY: checked above that the CPU has AVX2.
+                let (m8, t8) = unsafe { node_hits_avx2(&node, &ray, tmax) };
+                assert_eq!(m4, m8, "ray {k}");
+                for j in 0..WIDTH {
+                    if m4 & (1 << j) != 0 {
+                        assert_eq!(t4[j].to_bits(), t8[j].to_bits(), "ray {k} child {j}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The four-lane leaf test computes exactly what `intersect_tri` computes for each triangle.
+    #[test]
+    fn leaf_test_matches_the_scalar_triangle_test_bit_for_bit() {
+        let mut s = 23u64;
+        let mut hits = 0;
+        for k in 0..20_000 {
+            let tris: Vec<[Vec3A; 3]> = (0..1 + k % PACK)
+                .map(|_| {
+                    [0, 1, 2].map(|_| Vec3A::new(lcg(&mut s), lcg(&mut s), lcg(&mut s)) * 2.0 - 1.0)
+                })
+                .collect();
+            let mut c = Collapse {
+                bvh2: &Bvh2::default(),
+                triangles: &tris,
+                counts: Vec::new(),
+                nodes: Vec::new(),
+                packs: Vec::new(),
+            };
+            let (r, _) = c.leaf(&(0..tris.len() as u32).collect::<Vec<_>>());
+            let pack = c.packs[(r & !LEAF) as usize];
+            let o = Vec3A::new(lcg(&mut s), lcg(&mut s), lcg(&mut s)) * 4.0 - 2.0;
+            // Aimed near one triangle's centre, so that many rays hit (about a fifth).
+            let [a, b, c] = tris[k % tris.len()];
+            let aim = (a + b + c) / 3.0 + (Vec3A::new(lcg(&mut s), lcg(&mut s), 0.0) - 0.5);
+            let d = (aim - o).normalize();
+            let ray = RayData {
+                org: o,
+                inv: Vec3A::ONE,
+                neg: [false; 3],
+                o4: [0, 1, 2].map(|a| Vec4::splat(o[a])),
+                d4: [0, 1, 2].map(|a| Vec4::splat(d[a])),
+            };
+            let tmax = if k % 2 == 0 {
+                f32::INFINITY
+            } else {
+                lcg(&mut s) * 3.0
+            };
+            let (mask, t, u, v) = leaf_hits(&pack, &ray, tmax);
+            for (j, p) in prepare(&tris).iter().enumerate() {
+                let scalar = intersect_tri(p, o, d, tmax).map(|(t, u, v)| (t, u, v).map_bits());
+                let lane = (mask & (1 << j) != 0).then(|| (t[j], u[j], v[j]).map_bits());
+                assert_eq!(lane, scalar, "case {k} triangle {j}");
+                hits += scalar.is_some() as u32;
+            }
+            assert_eq!(mask >> tris.len(), 0, "an unused lane hit");
+        }
+        assert!(hits > 3000, "only {hits} hits");
+    }
+
+    trait MapBits {
+        fn map_bits(self) -> (u32, u32, u32);
+    }
+    impl MapBits for (f32, f32, f32) {
+        fn map_bits(self) -> (u32, u32, u32) {
+            (self.0.to_bits(), self.1.to_bits(), self.2.to_bits())
         }
     }
 
