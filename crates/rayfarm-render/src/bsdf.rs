@@ -178,6 +178,18 @@ struct Layers {
     coat_b: Vec3A,
 }
 
+impl Layers {
+    /// No layer.
+    const NONE: Layers = Layers {
+        active: false,
+        sheen_wo: 0.0,
+        sheen_norm: 1.0,
+        coat_wo: 0.0,
+        coat_t: Vec3A::X,
+        coat_b: Vec3A::Y,
+    };
+}
+
 /// Lobe selection probabilities, in sampling order.
 #[derive(Clone, Copy, Debug, Default)]
 struct Probs {
@@ -528,14 +540,7 @@ impl Bsdf {
     #[inline(always)]
     fn layers(&self, wo: Vec3A) -> Layers {
         if !self.has_sheen() && !self.has_coat() {
-            return Layers {
-                active: false,
-                sheen_wo: 0.0,
-                sheen_norm: 1.0,
-                coat_wo: 0.0,
-                coat_t: Vec3A::X,
-                coat_b: Vec3A::Y,
-            };
+            return Layers::NONE;
         }
         self.layers_slow(wo)
     }
@@ -788,6 +793,9 @@ impl Bsdf {
     /// Fixes the outgoing direction (local frame).
     #[inline]
     pub fn prepare(&self, wo: Vec3A) -> PreparedBsdf<'_> {
+        if let Some(p) = self.prepare_lambert(wo) {
+            return p;
+        }
         let layers = self.layers(wo);
         let probs = self.lobe_probs(wo.z, &layers);
         let lambert = !layers.active
@@ -804,6 +812,34 @@ impl Bsdf {
             layers,
             lambert,
         }
+    }
+
+    /// [`Bsdf::prepare`] of a Lambertian BSDF without working out the other lobes: where every
+    /// other lobe is zero, `lobe_probs` gives exactly `diff = base / base = 1` and zeros (for a
+    /// positive finite base luminance), and `prepare` sets `lambert`. `None` for any other BSDF.
+    #[inline(always)]
+    fn prepare_lambert(&self, wo: Vec3A) -> Option<PreparedBsdf<'_>> {
+        let only_diffuse = !self.has_sheen()
+            && !self.has_coat()
+            && self.metallic == 0.0
+            && self.transmission == 0.0
+            && self.diffuse_transmission == 0.0
+            && self.f90_dielectric == 0.0
+            && self.f0_dielectric == Vec3A::ZERO;
+        let base = luminance(self.base);
+        if !only_diffuse || !(base > 0.0 && base.is_finite()) {
+            return None;
+        }
+        Some(PreparedBsdf {
+            bsdf: self,
+            wo,
+            probs: Probs {
+                diff: 1.0,
+                ..Probs::default()
+            },
+            layers: Layers::NONE,
+            lambert: true,
+        })
     }
 
     /// The BSDF value (without cosine) and the density `sample` has for `wi`.
@@ -1194,17 +1230,24 @@ mod tests {
         ] {
             let p = b.prepare(wo);
             assert!(p.lambert);
+            // `prepare_lambert`'s probabilities are the full code's, bit for bit.
+            let layers = b.layers(wo);
+            let probs = b.lobe_probs(wo.z, &layers);
+            let pb =
+                |p: &Probs| [p.trans, p.coat, p.sheen, p.spec, p.diff, p.dtrans].map(f32::to_bits);
+            assert_eq!(pb(&p.probs), pb(&probs));
+            assert!(!layers.active);
             let n = 32;
             for i in 0..n {
                 for j in 0..n {
                     let (u1, u2) = ((i as f32 + 0.37) / n as f32, (j as f32 + 0.61) / n as f32);
                     let wi = Vec3A::new(u1 - 0.5, u2 - 0.5, (i as f32 - 8.0) / 16.0);
                     let (f, pdf) = p.eval(wi);
-                    let (g, qdf) = b.eval_with(wo, wi, &p.probs, &p.layers);
+                    let (g, qdf) = b.eval_with(wo, wi, &probs, &layers);
                     assert_eq!((bits(f), pdf.to_bits()), (bits(g), qdf.to_bits()));
                     let u_lobe = (i * 7 % n) as f32 / n as f32;
                     let s = p.sample(u_lobe, u1, u2);
-                    let t = b.sample_with(wo, u_lobe, u1, u2, &p.probs, &p.layers);
+                    let t = b.sample_with(wo, u_lobe, u1, u2, &probs, &layers);
                     assert_eq!(s.is_some(), t.is_some());
                     if let (Some(s), Some(t)) = (s, t) {
                         assert_eq!(bits(s.wi), bits(t.wi));

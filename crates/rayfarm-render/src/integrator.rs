@@ -306,10 +306,13 @@ impl RenderScene {
             let to_local = |v: Vec3A| Vec3A::new(v.dot(tx), v.dot(ty), v.dot(surf.ns));
             let bsdf = surf.bsdf.prepare(to_local(-dir));
 
+            // The bounce's numbers: the light point, the BSDF direction, (lobe, roulette).
+            // Drawn together, so that their hash chains overlap.
+            let [(u1, u2), (d1, d2), (u_lobe, u_rr)] = s.next_2d_n::<3>();
+
             // Next-event estimation: lights on the lit side, and behind the surface too when
             // it has a non-delta transmission lobe (diffuse transmission, rough refraction);
             // the local and geometric sides must agree either way.
-            let (u1, u2) = s.next_2d();
             if let Some(ls) = self.sample_light(surf.p, u1, u2) {
                 let side = ls.wi.dot(surf.ng);
                 let wi = to_local(ls.wi);
@@ -330,8 +333,6 @@ impl RenderScene {
             }
 
             // Continue the path by sampling the BSDF.
-            let (d1, d2) = s.next_2d();
-            let (u_lobe, u_rr) = s.next_2d();
             let Some(bs) = bsdf.sample(u_lobe, d1, d2) else {
                 break;
             };
