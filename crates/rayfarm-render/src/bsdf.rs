@@ -827,7 +827,7 @@ impl Bsdf {
             && self.f90_dielectric == 0.0
             && self.f0_dielectric == Vec3A::ZERO;
         let base = luminance(self.base);
-        if !only_diffuse || !(base > 0.0 && base.is_finite()) {
+        if !(only_diffuse && base > 0.0 && base.is_finite()) {
             return None;
         }
         Some(PreparedBsdf {
