@@ -284,10 +284,13 @@ impl EnvLight {
 
 #[derive(Clone, Copy, Debug)]
 pub enum LightRef {
-    /// An emissive triangle, with its area.
+    /// An emissive triangle, with its area, corners and unit geometric normal (kept here so that
+    /// sampling it does not gather them again).
     Triangle {
         prim: u32,
         area: f32,
+        corners: [Vec3A; 3],
+        normal: Vec3A,
     },
     Punctual(u32),
     Environment,
@@ -388,6 +391,8 @@ impl RenderScene {
             lights.push(LightRef::Triangle {
                 prim: i as u32,
                 area,
+                corners: *tri,
+                normal: cross(tri[1] - tri[0], tri[2] - tri[0]).normalize_or(Vec3A::Z),
             });
             let sides = if m.double_sided { 2.0 } else { 1.0 };
             power.push(luminance(Vec3A::from(m.emissive)) * area * PI * sides);
@@ -892,13 +897,10 @@ impl RenderScene {
         if li == u32::MAX {
             return 0.0;
         }
-        let LightRef::Triangle { area, .. } = self.lights[li as usize] else {
+        let LightRef::Triangle { area, normal, .. } = self.lights[li as usize] else {
             return 0.0;
         };
-        let t = self.scene.triangles[prim as usize];
-        let [p0, p1, p2] = t.map(|i| Vec3A::from(self.scene.positions[i as usize]));
-        let n = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
-        let cos = n.dot(dir).abs();
+        let cos = normal.dot(dir).abs();
         if cos <= 0.0 {
             return 0.0;
         }
@@ -927,9 +929,12 @@ impl RenderScene {
             return None;
         }
         match self.lights[li] {
-            LightRef::Triangle { prim, area } => {
-                let t = self.scene.triangles[prim as usize];
-                let [p0, p1, p2] = t.map(|i| Vec3A::from(self.scene.positions[i as usize]));
+            LightRef::Triangle {
+                prim,
+                area,
+                corners: [p0, p1, p2],
+                normal: n,
+            } => {
                 let su = u1.sqrt();
                 let (b1, b2) = (su * (1.0 - u2), su * u2);
                 let q = p0 * (1.0 - b1 - b2) + p1 * b1 + p2 * b2;
@@ -940,7 +945,6 @@ impl RenderScene {
                 }
                 let dist = dist2.sqrt();
                 let wi = d / dist;
-                let n = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
                 let cos_l = n.dot(wi);
                 // The light's front faces the shading point when the light's normal points back.
                 let front = cos_l < 0.0;
