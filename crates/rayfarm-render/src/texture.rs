@@ -140,7 +140,9 @@ fn srgb_lut() -> [f32; 256] {
 }
 
 /// Linear value to the nearest sRGB byte, by search in the decoding table (so encoding and
-/// decoding agree exactly and no further float function is involved).
+/// decoding agree exactly and no further float function is involved). [`SrgbEncoder`] does the
+/// same faster; this is its reference.
+#[cfg(test)]
 fn linear_to_srgb_byte(lut: &[f32; 256], v: f32) -> u8 {
     let i = lut.partition_point(|&x| x < v);
     if i == 0 {
@@ -156,45 +158,118 @@ fn linear_to_srgb_byte(lut: &[f32; 256], v: f32) -> u8 {
     }
 }
 
+/// Where [`SrgbEncoder`]'s search starts: one entry per 1/1024 of the linear range.
+const ENCODE_BUCKETS: usize = 1024;
+
+/// The linear value `v` to the nearest sRGB byte, by search in the decoding table (so encoding
+/// and decoding agree exactly and no further float function is involved), several times
+/// faster than a binary search (`linear_to_srgb_byte`, its reference in the tests): a table gives, for the bucket of `v`, the
+/// first byte whose linear value reaches the bucket's lower end, and a short scan goes on from
+/// there. Every byte before that start decodes below the bucket, hence below `v`, so the scan
+/// ends where the binary search does: the same byte, always (tested).
+struct SrgbEncoder<'a> {
+    lut: &'a [f32; 256],
+    start: [u16; ENCODE_BUCKETS],
+}
+
+impl<'a> SrgbEncoder<'a> {
+    fn new(lut: &'a [f32; 256]) -> SrgbEncoder<'a> {
+        let mut start = [0u16; ENCODE_BUCKETS];
+        for (b, s) in start.iter_mut().enumerate() {
+            let lower = b as f32 / ENCODE_BUCKETS as f32;
+            *s = lut.partition_point(|&x| x < lower) as u16;
+        }
+        SrgbEncoder { lut, start }
+    }
+
+    #[inline]
+    fn encode(&self, v: f32) -> u8 {
+        // `v * 1024` is exact and the cast floors (negative and NaN give 0), so the bucket's
+        // lower end is at most `v`.
+        let bucket = ((v * ENCODE_BUCKETS as f32) as usize).min(ENCODE_BUCKETS - 1);
+        let mut i = self.start[bucket] as usize;
+        while i < 256 && self.lut[i] < v {
+            i += 1;
+        }
+        if i == 0 {
+            return 0;
+        }
+        if i >= 256 {
+            return 255;
+        }
+        if v - self.lut[i - 1] <= self.lut[i] - v {
+            (i - 1) as u8
+        } else {
+            i as u8
+        }
+    }
+}
+
 /// The next level down: each texel is the box average of the texels of `src` it covers
 /// (2x2, or 3 wide/tall where a source dimension is odd, so every texel counts). Images used
 /// as colour (`srgb`) are averaged in linear RGB and stored sRGB-encoded again; alpha and
 /// data images are averaged as stored.
 fn downsample(lut: &[f32; 256], src: &[u8], sw: u32, sh: u32, srgb: bool) -> MipLevel {
     let (dw, dh) = ((sw / 2).max(1), (sh / 2).max(1));
-    let span = |d: u32, s: u32, n: u32| {
-        let lo = d * n / s;
-        let hi = ((d + 1) * n).div_ceil(s).min(n).max(lo + 1);
-        lo..hi
+    let encoder = SrgbEncoder::new(lut);
+    let decode = |c: usize, b: u8| {
+        if srgb && c < 3 {
+            lut[b as usize]
+        } else {
+            b as f32
+        }
+    };
+    let encode = |c: usize, a: f32, n: f32| {
+        let v = a / n;
+        if srgb && c < 3 {
+            encoder.encode(v)
+        } else {
+            (v + 0.5).min(255.0) as u8
+        }
     };
     let mut out = Vec::with_capacity(dw as usize * dh as usize * 4);
-    for y in 0..dh {
-        let ys = span(y, dh, sh);
-        for x in 0..dw {
-            let xs = span(x, dw, sw);
-            let mut acc = [0.0f32; 4];
-            let mut n = 0.0f32;
-            for sy in ys.clone() {
-                for sx in xs.clone() {
-                    let o = (sy as usize * sw as usize + sx as usize) * 4;
-                    for c in 0..4 {
-                        let b = src[o + c];
-                        acc[c] += if srgb && c < 3 {
-                            lut[b as usize]
-                        } else {
-                            b as f32
-                        };
-                    }
-                    n += 1.0;
+    if sw >= 2 && sh >= 2 && sw % 2 == 0 && sh % 2 == 0 {
+        // Every texel covers exactly 2x2 (most images): the general loop's sums, in its order
+        // (row by row, left to right), without its spans.
+        let row = sw as usize * 4;
+        for y in 0..dh as usize {
+            let (r0, r1) = (&src[2 * y * row..][..row], &src[(2 * y + 1) * row..][..row]);
+            for x in 0..dw as usize {
+                let o = x * 8;
+                for c in 0..4 {
+                    let mut acc = 0.0f32;
+                    acc += decode(c, r0[o + c]);
+                    acc += decode(c, r0[o + 4 + c]);
+                    acc += decode(c, r1[o + c]);
+                    acc += decode(c, r1[o + 4 + c]);
+                    out.push(encode(c, acc, 4.0));
                 }
             }
-            for (c, a) in acc.iter().enumerate() {
-                let v = a / n;
-                out.push(if srgb && c < 3 {
-                    linear_to_srgb_byte(lut, v)
-                } else {
-                    (v + 0.5).min(255.0) as u8
-                });
+        }
+    } else {
+        let span = |d: u32, s: u32, n: u32| {
+            let lo = d * n / s;
+            let hi = ((d + 1) * n).div_ceil(s).min(n).max(lo + 1);
+            lo..hi
+        };
+        for y in 0..dh {
+            let ys = span(y, dh, sh);
+            for x in 0..dw {
+                let xs = span(x, dw, sw);
+                let mut acc = [0.0f32; 4];
+                let mut n = 0.0f32;
+                for sy in ys.clone() {
+                    for sx in xs.clone() {
+                        let o = (sy as usize * sw as usize + sx as usize) * 4;
+                        for (c, a) in acc.iter_mut().enumerate() {
+                            *a += decode(c, src[o + c]);
+                        }
+                        n += 1.0;
+                    }
+                }
+                for (c, &a) in acc.iter().enumerate() {
+                    out.push(encode(c, a, n));
+                }
             }
         }
     }
@@ -387,6 +462,101 @@ impl Textures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `downsample` as it was before its 2x2 fast path and [`SrgbEncoder`]: the reference.
+    fn downsample_reference(
+        lut: &[f32; 256],
+        src: &[u8],
+        sw: u32,
+        sh: u32,
+        srgb: bool,
+    ) -> MipLevel {
+        let (dw, dh) = ((sw / 2).max(1), (sh / 2).max(1));
+        let span = |d: u32, s: u32, n: u32| {
+            let lo = d * n / s;
+            let hi = ((d + 1) * n).div_ceil(s).min(n).max(lo + 1);
+            lo..hi
+        };
+        let mut out = Vec::with_capacity(dw as usize * dh as usize * 4);
+        for y in 0..dh {
+            let ys = span(y, dh, sh);
+            for x in 0..dw {
+                let xs = span(x, dw, sw);
+                let mut acc = [0.0f32; 4];
+                let mut n = 0.0f32;
+                for sy in ys.clone() {
+                    for sx in xs.clone() {
+                        let o = (sy as usize * sw as usize + sx as usize) * 4;
+                        for c in 0..4 {
+                            let b = src[o + c];
+                            acc[c] += if srgb && c < 3 {
+                                lut[b as usize]
+                            } else {
+                                b as f32
+                            };
+                        }
+                        n += 1.0;
+                    }
+                }
+                for (c, a) in acc.iter().enumerate() {
+                    let v = a / n;
+                    out.push(if srgb && c < 3 {
+                        linear_to_srgb_byte(lut, v)
+                    } else {
+                        (v + 0.5).min(255.0) as u8
+                    });
+                }
+            }
+        }
+        MipLevel {
+            width: dw,
+            height: dh,
+            rgba8: out,
+        }
+    }
+
+    #[test]
+    fn fast_downsample_and_encoder_give_the_reference_bytes() {
+        let lut = srgb_lut();
+        let encoder = SrgbEncoder::new(&lut);
+        let mut x = 0x9e37_79b9u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for _ in 0..300_000 {
+            let v = (next() >> 8) as f32 / (1u32 << 24) as f32 * 1.2 - 0.1;
+            assert_eq!(encoder.encode(v), linear_to_srgb_byte(&lut, v), "{v:e}");
+        }
+        for &v in &lut {
+            assert_eq!(encoder.encode(v), linear_to_srgb_byte(&lut, v));
+        }
+        assert_eq!(
+            encoder.encode(f32::NAN),
+            linear_to_srgb_byte(&lut, f32::NAN)
+        );
+        for (w, h) in [
+            (8, 8),
+            (6, 4),
+            (7, 5),
+            (2, 9),
+            (1, 6),
+            (9, 1),
+            (1, 1),
+            (64, 32),
+        ] {
+            let src: Vec<u8> = (0..w * h * 4).map(|_| next() as u8).collect();
+            for srgb in [false, true] {
+                assert_eq!(
+                    downsample(&lut, &src, w, h, srgb).rgba8,
+                    downsample_reference(&lut, &src, w, h, srgb).rgba8,
+                    "{w}x{h} srgb {srgb}"
+                );
+            }
+        }
+    }
     use rayfarm_scene::Image;
 
     /// A 4x4 data texture whose red channel is 0, 16, 32, ... row by row.
