@@ -228,7 +228,7 @@ fn downsample(lut: &[f32; 256], src: &[u8], sw: u32, sh: u32, srgb: bool) -> Mip
         }
     };
     let mut out = Vec::with_capacity(dw as usize * dh as usize * 4);
-    if sw >= 2 && sh >= 2 && sw % 2 == 0 && sh % 2 == 0 {
+    if sw >= 2 && sh >= 2 && sw.is_multiple_of(2) && sh.is_multiple_of(2) {
         // Every texel covers exactly 2x2 (most images): the general loop's sums, in its order
         // (row by row, left to right), without its spans.
         let row = sw as usize * 4;
