@@ -31,6 +31,36 @@ pub fn normalize(v: glam::Vec3A) -> glam::Vec3A {
     v / v.length()
 }
 
+/// `x.floor()`, without the C library call that `f32::floor` is on x86-64 without SSE4.1 (a
+/// texture lookup makes two): truncation, one down for negative non-integers, and the sign of
+/// zero kept. The same value for every `f32`, NaN and infinities included (tested).
+#[inline(always)]
+pub fn floor(x: f32) -> f32 {
+    // At and above 2^23 every f32 is an integer (and NaN fails the test).
+    if !(x.abs() < 8_388_608.0) {
+        return x;
+    }
+    let t = x as i32 as f32;
+    let f = if t > x { t - 1.0 } else { t };
+    if f == 0.0 {
+        // floor(-0.0) is -0.0, floor of [0, 1) is +0.0.
+        0.0f32.copysign(x)
+    } else {
+        f
+    }
+}
+
+/// `i.rem_euclid(n)` for `n > 0`, without the division when `i` is already in `[0, n)` (the
+/// usual case for a texel index).
+#[inline(always)]
+pub fn wrap_index(i: i64, n: i64) -> i64 {
+    if (0..n).contains(&i) {
+        i
+    } else {
+        i.rem_euclid(n)
+    }
+}
+
 /// Deterministic transcendental functions on `f32` (see the module documentation).
 pub trait DetMath: Copy {
     fn sin_d(self) -> Self;
@@ -136,6 +166,56 @@ mod tests {
                         <= 1e-3 * (1.0 + ours.abs().max_element())
                 );
             }
+        }
+    }
+
+    #[test]
+    fn floor_is_f32_floor_bit_for_bit() {
+        let mut values = vec![
+            0.0f32,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            -1.5,
+            8_388_607.5,
+            -8_388_607.5,
+            8_388_608.0,
+            -8_388_609.0,
+            1e30,
+            -1e30,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let mut x = 0x2545_f491u32;
+        for _ in 0..1_000_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            values.push(f32::from_bits(x));
+            values.push((x as i32) as f32 / 65536.0);
+        }
+        for v in values {
+            let (a, b) = (floor(v), v.floor());
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{v:e}"
+            );
+        }
+        for (i, n) in [
+            (-7i64, 3i64),
+            (0, 3),
+            (2, 3),
+            (3, 3),
+            (-1, 1),
+            (i64::MIN, 5),
+            (9, 4),
+        ] {
+            assert_eq!(wrap_index(i, n), i.rem_euclid(n));
         }
     }
 

@@ -74,9 +74,9 @@ fn bilinear(texels: &[Vec3A], width: usize, height: usize, u: f32, v: f32) -> Ve
     if !x.is_finite() || !y.is_finite() {
         return texels[0];
     }
-    let x0 = x.floor();
+    let x0 = crate::math::floor(x);
     let fx = x - x0;
-    let x0 = (x0 as i64).rem_euclid(width as i64) as usize;
+    let x0 = crate::math::wrap_index(x0 as i64, width as i64) as usize;
     let x1 = (x0 + 1) % width;
     let y0 = y as usize;
     let y1 = (y0 + 1).min(height - 1);

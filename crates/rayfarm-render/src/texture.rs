@@ -112,10 +112,10 @@ pub struct Textures {
 fn wrap(i: i64, n: u32, mode: WrapMode) -> usize {
     let n = n as i64;
     (match mode {
-        WrapMode::Repeat => i.rem_euclid(n),
+        WrapMode::Repeat => crate::math::wrap_index(i, n),
         WrapMode::ClampToEdge => i.clamp(0, n - 1),
         WrapMode::MirroredRepeat => {
-            let m = i.rem_euclid(2 * n);
+            let m = crate::math::wrap_index(i, 2 * n);
             if m < n {
                 m
             } else {
@@ -376,7 +376,7 @@ impl Textures {
             };
             if lambda > 0.0 && !levels.is_empty() {
                 let lambda = lambda.min(levels.len() as f32);
-                let l0 = lambda.floor();
+                let l0 = crate::math::floor(lambda);
                 let frac = lambda - l0;
                 let l0 = l0 as usize;
                 let level = |l: usize| -> (&[u8], u32, u32) {
@@ -402,7 +402,8 @@ impl Textures {
             if !x.is_finite() || !y.is_finite() {
                 return self.fetch(tex, level0, 0, 0, srgb);
             }
-            return self.fetch(tex, level0, x.floor() as i64, y.floor() as i64, srgb);
+            let (x, y) = (crate::math::floor(x), crate::math::floor(y));
+            return self.fetch(tex, level0, x as i64, y as i64, srgb);
         }
         self.bilinear(tex, level0, u, v, srgb)
     }
@@ -446,7 +447,7 @@ impl Textures {
         if !x.is_finite() || !y.is_finite() {
             return self.fetch(tex, level, 0, 0, srgb);
         }
-        let (x0, y0) = (x.floor(), y.floor());
+        let (x0, y0) = (crate::math::floor(x), crate::math::floor(y));
         let (fx, fy) = (x - x0, y - y0);
         let (x0, y0) = (x0 as i64, y0 as i64);
         let a = self
