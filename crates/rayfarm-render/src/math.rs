@@ -36,8 +36,8 @@ pub fn normalize(v: glam::Vec3A) -> glam::Vec3A {
 /// zero kept. The same value for every `f32`, NaN and infinities included (tested).
 #[inline(always)]
 pub fn floor(x: f32) -> f32 {
-    // At and above 2^23 every f32 is an integer (and NaN fails the test).
-    if !(x.abs() < 8_388_608.0) {
+    // At and above 2^23 every f32 is an integer; NaN and infinities stay as they are.
+    if x.is_nan() || x.abs() >= 8_388_608.0 {
         return x;
     }
     let t = x as i32 as f32;
