@@ -341,22 +341,21 @@ impl<'a> Collapse<'a> {
             let f = self.bvh2.nodes[kids[j]].first_index as usize;
             kids.splice(j..=j, [f, f + 1]);
         }
-        let mut bounds = Aabb::empty();
-        for (slot, &k) in kids.iter().enumerate() {
-            let node = &self.bvh2.nodes[k];
-            let (r, b) = if self.counts[k] as usize <= PACK {
-                let prims = self.prims_under(k);
-                self.leaf(&prims)
-            } else if node.is_leaf() {
-                let prims = self.prims_under(k);
-                self.prims_node(&prims)
-            } else {
-                self.inner(k)
-            };
-            self.set_child(idx, slot, r, &b);
-            bounds = bounds.union(&b);
-        }
-        (idx as u32, bounds)
+        let children = kids
+            .iter()
+            .map(|&k| {
+                if self.counts[k] as usize <= PACK {
+                    let prims = self.prims_under(k);
+                    self.leaf(&prims)
+                } else if self.bvh2.nodes[k].is_leaf() {
+                    let prims = self.prims_under(k);
+                    self.prims_node(&prims)
+                } else {
+                    self.inner(k)
+                }
+            })
+            .collect();
+        self.fill(idx, children)
     }
 
     /// A node over a list of triangles in order (a binary leaf with more than [`PACK`], which
@@ -366,13 +365,24 @@ impl<'a> Collapse<'a> {
         let idx = self.nodes.len();
         self.nodes.push(Node8::EMPTY);
         let per_child = prims.len().div_ceil(WIDTH).max(PACK);
+        let children = prims
+            .chunks(per_child)
+            .map(|run| {
+                if run.len() <= PACK {
+                    self.leaf(run)
+                } else {
+                    self.prims_node(run)
+                }
+            })
+            .collect();
+        self.fill(idx, children)
+    }
+
+    /// Puts `children` (reference, exact box) into the slots of node `idx`, in order; returns
+    /// the node's reference and the union of their boxes.
+    fn fill(&mut self, idx: usize, children: Vec<(u32, Aabb)>) -> (u32, Aabb) {
         let mut bounds = Aabb::empty();
-        for (slot, run) in prims.chunks(per_child).enumerate() {
-            let (r, b) = if run.len() <= PACK {
-                self.leaf(run)
-            } else {
-                self.prims_node(run)
-            };
+        for (slot, (r, b)) in children.into_iter().enumerate() {
             self.set_child(idx, slot, r, &b);
             bounds = bounds.union(&b);
         }
