@@ -274,7 +274,7 @@ impl RenderScene {
         mut org: Vec3A,
         mut dir: Vec3A,
         mut cone: RayCone,
-        mut first: Option<Surface>,
+        first: Option<Surface>,
         max_bounces: u32,
         s: &mut Sampler,
     ) -> Vec3A {
@@ -290,6 +290,8 @@ impl RenderScene {
         let mut channel = crate::bsdf::ALL_CHANNELS;
         let max_vertices = max_bounces.saturating_add(1);
         let mut depth = 0u32;
+        let mut given_first = first.is_some();
+        let mut surf = first.unwrap_or_else(Surface::blank);
         loop {
             s.set_dimension(CAMERA_DIMS + depth * DIMS_PER_BOUNCE);
             let hashed = depth * HASHED_PER_BOUNCE;
@@ -299,12 +301,12 @@ impl RenderScene {
                 0.0
             };
             // A given first surface is reached with prev_delta set, so its hit is never needed.
-            // `surf` is assigned in place (not through a tuple): a `Surface` is large, and a
-            // tuple made the compiler copy it on every bounce.
+            // Each hit is written into the one `surf` (a `Surface` is large: returning it by
+            // value copied it on every bounce).
             let hit: Option<crate::bvh::Hit>;
-            let mut surf = if let Some(f) = first.take() {
+            if given_first {
+                given_first = false;
                 hit = None;
-                f
             } else {
                 let Some(found) = self.trace(org, dir, u_alpha) else {
                     let le = self.env.radiance(dir);
@@ -323,8 +325,8 @@ impl RenderScene {
                     beta *= (-sigma * found.t).exp_d();
                 }
                 hit = Some(found);
-                self.surface_filtered(&found, org, dir, cone.width_at(found.t))
-            };
+                self.fill_surface(&mut surf, &found, org, dir, cone.width_at(found.t));
+            }
             if surf.emission != Vec3A::ZERO {
                 let w = match hit {
                     Some(hit) if !prev_delta => {

@@ -324,6 +324,21 @@ pub struct Surface {
     pub material: u32,
 }
 
+impl Surface {
+    /// A placeholder to be overwritten ([`RenderScene::fill_surface`]).
+    pub fn blank() -> Surface {
+        Surface {
+            p: Vec3A::ZERO,
+            ng: Vec3A::Z,
+            ns: Vec3A::Z,
+            front: true,
+            bsdf: Bsdf::base(Vec3A::ZERO, 0.0, 1.0, Vec3A::ZERO, 0.0, 0.0),
+            emission: Vec3A::ZERO,
+            material: 0,
+        }
+    }
+}
+
 pub struct RenderScene {
     pub scene: CompiledScene,
     pub bvh: Bvh,
@@ -734,6 +749,22 @@ impl RenderScene {
     /// 20); a width of zero reads every texture at full resolution, as [`RenderScene::surface`].
     #[inline(always)]
     pub fn surface_filtered(&self, hit: &Hit, org: Vec3A, dir: Vec3A, cone_width: f32) -> Surface {
+        let mut surf = Surface::blank();
+        self.fill_surface(&mut surf, hit, org, dir, cone_width);
+        surf
+    }
+
+    /// [`RenderScene::surface_filtered`] written into `out`: the path loop reuses one `Surface`
+    /// (a large struct) instead of having each hit's copied into place.
+    #[inline(always)]
+    pub fn fill_surface(
+        &self,
+        out: &mut Surface,
+        hit: &Hit,
+        org: Vec3A,
+        dir: Vec3A,
+        cone_width: f32,
+    ) {
         let s = &self.scene;
         let prim = hit.prim as usize;
         let t = s.triangles[prim];
@@ -831,14 +862,24 @@ impl RenderScene {
         let r0 = ((m.ior - 1.0) / (m.ior + 1.0)).powi(2);
         let f0 = (spec_color * r0).min(Vec3A::ONE) * specular;
         let roughness = roughness.clamp(0.0, 1.0);
-        let mut bsdf = Bsdf::base(
-            base.clamp(Vec3A::ZERO, Vec3A::ONE),
-            metallic.clamp(0.0, 1.0),
-            (roughness * roughness).max(MIN_ALPHA),
-            f0,
-            specular.clamp(0.0, 1.0),
-            transmission.clamp(0.0, 1.0),
-        );
+        *out = Surface {
+            p,
+            ng,
+            ns,
+            front,
+            bsdf: Bsdf::base(
+                base.clamp(Vec3A::ZERO, Vec3A::ONE),
+                metallic.clamp(0.0, 1.0),
+                (roughness * roughness).max(MIN_ALPHA),
+                f0,
+                specular.clamp(0.0, 1.0),
+                transmission.clamp(0.0, 1.0),
+            ),
+            emission: Vec3A::ZERO,
+            material: mat_idx,
+        };
+        let surf = out;
+        let bsdf = &mut surf.bsdf;
         if m.has_sheen() {
             let mut color = Vec3A::from(m.sheen_color);
             if let Some(tr) = &m.sheen_color_texture {
@@ -871,21 +912,10 @@ impl RenderScene {
             bsdf.clearcoat_normal = coat_n;
         }
         if self.material_extension_lobes[mat_idx as usize] {
-            self.extension_lobes(&mut bsdf, m, prim, [b0, b1, b2], ns, front, &uvs, &fp);
+            self.extension_lobes(bsdf, m, prim, [b0, b1, b2], ns, front, &uvs, &fp);
         }
-        let emission = if m.is_emissive() {
-            self.emission_filtered(hit.prim, b1, b2, front, &fp)
-        } else {
-            Vec3A::ZERO
-        };
-        Surface {
-            p,
-            ng,
-            ns,
-            front,
-            bsdf,
-            emission,
-            material: mat_idx,
+        if m.is_emissive() {
+            surf.emission = self.emission_filtered(hit.prim, b1, b2, front, &fp);
         }
     }
 
