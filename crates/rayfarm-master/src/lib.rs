@@ -64,6 +64,9 @@ pub struct NetworkOptions {
     /// Hand out no work (the master's own cores included) until this many workers have
     /// joined; 0 starts at once.
     pub wait_for_nodes: usize,
+    /// How long to hold the work for `wait_for_nodes` at most, from the master's start; then
+    /// the render goes on with the nodes that joined. `None`: as long as it takes.
+    pub wait_timeout: Option<Duration>,
 }
 
 impl NetworkOptions {
@@ -85,6 +88,7 @@ impl NetworkOptions {
             listen: false,
             scene_fanout: distribution::DEFAULT_SCENE_FANOUT,
             wait_for_nodes: 0,
+            wait_timeout: None,
         }
     }
 }
@@ -465,6 +469,20 @@ pub async fn run_job(
         }
         let (status, finished, layers_done) = {
             let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting
+                && opts
+                    .wait_timeout
+                    .is_some_and(|t| job.started.elapsed() >= t)
+            {
+                if let Some((joined, wanted)) = s.stop_waiting() {
+                    waiting = false;
+                    eprintln!(
+                        "warning: only {joined} of {wanted} worker(s) joined within {:.0} s \
+                         (--wait-timeout); rendering with them",
+                        opts.wait_timeout.unwrap_or_default().as_secs_f64()
+                    );
+                }
+            }
             if waiting && s.waiting_for_nodes().is_none() {
                 waiting = false;
                 eprintln!(

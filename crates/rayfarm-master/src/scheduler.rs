@@ -226,6 +226,14 @@ impl Scheduler {
         (self.wait_for_nodes > 0).then(|| (self.remote_nodes(), self.wait_for_nodes))
     }
 
+    /// Stops holding units back for nodes still to join (the wait timed out); returns
+    /// (joined, wanted) if it was holding them.
+    pub fn stop_waiting(&mut self) -> Option<(usize, usize)> {
+        let waiting = self.waiting_for_nodes();
+        self.wait_for_nodes = 0;
+        waiting
+    }
+
     fn remote_nodes(&self) -> usize {
         self.nodes.iter().filter(|n| n.name != LOCAL_NODE).count()
     }
@@ -957,18 +965,7 @@ mod tests {
 
     #[test]
     fn nothing_is_handed_out_until_enough_workers_joined() {
-        let units: Vec<WorkUnit> = (0..4)
-            .map(|i| WorkUnit {
-                layer: 0,
-                x0: 0,
-                y0: 0,
-                x1: 4,
-                y1: 4,
-                sample_start: i * 4,
-                sample_end: i * 4 + 4,
-            })
-            .collect();
-        let mut s = Scheduler::new(vec![Region::full(4, 4)], units);
+        let mut s = four_sample_ranges();
         s.wait_for_nodes(2);
         let local = s.add_node(LOCAL_NODE.into(), 2);
         let a = s.add_node("a (10.0.0.1:1)".into(), 1);
@@ -983,5 +980,34 @@ mod tests {
             s.take(local).is_some(),
             "a node leaving later holds nothing back"
         );
+    }
+
+    /// A scheduler over one 4x4 tile in four sample ranges.
+    fn four_sample_ranges() -> Scheduler {
+        let units = (0..4u32)
+            .map(|i| WorkUnit {
+                layer: 0,
+                x0: 0,
+                y0: 0,
+                x1: 4,
+                y1: 4,
+                sample_start: i * 4,
+                sample_end: i * 4 + 4,
+            })
+            .collect();
+        Scheduler::new(vec![Region::full(4, 4)], units)
+    }
+
+    #[test]
+    fn a_wait_that_times_out_renders_with_the_nodes_there_are() {
+        let mut s = four_sample_ranges();
+        s.wait_for_nodes(3);
+        let local = s.add_node(LOCAL_NODE.into(), 2);
+        let a = s.add_node("a (10.0.0.1:1)".into(), 1);
+        assert_eq!(s.take(a), None);
+        assert_eq!(s.stop_waiting(), Some((1, 3)));
+        assert!(s.take(a).is_some() && s.take(local).is_some());
+        assert_eq!(s.waiting_for_nodes(), None);
+        assert_eq!(s.stop_waiting(), None, "nothing was held any more");
     }
 }

@@ -260,6 +260,16 @@ pub struct RenderNetworkArgs {
     /// whole farm rather than with the first nodes to be ready
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub wait_for_nodes: usize,
+    /// How long --wait-for-nodes holds the work at most, in seconds from the start; then the
+    /// render goes on with the workers that joined, and says how many did. 0 waits as long
+    /// as it takes
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 300,
+        requires = "wait_for_nodes"
+    )]
+    pub wait_timeout: u64,
 }
 
 pub struct NetworkRender {
@@ -289,6 +299,7 @@ pub fn network_options(a: &RenderNetworkArgs, local_threads: usize) -> Result<Ne
             listen: true,
             scene_fanout: a.scene_fanout,
             wait_for_nodes: a.wait_for_nodes,
+            wait_timeout: (a.wait_timeout > 0).then(|| Duration::from_secs(a.wait_timeout)),
         },
     })
 }

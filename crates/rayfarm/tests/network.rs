@@ -196,6 +196,36 @@ fn a_worker_killed_mid_render_loses_nothing() {
     );
 }
 
+/// `--wait-for-nodes` for a worker that never comes: after `--wait-timeout` the master renders
+/// with what it has (its own cores here), says so, and the image is the one-machine image.
+#[test]
+fn a_wait_for_missing_workers_times_out_and_renders_anyway() {
+    let farm = Farm::new();
+    let reference = farm.local_render("local.exr", SMALL);
+    let started = std::time::Instant::now();
+    let mut m = farm.master(
+        "net.exr",
+        21990,
+        SMALL,
+        &["--wait-for-nodes", "2", "--wait-timeout", "2"],
+    );
+    m.wait_stderr(
+        "holding the render until 2 worker(s)",
+        Duration::from_secs(30),
+    );
+    farm.finish(&mut m, "net.exr", &reference);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it did not wait"
+    );
+    assert!(
+        m.stderr()
+            .contains("only 0 of 2 worker(s) joined within 2 s (--wait-timeout)"),
+        "{}",
+        m.describe()
+    );
+}
+
 // -- 3 ----------------------------------------------------------------------------------------
 
 #[test]

@@ -192,7 +192,13 @@ fn thirty_two_workers_share_a_100_mb_scene() {
         "swarm.exr",
         21960,
         &settings,
-        &["--no-local", "--wait-for-nodes", "32"],
+        &[
+            "--no-local",
+            "--wait-for-nodes",
+            "32",
+            "--wait-timeout",
+            "0",
+        ],
     );
     let port = farm.master_port(&mut m);
     let mut workers: Vec<Proc> = (0..WORKERS)
