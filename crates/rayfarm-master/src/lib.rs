@@ -405,7 +405,10 @@ pub async fn run_job(
         sched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .wait_for_nodes(opts.wait_for_nodes);
+            .wait_for_nodes(
+                opts.wait_for_nodes,
+                opts.wait_timeout.map(|t| job.started + t),
+            );
         eprintln!(
             "holding the render until {} worker(s) have joined",
             opts.wait_for_nodes
@@ -469,19 +472,13 @@ pub async fn run_job(
         }
         let (status, finished, layers_done) = {
             let mut s = sched.lock().unwrap_or_else(|p| p.into_inner());
-            if waiting
-                && opts
-                    .wait_timeout
-                    .is_some_and(|t| job.started.elapsed() >= t)
-            {
-                if let Some((joined, wanted)) = s.stop_waiting() {
-                    waiting = false;
-                    eprintln!(
-                        "warning: only {joined} of {wanted} worker(s) joined within {:.0} s \
-                         (--wait-timeout); rendering with them",
-                        opts.wait_timeout.unwrap_or_default().as_secs_f64()
-                    );
-                }
+            if let Some((joined, wanted)) = s.wait_expired(Instant::now()) {
+                waiting = false;
+                eprintln!(
+                    "warning: only {joined} of {wanted} worker(s) joined within {:.0} s \
+                     (--wait-timeout); rendering with them",
+                    opts.wait_timeout.unwrap_or_default().as_secs_f64()
+                );
             }
             if waiting && s.waiting_for_nodes().is_none() {
                 waiting = false;

@@ -23,6 +23,7 @@ use rayfarm_render::film::{check_fits, FilmError, Region, SharedFilm};
 use rayfarm_render::{Film, UnitResult, WorkUnit};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 pub type NodeId = usize;
 
@@ -76,6 +77,8 @@ pub struct Scheduler {
     /// Nothing is handed out until this many nodes (besides the master's own cores) have
     /// joined (`--wait-for-nodes`); 0 once that happened.
     wait_for_nodes: usize,
+    /// When the wait for nodes gives up (`--wait-timeout`); `None`: never.
+    wait_deadline: Option<Instant>,
 }
 
 /// A layer's image as it converges: linear RGB, each pixel divided by its own sample count
@@ -129,6 +132,7 @@ impl Scheduler {
             tracking: false,
             stopped: false,
             wait_for_nodes: 0,
+            wait_deadline: None,
         }
     }
 
@@ -215,9 +219,11 @@ impl Scheduler {
     }
 
     /// Holds every unit back until `n` nodes other than `local` have joined (then never again,
-    /// whoever leaves): a render that should start only once its farm is ready.
-    pub fn wait_for_nodes(&mut self, n: usize) {
+    /// whoever leaves): a render that should start only once its farm is ready. At `deadline`
+    /// ([`Scheduler::wait_expired`]) it goes on with the nodes there are.
+    pub fn wait_for_nodes(&mut self, n: usize, deadline: Option<Instant>) {
         self.wait_for_nodes = n;
+        self.wait_deadline = deadline;
         self.check_waiting();
     }
 
@@ -226,9 +232,12 @@ impl Scheduler {
         (self.wait_for_nodes > 0).then(|| (self.remote_nodes(), self.wait_for_nodes))
     }
 
-    /// Stops holding units back for nodes still to join (the wait timed out); returns
-    /// (joined, wanted) if it was holding them.
-    pub fn stop_waiting(&mut self) -> Option<(usize, usize)> {
+    /// Stops holding units back if the wait's deadline has come by `now`; returns (joined,
+    /// wanted) when it gave up the wait just now.
+    pub fn wait_expired(&mut self, now: Instant) -> Option<(usize, usize)> {
+        if self.wait_deadline.is_none_or(|d| now < d) {
+            return None;
+        }
         let waiting = self.waiting_for_nodes();
         self.wait_for_nodes = 0;
         waiting
@@ -966,7 +975,7 @@ mod tests {
     #[test]
     fn nothing_is_handed_out_until_enough_workers_joined() {
         let mut s = four_sample_ranges();
-        s.wait_for_nodes(2);
+        s.wait_for_nodes(2, None);
         let local = s.add_node(LOCAL_NODE.into(), 2);
         let a = s.add_node("a (10.0.0.1:1)".into(), 1);
         assert_eq!(s.take(local), None, "the master's cores wait too");
@@ -1001,13 +1010,16 @@ mod tests {
     #[test]
     fn a_wait_that_times_out_renders_with_the_nodes_there_are() {
         let mut s = four_sample_ranges();
-        s.wait_for_nodes(3);
+        let start = Instant::now();
+        let deadline = start + std::time::Duration::from_secs(10);
+        s.wait_for_nodes(3, Some(deadline));
         let local = s.add_node(LOCAL_NODE.into(), 2);
         let a = s.add_node("a (10.0.0.1:1)".into(), 1);
+        assert_eq!(s.wait_expired(start), None, "before the deadline");
         assert_eq!(s.take(a), None);
-        assert_eq!(s.stop_waiting(), Some((1, 3)));
+        assert_eq!(s.wait_expired(deadline), Some((1, 3)));
         assert!(s.take(a).is_some() && s.take(local).is_some());
         assert_eq!(s.waiting_for_nodes(), None);
-        assert_eq!(s.stop_waiting(), None, "nothing was held any more");
+        assert_eq!(s.wait_expired(deadline), None, "nothing was held any more");
     }
 }
