@@ -37,8 +37,9 @@ use tokio::net::TcpStream;
 /// `FetchScene`, `WorkerHello::peer_port`). Version 6: the renderer's samples changed
 /// (roulette, sampling dimensions, libm maths, environment-map sampling); no message did.
 /// Version 7: the renderer's own 8-wide BVH, whose traversal order can pick another of two
-/// triangles hit at the same distance; no message changed.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// triangles hit at the same distance; no message changed. Version 8: the sampler's 4-D points
+/// (a bounce's BSDF direction stratified with the next vertex's light point); no message changed.
+pub const PROTOCOL_VERSION: u32 = 8;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).

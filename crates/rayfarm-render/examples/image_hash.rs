@@ -57,7 +57,7 @@ fn probe(rs: &RenderScene, camera: &rayfarm_scene::Camera, width: u32, height: u
         let pixel = (y * width + x) as u64;
         for si in 0..3 {
             let mut s = Sampler::new(1, pixel, si);
-            let (jx, jy) = s.next_2d();
+            let (jx, jy) = s.point_2d(0);
             let (o, d) =
                 rayfarm_render::camera_ray(camera, width, height, x as f32 + jx, y as f32 + jy);
             let hit = rs

@@ -253,6 +253,12 @@ impl PreparedBsdf<'_> {
             .sample_with(self.wo, u_lobe, u1, u2, &self.probs, &self.layers)
     }
 
+    /// Whether `sample` reads its `u_lobe` (it does unless the BSDF is Lambertian).
+    #[inline(always)]
+    pub fn chooses_a_lobe(&self) -> bool {
+        !self.lambert
+    }
+
     /// The diffuse term of `eval_with` with transmission and diffuse transmission at zero.
     #[inline(always)]
     fn lambert_f(&self) -> Vec3A {

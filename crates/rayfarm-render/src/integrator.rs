@@ -27,12 +27,15 @@ pub struct RenderSettings {
     pub camera: Camera,
 }
 
-/// Dimensions used by the camera before the per-bounce dimensions start.
+/// Sampler dimensions before the per-bounce ones: one 4-D point, (camera jitter, first light
+/// point). A baked path uses only its light point.
 const CAMERA_DIMS: u32 = 1;
-/// 2-D Sobol dimensions each bounce uses: the light point (whose first coordinate also picks
-/// the light), the BSDF direction, and (lobe choice, Russian roulette). Roulette and lobe
-/// choices decide much of a pixel's noise, so they are stratified over the pixel's samples too.
-const DIMS_PER_BOUNCE: u32 = 3;
+/// Sampler dimensions each bounce uses: a 4-D point (this vertex's BSDF direction, the next
+/// vertex's light point, whose first coordinate also picks the light) and a 2-D point (lobe
+/// choice, Russian roulette). Indirect light at the next vertex is an integral over the
+/// direction and the light point together, so they come stratified together; roulette and
+/// lobe choices decide much of a pixel's noise, so they are stratified over the samples too.
+const DIMS_PER_BOUNCE: u32 = 2;
 /// Hashed 1-D numbers each bounce uses: the alpha test's.
 const HASHED_PER_BOUNCE: u32 = 1;
 const SHADOW_MAX_LAYERS: u32 = 64;
@@ -292,8 +295,11 @@ impl RenderScene {
         let mut depth = 0u32;
         let mut given_first = first.is_some();
         let mut surf = first.unwrap_or_else(Surface::blank);
+        // The light point of the vertex to come: the first from the camera's 4-D point, each
+        // next from the previous bounce's.
+        let mut light_u = s.point_4d_tail(0);
         loop {
-            s.set_dimension(CAMERA_DIMS + depth * DIMS_PER_BOUNCE);
+            let dims = CAMERA_DIMS + depth * DIMS_PER_BOUNCE;
             let hashed = depth * HASHED_PER_BOUNCE;
             let u_alpha = if self.any_alpha_tested {
                 s.hashed(hashed)
@@ -344,9 +350,17 @@ impl RenderScene {
             let to_local = |v: Vec3A| Vec3A::new(v.dot(tx), v.dot(ty), v.dot(surf.ns));
             let bsdf = surf.bsdf.prepare(to_local(-dir));
 
-            // The bounce's numbers: the light point, the BSDF direction, (lobe, roulette).
-            // Drawn together, so that their hash chains overlap.
-            let [(u1, u2), (d1, d2), (u_lobe, u_rr)] = s.next_2d_n::<3>();
+            // The bounce's numbers: the BSDF direction and the next light point, (lobe,
+            // roulette). Drawn together, so that their hash chains overlap; (lobe, roulette)
+            // only where they are read.
+            let (u1, u2) = light_u;
+            let [d1, d2, n1, n2] = s.point_4d(dims);
+            let (u_lobe, u_rr) = if bsdf.chooses_a_lobe() || depth + 1 >= RR_DEPTH {
+                s.point_2d(dims + 1)
+            } else {
+                (0.0, 0.0)
+            };
+            light_u = (n1, n2);
 
             // Next-event estimation: lights on the lit side, and behind the surface too when
             // it has a non-delta transmission lobe (diffuse transmission, rough refraction);
@@ -430,7 +444,8 @@ impl RenderScene {
                 let mut acc = [0i128; 3];
                 for si in unit.sample_start..unit.sample_end {
                     let mut s = Sampler::new(settings.seed, pixel, si);
-                    let (jx, jy) = s.next_2d();
+                    // The first two coordinates of the camera's 4-D point (see CAMERA_DIMS).
+                    let (jx, jy) = s.point_2d(0);
                     let (org, dir) = rays.ray(x as f32 + jx, y as f32 + jy);
                     let l = self.radiance(org, dir, cone, settings.max_bounces, &mut s);
                     if !l.is_finite() {

@@ -28,44 +28,97 @@ fn owen(x: u32, seed: u32) -> u32 {
     laine_karras(x.reverse_bits(), seed).reverse_bits()
 }
 
-/// Second Sobol dimension (primitive polynomial x + 1), bit by bit; used to build the table.
-const fn sobol1_slow(mut i: u32) -> u32 {
-    let mut v = 1u32 << 31;
+/// Generator matrix columns of one Sobol dimension from its Joe-Kuo direction numbers
+/// (degree `s`, coefficients `a`, initial numbers `m`; "new-joe-kuo-6.21201"): column `k` is
+/// the value of index `1 << k`, most significant bit first.
+const fn sobol_columns(s: usize, a: u32, m: [u32; 3]) -> [u32; 32] {
+    let mut v = [0u32; 32];
+    let mut i = 0;
+    while i < s {
+        v[i] = m[i] << (31 - i);
+        i += 1;
+    }
+    while i < 32 {
+        let mut x = v[i - s] ^ (v[i - s] >> s);
+        let mut k = 1;
+        while k < s {
+            if (a >> (s - 1 - k)) & 1 != 0 {
+                x ^= v[i - k];
+            }
+            k += 1;
+        }
+        v[i] = x;
+        i += 1;
+    }
+    v
+}
+
+/// The Sobol dimensions after the first (which is the bit-reversed index): Joe-Kuo's
+/// dimensions 2, 3 and 4 (polynomials x + 1, x^2 + x + 1, x^3 + x + 1). The first 2^m points
+/// of any two of the four dimensions are (0, m, 2)-nets.
+const SOBOL_COLUMNS: [[u32; 32]; 3] = [
+    sobol_columns(1, 0, [1, 0, 0]),
+    sobol_columns(2, 1, [1, 3, 0]),
+    sobol_columns(3, 1, [1, 3, 1]),
+];
+
+/// Value of index `i` in the dimension with generator `columns`, bit by bit (builds the tables).
+const fn sobol_slow(columns: &[u32; 32], mut i: u32) -> u32 {
     let mut r = 0u32;
+    let mut bit = 0;
     while i != 0 {
         if i & 1 != 0 {
-            r ^= v;
+            r ^= columns[bit];
         }
         i >>= 1;
-        v ^= v >> 1;
+        bit += 1;
     }
     r
 }
 
 /// The generator is linear over GF(2), so the value of a 32-bit index is the XOR of the
-/// values of its four bytes in place: four lookups instead of a 32-step loop. The table holds
+/// values of its four bytes in place: four lookups instead of a 32-step loop. The tables hold
 /// the values bit-reversed, the form Owen scrambling works on.
-const SOBOL1_TABLE: [[u32; 256]; 4] = {
+const fn reversed_table(columns: &[u32; 32]) -> [[u32; 256]; 4] {
     let mut t = [[0u32; 256]; 4];
     let mut byte = 0;
     while byte < 4 {
         let mut v = 0;
         while v < 256 {
-            t[byte][v] = sobol1_slow((v as u32) << (8 * byte)).reverse_bits();
+            t[byte][v] = sobol_slow(columns, (v as u32) << (8 * byte)).reverse_bits();
             v += 1;
         }
         byte += 1;
     }
     t
-};
+}
+
+const SOBOL_TABLES: [[[u32; 256]; 4]; 3] = [
+    reversed_table(&SOBOL_COLUMNS[0]),
+    reversed_table(&SOBOL_COLUMNS[1]),
+    reversed_table(&SOBOL_COLUMNS[2]),
+];
+
+/// Bit-reversed value of index `i` in Sobol dimension `d + 1`.
+#[inline(always)]
+fn sobol_reversed(d: usize, i: u32) -> u32 {
+    let t = &SOBOL_TABLES[d];
+    t[0][(i & 255) as usize]
+        ^ t[1][((i >> 8) & 255) as usize]
+        ^ t[2][((i >> 16) & 255) as usize]
+        ^ t[3][(i >> 24) as usize]
+}
 
 /// Bit-reversed second Sobol dimension.
 #[inline(always)]
 fn sobol1_reversed(i: u32) -> u32 {
-    SOBOL1_TABLE[0][(i & 255) as usize]
-        ^ SOBOL1_TABLE[1][((i >> 8) & 255) as usize]
-        ^ SOBOL1_TABLE[2][((i >> 16) & 255) as usize]
-        ^ SOBOL1_TABLE[3][(i >> 24) as usize]
+    sobol_reversed(0, i)
+}
+
+/// The scrambling seed of a point's second coordinate, from its dimension's hash.
+#[inline(always)]
+fn seed_y(h: u64) -> u32 {
+    (h as u32) ^ ((h >> 32) as u32).rotate_left(16) ^ 0x5bd1e995
 }
 
 #[inline(always)]
@@ -104,33 +157,53 @@ impl Sampler {
         self.next_2d_inline()
     }
 
-    /// The next `N` 2-D points, the same as `N` calls of [`Sampler::next_2d`]. Their hash chains
-    /// do not depend on each other, so the CPU overlaps them: one call of this is much cheaper
-    /// than `N` calls spread over a bounce, each of which waits for its own chain.
-    #[inline(always)]
-    pub fn next_2d_n<const N: usize>(&mut self) -> [(f32, f32); N] {
-        let first = self.dim;
-        self.dim += N as u32;
-        std::array::from_fn(|k| {
-            let mut s = Sampler {
-                dim: first + k as u32,
-                ..*self
-            };
-            s.next_2d_inline()
-        })
-    }
-
     #[inline(always)]
     fn next_2d_inline(&mut self) -> (f32, f32) {
-        let h = mix64(self.pixel_seed ^ (self.dim as u64).wrapping_mul(0xd1b54a32d192ed03));
+        let p = self.point_2d(self.dim);
         self.dim += 1;
+        p
+    }
+
+    /// The hash of dimension `dim`: its index shuffle and scrambling seeds.
+    #[inline(always)]
+    fn dim_hash(&self, dim: u32) -> u64 {
+        mix64(self.pixel_seed ^ (dim as u64).wrapping_mul(0xd1b54a32d192ed03))
+    }
+
+    /// The 2-D point of dimension `dim` (what [`Sampler::next_2d`] returns there): Sobol
+    /// dimensions 1 and 2, Owen-scrambled, at this sample's shuffled index.
+    #[inline(always)]
+    pub fn point_2d(&self, dim: u32) -> (f32, f32) {
+        let h = self.dim_hash(dim);
         let shuffled = owen(self.index, h as u32);
         // Owen scrambling is reverse(LK(reverse(x))); the first dimension is reverse(i), so
         // its scramble is reverse(LK(i)), and the table already holds the second reversed.
         let x = laine_karras(shuffled, (h >> 32) as u32).reverse_bits();
-        let seed_y = (h as u32) ^ ((h >> 32) as u32).rotate_left(16) ^ 0x5bd1e995;
-        let y = laine_karras(sobol1_reversed(shuffled), seed_y).reverse_bits();
+        let y = laine_karras(sobol1_reversed(shuffled), seed_y(h)).reverse_bits();
         (to_unit(x), to_unit(y))
+    }
+
+    /// The 4-D point of dimension `dim`: Sobol dimensions 1 to 4, each Owen-scrambled, at one
+    /// shuffled index, so that a pixel's samples are stratified in all four at once, not only
+    /// pair by pair. Its first two coordinates are [`Sampler::point_2d`]`(dim)`. The path
+    /// tracer pairs a bounce's BSDF direction with the next vertex's light point this way:
+    /// indirect light is an integral over both.
+    #[inline(always)]
+    pub fn point_4d(&self, dim: u32) -> [f32; 4] {
+        let (x, y) = self.point_2d(dim);
+        let (z, w) = self.point_4d_tail(dim);
+        [x, y, z, w]
+    }
+
+    /// The last two coordinates of [`Sampler::point_4d`]`(dim)` alone.
+    #[inline(always)]
+    pub fn point_4d_tail(&self, dim: u32) -> (f32, f32) {
+        let h = self.dim_hash(dim);
+        let shuffled = owen(self.index, h as u32);
+        let h2 = mix64(h ^ 0x2545f4914f6cdd1d);
+        let z = laine_karras(sobol_reversed(1, shuffled), h2 as u32).reverse_bits();
+        let w = laine_karras(sobol_reversed(2, shuffled), (h2 >> 32) as u32).reverse_bits();
+        (to_unit(z), to_unit(w))
     }
 
     #[inline]
@@ -167,16 +240,85 @@ mod tests {
         }
     }
 
+    /// Second Sobol dimension (primitive polynomial x + 1), bit by bit: an oracle written
+    /// without direction numbers.
+    fn sobol1_slow(mut i: u32) -> u32 {
+        let mut v = 1u32 << 31;
+        let mut r = 0u32;
+        while i != 0 {
+            if i & 1 != 0 {
+                r ^= v;
+            }
+            i >>= 1;
+            v ^= v >> 1;
+        }
+        r
+    }
+
     #[test]
-    fn next_2d_n_is_n_calls_of_next_2d() {
-        let mut a = Sampler::new(9, 1234, 77);
-        let mut b = a.clone();
-        a.set_dimension(4);
-        b.set_dimension(4);
-        let three = a.next_2d_n::<3>();
-        let one_by_one = [b.next_2d(), b.next_2d(), b.next_2d()];
-        assert_eq!(three, one_by_one);
-        assert_eq!(a.next_2d(), b.next_2d());
+    fn sobol_dimensions_follow_their_direction_numbers() {
+        // The first eight points of Joe-Kuo dimensions 2-4 in index (not Gray-code) order, in
+        // eighths, worked out by hand from v1 = m1 / 2, v2 = m2 / 4 and the recurrence.
+        let expect: [[u32; 8]; 3] = [
+            [0, 4, 6, 2, 5, 1, 3, 7],
+            [0, 4, 6, 2, 3, 7, 5, 1],
+            [0, 4, 6, 2, 1, 5, 7, 3],
+        ];
+        for (d, e) in expect.iter().enumerate() {
+            let got: Vec<u32> = (0..8)
+                .map(|i| sobol_slow(&SOBOL_COLUMNS[d], i) >> 29)
+                .collect();
+            assert_eq!(&got[..], &e[..], "dimension {}", d + 2);
+            for i in [0u32, 1, 77, 0x00ff_ff00, 0x1234_5678, u32::MAX] {
+                assert_eq!(
+                    sobol_reversed(d, i),
+                    sobol_slow(&SOBOL_COLUMNS[d], i).reverse_bits()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_pixels_4d_points_are_stratified_in_every_pair_of_coordinates() {
+        // 64 samples of one pixel: each pair of coordinates falls once into each of the 8x8
+        // cells (Owen scrambling keeps the nets of the unscrambled points), for any dimension.
+        for dim in [0u32, 1, 7] {
+            let pts: Vec<[f32; 4]> = (0..64)
+                .map(|i| Sampler::new(5, 321, i).point_4d(dim))
+                .collect();
+            for a in 0..4 {
+                for b in a + 1..4 {
+                    let mut cells = [false; 64];
+                    for p in &pts {
+                        cells[(p[a] * 8.0) as usize * 8 + (p[b] * 8.0) as usize] = true;
+                    }
+                    assert!(
+                        cells.iter().all(|&c| c),
+                        "dim {dim}, coordinates {a} and {b}"
+                    );
+                }
+            }
+            // And jointly: 2x2x4x4 cells, each holding at most two points (t <= 1).
+            let mut count = [0u8; 64];
+            for p in &pts {
+                let cell = (p[0] * 2.0) as usize * 32
+                    + (p[1] * 2.0) as usize * 16
+                    + (p[2] * 4.0) as usize * 4
+                    + (p[3] * 4.0) as usize;
+                count[cell] += 1;
+            }
+            assert!(count.iter().all(|&c| c <= 2), "dim {dim}: {count:?}");
+        }
+    }
+
+    #[test]
+    fn point_4d_starts_with_point_2d() {
+        let mut s = Sampler::new(2, 99, 13);
+        let p = s.point_4d(6);
+        assert_eq!((p[0], p[1]), s.point_2d(6));
+        assert_eq!((p[2], p[3]), s.point_4d_tail(6));
+        s.set_dimension(6);
+        assert_eq!((p[0], p[1]), s.next_2d());
     }
 
     #[test]
