@@ -75,6 +75,10 @@ pub struct Tri {
     pub e2: Vec3A,
 }
 
+/// The `prim` of [`Bvh::traverse`]'s answer when nothing was hit (no triangle has this index:
+/// references are 31 bits).
+const NO_HIT: u32 = u32::MAX;
+
 /// A ray hit: distance, barycentrics of v1 and v2, and the original triangle index.
 #[derive(Clone, Copy, Debug)]
 pub struct Hit {
@@ -608,11 +612,15 @@ impl Bvh {
         filter: &mut impl FnMut(u32, f32, f32) -> bool,
     ) -> Option<Hit> {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 {
+        let hit = if self.isa == Isa::Avx2 {
             // SAFETY: `isa` is Avx2 only on a CPU with AVX2 (`set_isa`, `isa::selected`).
-            return unsafe { self.traverse_avx2::<false>(org, dir, tmax, needs_filter, filter) };
-        }
-        self.traverse::<false, false>(org, dir, tmax, needs_filter, filter)
+            unsafe { self.traverse_avx2::<false>(org, dir, tmax, needs_filter, filter) }
+        } else {
+            self.traverse::<false, false>(org, dir, tmax, needs_filter, filter)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let hit = self.traverse::<false, false>(org, dir, tmax, needs_filter, filter);
+        (hit.prim != NO_HIT).then_some(hit)
     }
 
     /// Whether anything (accepted by `filter`) lies in `(0, tmax)`.
@@ -628,11 +636,12 @@ impl Bvh {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx2 {
             // SAFETY: as in `intersect`.
-            return unsafe { self.traverse_avx2::<true>(org, dir, tmax, needs_filter, filter) }
-                .is_some();
+            let hit = unsafe { self.traverse_avx2::<true>(org, dir, tmax, needs_filter, filter) };
+            return hit.prim != NO_HIT;
         }
         self.traverse::<true, false>(org, dir, tmax, needs_filter, filter)
-            .is_some()
+            .prim
+            != NO_HIT
     }
 
     /// The code path traversals take.
@@ -662,7 +671,7 @@ impl Bvh {
         tmax: f32,
         needs_filter: &impl Fn(u32) -> bool,
         filter: &mut impl FnMut(u32, f32, f32) -> bool,
-    ) -> Option<Hit> {
+    ) -> Hit {
         self.traverse::<ANY, true>(org, dir, tmax, needs_filter, filter)
     }
 
@@ -671,6 +680,10 @@ impl Bvh {
     /// query stops at the first accepted hit. `WIDE` takes the AVX2 node test: only from
     /// `traverse_avx2`. Both node tests compute the same bits, so every path visits the same
     /// nodes in the same order.
+    ///
+    /// Returns the hit, or one with `prim` [`NO_HIT`]. An `Option<Hit>` came back through
+    /// memory that the caller then read with loads wider than the callee's stores, which have
+    /// to wait for those stores to retire (store forwarding fails): 4% of the Cornell box's time.
     #[inline(always)]
     fn traverse<const ANY: bool, const WIDE: bool>(
         &self,
@@ -679,9 +692,15 @@ impl Bvh {
         tmax: f32,
         needs_filter: &impl Fn(u32) -> bool,
         filter: &mut impl FnMut(u32, f32, f32) -> bool,
-    ) -> Option<Hit> {
+    ) -> Hit {
+        let none = Hit {
+            t: tmax,
+            u: 0.0,
+            v: 0.0,
+            prim: NO_HIT,
+        };
         if self.nodes.is_empty() {
-            return None;
+            return none;
         }
         let safe = |d: f32| {
             if d.abs() < 1e-30 {
@@ -698,12 +717,7 @@ impl Bvh {
             o4: [0, 1, 2].map(|a| Vec4::splat(org[a])),
             d4: [0, 1, 2].map(|a| Vec4::splat(dir[a])),
         };
-        let mut best = Hit {
-            t: tmax,
-            u: 0.0,
-            v: 0.0,
-            prim: u32::MAX,
-        };
+        let mut best = none;
         let mut stack = Stack::new();
         let mut cur = 0u32;
         loop {
@@ -772,7 +786,7 @@ impl Bvh {
                                     prim,
                                 };
                                 if ANY {
-                                    return Some(best);
+                                    return best;
                                 }
                             }
                         }
@@ -781,7 +795,7 @@ impl Bvh {
             }
             loop {
                 let Some((c, t)) = stack.pop() else {
-                    return (best.prim != u32::MAX).then_some(best);
+                    return best;
                 };
                 if t <= best.t {
                     cur = c;

@@ -12,7 +12,7 @@ use crate::math::{normalize, DetMath, DetMathVec};
 use crate::sampler::Sampler;
 use crate::scene::{RenderScene, Surface};
 use crate::texture::RayCone;
-use glam::Vec3A;
+use glam::{Vec3A, Vec3Swizzles};
 use rayfarm_scene::{AlphaMode, Camera, Projection};
 
 /// Everything besides the scene that decides a render's pixels.
@@ -308,8 +308,10 @@ impl RenderScene {
             };
             // A given first surface is reached with prev_delta set, so its hit is never needed.
             // Each hit is written into the one `surf` (a `Surface` is large: returning it by
-            // value copied it on every bounce).
-            let hit: Option<crate::bvh::Hit>;
+            // value copied it on every bounce). Of the hit, only its distance and triangle are
+            // kept past `fill_surface`: a copy of the whole `Hit` went through memory in pieces
+            // that the CPU could not forward to the wider load reading them back.
+            let hit: Option<(f32, u32)>;
             if given_first {
                 given_first = false;
                 hit = None;
@@ -330,13 +332,13 @@ impl RenderScene {
                     // Beer-Lambert over the distance travelled inside.
                     beta *= (-sigma * found.t).exp_d();
                 }
-                hit = Some(found);
+                hit = Some((found.t, found.prim));
                 self.fill_surface(&mut surf, &found, org, dir, cone.width_at(found.t));
             }
             if surf.emission != Vec3A::ZERO {
                 let w = match hit {
-                    Some(hit) if !prev_delta => {
-                        power_heuristic(prev_pdf, self.triangle_light_pdf(hit.prim, dir, hit.t))
+                    Some((t, prim)) if !prev_delta => {
+                        power_heuristic(prev_pdf, self.triangle_light_pdf(prim, dir, t))
                     }
                     _ => 1.0,
                 };
@@ -388,7 +390,10 @@ impl RenderScene {
             let Some(bs) = bsdf.sample(u_lobe, d1, d2) else {
                 break;
             };
-            let wi = tx * bs.wi.x + ty * bs.wi.y + surf.ns * bs.wi.z;
+            // Whole-vector swizzles rather than `bs.wi.x` and so on: the same products, but the
+            // compiler then reads the sample with the aligned load its store forwards to, not an
+            // unaligned one across two stores, which waited for both to retire.
+            let wi = tx * bs.wi.xxx() + ty * bs.wi.yyy() + surf.ns * bs.wi.zzz();
             let side = wi.dot(surf.ng);
             // Reflection must leave on the lit side of the geometry, transmission on the other.
             if (bs.wi.z > 0.0) != (side > 0.0) {
@@ -407,7 +412,7 @@ impl RenderScene {
                 };
             }
             cone = match hit {
-                Some(hit) if bs.delta => cone.advanced(hit.t),
+                Some((t, _)) if bs.delta => cone.advanced(t),
                 _ => RayCone::NONE,
             };
             beta *= bs.weight;
