@@ -309,8 +309,7 @@ impl RenderScene {
             // A given first surface is reached with prev_delta set, so its hit is never needed.
             // Each hit is written into the one `surf` (a `Surface` is large: returning it by
             // value copied it on every bounce). Of the hit, only its distance and triangle are
-            // kept past `fill_surface`: a copy of the whole `Hit` went through memory in pieces
-            // that the CPU could not forward to the wider load reading them back.
+            // needed past `fill_surface`.
             let hit: Option<(f32, u32)>;
             if given_first {
                 given_first = false;
