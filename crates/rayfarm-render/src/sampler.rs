@@ -109,10 +109,23 @@ fn sobol_reversed(d: usize, i: u32) -> u32 {
         ^ t[3][(i >> 24) as usize]
 }
 
-/// Bit-reversed second Sobol dimension.
+/// The first two coordinates of a point with dimension hash `h` at index `shuffled`.
 #[inline(always)]
-fn sobol1_reversed(i: u32) -> u32 {
-    sobol_reversed(0, i)
+fn head(h: u64, shuffled: u32) -> (f32, f32) {
+    // Owen scrambling is reverse(LK(reverse(x))); the first dimension is reverse(i), so its
+    // scramble is reverse(LK(i)), and the table already holds the second reversed.
+    let x = laine_karras(shuffled, (h >> 32) as u32).reverse_bits();
+    let y = laine_karras(sobol_reversed(0, shuffled), seed_y(h)).reverse_bits();
+    (to_unit(x), to_unit(y))
+}
+
+/// The third and fourth coordinates of the same point.
+#[inline(always)]
+fn tail(h: u64, shuffled: u32) -> (f32, f32) {
+    let h2 = mix64(h ^ 0x2545f4914f6cdd1d);
+    let z = laine_karras(sobol_reversed(1, shuffled), h2 as u32).reverse_bits();
+    let w = laine_karras(sobol_reversed(2, shuffled), (h2 >> 32) as u32).reverse_bits();
+    (to_unit(z), to_unit(w))
 }
 
 /// The scrambling seed of a point's second coordinate, from its dimension's hash.
@@ -174,13 +187,8 @@ impl Sampler {
     /// dimensions 1 and 2, Owen-scrambled, at this sample's shuffled index.
     #[inline(always)]
     pub fn point_2d(&self, dim: u32) -> (f32, f32) {
-        let h = self.dim_hash(dim);
-        let shuffled = owen(self.index, h as u32);
-        // Owen scrambling is reverse(LK(reverse(x))); the first dimension is reverse(i), so
-        // its scramble is reverse(LK(i)), and the table already holds the second reversed.
-        let x = laine_karras(shuffled, (h >> 32) as u32).reverse_bits();
-        let y = laine_karras(sobol1_reversed(shuffled), seed_y(h)).reverse_bits();
-        (to_unit(x), to_unit(y))
+        let (h, shuffled) = self.shuffled(dim);
+        head(h, shuffled)
     }
 
     /// The 4-D point of dimension `dim`: Sobol dimensions 1 to 4, each Owen-scrambled, at one
@@ -190,20 +198,23 @@ impl Sampler {
     /// indirect light is an integral over both.
     #[inline(always)]
     pub fn point_4d(&self, dim: u32) -> [f32; 4] {
-        let (x, y) = self.point_2d(dim);
-        let (z, w) = self.point_4d_tail(dim);
+        let (h, shuffled) = self.shuffled(dim);
+        let ((x, y), (z, w)) = (head(h, shuffled), tail(h, shuffled));
         [x, y, z, w]
     }
 
     /// The last two coordinates of [`Sampler::point_4d`]`(dim)` alone.
     #[inline(always)]
     pub fn point_4d_tail(&self, dim: u32) -> (f32, f32) {
+        let (h, shuffled) = self.shuffled(dim);
+        tail(h, shuffled)
+    }
+
+    /// Dimension `dim`'s hash and this sample's index shuffled by it.
+    #[inline(always)]
+    fn shuffled(&self, dim: u32) -> (u64, u32) {
         let h = self.dim_hash(dim);
-        let shuffled = owen(self.index, h as u32);
-        let h2 = mix64(h ^ 0x2545f4914f6cdd1d);
-        let z = laine_karras(sobol_reversed(1, shuffled), h2 as u32).reverse_bits();
-        let w = laine_karras(sobol_reversed(2, shuffled), (h2 >> 32) as u32).reverse_bits();
-        (to_unit(z), to_unit(w))
+        (h, owen(self.index, h as u32))
     }
 
     #[inline]
@@ -324,7 +335,7 @@ mod tests {
     #[test]
     fn sobol_table_matches_definition() {
         for i in [0u32, 1, 2, 3, 255, 256, 65535, 0x1234_5678, u32::MAX] {
-            assert_eq!(sobol1_reversed(i), sobol1_slow(i).reverse_bits());
+            assert_eq!(sobol_reversed(0, i), sobol1_slow(i).reverse_bits());
         }
     }
 
