@@ -39,7 +39,9 @@ use tokio::net::TcpStream;
 /// Version 7: the renderer's own 8-wide BVH, whose traversal order can pick another of two
 /// triangles hit at the same distance; no message changed. Version 8: the sampler's 4-D points
 /// (a bounce's BSDF direction stratified with the next vertex's light point); no message changed.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// Version 9: emissive triangles are weighed as lights by their emission texture (black ones are
+/// no lights); no message changed.
+pub const PROTOCOL_VERSION: u32 = 9;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).

@@ -4,7 +4,7 @@
 use crate::bsdf::{luminance, onb, Bsdf, MIN_ALPHA, SHEEN_MIN_ROUGHNESS};
 use crate::bvh::{Bvh, Hit};
 use crate::math::{cross, DetMath};
-use crate::texture::{Footprint, Textures};
+use crate::texture::{Footprint, LuminancePyramid, Textures};
 use glam::{Vec2, Vec3A};
 use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind, TextureRef};
 use std::f32::consts::PI;
@@ -344,11 +344,17 @@ pub struct RenderScene {
     pub bvh: Bvh,
     pub textures: Textures,
     pub env: EnvLight,
+    /// What light samples choose from, by power (`light_dist`): emissive triangles (weighed by
+    /// their emission texture's mean around them; black ones are left out), punctual lights and
+    /// the environment.
     pub lights: Vec<LightRef>,
     pub light_dist: Distribution1D,
     /// Index into `lights` of each emissive triangle, `u32::MAX` for the others.
     pub light_of_triangle: Vec<u32>,
     pub env_light_index: Option<usize>,
+    /// Each triangle's unit geometric normal, `cross(p1 - p0, p2 - p0)` normalised (`Z` for a
+    /// degenerate one): worked out once here rather than at every hit (the same bits).
+    pub tri_normals: Vec<Vec3A>,
     /// Whether each triangle's material needs an alpha test.
     pub alpha_tested: Vec<bool>,
     /// Whether any triangle needs an alpha test.
@@ -367,6 +373,41 @@ pub struct RenderScene {
     pub radius: f32,
 }
 
+/// The mean luminance of emission texture `r` around triangle `tri`'s UV rectangle (see
+/// [`LuminancePyramid::region_mean`]); each image's pyramid is built once, in `pyramids`.
+fn emission_texture_mean(
+    scene: &CompiledScene,
+    r: &TextureRef,
+    tri: usize,
+    pyramids: &mut std::collections::HashMap<u32, LuminancePyramid>,
+) -> f32 {
+    let Some(tex) = scene.textures.get(r.texture as usize) else {
+        return 0.0;
+    };
+    let Some(img) = scene.images.get(tex.image as usize) else {
+        return 0.0;
+    };
+    let pyramid = pyramids
+        .entry(tex.image)
+        .or_insert_with(|| LuminancePyramid::new(&img.rgba8, img.width, img.height, true));
+    let set = if r.uv_set == 0 {
+        &scene.uv0
+    } else {
+        &scene.uv1
+    };
+    let m = &r.transform;
+    let corners = scene.triangles[tri].map(|i| {
+        let uv = set.get(i as usize).copied().unwrap_or([0.0; 2]);
+        Vec2::new(
+            m[0] * uv[0] + m[1] * uv[1] + m[2],
+            m[3] * uv[0] + m[4] * uv[1] + m[5],
+        )
+    });
+    let lo = corners[0].min(corners[1]).min(corners[2]);
+    let hi = corners[0].max(corners[1]).max(corners[2]);
+    pyramid.region_mean(tex, lo, hi)
+}
+
 impl RenderScene {
     pub fn new(scene: CompiledScene) -> RenderScene {
         let corners: Vec<[Vec3A; 3]> = scene
@@ -375,6 +416,10 @@ impl RenderScene {
             .map(|t| t.map(|i| Vec3A::from(scene.positions[i as usize])))
             .collect();
         let bvh = Bvh::build(&corners);
+        let tri_normals = corners
+            .iter()
+            .map(|c| cross(c[1] - c[0], c[2] - c[0]).normalize_or(Vec3A::Z))
+            .collect();
         let (lo, hi) = scene.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
         let (lo, hi) = (Vec3A::from(lo), Vec3A::from(hi));
         let center = (lo + hi) * 0.5;
@@ -393,6 +438,7 @@ impl RenderScene {
         let mut lights = Vec::new();
         let mut power = Vec::new();
         let mut light_of_triangle = vec![u32::MAX; scene.triangles.len()];
+        let mut emission_pyramids = std::collections::HashMap::new();
         for (i, tri) in corners.iter().enumerate() {
             let m = &scene.materials[scene.triangle_materials[i] as usize];
             if !m.is_emissive() {
@@ -402,6 +448,17 @@ impl RenderScene {
             if area <= 0.0 || !area.is_finite() {
                 continue;
             }
+            let sides = if m.double_sided { 2.0 } else { 1.0 };
+            let texture = match &m.emissive_texture {
+                Some(r) => emission_texture_mean(&scene, r, i, &mut emission_pyramids),
+                None => 1.0,
+            };
+            let p = luminance(Vec3A::from(m.emissive)) * texture * area * PI * sides;
+            if !(p > 0.0 && p.is_finite()) {
+                // Black under its emission texture (or no light at all): not a light. A path
+                // that hits it anyway counts its emission in full (no light sample competes).
+                continue;
+            }
             light_of_triangle[i] = lights.len() as u32;
             lights.push(LightRef::Triangle {
                 prim: i as u32,
@@ -409,8 +466,7 @@ impl RenderScene {
                 corners: *tri,
                 normal: cross(tri[1] - tri[0], tri[2] - tri[0]).normalize_or(Vec3A::Z),
             });
-            let sides = if m.double_sided { 2.0 } else { 1.0 };
-            power.push(luminance(Vec3A::from(m.emissive)) * area * PI * sides);
+            power.push(p);
         }
         for (i, l) in scene.lights.iter().enumerate() {
             let i_lum = luminance(Vec3A::from(l.color)) * l.intensity;
@@ -489,6 +545,7 @@ impl RenderScene {
             light_of_triangle,
             env_light_index,
             alpha_tested,
+            tri_normals,
             has_translucency,
             center,
             radius,
@@ -770,9 +827,8 @@ impl RenderScene {
         let t = s.triangles[prim];
         let (b1, b2) = (hit.u, hit.v);
         let b0 = 1.0 - b1 - b2;
-        let [p0, p1, p2] = t.map(|i| Vec3A::from(s.positions[i as usize]));
         let p = org + dir * hit.t;
-        let ng_raw = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
+        let ng_raw = self.tri_normals[prim];
         let front = ng_raw.dot(dir) < 0.0;
         let ng = if front { ng_raw } else { -ng_raw };
         let [n0, n1, n2] = t.map(|i| Vec3A::from(s.normals[i as usize]));
@@ -781,6 +837,7 @@ impl RenderScene {
         let m = &s.materials[mat_idx as usize];
         let (uvs, fp) = if self.material_textured[mat_idx as usize] {
             let fp = if cone_width > 0.0 {
+                let [p0, p1, p2] = t.map(|i| Vec3A::from(s.positions[i as usize]));
                 let e = cross(p1 - p0, p2 - p0);
                 Footprint::new(
                     cone_width,
@@ -1055,6 +1112,64 @@ impl RenderScene {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Four emissive quads side by side, each a quarter of an 8x2 emission texture that is
+    /// black but for its first column: only the first quad's two triangles are lights, and a
+    /// black texture makes none (NEE samples the environment instead of black triangles).
+    #[test]
+    fn triangles_black_under_their_emission_texture_are_not_lights() {
+        use glam::Vec3;
+        use rayfarm_scene::{Image, Material, Texture, WrapMode};
+        let strip = |lit: bool| {
+            let mut s = CompiledScene::default();
+            let mut rgba = vec![0u8; 8 * 2 * 4];
+            if lit {
+                for y in 0..2 {
+                    rgba[y * 32..y * 32 + 4].copy_from_slice(&[255, 255, 255, 255]);
+                }
+            }
+            s.images.push(Image {
+                name: "logo".into(),
+                width: 8,
+                height: 2,
+                rgba8: rgba,
+            });
+            s.textures.push(Texture {
+                image: 0,
+                wrap_s: WrapMode::ClampToEdge,
+                wrap_t: WrapMode::ClampToEdge,
+                nearest: false,
+            });
+            for i in 0..4 {
+                let mut tex = TextureRef::new(0, 0);
+                // Quad i shows u in [i / 4, (i + 1) / 4].
+                tex.transform = [0.25, 0.0, 0.25 * i as f32, 0.0, 1.0, 0.0];
+                let m = s.add_material(Material {
+                    emissive: [1.0; 3],
+                    emissive_texture: Some(tex),
+                    ..Default::default()
+                });
+                s.add_quad("panel", Vec3::new(i as f32, 0.0, 0.0), Vec3::X, Vec3::Y, m);
+            }
+            s.environment = Environment::Color([0.5; 3]);
+            s
+        };
+        let rs = RenderScene::new(strip(true));
+        let lit: Vec<u32> = rs
+            .lights
+            .iter()
+            .filter_map(|l| match l {
+                LightRef::Triangle { prim, .. } => Some(*prim),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lit, vec![0, 1]);
+        assert!(rs.env_light_index.is_some());
+        let dark = RenderScene::new(strip(false));
+        assert_eq!(dark.lights.len(), 1, "only the environment");
+        assert!(matches!(dark.lights[0], LightRef::Environment));
+        assert_eq!(dark.triangle_light_pdf(0, Vec3A::Z, 1.0), 0.0);
+    }
 
     /// A sun (one bright texel) in a dark sky: light samples near it carry bounded weights.
     /// The radiance is bilinear, so texels next to the sun show much of its radiance; sampled

@@ -460,6 +460,122 @@ impl Textures {
     }
 }
 
+/// Mean luminance of an emission texture over regions of UV space: what an emissive triangle's
+/// share of the light samples is weighed by (a texture that is black but for a logo would
+/// otherwise make every triangle under it a full-strength light that NEE samples in vain).
+///
+/// A pyramid of box-filtered linear luminance: level 0 is the image, each next level the mean of
+/// 2x2 texels of the one before (1, 2 or 4 at an odd edge), down to 1x1. Built at scene set-up
+/// only for emission textures and dropped afterwards.
+pub struct LuminancePyramid {
+    /// (width, height, luminance per texel, rows top to bottom), finest first.
+    levels: Vec<(u32, u32, Vec<f32>)>,
+}
+
+impl LuminancePyramid {
+    /// Texels of the finest level at most (2048 x 2048: 16 MiB while a scene is set up).
+    pub const MAX_TEXELS: usize = 2048 * 2048;
+
+    /// The pyramid of `rgba8` (`width * height * 4` bytes), its RGB decoded from sRGB when
+    /// `srgb` (a colour texture, as emission is).
+    pub fn new(rgba8: &[u8], width: u32, height: u32, srgb: bool) -> LuminancePyramid {
+        let lut = srgb_lut();
+        let decode = |b: u8| {
+            if srgb {
+                lut[b as usize]
+            } else {
+                b as f32 / 255.0
+            }
+        };
+        let (iw, ih) = (width.max(1) as usize, height.max(1) as usize);
+        // The finest level kept: the image itself up to MAX_TEXELS texels, else the image
+        // box-filtered by a power of two (a 16k x 16k image would need 1 GiB of floats).
+        let mut f = 1usize;
+        while (iw.div_ceil(f)) * (ih.div_ceil(f)) > Self::MAX_TEXELS {
+            f *= 2;
+        }
+        let (w, h) = (iw.div_ceil(f), ih.div_ceil(f));
+        let mut sum = vec![0.0f32; w * h];
+        let mut count = vec![0u32; w * h];
+        if rgba8.len() >= iw * ih * 4 {
+            for (y, row) in rgba8[..iw * ih * 4].chunks_exact(iw * 4).enumerate() {
+                let out = (y / f) * w;
+                for (x, p) in row.chunks_exact(4).enumerate() {
+                    let l = 0.2126 * decode(p[0]) + 0.7152 * decode(p[1]) + 0.0722 * decode(p[2]);
+                    sum[out + x / f] += l.max(0.0);
+                    count[out + x / f] += 1;
+                }
+            }
+        }
+        let base: Vec<f32> = sum
+            .iter()
+            .zip(&count)
+            .map(|(s, &c)| if c > 0 { s / c as f32 } else { 0.0 })
+            .collect();
+        let mut levels = vec![(w as u32, h as u32, base)];
+        loop {
+            let (lw, lh, data) = &levels[levels.len() - 1];
+            if *lw == 1 && *lh == 1 {
+                break;
+            }
+            let (nw, nh) = (lw.div_ceil(2), lh.div_ceil(2));
+            let (lw, lh) = (*lw as usize, *lh as usize);
+            let mut next = Vec::with_capacity(nw as usize * nh as usize);
+            for y in 0..nh as usize {
+                for x in 0..nw as usize {
+                    let (mut sum, mut count) = (0.0f32, 0u32);
+                    for yy in (2 * y)..(2 * y + 2).min(lh) {
+                        for xx in (2 * x)..(2 * x + 2).min(lw) {
+                            sum += data[yy * lw + xx];
+                            count += 1;
+                        }
+                    }
+                    next.push(sum / count as f32);
+                }
+            }
+            levels.push((nw, nh, next));
+        }
+        LuminancePyramid { levels }
+    }
+
+    /// Mean luminance around the UV rectangle `lo..hi` (texture coordinates after the texture
+    /// transform) of texture `tex`: the mean of the texels, at the finest level on which the
+    /// rectangle spans at most two texels per axis, that it covers, with one texel more on each
+    /// side (bilinear lookups reach half a texel past a point). Positive whenever a lookup inside
+    /// the rectangle can read a non-black texel; the 1x1 level (the image's mean) for a
+    /// rectangle as large as the image or not finite.
+    pub fn region_mean(&self, tex: &Texture, lo: Vec2, hi: Vec2) -> f32 {
+        let (du, dv) = (hi.x - lo.x, hi.y - lo.y);
+        let last = self.levels.len() - 1;
+        if !(lo.is_finite() && hi.is_finite()) {
+            return self.levels[last].2[0];
+        }
+        let level = (0..last)
+            .find(|&l| {
+                let (w, h, _) = &self.levels[l];
+                du * *w as f32 <= 2.0 && dv * *h as f32 <= 2.0
+            })
+            .unwrap_or(last);
+        let (w, h, data) = &self.levels[level];
+        if level == last {
+            return data[0];
+        }
+        let x0 = crate::math::floor(lo.x * *w as f32) as i64 - 1;
+        let x1 = crate::math::floor(hi.x * *w as f32) as i64 + 1;
+        let y0 = crate::math::floor(lo.y * *h as f32) as i64 - 1;
+        let y1 = crate::math::floor(hi.y * *h as f32) as i64 + 1;
+        let (mut sum, mut count) = (0.0f32, 0u32);
+        for y in y0..=y1 {
+            let yi = wrap(y, *h, tex.wrap_t);
+            for x in x0..=x1 {
+                sum += data[yi * *w as usize + wrap(x, *w, tex.wrap_s)];
+                count += 1;
+            }
+        }
+        sum / count.max(1) as f32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,6 +692,126 @@ mod tests {
             nearest: false,
         });
         s
+    }
+
+    #[test]
+    fn luminance_pyramid_averages_down_to_the_mean() {
+        // 3 x 2, odd width: level 1 is 2 x 1 (a 2x2 block and a 1x2 column), level 2 is 1 x 1.
+        let grey = |v: u8| [v, v, v, 255];
+        let rgba: Vec<u8> = [0u8, 51, 102, 153, 204, 255]
+            .iter()
+            .flat_map(|&v| grey(v))
+            .collect();
+        let p = LuminancePyramid::new(&rgba, 3, 2, false);
+        let v: Vec<f32> = [0u8, 51, 102, 153, 204, 255]
+            .iter()
+            .map(|&b| (0.2126 + 0.7152 + 0.0722) * (b as f32 / 255.0))
+            .collect();
+        assert_eq!(p.levels.len(), 3);
+        assert_eq!((p.levels[1].0, p.levels[1].1), (2, 1));
+        let l1 = &p.levels[1].2;
+        assert!((l1[0] - (v[0] + v[1] + v[3] + v[4]) / 4.0).abs() < 1e-6);
+        assert!((l1[1] - (v[2] + v[5]) / 2.0).abs() < 1e-6);
+        assert_eq!((p.levels[2].0, p.levels[2].1), (1, 1));
+        let tex = Texture {
+            image: 0,
+            wrap_s: WrapMode::Repeat,
+            wrap_t: WrapMode::Repeat,
+            nearest: false,
+        };
+        // A rectangle larger than the image reads the 1x1 level.
+        let whole = p.region_mean(&tex, Vec2::new(-0.5, 0.0), Vec2::new(1.5, 1.0));
+        assert_eq!(whole, p.levels[2].2[0]);
+        let nan = p.region_mean(&tex, Vec2::new(f32::NAN, 0.0), Vec2::new(0.5, 0.5));
+        assert_eq!(nan, p.levels[2].2[0]);
+    }
+
+    #[test]
+    fn a_large_image_starts_its_pyramid_box_filtered() {
+        // 2049 x 2048 texels is over MAX_TEXELS: the pyramid starts at 1025 x 1024, each texel
+        // the mean of up to 2x2.
+        let (w, h) = (2049u32, 2048u32);
+        let mut rgba = vec![0u8; (w * h * 4) as usize];
+        let lit = (5 * w + 2048) as usize; // (2048, 5): alone in its 1x2 block at the edge
+        rgba[lit * 4..lit * 4 + 3].copy_from_slice(&[255, 255, 255]);
+        let p = LuminancePyramid::new(&rgba, w, h, false);
+        assert_eq!((p.levels[0].0, p.levels[0].1), (1025, 1024));
+        let v = p.levels[0].2[2 * 1025 + 1024];
+        assert!((v - 0.5).abs() < 1e-6, "{v}");
+        assert_eq!(p.levels.last().unwrap().0, 1);
+    }
+
+    /// The property the light weights rely on: wherever a full-resolution lookup inside a UV
+    /// rectangle can return light, the rectangle's mean is positive (else NEE would never pick
+    /// a triangle that emits). Random images that are black but for one texel, random
+    /// rectangles, every wrap mode, sizes odd and even; lookups through [`Textures::sample`].
+    #[test]
+    fn region_mean_is_positive_wherever_a_lookup_sees_light() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let modes = [
+            WrapMode::Repeat,
+            WrapMode::ClampToEdge,
+            WrapMode::MirroredRepeat,
+        ];
+        let (mut lit, mut dark) = (0, 0);
+        for case in 0..300 {
+            let (w, h) = (1 + (next() * 37.0) as u32, 1 + (next() * 29.0) as u32);
+            let mut rgba = vec![0u8; (w * h * 4) as usize];
+            let t = ((next() * (w * h) as f32) as u32).min(w * h - 1) as usize;
+            rgba[t * 4..t * 4 + 4].copy_from_slice(&[255, 200, 100, 255]);
+            let mut s = CompiledScene::default();
+            s.images.push(Image {
+                name: "one".into(),
+                width: w,
+                height: h,
+                rgba8: rgba.clone(),
+            });
+            let tex = Texture {
+                image: 0,
+                wrap_s: modes[case % 3],
+                wrap_t: modes[(case / 3) % 3],
+                nearest: case % 7 == 0,
+            };
+            s.textures.push(tex.clone());
+            let textures = Textures::build(&s);
+            let p = LuminancePyramid::new(&rgba, w, h, true);
+            let lo = Vec2::new(next() * 3.0 - 1.0, next() * 3.0 - 1.0);
+            let size = Vec2::new(next(), next()) * if case % 2 == 0 { 0.2 } else { 1.5 };
+            let hi = lo + size;
+            let mut seen = false;
+            for i in 0..=16 {
+                for j in 0..=16 {
+                    let uv = lo + size * Vec2::new(i as f32 / 16.0, j as f32 / 16.0);
+                    let c = textures.sample(
+                        &s,
+                        &TextureRef::new(0, 0),
+                        &[uv, uv],
+                        true,
+                        &Footprint::FULL_RESOLUTION,
+                    );
+                    seen |= c.x > 0.0 || c.y > 0.0 || c.z > 0.0;
+                }
+            }
+            let mean = p.region_mean(&tex, lo, hi);
+            assert!(mean >= 0.0 && mean.is_finite());
+            if seen {
+                lit += 1;
+                assert!(
+                    mean > 0.0,
+                    "case {case}: {w}x{h}, lit texel {t}, {lo} .. {hi}"
+                );
+            } else {
+                dark += 1;
+            }
+        }
+        // Both kinds of rectangle occurred.
+        assert!(lit > 30 && dark > 30, "lit {lit}, dark {dark}");
     }
 
     /// The footprint whose lambda for a 4x4 texture is `lambda`.
