@@ -495,23 +495,33 @@ impl LuminancePyramid {
             f *= 2;
         }
         let (w, h) = (iw.div_ceil(f), ih.div_ceil(f));
-        let mut sum = vec![0.0f32; w * h];
-        let mut count = vec![0u32; w * h];
-        if rgba8.len() >= iw * ih * 4 {
-            for (y, row) in rgba8[..iw * ih * 4].chunks_exact(iw * 4).enumerate() {
-                let out = (y / f) * w;
-                for (x, p) in row.chunks_exact(4).enumerate() {
-                    let l = 0.2126 * decode(p[0]) + 0.7152 * decode(p[1]) + 0.0722 * decode(p[2]);
-                    sum[out + x / f] += l.max(0.0);
-                    count[out + x / f] += 1;
-                }
-            }
-        }
-        let base: Vec<f32> = sum
-            .iter()
-            .zip(&count)
-            .map(|(s, &c)| if c > 0 { s / c as f32 } else { 0.0 })
-            .collect();
+        let whole = rgba8.len() >= iw * ih * 4;
+        // Rows of the finest level in parallel (a 2048 x 2048 image took 40 ms on one thread).
+        let base: Vec<f32> = {
+            use rayon::prelude::*;
+            (0..h)
+                .into_par_iter()
+                .flat_map_iter(|oy| {
+                    let mut sum = vec![0.0f32; w];
+                    let mut count = vec![0u32; w];
+                    if whole {
+                        for y in oy * f..((oy + 1) * f).min(ih) {
+                            let row = &rgba8[y * iw * 4..(y + 1) * iw * 4];
+                            for (x, p) in row.chunks_exact(4).enumerate() {
+                                let l = 0.2126 * decode(p[0])
+                                    + 0.7152 * decode(p[1])
+                                    + 0.0722 * decode(p[2]);
+                                sum[x / f] += l.max(0.0);
+                                count[x / f] += 1;
+                            }
+                        }
+                    }
+                    sum.into_iter()
+                        .zip(count)
+                        .map(|(s, c)| if c > 0 { s / c as f32 } else { 0.0 })
+                })
+                .collect()
+        };
         let mut levels = vec![(w as u32, h as u32, base)];
         loop {
             let (lw, lh, data) = &levels[levels.len() - 1];
