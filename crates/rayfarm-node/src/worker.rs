@@ -742,8 +742,13 @@ async fn load_scene(blob: Arc<Vec<u8>>, work: Workload, max_bytes: u64) -> Resul
                 .check(&scene)
                 .map_err(|e| format!("master sent a bake that does not fit its scene: {e}"))?;
         }
+        let scene = if matches!(work, Workload::Bake(_)) {
+            RenderScene::new(scene)
+        } else {
+            RenderScene::for_images(scene)
+        };
         Ok(Loaded {
-            scene: Arc::new(RenderScene::new(scene)),
+            scene: Arc::new(scene),
             work: Arc::new(work),
         })
     })

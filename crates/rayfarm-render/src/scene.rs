@@ -553,6 +553,16 @@ impl RenderScene {
         }
     }
 
+    /// [`RenderScene::new`] for rendering images: every texture's MIP pyramid is built now, on
+    /// all threads at once (camera rays minify textures almost always), instead of by the
+    /// first render thread that needs it while the others wait. Baking, which reads textures at
+    /// full resolution, uses `new`.
+    pub fn for_images(scene: CompiledScene) -> RenderScene {
+        let rs = RenderScene::new(scene);
+        rs.textures.build_all_levels(&rs.scene);
+        rs
+    }
+
     #[inline]
     fn uvs(&self, prim: u32, b1: f32, b2: f32) -> [Vec2; 2] {
         let t = self.scene.triangles[prim as usize];

@@ -321,6 +321,16 @@ impl Textures {
         }
     }
 
+    /// Builds every image's pyramid now, several at once, instead of on first use (where a
+    /// render thread needing one another thread is building waits for it). For renders, which
+    /// minify textures almost always; baking reads full resolution and need not call it.
+    pub fn build_all_levels(&self, scene: &CompiledScene) {
+        use rayon::prelude::*;
+        (0..scene.images.len()).into_par_iter().for_each(|i| {
+            self.levels(scene, i);
+        });
+    }
+
     /// The pyramid of image `image` of `scene` (levels 1 and smaller), built on first use;
     /// empty for `Textures::new`.
     fn levels(&self, scene: &CompiledScene, image: usize) -> &[MipLevel] {

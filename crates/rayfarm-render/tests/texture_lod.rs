@@ -128,6 +128,26 @@ fn textured_render_is_the_same_on_any_threads_and_units() {
     }
 }
 
+/// Pyramids built up front, all at once (`RenderScene::for_images`), render the same bytes as
+/// pyramids built by the first lookup that needs them.
+#[test]
+fn pyramids_built_up_front_render_the_same_bytes() {
+    let lazy = RenderScene::new(checker_plane());
+    let eager = RenderScene::for_images(checker_plane());
+    let s = settings();
+    let a = render(&lazy, &s, 2, 16, 4);
+    let b = render(&eager, &s, 2, 16, 4);
+    assert!(a
+        .iter()
+        .zip(&b)
+        .all(|(x, y)| x.map(f32::to_bits) == y.map(f32::to_bits)));
+    // The rows that minify the checker differ from a render without pyramids at all, so the
+    // pyramids were used.
+    let mut none = RenderScene::new(checker_plane());
+    none.textures = Textures::new();
+    assert_ne!(far_rows(&render(&none, &s, 2, 16, 4)), far_rows(&b));
+}
+
 #[test]
 fn baking_reads_textures_at_full_resolution() {
     let rs = RenderScene::new(checker_plane());

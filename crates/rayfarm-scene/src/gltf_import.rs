@@ -113,6 +113,7 @@ pub fn load_from_slice_with(
     let doc = &parsed.doc;
     let mut b = Builder::new(path, doc, parsed.buffers, read_file, &mut warnings);
     b.scene.resolution = parsed.resolution;
+    b.predecode_images();
     b.raw_materials = parsed.raw_materials;
     if let Some(name) = &opts.variant {
         b.variant_materials = variant_mappings(&parsed.raw, path, name)?;
@@ -714,6 +715,38 @@ fn read_uri(
     })
 }
 
+/// An image decoded to 8-bit RGBA.
+struct DecodedImage {
+    width: u32,
+    height: u32,
+    rgba8: Vec<u8>,
+}
+
+/// Decodes an image file's bytes (PNG, JPEG, ... through `image`; KTX2 and AVIF by this crate)
+/// to RGBA8; the error says why it cannot be.
+fn decode_image(bytes: &[u8]) -> Result<DecodedImage, String> {
+    let (width, height, rgba8) = if ktx2::is_ktx2(bytes) {
+        // KHR_texture_basisu (or any KTX2 image): transcoded to RGBA8 here, once.
+        let k = ktx2::decode(bytes).map_err(|e| format!("cannot decode KTX2: {e}"))?;
+        (k.width, k.height, k.texels)
+    } else if avif::is_avif(bytes) {
+        // EXT_texture_avif (or any AVIF image): decoded to RGBA8 here, once.
+        let a = avif::decode_for_import(bytes).map_err(|e| format!("cannot decode AVIF: {e}"))?;
+        (a.width, a.height, a.rgba8)
+    } else {
+        let decoded = image::load_from_memory(bytes)
+            .map_err(|e| format!("cannot decode: {e}"))?
+            .to_rgba8();
+        let (width, height) = decoded.dimensions();
+        (width, height, decoded.into_raw())
+    };
+    Ok(DecodedImage {
+        width,
+        height,
+        rgba8,
+    })
+}
+
 struct Builder<'a> {
     path: &'a Path,
     doc: &'a gltf::Document,
@@ -723,6 +756,9 @@ struct Builder<'a> {
     /// glTF texture index (and colour-space-independent) -> compiled texture index.
     texture_map: HashMap<usize, u32>,
     image_map: HashMap<usize, u32>,
+    /// Images decoded ahead, in parallel ([`Builder::predecode_images`]): glTF image index ->
+    /// (name, decoded or the reason it could not be).
+    predecoded: HashMap<usize, (String, Result<DecodedImage, String>)>,
     /// glTF material index (None = default material) -> compiled material index.
     material_map: HashMap<Option<usize>, u32>,
     read_file: &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
@@ -750,6 +786,7 @@ impl<'a> Builder<'a> {
             warnings,
             texture_map: HashMap::new(),
             image_map: HashMap::new(),
+            predecoded: HashMap::new(),
             material_map: HashMap::new(),
             read_file,
             need_tangents: false,
@@ -1491,12 +1528,10 @@ impl<'a> Builder<'a> {
         Ok(id)
     }
 
-    fn image(&mut self, img: &gltf::Image) -> Result<u32, SceneError> {
-        if let Some(&i) = self.image_map.get(&img.index()) {
-            return Ok(i);
-        }
+    /// The bytes and display name of image `img` (from a buffer view or a URI).
+    fn image_bytes(&self, img: &gltf::Image) -> Result<(Vec<u8>, String), SceneError> {
         let what = format!("image {}", img.index());
-        let (bytes, name) = match img.source() {
+        match img.source() {
             gltf::image::Source::View { view, .. } => {
                 let buf = self
                     .buffers
@@ -1509,7 +1544,7 @@ impl<'a> Builder<'a> {
                         view.index()
                     ))
                 })?;
-                (data.to_vec(), img.name().unwrap_or(&what).to_string())
+                Ok((data.to_vec(), img.name().unwrap_or(&what).to_string()))
             }
             gltf::image::Source::Uri { uri, .. } => {
                 let name = if uri.starts_with("data:") {
@@ -1517,32 +1552,57 @@ impl<'a> Builder<'a> {
                 } else {
                     uri.to_string()
                 };
-                (read_uri(uri, self.path, self.read_file, &what)?, name)
+                Ok((read_uri(uri, self.path, self.read_file, &what)?, name))
+            }
+        }
+    }
+
+    /// Decodes every image a texture uses, several at once (decoding PNGs and JPEGs was most
+    /// of a textured scene's start-up, one image after another). Images that cannot be read
+    /// are left to [`Builder::image`], which reports them if a material uses them.
+    fn predecode_images(&mut self) {
+        use rayon::prelude::*;
+        let mut wanted: Vec<usize> = self.doc.textures().map(|t| t.source().index()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.len() < 2 {
+            return;
+        }
+        let images: Vec<gltf::Image> = self.doc.images().collect();
+        let read: Vec<(usize, Vec<u8>, String)> = wanted
+            .into_iter()
+            .filter_map(|i| {
+                let img = images.get(i)?;
+                let (bytes, name) = self.image_bytes(img).ok()?;
+                Some((i, bytes, name))
+            })
+            .collect();
+        self.predecoded = read
+            .into_par_iter()
+            .map(|(i, bytes, name)| (i, (name, decode_image(&bytes))))
+            .collect();
+    }
+
+    fn image(&mut self, img: &gltf::Image) -> Result<u32, SceneError> {
+        if let Some(&i) = self.image_map.get(&img.index()) {
+            return Ok(i);
+        }
+        let what = format!("image {}", img.index());
+        let (name, decoded) = match self.predecoded.remove(&img.index()) {
+            Some(done) => done,
+            None => {
+                let (bytes, name) = self.image_bytes(img)?;
+                let decoded = decode_image(&bytes);
+                (name, decoded)
             }
         };
-        let (width, height, rgba8) = if ktx2::is_ktx2(&bytes) {
-            // KHR_texture_basisu (or any KTX2 image): transcoded to RGBA8 here, once.
-            let k = ktx2::decode(&bytes)
-                .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode KTX2: {e}")))?;
-            (k.width, k.height, k.texels)
-        } else if avif::is_avif(&bytes) {
-            // EXT_texture_avif (or any AVIF image): decoded to RGBA8 here, once.
-            let a = avif::decode_for_import(&bytes)
-                .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode AVIF: {e}")))?;
-            (a.width, a.height, a.rgba8)
-        } else {
-            let decoded = image::load_from_memory(&bytes)
-                .map_err(|e| self.err(format!("{what} ('{name}'): cannot decode: {e}")))?
-                .to_rgba8();
-            let (width, height) = decoded.dimensions();
-            (width, height, decoded.into_raw())
-        };
+        let d = decoded.map_err(|e| self.err(format!("{what} ('{name}'): {e}")))?;
         let id = self.scene.images.len() as u32;
         self.scene.images.push(Image {
             name,
-            width,
-            height,
-            rgba8,
+            width: d.width,
+            height: d.height,
+            rgba8: d.rgba8,
         });
         self.image_map.insert(img.index(), id);
         Ok(id)

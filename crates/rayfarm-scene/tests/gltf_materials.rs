@@ -18,14 +18,26 @@ fn png_uri() -> String {
     )
 }
 
-/// One triangle with UVs whose material has the given `extensions` JSON; one texture.
-fn gltf(extensions: &str) -> String {
+/// The accessors, buffer views and buffer of one triangle with UVs (mesh attributes 0 and 1):
+/// the end of the files below.
+fn triangle_json() -> String {
     let bin: Vec<u8> = [0.0f32, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         .iter()
         .chain(&[0.0f32, 0.0, 1.0, 0.0, 0.0, 1.0])
         .flat_map(|v| v.to_le_bytes())
         .collect();
     let b64 = base64::engine::general_purpose::STANDARD.encode(bin);
+    format!(
+        r#""accessors":[{{"bufferView":0,"componentType":5126,"count":3,"type":"VEC3",
+                       "min":[0,0,0],"max":[1,1,0]}},
+                     {{"bufferView":1,"componentType":5126,"count":3,"type":"VEC2"}}],
+        "bufferViews":[{{"buffer":0,"byteLength":36}},{{"buffer":0,"byteOffset":36,"byteLength":24}}],
+        "buffers":[{{"byteLength":60,"uri":"data:application/octet-stream;base64,{b64}"}}]"#
+    )
+}
+
+/// One triangle with UVs whose material has the given `extensions` JSON; one texture.
+fn gltf(extensions: &str) -> String {
     format!(
         r#"{{"asset":{{"version":"2.0"}},
         "extensionsUsed":["KHR_materials_sheen","KHR_materials_clearcoat","KHR_texture_transform",
@@ -38,12 +50,9 @@ fn gltf(extensions: &str) -> String {
                        "extensions":{extensions}}}],
         "textures":[{{"source":0}}],
         "images":[{{"uri":"{png}"}}],
-        "accessors":[{{"bufferView":0,"componentType":5126,"count":3,"type":"VEC3",
-                       "min":[0,0,0],"max":[1,1,0]}},
-                     {{"bufferView":1,"componentType":5126,"count":3,"type":"VEC2"}}],
-        "bufferViews":[{{"buffer":0,"byteLength":36}},{{"buffer":0,"byteOffset":36,"byteLength":24}}],
-        "buffers":[{{"byteLength":60,"uri":"data:application/octet-stream;base64,{b64}"}}]}}"#,
-        png = png_uri()
+        {triangle}}}"#,
+        png = png_uri(),
+        triangle = triangle_json()
     )
 }
 
@@ -362,4 +371,46 @@ fn bad_variant_mappings_name_the_primitive() {
             .to_string();
         assert_eq!(e, want);
     }
+}
+
+/// One triangle whose material uses texture `base` for its base colour and texture `emissive`
+/// for emission; three textures over three images, image 1 not an image at all. Images are
+/// decoded ahead of the materials, several at once: an image no material uses may be broken,
+/// one a material uses is reported by index and name.
+fn three_images(base: u32, emissive: u32) -> String {
+    let broken = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG not really");
+    format!(
+        r#"{{"asset":{{"version":"2.0"}},
+        "nodes":[{{"mesh":0}}],
+        "meshes":[{{"primitives":[{{"attributes":{{"POSITION":0,"TEXCOORD_0":1}},"material":0}}]}}],
+        "materials":[{{"name":"label","emissiveFactor":[1,1,1],
+                       "emissiveTexture":{{"index":{emissive}}},
+                       "pbrMetallicRoughness":{{"baseColorTexture":{{"index":{base}}}}}}}],
+        "textures":[{{"source":0}},{{"source":1}},{{"source":2}}],
+        "images":[{{"uri":"{png}"}},{{"uri":"data:image/png;base64,{broken}"}},{{"uri":"{png}"}}],
+        {triangle}}}"#,
+        png = png_uri(),
+        triangle = triangle_json()
+    )
+}
+
+#[test]
+fn images_decoded_ahead_keep_order_and_errors() {
+    let (scene, _) = load(&three_images(2, 0)).unwrap();
+    // In the order materials first use them: base colour (image 2), then emission (image 0).
+    assert_eq!(scene.images.len(), 2);
+    assert!(scene.images.iter().all(|i| (i.width, i.height) == (2, 2)));
+    assert_eq!(
+        scene.images.iter().map(|i| i.rgba8.len()).sum::<usize>(),
+        32
+    );
+    let m = &scene.materials[0];
+    let image_of = |t: &rayfarm_scene::TextureRef| scene.textures[t.texture as usize].image;
+    assert_eq!(image_of(m.base_color_texture.as_ref().unwrap()), 0);
+    assert_eq!(image_of(m.emissive_texture.as_ref().unwrap()), 1);
+    let e = message(&three_images(0, 1));
+    assert!(
+        e.starts_with("chair.gltf: image 1 ('image 1'): cannot decode"),
+        "{e}"
+    );
 }

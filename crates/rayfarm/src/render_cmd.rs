@@ -584,7 +584,7 @@ fn render_frame(
     let pixels = if let Some((nr, blob)) = master_run {
         // The master builds its own BVH after its port listens: workers start loading the
         // scene at once.
-        let build = move || pool.install(|| RenderScene::new(scene));
+        let build = move || pool.install(|| RenderScene::for_images(scene));
         let r = crate::network_cmd::run_network(
             nr,
             rayfarm_master::LocalScene::Build(Box::new(build)),
@@ -599,7 +599,7 @@ fn render_frame(
         shares = r.shares.clone();
         r.to_rgb(a.spp)
     } else {
-        let rs = pool.install(|| RenderScene::new(scene));
+        let rs = pool.install(|| RenderScene::for_images(scene));
         let film = pool.install(|| {
             rayfarm_render::render_local(&rs, &settings, &units, &|n| {
                 let d = done.fetch_add(n, Ordering::Relaxed) + n;
