@@ -77,7 +77,8 @@ fn bilinear(texels: &[Vec3A], width: usize, height: usize, u: f32, v: f32) -> Ve
     let x0 = crate::math::floor(x);
     let fx = x - x0;
     let x0 = crate::math::wrap_index(x0 as i64, width as i64) as usize;
-    let x1 = (x0 + 1) % width;
+    // Not `(x0 + 1) % width`: a 64-bit division on every environment lookup.
+    let x1 = if x0 + 1 >= width { 0 } else { x0 + 1 };
     let y0 = y as usize;
     let y1 = (y0 + 1).min(height - 1);
     let fy = y - y0 as f32;
