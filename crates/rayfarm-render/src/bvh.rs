@@ -675,11 +675,8 @@ impl Bvh {
         self.traverse::<ANY, true>(org, dir, tmax, needs_filter, filter)
     }
 
-    /// Depth-first traversal. A closest-hit query (`ANY` false) visits the children a ray
-    /// overlaps nearest first and skips popped entries beyond the best hit so far; an any-hit
-    /// query stops at the first accepted hit. `WIDE` takes the AVX2 node test: only from
-    /// `traverse_avx2`. Both node tests compute the same bits, so every path visits the same
-    /// nodes in the same order.
+    /// One query's [`Walk`] to its end. `WIDE` takes the AVX2 node test: only from
+    /// `traverse_avx2`.
     ///
     /// Returns the hit, or one with `prim` [`NO_HIT`]. An `Option<Hit>` came back through
     /// memory that the caller then read with loads wider than the callee's stores, which have
@@ -693,15 +690,97 @@ impl Bvh {
         needs_filter: &impl Fn(u32) -> bool,
         filter: &mut impl FnMut(u32, f32, f32) -> bool,
     ) -> Hit {
-        let none = Hit {
-            t: tmax,
-            u: 0.0,
-            v: 0.0,
-            prim: NO_HIT,
-        };
-        if self.nodes.is_empty() {
-            return none;
+        let mut walk = Walk::<ANY>::new(org, dir, tmax);
+        let mut live = !self.nodes.is_empty();
+        while live {
+            live = walk.step::<WIDE>(self, needs_filter, filter);
         }
+        walk.best
+    }
+
+    /// An any-hit query (`occluded`'s) and a closest-hit query (`intersect`'s) together, their
+    /// steps interleaved: two independent chains of dependent loads and tests that the CPU can
+    /// overlap, where one query after the other left it waiting on each in turn. Each query
+    /// visits exactly the nodes it would alone, in the same order: the same results.
+    #[inline(always)]
+    pub fn occluded_and_intersect(
+        &self,
+        shadow: Query<'_, impl Fn(u32) -> bool, impl FnMut(u32, f32, f32) -> bool>,
+        ray: Query<'_, impl Fn(u32) -> bool, impl FnMut(u32, f32, f32) -> bool>,
+    ) -> (bool, Option<Hit>) {
+        #[cfg(target_arch = "x86_64")]
+        let (blocked, hit) = if self.isa == Isa::Avx2 {
+            // SAFETY: as in `intersect`.
+            unsafe { self.pair_avx2(shadow, ray) }
+        } else {
+            self.pair::<false>(shadow, ray)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let (blocked, hit) = self.pair::<false>(shadow, ray);
+        (blocked.prim != NO_HIT, (hit.prim != NO_HIT).then_some(hit))
+    }
+
+    /// [`Bvh::pair`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pair_avx2(
+        &self,
+        shadow: Query<'_, impl Fn(u32) -> bool, impl FnMut(u32, f32, f32) -> bool>,
+        ray: Query<'_, impl Fn(u32) -> bool, impl FnMut(u32, f32, f32) -> bool>,
+    ) -> (Hit, Hit) {
+        self.pair::<true>(shadow, ray)
+    }
+
+    #[inline(always)]
+    fn pair<const WIDE: bool>(
+        &self,
+        shadow: Query<'_, impl Fn(u32) -> bool, impl FnMut(u32, f32, f32) -> bool>,
+        ray: Query<'_, impl Fn(u32) -> bool, impl FnMut(u32, f32, f32) -> bool>,
+    ) -> (Hit, Hit) {
+        let (Query(a_ray, a_needs, a_filter), Query(b_ray, b_needs, b_filter)) = (shadow, ray);
+        let mut a = Walk::<true>::new(a_ray.0, a_ray.1, a_ray.2);
+        let mut b = Walk::<false>::new(b_ray.0, b_ray.1, b_ray.2);
+        let (mut a_live, mut b_live) = (!self.nodes.is_empty(), !self.nodes.is_empty());
+        while a_live && b_live {
+            a_live = a.step::<WIDE>(self, a_needs, a_filter);
+            b_live = b.step::<WIDE>(self, b_needs, b_filter);
+        }
+        while a_live {
+            a_live = a.step::<WIDE>(self, a_needs, a_filter);
+        }
+        while b_live {
+            b_live = b.step::<WIDE>(self, b_needs, b_filter);
+        }
+        (a.best, b.best)
+    }
+}
+
+/// One query of [`Bvh::occluded_and_intersect`]: the ray (origin, direction, `tmax`), which
+/// triangles need the filter, and the filter (as [`Bvh::intersect`] takes them).
+pub struct Query<'a, N, F>(pub (Vec3A, Vec3A, f32), pub &'a N, pub &'a mut F);
+
+/// One query's traversal as a state machine: [`Walk::step`] visits one node or leaf and moves
+/// to the next, so that two queries can take turns ([`Bvh::occluded_and_intersect`]). Depth
+/// first; a closest-hit query (`ANY` false) visits the children a ray overlaps nearest first
+/// and skips popped entries beyond the best hit so far; an any-hit query stops at the first
+/// accepted hit. `WIDE` takes the AVX2 node test: only from functions compiled for AVX2.
+/// Both node tests compute the same bits, so every path visits the same nodes in the same
+/// order.
+struct Walk<const ANY: bool> {
+    ray: RayData,
+    /// The hit so far, `prim` [`NO_HIT`] for none (its `t` the query's `tmax`).
+    best: Hit,
+    stack: Stack,
+    /// The node or leaf to visit next.
+    cur: u32,
+}
+
+impl<const ANY: bool> Walk<ANY> {
+    #[inline(always)]
+    fn new(org: Vec3A, dir: Vec3A, tmax: f32) -> Self {
         let safe = |d: f32| {
             if d.abs() < 1e-30 {
                 1e-30f32.copysign(d)
@@ -710,97 +789,114 @@ impl Bvh {
             }
         };
         let inv = Vec3A::new(1.0 / safe(dir.x), 1.0 / safe(dir.y), 1.0 / safe(dir.z));
-        let ray = RayData {
-            org,
-            inv,
-            neg: [inv.x < 0.0, inv.y < 0.0, inv.z < 0.0],
-            o4: [0, 1, 2].map(|a| Vec4::splat(org[a])),
-            d4: [0, 1, 2].map(|a| Vec4::splat(dir[a])),
-        };
-        let mut best = none;
-        let mut stack = Stack::new();
-        let mut cur = 0u32;
-        loop {
-            if cur & LEAF == 0 {
-                // SAFETY: inner references index `nodes` (built by `Collapse`).
-                let node = unsafe { self.nodes.get_unchecked(cur as usize) };
-                let (mask, tnear) = node_hits::<WIDE>(node, &ray, best.t);
-                if mask != 0 {
-                    let first = mask.trailing_zeros() as usize;
-                    let rest = mask & (mask - 1);
-                    if rest == 0 {
-                        cur = node.child[first];
-                        continue;
-                    }
-                    if ANY {
-                        // Any order finds a blocker; lane order is the cheapest.
-                        let mut m = rest;
-                        while m != 0 {
-                            let j = m.trailing_zeros() as usize;
-                            m &= m - 1;
-                            stack.push(node.child[j], tnear[j]);
-                        }
-                        cur = node.child[first];
-                        continue;
-                    }
-                    // Farthest first in `order`, so that the nearest is visited next; equal
-                    // distances go in lane order.
-                    let mut order = [(0.0f32, 0u32); WIDTH];
-                    let mut len = 0;
-                    let mut m = mask;
-                    while m != 0 {
-                        let j = m.trailing_zeros() as usize;
-                        m &= m - 1;
-                        let entry = (tnear[j], node.child[j]);
-                        let mut i = len;
-                        while i > 0 && order[i - 1].0 <= entry.0 {
-                            order[i] = order[i - 1];
-                            i -= 1;
-                        }
-                        order[i] = entry;
-                        len += 1;
-                    }
-                    for &(t, c) in &order[..len - 1] {
-                        stack.push(c, t);
-                    }
-                    cur = order[len - 1].1;
-                    continue;
+        Walk {
+            ray: RayData {
+                org,
+                inv,
+                neg: [inv.x < 0.0, inv.y < 0.0, inv.z < 0.0],
+                o4: [0, 1, 2].map(|a| Vec4::splat(org[a])),
+                d4: [0, 1, 2].map(|a| Vec4::splat(dir[a])),
+            },
+            best: Hit {
+                t: tmax,
+                u: 0.0,
+                v: 0.0,
+                prim: NO_HIT,
+            },
+            stack: Stack::new(),
+            cur: 0,
+        }
+    }
+
+    /// Visits `cur` (the tree must not be empty) and moves to the next node or leaf to visit;
+    /// false when the walk is over.
+    #[inline(always)]
+    fn step<const WIDE: bool>(
+        &mut self,
+        bvh: &Bvh,
+        needs_filter: &impl Fn(u32) -> bool,
+        filter: &mut impl FnMut(u32, f32, f32) -> bool,
+    ) -> bool {
+        let cur = self.cur;
+        if cur & LEAF == 0 {
+            // SAFETY: inner references index `nodes` (built by `Collapse`).
+            let node = unsafe { bvh.nodes.get_unchecked(cur as usize) };
+            let (mask, tnear) = node_hits::<WIDE>(node, &self.ray, self.best.t);
+            if mask != 0 {
+                let first = mask.trailing_zeros() as usize;
+                let rest = mask & (mask - 1);
+                if rest == 0 {
+                    self.cur = node.child[first];
+                    return true;
                 }
-            } else {
-                // SAFETY: leaf references index `packs` (built by `Collapse`).
-                let pack = unsafe { self.packs.get_unchecked((cur & !LEAF) as usize) };
-                let (mask, t, u, v) = leaf_hits(pack, &ray, best.t);
-                if mask != 0 {
-                    let (t, u, v) = (t.to_array(), u.to_array(), v.to_array());
-                    let mut m = mask;
+                if ANY {
+                    // Any order finds a blocker; lane order is the cheapest.
+                    let mut m = rest;
                     while m != 0 {
                         let j = m.trailing_zeros() as usize;
                         m &= m - 1;
-                        if t[j] < best.t {
-                            let prim = pack.prim[j];
-                            if !needs_filter(prim) || filter(prim, u[j], v[j]) {
-                                best = Hit {
-                                    t: t[j],
-                                    u: u[j],
-                                    v: v[j],
-                                    prim,
-                                };
-                                if ANY {
-                                    return best;
-                                }
+                        self.stack.push(node.child[j], tnear[j]);
+                    }
+                    self.cur = node.child[first];
+                    return true;
+                }
+                // Farthest first in `order`, so that the nearest is visited next; equal
+                // distances go in lane order.
+                let mut order = [(0.0f32, 0u32); WIDTH];
+                let mut len = 0;
+                let mut m = mask;
+                while m != 0 {
+                    let j = m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    let entry = (tnear[j], node.child[j]);
+                    let mut i = len;
+                    while i > 0 && order[i - 1].0 <= entry.0 {
+                        order[i] = order[i - 1];
+                        i -= 1;
+                    }
+                    order[i] = entry;
+                    len += 1;
+                }
+                for &(t, c) in &order[..len - 1] {
+                    self.stack.push(c, t);
+                }
+                self.cur = order[len - 1].1;
+                return true;
+            }
+        } else {
+            // SAFETY: leaf references index `packs` (built by `Collapse`).
+            let pack = unsafe { bvh.packs.get_unchecked((cur & !LEAF) as usize) };
+            let (mask, t, u, v) = leaf_hits(pack, &self.ray, self.best.t);
+            if mask != 0 {
+                let (t, u, v) = (t.to_array(), u.to_array(), v.to_array());
+                let mut m = mask;
+                while m != 0 {
+                    let j = m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    if t[j] < self.best.t {
+                        let prim = pack.prim[j];
+                        if !needs_filter(prim) || filter(prim, u[j], v[j]) {
+                            self.best = Hit {
+                                t: t[j],
+                                u: u[j],
+                                v: v[j],
+                                prim,
+                            };
+                            if ANY {
+                                return false;
                             }
                         }
                     }
                 }
             }
-            loop {
-                let Some((c, t)) = stack.pop() else {
-                    return best;
-                };
-                if t <= best.t {
-                    cur = c;
-                    break;
-                }
+        }
+        loop {
+            let Some((c, t)) = self.stack.pop() else {
+                return false;
+            };
+            if t <= self.best.t {
+                self.cur = c;
+                return true;
             }
         }
     }
@@ -1057,6 +1153,7 @@ mod tests {
         accept: &impl Fn(u32, f32, f32) -> bool,
     ) {
         let (mut near_hits, mut tiny_t) = (0, 0);
+        let mut prev = (offset, Vec3A::X, f32::INFINITY);
         for k in 0..4000 {
             let d = (Vec3A::new(lcg(&mut s), lcg(&mut s), lcg(&mut s)) - 0.5).normalize();
             let o = match k % 3 {
@@ -1112,6 +1209,20 @@ mod tests {
                 same(got, expect),
                 "ray {k} (filtered): {got:?} vs {expect:?}"
             );
+            // Traced together with the previous ray as a shadow ray: the same answers as each
+            // alone (which the lines above and below check against brute force).
+            let (po, pd, pt) = prev;
+            let alone = bvh.occluded(po, pd, pt, needs, &mut |p, u, v| accept(p, u, v));
+            let (blocked, hit) = bvh.occluded_and_intersect(
+                Query((po, pd, pt), needs, &mut |p, u, v| accept(p, u, v)),
+                Query((o, d, tmax), needs, &mut |p, u, v| accept(p, u, v)),
+            );
+            assert_eq!(blocked, alone, "ray {k}: shadow ray traced in a pair");
+            assert!(
+                same(hit, got),
+                "ray {k} traced in a pair: {hit:?} vs {got:?}"
+            );
+            prev = (o, d, tmax);
             // Occlusion stops at the first accepted hit: the filter accepts everything, so it
             // is asked once if anything is hit.
             let mut calls = 0;

@@ -7,6 +7,7 @@
 //! clamped. `render_unit` is a pure function of (scene, settings, unit).
 
 use crate::bsdf::onb;
+use crate::bvh::Query;
 use crate::film::{to_fixed, UnitResult, WorkUnit};
 use crate::math::{normalize, DetMath, DetMathVec};
 use crate::sampler::Sampler;
@@ -69,6 +70,17 @@ fn power_heuristic(a: f32, b: f32) -> f32 {
         1.0
     } else {
         0.0
+    }
+}
+
+/// How far a shadow ray from `org` towards a light `dist` away looks: short of the light by a
+/// margin (infinite for a light at infinity).
+#[inline(always)]
+fn shadow_tmax(org: Vec3A, dist: f32) -> f32 {
+    if dist.is_finite() {
+        dist * (1.0 - 1e-4) - 1e-4 * (1.0 + org.abs().max_element())
+    } else {
+        f32::INFINITY
     }
 }
 
@@ -173,23 +185,52 @@ impl RenderScene {
         )
     }
 
+    /// Whether a shadow ray from `org` along `dir` over `dist` is blocked (scenes without
+    /// translucency only: see [`RenderScene::transmittance`]), and the closest hit of the
+    /// continuation ray `(next_org, next_dir)`, traced together ([`crate::bvh::Bvh::occluded_and_intersect`]).
+    #[inline]
+    fn shadow_and_trace(
+        &self,
+        (org, dir, dist): (Vec3A, Vec3A, f32),
+        (next_org, next_dir, u): (Vec3A, Vec3A, f32),
+    ) -> (bool, Option<crate::bvh::Hit>) {
+        let tmax = shadow_tmax(org, dist);
+        if tmax <= 0.0 {
+            return (false, self.trace(next_org, next_dir, u));
+        }
+        count_ray();
+        count_ray();
+        self.bvh.occluded_and_intersect(
+            Query(
+                (org, dir, tmax),
+                &|prim| self.mask_only(prim),
+                &mut |prim, b1, b2| self.alpha_accept(prim, b1, b2, 0.0),
+            ),
+            Query(
+                (next_org, next_dir, f32::INFINITY),
+                &|prim| self.alpha_tested[prim as usize],
+                &mut |prim, b1, b2| self.alpha_accept(prim, b1, b2, u),
+            ),
+        )
+    }
+
+    /// Whether triangle `prim` is alpha-tested as a mask (a shadow ray's only filter).
+    #[inline(always)]
+    fn mask_only(&self, prim: u32) -> bool {
+        self.alpha_tested[prim as usize]
+            && self.scene.materials[self.scene.triangle_materials[prim as usize] as usize]
+                .alpha_mode
+                == AlphaMode::Mask
+    }
+
     /// Fraction of light that passes from `org` along `dir` over `dist`: 0 or 1 for opaque
     /// blockers, partial through blended and thin transmissive surfaces.
     fn transmittance(&self, mut org: Vec3A, dir: Vec3A, dist: f32) -> Vec3A {
-        let mut tmax = if dist.is_finite() {
-            dist * (1.0 - 1e-4) - 1e-4 * (1.0 + org.abs().max_element())
-        } else {
-            f32::INFINITY
-        };
+        let mut tmax = shadow_tmax(org, dist);
         if tmax <= 0.0 {
             return Vec3A::ONE;
         }
-        let mask_only = |prim: u32| {
-            self.alpha_tested[prim as usize]
-                && self.scene.materials[self.scene.triangle_materials[prim as usize] as usize]
-                    .alpha_mode
-                    == AlphaMode::Mask
-        };
+        let mask_only = |prim: u32| self.mask_only(prim);
         let mut accept = |prim: u32, b1: f32, b2: f32| self.alpha_accept(prim, b1, b2, 0.0);
         count_ray();
         if !self.has_translucency {
@@ -298,6 +339,11 @@ impl RenderScene {
         // The light point of the vertex to come: the first from the camera's 4-D point, each
         // next from the previous bounce's.
         let mut light_u = s.point_4d_tail(0);
+        // A light sample whose shadow ray waits to be traced with the next continuation ray
+        // (scenes without translucency): (shadow ray, its contribution if unblocked). Added to
+        // `l` before anything the continuation finds, as if traced on its own.
+        let mut pending: Option<((Vec3A, Vec3A, f32), Vec3A)> = None;
+        let pair = self.paired_shadow_rays && !self.has_translucency;
         loop {
             let dims = CAMERA_DIMS + depth * DIMS_PER_BOUNCE;
             let hashed = depth * HASHED_PER_BOUNCE;
@@ -315,7 +361,17 @@ impl RenderScene {
                 given_first = false;
                 hit = None;
             } else {
-                let Some(found) = self.trace(org, dir, u_alpha) else {
+                let traced = match pending.take() {
+                    Some((shadow, contribution)) => {
+                        let (blocked, hit) = self.shadow_and_trace(shadow, (org, dir, u_alpha));
+                        if !blocked {
+                            l += contribution;
+                        }
+                        hit
+                    }
+                    None => self.trace(org, dir, u_alpha),
+                };
+                let Some(found) = traced else {
                     let le = self.env.radiance(dir);
                     if le != Vec3A::ZERO {
                         let w = if prev_delta {
@@ -372,14 +428,22 @@ impl RenderScene {
                 if side > 0.0 || (side < 0.0 && wi.z < 0.0 && surf.bsdf.transmits_nondelta()) {
                     let (f, bsdf_pdf) = bsdf.eval(wi);
                     if f != Vec3A::ZERO {
-                        let tr = self.transmittance(offset(surf.p, surf.ng, ls.wi), ls.wi, ls.dist);
-                        if tr != Vec3A::ZERO {
-                            let w = if ls.delta {
-                                1.0
-                            } else {
-                                power_heuristic(ls.pdf, bsdf_pdf)
-                            };
-                            l += beta * f * tr * ls.li * (wi.z.abs() * w / ls.pdf);
+                        let shadow_org = offset(surf.p, surf.ng, ls.wi);
+                        let w = if ls.delta {
+                            1.0
+                        } else {
+                            power_heuristic(ls.pdf, bsdf_pdf)
+                        };
+                        if pair {
+                            // Opaque blockers only: the transmittance is 0 or 1, and
+                            // `beta * f * 1` is `beta * f` exactly.
+                            let contribution = beta * f * ls.li * (wi.z.abs() * w / ls.pdf);
+                            pending = Some(((shadow_org, ls.wi, ls.dist), contribution));
+                        } else {
+                            let tr = self.transmittance(shadow_org, ls.wi, ls.dist);
+                            if tr != Vec3A::ZERO {
+                                l += beta * f * tr * ls.li * (wi.z.abs() * w / ls.pdf);
+                            }
                         }
                     }
                 }
@@ -431,6 +495,12 @@ impl RenderScene {
             }
             if beta.max_element() <= 0.0 {
                 break;
+            }
+        }
+        // The path ended with its last light sample's shadow ray still to trace.
+        if let Some(((org, dir, dist), contribution)) = pending {
+            if self.transmittance(org, dir, dist) != Vec3A::ZERO {
+                l += contribution;
             }
         }
         l

@@ -367,6 +367,10 @@ pub struct RenderScene {
     pub material_extension_lobes: Vec<bool>,
     /// Whether any material lets shadow rays through (blend alpha or transmission).
     pub has_translucency: bool,
+    /// Whether the path tracer traces a vertex's shadow ray together with the next
+    /// continuation ray (`Bvh::occluded_and_intersect`); true unless `has_translucency`, whose
+    /// shadow rays go through layers one at a time. The same bytes either way (tested).
+    pub paired_shadow_rays: bool,
     /// Beer-Lambert absorption coefficient inside each material's volume (KHR_materials_volume);
     /// zero for materials without one.
     pub absorption: Vec<Vec3A>,
@@ -548,6 +552,7 @@ impl RenderScene {
             alpha_tested,
             tri_normals,
             has_translucency,
+            paired_shadow_rays: !has_translucency,
             center,
             radius,
             scene,

@@ -203,6 +203,20 @@ fn every_code_path_renders_the_same_bytes() {
             rs.bvh.set_isa(isa).expect("supported path");
             images.push((isa, render(&rs, &settings, 2, 16, 8)));
         }
+        // Shadow rays traced on their own, not paired with the next continuation ray.
+        assert!(
+            rs.paired_shadow_rays,
+            "{name}: opaque scenes pair shadow rays"
+        );
+        rs.paired_shadow_rays = false;
+        let alone = render(&rs, &settings, 2, 16, 8);
+        assert!(
+            alone
+                .iter()
+                .zip(&images[images.len() - 1].1)
+                .all(|(a, b)| a.map(f32::to_bits) == b.map(f32::to_bits)),
+            "{name}: shadow rays traced in pairs and alone differ"
+        );
         let (first, reference) = &images[0];
         for (isa, img) in &images[1..] {
             assert!(
