@@ -736,7 +736,7 @@ fn decode_image(bytes: &[u8]) -> Result<DecodedImage, String> {
     } else {
         let decoded = image::load_from_memory(bytes)
             .map_err(|e| format!("cannot decode: {e}"))?
-            .to_rgba8();
+            .into_rgba8();
         let (width, height) = decoded.dimensions();
         (width, height, decoded.into_raw())
     };

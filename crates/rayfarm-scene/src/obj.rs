@@ -929,7 +929,7 @@ impl MaterialLibrary {
             )
         })?;
         let rgba = match image::load_from_memory(&bytes) {
-            Ok(img) => img.to_rgba8(),
+            Ok(img) => img.into_rgba8(),
             Err(e) => {
                 warnings.push(format!(
                     "{}: line {line}: texture '{name}' ({}) could not be decoded ({e}); the \
