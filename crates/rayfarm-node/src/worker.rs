@@ -340,6 +340,7 @@ async fn take_chunk(
     cfg: &WorkerConfig,
     index: u32,
     data: &[u8],
+    pool: &Arc<rayon::ThreadPool>,
 ) -> Result<Option<Loaded>, String> {
     let Some(inc) = pending.as_mut() else {
         return Err("scene data without a job".into());
@@ -374,7 +375,9 @@ async fn take_chunk(
             "the scene received does not match its announced content hash; not caching it"
         ),
     });
-    Ok(Some(load_scene(blob, work, cfg.max_scene_bytes).await?))
+    Ok(Some(
+        load_scene(blob, work, cfg.max_scene_bytes, pool).await?,
+    ))
 }
 
 /// The message that ended the connection phase, then the connection's next ones.
@@ -566,7 +569,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
             }
             Some(f) = next_fetched(&mut fetching) => match f {
                 Fetched::Chunk { index, data } => {
-                    if let Some(l) = take_chunk(&mut pending_scene, &shelf, &cfg, index, &data).await? {
+                    if let Some(l) = take_chunk(&mut pending_scene, &shelf, &cfg, index, &data, &pool).await? {
                         fetching = None;
                         loaded = Some(l);
                         conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
@@ -609,7 +612,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                             tracing::info!("scene {} found in the cache", &hex::encode(scene_hash)[..12]);
                             let blob = Arc::new(blob);
                             shelf.hold(scene_hash, blob.clone());
-                            loaded = Some(load_scene(blob, work, cfg.max_scene_bytes).await?);
+                            loaded = Some(load_scene(blob, work, cfg.max_scene_bytes, &pool).await?);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         } else {
                             shelf.start(scene_hash, scene_bytes);
@@ -652,7 +655,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                             Some((_, Err(e))) => return Err(format!("master {}: {e}", cfg.master)),
                             None => return Err(format!("master {} sent scene data without a chunk list, or at a bad offset", cfg.master)),
                         };
-                        if let Some(l) = take_chunk(&mut pending_scene, &shelf, &cfg, index, &data).await? {
+                        if let Some(l) = take_chunk(&mut pending_scene, &shelf, &cfg, index, &data, &pool).await? {
                             loaded = Some(l);
                             conn.send(&Msg::Ready).await.map_err(|e| e.to_string())?;
                         }
@@ -728,7 +731,15 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     }
 }
 
-async fn load_scene(blob: Arc<Vec<u8>>, work: Workload, max_bytes: u64) -> Result<Loaded, String> {
+async fn load_scene(
+    blob: Arc<Vec<u8>>,
+    work: Workload,
+    max_bytes: u64,
+    pool: &Arc<rayon::ThreadPool>,
+) -> Result<Loaded, String> {
+    // On the render threads: building a scene (pyramids, light weights) runs in parallel, and
+    // no wider than the node's `--threads`.
+    let pool = pool.clone();
     tokio::task::spawn_blocking(move || {
         // The header's uncompressed length is checked against the limit before decompressing.
         let scene = rayfarm_scene::blob::decode_with_limit(&blob, max_bytes).map_err(|e| {
@@ -742,11 +753,13 @@ async fn load_scene(blob: Arc<Vec<u8>>, work: Workload, max_bytes: u64) -> Resul
                 .check(&scene)
                 .map_err(|e| format!("master sent a bake that does not fit its scene: {e}"))?;
         }
-        let scene = if matches!(work, Workload::Bake(_)) {
-            RenderScene::new(scene)
-        } else {
-            RenderScene::for_images(scene)
-        };
+        let scene = pool.install(|| {
+            if matches!(work, Workload::Bake(_)) {
+                RenderScene::new(scene)
+            } else {
+                RenderScene::for_images(scene)
+            }
+        });
         Ok(Loaded {
             scene: Arc::new(scene),
             work: Arc::new(work),

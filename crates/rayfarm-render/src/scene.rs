@@ -378,39 +378,59 @@ pub struct RenderScene {
     pub radius: f32,
 }
 
-/// The mean luminance of emission texture `r` around triangle `tri`'s UV rectangle (see
-/// [`LuminancePyramid::region_mean`]); each image's pyramid is built once, in `pyramids`.
-fn emission_texture_mean(
-    scene: &CompiledScene,
-    r: &TextureRef,
-    tri: usize,
-    pyramids: &mut std::collections::HashMap<u32, LuminancePyramid>,
-) -> f32 {
-    let Some(tex) = scene.textures.get(r.texture as usize) else {
-        return 0.0;
-    };
-    let Some(img) = scene.images.get(tex.image as usize) else {
-        return 0.0;
-    };
-    let pyramid = pyramids
-        .entry(tex.image)
-        .or_insert_with(|| LuminancePyramid::new(&img.rgba8, img.width, img.height, true));
-    let set = if r.uv_set == 0 {
-        &scene.uv0
-    } else {
-        &scene.uv1
-    };
-    let m = &r.transform;
-    let corners = scene.triangles[tri].map(|i| {
-        let uv = set.get(i as usize).copied().unwrap_or([0.0; 2]);
-        Vec2::new(
-            m[0] * uv[0] + m[1] * uv[1] + m[2],
-            m[3] * uv[0] + m[4] * uv[1] + m[5],
-        )
-    });
-    let lo = corners[0].min(corners[1]).min(corners[2]);
-    let hi = corners[0].max(corners[1]).max(corners[2]);
-    pyramid.region_mean(tex, lo, hi)
+/// For each triangle, the mean luminance of its material's emission texture around the
+/// triangle's UV rectangle (see [`LuminancePyramid::region_mean`]); 1 for triangles without one
+/// (and 0 where the texture or image is missing). Images one at a time, each pyramid dropped
+/// before the next is built.
+fn emission_texture_means(scene: &CompiledScene) -> Vec<f32> {
+    let mut means = vec![1.0f32; scene.triangles.len()];
+    let mut by_image: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for (i, &mi) in scene.triangle_materials.iter().enumerate() {
+        let m = &scene.materials[mi as usize];
+        let Some(r) = m.emissive_texture.as_ref().filter(|_| m.is_emissive()) else {
+            continue;
+        };
+        match scene.textures.get(r.texture as usize) {
+            Some(t) if (t.image as usize) < scene.images.len() => {
+                by_image.entry(t.image).or_default().push(i)
+            }
+            _ => means[i] = 0.0,
+        }
+    }
+    for (image, tris) in by_image {
+        let img = &scene.images[image as usize];
+        let pyramid = LuminancePyramid::new(&img.rgba8, img.width, img.height, true);
+        for i in tris {
+            let m = &scene.materials[scene.triangle_materials[i] as usize];
+            let Some(r) = &m.emissive_texture else {
+                continue;
+            };
+            let tex = &scene.textures[r.texture as usize];
+            let set = if r.uv_set == 0 {
+                &scene.uv0
+            } else {
+                &scene.uv1
+            };
+            let t = &r.transform;
+            let corners = scene.triangles[i].map(|v| {
+                let uv = set.get(v as usize).copied().unwrap_or([0.0; 2]);
+                Vec2::new(
+                    t[0] * uv[0] + t[1] * uv[1] + t[2],
+                    t[3] * uv[0] + t[4] * uv[1] + t[5],
+                )
+            });
+            means[i] = if corners.iter().any(|c| !c.is_finite()) {
+                // Lookups inside read texel (0, 0) or anything: the image's mean (`min` and
+                // `max` would drop a NaN corner).
+                pyramid.region_mean(tex, Vec2::NAN, Vec2::NAN)
+            } else {
+                let lo = corners[0].min(corners[1]).min(corners[2]);
+                let hi = corners[0].max(corners[1]).max(corners[2]);
+                pyramid.region_mean(tex, lo, hi)
+            };
+        }
+    }
+    means
 }
 
 impl RenderScene {
@@ -443,7 +463,7 @@ impl RenderScene {
         let mut lights = Vec::new();
         let mut power = Vec::new();
         let mut light_of_triangle = vec![u32::MAX; scene.triangles.len()];
-        let mut emission_pyramids = std::collections::HashMap::new();
+        let emission_textures = emission_texture_means(&scene);
         for (i, tri) in corners.iter().enumerate() {
             let m = &scene.materials[scene.triangle_materials[i] as usize];
             if !m.is_emissive() {
@@ -454,11 +474,7 @@ impl RenderScene {
                 continue;
             }
             let sides = if m.double_sided { 2.0 } else { 1.0 };
-            let texture = match &m.emissive_texture {
-                Some(r) => emission_texture_mean(&scene, r, i, &mut emission_pyramids),
-                None => 1.0,
-            };
-            let p = luminance(Vec3A::from(m.emissive)) * texture * area * PI * sides;
+            let p = luminance(Vec3A::from(m.emissive)) * emission_textures[i] * area * PI * sides;
             if !(p > 0.0 && p.is_finite()) {
                 // Black under its emission texture (or no light at all): not a light. A path
                 // that hits it anyway counts its emission in full (no light sample competes).

@@ -348,18 +348,24 @@ impl Textures {
         let (Some(cell), Some(img)) = (self.mips.get(image), scene.images.get(image)) else {
             return &[];
         };
-        cell.get_or_init(|| {
-            let srgb = self.colour.get(image).copied().unwrap_or(false);
-            let mut levels: Vec<MipLevel> = Vec::new();
-            let (mut w, mut h) = (img.width, img.height);
-            while w > 1 || h > 1 {
-                let src = levels.last().map_or(&img.rgba8[..], |l| &l.rgba8[..]);
-                let next = downsample(&self.srgb_lut, src, w, h, srgb);
-                (w, h) = (next.width, next.height);
-                levels.push(next);
-            }
-            levels
-        })
+        if let Some(levels) = cell.get() {
+            return levels;
+        }
+        // Built outside the cell, not in `get_or_init`: `downsample` splits rows over rayon,
+        // and a thread waiting for its rows may pick up a render unit that needs this very
+        // image, which would re-enter an initialising `OnceLock` (a deadlock). Two threads may
+        // build the same pyramid; they make the same bytes and the first one stays.
+        let srgb = self.colour.get(image).copied().unwrap_or(false);
+        let mut levels: Vec<MipLevel> = Vec::new();
+        let (mut w, mut h) = (img.width, img.height);
+        while w > 1 || h > 1 {
+            let src = levels.last().map_or(&img.rgba8[..], |l| &l.rgba8[..]);
+            let next = downsample(&self.srgb_lut, src, w, h, srgb);
+            (w, h) = (next.width, next.height);
+            levels.push(next);
+        }
+        let _ = cell.set(levels);
+        cell.get().map_or(&[], |l| &l[..])
     }
 
     /// Samples `r` at the UVs of the hit (`uvs[set]`) with the ray's footprint `fp`. Colour
@@ -578,7 +584,12 @@ impl LuminancePyramid {
     pub fn region_mean(&self, tex: &Texture, lo: Vec2, hi: Vec2) -> f32 {
         let (du, dv) = (hi.x - lo.x, hi.y - lo.y);
         let last = self.levels.len() - 1;
-        if !(lo.is_finite() && hi.is_finite()) {
+        // Beyond 2^24 texels from the origin a float no longer tells texels apart (and the
+        // texel indices below could overflow): the image's mean.
+        let (w0, h0) = (self.levels[0].0 as f32, self.levels[0].1 as f32);
+        let far = lo.x.abs().max(hi.x.abs()) * w0 > 16_777_216.0
+            || lo.y.abs().max(hi.y.abs()) * h0 > 16_777_216.0;
+        if !(lo.is_finite() && hi.is_finite()) || far {
             return self.levels[last].2[0];
         }
         let level = (0..last)
@@ -755,6 +766,9 @@ mod tests {
         assert_eq!(whole, p.levels[2].2[0]);
         let nan = p.region_mean(&tex, Vec2::new(f32::NAN, 0.0), Vec2::new(0.5, 0.5));
         assert_eq!(nan, p.levels[2].2[0]);
+        // A degenerate rectangle far out (its indices would overflow an i64).
+        let far = Vec2::new(4e18, 0.5);
+        assert_eq!(p.region_mean(&tex, far, far), p.levels[2].2[0]);
     }
 
     #[test]

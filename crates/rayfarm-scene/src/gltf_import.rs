@@ -113,11 +113,11 @@ pub fn load_from_slice_with(
     let doc = &parsed.doc;
     let mut b = Builder::new(path, doc, parsed.buffers, read_file, &mut warnings);
     b.scene.resolution = parsed.resolution;
-    b.predecode_images();
     b.raw_materials = parsed.raw_materials;
     if let Some(name) = &opts.variant {
         b.variant_materials = variant_mappings(&parsed.raw, path, name)?;
     }
+    b.predecode_images();
     // Local transforms of the animated nodes at the requested time, by node index.
     let poses = match opts.time_s {
         Some(t) => animation::pose_nodes(&mut b, t)?,
@@ -180,6 +180,8 @@ pub fn load_from_slice_with(
             stack.push((c, world));
         }
     }
+    // Images decoded ahead that no material took (an unused material's).
+    b.predecoded = HashMap::new();
     let scene = b.scene;
     if scene.triangles.is_empty() {
         return Err(inv("the scene has no triangles to render".into()));
@@ -1529,7 +1531,10 @@ impl<'a> Builder<'a> {
     }
 
     /// The bytes and display name of image `img` (from a buffer view or a URI).
-    fn image_bytes(&self, img: &gltf::Image) -> Result<(Vec<u8>, String), SceneError> {
+    fn image_bytes(
+        &self,
+        img: &gltf::Image,
+    ) -> Result<(std::borrow::Cow<'_, [u8]>, String), SceneError> {
         let what = format!("image {}", img.index());
         match img.source() {
             gltf::image::Source::View { view, .. } => {
@@ -1544,7 +1549,7 @@ impl<'a> Builder<'a> {
                         view.index()
                     ))
                 })?;
-                Ok((data.to_vec(), img.name().unwrap_or(&what).to_string()))
+                Ok((data.into(), img.name().unwrap_or(&what).to_string()))
             }
             gltf::image::Source::Uri { uri, .. } => {
                 let name = if uri.starts_with("data:") {
@@ -1552,35 +1557,65 @@ impl<'a> Builder<'a> {
                 } else {
                     uri.to_string()
                 };
-                Ok((read_uri(uri, self.path, self.read_file, &what)?, name))
+                Ok((
+                    read_uri(uri, self.path, self.read_file, &what)?.into(),
+                    name,
+                ))
             }
         }
     }
 
-    /// Decodes every image a texture uses, several at once (decoding PNGs and JPEGs was most
-    /// of a textured scene's start-up, one image after another). Images that cannot be read
-    /// are left to [`Builder::image`], which reports them if a material uses them.
+    /// Decodes every image a material's texture slot names (but occlusion, which rayfarm does
+    /// not read), several at once: decoding PNGs and JPEGs was most of a textured scene's
+    /// start-up, one image after another. Images that cannot be read are left to
+    /// [`Builder::image`], which reports them if a material uses them.
     fn predecode_images(&mut self) {
         use rayon::prelude::*;
-        let mut wanted: Vec<usize> = self.doc.textures().map(|t| t.source().index()).collect();
+        fn texture_indices(v: &serde_json::Value, out: &mut Vec<usize>) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    for (k, v) in o {
+                        match (k.as_str(), v.as_u64()) {
+                            ("index", Some(i)) => out.push(i as usize),
+                            ("occlusionTexture", _) => {}
+                            _ => texture_indices(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| texture_indices(v, out)),
+                _ => {}
+            }
+        }
+        let mut textures = Vec::new();
+        for m in &self.raw_materials {
+            texture_indices(m, &mut textures);
+        }
+        let all: Vec<gltf::Texture> = self.doc.textures().collect();
+        let mut wanted: Vec<usize> = textures
+            .iter()
+            .filter_map(|&t| all.get(t).map(|t| t.source().index()))
+            .collect();
         wanted.sort_unstable();
         wanted.dedup();
         if wanted.len() < 2 {
             return;
         }
         let images: Vec<gltf::Image> = self.doc.images().collect();
-        let read: Vec<(usize, Vec<u8>, String)> = wanted
-            .into_iter()
-            .filter_map(|i| {
-                let img = images.get(i)?;
-                let (bytes, name) = self.image_bytes(img).ok()?;
-                Some((i, bytes, name))
-            })
-            .collect();
-        self.predecoded = read
-            .into_par_iter()
-            .map(|(i, bytes, name)| (i, (name, decode_image(&bytes))))
-            .collect();
+        let decoded = {
+            // Buffer-view images are decoded from the buffer in place, not copied first.
+            let read: Vec<(usize, std::borrow::Cow<'_, [u8]>, String)> = wanted
+                .into_iter()
+                .filter_map(|i| {
+                    let img = images.get(i)?;
+                    let (bytes, name) = self.image_bytes(img).ok()?;
+                    Some((i, bytes, name))
+                })
+                .collect();
+            read.into_par_iter()
+                .map(|(i, bytes, name)| (i, (name, decode_image(&bytes))))
+                .collect()
+        };
+        self.predecoded = decoded;
     }
 
     fn image(&mut self, img: &gltf::Image) -> Result<u32, SceneError> {

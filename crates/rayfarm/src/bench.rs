@@ -58,7 +58,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let (camera, w, h) = resolve_view(&scene, None, Some(a.width), Some(a.height))?;
         let tris = scene.triangles.len();
         let t = Instant::now();
-        let rs = pool.install(|| RenderScene::new(scene));
+        let rs = pool.install(|| RenderScene::for_images(scene));
         let build = t.elapsed().as_secs_f64();
         let settings = RenderSettings {
             width: w,
@@ -86,7 +86,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         let (secs, rays) = best.unwrap_or((f64::NAN, 0));
         println!(
-            "{name}: {tris} triangles, BVH {build:.3} s; {:.3} s per frame, {:.3} M samples/s, {:.2} M rays/s ({} path)",
+            "{name}: {tris} triangles, set-up (BVH, MIP pyramids) {build:.3} s; {:.3} s per frame, {:.3} M samples/s, {:.2} M rays/s ({} path)",
             secs,
             samples as f64 / secs / 1e6,
             rays as f64 / secs / 1e6,
