@@ -353,9 +353,6 @@ pub struct RenderScene {
     /// Index into `lights` of each emissive triangle, `u32::MAX` for the others.
     pub light_of_triangle: Vec<u32>,
     pub env_light_index: Option<usize>,
-    /// Each triangle's unit geometric normal, `cross(p1 - p0, p2 - p0)` normalised (`Z` for a
-    /// degenerate one): worked out once here rather than at every hit (the same bits).
-    pub tri_normals: Vec<Vec3A>,
     /// Whether each triangle's material needs an alpha test.
     pub alpha_tested: Vec<bool>,
     /// Whether any triangle needs an alpha test.
@@ -441,10 +438,6 @@ impl RenderScene {
             .map(|t| t.map(|i| Vec3A::from(scene.positions[i as usize])))
             .collect();
         let bvh = Bvh::build(&corners);
-        let tri_normals = corners
-            .iter()
-            .map(|c| cross(c[1] - c[0], c[2] - c[0]).normalize_or(Vec3A::Z))
-            .collect();
         let (lo, hi) = scene.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
         let (lo, hi) = (Vec3A::from(lo), Vec3A::from(hi));
         let center = (lo + hi) * 0.5;
@@ -566,7 +559,6 @@ impl RenderScene {
             light_of_triangle,
             env_light_index,
             alpha_tested,
-            tri_normals,
             has_translucency,
             paired_shadow_rays: !has_translucency,
             center,
@@ -859,8 +851,9 @@ impl RenderScene {
         let t = s.triangles[prim];
         let (b1, b2) = (hit.u, hit.v);
         let b0 = 1.0 - b1 - b2;
+        let [p0, p1, p2] = t.map(|i| Vec3A::from(s.positions[i as usize]));
         let p = org + dir * hit.t;
-        let ng_raw = self.tri_normals[prim];
+        let ng_raw = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
         let front = ng_raw.dot(dir) < 0.0;
         let ng = if front { ng_raw } else { -ng_raw };
         let [n0, n1, n2] = t.map(|i| Vec3A::from(s.normals[i as usize]));
@@ -869,7 +862,6 @@ impl RenderScene {
         let m = &s.materials[mat_idx as usize];
         let (uvs, fp) = if self.material_textured[mat_idx as usize] {
             let fp = if cone_width > 0.0 {
-                let [p0, p1, p2] = t.map(|i| Vec3A::from(s.positions[i as usize]));
                 let e = cross(p1 - p0, p2 - p0);
                 Footprint::new(
                     cone_width,
