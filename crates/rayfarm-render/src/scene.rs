@@ -4,7 +4,7 @@
 use crate::bsdf::{luminance, onb, Bsdf, MIN_ALPHA, SHEEN_MIN_ROUGHNESS};
 use crate::bvh::{Bvh, Hit};
 use crate::math::{cross, DetMath};
-use crate::texture::{Footprint, LuminancePyramid, Textures};
+use crate::texture::{texture_uv, Footprint, LuminancePyramid, Textures};
 use glam::{Vec2, Vec3A};
 use rayfarm_scene::{AlphaMode, CompiledScene, Environment, LightKind, TextureRef};
 use std::f32::consts::PI;
@@ -408,13 +408,9 @@ fn emission_texture_means(scene: &CompiledScene) -> Vec<f32> {
             } else {
                 &scene.uv1
             };
-            let t = &r.transform;
             let corners = scene.triangles[i].map(|v| {
                 let uv = set.get(v as usize).copied().unwrap_or([0.0; 2]);
-                Vec2::new(
-                    t[0] * uv[0] + t[1] * uv[1] + t[2],
-                    t[3] * uv[0] + t[4] * uv[1] + t[5],
-                )
+                texture_uv(r, Vec2::from(uv))
             });
             means[i] = if corners.iter().any(|c| !c.is_finite()) {
                 // Lookups inside read texel (0, 0) or anything: the image's mean (`min` and

@@ -384,10 +384,8 @@ impl Textures {
         fp: &Footprint,
     ) -> Vec4 {
         let set = (r.uv_set as usize).min(1);
-        let uv = uvs[set];
+        let Vec2 { x: u, y: v } = texture_uv(r, uvs[set]);
         let m = &r.transform;
-        let u = m[0] * uv.x + m[1] * uv.y + m[2];
-        let v = m[3] * uv.x + m[4] * uv.y + m[5];
         let tex = &scene.textures[r.texture as usize];
         let img = &scene.images[tex.image as usize];
         let lod_base = fp.lod_base[set];
@@ -485,6 +483,16 @@ impl Textures {
             .lerp(self.fetch(tex, level, x0 + 1, y0 + 1, srgb), fx);
         a.lerp(b, fy)
     }
+}
+
+/// Mesh coordinates `uv` in texture `r`'s space: its transform (KHR_texture_transform) applied.
+#[inline(always)]
+pub fn texture_uv(r: &TextureRef, uv: Vec2) -> Vec2 {
+    let m = &r.transform;
+    Vec2::new(
+        m[0] * uv.x + m[1] * uv.y + m[2],
+        m[3] * uv.x + m[4] * uv.y + m[5],
+    )
 }
 
 /// Mean luminance of an emission texture over regions of UV space: what an emissive triangle's
