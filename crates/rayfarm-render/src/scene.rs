@@ -128,10 +128,13 @@ impl EnvLight {
                 // and with its own (dark) luminance as weight it was almost never sampled and
                 // became a firefly when reached (radiance / density). The max bounds that ratio.
                 let neighbourhood_max = |x: usize, y: usize| {
+                    // x - 1, x, x + 1 wrapped (in that order), without a division per texel.
+                    let left = if x == 0 { w - 1 } else { x - 1 };
+                    let right = if x + 1 == w { 0 } else { x + 1 };
                     let mut m = 0.0f32;
                     for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
-                        for dx in [w - 1, 0, 1] {
-                            m = m.max(lum[yy * w + (x + dx) % w]);
+                        for xx in [left, x, right] {
+                            m = m.max(lum[yy * w + xx]);
                         }
                     }
                     m
@@ -427,13 +430,38 @@ fn emission_texture_means(scene: &CompiledScene) -> Vec<f32> {
 }
 
 impl RenderScene {
+    /// The scene prepared for rendering; texture MIP pyramids are built on first use (see
+    /// [`RenderScene::for_images`]).
     pub fn new(scene: CompiledScene) -> RenderScene {
+        Self::prepare(scene, false)
+    }
+
+    /// [`RenderScene::new`], and every MIP pyramid too when `pyramids`.
+    ///
+    /// The slow parts of set-up run side by side on the current thread pool: the BVH (its own
+    /// one-thread build), the emission textures' luminance pyramids, the environment's
+    /// sampling tables and the MIP pyramids. Each is a pure function of the scene: the same
+    /// result whichever thread makes it.
+    fn prepare(scene: CompiledScene, pyramids: bool) -> RenderScene {
         let corners: Vec<[Vec3A; 3]> = scene
             .triangles
             .iter()
             .map(|t| t.map(|i| Vec3A::from(scene.positions[i as usize])))
             .collect();
-        let bvh = Bvh::build(&corners);
+        let textures = Textures::build(&scene);
+        let ((bvh, emission_textures), (env, ())) = rayon::join(
+            || rayon::join(|| Bvh::build(&corners), || emission_texture_means(&scene)),
+            || {
+                rayon::join(
+                    || EnvLight::new(&scene.environment),
+                    || {
+                        if pyramids {
+                            textures.build_all_levels(&scene)
+                        }
+                    },
+                )
+            },
+        );
         let (lo, hi) = scene.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
         let (lo, hi) = (Vec3A::from(lo), Vec3A::from(hi));
         let center = (lo + hi) * 0.5;
@@ -452,7 +480,6 @@ impl RenderScene {
         let mut lights = Vec::new();
         let mut power = Vec::new();
         let mut light_of_triangle = vec![u32::MAX; scene.triangles.len()];
-        let emission_textures = emission_texture_means(&scene);
         for (i, tri) in corners.iter().enumerate() {
             let m = &scene.materials[scene.triangle_materials[i] as usize];
             if !m.is_emissive() {
@@ -490,7 +517,6 @@ impl RenderScene {
                 power.push(p);
             }
         }
-        let env = EnvLight::new(&scene.environment);
         let mut env_light_index = None;
         let ep = env.power(radius);
         if ep > 0.0 && ep.is_finite() {
@@ -548,7 +574,7 @@ impl RenderScene {
             material_textured,
             material_extension_lobes,
             bvh,
-            textures: Textures::build(&scene),
+            textures,
             env,
             lights,
             light_dist,
@@ -568,9 +594,7 @@ impl RenderScene {
     /// first render thread that needs it while the others wait. Baking, which reads textures at
     /// full resolution, uses `new`.
     pub fn for_images(scene: CompiledScene) -> RenderScene {
-        let rs = RenderScene::new(scene);
-        rs.textures.build_all_levels(&rs.scene);
-        rs
+        Self::prepare(scene, true)
     }
 
     #[inline]

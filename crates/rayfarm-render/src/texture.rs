@@ -186,7 +186,16 @@ impl<'a> SrgbEncoder<'a> {
     fn encode(&self, v: f32) -> u8 {
         // `v * 1024` is exact and the cast floors (negative and NaN give 0), so the bucket's
         // lower end is at most `v`.
-        let bucket = ((v * ENCODE_BUCKETS as f32) as usize).min(ENCODE_BUCKETS - 1);
+        let scaled = v * ENCODE_BUCKETS as f32;
+        let bucket = if scaled >= 0.0 && scaled < ENCODE_BUCKETS as f32 {
+            // SAFETY: finite and in `[0, ENCODE_BUCKETS)`, so the truncation fits a u32 (the
+            // checked `as` cast cost a fifth of building a MIP level).
+            unsafe { scaled.to_int_unchecked::<u32>() as usize }
+        } else if scaled >= ENCODE_BUCKETS as f32 {
+            ENCODE_BUCKETS - 1
+        } else {
+            0
+        };
         let mut i = self.start[bucket] as usize;
         while i < 256 && self.lut[i] < v {
             i += 1;
@@ -239,21 +248,29 @@ fn downsample(lut: &[f32; 256], src: &[u8], sw: u32, sh: u32, srgb: bool) -> Mip
             .enumerate()
             .for_each(|(y, dst)| {
                 let (r0, r1) = (&src[2 * y * row..][..row], &src[(2 * y + 1) * row..][..row]);
-                for (x, texel) in dst.chunks_exact_mut(4).enumerate() {
-                    let o = x * 8;
-                    for (c, slot) in texel.iter_mut().enumerate() {
-                        let (a, b) = (r0[o + c], r0[o + 4 + c]);
-                        let (d, e) = (r1[o + c], r1[o + 4 + c]);
-                        *slot = if srgb && c < 3 {
+                let quads = dst
+                    .chunks_exact_mut(4)
+                    .zip(r0.chunks_exact(8).zip(r1.chunks_exact(8)));
+                let mean = |a: u8, b: u8, d: u8, e: u8| {
+                    ((a as u32 + b as u32 + d as u32 + e as u32 + 2) / 4) as u8
+                };
+                if srgb {
+                    for (texel, (t, b)) in quads {
+                        for c in 0..3 {
                             let mut acc = 0.0f32;
-                            acc += lut[a as usize];
-                            acc += lut[b as usize];
-                            acc += lut[d as usize];
-                            acc += lut[e as usize];
-                            encoder.encode(acc / 4.0)
-                        } else {
-                            ((a as u32 + b as u32 + d as u32 + e as u32 + 2) / 4) as u8
-                        };
+                            acc += lut[t[c] as usize];
+                            acc += lut[t[4 + c] as usize];
+                            acc += lut[b[c] as usize];
+                            acc += lut[b[4 + c] as usize];
+                            texel[c] = encoder.encode(acc / 4.0);
+                        }
+                        texel[3] = mean(t[3], t[7], b[3], b[7]);
+                    }
+                } else {
+                    for (texel, (t, b)) in quads {
+                        for c in 0..4 {
+                            texel[c] = mean(t[c], t[4 + c], b[c], b[4 + c]);
+                        }
                     }
                 }
             });
@@ -514,6 +531,12 @@ impl LuminancePyramid {
     /// The pyramid of `rgba8` (`width * height * 4` bytes), its RGB decoded from sRGB when
     /// `srgb` (a colour texture, as emission is).
     pub fn new(rgba8: &[u8], width: u32, height: u32, srgb: bool) -> LuminancePyramid {
+        Self::build(rgba8, width, height, srgb, true)
+    }
+
+    /// [`LuminancePyramid::new`]; `direct` lets an image of at most `MAX_TEXELS` take the
+    /// direct path to its finest level (false only in tests, which check the two agree).
+    fn build(rgba8: &[u8], width: u32, height: u32, srgb: bool, direct: bool) -> LuminancePyramid {
         let lut = srgb_lut();
         let decode = |b: u8| {
             if srgb {
@@ -532,8 +555,22 @@ impl LuminancePyramid {
         let (w, h) = (iw.div_ceil(f), ih.div_ceil(f));
         let whole = rgba8.len() >= iw * ih * 4;
         // Rows of the finest level in parallel (a 2048 x 2048 image took 40 ms on one thread).
-        let base: Vec<f32> = {
-            use rayon::prelude::*;
+        use rayon::prelude::*;
+        let luminance =
+            |p: &[u8]| 0.2126 * decode(p[0]) + 0.7152 * decode(p[1]) + 0.0722 * decode(p[2]);
+        let base: Vec<f32> = if direct && f == 1 && whole {
+            // The image itself (most images): each texel's luminance, written in place. The
+            // same numbers as the general loop's `(0 + l) / 1`.
+            let mut base = vec![0.0f32; w * h];
+            base.par_chunks_mut(w)
+                .zip(rgba8.par_chunks(iw * 4))
+                .for_each(|(out, row)| {
+                    for (o, p) in out.iter_mut().zip(row.chunks_exact(4)) {
+                        *o = 0.0 + luminance(p).max(0.0);
+                    }
+                });
+            base
+        } else {
             (0..h)
                 .into_par_iter()
                 .flat_map_iter(|oy| {
@@ -543,10 +580,7 @@ impl LuminancePyramid {
                         for y in oy * f..((oy + 1) * f).min(ih) {
                             let row = &rgba8[y * iw * 4..(y + 1) * iw * 4];
                             for (x, p) in row.chunks_exact(4).enumerate() {
-                                let l = 0.2126 * decode(p[0])
-                                    + 0.7152 * decode(p[1])
-                                    + 0.0722 * decode(p[2]);
-                                sum[x / f] += l.max(0.0);
+                                sum[x / f] += luminance(p).max(0.0);
                                 count[x / f] += 1;
                             }
                         }
@@ -565,19 +599,21 @@ impl LuminancePyramid {
             }
             let (nw, nh) = (lw.div_ceil(2), lh.div_ceil(2));
             let (lw, lh) = (*lw as usize, *lh as usize);
-            let mut next = Vec::with_capacity(nw as usize * nh as usize);
-            for y in 0..nh as usize {
-                for x in 0..nw as usize {
-                    let (mut sum, mut count) = (0.0f32, 0u32);
-                    for yy in (2 * y)..(2 * y + 2).min(lh) {
-                        for xx in (2 * x)..(2 * x + 2).min(lw) {
-                            sum += data[yy * lw + xx];
-                            count += 1;
+            let mut next = vec![0.0f32; nw as usize * nh as usize];
+            next.par_chunks_mut(nw as usize)
+                .enumerate()
+                .for_each(|(y, row)| {
+                    for (x, o) in row.iter_mut().enumerate() {
+                        let (mut sum, mut count) = (0.0f32, 0u32);
+                        for yy in (2 * y)..(2 * y + 2).min(lh) {
+                            for xx in (2 * x)..(2 * x + 2).min(lw) {
+                                sum += data[yy * lw + xx];
+                                count += 1;
+                            }
                         }
+                        *o = sum / count as f32;
                     }
-                    next.push(sum / count as f32);
-                }
-            }
+                });
             levels.push((nw, nh, next));
         }
         LuminancePyramid { levels }
@@ -777,6 +813,31 @@ mod tests {
         // A degenerate rectangle far out (its indices would overflow an i64).
         let far = Vec2::new(4e18, 0.5);
         assert_eq!(p.region_mean(&tex, far, far), p.levels[2].2[0]);
+    }
+
+    #[test]
+    fn luminance_pyramid_direct_path_makes_the_general_paths_bits() {
+        let mut state = 7u32;
+        let mut next = || {
+            state = state.wrapping_mul(747796405).wrapping_add(2891336453);
+            (state >> 24) as u8
+        };
+        for (w, h) in [(1, 1), (2, 1), (7, 5), (64, 33), (128, 128)] {
+            let rgba: Vec<u8> = (0..w * h * 4).map(|_| next()).collect();
+            for srgb in [false, true] {
+                let a = LuminancePyramid::build(&rgba, w, h, srgb, true);
+                let b = LuminancePyramid::build(&rgba, w, h, srgb, false);
+                assert_eq!(a.levels.len(), b.levels.len());
+                for (la, lb) in a.levels.iter().zip(&b.levels) {
+                    assert_eq!((la.0, la.1), (lb.0, lb.1));
+                    let same =
+                        la.2.iter()
+                            .zip(&lb.2)
+                            .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{w}x{h} srgb {srgb}: level {}x{} differs", la.0, la.1);
+                }
+            }
+        }
     }
 
     #[test]
