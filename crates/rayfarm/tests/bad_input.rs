@@ -265,6 +265,20 @@ fn nonexistent_and_unknown_scene_files() {
     render(&p, dir.path(), &[]).assert_error(&["scene.fbx", "unsupported file type"]);
 }
 
+/// The environment map loads beside the scene; its errors still come in the old order: the
+/// scene's first, then the view's, then the map's.
+#[test]
+fn a_missing_environment_map_is_reported_after_the_scene_and_the_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join("nosuch.hdr");
+    let env = env.to_str().unwrap();
+    let p = dir.path().join("nosuch.gltf");
+    render(&p, dir.path(), &["--env", env]).assert_error(&["nosuch.gltf"]);
+    let p = write_gltf(dir.path(), "tri.gltf", &triangle_gltf());
+    render(&p, dir.path(), &["--env", env, "--camera", "nope"]).assert_error(&["nope"]);
+    render(&p, dir.path(), &["--env", env]).assert_error(&["nosuch.hdr"]);
+}
+
 #[test]
 fn required_unsupported_extension() {
     let dir = tempfile::tempdir().unwrap();
