@@ -462,7 +462,12 @@ impl Textures {
         let xi = wrap(x, w, tex.wrap_s);
         let yi = wrap(y, h, tex.wrap_t);
         let o = (yi * w as usize + xi) * 4;
-        let p = &data[o..o + 4];
+        self.decode(&data[o..o + 4], srgb)
+    }
+
+    /// One texel's four bytes as linear RGBA (RGB from sRGB when `srgb`).
+    #[inline(always)]
+    fn decode(&self, p: &[u8], srgb: bool) -> Vec4 {
         if srgb {
             Vec4::new(
                 self.srgb_lut[p[0] as usize],
@@ -492,6 +497,19 @@ impl Textures {
         let (x0, y0) = (crate::math::floor(x), crate::math::floor(y));
         let (fx, fy) = (x - x0, y - y0);
         let (x0, y0) = (x0 as i64, y0 as i64);
+        let (data, w, h) = level;
+        if x0 >= 0 && y0 >= 0 && x0 + 1 < w as i64 && y0 + 1 < h as i64 {
+            // All four texels inside the image (most lookups): every wrap mode leaves their
+            // indices as they are, so they are read directly, with one bounds check.
+            let row = w as usize * 4;
+            let o = (y0 as usize * w as usize + x0 as usize) * 4;
+            if let Some(q) = data.get(o..o + row + 8) {
+                let texel = |p: &[u8]| self.decode(&p[..4], srgb);
+                let a = texel(q).lerp(texel(&q[4..]), fx);
+                let b = texel(&q[row..]).lerp(texel(&q[row + 4..]), fx);
+                return a.lerp(b, fy);
+            }
+        }
         let a = self
             .fetch(tex, level, x0, y0, srgb)
             .lerp(self.fetch(tex, level, x0 + 1, y0, srgb), fx);
@@ -859,6 +877,64 @@ mod tests {
     /// rectangle can return light, the rectangle's mean is positive (else NEE would never pick
     /// a triangle that emits). Random images that are black but for one texel, random
     /// rectangles, every wrap mode, sizes odd and even; lookups through [`Textures::sample`].
+    /// Bilinear lookups read texels inside the image directly and wrap only at the edges: the
+    /// same bits as wrapping every index, for every wrap mode, size and colour space.
+    #[test]
+    fn bilinear_inside_the_image_matches_the_wrapped_reads() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let modes = [
+            WrapMode::Repeat,
+            WrapMode::ClampToEdge,
+            WrapMode::MirroredRepeat,
+        ];
+        let (mut inside, mut edge) = (0, 0);
+        for case in 0..90 {
+            let (w, h) = (1 + (next() * 23.0) as u32, 1 + (next() * 19.0) as u32);
+            let rgba: Vec<u8> = (0..w * h * 4).map(|_| (next() * 256.0) as u8).collect();
+            let tex = Texture {
+                image: 0,
+                wrap_s: modes[case % 3],
+                wrap_t: modes[(case / 3) % 3],
+                nearest: false,
+            };
+            let textures = Textures::new();
+            for _ in 0..200 {
+                let (u, v) = (next() * 3.0 - 1.0, next() * 3.0 - 1.0);
+                let srgb = next() < 0.5;
+                let level = (&rgba[..], w, h);
+                let got = textures.bilinear(&tex, level, u, v, srgb);
+                let (x, y) = (u * w as f32 - 0.5, v * h as f32 - 0.5);
+                let (x0, y0) = (crate::math::floor(x), crate::math::floor(y));
+                let (fx, fy) = (x - x0, y - y0);
+                let (x0, y0) = (x0 as i64, y0 as i64);
+                let at = |dx: i64, dy: i64| textures.fetch(&tex, level, x0 + dx, y0 + dy, srgb);
+                let want = at(0, 0)
+                    .lerp(at(1, 0), fx)
+                    .lerp(at(0, 1).lerp(at(1, 1), fx), fy);
+                assert_eq!(
+                    got.to_array().map(f32::to_bits),
+                    want.to_array().map(f32::to_bits),
+                    "{w}x{h} {tex:?} at ({u}, {v})"
+                );
+                if x0 >= 0 && y0 >= 0 && x0 + 1 < w as i64 && y0 + 1 < h as i64 {
+                    inside += 1;
+                } else {
+                    edge += 1;
+                }
+            }
+        }
+        assert!(
+            inside > 1000 && edge > 1000,
+            "{inside} inside, {edge} at edges"
+        );
+    }
+
     #[test]
     fn region_mean_is_positive_wherever_a_lookup_sees_light() {
         let mut rng = 0x2545_f491_4f6c_dd1du64;
