@@ -184,8 +184,9 @@ impl<'a> SrgbEncoder<'a> {
 
     #[inline]
     fn encode(&self, v: f32) -> u8 {
-        // `v * 1024` is exact and the cast floors (negative and NaN give 0), so the bucket's
-        // lower end is at most `v`.
+        // `v * ENCODE_BUCKETS` is exact (a power of two) and the truncation floors it; negative
+        // values, -0 and NaN go to bucket 0 and values from 1 up (and infinity) to the last, so
+        // the bucket's lower end is at most `v`.
         let scaled = v * ENCODE_BUCKETS as f32;
         let bucket = if scaled >= 0.0 && scaled < ENCODE_BUCKETS as f32 {
             // SAFETY: finite and in `[0, ENCODE_BUCKETS)`, so the truncation fits a u32 (the
@@ -498,7 +499,8 @@ impl Textures {
         let (fx, fy) = (x - x0, y - y0);
         let (x0, y0) = (x0 as i64, y0 as i64);
         let (data, w, h) = level;
-        if x0 >= 0 && y0 >= 0 && x0 + 1 < w as i64 && y0 + 1 < h as i64 {
+        // (`x0 < w - 1`, not `x0 + 1 < w`: a UV of 1e19 makes `x0` i64::MAX, and the sum wraps.)
+        if x0 >= 0 && y0 >= 0 && x0 < w as i64 - 1 && y0 < h as i64 - 1 {
             // All four texels inside the image (most lookups): every wrap mode leaves their
             // indices as they are, so they are read directly, with one bounds check.
             let row = w as usize * 4;
@@ -512,10 +514,11 @@ impl Textures {
         }
         let a = self
             .fetch(tex, level, x0, y0, srgb)
-            .lerp(self.fetch(tex, level, x0 + 1, y0, srgb), fx);
-        let b = self
-            .fetch(tex, level, x0, y0 + 1, srgb)
-            .lerp(self.fetch(tex, level, x0 + 1, y0 + 1, srgb), fx);
+            .lerp(self.fetch(tex, level, x0.wrapping_add(1), y0, srgb), fx);
+        let b = self.fetch(tex, level, x0, y0.wrapping_add(1), srgb).lerp(
+            self.fetch(tex, level, x0.wrapping_add(1), y0.wrapping_add(1), srgb),
+            fx,
+        );
         a.lerp(b, fy)
     }
 }
@@ -754,10 +757,20 @@ mod tests {
         for &v in &lut {
             assert_eq!(encoder.encode(v), linear_to_srgb_byte(&lut, v));
         }
-        assert_eq!(
-            encoder.encode(f32::NAN),
-            linear_to_srgb_byte(&lut, f32::NAN)
-        );
+        for v in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            -0.0,
+            0.0,
+            1.0,
+            f32::MIN_POSITIVE,
+            1.0 - f32::EPSILON,
+        ] {
+            assert_eq!(encoder.encode(v), linear_to_srgb_byte(&lut, v), "{v:e}");
+        }
         for (w, h) in [
             (8, 8),
             (6, 4),
@@ -873,10 +886,6 @@ mod tests {
         assert_eq!(p.levels.last().unwrap().0, 1);
     }
 
-    /// The property the light weights rely on: wherever a full-resolution lookup inside a UV
-    /// rectangle can return light, the rectangle's mean is positive (else NEE would never pick
-    /// a triangle that emits). Random images that are black but for one texel, random
-    /// rectangles, every wrap mode, sizes odd and even; lookups through [`Textures::sample`].
     /// Bilinear lookups read texels inside the image directly and wrap only at the edges: the
     /// same bits as wrapping every index, for every wrap mode, size and colour space.
     #[test]
@@ -904,8 +913,24 @@ mod tests {
                 nearest: false,
             };
             let textures = Textures::new();
-            for _ in 0..200 {
-                let (u, v) = (next() * 3.0 - 1.0, next() * 3.0 - 1.0);
+            // Far and huge coordinates too: a UV of 1e19 puts the texel index at i64::MAX.
+            let far = [
+                1e19f32,
+                -1e19,
+                1e30,
+                -1e30,
+                8388608.0,
+                -8388609.0,
+                0.999_999_9,
+            ];
+            for i in 0..200 {
+                let (mut u, mut v) = (next() * 3.0 - 1.0, next() * 3.0 - 1.0);
+                if i % 10 == 0 {
+                    u = far[(i / 10) % far.len()];
+                }
+                if i % 15 == 0 {
+                    v = far[(i / 15 + 3) % far.len()];
+                }
                 let srgb = next() < 0.5;
                 let level = (&rgba[..], w, h);
                 let got = textures.bilinear(&tex, level, u, v, srgb);
@@ -913,7 +938,9 @@ mod tests {
                 let (x0, y0) = (crate::math::floor(x), crate::math::floor(y));
                 let (fx, fy) = (x - x0, y - y0);
                 let (x0, y0) = (x0 as i64, y0 as i64);
-                let at = |dx: i64, dy: i64| textures.fetch(&tex, level, x0 + dx, y0 + dy, srgb);
+                let at = |dx: i64, dy: i64| {
+                    textures.fetch(&tex, level, x0.wrapping_add(dx), y0.wrapping_add(dy), srgb)
+                };
                 let want = at(0, 0)
                     .lerp(at(1, 0), fx)
                     .lerp(at(0, 1).lerp(at(1, 1), fx), fy);
@@ -922,7 +949,7 @@ mod tests {
                     want.to_array().map(f32::to_bits),
                     "{w}x{h} {tex:?} at ({u}, {v})"
                 );
-                if x0 >= 0 && y0 >= 0 && x0 + 1 < w as i64 && y0 + 1 < h as i64 {
+                if x0 >= 0 && y0 >= 0 && x0 < w as i64 - 1 && y0 < h as i64 - 1 {
                     inside += 1;
                 } else {
                     edge += 1;
@@ -935,6 +962,10 @@ mod tests {
         );
     }
 
+    /// The property the light weights rely on: wherever a full-resolution lookup inside a UV
+    /// rectangle can return light, the rectangle's mean is positive (else NEE would never pick
+    /// a triangle that emits). Random images that are black but for one texel, random
+    /// rectangles, every wrap mode, sizes odd and even; lookups through [`Textures::sample`].
     #[test]
     fn region_mean_is_positive_wherever_a_lookup_sees_light() {
         let mut rng = 0x2545_f491_4f6c_dd1du64;

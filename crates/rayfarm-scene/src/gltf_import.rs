@@ -751,8 +751,9 @@ fn decode_image(bytes: &[u8]) -> Result<DecodedImage, String> {
     })
 }
 
-/// The most bytes a PNG's decoded pixels may take: the `image` crate's default allocation
-/// limit, which every other format decodes under.
+/// The most bytes a PNG's decoded pixels may take in the file's own layout (so at most four
+/// times that as RGBA8): the `image` crate's default allocation limit, which it applies the
+/// same way and under which other formats decode.
 const PNG_MAX_BYTES: usize = 512 << 20;
 
 /// An 8-bit PNG decoded straight into RGBA8: the `png` crate expands palettes and low bit
@@ -796,8 +797,12 @@ fn decode_png_rgba8(bytes: &[u8]) -> Option<Result<DecodedImage, String>> {
         let info = reader.info();
         (info.width, info.height)
     };
-    let texels = width as usize * height as usize;
-    let Some(rgba_len) = texels.checked_mul(4).filter(|&n| n <= PNG_MAX_BYTES) else {
+    let texels = (width as usize).checked_mul(height as usize);
+    let decoded = texels.and_then(|t| t.checked_mul(channels));
+    let (Some(texels), Some(rgba_len)) = (
+        texels.filter(|_| decoded.is_some_and(|n| n <= PNG_MAX_BYTES)),
+        texels.and_then(|t| t.checked_mul(4)),
+    ) else {
         return Some(Err(format!(
             "cannot decode PNG: {width}x{height} texels need more than the {} MiB an image may take",
             PNG_MAX_BYTES >> 20
@@ -808,6 +813,7 @@ fn decode_png_rgba8(bytes: &[u8]) -> Option<Result<DecodedImage, String>> {
     // channels`, at or after where its widened texels end up, and the blocks before it were
     // read already.
     let mut out = vec![0u8; rgba_len];
+    // `texels * channels` fits: it is `decoded`, checked above.
     let start = rgba_len - texels * channels;
     if let Err(e) = reader.next_frame(&mut out[start..]) {
         return Some(Err(format!("cannot decode PNG: {e}")));
@@ -2202,7 +2208,8 @@ mod tests {
         ];
         let mut checked = 0;
         for (i, (colour, depth, trns)) in cases.into_iter().enumerate() {
-            for size in [(1, 1), (13, 7), (33, 20)] {
+            // (1100, 3): several blocks of the in-place widening and a partial last one.
+            for size in [(1, 1), (13, 7), (33, 20), (1100, 3)] {
                 let file = png_file(size, colour, depth, trns.clone(), i as u64);
                 let want = image::load_from_memory(&file)
                     .expect("the image crate decodes it")
@@ -2222,7 +2229,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 39);
+        assert_eq!(checked, 52);
         // Sixteen bits per channel go to the image crate (its rounding to 8 bits).
         let wide = png_file((5, 5), C::Rgb, D::Sixteen, None, 9);
         assert!(decode_png_rgba8(&wide).is_none());
@@ -2239,18 +2246,25 @@ mod tests {
             .err()
             .expect("a truncated PNG is an error");
         assert!(err.contains("cannot decode PNG"), "{err}");
-        // A header claiming 2^16 x 2^16 texels (16 GiB as RGBA) is refused before allocating.
+        // A header claiming 2^16 x 2^16 texels (12 GiB as RGB) is refused before allocating:
+        // a header, then an empty image data chunk, so that only the size stops it.
         let mut huge = Vec::new();
         {
             let mut enc = png::Encoder::new(&mut huge, 65536, 65536);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
-            let _header_only = enc.write_header().expect("a PNG header");
+            let mut writer = enc.write_header().expect("a PNG header");
+            writer
+                .write_chunk(png::chunk::IDAT, &[])
+                .expect("an image data chunk");
         }
         let err = decode_image(&huge)
             .err()
             .expect("an oversized PNG is an error");
-        assert!(err.contains("cannot decode PNG"), "{err}");
+        assert!(
+            err.contains("cannot decode PNG") && err.contains("MiB"),
+            "{err}"
+        );
     }
 
     fn message(r: Result<(CompiledScene, Warnings), SceneError>) -> String {

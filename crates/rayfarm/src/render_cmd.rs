@@ -533,9 +533,18 @@ fn render_frame(
     // An environment map file is read and decoded beside the scene (a 1k HDR took a tenth of a
     // textured scene's start-up); its errors still come after the scene's and the view's.
     let (scene, env_map) = std::thread::scope(|s| {
-        let env_map = a.env.as_deref().map(|p| s.spawn(move || load_env_map(p)));
+        // Without a thread to spare (the OS refused one), the map is read after the scene.
+        let env_map = a.env.as_deref().map(|p| {
+            std::thread::Builder::new()
+                .name("env-map".into())
+                .spawn_scoped(s, move || load_env_map(p))
+                .map_err(|_| p)
+        });
         let scene = load_scene_at(a.scene.as_deref(), time_s, a.variant.as_deref(), a.quiet);
-        let env_map = env_map.map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        let env_map = env_map.map(|h| match h {
+            Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            Err(p) => load_env_map(p),
+        });
         (scene, env_map)
     });
     let mut scene = scene?;
