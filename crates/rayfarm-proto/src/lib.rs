@@ -41,7 +41,7 @@ use tokio::net::TcpStream;
 /// (a bounce's BSDF direction stratified with the next vertex's light point); no message changed.
 /// Version 9: emissive triangles are weighed as lights by their emission texture (black ones are
 /// no lights); no message changed.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).

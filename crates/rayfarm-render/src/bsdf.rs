@@ -47,6 +47,14 @@ fn polar3(r: f32, phi: f32, z: f32) -> Vec3A {
     Vec3A::new(r * cos, r * sin, z)
 }
 
+/// [`polar3`] with the angle given in turns (`phi = 2π turns`), for sampled azimuths: without
+/// branches ([`crate::math::sin_cos_turns`]).
+#[inline(always)]
+fn polar3_turns(r: f32, turns: f32, z: f32) -> Vec3A {
+    let (sin, cos) = crate::math::sin_cos_turns(turns);
+    Vec3A::new(r * cos, r * sin, z)
+}
+
 /// Normal-incidence reflectance of a clearcoat (IOR 1.5, as KHR_materials_clearcoat fixes it).
 const CLEARCOAT_F0: f32 = 0.04;
 
@@ -315,10 +323,9 @@ fn sample_vndf(wo: Vec3A, alpha: f32, u1: f32, u2: f32) -> Vec3A {
 #[inline(always)]
 fn sample_vndf_aniso(wo: Vec3A, ax: f32, ay: f32, u1: f32, u2: f32) -> Vec3A {
     let wi_std = normalize(Vec3A::new(wo.x * ax, wo.y * ay, wo.z));
-    let phi = 2.0 * PI * u1;
     let z = (1.0 - u2) * (1.0 + wi_std.z) - wi_std.z;
     let sin_theta = (1.0 - z * z).clamp(0.0, 1.0).sqrt();
-    let c = polar3(sin_theta, phi, z);
+    let c = polar3_turns(sin_theta, u1, z);
     let h = c + wi_std;
     Vec3A::new(h.x * ax, h.y * ay, h.z.max(0.0)).normalize_or(Vec3A::Z)
 }
@@ -1191,8 +1198,7 @@ fn total_internal_reflection(wo: Vec3A, share: Vec3A, pt: f32, channel: u8) -> B
 #[inline(always)]
 pub fn cosine_hemisphere(u1: f32, u2: f32) -> Vec3A {
     let r = u1.sqrt();
-    let phi = 2.0 * PI * u2;
-    polar3(r, phi, (1.0 - u1).max(0.0).sqrt())
+    polar3_turns(r, u2, (1.0 - u1).max(0.0).sqrt())
 }
 
 /// An orthonormal basis around `n` (Duff et al. 2017).

@@ -31,6 +31,49 @@ pub fn normalize(v: glam::Vec3A) -> glam::Vec3A {
     v / v.length()
 }
 
+/// `(sin 2πt, cos 2πt)`: the sine and cosine of `t` turns, for the azimuth of a sampled
+/// direction (`t` a sample coordinate in `[0, 1)`; any finite `t` works).
+///
+/// libm's `sincosf` reduces its argument with a chain of range tests that a uniformly random
+/// angle defeats: one mispredicted branch per call, a tenth of the Cornell box's mispredictions.
+/// This takes the octant of the turn from its integer part, the angle within it by reflection
+/// (so it lies in `[0, π/4]`), Taylor polynomials that are exact there to below half an ulp
+/// before rounding, and swaps and signs the pair by the octant with bit masks: no branch, and
+/// only multiplications and additions, which are the same IEEE operations on every CPU. Within
+/// 2 ulps of the true values (tested against f64).
+#[inline(always)]
+pub fn sin_cos_turns(t: f32) -> (f32, f32) {
+    const S: [f32; 4] = [-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0];
+    const C: [f32; 5] = [
+        -1.0 / 2.0,
+        1.0 / 24.0,
+        -1.0 / 720.0,
+        1.0 / 40_320.0,
+        -1.0 / 3_628_800.0,
+    ];
+    let t8 = t * 8.0;
+    let whole = floor(t8);
+    let f = t8 - whole;
+    let octant = (whole as i64 & 7) as u32;
+    // Odd octants run backwards from their upper end: the angle from the nearest multiple of
+    // π/2, in [0, π/4].
+    let odd = 0u32.wrapping_sub(octant & 1);
+    let g = f32::from_bits((f.to_bits() & !odd) | ((1.0 - f).to_bits() & odd));
+    let a = g * std::f32::consts::FRAC_PI_4;
+    let a2 = a * a;
+    let sin_a = a + a * (a2 * (S[0] + a2 * (S[1] + a2 * (S[2] + a2 * S[3]))));
+    let cos_a = 1.0 + a2 * (C[0] + a2 * (C[1] + a2 * (C[2] + a2 * (C[3] + a2 * C[4]))));
+    // Octants 1, 2, 5, 6 are nearer π/2 or 3π/2: sine and cosine trade places.
+    let swap = 0u32.wrapping_sub(((octant + 1) >> 1) & 1);
+    let (sb, cb) = (sin_a.to_bits(), cos_a.to_bits());
+    let x = (sb & !swap) | (cb & swap);
+    let y = (cb & !swap) | (sb & swap);
+    // The sine is negative in octants 4-7, the cosine in octants 2-5.
+    let sin_sign = (octant >> 2) << 31;
+    let cos_sign = (((octant + 2) >> 2) & 1) << 31;
+    (f32::from_bits(x ^ sin_sign), f32::from_bits(y ^ cos_sign))
+}
+
 /// `x.floor()`, without the C library call that `f32::floor` is on x86-64 without SSE4.1 (a
 /// texture lookup makes two): truncation, one down for negative non-integers, and the sign of
 /// zero kept. The same value for every `f32`, NaN and infinities included (tested).
@@ -138,6 +181,55 @@ impl DetMathVec for glam::Vec3A {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sin_cos_turns_is_within_two_ulps_and_exact_at_the_axes() {
+        let ulp = |v: f64| {
+            let v = (v.abs() as f32).max(f32::MIN_POSITIVE);
+            (f32::from_bits(v.to_bits() + 1) - v) as f64
+        };
+        let mut worst = 0.0f64;
+        let n = 1 << 20;
+        for i in 0..=n {
+            // Every 2^-20 of a turn, and each one's neighbours a float away.
+            let base = i as f32 / n as f32;
+            for t in [
+                base,
+                f32::from_bits(base.to_bits().saturating_sub(1)),
+                f32::from_bits(base.to_bits() + 1),
+            ] {
+                if !(0.0..=1.0).contains(&t) {
+                    continue;
+                }
+                let (s, c) = sin_cos_turns(t);
+                let angle = std::f64::consts::TAU * t as f64;
+                let (es, ec) = (angle.sin(), angle.cos());
+                for (got, want) in [(s, es), (c, ec)] {
+                    // Near a zero of sin or cos the error is measured against 1 ulp of the
+                    // argument's scale (2^-24): the reduced angle carries that rounding.
+                    let err = (got as f64 - want).abs() / ulp(want).max(6e-8);
+                    worst = worst.max(err);
+                    assert!(err <= 2.0, "t {t}: got {got}, want {want}, {err} ulps");
+                }
+                assert!(s.abs() <= 1.0 && c.abs() <= 1.0, "t {t}: ({s}, {c})");
+            }
+        }
+        assert!(worst > 0.0);
+        for (t, s, c) in [
+            (0.0f32, 0.0f32, 1.0f32),
+            (0.25, 1.0, 0.0),
+            (0.5, 0.0, -1.0),
+            (0.75, -1.0, 0.0),
+            (1.0, 0.0, 1.0),
+        ] {
+            let (gs, gc) = sin_cos_turns(t);
+            // Exactly (a zero may carry either sign).
+            assert!(gs == s && gc == c, "t {t}: ({gs}, {gc})");
+        }
+        // Outside [0, 1] it is periodic.
+        assert_eq!(sin_cos_turns(1.125), sin_cos_turns(0.125));
+        assert_eq!(sin_cos_turns(-0.875), sin_cos_turns(0.125));
+    }
 
     #[test]
     #[allow(clippy::disallowed_methods)] // the comparison with glam is the point
