@@ -886,22 +886,28 @@ mod tests {
         assert_eq!(p.levels.last().unwrap().0, 1);
     }
 
+    const WRAP_MODES: [WrapMode; 3] = [
+        WrapMode::Repeat,
+        WrapMode::ClampToEdge,
+        WrapMode::MirroredRepeat,
+    ];
+
+    /// Uniform numbers in [0, 1) from a xorshift generator seeded with `seed` (not 0).
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
+
     /// Bilinear lookups read texels inside the image directly and wrap only at the edges: the
     /// same bits as wrapping every index, for every wrap mode, size and colour space.
     #[test]
     fn bilinear_inside_the_image_matches_the_wrapped_reads() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng >> 40) as f32 / (1u64 << 24) as f32
-        };
-        let modes = [
-            WrapMode::Repeat,
-            WrapMode::ClampToEdge,
-            WrapMode::MirroredRepeat,
-        ];
+        let mut next = uniform(0x9e37_79b9_7f4a_7c15);
+        let modes = WRAP_MODES;
         let (mut inside, mut edge) = (0, 0);
         for case in 0..90 {
             let (w, h) = (1 + (next() * 23.0) as u32, 1 + (next() * 19.0) as u32);
@@ -968,18 +974,8 @@ mod tests {
     /// rectangles, every wrap mode, sizes odd and even; lookups through [`Textures::sample`].
     #[test]
     fn region_mean_is_positive_wherever_a_lookup_sees_light() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng >> 40) as f32 / (1u64 << 24) as f32
-        };
-        let modes = [
-            WrapMode::Repeat,
-            WrapMode::ClampToEdge,
-            WrapMode::MirroredRepeat,
-        ];
+        let mut next = uniform(0x2545_f491_4f6c_dd1d);
+        let modes = WRAP_MODES;
         let (mut lit, mut dark) = (0, 0);
         for case in 0..300 {
             let (w, h) = (1 + (next() * 37.0) as u32, 1 + (next() * 29.0) as u32);
