@@ -40,8 +40,9 @@ use tokio::net::TcpStream;
 /// triangles hit at the same distance; no message changed. Version 8: the sampler's 4-D points
 /// (a bounce's BSDF direction stratified with the next vertex's light point); no message changed.
 /// Version 9: emissive triangles are weighed as lights by their emission texture (black ones are
-/// no lights); no message changed.
-pub const PROTOCOL_VERSION: u32 = 10;
+/// no lights); no message changed. Version 10: branch-free sines and cosines of sampled azimuths.
+/// Version 11: a glossy first vertex splits into two BSDF samples; no message changed.
+pub const PROTOCOL_VERSION: u32 = 11;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).

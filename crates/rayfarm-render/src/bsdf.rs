@@ -261,6 +261,12 @@ impl PreparedBsdf<'_> {
             .sample_with(self.wo, u_lobe, u1, u2, &self.probs, &self.layers)
     }
 
+    /// The share of samples that go to the specular and coat lobes (0 for a Lambertian BSDF).
+    #[inline(always)]
+    pub fn glossy_share(&self) -> f32 {
+        self.probs.spec + self.probs.coat
+    }
+
     /// Whether `sample` reads its `u_lobe` (it does unless the BSDF is Lambertian).
     #[inline(always)]
     pub fn chooses_a_lobe(&self) -> bool {

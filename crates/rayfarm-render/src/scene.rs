@@ -376,6 +376,10 @@ pub struct RenderScene {
     /// continuation ray (`Bvh::occluded_and_intersect`); true unless `has_translucency`, whose
     /// shadow rays go through layers one at a time. The same bytes either way (tested).
     pub paired_shadow_rays: bool,
+    /// BSDF samples a glossy first vertex takes ([`crate::integrator::FIRST_SPLIT`]; 1 turns
+    /// splitting off, for tests that compare the two). A power of two. Part of what an image
+    /// is: every node of a render must use the same value.
+    pub first_split: u32,
     /// Beer-Lambert absorption coefficient inside each material's volume (KHR_materials_volume);
     /// zero for materials without one.
     pub absorption: Vec<Vec3A>,
@@ -588,6 +592,7 @@ impl RenderScene {
             alpha_tested,
             has_translucency,
             paired_shadow_rays: !has_translucency,
+            first_split: crate::integrator::FIRST_SPLIT,
             center,
             radius,
             scene,
@@ -670,6 +675,19 @@ impl RenderScene {
     #[inline]
     pub fn emission(&self, prim: u32, b1: f32, b2: f32, front: bool) -> Vec3A {
         self.emission_filtered(prim, b1, b2, front, &Footprint::FULL_RESOLUTION)
+    }
+
+    /// The emission a ray travelling along `dir` sees at `hit` after a non-delta bounce:
+    /// what [`RenderScene::fill_surface`] gives such a ray (full resolution, the side from the
+    /// triangle's winding), without the rest of the surface.
+    #[inline]
+    pub fn emission_seen(&self, hit: &Hit, dir: Vec3A) -> Vec3A {
+        let s = &self.scene;
+        let t = s.triangles[hit.prim as usize];
+        let [p0, p1, p2] = t.map(|i| Vec3A::from(s.positions[i as usize]));
+        let ng_raw = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
+        let front = ng_raw.dot(dir) < 0.0;
+        self.emission(hit.prim, hit.u, hit.v, front)
     }
 
     /// [`RenderScene::emission`] with emission textures filtered for the footprint `fp`.
