@@ -418,14 +418,14 @@ impl RenderScene {
                     None => self.trace(org, dir, u_alpha),
                 };
                 let Some(found) = traced else {
-                    let le = self.env.radiance(dir);
+                    let (le, at) = self.env.look(dir);
                     if le != Vec3A::ZERO {
                         let w = if prev_delta {
                             1.0
                         } else if prev_split > 1 {
-                            split_weight(prev_split, prev_pdf, self.env_light_pdf(dir))
+                            split_weight(prev_split, prev_pdf, self.env_light_pdf_at(&at))
                         } else {
-                            power_heuristic(prev_pdf, self.env_light_pdf(dir))
+                            power_heuristic(prev_pdf, self.env_light_pdf_at(&at))
                         };
                         l += beta * le * w;
                     }
@@ -624,11 +624,11 @@ impl RenderScene {
             };
             let (le, w) = match self.trace(offset(surf.p, surf.ng, wi), wi, u_alpha) {
                 None => {
-                    let le = self.env.radiance(wi);
+                    let (le, at) = self.env.look(wi);
                     if le == Vec3A::ZERO {
                         continue;
                     }
-                    (le, split_weight(split, bk.pdf, self.env_light_pdf(wi)))
+                    (le, split_weight(split, bk.pdf, self.env_light_pdf_at(&at)))
                 }
                 Some(h) => {
                     let le = self.emission_seen(&h, wi);

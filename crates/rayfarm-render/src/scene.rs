@@ -137,6 +137,11 @@ fn bilinear(texels: &[Vec3A], width: usize, height: usize, u: f32, v: f32) -> Ve
     row(y0).lerp(row(y1), fy)
 }
 
+/// Where a direction falls on the environment map, (u, v) in [0, 1]² (from
+/// [`EnvLight::look`]; unused for a constant environment).
+#[derive(Clone, Copy, Debug)]
+pub struct EnvPoint(f32, f32);
+
 /// An environment prepared for lookups and importance sampling.
 pub enum EnvLight {
     Black,
@@ -236,9 +241,16 @@ impl EnvLight {
     /// Radiance arriving along `-d` (i.e. seen when looking in direction `d`).
     #[inline]
     pub fn radiance(&self, d: Vec3A) -> Vec3A {
+        self.look(d).0
+    }
+
+    /// Radiance arriving along `-d`, and where `d` falls on the map, for [`EnvLight::pdf_at`]:
+    /// a ray that escapes needs both, and the map coordinates cost an `atan2` and an `acos`.
+    #[inline]
+    pub fn look(&self, d: Vec3A) -> (Vec3A, EnvPoint) {
         match self {
-            EnvLight::Black => Vec3A::ZERO,
-            EnvLight::Constant(c) => *c,
+            EnvLight::Black => (Vec3A::ZERO, EnvPoint(0.0, 0.0)),
+            EnvLight::Constant(c) => (*c, EnvPoint(0.0, 0.0)),
             EnvLight::Map {
                 width,
                 height,
@@ -246,7 +258,7 @@ impl EnvLight {
                 ..
             } => {
                 let (u, v) = Self::dir_to_uv(d);
-                bilinear(texels, *width, *height, u, v)
+                (bilinear(texels, *width, *height, u, v), EnvPoint(u, v))
             }
         }
     }
@@ -254,6 +266,18 @@ impl EnvLight {
     /// Solid-angle density of `sample` for direction `d`.
     #[inline]
     pub fn pdf(&self, d: Vec3A) -> f32 {
+        match self {
+            EnvLight::Map { .. } => {
+                let (u, v) = Self::dir_to_uv(d);
+                self.pdf_at(&EnvPoint(u, v))
+            }
+            _ => self.pdf_at(&EnvPoint(0.0, 0.0)),
+        }
+    }
+
+    /// [`EnvLight::pdf`] at a point [`EnvLight::look`] found (the same bits).
+    #[inline]
+    pub fn pdf_at(&self, &EnvPoint(u, v): &EnvPoint) -> f32 {
         match self {
             EnvLight::Black => 0.0,
             EnvLight::Constant(_) => 1.0 / (4.0 * PI),
@@ -264,7 +288,6 @@ impl EnvLight {
                 cols,
                 ..
             } => {
-                let (u, v) = Self::dir_to_uv(d);
                 let x = ((u * *width as f32) as usize).min(width - 1);
                 let y = ((v * *height as f32) as usize).min(height - 1);
                 let sin_t = (v * PI).sin_d();
@@ -1112,6 +1135,15 @@ impl RenderScene {
     pub fn env_light_pdf(&self, dir: Vec3A) -> f32 {
         match self.env_light_index {
             Some(i) => self.light_dist.prob(i) * self.env.pdf(dir),
+            None => 0.0,
+        }
+    }
+
+    /// [`RenderScene::env_light_pdf`] at a point [`EnvLight::look`] found (the same bits).
+    #[inline]
+    pub fn env_light_pdf_at(&self, at: &EnvPoint) -> f32 {
+        match self.env_light_index {
+            Some(i) => self.light_dist.prob(i) * self.env.pdf_at(at),
             None => 0.0,
         }
     }
