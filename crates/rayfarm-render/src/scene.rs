@@ -142,6 +142,14 @@ fn bilinear(texels: &[Vec3A], width: usize, height: usize, u: f32, v: f32) -> Ve
 #[derive(Clone, Copy, Debug)]
 pub struct EnvPoint(f32, f32);
 
+/// The unit normal of the triangle with corners `p0`, `p1`, `p2` (counter-clockwise is its
+/// front), +Z for a degenerate one: which side a ray meets decides whether it sees emission,
+/// in [`RenderScene::fill_surface`] and [`RenderScene::emission_seen`] alike.
+#[inline(always)]
+fn geometric_normal(p0: Vec3A, p1: Vec3A, p2: Vec3A) -> Vec3A {
+    cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z)
+}
+
 /// An environment prepared for lookups and importance sampling.
 pub enum EnvLight {
     Black,
@@ -754,8 +762,7 @@ impl RenderScene {
         let s = &self.scene;
         let t = s.triangles[hit.prim as usize];
         let [p0, p1, p2] = t.map(|i| Vec3A::from(s.positions[i as usize]));
-        let ng_raw = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
-        let front = ng_raw.dot(dir) < 0.0;
+        let front = geometric_normal(p0, p1, p2).dot(dir) < 0.0;
         self.emission(hit.prim, hit.u, hit.v, front)
     }
 
@@ -965,7 +972,7 @@ impl RenderScene {
         let b0 = 1.0 - b1 - b2;
         let [p0, p1, p2] = t.map(|i| Vec3A::from(s.positions[i as usize]));
         let p = org + dir * hit.t;
-        let ng_raw = cross(p1 - p0, p2 - p0).normalize_or(Vec3A::Z);
+        let ng_raw = geometric_normal(p0, p1, p2);
         let front = ng_raw.dot(dir) < 0.0;
         // Selects, not branches: which side a ray meets is a coin toss the CPU mispredicted
         // (rooms, the Cornell box's walls seen from both sides).
@@ -1131,15 +1138,8 @@ impl RenderScene {
         self.light_dist.prob(li as usize) * dist * dist / (area * cos)
     }
 
-    #[inline]
-    pub fn env_light_pdf(&self, dir: Vec3A) -> f32 {
-        match self.env_light_index {
-            Some(i) => self.light_dist.prob(i) * self.env.pdf(dir),
-            None => 0.0,
-        }
-    }
-
-    /// [`RenderScene::env_light_pdf`] at a point [`EnvLight::look`] found (the same bits).
+    /// The density with which [`RenderScene::sample_light`] picks the environment and in it
+    /// the direction of `at` (a point [`EnvLight::look`] found); 0 without an environment light.
     #[inline]
     pub fn env_light_pdf_at(&self, at: &EnvPoint) -> f32 {
         match self.env_light_index {
