@@ -260,6 +260,174 @@ impl Groups {
     }
 }
 
+/// Builder primitives (groups of triangles) per chunk of a large scene: [`build_chunked`].
+const CHUNK: usize = 1 << 16;
+/// Scenes of at least this many chunks' worth of builder primitives are built in chunks.
+const CHUNKED_FROM: usize = 4;
+/// In a chunked build, binary subtrees of at least a chunk's worth of triangles over this are
+/// collapsed in parallel ([`Collapse::inner_in_parallel`]).
+const PARALLEL_COLLAPSE_DIVISOR: usize = 8;
+
+/// Runs `f` on a private one-thread rayon pool (so that obvhs's parallel code takes its
+/// one-thread path whatever the caller's pool), with a stack deep enough for the collapse's
+/// recursion.
+fn on_build_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    on_build_threads(1, f)
+}
+
+/// Runs `f` on a private pool of `threads` threads with the build's stack size.
+fn on_build_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|_| "rayfarm-bvh-build".into())
+        // The collapse recurses once per level; a deep tree must not overflow the stack.
+        // Only the pages used are committed.
+        .stack_size(BUILD_STACK)
+        .build()
+        .expect("spawning the BVH build thread")
+        .install(f)
+}
+
+/// obvhs's PLOC tree, improved by reinsertion, over `aabbs` (the builder primitives whose
+/// numbers are `ids`, in the same order). Call it on a one-thread pool ([`on_build_thread`]).
+fn build_bvh2(aabbs: &[Aabb], ids: Vec<u32>) -> Bvh2 {
+    let p = BUILD_PARAMS;
+    let mut bvh2 = PlocBuilder::with_capacity(aabbs.len()).build(
+        p.ploc_search_distance,
+        aabbs,
+        ids,
+        p.sort_precision,
+        p.search_depth_threshold,
+    );
+    ReinsertionOptimizer::default().run(&mut bvh2, p.reinsertion_batch_ratio, None);
+    bvh2
+}
+
+/// The binary tree of a large scene, built on every thread of the caller's pool and still the
+/// same on any pool. obvhs's build hardly scales with threads (BENCHMARKS.md, "BVH"), and must
+/// run on one thread to be deterministic anyway, so a large scene is cut into `2^k` chunks of
+/// about `chunk` primitives: median splits of the box centres along the longest axis of their
+/// bounds, ties broken by primitive number (a total order, so the cut is a pure function of the
+/// boxes). The splits are the top of the tree; each chunk gets its own PLOC tree, built on a
+/// one-thread pool of its own, several chunks at once. Which thread builds which chunk cannot
+/// change a node.
+fn build_chunked(aabbs: &[Aabb], chunk: usize) -> Bvh2 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let levels = (aabbs.len().div_ceil(chunk)).next_power_of_two().ilog2();
+    let centres: Vec<Vec3A> = aabbs.iter().map(|b| (b.min + b.max) * 0.5).collect();
+    let mut ids: Vec<u32> = (0..aabbs.len() as u32).collect();
+    // The top of the tree: node 0 the root, each split's two halves next to each other (as
+    // obvhs's nodes are); `slots[c]` is the node chunk `c` goes into, `ranges[c]` its ids.
+    struct Top<'c> {
+        centres: &'c [Vec3A],
+        nodes: Vec<Bvh2Node>,
+        slots: Vec<usize>,
+        ranges: Vec<(usize, usize)>,
+    }
+    impl Top<'_> {
+        /// Cuts `ids` (those from `start` on) under node `at`, `level` splits deep.
+        fn split(&mut self, ids: &mut [u32], start: usize, level: u32, at: usize) {
+            if level == 0 || ids.len() < 2 {
+                self.slots.push(at);
+                self.ranges.push((start, start + ids.len()));
+                return;
+            }
+            let centres = self.centres;
+            let (mut lo, mut hi) = (Vec3A::INFINITY, Vec3A::NEG_INFINITY);
+            for &i in ids.iter() {
+                lo = lo.min(centres[i as usize]);
+                hi = hi.max(centres[i as usize]);
+            }
+            let axis = (hi - lo).max_position();
+            let mid = ids.len() / 2;
+            ids.select_nth_unstable_by(mid, |&a, &b| {
+                centres[a as usize][axis]
+                    .total_cmp(&centres[b as usize][axis])
+                    .then(a.cmp(&b))
+            });
+            let children = self.nodes.len();
+            self.nodes.push(Bvh2Node::default());
+            self.nodes.push(Bvh2Node::default());
+            self.nodes[at].first_index = children as u32;
+            let (left, right) = ids.split_at_mut(mid);
+            self.split(left, start, level - 1, children);
+            self.split(right, start + mid, level - 1, children + 1);
+        }
+    }
+    let mut top = Top {
+        centres: &centres,
+        nodes: vec![Bvh2Node::default()],
+        slots: Vec::new(),
+        ranges: Vec::new(),
+    };
+    top.split(&mut ids, 0, levels, 0);
+    let Top {
+        mut nodes,
+        slots,
+        ranges,
+        ..
+    } = top;
+    drop(centres);
+    let top_len = nodes.len();
+
+    // The chunks' trees, several at once, each on its own one-thread pool.
+    let built: Vec<Mutex<Option<Bvh2>>> = ranges.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let workers = rayon::current_num_threads().clamp(1, ranges.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                on_build_thread(|| loop {
+                    let c = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(a, b)) = ranges.get(c) else { break };
+                    let chunk_ids = ids[a..b].to_vec();
+                    let chunk_boxes: Vec<Aabb> =
+                        chunk_ids.iter().map(|&i| aabbs[i as usize]).collect();
+                    let tree = build_bvh2(&chunk_boxes, chunk_ids);
+                    *built[c].lock().expect("a chunk's slot") = Some(tree);
+                })
+            });
+        }
+    });
+
+    // One tree: the chunks' nodes after the top's, each chunk's root in its slot. A PLOC leaf's
+    // `first_index` is the number of its primitive (its id, a global group number here), and
+    // `primitive_indices` the identity, as in a tree built over all the primitives at once.
+    let mut max_depth = 0;
+    for (c, tree) in built.into_iter().enumerate() {
+        let tree = tree
+            .into_inner()
+            .expect("a chunk's slot")
+            .expect("every chunk was built");
+        let node_base = nodes.len() as u32;
+        let moved = |mut n: Bvh2Node| {
+            if !n.is_leaf() {
+                n.first_index += node_base;
+            }
+            n
+        };
+        nodes[slots[c]] = moved(tree.nodes[0]);
+        nodes.extend(tree.nodes.iter().map(|&n| moved(n)));
+        max_depth = max_depth.max(tree.max_depth);
+    }
+    // The top's boxes: its nodes were made parents first, so in reverse each node's children
+    // are done (a chunk's root, or a top node after it).
+    for n in (0..top_len).rev() {
+        if !slots.contains(&n) {
+            let first = nodes[n].first_index as usize;
+            let b = nodes[first].aabb().union(nodes[first + 1].aabb());
+            nodes[n] = Bvh2Node::new(b, 0, first as u32);
+        }
+    }
+    Bvh2 {
+        nodes,
+        primitive_indices: (0..aabbs.len() as u32).collect(),
+        max_depth: max_depth + levels as usize,
+        ..Bvh2::default()
+    }
+}
+
 /// Turns obvhs's binary tree into the 8-wide one. Each node starts from a binary node's two
 /// children and opens the one with the largest surface area (among those with more than [`PACK`]
 /// triangles) until it has eight; a subtree of at most [`PACK`] triangles becomes one leaf.
@@ -268,7 +436,11 @@ struct Collapse<'a> {
     bvh2: &'a Bvh2,
     triangles: &'a [[Vec3A; 3]],
     /// Triangles under each binary node.
-    counts: Vec<u32>,
+    counts: &'a [u32],
+    /// Subtrees of at least this many triangles are collapsed in parallel
+    /// ([`Collapse::inner_in_parallel`]; large scenes, see [`build_chunked`]); `usize::MAX`
+    /// for none.
+    parallel_from: usize,
     nodes: Vec<Node8>,
     packs: Vec<TriPack>,
 }
@@ -285,11 +457,17 @@ fn triangle_box(&[a, b, c]: &[Vec3A; 3]) -> Aabb {
 }
 
 impl<'a> Collapse<'a> {
-    fn run(bvh2: &'a Bvh2, triangles: &'a [[Vec3A; 3]]) -> (Vec<Node8>, Vec<TriPack>) {
+    fn run(
+        bvh2: &'a Bvh2,
+        triangles: &'a [[Vec3A; 3]],
+        parallel_from: usize,
+    ) -> (Vec<Node8>, Vec<TriPack>) {
+        let counts = subtree_counts(bvh2);
         let mut c = Collapse {
             bvh2,
             triangles,
-            counts: subtree_counts(bvh2),
+            counts: &counts,
+            parallel_from,
             nodes: Vec::new(),
             packs: Vec::new(),
         };
@@ -345,6 +523,12 @@ impl<'a> Collapse<'a> {
             let f = self.bvh2.nodes[kids[j]].first_index as usize;
             kids.splice(j..=j, [f, f + 1]);
         }
+        if kids
+            .iter()
+            .any(|&k| self.counts[k] as usize >= self.parallel_from)
+        {
+            return self.inner_in_parallel(idx, &kids);
+        }
         let children = kids
             .iter()
             .map(|&k| {
@@ -359,6 +543,52 @@ impl<'a> Collapse<'a> {
                 }
             })
             .collect();
+        self.fill(idx, children)
+    }
+
+    /// The end of [`Collapse::inner`] for node `idx` over the binary nodes `kids` when some are
+    /// large: each kid collapsed into arrays of its own, all at once, then appended in order
+    /// (the references in them moved by where they land), so the arrays are the same whichever
+    /// thread did what. As in `inner`, each kid becomes one child.
+    fn inner_in_parallel(&mut self, idx: usize, kids: &[usize]) -> (u32, Aabb) {
+        use rayon::prelude::*;
+        let parts: Vec<(Vec<Node8>, Vec<TriPack>, u32, Aabb)> = kids
+            .par_iter()
+            .map(|&k| {
+                let mut c = Collapse {
+                    bvh2: self.bvh2,
+                    triangles: self.triangles,
+                    counts: self.counts,
+                    parallel_from: self.parallel_from,
+                    nodes: Vec::new(),
+                    packs: Vec::new(),
+                };
+                let (r, b) = if self.counts[k] as usize <= PACK {
+                    c.leaf(&c.prims_under(k))
+                } else if self.bvh2.nodes[k].is_leaf() {
+                    c.prims_node(&c.prims_under(k))
+                } else {
+                    c.inner(k)
+                };
+                (c.nodes, c.packs, r, b)
+            })
+            .collect();
+        let mut children = Vec::with_capacity(parts.len());
+        for (nodes, packs, r, b) in parts {
+            let (node_base, pack_base) = (self.nodes.len() as u32, self.packs.len() as u32);
+            let moved = |r: u32| match r {
+                EMPTY => EMPTY,
+                r if r & LEAF != 0 => LEAF | ((r & !LEAF) + pack_base),
+                r => r + node_base,
+            };
+            self.nodes.extend(nodes.into_iter().map(|mut n| {
+                n.child = n.child.map(moved);
+                n
+            }));
+            self.packs.extend(packs);
+            assert!(self.packs.len() <= LEAF as usize, "fewer than 2^31 leaves");
+            children.push((moved(r), b));
+        }
         self.fill(idx, children)
     }
 
@@ -514,6 +744,12 @@ impl Bvh {
     ///
     /// The result depends only on `triangles`, not on the calling thread pool.
     pub fn build(triangles: &[[Vec3A; 3]]) -> Bvh {
+        Bvh::build_in_chunks_of(triangles, CHUNK)
+    }
+
+    /// [`Bvh::build`] with `chunk` builder primitives per chunk of a large scene (tests use
+    /// small chunks to exercise the chunked build on few triangles).
+    fn build_in_chunks_of(triangles: &[[Vec3A; 3]], chunk: usize) -> Bvh {
         use rayon::prelude::*;
         if triangles.is_empty() {
             return Bvh {
@@ -536,27 +772,25 @@ impl Bvh {
             })
             .collect();
         drop(boxes);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "rayfarm-bvh-build".into())
-            // The collapse recurses once per level; a deep tree must not overflow the stack.
-            // Only the pages used are committed.
-            .stack_size(BUILD_STACK)
-            .build()
-            .expect("spawning the BVH build thread");
-        let (nodes, packs) = pool.install(|| {
-            let p = BUILD_PARAMS;
-            let mut bvh2 = PlocBuilder::with_capacity(aabbs.len()).build(
-                p.ploc_search_distance,
-                &aabbs,
-                (0..aabbs.len() as u32).collect(),
-                p.sort_precision,
-                p.search_depth_threshold,
-            );
-            ReinsertionOptimizer::default().run(&mut bvh2, p.reinsertion_batch_ratio, None);
-            groups.expand(&mut bvh2);
-            Collapse::run(&bvh2, triangles)
-        });
+        let chunked = aabbs.len() >= CHUNKED_FROM * chunk;
+        let mut bvh2 = if chunked {
+            build_chunked(&aabbs, chunk)
+        } else {
+            on_build_thread(|| build_bvh2(&aabbs, (0..aabbs.len() as u32).collect()))
+        };
+        drop(aabbs);
+        on_build_thread(|| groups.expand(&mut bvh2));
+        let (nodes, packs) = if chunked {
+            on_build_threads(rayon::current_num_threads(), || {
+                Collapse::run(
+                    &bvh2,
+                    triangles,
+                    (chunk / PARALLEL_COLLAPSE_DIVISOR).max(PACK + 1),
+                )
+            })
+        } else {
+            on_build_thread(|| Collapse::run(&bvh2, triangles, usize::MAX))
+        };
         Bvh {
             nodes,
             packs,
@@ -1118,8 +1352,19 @@ mod tests {
     /// starting on a triangle's plane next to it. Every answer must match brute force exactly,
     /// with and without an alpha-test filter, for closest hits and for occlusion.
     fn check_against_brute_force(offset: Vec3A, scale: f32, seed: u64) {
+        check_build_against_brute_force(offset, scale, seed, Bvh::build);
+    }
+
+    /// [`check_against_brute_force`] with a tree from `build`; returns the tree and its
+    /// triangles.
+    fn check_build_against_brute_force(
+        offset: Vec3A,
+        scale: f32,
+        seed: u64,
+        build: impl Fn(&[[Vec3A; 3]]) -> Bvh,
+    ) -> (Bvh, Vec<[Vec3A; 3]>) {
         let mut s = seed;
-        let tris: Vec<[Vec3A; 3]> = (0..3000)
+        let mut tris: Vec<[Vec3A; 3]> = (0..3000)
             .map(|_| {
                 let c = Vec3A::new(lcg(&mut s), lcg(&mut s), lcg(&mut s)) * 10.0;
                 [0, 1, 2].map(|_| {
@@ -1127,7 +1372,11 @@ mod tests {
                 })
             })
             .collect();
-        let mut bvh = Bvh::build(&tris);
+        // Copies of a few triangles: groups of equal boxes (see `Groups`).
+        for i in 0..600 {
+            tris.push(tris[i % 7]);
+        }
+        let mut bvh = build(&tris);
         let prepared = prepare(&tris);
         let needs = |p: u32| p & 1 == 0;
         let accept = |p: u32, u: f32, v: f32| p & 3 != 0 || u > v;
@@ -1139,6 +1388,29 @@ mod tests {
                 &bvh, &tris, &prepared, offset, scale, rays_seed, &needs, &accept,
             );
         }
+        (bvh, tris)
+    }
+
+    /// A large scene's tree is built in chunks, several at once ([`build_chunked`]): it must
+    /// find every hit exactly (as brute force does) and be the same tree on any thread pool.
+    /// Chunks of 32 primitives here (113 chunks' worth, cut into 128), of 2^16 in a real scene.
+    #[test]
+    fn chunked_build_is_exact_and_the_same_on_any_pool() {
+        let on_pool = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            check_build_against_brute_force(Vec3A::new(3.0, -2.0, 1.0), 1.0, 17, |t| {
+                pool.install(|| Bvh::build_in_chunks_of(t, 32))
+            })
+        };
+        let ((one, tris), (three, _)) = (on_pool(1), on_pool(3));
+        assert!(one.nodes() == three.nodes(), "node arrays differ");
+        assert!(one.packs() == three.packs(), "leaves differ");
+        // It was built in chunks: the tree over all the triangles at once differs.
+        assert!(Bvh::build(&tris).nodes() != one.nodes());
+        assert!(one.depth() < 40, "depth {}", one.depth());
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1443,7 +1715,8 @@ mod tests {
             let mut c = Collapse {
                 bvh2: &Bvh2::default(),
                 triangles: &tris,
-                counts: Vec::new(),
+                counts: &[],
+                parallel_from: usize::MAX,
                 nodes: Vec::new(),
                 packs: Vec::new(),
             };
