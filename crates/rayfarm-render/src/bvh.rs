@@ -667,22 +667,58 @@ impl<'a> Collapse<'a> {
     }
 }
 
-/// Triangles under each binary node (0 for nodes the root does not reach).
+/// Triangles under each binary node (0 for nodes the root does not reach). The top few levels'
+/// subtrees are counted in parallel (a large scene's tree has millions of nodes); every count
+/// is a sum of its subtree's, so the result is the same either way.
 fn subtree_counts(bvh2: &Bvh2) -> Vec<u32> {
-    let mut counts = vec![0u32; bvh2.nodes.len()];
-    let mut stack = vec![(0usize, false)];
-    while let Some((n, children_done)) = stack.pop() {
+    // About 16k nodes a task at least.
+    subtree_counts_in_parallel_from(bvh2, 1 << 20)
+}
+
+/// [`subtree_counts`], in parallel in trees of at least `parallel_from` nodes.
+fn subtree_counts_in_parallel_from(bvh2: &Bvh2, parallel_from: usize) -> Vec<u32> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    /// Levels whose two subtrees are counted at once.
+    const PARALLEL_LEVELS: u32 = 6;
+    let counts: Vec<AtomicU32> = (0..bvh2.nodes.len()).map(|_| AtomicU32::new(0)).collect();
+    fn below(bvh2: &Bvh2, counts: &[AtomicU32], root: usize) -> u32 {
+        let mut stack = vec![(root, false)];
+        while let Some((n, children_done)) = stack.pop() {
+            let node = &bvh2.nodes[n];
+            let first = node.first_index as usize;
+            if node.is_leaf() {
+                counts[n].store(node.prim_count, Ordering::Relaxed);
+            } else if children_done {
+                let sum = counts[first].load(Ordering::Relaxed)
+                    + counts[first + 1].load(Ordering::Relaxed);
+                counts[n].store(sum, Ordering::Relaxed);
+            } else {
+                stack.extend([(n, true), (first, false), (first + 1, false)]);
+            }
+        }
+        counts[root].load(Ordering::Relaxed)
+    }
+    fn top(bvh2: &Bvh2, counts: &[AtomicU32], n: usize, level: u32) -> u32 {
         let node = &bvh2.nodes[n];
+        if node.is_leaf() || level >= PARALLEL_LEVELS {
+            return below(bvh2, counts, n);
+        }
         let first = node.first_index as usize;
-        if node.is_leaf() {
-            counts[n] = node.prim_count;
-        } else if children_done {
-            counts[n] = counts[first] + counts[first + 1];
+        let (a, b) = rayon::join(
+            || top(bvh2, counts, first, level + 1),
+            || top(bvh2, counts, first + 1, level + 1),
+        );
+        counts[n].store(a + b, Ordering::Relaxed);
+        a + b
+    }
+    if !bvh2.nodes.is_empty() {
+        if bvh2.nodes.len() >= parallel_from {
+            top(bvh2, &counts, 0, 0);
         } else {
-            stack.extend([(n, true), (first, false), (first + 1, false)]);
+            below(bvh2, &counts, 0);
         }
     }
-    counts
+    counts.into_iter().map(AtomicU32::into_inner).collect()
 }
 
 /// Per-ray values of the node and leaf tests.
@@ -1389,6 +1425,27 @@ mod tests {
             );
         }
         (bvh, tris)
+    }
+
+    /// Counting a tree's triangles in parallel gives the counts the serial walk gives.
+    #[test]
+    fn subtree_counts_in_parallel_are_the_serial_ones() {
+        let mut s = 29u64;
+        let aabbs: Vec<Aabb> = (0..5000)
+            .map(|_| {
+                let c = Vec3A::new(lcg(&mut s), lcg(&mut s), lcg(&mut s)) * 10.0;
+                Aabb::new(c, c + Vec3A::splat(0.3))
+            })
+            .collect();
+        let bvh2 = on_build_thread(|| build_bvh2(&aabbs, (0..aabbs.len() as u32).collect()));
+        let serial = subtree_counts_in_parallel_from(&bvh2, usize::MAX);
+        assert_eq!(serial[0], 5000);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let parallel = pool.install(|| subtree_counts_in_parallel_from(&bvh2, 0));
+        assert_eq!(serial, parallel);
     }
 
     /// A large scene's tree is built in chunks, several at once ([`build_chunked`]): it must
