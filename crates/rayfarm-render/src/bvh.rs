@@ -385,7 +385,13 @@ fn build_chunked(aabbs: &[Aabb], chunk: usize) -> Bvh2 {
                     let chunk_boxes: Vec<Aabb> =
                         chunk_ids.iter().map(|&i| aabbs[i as usize]).collect();
                     let tree = build_bvh2(&chunk_boxes, chunk_ids);
-                    *built[c].lock().expect("a chunk's slot") = Some(tree);
+                    // Only the nodes are kept: the rest is freed here, on this thread.
+                    let nodes = Bvh2 {
+                        nodes: tree.nodes,
+                        max_depth: tree.max_depth,
+                        ..Bvh2::default()
+                    };
+                    *built[c].lock().expect("a chunk's slot") = Some(nodes);
                 })
             });
         }
@@ -394,12 +400,17 @@ fn build_chunked(aabbs: &[Aabb], chunk: usize) -> Bvh2 {
     // One tree: the chunks' nodes after the top's, each chunk's root in its slot. A PLOC leaf's
     // `first_index` is the number of its primitive (its id, a global group number here), and
     // `primitive_indices` the identity, as in a tree built over all the primitives at once.
+    let trees: Vec<Bvh2> = built
+        .into_iter()
+        .map(|t| {
+            t.into_inner()
+                .expect("a chunk's slot")
+                .expect("every chunk was built")
+        })
+        .collect();
+    nodes.reserve(trees.iter().map(|t| t.nodes.len()).sum());
     let mut max_depth = 0;
-    for (c, tree) in built.into_iter().enumerate() {
-        let tree = tree
-            .into_inner()
-            .expect("a chunk's slot")
-            .expect("every chunk was built");
+    for (c, tree) in trees.into_iter().enumerate() {
         let node_base = nodes.len() as u32;
         let moved = |mut n: Bvh2Node| {
             if !n.is_leaf() {
