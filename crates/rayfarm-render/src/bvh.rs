@@ -264,8 +264,8 @@ impl Groups {
 const CHUNK: usize = 1 << 16;
 /// Scenes of at least this many chunks' worth of builder primitives are built in chunks.
 const CHUNKED_FROM: usize = 4;
-/// In a chunked build, binary subtrees of at least a chunk's worth of triangles over this are
-/// collapsed in parallel ([`Collapse::inner_in_parallel`]).
+/// In a chunked build, a node with a binary subtree of at least a chunk's worth of triangles
+/// over this collapses all its children in parallel ([`Collapse::inner_in_parallel`]).
 const PARALLEL_COLLAPSE_DIVISOR: usize = 8;
 
 /// Runs `f` on a private one-thread rayon pool (so that obvhs's parallel code takes its
@@ -306,11 +306,11 @@ fn build_bvh2(aabbs: &[Aabb], ids: Vec<u32>) -> Bvh2 {
 /// The binary tree of a large scene, built on every thread of the caller's pool and still the
 /// same on any pool. obvhs's build hardly scales with threads (BENCHMARKS.md, "BVH"), and must
 /// run on one thread to be deterministic anyway, so a large scene is cut into `2^k` chunks of
-/// about `chunk` primitives: median splits of the box centres along the longest axis of their
-/// bounds, ties broken by primitive number (a total order, so the cut is a pure function of the
-/// boxes). The splits are the top of the tree; each chunk gets its own PLOC tree, built on a
-/// one-thread pool of its own, several chunks at once. Which thread builds which chunk cannot
-/// change a node.
+/// `chunk / 2` to `chunk` primitives: median splits of the box centres along the longest axis of
+/// their bounds, ties broken by primitive number (a total order, so the cut is a pure function
+/// of the boxes). The splits are the top of the tree; each chunk gets its own PLOC tree over its
+/// primitives in ascending order, built on a one-thread pool of its own, several chunks at
+/// once. Which thread builds which chunk cannot change a node.
 fn build_chunked(aabbs: &[Aabb], chunk: usize) -> Bvh2 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -381,13 +381,30 @@ fn build_chunked(aabbs: &[Aabb], chunk: usize) -> Bvh2 {
                 on_build_thread(|| loop {
                     let c = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(a, b)) = ranges.get(c) else { break };
-                    let chunk_ids = ids[a..b].to_vec();
+                    // In primitive order: `select_nth_unstable_by` leaves each side in an
+                    // order std does not specify, and PLOC's input order breaks its sort's
+                    // ties, so unsorted the tree could change with the compiler.
+                    let mut chunk_ids = ids[a..b].to_vec();
+                    chunk_ids.sort_unstable();
                     let chunk_boxes: Vec<Aabb> =
                         chunk_ids.iter().map(|&i| aabbs[i as usize]).collect();
-                    let tree = build_bvh2(&chunk_boxes, chunk_ids);
+                    // Built over local numbers (0..len, which obvhs's leaves index
+                    // `primitive_indices` with), then each leaf is given its global number.
+                    let tree = build_bvh2(&chunk_boxes, (0..chunk_ids.len() as u32).collect());
+                    let nodes: Vec<Bvh2Node> = tree
+                        .nodes
+                        .into_iter()
+                        .map(|mut n| {
+                            if n.is_leaf() {
+                                let local = tree.primitive_indices[n.first_index as usize];
+                                n.first_index = chunk_ids[local as usize];
+                            }
+                            n
+                        })
+                        .collect();
                     // Only the nodes are kept: the rest is freed here, on this thread.
                     let nodes = Bvh2 {
-                        nodes: tree.nodes,
+                        nodes,
                         max_depth: tree.max_depth,
                         ..Bvh2::default()
                     };
@@ -424,8 +441,12 @@ fn build_chunked(aabbs: &[Aabb], chunk: usize) -> Bvh2 {
     }
     // The top's boxes: its nodes were made parents first, so in reverse each node's children
     // are done (a chunk's root, or a top node after it).
+    let mut is_slot = vec![false; top_len];
+    for &n in &slots {
+        is_slot[n] = true;
+    }
     for n in (0..top_len).rev() {
-        if !slots.contains(&n) {
+        if !is_slot[n] {
             let first = nodes[n].first_index as usize;
             let b = nodes[first].aabb().union(nodes[first + 1].aabb());
             nodes[n] = Bvh2Node::new(b, 0, first as u32);
@@ -597,7 +618,11 @@ impl<'a> Collapse<'a> {
                 n
             }));
             self.packs.extend(packs);
-            assert!(self.packs.len() <= LEAF as usize, "fewer than 2^31 leaves");
+            // `LEAF | (LEAF - 1)` is `EMPTY`: the last index is not a leaf's.
+            assert!(
+                self.packs.len() < LEAF as usize,
+                "fewer than 2^31 - 1 leaves"
+            );
             children.push((moved(r), b));
         }
         self.fill(idx, children)
@@ -658,8 +683,9 @@ impl<'a> Collapse<'a> {
         }
         let index = u32::try_from(self.packs.len())
             .ok()
-            .filter(|&i| i < LEAF)
-            .expect("fewer than 2^31 leaves");
+            // `LEAF | (LEAF - 1)` is `EMPTY`: the last index is not a leaf's.
+            .filter(|&i| i < LEAF - 1)
+            .expect("fewer than 2^31 - 1 leaves");
         self.packs.push(pack);
         (LEAF | index, bounds)
     }
@@ -1461,7 +1487,8 @@ mod tests {
 
     /// A large scene's tree is built in chunks, several at once ([`build_chunked`]): it must
     /// find every hit exactly (as brute force does) and be the same tree on any thread pool.
-    /// Chunks of 32 primitives here (113 chunks' worth, cut into 128), of 2^16 in a real scene.
+    /// Chunks of 32 primitives here (3000 groups of equal boxes, 94 chunks' worth, cut into 128),
+    /// of 2^16 in a real scene.
     #[test]
     fn chunked_build_is_exact_and_the_same_on_any_pool() {
         let on_pool = |threads: usize| {
