@@ -1474,15 +1474,19 @@ mod tests {
                 Aabb::new(c, c + Vec3A::splat(0.3))
             })
             .collect();
-        let bvh2 = on_build_thread(|| build_bvh2(&aabbs, (0..aabbs.len() as u32).collect()));
-        let serial = subtree_counts_in_parallel_from(&bvh2, usize::MAX);
-        assert_eq!(serial[0], 5000);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
-        let parallel = pool.install(|| subtree_counts_in_parallel_from(&bvh2, 0));
-        assert_eq!(serial, parallel);
+        // A plain tree, and one joined from chunks (with nodes the root does not reach).
+        let plain = on_build_thread(|| build_bvh2(&aabbs, (0..aabbs.len() as u32).collect()));
+        let joined = pool.install(|| build_chunked(&aabbs, 64));
+        for bvh2 in [plain, joined] {
+            let serial = subtree_counts_in_parallel_from(&bvh2, usize::MAX);
+            assert_eq!(serial[0], 5000);
+            let parallel = pool.install(|| subtree_counts_in_parallel_from(&bvh2, 0));
+            assert_eq!(serial, parallel);
+        }
     }
 
     /// A large scene's tree is built in chunks, several at once ([`build_chunked`]): it must
