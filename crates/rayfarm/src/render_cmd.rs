@@ -605,6 +605,9 @@ fn render_frame(
     // scheduler; a plain local render on the thread pool.
     let master_run = crate::live_cmd::master_run(network, blob, served.as_ref(), threads);
     let mut stopped_samples = None;
+    // Seconds of a local render's scene preparation (BVH, MIP pyramids): not counted in its
+    // samples/s. (A network render's master builds while workers load: that overlaps.)
+    let mut setup_secs: Option<f64> = None;
     let pixels = if let Some((nr, blob)) = master_run {
         // The master builds its own BVH after its port listens: workers start loading the
         // scene at once.
@@ -623,12 +626,21 @@ fn render_frame(
         shares = r.shares.clone();
         r.to_rgb(a.spp)
     } else {
+        // A large scene's BVH takes seconds: say so, not a bar standing at 0%.
+        bar.set_message(format!(
+            "preparing the scene ({} triangles: BVH, textures)",
+            scene.triangles.len()
+        ));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
         let rs = pool.install(|| RenderScene::for_images(scene));
+        setup_secs = Some(render_start.elapsed().as_secs_f64());
+        bar.set_message("");
         let film = pool.install(|| {
             rayfarm_render::render_local(&rs, &settings, &units, &|n| {
                 let d = done.fetch_add(n, Ordering::Relaxed) + n;
                 bar.set_position(d);
-                let secs = render_start.elapsed().as_secs_f64().max(1e-6);
+                let secs =
+                    (render_start.elapsed().as_secs_f64() - setup_secs.unwrap_or(0.0)).max(1e-6);
                 bar.set_message(format!("{:.2} M samples/s", d as f64 / secs / 1e6));
             })
         });
@@ -669,14 +681,20 @@ fn render_frame(
         s.linger();
     }
     if !a.quiet {
+        let setup = setup_secs.unwrap_or(0.0);
+        let setup_note = match setup_secs {
+            Some(s) => format!("scene set-up {s:.2} s, "),
+            None => String::new(),
+        };
         println!(
-            "rendered {}x{} at {} spp on {} in {:.2} s ({:.2} M samples/s, {:.2} s total) -> {}",
+            "rendered {}x{} at {} spp on {} in {:.2} s ({:.2} M samples/s, {}{:.2} s total) -> {}",
             width,
             height,
             a.spp,
             on,
-            render_secs,
-            total as f64 / render_secs.max(1e-9) / 1e6,
+            render_secs - setup,
+            total as f64 / (render_secs - setup).max(1e-9) / 1e6,
+            setup_note,
             t0.elapsed().as_secs_f64(),
             output.display()
         );

@@ -124,6 +124,12 @@ fn quiet_prints_nothing_and_summary_mentions_throughput() {
         "the summary should report samples/s: {}",
         v.stdout
     );
+    // The scene's preparation (BVH, textures) is reported apart: it is not sampling time.
+    assert!(
+        v.stdout.contains("scene set-up "),
+        "the summary should report the set-up time: {}",
+        v.stdout
+    );
     assert!(
         v.stdout.contains("48x48"),
         "the summary should report the size: {}",
