@@ -1687,6 +1687,17 @@ mod tests {
     /// one triangle, rows of evenly spaced equal triangles, many triangles per point.
     #[test]
     fn ties_build_fast_shallow_and_correct() {
+        ties_build_fast_shallow_and_correct_with(Bvh::build);
+    }
+
+    /// The same inputs built in chunks of 1024 primitives (the ties then also meet the cut's
+    /// median splits).
+    #[test]
+    fn ties_build_fast_shallow_and_correct_in_chunks() {
+        ties_build_fast_shallow_and_correct_with(|t| Bvh::build_in_chunks_of(t, 1024));
+    }
+
+    fn ties_build_fast_shallow_and_correct_with(build: impl Fn(&[[Vec3A; 3]]) -> Bvh) {
         let tri = [
             Vec3A::ZERO,
             Vec3A::new(0.5, 0.0, 0.0),
@@ -1705,7 +1716,7 @@ mod tests {
             [0, 1, 2].map(|_| c + Vec3A::new(lcg(&mut s), lcg(&mut s), lcg(&mut s)) - 0.5)
         }));
         let start = std::time::Instant::now();
-        let bvh = Bvh::build(&tris);
+        let bvh = build(&tris);
         let took = start.elapsed();
         // Without the grouping and padding this took 18 s and the tree was 10000 levels deep.
         assert!(took.as_secs_f32() < 2.0, "{took:?}");
