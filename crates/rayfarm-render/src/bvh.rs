@@ -605,6 +605,9 @@ impl<'a> Collapse<'a> {
                 (c.nodes, c.packs, r, b)
             })
             .collect();
+        // Room for all the parts at once: one allocation, each part copied once.
+        self.nodes.reserve(parts.iter().map(|p| p.0.len()).sum());
+        self.packs.reserve(parts.iter().map(|p| p.1.len()).sum());
         let mut children = Vec::with_capacity(parts.len());
         for (nodes, packs, r, b) in parts {
             let (node_base, pack_base) = (self.nodes.len() as u32, self.packs.len() as u32);
