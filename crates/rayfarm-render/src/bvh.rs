@@ -414,9 +414,9 @@ fn build_chunked(aabbs: &[Aabb], chunk: usize) -> Bvh2 {
         }
     });
 
-    // One tree: the chunks' nodes after the top's, each chunk's root in its slot. A PLOC leaf's
-    // `first_index` is the number of its primitive (its id, a global group number here), and
-    // `primitive_indices` the identity, as in a tree built over all the primitives at once.
+    // One tree: the chunks' nodes after the top's, each chunk's root in its slot. A leaf's
+    // `first_index` is its primitive's global number (mapped above), and `primitive_indices`
+    // the identity, as in a tree PLOC builds over all the primitives at once.
     let trees: Vec<Bvh2> = built
         .into_iter()
         .map(|t| {
@@ -561,27 +561,28 @@ impl<'a> Collapse<'a> {
         {
             return self.inner_in_parallel(idx, &kids);
         }
-        let children = kids
-            .iter()
-            .map(|&k| {
-                if self.counts[k] as usize <= PACK {
-                    let prims = self.prims_under(k);
-                    self.leaf(&prims)
-                } else if self.bvh2.nodes[k].is_leaf() {
-                    let prims = self.prims_under(k);
-                    self.prims_node(&prims)
-                } else {
-                    self.inner(k)
-                }
-            })
-            .collect();
+        let children = kids.iter().map(|&k| self.child(k)).collect();
         self.fill(idx, children)
+    }
+
+    /// What binary node `k` becomes as a child: a leaf of its few triangles, a node over the
+    /// triangles of a binary leaf, or an inner node. Returns its reference and exact box.
+    fn child(&mut self, k: usize) -> (u32, Aabb) {
+        if self.counts[k] as usize <= PACK {
+            let prims = self.prims_under(k);
+            self.leaf(&prims)
+        } else if self.bvh2.nodes[k].is_leaf() {
+            let prims = self.prims_under(k);
+            self.prims_node(&prims)
+        } else {
+            self.inner(k)
+        }
     }
 
     /// The end of [`Collapse::inner`] for node `idx` over the binary nodes `kids` when some are
     /// large: each kid collapsed into arrays of its own, all at once, then appended in order
     /// (the references in them moved by where they land), so the arrays are the same whichever
-    /// thread did what. As in `inner`, each kid becomes one child.
+    /// thread did what. As in `inner`, each kid becomes one child ([`Collapse::child`]).
     fn inner_in_parallel(&mut self, idx: usize, kids: &[usize]) -> (u32, Aabb) {
         use rayon::prelude::*;
         let parts: Vec<(Vec<Node8>, Vec<TriPack>, u32, Aabb)> = kids
@@ -595,13 +596,7 @@ impl<'a> Collapse<'a> {
                     nodes: Vec::new(),
                     packs: Vec::new(),
                 };
-                let (r, b) = if self.counts[k] as usize <= PACK {
-                    c.leaf(&c.prims_under(k))
-                } else if self.bvh2.nodes[k].is_leaf() {
-                    c.prims_node(&c.prims_under(k))
-                } else {
-                    c.inner(k)
-                };
+                let (r, b) = c.child(k);
                 (c.nodes, c.packs, r, b)
             })
             .collect();
