@@ -374,6 +374,10 @@ impl RenderScene {
         let mut prev_delta = true;
         // How many BSDF samples the previous vertex took (1, or FIRST_SPLIT where it split).
         let mut prev_split = 1u32;
+        // The previous vertex's point and geometric normal: where its light sample was taken,
+        // which the light tree's probabilities depend on.
+        let mut prev_p = Vec3A::ZERO;
+        let mut prev_n = Vec3A::ZERO;
         // Absorption coefficient of the volume the path is in (KHR_materials_volume), if any.
         // One level: entering a volume from its front sets it, leaving through a back face
         // clears it (volumes are closed meshes with outward faces, as the extension requires).
@@ -442,12 +446,15 @@ impl RenderScene {
             }
             if surf.emission != Vec3A::ZERO {
                 let w = match hit {
-                    Some((t, prim)) if !prev_delta && prev_split > 1 => {
-                        split_weight(prev_split, prev_pdf, self.triangle_light_pdf(prim, dir, t))
-                    }
-                    Some((t, prim)) if !prev_delta => {
-                        power_heuristic(prev_pdf, self.triangle_light_pdf(prim, dir, t))
-                    }
+                    Some((t, prim)) if !prev_delta && prev_split > 1 => split_weight(
+                        prev_split,
+                        prev_pdf,
+                        self.triangle_light_pdf(prim, dir, t, prev_p, prev_n),
+                    ),
+                    Some((t, prim)) if !prev_delta => power_heuristic(
+                        prev_pdf,
+                        self.triangle_light_pdf(prim, dir, t, prev_p, prev_n),
+                    ),
                     _ => 1.0,
                 };
                 l += beta * surf.emission * w;
@@ -489,7 +496,7 @@ impl RenderScene {
             // Next-event estimation: lights on the lit side, and behind the surface too when
             // it has a non-delta transmission lobe (diffuse transmission, rough refraction);
             // the local and geometric sides must agree either way.
-            if let Some(ls) = self.sample_light(surf.p, u1, u2) {
+            if let Some(ls) = self.sample_light(surf.p, surf.ng, u1, u2) {
                 let side = ls.wi.dot(surf.ng);
                 let wi = to_local(ls.wi);
                 if side > 0.0 || (side < 0.0 && wi.z < 0.0 && surf.bsdf.transmits_nondelta()) {
@@ -562,6 +569,8 @@ impl RenderScene {
             prev_pdf = bs.pdf;
             prev_delta = bs.delta;
             prev_split = split;
+            prev_p = surf.p;
+            prev_n = surf.ng;
             org = offset(surf.p, surf.ng, wi);
             dir = wi;
             depth += 1;
@@ -637,7 +646,7 @@ impl RenderScene {
                     if le == Vec3A::ZERO {
                         continue;
                     }
-                    let light_pdf = self.triangle_light_pdf(h.prim, wi, h.t);
+                    let light_pdf = self.triangle_light_pdf(h.prim, wi, h.t, surf.p, surf.ng);
                     (le, split_weight(split, bk.pdf, light_pdf))
                 }
             };

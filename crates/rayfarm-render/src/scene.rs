@@ -3,6 +3,7 @@
 
 use crate::bsdf::{luminance, onb, Bsdf, MIN_ALPHA, SHEEN_MIN_ROUGHNESS};
 use crate::bvh::{Bvh, Hit};
+use crate::lighttree::{LightBounds, LightTree};
 use crate::math::{cross, DetMath};
 use crate::texture::{texture_uv, Footprint, LuminancePyramid, Textures};
 use glam::{Vec2, Vec3A};
@@ -112,6 +113,84 @@ impl Distribution1D {
             0.0
         } else {
             self.func[i].max(0.0) / self.total
+        }
+    }
+}
+
+/// Scenes with at least this many lights with a place (emissive triangles, point and spot
+/// lights) pick among them by importance through a [`LightTree`]; fewer (a quad light's two
+/// triangles) are picked by power alone, which costs nothing per sample.
+pub const LIGHT_TREE_MIN: usize = 4;
+
+/// How a light sample picks a light: by power among the directional lights, the environment
+/// and, as one entry holding all their power, the lights with a place; among those by their
+/// importance at the shading point, through the light tree. Without a tree, by power among all.
+#[derive(Clone, Debug)]
+pub struct LightPicker {
+    /// With a tree, entry 0 is the tree and entry `k > 0` light `tree_lights + k - 1`;
+    /// without, entry `k` is light `k`.
+    top: Distribution1D,
+    tree: Option<LightTree>,
+    /// The first `tree_lights` lights are the tree's (0 without a tree).
+    tree_lights: usize,
+}
+
+impl LightPicker {
+    /// `power` of every light, `bounds` of the first `bounds.len()` (those with a place); a
+    /// tree over them when `tree`.
+    pub fn new(power: &[f32], bounds: &[LightBounds], tree: bool) -> LightPicker {
+        let tree = if tree { LightTree::build(bounds) } else { None };
+        match tree {
+            Some(tree) => {
+                let n = bounds.len();
+                let inside: f64 = power[..n].iter().map(|&p| p as f64).sum();
+                let mut top = vec![inside as f32];
+                top.extend_from_slice(&power[n..]);
+                LightPicker {
+                    top: Distribution1D::new(top),
+                    tree: Some(tree),
+                    tree_lights: n,
+                }
+            }
+            None => LightPicker {
+                top: Distribution1D::new(power.to_vec()),
+                tree: None,
+                tree_lights: 0,
+            },
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.top.is_empty()
+    }
+
+    /// Whether the picker chooses through a light tree.
+    pub fn has_tree(&self) -> bool {
+        self.tree.is_some()
+    }
+
+    /// Picks a light for a point `p` with geometric normal `n` with `u`: (light, its
+    /// probability, `u` rescaled within the choice).
+    #[inline]
+    pub fn pick(&self, p: Vec3A, n: Vec3A, u: f32) -> Option<(usize, f32, f32)> {
+        let (k, sel, u) = self.top.sample(u);
+        match &self.tree {
+            Some(tree) if k == 0 => {
+                let (li, pmf, u) = tree.sample(p, n, u)?;
+                Some((li, sel * pmf, u))
+            }
+            Some(_) => Some((self.tree_lights + k - 1, sel, u)),
+            None => Some((k, sel, u)),
+        }
+    }
+
+    /// The probability with which [`LightPicker::pick`] picks `light` at (`p`, `n`).
+    #[inline]
+    pub fn prob(&self, p: Vec3A, n: Vec3A, light: usize) -> f32 {
+        match &self.tree {
+            Some(tree) if light < self.tree_lights => self.top.prob(0) * tree.pmf(p, n, light),
+            Some(_) => self.top.prob(light - self.tree_lights + 1),
+            None => self.top.prob(light),
         }
     }
 }
@@ -430,11 +509,16 @@ pub struct RenderScene {
     pub bvh: Bvh,
     pub textures: Textures,
     pub env: EnvLight,
-    /// What light samples choose from, by power (`light_dist`): emissive triangles (weighed by
+    /// What light samples choose from (`light_pick`): emissive triangles (weighed by
     /// their emission texture's mean around them; black ones are left out), punctual lights and
     /// the environment.
     pub lights: Vec<LightRef>,
-    pub light_dist: Distribution1D,
+    /// How a light sample picks among `lights`.
+    pub light_pick: LightPicker,
+    /// Each light's power (what the top-level choice weighs), and the bounds of those with a
+    /// place (the first `light_bounds.len()` of `lights`), kept to rebuild `light_pick`.
+    light_power: Vec<f32>,
+    light_bounds: Vec<LightBounds>,
     /// Index into `lights` of each emissive triangle, `u32::MAX` for the others.
     pub light_of_triangle: Vec<u32>,
     pub env_light_index: Option<usize>,
@@ -565,6 +649,9 @@ impl RenderScene {
 
         let mut lights = Vec::new();
         let mut power = Vec::new();
+        // The lights with a place first (the light tree's), then directional lights and the
+        // environment.
+        let mut bounds = Vec::new();
         let mut light_of_triangle = vec![u32::MAX; scene.triangles.len()];
         for (i, tri) in corners.iter().enumerate() {
             let m = &scene.materials[scene.triangle_materials[i] as usize];
@@ -582,25 +669,42 @@ impl RenderScene {
                 // that hits it anyway counts its emission in full (no light sample competes).
                 continue;
             }
+            let normal = cross(tri[1] - tri[0], tri[2] - tri[0]).normalize_or(Vec3A::Z);
             light_of_triangle[i] = lights.len() as u32;
             lights.push(LightRef::Triangle {
                 prim: i as u32,
                 area,
                 corners: *tri,
-                normal: cross(tri[1] - tri[0], tri[2] - tri[0]).normalize_or(Vec3A::Z),
+                normal,
             });
             power.push(p);
+            bounds.push(LightBounds::triangle(*tri, normal, p, m.double_sided));
         }
-        for (i, l) in scene.lights.iter().enumerate() {
-            let i_lum = luminance(Vec3A::from(l.color)) * l.intensity;
-            let p = match l.kind {
-                LightKind::Point => 4.0 * PI * i_lum,
-                LightKind::Spot { outer_cone, .. } => 2.0 * PI * (1.0 - outer_cone.cos_d()) * i_lum,
-                LightKind::Directional => PI * radius * radius * i_lum,
-            };
-            if p > 0.0 && p.is_finite() {
-                lights.push(LightRef::Punctual(i as u32));
-                power.push(p);
+        for directional in [false, true] {
+            for (i, l) in scene.lights.iter().enumerate() {
+                if (l.kind == LightKind::Directional) != directional {
+                    continue;
+                }
+                let i_lum = luminance(Vec3A::from(l.color)) * l.intensity;
+                let at = Vec3A::from(l.position);
+                let (p, b) = match l.kind {
+                    LightKind::Point => (4.0 * PI * i_lum, Some(LightBounds::point(at, i_lum))),
+                    LightKind::Spot { outer_cone, .. } => (
+                        2.0 * PI * (1.0 - outer_cone.cos_d()) * i_lum,
+                        Some(LightBounds::spot(
+                            at,
+                            Vec3A::from(l.direction),
+                            outer_cone,
+                            i_lum,
+                        )),
+                    ),
+                    LightKind::Directional => (PI * radius * radius * i_lum, None),
+                };
+                if p > 0.0 && p.is_finite() {
+                    lights.push(LightRef::Punctual(i as u32));
+                    power.push(p);
+                    bounds.extend(b);
+                }
             }
         }
         let mut env_light_index = None;
@@ -610,7 +714,13 @@ impl RenderScene {
             lights.push(LightRef::Environment);
             power.push(ep);
         }
-        let light_dist = Distribution1D::new(power);
+        let light_pick = LightPicker::new(&power, &bounds, bounds.len() >= LIGHT_TREE_MIN);
+        tracing::debug!(
+            lights = lights.len(),
+            with_a_place = bounds.len(),
+            tree = light_pick.has_tree(),
+            "light sampling"
+        );
         let material_extension_lobes = scene
             .materials
             .iter()
@@ -663,7 +773,9 @@ impl RenderScene {
             textures,
             env,
             lights,
-            light_dist,
+            light_pick,
+            light_power: power,
+            light_bounds: bounds,
             light_of_triangle,
             env_light_index,
             alpha_tested,
@@ -1120,10 +1232,24 @@ impl RenderScene {
         }
     }
 
-    /// Solid-angle density with which `sample_light` would pick the point `hit_t` along `dir` on
-    /// emissive triangle `prim`.
+    /// Turns the light tree on or off (for tests and measurements that compare the two; a
+    /// scene uses it when it has [`LIGHT_TREE_MIN`] lights with a place or more). Part of
+    /// what an image is, as `first_split` is.
+    pub fn use_light_tree(&mut self, on: bool) {
+        self.light_pick = LightPicker::new(&self.light_power, &self.light_bounds, on);
+    }
+
+    /// Solid-angle density with which `sample_light` at the point `from` with geometric normal
+    /// `n` would pick the point `dist` along `dir` on emissive triangle `prim`.
     #[inline]
-    pub fn triangle_light_pdf(&self, prim: u32, dir: Vec3A, dist: f32) -> f32 {
+    pub fn triangle_light_pdf(
+        &self,
+        prim: u32,
+        dir: Vec3A,
+        dist: f32,
+        from: Vec3A,
+        n: Vec3A,
+    ) -> f32 {
         let li = self.light_of_triangle[prim as usize];
         if li == u32::MAX {
             return 0.0;
@@ -1135,7 +1261,7 @@ impl RenderScene {
         if cos <= 0.0 {
             return 0.0;
         }
-        self.light_dist.prob(li as usize) * dist * dist / (area * cos)
+        self.light_pick.prob(from, n, li as usize) * dist * dist / (area * cos)
     }
 
     /// The density with which [`RenderScene::sample_light`] picks the environment and in it
@@ -1143,21 +1269,22 @@ impl RenderScene {
     #[inline]
     pub fn env_light_pdf_at(&self, at: &EnvPoint) -> f32 {
         match self.env_light_index {
-            Some(i) => self.light_dist.prob(i) * self.env.pdf_at(at),
+            Some(i) => self.light_pick.prob(Vec3A::ZERO, Vec3A::ZERO, i) * self.env.pdf_at(at),
             None => 0.0,
         }
     }
 
-    /// Samples one light as seen from `p`.
+    /// Samples one light as seen from `p`, a point with geometric normal `n` (zero in a
+    /// medium).
     #[inline]
-    pub fn sample_light(&self, p: Vec3A, u1: f32, u2: f32) -> Option<LightSample> {
-        if self.light_dist.is_empty() {
+    pub fn sample_light(&self, p: Vec3A, n: Vec3A, u1: f32, u2: f32) -> Option<LightSample> {
+        if self.light_pick.is_empty() {
             return None;
         }
         // `u1` picks the light and, rescaled to the picked light's share, goes on as its first
         // coordinate: the 2-D point stays stratified over all the lights together (two
         // triangles of a quad light are sampled as one quad).
-        let (li, sel, u1) = self.light_dist.sample(u1);
+        let (li, sel, u1) = self.light_pick.pick(p, n, u1)?;
         if sel <= 0.0 {
             return None;
         }
@@ -1438,7 +1565,10 @@ mod tests {
         let dark = RenderScene::new(strip(false));
         assert_eq!(dark.lights.len(), 1, "only the environment");
         assert!(matches!(dark.lights[0], LightRef::Environment));
-        assert_eq!(dark.triangle_light_pdf(0, Vec3A::Z, 1.0), 0.0);
+        assert_eq!(
+            dark.triangle_light_pdf(0, Vec3A::Z, 1.0, Vec3A::ZERO, Vec3A::Z),
+            0.0
+        );
     }
 
     /// A sun (one bright texel) in a dark sky: light samples near it carry bounded weights.

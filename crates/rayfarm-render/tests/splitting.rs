@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use glam::Vec3;
 use rayfarm_render::{RenderScene, RenderSettings};
-use rayfarm_scene::{Camera, CompiledScene, Environment, Material, Projection};
+use rayfarm_scene::{CompiledScene, Environment, Material};
 
 /// A glossy metal sphere filling most of the view and a rough dielectric one beside it, with
 /// an emissive quad above, under an environment map of bright and dark tiles (light that
@@ -62,26 +62,13 @@ fn scene() -> CompiledScene {
 }
 
 fn settings(spp: u32, seed: u64) -> RenderSettings {
-    let pos = Vec3::new(0.0, 0.3, 3.0);
-    let f = (Vec3::ZERO - pos).normalize();
-    let r = f.cross(Vec3::Y).normalize();
     RenderSettings {
         width: 40,
         height: 24,
         spp,
         max_bounces: 4,
         seed,
-        camera: Camera {
-            name: "test".into(),
-            projection: Projection::Perspective {
-                yfov: 0.6,
-                aspect: Some(40.0 / 24.0),
-            },
-            position: pos.to_array(),
-            right: r.to_array(),
-            up: r.cross(f).to_array(),
-            forward: f.to_array(),
-        },
+        camera: perspective_camera(Vec3::new(0.0, 0.3, 3.0), Vec3::ZERO, 0.6, 40.0 / 24.0),
     }
 }
 
@@ -91,20 +78,6 @@ fn render_with(split: u32, spp: u32, seed: u64) -> Vec<[f32; 3]> {
     render(&rs, &settings(spp, seed), 2, 16, 16)
 }
 
-/// Per-pixel noise: half the mean squared difference of two renders with different seeds,
-/// relative to the pixel's value (as relMSE weighs it).
-fn noise(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
-    let mut sum = 0.0;
-    for (p, q) in a.iter().zip(b) {
-        for c in 0..3 {
-            let (x, y) = (p[c] as f64, q[c] as f64);
-            let m = 0.5 * (x + y);
-            sum += 0.5 * (x - y) * (x - y) / (m * m + 0.01);
-        }
-    }
-    sum / (a.len() * 3) as f64
-}
-
 #[test]
 fn splitting_keeps_the_image_and_lowers_its_noise() {
     let spp = 64;
@@ -112,11 +85,7 @@ fn splitting_keeps_the_image_and_lowers_its_noise() {
     let split = [render_with(2, spp, 1), render_with(2, spp, 2)];
     // The same expected image: the means over all pixels and both seeds agree within their
     // noise (about 0.3% here; the tolerance is 1.5%).
-    let m = |imgs: &[Vec<[f32; 3]>; 2]| {
-        let (a, b) = (mean(&imgs[0]), mean(&imgs[1]));
-        [0, 1, 2].map(|c| 0.5 * (a[c] + b[c]))
-    };
-    let (mp, ms) = (m(&plain), m(&split));
+    let (mp, ms) = (mean_of_two(&plain), mean_of_two(&split));
     for c in 0..3 {
         assert!(
             (mp[c] - ms[c]).abs() < 0.015 * mp[c],

@@ -84,3 +84,41 @@ pub fn mean(px: &[[f32; 3]]) -> [f64; 3] {
     }
     m.map(|v| v / px.len() as f64)
 }
+
+/// A perspective camera at `pos` looking at `target` (+Y up) with vertical field of view
+/// `yfov` and aspect ratio `aspect`.
+pub fn perspective_camera(pos: glam::Vec3, target: glam::Vec3, yfov: f32, aspect: f32) -> Camera {
+    let f = (target - pos).normalize();
+    let r = f.cross(glam::Vec3::Y).normalize();
+    Camera {
+        name: "test".into(),
+        projection: Projection::Perspective {
+            yfov,
+            aspect: Some(aspect),
+        },
+        position: pos.to_array(),
+        right: r.to_array(),
+        up: r.cross(f).to_array(),
+        forward: f.to_array(),
+    }
+}
+
+/// Per-pixel noise: half the mean squared difference of two renders with different seeds,
+/// relative to the pixel's value (as relMSE weighs it).
+pub fn noise(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
+    let mut sum = 0.0;
+    for (p, q) in a.iter().zip(b) {
+        for c in 0..3 {
+            let (x, y) = (p[c] as f64, q[c] as f64);
+            let m = 0.5 * (x + y);
+            sum += 0.5 * (x - y) * (x - y) / (m * m + 0.01);
+        }
+    }
+    sum / (a.len() * 3) as f64
+}
+
+/// The mean over all pixels of two renders (two seeds of one image).
+pub fn mean_of_two(imgs: &[Vec<[f32; 3]>; 2]) -> [f64; 3] {
+    let (a, b) = (mean(&imgs[0]), mean(&imgs[1]));
+    [0, 1, 2].map(|c| 0.5 * (a[c] + b[c]))
+}

@@ -1,0 +1,687 @@
+//! A tree over the scene's lights, to choose one by its importance at the shading point
+//! rather than by its share of the scene's power (the many-lights method of Conty Estevez and
+//! Kulla, "Importance Sampling of Many Lights with Adaptive Tree Splitting", 2018, which
+//! pbrt-v4's BVH light sampler and Cycles' light tree follow).
+//!
+//! Every light with a place (an emissive triangle, a point or spot light) is a leaf with its
+//! [`LightBounds`]: a box, a power and a cone of directions it emits into. Each inner node
+//! bounds its two children. A light sample walks down from the root, at each node choosing a
+//! child in proportion to its [`LightBounds::importance`] at the shading point (near, bright
+//! and facing the point counts more), and the probability of a light is the product of the
+//! choices on its path, which [`LightTree::pmf`] recomputes from the light's stored path for
+//! multiple importance sampling.
+//!
+//! IO-free and deterministic: the build is sequential with stable partitions, and sampling
+//! uses only `+ - * / sqrt` (and the shared `libm` functions at build time), so every node of a
+//! farm and every code path builds the same tree and picks the same light.
+
+use crate::math::{cross, DetMath};
+use glam::Vec3A;
+use std::f32::consts::PI;
+
+/// Importances are kept below this, so that the sum of two stays finite.
+const MAX_IMPORTANCE: f32 = 1e30;
+/// Buckets per axis when looking for a node's split.
+const BUCKETS: usize = 12;
+/// From this depth on, nodes split in the middle of their list: paths stay under 64 steps
+/// (their bits fit a `u64`) whatever the lights.
+const MEDIAN_DEPTH: u32 = 30;
+/// A number just below one, the largest `u` may be after rescaling.
+const ONE_MINUS: f32 = 1.0 - f32::EPSILON / 2.0;
+
+/// Where a light or a group of lights is, how much it emits and into which directions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LightBounds {
+    pub lo: Vec3A,
+    pub hi: Vec3A,
+    /// A power-like weight: emitted radiance times area for area lights, intensity times
+    /// 4 pi for point and spot lights.
+    pub phi: f32,
+    /// The axis of the cone holding every emitter's normal (or main direction).
+    pub w: Vec3A,
+    /// Cosine of that cone's half-angle (-1: every direction).
+    pub cos_o: f32,
+    /// Cosine of how far from its normal each emitter sends light (0 for area lights: a
+    /// hemisphere; a spot light's beam width).
+    pub cos_e: f32,
+    /// Whether the emitters also send light to the back of `w` (double-sided triangles).
+    pub two_sided: bool,
+}
+
+fn safe_sqrt(x: f32) -> f32 {
+    x.max(0.0).sqrt()
+}
+
+/// `cos(max(0, a - b))` from the sines and cosines of `a` and `b` in [0, pi].
+fn cos_sub_clamped(sin_a: f32, cos_a: f32, sin_b: f32, cos_b: f32) -> f32 {
+    if cos_a > cos_b {
+        1.0
+    } else {
+        cos_a * cos_b + sin_a * sin_b
+    }
+}
+
+/// `sin(max(0, a - b))` likewise.
+fn sin_sub_clamped(sin_a: f32, cos_a: f32, sin_b: f32, cos_b: f32) -> f32 {
+    if cos_a > cos_b {
+        0.0
+    } else {
+        sin_a * cos_b - cos_a * sin_b
+    }
+}
+
+/// The smallest cone (axis, cosine of half-angle) holding both cones, never narrower than
+/// either (a bound, not an estimate; widened by a hair against rounding).
+fn cone_union(a: (Vec3A, f32), b: (Vec3A, f32)) -> (Vec3A, f32) {
+    let theta_a = a.1.clamp(-1.0, 1.0).acos_d();
+    let theta_b = b.1.clamp(-1.0, 1.0).acos_d();
+    // The angle between the axes from both its sine and cosine: acos alone loses half the
+    // digits near 0 and pi.
+    let theta_d = cross(a.0, b.0).length().atan2_d(a.0.dot(b.0));
+    if (theta_d + theta_b).min(PI) <= theta_a {
+        return a;
+    }
+    if (theta_d + theta_a).min(PI) <= theta_b {
+        return b;
+    }
+    let theta_o = 0.5 * (theta_a + theta_d + theta_b) + 1e-4;
+    if theta_o >= PI {
+        return (a.0, -1.0);
+    }
+    let axis = cross(a.0, b.0);
+    let len = axis.length();
+    if len.is_nan() || len <= 1e-7 {
+        return (a.0, -1.0);
+    }
+    let k = axis / len;
+    // Turn a's axis towards b's by theta_o - theta_a (Rodrigues; k is perpendicular to a).
+    let (s, c) = (theta_o - theta_a).sin_cos_d();
+    let w = a.0 * c + cross(k, a.0) * s;
+    (w.normalize_or(a.0), theta_o.cos_d())
+}
+
+impl LightBounds {
+    /// A one-sided (or `two_sided`) emissive triangle with emitted power weight `phi`.
+    pub fn triangle(corners: [Vec3A; 3], normal: Vec3A, phi: f32, two_sided: bool) -> Self {
+        LightBounds {
+            lo: corners[0].min(corners[1]).min(corners[2]),
+            hi: corners[0].max(corners[1]).max(corners[2]),
+            phi,
+            w: normal,
+            cos_o: 1.0,
+            cos_e: 0.0,
+            two_sided,
+        }
+    }
+
+    /// A point light of intensity (luminance) `intensity`, emitting every way.
+    pub fn point(p: Vec3A, intensity: f32) -> Self {
+        LightBounds {
+            lo: p,
+            hi: p,
+            phi: 4.0 * PI * intensity,
+            w: Vec3A::Z,
+            cos_o: -1.0,
+            cos_e: 0.0,
+            two_sided: false,
+        }
+    }
+
+    /// A spot light at `p` shining along `dir` within `outer_cone` radians of it.
+    pub fn spot(p: Vec3A, dir: Vec3A, outer_cone: f32, intensity: f32) -> Self {
+        LightBounds {
+            lo: p,
+            hi: p,
+            phi: 4.0 * PI * intensity,
+            w: dir.normalize_or(Vec3A::Z),
+            cos_o: 1.0,
+            // A hair wider than the cone, against rounding at its edge.
+            cos_e: (outer_cone.clamp(0.0, PI) + 1e-4).min(PI).cos_d(),
+            two_sided: false,
+        }
+    }
+
+    /// Both bounds together.
+    pub fn union(&self, b: &LightBounds) -> LightBounds {
+        let (w, cos_o) = cone_union((self.w, self.cos_o), (b.w, b.cos_o));
+        LightBounds {
+            lo: self.lo.min(b.lo),
+            hi: self.hi.max(b.hi),
+            phi: self.phi + b.phi,
+            w,
+            cos_o,
+            cos_e: self.cos_e.min(b.cos_e),
+            two_sided: self.two_sided || b.two_sided,
+        }
+    }
+
+    fn centroid(&self) -> Vec3A {
+        (self.lo + self.hi) * 0.5
+    }
+
+    /// How much light these emitters may send to a surface at `p` with geometric normal `n`
+    /// (zero: no normal, a point in a medium): power over squared distance, times the most
+    /// favourable cosines that the box and cone allow at the emitters and at `p`. Zero only
+    /// where no emitter inside can light `p` at all.
+    #[inline]
+    pub fn importance(&self, p: Vec3A, n: Vec3A) -> f32 {
+        let c = self.centroid();
+        let r2 = (self.hi - self.lo).length_squared() * 0.25;
+        let d = p - c;
+        let dist2 = d.length_squared();
+        let d2 = dist2.max(r2).max(f32::MIN_POSITIVE);
+        let wi = if dist2 > 0.0 {
+            d / dist2.sqrt()
+        } else {
+            self.w
+        };
+        let mut cos_w = self.w.dot(wi);
+        if self.two_sided {
+            cos_w = cos_w.abs();
+        }
+        let sin_w = safe_sqrt(1.0 - cos_w * cos_w);
+        // The directions from `p` into the box's bounding sphere.
+        let cos_b = if dist2 <= r2 {
+            -1.0
+        } else {
+            safe_sqrt(1.0 - r2 / dist2)
+        };
+        let sin_b = safe_sqrt(1.0 - cos_b * cos_b);
+        let sin_o = safe_sqrt(1.0 - self.cos_o * self.cos_o);
+        let cos_x = cos_sub_clamped(sin_w, cos_w, sin_o, self.cos_o);
+        let sin_x = sin_sub_clamped(sin_w, cos_w, sin_o, self.cos_o);
+        let cos_p = cos_sub_clamped(sin_x, cos_x, sin_b, cos_b);
+        if cos_p <= self.cos_e {
+            return 0.0;
+        }
+        let mut imp = self.phi * cos_p / d2;
+        if n != Vec3A::ZERO {
+            let cos_i = wi.dot(n).abs();
+            let sin_i = safe_sqrt(1.0 - cos_i * cos_i);
+            imp *= cos_sub_clamped(sin_i, cos_i, sin_b, cos_b);
+        }
+        if imp > 0.0 {
+            imp.min(MAX_IMPORTANCE)
+        } else {
+            0.0
+        }
+    }
+
+    /// The build's cost of a node (the surface area orientation heuristic): power times the
+    /// solid angle its directions cover times its box's size, `axis_ratio` penalising thin
+    /// splits.
+    fn cost(&self, axis_ratio: f32) -> f32 {
+        let theta_o = self.cos_o.clamp(-1.0, 1.0).acos_d();
+        let theta_e = self.cos_e.clamp(-1.0, 1.0).acos_d();
+        let theta_w = (theta_o + theta_e).min(PI);
+        let sin_o = safe_sqrt(1.0 - self.cos_o * self.cos_o);
+        let m_omega = 2.0 * PI * (1.0 - self.cos_o)
+            + PI / 2.0
+                * (2.0 * theta_w * sin_o
+                    - (theta_o - 2.0 * theta_w).cos_d()
+                    - 2.0 * theta_o * sin_o
+                    + self.cos_o);
+        let e = self.hi - self.lo;
+        // Surface area, plus a little of the squared diagonal so that flat and thin boxes (a
+        // row of point lights) still rank by size.
+        let size = 2.0 * (e.x * e.y + e.y * e.z + e.z * e.x) + 0.01 * e.length_squared();
+        self.phi * m_omega.max(0.0) * axis_ratio * size
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    bounds: LightBounds,
+    /// Leaf: the light's index. Inner node: the second child's node (the first follows).
+    index: u32,
+    leaf: bool,
+}
+
+/// The tree (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct LightTree {
+    nodes: Vec<Node>,
+    /// For each light, its path from the root: bit k set when step k goes to the second child.
+    paths: Vec<u64>,
+}
+
+impl LightTree {
+    /// Builds the tree over `lights` (each with a positive, finite `phi`); light `i` of a
+    /// sample is `lights[i]`. None without lights.
+    pub fn build(lights: &[LightBounds]) -> Option<LightTree> {
+        if lights.is_empty() || lights.len() >= u32::MAX as usize {
+            return None;
+        }
+        let mut tree = LightTree {
+            nodes: Vec::with_capacity(2 * lights.len() - 1),
+            paths: vec![0; lights.len()],
+        };
+        let mut ids: Vec<u32> = (0..lights.len() as u32).collect();
+        let mut scratch = Vec::with_capacity(lights.len());
+        tree.build_node(lights, &mut ids, &mut scratch, 0, 0);
+        Some(tree)
+    }
+
+    fn build_node(
+        &mut self,
+        lights: &[LightBounds],
+        ids: &mut [u32],
+        scratch: &mut Vec<u32>,
+        depth: u32,
+        path: u64,
+    ) -> LightBounds {
+        let at = self.nodes.len();
+        if let [only] = ids {
+            self.paths[*only as usize] = path;
+            let bounds = lights[*only as usize];
+            self.nodes.push(Node {
+                bounds,
+                index: *only,
+                leaf: true,
+            });
+            return bounds;
+        }
+        // A placeholder, filled in once both children are built.
+        self.nodes.push(Node {
+            bounds: lights[ids[0] as usize],
+            index: 0,
+            leaf: false,
+        });
+        let mid = if depth < MEDIAN_DEPTH {
+            split(lights, ids, scratch)
+        } else {
+            None
+        }
+        .unwrap_or(ids.len() / 2);
+        let (first, second) = ids.split_at_mut(mid);
+        let a = self.build_node(lights, first, scratch, depth + 1, path);
+        let second_at = self.nodes.len() as u32;
+        let b = self.build_node(lights, second, scratch, depth + 1, path | (1u64 << depth));
+        let bounds = a.union(&b);
+        self.nodes[at] = Node {
+            bounds,
+            index: second_at,
+            leaf: false,
+        };
+        bounds
+    }
+
+    /// Probability of taking the first child of inner node `i` at (`p`, `n`); None when
+    /// neither child can light the point.
+    #[inline]
+    fn first_share(&self, i: usize, p: Vec3A, n: Vec3A) -> Option<f32> {
+        let a = self.nodes[i + 1].bounds.importance(p, n);
+        let b = self.nodes[self.nodes[i].index as usize]
+            .bounds
+            .importance(p, n);
+        let sum = a + b;
+        if sum > 0.0 {
+            Some(a / sum)
+        } else {
+            None
+        }
+    }
+
+    /// Picks a light for the point `p` with geometric normal `n` (zero for none) with `u` in
+    /// [0, 1): (light, its probability, `u` rescaled to [0, 1) within the choice, so that it
+    /// can go on as the light's own coordinate). None when no light can reach `p`.
+    #[inline]
+    pub fn sample(&self, p: Vec3A, n: Vec3A, mut u: f32) -> Option<(usize, f32, f32)> {
+        let mut i = 0usize;
+        let mut pmf = 1.0f32;
+        loop {
+            let node = &self.nodes[i];
+            if node.leaf {
+                return Some((node.index as usize, pmf, u));
+            }
+            let q = self.first_share(i, p, n)?;
+            if u < q {
+                u = (u / q).min(ONE_MINUS);
+                pmf *= q;
+                i += 1;
+            } else {
+                u = ((u - q) / (1.0 - q)).min(ONE_MINUS);
+                pmf *= 1.0 - q;
+                i = node.index as usize;
+            }
+        }
+    }
+
+    /// The probability with which [`LightTree::sample`] picks `light` at (`p`, `n`).
+    #[inline]
+    pub fn pmf(&self, p: Vec3A, n: Vec3A, light: usize) -> f32 {
+        let mut path = self.paths[light];
+        let mut i = 0usize;
+        let mut pmf = 1.0f32;
+        loop {
+            let node = &self.nodes[i];
+            if node.leaf {
+                return pmf;
+            }
+            let Some(q) = self.first_share(i, p, n) else {
+                return 0.0;
+            };
+            if path & 1 == 0 {
+                pmf *= q;
+                i += 1;
+            } else {
+                pmf *= 1.0 - q;
+                i = node.index as usize;
+            }
+            path >>= 1;
+        }
+    }
+
+    /// Number of nodes (for tests and statistics).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the tree has no nodes (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Depth of the deepest leaf.
+    pub fn depth(&self) -> u32 {
+        fn walk(t: &LightTree, i: usize) -> u32 {
+            let n = &t.nodes[i];
+            if n.leaf {
+                0
+            } else {
+                1 + walk(t, i + 1).max(walk(t, n.index as usize))
+            }
+        }
+        walk(self, 0)
+    }
+}
+
+/// Where to cut `ids` (reordering it, stably, so that the first part comes first): the bucket
+/// boundary of least cost over the three axes. None when every centroid is the same point.
+fn split(lights: &[LightBounds], ids: &mut [u32], scratch: &mut Vec<u32>) -> Option<usize> {
+    let mut clo = Vec3A::splat(f32::INFINITY);
+    let mut chi = Vec3A::splat(f32::NEG_INFINITY);
+    let mut lo = Vec3A::splat(f32::INFINITY);
+    let mut hi = Vec3A::splat(f32::NEG_INFINITY);
+    for &i in ids.iter() {
+        let l = &lights[i as usize];
+        let c = l.centroid();
+        clo = clo.min(c);
+        chi = chi.max(c);
+        lo = lo.min(l.lo);
+        hi = hi.max(l.hi);
+    }
+    let extent = hi - lo;
+    let max_extent = extent.max_element();
+    let bucket_of = |c: f32, dim: usize| -> usize {
+        let span = chi[dim] - clo[dim];
+        let b = ((c - clo[dim]) / span * BUCKETS as f32) as usize;
+        b.min(BUCKETS - 1)
+    };
+    // (cost, axis, last bucket of the first part)
+    let mut best: Option<(f32, usize, usize)> = None;
+    for dim in 0..3 {
+        if chi[dim].is_nan() || chi[dim] <= clo[dim] {
+            continue;
+        }
+        let mut buckets: [Option<LightBounds>; BUCKETS] = [None; BUCKETS];
+        for &i in ids.iter() {
+            let l = &lights[i as usize];
+            let b = bucket_of(l.centroid()[dim], dim);
+            buckets[b] = Some(match &buckets[b] {
+                Some(x) => x.union(l),
+                None => *l,
+            });
+        }
+        let ratio = if extent[dim] > 0.0 {
+            max_extent / extent[dim]
+        } else {
+            1.0
+        };
+        // Costs of everything above each boundary, then below it.
+        let mut above = [0.0f32; BUCKETS];
+        let mut acc: Option<LightBounds> = None;
+        for k in (1..BUCKETS).rev() {
+            if let Some(b) = &buckets[k] {
+                acc = Some(match acc {
+                    Some(a) => b.union(&a),
+                    None => *b,
+                });
+            }
+            above[k] = acc.map_or(f32::NAN, |a| a.cost(ratio));
+        }
+        let mut acc: Option<LightBounds> = None;
+        for k in 0..BUCKETS - 1 {
+            if let Some(b) = &buckets[k] {
+                acc = Some(match acc {
+                    Some(a) => a.union(b),
+                    None => *b,
+                });
+            }
+            let Some(below) = acc else { continue };
+            let cost = below.cost(ratio) + above[k + 1];
+            // NaN (nothing above) never wins.
+            if cost.is_finite() && best.is_none_or(|(c, _, _)| cost < c) {
+                best = Some((cost, dim, k));
+            }
+        }
+    }
+    let (_, dim, last) = best?;
+    scratch.clear();
+    scratch.extend(
+        ids.iter()
+            .copied()
+            .filter(|&i| bucket_of(lights[i as usize].centroid()[dim], dim) <= last),
+    );
+    let mid = scratch.len();
+    scratch.extend(
+        ids.iter()
+            .copied()
+            .filter(|&i| bucket_of(lights[i as usize].centroid()[dim], dim) > last),
+    );
+    if mid == 0 || mid == ids.len() {
+        return None;
+    }
+    ids.copy_from_slice(scratch);
+    Some(mid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::mix64;
+
+    fn rnd(k: u64) -> f32 {
+        (mix64(k) >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    fn rvec(k: u64) -> Vec3A {
+        Vec3A::new(rnd(3 * k), rnd(3 * k + 1), rnd(3 * k + 2)) * 2.0 - 1.0
+    }
+
+    /// A mix of small triangles facing every way (some double-sided), point and spot lights.
+    fn lights(n: usize) -> Vec<LightBounds> {
+        (0..n as u64)
+            .map(|k| {
+                let c = rvec(100 + k) * 10.0;
+                let phi = 0.1 + 5.0 * rnd(7000 + k);
+                match k % 5 {
+                    3 => LightBounds::point(c, phi),
+                    4 => LightBounds::spot(c, rvec(900 + k), 0.3 + rnd(50 + k), phi),
+                    _ => {
+                        let t = [c, c + rvec(200 + k) * 0.3, c + rvec(300 + k) * 0.3];
+                        let nrm = cross(t[1] - t[0], t[2] - t[0]).normalize_or(Vec3A::Z);
+                        LightBounds::triangle(t, nrm, phi, k % 5 == 2)
+                    }
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_pmf_is_the_samples_probability_and_sums_to_one() {
+        let ls = lights(300);
+        let tree = LightTree::build(&ls).unwrap();
+        assert_eq!(tree.len(), 2 * ls.len() - 1);
+        for k in 0..200u64 {
+            let p = rvec(10_000 + k) * 12.0;
+            let n = if k % 3 == 0 {
+                Vec3A::ZERO
+            } else {
+                rvec(20_000 + k).normalize_or(Vec3A::X)
+            };
+            // Below one where none of the lights under one of the two children of a node can
+            // reach the point (their bounds are conservative, so only there); sampling finds
+            // no light as often.
+            let pmfs: Vec<f32> = (0..ls.len()).map(|i| tree.pmf(p, n, i)).collect();
+            let total: f64 = pmfs.iter().map(|&x| x as f64).sum();
+            assert!(total < 1.0 + 1e-4, "point {k}: pmfs sum to {total}");
+            let m = 4096;
+            let found = (0..m)
+                .filter(|j| tree.sample(p, n, (*j as f32 + 0.5) / m as f32).is_some())
+                .count();
+            assert!(
+                (found as f64 / m as f64 - total).abs() < 5e-3,
+                "point {k}: {found} of {m} samples found a light, pmfs sum to {total}"
+            );
+            // A light of probability 0 cannot reach the point: its own bounds say so.
+            for (i, &x) in pmfs.iter().enumerate() {
+                if x == 0.0 {
+                    assert_eq!(ls[i].importance(p, n), 0.0, "point {k}, light {i}");
+                }
+            }
+            for j in 0..20u64 {
+                let u = rnd(30_000 + 20 * k + j);
+                if let Some((i, pmf, v)) = tree.sample(p, n, u) {
+                    assert_eq!(pmf, tree.pmf(p, n, i), "point {k}, u {u}");
+                    assert!(pmf > 0.0 && (0.0..1.0).contains(&v));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn samples_follow_the_pmf() {
+        let ls = lights(12);
+        let tree = LightTree::build(&ls).unwrap();
+        let (p, n) = (Vec3A::new(1.0, 2.0, -3.0), Vec3A::Y);
+        let m = 200_000;
+        let mut counts = vec![0u32; ls.len()];
+        for j in 0..m {
+            let u = (j as f32 + 0.5) / m as f32;
+            if let Some((i, _, _)) = tree.sample(p, n, u) {
+                counts[i] += 1;
+            }
+        }
+        for (i, &c) in counts.iter().enumerate() {
+            let want = tree.pmf(p, n, i) as f64;
+            let got = c as f64 / m as f64;
+            assert!(
+                (got - want).abs() < 1e-3,
+                "light {i}: {got} sampled, pmf {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn rescaled_u_stays_stratified_within_a_choice() {
+        // Two lights: u below the first's share maps onto [0, 1) in order.
+        let ls = [
+            LightBounds::point(Vec3A::new(0.0, 1.0, 0.0), 1.0),
+            LightBounds::point(Vec3A::new(3.0, 1.0, 0.0), 1.0),
+        ];
+        let tree = LightTree::build(&ls).unwrap();
+        let p = Vec3A::ZERO;
+        let mut last = -1.0;
+        for j in 0..100 {
+            let u = j as f32 / 100.0;
+            let (i, pmf, v) = tree.sample(p, Vec3A::ZERO, u).unwrap();
+            if i == 0 && u < pmf {
+                assert!(v > last);
+                last = v;
+            }
+        }
+        assert!(last > 0.9);
+    }
+
+    #[test]
+    fn lights_that_cannot_reach_a_point_are_never_picked() {
+        // Two one-sided triangles facing up at y = 0, one far away; a point below sees neither,
+        // a point above sees the near one more.
+        let tri = |x: f32| {
+            let t = [
+                Vec3A::new(x, 0.0, 0.0),
+                Vec3A::new(x, 0.0, 1.0),
+                Vec3A::new(x + 1.0, 0.0, 0.0),
+            ];
+            LightBounds::triangle(t, Vec3A::Y, 1.0, false)
+        };
+        let mut ls = vec![tri(0.0), tri(50.0)];
+        let tree = LightTree::build(&ls).unwrap();
+        let below = Vec3A::new(0.5, -1.0, 0.3);
+        assert!(tree.sample(below, Vec3A::ZERO, 0.3).is_none());
+        assert_eq!(tree.pmf(below, Vec3A::ZERO, 0), 0.0);
+        let above = Vec3A::new(0.5, 1.0, 0.3);
+        assert!(tree.pmf(above, Vec3A::Y, 0) > 0.99);
+        // Double-sided, the point below sees it too.
+        ls[0].two_sided = true;
+        let tree = LightTree::build(&ls).unwrap();
+        assert!(tree.pmf(below, Vec3A::ZERO, 0) > 0.99);
+        // A spot light pointing away from the point is never chosen; a point light is.
+        let ls = [
+            LightBounds::spot(Vec3A::ZERO, Vec3A::Y, 0.5, 1.0),
+            LightBounds::point(Vec3A::new(0.0, 0.0, 9.0), 1.0),
+        ];
+        let tree = LightTree::build(&ls).unwrap();
+        assert_eq!(tree.pmf(Vec3A::new(0.0, -2.0, 0.0), Vec3A::ZERO, 0), 0.0);
+        assert!(tree.pmf(Vec3A::new(0.0, 2.0, 0.0), Vec3A::ZERO, 0) > 0.9);
+    }
+
+    #[test]
+    fn cone_unions_hold_both_cones() {
+        for k in 0..500u64 {
+            let a = (rvec(k).normalize_or(Vec3A::X), rnd(40_000 + k) * 2.0 - 1.0);
+            let b = (
+                rvec(600 + k).normalize_or(Vec3A::Y),
+                rnd(41_000 + k) * 2.0 - 1.0,
+            );
+            let (w, cos_o) = cone_union(a, b);
+            for (axis, cos) in [a, b] {
+                // Every direction of each cone lies inside: its axis's angle to w plus its
+                // half-angle is within the union's half-angle.
+                let inside = cross(w, axis).length().atan2_d(w.dot(axis)) + cos.acos_d();
+                assert!(
+                    inside <= cos_o.acos_d() + 1e-4 || cos_o == -1.0,
+                    "cone {k}: {inside} > {}",
+                    cos_o.acos_d()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn degenerate_sets_build_shallow_trees_the_same_every_time() {
+        // 5000 lights at one point: no split by position, the middle of the list instead.
+        let same = vec![LightBounds::point(Vec3A::ONE, 1.0); 5000];
+        let tree = LightTree::build(&same).unwrap();
+        assert!(tree.depth() <= 13, "depth {}", tree.depth());
+        // A row of point lights (a flat, thin box) splits by position.
+        let row: Vec<_> = (0..1000)
+            .map(|i| LightBounds::point(Vec3A::new(i as f32, 0.0, 0.0), 1.0))
+            .collect();
+        let tree = LightTree::build(&row).unwrap();
+        assert!(tree.depth() < 40, "depth {}", tree.depth());
+        let p = Vec3A::new(10.0, 1.0, 0.0);
+        let near = tree.pmf(p, Vec3A::ZERO, 10);
+        let far = tree.pmf(p, Vec3A::ZERO, 900);
+        assert!(near > 10.0 * far, "near {near}, far {far}");
+        // The same input, the same tree.
+        let ls = lights(777);
+        let (a, b) = (
+            LightTree::build(&ls).unwrap(),
+            LightTree::build(&ls).unwrap(),
+        );
+        assert_eq!(a.paths, b.paths);
+        assert!(a.depth() < 64);
+    }
+}
