@@ -712,9 +712,13 @@ fn warn_nonfinite(n: u64) {
 }
 
 pub fn info(a: InfoArgs) -> Result<()> {
+    use std::fmt::Write as _;
     let scene = load_scene(Some(&a.scene), false)?;
-    println!("{}", a.scene.display());
-    println!(
+    // Written at once at the end: `rayfarm info X | head` must not fail on the closed pipe.
+    let mut out = String::new();
+    writeln!(out, "{}", a.scene.display())?;
+    writeln!(
+        out,
         "  {} meshes, {} triangles, {} vertices, {} materials, {} images, {} lights, {} cameras",
         scene.meshes.len(),
         scene.triangles.len(),
@@ -723,52 +727,70 @@ pub fn info(a: InfoArgs) -> Result<()> {
         scene.images.len(),
         scene.lights.len(),
         scene.cameras.len()
-    );
+    )?;
     if let Some((lo, hi)) = scene.bounds() {
-        println!("  bounds {lo:?} .. {hi:?}");
+        writeln!(out, "  bounds {lo:?} .. {hi:?}")?;
     }
     for m in scene.meshes.iter().take(20) {
-        println!(
+        writeln!(
+            out,
             "  mesh '{}': {} triangles, uv sets {:?}",
             m.name, m.triangle_count, m.has_uv
-        );
+        )?;
     }
     if scene.meshes.len() > 20 {
-        println!("  ... and {} more meshes", scene.meshes.len() - 20);
+        writeln!(out, "  ... and {} more meshes", scene.meshes.len() - 20)?;
     }
     for c in &scene.cameras {
-        println!(
+        writeln!(
+            out,
             "  camera '{}': {:?} at {:?}",
             c.name, c.projection, c.position
-        );
+        )?;
     }
     for l in &scene.lights {
-        println!(
+        writeln!(
+            out,
             "  light '{}': {:?}, intensity {} colour {:?}",
             l.name, l.kind, l.intensity, l.color
-        );
+        )?;
     }
     if !is_compiled_blob(&a.scene) {
         let variants = rayfarm_scene::variants(&a.scene).map_err(|e| anyhow::anyhow!("{e}"))?;
         if !variants.is_empty() {
-            println!(
+            writeln!(
+                out,
                 "  material variants (render --variant NAME): {}",
                 variants.join(", ")
-            );
+            )?;
         }
     }
-    if let Some(out) = &a.compile_to {
+    if let Some(path) = &a.compile_to {
         let blob = rayfarm_scene::blob::encode(&scene);
-        std::fs::write(out, &blob).with_context(|| format!("{}: cannot write", out.display()))?;
+        std::fs::write(path, &blob).with_context(|| format!("{}: cannot write", path.display()))?;
         let hash = rayfarm_scene::blob::content_hash(&blob).map_err(|e| anyhow::anyhow!("{e}"))?;
-        println!(
+        writeln!(
+            out,
             "  compiled: {} bytes, content hash {} -> {}",
             blob.len(),
             rayfarm_scene::blob::hash_hex(&hash),
-            out.display()
-        );
+            path.display()
+        )?;
     }
-    Ok(())
+    print_stdout(&out)
+}
+
+/// Writes `text` to standard output; a reader that went away (`| head`) is not an error.
+fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("standard output"),
+        _ => Ok(()),
+    }
 }
 
 /// Prints each node's share of a network job (nothing for a local one).

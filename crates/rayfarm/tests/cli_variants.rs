@@ -81,3 +81,25 @@ fn variant_picks_materials_and_info_lists_them() {
         info.stdout
     );
 }
+
+/// `rayfarm info SCENE | head -1`: a reader that stops early closes the pipe, which is no
+/// error (it used to panic with "failed printing to stdout: Broken pipe").
+#[test]
+fn info_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let scene = dir.path().join("variants.gltf");
+    write_scene(&scene);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rayfarm"))
+        .arg("info")
+        .arg(&scene)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the scene is loaded and anything is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
