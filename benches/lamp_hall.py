@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the many-lights benchmark scene: a hall lit by 48 small lamps and nothing else.
 
-    python3 benches/lamp_hall.py OUT_DIR      -> OUT_DIR/lamp_hall.gltf, OUT_DIR/black.hdr
+    python3 benches/lamp_hall.py OUT_DIR      -> OUT_DIR/lamp_hall.gltf (+ .bin), OUT_DIR/black.hdr
 
 A grey floor (20 x 20) and back wall, four spheres (two red and glossy), and an 8 x 6 grid of
 0.3 x 0.3 emissive quads (double-sided, four colours, strengths 10-50 by
@@ -15,9 +15,8 @@ light samples to lamps far from the point being shaded; a light tree (rayfarm si
     bash benches/vs_peers.sh --scene /tmp/hall/lamp_hall.gltf --env /tmp/hall/black.hdr \\
         --width 240 --height 160
 
-The file is deterministic (no randomness, fixed float formatting), embedded buffer included.
+The files are deterministic (no randomness).
 """
-import base64
 import json
 import math
 import os
@@ -91,6 +90,9 @@ class Builder:
         self.mesh(name, pos, nrm, idx, material)
 
     def write(self, path, camera):
+        """The glTF at `path` and its buffer beside it (an external .bin, which
+        benches/vs_peers.py's reader needs to find the camera)."""
+        bin_name = os.path.splitext(os.path.basename(path))[0] + ".bin"
         self.nodes.append({"name": "camera", "camera": 0, "translation": camera["position"],
                            "rotation": camera["rotation"]})
         doc = {
@@ -106,12 +108,12 @@ class Builder:
                                          "aspectRatio": camera["aspect"]}}],
             "accessors": self.accessors,
             "bufferViews": self.views,
-            "buffers": [{"byteLength": len(self.bin),
-                         "uri": "data:application/octet-stream;base64," +
-                                base64.b64encode(bytes(self.bin)).decode()}],
+            "buffers": [{"byteLength": len(self.bin), "uri": bin_name}],
         }
         with open(path, "w") as f:
             json.dump(doc, f, indent=1, sort_keys=True)
+        with open(os.path.join(os.path.dirname(path), bin_name), "wb") as f:
+            f.write(bytes(self.bin))
 
 
 def look_rotation(pos, target):
