@@ -50,6 +50,27 @@ pub struct LightBounds {
     pub two_sided: bool,
 }
 
+/// The square root of each lane in one instruction where there is one (glam's `Vec4::sqrt`
+/// takes the four lanes one at a time); IEEE square roots, correctly rounded either way, so the
+/// same bits.
+#[inline(always)]
+fn sqrt4(v: Vec4) -> Vec4 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE is part of every x86-64 CPU (the target's baseline).
+        Vec4::from(unsafe { std::arch::x86_64::_mm_sqrt_ps(v.into()) })
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of every AArch64 CPU (the target's baseline).
+        Vec4::from(unsafe { std::arch::aarch64::vsqrtq_f32(v.into()) })
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        Vec4::new(v.x.sqrt(), v.y.sqrt(), v.z.sqrt(), v.w.sqrt())
+    }
+}
+
 fn safe_sqrt(x: f32) -> f32 {
     x.max(0.0).sqrt()
 }
@@ -310,16 +331,16 @@ impl Lanes {
         let dz = Vec4::splat(p.z) - self.cz;
         let dist2 = dx * dx + dy * dy + dz * dz;
         let base = self.phi / dist2.max(self.r2).max(Vec4::splat(f32::MIN_POSITIVE));
-        let len = dist2.sqrt();
+        let len = sqrt4(dist2);
         let away = dist2.cmpgt(zero);
         let wd = self.wx * dx + self.wy * dy + self.wz * dz;
         let cw = Vec4::select(away, wd / len, one);
         let cos_w = Vec4::select(self.two_sided, cw.abs(), cw);
-        let sin_w = (one - cos_w * cos_w).max(zero).sqrt();
+        let sin_w = sqrt4((one - cos_w * cos_w).max(zero));
         let q = self.r2 / dist2;
         let inside = dist2.cmple(self.r2);
-        let cos_b = Vec4::select(inside, Vec4::splat(-1.0), (one - q).max(zero).sqrt());
-        let sin_b = Vec4::select(inside, zero, q.min(one).sqrt());
+        let cos_b = Vec4::select(inside, Vec4::splat(-1.0), sqrt4((one - q).max(zero)));
+        let sin_b = Vec4::select(inside, zero, sqrt4(q.min(one)));
         let inside_o = cos_w.cmpgt(self.cos_o);
         let cos_x = Vec4::select(inside_o, one, cos_w * self.cos_o + sin_w * self.sin_o);
         let sin_x = Vec4::select(inside_o, zero, sin_w * self.cos_o - cos_w * self.sin_o);
@@ -330,7 +351,7 @@ impl Lanes {
             let nd = nx * dx + ny * dy + nz * dz;
             let nw = nx * self.wx + ny * self.wy + nz * self.wz;
             let cos_i = Vec4::select(away, nd / len, nw).abs();
-            let sin_i = (one - cos_i * cos_i).max(zero).sqrt();
+            let sin_i = sqrt4((one - cos_i * cos_i).max(zero));
             imp *= Vec4::select(cos_i.cmpgt(cos_b), one, cos_i * cos_b + sin_i * sin_b);
         }
         Vec4::select(imp.cmpgt(zero), imp.min(Vec4::splat(MAX_IMPORTANCE)), zero)
