@@ -51,9 +51,10 @@ Conventions of our scene, and how each peer is given them:
     Cycles `BOX` pixel filter of width 1 px;
   * bounces: rayfarm --max-bounces B = Mitsuba `max_depth` B + 2 = Cycles `max_bounces` B
     (Cycles diffuse/glossy/transmission/volume/transparent bounces B too);
-  * light selection by power: rayfarm picks emissive triangles by power; Cycles' light tree is
-    switched off (`use_light_tree` False: triangles by power); Mitsuba samples the single
-    emitter's area uniformly (the same here: one material);
+  * light selection by power: rayfarm picks the Cornell box's two emissive triangles by power
+    (scenes with four or more lights with a place go through its light tree, protocol 13);
+    Cycles' light tree is switched off (`use_light_tree` False: triangles by power); Mitsuba
+    samples the single emitter's area uniformly (the same here: one material);
   * Russian roulette: rayfarm decides after the BSDF sample of the 5th vertex on (depth >= 5,
     as Mitsuba's default; --rr-depth tells the script another D for an older build), continuing
     with probability min(max(throughput), 1). The peers keep their own defaults unless
@@ -83,7 +84,11 @@ glTF scenes with an environment map (`--env HDR`): rayfarm beside Cycles only.
     single-scatter GGX, the microfacet model of the glTF BRDF (--cycles-ggx multi keeps the
     importer's multiscatter GGX); the Cornell mode's render settings otherwise (box filter,
     bounces, no denoising or adaptive sampling, no clamping, light tree off unless
-    --cycles-light-tree on; world importance map at Cycles' default, AUTOMATIC);
+    --cycles-light-tree on (Blender's own default; rayfarm has one too since protocol 13, used
+    with four or more emissive triangles or point and spot lights). Measure both and compare
+    with Cycles' better one: on the water bottle Cycles does better with it off (2026-12-07:
+    efficiency 667 off, 472 on), in benches/lamp_hall.py's hall of 48 lamps with it on (64 on,
+    15 off); world importance map at Cycles' default, AUTOMATIC);
   * camera: the scene's first camera if it has one, else rayfarm's automatic camera
     (crates/rayfarm-scene/src/camera.rs `auto_camera`: the bounds' centre seen from direction
     normalize(0.35, 0.3, 1), yfov 40 deg, distance radius / sin(min(yfov, xfov) / 2) x 1.02, the
@@ -867,7 +872,8 @@ def parse_args(argv=None):
                    help="--env mode: Cycles' Principled BSDFs in single-scatter GGX (the glTF BRDF's "
                         "microfacet model) or as imported (multiscatter GGX)")
     p.add_argument("--cycles-light-tree", choices=["off", "on"], default="off",
-                   help="--env mode: Cycles' light tree (off: lights picked by power, as rayfarm does)")
+                   help="--env mode: Cycles' light tree (off: lights picked by power; on: Blender's default, "
+                        "and what rayfarm does with four or more lights)")
     p.add_argument("--cache", default=os.path.join(os.environ.get("XDG_CACHE_HOME") or
                                                    os.path.expanduser("~/.cache"), "rayfarm-bench"))
     p.add_argument("--out", help="keep the images (and worker logs) in this folder")

@@ -700,7 +700,10 @@ impl RenderScene {
                     ),
                     LightKind::Directional => (PI * radius * radius * i_lum, None),
                 };
-                if p > 0.0 && p.is_finite() {
+                // A light with no finite place or direction lights nothing (and would make the
+                // light tree's bounds NaN).
+                let placed = at.is_finite() && Vec3A::from(l.direction).is_finite();
+                if p > 0.0 && p.is_finite() && placed {
                     lights.push(LightRef::Punctual(i as u32));
                     power.push(p);
                     bounds.extend(b);
@@ -1569,6 +1572,37 @@ mod tests {
             dark.triangle_light_pdf(0, Vec3A::Z, 1.0, Vec3A::ZERO, Vec3A::Z),
             0.0
         );
+    }
+
+    /// Point lights without a finite place are left out; the others go into the light tree
+    /// (five or more lights with a place), which picks each with its probability.
+    #[test]
+    fn point_lights_without_a_place_are_no_lights() {
+        let mut s = CompiledScene::default();
+        for i in 0..6 {
+            let x = if i == 2 { f32::NAN } else { i as f32 };
+            s.lights.push(rayfarm_scene::Light {
+                name: format!("p{i}"),
+                kind: LightKind::Point,
+                color: [1.0; 3],
+                intensity: 1.0,
+                position: [x, 1.0, 0.0],
+                direction: [0.0, -1.0, 0.0],
+            });
+        }
+        let rs = RenderScene::new(s);
+        assert_eq!(rs.lights.len(), 5);
+        assert!(rs.light_pick.has_tree());
+        let (p, n) = (Vec3A::new(0.5, 0.0, 0.0), Vec3A::Y);
+        let mut total = 0.0;
+        for li in 0..rs.lights.len() {
+            let pmf = rs.light_pick.prob(p, n, li);
+            assert!(pmf > 0.0 && pmf.is_finite(), "light {li}: {pmf}");
+            total += pmf;
+        }
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        let (li, sel, _) = rs.light_pick.pick(p, n, 0.3).unwrap();
+        assert_eq!(sel, rs.light_pick.prob(p, n, li));
     }
 
     /// A sun (one bright texel) in a dark sky: light samples near it carry bounded weights.
