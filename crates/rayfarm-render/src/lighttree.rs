@@ -21,6 +21,8 @@ use std::f32::consts::PI;
 
 /// Importances are kept below this, so that the sum of two stays finite.
 const MAX_IMPORTANCE: f32 = 1e30;
+/// Sets of at least this many lights build their two halves side by side.
+const PARALLEL_MIN: usize = 8192;
 /// Sets of more lights than this look for their split along one axis only.
 const LARGE_SET: usize = 4096;
 /// Buckets per axis when looking for a node's split.
@@ -258,7 +260,7 @@ impl LightBounds {
 }
 
 /// A node of the binary tree the build makes (collapsed into [`Node`]s after).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Node2 {
     bounds: LightBounds,
     /// Leaf: the light's index. Inner node: the second child's node (the first follows).
@@ -412,10 +414,8 @@ impl LightTree {
         if lights.is_empty() || lights.len() >= LEAF as usize {
             return None;
         }
-        let mut binary = Vec::with_capacity(2 * lights.len() - 1);
         let mut ids: Vec<u32> = (0..lights.len() as u32).collect();
-        let mut scratch = Vec::with_capacity(lights.len());
-        build_node(&mut binary, lights, &mut ids, &mut scratch, 0);
+        let binary = build_subtree(lights, &mut ids, 0, PARALLEL_MIN);
         let mut tree = LightTree {
             nodes: Vec::with_capacity(lights.len() / (WIDTH - 1) + 1),
             path_lanes: Vec::new(),
@@ -566,6 +566,53 @@ impl LightTree {
         }
         walk(self, 0)
     }
+}
+
+/// The binary tree over `ids` (node 0 its root), the two halves of sets of `parallel_min`
+/// lights or more built side by side on the thread pool and joined: the same nodes as
+/// [`build_node`] makes alone (tested), in the same order.
+fn build_subtree(
+    lights: &[LightBounds],
+    ids: &mut [u32],
+    depth: u32,
+    parallel_min: usize,
+) -> Vec<Node2> {
+    if ids.len() < parallel_min.max(2) {
+        let mut nodes = Vec::with_capacity(2 * ids.len() - 1);
+        let mut scratch = Vec::with_capacity(ids.len());
+        build_node(&mut nodes, lights, ids, &mut scratch, depth);
+        return nodes;
+    }
+    let mid = if depth < MEDIAN_DEPTH {
+        split(lights, ids, &mut Vec::with_capacity(ids.len()))
+    } else {
+        None
+    }
+    .unwrap_or(ids.len() / 2);
+    let (first, second) = ids.split_at_mut(mid);
+    let (a, b) = rayon::join(
+        || build_subtree(lights, first, depth + 1, parallel_min),
+        || build_subtree(lights, second, depth + 1, parallel_min),
+    );
+    let shifted = |n: &Node2, by: usize| -> Node2 {
+        if n.leaf {
+            *n
+        } else {
+            Node2 {
+                index: n.index + by as u32,
+                ..*n
+            }
+        }
+    };
+    let mut nodes = Vec::with_capacity(1 + a.len() + b.len());
+    nodes.push(Node2 {
+        bounds: a[0].bounds.union(&b[0].bounds),
+        index: 1 + a.len() as u32,
+        leaf: false,
+    });
+    nodes.extend(a.iter().map(|n| shifted(n, 1)));
+    nodes.extend(b.iter().map(|n| shifted(n, 1 + a.len())));
+    nodes
 }
 
 /// Builds the binary tree over `ids` into `nodes` (depth first, the first child right after
@@ -812,6 +859,26 @@ mod tests {
                 node.importance(at, Vec3A::Y).to_array()[0].to_bits(),
                 chunk[0].importance(at, Vec3A::Y).to_bits()
             );
+        }
+    }
+
+    #[test]
+    fn the_build_on_many_threads_is_the_build_on_one() {
+        let ls = lights(3000);
+        let sequential = {
+            let mut ids: Vec<u32> = (0..ls.len() as u32).collect();
+            let mut nodes = Vec::new();
+            build_node(&mut nodes, &ls, &mut ids, &mut Vec::new(), 0);
+            nodes
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for parallel_min in [2, 7, 100] {
+            let mut ids: Vec<u32> = (0..ls.len() as u32).collect();
+            let joined = pool.install(|| build_subtree(&ls, &mut ids, 0, parallel_min));
+            assert!(joined == sequential, "parallel_min {parallel_min}");
         }
     }
 

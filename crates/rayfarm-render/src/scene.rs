@@ -140,16 +140,21 @@ impl LightPicker {
     /// tree over them when `tree`.
     pub fn new(power: &[f32], bounds: &[LightBounds], tree: bool) -> LightPicker {
         let tree = if tree { LightTree::build(bounds) } else { None };
+        Self::with_tree(power, bounds.len(), tree)
+    }
+
+    /// [`LightPicker::new`] with the tree over the first `bounded` lights already built (or
+    /// none: every light by power).
+    pub fn with_tree(power: &[f32], bounded: usize, tree: Option<LightTree>) -> LightPicker {
         match tree {
             Some(tree) => {
-                let n = bounds.len();
-                let inside: f64 = power[..n].iter().map(|&p| p as f64).sum();
+                let inside: f64 = power[..bounded].iter().map(|&p| p as f64).sum();
                 let mut top = vec![inside as f32];
-                top.extend_from_slice(&power[n..]);
+                top.extend_from_slice(&power[bounded..]);
                 LightPicker {
                     top: Distribution1D::new(top),
                     tree: Some(tree),
-                    tree_lights: n,
+                    tree_lights: bounded,
                 }
             }
             None => LightPicker {
@@ -548,6 +553,98 @@ pub struct RenderScene {
     pub radius: f32,
 }
 
+/// The lights of a scene with a place (emissive triangles, point and spot lights) and the
+/// directional ones, in that order, with their powers, the bounds of those with a place and
+/// their tree ([`LIGHT_TREE_MIN`] of them or more); the environment is added after.
+struct Lights {
+    lights: Vec<LightRef>,
+    power: Vec<f32>,
+    bounds: Vec<LightBounds>,
+    light_of_triangle: Vec<u32>,
+    tree: Option<LightTree>,
+}
+
+impl Lights {
+    fn gather(scene: &CompiledScene, corners: &[[Vec3A; 3]], radius: f32) -> Lights {
+        let emission_textures = emission_texture_means(scene);
+        let mut lights = Vec::new();
+        let mut power = Vec::new();
+        // The lights with a place first (the light tree's), then directional lights and the
+        // environment.
+        let mut bounds = Vec::new();
+        let mut light_of_triangle = vec![u32::MAX; scene.triangles.len()];
+        for (i, tri) in corners.iter().enumerate() {
+            let m = &scene.materials[scene.triangle_materials[i] as usize];
+            if !m.is_emissive() {
+                continue;
+            }
+            let area = 0.5 * cross(tri[1] - tri[0], tri[2] - tri[0]).length();
+            if area <= 0.0 || !area.is_finite() {
+                continue;
+            }
+            let sides = if m.double_sided { 2.0 } else { 1.0 };
+            let p = luminance(Vec3A::from(m.emissive)) * emission_textures[i] * area * PI * sides;
+            if !(p > 0.0 && p.is_finite()) {
+                // Black under its emission texture (or no light at all): not a light. A path
+                // that hits it anyway counts its emission in full (no light sample competes).
+                continue;
+            }
+            let normal = cross(tri[1] - tri[0], tri[2] - tri[0]).normalize_or(Vec3A::Z);
+            light_of_triangle[i] = lights.len() as u32;
+            lights.push(LightRef::Triangle {
+                prim: i as u32,
+                area,
+                corners: *tri,
+                normal,
+            });
+            power.push(p);
+            bounds.push(LightBounds::triangle(*tri, normal, p, m.double_sided));
+        }
+        for directional in [false, true] {
+            for (i, l) in scene.lights.iter().enumerate() {
+                if (l.kind == LightKind::Directional) != directional {
+                    continue;
+                }
+                let i_lum = luminance(Vec3A::from(l.color)) * l.intensity;
+                let at = Vec3A::from(l.position);
+                let (p, b) = match l.kind {
+                    LightKind::Point => (4.0 * PI * i_lum, Some(LightBounds::point(at, i_lum))),
+                    LightKind::Spot { outer_cone, .. } => (
+                        2.0 * PI * (1.0 - outer_cone.cos_d()) * i_lum,
+                        Some(LightBounds::spot(
+                            at,
+                            Vec3A::from(l.direction),
+                            outer_cone,
+                            i_lum,
+                        )),
+                    ),
+                    LightKind::Directional => (PI * radius * radius * i_lum, None),
+                };
+                // A light with no finite place or direction lights nothing (and would make the
+                // light tree's bounds NaN).
+                let placed = at.is_finite() && Vec3A::from(l.direction).is_finite();
+                if p > 0.0 && p.is_finite() && placed {
+                    lights.push(LightRef::Punctual(i as u32));
+                    power.push(p);
+                    bounds.extend(b);
+                }
+            }
+        }
+        let tree = if bounds.len() >= LIGHT_TREE_MIN {
+            LightTree::build(&bounds)
+        } else {
+            None
+        };
+        Lights {
+            lights,
+            power,
+            bounds,
+            light_of_triangle,
+            tree,
+        }
+    }
+}
+
 /// For each triangle, the mean luminance of its material's emission texture around the
 /// triangle's UV rectangle (see [`LuminancePyramid::region_mean`]); 1 for triangles without one
 /// (and 0 where the texture or image is missing). Images one at a time, each pyramid dropped
@@ -619,8 +716,19 @@ impl RenderScene {
             .map(|t| t.map(|i| Vec3A::from(scene.positions[i as usize])))
             .collect();
         let textures = Textures::build(&scene);
-        let ((bvh, emission_textures), (env, ())) = rayon::join(
-            || rayon::join(|| Bvh::build(&corners), || emission_texture_means(&scene)),
+        let (lo, hi) = scene.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
+        let (lo, hi) = (Vec3A::from(lo), Vec3A::from(hi));
+        let center = (lo + hi) * 0.5;
+        let radius = ((hi - lo).length() * 0.5).max(1e-3);
+        // The lights and their tree beside the BVH, which scenes of fewer than 262,144
+        // triangles build on one thread.
+        let ((bvh, lights), (env, ())) = rayon::join(
+            || {
+                rayon::join(
+                    || Bvh::build(&corners),
+                    || Lights::gather(&scene, &corners, radius),
+                )
+            },
             || {
                 rayon::join(
                     || EnvLight::new(&scene.environment),
@@ -632,10 +740,6 @@ impl RenderScene {
                 )
             },
         );
-        let (lo, hi) = scene.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
-        let (lo, hi) = (Vec3A::from(lo), Vec3A::from(hi));
-        let center = (lo + hi) * 0.5;
-        let radius = ((hi - lo).length() * 0.5).max(1e-3);
 
         let alpha_tested: Vec<bool> = scene
             .triangle_materials
@@ -647,69 +751,13 @@ impl RenderScene {
             .iter()
             .any(|m| m.alpha_mode == AlphaMode::Blend || m.transmission > 0.0);
 
-        let mut lights = Vec::new();
-        let mut power = Vec::new();
-        // The lights with a place first (the light tree's), then directional lights and the
-        // environment.
-        let mut bounds = Vec::new();
-        let mut light_of_triangle = vec![u32::MAX; scene.triangles.len()];
-        for (i, tri) in corners.iter().enumerate() {
-            let m = &scene.materials[scene.triangle_materials[i] as usize];
-            if !m.is_emissive() {
-                continue;
-            }
-            let area = 0.5 * cross(tri[1] - tri[0], tri[2] - tri[0]).length();
-            if area <= 0.0 || !area.is_finite() {
-                continue;
-            }
-            let sides = if m.double_sided { 2.0 } else { 1.0 };
-            let p = luminance(Vec3A::from(m.emissive)) * emission_textures[i] * area * PI * sides;
-            if !(p > 0.0 && p.is_finite()) {
-                // Black under its emission texture (or no light at all): not a light. A path
-                // that hits it anyway counts its emission in full (no light sample competes).
-                continue;
-            }
-            let normal = cross(tri[1] - tri[0], tri[2] - tri[0]).normalize_or(Vec3A::Z);
-            light_of_triangle[i] = lights.len() as u32;
-            lights.push(LightRef::Triangle {
-                prim: i as u32,
-                area,
-                corners: *tri,
-                normal,
-            });
-            power.push(p);
-            bounds.push(LightBounds::triangle(*tri, normal, p, m.double_sided));
-        }
-        for directional in [false, true] {
-            for (i, l) in scene.lights.iter().enumerate() {
-                if (l.kind == LightKind::Directional) != directional {
-                    continue;
-                }
-                let i_lum = luminance(Vec3A::from(l.color)) * l.intensity;
-                let at = Vec3A::from(l.position);
-                let (p, b) = match l.kind {
-                    LightKind::Point => (4.0 * PI * i_lum, Some(LightBounds::point(at, i_lum))),
-                    LightKind::Spot { outer_cone, .. } => (
-                        2.0 * PI * (1.0 - outer_cone.cos_d()) * i_lum,
-                        Some(LightBounds::spot(
-                            at,
-                            Vec3A::from(l.direction),
-                            outer_cone,
-                            i_lum,
-                        )),
-                    ),
-                    LightKind::Directional => (PI * radius * radius * i_lum, None),
-                };
-                // A light with no finite place or direction lights nothing (and would make the
-                // light tree's bounds NaN).
-                let placed = at.is_finite() && Vec3A::from(l.direction).is_finite();
-                if p > 0.0 && p.is_finite() && placed {
-                    lights.push(LightRef::Punctual(i as u32));
-                    power.push(p);
-                    bounds.extend(b);
-                }
-            }
-        }
+        let Lights {
+            mut lights,
+            mut power,
+            bounds,
+            light_of_triangle,
+            tree,
+        } = lights;
         let mut env_light_index = None;
         let ep = env.power(radius);
         if ep > 0.0 && ep.is_finite() {
@@ -717,7 +765,7 @@ impl RenderScene {
             lights.push(LightRef::Environment);
             power.push(ep);
         }
-        let light_pick = LightPicker::new(&power, &bounds, bounds.len() >= LIGHT_TREE_MIN);
+        let light_pick = LightPicker::with_tree(&power, bounds.len(), tree);
         tracing::debug!(
             lights = lights.len(),
             with_a_place = bounds.len(),
