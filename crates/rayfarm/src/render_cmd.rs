@@ -628,7 +628,7 @@ fn render_frame(
     } else {
         // A large scene's BVH takes seconds: say so, not a bar standing at 0%.
         bar.set_message(format!(
-            "preparing the scene ({} triangles: BVH, textures)",
+            "preparing the scene ({} triangles: BVH, lights, textures)",
             scene.triangles.len()
         ));
         bar.enable_steady_tick(std::time::Duration::from_millis(200));

@@ -124,7 +124,7 @@ fn quiet_prints_nothing_and_summary_mentions_throughput() {
         "the summary should report samples/s: {}",
         v.stdout
     );
-    // The scene's preparation (BVH, textures) is reported apart: it is not sampling time.
+    // The scene's preparation (BVH, lights, textures) is reported apart: it is not sampling time.
     assert!(
         v.stdout.contains("scene set-up "),
         "the summary should report the set-up time: {}",
