@@ -401,11 +401,16 @@ impl Node {
 #[derive(Clone, Debug)]
 pub struct LightTree {
     nodes: Vec<Node>,
-    /// The lanes from the root to each light: light `i`'s are
-    /// `path_lanes[path_at[i]..path_at[i + 1]]`.
-    path_lanes: Vec<u8>,
-    path_at: Vec<u32>,
+    /// Where each light is: its node times 8 plus its lane.
+    leaf_at: Vec<u32>,
+    /// Where each node is in its parent (node times 8 plus lane); `NO_PARENT` for the root.
+    up: Vec<u32>,
 }
+
+const NO_PARENT: u32 = u32::MAX;
+/// Levels a path can have: the binary tree has fewer than `MEDIAN_DEPTH` + 32, and collapsing
+/// never adds any.
+const MAX_LEVELS: usize = 64;
 
 impl LightTree {
     /// Builds the tree over `lights` (each with a positive, finite `phi`); light `i` of a
@@ -418,22 +423,16 @@ impl LightTree {
         let binary = build_subtree(lights, &mut ids, 0, PARALLEL_MIN);
         let mut tree = LightTree {
             nodes: Vec::with_capacity(lights.len() / (WIDTH - 1) + 1),
-            path_lanes: Vec::new(),
-            path_at: Vec::new(),
+            leaf_at: vec![0; lights.len()],
+            up: Vec::with_capacity(lights.len() / (WIDTH - 1) + 1),
         };
-        let mut paths: Vec<Vec<u8>> = vec![Vec::new(); lights.len()];
         let root = &binary[0];
         if root.leaf {
             tree.nodes
                 .push(Node::new(&[(root.bounds, root.index | LEAF)]));
-            paths[root.index as usize].push(0);
+            tree.up.push(NO_PARENT);
         } else {
-            tree.collapse(&binary, 0, &mut Vec::new(), &mut paths);
-        }
-        tree.path_at.push(0);
-        for p in &paths {
-            tree.path_lanes.extend_from_slice(p);
-            tree.path_at.push(tree.path_lanes.len() as u32);
+            tree.collapse(&binary, 0, NO_PARENT);
         }
         Some(tree)
     }
@@ -441,13 +440,7 @@ impl LightTree {
     /// Makes the node of binary inner node `i` and those below it; returns its index. Its
     /// children are `i`'s two, each inner one of them opened into its own two (the most
     /// powerful first, ties to the first) while there is room.
-    fn collapse(
-        &mut self,
-        binary: &[Node2],
-        i: usize,
-        path: &mut Vec<u8>,
-        paths: &mut [Vec<u8>],
-    ) -> u32 {
+    fn collapse(&mut self, binary: &[Node2], i: usize, parent: u32) -> u32 {
         let mut lanes: Vec<usize> = vec![i + 1, binary[i].index as usize];
         while lanes.len() < WIDTH {
             let mut open: Option<usize> = None;
@@ -465,16 +458,16 @@ impl LightTree {
         }
         let at = self.nodes.len();
         self.nodes.push(Node::new(&[]));
+        self.up.push(parent);
         let mut children = Vec::with_capacity(WIDTH);
         for (k, &c) in lanes.iter().enumerate() {
-            path.push(k as u8);
+            let here = (at * WIDTH + k) as u32;
             let slot = if binary[c].leaf {
-                paths[binary[c].index as usize] = path.clone();
+                self.leaf_at[binary[c].index as usize] = here;
                 binary[c].index | LEAF
             } else {
-                self.collapse(binary, c, path, paths)
+                self.collapse(binary, c, here)
             };
-            path.pop();
             children.push((binary[c].bounds, slot));
         }
         self.nodes[at] = Node::new(&children);
@@ -523,17 +516,26 @@ impl LightTree {
     /// The probability with which [`LightTree::sample`] picks `light` at (`p`, `n`).
     #[inline]
     pub fn pmf(&self, p: Vec3A, n: Vec3A, light: usize) -> f32 {
-        let path = &self.path_lanes[self.path_at[light] as usize..self.path_at[light + 1] as usize];
-        let mut i = 0usize;
+        // The light's places from its own up to the root's child, then multiplied from the
+        // root down, in the order `sample` multiplies them.
+        let mut path = [0u32; MAX_LEVELS];
+        let mut levels = 0;
+        let mut at = self.leaf_at[light];
+        loop {
+            path[levels] = at;
+            levels += 1;
+            at = self.up[at as usize / WIDTH];
+            if at == NO_PARENT {
+                break;
+            }
+        }
         let mut pmf = 1.0f32;
-        for &k in path {
-            let node = &self.nodes[i];
-            let Some((w, total)) = node.weights(p, n) else {
+        for &at in path[..levels].iter().rev() {
+            let (node, k) = (at as usize / WIDTH, at as usize % WIDTH);
+            let Some((w, total)) = self.nodes[node].weights(p, n) else {
                 return 0.0;
             };
-            let k = k as usize;
             pmf *= w[k] / total;
-            i = node.child[k] as usize;
         }
         pmf
     }
@@ -983,6 +985,10 @@ mod tests {
 
     #[test]
     fn degenerate_sets_build_shallow_trees_the_same_every_time() {
+        // One light: a root with one lane, picked with probability 1.
+        let one = LightTree::build(&[LightBounds::point(Vec3A::ONE, 1.0)]).unwrap();
+        assert_eq!(one.pmf(Vec3A::ZERO, Vec3A::Y, 0), 1.0);
+        assert_eq!(one.sample(Vec3A::ZERO, Vec3A::Y, 0.7).map(|s| s.0), Some(0));
         // 5000 lights at one point: no split by position, the middle of the list instead.
         let same = vec![LightBounds::point(Vec3A::ONE, 1.0); 5000];
         let tree = LightTree::build(&same).unwrap();
@@ -1003,7 +1009,7 @@ mod tests {
             LightTree::build(&ls).unwrap(),
             LightTree::build(&ls).unwrap(),
         );
-        assert_eq!((&a.path_lanes, &a.path_at), (&b.path_lanes, &b.path_at));
+        assert_eq!((&a.leaf_at, &a.up), (&b.leaf_at, &b.up));
         assert!(a.depth() < 32);
     }
 }
