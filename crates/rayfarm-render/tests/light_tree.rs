@@ -228,3 +228,15 @@ fn a_single_quad_light_does_not_use_the_tree() {
     rs.use_light_tree(false);
     assert_eq!(before, render(&rs, &st, 2, 16, 16));
 }
+
+/// Through the tree too, an image is a function of the scene, the settings and the seed: the
+/// same bytes on one thread or three, with any unit size.
+#[test]
+fn the_tree_renders_the_same_bytes_on_any_threads_and_units() {
+    let rs = RenderScene::new(hall());
+    assert!(rs.light_pick.has_tree());
+    let st = settings(8, 9);
+    let one = render(&rs, &st, 1, 16, 16);
+    assert_eq!(one, render(&rs, &st, 3, 8, 4));
+    assert_eq!(one, render(&rs, &st, 2, 32, 8));
+}
