@@ -1623,7 +1623,8 @@ mod tests {
     }
 
     /// Point lights without a finite place are left out; the others go into the light tree
-    /// (five or more lights with a place), which picks each with its probability.
+    /// (five lights with a place), which picks each with its probability; a directional light
+    /// is picked beside the tree, by power.
     #[test]
     fn point_lights_without_a_place_are_no_lights() {
         let mut s = CompiledScene::default();
@@ -1638,8 +1639,21 @@ mod tests {
                 direction: [0.0, -1.0, 0.0],
             });
         }
+        // A sun, listed first: directional lights come after the tree's in `lights`.
+        s.lights.insert(
+            0,
+            rayfarm_scene::Light {
+                name: "sun".into(),
+                kind: LightKind::Directional,
+                color: [1.0; 3],
+                intensity: 0.01,
+                position: [0.0; 3],
+                direction: [0.0, -1.0, 0.0],
+            },
+        );
         let rs = RenderScene::new(s);
-        assert_eq!(rs.lights.len(), 5);
+        assert_eq!(rs.lights.len(), 6);
+        assert!(matches!(rs.lights[5], LightRef::Punctual(0)), "the sun last");
         assert!(rs.light_pick.has_tree());
         let (p, n) = (Vec3A::new(0.5, 0.0, 0.0), Vec3A::Y);
         let mut total = 0.0;
