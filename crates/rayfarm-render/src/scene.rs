@@ -1653,7 +1653,10 @@ mod tests {
         );
         let rs = RenderScene::new(s);
         assert_eq!(rs.lights.len(), 6);
-        assert!(matches!(rs.lights[5], LightRef::Punctual(0)), "the sun last");
+        assert!(
+            matches!(rs.lights[5], LightRef::Punctual(0)),
+            "the sun last"
+        );
         assert!(rs.light_pick.has_tree());
         let (p, n) = (Vec3A::new(0.5, 0.0, 0.0), Vec3A::Y);
         let mut total = 0.0;

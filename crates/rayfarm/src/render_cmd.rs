@@ -731,6 +731,28 @@ pub fn info(a: InfoArgs) -> Result<()> {
     if let Some((lo, hi)) = scene.bounds() {
         writeln!(out, "  bounds {lo:?} .. {hi:?}")?;
     }
+    let emissive = scene
+        .triangle_materials
+        .iter()
+        .filter(|&&m| scene.materials[m as usize].is_emissive())
+        .count();
+    if emissive > 0 {
+        let placed = scene
+            .lights
+            .iter()
+            .filter(|l| l.kind != rayfarm_scene::LightKind::Directional)
+            .count();
+        writeln!(
+            out,
+            "  {emissive} emissive triangle{}; light samples pick {}",
+            if emissive == 1 { "" } else { "s" },
+            if emissive + placed >= rayfarm_render::scene::LIGHT_TREE_MIN {
+                "through a light tree (by importance at each point)"
+            } else {
+                "by power (a light tree from 4 lights with a place)"
+            }
+        )?;
+    }
     for m in scene.meshes.iter().take(20) {
         writeln!(
             out,

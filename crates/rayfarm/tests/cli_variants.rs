@@ -103,3 +103,24 @@ fn info_into_a_closed_pipe_exits_quietly() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `rayfarm info` says how many emissive triangles a scene has and how light samples pick.
+#[test]
+fn info_counts_emissive_triangles() {
+    let dir = tempfile::tempdir().unwrap();
+    let scene = dir.path().join("variants.gltf");
+    write_scene(&scene);
+    // The same triangle with the glowing material as its own.
+    let text = std::fs::read_to_string(&scene)
+        .unwrap()
+        .replace(r#""material":0,"#, r#""material":1,"#);
+    std::fs::write(&scene, text).unwrap();
+    let info = rayfarm(args!["info", &scene]);
+    info.assert_ok();
+    assert!(
+        info.stdout
+            .contains("1 emissive triangle; light samples pick by power"),
+        "{}",
+        info.stdout
+    );
+}
