@@ -775,6 +775,16 @@ mod tests {
         Vec3A::new(rnd(3 * k), rnd(3 * k + 1), rnd(3 * k + 2)) * 2.0 - 1.0
     }
 
+    /// A shading point in the lights' cloud and its normal (none when `no_normal`).
+    fn point_and_normal(k: u64, no_normal: bool) -> (Vec3A, Vec3A) {
+        let n = if no_normal {
+            Vec3A::ZERO
+        } else {
+            rvec(k + 1_000_000).normalize_or(Vec3A::X)
+        };
+        (rvec(k) * 12.0, n)
+    }
+
     /// A mix of small triangles facing every way (some double-sided), point and spot lights.
     fn lights(n: usize) -> Vec<LightBounds> {
         (0..n as u64)
@@ -799,15 +809,10 @@ mod tests {
         let ls = lights(300);
         let tree = LightTree::build(&ls).unwrap();
         for k in 0..200u64 {
-            let p = rvec(10_000 + k) * 12.0;
-            let n = if k % 3 == 0 {
-                Vec3A::ZERO
-            } else {
-                rvec(20_000 + k).normalize_or(Vec3A::X)
-            };
-            // Below one where none of the lights under one of the two children of a node can
-            // reach the point (their bounds are conservative, so only there); sampling finds
-            // no light as often.
+            let (p, n) = point_and_normal(10_000 + k, k % 3 == 0);
+            // Below one where a sample can reach a node none of whose children can light the
+            // point (each child's bounds are tighter than the node's); sampling finds no
+            // light as often.
             let pmfs: Vec<f32> = (0..ls.len()).map(|i| tree.pmf(p, n, i)).collect();
             let total: f64 = pmfs.iter().map(|&x| x as f64).sum();
             assert!(total < 1.0 + 1e-4, "point {k}: pmfs sum to {total}");
@@ -841,12 +846,7 @@ mod tests {
         for chunk in ls.chunks(4) {
             let node = Lanes::new(chunk);
             for k in 0..50u64 {
-                let p = rvec(50_000 + k) * 12.0;
-                let n = if k % 4 == 0 {
-                    Vec3A::ZERO
-                } else {
-                    rvec(60_000 + k).normalize_or(Vec3A::X)
-                };
+                let (p, n) = point_and_normal(50_000 + k, k % 4 == 0);
                 let lanes = node.importance(p, n).to_array();
                 for (j, b) in chunk.iter().enumerate() {
                     assert_eq!(lanes[j].to_bits(), b.importance(p, n).to_bits());
