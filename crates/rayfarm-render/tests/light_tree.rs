@@ -140,14 +140,7 @@ fn the_light_tree_keeps_the_image_and_lowers_its_noise() {
     );
     // The same expected image: the means over all pixels and both seeds agree within their
     // noise (the tolerance is 1.5%).
-    for c in 0..3 {
-        assert!(
-            (mf[c] - mt[c]).abs() < 0.015 * mf[c],
-            "channel {c}: {} by power, {} by tree",
-            mf[c],
-            mt[c]
-        );
-    }
+    assert_means_agree(mf, mt, 0.015, ("by power", "by tree"));
     assert!(
         nt < 0.6 * nf,
         "the tree should lower the noise: {nt} with, {nf} without"
@@ -189,14 +182,7 @@ fn point_and_spot_lights_light_the_same_through_the_tree() {
     let flat = render(&rs, &st, 2, 16, 16);
     // Pixel by pixel: a light left out where it shines would darken whole regions.
     let (mf, mt) = (mean(&flat), mean(&tree));
-    for c in 0..3 {
-        assert!(
-            (mf[c] - mt[c]).abs() < 0.02 * mf[c],
-            "channel {c}: {} by power, {} by tree",
-            mf[c],
-            mt[c]
-        );
-    }
+    assert_means_agree(mf, mt, 0.02, ("by power", "by tree"));
     let dark_by_tree = flat
         .iter()
         .zip(&tree)

@@ -86,14 +86,7 @@ fn splitting_keeps_the_image_and_lowers_its_noise() {
     // The same expected image: the means over all pixels and both seeds agree within their
     // noise (about 0.3% here; the tolerance is 1.5%).
     let (mp, ms) = (mean_of_two(&plain), mean_of_two(&split));
-    for c in 0..3 {
-        assert!(
-            (mp[c] - ms[c]).abs() < 0.015 * mp[c],
-            "channel {c}: {} without splitting, {} with",
-            mp[c],
-            ms[c]
-        );
-    }
+    assert_means_agree(mp, ms, 0.015, ("without splitting", "with"));
     // Pixel by pixel too, where the spheres reflect the sun and the lamp: every pixel's mean
     // over the two seeds agrees within a generous bound of its noise.
     let (np, ns) = (noise(&plain[0], &plain[1]), noise(&split[0], &split[1]));

@@ -122,3 +122,18 @@ pub fn mean_of_two(imgs: &[Vec<[f32; 3]>; 2]) -> [f64; 3] {
     let (a, b) = (mean(&imgs[0]), mean(&imgs[1]));
     [0, 1, 2].map(|c| 0.5 * (a[c] + b[c]))
 }
+
+/// Asserts that two images' per-channel means agree within `tolerance` (relative to `a`'s);
+/// `labels` name the two in the message.
+pub fn assert_means_agree(a: [f64; 3], b: [f64; 3], tolerance: f64, labels: (&str, &str)) {
+    for c in 0..3 {
+        assert!(
+            (a[c] - b[c]).abs() < tolerance * a[c],
+            "channel {c}: {} {}, {} {}",
+            a[c],
+            labels.0,
+            b[c],
+            labels.1
+        );
+    }
+}
