@@ -514,6 +514,33 @@ impl<'a> Collapse<'a> {
         (c.nodes, c.packs)
     }
 
+    /// The triangles under binary node `n` (at most [`PACK`] of them, as `counts` says),
+    /// left to right, into `out`; returns how many.
+    fn prims_under_into(&self, n: usize, out: &mut [u32; PACK]) -> usize {
+        let mut len = 0;
+        // A subtree of at most PACK triangles has at most 2 PACK - 1 nodes, and the stack
+        // holds at most one more than the tree's depth.
+        let mut stack = [0usize; 2 * PACK];
+        let mut top = 1;
+        stack[0] = n;
+        while top > 0 {
+            top -= 1;
+            let node = &self.bvh2.nodes[stack[top]];
+            let first = node.first_index as usize;
+            if node.is_leaf() {
+                for &p in &self.bvh2.primitive_indices[first..first + node.prim_count as usize] {
+                    out[len] = p;
+                    len += 1;
+                }
+            } else {
+                stack[top] = first + 1;
+                stack[top + 1] = first;
+                top += 2;
+            }
+        }
+        len
+    }
+
     /// The triangles under binary node `n`, left to right.
     fn prims_under(&self, n: usize) -> Vec<u32> {
         let mut out = Vec::new();
@@ -534,14 +561,19 @@ impl<'a> Collapse<'a> {
     }
 
     /// A new inner node over binary inner node `n`; returns its reference and exact box.
+    /// (Fixed arrays, not vectors: a large scene has hundreds of thousands of nodes, and their
+    /// allocations were a third of the collapse's time.)
     fn inner(&mut self, n: usize) -> (u32, Aabb) {
         let idx = self.nodes.len();
         self.nodes.push(Node8::EMPTY);
         let first = self.bvh2.nodes[n].first_index as usize;
-        let mut kids = vec![first, first + 1];
-        while kids.len() < WIDTH {
+        let mut kids = [0usize; WIDTH];
+        kids[0] = first;
+        kids[1] = first + 1;
+        let mut len = 2;
+        while len < WIDTH {
             let mut open: Option<(usize, f32)> = None;
-            for (j, &k) in kids.iter().enumerate() {
+            for (j, &k) in kids[..len].iter().enumerate() {
                 let node = &self.bvh2.nodes[k];
                 if node.is_leaf() || self.counts[k] as usize <= PACK {
                     continue;
@@ -553,24 +585,33 @@ impl<'a> Collapse<'a> {
             }
             let Some((j, _)) = open else { break };
             let f = self.bvh2.nodes[kids[j]].first_index as usize;
-            kids.splice(j..=j, [f, f + 1]);
+            // `kids[j]` becomes its two children, in place: what follows moves up one.
+            kids.copy_within(j + 1..len, j + 2);
+            kids[j] = f;
+            kids[j + 1] = f + 1;
+            len += 1;
         }
+        let kids = &kids[..len];
         if kids
             .iter()
             .any(|&k| self.counts[k] as usize >= self.parallel_from)
         {
-            return self.inner_in_parallel(idx, &kids);
+            return self.inner_in_parallel(idx, kids);
         }
-        let children = kids.iter().map(|&k| self.child(k)).collect();
-        self.fill(idx, children)
+        let mut children = [(EMPTY, Aabb::empty()); WIDTH];
+        for (c, &k) in children.iter_mut().zip(kids) {
+            *c = self.child(k);
+        }
+        self.fill(idx, &children[..len])
     }
 
     /// What binary node `k` becomes as a child: a leaf of its few triangles, a node over the
     /// triangles of a binary leaf, or an inner node. Returns its reference and exact box.
     fn child(&mut self, k: usize) -> (u32, Aabb) {
         if self.counts[k] as usize <= PACK {
-            let prims = self.prims_under(k);
-            self.leaf(&prims)
+            let mut prims = [0u32; PACK];
+            let n = self.prims_under_into(k, &mut prims);
+            self.leaf(&prims[..n])
         } else if self.bvh2.nodes[k].is_leaf() {
             let prims = self.prims_under(k);
             self.prims_node(&prims)
@@ -623,7 +664,7 @@ impl<'a> Collapse<'a> {
             );
             children.push((moved(r), b));
         }
-        self.fill(idx, children)
+        self.fill(idx, &children)
     }
 
     /// A node over a list of triangles in order (a binary leaf with more than [`PACK`], which
@@ -633,7 +674,7 @@ impl<'a> Collapse<'a> {
         let idx = self.nodes.len();
         self.nodes.push(Node8::EMPTY);
         let per_child = prims.len().div_ceil(WIDTH).max(PACK);
-        let children = prims
+        let children: Vec<(u32, Aabb)> = prims
             .chunks(per_child)
             .map(|run| {
                 if run.len() <= PACK {
@@ -643,14 +684,14 @@ impl<'a> Collapse<'a> {
                 }
             })
             .collect();
-        self.fill(idx, children)
+        self.fill(idx, &children)
     }
 
     /// Puts `children` (reference, exact box) into the slots of node `idx`, in order; returns
     /// the node's reference and the union of their boxes.
-    fn fill(&mut self, idx: usize, children: Vec<(u32, Aabb)>) -> (u32, Aabb) {
+    fn fill(&mut self, idx: usize, children: &[(u32, Aabb)]) -> (u32, Aabb) {
         let mut bounds = Aabb::empty();
-        for (slot, (r, b)) in children.into_iter().enumerate() {
+        for (slot, &(r, b)) in children.iter().enumerate() {
             self.set_child(idx, slot, r, &b);
             bounds = bounds.union(&b);
         }
