@@ -19,7 +19,16 @@ pub fn auto_camera(scene: &CompiledScene, aspect: f32) -> Camera {
     let half = 0.5 * yfov.min(xfov);
     let distance = radius / half.sin() * 1.02;
     let dir = Vec3::new(0.35, 0.3, 1.0).normalize();
-    let position = center + dir * distance;
+    let mut position = center + dir * distance;
+    if !position.is_finite() {
+        // The squares in the diagonal's length overflow f32 from coordinates of about 1e19
+        // on, and an infinite radius put the camera at infinity (every ray NaN). Again in
+        // f64; scenes that fit f32 keep their camera to the bit.
+        let (lo, hi) = (lo.as_dvec3(), hi.as_dvec3());
+        let radius = ((hi - lo).length() * 0.5).max(1e-3);
+        let distance = radius / f64::from(half.sin()) * 1.02;
+        position = ((lo + hi) * 0.5 + dir.as_dvec3() * distance).as_vec3();
+    }
     let forward = -dir;
     let right = forward.cross(Vec3::Y).normalize();
     let up = right.cross(forward);
