@@ -553,6 +553,39 @@ pub struct RenderScene {
     pub radius: f32,
 }
 
+/// Coordinates from which the products of the ray-triangle test overflow f32 (its terms are
+/// products of two edge lengths): triangles reaching farther than this cannot be hit reliably.
+pub const LARGEST_SAFE_COORDINATE: f32 = 1e18;
+
+/// Warns when a scene's numbers are beyond what single precision renders: triangles with a NaN
+/// or infinite corner (no ray hits them), or coordinates beyond [`LARGEST_SAFE_COORDINATE`].
+/// The render goes on either way, safely; the user learns why the image is black or has holes.
+fn warn_about_numbers(corners: &[[Vec3A; 3]]) {
+    let mut non_finite = 0usize;
+    let mut reach = 0.0f32;
+    for tri in corners {
+        if tri.iter().all(|p| p.is_finite()) {
+            reach = tri.iter().fold(reach, |r, p| r.max(p.abs().max_element()));
+        } else {
+            non_finite += 1;
+        }
+    }
+    if non_finite > 0 {
+        tracing::warn!(
+            "{non_finite} of {} triangles have a corner that is not a finite number (NaN or \
+             infinity) and cannot be hit; check the exporter's output",
+            corners.len()
+        );
+    }
+    if reach > LARGEST_SAFE_COORDINATE {
+        tracing::warn!(
+            "the scene reaches {reach:.1e} units from the origin; beyond about \
+             {LARGEST_SAFE_COORDINATE:.0e} the ray-triangle test overflows single precision and \
+             rays miss triangles: scale the scene down (glTF and OBJ units are metres)"
+        );
+    }
+}
+
 /// The lights of a scene with a place (emissive triangles, point and spot lights) and the
 /// directional ones, in that order, with their powers, the bounds of those with a place and
 /// their tree ([`LIGHT_TREE_MIN`] of them or more); the environment is added after.
@@ -716,6 +749,7 @@ impl RenderScene {
             .map(|t| t.map(|i| Vec3A::from(scene.positions[i as usize])))
             .collect();
         let textures = Textures::build(&scene);
+        warn_about_numbers(&corners);
         let (lo, hi) = scene.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
         let (lo, hi) = (Vec3A::from(lo), Vec3A::from(hi));
         let center = (lo + hi) * 0.5;

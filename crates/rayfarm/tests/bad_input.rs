@@ -691,3 +691,24 @@ fn compiled_blob_renders_and_corruption_is_reported() {
     }
     render(&dir.path().join("nosuch.rfscene"), dir.path(), &[]).assert_error(&["nosuch.rfscene"]);
 }
+
+/// A scene whose coordinates overflow single precision in the ray-triangle test (1e30 here)
+/// renders, and the user is told why its image is black and what to do. Such a scene crashed
+/// every node before session 18 (`rayfarm-render/tests/hostile_scenes.rs`).
+#[test]
+fn a_scene_beyond_single_precision_renders_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("huge.obj");
+    std::fs::write(
+        &p,
+        "v 1e30 0 0\nv 1e30 1e30 0\nv 0 0 1e30\nv -5 0 -5\nv 5 0 -5\nv 0 0 5\nf 1 2 3\nf 4 5 6\n",
+    )
+    .unwrap();
+    let run = render(&p, dir.path(), &[]);
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("1.0e30 units") && run.stderr.contains("scale the scene down"),
+        "no warning about the scene's size:\n{}",
+        run.stderr
+    );
+}
