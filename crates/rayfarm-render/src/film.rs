@@ -242,6 +242,33 @@ pub fn plan_region(
 
 /// The accumulated image, or a region of it (a bake of one object covers only the part of
 /// the map its charts lie in).
+/// The largest side of an image (what `--width` and `--height` accept).
+pub const MAX_IMAGE_SIDE: u32 = 32768;
+/// The most pixels an image may have: a film keeps 48 bytes a pixel (three 128-bit sums), so
+/// 2^28 pixels (16384 x 16384) take 12 GiB, and the RGB image written from it 3 GiB more.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 28;
+
+/// Why an image of `width` x `height` cannot be rendered (a side of 0 or over
+/// [`MAX_IMAGE_SIDE`], or more than [`MAX_IMAGE_PIXELS`] pixels), or `None`.
+pub fn image_size_problem(width: u32, height: u32) -> Option<String> {
+    if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Some(format!(
+            "{width}x{height} pixels: each side must be 1 to {MAX_IMAGE_SIDE}"
+        ));
+    }
+    let pixels = width as u64 * height as u64;
+    if pixels > MAX_IMAGE_PIXELS {
+        return Some(format!(
+            "{width}x{height} is {:.0} M pixels, more than the {} M a render holds ({} GiB of film \
+             at 48 bytes a pixel)",
+            pixels as f64 / 1e6,
+            MAX_IMAGE_PIXELS / 1_000_000,
+            (MAX_IMAGE_PIXELS * 48) >> 30
+        ));
+    }
+    None
+}
+
 #[derive(Clone, Debug)]
 pub struct Film {
     /// The part of the image this film holds; `sums` has one entry per pixel of it.

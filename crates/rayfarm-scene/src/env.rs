@@ -6,6 +6,24 @@ use std::path::Path;
 
 /// Largest environment map accepted, in texels per side.
 pub const MAX_ENV_SIDE: u32 = 32768;
+/// Most texels an environment map may have: 2^28 (a 32768 x 8192 or 16384 x 16384 map), 3 GiB
+/// as decoded RGB and 4 GiB more prepared for rendering. A 16k HDRI (16384 x 8192) is half.
+pub const MAX_ENV_TEXELS: u64 = 1 << 28;
+
+/// Why a map of `width` x `height` is refused, or `None`.
+fn size_problem(width: u64, height: u64) -> Option<String> {
+    if width == 0 || height == 0 || width > MAX_ENV_SIDE as u64 || height > MAX_ENV_SIDE as u64 {
+        return Some(format!(
+            "environment map size {width}x{height} is not usable (each side 1 to {MAX_ENV_SIDE})"
+        ));
+    }
+    (width * height > MAX_ENV_TEXELS).then(|| {
+        format!(
+            "environment map size {width}x{height} has more than {} M texels",
+            MAX_ENV_TEXELS >> 20
+        )
+    })
+}
 
 /// Loads an equirectangular environment map (linear radiance). The top row is +Y (up); the
 /// mapping from direction to texel is documented in rayfarm-render's `env` module.
@@ -31,6 +49,16 @@ pub fn load_env_map(path: &Path) -> Result<Environment, SceneError> {
             (w, h, texels)
         }
         "exr" => {
+            // The header's size before anything is allocated: the pixels' buffer is made from
+            // it, and a 313-byte file declaring 65536 x 65536 asked for 48 GiB.
+            let meta = exr::meta::MetaData::read_from_file(path, false)
+                .map_err(|e| SceneError::invalid(path, format!("cannot read EXR image: {e}")))?;
+            for header in meta.headers.iter() {
+                let size = header.layer_size;
+                if let Some(problem) = size_problem(size.width() as u64, size.height() as u64) {
+                    return Err(SceneError::invalid(path, problem));
+                }
+            }
             let img = exr::prelude::read_first_rgba_layer_from_file(
                 path,
                 |res, _| {
@@ -52,11 +80,8 @@ pub fn load_env_map(path: &Path) -> Result<Environment, SceneError> {
             ))
         }
     };
-    if width == 0 || height == 0 || width > MAX_ENV_SIDE || height > MAX_ENV_SIDE {
-        return Err(SceneError::invalid(
-            path,
-            format!("environment map size {width}x{height} is not usable"),
-        ));
+    if let Some(problem) = size_problem(width as u64, height as u64) {
+        return Err(SceneError::invalid(path, problem));
     }
     let texels = texels
         .into_iter()

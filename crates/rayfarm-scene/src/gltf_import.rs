@@ -69,9 +69,14 @@ pub fn load(path: &Path) -> Result<(CompiledScene, Warnings), SceneError> {
 
 /// Loads a `.gltf` or `.glb` file from disk, posed as `opts` says (see [`load_from_slice_with`]).
 pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<(CompiledScene, Warnings), SceneError> {
-    let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
+    let bytes = crate::read_regular_file(path).map_err(|e| SceneError::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    load_from_slice_with(&bytes, path, &|p: &Path| std::fs::read(base.join(p)), opts)
+    load_from_slice_with(
+        &bytes,
+        path,
+        &|p: &Path| crate::read_regular_file(&base.join(p)),
+        opts,
+    )
 }
 
 /// Loads a glTF from memory, in its rest pose. `path` names the file in messages; `read_file`
@@ -215,9 +220,11 @@ pub fn set_isolated_avif_decoder(f: avif::IsolatedDecoder) {
 /// The time span `[start, end]` in seconds covered by the keyframes of all animations of a
 /// `.gltf` or `.glb` file, or None when it has none. See [`animation_span_from_slice`].
 pub fn animation_span(path: &Path) -> Result<Option<(f32, f32)>, SceneError> {
-    let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
+    let bytes = crate::read_regular_file(path).map_err(|e| SceneError::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    animation_span_from_slice(&bytes, path, &|p: &Path| std::fs::read(base.join(p)))
+    animation_span_from_slice(&bytes, path, &|p: &Path| {
+        crate::read_regular_file(&base.join(p))
+    })
 }
 
 /// The time span of a glTF in memory: the earliest first and the latest last keyframe time
@@ -238,7 +245,7 @@ pub fn animation_span_from_slice(
 /// The names of the KHR_materials_variants variants of a `.gltf` or `.glb` file, in file order
 /// (empty when it has none).
 pub fn variants(path: &Path) -> Result<Vec<String>, SceneError> {
-    let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
+    let bytes = crate::read_regular_file(path).map_err(|e| SceneError::io(path, e))?;
     let json: &[u8] = if bytes.starts_with(b"glTF") {
         split_glb(&bytes)
             .map_err(|e| SceneError::invalid(path, format!("not a valid .glb file: {e}")))?

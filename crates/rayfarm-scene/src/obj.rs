@@ -32,9 +32,9 @@ const MAX_LISTED: usize = 10;
 
 /// Reads and parses an `.obj` file from disk; MTL files and textures are read relative to it.
 pub fn load(path: &Path) -> Result<(CompiledScene, Warnings), SceneError> {
-    let bytes = std::fs::read(path).map_err(|e| SceneError::io(path, e))?;
+    let bytes = crate::read_regular_file(path).map_err(|e| SceneError::io(path, e))?;
     let src = String::from_utf8_lossy(&bytes);
-    parse(&src, path, &|p: &Path| std::fs::read(p))
+    parse(&src, path, &|p: &Path| crate::read_regular_file(p))
 }
 
 /// Parses OBJ source text. `path` names the file in messages and its parent directory is where

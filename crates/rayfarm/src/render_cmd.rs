@@ -284,7 +284,8 @@ pub fn load_scene_at(
     let (scene, warnings) = match path {
         // A compiled blob (`rayfarm info SCENE --compile-to FILE.rfscene`), as the network ships it.
         Some(p) if is_compiled_blob(p) => {
-            let blob = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            let blob = rayfarm_scene::read_regular_file(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
             let scene = rayfarm_scene::blob::decode(&blob)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             (scene, Vec::new())
@@ -431,6 +432,17 @@ pub fn resolve_view(
         Projection::Perspective { aspect, .. } => aspect,
         Projection::Orthographic { xmag, ymag } => (ymag > 0.0).then(|| xmag / ymag),
     });
+    // Where the size comes from, for an error about it.
+    let source = match (width, height, scene.resolution, aspect) {
+        (Some(_), Some(_), _, _) => "--width and --height".to_string(),
+        (None, None, Some(_), _) => "the scene's resolution (extras.resolution)".to_string(),
+        (_, _, Some(_), _) => "the scene's resolution's aspect".to_string(),
+        (_, _, None, Some(a)) => format!(
+            "the aspect ratio {a} of camera '{}'",
+            cam.as_ref().map_or("", |c| c.name.as_str())
+        ),
+        _ => "the default".to_string(),
+    };
     let (w, h) = match (width, height, scene.resolution, aspect) {
         (Some(w), Some(h), _, _) => (w, h),
         (None, None, Some([w, h]), _) => (w, h),
@@ -451,6 +463,9 @@ pub fn resolve_view(
             (((h as f32 * a).round() as u32).max(1), h)
         }
     };
+    if let Some(problem) = rayfarm_render::film::image_size_problem(w, h) {
+        bail!("the image size from {source} is {problem}; give --width and --height");
+    }
     let cam = cam.unwrap_or_else(|| auto_camera(scene, w as f32 / h as f32));
     Ok((cam, w, h))
 }

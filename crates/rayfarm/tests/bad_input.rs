@@ -712,3 +712,76 @@ fn a_scene_beyond_single_precision_renders_with_a_warning() {
         run.stderr
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sizes and files from a scene that would take the machine's memory (found by fuzzing the CLI
+// in session 18: each aborted with "memory allocation of N bytes failed" or read without end)
+// ---------------------------------------------------------------------------------------------
+
+/// An image size worked out from a camera's aspect ratio is bounded like --width and --height.
+#[test]
+fn an_image_size_from_an_absurd_camera_aspect_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["cameras"][0]["perspective"]["aspectRatio"] = json!(1e30);
+    let p = write_gltf(dir.path(), "wide.gltf", &doc);
+    for extra in [&["--height", "16"][..], &[]] {
+        let mut a = args!["render", &p, "-o", dir.path().join("out.exr"), "--spp", "1"];
+        a.extend(extra.iter().map(std::ffi::OsString::from));
+        rayfarm(a).assert_error(&["aspect ratio", "cam", "--width and --height"]);
+    }
+}
+
+/// The scene's own resolution (extras.resolution) and explicit sizes are bounded, the total
+/// too: 32768 x 32768 would need 48 GiB of film.
+#[test]
+fn image_sizes_beyond_the_film_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["extras"] = json!({ "resolution": [65536, 65536] });
+    let p = write_gltf(dir.path(), "big.gltf", &doc);
+    rayfarm(args![
+        "render",
+        &p,
+        "-o",
+        dir.path().join("out.exr"),
+        "--spp",
+        "1"
+    ])
+    .assert_error(&["scene's resolution", "65536x65536", "--width"]);
+    let p = write_gltf(dir.path(), "tri.gltf", &triangle_gltf());
+    rayfarm(args![
+        "render",
+        &p,
+        "-o",
+        dir.path().join("out.exr"),
+        "--width",
+        "32768",
+        "--height",
+        "32768"
+    ])
+    .assert_error(&["32768x32768", "M pixels"]);
+}
+
+/// A buffer (or image, or MTL library) that is a device reads nothing: /dev/zero was read until
+/// memory ran out.
+#[cfg(unix)]
+#[test]
+fn a_buffer_that_is_a_device_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["buffers"][0]["uri"] = json!("/dev/zero");
+    let p = write_gltf(dir.path(), "zero.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["zero.gltf", "/dev/zero", "not a regular file"]);
+}
+
+/// An EXR environment map is refused by the size its header declares, before its pixels are
+/// allocated (a 313-byte file declaring 65536 x 65536 asked for 48 GiB).
+#[test]
+fn an_exr_environment_declaring_a_huge_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_gltf(dir.path(), "tri.gltf", &triangle_gltf());
+    let env = repo_root().join("crates/rayfarm/tests/data/env_header_65536.exr");
+    render(&p, dir.path(), &["--env", env.to_str().unwrap()])
+        .assert_error(&["env_header_65536.exr", "65536x65536"]);
+}
