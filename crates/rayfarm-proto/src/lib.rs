@@ -44,7 +44,10 @@ use tokio::net::TcpStream;
 /// Version 11: a glossy first vertex splits into two BSDF samples; no message changed.
 /// Version 12: the BVH of large scenes is built in chunks on all cores (another tree, so ties
 /// between triangles at the same distance can go the other way); no message changed.
-pub const PROTOCOL_VERSION: u32 = 13;
+/// Version 13: light samples pick their light through a light tree. Version 14: a light
+/// sample's shadow ray runs from its offset origin to the sampled point (it ran beside that
+/// segment, and a low lamp shadowed itself); no message changed.
+pub const PROTOCOL_VERSION: u32 = 14;
 /// First bytes of every connection, in both directions.
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).

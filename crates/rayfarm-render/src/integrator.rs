@@ -130,6 +130,26 @@ fn shadow_tmax(org: Vec3A, dist: f32) -> f32 {
     }
 }
 
+/// The shadow ray of light sample `ls` taken at `p`, from `org` (`p` moved off its surface):
+/// to the sampled point itself, or along the sample's direction for a light at infinity.
+/// Along the direction from `p`, the ray ran beside the segment to the light by the offset,
+/// and towards a low lamp seen at a grazing angle it crossed the lamp's plane before its end:
+/// the lamp shadowed itself (floor points two lamp-widths away lost 90% of their direct light;
+/// `tests/analytic.rs`, `a_low_lamp_lights_the_floor_beside_it_as_lambert_says`).
+#[inline(always)]
+fn shadow_ray(org: Vec3A, p: Vec3A, ls: &crate::scene::LightSample) -> (Vec3A, Vec3A, f32) {
+    if !ls.dist.is_finite() {
+        return (org, ls.wi, ls.dist);
+    }
+    let d = p + ls.wi * ls.dist - org;
+    let len = d.length();
+    if len > 0.0 && len.is_finite() {
+        (org, d / len, len)
+    } else {
+        (org, ls.wi, ls.dist)
+    }
+}
+
 #[inline(always)]
 fn offset(p: Vec3A, ng: Vec3A, dir: Vec3A) -> Vec3A {
     let eps = 1e-4 * (1.0 + p.abs().max_element());
@@ -502,7 +522,7 @@ impl RenderScene {
                 if side > 0.0 || (side < 0.0 && wi.z < 0.0 && surf.bsdf.transmits_nondelta()) {
                     let (f, bsdf_pdf) = bsdf.eval(wi);
                     if f != Vec3A::ZERO {
-                        let shadow_org = offset(surf.p, surf.ng, ls.wi);
+                        let shadow = shadow_ray(offset(surf.p, surf.ng, ls.wi), surf.p, &ls);
                         let w = if ls.delta {
                             1.0
                         } else {
@@ -512,9 +532,9 @@ impl RenderScene {
                             // Opaque blockers only: the transmittance is 0 or 1, and
                             // `beta * f * 1` is `beta * f` exactly.
                             let contribution = beta * f * ls.li * (wi.z.abs() * w / ls.pdf);
-                            pending = Some(((shadow_org, ls.wi, ls.dist), contribution));
+                            pending = Some((shadow, contribution));
                         } else {
-                            let tr = self.transmittance(shadow_org, ls.wi, ls.dist);
+                            let tr = self.transmittance(shadow.0, shadow.1, shadow.2);
                             if tr != Vec3A::ZERO {
                                 l += beta * f * tr * ls.li * (wi.z.abs() * w / ls.pdf);
                             }

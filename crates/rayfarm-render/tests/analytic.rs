@@ -494,6 +494,92 @@ fn area_light_over_plane_matches_analytic_irradiance() {
     assert!((got - want).abs() < 0.01 * want, "{got} vs {want}");
 }
 
+/// Irradiance at the origin (normal +Y) from a convex polygon of radiance `l` (vertices in
+/// order): Lambert's formula, E = l / 2 * sum over edges of the angle the edge subtends times
+/// the cosine of the plane it spans with the origin.
+fn polygon_irradiance(l: f64, x: [f64; 3], verts: &[[f64; 3]]) -> f64 {
+    let unit = |v: [f64; 3]| {
+        let d = [v[0] - x[0], v[1] - x[1], v[2] - x[2]];
+        let n = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+        [d[0] / n, d[1] / n, d[2] / n]
+    };
+    let mut sum = 0.0;
+    for i in 0..verts.len() {
+        let (a, b) = (unit(verts[i]), unit(verts[(i + 1) % verts.len()]));
+        let c = [
+            a[1] * b[2] - a[2] * b[1],
+            a[2] * b[0] - a[0] * b[2],
+            a[0] * b[1] - a[1] * b[0],
+        ];
+        let cn = (c[0] * c[0] + c[1] * c[1] + c[2] * c[2]).sqrt();
+        let theta = (a[0] * b[0] + a[1] * b[1] + a[2] * b[2])
+            .clamp(-1.0, 1.0)
+            .acos();
+        sum += theta * c[1] / cn;
+    }
+    l / 2.0 * sum.abs()
+}
+
+/// A floor point beside a low lamp sees it at a grazing angle. Its shadow rays start a little
+/// off the floor, towards the lamp's plane; aimed along the direction from the floor point
+/// itself, they crossed that plane before their end and the lamp shadowed itself (session 18:
+/// points two lamp-widths away lost most of their direct light). The shadow ray now runs from
+/// its own origin to the sampled point.
+#[test]
+fn a_low_lamp_lights_the_floor_beside_it_as_lambert_says() {
+    let mut s = CompiledScene::default();
+    let floor = s.add_material(Material {
+        base_color: [0.5, 0.5, 0.5, 1.0],
+        metallic: 0.0,
+        specular: 0.0,
+        ..Default::default()
+    });
+    let light = s.add_material(Material {
+        base_color: [0.0, 0.0, 0.0, 1.0],
+        metallic: 0.0,
+        specular: 0.0,
+        emissive: [3.0, 3.0, 3.0],
+        ..Default::default()
+    });
+    s.add_quad(
+        "floor",
+        Vec3::new(-10.0, 0.0, 10.0),
+        Vec3::new(20.0, 0.0, 0.0),
+        Vec3::new(0.0, 0.0, -20.0),
+        floor,
+    );
+    // A 2x2 lamp 0.3 above the floor, facing down.
+    s.add_quad(
+        "lamp",
+        Vec3::new(-1.0, 0.3, -1.0),
+        Vec3::new(2.0, 0.0, 0.0),
+        Vec3::new(0.0, 0.0, 2.0),
+        light,
+    );
+    let lamp = [
+        [-1.0, 0.3, -1.0],
+        [1.0, 0.3, -1.0],
+        [1.0, 0.3, 1.0],
+        [-1.0, 0.3, 1.0],
+    ];
+    let rs = rayfarm_render::RenderScene::new(s);
+    for x in [1.5f32, 2.0, 3.0] {
+        let settings = RenderSettings {
+            width: 4,
+            height: 4,
+            spp: 1024,
+            max_bounces: 0,
+            seed: 5,
+            camera: ortho_camera([x + 3.0, 0.6, 0.0], [x, 0.0, 0.0], 0.002),
+        };
+        let got = mean(&render(&rs, &settings, 2, 4, 256))[0];
+        let want =
+            0.5 / std::f64::consts::PI * polygon_irradiance(3.0, [x as f64, 0.0, 0.0], &lamp);
+        eprintln!("x {x}: radiance {got:.5}, analytic {want:.5}");
+        assert!((got - want).abs() < 0.01 * want, "x {x}: {got} vs {want}");
+    }
+}
+
 /// A point light of I candela over a white plane: E = I cos / r^2.
 #[test]
 fn point_light_over_plane() {
