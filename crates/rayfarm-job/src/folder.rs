@@ -87,16 +87,31 @@ impl FolderHandle {
         &self.path
     }
 
-    /// Opens the regular file `name` for reading, never through a symlink.
+    /// Opens the regular file `name` for reading, never through a symlink, and never anything
+    /// else: a FIFO planted at a part's or the job.desc's name blocked the open itself (waiting
+    /// for a writer that never came) and with it `rayfarm merge` and the manager's dispatch. So
+    /// the open does not block (`O_NONBLOCK`, which a regular file's reads ignore), and anything
+    /// but a regular file is refused before it is read.
     pub fn open_file(&self, name: &str) -> std::io::Result<std::fs::File> {
         use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
         check_plain(name)?;
         let mut o = cap_std::fs::OpenOptions::new();
         o.read(true).follow(FollowSymlinks::No);
+        #[cfg(unix)]
+        {
+            use cap_std::fs::OpenOptionsExt;
+            o.custom_flags(libc::O_NONBLOCK);
+        }
         let f = self
             .dir
             .open_with(name, &o)
             .map_err(|e| nofollow_error(e, false))?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "it is not a regular file",
+            ));
+        }
         Ok(f.into_std())
     }
 
@@ -289,6 +304,36 @@ impl JobSeal {
             &self.part_hash(body),
             mac,
         )
+    }
+
+    /// The `merged` marker's text `body` (the lines before its MAC) with its MAC line after:
+    /// the marker makes a merge skip to removing the job folder, so only a farm-key holder
+    /// may write one (a hand-written marker made `rayfarm merge` delete a finished job's parts
+    /// and report success without writing a map).
+    pub fn sealed_marker(&self, body: &str) -> String {
+        let mac = self.key.folder_mac(
+            &self.job_id,
+            crate::jobdesc::MERGED_MARKER,
+            &self.part_hash(body.as_bytes()),
+        );
+        format!("{body}mac {}\n", hex::encode(mac))
+    }
+
+    /// The body of a `merged` marker whose MAC line checks out, or `None`.
+    pub fn open_marker(&self, text: &[u8]) -> Option<String> {
+        let text = std::str::from_utf8(text).ok()?;
+        let (body, last) = text.strip_suffix('\n')?.rsplit_once('\n')?;
+        let body = format!("{body}\n");
+        let mut mac = [0u8; 32];
+        hex::decode_to_slice(last.strip_prefix("mac ")?, &mut mac).ok()?;
+        self.key
+            .verify_folder_mac(
+                &self.job_id,
+                crate::jobdesc::MERGED_MARKER,
+                &self.part_hash(body.as_bytes()),
+                &mac,
+            )
+            .then_some(body)
     }
 }
 

@@ -16,7 +16,10 @@
 //!   checked to be plain file names) and the job folder (the `merged` marker); it deletes only
 //!   the files a job folder is made of, and the folder itself only once it is empty.
 //! - Merging twice is harmless: the `merged` marker is written once every output is, just
-//!   before the folder is removed; a merge that finds it only finishes the removal.
+//!   before the folder is removed; a merge that finds it only finishes the removal. The marker
+//!   is sealed with the farm key for this job and job.desc ([`JobSeal::sealed_marker`]); one
+//!   without a valid seal is ignored, so a writer without the key cannot make a merge delete a
+//!   job's parts unmerged.
 //!
 //! Memory: one output's films at a time (48 bytes a texel, as in the local bake), plus the
 //! texel tables of the atlases assembled per object.
@@ -290,18 +293,15 @@ pub fn merge(
     let (any, seal) = AnyJobDesc::read(desc_path, key)?;
     let job_dir = job_dir_of(desc_path)?;
     let marker = job_dir.join(MERGED_MARKER);
-    if std::fs::symlink_metadata(&marker).is_ok_and(|m| m.is_file()) {
-        let written = crate::folder::read_nofollow(&marker, crate::jobdesc::MAX_DESC_BYTES)
-            .ok()
-            .flatten()
-            .map(|t| {
-                String::from_utf8_lossy(&t)
-                    .lines()
-                    .skip(1)
-                    .map(PathBuf::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+    // Only a marker sealed with the farm key counts: one without a valid MAC is ignored, and
+    // the job is merged from its parts (which overwrites it).
+    let sealed = std::fs::symlink_metadata(&marker)
+        .is_ok_and(|m| m.is_file())
+        .then(|| crate::folder::read_nofollow(&marker, crate::jobdesc::MAX_DESC_BYTES))
+        .and_then(|r| r.ok().flatten())
+        .and_then(|t| seal.open_marker(&t));
+    if let Some(body) = sealed {
+        let written = body.lines().skip(1).map(PathBuf::from).collect();
         let (job_dir_removed, left_in_job_dir) = remove_job_dir(&job_dir, &any);
         return Ok(MergeReport {
             job_id: any.job_id().to_string(),
@@ -333,12 +333,14 @@ fn finish(
     desc: &AnyJobDesc,
     written: Vec<PathBuf>,
     nonfinite: u64,
+    seal: &JobSeal,
 ) -> Result<MergeReport, MergeError> {
     let mut text = String::from("rayfarm merge: every output of this job is written\n");
     for f in &written {
         text.push_str(&f.to_string_lossy());
         text.push('\n');
     }
+    let text = seal.sealed_marker(&text);
     crate::maps::write_atomic(&job_dir.join(MERGED_MARKER), text.as_bytes())?;
     let (job_dir_removed, left_in_job_dir) = remove_job_dir(job_dir, desc);
     Ok(MergeReport {
@@ -399,7 +401,7 @@ fn merge_render(
         crate::images::write_image(&path, w, h, &px, &desc.image_settings())?;
         written.push(path);
     }
-    finish(job_dir, &AnyJobDesc::Render(desc), written, nonfinite)
+    finish(job_dir, &AnyJobDesc::Render(desc), written, nonfinite, seal)
 }
 
 fn merge_bake(
@@ -508,7 +510,7 @@ fn merge_bake(
     }
 
     // Every output is in place: record it, then take the job folder apart.
-    finish(&job_dir, &AnyJobDesc::Bake(desc), written, nonfinite)
+    finish(&job_dir, &AnyJobDesc::Bake(desc), written, nonfinite, seal)
 }
 
 fn incomplete(job_id: &str, problems: Vec<PartProblem>) -> MergeError {

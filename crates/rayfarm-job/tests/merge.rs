@@ -178,6 +178,11 @@ fn key() -> FarmKey {
     FarmKey::from_secret("the merge tests' farm secret").unwrap()
 }
 
+/// The seal a merger of the job at `desc_path` holds (what a `merged` marker is sealed with).
+fn marker_seal(desc_path: &Path, job_id: &str) -> JobSeal {
+    JobSeal::new(&key(), job_id, &std::fs::read(desc_path).unwrap())
+}
+
 /// The seal of the job whose job.desc is `desc_path`, as a node reads it.
 fn seal_of(desc_path: &Path) -> JobSeal {
     AnyJobDesc::read(desc_path, &key()).unwrap().1
@@ -467,7 +472,9 @@ fn merging_twice_is_harmless() {
     }
     std::fs::write(
         t.job_dir.join(MERGED_MARKER),
-        "rayfarm merge: every output of this job is written\n/x/atlas_ao_24.exr\n",
+        marker_seal(&t.desc_path, &t.desc.job_id).sealed_marker(
+            "rayfarm merge: every output of this job is written\n/x/atlas_ao_24.exr\n",
+        ),
     )
     .unwrap();
     // Even with a part missing: the merge does not look at parts any more.
@@ -481,6 +488,30 @@ fn merging_twice_is_harmless() {
     assert!(r.already_merged && r.job_dir_removed, "{r:?}");
     assert_eq!(r.written, vec![PathBuf::from("/x/atlas_ao_24.exr")]);
     assert_eq!(snapshot(&t.root), after_first);
+}
+
+/// A `merged` marker written without the farm key (by anyone who can write the shared
+/// folder) is not trusted: the job is merged from its parts as if it were not there. It made
+/// `rayfarm merge` delete a finished job's parts and report success without writing a map.
+#[test]
+fn a_merged_marker_without_the_farm_keys_seal_is_ignored() {
+    let forgeries: [fn(&Path, &str) -> String; 3] = [
+        |_, _| "rayfarm merge: every output of this job is written\n/x/atlas_ao_24.exr\n".into(),
+        |_, _| format!("rayfarm merge\nmac {}\n", "00".repeat(32)),
+        // Sealed with the key, but for another job.
+        |desc, _| marker_seal(desc, "another-job").sealed_marker("rayfarm merge\n"),
+    ];
+    for forge in forgeries {
+        let t = setup(BakeMode::Single, false);
+        let forged = forge(&t.desc_path, &t.desc.job_id);
+        std::fs::write(t.job_dir.join(MERGED_MARKER), &forged).unwrap();
+        let r = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap();
+        assert!(!r.already_merged, "{forged:?}: {r:?}");
+        assert!(!r.written.is_empty(), "{forged:?}: no map written: {r:?}");
+        for f in &r.written {
+            assert!(f.is_file(), "{forged:?}: {} was not written", f.display());
+        }
+    }
 }
 
 #[test]
@@ -725,7 +756,11 @@ fn job_desc_outside_its_job_folder_is_refused() {
     std::fs::write(same.join("keep.txt"), "x").unwrap();
     std::fs::copy(&t.desc_path, same.join(FILE_NAME)).unwrap();
     std::fs::copy(t.job_dir.join(mac), same.join(mac)).unwrap();
-    std::fs::write(same.join(MERGED_MARKER), "rayfarm merge\n").unwrap();
+    std::fs::write(
+        same.join(MERGED_MARKER),
+        marker_seal(&t.desc_path, &t.desc.job_id).sealed_marker("rayfarm merge\n"),
+    )
+    .unwrap();
     let r = merge(&same.join(FILE_NAME), &key(), &MergeOptions::default()).unwrap();
     assert!(r.already_merged && !r.job_dir_removed);
     assert_eq!(r.left_in_job_dir, vec![same.join("keep.txt")]);
@@ -788,4 +823,44 @@ fn job_not_fitting_its_scene_is_refused_before_writing() {
     }
     std::fs::write(&scene_path, &original).unwrap();
     assert_eq!(snapshot(&t.root), before);
+}
+
+/// A FIFO planted at a part's name (or the job.desc's, or its MAC's) is refused at once: its
+/// open blocked, waiting for a writer, and `rayfarm merge` and the manager's dispatch with it.
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_job_folder_is_refused_without_blocking() {
+    fn mkfifo(p: &Path) {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(
+            unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+            0,
+            "mkfifo {}",
+            p.display()
+        );
+    }
+    for victim in ["part", FILE_NAME, rayfarm_job::folder::DESC_MAC_FILE_NAME] {
+        let t = setup(BakeMode::Single, false);
+        let path = if victim == "part" {
+            t.job_dir
+                .join("parts")
+                .join(format!("{}.rfpart", t.desc.parts[0].name))
+        } else {
+            t.job_dir.join(victim)
+        };
+        std::fs::remove_file(&path).unwrap();
+        mkfifo(&path);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let desc = t.desc_path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(merge(&desc, &key(), &MergeOptions::default()).map(|_| ()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("merge blocked on a FIFO at the {victim}'s name"));
+        assert!(r.is_err(), "a FIFO at the {victim}'s name was merged");
+        // Unblock nothing is waiting; the folder is the test's.
+        std::fs::remove_file(&path).unwrap();
+    }
 }

@@ -470,7 +470,24 @@ pub fn resolve_view(
     Ok((cam, w, h))
 }
 
+/// Most render threads `--threads` takes: each has its own stack, and 100,000 of them took the
+/// machine's memory before the first sample (found by fuzzing the CLI).
+pub const MAX_THREADS: usize = 4096;
+
+/// Refuses a `--threads` above [`MAX_THREADS`] (before anything slow is done).
+pub fn check_threads(threads: Option<usize>) -> Result<()> {
+    match threads {
+        Some(n) if n > MAX_THREADS => bail!(
+            "--threads {n} is more than {MAX_THREADS}; leave it out to use every core (this \
+             machine has {})",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+        _ => Ok(()),
+    }
+}
+
 pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    check_threads(threads)?;
     let n = threads.unwrap_or(0);
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
@@ -481,6 +498,7 @@ pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
 pub fn run(a: RenderArgs) -> Result<()> {
     // Check the output before spending minutes rendering.
     rayfarm_job::images::ImageFormat::of(&a.output).map_err(|e| anyhow::anyhow!(e))?;
+    check_threads(a.threads)?;
     if !(a.fps.is_finite() && a.fps > 0.0 && a.fps <= 10_000.0) {
         bail!("--fps {} must be a positive number (at most 10000)", a.fps);
     }

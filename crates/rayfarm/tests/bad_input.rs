@@ -785,3 +785,11 @@ fn an_exr_environment_declaring_a_huge_size_is_refused() {
     render(&p, dir.path(), &["--env", env.to_str().unwrap()])
         .assert_error(&["env_header_65536.exr", "65536x65536"]);
 }
+
+/// `--threads` is bounded: 100,000 threads took the machine's memory before the first sample.
+#[test]
+fn too_many_threads_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_gltf(dir.path(), "tri.gltf", &triangle_gltf());
+    render(&p, dir.path(), &["--threads", "100000"]).assert_error(&["--threads 100000", "4096"]);
+}
