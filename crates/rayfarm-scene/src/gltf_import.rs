@@ -502,6 +502,36 @@ fn prevalidate(root: &gltf::json::Root) -> Result<(), String> {
                 "camera {i} is of type {what} but has no '{what}' object"
             ));
         }
+        // Values the spec requires and a camera needs: a field of view of 0, negative or
+        // beyond a half turn rendered a black or mirrored image without a word.
+        let name = cam
+            .name
+            .as_deref()
+            .map_or(format!("camera {i}"), |n| format!("camera {i} ('{n}')"));
+        if let Some(p) = &cam.perspective {
+            if !(p.yfov > 0.0 && p.yfov < std::f32::consts::PI) {
+                return Err(format!(
+                    "{name}: perspective.yfov is {}, but must be above 0 and below pi \
+                     (radians)",
+                    p.yfov
+                ));
+            }
+            if let Some(a) = p.aspect_ratio {
+                if !(a > 0.0 && a.is_finite()) {
+                    return Err(format!(
+                        "{name}: perspective.aspectRatio is {a}, but must be above 0"
+                    ));
+                }
+            }
+        }
+        if let Some(o) = &cam.orthographic {
+            if !(o.xmag != 0.0 && o.ymag != 0.0 && o.xmag.is_finite() && o.ymag.is_finite()) {
+                return Err(format!(
+                    "{name}: orthographic.xmag and ymag are {} and {}, but must not be 0",
+                    o.xmag, o.ymag
+                ));
+            }
+        }
     }
     // `Image::source` unwraps `mimeType` (for buffer views) or `uri`.
     for (i, img) in root.images.iter().enumerate() {

@@ -793,3 +793,26 @@ fn too_many_threads_are_refused() {
     let p = write_gltf(dir.path(), "tri.gltf", &triangle_gltf());
     render(&p, dir.path(), &["--threads", "100000"]).assert_error(&["--threads 100000", "4096"]);
 }
+
+/// A camera whose field of view or magnification cannot make an image is refused by name
+/// (it rendered a black or mirrored image without a word).
+#[test]
+fn cameras_that_cannot_make_an_image_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (field, value, needle) in [
+        ("yfov", json!(0.0), "yfov is 0"),
+        ("yfov", json!(-0.5), "yfov is -0.5"),
+        ("yfov", json!(4.0), "yfov is 4"),
+        ("aspectRatio", json!(0.0), "aspectRatio is 0"),
+    ] {
+        let mut doc = triangle_gltf();
+        doc["cameras"][0]["perspective"][field] = value;
+        let p = write_gltf(dir.path(), "cam.gltf", &doc);
+        render(&p, dir.path(), &[]).assert_error(&["cam.gltf", "camera 0 ('cam')", needle]);
+    }
+    let mut doc = triangle_gltf();
+    doc["cameras"][0] = json!({ "type": "orthographic",
+        "orthographic": { "xmag": 0.0, "ymag": 1.0, "znear": 0.01, "zfar": 10.0 } });
+    let p = write_gltf(dir.path(), "ortho.gltf", &doc);
+    render(&p, dir.path(), &[]).assert_error(&["ortho.gltf", "xmag and ymag are 0 and 1"]);
+}
