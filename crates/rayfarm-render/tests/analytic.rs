@@ -447,8 +447,9 @@ fn square_light_irradiance(l: f64, half: f64, height: f64) -> f64 {
     std::f64::consts::PI * l * 4.0 * f
 }
 
-#[test]
-fn area_light_over_plane_matches_analytic_irradiance() {
+/// A grey Lambertian floor (20 x 20 at y = 0, double-sided) under a square lamp of radiance 3,
+/// `half` wide each way from the axis, `height` above it, facing down.
+fn floor_under_square_lamp(half: f32, height: f32) -> CompiledScene {
     let mut s = CompiledScene::default();
     let floor = s.add_material(Material {
         base_color: [0.5, 0.5, 0.5, 1.0],
@@ -471,14 +472,20 @@ fn area_light_over_plane_matches_analytic_irradiance() {
         Vec3::new(0.0, 0.0, -20.0),
         floor,
     );
-    // A 1x1 light at height 1, facing down.
     s.add_quad(
-        "light",
-        Vec3::new(-0.5, 1.0, -0.5),
-        Vec3::new(1.0, 0.0, 0.0),
-        Vec3::new(0.0, 0.0, 1.0),
+        "lamp",
+        Vec3::new(-half, height, -half),
+        Vec3::new(2.0 * half, 0.0, 0.0),
+        Vec3::new(0.0, 0.0, 2.0 * half),
         light,
     );
+    s
+}
+
+#[test]
+fn area_light_over_plane_matches_analytic_irradiance() {
+    // A 1x1 light at height 1, facing down.
+    let s = floor_under_square_lamp(0.5, 1.0);
     let settings = RenderSettings {
         width: 8,
         height: 8,
@@ -527,35 +534,8 @@ fn polygon_irradiance(l: f64, x: [f64; 3], verts: &[[f64; 3]]) -> f64 {
 /// its own origin to the sampled point.
 #[test]
 fn a_low_lamp_lights_the_floor_beside_it_as_lambert_says() {
-    let mut s = CompiledScene::default();
-    let floor = s.add_material(Material {
-        base_color: [0.5, 0.5, 0.5, 1.0],
-        metallic: 0.0,
-        specular: 0.0,
-        ..Default::default()
-    });
-    let light = s.add_material(Material {
-        base_color: [0.0, 0.0, 0.0, 1.0],
-        metallic: 0.0,
-        specular: 0.0,
-        emissive: [3.0, 3.0, 3.0],
-        ..Default::default()
-    });
-    s.add_quad(
-        "floor",
-        Vec3::new(-10.0, 0.0, 10.0),
-        Vec3::new(20.0, 0.0, 0.0),
-        Vec3::new(0.0, 0.0, -20.0),
-        floor,
-    );
     // A 2x2 lamp 0.3 above the floor, facing down.
-    s.add_quad(
-        "lamp",
-        Vec3::new(-1.0, 0.3, -1.0),
-        Vec3::new(2.0, 0.0, 0.0),
-        Vec3::new(0.0, 0.0, 2.0),
-        light,
-    );
+    let s = floor_under_square_lamp(1.0, 0.3);
     let lamp = [
         [-1.0, 0.3, -1.0],
         [1.0, 0.3, -1.0],
