@@ -396,9 +396,9 @@ pub fn merge_objects(
 ) -> Result<Film, MergeError> {
     let full = Region::full(atlas.width, atlas.height);
     let mut sums = vec![[0i128; 3]; full.pixels()];
-    let mut nonfinite = 0;
+    let mut nonfinite = 0u64;
     for (_, f) in films {
-        nonfinite += f.nonfinite_samples;
+        nonfinite = nonfinite.saturating_add(f.nonfinite_samples);
     }
     for y in atlas.region.y0..atlas.region.y1 {
         for x in atlas.region.x0..atlas.region.x1 {

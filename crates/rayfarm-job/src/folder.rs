@@ -153,6 +153,21 @@ impl FolderHandle {
         self.dir.remove_file(name)
     }
 
+    /// Removes the empty sub-folder `name` (never a symlink, never following one).
+    pub fn remove_dir(&self, name: &str) -> std::io::Result<()> {
+        check_plain(name)?;
+        self.dir.remove_dir(name)
+    }
+
+    /// The names of all entries, whatever their kind.
+    pub fn entry_names(&self) -> std::io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in self.dir.entries()? {
+            out.push(e?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(out)
+    }
+
     /// The names of the entries that are regular files.
     pub fn file_names(&self) -> std::io::Result<Vec<String>> {
         let mut out = Vec::new();

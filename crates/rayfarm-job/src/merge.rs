@@ -395,7 +395,7 @@ fn merge_render(
                     reason: reason.to_string(),
                 })?;
         }
-        nonfinite += film.nonfinite_samples;
+        nonfinite = nonfinite.saturating_add(film.nonfinite_samples);
         let px = film.to_rgb(desc.render.spp);
         let path = safe_join(out_dir, &f.output)?;
         crate::images::write_image(&path, w, h, &px, &desc.image_settings())?;
@@ -484,7 +484,7 @@ fn merge_bake(
                 reason,
             },
         })?;
-        nonfinite += film.nonfinite_samples;
+        nonfinite = nonfinite.saturating_add(film.nonfinite_samples);
         let raw = film.to_rgb(desc.bake.settings(o.pass).spp());
         drop(film);
         let (px, _) =
@@ -695,7 +695,7 @@ fn assemble(
                 let start = (y - region.y0) as usize * rw + (r.x0 - region.x0) as usize;
                 sums[start..start + w].copy_from_slice(src);
             }
-            nonfinite += f.nonfinite_samples;
+            nonfinite = nonfinite.saturating_add(f.nonfinite_samples);
         }
         films.push((
             mesh.unwrap_or(usize::MAX),
@@ -719,64 +719,73 @@ fn assemble(
 /// job.desc, the marker), then the folder if that left it empty. Files it does not know are
 /// left alone: a job.desc in the wrong place must never make the merge delete someone's
 /// folder. Returns whether the folder is gone and what stayed.
-fn remove_job_dir(job_dir: &Path, desc: &AnyJobDesc) -> (bool, Vec<PathBuf>) {
+///
+/// Everything is removed through one handle on the job folder, opened without following a
+/// symlink ([`crate::folder::FolderHandle`]), and one on its `parts/`: anyone who can write
+/// the network folder may swap the job folder for a symlink to another folder after the merge
+/// checked it, and removing by path would then delete that folder's `job.desc`, scene and
+/// marker. A job folder that is a symlink (or not a folder) is not the job's: nothing is
+/// removed through it.
+pub fn remove_job_dir(job_dir: &Path, desc: &AnyJobDesc) -> (bool, Vec<PathBuf>) {
     let mut failed = Vec::new();
-    let parts_dir = job_dir.join(PARTS_DIR);
-    // The parts are removed through a handle on `parts/` opened without following a symlink:
-    // a `parts` that is (or becomes) a symlink is not the job's, and nothing is removed
-    // through it.
-    let parts = crate::folder::FolderHandle::open(job_dir)
-        .and_then(|j| j.sub(PARTS_DIR, false))
-        .ok();
-    if let Some(parts) = &parts {
-        let mut remove_part = |name: String| {
-            if let Err(e) = parts.remove_file(&name) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!("{}: cannot remove: {e}", parts_dir.join(&name).display());
-                    failed.push(parts_dir.join(&name));
-                }
+    let job = match crate::folder::FolderHandle::open(job_dir) {
+        Ok(job) => job,
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return (true, failed);
             }
-        };
+            tracing::warn!("{}: not removed: {e}", job_dir.display());
+            return (false, vec![job_dir.to_path_buf()]);
+        }
+    };
+    let remove_in = |dir: &crate::folder::FolderHandle, name: &str, failed: &mut Vec<PathBuf>| {
+        if let Err(e) = dir.remove_file(name) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("{}: cannot remove: {e}", dir.path().join(name).display());
+                failed.push(dir.path().join(name));
+            }
+        }
+    };
+    // `parts/` through its own handle, likewise opened without following a symlink: a `parts`
+    // that is (or becomes) a symlink is not the job's, and nothing is removed through it.
+    if let Ok(parts) = job.sub(PARTS_DIR, false) {
         for i in 0..desc.part_count() {
             if let Some((p, _)) = desc.part(i) {
-                remove_part(format!("{}.{}", p.name, crate::parts::PART_EXT));
+                let name = format!("{}.{}", p.name, crate::parts::PART_EXT);
+                remove_in(&parts, &name, &mut failed);
             }
         }
         // Temporaries of interrupted part writes (`.<name>.rfpart.tmp.<pid>.<random>`).
         for name in parts.file_names().unwrap_or_default() {
             if name.starts_with('.') && name.contains(".rfpart.tmp.") {
-                remove_part(name);
+                remove_in(&parts, &name, &mut failed);
             }
         }
     }
-    let mut remove = |path: PathBuf| {
-        if let Err(e) = std::fs::remove_file(&path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("{}: cannot remove: {e}", path.display());
-                failed.push(path);
-            }
-        }
-    };
-    let _ = std::fs::remove_dir(&parts_dir);
+    let _ = job.remove_dir(PARTS_DIR);
     let scenes = match desc {
         AnyJobDesc::Bake(d) => vec![d.scene.file.as_str()],
         AnyJobDesc::Render(d) => d.scene_files(),
     };
     for file in scenes {
-        if let Ok(scene) = safe_join(job_dir, file) {
-            remove(scene);
+        // The names are single plain components (`safe_join`'s rules); anything else was never
+        // written by a client and is left alone.
+        if safe_join(job_dir, file).is_ok() {
+            remove_in(&job, file, &mut failed);
         }
     }
     // job.desc before the marker: until job.desc is gone a merge can still be run, and it must
     // then see the marker.
-    remove(job_dir.join(FILE_NAME));
-    remove(job_dir.join(crate::folder::DESC_MAC_FILE_NAME));
-    remove(job_dir.join(MERGED_MARKER));
+    remove_in(&job, FILE_NAME, &mut failed);
+    remove_in(&job, crate::folder::DESC_MAC_FILE_NAME, &mut failed);
+    remove_in(&job, MERGED_MARKER, &mut failed);
+    // The folder itself by path: `rmdir` removes no symlink and no folder that is not empty.
     if std::fs::remove_dir(job_dir).is_ok() || !job_dir.exists() {
         return (true, failed);
     }
-    let mut left: Vec<PathBuf> = std::fs::read_dir(job_dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+    let mut left: Vec<PathBuf> = job
+        .entry_names()
+        .map(|names| names.into_iter().map(|n| job_dir.join(n)).collect())
         .unwrap_or_default();
     left.sort();
     (false, left)

@@ -735,6 +735,42 @@ fn symlinks_in_the_output_folder_are_not_followed() {
     assert!(!std::fs::symlink_metadata(&link).unwrap().is_symlink());
 }
 
+/// The job folder swapped for a symlink to another folder between the merge's checks and its
+/// clean-up (anyone who can write the network folder can do that): the clean-up removes nothing
+/// in the other folder, although it holds files with every name a job folder has.
+#[cfg(unix)]
+#[test]
+fn a_job_folder_swapped_for_a_symlink_loses_nothing_at_clean_up() {
+    let t = setup(BakeMode::Single, false);
+    let victim = t.root.join("victim");
+    std::fs::create_dir_all(victim.join(rayfarm_job::jobdesc::PARTS_DIR)).unwrap();
+    let mut names = vec![
+        FILE_NAME.to_string(),
+        rayfarm_job::folder::DESC_MAC_FILE_NAME.to_string(),
+        MERGED_MARKER.to_string(),
+        t.desc.scene.file.clone(),
+    ];
+    names.extend(
+        t.desc
+            .parts
+            .iter()
+            .take(3)
+            .map(|p| format!("parts/{}.{}", p.name, rayfarm_job::parts::PART_EXT)),
+    );
+    for n in &names {
+        std::fs::write(victim.join(n), "precious").unwrap();
+    }
+    let before = snapshot(&victim);
+    std::fs::rename(&t.job_dir, t.root.join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(&victim, &t.job_dir).unwrap();
+    let (removed, left) =
+        rayfarm_job::merge::remove_job_dir(&t.job_dir, &AnyJobDesc::Bake(t.desc.clone()));
+    assert!(!removed);
+    assert_eq!(left, vec![t.job_dir.clone()]);
+    assert_eq!(snapshot(&victim), before);
+    assert!(std::fs::symlink_metadata(&t.job_dir).unwrap().is_symlink());
+}
+
 /// A job.desc copied into some other folder is refused before anything is read or removed.
 #[test]
 fn job_desc_outside_its_job_folder_is_refused() {

@@ -316,7 +316,9 @@ impl Film {
             let start = (y - self.region.y0) as usize * rw + (r.x0 - self.region.x0) as usize;
             add_row(&mut self.sums[start..][..tw], src);
         }
-        self.nonfinite_samples += other.nonfinite_samples;
+        self.nonfinite_samples = self
+            .nonfinite_samples
+            .saturating_add(other.nonfinite_samples);
         Ok(())
     }
 
@@ -331,7 +333,7 @@ impl Film {
             let start = (y - self.region.y0) as usize * rw + (u.x0 - self.region.x0) as usize;
             add_row(&mut self.sums[start..][..tw], row);
         }
-        self.nonfinite_samples += r.nonfinite_samples;
+        self.nonfinite_samples = self.nonfinite_samples.saturating_add(r.nonfinite_samples);
         Ok(())
     }
 
@@ -489,6 +491,26 @@ impl SharedFilm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The count of dropped samples comes from peers (units, parts): a huge one saturates, it
+    /// never wraps to a small number (release) or panics (debug).
+    #[test]
+    fn dropped_sample_counts_saturate() {
+        let mut f = Film::from_sums(Region::full(2, 1), vec![[0; 3]; 2], u64::MAX - 1);
+        let other = Film::from_sums(Region::full(2, 1), vec![[0; 3]; 2], 5);
+        f.add_film(&other).unwrap();
+        assert_eq!(f.nonfinite_samples, u64::MAX);
+        let mut g = Film::new(2, 1);
+        g.nonfinite_samples = u64::MAX - 2;
+        let unit = plan_units(2, 1, 1, 8, 1).remove(0);
+        let r = UnitResult {
+            unit,
+            sums: vec![[0; 3]; 2],
+            nonfinite_samples: 7,
+        };
+        g.add(&r).unwrap();
+        assert_eq!(g.nonfinite_samples, u64::MAX);
+    }
 
     #[test]
     fn to_fixed_rounds_half_away_from_zero_as_f64_round_does() {
