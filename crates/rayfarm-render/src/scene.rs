@@ -586,6 +586,66 @@ fn warn_about_numbers(corners: &[[Vec3A; 3]]) {
     }
 }
 
+/// Radiance (or a punctual light's colour times intensity) beyond which a light's samples can
+/// overflow single precision on their way to the film: a path multiplies it by the BSDF (up to
+/// about 1e6 for a mirror-like GGX lobe), by one over a density and by one over a squared
+/// distance, and f32 ends at 3.4e38. Real scenes stay far below (the sun of an HDR map: about
+/// 1e5; a glTF point light: 1e2 to 1e5 candela).
+pub const LARGEST_SAFE_RADIANCE: f32 = 1e20;
+
+/// The largest component of `c`, or infinity when one is NaN or infinite.
+fn brightest(c: [f32; 3]) -> f32 {
+    if c.iter().all(|v| v.is_finite()) {
+        c.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+    } else {
+        f32::INFINITY
+    }
+}
+
+/// Warns about each light, emissive material and environment brighter than
+/// [`LARGEST_SAFE_RADIANCE`] (or not a finite number), by name: their samples overflow and are
+/// dropped, and the image comes out dark or speckled. The render goes on; the user learns which
+/// light to fix and how.
+fn warn_about_radiance(scene: &CompiledScene) {
+    let limit = LARGEST_SAFE_RADIANCE;
+    let warn = |what: String, v: f32| {
+        if v > limit {
+            tracing::warn!(
+                "{what} reaches {v:.1e}, above the {limit:.0e} rayfarm renders safely: its \
+                 samples can overflow single precision and be dropped; lower it (and raise \
+                 --exposure to keep the image as bright)"
+            );
+        }
+    };
+    let named = |kind: &str, name: &str, i: usize| {
+        if name.is_empty() {
+            format!("{kind} number {i}")
+        } else {
+            format!("{kind} {name:?} (number {i})")
+        }
+    };
+    for (i, l) in scene.lights.iter().enumerate() {
+        let v = brightest(l.color.map(|c| c * l.intensity));
+        warn(
+            format!("{}: colour x intensity", named("light", &l.name, i)),
+            v,
+        );
+    }
+    for (i, m) in scene.materials.iter().enumerate() {
+        let what = named("material", &m.name, i);
+        warn(
+            format!("{what}: its emission (factor x strength)"),
+            brightest(m.emissive),
+        );
+    }
+    let env = match &scene.environment {
+        Environment::Black => 0.0,
+        Environment::Color(c) => brightest(*c),
+        Environment::Map { texels, .. } => texels.iter().fold(0.0f32, |m, &t| m.max(brightest(t))),
+    };
+    warn("the environment's radiance".into(), env);
+}
+
 /// The lights of a scene with a place (emissive triangles, point and spot lights) and the
 /// directional ones, in that order, with their powers, the bounds of those with a place and
 /// their tree ([`LIGHT_TREE_MIN`] of them or more); the environment is added after.
@@ -750,6 +810,7 @@ impl RenderScene {
             .collect();
         let textures = Textures::build(&scene);
         warn_about_numbers(&corners);
+        warn_about_radiance(&scene);
         let (lo, hi) = scene.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
         let (lo, hi) = (Vec3A::from(lo), Vec3A::from(hi));
         let center = (lo + hi) * 0.5;

@@ -413,7 +413,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
     let bar = crate::output::progress_bar(total, a.quiet);
     let start = Instant::now();
     let mut written = Vec::new();
-    let mut nonfinite = 0;
+    let mut nonfinite = 0u64;
     let mut complete_pngs: Vec<(usize, PathBuf)> = Vec::new();
     let mut on_layer = |l: usize, film: Film| -> Result<()> {
         let (oi, mesh) = layer_output[l];
@@ -435,7 +435,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
         };
         o.films.clear();
         o.done = true;
-        nonfinite += film.nonfinite_samples;
+        nonfinite = nonfinite.saturating_add(film.nonfinite_samples);
         let settings = rayfarm_bake::BakeSettings {
             pass: o.pass,
             spp: a.spp,
@@ -548,11 +548,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
     if let Some(path) = &a.gltf_out {
         write_baked_gltf(path, &rs.scene, &jobs, &complete_pngs, a.uv_set)?;
     }
-    if nonfinite > 0 {
-        eprintln!(
-            "warning: {nonfinite} samples were not finite and were dropped (a renderer bug: please report it with the scene)"
-        );
-    }
+    crate::render_cmd::warn_nonfinite(nonfinite);
     if !a.quiet {
         crate::render_cmd::print_shares(&shares);
         let texels: u64 = jobs.iter().map(|j| j.table.covered_count()).sum();

@@ -736,10 +736,10 @@ fn render_frame(
 }
 
 /// Says so when samples were dropped for not being finite.
-fn warn_nonfinite(n: u64) {
+pub(crate) fn warn_nonfinite(n: u64) {
     if n > 0 {
         eprintln!(
-            "warning: {n} samples were not finite and were dropped (a renderer bug: please report it with the scene)"
+            "warning: {n} samples were not finite and were dropped; if a warning above named a light, material or environment brighter than rayfarm renders, lower it; otherwise this is a renderer bug: please report it with the scene"
         );
     }
 }

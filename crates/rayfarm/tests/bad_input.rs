@@ -713,6 +713,56 @@ fn a_scene_beyond_single_precision_renders_with_a_warning() {
     );
 }
 
+/// A spot light of intensity 3e38 (f32's largest is 3.4e38) and an emissive material of
+/// strength 1e30: their samples overflow. Before session 19 the only word was "N samples were
+/// not finite ... a renderer bug"; now each is named with what to do, and the render finishes.
+#[test]
+fn lights_brighter_than_single_precision_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = triangle_gltf();
+    doc["extensionsUsed"] = json!(["KHR_lights_punctual", "KHR_materials_emissive_strength"]);
+    doc["extensions"] = json!({ "KHR_lights_punctual": { "lights": [
+        { "name": "Stadium", "type": "spot", "intensity": 3e38,
+          "spot": { "innerConeAngle": 0.3, "outerConeAngle": 0.6 } }
+    ] } });
+    doc["nodes"].as_array_mut().unwrap().push(
+        json!({ "extensions": { "KHR_lights_punctual": { "light": 0 } },
+                      "translation": [0.3, 0.3, 1.0] }),
+    );
+    doc["scenes"][0]["nodes"] = json!([0, 1, 2]);
+    doc["materials"][0]["emissiveFactor"] = json!([1.0, 1.0, 1.0]);
+    doc["materials"][0]["extensions"] =
+        json!({ "KHR_materials_emissive_strength": { "emissiveStrength": 1e30 } });
+    let p = write_gltf(dir.path(), "bright.gltf", &doc);
+    let run = render(&p, dir.path(), &[]);
+    run.assert_ok();
+    for needle in [
+        "light \"Stadium\" (number 0): colour x intensity reaches 3.0e38",
+        "material \"red\" (number 0): its emission (factor x strength) reaches 1.0e30",
+        "lower it",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "no {needle:?} in:\n{}",
+            run.stderr
+        );
+    }
+    // A scene within bounds says nothing of the kind.
+    let plain = write_gltf(dir.path(), "plain.gltf", &triangle_gltf());
+    let run = render(&plain, dir.path(), &["--env-color", "1e5,1e5,1e5"]);
+    run.assert_ok();
+    assert!(!run.stderr.contains("renders safely"), "{}", run.stderr);
+    // Nor does the environment, until it is too bright.
+    let run = render(&plain, dir.path(), &["--env-color", "1e25,1,1"]);
+    run.assert_ok();
+    assert!(
+        run.stderr
+            .contains("the environment's radiance reaches 1.0e25"),
+        "{}",
+        run.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sizes and files from a scene that would take the machine's memory (found by fuzzing the CLI
 // in session 18: each aborted with "memory allocation of N bytes failed" or read without end)
