@@ -268,8 +268,11 @@ impl EnvLight {
                 texels,
             } => {
                 let (w, h) = (*width as usize, *height as usize);
-                let texels: Vec<Vec3A> = texels.iter().map(|t| Vec3A::from(*t)).collect();
-                let lum: Vec<f32> = texels.iter().map(|&t| luminance(t).max(0.0)).collect();
+                // Row by row side by side (an 8k map is 33M texels): every row's numbers are
+                // made as one thread would make them, and the rows are joined in order.
+                use rayon::prelude::*;
+                let texels: Vec<Vec3A> = texels.par_iter().map(|t| Vec3A::from(*t)).collect();
+                let lum: Vec<f32> = texels.par_iter().map(|&t| luminance(t).max(0.0)).collect();
                 // Each texel is sampled in proportion to the largest luminance of its 3x3
                 // neighbourhood (wrapping in longitude, clamped at the poles): the radiance is
                 // bilinear, so a texel next to the sun shows up to most of the sun's radiance,
@@ -287,14 +290,21 @@ impl EnvLight {
                     }
                     m
                 };
+                let rows: Vec<(Distribution1D, f32)> = (0..h)
+                    .into_par_iter()
+                    .map(|y| {
+                        let sin_t = ((y as f32 + 0.5) / h as f32 * PI).sin_d();
+                        let f: Vec<f32> = (0..w).map(|x| neighbourhood_max(x, y) * sin_t).collect();
+                        let row_lum = (0..w).map(|x| lum[y * w + x]).sum::<f32>() * sin_t;
+                        (Distribution1D::new(f), row_lum)
+                    })
+                    .collect();
                 let mut cols = Vec::with_capacity(h);
                 let mut row_w = Vec::with_capacity(h);
+                // Summed in row order, as one thread summed them.
                 let mut luminance_total = 0.0f32;
-                for y in 0..h {
-                    let sin_t = ((y as f32 + 0.5) / h as f32 * PI).sin_d();
-                    let f: Vec<f32> = (0..w).map(|x| neighbourhood_max(x, y) * sin_t).collect();
-                    luminance_total += (0..w).map(|x| lum[y * w + x]).sum::<f32>() * sin_t;
-                    let d = Distribution1D::new(f);
+                for (d, row_lum) in rows {
+                    luminance_total += row_lum;
                     row_w.push(d.total);
                     cols.push(d);
                 }
@@ -641,7 +651,14 @@ fn warn_about_radiance(scene: &CompiledScene) {
     let env = match &scene.environment {
         Environment::Black => 0.0,
         Environment::Color(c) => brightest(*c),
-        Environment::Map { texels, .. } => texels.iter().fold(0.0f32, |m, &t| m.max(brightest(t))),
+        // `brightest` is never NaN, so the largest is the same whichever way it is reduced.
+        Environment::Map { texels, .. } => {
+            use rayon::prelude::*;
+            texels
+                .par_iter()
+                .map(|&t| brightest(t))
+                .reduce(|| 0.0, f32::max)
+        }
     };
     warn("the environment's radiance".into(), env);
 }
@@ -1824,6 +1841,78 @@ mod tests {
 
     fn close(a: Vec3A, b: [f32; 3]) -> bool {
         (a - Vec3A::from(b)).abs().max_element() < 1e-4
+    }
+
+    /// The environment's sampling tables are made row by row side by side: on one thread and
+    /// on three they are the same bits (and so is every sample drawn from them).
+    #[test]
+    fn environment_tables_are_the_same_on_any_pool() {
+        let (w, h) = (97usize, 61usize);
+        let mut z = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            // Mostly dim, with a few very bright texels (suns).
+            let x = (z >> 40) as f32 / (1u64 << 24) as f32;
+            if x > 0.995 {
+                x * 5e4
+            } else {
+                x
+            }
+        };
+        let texels: Vec<[f32; 3]> = (0..w * h).map(|_| [next(), next(), next()]).collect();
+        let env = Environment::Map {
+            width: w as u32,
+            height: h as u32,
+            texels,
+        };
+        let build = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| EnvLight::new(&env))
+        };
+        let fingerprint = |e: &EnvLight| -> Vec<u32> {
+            let EnvLight::Map {
+                texels,
+                rows,
+                cols,
+                luminance_total,
+                ..
+            } = e
+            else {
+                panic!("not a map");
+            };
+            let mut v: Vec<u32> = texels
+                .iter()
+                .flat_map(|t| t.to_array().map(f32::to_bits))
+                .collect();
+            for d in std::iter::once(rows).chain(cols) {
+                v.extend(d.cdf.iter().chain(&d.func).map(|x| x.to_bits()));
+                v.extend(&d.guide);
+                v.push(d.total.to_bits());
+            }
+            v.push(luminance_total.to_bits());
+            v
+        };
+        let (one, three) = (build(1), build(3));
+        assert_eq!(fingerprint(&one), fingerprint(&three));
+        for i in 0..64 {
+            let u = ((i as f32 + 0.5) / 64.0, ((i * 37 % 64) as f32 + 0.5) / 64.0);
+            let (a, b) = (one.sample(u.0, u.1), three.sample(u.0, u.1));
+            let bits = |s: Option<(Vec3A, Vec3A, f32)>| {
+                s.map(|(d, l, p)| {
+                    (
+                        d.to_array().map(f32::to_bits),
+                        l.to_array().map(f32::to_bits),
+                        p.to_bits(),
+                    )
+                })
+            };
+            assert_eq!(bits(a), bits(b));
+        }
     }
 
     /// A 2x2 environment is interpolated bilinearly between texel centres (it used to be
