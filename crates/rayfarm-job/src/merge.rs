@@ -312,6 +312,20 @@ pub fn merge(
             left_in_job_dir,
         });
     }
+    // The marker is written last, after the outputs: something other than a file or a
+    // symlink at its name (a folder, a FIFO) would make that write fail with every output
+    // already replaced. Refuse before anything is written instead.
+    if let Ok(m) = std::fs::symlink_metadata(&marker) {
+        if !m.is_file() && !m.file_type().is_symlink() {
+            return Err(MergeError::Refused {
+                job_id: any.job_id().to_string(),
+                reason: format!(
+                    "{} is not a file (nothing rayfarm writes): remove it and merge again",
+                    marker.display()
+                ),
+            });
+        }
+    }
     let out_dir = match &opts.out_dir {
         Some(d) => {
             check_out_dir_exists(std::path::absolute(d).map_err(|source| MergeError::Io {

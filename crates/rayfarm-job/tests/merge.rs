@@ -900,3 +900,166 @@ fn a_fifo_in_the_job_folder_is_refused_without_blocking() {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// Session 18's fuzzing of job folders, kept as a bounded test: 60 seeded mutations of what a
+/// writer without the farm key controls (the bytes of parts, job.desc, its MAC, the scene and
+/// the `merged` marker; files swapped for folders, symlinks to a victim folder or FIFOs;
+/// `parts/` swapped for a file or a symlink). For each, the manager's check and the merge must
+/// return within 10 s without panicking, leave the victim folder as it was, and either refuse
+/// with the output folder untouched (the placeholders) or write exactly what an untouched job
+/// writes. Nothing else is allowed.
+#[cfg(unix)]
+#[test]
+fn keyless_mutations_of_a_job_folder_are_refused_or_harmless() {
+    // The outputs of the untouched job, relative to the output folder.
+    let reference = {
+        let t = setup(BakeMode::Multi, true);
+        merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap();
+        snapshot(&t.out)
+    };
+    let mut z = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move |n: usize| -> usize {
+        z ^= z << 13;
+        z ^= z >> 7;
+        z ^= z << 17;
+        (z % n as u64) as usize
+    };
+    let (mut refused, mut merged) = (0, 0);
+    for case in 0..60 {
+        let t = setup(BakeMode::Multi, true);
+        let victim = t.root.join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("precious.txt"), "precious").unwrap();
+        let victim_before = snapshot(&victim);
+        let out_before = snapshot(&t.out);
+        let parts_dir = t.job_dir.join("parts");
+        let part = |i: usize| {
+            parts_dir.join(format!(
+                "{}.{}",
+                t.desc.parts[i % t.desc.parts.len()].name,
+                rayfarm_job::parts::PART_EXT
+            ))
+        };
+        let targets = [
+            part(rand(1000)),
+            t.job_dir.join(FILE_NAME),
+            t.job_dir.join(rayfarm_job::folder::DESC_MAC_FILE_NAME),
+            t.job_dir.join(&t.desc.scene.file),
+            t.job_dir.join(MERGED_MARKER),
+        ];
+        let target = targets[rand(targets.len())].clone();
+        let kind = rand(9);
+        let what = format!("case {case}: mutation {kind} of {}", target.display());
+        let original = std::fs::read(&target).ok();
+        match kind {
+            // Bytes flipped in place (or a marker of random bytes).
+            0 | 1 => {
+                let mut b = original.clone().unwrap_or_else(|| vec![7; 64]);
+                for _ in 0..1 + rand(8) {
+                    let i = rand(b.len().max(1));
+                    if i < b.len() {
+                        b[i] ^= 1 << rand(8);
+                    }
+                }
+                std::fs::write(&target, b).unwrap();
+            }
+            // Truncated, possibly to nothing.
+            2 => {
+                let b = original.clone().unwrap_or_default();
+                let n = rand(b.len().max(1));
+                std::fs::write(&target, &b[..n.min(b.len())]).unwrap();
+            }
+            // Garbage appended.
+            3 => {
+                let mut b = original.clone().unwrap_or_default();
+                b.extend((0..1 + rand(4096)).map(|i| (i * 31) as u8));
+                std::fs::write(&target, b).unwrap();
+            }
+            // A folder in the file's place.
+            4 => {
+                let _ = std::fs::remove_file(&target);
+                std::fs::create_dir(&target).unwrap();
+            }
+            // A symlink to a file in the victim folder.
+            5 => {
+                let _ = std::fs::remove_file(&target);
+                std::os::unix::fs::symlink(victim.join("precious.txt"), &target).unwrap();
+            }
+            // A FIFO.
+            6 => {
+                let _ = std::fs::remove_file(&target);
+                let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: a valid NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "{what}");
+            }
+            // `parts/` replaced by a file.
+            7 => {
+                std::fs::remove_dir_all(&parts_dir).unwrap();
+                std::fs::write(&parts_dir, "not a folder").unwrap();
+            }
+            // `parts/` replaced by a symlink to the victim folder, holding copies of the parts.
+            _ => {
+                for e in std::fs::read_dir(&parts_dir).unwrap() {
+                    let e = e.unwrap();
+                    std::fs::copy(e.path(), victim.join(e.file_name())).unwrap();
+                }
+                std::fs::remove_dir_all(&parts_dir).unwrap();
+                std::os::unix::fs::symlink(&victim, &parts_dir).unwrap();
+            }
+        }
+        // Snapshots compared by their differences (the files are large).
+        let differ = |a: &BTreeMap<PathBuf, Vec<u8>>, b: &BTreeMap<PathBuf, Vec<u8>>| {
+            let keys: std::collections::BTreeSet<&PathBuf> = a.keys().chain(b.keys()).collect();
+            keys.into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| k.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        let victim_mutated = snapshot(&victim);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (desc_path, job_dir, desc) = (t.desc_path.clone(), t.job_dir.clone(), t.desc.clone());
+        std::thread::spawn(move || {
+            let seal = AnyJobDesc::read(&desc_path, &key()).ok().map(|(_, s)| s);
+            if let Some(seal) = seal {
+                let _ = check(&job_dir, &desc, &seal);
+            }
+            let _ = tx.send(merge(&desc_path, &key(), &MergeOptions::default()).map(|_| ()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{what}: check or merge hung or panicked"));
+        let changed = differ(&snapshot(&victim), &victim_mutated);
+        assert!(
+            changed.is_empty(),
+            "{what}: the victim changed: {changed:?}"
+        );
+        assert_eq!(
+            victim_mutated
+                .get(Path::new("precious.txt"))
+                .map(|b| b.as_slice()),
+            victim_before
+                .get(Path::new("precious.txt"))
+                .map(|b| b.as_slice()),
+            "{what}"
+        );
+        match r {
+            Err(e) => {
+                refused += 1;
+                let changed = differ(&snapshot(&t.out), &out_before);
+                assert!(
+                    changed.is_empty(),
+                    "{what}: refused ({e}) but wrote {changed:?}"
+                );
+            }
+            Ok(()) => {
+                merged += 1;
+                let changed = differ(&snapshot(&t.out), &reference);
+                assert!(changed.is_empty(), "{what}: merged, but {changed:?} differ");
+            }
+        }
+        // Leave no FIFO or symlink for the temporary folder's clean-up to trip on.
+        let _ = std::fs::remove_file(&target);
+    }
+    eprintln!("{refused} mutations refused, {merged} harmless");
+    assert!(refused > 20, "{refused} refused");
+}
