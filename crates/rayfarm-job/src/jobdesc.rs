@@ -1187,6 +1187,63 @@ pub(crate) fn in_file(e: DescError, path: &Path) -> DescError {
 /// Parses a job.desc's JSON and checks `format` and `version` first (a newer file may have
 /// fields this version does not know, and "version 2, this reads 1" is the useful message
 /// then); returns its kind and the object without those three fields.
+/// Checks that no JSON object in `text` has a key twice. `serde_json::Value` keeps the last
+/// of two equal keys, so `{"out_dir": "a", ..., "out_dir": "b"}` would be read as `b` here
+/// and, by another reader of the same signed bytes, perhaps as `a`: a job.desc must mean one
+/// thing. (serde_json limits the nesting to 128 levels, so this recursion is bounded.)
+pub(crate) fn check_unique_keys(text: &str) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    struct Unique;
+    impl<'de> DeserializeSeed<'de> for Unique {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Unique)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(A::Error::custom(format_args!(
+                        "the key {key:?} appears twice in one object"
+                    )));
+                }
+                map.next_value_seed(Unique)?;
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    Unique.deserialize(&mut de).map_err(|e| e.to_string())
+}
+
 pub(crate) fn parse_tagged(
     text: &str,
     path: &Path,
@@ -1195,6 +1252,7 @@ pub(crate) fn parse_tagged(
         path: path.to_path_buf(),
         reason,
     };
+    check_unique_keys(text).map_err(json)?;
     let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| json(e.to_string()))?;
     let obj = v
         .as_object_mut()
@@ -1455,6 +1513,29 @@ pub(crate) mod tests {
             d.bake
         );
         assert_eq!(d.layer_spp(0), Some(16));
+    }
+
+    /// A key twice in one object (at the top, or nested) is refused by name, whichever of
+    /// the two values a reader would keep; equal keys in different objects are fine.
+    #[test]
+    fn refuses_a_key_twice_in_one_object() {
+        let text = sample().to_json();
+        let twice = text.replacen(
+            "\"job_id\"",
+            "\"out_dir\": \"/elsewhere\",\n  \"job_id\"",
+            1,
+        );
+        let e = JobDesc::from_json(&twice, Path::new("x/job.desc")).unwrap_err();
+        assert!(
+            e.to_string().contains("the key \"out_dir\" appears twice"),
+            "{e}"
+        );
+        let nested = text.replacen("\"layer\": 0,", "\"layer\": 0, \"layer\": 1,", 1);
+        assert_ne!(nested, text);
+        let e = crate::renderjob::AnyJobDesc::from_json(&nested, Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("\"layer\" appears twice"), "{e}");
+        assert!(check_unique_keys(r#"{"a": {"k": 1}, "b": [{"k": 2}, {"k": 3}]}"#).is_ok());
+        assert!(check_unique_keys(r#"[{"k": 1, "k": 1}]"#).is_err());
     }
 
     #[test]
