@@ -203,11 +203,11 @@ impl LightPicker {
 /// Bilinear lookup in an equirectangular map at `(u, v)` in `[0, 1]²`: texel centres sit at
 /// `(x + 0.5) / width`; it wraps around in `u` (longitude) and clamps in `v` (at the poles).
 #[inline]
-fn bilinear(texels: &[Vec3A], width: usize, height: usize, u: f32, v: f32) -> Vec3A {
+fn bilinear(texels: &[[f32; 3]], width: usize, height: usize, u: f32, v: f32) -> Vec3A {
     let x = u * width as f32 - 0.5;
     let y = (v * height as f32 - 0.5).clamp(0.0, (height - 1) as f32);
     if !x.is_finite() || !y.is_finite() {
-        return texels[0];
+        return Vec3A::from(texels[0]);
     }
     let x0 = crate::math::floor(x);
     let fx = x - x0;
@@ -217,7 +217,8 @@ fn bilinear(texels: &[Vec3A], width: usize, height: usize, u: f32, v: f32) -> Ve
     let y0 = y as usize;
     let y1 = (y0 + 1).min(height - 1);
     let fy = y - y0 as f32;
-    let row = |yy: usize| texels[yy * width + x0].lerp(texels[yy * width + x1], fx);
+    let t = |i: usize| Vec3A::from(texels[i]);
+    let row = |yy: usize| t(yy * width + x0).lerp(t(yy * width + x1), fx);
     row(y0).lerp(row(y1), fy)
 }
 
@@ -241,7 +242,7 @@ pub enum EnvLight {
     Map {
         width: usize,
         height: usize,
-        texels: Vec<Vec3A>,
+        texels: Vec<[f32; 3]>,
         rows: Distribution1D,
         cols: Vec<Distribution1D>,
         /// Sum of luminance x sin(theta) over the texels (the map's power; `rows` sums the
@@ -251,11 +252,11 @@ pub enum EnvLight {
 }
 
 impl EnvLight {
-    fn new(env: &Environment) -> EnvLight {
+    fn new(env: Environment) -> EnvLight {
         match env {
             Environment::Black => EnvLight::Black,
             Environment::Color(c) => {
-                let c = Vec3A::from(*c);
+                let c = Vec3A::from(c);
                 if c.max_element() > 0.0 {
                     EnvLight::Constant(c)
                 } else {
@@ -267,12 +268,17 @@ impl EnvLight {
                 height,
                 texels,
             } => {
-                let (w, h) = (*width as usize, *height as usize);
+                let (w, h) = (width as usize, height as usize);
                 // Row by row side by side (an 8k map is 33M texels): every row's numbers are
                 // made as one thread would make them, and the rows are joined in order.
                 use rayon::prelude::*;
-                let texels: Vec<Vec3A> = texels.par_iter().map(|t| Vec3A::from(*t)).collect();
-                let lum: Vec<f32> = texels.par_iter().map(|&t| luminance(t).max(0.0)).collect();
+                // The scene's texels themselves (12 bytes each), not a copy: an 8k map is 400 MB
+                // of them. Lookups read them as fast as 16-byte `Vec3A`s (measured on the water
+                // bottle), and a smaller map misses the cache less.
+                let lum: Vec<f32> = texels
+                    .par_iter()
+                    .map(|&t| luminance(Vec3A::from(t)).max(0.0))
+                    .collect();
                 // Each texel is sampled in proportion to the largest luminance of its 3x3
                 // neighbourhood (wrapping in longitude, clamped at the poles): the radiance is
                 // bilinear, so a texel next to the sun shows up to most of the sun's radiance,
@@ -520,6 +526,8 @@ impl Surface {
 }
 
 pub struct RenderScene {
+    /// The compiled scene, except its environment, which [`RenderScene::new`] moves into
+    /// `env` (texels and all: an 8k map is 400 MB); `scene.environment` is black here.
     pub scene: CompiledScene,
     pub bvh: Bvh,
     pub textures: Textures,
@@ -828,6 +836,10 @@ impl RenderScene {
         let textures = Textures::build(&scene);
         warn_about_numbers(&corners);
         warn_about_radiance(&scene);
+        // The environment moves into the renderer's own tables (`EnvLight`), texels and all:
+        // `scene.environment` is black from here on.
+        let mut scene = scene;
+        let environment = std::mem::take(&mut scene.environment);
         let (lo, hi) = scene.bounds().unwrap_or(([0.0; 3], [0.0; 3]));
         let (lo, hi) = (Vec3A::from(lo), Vec3A::from(hi));
         let center = (lo + hi) * 0.5;
@@ -843,7 +855,7 @@ impl RenderScene {
             },
             || {
                 rayon::join(
-                    || EnvLight::new(&scene.environment),
+                    || EnvLight::new(environment),
                     || {
                         if pyramids {
                             textures.build_all_levels(&scene)
@@ -1791,7 +1803,7 @@ mod tests {
         let (w, h) = (32usize, 16usize);
         let mut texels = vec![[0.01f32; 3]; w * h];
         texels[5 * w + 9] = [5000.0; 3];
-        let env = EnvLight::new(&Environment::Map {
+        let env = EnvLight::new(Environment::Map {
             width: w as u32,
             height: h as u32,
             texels,
@@ -1827,7 +1839,7 @@ mod tests {
     }
 
     fn map_2x2() -> EnvLight {
-        EnvLight::new(&Environment::Map {
+        EnvLight::new(Environment::Map {
             width: 2,
             height: 2,
             texels: vec![
@@ -1872,7 +1884,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| EnvLight::new(&env))
+                .install(|| EnvLight::new(env.clone()))
         };
         let fingerprint = |e: &EnvLight| -> Vec<u32> {
             let EnvLight::Map {
@@ -1885,10 +1897,7 @@ mod tests {
             else {
                 panic!("not a map");
             };
-            let mut v: Vec<u32> = texels
-                .iter()
-                .flat_map(|t| t.to_array().map(f32::to_bits))
-                .collect();
+            let mut v: Vec<u32> = texels.iter().flat_map(|t| t.map(f32::to_bits)).collect();
             for d in std::iter::once(rows).chain(cols) {
                 v.extend(d.cdf.iter().chain(&d.func).map(|x| x.to_bits()));
                 v.extend(&d.guide);
