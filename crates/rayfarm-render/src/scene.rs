@@ -269,12 +269,12 @@ impl EnvLight {
                 texels,
             } => {
                 let (w, h) = (width as usize, height as usize);
-                // Row by row side by side (an 8k map is 33M texels): every row's numbers are
-                // made as one thread would make them, and the rows are joined in order.
-                use rayon::prelude::*;
                 // The scene's texels themselves (12 bytes each), not a copy: an 8k map is 400 MB
                 // of them. Lookups read them as fast as 16-byte `Vec3A`s (measured on the water
                 // bottle), and a smaller map misses the cache less.
+                // Luminances and rows side by side (an 8k map is 33M texels): every row's
+                // numbers are made as one thread would make them, and the rows joined in order.
+                use rayon::prelude::*;
                 let lum: Vec<f32> = texels
                     .par_iter()
                     .map(|&t| luminance(Vec3A::from(t)).max(0.0))
@@ -626,8 +626,10 @@ fn brightest(c: [f32; 3]) -> f32 {
 /// light to fix and how.
 fn warn_about_radiance(scene: &CompiledScene) {
     let limit = LARGEST_SAFE_RADIANCE;
-    let warn = |what: String, v: f32| {
+    // `what` names the culprit; it is only worked out for one that is too bright.
+    let warn = |v: f32, what: &dyn Fn() -> String| {
         if v > limit {
+            let what = what();
             tracing::warn!(
                 "{what} reaches {v:.1e}, above the {limit:.0e} rayfarm renders safely: its \
                  samples can overflow single precision and be dropped; lower it (and raise \
@@ -644,17 +646,15 @@ fn warn_about_radiance(scene: &CompiledScene) {
     };
     for (i, l) in scene.lights.iter().enumerate() {
         let v = brightest(l.color.map(|c| c * l.intensity));
-        warn(
-            format!("{}: colour x intensity", named("light", &l.name, i)),
-            v,
-        );
+        warn(v, &|| {
+            format!("{}: colour x intensity", named("light", &l.name, i))
+        });
     }
     for (i, m) in scene.materials.iter().enumerate() {
-        let what = named("material", &m.name, i);
-        warn(
-            format!("{what}: its emission (factor x strength)"),
-            brightest(m.emissive),
-        );
+        warn(brightest(m.emissive), &|| {
+            let what = named("material", &m.name, i);
+            format!("{what}: its emission (factor x strength)")
+        });
     }
     let env = match &scene.environment {
         Environment::Black => 0.0,
@@ -668,7 +668,7 @@ fn warn_about_radiance(scene: &CompiledScene) {
                 .reduce(|| 0.0, f32::max)
         }
     };
-    warn("the environment's radiance".into(), env);
+    warn(env, &|| "the environment's radiance".into());
 }
 
 /// The lights of a scene with a place (emissive triangles, point and spot lights) and the
