@@ -1184,9 +1184,6 @@ pub(crate) fn in_file(e: DescError, path: &Path) -> DescError {
     }
 }
 
-/// Parses a job.desc's JSON and checks `format` and `version` first (a newer file may have
-/// fields this version does not know, and "version 2, this reads 1" is the useful message
-/// then); returns its kind and the object without those three fields.
 /// Checks that no JSON object in `text` has a key twice. `serde_json::Value` keeps the last
 /// of two equal keys, so `{"out_dir": "a", ..., "out_dir": "b"}` would be read as `b` here
 /// and, by another reader of the same signed bytes, perhaps as `a`: a job.desc must mean one
@@ -1244,6 +1241,9 @@ pub(crate) fn check_unique_keys(text: &str) -> Result<(), String> {
     Unique.deserialize(&mut de).map_err(|e| e.to_string())
 }
 
+/// Parses a job.desc's JSON and checks `format` and `version` first (a newer file may have
+/// fields this version does not know, and "version 2, this reads 1" is the useful message
+/// then); returns its kind and the object without those three fields.
 pub(crate) fn parse_tagged(
     text: &str,
     path: &Path,
