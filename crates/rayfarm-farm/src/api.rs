@@ -330,30 +330,76 @@ pub async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    let presented = req
-        .headers()
+    if has_token(&key, req.headers()) {
+        next.run(req).await
+    } else {
+        unauthorized(req.method(), req.uri().path())
+    }
+}
+
+/// Whether `headers` carry `key`'s API token (`Authorization: Bearer TOKEN`).
+pub fn has_token(key: &rayfarm_proto::FarmKey, headers: &axum::http::HeaderMap) -> bool {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then_some(token)
-        });
-    match presented {
-        Some(token) if key.verify_api_token(token) => next.run(req).await,
-        _ => {
-            static REFUSED: crate::http::RateLog = crate::http::RateLog::new(
-                "API request(s) refused for want of the farm's API token",
-            );
-            REFUSED.event(&format!("{} {}", req.method(), req.uri().path()));
-            // (The body was read whole before this layer: see `http::read_body`.)
-            let mut r =
-                ApiError(StatusCode::UNAUTHORIZED, UNAUTHORIZED_MESSAGE.into()).into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer realm=\"rayfarm\""),
-            );
-            r
+        })
+        .is_some_and(|token| key.verify_api_token(token))
+}
+
+/// The 401 answer to a request without the token (logged at a bounded rate).
+fn unauthorized(method: &axum::http::Method, path: &str) -> Response {
+    static REFUSED: crate::http::RateLog =
+        crate::http::RateLog::new("API request(s) refused for want of the farm's API token");
+    REFUSED.event(&format!("{method} {path}"));
+    let mut r = ApiError(StatusCode::UNAUTHORIZED, UNAUTHORIZED_MESSAGE.into()).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"rayfarm\""),
+    );
+    r
+}
+
+/// The transport's gate for routes behind `key`'s token ([`crate::http::serve`] puts every
+/// request to it before reading its body): a request without the token to an `/api/v1` path or
+/// `/metrics`, or of any method but GET and HEAD (only the pages at `/` are open, and they take
+/// no body), is refused with 401 from its headers alone. So a client without the token cannot
+/// make the server read or hold a body. [`require_token`], inside the router, stays the rule
+/// for every route; this only answers the same requests earlier.
+pub fn token_gate(key: rayfarm_proto::FarmKey) -> crate::http::Gate {
+    Arc::new(move |parts| refused_without_token(&key, parts))
+}
+
+/// [`token_gate`] for the manager, with `m`'s farm key; its refusals count among the API's
+/// errors in `/metrics` as [`require_token`]'s do.
+pub fn manager_gate(m: Arc<Manager>) -> crate::http::Gate {
+    let key = m.key().clone();
+    Arc::new(move |parts| {
+        let r = refused_without_token(&key, parts);
+        if r.is_some() {
+            m.stats
+                .api_client_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        r
+    })
+}
+
+/// [`token_gate`]'s rule: the 401 answer, or `None` to let the request through.
+fn refused_without_token(
+    key: &rayfarm_proto::FarmKey,
+    parts: &axum::http::request::Parts,
+) -> Option<Response> {
+    use axum::http::Method;
+    {
+        let path = parts.uri.path();
+        let guarded = path == "/metrics"
+            || path == "/api/v1"
+            || path.starts_with("/api/v1/")
+            || !matches!(parts.method, Method::GET | Method::HEAD);
+        (guarded && !has_token(key, &parts.headers)).then(|| unauthorized(&parts.method, path))
     }
 }
 

@@ -4,10 +4,16 @@
 //! This module owns the transport only: it knows nothing of jobs or of the farm key (the API's
 //! bearer check is a layer in [`crate::api`]). What it guarantees, whatever clients do:
 //!
-//! - a request body is at most [`HttpLimits::max_body_bytes`] (413 beyond), and it is read
-//!   whole before any handler runs, so a handler that ignores it never leaves the connection
-//!   unusable for the client's next request;
-//! - at most [`HttpLimits::max_concurrent_requests`] requests run at once (the others wait);
+//! - a request is first put to the server's [`Gate`] (the API's: the farm's token) on its
+//!   headers alone: a refused one is answered at once and its body is never read, so a client
+//!   without the token cannot make the server hold a body (nor wait for one);
+//! - at most [`HttpLimits::max_concurrent_requests`] requests run at once (the others wait),
+//!   counted from before their bodies are read;
+//! - a request body is at most [`HttpLimits::max_body_bytes`] (413 beyond, at once when its
+//!   `Content-Length` says so), copied into one buffer as it arrives (a body sent one byte per
+//!   chunk costs its size, not a buffer per chunk), and read whole before any handler runs, so
+//!   a handler that ignores it never leaves the connection unusable for the client's next
+//!   request;
 //! - a request that has not been answered after [`HttpLimits::request_timeout`] gets 408;
 //! - at most [`HttpLimits::max_connections`] connections are open. A newcomer beyond that is
 //!   let in and the oldest *idle* connection (no request in flight; a client that connected and
@@ -75,13 +81,18 @@ impl Default for HttpLimits {
     }
 }
 
-/// Wraps `app` in the per-request limits: body size, concurrency (one semaphore for the whole
-/// router, not one per route) and timeout.
+/// Decides from a request's method, path and headers alone whether it may go on: `None` lets it
+/// through, `Some(answer)` refuses it with that answer before its body is read (see
+/// [`serve`]). The manager's API passes one that checks the farm's token
+/// ([`crate::api::token_gate`]), the live view on loopback one that checks `Host` and
+/// `Origin` ([`crate::live`]).
+pub type Gate =
+    Arc<dyn Fn(&axum::http::request::Parts) -> Option<axum::response::Response> + Send + Sync>;
+
+/// Wraps `app` in the per-request limits: body size and timeout. (Concurrency is counted in
+/// [`serve`]'s connections, before the body is read.)
 pub fn limit_requests(app: Router, limits: &HttpLimits) -> Router {
-    app.layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-        limits.max_concurrent_requests,
-    ))
-    .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+    app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,
         limits.request_timeout,
     ))
@@ -278,13 +289,23 @@ pub fn load_tls(
     Ok(Arc::new(cfg))
 }
 
+/// What every connection of one [`serve`] shares: the app, its gate, the request permits.
+#[derive(Clone)]
+struct Shared {
+    app: Router,
+    gate: Option<Gate>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
 /// Serves `app` on `listener` under `limits` (over TLS with `tls`) until `stop` flips to
-/// `true`. Returns a [`ServeStats`] at once and the serving future to await.
+/// `true`, putting each request to `gate` first. Returns a [`ServeStats`] at once and the
+/// serving future to await.
 pub fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    gate: Option<Gate>,
     stop: watch::Receiver<bool>,
 ) -> (ServeStats, impl std::future::Future<Output = ()> + Send) {
     let conns = Arc::new(Conns {
@@ -292,14 +313,23 @@ pub fn serve(
         open: Mutex::new(BTreeMap::new()),
     });
     let stats = ServeStats(conns.clone());
-    let app = limit_requests(app, &limits);
+    let shared = Shared {
+        app: limit_requests(app, &limits),
+        gate,
+        permits: Arc::new(tokio::sync::Semaphore::new(
+            limits.max_concurrent_requests.max(1),
+        )),
+    };
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    (stats, accept_loop(listener, app, limits, tls, conns, stop))
+    (
+        stats,
+        accept_loop(listener, shared, limits, tls, conns, stop),
+    )
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    app: Router,
+    app: Shared,
     limits: HttpLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     conns: Arc<Conns>,
@@ -361,42 +391,125 @@ async fn accept_loop(
     }
 }
 
-/// Reads a request's whole body (at most `max` bytes, within `timeout`) before any handler
+/// An answer that also closes the connection (its request's body is left unread).
+fn refuse(status: axum::http::StatusCode, why: &str) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    use axum::response::IntoResponse;
+    let mut r = (status, why.to_string()).into_response();
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Whether a request announces a body (a `Content-Length` above 0, or any transfer coding).
+fn announces_body(parts: &axum::http::request::Parts) -> bool {
+    use axum::http::header;
+    parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Why [`collect_body`] stopped.
+#[derive(Debug, PartialEq)]
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads `body` whole into one buffer, at most `max` bytes. Each frame is copied and dropped as
+/// it arrives: keeping the frames themselves (as `axum::body::to_bytes` does) kept each one's
+/// read buffer alive, so a body sent one byte per chunk cost tens of bytes of memory per byte.
+async fn collect_body<B>(body: B, max: usize) -> Result<Vec<u8>, BodyError>
+where
+    B: hyper::body::Body + Unpin,
+{
+    use hyper::body::Buf;
+    let mut body = body;
+    let mut out = Vec::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        let Some(frame) = frame else {
+            return Ok(out);
+        };
+        let Ok(data) = frame.map_err(|_| BodyError::Broken)?.into_data() else {
+            continue; // trailers
+        };
+        if data.remaining() > max - out.len() {
+            return Err(BodyError::TooLarge);
+        }
+        let mut data = data;
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            out.extend_from_slice(chunk);
+            let n = chunk.len();
+            data.advance(n);
+        }
+    }
+}
+
+/// Gets a request ready for the app: puts it to the gate, takes a request permit, and reads its
+/// whole body (at most `max` bytes; the permit and the body within `timeout`) before any handler
 /// runs. A handler that ignores the body (pause, resume) would otherwise answer while part of it
 /// is still unread, and hyper then closes the connection after the answer: a keep-alive client
 /// that reuses it loses its next request ("peer disconnected"). Reading it here keeps every
-/// connection reusable, and a refused body closes the connection and says so.
-async fn read_body(
+/// connection reusable, and a refused body closes the connection and says so. The permit is
+/// returned with the request and held until its answer is made.
+async fn admit(
     req: hyper::Request<Incoming>,
+    shared: &Shared,
     max: usize,
     timeout: Duration,
-) -> Result<axum::extract::Request, axum::response::Response> {
+) -> Result<(axum::extract::Request, tokio::sync::OwnedSemaphorePermit), axum::response::Response> {
     use axum::http::{header, HeaderValue, StatusCode};
-    use axum::response::IntoResponse;
     let (parts, body) = req.into_parts();
-    let refuse = |status: StatusCode, why: &str| {
-        let mut r = (status, why.to_string()).into_response();
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        r
-    };
-    match tokio::time::timeout(
-        timeout,
-        axum::body::to_bytes(axum::body::Body::new(body), max),
-    )
-    .await
-    {
-        Ok(Ok(bytes)) => Ok(axum::extract::Request::from_parts(
-            parts,
-            axum::body::Body::from(bytes),
-        )),
-        Ok(Err(_)) => Err(refuse(
+    if let Some(gate) = &shared.gate {
+        if let Some(mut refused) = gate(&parts) {
+            if announces_body(&parts) {
+                refused
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return Err(refused);
+        }
+    }
+    let too_large = || {
+        refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the request body is over the limit of {max} bytes, or was cut short"),
+            &format!("the request body is over the limit of {max} bytes"),
+        )
+    };
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let permit = shared
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the request semaphore is never closed");
+        (permit, collect_body(body, max).await)
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok((permit, Ok(bytes))) => Ok((
+            axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes)),
+            permit,
+        )),
+        Ok((_, Err(BodyError::TooLarge))) => Err(too_large()),
+        Ok((_, Err(BodyError::Broken))) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "the request body was cut short",
         )),
         Err(_) => Err(refuse(
             StatusCode::REQUEST_TIMEOUT,
-            "the request body did not arrive in time",
+            "the request body did not arrive in time (or the server is busy)",
         )),
     }
 }
@@ -405,7 +518,7 @@ async fn read_body(
 /// evicts it, or the manager stops.
 async fn connection<Io>(
     stream: Io,
-    app: Router,
+    app: Shared,
     limits: &HttpLimits,
     state: Arc<ConnState>,
     conns: Arc<Conns>,
@@ -418,10 +531,14 @@ async fn connection<Io>(
         let (max_body, body_timeout) = (limits.max_body_bytes, limits.request_timeout);
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let guard = InFlight::new(state.clone(), conns.clone());
-            let app = app.clone();
+            let shared = app.clone();
             async move {
-                let r = match read_body(req, max_body, body_timeout).await {
-                    Ok(req) => app.oneshot(req).await,
+                let r = match admit(req, &shared, max_body, body_timeout).await {
+                    Ok((req, permit)) => {
+                        let r = shared.app.clone().oneshot(req).await;
+                        drop(permit);
+                        r
+                    }
                     Err(refused) => Ok(refused),
                 };
                 drop(guard);
@@ -468,6 +585,7 @@ async fn connection<Io>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
     use axum::routing::{get, post};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -489,7 +607,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
-        let (stats, fut) = serve(listener, app, limits, None, rx);
+        let (stats, fut) = serve(listener, app, limits, None, None, rx);
         tokio::spawn(fut);
         (addr, stats, tx)
     }
@@ -572,6 +690,105 @@ mod tests {
         assert_eq!(n, 0);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(stats.open_connections(), 0);
+    }
+
+    /// The attack: a client without the token announces a large body and sends it slowly (or
+    /// never). The gate refuses it from its headers alone, at once, and closes the connection;
+    /// before, the body was read (and held) first and the client got 408 after 30 s.
+    #[tokio::test]
+    async fn a_refused_request_is_answered_at_once_and_its_body_never_read() {
+        let app = Router::new().route("/secret", post(|body: String| async move { body }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, rx) = watch::channel(false);
+        let gate: Gate = Arc::new(|parts| {
+            let ok = parts.headers.get("x-token").is_some_and(|v| v == "right");
+            (!ok).then(|| (axum::http::StatusCode::UNAUTHORIZED, "no").into_response())
+        });
+        let (_, fut) = serve(listener, app, HttpLimits::default(), None, Some(gate), rx);
+        tokio::spawn(fut);
+        let t = Instant::now();
+        let r = request(
+            addr,
+            "POST /secret HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\nonly the start",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        let r = request(
+            addr,
+            "POST /secret HTTP/1.1\r\nHost: x\r\nx-token: right\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("hello"), "{r}");
+    }
+
+    /// A body's bytes, each frame counted while it is alive.
+    struct Tracked(Vec<u8>, Arc<AtomicUsize>);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl hyper::body::Buf for Tracked {
+        fn remaining(&self) -> usize {
+            self.0.len()
+        }
+        fn chunk(&self) -> &[u8] {
+            &self.0
+        }
+        fn advance(&mut self, n: usize) {
+            self.0.drain(..n);
+        }
+    }
+
+    /// A body of `n` one-byte frames that counts how many of them are alive at once.
+    struct OneByteFrames {
+        left: usize,
+        live: Arc<AtomicUsize>,
+        peak: Arc<AtomicUsize>,
+    }
+
+    impl hyper::body::Body for OneByteFrames {
+        type Data = Tracked;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Tracked>, Self::Error>>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            self.left -= 1;
+            let live = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(live, Ordering::SeqCst);
+            let t = Tracked(vec![b'x'], self.live.clone());
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(t))))
+        }
+    }
+
+    /// The attack: a body sent one byte per chunk. `axum::body::to_bytes` kept every chunk (and
+    /// with it hyper's read buffer, about 40 bytes of memory per byte sent); each is now copied
+    /// and dropped as it arrives.
+    #[tokio::test]
+    async fn a_body_in_one_byte_chunks_is_held_as_one_buffer() {
+        let frames = |n| OneByteFrames {
+            left: n,
+            live: Arc::new(AtomicUsize::new(0)),
+            peak: Arc::new(AtomicUsize::new(0)),
+        };
+        let body = frames(5000);
+        let peak = body.peak.clone();
+        let got = collect_body(body, 5000).await.unwrap();
+        assert_eq!(got, vec![b'x'; 5000]);
+        assert_eq!(peak.load(Ordering::SeqCst), 1, "frames were kept");
+        assert_eq!(
+            collect_body(frames(5001), 5000).await,
+            Err(BodyError::TooLarge)
+        );
     }
 
     #[tokio::test]

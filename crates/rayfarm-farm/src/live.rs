@@ -6,10 +6,13 @@
 //!   [`rayfarm_master::live::PREVIEW_MAX_EDGE`] a side, sRGB, clamped), 204 before any result;
 //! - `POST /api/v1/live/stop`: ends the job cleanly; the output gets what is done.
 //!
-//! On a loopback address the routes are open to this machine; on any other address every
-//! `/api/v1` route needs the farm's API token (`Authorization: Bearer`, as the manager's API),
-//! so nobody on the LAN without the key sees the image or stops the render. The same HTTP
-//! limits as the manager's API apply ([`crate::http::HttpLimits`]).
+//! On a loopback address the routes are open to this machine, to requests addressed to it: a
+//! `Host` that is not a loopback address or `localhost` (a DNS-rebinding page) and a POST whose
+//! `Origin` is another site (a page in the artist's browser stopping the render) get 403
+//! ([`loopback_gate`]). On any other address every `/api/v1` route needs the farm's API token
+//! (`Authorization: Bearer`, as the manager's API), so nobody on the LAN without the key sees
+//! the image or stops the render. The same HTTP limits as the manager's API apply
+//! ([`crate::http::HttpLimits`]).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -119,14 +122,87 @@ pub async fn start(
     stop: watch::Receiver<bool>,
 ) -> Result<(LiveServer, impl std::future::Future<Output = ()> + Send), LiveError> {
     let (listener, server, key) = bind(addr, key).await?;
+    let gate = gate_for(&server, key.clone());
     let (_, serving) = crate::http::serve(
         listener,
         router(view, key, page),
         crate::http::HttpLimits::default(),
         None,
+        Some(gate),
         stop,
     );
     Ok((server, serving))
+}
+
+/// The transport gate of a served view: the token's beyond loopback, else [`loopback_gate`].
+fn gate_for(server: &LiveServer, key: Option<rayfarm_proto::FarmKey>) -> crate::http::Gate {
+    match key {
+        Some(key) => crate::api::token_gate(key),
+        None => loopback_gate(server.addr.port()),
+    }
+}
+
+/// Whether `host` (a `Host` header's or an origin's host, without the port) names this machine:
+/// `localhost` or a loopback address.
+fn is_loopback_name(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Splits `host[:port]` (an IPv6 address in brackets) into host and port.
+fn split_host_port(s: &str) -> (&str, Option<&str>) {
+    if s.starts_with('[') {
+        return match s.find(']') {
+            Some(end) => (&s[..=end], s[end + 1..].strip_prefix(':')),
+            None => (s, None),
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    }
+}
+
+/// The gate of a view served on loopback without a token. A request whose `Host` is not
+/// `localhost` or a loopback address is refused (a page on another site whose name was made to
+/// resolve to 127.0.0.1, "DNS rebinding", could otherwise read the image), and so is any
+/// request but GET and HEAD whose `Origin` is not this view itself, `http://` a loopback name
+/// and `port` (a page on another site could otherwise stop the render with a form or a
+/// `no-cors` fetch, which browsers send without asking). Requests without these headers (curl,
+/// scripts) go through: only browsers send them, and they cannot be made to omit them.
+pub fn loopback_gate(port: u16) -> crate::http::Gate {
+    use axum::http::Method;
+    Arc::new(move |parts| {
+        let forbidden = |why: &str| Some((StatusCode::FORBIDDEN, why.to_string()).into_response());
+        if let Some(host) = parts.headers.get(header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            if !is_loopback_name(split_host_port(host).0) {
+                return forbidden(
+                    "this live view answers only requests to this machine (Host must be localhost or a loopback address)",
+                );
+            }
+        }
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            if let Some(origin) = parts.headers.get(header::ORIGIN) {
+                let same = origin
+                    .to_str()
+                    .ok()
+                    .and_then(|o| o.strip_prefix("http://"))
+                    .map(split_host_port)
+                    .is_some_and(|(h, p)| is_loopback_name(h) && p == Some(&port.to_string()));
+                if !same {
+                    return forbidden("this live view takes requests from its own page only");
+                }
+            }
+        }
+        None
+    })
 }
 
 /// The metrics text a [`serve_metrics`] route answers with.
@@ -149,6 +225,7 @@ pub async fn serve_metrics(
             async move { prometheus_text(render()) }
         }),
     );
+    let gate = gate_for(&server, key.clone());
     let app = match key {
         Some(key) => app.layer(axum::middleware::from_fn_with_state(
             Arc::new(key),
@@ -161,6 +238,7 @@ pub async fn serve_metrics(
         app,
         crate::http::HttpLimits::default(),
         None,
+        Some(gate),
         stop,
     );
     Ok((server, serving))
@@ -405,6 +483,81 @@ mod tests {
         let st = s.status(0);
         drop(s);
         let _ = st;
+    }
+
+    /// One request over a real connection; the status code.
+    async fn raw_status(addr: SocketAddr, req: String) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        out.get(9..12)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {out}"))
+    }
+
+    /// The attacks on a view served on loopback without a token: a page on another site in the
+    /// artist's browser posting to the stop route (a `no-cors` fetch or a form, which browsers
+    /// send without a preflight), and a DNS-rebinding page reading the image under its own
+    /// host name. Both get 403 and the render goes on; the view's own page (and curl, which
+    /// sends no `Origin`) still work.
+    #[tokio::test]
+    async fn a_loopback_view_refuses_other_sites_and_rebound_host_names() {
+        let (view, _sched) = job();
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let (server, serving) = start("127.0.0.66:0", view.clone(), None, Router::new(), stop_rx)
+            .await
+            .unwrap();
+        tokio::spawn(serving);
+        let (addr, port) = (server.addr, server.addr.port());
+        let post = |origin: &str| {
+            format!(
+                "POST /api/v1/live/stop HTTP/1.1\r\nHost: 127.0.0.66:{port}\r\n{origin}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        };
+        let get = |host: &str| {
+            format!("GET /api/v1/live HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+        };
+        assert_eq!(
+            raw_status(addr, post("Origin: http://evil.example\r\n")).await,
+            403
+        );
+        assert_eq!(raw_status(addr, post("Origin: null\r\n")).await, 403);
+        assert_eq!(
+            raw_status(
+                addr,
+                post(&format!("Origin: http://127.0.0.66:{}\r\n", port ^ 1))
+            )
+            .await,
+            403,
+            "another port on this machine is another site"
+        );
+        assert!(
+            !*view.stop_requested().borrow(),
+            "a refused stop stopped the render"
+        );
+        assert_eq!(
+            raw_status(addr, get(&format!("evil.example:{port}"))).await,
+            403
+        );
+        assert_eq!(raw_status(addr, get("127.0.0.66.evil.example")).await, 403);
+        assert_eq!(
+            raw_status(addr, get(&format!("127.0.0.66:{port}"))).await,
+            200
+        );
+        assert_eq!(
+            raw_status(addr, get(&format!("localhost:{port}"))).await,
+            200
+        );
+        assert_eq!(raw_status(addr, get(&format!("[::1]:{port}"))).await, 200);
+        let own = raw_status(addr, post(&format!("Origin: http://127.0.0.66:{port}\r\n"))).await;
+        assert_eq!(own, 202, "the view's own stop button");
+        assert!(*view.stop_requested().borrow());
     }
 
     #[tokio::test]

@@ -16,11 +16,13 @@ pub async fn run(
     let app = crate::api::router(started.mgr.clone())
         .merge(extra_routes)
         .with_state(started.mgr.clone());
+    let gate = crate::api::manager_gate(started.mgr.clone());
     let (_, serving) = crate::http::serve(
         started.http,
         app,
         crate::http::HttpLimits::default(),
         started.tls,
+        Some(gate),
         stop,
     );
     serving.await;

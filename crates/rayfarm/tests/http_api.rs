@@ -1,7 +1,7 @@
 //! End-to-end tests of the manager's HTTP API playing the attacker: requests without the farm's
-//! API token (or with another farm's), a cross-site form post, a registration flood, a flood of
-//! idle connections and a flood of preview requests for a large job; and the same token over
-//! https (`--tls-cert/--tls-key`).
+//! API token (or with another farm's), a cross-site form post, bodies sent without the token, a
+//! registration flood, a flood of idle connections and a flood of preview requests for a large
+//! job; and the same token over https (`--tls-cert/--tls-key`).
 //!
 //! Every test runs a real `rayfarm manager` (no daemons: jobs stay queued) on its own loopback
 //! address (127.0.0.60 and up) and port (23600 + 10 per test), so this file runs alongside the
@@ -659,4 +659,55 @@ fn over_https_the_cli_needs_the_managers_certificate_and_the_token() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(m.running(), "the manager died: {}", m.describe());
+}
+
+/// The attack: clients without the token announce large request bodies and send them slowly,
+/// one byte per chunk, or never. The manager used to read (and hold) each body before checking
+/// the token, about 40 MB per connection for a 1 MiB body in one-byte chunks, and answered only
+/// when the body was complete or after 30 s. Now such a request is refused from its headers at
+/// once, and a flood of them leaves the manager's memory as it was.
+#[test]
+fn a_body_without_the_token_is_refused_before_it_is_read() {
+    use std::io::{Read, Write};
+    let farm = Farm::new();
+    let (ip, port) = ("127.0.0.65", 23650);
+    let m = farm.manager_at(ip, port, &[]);
+    let manager = format!("{ip}:{port}");
+    let before = peak_rss_mib(m.pid());
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(&manager).unwrap();
+    s.write_all(
+        b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the refusal took {:?}",
+        t.elapsed()
+    );
+    // Eight connections sending chunked bodies a byte per chunk, 64 KiB each, then holding.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = std::net::TcpStream::connect(&manager).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(
+            b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        let chunks = b"1\r\nx\r\n".repeat(1 << 16);
+        let _ = s.write_all(&chunks);
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = peak_rss_mib(m.pid()).saturating_sub(before);
+    assert!(grown < 32, "the manager grew by {grown} MiB");
+    // The manager still answers a client with the token at once.
+    let t = Instant::now();
+    let v = get(&agent(), &format!("http://{manager}"), "/api/v1/status");
+    assert!(v["version"].is_string());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
