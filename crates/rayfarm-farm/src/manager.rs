@@ -293,6 +293,12 @@ fn read_scene(job_dir: &Path, scene: &SceneRef) -> Result<SceneBlob, JobLoadErro
     if bytes.len() as u64 != scene.bytes || rayfarm_scene::blob::hash_hex(&hash) != scene.blake3 {
         return Err(JobLoadError::SceneMismatch { path });
     }
+    // The header's hash is the file's word only: the body must match it (checked in constant
+    // memory) before the blob goes to any worker.
+    rayfarm_scene::blob::verify(&bytes).map_err(|reason| JobLoadError::SceneBlob {
+        path: path.clone(),
+        reason,
+    })?;
     let chunks =
         rayfarm_proto::scene_chunks::ChunkList::of(&bytes, rayfarm_proto::SCENE_CHUNK_BYTES as u32);
     Ok(SceneBlob {

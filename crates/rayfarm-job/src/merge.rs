@@ -571,6 +571,9 @@ fn load_scene(job_dir: &Path, scene: &SceneRef) -> Result<CompiledScene, MergeEr
             scene.blake3
         )));
     }
+    // The header's hash is the file's word only: check the body against it in constant memory
+    // before `decode` holds the whole body (a forged file can claim gigabytes).
+    rayfarm_scene::blob::verify(&blob).map_err(|e| scene_err(e.to_string()))?;
     rayfarm_scene::blob::decode(&blob).map_err(|e| scene_err(e.to_string()))
 }
 

@@ -291,11 +291,15 @@ fn setup(mode: BakeMode, gltf: bool) -> Setup {
 
 /// [`setup`] with the job edited before it is submitted.
 fn setup_edited(mode: BakeMode, gltf: bool, edit: impl Fn(&mut JobDesc)) -> Setup {
+    setup_scene(mode, gltf, scene(), edit)
+}
+
+/// [`setup_edited`] with scene `s`.
+fn setup_scene(mode: BakeMode, gltf: bool, s: CompiledScene, edit: impl Fn(&mut JobDesc)) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().canonicalize().unwrap();
     let netdir = root.join("netdir");
     let out = root.join("out");
-    let s = scene();
     let mut desc = job(&s, mode, &out, gltf);
     edit(&mut desc);
     let desc_path = submit(&netdir, &desc, &s);
@@ -1062,4 +1066,79 @@ fn keyless_mutations_of_a_job_folder_are_refused_or_harmless() {
     }
     eprintln!("{refused} mutations refused, {merged} harmless");
     assert!(refused > 20, "{refused} refused");
+}
+
+/// Peak resident memory of this test process (VmHWM), in MiB.
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
+/// The attack: someone who can write the network folder but has no key replaces a finished
+/// job's scene with a file of the same size that keeps the genuine header (so its length and
+/// header hash match job.desc) but claims a body of 1 GiB: a few kilobytes of zstd blocks that
+/// each expand one byte 128 Ki-fold, padded with a skippable frame. `merge` decoded it, holding
+/// the whole claimed body before it could check the hash (1 GiB of memory for a 1 MB file).
+/// Now the body is checked against the hash in constant memory first, and the merge refuses
+/// the job by the scene's name.
+#[test]
+fn a_scene_that_claims_a_huge_body_is_refused_in_constant_memory() {
+    // A scene with an unused 512x512 noise image, so that its blob is about 1 MB.
+    let mut s = scene();
+    let mut z = 0x2545_f491_4f6c_dd1du64;
+    let noise = (0..512 * 512 * 4)
+        .map(|_| {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            z as u8
+        })
+        .collect();
+    s.images.push(rayfarm_scene::Image {
+        name: "noise".into(),
+        width: 512,
+        height: 512,
+        rgba8: noise,
+    });
+    let t = setup_scene(BakeMode::Multi, true, s, |_| {});
+    let scene_path = t.job_dir.join(&t.desc.scene.file);
+    let genuine = std::fs::read(&scene_path).unwrap();
+    let header_len = rayfarm_scene::blob::HEADER_LEN;
+    let claim: u64 = 1 << 30;
+    let mut bomb = Vec::new();
+    {
+        let mut enc = zstd::stream::write::Encoder::new(&mut bomb, 1).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..claim >> 20 {
+            std::io::Write::write_all(&mut enc, &zeros).unwrap();
+        }
+        enc.finish().unwrap();
+    }
+    let pad = genuine.len() - header_len - bomb.len() - 8;
+    bomb.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    bomb.extend_from_slice(&(pad as u32).to_le_bytes());
+    bomb.resize(bomb.len() + pad, 0);
+    let mut forged = genuine[..header_len].to_vec();
+    forged[16..24].copy_from_slice(&claim.to_le_bytes());
+    forged[24..32].copy_from_slice(&(bomb.len() as u64).to_le_bytes());
+    forged.extend_from_slice(&bomb);
+    assert_eq!(forged.len(), genuine.len());
+    std::fs::write(&scene_path, &forged).unwrap();
+    let out_before = snapshot(&t.out);
+    let before = peak_rss_mib();
+    let err = merge(&t.desc_path, &key(), &MergeOptions::default()).unwrap_err();
+    let grown = peak_rss_mib().saturating_sub(before);
+    assert!(grown < 256, "the merge's memory grew by {grown} MiB");
+    assert!(
+        matches!(&err, MergeError::Scene { path, reason }
+            if path == &scene_path && reason.contains("hash mismatch")),
+        "{err}"
+    );
+    assert_eq!(snapshot(&t.out), out_before, "the outputs were touched");
 }

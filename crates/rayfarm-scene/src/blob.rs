@@ -752,6 +752,24 @@ pub fn decode(blob: &[u8]) -> Result<CompiledScene, SceneError> {
 
 /// Decodes and validates a blob whose uncompressed body may be at most `max_decompressed` bytes.
 pub fn decode_with_limit(blob: &[u8], max_decompressed: u64) -> Result<CompiledScene, SceneError> {
+    let (header, payload, body_len) = checked_lengths(blob, max_decompressed)?;
+    let body = decompress(payload, body_len)?;
+    if blake3::hash(&body).as_bytes() != &header.hash {
+        return Err(blob_err("content hash mismatch: the data is corrupt"));
+    }
+    let scene = read_scene(&body)?;
+    scene
+        .validate()
+        .map_err(|e| blob_err(format!("invalid scene: {e}")))?;
+    Ok(scene)
+}
+
+/// The header and payload of `blob`, checked against each other and against
+/// `max_decompressed`, and the body's length.
+fn checked_lengths(
+    blob: &[u8],
+    max_decompressed: u64,
+) -> Result<(Header, &[u8], usize), SceneError> {
     let header = read_header(blob)?;
     let payload = blob.get(HEADER_LEN..).unwrap_or_default();
     let actual = payload.len() as u64;
@@ -779,15 +797,44 @@ pub fn decode_with_limit(blob: &[u8], max_decompressed: u64) -> Result<CompiledS
             header.body_len
         ))
     })?;
-    let body = decompress(payload, body_len)?;
-    if blake3::hash(&body).as_bytes() != &header.hash {
+    Ok((header, payload, body_len))
+}
+
+/// Checks that `blob`'s body is the one its header's hash names, in constant memory: the body
+/// is decompressed a block at a time into the hash and never kept. [`decode`] holds the whole
+/// body before it can check the hash, so a blob from a folder others can write (a farm job's
+/// scene) is verified with this first: a forged blob that keeps a genuine header but claims a
+/// body of gigabytes (a few kilobytes of zstd blocks that each expand a byte 128 Ki-fold) then
+/// costs decompression time, not memory.
+pub fn verify(blob: &[u8]) -> Result<(), SceneError> {
+    let (header, payload, body_len) = checked_lengths(blob, MAX_DECOMPRESSED_BYTES)?;
+    let zerr = |e: std::io::Error| blob_err(format!("corrupt compressed body: {e}"));
+    let mut dec = zstd::stream::read::Decoder::with_buffer(payload).map_err(zerr)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0usize;
+    loop {
+        let n = dec.read(&mut buf).map_err(zerr)?;
+        if n == 0 {
+            break;
+        }
+        total = total.saturating_add(n);
+        if total > body_len {
+            return Err(blob_err(format!(
+                "the body decompresses to more than the {body_len} bytes the header says"
+            )));
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+    }
+    if total < body_len {
+        return Err(blob_err(format!(
+            "the body decompresses to {total} bytes but the header says {body_len}"
+        )));
+    }
+    if hasher.finalize().as_bytes() != &header.hash {
         return Err(blob_err("content hash mismatch: the data is corrupt"));
     }
-    let scene = read_scene(&body)?;
-    scene
-        .validate()
-        .map_err(|e| blob_err(format!("invalid scene: {e}")))?;
-    Ok(scene)
+    Ok(())
 }
 
 /// Decompresses `payload`, which must yield exactly `expected` bytes.
@@ -1746,6 +1793,29 @@ mod tests {
             blob_err_msg(decode(&bad)),
             "content hash mismatch: the data is corrupt"
         );
+    }
+
+    #[test]
+    fn verify_checks_the_body_against_the_header_hash() {
+        let blob = encode(&full_scene());
+        verify(&blob).unwrap();
+        let mut flipped = blob.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        assert!(verify(&flipped).is_err());
+        let mut other_hash = blob.clone();
+        other_hash[40] ^= 1;
+        assert!(blob_err_msg(verify(&other_hash).map(|_| full_scene())).contains("hash mismatch"));
+        // A header that claims one byte more, or one less, than the body holds.
+        for delta in [1i64, -1] {
+            let mut b = blob.clone();
+            let len = u64::from_le_bytes(b[16..24].try_into().unwrap());
+            set_u64(&mut b, 16, (len as i64 + delta) as u64);
+            assert!(
+                blob_err_msg(verify(&b).map(|_| full_scene())).contains("decompresses to"),
+                "{delta}"
+            );
+        }
     }
 
     #[test]
