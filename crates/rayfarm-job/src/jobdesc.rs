@@ -1344,15 +1344,21 @@ pub(crate) fn write_desc_file(
 ) -> Result<PathBuf, DescError> {
     let path = job_dir.join(FILE_NAME);
     check_folder_name(job_dir, job_id, &path)?;
-    let io = |e: crate::fsutil::WriteError| DescError::Io {
-        path: e.path,
-        source: e.source,
+    // Through a handle on the job folder, opened without following a symlink, so that a job
+    // folder swapped for a symlink gets nothing, and neither does the folder it points to.
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DescError::Io { path, source }
     };
-    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io)?;
+    let folder = crate::folder::FolderHandle::open(job_dir).map_err(io(job_dir))?;
+    folder
+        .write_atomic(FILE_NAME, text.as_bytes())
+        .map_err(io(&path))?;
     let mac = crate::folder::desc_mac(key, job_id, text.as_bytes());
-    let mac_path = job_dir.join(crate::folder::DESC_MAC_FILE_NAME);
-    crate::fsutil::write_atomic(&mac_path, crate::folder::mac_file_text(&mac).as_bytes())
-        .map_err(io)?;
+    let mac_name = crate::folder::DESC_MAC_FILE_NAME;
+    folder
+        .write_atomic(mac_name, crate::folder::mac_file_text(&mac).as_bytes())
+        .map_err(io(&job_dir.join(mac_name)))?;
     Ok(path)
 }
 

@@ -349,13 +349,7 @@ fn finish(
     nonfinite: u64,
     seal: &JobSeal,
 ) -> Result<MergeReport, MergeError> {
-    let mut text = String::from("rayfarm merge: every output of this job is written\n");
-    for f in &written {
-        text.push_str(&f.to_string_lossy());
-        text.push('\n');
-    }
-    let text = seal.sealed_marker(&text);
-    crate::maps::write_atomic(&job_dir.join(MERGED_MARKER), text.as_bytes())?;
+    write_marker(job_dir, &written, seal)?;
     let (job_dir_removed, left_in_job_dir) = remove_job_dir(job_dir, desc);
     Ok(MergeReport {
         job_id: desc.job_id().to_string(),
@@ -365,6 +359,24 @@ fn finish(
         job_dir_removed,
         left_in_job_dir,
     })
+}
+
+/// Writes the `merged` marker, sealed with `seal`, listing `written`. Through a handle on the
+/// job folder, opened without following a symlink: a job folder swapped for a symlink since
+/// the parts were read gets no marker, and neither does the folder it points to.
+fn write_marker(job_dir: &Path, written: &[PathBuf], seal: &JobSeal) -> Result<(), MergeError> {
+    let mut text = String::from("rayfarm merge: every output of this job is written\n");
+    for f in written {
+        text.push_str(&f.to_string_lossy());
+        text.push('\n');
+    }
+    let text = seal.sealed_marker(&text);
+    crate::folder::FolderHandle::open(job_dir)
+        .and_then(|folder| folder.write_atomic(MERGED_MARKER, text.as_bytes()))
+        .map_err(|source| MergeError::Io {
+            path: job_dir.join(MERGED_MARKER),
+            source,
+        })
 }
 
 fn merge_render(
@@ -811,6 +823,33 @@ pub fn remove_job_dir(job_dir: &Path, desc: &AnyJobDesc) -> (bool, Vec<PathBuf>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attack: the job folder swapped for a symlink to another folder between the merge's
+    /// reading of the parts and its marker (a writer without the key can do this). The marker
+    /// was written by path, so the merging user created `merged` and a temporary file in that
+    /// other folder; now nothing is written there and the merge says why.
+    #[test]
+    fn a_job_folder_swapped_for_a_symlink_gets_no_marker_elsewhere() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (job_dir, victim) = (tmp.path().join("job-x"), tmp.path().join("victim"));
+        std::fs::create_dir(&victim).unwrap();
+        std::os::unix::fs::symlink(&victim, &job_dir).unwrap();
+        let key = rayfarm_proto::FarmKey::from_secret("a farm secret for the marker test").unwrap();
+        let seal = JobSeal::new(&key, "job-x", b"{}");
+        let e = write_marker(&job_dir, &[PathBuf::from("/out/a.png")], &seal).unwrap_err();
+        assert!(e.to_string().contains(MERGED_MARKER), "{e}");
+        assert_eq!(
+            std::fs::read_dir(&victim).unwrap().count(),
+            0,
+            "written elsewhere"
+        );
+        // Into the real folder, the marker opens with the seal.
+        std::fs::remove_file(&job_dir).unwrap();
+        std::fs::create_dir(&job_dir).unwrap();
+        write_marker(&job_dir, &[PathBuf::from("/out/a.png")], &seal).unwrap();
+        let text = std::fs::read(job_dir.join(MERGED_MARKER)).unwrap();
+        assert!(seal.open_marker(&text).unwrap().contains("/out/a.png"));
+    }
 
     #[test]
     fn incomplete_message_names_parts_and_caps_the_list() {

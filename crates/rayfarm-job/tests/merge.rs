@@ -1142,3 +1142,25 @@ fn a_scene_that_claims_a_huge_body_is_refused_in_constant_memory() {
     );
     assert_eq!(snapshot(&t.out), out_before, "the outputs were touched");
 }
+
+/// The attack: a writer without the key swaps a new job folder for a symlink to another folder
+/// while the client prepares the job (a render client compiles its frames for seconds between
+/// making the folder and writing job.desc). job.desc and its MAC were written by path, so into
+/// that other folder; now they go through a handle opened without following a symlink, and
+/// the other folder is left as it was.
+#[test]
+fn a_job_folder_swapped_for_a_symlink_gets_no_job_desc_elsewhere() {
+    let t = setup(BakeMode::Single, false);
+    let victim = t.root.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("precious.txt"), "precious").unwrap();
+    let before = snapshot(&victim);
+    std::fs::rename(&t.job_dir, t.root.join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(&victim, &t.job_dir).unwrap();
+    let e = t.desc.write(&t.job_dir, &key()).unwrap_err();
+    assert_eq!(snapshot(&victim), before, "job.desc was written elsewhere");
+    assert!(
+        e.to_string().contains(&t.job_dir.display().to_string()),
+        "{e}"
+    );
+}

@@ -664,7 +664,10 @@ fn run_farm(a: &BakeArgs, farm: &str, netdir: &Path, blob: &[u8], plan: FarmPlan
     let job_dir = netdir.join(&job_id);
     std::fs::create_dir(&job_dir)
         .with_context(|| format!("{}: cannot create the job folder", job_dir.display()))?;
-    crate::output::write_atomic(&job_dir.join("scene.rfscene"), blob)?;
+    // Through a handle on the new folder, opened without following a symlink.
+    rayfarm_job::folder::FolderHandle::open(&job_dir)
+        .and_then(|folder| folder.write_atomic("scene.rfscene", blob))
+        .with_context(|| format!("{}: cannot write", job_dir.join("scene.rfscene").display()))?;
     let desc_path = desc
         .write(&job_dir, &farm_key)
         .map_err(|e| anyhow::anyhow!("{e}"))?;

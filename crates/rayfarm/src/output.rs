@@ -80,12 +80,6 @@ pub fn read_exr(path: &Path) -> Result<(u32, u32, Vec<[f32; 3]>)> {
     ))
 }
 
-/// Writes a file atomically ([`rayfarm_job::fsutil`]): a crash never leaves a half-written
-/// file at `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(rayfarm_job::fsutil::write_atomic(path, bytes)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -925,6 +925,11 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
         .with_context(|| format!("{}: cannot create the job folder", job_dir.display()))?;
     // A failure from here on leaves no half-made job folder behind.
     let r = (|| -> Result<RenderJobDesc> {
+        // Scenes are written through a handle on the new folder (opened without following a
+        // symlink), so that a folder swapped for a symlink while frames compile gets nothing.
+        let folder = rayfarm_job::folder::FolderHandle::open(&job_dir)
+            .with_context(|| format!("{}: cannot open the job folder", job_dir.display()))?;
+        let mut written = std::collections::HashSet::new();
         // An environment map is read once, not once a frame.
         let env = match &a.env {
             Some(p) => {
@@ -958,9 +963,10 @@ fn render_farm(a: &RenderArgs, farm: &str, netdir: &Path) -> Result<()> {
             let hex = rayfarm_scene::blob::hash_hex(&hash);
             // Frames that compile to the same scene share its file.
             let file = rayfarm_job::plan::scene_file_name(&hex);
-            let path = job_dir.join(&file);
-            if !path.exists() {
-                crate::output::write_atomic(&path, &blob)?;
+            if written.insert(file.clone()) {
+                folder
+                    .write_atomic(&file, &blob)
+                    .with_context(|| format!("{}: cannot write", job_dir.join(&file).display()))?;
             }
             descs.push(FrameDesc {
                 frame: f.unwrap_or(0),
