@@ -47,6 +47,12 @@ pub enum WorkloadError {
     NoSuchLayer { unit: WorkUnit },
     #[error("unit {unit:?} lies outside its layer")]
     UnitOutside { unit: WorkUnit },
+    #[error("unit {unit:?} covers {pixels} pixels, more than a unit may ({max})")]
+    UnitTooLarge {
+        unit: WorkUnit,
+        pixels: u64,
+        max: u64,
+    },
 }
 
 /// Most layers a job may have (maps x passes).
@@ -240,6 +246,15 @@ impl Workload {
         {
             return Err(WorkloadError::UnitOutside { unit: *u });
         }
+        // (At most 32768 x 32768: no overflow.)
+        let pixels = u64::from(u.x1 - u.x0) * u64::from(u.y1 - u.y0);
+        if pixels > rayfarm_render::MAX_UNIT_PIXELS {
+            return Err(WorkloadError::UnitTooLarge {
+                unit: *u,
+                pixels,
+                max: rayfarm_render::MAX_UNIT_PIXELS,
+            });
+        }
         Ok(())
     }
 
@@ -303,5 +318,48 @@ pub fn run_local(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A master (or manager) holding the key could assign one unit covering a whole 16384 x
+    /// 16384 image: 2^28 pixels of 48-byte sums, a 12 GiB allocation that aborted the worker.
+    /// Units beyond `MAX_UNIT_PIXELS` are refused by name before anything is allocated; the
+    /// planners never make one (`film` tests).
+    #[test]
+    fn a_unit_beyond_the_pixel_limit_is_refused() {
+        let camera =
+            rayfarm_scene::camera::auto_camera(&rayfarm_scene::CompiledScene::default(), 1.0);
+        let work = Workload::Render(RenderSettings {
+            width: 16384,
+            height: 16384,
+            spp: 4,
+            max_bounces: 1,
+            seed: 0,
+            camera,
+        });
+        let unit = |x1, y1| WorkUnit {
+            layer: 0,
+            sample_start: 0,
+            sample_end: 1,
+            x0: 0,
+            y0: 0,
+            x1,
+            y1,
+        };
+        work.check_unit(&unit(4096, 4096)).unwrap();
+        let e = work.check_unit(&unit(16384, 16384)).unwrap_err();
+        assert!(
+            matches!(e, WorkloadError::UnitTooLarge { pixels, .. } if pixels == 1 << 28),
+            "{e}"
+        );
+        assert!(e.to_string().contains("268435456 pixels"), "{e}");
+        assert!(matches!(
+            work.check_unit(&unit(4097, 4096)),
+            Err(WorkloadError::UnitTooLarge { .. })
+        ));
     }
 }

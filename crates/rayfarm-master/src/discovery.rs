@@ -305,6 +305,7 @@ pub async fn hold_lease(
             }
             m = conn.recv() => match m? {
                 Msg::WorkerExited { reason } => {
+                    let reason = rayfarm_proto::printable(&reason, rayfarm_proto::MAX_PRINTED_REASON);
                     eprintln!("node {alias}: worker ended: {reason}");
                     return Err(DiscoveryError::WorkerEnded(reason));
                 }

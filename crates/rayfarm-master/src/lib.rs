@@ -828,7 +828,12 @@ async fn worker_session(
             })
         }
     };
-    let name = format!("{alias} ({peer})");
+    // The alias is the worker's to choose: printed safely, and short (the scheduler keeps it
+    // for the whole render and copies it into every status).
+    let name = format!(
+        "{} ({peer})",
+        rayfarm_proto::printable(&alias, rayfarm_proto::MAX_PRINTED_ALIAS)
+    );
     let t0 = Instant::now();
     // The render may end while this worker still receives or loads the scene (at scale,
     // shipping can take longer than rendering): then it is told so, instead of finding a
@@ -925,6 +930,8 @@ async fn session_loop(
     let target = (threads as usize * 2).max(2);
     let mut mine: HashSet<WireUnit> = HashSet::new();
     let mut last_seen = Instant::now();
+    // Results for units this node was not given (a duplicate, or a misbehaving worker).
+    let mut ignored = 0u64;
     let mut check = tokio::time::interval(Duration::from_millis(250));
     loop {
         // Top up this node's units.
@@ -960,7 +967,14 @@ async fn session_loop(
                     Msg::Heartbeat => {}
                     Msg::UnitDone { unit, sums, nonfinite } => {
                         if !mine.remove(&unit) {
-                            tracing::warn!("ignoring a result for a unit not assigned to this node: {unit:?}");
+                            // At most one line per doubling of the count: a worker sending such
+                            // results in a loop cannot flood the log.
+                            ignored += 1;
+                            if ignored.is_power_of_two() {
+                                tracing::warn!(
+                                    "{name}: ignoring a result for a unit not assigned to this node ({ignored} so far): {unit:?}"
+                                );
+                            }
                             continue;
                         }
                         job.results.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1004,7 +1018,7 @@ pub async fn query_daemon(
         )
         .await?
     {
-        Msg::DaemonInfo(i) => Ok(i),
+        Msg::DaemonInfo(i) => Ok(i.printable()),
         other => Err(SessionError::DaemonAnswer {
             addr: addr.to_string(),
             got: other.name(),

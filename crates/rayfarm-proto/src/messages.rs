@@ -78,6 +78,63 @@ pub struct DaemonInfo {
     pub state: DaemonState,
 }
 
+impl DaemonInfo {
+    /// The answer with every string a peer chose made safe to print ([`printable`]): its
+    /// alias, version, CPU and GPU names (16 at most), master address and reason.
+    pub fn printable(self) -> DaemonInfo {
+        let state = match self.state {
+            DaemonState::Occupied {
+                master,
+                since_unix_ms,
+            } => DaemonState::Occupied {
+                master: printable(&master, MAX_PRINTED_ADDR),
+                since_unix_ms,
+            },
+            DaemonState::Unhealthy { reason } => DaemonState::Unhealthy {
+                reason: printable(&reason, MAX_PRINTED_REASON),
+            },
+            idle => idle,
+        };
+        let devices = Devices {
+            cpu_model: printable(&self.devices.cpu_model, MAX_PRINTED_ADDR),
+            gpus: (self.devices.gpus.iter().take(16))
+                .map(|g| printable(g, MAX_PRINTED_ADDR))
+                .collect(),
+            ..self.devices
+        };
+        DaemonInfo {
+            alias: printable(&self.alias, MAX_PRINTED_ALIAS),
+            version: printable(&self.version, MAX_PRINTED_ALIAS),
+            devices,
+            state,
+            ..self
+        }
+    }
+}
+
+/// Most characters of a peer's alias (or version) shown: an alias is 1 to 64 characters.
+pub const MAX_PRINTED_ALIAS: usize = 64;
+/// Most characters of an address a peer sends (a master's `HOST:PORT`) shown.
+pub const MAX_PRINTED_ADDR: usize = 128;
+/// Most characters of a reason a peer sends (a worker's exit, a daemon's health) shown.
+pub const MAX_PRINTED_REASON: usize = 512;
+
+/// `s`, from a peer, made safe to print on a terminal or in a log: control characters
+/// (terminal escape sequences start with one) become U+FFFD, and it is cut to `max_chars`
+/// characters (an ellipsis marks the cut). A peer holding the key could otherwise rewrite the
+/// operator's terminal or fill its log and memory with names megabytes long.
+pub fn printable(s: &str, max_chars: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if s.chars().nth(max_chars).is_some() {
+        out.push('\u{2026}');
+    }
+    out
+}
+
 /// A work unit on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WireUnit {
@@ -139,6 +196,9 @@ pub struct WireSettings {
 
 /// Largest image side accepted from the wire.
 pub const MAX_IMAGE_SIDE: u32 = 32768;
+/// Most pixels an image from the wire may have (as `rayfarm render` allows: the film keeps 48
+/// bytes a pixel).
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 28;
 
 impl WireSettings {
     pub fn from_settings(s: &RenderSettings) -> WireSettings {
@@ -169,6 +229,7 @@ impl WireSettings {
             || self.height == 0
             || self.width > MAX_IMAGE_SIDE
             || self.height > MAX_IMAGE_SIDE
+            || u64::from(self.width) * u64::from(self.height) > MAX_IMAGE_PIXELS
         {
             return Err(WireError::ImageSize {
                 width: self.width,
@@ -537,6 +598,11 @@ pub fn decode_sums(unit: &WireUnit, data: &[u8], nonfinite: u64) -> Result<UnitR
         return Err(WireError::MalformedUnit(*unit));
     }
     let pixels = (unit.x1 - unit.x0) as usize * (unit.y1 - unit.y0) as usize;
+    // A unit cannot drop more samples than it has.
+    let samples = u64::from(unit.sample_end.saturating_sub(unit.sample_start)) * pixels as u64;
+    if nonfinite > samples {
+        return Err(WireError::MalformedUnit(*unit));
+    }
     if crate::unit_sums::max_varint_bytes(pixels) > crate::MAX_FRAME_BYTES * 8 {
         return Err(WireError::UnitTooLarge(*unit));
     }

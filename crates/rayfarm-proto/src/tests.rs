@@ -167,3 +167,113 @@ async fn a_replayed_first_handshake_message_is_not_a_session() {
     );
     drop(s);
 }
+
+/// A master holding the key could send a 32768 x 32768 job (2^30 pixels) and one unit covering
+/// it: the worker's result buffer (48 bytes a pixel) failed to allocate and the process
+/// aborted. Images beyond 2^28 pixels (what `rayfarm render` allows) are now refused by name,
+/// and so are units beyond `MAX_UNIT_PIXELS` (`rayfarm_bake::workload` tests).
+#[test]
+fn wire_settings_refuse_images_beyond_2_28_pixels() {
+    let wire = |width, height| WireSettings {
+        width,
+        height,
+        spp: 1,
+        max_bounces: 1,
+        seed: 0,
+        camera_name: String::new(),
+        projection: 0,
+        proj_a: 0.8,
+        proj_b: 0.0,
+        position: [0.0; 3],
+        right: [1.0, 0.0, 0.0],
+        up: [0.0, 1.0, 0.0],
+        forward: [0.0, 0.0, -1.0],
+    };
+    assert!(wire(16384, 16384).to_settings().is_ok());
+    for (w, h) in [(32768, 32768), (32768, 8193), (0, 1), (32769, 1)] {
+        let e = wire(w, h).to_settings().unwrap_err();
+        assert!(
+            matches!(e, WireError::ImageSize { width, height } if (width, height) == (w, h)),
+            "{w}x{h}: {e}"
+        );
+    }
+}
+
+/// A worker holding the key could claim more dropped (non-finite) samples than its unit has,
+/// or u64::MAX to wrap the master's count; such a result is now refused.
+#[test]
+fn a_unit_result_cannot_drop_more_samples_than_it_has() {
+    let unit = WireUnit {
+        layer: 0,
+        sample_start: 0,
+        sample_end: 4,
+        x0: 0,
+        y0: 0,
+        x1: 2,
+        y1: 1,
+    };
+    let data = crate::unit_sums::encode(&[[0i128; 3]; 2]);
+    assert_eq!(decode_sums(&unit, &data, 8).unwrap().nonfinite_samples, 8);
+    for n in [9, u64::MAX] {
+        assert!(matches!(
+            decode_sums(&unit, &data, n),
+            Err(WireError::MalformedUnit(_))
+        ));
+    }
+}
+
+/// A peer holding the key chose its alias (a worker's), or its alias, version, master and
+/// reason (a daemon's): megabytes long, with terminal escape sequences that rewrote the
+/// operator's terminal ("node joined: ..."). What is printed is now clipped and has no control
+/// characters.
+#[test]
+fn strings_from_peers_are_printed_safely() {
+    let evil = format!("\u{1b}[31mred\u{1b}]0;owned\u{7}{}", "x".repeat(1 << 20));
+    let p = printable(&evil, MAX_PRINTED_ALIAS);
+    assert!(!p.chars().any(char::is_control), "{p:?}");
+    assert_eq!(
+        p.chars().count(),
+        MAX_PRINTED_ALIAS + 1,
+        "clipped, with an ellipsis"
+    );
+    assert!(p.ends_with('\u{2026}'));
+    assert_eq!(printable("node-7 ünïcode", 64), "node-7 ünïcode");
+    let info = DaemonInfo {
+        alias: evil.clone(),
+        version: evil.clone(),
+        protocol_version: PROTOCOL_VERSION,
+        devices: Devices {
+            threads: 4,
+            cpu_model: evil.clone(),
+            gpus: vec![evil.clone(); 100],
+            ..Default::default()
+        },
+        state: DaemonState::Occupied {
+            master: evil.clone(),
+            since_unix_ms: 0,
+        },
+    }
+    .printable();
+    let DaemonState::Occupied { master, .. } = &info.state else {
+        panic!("{:?}", info.state)
+    };
+    assert_eq!(info.devices.gpus.len(), 16);
+    for s in [
+        &info.alias,
+        &info.version,
+        master,
+        &info.devices.cpu_model,
+        &info.devices.gpus[0],
+    ] {
+        assert!(!s.chars().any(char::is_control) && s.chars().count() <= MAX_PRINTED_ADDR + 1);
+    }
+    let unhealthy = DaemonInfo {
+        state: DaemonState::Unhealthy { reason: evil },
+        ..info
+    }
+    .printable();
+    let DaemonState::Unhealthy { reason } = &unhealthy.state else {
+        panic!()
+    };
+    assert!(!reason.contains('\u{1b}') && reason.chars().count() == MAX_PRINTED_REASON + 1);
+}

@@ -154,7 +154,7 @@ pub fn plan_region_progressive(
         // Grow the tile edge by 2 for every factor of 4 the pass is shorter than `cap`.
         let mut edge = tile;
         let mut n = e - s;
-        while n.saturating_mul(4) <= cap && edge < 1 << 12 {
+        while n.saturating_mul(4) <= cap && edge.saturating_mul(2) <= crate::MAX_TILE_PX {
             n *= 4;
             edge *= 2;
         }
@@ -446,8 +446,13 @@ impl SharedFilm {
             }
             y = end;
         }
-        self.nonfinite_samples
-            .fetch_add(r.nonfinite_samples, Ordering::Relaxed);
+        // Saturating, as `Film`'s: a count from the wire must not wrap to hide (or invent) the
+        // warning about dropped samples.
+        let _ = self
+            .nonfinite_samples
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(r.nonfinite_samples))
+            });
         Ok(())
     }
 
@@ -510,6 +515,32 @@ mod tests {
         };
         g.add(&r).unwrap();
         assert_eq!(g.nonfinite_samples, u64::MAX);
+        // The master's shared film too (a worker's counts came from the wire and wrapped).
+        let shared = SharedFilm::new(Region::full(2, 1));
+        for n in [u64::MAX - 1, 5] {
+            let r = UnitResult {
+                unit,
+                sums: vec![[0; 3]; 2],
+                nonfinite_samples: n,
+            };
+            shared.add(&r).unwrap();
+        }
+        assert_eq!(shared.into_film().nonfinite_samples, u64::MAX);
+    }
+
+    /// No planned unit is larger than a worker accepts (`MAX_UNIT_PIXELS`), whatever the tile
+    /// edge asked for (up to `MAX_TILE_PX`) and however the progressive passes grow it.
+    #[test]
+    fn planned_units_stay_within_the_unit_pixel_limit() {
+        for tile in [32, 3000, crate::MAX_TILE_PX] {
+            for units in [
+                plan_units_progressive(12000, 9000, 256, tile, 16),
+                plan_units(12000, 9000, 16, tile, 16),
+            ] {
+                let largest = units.iter().map(|u| u.pixels() as u64).max().unwrap();
+                assert!(largest <= crate::MAX_UNIT_PIXELS, "tile {tile}: {largest}");
+            }
+        }
     }
 
     #[test]

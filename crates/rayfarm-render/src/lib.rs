@@ -25,6 +25,12 @@ pub use texture::RayCone;
 pub const DEFAULT_TILE_PX: u32 = 32;
 /// Default samples per work unit.
 pub const DEFAULT_SAMPLES_PER_UNIT: u32 = 16;
+/// Largest tile edge a job may plan (`--tile`; progressive passes grow their tiles to at most
+/// this), so that no unit has more than [`MAX_UNIT_PIXELS`].
+pub const MAX_TILE_PX: u32 = 4096;
+/// Most pixels (or texels) one work unit may cover: a unit's result holds 48 bytes a pixel,
+/// so a unit from the wire is refused beyond this (768 MiB) before it is rendered.
+pub const MAX_UNIT_PIXELS: u64 = (MAX_TILE_PX as u64) * (MAX_TILE_PX as u64);
 
 /// Renders every unit on the current rayon pool, adding each result to a film as it finishes.
 /// `progress(samples_done)` is called from worker threads as units finish.

@@ -93,7 +93,8 @@ pub struct BakeArgs {
     #[arg(short, long)]
     pub quiet: bool,
     /// Tile edge in texels (does not change the maps)
-    #[arg(long, default_value_t = rayfarm_render::DEFAULT_TILE_PX, hide = true)]
+    #[arg(long, default_value_t = rayfarm_render::DEFAULT_TILE_PX, hide = true,
+          value_parser = clap::value_parser!(u32).range(1..=rayfarm_render::MAX_TILE_PX as i64))]
     pub tile: u32,
     /// Samples per work unit (does not change the maps)
     #[arg(long, default_value_t = rayfarm_render::DEFAULT_SAMPLES_PER_UNIT, hide = true)]
