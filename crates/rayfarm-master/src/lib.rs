@@ -400,7 +400,16 @@ pub async fn run_job(
                 .unwrap_or(rayfarm_render::film::Region::full(0, 0))
         })
         .collect();
-    let sched = Arc::new(Mutex::new(Scheduler::new(layers, units)));
+    let mut scheduler = Scheduler::new(layers, units);
+    // Test-only switch: the least time before a unit is stale, in seconds.
+    if let Some(secs) = std::env::var("RAYFARM_TEST_STALE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+    {
+        scheduler.set_min_stale(Duration::from_secs_f64(secs));
+    }
+    let sched = Arc::new(Mutex::new(scheduler));
     if opts.wait_for_nodes > 0 {
         sched
             .lock()
@@ -460,6 +469,7 @@ pub async fn run_job(
     let mut last_report = Instant::now() - Duration::from_secs(1);
     let stop_asked = live.as_ref().map(|l| l.stop_requested());
     let mut stopped_at: Option<Instant> = None;
+    let mut last_reclaim = Instant::now();
     let shares = loop {
         tick.tick().await;
         if stopped_at.is_none() && stop_asked.as_ref().is_some_and(|r| *r.borrow()) {
@@ -487,6 +497,18 @@ pub async fn run_job(
                     opts.wait_for_nodes,
                     job.started.elapsed().as_secs_f64()
                 );
+            }
+            let now = Instant::now();
+            if now.duration_since(last_reclaim) >= Duration::from_secs(1) {
+                last_reclaim = now;
+                let n = s.reclaim_stale(now);
+                if n > 0 {
+                    eprintln!(
+                        "note: {n} unit(s) out for more than {:.0} s go to other nodes too \
+                         (the first result counts)",
+                        s.stale_after().as_secs_f64()
+                    );
+                }
             }
             let layers_done = s.take_finished();
             (s.status(port), s.finished(), layers_done)

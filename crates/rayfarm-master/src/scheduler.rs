@@ -5,6 +5,12 @@
 //! once it is in the film. Only the node that holds a unit can complete it, so a late result
 //! from a node given up is ignored, and no sample is counted twice.
 //!
+//! A unit out much longer than units take (a worker that holds units and never returns them,
+//! or whose render thread hangs while it still answers) is handed to another node once nothing
+//! else is left to hand out ([`Scheduler::reclaim_stale`]); the first of the two results to
+//! arrive counts and the other is ignored. Both are the same bytes (a unit's sums depend only
+//! on the scene, the settings and the unit), so the image does not depend on which.
+//!
 //! A job has layers (one for a render; one per map and pass for a bake), each with its own
 //! film. A layer's film is made when its first result arrives and handed out through
 //! [`Scheduler::take_finished`] when its last one is in, so a bake of many maps holds only
@@ -43,9 +49,28 @@ pub const LOCAL_NODE: &str = "local";
 /// The most planned units one handed-out unit joins (consecutive sample ranges of one tile).
 pub const MAX_JOINED_UNITS: usize = 8;
 
+/// A unit out for longer than this many times the median time units took is stale
+/// ([`Scheduler::reclaim_stale`]).
+pub const STALE_FACTOR: f64 = 8.0;
+/// ... and never before this.
+pub const STALE_MIN: std::time::Duration = std::time::Duration::from_secs(60);
+/// How many recent unit times the median is taken over.
+const UNIT_TIMES_KEPT: usize = 64;
+
 pub struct Scheduler {
     pending: BTreeSet<WorkUnit>,
     in_flight: HashMap<WorkUnit, NodeId>,
+    /// When each unit in flight was handed out.
+    handed_at: HashMap<WorkUnit, Instant>,
+    /// Stale units taken from their holder ([`Scheduler::reclaim_stale`]) whose result it may
+    /// still send: the first result of the two counts.
+    given_up: HashMap<WorkUnit, NodeId>,
+    /// Stale units waiting for another node (whole, as handed out: `joined` keeps their parts).
+    reissue: BTreeSet<WorkUnit>,
+    /// Seconds the most recent units took from hand-out to result (at most [`UNIT_TIMES_KEPT`]).
+    unit_secs: std::collections::VecDeque<f64>,
+    /// The least time before a unit is stale ([`STALE_MIN`] unless set).
+    min_stale: std::time::Duration,
     /// Handed-out units that join several planned ones, with those parts (in order). A node
     /// renders and sends one result for them: fewer, bigger results to send and merge, and
     /// the same sums, since integer sums do not depend on how samples are grouped.
@@ -116,6 +141,11 @@ impl Scheduler {
             total_units: pending.len(),
             pending,
             in_flight: HashMap::new(),
+            handed_at: HashMap::new(),
+            given_up: HashMap::new(),
+            reissue: BTreeSet::new(),
+            unit_secs: std::collections::VecDeque::new(),
+            min_stale: STALE_MIN,
             joined: HashMap::new(),
             merging: HashMap::new(),
             done: HashSet::new(),
@@ -258,9 +288,76 @@ impl Scheduler {
         if self.stopped || self.wait_for_nodes > 0 {
             return None;
         }
+        if let Some(u) = self.take_reissued(node) {
+            return Some(u);
+        }
         let u = self.pending.pop_first()?;
-        self.in_flight.insert(u, node);
+        self.hand_out(u, node);
         Some(u)
+    }
+
+    fn hand_out(&mut self, unit: WorkUnit, node: NodeId) {
+        self.in_flight.insert(unit, node);
+        self.handed_at.insert(unit, Instant::now());
+    }
+
+    /// A stale unit taken from another node, if one waits (first in unit order).
+    fn take_reissued(&mut self, node: NodeId) -> Option<WorkUnit> {
+        let u = *self
+            .reissue
+            .iter()
+            .find(|u| self.given_up.get(u) != Some(&node))?;
+        self.reissue.remove(&u);
+        self.hand_out(u, node);
+        Some(u)
+    }
+
+    /// Hands the units that have been out too long to other nodes: once nothing is pending,
+    /// a unit out for more than [`STALE_FACTOR`] times the median time of recent units (and at
+    /// least [`STALE_MIN`], or what [`Scheduler::set_min_stale`] set) is taken from its holder and waits for another node's
+    /// [`Scheduler::take`]. The holder may still send its result: whichever arrives first
+    /// counts. Needs another connected node (or the master's own cores); a unit is reissued
+    /// once. Returns how many units were reclaimed.
+    pub fn reclaim_stale(&mut self, now: Instant) -> usize {
+        if self.stopped || !self.pending.is_empty() || self.in_flight.is_empty() {
+            return 0;
+        }
+        if self.nodes.iter().filter(|n| n.connected).count() < 2 {
+            return 0;
+        }
+        let deadline = self.stale_after();
+        let stale: Vec<(WorkUnit, NodeId)> = self
+            .in_flight
+            .iter()
+            .filter(|(u, _)| !self.given_up.contains_key(u))
+            .filter(|(u, _)| {
+                self.handed_at
+                    .get(u)
+                    .is_some_and(|t| now.saturating_duration_since(*t) > deadline)
+            })
+            .map(|(&u, &n)| (u, n))
+            .collect();
+        for &(u, holder) in &stale {
+            self.in_flight.remove(&u);
+            self.handed_at.remove(&u);
+            self.given_up.insert(u, holder);
+            self.reissue.insert(u);
+        }
+        stale.len()
+    }
+
+    /// How long a unit may be out before it is stale.
+    pub fn stale_after(&self) -> std::time::Duration {
+        let mut t: Vec<f64> = self.unit_secs.iter().copied().collect();
+        t.sort_by(f64::total_cmp);
+        let median = t.get(t.len() / 2).copied().unwrap_or(0.0);
+        self.min_stale
+            .max(std::time::Duration::from_secs_f64(median * STALE_FACTOR))
+    }
+
+    /// Sets the least time before a unit is stale (tests shorten [`STALE_MIN`]).
+    pub fn set_min_stale(&mut self, d: std::time::Duration) {
+        self.min_stale = d;
     }
 
     /// The next unit for `node` joined with up to `limit - 1` following sample ranges of the
@@ -268,6 +365,9 @@ impl Scheduler {
     pub fn take_joined(&mut self, node: NodeId, limit: usize) -> Option<WorkUnit> {
         if self.stopped || self.wait_for_nodes > 0 {
             return None;
+        }
+        if let Some(u) = self.take_reissued(node) {
+            return Some(u);
         }
         let first = self.pending.pop_first()?;
         let len = first.sample_end - first.sample_start;
@@ -295,7 +395,7 @@ impl Scheduler {
         if parts.len() > 1 {
             self.joined.insert(unit, parts);
         }
-        self.in_flight.insert(unit, node);
+        self.hand_out(unit, node);
         Some(unit)
     }
 
@@ -320,6 +420,12 @@ impl Scheduler {
     /// Puts a handed-out unit (or the planned units it joins) back in the queue.
     fn requeue(&mut self, unit: WorkUnit) {
         self.in_flight.remove(&unit);
+        self.handed_at.remove(&unit);
+        // A reissued unit whose first holder may still answer waits whole for another node.
+        if self.given_up.contains_key(&unit) {
+            self.reissue.insert(unit);
+            return;
+        }
         match self.joined.remove(&unit) {
             Some(parts) => self.pending.extend(parts),
             None => {
@@ -352,13 +458,19 @@ impl Scheduler {
     /// returned [`Accepted`], then hands that to [`Scheduler::merged`] (or, if the add failed,
     /// to [`Scheduler::abandon`]). A malformed result sends the unit back to the queue.
     pub fn accept(&mut self, node: NodeId, r: &UnitResult) -> Option<Accepted> {
-        if self.in_flight.get(&r.unit) != Some(&node) {
+        let holds = self.in_flight.get(&r.unit) == Some(&node);
+        let gave_up = self.given_up.get(&r.unit) == Some(&node);
+        if !holds && !gave_up {
             return None;
         }
         let layer = r.unit.layer;
         let &region = self.layers.get(layer as usize)?;
         if check_fits(region, r).is_err() {
-            self.requeue(r.unit);
+            if holds {
+                self.requeue(r.unit);
+            } else {
+                self.given_up.remove(&r.unit);
+            }
             return None;
         }
         let film = self
@@ -366,7 +478,17 @@ impl Scheduler {
             .entry(layer)
             .or_insert_with(|| Arc::new(SharedFilm::new(region)))
             .clone();
+        if let Some(t) = self.handed_at.remove(&r.unit).filter(|_| holds) {
+            if self.unit_secs.len() == UNIT_TIMES_KEPT {
+                self.unit_secs.pop_front();
+            }
+            self.unit_secs.push_back(t.elapsed().as_secs_f64());
+        }
+        // Whichever of a reissued unit's two nodes answered first: the other's result is
+        // refused from now on.
         self.in_flight.remove(&r.unit);
+        self.given_up.remove(&r.unit);
+        self.reissue.remove(&r.unit);
         self.merging.insert(r.unit, node);
         Some(Accepted {
             unit: r.unit,
@@ -461,6 +583,19 @@ impl Scheduler {
             .collect();
         for u in lost {
             self.requeue(u);
+        }
+        // Stale units it was relieved of: no result will come from it now.
+        let relieved: Vec<WorkUnit> = self
+            .given_up
+            .iter()
+            .filter(|(_, &n)| n == node)
+            .map(|(&u, _)| u)
+            .collect();
+        for u in relieved {
+            self.given_up.remove(&u);
+            if self.reissue.remove(&u) {
+                self.requeue(u);
+            }
         }
         if let Some(n) = self.nodes.get_mut(node) {
             n.connected = false;
@@ -672,6 +807,69 @@ mod tests {
         assert_eq!(s.join_limit(), 2);
         s.track_progress();
         assert_eq!(s.join_limit(), 1);
+    }
+
+    /// The attack (a worker holding the key): take every unit, then send only heartbeats. Or
+    /// an honest worker whose render thread hangs. Once nothing is pending, units out too long
+    /// go to another node too, and whichever result comes first counts, once.
+    #[test]
+    fn stale_units_go_to_another_node_and_the_first_result_counts() {
+        let units: Vec<WorkUnit> = (0..3).map(unit).collect();
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], units);
+        let (a, b) = (s.add_node("a".into(), 1), s.add_node("b".into(), 1));
+        let held: Vec<WorkUnit> = (0..3).map(|_| s.take_joined(a, 1).unwrap()).collect();
+        let now = Instant::now();
+        assert_eq!(s.reclaim_stale(now), 0, "fresh units are not stale");
+        assert_eq!(s.stale_after(), STALE_MIN);
+        let later = now + STALE_MIN + std::time::Duration::from_secs(1);
+        assert_eq!(s.reclaim_stale(later), 3);
+        assert_eq!(s.reclaim_stale(later), 0, "reissued once");
+        assert_eq!(
+            s.take(a),
+            None,
+            "its own stale units do not go back to the holder"
+        );
+        let again: Vec<WorkUnit> = (0..3).map(|_| s.take(b).unwrap()).collect();
+        assert_eq!(again, held, "the same units, whole, in order");
+        // b answers first for unit 0; a's late result is then refused.
+        assert!(s.complete(b, result(held[0])));
+        assert!(!s.complete(a, result(held[0])));
+        // a answers first for unit 1; b's is then refused.
+        assert!(s.complete(a, result(held[1])));
+        assert!(!s.complete(b, result(held[1])));
+        // b is lost while it holds unit 2: it waits for another node, and a may still answer.
+        s.node_lost(b);
+        assert!(s.complete(a, result(held[2])));
+        assert!(s.finished());
+        assert_eq!(s.status(0).samples_done, 3);
+        let (_, film) = s.take_finished().pop().unwrap();
+        assert_eq!(film.sums(), &[[3, 3, 3]], "every unit counted once");
+    }
+
+    /// Nothing is reclaimed while units are pending (the holder is just busy), nor with one
+    /// node only (nobody else could take them); a stale unit whose holder is lost before
+    /// another node took it is an ordinary unit again.
+    #[test]
+    fn stale_units_wait_for_an_empty_queue_and_another_node() {
+        let late = Instant::now() + STALE_MIN * 2;
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], (0..2).map(unit).collect());
+        let a = s.add_node("a".into(), 1);
+        let u0 = s.take(a).unwrap();
+        let b = s.add_node("b".into(), 1);
+        assert_eq!(s.reclaim_stale(late), 0, "a unit is still pending");
+        let u1 = s.take(b).unwrap();
+        s.node_lost(b);
+        assert_eq!(s.take(a), Some(u1));
+        assert_eq!(s.reclaim_stale(late), 0, "one connected node");
+        let c = s.add_node("c".into(), 1);
+        assert_eq!(s.reclaim_stale(late), 2);
+        s.node_lost(a);
+        // Both are ordinary units again: c takes them, and a's late results are refused.
+        assert_eq!(s.take(c), Some(u0));
+        assert_eq!(s.take(c), Some(u1));
+        assert!(!s.complete(a, result(u0)));
+        assert!(s.complete(c, result(u0)) && s.complete(c, result(u1)));
+        assert!(s.finished());
     }
 
     #[test]

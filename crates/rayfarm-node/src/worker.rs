@@ -224,6 +224,16 @@ fn hang_after_units() -> Option<u64> {
         .ok()
 }
 
+/// Test-only switch: after this many units, keep answering heartbeats but never send another
+/// result (a worker that holds its units, to test the master's reissue of stale units). Read
+/// from `RAYFARM_TEST_HOLD_AFTER_UNITS`.
+fn hold_after_units() -> Option<u64> {
+    std::env::var("RAYFARM_TEST_HOLD_AFTER_UNITS")
+        .ok()?
+        .parse()
+        .ok()
+}
+
 fn cache_path(dir: &Path, hash: &[u8; 32]) -> PathBuf {
     dir.join(format!("{}.rfscene", hex::encode(hash)))
 }
@@ -503,6 +513,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
         std::collections::HashMap::new();
     let units_done = Arc::new(AtomicU64::new(0));
     let hang_after = hang_after_units();
+    let hold_after = hold_after_units();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
@@ -546,6 +557,12 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                     tracing::warn!("test switch RAYFARM_TEST_HANG_AFTER_UNITS: hanging now");
                     hung.store(true, Ordering::Relaxed);
                     std::future::pending::<()>().await;
+                }
+                if let Some(n) = hold_after.filter(|&n| done > n) {
+                    if done == n + 1 {
+                        tracing::warn!("test switch RAYFARM_TEST_HOLD_AFTER_UNITS: holding results now");
+                    }
+                    continue;
                 }
                 let sums = encode_sums(&r);
                 conn.send(&Msg::UnitDone { unit, sums, nonfinite: r.nonfinite_samples })

@@ -737,3 +737,59 @@ fn workers_are_told_the_master_bind_address() {
         d.describe()
     );
 }
+
+/// A worker that takes units and never returns them while it keeps answering heartbeats (a
+/// malicious key holder, or an honest worker whose render thread hangs) used to stall the
+/// render for good: the master gave a unit back only when its worker left or went silent. Once
+/// nothing else is left to hand out, units out too long now go to another node too (here after
+/// 2 s, `RAYFARM_TEST_STALE_SECS`; 60 s or 8 x the median unit time by default), and the
+/// image is the one-machine image.
+#[test]
+fn a_worker_that_holds_its_units_does_not_stall_the_render() {
+    let farm = Farm::new();
+    let reference = farm.local_render("local.exr", SMALL);
+    let mut args = strings(&["render", "-o"]);
+    args.push(farm.path("net.exr").display().to_string());
+    args.extend(strings(SMALL));
+    args.extend(strings(&[
+        "--network",
+        "--master-port",
+        "21970",
+        "--master-bind",
+        "127.0.0.1",
+        "--no-local",
+        "--wait-for-nodes",
+        "2",
+    ]));
+    let mut env = farm.env("info");
+    env.push(("RAYFARM_TEST_STALE_SECS", "2".to_string()));
+    let mut m = Proc::start("master net.exr", &args, &env);
+    let port = farm.master_port(&mut m);
+    let worker = |alias: &str, extra: &[(&'static str, String)]| {
+        let args = strings(&[
+            "worker",
+            "--master",
+            &format!("127.0.0.1:{port}"),
+            "--threads",
+            "1",
+            "--alias",
+            alias,
+            "--cache-dir",
+            &farm.path(&format!("cache-{alias}")).display().to_string(),
+        ]);
+        let mut env = farm.env("info");
+        env.extend_from_slice(extra);
+        Proc::start(&format!("worker {alias}"), &args, &env)
+    };
+    let _holder = worker(
+        "holder",
+        &[("RAYFARM_TEST_HOLD_AFTER_UNITS", "1".to_string())],
+    );
+    let _honest = worker("honest", &[]);
+    farm.finish(&mut m, "net.exr", &reference);
+    assert!(
+        m.stderr().contains("go to other nodes too"),
+        "{}",
+        m.describe()
+    );
+}
