@@ -30,6 +30,19 @@ pub const MAX_RELAY_PEERS: usize = 8;
 pub const RELAY_WAIT: Duration = Duration::from_secs(60);
 /// How long a worker waits for the next chunk from its relay before it asks the master instead.
 pub const FETCH_STALL: Duration = Duration::from_secs(10);
+/// A relay must keep up at least this average rate, after [`RELAY_GRACE`], or the worker asks
+/// the master instead: a relay sending one chunk just inside each [`FETCH_STALL`] would
+/// otherwise hold its peer for the whole scene (a 600 MB scene at a chunk per 9 s: 90 minutes).
+pub const MIN_RELAY_BYTES_PER_S: f64 = 1024.0 * 1024.0;
+/// How long a relay may take before its rate is judged (it may be receiving the scene itself).
+pub const RELAY_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether a relay that has delivered `bytes` in `elapsed` is too slow to keep
+/// ([`MIN_RELAY_BYTES_PER_S`] after [`RELAY_GRACE`]).
+pub fn relay_too_slow(elapsed: Duration, bytes: u64) -> bool {
+    let judged = elapsed.saturating_sub(RELAY_GRACE).as_secs_f64();
+    (bytes as f64) < judged * MIN_RELAY_BYTES_PER_S
+}
 
 enum Held {
     Nothing,
@@ -321,7 +334,15 @@ async fn fetch_inner(
     })
     .await
     .map_err(|e| e.to_string())?;
+    let (started, mut bytes) = (std::time::Instant::now(), 0u64);
     while *next < chunks.count() {
+        if relay_too_slow(started.elapsed(), bytes) {
+            return Err(format!(
+                "{bytes} bytes in {:.0} s, below {} MiB/s",
+                started.elapsed().as_secs_f64(),
+                MIN_RELAY_BYTES_PER_S / (1024.0 * 1024.0)
+            ));
+        }
         match conn
             .recv_timeout(FETCH_STALL, "the next scene chunk")
             .await
@@ -333,6 +354,7 @@ async fn fetch_inner(
                 }
                 // Hashing a chunk (1 MiB, ~0.3 ms) off the event loop would cost more.
                 chunks.verify(*next, &data).map_err(|e| e.to_string())?;
+                bytes += data.len() as u64;
                 if tx
                     .send(Fetched::Chunk { index: *next, data })
                     .await
@@ -357,6 +379,24 @@ async fn fetch_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attack (a worker holding the key, relaying): one valid chunk just inside each
+    /// `FETCH_STALL`, which kept its peers waiting for the whole scene. Judged on the average
+    /// rate after a grace period, such a relay is left after about 40 s; a relay that waits
+    /// for the scene itself at first, then sends at LAN speed, is kept.
+    #[test]
+    fn a_relay_that_trickles_chunks_is_left_and_a_fast_one_kept() {
+        let mib = 1024 * 1024;
+        let s = Duration::from_secs;
+        assert!(!relay_too_slow(s(29), 0), "within the grace period");
+        // A chunk of 1 MiB every 9 s.
+        let trickle = |t: u64| relay_too_slow(s(t), t / 9 * mib);
+        assert!(!trickle(30));
+        assert!((31..45).any(trickle), "a trickle is left within 45 s");
+        // Nothing for 25 s (it receives the scene itself), then 50 MiB/s.
+        let late_fast = |t: u64| relay_too_slow(s(t), t.saturating_sub(25) * 50 * mib);
+        assert!(!(0..600).any(late_fast));
+    }
 
     #[test]
     fn the_shelf_serves_what_it_has_and_nothing_else() {
