@@ -35,7 +35,7 @@ pub fn load_env_map(path: &Path) -> Result<Environment, SceneError> {
         .unwrap_or_default();
     let (width, height, texels) = match ext.as_str() {
         "hdr" => {
-            let file = std::fs::File::open(path).map_err(|e| SceneError::io(path, e))?;
+            let file = crate::open_regular_file(path).map_err(|e| SceneError::io(path, e))?;
             let reader = image::ImageReader::with_format(
                 std::io::BufReader::new(file),
                 image::ImageFormat::Hdr,
@@ -49,6 +49,8 @@ pub fn load_env_map(path: &Path) -> Result<Environment, SceneError> {
             (w, h, texels)
         }
         "exr" => {
+            // A regular file (a named pipe would block the reads below forever).
+            crate::open_regular_file(path).map_err(|e| SceneError::io(path, e))?;
             // The header's size before anything is allocated: the pixels' buffer is made from
             // it, and a 313-byte file declaring 65536 x 65536 asked for 48 GiB.
             let meta = exr::meta::MetaData::read_from_file(path, false)

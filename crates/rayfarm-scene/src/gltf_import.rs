@@ -755,15 +755,35 @@ fn read_uri(
 }
 
 /// An image decoded to 8-bit RGBA.
-struct DecodedImage {
-    width: u32,
-    height: u32,
-    rgba8: Vec<u8>,
+pub(crate) struct DecodedImage {
+    pub width: u32,
+    pub height: u32,
+    pub rgba8: Vec<u8>,
+}
+
+/// The most bytes one texture may take decoded, as RGBA8 (16384 x 16384 texels): a 0.5 MB PNG
+/// of 23170 x 23170 grey texels asked for 2 GiB, and an allocation that fails aborts.
+pub const MAX_TEXTURE_BYTES: u64 = 1 << 30;
+/// The most bytes a scene's textures may take decoded, together.
+pub const MAX_SCENE_TEXTURE_BYTES: u64 = 16 << 30;
+
+/// Why a texture of `width` x `height` texels is too large to decode, if it is.
+fn texture_size_problem(width: u32, height: u32) -> Option<String> {
+    let bytes = u64::from(width) * u64::from(height) * 4;
+    (bytes > MAX_TEXTURE_BYTES).then(|| {
+        format!(
+            "{width}x{height} texels take {} MiB decoded, more than a texture may ({} MiB, \
+             16384 x 16384); scale it down",
+            bytes >> 20,
+            MAX_TEXTURE_BYTES >> 20
+        )
+    })
 }
 
 /// Decodes an image file's bytes (PNG, JPEG, ... through `image`; KTX2 and AVIF by this crate)
-/// to RGBA8; the error says why it cannot be.
-fn decode_image(bytes: &[u8]) -> Result<DecodedImage, String> {
+/// to RGBA8; the error says why it cannot be. Images larger than [`MAX_TEXTURE_BYTES`] are
+/// refused from their headers, before their texels are allocated.
+pub(crate) fn decode_image(bytes: &[u8]) -> Result<DecodedImage, String> {
     let (width, height, rgba8) = if ktx2::is_ktx2(bytes) {
         // KHR_texture_basisu (or any KTX2 image): transcoded to RGBA8 here, once.
         let k = ktx2::decode(bytes).map_err(|e| format!("cannot decode KTX2: {e}"))?;
@@ -775,6 +795,13 @@ fn decode_image(bytes: &[u8]) -> Result<DecodedImage, String> {
     } else if let Some(png) = decode_png_rgba8(bytes) {
         return png;
     } else {
+        let dims = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .ok()
+            .and_then(|r| r.into_dimensions().ok());
+        if let Some(problem) = dims.and_then(|(w, h)| texture_size_problem(w, h)) {
+            return Err(format!("cannot decode: {problem}"));
+        }
         let decoded = image::load_from_memory(bytes)
             .map_err(|e| format!("cannot decode: {e}"))?
             .into_rgba8();
@@ -834,6 +861,9 @@ fn decode_png_rgba8(bytes: &[u8]) -> Option<Result<DecodedImage, String>> {
         let info = reader.info();
         (info.width, info.height)
     };
+    if let Some(problem) = texture_size_problem(width, height) {
+        return Some(Err(format!("cannot decode PNG: {problem}")));
+    }
     let texels = (width as usize).checked_mul(height as usize);
     let decoded = texels.and_then(|t| t.checked_mul(channels));
     let (Some(texels), Some(rgba_len)) = (
@@ -896,6 +926,10 @@ struct Builder<'a> {
     /// glTF texture index (and colour-space-independent) -> compiled texture index.
     texture_map: HashMap<usize, u32>,
     image_map: HashMap<usize, u32>,
+    /// Image file URI -> compiled image index: images naming the same file share its texels.
+    uri_map: HashMap<String, u32>,
+    /// Bytes the compiled images take so far (at most [`MAX_SCENE_TEXTURE_BYTES`]).
+    texture_bytes: u64,
     /// Images decoded ahead, in parallel ([`Builder::predecode_images`]): glTF image index ->
     /// (name, decoded or the reason it could not be).
     predecoded: HashMap<usize, (String, Result<DecodedImage, String>)>,
@@ -926,6 +960,8 @@ impl<'a> Builder<'a> {
             warnings,
             texture_map: HashMap::new(),
             image_map: HashMap::new(),
+            uri_map: HashMap::new(),
+            texture_bytes: 0,
             predecoded: HashMap::new(),
             material_map: HashMap::new(),
             read_file,
@@ -1735,10 +1771,18 @@ impl<'a> Builder<'a> {
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
+        let images: Vec<gltf::Image> = self.doc.images().collect();
+        // One decode per file: images naming a file named before share its texels (`image`).
+        let mut seen = std::collections::HashSet::new();
+        wanted.retain(|&i| match images.get(i).map(|img| img.source()) {
+            Some(gltf::image::Source::Uri { uri, .. }) if !uri.starts_with("data:") => {
+                seen.insert(uri.to_string())
+            }
+            _ => true,
+        });
         if wanted.len() < 2 {
             return;
         }
-        let images: Vec<gltf::Image> = self.doc.images().collect();
         let decoded = {
             // Buffer-view images are decoded from the buffer in place, not copied first.
             let read: Vec<(usize, std::borrow::Cow<'_, [u8]>, String)> = wanted
@@ -1760,6 +1804,16 @@ impl<'a> Builder<'a> {
         if let Some(&i) = self.image_map.get(&img.index()) {
             return Ok(i);
         }
+        let uri = match img.source() {
+            gltf::image::Source::Uri { uri, .. } if !uri.starts_with("data:") => {
+                Some(uri.to_string())
+            }
+            _ => None,
+        };
+        if let Some(&i) = uri.as_ref().and_then(|u| self.uri_map.get(u)) {
+            self.image_map.insert(img.index(), i);
+            return Ok(i);
+        }
         let what = format!("image {}", img.index());
         let (name, decoded) = match self.predecoded.remove(&img.index()) {
             Some(done) => done,
@@ -1770,6 +1824,14 @@ impl<'a> Builder<'a> {
             }
         };
         let d = decoded.map_err(|e| self.err(format!("{what} ('{name}'): {e}")))?;
+        self.texture_bytes = self.texture_bytes.saturating_add(d.rgba8.len() as u64);
+        if self.texture_bytes > MAX_SCENE_TEXTURE_BYTES {
+            return Err(self.err(format!(
+                "{what} ('{name}'): the scene's textures take more than {} GiB decoded; \
+                 scale some down",
+                MAX_SCENE_TEXTURE_BYTES >> 30
+            )));
+        }
         let id = self.scene.images.len() as u32;
         self.scene.images.push(Image {
             name,
@@ -1778,6 +1840,9 @@ impl<'a> Builder<'a> {
             rgba8: d.rgba8,
         });
         self.image_map.insert(img.index(), id);
+        if let Some(u) = uri {
+            self.uri_map.insert(u, id);
+        }
         Ok(id)
     }
 
@@ -2223,6 +2288,41 @@ mod tests {
             writer.write_image_data(&data).expect("PNG data");
         }
         file
+    }
+
+    /// Found by fuzzing (session 20): a PNG of a few kilobytes can declare 16385 x 16385 (or
+    /// 23170 x 23170) texels, more than 1 GiB as RGBA8; two such images in one glTF, or in an
+    /// MTL file (whose decoder panicked when the allocation failed), aborted the process.
+    /// Both decoders now refuse it from the header, before the texels are allocated.
+    #[test]
+    fn a_texture_too_large_to_decode_is_refused_from_its_header() {
+        let side = 16385u32;
+        for depth in [png::BitDepth::One, png::BitDepth::Sixteen] {
+            let row = (side as usize * depth as usize).div_ceil(8);
+            let mut file = Vec::new();
+            {
+                let mut enc = png::Encoder::new(&mut file, side, side);
+                enc.set_color(png::ColorType::Grayscale);
+                enc.set_depth(depth);
+                enc.set_compression(png::Compression::Fast);
+                let mut w = enc.write_header().unwrap();
+                w.write_image_data(&vec![0u8; row * side as usize]).unwrap();
+            }
+            assert!(file.len() < 4 << 20, "{} bytes", file.len());
+            let e = decode_image(&file).err().expect("refused");
+            assert!(
+                e.contains("16385x16385") && e.contains("more than a texture may"),
+                "{e}"
+            );
+        }
+        assert!(decode_image(&png_file(
+            (4, 4),
+            png::ColorType::Rgba,
+            png::BitDepth::Eight,
+            None,
+            1
+        ))
+        .is_ok());
     }
 
     #[test]

@@ -73,28 +73,41 @@ pub struct LoadOptions {
     pub variant: Option<String>,
 }
 
-/// Loads a `.gltf`, `.glb` or `.obj` file into a compiled scene (without environment), in its
-/// rest pose. The same as [`load_with`] with the default [`LoadOptions`].
-/// Reads a scene file, or a file a scene names (buffers, images, MTL libraries), refusing
-/// anything but a regular file: a buffer URI of `/dev/zero` (or a pipe) read until memory
-/// ran out. Reads at most the length the file has when opened.
-pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+/// Opens a scene file, or a file a scene names (buffers, images, MTL libraries, environment
+/// maps), refusing anything but a regular file: a buffer URI of `/dev/zero` read until memory
+/// ran out, and opening a named pipe waited for a writer forever. The open does not block (on
+/// Unix), so a pipe is refused like a device.
+pub fn open_regular_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = o.open(path)?;
+    if !file.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file (a device, a pipe or a directory): scenes and the files they \
              name must be regular files",
         ));
     }
-    let len = meta.len();
+    Ok(file)
+}
+
+/// Reads a regular file ([`open_regular_file`]), at most the length it has when opened.
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular_file(path)?;
+    let len = file.metadata()?.len();
     let mut bytes = Vec::with_capacity(len.min(1 << 30) as usize);
     file.take(len).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
+/// Loads a `.gltf`, `.glb` or `.obj` file into a compiled scene (without environment), in its
+/// rest pose. The same as [`load_with`] with the default [`LoadOptions`].
 pub fn load(path: &Path) -> Result<(CompiledScene, Warnings), SceneError> {
     load_with(path, &LoadOptions::default())
 }

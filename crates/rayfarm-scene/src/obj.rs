@@ -930,8 +930,10 @@ impl MaterialLibrary {
                 ),
             )
         })?;
-        let rgba = match image::load_from_memory(&bytes) {
-            Ok(img) => img.into_rgba8(),
+        // The glTF importer's decoder: the same formats, and the same size limit checked from
+        // the header before the texels are allocated.
+        let rgba = match crate::gltf_import::decode_image(&bytes) {
+            Ok(img) => img,
             Err(e) => {
                 warnings.push(format!(
                     "{}: line {line}: texture '{name}' ({}) could not be decoded ({e}); the \
@@ -945,11 +947,28 @@ impl MaterialLibrary {
         let too_many = || SceneError::invalid(mtl, "too many textures");
         let image = u32::try_from(scene.images.len()).map_err(|_| too_many())?;
         let texture = u32::try_from(scene.textures.len()).map_err(|_| too_many())?;
+        let total: u64 = scene
+            .images
+            .iter()
+            .map(|i| i.rgba8.len() as u64)
+            .sum::<u64>()
+            + rgba.rgba8.len() as u64;
+        if total > crate::gltf_import::MAX_SCENE_TEXTURE_BYTES {
+            return Err(SceneError::invalid(
+                mtl,
+                format!(
+                    "line {line}: texture '{name}' ({}): the scene's textures take more than {} \
+                     GiB decoded; scale some down",
+                    file.display(),
+                    crate::gltf_import::MAX_SCENE_TEXTURE_BYTES >> 30
+                ),
+            ));
+        }
         scene.images.push(Image {
             name: name.to_string(),
-            width: rgba.width(),
-            height: rgba.height(),
-            rgba8: rgba.into_raw(),
+            width: rgba.width,
+            height: rgba.height,
+            rgba8: rgba.rgba8,
         });
         scene.textures.push(Texture {
             image,

@@ -301,9 +301,25 @@ pub fn run(a: BakeArgs) -> Result<()> {
     let threads = pool.current_num_threads();
     let blob = (network.is_some() || a.farm.is_some()).then(|| rayfarm_scene::blob::encode(&scene));
     let rs = std::sync::Arc::new(pool.install(|| RenderScene::new(scene)));
-    let ao_distance = a
-        .ao_distance
-        .unwrap_or_else(|| rayfarm_bake::default_ao_distance(&rs));
+    let ao_distance = match a.ao_distance {
+        Some(d) => d,
+        None => {
+            let d = rayfarm_bake::default_ao_distance(&rs);
+            if d.is_finite() && d > 0.0 {
+                d
+            } else if passes.contains(&Pass::Ao) {
+                // A scene whose extent overflows single precision (or has none).
+                bail!(
+                    "{scene_name}: the scene's size gives no usable ambient-occlusion distance \
+                     (10% of its diagonal is {d}); pass --ao-distance with a length in scene \
+                     units, or leave ao out of --passes"
+                );
+            } else {
+                // Not baked: any positive length passes the plan's check.
+                1.0
+            }
+        }
+    };
 
     // The job's maps and layers. Layers go map by map, pass by pass (and object by object in
     // multi mode) so outputs complete, and are written, one after another.

@@ -287,7 +287,10 @@ pub fn load_scene_at(
         Some(p) if is_compiled_blob(p) => {
             let blob = rayfarm_scene::read_regular_file(p)
                 .with_context(|| format!("{}: cannot read", p.display()))?;
-            let scene = rayfarm_scene::blob::decode(&blob)
+            // The body against its hash first, in constant memory: `decode` holds the whole
+            // body before it can check it, and a 131 KB file can claim 4 GiB.
+            let scene = rayfarm_scene::blob::verify(&blob)
+                .and_then(|()| rayfarm_scene::blob::decode(&blob))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             (scene, Vec::new())
         }

@@ -866,3 +866,143 @@ fn cameras_that_cannot_make_an_image_are_refused() {
     let p = write_gltf(dir.path(), "ortho.gltf", &doc);
     render(&p, dir.path(), &[]).assert_error(&["ortho.gltf", "xmag and ymag are 0 and 1"]);
 }
+
+/// Runs `rayfarm ARGS` with its address space capped at about 1.4 GiB (`ulimit -v`), so an
+/// allocation of gigabytes fails (and aborts) instead of passing on this machine.
+fn rayfarm_capped(args: &[std::ffi::OsString]) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1500000; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_rayfarm"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("cannot start sh")
+}
+
+/// Found by fuzzing (session 20): a 128 KB compiled scene whose header claims a 2 GiB body of
+/// zstd RLE blocks (each expands one byte to 128 KiB) made `rayfarm render` hold the whole
+/// claimed body before it could check the hash (it aborted under a memory limit). The body is
+/// now checked against the hash in constant memory first. The same cap lets a real render
+/// through, so the test tells the two apart.
+#[test]
+fn a_compiled_scene_that_claims_a_huge_body_is_refused_in_constant_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let small = args!["render", "-o", &out, "--width", "16", "--height", "16", "--spp", "1", "-q"];
+    let ok = rayfarm_capped(&small);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // A zstd frame of RLE blocks (128 KiB of zeros each): magic, a descriptor without content
+    // size, a 128 KiB window, then 3-byte block headers (size << 3 | RLE << 1 | last) + 1 byte.
+    let claim: u64 = 2 << 30;
+    let blocks = claim / (128 << 10);
+    let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+    for b in 0..blocks {
+        let header = (128u32 << 10) << 3 | 1 << 1 | u32::from(b + 1 == blocks);
+        frame.extend_from_slice(&header.to_le_bytes()[..3]);
+        frame.push(0);
+    }
+    let genuine = rayfarm_scene::blob::encode(&rayfarm_scene::CompiledScene::default());
+    let mut bomb = genuine[..rayfarm_scene::blob::HEADER_LEN].to_vec();
+    bomb[16..24].copy_from_slice(&claim.to_le_bytes());
+    bomb[24..32].copy_from_slice(&(frame.len() as u64).to_le_bytes());
+    bomb.extend_from_slice(&frame);
+    let path = dir.path().join("bomb.rfscene");
+    std::fs::write(&path, &bomb).unwrap();
+    let bomb_args = args!["render", &path, "-o", &out, "--width", "16", "--height", "16"];
+    let r = rayfarm_capped(&bomb_args);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bomb.rfscene") && err.contains("hash mismatch"),
+        "{err}"
+    );
+}
+
+/// Found by fuzzing (session 20): a file a scene names that is a named pipe (a buffer, an
+/// image, an MTL library, the scene itself, an environment map) hung the load forever, since
+/// opening a pipe waits for a writer. It is now refused like a device.
+#[test]
+fn a_named_pipe_is_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipe = dir.path().join("pipe.hdr");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let scene = dir.path().join("pipe.obj");
+    std::fs::write(dir.path().join("pipe.mtl"), "").unwrap();
+    std::fs::write(
+        &scene,
+        "mtllib pipe.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n",
+    )
+    .unwrap();
+    let gltf = write_gltf(dir.path(), "pipe.gltf", &{
+        let mut doc = triangle_gltf();
+        doc["buffers"][0]["uri"] = json!("pipe.hdr");
+        doc
+    });
+    let t = std::time::Instant::now();
+    for (what, r) in [
+        ("a buffer", render(&gltf, dir.path(), &[])),
+        (
+            "the environment map",
+            render(&scene, dir.path(), &["--env", pipe.to_str().unwrap()]),
+        ),
+        ("the scene", render(&pipe, dir.path(), &[])),
+    ] {
+        assert!(!r.success, "{what}: {}", r.stderr);
+        assert!(r.stderr.contains("pipe.hdr"), "{what}: {}", r.stderr);
+    }
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// Found by fuzzing (session 20): a scene whose extent overflows single precision has no
+/// default ambient-occlusion distance (10% of an infinite diagonal), and `bake` said "internal
+/// error: the bake's plan is invalid". It now names the scene and says what to do; a bake
+/// without the ao pass needs no distance and goes through.
+#[test]
+fn a_scene_too_large_for_a_default_ao_distance_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let scene = dir.path().join("huge.obj");
+    std::fs::write(
+        &scene,
+        "v -1e38 -1e38 0\nv 1e38 -1e38 0\nv 0 1e38 1e38\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n",
+    )
+    .unwrap();
+    let bake = |passes: &str| {
+        rayfarm(args![
+            "bake",
+            &scene,
+            "--out",
+            dir.path().join("maps"),
+            "--size",
+            "16",
+            "--spp",
+            "1",
+            "--passes",
+            passes,
+            "-q"
+        ])
+    };
+    let r = bake("ao");
+    assert!(!r.success);
+    assert!(
+        r.stderr.contains("huge.obj")
+            && r.stderr.contains("--ao-distance")
+            && !r.stderr.contains("internal"),
+        "{}",
+        r.stderr
+    );
+    let r = bake("albedo");
+    assert!(r.success, "{}", r.stderr);
+}
