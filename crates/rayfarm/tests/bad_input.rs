@@ -1006,3 +1006,24 @@ fn a_scene_too_large_for_a_default_ao_distance_is_named() {
     let r = bake("albedo");
     assert!(r.success, "{}", r.stderr);
 }
+
+/// Images that name the same file share its texels: a glTF naming one file from many image
+/// entries (the fuzzer's two references to one large PNG took its memory twice).
+#[test]
+fn images_naming_the_same_file_are_decoded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    image::RgbaImage::from_pixel(2, 2, image::Rgba([200, 100, 50, 255]))
+        .save(dir.path().join("a.png"))
+        .unwrap();
+    let mut doc = triangle_gltf();
+    doc["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"] = json!({ "index": 0 });
+    doc["materials"][0]["emissiveTexture"] = json!({ "index": 1 });
+    doc["materials"][0]["emissiveFactor"] = json!([1.0, 1.0, 1.0]);
+    doc["textures"] = json!([{ "source": 0 }, { "source": 1 }]);
+    doc["images"] = json!([{ "uri": "a.png" }, { "uri": "a.png" }]);
+    let p = write_gltf(dir.path(), "shared.gltf", &doc);
+    let r = rayfarm(args!["info", &p]);
+    assert!(r.success, "{}", r.stderr);
+    assert!(r.stdout.contains(", 1 images,"), "{}", r.stdout);
+    assert!(render(&p, dir.path(), &[]).success);
+}
