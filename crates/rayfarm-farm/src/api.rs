@@ -364,8 +364,8 @@ fn unauthorized(method: &axum::http::Method, path: &str) -> Response {
 
 /// The transport's gate for routes behind `key`'s token ([`crate::http::serve`] puts every
 /// request to it before reading its body): a request without the token to an `/api/v1` path or
-/// `/metrics`, or of any method but GET and HEAD (only the pages at `/` are open, and they take
-/// no body), is refused with 401 from its headers alone. So a client without the token cannot
+/// `/metrics`, of any method but GET and HEAD, or announcing a body (only the pages at `/` are
+/// open, and they take no body), is refused with 401 from its headers alone. So a client without the token cannot
 /// make the server read or hold a body. [`require_token`], inside the router, stays the rule
 /// for every route; this only answers the same requests earlier.
 pub fn token_gate(key: rayfarm_proto::FarmKey) -> crate::http::Gate {
@@ -395,10 +395,13 @@ fn refused_without_token(
     use axum::http::Method;
     {
         let path = parts.uri.path();
+        // A body is read (under one of the request permits) before any handler runs, so a
+        // request that announces one needs the token wherever it goes.
         let guarded = path == "/metrics"
             || path == "/api/v1"
             || path.starts_with("/api/v1/")
-            || !matches!(parts.method, Method::GET | Method::HEAD);
+            || !matches!(parts.method, Method::GET | Method::HEAD)
+            || crate::http::announces_body(parts);
         (guarded && !has_token(key, &parts.headers)).then(|| unauthorized(&parts.method, path))
     }
 }

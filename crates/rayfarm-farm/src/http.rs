@@ -402,7 +402,7 @@ fn refuse(status: axum::http::StatusCode, why: &str) -> axum::response::Response
 }
 
 /// Whether a request announces a body (a `Content-Length` above 0, or any transfer coding).
-fn announces_body(parts: &axum::http::request::Parts) -> bool {
+pub(crate) fn announces_body(parts: &axum::http::request::Parts) -> bool {
     use axum::http::header;
     parts.headers.contains_key(header::TRANSFER_ENCODING)
         || parts

@@ -172,30 +172,46 @@ fn split_host_port(s: &str) -> (&str, Option<&str>) {
 /// The gate of a view served on loopback without a token. A request whose `Host` is not
 /// `localhost` or a loopback address is refused (a page on another site whose name was made to
 /// resolve to 127.0.0.1, "DNS rebinding", could otherwise read the image), and so is any
-/// request but GET and HEAD whose `Origin` is not this view itself, `http://` a loopback name
-/// and `port` (a page on another site could otherwise stop the render with a form or a
-/// `no-cors` fetch, which browsers send without asking). Requests without these headers (curl,
+/// request but GET and HEAD whose `Origin` is not the page's own (`http://` the request's
+/// `Host`, or a loopback name and `port` without one): a page on another site could otherwise
+/// stop the render with a form or a `no-cors` fetch, which browsers send without asking. The
+/// view takes no request bodies. Requests without these headers (curl,
 /// scripts) go through: only browsers send them, and they cannot be made to omit them.
 pub fn loopback_gate(port: u16) -> crate::http::Gate {
     use axum::http::Method;
     Arc::new(move |parts| {
         let forbidden = |why: &str| Some((StatusCode::FORBIDDEN, why.to_string()).into_response());
-        if let Some(host) = parts.headers.get(header::HOST) {
-            let host = host.to_str().unwrap_or("");
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap_or(""));
+        if let Some(host) = host {
             if !is_loopback_name(split_host_port(host).0) {
                 return forbidden(
                     "this live view answers only requests to this machine (Host must be localhost or a loopback address)",
                 );
             }
         }
+        if crate::http::announces_body(parts) {
+            return forbidden("this live view takes no request bodies");
+        }
         if !matches!(parts.method, Method::GET | Method::HEAD) {
             if let Some(origin) = parts.headers.get(header::ORIGIN) {
+                // Same origin: the page's own scheme, host and port, as the request was
+                // addressed (through an SSH tunnel the browser's port is not the view's).
+                let own = port.to_string();
                 let same = origin
                     .to_str()
                     .ok()
                     .and_then(|o| o.strip_prefix("http://"))
-                    .map(split_host_port)
-                    .is_some_and(|(h, p)| is_loopback_name(h) && p == Some(&port.to_string()));
+                    .is_some_and(|o| {
+                        let (h, p) = split_host_port(o);
+                        is_loopback_name(h)
+                            && match host {
+                                Some(host) => o.eq_ignore_ascii_case(host),
+                                None => p == Some(own.as_str()),
+                            }
+                    });
                 if !same {
                     return forbidden("this live view takes requests from its own page only");
                 }
@@ -555,8 +571,17 @@ mod tests {
             200
         );
         assert_eq!(raw_status(addr, get(&format!("[::1]:{port}"))).await, 200);
+        // Through an SSH tunnel the browser addresses its own port, and its Origin says so.
+        let tunnel = "POST /api/v1/live/stop HTTP/1.1\r\nHost: localhost:9000\r\nOrigin: http://localhost:9000\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx";
+        assert_eq!(raw_status(addr, tunnel.to_string()).await, 403, "a body");
         let own = raw_status(addr, post(&format!("Origin: http://127.0.0.66:{port}\r\n"))).await;
         assert_eq!(own, 202, "the view's own stop button");
+        let tunnel = "POST /api/v1/live/stop HTTP/1.1\r\nHost: localhost:9000\r\nOrigin: http://localhost:9000\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        assert_ne!(
+            raw_status(addr, tunnel.to_string()).await,
+            403,
+            "the stop button through a tunnel"
+        );
         assert!(*view.stop_requested().borrow());
     }
 

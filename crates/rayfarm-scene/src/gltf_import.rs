@@ -780,6 +780,17 @@ fn texture_size_problem(width: u32, height: u32) -> Option<String> {
     })
 }
 
+/// The bytes an image takes decoded as RGBA8, from its header (`None` where the header cannot
+/// be read this way: KTX2, AVIF, or a broken file).
+fn decoded_bytes(bytes: &[u8]) -> Option<u64> {
+    let (w, h) = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()?;
+    Some(u64::from(w) * u64::from(h) * 4)
+}
+
 /// Decodes an image file's bytes (PNG, JPEG, ... through `image`; KTX2 and AVIF by this crate)
 /// to RGBA8; the error says why it cannot be. Images larger than [`MAX_TEXTURE_BYTES`] are
 /// refused from their headers, before their texels are allocated.
@@ -930,6 +941,8 @@ struct Builder<'a> {
     uri_map: HashMap<String, u32>,
     /// Bytes the compiled images take so far (at most [`MAX_SCENE_TEXTURE_BYTES`]).
     texture_bytes: u64,
+    /// Image file URI -> the glTF image whose decode ahead stands for it.
+    predecoded_uri: HashMap<String, usize>,
     /// Images decoded ahead, in parallel ([`Builder::predecode_images`]): glTF image index ->
     /// (name, decoded or the reason it could not be).
     predecoded: HashMap<usize, (String, Result<DecodedImage, String>)>,
@@ -962,6 +975,7 @@ impl<'a> Builder<'a> {
             image_map: HashMap::new(),
             uri_map: HashMap::new(),
             texture_bytes: 0,
+            predecoded_uri: HashMap::new(),
             predecoded: HashMap::new(),
             material_map: HashMap::new(),
             read_file,
@@ -1793,11 +1807,34 @@ impl<'a> Builder<'a> {
                     Some((i, bytes, name))
                 })
                 .collect();
+            // Only as many as the scene's texture budget holds, by their headers: what is
+            // decoded ahead is held at once. The rest is left to `image`, which refuses the
+            // one that crosses the budget by name.
+            let mut total = 0u64;
+            let read: Vec<_> = read
+                .into_iter()
+                .take_while(|(_, bytes, _)| {
+                    total = total.saturating_add(decoded_bytes(bytes).unwrap_or(0));
+                    total <= MAX_SCENE_TEXTURE_BYTES
+                })
+                .collect();
             read.into_par_iter()
                 .map(|(i, bytes, name)| (i, (name, decode_image(&bytes))))
                 .collect()
         };
         self.predecoded = decoded;
+        // Which predecoded image stands for each file, for images naming a file another
+        // image names (`image` shares it).
+        self.predecoded_uri = images
+            .iter()
+            .filter(|img| self.predecoded.contains_key(&img.index()))
+            .filter_map(|img| match img.source() {
+                gltf::image::Source::Uri { uri, .. } if !uri.starts_with("data:") => {
+                    Some((uri.to_string(), img.index()))
+                }
+                _ => None,
+            })
+            .collect();
     }
 
     fn image(&mut self, img: &gltf::Image) -> Result<u32, SceneError> {
@@ -1815,7 +1852,12 @@ impl<'a> Builder<'a> {
             return Ok(i);
         }
         let what = format!("image {}", img.index());
-        let (name, decoded) = match self.predecoded.remove(&img.index()) {
+        // This image's own decode ahead, or that of the image standing for its file.
+        let ahead = uri
+            .as_ref()
+            .and_then(|u| self.predecoded_uri.get(u).copied())
+            .unwrap_or(img.index());
+        let (name, decoded) = match self.predecoded.remove(&ahead) {
             Some(done) => done,
             None => {
                 let (bytes, name) = self.image_bytes(img)?;

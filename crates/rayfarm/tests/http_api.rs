@@ -690,6 +690,17 @@ fn a_body_without_the_token_is_refused_before_it_is_read() {
         "the refusal took {:?}",
         t.elapsed()
     );
+    // The same announced on an open page: it would hold one of the request permits for 30 s.
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(&manager).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     // Eight connections sending chunked bodies a byte per chunk, 64 KiB each, then holding.
     let mut held = Vec::new();
     for _ in 0..8 {
