@@ -674,33 +674,28 @@ fn a_body_without_the_token_is_refused_before_it_is_read() {
     let m = farm.manager_at(ip, port, &[]);
     let manager = format!("{ip}:{port}");
     let before = peak_rss_mib(m.pid());
-    let t = Instant::now();
-    let mut s = std::net::TcpStream::connect(&manager).unwrap();
-    s.write_all(
+    // Sends the headers of `req` and the start of its body; the answer, which must be a 401
+    // within 2 s.
+    let refused_at_once = |req: &[u8]| {
+        let t = Instant::now();
+        let mut s = std::net::TcpStream::connect(&manager).unwrap();
+        s.write_all(req).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the refusal took {:?}",
+            t.elapsed()
+        );
+    };
+    refused_at_once(
         b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{",
-    )
-    .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "the refusal took {:?}",
-        t.elapsed()
     );
     // The same announced on an open page: it would hold one of the request permits for 30 s.
-    let t = Instant::now();
-    let mut s = std::net::TcpStream::connect(&manager).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    refused_at_once(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n");
     // Eight connections sending chunked bodies a byte per chunk, 64 KiB each, then holding.
     let mut held = Vec::new();
     for _ in 0..8 {

@@ -748,44 +748,21 @@ fn workers_are_told_the_master_bind_address() {
 fn a_worker_that_holds_its_units_does_not_stall_the_render() {
     let farm = Farm::new();
     let reference = farm.local_render("local.exr", SMALL);
-    let mut args = strings(&["render", "-o"]);
-    args.push(farm.path("net.exr").display().to_string());
-    args.extend(strings(SMALL));
-    args.extend(strings(&[
-        "--network",
-        "--master-port",
-        "21970",
-        "--master-bind",
-        "127.0.0.1",
-        "--no-local",
-        "--wait-for-nodes",
-        "2",
-    ]));
-    let mut env = farm.env("info");
-    env.push(("RAYFARM_TEST_STALE_SECS", "2".to_string()));
-    let mut m = Proc::start("master net.exr", &args, &env);
-    let port = farm.master_port(&mut m);
-    let worker = |alias: &str, extra: &[(&'static str, String)]| {
-        let args = strings(&[
-            "worker",
-            "--master",
-            &format!("127.0.0.1:{port}"),
-            "--threads",
-            "1",
-            "--alias",
-            alias,
-            "--cache-dir",
-            &farm.path(&format!("cache-{alias}")).display().to_string(),
-        ]);
-        let mut env = farm.env("info");
-        env.extend_from_slice(extra);
-        Proc::start(&format!("worker {alias}"), &args, &env)
-    };
-    let _holder = worker(
+    let mut m = farm.master_with_env(
+        "net.exr",
+        21970,
+        SMALL,
+        &["--no-local", "--wait-for-nodes", "2"],
+        &[("RAYFARM_TEST_STALE_SECS", "2".to_string())],
+    );
+    let master = format!("127.0.0.1:{}", farm.master_port(&mut m));
+    let _holder = farm.worker_with_env(
         "holder",
+        &master,
+        "cache-holder",
         &[("RAYFARM_TEST_HOLD_AFTER_UNITS", "1".to_string())],
     );
-    let _honest = worker("honest", &[]);
+    let _honest = farm.worker_at("honest", &master, "cache-honest");
     farm.finish(&mut m, "net.exr", &reference);
     assert!(
         m.stderr().contains("go to other nodes too"),

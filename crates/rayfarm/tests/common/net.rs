@@ -72,6 +72,18 @@ impl Farm {
 
     /// Starts `rayfarm render --network` writing `name`; `extra` holds discovery options etc.
     pub fn master(&self, name: &str, port: u16, settings: &[&str], extra: &[&str]) -> Proc {
+        self.master_with_env(name, port, settings, extra, &[])
+    }
+
+    /// [`Farm::master`] with `extra_env` (test switches) in its environment.
+    pub fn master_with_env(
+        &self,
+        name: &str,
+        port: u16,
+        settings: &[&str],
+        extra: &[&str],
+        extra_env: &[(&'static str, String)],
+    ) -> Proc {
         let mut args = strings(&["render", "-o"]);
         args.push(self.path(name).display().to_string());
         args.extend(strings(settings));
@@ -83,7 +95,9 @@ impl Farm {
             "127.0.0.1",
         ]));
         args.extend(strings(extra));
-        Proc::start(&format!("master {name}"), &args, &self.env("info"))
+        let mut env = self.env("info");
+        env.extend_from_slice(extra_env);
+        Proc::start(&format!("master {name}"), &args, &env)
     }
 
     /// Waits for the master to listen; returns the port it took.
@@ -117,6 +131,17 @@ impl Farm {
 
     /// [`Farm::worker`] for a master at `master` (HOST:PORT), e.g. behind a proxy.
     pub fn worker_at(&self, alias: &str, master: &str, cache: &str) -> Proc {
+        self.worker_with_env(alias, master, cache, &[])
+    }
+
+    /// [`Farm::worker_at`] with `extra_env` (test switches) in its environment.
+    pub fn worker_with_env(
+        &self,
+        alias: &str,
+        master: &str,
+        cache: &str,
+        extra_env: &[(&'static str, String)],
+    ) -> Proc {
         let args = strings(&[
             "worker",
             "--master",
@@ -128,7 +153,9 @@ impl Farm {
             "--cache-dir",
             &self.path(cache).display().to_string(),
         ]);
-        Proc::start(&format!("worker {alias}"), &args, &self.env("info"))
+        let mut env = self.env("info");
+        env.extend_from_slice(extra_env);
+        Proc::start(&format!("worker {alias}"), &args, &env)
     }
 
     /// A daemon on `ip`:48000 with one worker thread; waits until it answers discovery.
