@@ -575,23 +575,11 @@ impl Scheduler {
 
     /// `node` is gone: everything it held goes back to the queue.
     pub fn node_lost(&mut self, node: NodeId) {
-        let lost: Vec<WorkUnit> = self
-            .in_flight
-            .iter()
-            .filter(|(_, &n)| n == node)
-            .map(|(&u, _)| u)
-            .collect();
-        for u in lost {
+        for u in units_of(&self.in_flight, node) {
             self.requeue(u);
         }
         // Stale units it was relieved of: no result will come from it now.
-        let relieved: Vec<WorkUnit> = self
-            .given_up
-            .iter()
-            .filter(|(_, &n)| n == node)
-            .map(|(&u, _)| u)
-            .collect();
-        for u in relieved {
+        for u in units_of(&self.given_up, node) {
             self.given_up.remove(&u);
             if self.reissue.remove(&u) {
                 self.requeue(u);
@@ -632,6 +620,14 @@ impl Scheduler {
             master_port,
         }
     }
+}
+
+/// The units `map` gives to `node`.
+fn units_of(map: &HashMap<WorkUnit, NodeId>, node: NodeId) -> Vec<WorkUnit> {
+    map.iter()
+        .filter(|(_, &n)| n == node)
+        .map(|(&u, _)| u)
+        .collect()
 }
 
 /// A result accepted by [`Scheduler::accept`], to be added into its layer's film and then

@@ -102,9 +102,9 @@ async fn garbage_and_huge_frames_are_refused() {
     assert!(e.to_string().contains("bad handshake"), "{e}");
 }
 
-#[test]
-fn sums_round_trip_and_reject_bad_sizes() {
-    let unit = WireUnit {
+/// A unit of 2 x 3 pixels and 4 samples at the image's corner.
+fn unit_2x3() -> WireUnit {
+    WireUnit {
         layer: 0,
         sample_start: 0,
         sample_end: 4,
@@ -112,7 +112,12 @@ fn sums_round_trip_and_reject_bad_sizes() {
         y0: 0,
         x1: 2,
         y1: 3,
-    };
+    }
+}
+
+#[test]
+fn sums_round_trip_and_reject_bad_sizes() {
+    let unit = unit_2x3();
     let r = UnitResult {
         unit: unit.into(),
         sums: (0..6).map(|i| [i, -i, i128::MAX - i]).collect(),
@@ -204,13 +209,8 @@ fn wire_settings_refuse_images_beyond_2_28_pixels() {
 #[test]
 fn a_unit_result_cannot_drop_more_samples_than_it_has() {
     let unit = WireUnit {
-        layer: 0,
-        sample_start: 0,
-        sample_end: 4,
-        x0: 0,
-        y0: 0,
-        x1: 2,
         y1: 1,
+        ..unit_2x3()
     };
     let data = crate::unit_sums::encode(&[[0i128; 3]; 2]);
     assert_eq!(decode_sums(&unit, &data, 8).unwrap().nonfinite_samples, 8);
