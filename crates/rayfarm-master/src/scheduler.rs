@@ -7,9 +7,11 @@
 //!
 //! A unit out much longer than units take (a worker that holds units and never returns them,
 //! or whose render thread hangs while it still answers) is handed to another node once nothing
-//! else is left to hand out ([`Scheduler::reclaim_stale`]); the first of the two results to
-//! arrive counts and the other is ignored. Both are the same bytes (a unit's sums depend only
-//! on the scene, the settings and the unit), so the image does not depend on which.
+//! else is left to hand out ([`Scheduler::reclaim_stale`]); the first result to arrive from any
+//! of its holders counts and the others are ignored. A unit whose second holder stalls too goes
+//! on to a third node, and so on while a connected node has not held it. All results are the
+//! same bytes (a unit's sums depend only on the scene, the settings and the unit), so the image
+//! does not depend on which arrives first.
 //!
 //! A job has layers (one for a render; one per map and pass for a bake), each with its own
 //! film. A layer's film is made when its first result arrives and handed out through
@@ -62,9 +64,10 @@ pub struct Scheduler {
     in_flight: HashMap<WorkUnit, NodeId>,
     /// When each unit in flight was handed out.
     handed_at: HashMap<WorkUnit, Instant>,
-    /// Stale units taken from their holder ([`Scheduler::reclaim_stale`]) whose result it may
-    /// still send: the first result of the two counts.
-    given_up: HashMap<WorkUnit, NodeId>,
+    /// Stale units taken from their holders ([`Scheduler::reclaim_stale`]), each with the nodes
+    /// relieved of it, in order: any of them may still send its result, and the first result
+    /// from any holder counts. At most one entry per node.
+    given_up: HashMap<WorkUnit, Vec<NodeId>>,
     /// Stale units waiting for another node (whole, as handed out: `joined` keeps their parts).
     reissue: BTreeSet<WorkUnit>,
     /// Seconds the most recent units took from hand-out to result (at most [`UNIT_TIMES_KEPT`]).
@@ -303,44 +306,51 @@ impl Scheduler {
 
     /// A stale unit taken from another node, if one waits (first in unit order).
     fn take_reissued(&mut self, node: NodeId) -> Option<WorkUnit> {
-        let u = *self
-            .reissue
-            .iter()
-            .find(|u| self.given_up.get(u) != Some(&node))?;
+        let u = *self.reissue.iter().find(|u| !self.gave_up(u, node))?;
         self.reissue.remove(&u);
         self.hand_out(u, node);
         Some(u)
     }
 
+    /// Whether `node` was relieved of the stale unit `u`.
+    fn gave_up(&self, u: &WorkUnit, node: NodeId) -> bool {
+        self.given_up.get(u).is_some_and(|n| n.contains(&node))
+    }
+
     /// Hands the units that have been out too long to other nodes: once nothing is pending,
     /// a unit out for more than [`STALE_FACTOR`] times the median time of recent units (and at
-    /// least [`STALE_MIN`], or what [`Scheduler::set_min_stale`] set) is taken from its holder and waits for another node's
-    /// [`Scheduler::take`]. The holder may still send its result: whichever arrives first
-    /// counts. Needs another connected node (or the master's own cores); a unit is reissued
-    /// once. Returns how many units were reclaimed.
+    /// least [`STALE_MIN`], or what [`Scheduler::set_min_stale`] set) is taken from its holder
+    /// and waits for another node's [`Scheduler::take`]. The holder may still send its result:
+    /// whichever of the holders answers first counts. A unit goes on while some connected node
+    /// (the master's own cores count) has not held it: if its new holder stalls too, the next
+    /// call hands it to a third, so several workers that hold units cannot stall a render
+    /// while one honest node is left. Returns how many units were reclaimed.
     pub fn reclaim_stale(&mut self, now: Instant) -> usize {
         if self.stopped || !self.pending.is_empty() || self.in_flight.is_empty() {
-            return 0;
-        }
-        if self.nodes.iter().filter(|n| n.connected).count() < 2 {
             return 0;
         }
         let deadline = self.stale_after();
         let stale: Vec<(WorkUnit, NodeId)> = self
             .in_flight
             .iter()
-            .filter(|(u, _)| !self.given_up.contains_key(u))
             .filter(|(u, _)| {
                 self.handed_at
                     .get(u)
                     .is_some_and(|t| now.saturating_duration_since(*t) > deadline)
+            })
+            .filter(|&(u, &holder)| {
+                // Somebody else must be able to take it.
+                self.nodes
+                    .iter()
+                    .enumerate()
+                    .any(|(id, n)| n.connected && id != holder && !self.gave_up(u, id))
             })
             .map(|(&u, &n)| (u, n))
             .collect();
         for &(u, holder) in &stale {
             self.in_flight.remove(&u);
             self.handed_at.remove(&u);
-            self.given_up.insert(u, holder);
+            self.given_up.entry(u).or_default().push(holder);
             self.reissue.insert(u);
         }
         stale.len()
@@ -459,7 +469,7 @@ impl Scheduler {
     /// to [`Scheduler::abandon`]). A malformed result sends the unit back to the queue.
     pub fn accept(&mut self, node: NodeId, r: &UnitResult) -> Option<Accepted> {
         let holds = self.in_flight.get(&r.unit) == Some(&node);
-        let gave_up = self.given_up.get(&r.unit) == Some(&node);
+        let gave_up = self.gave_up(&r.unit, node);
         if !holds && !gave_up {
             return None;
         }
@@ -469,7 +479,7 @@ impl Scheduler {
             if holds {
                 self.requeue(r.unit);
             } else {
-                self.given_up.remove(&r.unit);
+                self.forget_holder(r.unit, node);
             }
             return None;
         }
@@ -484,7 +494,7 @@ impl Scheduler {
             }
             self.unit_secs.push_back(t.elapsed().as_secs_f64());
         }
-        // Whichever of a reissued unit's two nodes answered first: the other's result is
+        // Whichever of a reissued unit's holders answered first: the others' results are
         // refused from now on.
         self.in_flight.remove(&r.unit);
         self.given_up.remove(&r.unit);
@@ -579,14 +589,32 @@ impl Scheduler {
             self.requeue(u);
         }
         // Stale units it was relieved of: no result will come from it now.
-        for u in units_of(&self.given_up, node) {
+        let relieved: Vec<WorkUnit> = self
+            .given_up
+            .iter()
+            .filter(|(_, n)| n.contains(&node))
+            .map(|(&u, _)| u)
+            .collect();
+        for u in relieved {
+            self.forget_holder(u, node);
+        }
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.connected = false;
+        }
+    }
+
+    /// `node`, relieved of the stale unit `u`, will not answer for it: once no former holder
+    /// may answer, a unit still waiting for another node is an ordinary unit again.
+    fn forget_holder(&mut self, u: WorkUnit, node: NodeId) {
+        let Some(holders) = self.given_up.get_mut(&u) else {
+            return;
+        };
+        holders.retain(|&n| n != node);
+        if holders.is_empty() {
             self.given_up.remove(&u);
             if self.reissue.remove(&u) {
                 self.requeue(u);
             }
-        }
-        if let Some(n) = self.nodes.get_mut(node) {
-            n.connected = false;
         }
     }
 
@@ -819,7 +847,7 @@ mod tests {
         assert_eq!(s.stale_after(), STALE_MIN);
         let later = now + STALE_MIN + std::time::Duration::from_secs(1);
         assert_eq!(s.reclaim_stale(later), 3);
-        assert_eq!(s.reclaim_stale(later), 0, "reissued once");
+        assert_eq!(s.reclaim_stale(later), 0, "waiting for another node");
         assert_eq!(
             s.take(a),
             None,
@@ -840,6 +868,63 @@ mod tests {
         assert_eq!(s.status(0).samples_done, 3);
         let (_, film) = s.take_finished().pop().unwrap();
         assert_eq!(film.sums(), &[[3, 3, 3]], "every unit counted once");
+    }
+
+    /// Two workers holding the key take units and never return them. The unit goes from the
+    /// first to the second, then on to a third node; a node is never handed a unit it was
+    /// relieved of, and once every connected node has held it, it waits.
+    #[test]
+    fn a_unit_whose_second_holder_stalls_too_goes_on_to_a_third() {
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], vec![unit(0)]);
+        let (a, b) = (s.add_node("a".into(), 1), s.add_node("b".into(), 1));
+        let u = s.take(a).unwrap();
+        let t0 = Instant::now();
+        let step = STALE_MIN + std::time::Duration::from_secs(1);
+        assert_eq!(s.reclaim_stale(t0 + step), 1);
+        assert_eq!(s.take(b), Some(u));
+        // b stalls too, and nobody else is connected: it stays with b.
+        let t1 = Instant::now() + step;
+        assert_eq!(s.reclaim_stale(t1), 0, "no node has not held it");
+        let c = s.add_node("c".into(), 1);
+        assert_eq!(s.reclaim_stale(t1), 1, "c has not held it");
+        assert_eq!(s.take(a), None, "a was relieved of it");
+        assert_eq!(s.take(b), None, "b was relieved of it");
+        assert_eq!(s.take(c), Some(u));
+        assert_eq!(
+            s.reclaim_stale(Instant::now() + step),
+            0,
+            "every connected node has held it"
+        );
+        // Any holder's result counts, once: here the first holder answers at last.
+        assert!(s.complete(a, result(u)));
+        assert!(!s.complete(c, result(u)));
+        assert!(!s.complete(b, result(u)));
+        assert!(s.finished());
+        let (_, film) = s.take_finished().pop().unwrap();
+        assert_eq!(film.sums(), &[[1, 1, 1]]);
+    }
+
+    /// A stale unit whose former holders are all lost before anyone took it again is an
+    /// ordinary unit: any node, even one that never saw it, takes it from the queue.
+    #[test]
+    fn a_stale_unit_whose_holders_are_all_lost_is_an_ordinary_unit() {
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], vec![unit(0)]);
+        let (a, b, c) = (
+            s.add_node("a".into(), 1),
+            s.add_node("b".into(), 1),
+            s.add_node("c".into(), 1),
+        );
+        let u = s.take(a).unwrap();
+        let step = STALE_MIN + std::time::Duration::from_secs(1);
+        assert_eq!(s.reclaim_stale(Instant::now() + step), 1);
+        assert_eq!(s.take(b), Some(u));
+        assert_eq!(s.reclaim_stale(Instant::now() + step), 1);
+        s.node_lost(a);
+        s.node_lost(b);
+        assert!(!s.complete(b, result(u)), "b is gone");
+        assert_eq!(s.take(c), Some(u));
+        assert!(s.complete(c, result(u)));
+        assert!(s.finished());
     }
 
     /// Nothing is reclaimed while units are pending (the holder is just busy), nor with one

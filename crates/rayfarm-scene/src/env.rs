@@ -49,29 +49,45 @@ pub fn load_env_map(path: &Path) -> Result<Environment, SceneError> {
             (w, h, texels)
         }
         "exr" => {
-            // A regular file (a named pipe would block the reads below forever).
-            crate::open_regular_file(path).map_err(|e| SceneError::io(path, e))?;
+            use exr::prelude::traits::*;
+            use std::io::{Seek, SeekFrom};
+            // A regular file (a named pipe would block the reads below forever), opened once:
+            // the header checked below and the pixels read after it come from the same file,
+            // even if the path is replaced in between.
+            let mut file = crate::open_regular_file(path).map_err(|e| SceneError::io(path, e))?;
             // The header's size before anything is allocated: the pixels' buffer is made from
             // it, and a 313-byte file declaring 65536 x 65536 asked for 48 GiB.
-            let meta = exr::meta::MetaData::read_from_file(path, false)
-                .map_err(|e| SceneError::invalid(path, format!("cannot read EXR image: {e}")))?;
+            let meta =
+                exr::meta::MetaData::read_from_buffered(std::io::BufReader::new(&file), false)
+                    .map_err(|e| {
+                        SceneError::invalid(path, format!("cannot read EXR image: {e}"))
+                    })?;
             for header in meta.headers.iter() {
                 let size = header.layer_size;
                 if let Some(problem) = size_problem(size.width() as u64, size.height() as u64) {
                     return Err(SceneError::invalid(path, problem));
                 }
             }
-            let img = exr::prelude::read_first_rgba_layer_from_file(
-                path,
-                |res, _| {
-                    let (w, h) = (res.width(), res.height());
-                    (w, h, vec![[0f32; 3]; w.saturating_mul(h)])
-                },
-                |(w, _h, px), pos, (r, g, b, _a): (f32, f32, f32, f32)| {
-                    px[pos.y() * *w + pos.x()] = [r, g, b];
-                },
-            )
-            .map_err(|e| SceneError::invalid(path, format!("cannot read EXR image: {e}")))?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| SceneError::io(path, e))?;
+            let img = exr::prelude::read()
+                .no_deep_data()
+                .largest_resolution_level()
+                .rgba_channels(
+                    |res, _| {
+                        let (w, h) = (res.width(), res.height());
+                        (w, h, vec![[0f32; 3]; w.saturating_mul(h)])
+                    },
+                    |(w, _h, px): &mut (usize, usize, Vec<[f32; 3]>),
+                     pos,
+                     (r, g, b, _a): (f32, f32, f32, f32)| {
+                        px[pos.y() * *w + pos.x()] = [r, g, b];
+                    },
+                )
+                .first_valid_layer()
+                .all_attributes()
+                .from_buffered(std::io::BufReader::new(file))
+                .map_err(|e| SceneError::invalid(path, format!("cannot read EXR image: {e}")))?;
             let (w, h, px) = img.layer_data.channel_data.pixels;
             (w as u32, h as u32, px)
         }

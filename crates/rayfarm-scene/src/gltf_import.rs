@@ -118,6 +118,9 @@ pub fn load_from_slice_with(
     let doc = &parsed.doc;
     let mut b = Builder::new(path, doc, parsed.buffers, read_file, &mut warnings);
     b.scene.resolution = parsed.resolution;
+    if let Some(budget) = opts.texture_memory {
+        b.texture_budget = budget;
+    }
     b.raw_materials = parsed.raw_materials;
     if let Some(name) = &opts.variant {
         b.variant_materials = variant_mappings(&parsed.raw, path, name)?;
@@ -764,7 +767,8 @@ pub(crate) struct DecodedImage {
 /// The most bytes one texture may take decoded, as RGBA8 (16384 x 16384 texels): a 0.5 MB PNG
 /// of 23170 x 23170 grey texels asked for 2 GiB, and an allocation that fails aborts.
 pub const MAX_TEXTURE_BYTES: u64 = 1 << 30;
-/// The most bytes a scene's textures may take decoded, together.
+/// The least budget for the bytes a scene's textures take decoded, together
+/// ([`crate::default_texture_memory`]).
 pub const MAX_SCENE_TEXTURE_BYTES: u64 = 16 << 30;
 
 /// Why a texture of `width` x `height` texels is too large to decode, if it is.
@@ -939,8 +943,10 @@ struct Builder<'a> {
     image_map: HashMap<usize, u32>,
     /// Image file URI -> compiled image index: images naming the same file share its texels.
     uri_map: HashMap<String, u32>,
-    /// Bytes the compiled images take so far (at most [`MAX_SCENE_TEXTURE_BYTES`]).
+    /// Bytes the compiled images take so far (at most `texture_budget`).
     texture_bytes: u64,
+    /// The most bytes the compiled images may take ([`LoadOptions::texture_memory`]).
+    texture_budget: u64,
     /// Image file URI -> the glTF image whose decode ahead stands for it.
     predecoded_uri: HashMap<String, usize>,
     /// Images decoded ahead, in parallel ([`Builder::predecode_images`]): glTF image index ->
@@ -975,6 +981,7 @@ impl<'a> Builder<'a> {
             image_map: HashMap::new(),
             uri_map: HashMap::new(),
             texture_bytes: 0,
+            texture_budget: crate::default_texture_memory(),
             predecoded_uri: HashMap::new(),
             predecoded: HashMap::new(),
             material_map: HashMap::new(),
@@ -1815,7 +1822,7 @@ impl<'a> Builder<'a> {
                 .into_iter()
                 .take_while(|(_, bytes, _)| {
                     total = total.saturating_add(decoded_bytes(bytes).unwrap_or(0));
-                    total <= MAX_SCENE_TEXTURE_BYTES
+                    total <= self.texture_budget
                 })
                 .collect();
             read.into_par_iter()
@@ -1867,12 +1874,12 @@ impl<'a> Builder<'a> {
         };
         let d = decoded.map_err(|e| self.err(format!("{what} ('{name}'): {e}")))?;
         self.texture_bytes = self.texture_bytes.saturating_add(d.rgba8.len() as u64);
-        if self.texture_bytes > MAX_SCENE_TEXTURE_BYTES {
-            return Err(self.err(format!(
-                "{what} ('{name}'): the scene's textures take more than {} GiB decoded; \
-                 scale some down",
-                MAX_SCENE_TEXTURE_BYTES >> 30
-            )));
+        if let Some(problem) = crate::texture_budget_problem(
+            self.texture_bytes,
+            self.texture_budget,
+            &format!("{what} ('{name}')"),
+        ) {
+            return Err(self.err(problem));
         }
         let id = self.scene.images.len() as u32;
         self.scene.images.push(Image {

@@ -71,6 +71,60 @@ pub struct LoadOptions {
     /// An unknown name is an error listing the file's variants. OBJ files have no variants: any
     /// name is an error for them.
     pub variant: Option<String>,
+    /// The most bytes the scene's textures may take decoded (as RGBA8), together. `None`:
+    /// [`default_texture_memory`].
+    pub texture_memory: Option<u64>,
+}
+
+/// The most bytes a scene's textures may take decoded by default: three quarters of this
+/// machine's memory, and never less than [`gltf_import::MAX_SCENE_TEXTURE_BYTES`] (16 GiB).
+/// A workstation with 128 GB takes 96 GB of textures; past the budget an import stops with
+/// an error naming the texture that crossed it, instead of the process being killed for
+/// memory.
+pub fn default_texture_memory() -> u64 {
+    let three_quarters = physical_memory().map_or(0, |m| m / 4 * 3);
+    gltf_import::MAX_SCENE_TEXTURE_BYTES.max(three_quarters)
+}
+
+/// This machine's memory in bytes, where the platform says.
+fn physical_memory() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf reads a system value and has no preconditions.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if pages > 0 && page > 0 {
+            return (pages as u64).checked_mul(page as u64);
+        }
+    }
+    None
+}
+
+/// Why the scene's textures, now `total` bytes decoded, are over `budget`, naming `what`.
+pub(crate) fn texture_budget_problem(total: u64, budget: u64, what: &str) -> Option<String> {
+    (total > budget).then(|| {
+        format!(
+            "{what}: the scene's textures take {} decoded, more than its texture budget of \
+             {}; scale some down, or raise the budget (the rayfarm command reads \
+             RAYFARM_TEXTURE_MEMORY, in GiB)",
+            size_text(total),
+            size_text(budget)
+        )
+    })
+}
+
+/// `bytes` for a person: "1.5 GiB", "24.0 MiB", "512 bytes".
+fn size_text(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    UNITS
+        .iter()
+        .find(|(u, _)| bytes >= *u)
+        .map(|(u, name)| format!("{:.1} {name}", bytes as f64 / *u as f64))
+        .unwrap_or_else(|| format!("{bytes} bytes"))
 }
 
 /// Opens a scene file, or a file a scene names (buffers, images, MTL libraries, environment
@@ -124,7 +178,7 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<(CompiledScene, Warn
                     format!("no material variant named '{v}'; OBJ files have no variants"),
                 ))
             }
-            None => obj::load(path)?,
+            None => obj::load_with(path, opts)?,
         },
     };
     scene.validate().map_err(|e| SceneError::invalid(path, e))?;

@@ -32,9 +32,21 @@ const MAX_LISTED: usize = 10;
 
 /// Reads and parses an `.obj` file from disk; MTL files and textures are read relative to it.
 pub fn load(path: &Path) -> Result<(CompiledScene, Warnings), SceneError> {
+    load_with(path, &crate::LoadOptions::default())
+}
+
+/// [`load`] with `opts.texture_memory` as the textures' budget (OBJ files have neither
+/// animations nor variants: the caller refuses a variant).
+pub fn load_with(
+    path: &Path,
+    opts: &crate::LoadOptions,
+) -> Result<(CompiledScene, Warnings), SceneError> {
     let bytes = crate::read_regular_file(path).map_err(|e| SceneError::io(path, e))?;
     let src = String::from_utf8_lossy(&bytes);
-    parse(&src, path, &|p: &Path| crate::read_regular_file(p))
+    let budget = opts
+        .texture_memory
+        .unwrap_or_else(crate::default_texture_memory);
+    parse_with_budget(&src, path, &|p: &Path| crate::read_regular_file(p), budget)
 }
 
 /// Parses OBJ source text. `path` names the file in messages and its parent directory is where
@@ -45,7 +57,18 @@ pub fn parse(
     path: &Path,
     read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
 ) -> Result<(CompiledScene, Warnings), SceneError> {
+    parse_with_budget(src, path, read_file, crate::default_texture_memory())
+}
+
+/// [`parse`] with the most bytes the textures may take decoded, together.
+pub fn parse_with_budget(
+    src: &str,
+    path: &Path,
+    read_file: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    texture_budget: u64,
+) -> Result<(CompiledScene, Warnings), SceneError> {
     let mut parser = ObjParser::new(path, read_file);
+    parser.library.texture_budget = texture_budget;
     for (line, text) in LogicalLines::new(src) {
         parser.statement(line, &text)?;
     }
@@ -677,6 +700,8 @@ fn obj_material(name: String) -> Material {
 struct MaterialLibrary {
     by_name: HashMap<String, u32>,
     textures_by_file: HashMap<PathBuf, u32>,
+    /// The most bytes the textures may take decoded, together (set by `parse_with_budget`).
+    texture_budget: u64,
 }
 
 /// A material being read from an MTL file.
@@ -953,16 +978,12 @@ impl MaterialLibrary {
             .map(|i| i.rgba8.len() as u64)
             .sum::<u64>()
             + rgba.rgba8.len() as u64;
-        if total > crate::gltf_import::MAX_SCENE_TEXTURE_BYTES {
-            return Err(SceneError::invalid(
-                mtl,
-                format!(
-                    "line {line}: texture '{name}' ({}): the scene's textures take more than {} \
-                     GiB decoded; scale some down",
-                    file.display(),
-                    crate::gltf_import::MAX_SCENE_TEXTURE_BYTES >> 30
-                ),
-            ));
+        if let Some(problem) = crate::texture_budget_problem(
+            total,
+            self.texture_budget,
+            &format!("line {line}: texture '{name}' ({})", file.display()),
+        ) {
+            return Err(SceneError::invalid(mtl, problem));
         }
         scene.images.push(Image {
             name: name.to_string(),

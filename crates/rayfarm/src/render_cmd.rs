@@ -264,6 +264,27 @@ pub fn load_scene(path: Option<&Path>, quiet: bool) -> Result<CompiledScene> {
     load_scene_at(path, None, None, quiet)
 }
 
+/// `RAYFARM_TEXTURE_MEMORY`: the most GiB a scene's textures may take decoded (unset: three
+/// quarters of this machine's memory, at least 16 GiB).
+fn texture_memory_from_env() -> Result<Option<u64>> {
+    let Some(v) = std::env::var_os("RAYFARM_TEXTURE_MEMORY") else {
+        return Ok(None);
+    };
+    let gib = v
+        .to_str()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|g| g.is_finite() && *g > 0.0 && *g <= 1e6);
+    match gib {
+        Some(g) => Ok(Some((g * (1u64 << 30) as f64) as u64)),
+        None => bail!(
+            "RAYFARM_TEXTURE_MEMORY={}: expected the most GiB a scene's textures may take \
+             decoded, a positive number such as 24 (unset it for three quarters of this \
+             machine's memory)",
+            v.to_string_lossy()
+        ),
+    }
+}
+
 /// Loads a scene posed at `time_s` seconds of its animations (None: the rest pose), with the
 /// materials of `variant` (None: the default materials).
 pub fn load_scene_at(
@@ -298,6 +319,7 @@ pub fn load_scene_at(
             let opts = rayfarm_scene::LoadOptions {
                 time_s,
                 variant: variant.map(String::from),
+                texture_memory: texture_memory_from_env()?,
             };
             rayfarm_scene::load_with(p, &opts).map_err(|e| anyhow::anyhow!("{e}"))?
         }

@@ -1009,19 +1009,77 @@ fn a_scene_too_large_for_a_default_ao_distance_is_named() {
 
 /// Images that name the same file share its texels: a glTF naming one file from many image
 /// entries (the fuzzer's two references to one large PNG took its memory twice).
+/// The triangle with a base colour texture from image `a` and an emissive one from `b`.
+fn two_textures_gltf(a: &str, b: &str) -> Value {
+    let mut doc = triangle_gltf();
+    doc["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"] = json!({ "index": 0 });
+    doc["materials"][0]["emissiveTexture"] = json!({ "index": 1 });
+    doc["materials"][0]["emissiveFactor"] = json!([1.0, 1.0, 1.0]);
+    doc["textures"] = json!([{ "source": 0 }, { "source": 1 }]);
+    doc["images"] = json!([{ "uri": a }, { "uri": b }]);
+    doc
+}
+
+/// A scene's textures together may take as much memory as its budget: three quarters of the
+/// machine's memory (at least 16 GiB) unless `RAYFARM_TEXTURE_MEMORY` says otherwise. Past it
+/// the import stops, naming the texture that crossed it and how to raise the budget; a wrong
+/// setting is named too. Two 64x64 textures take 32 KiB; a budget of 24 KiB holds one.
+#[test]
+fn a_scene_over_its_texture_budget_names_the_texture_and_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, c) in [("a.png", 200u8), ("b.png", 100)] {
+        image::RgbaImage::from_pixel(64, 64, image::Rgba([c, 50, 50, 255]))
+            .save(dir.path().join(name))
+            .unwrap();
+    }
+    let gltf = write_gltf(dir.path(), "two.gltf", &two_textures_gltf("a.png", "b.png"));
+    // OBJ: two materials, each with its own texture.
+    std::fs::write(
+        dir.path().join("two.mtl"),
+        "newmtl a\nmap_Kd a.png\nnewmtl b\nmap_Kd b.png\n",
+    )
+    .unwrap();
+    let obj = dir.path().join("two.obj");
+    std::fs::write(
+        &obj,
+        "mtllib two.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\n\
+         usemtl a\nf 1/1 2/2 3/3\nusemtl b\nf 1/1 3/3 2/2\n",
+    )
+    .unwrap();
+    let budget = format!("{}", 24.0 / (1024.0 * 1024.0));
+    for (scene, at) in [
+        (&gltf, "image 1 ('b.png')"),
+        (&obj, "line 4: texture 'b.png'"),
+    ] {
+        let r = rayfarm(args!["info", scene]);
+        assert!(r.success, "{}", r.stderr);
+        rayfarm_env(args!["info", scene], &[("RAYFARM_TEXTURE_MEMORY", &budget)]).assert_error(&[
+            at,
+            "more than its texture budget of 24.0 KiB",
+            "RAYFARM_TEXTURE_MEMORY",
+        ]);
+        let r = rayfarm_env(args!["info", scene], &[("RAYFARM_TEXTURE_MEMORY", "0.5")]);
+        assert!(r.success, "{}", r.stderr);
+    }
+    for wrong in ["lots", "0", "-1", "inf"] {
+        rayfarm_env(args!["info", &gltf], &[("RAYFARM_TEXTURE_MEMORY", wrong)]).assert_error(&[
+            &format!("RAYFARM_TEXTURE_MEMORY={wrong}"),
+            "positive number",
+        ]);
+    }
+}
+
 #[test]
 fn images_naming_the_same_file_are_decoded_once() {
     let dir = tempfile::tempdir().unwrap();
     image::RgbaImage::from_pixel(2, 2, image::Rgba([200, 100, 50, 255]))
         .save(dir.path().join("a.png"))
         .unwrap();
-    let mut doc = triangle_gltf();
-    doc["materials"][0]["pbrMetallicRoughness"]["baseColorTexture"] = json!({ "index": 0 });
-    doc["materials"][0]["emissiveTexture"] = json!({ "index": 1 });
-    doc["materials"][0]["emissiveFactor"] = json!([1.0, 1.0, 1.0]);
-    doc["textures"] = json!([{ "source": 0 }, { "source": 1 }]);
-    doc["images"] = json!([{ "uri": "a.png" }, { "uri": "a.png" }]);
-    let p = write_gltf(dir.path(), "shared.gltf", &doc);
+    let p = write_gltf(
+        dir.path(),
+        "shared.gltf",
+        &two_textures_gltf("a.png", "a.png"),
+    );
     let r = rayfarm(args!["info", &p]);
     assert!(r.success, "{}", r.stderr);
     assert!(r.stdout.contains(", 1 images,"), "{}", r.stdout);

@@ -81,10 +81,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    rayfarm_env(args, &[])
+}
+
+/// [`rayfarm`] with `env` added to its environment.
+pub fn rayfarm_env<I, S>(args: I, env: &[(&str, &str)]) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let out = Command::new(env!("CARGO_BIN_EXE_rayfarm"))
         .args(args)
         .env_remove("RUST_LOG")
         .env("RUST_BACKTRACE", "0")
+        .envs(env.iter().copied())
         .output()
         .expect("cannot start the rayfarm binary");
     Run {
