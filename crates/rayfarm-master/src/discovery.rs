@@ -272,6 +272,8 @@ pub async fn hold_lease(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), DiscoveryError> {
     let mut conn = connect(addr, Role::Master, key, Duration::from_secs(3)).await?;
+    // A daemon's answers are a few bytes.
+    conn.set_max_message_bytes(rayfarm_proto::MAX_CONTROL_MESSAGE_BYTES);
     let local_ip = conn.local_addr()?.ip();
     let master_addr = advertised_master_addr(master_bind, local_ip, master_port);
     conn.send(&Msg::Acquire {

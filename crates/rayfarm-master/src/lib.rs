@@ -929,6 +929,9 @@ async fn serve_worker(
         "node joined: {name}, {threads} threads, rendering {:.3} s after the master started",
         job.started.elapsed().as_secs_f64()
     );
+    // Ready: from now on it sends results, up to a frame each (until now its messages were
+    // control messages, [`rayfarm_proto::MAX_CONTROL_MESSAGE_BYTES`]).
+    conn.set_max_message_bytes(rayfarm_proto::MAX_FRAME_BYTES);
     let result = session_loop(conn, sched, job, node, name, threads, stop).await;
     sched
         .lock()
@@ -1032,6 +1035,9 @@ pub async fn query_daemon(
     timeout: Duration,
 ) -> Result<rayfarm_proto::DaemonInfo, SessionError> {
     let mut c = connect(addr, Role::Master, key, timeout).await?;
+    // A daemon's answer is a few hundred bytes: a fake one holding the key must not make this
+    // side decode 32 MiB of one-byte strings (about 800 MB as Rust strings).
+    c.set_max_message_bytes(rayfarm_proto::MAX_CONTROL_MESSAGE_BYTES);
     c.send(&Msg::Discover).await?;
     match c
         .recv_timeout(

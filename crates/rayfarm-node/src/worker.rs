@@ -414,6 +414,81 @@ struct Loaded {
     work: Arc<Workload>,
 }
 
+/// The most units a master may have assigned to this worker and not yet had back (an honest
+/// master keeps two per thread).
+pub const MAX_OUTSTANDING_UNITS: usize = 4096;
+/// How long a result may take to go out before the master counts as gone: one that stops
+/// reading would otherwise hold this worker for ever.
+pub const RESULT_SEND_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most tasks whose threads run at once (the manager sends one at a time; a canceled one
+/// may still be winding down when the next arrives).
+pub const MAX_RUNNING_TASKS: usize = 4;
+
+/// The units a master assigned and not yet had back, and which of them the render threads
+/// have. IO-free. Only a few more units than there are threads render at once, so at most
+/// that many results wait to be sent: a master that assigns many large units and stops
+/// reading cannot fill this worker's memory with finished results.
+struct UnitQueue {
+    /// Assigned and not yet returned (or given back).
+    outstanding: BTreeSet<WireUnit>,
+    /// Assigned, not yet handed to the render threads, in the order assigned.
+    waiting: std::collections::VecDeque<WireUnit>,
+    /// Handed to the render threads (for any job) and their result not yet taken.
+    rendering: usize,
+    max_rendering: usize,
+}
+
+impl UnitQueue {
+    fn new(threads: usize) -> UnitQueue {
+        UnitQueue {
+            outstanding: BTreeSet::new(),
+            waiting: std::collections::VecDeque::new(),
+            rendering: 0,
+            max_rendering: 2 * threads.max(1),
+        }
+    }
+
+    /// A unit the master assigned: queued, unless it is already (a duplicate is ignored). Too
+    /// many outstanding units is the master's error.
+    fn assign(&mut self, u: WireUnit) -> Result<(), String> {
+        if self.outstanding.contains(&u) {
+            return Ok(());
+        }
+        if self.outstanding.len() >= MAX_OUTSTANDING_UNITS {
+            return Err(format!(
+                "more than {MAX_OUTSTANDING_UNITS} units assigned and not yet returned"
+            ));
+        }
+        self.outstanding.insert(u);
+        self.waiting.push_back(u);
+        Ok(())
+    }
+
+    /// The next unit for the render threads, while fewer than the limit render.
+    fn next_to_render(&mut self) -> Option<WireUnit> {
+        if self.rendering >= self.max_rendering {
+            return None;
+        }
+        let u = self.waiting.pop_front()?;
+        self.rendering += 1;
+        Some(u)
+    }
+
+    /// The render threads finished a unit; whether its result is still wanted (it is
+    /// outstanding in the current job) and now taken off the list.
+    fn rendered(&mut self, u: &WireUnit, current_job: bool) -> bool {
+        self.rendering = self.rendering.saturating_sub(1);
+        current_job && self.outstanding.remove(u)
+    }
+
+    /// A new job: nothing of the old one is wanted (units still rendering finish, and their
+    /// results are dropped).
+    fn new_job(&mut self) {
+        self.outstanding.clear();
+        self.waiting.clear();
+    }
+}
+
 /// Runs the worker until the master ends the job, the connection drops, or a signal arrives.
 pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     let hung = Arc::new(AtomicBool::new(false));
@@ -503,8 +578,9 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     let (task_tx, mut task_rx) = mpsc::unbounded_channel::<(i64, Result<[u8; 32], String>)>();
     let mut loaded: Option<Loaded> = None;
     let mut job_id = 0u64;
-    // Units assigned and not yet returned.
-    let mut outstanding: BTreeSet<WireUnit> = BTreeSet::new();
+    // Units assigned and not yet returned, and those rendering.
+    let mut queue = UnitQueue::new(cfg.threads);
+    let task_threads = Arc::new(AtomicU64::new(0));
     let mut pending_scene: Option<Incoming> = None;
     // Chunks from the relay the master named, while it sends them.
     let mut fetching: Option<mpsc::Receiver<Fetched>> = None;
@@ -525,10 +601,10 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
     loop {
         tokio::select! {
             _ = sigint.recv() => {
-                return give_back(&mut conn, &outstanding, "interrupted (Ctrl-C)").await;
+                return give_back(&mut conn, &queue.outstanding, "interrupted (Ctrl-C)").await;
             }
             _ = sigterm.recv() => {
-                return give_back(&mut conn, &outstanding, "terminated (SIGTERM)").await;
+                return give_back(&mut conn, &queue.outstanding, "terminated (SIGTERM)").await;
             }
             _ = heartbeat.tick() => {
                 if !hung.load(Ordering::Relaxed) {
@@ -545,11 +621,12 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                 }
             }
             Some((jid, r)) = result_rx.recv() => {
-                if jid != job_id {
-                    continue;
-                }
                 let unit = WireUnit::from(r.unit);
-                if !outstanding.remove(&unit) {
+                let wanted = queue.rendered(&unit, jid == job_id);
+                if let Some(l) = loaded.as_ref() {
+                    spawn_units(&mut queue, &pool, l, &result_tx, job_id);
+                }
+                if !wanted {
                     continue;
                 }
                 let done = units_done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -564,10 +641,19 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                     }
                     continue;
                 }
-                let sums = encode_sums(&r);
-                conn.send(&Msg::UnitDone { unit, sums, nonfinite: r.nonfinite_samples })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (sums, r_nonfinite) = (encode_sums(&r), r.nonfinite_samples);
+                drop(r);
+                let done = Msg::UnitDone { unit, sums, nonfinite: r_nonfinite };
+                match tokio::time::timeout(RESULT_SEND_TIMEOUT, conn.send(&done)).await {
+                    Ok(sent) => sent.map_err(|e| e.to_string())?,
+                    Err(_) => {
+                        return Err(format!(
+                            "master {} took no result for {} s: giving up on it",
+                            cfg.master,
+                            RESULT_SEND_TIMEOUT.as_secs()
+                        ))
+                    }
+                }
             }
             Some((task_id, r)) = task_rx.recv() => {
                 if running_tasks.remove(&task_id).is_none() {
@@ -614,7 +700,7 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         let work = work.to_workload().map_err(|e| format!("master sent a bad job: {e}"))?;
                         check_scene_size(&format!("the scene master {} offers", cfg.master), scene_bytes, cfg.max_scene_bytes)?;
                         job_id = jid;
-                        outstanding.clear();
+                        queue.new_job();
                         loaded = None;
                         // Reading and hashing a cached scene (possibly gigabytes) off the event loop.
                         let cached = {
@@ -684,15 +770,9 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         for u in units {
                             let wu: rayfarm_render::WorkUnit = u.into();
                             l.work.check_unit(&wu).map_err(|e| format!("master assigned a bad unit: {e}"))?;
-                            if !outstanding.insert(u) {
-                                continue;
-                            }
-                            let (scene, work, tx, jid) = (l.scene.clone(), l.work.clone(), result_tx.clone(), job_id);
-                            pool.spawn(move || {
-                                let r = work.run_unit(&scene, &wu);
-                                let _ = tx.send((jid, r));
-                            });
+                            queue.assign(u).map_err(|e| format!("master {}: {e}", cfg.master))?;
                         }
+                        spawn_units(&mut queue, &pool, l, &result_tx, job_id);
                     }
                     Msg::Task { task_id, units, part } => {
                         let Some(l) = loaded.as_ref() else {
@@ -719,13 +799,19 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         } else {
                             cfg.netdirs.resolve(&mapped_dir).map_err(|e| e.to_string())
                         };
+                        if task_threads.load(Ordering::Relaxed) >= MAX_RUNNING_TASKS as u64 {
+                            return Err(format!("manager sent more than {MAX_RUNNING_TASKS} tasks at once"));
+                        }
                         let (scene, work, tx, pool, key) = (l.scene.clone(), l.work.clone(), task_tx.clone(), pool.clone(), cfg.key.clone());
                         let canceled = Arc::new(std::sync::atomic::AtomicBool::new(false));
                         running_tasks.insert(task_id, canceled.clone());
+                        let alive = task_threads.clone();
+                        alive.fetch_add(1, Ordering::Relaxed);
                         std::thread::spawn(move || {
                             let r = job_dir
                                 .and_then(|job_dir| run_task(&key, Renderer { pool: &pool, scene: &scene, work: &work }, &wus, &job_dir, &part, &canceled))
                                 .map_err(|e| format!("{e}{}", mapped.unwrap_or_default()));
+                            alive.fetch_sub(1, Ordering::Relaxed);
                             let _ = tx.send((task_id, r));
                         });
                     }
@@ -745,6 +831,24 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                 }
             }
         }
+    }
+}
+
+/// Hands waiting units to the render threads while fewer than [`UnitQueue`]'s limit render.
+fn spawn_units(
+    queue: &mut UnitQueue,
+    pool: &Arc<rayon::ThreadPool>,
+    l: &Loaded,
+    tx: &mpsc::UnboundedSender<(u64, rayfarm_render::UnitResult)>,
+    job_id: u64,
+) {
+    while let Some(u) = queue.next_to_render() {
+        let wu: rayfarm_render::WorkUnit = u.into();
+        let (scene, work, tx) = (l.scene.clone(), l.work.clone(), tx.clone());
+        pool.spawn(move || {
+            let r = work.run_unit(&scene, &wu);
+            let _ = tx.send((job_id, r));
+        });
     }
 }
 
@@ -804,4 +908,59 @@ async fn give_back(
         })
         .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    fn unit(i: u32) -> WireUnit {
+        WireUnit::from(rayfarm_render::WorkUnit {
+            layer: 0,
+            sample_start: i,
+            sample_end: i + 1,
+            y0: 0,
+            x0: 0,
+            y1: 1,
+            x1: 1,
+        })
+    }
+
+    /// The attack (a keyholding master): assign many units and stop reading results. Only
+    /// twice as many units as threads render at once, so only that many results can wait;
+    /// the rest wait as units, and a flood of assignments is refused past the limit.
+    #[test]
+    fn only_a_few_units_render_at_once_and_assignments_are_bounded() {
+        let mut q = UnitQueue::new(2);
+        for i in 0..10 {
+            q.assign(unit(i)).unwrap();
+        }
+        q.assign(unit(3)).unwrap();
+        assert_eq!(q.outstanding.len(), 10, "a duplicate is ignored");
+        let first: Vec<_> = std::iter::from_fn(|| q.next_to_render()).collect();
+        assert_eq!(
+            first,
+            (0..4).map(unit).collect::<Vec<_>>(),
+            "in order, 2 per thread"
+        );
+        // Until a result is taken, nothing more renders.
+        assert_eq!(q.next_to_render(), None);
+        assert!(q.rendered(&unit(0), true));
+        assert_eq!(q.next_to_render(), Some(unit(4)));
+        // A new job: the old units are not wanted, and those still rendering count until
+        // their results come back.
+        q.new_job();
+        q.assign(unit(100)).unwrap();
+        assert_eq!(q.next_to_render(), None, "four still render");
+        assert!(
+            !q.rendered(&unit(1), false),
+            "an old job's result is dropped"
+        );
+        assert_eq!(q.next_to_render(), Some(unit(100)));
+        for i in 0..MAX_OUTSTANDING_UNITS as u32 - 1 {
+            q.assign(unit(1000 + i)).unwrap();
+        }
+        let e = q.assign(unit(999_999)).unwrap_err();
+        assert!(e.contains("more than 4096 units"), "{e}");
+    }
 }

@@ -52,6 +52,11 @@ pub const PROTOCOL_VERSION: u32 = 14;
 pub const PREAMBLE_MAGIC: [u8; 8] = *b"RAYFARM\0";
 /// Largest frame accepted (scene data travels in chunks of [`SCENE_CHUNK_BYTES`]).
 pub const MAX_FRAME_BYTES: usize = 32 << 20;
+/// Largest message a server accepts before it expects bulk from the peer (and always, where
+/// it never does): requests, hellos, discovery answers. A keyholder could otherwise make each
+/// of a server's sessions hold a 32 MiB half-sent message, or have a scanning master decode
+/// 32 MiB of one-byte strings into 800 MB ([`Conn::set_max_message_bytes`]).
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 10;
 /// Largest Noise handshake message accepted (ours are 48 bytes each way).
 pub const MAX_HANDSHAKE_MESSAGE_BYTES: usize = 256;
 /// Size of one scene chunk: small enough that a relay forwards it after a few ms (each level
@@ -182,6 +187,14 @@ impl Conn {
         }
     }
 
+    /// The largest message [`Conn::recv`] accepts from now on: [`MAX_FRAME_BYTES`] on a
+    /// connection this side opened, [`MAX_CONTROL_MESSAGE_BYTES`] on one it accepted until the
+    /// server raises it (a master, once its worker is ready to send results). A message
+    /// announced longer is refused before any of it is kept.
+    pub fn set_max_message_bytes(&mut self, limit: usize) {
+        self.max_message_bytes = limit.min(MAX_FRAME_BYTES);
+    }
+
     pub(crate) fn hold_session(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
         self._session = Some(permit);
     }
@@ -200,11 +213,13 @@ impl Conn {
             peer: self.peer_name(),
             what: format!("cannot encode message: {e}"),
         })?;
-        if bytes.len() > self.max_message_bytes {
+        // What the peer accepts: a frame of at most [`MAX_FRAME_BYTES`] (its limit on what it
+        // receives from this side, set by its state, is its own to enforce).
+        if bytes.len() > MAX_FRAME_BYTES {
             return Err(ProtoError::TooLarge {
                 peer: self.peer_name(),
                 bytes: bytes.len(),
-                limit: self.max_message_bytes,
+                limit: MAX_FRAME_BYTES,
             });
         }
         // A send cancelled half way (e.g. a `select!` that stopped waiting) left the rest of its
@@ -494,6 +509,7 @@ pub async fn accept_within(
                     source: e,
                 })?;
                 let mut conn = Conn::new(stream, transport, peer, peer_role);
+                conn.set_max_message_bytes(MAX_CONTROL_MESSAGE_BYTES);
                 // A replayed message 1 gets this far; only a live keyholder gets further.
                 conn.recv_confirmation().await?;
                 Ok(conn)

@@ -277,3 +277,51 @@ fn strings_from_peers_are_printed_safely() {
     };
     assert!(!reason.contains('\u{1b}') && reason.chars().count() == MAX_PRINTED_REASON + 1);
 }
+
+/// The attack (a keyholder): announce a message of up to a frame (32 MiB) on every session a
+/// server has and send all of it but the last byte. Accepted connections take only control
+/// messages until the server raises the limit, so the announcement alone is refused, before
+/// anything is kept; a server that expects results raises it, and then takes a frame.
+#[tokio::test]
+async fn a_server_takes_only_control_messages_until_it_raises_its_limit() {
+    let key = FarmKey::from_secret("llllllllllllllllllll").unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let server_key = key.clone();
+    let h = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for raise in [false, true] {
+            let (s, _) = l.accept().await.unwrap();
+            let mut c = accept(s, Role::Master, &server_key).await.unwrap();
+            if raise {
+                c.set_max_message_bytes(MAX_FRAME_BYTES);
+            }
+            got.push(c.recv().await.map(|m| m.name()));
+        }
+        got
+    });
+    let big = Msg::Goodbye {
+        reason: "x".repeat(MAX_CONTROL_MESSAGE_BYTES + 1),
+    };
+    for _ in 0..2 {
+        let mut c = connect(&addr, Role::Worker, &key, HANDSHAKE_TIMEOUT)
+            .await
+            .unwrap();
+        // The sender's own limit is a frame: it sends, and the server decides.
+        c.send(&big).await.unwrap();
+        let _ = c
+            .recv_timeout(Duration::from_secs(5), "the server's end")
+            .await;
+    }
+    let got = h.await.unwrap();
+    let e = got[0]
+        .as_ref()
+        .err()
+        .expect("refused while control messages only");
+    assert!(
+        e.to_string()
+            .contains(&MAX_CONTROL_MESSAGE_BYTES.to_string()),
+        "the error names the limit: {e}"
+    );
+    assert_eq!(got[1].as_ref().ok(), Some(&"Goodbye"), "{:?}", got[1]);
+}

@@ -245,94 +245,17 @@ fn a_decompression_bomb_is_refused_before_it_is_decompressed() {
     let bomb = decompression_bomb();
     assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
     let hash = rayfarm_scene::blob::content_hash(&bomb).unwrap();
-    let key = FarmKey::from_secret(KEY).unwrap();
     let rt = runtime();
-    let l = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = l.local_addr().unwrap().port();
-    let mut listener = rt
-        .block_on(async {
-            rayfarm_proto::SecureListener::new(l, Role::Master, key, Default::default())
-        })
-        .unwrap();
-    let args = strings(&[
-        "worker",
-        "--master",
-        &format!("127.0.0.1:{port}"),
-        "--threads",
-        "1",
-        "--max-scene-mb",
-        "64",
-        "--cache-dir",
-        &farm.path("cache-bomb").display().to_string(),
-    ]);
-    let mut w = Proc::start("worker", &args, &farm.env("info"));
+    let (mut listener, mut w) = fake_master_with_worker(&rt, &farm, &["--max-scene-mb", "64"]);
     let pid = w.pid();
-    let work = WireWork::Render(WireSettings {
-        width: 64,
-        height: 64,
-        spp: 1,
-        max_bounces: 1,
-        seed: 0,
-        camera_name: String::new(),
-        projection: 0,
-        proj_a: 0.7,
-        proj_b: 0.0,
-        position: [0.0, 1.0, 3.0],
-        right: [1.0, 0.0, 0.0],
-        up: [0.0, 1.0, 0.0],
-        forward: [0.0, 0.0, -1.0],
-    });
-    let peak = Arc::new(AtomicUsize::new(0));
-    let watching = Arc::new(AtomicBool::new(true));
-    let (p2, w2) = (peak.clone(), watching.clone());
-    let watcher = std::thread::spawn(move || {
-        while w2.load(Ordering::Relaxed) {
-            p2.fetch_max(peak_rss_kib(pid) as usize, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    });
+    let work = render_work(64, 1, 1);
+    let peak = PeakWatch::start(pid);
     rt.block_on(async {
         let mut c = tokio::time::timeout(Duration::from_secs(30), listener.accept())
             .await
             .expect("the worker connects");
         assert!(matches!(c.recv().await.unwrap(), Msg::WorkerHello { .. }));
-        c.send(&Msg::Job {
-            job_id: 1,
-            scene_hash: hash,
-            scene_bytes: bomb.len() as u64,
-            work,
-        })
-        .await
-        .unwrap();
-        loop {
-            match c.recv_timeout(Duration::from_secs(10), "NeedScene").await {
-                Ok(Msg::NeedScene) => break,
-                Ok(Msg::Heartbeat) => continue,
-                other => panic!("expected NeedScene, got {other:?}"),
-            }
-        }
-        let chunks = rayfarm_proto::scene_chunks::ChunkList::of(
-            &bomb,
-            rayfarm_proto::SCENE_CHUNK_BYTES as u32,
-        );
-        c.send(&Msg::SceneSource {
-            chunk_bytes: chunks.chunk_bytes,
-            chunk_hashes: chunks.hashes.clone(),
-            peer: None,
-        })
-        .await
-        .unwrap();
-        for i in 0..chunks.count() {
-            let o = chunks.offset(i) as usize;
-            c.send(&Msg::SceneChunk {
-                offset: o as u64,
-                data: bomb[o..o + chunks.len_of(i)].to_vec(),
-            })
-            .await
-            .unwrap();
-        }
+        ship_scene(&mut c, hash, &bomb, work).await;
         // The worker gives up on the job: it closes the connection.
         loop {
             match c
@@ -346,14 +269,231 @@ fn a_decompression_bomb_is_refused_before_it_is_decompressed() {
         }
     });
     let st = w.wait(Duration::from_secs(20));
-    watching.store(false, Ordering::Relaxed);
-    watcher.join().unwrap();
+    let peak_mib = peak.stop() >> 10;
     assert!(!st.success(), "{}", w.describe());
     assert!(
         w.stderr().contains("scene limit is 64 MiB"),
         "the worker should name its limit:\n{}",
         w.describe()
     );
-    let peak_mib = peak.load(Ordering::Relaxed) >> 10;
     assert!(peak_mib < 256, "the worker grew to {peak_mib} MiB");
+}
+
+/// A master's listener made by the test, and a one-thread worker (`extra` arguments added)
+/// started against it, with its own scene cache.
+fn fake_master_with_worker(
+    rt: &tokio::runtime::Runtime,
+    farm: &Farm,
+    extra: &[&str],
+) -> (rayfarm_proto::SecureListener, Proc) {
+    let key = FarmKey::from_secret(KEY).unwrap();
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = l.local_addr().unwrap().port();
+    let listener = rt
+        .block_on(async {
+            rayfarm_proto::SecureListener::new(l, Role::Master, key, Default::default())
+        })
+        .unwrap();
+    let master = format!("127.0.0.1:{port}");
+    let cache = farm.path("cache-fake-master").display().to_string();
+    let mut args = strings(&["worker", "--master", &master, "--threads", "1"]);
+    args.extend(strings(extra));
+    args.extend(strings(&["--cache-dir", &cache]));
+    (listener, Proc::start("worker", &args, &farm.env("info")))
+}
+
+/// A square render of `side` pixels a side from a fixed camera.
+fn render_work(side: u32, spp: u32, max_bounces: u32) -> WireWork {
+    WireWork::Render(WireSettings {
+        width: side,
+        height: side,
+        spp,
+        max_bounces,
+        seed: 0,
+        camera_name: String::new(),
+        projection: 0,
+        proj_a: 0.7,
+        proj_b: 0.0,
+        position: [0.0, 1.0, 3.0],
+        right: [1.0, 0.0, 0.0],
+        up: [0.0, 1.0, 0.0],
+        forward: [0.0, 0.0, -1.0],
+    })
+}
+
+/// Follows a process's peak resident memory from a thread of its own.
+struct PeakWatch {
+    peak: Arc<AtomicUsize>,
+    watching: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakWatch {
+    fn start(pid: u32) -> PeakWatch {
+        let peak = Arc::new(AtomicUsize::new(0));
+        let watching = Arc::new(AtomicBool::new(true));
+        let (p2, w2) = (peak.clone(), watching.clone());
+        let thread = std::thread::spawn(move || {
+            while w2.load(Ordering::Relaxed) {
+                p2.fetch_max(peak_rss_kib(pid) as usize, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        PeakWatch {
+            peak,
+            watching,
+            thread,
+        }
+    }
+
+    /// Stops watching; the peak in KiB.
+    fn stop(self) -> usize {
+        self.watching.store(false, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// As a master: offers `blob` (whose content hash is `hash`) with `work`, and sends it when
+/// the worker asks for it.
+async fn ship_scene(c: &mut rayfarm_proto::Conn, hash: [u8; 32], blob: &[u8], work: WireWork) {
+    c.send(&Msg::Job {
+        job_id: 1,
+        scene_hash: hash,
+        scene_bytes: blob.len() as u64,
+        work,
+    })
+    .await
+    .unwrap();
+    loop {
+        match c.recv_timeout(Duration::from_secs(10), "NeedScene").await {
+            Ok(Msg::NeedScene) => break,
+            Ok(Msg::Heartbeat) => continue,
+            other => panic!("expected NeedScene, got {other:?}"),
+        }
+    }
+    let chunks =
+        rayfarm_proto::scene_chunks::ChunkList::of(blob, rayfarm_proto::SCENE_CHUNK_BYTES as u32);
+    c.send(&Msg::SceneSource {
+        chunk_bytes: chunks.chunk_bytes,
+        chunk_hashes: chunks.hashes.clone(),
+        peer: None,
+    })
+    .await
+    .unwrap();
+    for i in 0..chunks.count() {
+        let o = chunks.offset(i) as usize;
+        c.send(&Msg::SceneChunk {
+            offset: o as u64,
+            data: blob[o..o + chunks.len_of(i)].to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// The attack (a master holding the key): assign a worker many large units, then never read
+/// its results. Each finished 1024 x 1024 unit is 48 MiB of sums; before, they piled up in
+/// the worker until it ran out of memory (2.7 GB after 39 s, still growing). Now only two
+/// units per thread render at once, so at most that many results wait to be sent.
+#[test]
+fn a_master_that_stops_reading_cannot_fill_a_workers_memory() {
+    let farm = Farm::new();
+    let (scene, _) = rayfarm_scene::load(&common::example("cornell_box.gltf")).unwrap();
+    let blob = rayfarm_scene::blob::encode(&scene);
+    let hash = rayfarm_scene::blob::content_hash(&blob).unwrap();
+    let rt = runtime();
+    let (mut listener, mut w) = fake_master_with_worker(&rt, &farm, &["--no-relay"]);
+    let side = 1024u32;
+    let work = render_work(side, 1 << 20, 0);
+    let peak = PeakWatch::start(w.pid());
+    let done_before = rt.block_on(async {
+        let mut c = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+            .await
+            .expect("the worker connects");
+        assert!(matches!(c.recv().await.unwrap(), Msg::WorkerHello { .. }));
+        ship_scene(&mut c, hash, &blob, work).await;
+        loop {
+            match c.recv_timeout(Duration::from_secs(30), "Ready").await {
+                Ok(Msg::Ready) => break,
+                Ok(Msg::Heartbeat) => continue,
+                other => panic!("expected Ready, got {other:?}"),
+            }
+        }
+        // 40 whole-image units (each sample range its own), about 1.9 GiB of results in all.
+        let units: Vec<rayfarm_proto::WireUnit> = (0..40)
+            .map(|i| {
+                rayfarm_proto::WireUnit::from(rayfarm_render::WorkUnit {
+                    layer: 0,
+                    sample_start: i,
+                    sample_end: i + 1,
+                    y0: 0,
+                    x0: 0,
+                    y1: side,
+                    x1: side,
+                })
+            })
+            .collect();
+        c.send(&Msg::Assign { units }).await.unwrap();
+        // Never read again; keep the connection open while the worker renders.
+        let until = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c
+    });
+    let peak_mib = peak.stop() >> 10;
+    eprintln!("the worker's peak: {peak_mib} MiB");
+    drop(done_before);
+    w.signal("KILL");
+    let _ = w.wait(Duration::from_secs(10));
+    assert!(
+        peak_mib < 600,
+        "the worker grew to {peak_mib} MiB while its master did not read:\n{}",
+        w.describe()
+    );
+}
+
+/// The attack (a keyholder posing as a daemon): answer a scan with a million empty GPU names,
+/// 1 MiB on the wire and 24 MB as Rust strings (the 32 MiB a frame allows: about 800 MB, and
+/// a manager scans up to 1024 registered addresses at once). A daemon's answer is a control
+/// message: one announced longer than 64 KiB is refused before anything of it is kept.
+#[test]
+fn a_fake_daemons_huge_answer_is_refused_before_it_is_decoded() {
+    let key = FarmKey::from_secret(KEY).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mut listener =
+            rayfarm_proto::SecureListener::new(l, Role::Daemon, key.clone(), Default::default())
+                .unwrap();
+        let fake = tokio::spawn(async move {
+            let mut c = listener.accept().await;
+            assert_eq!(c.recv().await.unwrap(), Msg::Discover);
+            let answer = Msg::DaemonInfo(rayfarm_proto::DaemonInfo {
+                alias: "fake".into(),
+                version: "0".into(),
+                protocol_version: rayfarm_proto::PROTOCOL_VERSION,
+                devices: rayfarm_proto::Devices {
+                    threads: 1,
+                    gpus: vec![String::new(); 1 << 20],
+                    ..Default::default()
+                },
+                state: DaemonState::Idle,
+            });
+            let _ = c.send(&answer).await;
+        });
+        let e = rayfarm_master::query_daemon(&addr, &key, Duration::from_secs(5))
+            .await
+            .expect_err("the answer is refused");
+        assert!(
+            e.to_string()
+                .contains(&rayfarm_proto::MAX_CONTROL_MESSAGE_BYTES.to_string()),
+            "the error names the limit: {e}"
+        );
+        fake.await.unwrap();
+    });
 }
