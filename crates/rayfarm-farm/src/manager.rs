@@ -1259,7 +1259,8 @@ async fn run_task(
                         return Ok(());
                     }
                     Msg::TaskFailed { task_id, error } if task_id == task.task_id => {
-                        return Err(TaskErr::Task(error));
+                        // The worker's words, kept in the database and shown to users.
+                        return Err(TaskErr::Task(rayfarm_proto::printable(&error, 4096)));
                     }
                     // The answer to a task that was canceled after the worker finished it.
                     Msg::TaskDone { task_id, .. } | Msg::TaskFailed { task_id, .. } => {

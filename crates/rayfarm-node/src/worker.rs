@@ -423,6 +423,8 @@ pub const RESULT_SEND_TIMEOUT: Duration = Duration::from_secs(120);
 /// The most tasks whose threads run at once (the manager sends one at a time; a canceled one
 /// may still be winding down when the next arrives).
 pub const MAX_RUNNING_TASKS: usize = 4;
+/// The longest reason a `TaskFailed` gives, in characters.
+const MAX_TASK_ERROR_CHARS: usize = 4096;
 
 /// The units a master assigned and not yet had back, and which of them the render threads
 /// have. IO-free. Only a few more units than there are threads render at once, so at most
@@ -665,6 +667,8 @@ pub async fn run(cfg: WorkerConfig) -> Result<(), String> {
                     Ok(checksum) => Msg::TaskDone { task_id, checksum },
                     Err(error) => {
                         tracing::warn!("task {task_id} failed: {error}");
+                        // Well within the manager's 64 KiB limit on what a worker sends.
+                        let error = rayfarm_proto::printable(&error, MAX_TASK_ERROR_CHARS);
                         Msg::TaskFailed { task_id, error }
                     }
                 };

@@ -316,8 +316,7 @@ async fn a_server_takes_only_control_messages_until_it_raises_its_limit() {
     let got = h.await.unwrap();
     let e = got[0]
         .as_ref()
-        .err()
-        .expect("refused while control messages only");
+        .expect_err("refused while control messages only");
     assert!(
         e.to_string()
             .contains(&MAX_CONTROL_MESSAGE_BYTES.to_string()),
