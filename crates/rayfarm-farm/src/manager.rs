@@ -1112,15 +1112,12 @@ async fn session_loop(
 /// checksum the worker reported.
 /// Returns the part's size in bytes.
 fn verify_part(ctx: &JobCtx, p: &PartDesc, spp: u32, checksum: &[u8]) -> Result<u64, String> {
-    rayfarm_job::parts::read_part(&ctx.job_dir, p, spp, &ctx.seal).map_err(|e| e.to_string())?;
-    let path = rayfarm_job::parts::part_path(&ctx.job_dir, p).map_err(|e| e.to_string())?;
-    let bytes = rayfarm_job::folder::read_nofollow(&path, u64::MAX)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .unwrap_or_default();
-    // The part's trailer is its MAC (read_part checked it).
-    let got = &bytes[bytes.len().saturating_sub(32)..];
-    if got == checksum {
-        Ok(bytes.len() as u64)
+    // One read: the MAC compared is that of the bytes checked (a part swapped for a 1 TiB
+    // sparse file after a first read made a second, unbounded one abort the manager).
+    let part = rayfarm_job::parts::read_part_checked(&ctx.job_dir, p, spp, &ctx.seal)
+        .map_err(|e| e.to_string())?;
+    if part.mac.as_slice() == checksum {
+        Ok(part.bytes)
     } else {
         Err("the part's checksum differs from the one the worker reported".to_string())
     }

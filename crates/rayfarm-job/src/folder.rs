@@ -83,6 +83,36 @@ impl FolderHandle {
         })
     }
 
+    /// Opens the absolute folder `path` one component at a time from `/`, refusing a symlink
+    /// anywhere on the way: a path a client resolved with `canonicalize` opens only if no
+    /// folder on it was replaced by a symlink since. The error names the component.
+    pub fn open_without_symlinks(path: &Path) -> std::io::Result<FolderHandle> {
+        use std::path::Component;
+        let mut components = path.components();
+        if components.next() != Some(Component::RootDir) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not an absolute path",
+            ));
+        }
+        let mut dir = FolderHandle::open(Path::new("/"))?;
+        for c in components {
+            let Component::Normal(name) = c else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a path with '.' or '..' in it",
+                ));
+            };
+            let name = name.to_str().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "a name that is not UTF-8")
+            })?;
+            dir = dir.sub(name, false).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", dir.path.join(name).display()))
+            })?;
+        }
+        Ok(dir)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -216,7 +246,9 @@ fn read_bounded(f: std::fs::File, max: u64) -> std::io::Result<Option<Vec<u8>>> 
     if m.len() > max {
         return Ok(None);
     }
-    let mut bytes = Vec::with_capacity(m.len() as usize);
+    // The length may change once it was looked at (the file is still being written, or
+    // swapped): never reserve more than `max`, and read at most one byte past it.
+    let mut bytes = Vec::with_capacity(m.len().min(max).min(1 << 30) as usize);
     f.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Ok(None);

@@ -264,7 +264,26 @@ fn out_dir_from(out_dir: &str) -> Result<PathBuf, MergeError> {
                 .into(),
         });
     }
-    check_out_dir_exists(dir)
+    let dir = check_out_dir_exists(dir)?;
+    check_no_symlinks(dir)
+}
+
+/// The client resolved the output folder to its real path when it made the job: a symlink on
+/// that path now means a folder was replaced since (on a shared drive, by anyone who may write
+/// there), and the outputs would land wherever it points. Refused; the user may name the
+/// folder with `--out-dir`.
+fn check_no_symlinks(dir: PathBuf) -> Result<PathBuf, MergeError> {
+    match crate::folder::FolderHandle::open_without_symlinks(&dir) {
+        Ok(_) => Ok(dir),
+        Err(e) => Err(MergeError::OutDir {
+            path: dir,
+            reason: format!(
+                "its path is no longer the real path the job was made with ({e}): a folder on \
+                 it may have been replaced by a symlink; check it, or give the output folder \
+                 with --out-dir"
+            ),
+        }),
+    }
 }
 
 fn check_out_dir_exists(dir: PathBuf) -> Result<PathBuf, MergeError> {
@@ -849,6 +868,38 @@ mod tests {
         write_marker(&job_dir, &[PathBuf::from("/out/a.png")], &seal).unwrap();
         let text = std::fs::read(job_dir.join(MERGED_MARKER)).unwrap();
         assert!(seal.open_marker(&text).unwrap().contains("/out/a.png"));
+    }
+
+    /// The attack (anyone who may write to the share, no key): before the merge, replace the
+    /// job's output folder, or a folder above it, with a symlink to another folder. The
+    /// outputs used to land there, over that folder's files of the same names; the merge
+    /// (and the client's placeholders) now refuse, naming the folder and `--out-dir`.
+    #[test]
+    fn an_output_folder_replaced_by_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let (share, victim) = (base.join("share"), base.join("victim"));
+        let out = share.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(victim.join("out")).unwrap();
+        let text = out.display().to_string();
+        assert_eq!(out_dir_from(&text).unwrap(), out);
+        std::fs::rename(&out, share.join("out.orig")).unwrap();
+        std::os::unix::fs::symlink(victim.join("out"), &out).unwrap();
+        let refused = |what: &str| {
+            let e = out_dir_from(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("symlink") && e.contains("--out-dir"),
+                "{what} swapped: {e}"
+            );
+        };
+        refused("the output folder");
+        // The share folder itself a symlink, to a folder holding an `out`.
+        std::fs::remove_file(&out).unwrap();
+        std::fs::rename(share.join("out.orig"), &out).unwrap();
+        std::fs::rename(&share, base.join("share.orig")).unwrap();
+        std::os::unix::fs::symlink(&victim, &share).unwrap();
+        refused("a folder above it");
     }
 
     #[test]

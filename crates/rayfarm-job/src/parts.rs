@@ -197,6 +197,27 @@ pub fn read_part(
     expected_spp: u32,
     seal: &JobSeal,
 ) -> Result<Film, PartError> {
+    read_part_checked(job_dir, part, expected_spp, seal).map(|c| c.film)
+}
+
+/// A part read and checked by [`read_part_checked`].
+pub struct CheckedPart {
+    pub film: Film,
+    /// Its trailer: the MAC that was checked.
+    pub mac: [u8; 32],
+    /// Its length in bytes.
+    pub bytes: u64,
+}
+
+/// [`read_part`], also returning the MAC and length of the very bytes checked: a caller that
+/// compares them with what a worker reported must not read the file again (it may have been
+/// swapped in between).
+pub fn read_part_checked(
+    job_dir: &Path,
+    part: &PartDesc,
+    expected_spp: u32,
+    seal: &JobSeal,
+) -> Result<CheckedPart, PartError> {
     let path = part_path(job_dir, part)?;
     let corrupt = |reason: String| PartError::Corrupt {
         part: part.name.clone(),
@@ -253,7 +274,7 @@ pub fn read_part(
             part.region
         )));
     }
-    let mut data = Vec::with_capacity(meta.len() as usize);
+    let mut data = Vec::with_capacity(meta.len().min(max_file) as usize);
     f.take(max_file + 1).read_to_end(&mut data).map_err(io)?;
     if data.len() < HEADER_LEN + CHECKSUM_LEN {
         return Err(corrupt(format!(
@@ -301,7 +322,11 @@ pub fn read_part(
     let nonfinite = u64::from_le_bytes(body[36..44].try_into().expect("8 bytes"));
     let sums = rayfarm_proto::sums::decode(&body[HEADER_LEN..], region.pixels())
         .map_err(|e| corrupt(e.to_string()))?;
-    Ok(Film::from_sums(region, sums, nonfinite))
+    Ok(CheckedPart {
+        film: Film::from_sums(region, sums, nonfinite),
+        mac,
+        bytes: data.len() as u64,
+    })
 }
 
 #[cfg(test)]
@@ -334,6 +359,9 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[bytes.len() - 32..], &hash);
         assert_eq!(&bytes[..8], b"RFPART\0\0");
+        let checked = read_part_checked(dir.path(), part, 16, &seal()).unwrap();
+        assert_eq!(checked.mac, hash, "the MAC of the bytes checked");
+        assert_eq!(checked.bytes, bytes.len() as u64);
         let back = read_part(dir.path(), part, 16, &seal()).unwrap();
         assert_eq!(back.region, f.region);
         assert_eq!(back.sums(), f.sums());

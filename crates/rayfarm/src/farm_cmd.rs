@@ -720,8 +720,11 @@ pub fn check_netdir(dir: &Path, quiet: bool) -> Result<PathBuf> {
     if !abs.is_dir() {
         bail!("{}: the network folder is not a folder", abs.display());
     }
-    let probe = abs.join(format!(".rayfarm-write-test.{}", std::process::id()));
-    std::fs::write(&probe, b"rayfarm")
+    // A new file of a random name, created only if nothing is there: the folder is shared,
+    // and a write by a predictable name followed a symlink someone planted there and
+    // truncated the file it pointed to (any file this user may write).
+    let probe = abs.join(format!(".rayfarm-write-test.{}", new_job_id()?));
+    write_probe(&probe)
         .with_context(|| format!("{}: cannot write into the network folder", abs.display()))?;
     let _ = std::fs::remove_file(&probe);
     if !quiet {
@@ -732,6 +735,16 @@ pub fn check_netdir(dir: &Path, quiet: bool) -> Result<PathBuf> {
         );
     }
     Ok(abs)
+}
+
+/// Creates the file `path`, which must not exist yet (not even as a symlink), and writes a
+/// few bytes into it.
+fn write_probe(path: &Path) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, b"rayfarm")
 }
 
 /// A fresh job id: `j` and 12 random hexadecimal digits.
@@ -871,6 +884,31 @@ fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
 
 #[cfg(test)]
 mod tests {
+
+    /// The attack (anyone who may write into the shared network folder, no key): plant a
+    /// symlink where the client probes the folder. The probe never writes through it.
+    #[test]
+    fn the_write_probe_never_follows_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("authorized_keys");
+        std::fs::write(&victim, b"ssh-ed25519 AAAA... user").unwrap();
+        let probe = dir.path().join(".rayfarm-write-test.x");
+        std::os::unix::fs::symlink(&victim, &probe).unwrap();
+        let e = write_probe(&probe).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"ssh-ed25519 AAAA... user");
+        let net = dir.path().join("net");
+        std::fs::create_dir(&net).unwrap();
+        assert_eq!(
+            check_netdir(&net, true).unwrap(),
+            net.canonicalize().unwrap()
+        );
+        assert_eq!(
+            std::fs::read_dir(&net).unwrap().count(),
+            0,
+            "the probe is gone"
+        );
+    }
     use super::*;
 
     #[test]
