@@ -241,6 +241,8 @@ struct Job {
     /// Unit results received from workers, and their bytes of sums.
     results: std::sync::atomic::AtomicU64,
     result_bytes: std::sync::atomic::AtomicU64,
+    /// The most pixels any unit of the job has (bounds what a worker may send).
+    max_unit_pixels: usize,
 }
 
 /// How the scene reached the workers that needed it, for the end-of-job line.
@@ -392,6 +394,7 @@ pub async fn run_job(
         shipping: Mutex::new(ShippingStats::default()),
         results: Default::default(),
         result_bytes: Default::default(),
+        max_unit_pixels: units.iter().map(|u| u.pixels()).max().unwrap_or(0),
     });
     let layers = (0..work.layer_count())
         .map(|l| {
@@ -929,9 +932,12 @@ async fn serve_worker(
         "node joined: {name}, {threads} threads, rendering {:.3} s after the master started",
         job.started.elapsed().as_secs_f64()
     );
-    // Ready: from now on it sends results, up to a frame each (until now its messages were
-    // control messages, [`rayfarm_proto::MAX_CONTROL_MESSAGE_BYTES`]).
-    conn.set_max_message_bytes(rayfarm_proto::MAX_FRAME_BYTES);
+    // Ready: from now on it sends results, as large as the job's largest unit needs (until
+    // now its messages were control messages, [`rayfarm_proto::MAX_CONTROL_MESSAGE_BYTES`]).
+    conn.set_max_message_bytes(rayfarm_proto::max_worker_message_bytes(
+        job.max_unit_pixels,
+        threads,
+    ));
     let result = session_loop(conn, sched, job, node, name, threads, stop).await;
     sched
         .lock()

@@ -57,6 +57,20 @@ pub const MAX_FRAME_BYTES: usize = 32 << 20;
 /// of a server's sessions hold a 32 MiB half-sent message, or have a scanning master decode
 /// 32 MiB of one-byte strings into 800 MB ([`Conn::set_max_message_bytes`]).
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 10;
+
+/// The largest message a ready worker of `threads` threads needs to send to a master whose
+/// largest unit has `unit_pixels` pixels: a `UnitDone` of the longest encoded sums, or a
+/// `GiveBack` of every unit it may hold (two per thread, 64 bytes each is generous), and never
+/// less than a control message or more than a frame. A keyholder's half-sent result then holds
+/// this much of the master's memory per session, not 32 MiB.
+pub fn max_worker_message_bytes(unit_pixels: usize, threads: u32) -> usize {
+    let result = unit_sums::max_encoded_bytes(unit_pixels).saturating_add(1 << 10);
+    let give_back = (threads as usize).saturating_mul(2 * 64);
+    result
+        .max(give_back)
+        .max(MAX_CONTROL_MESSAGE_BYTES)
+        .min(MAX_FRAME_BYTES)
+}
 /// Largest Noise handshake message accepted (ours are 48 bytes each way).
 pub const MAX_HANDSHAKE_MESSAGE_BYTES: usize = 256;
 /// Size of one scene chunk: small enough that a relay forwards it after a few ms (each level

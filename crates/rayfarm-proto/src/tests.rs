@@ -324,3 +324,45 @@ async fn a_server_takes_only_control_messages_until_it_raises_its_limit() {
     );
     assert_eq!(got[1].as_ref().ok(), Some(&"Goodbye"), "{:?}", got[1]);
 }
+
+/// A master takes from a ready worker only what the job's largest unit needs: the bound must
+/// hold the longest sums there are (random 128-bit sums: the longest varints, and zstd finds
+/// nothing to squeeze), and stays far below a frame for ordinary tiles.
+#[test]
+fn a_ready_workers_limit_holds_the_longest_result_of_its_units() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x = rayfarm_render::sampler::mix64(x);
+        x
+    };
+    for pixels in [1usize, 7, 64 * 64, 128 * 96] {
+        let sums: Vec<[i128; 3]> = (0..pixels)
+            .map(|_| [0; 3].map(|_: i32| (((next() as u128) << 64) | next() as u128) as i128))
+            .collect();
+        let msg = Msg::UnitDone {
+            unit: WireUnit::from(rayfarm_render::WorkUnit {
+                layer: 0,
+                sample_start: 0,
+                sample_end: u32::MAX,
+                y0: 0,
+                x0: 0,
+                y1: 1,
+                x1: pixels as u32,
+            }),
+            sums: unit_sums::encode(&sums),
+            nonfinite: u64::MAX,
+        };
+        let bytes = postcard::to_stdvec(&msg).unwrap().len();
+        let limit = max_worker_message_bytes(pixels, 1);
+        assert!(bytes <= limit, "{pixels} pixels: {bytes} > {limit}");
+    }
+    assert!(max_worker_message_bytes(64 * 64, 16) < 300 << 10);
+    assert_eq!(max_worker_message_bytes(1, 1), MAX_CONTROL_MESSAGE_BYTES);
+    assert_eq!(max_worker_message_bytes(4096 * 4096, 1), MAX_FRAME_BYTES);
+    // A GiveBack of every unit a 4096-thread worker may hold fits too.
+    let give_back = Msg::GiveBack {
+        units: vec![unit_2x3(); 2 * 4096],
+    };
+    let bytes = postcard::to_stdvec(&give_back).unwrap().len();
+    assert!(bytes <= max_worker_message_bytes(1, 4096), "{bytes}");
+}

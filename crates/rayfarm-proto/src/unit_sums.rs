@@ -37,6 +37,13 @@ pub fn max_varint_bytes(pixels: usize) -> usize {
     pixels.saturating_mul(3 * MAX_VARINT)
 }
 
+/// Largest encoded sums of a unit of `pixels` pixels: zstd's bound for the longest varint
+/// stream (incompressible input grows a little).
+pub fn max_encoded_bytes(pixels: usize) -> usize {
+    let raw = max_varint_bytes(pixels);
+    raw.saturating_add(raw / 128).saturating_add(1 << 10)
+}
+
 #[inline]
 fn zigzag(v: i128) -> u128 {
     ((v << 1) ^ (v >> 127)) as u128
