@@ -55,6 +55,20 @@ pub fn write_atomic_with<E: From<WriteError>>(
     #[cfg(not(unix))]
     let _ = mode;
     let mut f = opts.open(&tmp).map_err(io)?;
+    // A file replaced keeps its permission bits where they are stricter: a private (0600)
+    // image rendered again stays private.
+    #[cfg(unix)]
+    if let Ok(old) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if old.is_file() {
+            if let Ok(new) = f.metadata() {
+                let bits = new.permissions().mode() & old.permissions().mode() & 0o7777;
+                if bits != new.permissions().mode() & 0o7777 {
+                    let _ = f.set_permissions(std::fs::Permissions::from_mode(bits));
+                }
+            }
+        }
+    }
     let r = write(&mut f).and_then(|()| {
         f.sync_all().map_err(io)?;
         drop(f);
@@ -110,6 +124,20 @@ pub fn sync_parent(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rendering over a private file keeps it private (atomic writes made it 0644).
+    #[test]
+    fn a_file_replaced_keeps_stricter_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("private.png");
+        std::fs::write(&p, b"old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_atomic(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 
     #[test]
     fn a_failed_write_leaves_the_old_file_and_no_temporary() {

@@ -16,7 +16,8 @@ pub enum AddrError {
 }
 
 /// Checks `HOST:PORT`: at most `max_len` bytes; the host a name or IPv4 address (letters,
-/// digits, `.`, `-`, `_`, not starting with `-`) or a bracketed IPv6 address; the port 1-65535.
+/// digits, `.`, `-`, `_`, not starting with `-`, no empty label, and a numeric host only as a
+/// plain dotted quad) or a bracketed IPv6 address; the port 1-65535.
 /// Nothing is resolved.
 pub fn check_host_port(addr: &str, max_len: usize) -> Result<(), AddrError> {
     // Errors quote at most this much of what was sent.
@@ -41,6 +42,26 @@ pub fn check_host_port(addr: &str, max_len: usize) -> Result<(), AddrError> {
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    // A host that reads as a number (every label digits, or `0x` and hex digits) must be a
+    // dotted-quad IPv4 address written the one usual way: the resolver also takes `0177.0.0.2`,
+    // `0x7f000002`, `2130706434` and `127.2` for 127.0.0.2, so one node could be registered
+    // under a thousand spellings and every scan would hit it a thousand times.
+    let numeric = host.split('.').all(|label| {
+        let hex = label
+            .strip_prefix("0x")
+            .or_else(|| label.strip_prefix("0X"));
+        match hex {
+            Some(h) => h.chars().all(|c| c.is_ascii_hexdigit()),
+            None => !label.is_empty() && label.chars().all(|c| c.is_ascii_digit()),
+        }
+    });
+    // No empty label either: `127.0.0.1.` is 127.0.0.1 again, to a resolver.
+    let name_ok = name_ok
+        && !host.split('.').any(str::is_empty)
+        && (!numeric
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.to_string() == host));
     let v6_ok = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
@@ -66,6 +87,8 @@ mod tests {
             "node_3:1",
             "[::1]:21000",
             "[fe80::1]:65535",
+            "3dnode:48000",
+            "10.0.0.255:48000",
         ] {
             assert_eq!(check_host_port(good, 256), Ok(()), "{good}");
         }
@@ -78,6 +101,12 @@ mod tests {
             ("-oProxy=x:80", "not a host"),
             ("a b:80", "not a host"),
             ("::1:80", "not a host"),
+            ("0177.0.0.2:48000", "not a host"),
+            ("000177.0.0.02:48000", "not a host"),
+            ("0x7f000002:48000", "not a host"),
+            ("2130706434:48000", "not a host"),
+            ("127.2:48000", "not a host"),
+            ("127.0.0.1.:48000", "not a host"),
             ("[nope]:80", "not a host"),
             ("host\n:80", "not a host"),
         ];

@@ -172,6 +172,15 @@ pub fn run(a: BakeArgs) -> Result<()> {
     if a.gltf_out.is_some() && !passes.contains(&Pass::Complete) {
         bail!("--gltf-out assigns the complete map to each object: add complete to --passes");
     }
+    if let Some(g) = &a.gltf_out {
+        if g.extension().and_then(|e| e.to_str()) != Some("glb") {
+            bail!(
+                "{}: --gltf-out writes a binary glTF: name it FILE.glb",
+                g.display()
+            );
+        }
+        crate::output::refuse_overwriting_input(&a.scene, g, "--gltf-out")?;
+    }
     let threads_wanted = match a.threads {
         Some(t) => t,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -242,6 +251,8 @@ pub fn run(a: BakeArgs) -> Result<()> {
         };
         sizes.push(size);
     }
+    check_map_names(&groups, &sizes, &a.passes)
+        .map_err(|e| anyhow::anyhow!("{scene_name}: {e}"))?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
     apply_environment(&mut scene, a.env.as_deref(), a.env_color, a.quiet)?;
@@ -730,5 +741,31 @@ fn write_baked_gltf(
         .collect::<Result<Vec<_>>>()?;
     rayfarm_job::maps::write_baked_glb(path, scene, maps, uv_set)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Every map gets a file name of its own: names keep only letters, digits, `_` and `-`, so
+/// objects named `Floor.001` and `Floor_001` (or two objects both named `Floor`, common in
+/// OBJ files) would write the same files, and the first object's maps would be lost without
+/// a word. Compared without case, as the farm's job.desc does (case-insensitive disks).
+fn check_map_names(
+    groups: &[(Option<String>, Vec<usize>)],
+    sizes: &[u32],
+    passes: &[Pass],
+) -> std::result::Result<(), String> {
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for ((object, _), &size) in groups.iter().zip(sizes) {
+        let name = object.as_deref().unwrap_or("atlas");
+        for &pass in passes {
+            let stem = rayfarm_bake::map_name(object.as_deref(), pass, size, size);
+            if let Some(other) = seen.insert(stem.to_ascii_lowercase(), name) {
+                return Err(format!(
+                    "objects '{other}' and '{name}' would both be written as {stem}.png and \
+                     .exr (map names keep only letters, digits, '_' and '-'); rename one of \
+                     them in the scene, or bake them together without --per-object"
+                ));
+            }
+        }
+    }
     Ok(())
 }

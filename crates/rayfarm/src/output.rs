@@ -108,3 +108,22 @@ mod tests {
         }
     }
 }
+
+/// Refuses an output (`flag`) that is the input scene itself, or a link to it: writing it
+/// would replace the scene the user asked to read.
+pub fn refuse_overwriting_input(scene: &Path, out: &Path, flag: &str) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(i), Ok(o)) = (std::fs::metadata(scene), std::fs::metadata(out)) {
+            if i.dev() == o.dev() && i.ino() == o.ino() {
+                anyhow::bail!(
+                    "{}: {flag} names the scene being read ({}); write to another file",
+                    out.display(),
+                    scene.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -847,8 +847,17 @@ pub fn info(a: InfoArgs) -> Result<()> {
         }
     }
     if let Some(path) = &a.compile_to {
+        if path.extension().and_then(|e| e.to_str()) != Some("rfscene") {
+            bail!(
+                "{}: --compile-to writes a compiled scene: name it FILE.rfscene",
+                path.display()
+            );
+        }
+        crate::output::refuse_overwriting_input(&a.scene, path, "--compile-to")?;
         let blob = rayfarm_scene::blob::encode(&scene);
-        std::fs::write(path, &blob).with_context(|| format!("{}: cannot write", path.display()))?;
+        // A new file renamed into place: never through a symlink planted at the name, never
+        // into a named pipe, and never half written.
+        rayfarm_job::fsutil::write_atomic(path, &blob).map_err(|e| anyhow::anyhow!("{e}"))?;
         let hash = rayfarm_scene::blob::content_hash(&blob).map_err(|e| anyhow::anyhow!("{e}"))?;
         writeln!(
             out,

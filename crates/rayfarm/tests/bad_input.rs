@@ -1085,3 +1085,90 @@ fn images_naming_the_same_file_are_decoded_once() {
     assert!(r.stdout.contains(", 1 images,"), "{}", r.stdout);
     assert!(render(&p, dir.path(), &[]).success);
 }
+
+/// Outputs of `info --compile-to` and `bake --gltf-out` are new files renamed into place: a
+/// symlink planted at the name (in a shared folder) is replaced, not written through; a named
+/// pipe there does not hang the command; and neither output may be the scene being read.
+#[test]
+fn compiled_and_baked_outputs_never_go_through_a_planted_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let scene = example("cornell_box.gltf");
+    let copy = d.join("copy.obj");
+    std::fs::write(
+        &copy,
+        "v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n",
+    )
+    .unwrap();
+    let victim = d.join("authorized_keys");
+    std::fs::write(&victim, "ssh-ed25519 AAAA victim\n").unwrap();
+    let planted = d.join("out.rfscene");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    rayfarm(args!["info", &scene, "--compile-to", &planted]).assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "ssh-ed25519 AAAA victim\n"
+    );
+    assert!(std::fs::symlink_metadata(&planted).unwrap().is_file());
+    let fifo = d.join("fifo.rfscene");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    rayfarm(args!["info", &scene, "--compile-to", &fifo]).assert_ok();
+    assert!(std::fs::metadata(&fifo).unwrap().is_file());
+    // The scene itself, by another name or through a link: refused, the scene untouched.
+    let before = std::fs::read(&copy).unwrap();
+    let link = d.join("link.rfscene");
+    std::os::unix::fs::symlink(&copy, &link).unwrap();
+    rayfarm(args!["info", &copy, "--compile-to", &link])
+        .assert_error(&["--compile-to names the scene being read"]);
+    rayfarm(args!["info", &copy, "--compile-to", &copy]).assert_error(&["FILE.rfscene"]);
+    let glb = d.join("copy.glb");
+    std::fs::hard_link(&copy, &glb).unwrap();
+    let out = d.join("maps");
+    let bake_to = |gltf_out: &std::path::Path| {
+        rayfarm(args![
+            "bake",
+            &copy,
+            "-o",
+            &out,
+            "--size",
+            "16",
+            "--spp",
+            "1",
+            "--gltf-out",
+            gltf_out
+        ])
+    };
+    bake_to(&glb).assert_error(&["--gltf-out names the scene being read"]);
+    bake_to(&copy).assert_error(&["FILE.glb"]);
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+}
+
+/// Map names keep only letters, digits, `_` and `-`: objects `Floor.001` and `Floor_001` (or
+/// two objects named alike, common in OBJ files) would write the same files, and a local bake
+/// lost the first object's maps without a word. Now it refuses before baking, naming both.
+#[test]
+fn objects_whose_maps_would_share_a_name_are_refused_before_baking() {
+    let dir = tempfile::tempdir().unwrap();
+    let obj = dir.path().join("collide.obj");
+    std::fs::write(
+        &obj,
+        "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 2 0 0\nv 3 0 0\nv 2 1 0\n\
+         vt 0 0\nvt 1 0\nvt 0 1\n\
+         o Floor.001\nf 1/1 2/2 3/3\no Floor_001\nf 4/1 5/2 6/3\n",
+    )
+    .unwrap();
+    let out = dir.path().join("maps");
+    let bake = |extra: &[&str]| {
+        let mut a = args!["bake", &obj, "-o", &out, "--size", "16", "--spp", "1"];
+        a.extend(extra.iter().map(std::ffi::OsString::from));
+        rayfarm(a)
+    };
+    bake(&["--per-object"]).assert_error(&["'Floor.001' and 'Floor_001'", "rename one"]);
+    assert!(!out.join("Floor_001_complete_16.png").exists());
+    // Baked together into one atlas, they have one name.
+    bake(&[]).assert_ok();
+}
