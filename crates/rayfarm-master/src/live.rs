@@ -139,8 +139,17 @@ struct Inner {
     node_rates: BTreeMap<String, RateWindow>,
     /// The last image of the layer shown once its film left the scheduler (finished layers).
     last_preview: Option<(u32, Preview)>,
+    /// The image built most recently from the scheduler, and when: requests within
+    /// [`PREVIEW_MIN_INTERVAL`] of it get it again, so clients fetching the image in a loop
+    /// hold the scheduler's lock a bounded share of the time.
+    recent: Option<(Instant, Preview)>,
+    /// Counts the view's layer changes and its end: an image built before one is not kept.
+    generation: u64,
     ended: Option<Instant>,
 }
+
+/// The least time between two images built from the scheduler for the view.
+pub const PREVIEW_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl LiveView {
     /// A view of a job called `title` (`kind` `render` or `bake`) of `width` x `height` at
@@ -169,6 +178,8 @@ impl LiveView {
                 total_rate: RateWindow::default(),
                 node_rates: BTreeMap::new(),
                 last_preview: None,
+                recent: None,
+                generation: 0,
                 ended: None,
             }),
             stop: watch::channel(false).0,
@@ -235,6 +246,8 @@ impl LiveView {
         if last.is_some() {
             g.last_preview = last;
         }
+        g.recent = None;
+        g.generation += 1;
         if let Some(s) = g.status.as_mut() {
             s.nodes = shares.to_vec();
         }
@@ -245,19 +258,34 @@ impl LiveView {
     ///
     /// [`preview_of`]: crate::scheduler::preview_of
     pub fn layer_finished(&self, layer: u32, preview: Preview) {
-        self.lock().last_preview = Some((layer, preview));
+        let mut g = self.lock();
+        g.last_preview = Some((layer, preview));
+        g.recent = None;
+        g.generation += 1;
     }
 
     /// The image as it stands, at most [`PREVIEW_MAX_EDGE`] a side; `None` before any result.
     pub fn preview(&self) -> Option<Preview> {
-        let (sched, last) = {
+        let (sched, last, generation) = {
             let g = self.lock();
-            (g.sched.clone(), g.last_preview.clone())
+            if let Some((t, p)) = &g.recent {
+                if t.elapsed() < PREVIEW_MIN_INTERVAL {
+                    return Some(p.clone());
+                }
+            }
+            (g.sched.clone(), g.last_preview.clone(), g.generation)
         };
         if let Some(sched) = sched {
-            let s = sched.lock().unwrap_or_else(|p| p.into_inner());
-            let layer = s.current_layer();
-            if let Some(p) = s.preview(layer, PREVIEW_MAX_EDGE) {
+            let built = {
+                let s = sched.lock().unwrap_or_else(|p| p.into_inner());
+                let layer = s.current_layer();
+                s.preview(layer, PREVIEW_MAX_EDGE)
+            };
+            if let Some(p) = built {
+                let mut g = self.lock();
+                if g.generation == generation {
+                    g.recent = Some((Instant::now(), p.clone()));
+                }
                 return Some(p);
             }
         }
@@ -423,5 +451,59 @@ mod tests {
         v.finish(true, None, &[]);
         assert!(!v.request_stop(), "a finished job said it was running");
         assert_eq!(v.snapshot().state, JobState::Stopped);
+    }
+}
+
+#[cfg(test)]
+mod preview_tests {
+    use super::*;
+    use rayfarm_render::film::Region;
+    use crate::scheduler::tests::unit;
+    use rayfarm_render::UnitResult;
+
+    /// Clients fetching the image in a loop get the image built at most
+    /// [`PREVIEW_MIN_INTERVAL`] ago instead of one built under the scheduler's lock each time;
+    /// a layer that finishes makes the next request build afresh.
+    #[test]
+    fn images_are_built_at_most_once_per_interval() {
+        let mut s = Scheduler::new(vec![Region::full(1, 1)], (0..3).map(unit).collect());
+        s.track_progress();
+        let n = s.add_node("a".into(), 1);
+        let sched = Arc::new(Mutex::new(s));
+        let v = LiveView::new("t", "render", 1, 1, 3, 1);
+        v.attach(sched.clone());
+        assert_eq!(v.preview(), None, "no result yet");
+        let add = |value: i128| {
+            let mut s = sched.lock().unwrap();
+            let u = s.take(n).unwrap();
+            let one = 1i128 << rayfarm_render::film::FIXED_FRAC_BITS;
+            assert!(s.complete(
+                n,
+                UnitResult {
+                    unit: u,
+                    sums: vec![[value * one; 3]],
+                    nonfinite_samples: 0,
+                }
+            ));
+        };
+        add(1);
+        let first = v.preview().unwrap();
+        add(4);
+        assert_eq!(
+            v.preview().unwrap(),
+            first,
+            "within the interval: the same image"
+        );
+        std::thread::sleep(PREVIEW_MIN_INTERVAL);
+        let second = v.preview().unwrap();
+        assert_ne!(second, first, "after it: built again");
+        add(7);
+        let (_, film) = sched.lock().unwrap().take_finished().pop().unwrap();
+        v.layer_finished(0, crate::scheduler::preview_of(&film, &[3], 64));
+        assert_ne!(
+            v.preview().unwrap(),
+            second,
+            "a finished layer shows at once"
+        );
     }
 }

@@ -768,10 +768,10 @@ fn preview_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn unit(s: u32) -> WorkUnit {
+    pub(crate) fn unit(s: u32) -> WorkUnit {
         WorkUnit {
             layer: 0,
             sample_start: s,

@@ -68,8 +68,7 @@ pub fn max_worker_message_bytes(unit_pixels: usize, threads: u32) -> usize {
     let give_back = (threads as usize).saturating_mul(2 * 64);
     result
         .max(give_back)
-        .max(MAX_CONTROL_MESSAGE_BYTES)
-        .min(MAX_FRAME_BYTES)
+        .clamp(MAX_CONTROL_MESSAGE_BYTES, MAX_FRAME_BYTES)
 }
 /// Largest Noise handshake message accepted (ours are 48 bytes each way).
 pub const MAX_HANDSHAKE_MESSAGE_BYTES: usize = 256;

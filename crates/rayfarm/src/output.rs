@@ -80,6 +80,25 @@ pub fn read_exr(path: &Path) -> Result<(u32, u32, Vec<[f32; 3]>)> {
     ))
 }
 
+/// Refuses an output (`flag`) that is the input scene itself, or a link to it: writing it
+/// would replace the scene the user asked to read.
+pub fn refuse_overwriting_input(scene: &Path, out: &Path, flag: &str) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(i), Ok(o)) = (std::fs::metadata(scene), std::fs::metadata(out)) {
+            if i.dev() == o.dev() && i.ino() == o.ino() {
+                anyhow::bail!(
+                    "{}: {flag} names the scene being read ({}); write to another file",
+                    out.display(),
+                    scene.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,23 +126,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Refuses an output (`flag`) that is the input scene itself, or a link to it: writing it
-/// would replace the scene the user asked to read.
-pub fn refuse_overwriting_input(scene: &Path, out: &Path, flag: &str) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if let (Ok(i), Ok(o)) = (std::fs::metadata(scene), std::fs::metadata(out)) {
-            if i.dev() == o.dev() && i.ino() == o.ino() {
-                anyhow::bail!(
-                    "{}: {flag} names the scene being read ({}); write to another file",
-                    out.display(),
-                    scene.display()
-                );
-            }
-        }
-    }
-    Ok(())
 }
