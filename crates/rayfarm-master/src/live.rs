@@ -457,8 +457,8 @@ mod tests {
 #[cfg(test)]
 mod preview_tests {
     use super::*;
-    use rayfarm_render::film::Region;
     use crate::scheduler::tests::unit;
+    use rayfarm_render::film::Region;
     use rayfarm_render::UnitResult;
 
     /// Clients fetching the image in a loop get the image built at most

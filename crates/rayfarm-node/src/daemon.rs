@@ -65,6 +65,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: usize = 64;
 /// Longest `master_addr` accepted in `Acquire`.
 pub const MAX_MASTER_ADDR_LEN: usize = 300;
+/// The least time between two worker starts: a keyholding master whose `Acquire`s name a port
+/// that is not a master made a daemon start (and reap) about 20 workers a second.
+pub const MIN_WORKER_START_INTERVAL: Duration = Duration::from_secs(1);
 /// Time connection tasks get to stop their worker when the daemon shuts down.
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -187,6 +190,8 @@ struct Shared {
     next_lease: std::sync::atomic::AtomicU64,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<DaemonMetrics>,
+    /// When the last worker was started ([`MIN_WORKER_START_INTERVAL`]).
+    last_start: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// A bound, probed daemon, ready to [`serve`](Daemon::serve).
@@ -253,6 +258,7 @@ impl Daemon {
             next_lease: std::sync::atomic::AtomicU64::new(1),
             shutdown: stop_rx,
             metrics: self.metrics,
+            last_start: std::sync::Mutex::new(None),
         });
         let local = self.local;
         let mut listener = match SecureListener::new(
@@ -735,6 +741,19 @@ async fn hold_lease(
 ) -> Result<(), ProtoError> {
     let opts = &shared.opts;
     let peer = conn.peer;
+    // At most one start per interval (the slot is held, so no other start races this one).
+    let wait = {
+        let mut last = shared.last_start.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let wait = last.map_or(Duration::ZERO, |t| {
+            MIN_WORKER_START_INTERVAL.saturating_sub(now.saturating_duration_since(t))
+        });
+        *last = Some(now + wait);
+        wait
+    };
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
     let mut child = match spawn_worker(opts, master) {
         Ok(c) => c,
         Err(e) => {

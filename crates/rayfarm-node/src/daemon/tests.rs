@@ -353,6 +353,32 @@ async fn exiting_worker_is_reported() {
     d.shutdown().await;
 }
 
+/// The attack (a keyholding master): `Acquire` again and again with an address where no
+/// master listens, so each worker exits at once. The daemon used to start about 20 workers a
+/// second; now at most one per [`MIN_WORKER_START_INTERVAL`].
+#[tokio::test]
+async fn workers_start_at_most_once_per_interval() {
+    let d = start(PROBE_OK, "exit 3", "t-churn", |_| {}).await;
+    let t0 = Instant::now();
+    for _ in 0..3 {
+        let (mut a, m) = acquire(&d.addr, "127.0.0.1:21001", 5000).await;
+        pid_of(&m);
+        match recv_heartbeating(&mut a, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            Msg::WorkerExited { .. } => {}
+            other => panic!("expected WorkerExited, got {other:?}"),
+        }
+    }
+    assert!(
+        t0.elapsed() >= MIN_WORKER_START_INTERVAL * 2,
+        "three starts in {:?}",
+        t0.elapsed()
+    );
+    d.shutdown().await;
+}
+
 #[tokio::test]
 async fn memory_limit_kills_the_worker() {
     let body = format!("x=$(head -c 20000000 /dev/zero | tr '\\0' a)\n{BEAT}");
