@@ -117,6 +117,20 @@ impl FolderHandle {
         &self.path
     }
 
+    /// A path that names this very folder whatever happens to its own path later: on Linux
+    /// `/proc/self/fd/N` of the handle (`None` elsewhere, or where `/proc` is not mounted).
+    pub fn fd_path(&self) -> Option<PathBuf> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let p = PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
+            if p.is_dir() {
+                return Some(p);
+            }
+        }
+        None
+    }
+
     /// Opens the regular file `name` for reading, never through a symlink, and never anything
     /// else: a FIFO planted at a part's or the job.desc's name blocked the open itself (waiting
     /// for a writer that never came) and with it `rayfarm merge` and the manager's dispatch. So

@@ -49,6 +49,28 @@ pub enum MapError {
     Gltf { path: PathBuf, reason: String },
 }
 
+impl MapError {
+    /// The error with each path it names passed through `f`.
+    pub fn with_paths(self, f: impl Fn(PathBuf) -> PathBuf) -> MapError {
+        match self {
+            MapError::Io { path, source } => MapError::Io {
+                path: f(path),
+                source,
+            },
+            MapError::Exr { path, reason } => MapError::Exr {
+                path: f(path),
+                reason,
+            },
+            MapError::NoFolder { path } => MapError::NoFolder { path: f(path) },
+            MapError::Gltf { path, reason } => MapError::Gltf {
+                path: f(path),
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Writes `<stem>.exr` (32-bit float linear RGB) and `<stem>.png` (8-bit, see
 /// [`encode_map_png`]) into `out_dir`, each atomically. Returns the two paths, EXR first.
 /// The bytes are exactly those `rayfarm bake` has always written for a map.

@@ -222,12 +222,12 @@ fn check_parts(
 /// must exist). Returns the files written.
 pub fn write_placeholders(desc: &JobDesc) -> Result<Vec<PathBuf>, MergeError> {
     desc.validate()?;
-    let out_dir = out_dir_from_desc(desc)?;
+    let out = OutFolder::open(out_dir_from_desc(desc)?)?;
     let mut written = Vec::new();
     for o in &desc.outputs {
-        written.extend(crate::maps::write_placeholder(
-            &out_dir, &o.stem, o.width, o.height,
-        )?);
+        let files = crate::maps::write_placeholder(&out.io, &o.stem, o.width, o.height)
+            .map_err(|e| out.shown_error(e.into()))?;
+        written.extend(files.into_iter().map(|p| out.shown(p)));
     }
     Ok(written)
 }
@@ -240,14 +240,68 @@ pub fn write_placeholders_any(desc: &AnyJobDesc) -> Result<Vec<PathBuf>, MergeEr
         AnyJobDesc::Render(d) => d,
     };
     d.validate()?;
-    let out_dir = out_dir_from(&d.out_dir)?;
+    let out = OutFolder::open(out_dir_from(&d.out_dir)?)?;
     let mut written = Vec::new();
     for f in &d.frames {
-        let path = safe_join(&out_dir, &f.output)?;
-        crate::images::write_placeholder_image(&path, d.render.width, d.render.height)?;
-        written.push(path);
+        let path = safe_join(&out.io, &f.output)?;
+        crate::images::write_placeholder_image(&path, d.render.width, d.render.height)
+            .map_err(|e| out.shown_error(e.into()))?;
+        written.push(out.shown(path));
     }
     Ok(written)
+}
+
+/// The output folder of a merge (or of the client's placeholders), opened once without
+/// following a symlink anywhere on its path. Files are written under `io`: on Linux
+/// `/proc/self/fd/N` of that handle, which stays the folder opened whatever happens to its
+/// path meanwhile (a folder on the share swapped for a symlink in the middle of a merge sends
+/// nothing elsewhere); `shown` is its path for messages and the `merged` marker.
+struct OutFolder {
+    io: PathBuf,
+    shown: PathBuf,
+    _handle: crate::folder::FolderHandle,
+}
+
+impl OutFolder {
+    fn open(dir: PathBuf) -> Result<OutFolder, MergeError> {
+        let handle = crate::folder::FolderHandle::open_without_symlinks(&dir).map_err(|e| {
+            MergeError::OutDir {
+                path: dir.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let io = handle.fd_path().unwrap_or_else(|| dir.clone());
+        Ok(OutFolder {
+            io,
+            shown: dir,
+            _handle: handle,
+        })
+    }
+
+    /// `p` (under `io`) as the user knows it (under `shown`).
+    fn shown(&self, p: PathBuf) -> PathBuf {
+        match p.strip_prefix(&self.io) {
+            Ok(rest) => self.shown.join(rest),
+            Err(_) => p,
+        }
+    }
+
+    /// `e` with its paths under `io` named as the user knows them.
+    fn shown_error(&self, e: MergeError) -> MergeError {
+        let f = |p: PathBuf| self.shown(p);
+        match e {
+            MergeError::Io { path, source } => MergeError::Io {
+                path: f(path),
+                source,
+            },
+            MergeError::OutDir { path, reason } => MergeError::OutDir {
+                path: f(path),
+                reason,
+            },
+            MergeError::Map(m) => MergeError::Map(m.with_paths(f)),
+            other => other,
+        }
+    }
 }
 
 fn out_dir_from_desc(desc: &JobDesc) -> Result<PathBuf, MergeError> {
@@ -346,18 +400,23 @@ pub fn merge(
         }
     }
     let out_dir = match &opts.out_dir {
+        // The folder the user names, symlinks on its path and all (resolved now).
         Some(d) => {
-            check_out_dir_exists(std::path::absolute(d).map_err(|source| MergeError::Io {
-                path: d.clone(),
-                source,
-            })?)?
+            let d =
+                check_out_dir_exists(std::path::absolute(d).map_err(|source| MergeError::Io {
+                    path: d.clone(),
+                    source,
+                })?)?;
+            std::fs::canonicalize(&d).map_err(|source| MergeError::Io { path: d, source })?
         }
         None => out_dir_from(any.out_dir())?,
     };
+    let out = OutFolder::open(out_dir)?;
     match any {
-        AnyJobDesc::Bake(desc) => merge_bake(desc_path, &job_dir, desc, &out_dir, opts, &seal),
-        AnyJobDesc::Render(desc) => merge_render(&job_dir, desc, &out_dir, opts, &seal),
+        AnyJobDesc::Bake(desc) => merge_bake(desc_path, &job_dir, desc, &out, opts, &seal),
+        AnyJobDesc::Render(desc) => merge_render(&job_dir, desc, &out, opts, &seal),
     }
+    .map_err(|e| out.shown_error(e))
 }
 
 /// Writes the `merged` marker listing `written`, then takes the job folder apart.
@@ -401,7 +460,7 @@ fn write_marker(job_dir: &Path, written: &[PathBuf], seal: &JobSeal) -> Result<(
 fn merge_render(
     job_dir: &Path,
     desc: RenderJobDesc,
-    out_dir: &Path,
+    out: &OutFolder,
     opts: &MergeOptions,
     seal: &JobSeal,
 ) -> Result<MergeReport, MergeError> {
@@ -442,9 +501,9 @@ fn merge_render(
         }
         nonfinite = nonfinite.saturating_add(film.nonfinite_samples);
         let px = film.to_rgb(desc.render.spp);
-        let path = safe_join(out_dir, &f.output)?;
+        let path = safe_join(&out.io, &f.output)?;
         crate::images::write_image(&path, w, h, &px, &desc.image_settings())?;
-        written.push(path);
+        written.push(out.shown(path));
     }
     finish(job_dir, &AnyJobDesc::Render(desc), written, nonfinite, seal)
 }
@@ -453,11 +512,11 @@ fn merge_bake(
     desc_path: &Path,
     job_dir: &Path,
     desc: JobDesc,
-    out_dir: &Path,
+    out: &OutFolder,
     opts: &MergeOptions,
     seal: &JobSeal,
 ) -> Result<MergeReport, MergeError> {
-    let (job_dir, out_dir) = (job_dir.to_path_buf(), out_dir.to_path_buf());
+    let job_dir = job_dir.to_path_buf();
     let scene = load_scene(&job_dir, &desc.scene)?;
     check_against_scene(&job_dir, &desc, &scene)?;
     let plans = desc
@@ -536,8 +595,8 @@ fn merge_bake(
             rayfarm_bake::dilate(&raw, o.width, o.height, &table.covered(), desc.bake.padding);
         drop(raw);
         let (files, png) =
-            write_map_files_keep_png(&out_dir, &o.stem, o.width, o.height, &px, o.pass)?;
-        written.extend(files);
+            write_map_files_keep_png(&out.io, &o.stem, o.width, o.height, &px, o.pass)?;
+        written.extend(files.into_iter().map(|p| out.shown(p)));
         if o.pass == rayfarm_bake::Pass::Complete && desc.gltf_out.is_some() {
             complete_maps.push(BakedMap {
                 meshes: o.atlas_meshes.clone(),
@@ -549,9 +608,9 @@ fn merge_bake(
     drop(last);
     drop(tables);
     if let Some(name) = &desc.gltf_out {
-        let path = safe_join(&out_dir, name)?;
+        let path = safe_join(&out.io, name)?;
         crate::maps::write_baked_glb(&path, &scene, complete_maps, desc.bake.uv_set)?;
-        written.push(path);
+        written.push(out.shown(path));
     }
 
     // Every output is in place: record it, then take the job folder apart.
@@ -900,6 +959,33 @@ mod tests {
         std::fs::rename(&share, base.join("share.orig")).unwrap();
         std::os::unix::fs::symlink(&victim, &share).unwrap();
         refused("a folder above it");
+    }
+
+    /// The race the check above leaves open: swap the output folder for a symlink after the
+    /// merge opened it. Files written afterwards still land in the folder opened (its handle),
+    /// never where the symlink points, and are named by the folder's own path.
+    #[test]
+    fn an_output_folder_swapped_during_a_merge_still_gets_the_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let (out, victim) = (base.join("out"), base.join("victim"));
+        std::fs::create_dir(&out).unwrap();
+        std::fs::create_dir(&victim).unwrap();
+        let folder = OutFolder::open(out.clone()).unwrap();
+        std::fs::rename(&out, base.join("out.orig")).unwrap();
+        std::os::unix::fs::symlink(&victim, &out).unwrap();
+        let path = folder.io.join("frame.png");
+        crate::maps::write_atomic(&path, b"image").unwrap();
+        assert_eq!(folder.shown(path), out.join("frame.png"));
+        assert_eq!(
+            std::fs::read_dir(&victim).unwrap().count(),
+            0,
+            "written elsewhere"
+        );
+        assert_eq!(
+            std::fs::read(base.join("out.orig/frame.png")).unwrap(),
+            b"image"
+        );
     }
 
     #[test]
