@@ -407,6 +407,45 @@ async fn read_handshake(stream: &mut TcpStream, peer: &str) -> Result<Vec<u8>, P
     Ok(m)
 }
 
+/// How many host-name lookups may run at once (each takes a blocking thread).
+pub const MAX_NAME_LOOKUPS: usize = 32;
+static NAME_LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_NAME_LOOKUPS);
+
+/// Opens a TCP connection to `addr` (`IP:PORT` or `NAME:PORT`). A name is looked up in a task
+/// of its own holding one of [`MAX_NAME_LOOKUPS`] permits until the lookup ends: a caller's
+/// timeout does not cancel a system lookup, and names of a slow domain (a manager scans every
+/// registered address every few seconds) would otherwise tie up tokio's blocking threads.
+async fn connect_tcp(addr: &str) -> std::io::Result<TcpStream> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return TcpStream::connect(a).await;
+    }
+    let permit = NAME_LOOKUPS
+        .acquire()
+        .await
+        .map_err(|_| std::io::Error::other("name lookups are closed"))?;
+    let name = addr.to_string();
+    let lookup = tokio::spawn(async move {
+        let _permit = permit;
+        tokio::net::lookup_host(name)
+            .await
+            .map(|a| a.collect::<Vec<SocketAddr>>())
+    });
+    let addrs = lookup
+        .await
+        .map_err(|e| std::io::Error::other(format!("name lookup failed: {e}")))??;
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("{addr}: the name has no address"),
+    );
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Connects to `addr`, exchanges preambles and runs the channel handshake: on success both
 /// sides hold the farm key and every message is encrypted.
 pub async fn connect(
@@ -415,7 +454,7 @@ pub async fn connect(
     key: &FarmKey,
     connect_timeout: Duration,
 ) -> Result<Conn, ProtoError> {
-    let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+    let mut stream = match tokio::time::timeout(connect_timeout, connect_tcp(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return Err(ProtoError::Io {

@@ -366,3 +366,24 @@ fn a_ready_workers_limit_holds_the_longest_result_of_its_units() {
     let bytes = postcard::to_stdvec(&give_back).unwrap().len();
     assert!(bytes <= max_worker_message_bytes(1, 4096), "{bytes}");
 }
+
+/// A peer named by host name is looked up in a task of its own, bounded in number
+/// (`MAX_NAME_LOOKUPS`), and then connected as usual (`localhost`, from /etc/hosts: no DNS
+/// query leaves the machine); the lookup's permit is back once it is done.
+#[tokio::test]
+async fn peers_named_by_host_name_are_looked_up_and_reached() {
+    let key = FarmKey::from_secret("nnnnnnnnnnnnnnnnnnnn").unwrap();
+    let (addr, h) = server(key.clone()).await;
+    let port = addr.rsplit_once(':').unwrap().1;
+    let mut c = connect(
+        &format!("localhost:{port}"),
+        Role::Master,
+        &key,
+        HANDSHAKE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    c.send(&Msg::Release).await.unwrap();
+    assert_eq!(h.await.unwrap().unwrap(), Some(Msg::Release));
+    assert_eq!(NAME_LOOKUPS.available_permits(), MAX_NAME_LOOKUPS);
+}
