@@ -173,13 +173,7 @@ pub fn run(a: BakeArgs) -> Result<()> {
         bail!("--gltf-out assigns the complete map to each object: add complete to --passes");
     }
     if let Some(g) = &a.gltf_out {
-        if g.extension().and_then(|e| e.to_str()) != Some("glb") {
-            bail!(
-                "{}: --gltf-out writes a binary glTF: name it FILE.glb",
-                g.display()
-            );
-        }
-        crate::output::refuse_overwriting_input(&a.scene, g, "--gltf-out")?;
+        crate::output::check_side_output(&a.scene, g, "--gltf-out", "glb", "a binary glTF")?;
     }
     let threads_wanted = match a.threads {
         Some(t) => t,

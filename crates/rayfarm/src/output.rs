@@ -80,9 +80,22 @@ pub fn read_exr(path: &Path) -> Result<(u32, u32, Vec<[f32; 3]>)> {
     ))
 }
 
-/// Refuses an output (`flag`) that is the input scene itself, or a link to it: writing it
+/// Checks a file `flag` writes beside the main output (`what`, named `FILE.ext`): it must end
+/// in `.ext`, and it must not be the input scene itself, or a link to it, since writing it
 /// would replace the scene the user asked to read.
-pub fn refuse_overwriting_input(scene: &Path, out: &Path, flag: &str) -> anyhow::Result<()> {
+pub fn check_side_output(
+    scene: &Path,
+    out: &Path,
+    flag: &str,
+    ext: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    if out.extension().and_then(|e| e.to_str()) != Some(ext) {
+        anyhow::bail!(
+            "{}: {flag} writes {what}: name it FILE.{ext}",
+            out.display()
+        );
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

@@ -847,13 +847,13 @@ pub fn info(a: InfoArgs) -> Result<()> {
         }
     }
     if let Some(path) = &a.compile_to {
-        if path.extension().and_then(|e| e.to_str()) != Some("rfscene") {
-            bail!(
-                "{}: --compile-to writes a compiled scene: name it FILE.rfscene",
-                path.display()
-            );
-        }
-        crate::output::refuse_overwriting_input(&a.scene, path, "--compile-to")?;
+        crate::output::check_side_output(
+            &a.scene,
+            path,
+            "--compile-to",
+            "rfscene",
+            "a compiled scene",
+        )?;
         let blob = rayfarm_scene::blob::encode(&scene);
         // A new file renamed into place: never through a symlink planted at the name, never
         // into a named pipe, and never half written.
