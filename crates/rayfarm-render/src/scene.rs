@@ -25,7 +25,12 @@ pub struct Distribution1D {
     /// those few bins instead of all of them: the same bin, with fewer dependent loads (an
     /// environment map's rows and columns are searched at random, each step a cache miss).
     guide: Vec<u32>,
+    /// With at most [`SMALL_BINS`] bins, `cdf[1..]` padded with infinity.
+    small: Option<[f32; SMALL_BINS]>,
 }
+
+/// Distributions of at most this many bins find their bin by counting ([`Distribution1D::bin`]).
+const SMALL_BINS: usize = 8;
 
 impl Distribution1D {
     pub fn new(func: Vec<f32>) -> Distribution1D {
@@ -60,11 +65,19 @@ impl Distribution1D {
                 })
                 .collect()
         };
+        // Counting equals the search only over a sorted table (no NaN: an infinite weight).
+        let sorted = cdf.iter().all(|c| !c.is_nan());
+        let small = (sorted && !func.is_empty() && func.len() <= SMALL_BINS).then(|| {
+            let mut b = [f32::INFINITY; SMALL_BINS];
+            b[..func.len()].copy_from_slice(&cdf[1..]);
+            b
+        });
         Distribution1D {
             cdf,
             func,
             total,
             guide,
+            small,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -89,6 +102,14 @@ impl Distribution1D {
     #[inline(always)]
     fn bin(&self, u: f32) -> usize {
         let last = self.func.len() - 1;
+        // A few bins (a light picker's: a quad light's two triangles, or the tree and the
+        // environment): count the bounds at most `u`, which is what the search counts in a
+        // sorted table, without its branches or the guide's loads. The padding (infinity)
+        // counts only for `u` infinite, where the count is clamped to `last` anyway.
+        if let Some(bounds) = &self.small {
+            let n = bounds.iter().fold(0, |n, &c| n + usize::from(c <= u));
+            return n.min(last);
+        }
         let g = self.guide.len() - 1;
         // Below 0, or NaN: the whole search (what the guide assumes does not hold).
         if u.is_nan() || u < 0.0 {
