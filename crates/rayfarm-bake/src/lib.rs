@@ -259,6 +259,7 @@ pub fn plan(
 const WHITE_LAMBERT: Bsdf = Bsdf::base(Vec3A::ONE, 0.0, 1.0, Vec3A::ZERO, 0.0, 0.0);
 
 /// One sample of `settings.pass` at a texel's surface point.
+#[inline(always)]
 fn sample_texel(
     scene: &RenderScene,
     settings: &BakeSettings,
@@ -303,6 +304,21 @@ fn sample_texel(
 /// Bakes one work unit (a texel tile and sample range) of one pass: per texel, the sum of its
 /// samples in fixed point. A pure function of (scene, table, settings, unit).
 pub fn bake_unit(
+    scene: &RenderScene,
+    table: &TexelTable,
+    settings: &BakeSettings,
+    unit: &WorkUnit,
+) -> UnitResult {
+    // Compiled for the scene's code path, as the renderer's units are.
+    rayfarm_render::isa::run(
+        scene.bvh.isa(),
+        #[inline(always)]
+        || bake_unit_in(scene, table, settings, unit),
+    )
+}
+
+#[inline(always)]
+fn bake_unit_in(
     scene: &RenderScene,
     table: &TexelTable,
     settings: &BakeSettings,

@@ -254,7 +254,7 @@ impl RenderScene {
     /// Whether a shadow ray from `org` along `dir` over `dist` is blocked (scenes without
     /// translucency only: see [`RenderScene::transmittance`]), and the closest hit of the
     /// continuation ray `(next_org, next_dir)`, traced together ([`crate::bvh::Bvh::occluded_and_intersect`]).
-    #[inline]
+    #[inline(always)]
     fn shadow_and_trace(
         &self,
         (org, dir, dist): (Vec3A, Vec3A, f32),
@@ -338,6 +338,7 @@ impl RenderScene {
     }
 
     /// Radiance along a camera ray with cone `cone` for one sample.
+    #[inline(always)]
     pub fn radiance(
         &self,
         org: Vec3A,
@@ -354,6 +355,7 @@ impl RenderScene {
     /// already). The path continues exactly as in [`RenderScene::radiance`]; the caller may
     /// change the surface's BSDF or emission first (e.g. a white Lambertian BSDF gives the
     /// irradiance divided by pi).
+    #[inline(always)]
     pub fn radiance_at_surface(
         &self,
         first: Surface,
@@ -379,6 +381,7 @@ impl RenderScene {
     /// bounce are weighed by MIS against light samples, which read full resolution too; and after
     /// a rough bounce, where the true footprint is wide and unknown, full resolution costs a
     /// little noise but never blurs.
+    #[inline(always)]
     fn radiance_from(
         &self,
         mut org: Vec3A,
@@ -674,8 +677,19 @@ impl RenderScene {
         }
     }
 
-    /// Renders one work unit: a pure function of the scene, the settings and the unit.
+    /// Renders one work unit: a pure function of the scene, the settings and the unit, compiled
+    /// for the scene's code path ([`crate::isa::run`]).
     pub fn render_unit(&self, settings: &RenderSettings, unit: &WorkUnit) -> UnitResult {
+        crate::isa::run(
+            self.bvh.isa(),
+            #[inline(always)]
+            || self.render_unit_in(settings, unit),
+        )
+    }
+
+    /// The body of [`RenderScene::render_unit`], inlined into each path's copy.
+    #[inline(always)]
+    fn render_unit_in(&self, settings: &RenderSettings, unit: &WorkUnit) -> UnitResult {
         let mut sums = Vec::with_capacity(unit.pixels());
         let mut nonfinite = 0u64;
         let cone = camera_cone(&settings.camera, settings.height);

@@ -10,7 +10,8 @@
 //! Paths today:
 //! - `scalar`: portable code (SSE2 on x86-64, NEON on aarch64, through glam).
 //! - `avx2`: the BVH node test checks all 8 children of a node in one 256-bit operation, and
-//!   the traversal loop around it is compiled for AVX2.
+//!   the traversal loop around it is compiled for AVX2; so are the path tracer's and the
+//!   baker's whole loops ([`run`]), with BMI1/2, LZCNT and POPCNT (never FMA).
 
 use std::sync::OnceLock;
 
@@ -51,8 +52,15 @@ impl Isa {
     pub fn is_supported(self) -> bool {
         match self {
             Isa::Scalar => true,
+            // The path compiles whole kernels for these (see `RenderScene::render_unit`).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("bmi1")
+                    && std::arch::is_x86_feature_detected!("bmi2")
+                    && std::arch::is_x86_feature_detected!("lzcnt")
+                    && std::arch::is_x86_feature_detected!("popcnt")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => false,
         }
@@ -113,6 +121,32 @@ pub fn selected() -> Isa {
             Isa::best()
         })
     })
+}
+
+/// Runs `f` compiled for `isa`: on the `avx2` path (on a CPU that has it) inside a function
+/// compiled for AVX2 and the bit-manipulation extensions that come with it (three-operand
+/// instructions, `tzcnt`, `popcnt`), so that whatever of `f` is inlined there (the kernels
+/// mark their bodies and the closure they pass `#[inline(always)]`) is compiled so too; never for FMA, so every path
+/// computes the same IEEE operations. Otherwise `f` as it is.
+#[inline(always)]
+pub fn run<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && isa.is_supported() {
+        // SAFETY: the CPU has every feature `run_avx2` enables (`Isa::is_supported`).
+        return unsafe { run_avx2(f) };
+    }
+    let _ = isa;
+    f()
+}
+
+/// [`run`]'s `avx2` copy.
+///
+/// # Safety
+/// The CPU must have every feature enabled here ([`Isa::Avx2`]'s `is_supported`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ impl Distribution1D {
         self.total <= 0.0 || self.func.is_empty()
     }
     /// Picks an index; returns it, its probability and `u` remapped to [0, 1) within the bin.
-    #[inline]
+    #[inline(always)]
     pub fn sample(&self, u: f32) -> (usize, f32, f32) {
         let i = self.bin(u);
         let (lo, hi) = (self.cdf[i], self.cdf[i + 1]);
@@ -1472,7 +1472,7 @@ impl RenderScene {
 
     /// Samples one light as seen from `p`, a point with geometric normal `n` (zero in a
     /// medium).
-    #[inline]
+    #[inline(always)]
     pub fn sample_light(&self, p: Vec3A, n: Vec3A, u1: f32, u2: f32) -> Option<LightSample> {
         if self.light_pick.is_empty() {
             return None;

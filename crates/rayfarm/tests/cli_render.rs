@@ -216,3 +216,68 @@ fn every_forced_code_path_writes_the_same_bytes() {
     );
     assert!(!dir.path().join("x.exr").exists());
 }
+
+/// The whole path loop and the baker's loop are compiled once per code path
+/// (`rayfarm_render::isa::run`): a textured scene with normal and emission maps under an
+/// environment map, rendered and baked (`--passes complete`), writes the same bytes on every
+/// path this CPU runs.
+#[test]
+fn every_code_path_renders_and_bakes_a_textured_scene_the_same() {
+    let Some(shared) = shared_scenes() else {
+        return;
+    };
+    let scene = shared.join("water-bottle/glTF/WaterBottle.gltf");
+    let env = shared.join("environments/chinese_garden_1k.hdr");
+    let dir = tempfile::tempdir().unwrap();
+    let mut renders = Vec::new();
+    let mut bakes = Vec::new();
+    for isa in rayfarm_render::isa::Isa::supported() {
+        let name = isa.name();
+        let out = dir.path().join(format!("{name}.exr"));
+        rayfarm_env(
+            args![
+                "render", &scene, "--env", &env, "--width", "40", "--height", "40", "--spp", "8",
+                "--quiet", "-o", &out
+            ],
+            &[("RAYFARM_ISA", name)],
+        )
+        .assert_ok();
+        renders.push((name, read(&out)));
+        let baked = dir.path().join(format!("bake-{name}"));
+        rayfarm_env(
+            args![
+                "bake", &scene, "--env", &env, "--size", "64", "--spp", "4", "--passes",
+                "complete", "--quiet", "-o", &baked
+            ],
+            &[("RAYFARM_ISA", name)],
+        )
+        .assert_ok();
+        let mut files: Vec<_> = std::fs::read_dir(&baked)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.file_name().unwrap().to_owned(), read(&p))
+            })
+            .collect();
+        files.sort();
+        assert!(
+            !files.is_empty(),
+            "RAYFARM_ISA={name}: the bake wrote nothing"
+        );
+        bakes.push((name, files));
+    }
+    for (name, bytes) in &renders[1..] {
+        assert!(
+            *bytes == renders[0].1,
+            "RAYFARM_ISA={name} and RAYFARM_ISA={} rendered different bytes",
+            renders[0].0
+        );
+    }
+    for (name, files) in &bakes[1..] {
+        assert!(
+            *files == bakes[0].1,
+            "RAYFARM_ISA={name} and RAYFARM_ISA={} baked different bytes",
+            bakes[0].0
+        );
+    }
+}
