@@ -958,8 +958,8 @@ impl Bvh {
         filter: &mut impl FnMut(u32, f32, f32) -> bool,
     ) -> Option<Hit> {
         #[cfg(target_arch = "x86_64")]
-        let hit = if self.isa == Isa::Avx2 {
-            // SAFETY: `isa` is Avx2 only on a CPU with AVX2 (`set_isa`, `isa::selected`).
+        let hit = if self.isa.wide_nodes() {
+            // SAFETY: `isa` is Avx2 or Avx512 only on a CPU with AVX2 (`set_isa`, `isa::selected`).
             unsafe { self.traverse_avx2::<false>(org, dir, tmax, needs_filter, filter) }
         } else {
             self.traverse::<false, false>(org, dir, tmax, needs_filter, filter)
@@ -980,7 +980,7 @@ impl Bvh {
         filter: &mut impl FnMut(u32, f32, f32) -> bool,
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2 {
+        if self.isa.wide_nodes() {
             // SAFETY: as in `intersect`.
             let hit = unsafe { self.traverse_avx2::<true>(org, dir, tmax, needs_filter, filter) };
             return hit.prim != NO_HIT;
@@ -1055,7 +1055,7 @@ impl Bvh {
         ray: Query<'_, impl Fn(u32) -> bool, impl FnMut(u32, f32, f32) -> bool>,
     ) -> (bool, Option<Hit>) {
         #[cfg(target_arch = "x86_64")]
-        let (blocked, hit) = if self.isa == Isa::Avx2 {
+        let (blocked, hit) = if self.isa.wide_nodes() {
             // SAFETY: as in `intersect`.
             unsafe { self.pair_avx2(shadow, ray) }
         } else {

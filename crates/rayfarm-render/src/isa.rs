@@ -2,8 +2,8 @@
 //!
 //! One release binary runs on every x86-64 (and aarch64) CPU and picks, at run time, the
 //! widest path the CPU has; the environment variable `RAYFARM_ISA` forces one (`scalar`, or
-//! `avx2` on a CPU that has it). Every path computes the same IEEE operations in the same order
-//! per lane, with no fused multiply-add and no approximate reciprocals, so the bytes of an image
+//! `avx2` or `avx512` on a CPU that has it). Every path computes the same IEEE operations in
+//! the same order per lane, with no fused multiply-add and no approximate reciprocals, so the bytes of an image
 //! never depend on the path: tests render with each path this machine supports and compare
 //! bytes.
 //!
@@ -11,7 +11,9 @@
 //! - `scalar`: portable code (SSE2 on x86-64, NEON on aarch64, through glam).
 //! - `avx2`: the BVH node test checks all 8 children of a node in one 256-bit operation, and
 //!   the traversal loop around it is compiled for AVX2; so are the path tracer's and the
-//!   baker's whole loops ([`run`]), with BMI1/2, LZCNT and POPCNT (never FMA).
+//!   baker's whole loops ([`run`]), with BMI1/2, LZCNT and POPCNT.
+//! - `avx512`: as `avx2`, with the path tracer's and the baker's loops compiled for AVX-512
+//!   (F, VL, BW, DQ) too: twice the vector registers, fewer spills.
 
 use std::sync::OnceLock;
 
@@ -20,6 +22,7 @@ use std::sync::OnceLock;
 pub enum Isa {
     Scalar,
     Avx2,
+    Avx512,
 }
 
 /// `RAYFARM_ISA` names a path that does not exist or that this CPU cannot run.
@@ -35,12 +38,13 @@ pub struct IsaError {
 
 impl Isa {
     /// Every path, narrowest first.
-    pub const ALL: [Isa; 2] = [Isa::Scalar, Isa::Avx2];
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 
@@ -52,7 +56,7 @@ impl Isa {
     pub fn is_supported(self) -> bool {
         match self {
             Isa::Scalar => true,
-            // The path compiles whole kernels for these (see `RenderScene::render_unit`).
+            // The paths compile whole kernels for these ([`run`]).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
@@ -61,8 +65,16 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("lzcnt")
                     && std::arch::is_x86_feature_detected!("popcnt")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.is_supported()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
+            Isa::Avx2 | Isa::Avx512 => false,
         }
     }
 
@@ -97,7 +109,7 @@ impl Isa {
             }),
             None => Err(IsaError {
                 value: value.into(),
-                why: "no such path (the paths are scalar and avx2)",
+                why: "no such path (the paths are scalar, avx2 and avx512)",
                 supported: supported(),
             }),
         }
@@ -123,17 +135,22 @@ pub fn selected() -> Isa {
     })
 }
 
-/// Runs `f` compiled for `isa`: on the `avx2` path (on a CPU that has it) inside a function
-/// compiled for AVX2 and the bit-manipulation extensions that come with it (three-operand
-/// instructions, `tzcnt`, `popcnt`), so that whatever of `f` is inlined there (the kernels
-/// mark their bodies and the closure they pass `#[inline(always)]`) is compiled so too; never for FMA, so every path
-/// computes the same IEEE operations. Otherwise `f` as it is.
+/// Runs `f` compiled for `isa`: on the `avx2` and `avx512` paths (on a CPU that has them)
+/// inside a function compiled for those instructions and the bit-manipulation extensions
+/// that come with them (three-operand instructions, 32 vector registers with AVX-512, `tzcnt`,
+/// `popcnt`), so that whatever of `f` is inlined there (the kernels mark their bodies and the
+/// closure they pass `#[inline(always)]`) is compiled so too. Rust never fuses a multiply and
+/// an add on its own (AVX-512 brings FMA instructions, which only an explicit `mul_add`
+/// would use, and the kernels have none), so every path computes the same IEEE operations.
+/// Otherwise `f` as it is.
 #[inline(always)]
 pub fn run<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && isa.is_supported() {
-        // SAFETY: the CPU has every feature `run_avx2` enables (`Isa::is_supported`).
-        return unsafe { run_avx2(f) };
+    match isa {
+        // SAFETY: the CPU has every feature each copy enables (`Isa::is_supported`).
+        Isa::Avx512 if isa.is_supported() => return unsafe { run_avx512(f) },
+        Isa::Avx2 if isa.is_supported() => return unsafe { run_avx2(f) },
+        _ => {}
     }
     let _ = isa;
     f()
@@ -147,6 +164,24 @@ pub fn run<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
 unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
+}
+
+/// [`run`]'s `avx512` copy.
+///
+/// # Safety
+/// The CPU must have every feature enabled here ([`Isa::Avx512`]'s `is_supported`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,avx512f,avx512vl,avx512bw,avx512dq")]
+unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+impl Isa {
+    /// Whether BVH traversal takes the 8-wide AVX2 node test on this path.
+    #[inline(always)]
+    pub fn wide_nodes(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
+    }
 }
 
 #[cfg(test)]
