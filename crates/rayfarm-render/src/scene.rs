@@ -223,7 +223,7 @@ impl LightPicker {
 
 /// Bilinear lookup in an equirectangular map at `(u, v)` in `[0, 1]²`: texel centres sit at
 /// `(x + 0.5) / width`; it wraps around in `u` (longitude) and clamps in `v` (at the poles).
-#[inline]
+#[inline(always)]
 fn bilinear(texels: &[[f32; 3]], width: usize, height: usize, u: f32, v: f32) -> Vec3A {
     let x = u * width as f32 - 0.5;
     let y = (v * height as f32 - 0.5).clamp(0.0, (height - 1) as f32);
@@ -375,7 +375,7 @@ impl EnvLight {
 
     /// Radiance arriving along `-d`, and where `d` falls on the map, for [`EnvLight::pdf_at`]:
     /// a ray that escapes needs both, and the map coordinates cost an `atan2` and an `acos`.
-    #[inline]
+    #[inline(always)]
     pub fn look(&self, d: Vec3A) -> (Vec3A, EnvPoint) {
         match self {
             EnvLight::Black => (Vec3A::ZERO, EnvPoint(0.0, 0.0)),
@@ -405,7 +405,7 @@ impl EnvLight {
     }
 
     /// [`EnvLight::pdf`] at a point [`EnvLight::look`] found (the same bits).
-    #[inline]
+    #[inline(always)]
     pub fn pdf_at(&self, &EnvPoint(u, v): &EnvPoint) -> f32 {
         match self {
             EnvLight::Black => 0.0,

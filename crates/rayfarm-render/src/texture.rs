@@ -392,7 +392,7 @@ impl Textures {
     /// Magnified (lambda <= 0, or no footprint): one bilinear lookup in the full-resolution
     /// image (nearest when the sampler asks for it). Minified: trilinear, bilinear in the two
     /// levels around lambda and a linear blend between them.
-    #[inline]
+    #[inline(always)]
     pub fn sample(
         &self,
         scene: &CompiledScene,
