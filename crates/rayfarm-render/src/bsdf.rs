@@ -225,7 +225,7 @@ pub struct PreparedBsdf<'a> {
 }
 
 impl PreparedBsdf<'_> {
-    #[inline]
+    #[inline(always)]
     pub fn eval(&self, wi: Vec3A) -> (Vec3A, f32) {
         if self.lambert {
             if self.wo.z <= 0.0 || wi.z <= 0.0 {
@@ -813,7 +813,7 @@ impl Bsdf {
     }
 
     /// Fixes the outgoing direction (local frame).
-    #[inline]
+    #[inline(always)]
     pub fn prepare(&self, wo: Vec3A) -> PreparedBsdf<'_> {
         if let Some(p) = self.prepare_lambert(wo) {
             return p;

@@ -197,7 +197,7 @@ impl LightPicker {
 
     /// Picks a light for a point `p` with geometric normal `n` with `u`: (light, its
     /// probability, `u` rescaled within the choice).
-    #[inline]
+    #[inline(always)]
     pub fn pick(&self, p: Vec3A, n: Vec3A, u: f32) -> Option<(usize, f32, f32)> {
         let (k, sel, u) = self.top.sample(u);
         match &self.tree {
@@ -352,7 +352,7 @@ impl EnvLight {
     }
 
     /// Direction to equirectangular coordinates: `u = 0.5` looks down -Z, `v = 0` is +Y.
-    #[inline]
+    #[inline(always)]
     pub fn dir_to_uv(d: Vec3A) -> (f32, f32) {
         let u = 0.5 + d.x.atan2_d(-d.z) / (2.0 * PI);
         let v = d.y.clamp(-1.0, 1.0).acos_d() / PI;
@@ -1462,7 +1462,7 @@ impl RenderScene {
 
     /// The density with which [`RenderScene::sample_light`] picks the environment and in it
     /// the direction of `at` (a point [`EnvLight::look`] found); 0 without an environment light.
-    #[inline]
+    #[inline(always)]
     pub fn env_light_pdf_at(&self, at: &EnvPoint) -> f32 {
         match self.env_light_index {
             Some(i) => self.light_pick.prob(Vec3A::ZERO, Vec3A::ZERO, i) * self.env.pdf_at(at),
