@@ -3,9 +3,9 @@
 //! One release binary runs on every x86-64 (and aarch64) CPU and picks, at run time, the
 //! widest path the CPU has; the environment variable `RAYFARM_ISA` forces one (`scalar`, or
 //! `avx2` or `avx512` on a CPU that has it). Every path computes the same IEEE operations in
-//! the same order per lane, with no fused multiply-add and no approximate reciprocals, so the bytes of an image
-//! never depend on the path: tests render with each path this machine supports and compare
-//! bytes.
+//! the same order per lane, with no fused multiply-add and no approximate reciprocals, so the
+//! bytes of an image never depend on the path: tests render with each path this machine
+//! supports and compare bytes.
 //!
 //! Paths today:
 //! - `scalar`: portable code (SSE2 on x86-64, NEON on aarch64, through glam).
