@@ -430,7 +430,7 @@ impl EnvLight {
     }
 
     /// Samples a direction towards the environment: (direction, radiance, pdf).
-    #[inline]
+    #[inline(always)]
     pub fn sample(&self, u1: f32, u2: f32) -> Option<(Vec3A, Vec3A, f32)> {
         match self {
             EnvLight::Black => None,
@@ -992,7 +992,7 @@ impl RenderScene {
         Self::prepare(scene, true)
     }
 
-    #[inline]
+    #[inline(always)]
     fn uvs(&self, prim: u32, b1: f32, b2: f32) -> [Vec2; 2] {
         let t = self.scene.triangles[prim as usize];
         let b0 = 1.0 - b1 - b2;
@@ -1008,7 +1008,7 @@ impl RenderScene {
 
     /// Twice the area of triangle `prim` in each UV set (zero without the set): the chapter's
     /// `t_a` before the texture's size.
-    #[inline]
+    #[inline(always)]
     fn uv_areas(&self, prim: usize) -> [f32; 2] {
         let t = self.scene.triangles[prim];
         let area = |arr: &Vec<[f32; 2]>| -> f32 {
@@ -1075,7 +1075,7 @@ impl RenderScene {
     }
 
     /// [`RenderScene::emission`] with emission textures filtered for the footprint `fp`.
-    #[inline]
+    #[inline(always)]
     fn emission_filtered(&self, prim: u32, b1: f32, b2: f32, front: bool, fp: &Footprint) -> Vec3A {
         let m = &self.scene.materials[self.scene.triangle_materials[prim as usize] as usize];
         if !m.is_emissive() || (!front && !m.double_sided) {
@@ -1093,7 +1093,7 @@ impl RenderScene {
     /// The shading normal `ns` (interpolated, unit) perturbed by the tangent-space normal map
     /// `nt` at the hit; unchanged when the mesh has no tangents.
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn normal_mapped(
         &self,
         prim: usize,
@@ -1437,7 +1437,7 @@ impl RenderScene {
 
     /// Solid-angle density with which `sample_light` at the point `from` with geometric normal
     /// `n` would pick the point `dist` along `dir` on emissive triangle `prim`.
-    #[inline]
+    #[inline(always)]
     pub fn triangle_light_pdf(
         &self,
         prim: u32,
