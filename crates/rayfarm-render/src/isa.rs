@@ -52,6 +52,12 @@ impl Isa {
         Isa::ALL.into_iter().find(|i| i.name() == name)
     }
 
+    /// Whether BVH traversal takes the 8-wide AVX2 node test on this path.
+    #[inline(always)]
+    pub fn wide_nodes(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
+    }
+
     /// Whether this CPU can run the path.
     pub fn is_supported(self) -> bool {
         match self {
@@ -174,14 +180,6 @@ unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,avx512f,avx512vl,avx512bw,avx512dq")]
 unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
-}
-
-impl Isa {
-    /// Whether BVH traversal takes the 8-wide AVX2 node test on this path.
-    #[inline(always)]
-    pub fn wide_nodes(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::Avx512)
-    }
 }
 
 #[cfg(test)]
