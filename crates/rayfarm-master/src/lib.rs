@@ -404,9 +404,11 @@ pub async fn run_job(
         })
         .collect();
     let mut scheduler = Scheduler::new(layers, units);
-    // Test-only switch: the least time before a unit is stale, in seconds.
+    // Test-only switch (builds with the `test-switches` feature): the least time before a unit
+    // is stale, in seconds.
     if let Some(secs) = std::env::var("RAYFARM_TEST_STALE_SECS")
         .ok()
+        .filter(|_| cfg!(feature = "test-switches"))
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v > 0.0)
     {

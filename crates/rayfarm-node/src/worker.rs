@@ -216,8 +216,12 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 /// Test-only switch: after this many units, stop heartbeating and hang (to test the daemon's
-/// watchdog). Read from `RAYFARM_TEST_HANG_AFTER_UNITS`.
+/// watchdog). Read from `RAYFARM_TEST_HANG_AFTER_UNITS`, in builds with the `test-switches`
+/// feature only.
 fn hang_after_units() -> Option<u64> {
+    if !cfg!(feature = "test-switches") {
+        return None;
+    }
     std::env::var("RAYFARM_TEST_HANG_AFTER_UNITS")
         .ok()?
         .parse()
@@ -226,8 +230,11 @@ fn hang_after_units() -> Option<u64> {
 
 /// Test-only switch: after this many units, keep answering heartbeats but never send another
 /// result (a worker that holds its units, to test the master's reissue of stale units). Read
-/// from `RAYFARM_TEST_HOLD_AFTER_UNITS`.
+/// from `RAYFARM_TEST_HOLD_AFTER_UNITS`, in builds with the `test-switches` feature only.
 fn hold_after_units() -> Option<u64> {
+    if !cfg!(feature = "test-switches") {
+        return None;
+    }
     std::env::var("RAYFARM_TEST_HOLD_AFTER_UNITS")
         .ok()?
         .parse()
