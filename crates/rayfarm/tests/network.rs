@@ -126,12 +126,14 @@ fn three_daemons_found_by_scan_render_the_same_image() {
         assert!(!line.contains("left"), "{alias} stayed to the end: {line}");
     }
 
-    // Daemons and this machine's cores (one thread, so the daemons get a share).
+    // Daemons and this machine's cores (one thread, so the daemons get a share). The work waits
+    // for one worker to join: the local thread alone rendered the whole image in half a second,
+    // before the daemons' workers had the scene, often enough to fail this test.
     let mut m = farm.master(
         "net-local.exr",
         21101,
         SMALL,
-        &[&scan[..], &["--threads", "1"][..]].concat(),
+        &[&scan[..], &["--threads", "1", "--wait-for-nodes", "1"][..]].concat(),
     );
     farm.finish(&mut m, "net-local.exr", &reference);
     let out = m.stdout();
