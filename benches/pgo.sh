@@ -25,7 +25,7 @@ fi
 raw=$(mktemp -d)
 trap 'rm -rf "$raw"' EXIT
 echo "building instrumented (target/pgo-generate) ..."
-# The kernels' build scripts rebuild them when RAYFARM_PGO changes; the program's does not.
+# rayfarm-render's build script rebuilds the kernels when RAYFARM_PGO changes; the program's does not.
 cargo clean --release -p rayfarm --target-dir target/pgo-generate
 RAYFARM_PGO=generate=$raw cargo build --release -p rayfarm --target-dir target/pgo-generate
 bin=target/pgo-generate/release/rayfarm
