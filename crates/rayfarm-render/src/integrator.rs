@@ -16,6 +16,8 @@ use crate::texture::RayCone;
 use glam::{Vec3A, Vec3Swizzles};
 use rayfarm_scene::{AlphaMode, Camera, Projection};
 
+mod wavefront;
+
 /// Everything besides the scene that decides a render's pixels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RenderSettings {
@@ -690,6 +692,9 @@ impl RenderScene {
     /// The body of [`RenderScene::render_unit`], inlined into each path's copy.
     #[inline(always)]
     fn render_unit_in(&self, settings: &RenderSettings, unit: &WorkUnit) -> UnitResult {
+        if self.wavefront_eligible() {
+            return self.render_unit_wave(settings, unit);
+        }
         let mut sums = Vec::with_capacity(unit.pixels());
         let mut nonfinite = 0u64;
         let cone = camera_cone(&settings.camera, settings.height);

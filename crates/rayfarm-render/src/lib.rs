@@ -10,6 +10,7 @@ pub mod bvh;
 pub mod film;
 pub mod integrator;
 pub mod isa;
+pub mod lanes;
 pub mod lighttree;
 pub mod math;
 pub mod sampler;

@@ -236,6 +236,121 @@ impl Sampler {
     }
 }
 
+/// Lanes of [`Sampler`]s (one path each), for the wavefront kernel: the same numbers as the
+/// scalar sampler, computed lane by lane in loops the compiler vectorises.
+pub mod lanes {
+    use super::*;
+    pub const W: usize = 16;
+
+    /// The `pixel_seed` of `Sampler::new(job_seed, pixel, _)`.
+    #[inline(always)]
+    pub fn pixel_seed(job_seed: u64, pixel: u64) -> u64 {
+        mix64(job_seed ^ mix64(pixel.wrapping_add(0x9e3779b97f4a7c15)))
+    }
+
+    #[inline(always)]
+    fn shuffled(seed: &[u64; W], index: &[u32; W], dim: u32) -> ([u64; W], [u32; W]) {
+        let mut h = [0u64; W];
+        let mut sh = [0u32; W];
+        for i in 0..W {
+            h[i] = mix64(seed[i] ^ (dim as u64).wrapping_mul(0xd1b54a32d192ed03));
+            sh[i] = owen(index[i], h[i] as u32);
+        }
+        (h, sh)
+    }
+
+    /// `Sampler::point_4d(dim)` of every lane.
+    #[inline(always)]
+    pub fn point_4d(seed: &[u64; W], index: &[u32; W], dim: u32) -> [[f32; W]; 4] {
+        let (h, sh) = shuffled(seed, index, dim);
+        let mut out = [[0f32; W]; 4];
+        for i in 0..W {
+            let ((x, y), (z, w)) = (head(h[i], sh[i]), tail(h[i], sh[i]));
+            out[0][i] = x;
+            out[1][i] = y;
+            out[2][i] = z;
+            out[3][i] = w;
+        }
+        out
+    }
+
+    /// `Sampler::point_2d(dim)` of every lane.
+    #[inline(always)]
+    pub fn point_2d(seed: &[u64; W], index: &[u32; W], dim: u32) -> [[f32; W]; 2] {
+        let (h, sh) = shuffled(seed, index, dim);
+        let mut out = [[0f32; W]; 2];
+        for i in 0..W {
+            let (x, y) = head(h[i], sh[i]);
+            out[0][i] = x;
+            out[1][i] = y;
+        }
+        out
+    }
+    use crate::lanes::{F, U, U64};
+
+    #[inline(always)]
+    fn mix64v(z: U64) -> U64 {
+        let z = (z ^ z.shr(30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        let z = (z ^ z.shr(27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ z.shr(31)
+    }
+
+    #[inline(always)]
+    fn lk(x: U, seed: U) -> U {
+        let mut x = x.wrapping_add(seed);
+        x = x ^ x.wrapping_mul(0x6c50b47c);
+        x = x ^ x.wrapping_mul(0xb82f1e52);
+        x = x ^ x.wrapping_mul(0xc7afe638);
+        x = x ^ x.wrapping_mul(0x8d22f6e6);
+        x
+    }
+
+    #[inline(always)]
+    fn sobol_rev(d: usize, i: U) -> U {
+        let t = &SOBOL_TABLES[d];
+        i.lookup(&t[0]) ^ (i >> 8).lookup(&t[1]) ^ (i >> 16).lookup(&t[2]) ^ (i >> 24).lookup(&t[3])
+    }
+
+    #[inline(always)]
+    fn unit(x: U) -> F {
+        F::from_i32(x >> 8) * F::splat(1.0 / (1u32 << 24) as f32)
+    }
+
+    /// `Sampler::point_4d(dims[i])` of each lane `i`, and `point_2d(dims[i] + 1).1` when `rr`.
+    #[inline(always)]
+    pub fn point_4d_dims(
+        seed: &[u64; W],
+        index: &[u32; W],
+        dims: &[u32; W],
+        rr: bool,
+    ) -> ([[f32; W]; 4], [f32; W]) {
+        let seed = U64(*seed);
+        let index = U(*index);
+        let dims = U(*dims);
+        let h = mix64v(seed ^ U64::from_u32(dims).wrapping_mul(0xd1b54a32d192ed03));
+        let sh = lk(index.reverse_bits(), h.lo()).reverse_bits();
+        let seed_y = |h: U64| {
+            let hi = h.hi();
+            h.lo() ^ ((hi << 16) | (hi >> 16)) ^ U::splat(0x5bd1e995)
+        };
+        let x = lk(sh, h.hi()).reverse_bits();
+        let y = lk(sobol_rev(0, sh), seed_y(h)).reverse_bits();
+        let h2 = mix64v(h ^ U64([0x2545f4914f6cdd1d; W]));
+        let z = lk(sobol_rev(1, sh), h2.lo()).reverse_bits();
+        let w = lk(sobol_rev(2, sh), h2.hi()).reverse_bits();
+        let out = [unit(x).0, unit(y).0, unit(z).0, unit(w).0];
+        let mut urr = [0f32; W];
+        if rr {
+            let h = mix64v(
+                seed ^ U64::from_u32(dims.wrapping_add(U::splat(1))).wrapping_mul(0xd1b54a32d192ed03),
+            );
+            let sh = lk(index.reverse_bits(), h.lo()).reverse_bits();
+            urr = unit(lk(sobol_rev(0, sh), seed_y(h)).reverse_bits()).0;
+        }
+        (out, urr)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
