@@ -16,7 +16,7 @@ use crate::texture::RayCone;
 use glam::{Vec3A, Vec3Swizzles};
 use rayfarm_scene::{AlphaMode, Camera, Projection};
 
-mod wavefront;
+pub(crate) mod wavefront;
 
 /// Everything besides the scene that decides a render's pixels.
 #[derive(Clone, Debug, PartialEq)]
@@ -692,8 +692,10 @@ impl RenderScene {
     /// The body of [`RenderScene::render_unit`], inlined into each path's copy.
     #[inline(always)]
     fn render_unit_in(&self, settings: &RenderSettings, unit: &WorkUnit) -> UnitResult {
-        if self.wavefront_eligible() {
-            return self.render_unit_wave(settings, unit);
+        if self.wavefront && self.paired_shadow_rays {
+            if let Some(tables) = self.wave_tables.get_or_init(|| self.wavefront_tables()) {
+                return self.render_unit_wave(tables, settings, unit);
+            }
         }
         let mut sums = Vec::with_capacity(unit.pixels());
         let mut nonfinite = 0u64;

@@ -166,6 +166,27 @@ impl F {
         self.cmp(o, |a, b| a >= b)
     }
     #[inline(always)]
+    pub fn ne(self, o: F) -> M {
+        self.cmp(o, |a, b| a != b)
+    }
+    /// Lanes whose absolute value is infinite.
+    #[inline(always)]
+    pub fn eq_inf(self) -> M {
+        self.cmp(F::splat(f32::INFINITY), |a, b| a == b)
+    }
+    /// `f32::clamp`: `lo` below, `hi` above, NaN as it is.
+    #[inline(always)]
+    pub fn clamp(self, lo: f32, hi: f32) -> F {
+        self.map(|x| {
+            let x = if x < lo { lo } else { x };
+            if x > hi {
+                hi
+            } else {
+                x
+            }
+        })
+    }
+    #[inline(always)]
     pub fn is_finite(self) -> M {
         let b = self.bits() & U::splat(0x7f80_0000);
         let mut r = [0u32; W];
@@ -383,6 +404,12 @@ impl V3 {
     #[inline(always)]
     pub fn max_element(self) -> F {
         self.x.max(self.y).max(self.z)
+    }
+    /// Lanes where the vector is not zero (`Vec3A != Vec3A::ZERO`).
+    #[inline(always)]
+    pub fn ne_zero(self) -> M {
+        let z = F::splat(0.0);
+        self.x.ne(z) | self.y.ne(z) | self.z.ne(z)
     }
     #[inline(always)]
     pub fn abs(self) -> V3 {

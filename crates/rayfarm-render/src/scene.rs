@@ -210,6 +210,16 @@ impl LightPicker {
         }
     }
 
+    /// Without a light tree: the bounds [`LightPicker::pick`] counts `u` against (`cdf`, the
+    /// first 0) and each light's probability, for the wavefront kernel; `None` with a tree.
+    pub(crate) fn flat(&self) -> Option<(&[f32], Vec<f32>)> {
+        if self.tree.is_some() || self.top.is_empty() {
+            return None;
+        }
+        let probs = (0..self.top.func.len()).map(|i| self.top.prob(i)).collect();
+        Some((&self.top.cdf, probs))
+    }
+
     /// The probability with which [`LightPicker::pick`] picks `light` at (`p`, `n`).
     #[inline]
     pub fn prob(&self, p: Vec3A, n: Vec3A, light: usize) -> f32 {
@@ -585,6 +595,12 @@ pub struct RenderScene {
     /// splitting off, for tests that compare the two). A power of two. Part of what an image
     /// is: every node of a render must use the same value.
     pub first_split: u32,
+    /// Whether scenes the wavefront kernel can render take it (`integrator::wavefront`): the
+    /// same bytes either way (tested), so only tests and measurements turn it off.
+    pub wavefront: bool,
+    /// The wavefront kernel's tables, made at the first render (`None`: the scene needs the
+    /// scalar path).
+    pub(crate) wave_tables: std::sync::OnceLock<Option<crate::integrator::wavefront::WaveTables>>,
     /// Beer-Lambert absorption coefficient inside each material's volume (KHR_materials_volume);
     /// zero for materials without one.
     pub absorption: Vec<Vec3A>,
@@ -978,6 +994,8 @@ impl RenderScene {
             has_translucency,
             paired_shadow_rays: !has_translucency,
             first_split: crate::integrator::FIRST_SPLIT,
+            wavefront: true,
+            wave_tables: std::sync::OnceLock::new(),
             center,
             radius,
             scene,
@@ -1433,6 +1451,7 @@ impl RenderScene {
     /// what an image is, as `first_split` is.
     pub fn use_light_tree(&mut self, on: bool) {
         self.light_pick = LightPicker::new(&self.light_power, &self.light_bounds, on);
+        self.wave_tables = std::sync::OnceLock::new();
     }
 
     /// Solid-angle density with which `sample_light` at the point `from` with geometric normal
