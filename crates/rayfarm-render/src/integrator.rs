@@ -689,6 +689,18 @@ impl RenderScene {
         )
     }
 
+    /// Whether renders of this scene take the wavefront kernel (`integrator::wavefront`: 16
+    /// paths shaded at a time, the same bytes as one at a time): scenes of Lambertian (or black)
+    /// untextured materials lit by at most three emissive triangles, with no environment.
+    pub fn takes_wavefront(&self) -> bool {
+        self.wavefront
+            && self.paired_shadow_rays
+            && self
+                .wave_tables
+                .get_or_init(|| self.wavefront_tables())
+                .is_some()
+    }
+
     /// The body of [`RenderScene::render_unit`], inlined into each path's copy.
     #[inline(always)]
     fn render_unit_in(&self, settings: &RenderSettings, unit: &WorkUnit) -> UnitResult {

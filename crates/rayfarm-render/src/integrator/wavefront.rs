@@ -16,8 +16,6 @@ use crate::sampler::lanes as sampler_lanes;
 use crate::scene::{EnvLight, LightRef};
 use std::f32::consts::FRAC_1_PI;
 
-const NO_HIT: u32 = u32::MAX;
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
     Empty,
@@ -505,11 +503,29 @@ fn shade_wave(w: &mut Wave, tables: &WaveTables, max_vertices: u32) {
             k[i] += u32::from(c <= u1.0[i]);
         }
     }
+    // The picked light's row in every lane: by selects among a few lights (a quad light's
+    // two triangles), else one load per lane and field.
     let mut g = [[0f32; W]; LIGHT_ROW];
-    for i in 0..W {
-        let row = &tables.lights[k[i] as usize];
+    if tables.lights.len() <= 4 {
         for c in 0..LIGHT_ROW {
-            g[c][i] = row[c];
+            g[c] = [tables.lights[0][c]; W];
+        }
+        for (j, row) in tables.lights.iter().enumerate().skip(1) {
+            let mut pick = [0u32; W];
+            for i in 0..W {
+                pick[i] = 0u32.wrapping_sub(u32::from(k[i] == j as u32));
+            }
+            let pick = M(pick);
+            for c in 0..LIGHT_ROW {
+                g[c] = pick.select(F::splat(row[c]), F(g[c])).0;
+            }
+        }
+    } else {
+        for i in 0..W {
+            let row = &tables.lights[k[i] as usize];
+            for c in 0..LIGHT_ROW {
+                g[c][i] = row[c];
+            }
         }
     }
     let (lo, hi) = (F(g[0]), F(g[1]));
