@@ -14,6 +14,10 @@
 //!   baker's whole loops ([`run`]), with BMI1/2, LZCNT and POPCNT.
 //! - `avx512`: as `avx2`, with the path tracer's and the baker's loops compiled for AVX-512
 //!   (F, VL, BW, DQ) too: twice the vector registers, fewer spills.
+//!
+//! The wavefront kernel (`integrator::wavefront`) shades 16 paths per operation on every
+//! path: one AVX-512 instruction per operation on `avx512`, two on `avx2`, four SSE2 (or NEON)
+//! ones on `scalar`; the same IEEE operation per lane on each.
 
 use std::sync::OnceLock;
 

@@ -1,7 +1,13 @@
-//! SPIKE: 16-lane numbers for the wavefront kernel. Every operation is one loop over the
-//! lanes of one IEEE operation, which the compiler turns into one vector instruction (or two
-//! with AVX2): the same operation per lane as the scalar code.
-#![allow(clippy::needless_range_loop)]
+//! 16-lane numbers for the wavefront kernel (`integrator::wavefront`). Every operation is one
+//! loop of one IEEE operation over the lanes, which LLVM turns into one AVX-512 instruction
+//! (two AVX2, four SSE2 or NEON ones): each lane gets the operation the scalar code does, so a
+//! kernel written with these computes, lane for lane, the bits of the scalar path. No fused
+//! multiply-add, no approximate reciprocal, nothing from the C library.
+//!
+//! `V3`'s methods are named after the operators (`add`, `mul`, ...) but take a scalar lane
+//! vector where the scalar code scales a vector, so they are methods rather than operator
+//! impls.
+#![allow(clippy::needless_range_loop, clippy::should_implement_trait)]
 
 use std::ops::{Add, BitAnd, BitOr, BitXor, Div, Mul, Neg, Not, Shl, Shr, Sub};
 
@@ -113,7 +119,11 @@ impl F {
     pub fn max(self, o: F) -> F {
         let mut r = [0f32; W];
         for i in 0..W {
-            r[i] = if self.0[i] > o.0[i] { self.0[i] } else { o.0[i] };
+            r[i] = if self.0[i] > o.0[i] {
+                self.0[i]
+            } else {
+                o.0[i]
+            };
         }
         F(r)
     }
@@ -121,7 +131,11 @@ impl F {
     pub fn min(self, o: F) -> F {
         let mut r = [0f32; W];
         for i in 0..W {
-            r[i] = if self.0[i] < o.0[i] { self.0[i] } else { o.0[i] };
+            r[i] = if self.0[i] < o.0[i] {
+                self.0[i]
+            } else {
+                o.0[i]
+            };
         }
         F(r)
     }

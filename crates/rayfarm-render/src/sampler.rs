@@ -342,7 +342,8 @@ pub mod lanes {
         let mut urr = [0f32; W];
         if rr {
             let h = mix64v(
-                seed ^ U64::from_u32(dims.wrapping_add(U::splat(1))).wrapping_mul(0xd1b54a32d192ed03),
+                seed ^ U64::from_u32(dims.wrapping_add(U::splat(1)))
+                    .wrapping_mul(0xd1b54a32d192ed03),
             );
             let sh = lk(index.reverse_bits(), h.lo()).reverse_bits();
             urr = unit(lk(sobol_rev(0, sh), seed_y(h)).reverse_bits()).0;

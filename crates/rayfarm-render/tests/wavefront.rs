@@ -102,8 +102,7 @@ fn settings(rs: &RenderScene, spp: u32, max_bounces: u32, seed: u64) -> RenderSe
 
 fn same(a: &[[f32; 3]], b: &[[f32; 3]]) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .zip(b)
             .all(|(p, q)| p.map(f32::to_bits) == q.map(f32::to_bits))
 }

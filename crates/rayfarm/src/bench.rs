@@ -86,11 +86,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         let (secs, rays) = best.unwrap_or((f64::NAN, 0));
         println!(
-            "{name}: {tris} triangles, set-up (BVH, MIP pyramids) {build:.3} s; {:.3} s per frame, {:.3} M samples/s, {:.2} M rays/s ({} path)",
+            "{name}: {tris} triangles, set-up (BVH, MIP pyramids) {build:.3} s; {:.3} s per frame, {:.3} M samples/s, {:.2} M rays/s ({} path, {} kernel)",
             secs,
             samples as f64 / secs / 1e6,
             rays as f64 / secs / 1e6,
-            rs.bvh.isa().name()
+            rs.bvh.isa().name(),
+            if rs.takes_wavefront() {
+                "wavefront"
+            } else {
+                "scalar"
+            }
         );
     }
     Ok(())

@@ -9,6 +9,8 @@
 //! (pixel, sample) alone; which lanes share a wave changes nothing, and a pixel's sums are
 //! integers, so the order in which its samples finish changes nothing either.
 
+#![allow(clippy::needless_range_loop)] // lane loops read best indexed
+
 use super::*;
 use crate::bvh::Hit;
 use crate::lanes::{F, M, U, V3, W};
@@ -530,16 +532,18 @@ fn shade_wave(w: &mut Wave, tables: &WaveTables, max_vertices: u32) {
     }
     let (lo, hi) = (F(g[0]), F(g[1]));
     let sel = hi - lo;
-    let ur = sel.gt(zero).select(
-        ((u1 - lo) / sel).clamp(0.0, 0.99999994),
-        F::splat(0.5),
-    );
+    let ur = sel
+        .gt(zero)
+        .select(((u1 - lo) / sel).clamp(0.0, 0.99999994), F::splat(0.5));
     let su = ur.sqrt();
     let (lb1, lb2) = (su * (one - u2), su * u2);
     let c0 = V3::new(F(g[2]), F(g[3]), F(g[4]));
     let c1 = V3::new(F(g[5]), F(g[6]), F(g[7]));
     let c2 = V3::new(F(g[8]), F(g[9]), F(g[10]));
-    let q = c0.scale(one - lb1 - lb2).add(c1.scale(lb1)).add(c2.scale(lb2));
+    let q = c0
+        .scale(one - lb1 - lb2)
+        .add(c1.scale(lb1))
+        .add(c2.scale(lb2));
     let dd = q.sub(p);
     let dist2 = dd.dot(dd);
     let dist = dist2.sqrt();
@@ -638,8 +642,8 @@ fn sin_cos_turns_v(t: F) -> (F, F) {
     let a = g * s(std::f32::consts::FRAC_PI_4);
     let a2 = a * a;
     let sin_a = a + a * (a2 * (s(S[0]) + a2 * (s(S[1]) + a2 * (s(S[2]) + a2 * s(S[3])))));
-    let cos_a = s(1.0)
-        + a2 * (s(C[0]) + a2 * (s(C[1]) + a2 * (s(C[2]) + a2 * (s(C[3]) + a2 * s(C[4])))));
+    let cos_a =
+        s(1.0) + a2 * (s(C[0]) + a2 * (s(C[1]) + a2 * (s(C[2]) + a2 * (s(C[3]) + a2 * s(C[4])))));
     let swap = ((octant.wrapping_add(U::splat(1)) >> 1) & U::splat(1)).wrapping_mul(u32::MAX);
     let keep = swap ^ U::splat(u32::MAX);
     let (sb, cb) = (sin_a.bits(), cos_a.bits());
