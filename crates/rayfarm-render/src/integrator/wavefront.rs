@@ -22,8 +22,6 @@ use std::f32::consts::FRAC_1_PI;
 enum State {
     Empty,
     Tracing,
-    /// The path ended; its last shadow ray is still to trace.
-    LastShadow,
 }
 
 /// What the kernel reads of a scene it can render ([`RenderScene::wavefront_tables`]).
@@ -315,12 +313,17 @@ impl RenderScene {
                 if w.state[i] == State::Empty || !w.done[i] {
                     continue;
                 }
-                if w.state[i] == State::Tracing && w.pending[i] {
-                    w.state[i] = State::LastShadow;
-                    continue;
-                }
                 w.state[i] = State::Empty;
-                let l = get(&w.l, i);
+                let mut l = get(&w.l, i);
+                if w.pending[i] {
+                    // As after the scalar loop: the last light sample's shadow ray alone,
+                    // traced now so that the lane takes a new sample in the next round.
+                    w.pending[i] = false;
+                    let (o, d, dist) = (get(&w.sh_o, i), get(&w.sh_d, i), w.sh_dist[i]);
+                    if self.transmittance(o, d, dist) != Vec3A::ZERO {
+                        l += get(&w.sh_c, i);
+                    }
+                }
                 if !l.is_finite() {
                     if nonfinite == 0 {
                         let pix = w.pixel[i] as u64;
@@ -357,16 +360,6 @@ impl RenderScene {
             w.done[i] = true;
             match w.state[i] {
                 State::Empty => continue,
-                State::LastShadow => {
-                    // As after the scalar loop: the last light sample's shadow ray alone.
-                    let (o, d, dist) = (get(&w.sh_o, i), get(&w.sh_d, i), w.sh_dist[i]);
-                    if self.transmittance(o, d, dist) != Vec3A::ZERO {
-                        let l = get(&w.l, i) + get(&w.sh_c, i);
-                        put(&mut w.l, i, l);
-                    }
-                    w.pending[i] = false;
-                    continue;
-                }
                 State::Tracing => {}
             }
             w.done[i] = false;
