@@ -118,6 +118,39 @@ fn the_kernels_get_the_profile_and_nothing_else_changes() {
     assert_eq!(&got[..args.len()], &args[..]);
 }
 
+/// With the profile, the kernels compile without incremental compilation (its cached codegen
+/// units, compiled with an earlier profile, would not link beside new ones); every other
+/// argument stays, in order, and other crates keep theirs.
+#[test]
+fn the_kernels_compile_without_incremental_compilation_when_profiled() {
+    let s = Setup::new(true, "22", "22.1.2");
+    let mut args = compile("rayfarm_render");
+    args.splice(
+        2..2,
+        [
+            "-C",
+            "incremental=/tmp/inc",
+            "-Cincremental=/tmp/inc2",
+            "-C",
+            "debuginfo=2",
+        ]
+        .map(String::from),
+    );
+    args.push("-C".into());
+    let got = s.run(&strs(&args), &[]);
+    let mut want = compile("rayfarm_render");
+    want.splice(2..2, ["-C", "debuginfo=2"].map(String::from));
+    want.push("-C".into());
+    want.push(s.profile());
+    assert_eq!(got, want);
+    // Other crates, and the kernels without the profile, keep incremental compilation.
+    let mut other = compile("rayfarm_scene");
+    other.splice(2..2, ["-C", "incremental=/tmp/inc"].map(String::from));
+    assert_eq!(s.run(&strs(&other), &[]), other);
+    let off = Setup::new(true, "21", "22.1.2");
+    assert_eq!(off.run(&strs(&args), &[]), args);
+}
+
 #[test]
 fn no_profile_when_llvm_differs_or_it_is_missing_or_turned_off() {
     let args = compile("rayfarm_render");
