@@ -37,6 +37,11 @@ pub(crate) struct WaveTables {
 
 const LIGHT_ROW: usize = 24;
 
+/// The most lights the kernel picks among (by selects, one per light). Scenes with more lights
+/// with a place pick through a light tree ([`crate::scene::LIGHT_TREE_MIN`]), which the kernel
+/// does not do.
+const MAX_LIGHTS: usize = crate::scene::LIGHT_TREE_MIN - 1;
+
 /// Every lane's path: the state [`RenderScene::radiance_from`] keeps in locals, one lane each.
 struct Wave {
     state: [State; W],
@@ -223,6 +228,9 @@ impl RenderScene {
             row[0..3].copy_from_slice(&b.base.to_array());
             row[3..6].copy_from_slice(&front.to_array());
             row[6..9].copy_from_slice(&back.to_array());
+        }
+        if self.lights.is_empty() || self.lights.len() > MAX_LIGHTS {
+            return None;
         }
         let mut lights = Vec::with_capacity(self.lights.len());
         for (k, l) in self.lights.iter().enumerate() {
@@ -498,29 +506,20 @@ fn shade_wave(w: &mut Wave, tables: &WaveTables, max_vertices: u32) {
             k[i] += u32::from(c <= u1.0[i]);
         }
     }
-    // The picked light's row in every lane: by selects among a few lights (a quad light's
-    // two triangles), else one load per lane and field.
+    // The picked light's row in every lane, by selects among the few lights
+    // (`MAX_LIGHTS`): a quad light's two triangles.
     let mut g = [[0f32; W]; LIGHT_ROW];
-    if tables.lights.len() <= 4 {
-        for c in 0..LIGHT_ROW {
-            g[c] = [tables.lights[0][c]; W];
-        }
-        for (j, row) in tables.lights.iter().enumerate().skip(1) {
-            let mut pick = [0u32; W];
-            for i in 0..W {
-                pick[i] = 0u32.wrapping_sub(u32::from(k[i] == j as u32));
-            }
-            let pick = M(pick);
-            for c in 0..LIGHT_ROW {
-                g[c] = pick.select(F::splat(row[c]), F(g[c])).0;
-            }
-        }
-    } else {
+    for c in 0..LIGHT_ROW {
+        g[c] = [tables.lights[0][c]; W];
+    }
+    for (j, row) in tables.lights.iter().enumerate().skip(1) {
+        let mut pick = [0u32; W];
         for i in 0..W {
-            let row = &tables.lights[k[i] as usize];
-            for c in 0..LIGHT_ROW {
-                g[c][i] = row[c];
-            }
+            pick[i] = 0u32.wrapping_sub(u32::from(k[i] == j as u32));
+        }
+        let pick = M(pick);
+        for c in 0..LIGHT_ROW {
+            g[c] = pick.select(F::splat(row[c]), F(g[c])).0;
         }
     }
     let (lo, hi) = (F(g[0]), F(g[1]));
