@@ -31,6 +31,17 @@ pub fn normalize(v: glam::Vec3A) -> glam::Vec3A {
     v / v.length()
 }
 
+/// The Taylor coefficients after the first term of [`sin_cos_turns`]'s sine and cosine on
+/// [0, π/4] (shared with the wavefront kernel's 16-lane copy, which must compute the same bits).
+pub(crate) const SIN_TAYLOR: [f32; 4] = [-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0];
+pub(crate) const COS_TAYLOR: [f32; 5] = [
+    -1.0 / 2.0,
+    1.0 / 24.0,
+    -1.0 / 720.0,
+    1.0 / 40_320.0,
+    -1.0 / 3_628_800.0,
+];
+
 /// `(sin 2πt, cos 2πt)`: the sine and cosine of `t` turns, for the azimuth of a sampled
 /// direction (`t` a sample coordinate in `[0, 1)`; any finite `t` works).
 ///
@@ -43,14 +54,8 @@ pub fn normalize(v: glam::Vec3A) -> glam::Vec3A {
 /// 2 ulps of the true values (tested against f64).
 #[inline(always)]
 pub fn sin_cos_turns(t: f32) -> (f32, f32) {
-    const S: [f32; 4] = [-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0];
-    const C: [f32; 5] = [
-        -1.0 / 2.0,
-        1.0 / 24.0,
-        -1.0 / 720.0,
-        1.0 / 40_320.0,
-        -1.0 / 3_628_800.0,
-    ];
+    const S: [f32; 4] = SIN_TAYLOR;
+    const C: [f32; 5] = COS_TAYLOR;
     let t8 = t * 8.0;
     let whole = floor(t8);
     let f = t8 - whole;

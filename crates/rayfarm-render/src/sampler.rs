@@ -248,44 +248,6 @@ pub mod lanes {
         mix64(job_seed ^ mix64(pixel.wrapping_add(0x9e3779b97f4a7c15)))
     }
 
-    #[inline(always)]
-    fn shuffled(seed: &[u64; W], index: &[u32; W], dim: u32) -> ([u64; W], [u32; W]) {
-        let mut h = [0u64; W];
-        let mut sh = [0u32; W];
-        for i in 0..W {
-            h[i] = mix64(seed[i] ^ (dim as u64).wrapping_mul(0xd1b54a32d192ed03));
-            sh[i] = owen(index[i], h[i] as u32);
-        }
-        (h, sh)
-    }
-
-    /// `Sampler::point_4d(dim)` of every lane.
-    #[inline(always)]
-    pub fn point_4d(seed: &[u64; W], index: &[u32; W], dim: u32) -> [[f32; W]; 4] {
-        let (h, sh) = shuffled(seed, index, dim);
-        let mut out = [[0f32; W]; 4];
-        for i in 0..W {
-            let ((x, y), (z, w)) = (head(h[i], sh[i]), tail(h[i], sh[i]));
-            out[0][i] = x;
-            out[1][i] = y;
-            out[2][i] = z;
-            out[3][i] = w;
-        }
-        out
-    }
-
-    /// `Sampler::point_2d(dim)` of every lane.
-    #[inline(always)]
-    pub fn point_2d(seed: &[u64; W], index: &[u32; W], dim: u32) -> [[f32; W]; 2] {
-        let (h, sh) = shuffled(seed, index, dim);
-        let mut out = [[0f32; W]; 2];
-        for i in 0..W {
-            let (x, y) = head(h[i], sh[i]);
-            out[0][i] = x;
-            out[1][i] = y;
-        }
-        out
-    }
     use crate::lanes::{F, U, U64};
 
     #[inline(always)]

@@ -617,14 +617,8 @@ fn shade_wave(w: &mut Wave, tables: &WaveTables, max_vertices: u32) {
 /// same operations (`floor` is truncation there).
 #[inline(always)]
 fn sin_cos_turns_v(t: F) -> (F, F) {
-    const S: [f32; 4] = [-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0];
-    const C: [f32; 5] = [
-        -1.0 / 2.0,
-        1.0 / 24.0,
-        -1.0 / 720.0,
-        1.0 / 40_320.0,
-        -1.0 / 3_628_800.0,
-    ];
+    const S: [f32; 4] = crate::math::SIN_TAYLOR;
+    const C: [f32; 5] = crate::math::COS_TAYLOR;
     let s = F::splat;
     let t8 = t * s(8.0);
     let whole = t8.to_i32();
